@@ -1,0 +1,3 @@
+from halo_rlm.cli import main
+
+main()
