@@ -1,10 +1,29 @@
-"""The `halo` command line."""
+"""The `halo` command line: rich output for people, `--json` for scripts."""
 
 from __future__ import annotations
 
-import click
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
 
-from halo_rlm import __version__
+import click
+import orjson
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+from rich.table import Table
+from rich.tree import Tree
+
+from halo_rlm import __version__, files
+from halo_rlm.models import TraceFilters
+from halo_rlm.store import IngestReport, StoreError, StrictError, TraceStore, cache_dir, default_store_path
+
+# Piped output gets a wider page than rich's default 80 columns, so tables stay readable in logs.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
 
 
 class DefaultGroup(click.Group):
@@ -19,10 +38,390 @@ class DefaultGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
-@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="halo")
 def cli() -> None:
-    """HALO finds out why your AI agents fail, from their OpenTelemetry traces."""
+    """HALO finds out why your AI agents fail, from their OpenTelemetry traces.
+
+    \b
+    Start here:
+      halo ingest traces.jsonl          load trace files into a local store
+      halo stats traces.jsonl           what is in them: agents, models, tools, top errors
+      halo traces --errors              list traces that failed
+      halo show TRACE_ID                one trace as a tree of spans
+      halo sql "SELECT ..."             ask the store anything (read-only SQL)
+
+    Trace files can be HALO/OpenInference JSONL, OTLP/JSON (one request per line or one document),
+    Phoenix span JSON, gzip- or zstd-compressed; give files, directories, globs or - for stdin.
+    Query commands without files use the store of the last ingest.
+    """
+
+
+# --- shared options and helpers -----------------------------------------------------------------
+
+def store_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--store", "store_path", type=click.Path(dir_okay=False, path_type=Path),
+        help="Store file to use (default: one per set of inputs in the user cache, reused on later runs).",
+    )(f)
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")(f)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]Error:[/] {escape(message)}")
+    sys.exit(code)
+
+
+def emit_json(value: Any) -> None:
+    data = value.model_dump(mode="json", exclude_none=True) if hasattr(value, "model_dump") else value
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _last_store_file() -> Path:
+    return cache_dir() / "last-store"
+
+
+def _remember(path: str) -> None:
+    try:
+        _last_store_file().parent.mkdir(parents=True, exist_ok=True)
+        _last_store_file().write_text(str(Path(path).resolve()))
+    except OSError:
+        pass  # remembering is a convenience; never fail a command over it
+
+
+def resolve_store(paths: Sequence[str], store_path: Path | None, *, quiet: bool, strict: bool = False) -> str:
+    """Ingest `paths` (if any) and return the store path to query."""
+    if paths:
+        try:
+            inputs = files.resolve(paths)
+        except files.InputError as exc:
+            fail(str(exc))
+        target = str(store_path or default_store_path(inputs))
+        report = ingest_with_progress(target, paths, strict=strict, quiet=quiet)
+        if not quiet:
+            print_ingest_summary(report, brief=True)
+        return target
+    if store_path is not None:
+        if not store_path.exists():
+            fail(f"{store_path}: no such store; ingest into it first: halo ingest FILES --store {store_path}")
+        return str(store_path)
+    try:
+        remembered = _last_store_file().read_text().strip()
+    except OSError:
+        remembered = ""
+    if not remembered or not Path(remembered).exists():
+        fail("no traces given: pass trace files (or --store PATH), e.g. halo stats traces.jsonl")
+    if not quiet:
+        err.print(f"[dim]Using the store of the last ingest: {escape(remembered)}[/]")
+    return remembered
+
+
+def ingest_with_progress(target: str, paths: Sequence[str], *, strict: bool, quiet: bool) -> IngestReport:
+    show = err.is_terminal and not quiet
+    try:
+        with TraceStore.open(target) as store, _progress(show) as make_callback:
+            report = store.ingest(paths, strict=strict, progress=make_callback)
+    except StrictError as exc:
+        fail(str(exc), code=2)
+    except (StoreError, files.InputError) as exc:
+        fail(str(exc))
+    _remember(target)
+    return report
+
+
+@contextmanager
+def _progress(show: bool) -> Iterator[Callable[[files.InputFile], Callable[[int, int], None]] | None]:
+    if not show:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TextColumn("{task.fields[spans]:,} spans ({task.fields[rate]:,.0f}/s)"), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        def for_input(inp: files.InputFile) -> Callable[[int, int], None]:
+            task = progress.add_task(escape(Path(inp.path).name), total=inp.size, spans=0, rate=0.0)
+
+            def update(done: int, spans: int) -> None:
+                elapsed = progress.tasks[task].elapsed or 1e-9
+                progress.update(task, completed=done, spans=spans, rate=spans / elapsed)
+            return update
+        yield for_input
+
+
+def open_read_only(path: str) -> TraceStore:
+    try:
+        return TraceStore.open(path, read_only=True)
+    except StoreError as exc:
+        fail(str(exc))
+
+
+def print_ingest_summary(report: IngestReport, *, brief: bool = False) -> None:
+    console = err if brief else out
+    changed = [i for i in report.inputs if i.status != "unchanged"]
+    for item in report.inputs:
+        if item.status == "failed":
+            console.print(f"[red]✗[/] {escape(item.path)}: {escape(item.message or 'failed')}")
+    if brief and not changed:
+        return
+    seconds = sum(i.seconds for i in report.inputs)
+    unchanged = len(report.inputs) - len(changed)
+    line = f"Ingested [bold]{report.spans:,}[/] spans from {len(changed)} file{'s' * (len(changed) != 1)}"
+    if unchanged:
+        line += f" ({unchanged} already in the store)"
+    console.print(f"{line} in {seconds:.1f}s → {escape(report.store)}")
+    if report.rejected:
+        reasons = sorted(report.reject_reasons.items(), key=lambda kv: -kv[1])[:3]
+        listed = "; ".join(f"{escape(reason)} ×{count:,}" for reason, count in reasons)
+        console.print(f"[yellow]{report.rejected:,} records rejected[/]: {listed}")
+        console.print("[dim]  see them: halo sql \"SELECT path, line_no, reason FROM rejects\"[/]")
+    repaired = sum(i.repaired for i in report.inputs)
+    if repaired:
+        console.print(f"[yellow]{repaired:,} lines had invalid UTF-8[/], replaced with U+FFFD and kept")
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value / 1000:.1f}s" if value >= 1000 else f"{value:.0f}ms"
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@store_option
+@click.option("--strict", is_flag=True, help="Stop at the first bad record (exit code 2, with file:line).")
+@json_option
+def ingest(paths: tuple[str, ...], store_path: Path | None, strict: bool, as_json: bool) -> None:
+    """Load trace files into a store.
+
+    PATHS are files, directories (searched for .jsonl/.json/.gz/.zst), globs, or - for stdin.
+    A file already in the store is skipped; a file that grew is read from where it ended; a file
+    interrupted half-way is finished. Bad lines are kept in the store's `rejects` table.
+    """
+    try:
+        inputs = files.resolve(paths)
+    except files.InputError as exc:
+        fail(str(exc))
+    target = str(store_path or default_store_path(inputs))
+    report = ingest_with_progress(target, paths, strict=strict, quiet=as_json)
+    if as_json:
+        emit_json({
+            "store": report.store, "spans": report.spans, "rejected": report.rejected,
+            "reject_reasons": report.reject_reasons,
+            "inputs": [vars(i) for i in report.inputs],
+        })
+    else:
+        print_ingest_summary(report)
+    if report.inputs and all(i.status == "failed" for i in report.inputs):
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1)
+@store_option
+@click.option("--top", default=10, show_default=True, help="How many entries per list.")
+@json_option
+def stats(paths: tuple[str, ...], store_path: Path | None, top: int, as_json: bool) -> None:
+    """What is in the traces: counts, time range, services, agents, models, tools (calls and
+    errors), tokens and cost, and the top error groups (same failure, different ids, counted once)."""
+    target = resolve_store(paths, store_path, quiet=as_json)
+    with open_read_only(target) as store:
+        overview = store.overview(top=top)
+    if as_json:
+        emit_json(overview)
+        return
+    summary = Table.grid(padding=(0, 2))
+    summary.add_row("Traces", f"{overview.traces:,}", "with errors", f"{overview.error_traces:,}")
+    summary.add_row("Spans", f"{overview.spans:,}", "error spans", f"{overview.error_spans:,}")
+    summary.add_row("From", overview.start or "—", "to", overview.end or "—")
+    summary.add_row("Tokens in", f"{overview.input_tokens:,}", "out", f"{overview.output_tokens:,}")
+    summary.add_row("Cost", f"${overview.cost:,.4f}", "span kinds",
+                    ", ".join(f"{k} {v:,}" for k, v in overview.kinds.items()))
+    if overview.orphan_spans or overview.in_flight_spans or overview.rejected_records:
+        summary.add_row("Orphans", f"{overview.orphan_spans:,}", "in flight", f"{overview.in_flight_spans:,}")
+        summary.add_row("Rejected", f"{overview.rejected_records:,}", "", "")
+    out.print(summary)
+    for title, rows, calls in (("Services", overview.services, False), ("Agents", overview.agents, False),
+                               ("Models", overview.models, True), ("Tools", overview.tools, True)):
+        if not rows:
+            continue
+        table = Table(title=title, title_justify="left", show_edge=False)
+        table.add_column("name")
+        table.add_column("traces", justify="right")
+        if calls:
+            table.add_column("calls", justify="right")
+        table.add_column("errors" if calls else "traces with errors", justify="right")
+        for row in rows:
+            cells = [escape(row.name), f"{row.traces:,}"] + ([f"{row.spans or 0:,}"] if calls else [])
+            table.add_row(*cells, f"[red]{row.errors:,}[/]" if row.errors else "0")
+        out.print(table)
+    if overview.error_groups:
+        table = Table(title="Top error groups", title_justify="left", show_edge=False)
+        for column, justify in (("where", "left"), ("error", "left"), ("traces", "right"), ("spans", "right"),
+                                ("example", "left")):
+            table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        for group in overview.error_groups:
+            table.add_row(escape(group.source), escape(group.template[:120]), f"{group.traces:,}",
+                          f"{group.error_spans:,}", escape(group.example_span))
+        out.print(table)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1)
+@store_option
+@click.option("--errors", "has_errors", flag_value=True, default=None, help="Only traces with an error.")
+@click.option("--ok", "has_errors", flag_value=False, help="Only traces without errors.")
+@click.option("--service", multiple=True, help="Service name (repeatable: any of them).")
+@click.option("--agent", multiple=True, help="Agent name (repeatable).")
+@click.option("--model", multiple=True, help="Model name (repeatable).")
+@click.option("--tool", multiple=True, help="Tool name (repeatable).")
+@click.option("--session", multiple=True, help="Session id (repeatable).")
+@click.option("--since", help="Traces starting at or after this ISO time, e.g. 2026-04-24T18:00:00Z.")
+@click.option("--until", help="Traces starting before this ISO time.")
+@click.option("--min-duration", type=float, help="Minimum duration in milliseconds.")
+@click.option("--grep", "regex", help="RE2 regex matched against each span's raw JSON.")
+@click.option("--text", help="Case-insensitive text anywhere in a span.")
+@click.option("--sort", type=click.Choice(["start", "duration", "cost", "spans", "tokens", "errors"]),
+              default="start", show_default=True)
+@click.option("--asc", is_flag=True, help="Ascending order (default: descending).")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--offset", default=0)
+@json_option
+def traces(paths: tuple[str, ...], store_path: Path | None, has_errors: bool | None, service: tuple[str, ...],
+           agent: tuple[str, ...], model: tuple[str, ...], tool: tuple[str, ...], session: tuple[str, ...],
+           since: str | None, until: str | None, min_duration: float | None, regex: str | None, text: str | None,
+           sort: str, asc: bool, limit: int, offset: int, as_json: bool) -> None:
+    """List and filter traces."""
+    try:
+        filters = TraceFilters(
+            has_errors=has_errors, services=list(service) or None, agents=list(agent) or None,
+            models=list(model) or None, tools=list(tool) or None, session_ids=list(session) or None,
+            since=since, until=until, min_duration_ms=min_duration, regex=regex, text=text,
+        )
+    except ValidationError as exc:
+        fail("; ".join(f"--{e['loc'][0]}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()))
+    target = resolve_store(paths, store_path, quiet=as_json)
+    with open_read_only(target) as store:
+        try:
+            page = store.query_traces(filters, sort=sort, descending=not asc, limit=limit, offset=offset)  # type: ignore[arg-type]
+        except StoreError as exc:
+            fail(str(exc))
+    if as_json:
+        emit_json(page)
+        return
+    table = Table(show_edge=False)
+    for column, justify in (("trace", "left"), ("start", "left"), ("duration", "right"), ("spans", "right"),
+                            ("errors", "right"), ("tokens", "right"), ("cost", "right"), ("root", "left")):
+        table.add_column(column, justify=justify, no_wrap=column != "root")  # type: ignore[arg-type]
+    for t in page.traces:
+        tokens = (t.input_tokens or 0) + (t.output_tokens or 0)
+        table.add_row(
+            escape(t.trace_id), (t.start or "—")[:19].replace("T", " "), _ms(t.duration_ms), str(t.spans),
+            f"[red]{t.error_spans}[/]" if t.error_spans else "0", f"{tokens:,}" if tokens else "—",
+            f"${t.cost:.4f}" if t.cost is not None else "—", escape(t.root_name or ""),
+        )
+    out.print(table)
+    shown = f"{offset + 1}–{offset + len(page.traces)}" if page.traces else "0"
+    more = f"; next page: --offset {offset + limit}" if page.has_more else ""
+    out.print(f"[dim]{shown} of {page.total:,} traces, sorted by {page.sort}{more}[/]")
+
+
+@cli.command()
+@click.argument("trace_id")
+@click.argument("paths", nargs=-1)
+@store_option
+@click.option("--span", "span_ids", multiple=True, help="Show only these spans, in full (repeatable).")
+@click.option("--width", default=400, show_default=True, help="Characters of each tool input/output shown.")
+@json_option
+def show(trace_id: str, paths: tuple[str, ...], store_path: Path | None, span_ids: tuple[str, ...], width: int,
+         as_json: bool) -> None:
+    """One trace as a tree of spans with timings, status, and tool inputs/outputs (head and tail)."""
+    target = resolve_store(paths, store_path, quiet=as_json)
+    with open_read_only(target) as store:
+        try:
+            view = (store.view_spans(trace_id, span_ids, budget_bytes=10**9) if span_ids
+                    else store.view_trace(trace_id, budget_bytes=10**9, value_chars=10**7))
+            summary = store.trace_summary(trace_id)
+        except StoreError as exc:
+            fail(str(exc))
+    if as_json:
+        emit_json(view)
+        return
+    cost = f" · ${summary.cost:.4f}" if summary.cost else ""
+    root = Tree(f"[bold]{escape(trace_id)}[/] · {summary.spans} spans · {_ms(summary.duration_ms)}{cost}"
+                f" · {', '.join(summary.services)}")
+    nodes: dict[int, Tree] = {-1: root}
+    for span in view.spans:
+        status = "[red]✗[/]" if span.status == "ERROR" else "[green]✓[/]" if span.status == "OK" else "·"
+        label = f"{status} [bold]{escape(span.name)}[/] [dim]{span.kind} {_ms(span.duration_ms)}[/]"
+        extras = [x for x in (span.model, span.tool and f"tool={span.tool}", span.agent and f"agent={span.agent}")
+                  if x]
+        if span.tokens:
+            extras.append(f"tokens {span.tokens.get('input', 0):,}→{span.tokens.get('output', 0):,}")
+        if extras:
+            label += " [cyan]" + escape(" · ".join(extras)) + "[/]"
+        if span.orphan:
+            label += " [yellow](parent missing)[/]"
+        if span.status_message and span.status == "ERROR":
+            label += f"\n[red]{escape(span.status_message[:width])}[/]"
+        for key, title in (("input.value", "in"), ("output.value", "out")):
+            value = span.attributes.get(key)
+            if value is not None and span.kind in ("TOOL", "AGENT", "CHAIN"):
+                text = value if isinstance(value, str) else orjson.dumps(value).decode()
+                label += f"\n[dim]{title}:[/] {escape(_one_line(text, width))}"
+        parent = nodes.get(span.depth - 1, root)
+        nodes[span.depth] = parent.add(label)
+    out.print(root)
+    if view.missing_span_ids:
+        out.print(f"[yellow]Not in this trace:[/] {', '.join(view.missing_span_ids)}")
+
+
+def _one_line(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    if len(flat) <= width:
+        return flat
+    return f"{flat[: width * 2 // 3]} … {flat[-width // 3:]}"
+
+
+@cli.command()
+@click.argument("query")
+@click.argument("paths", nargs=-1)
+@store_option
+@click.option("--max-rows", default=200, show_default=True)
+@json_option
+def sql(query: str, paths: tuple[str, ...], store_path: Path | None, max_rows: int, as_json: bool) -> None:
+    """Read-only SQL over the store's tables: spans, traces, rejects, inputs.
+
+    \b
+    Example: halo sql "SELECT tool_name, count(*) FROM spans WHERE status = 'ERROR' GROUP BY 1"
+    Only one SELECT per call; the database cannot read or write files.
+    """
+    target = resolve_store(paths, store_path, quiet=as_json)
+    with open_read_only(target) as store:
+        try:
+            result = store.sql(query, max_rows=max_rows, max_bytes=10**8)
+        except StoreError as exc:
+            fail(str(exc))
+    if as_json:
+        emit_json(result)
+        return
+    table = Table(show_edge=False)
+    for column in result.columns:
+        table.add_column(escape(column))
+    for row in result.rows:
+        table.add_row(*(escape(_cell(v)) for v in row))
+    out.print(table)
+    out.print(f"[dim]{result.row_count} row{'s' * (result.row_count != 1)}{'; ' + result.note if result.note else ''}[/]")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+    return text if len(text) <= 200 else text[:200] + "…"
 
 
 def main() -> None:

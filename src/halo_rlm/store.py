@@ -1,0 +1,1172 @@
+"""The trace store: one DuckDB file holding canonical spans (plus each span's raw record), per-trace
+rollups, rejected records and the inputs they came from.
+
+Only this module speaks SQL to DuckDB. Ingest streams: lines are cut into large batches, DuckDB
+normalises each batch in one vectorized pass, and every batch commits together with the input's
+resume offset, so a killed ingest leaves a consistent store and the next run carries on from there.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import orjson
+import platformdirs
+import pyarrow as pa
+import regex
+
+from halo_rlm import decode, files, normalize
+from halo_rlm.decode import iso_to_ns
+from halo_rlm.models import (
+    Count,
+    ErrorGroup,
+    Match,
+    OversizedTrace,
+    Overview,
+    SearchResult,
+    SortKey,
+    SpanView,
+    SqlResult,
+    TraceFilters,
+    TracePage,
+    TraceSummary,
+    TraceView,
+    ns_to_iso,
+)
+
+SCHEMA_VERSION = 1
+DOCUMENT_LIMIT = 1 << 30  # a single JSON document (not JSONL) is parsed whole; refuse beyond this
+NOT_TRACE_DATA_AFTER = 1000  # stop reading a file whose first N records all fail
+EXCERPT_BYTES = 200
+
+TRACE_COLUMNS = """
+  trace_id VARCHAR PRIMARY KEY, span_count INTEGER, llm_spans INTEGER, tool_spans INTEGER,
+  error_spans INTEGER, has_errors BOOLEAN, start_ns BIGINT, end_ns BIGINT, duration_ns BIGINT,
+  root_span_id VARCHAR, root_name VARCHAR, root_status_message VARCHAR,
+  services VARCHAR[], agents VARCHAR[], models VARCHAR[], tools VARCHAR[],
+  input_tokens BIGINT, output_tokens BIGINT, total_tokens BIGINT, cache_read_tokens BIGINT,
+  reasoning_tokens BIGINT, cost DOUBLE, session_id VARCHAR, user_id VARCHAR,
+  orphan_spans INTEGER, in_flight_spans INTEGER, raw_bytes BIGINT
+"""
+
+ROLLUP_SQL = """
+INSERT INTO traces
+SELECT
+  trace_id, count(*), count(*) FILTER (kind = 'LLM'), count(*) FILTER (kind = 'TOOL'),
+  count(*) FILTER (status = 'ERROR'), bool_or(status = 'ERROR'),
+  min(start_ns), max(coalesce(end_ns, start_ns)), max(coalesce(end_ns, start_ns)) - min(start_ns),
+  arg_min(span_id, {'orphan_or_child': parent_id IS NOT NULL, 'start': start_ns}),
+  arg_min(name, {'orphan_or_child': parent_id IS NOT NULL, 'start': start_ns}),
+  arg_min(status_message, {'orphan_or_child': parent_id IS NOT NULL, 'start': start_ns}),
+  list_sort(list_distinct(list(service))), list_sort(list_distinct(list(agent_name))),
+  list_sort(list_distinct(list(model))), list_sort(list_distinct(list(tool_name))),
+  sum(input_tokens) FILTER (kind = 'LLM'), sum(output_tokens) FILTER (kind = 'LLM'),
+  sum(total_tokens) FILTER (kind = 'LLM'), sum(cache_read_tokens) FILTER (kind = 'LLM'),
+  sum(reasoning_tokens) FILTER (kind = 'LLM'), sum(cost) FILTER (kind = 'LLM'),
+  arg_min(session_id, start_ns) FILTER (session_id IS NOT NULL),
+  arg_min(user_id, start_ns) FILTER (user_id IS NOT NULL),
+  count(*) FILTER (is_orphan), count(*) FILTER (end_ns IS NULL), sum(raw_bytes)
+FROM spans
+WHERE trace_id IN (SELECT trace_id FROM touched)
+GROUP BY trace_id
+"""
+
+
+class StoreError(Exception):
+    """A problem with the store or its inputs; the message says what and where."""
+
+
+class StrictError(StoreError):
+    """`--strict` met a bad record."""
+
+
+@dataclass
+class Reject:
+    line_no: int
+    reason: str
+    excerpt: bytes | str
+
+
+@dataclass
+class InputReport:
+    path: str
+    status: str  # ingested | resumed | unchanged | failed
+    spans: int = 0
+    rejected: int = 0
+    repaired: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    message: str | None = None
+
+
+@dataclass
+class IngestReport:
+    store: str
+    inputs: list[InputReport] = field(default_factory=list)
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def spans(self) -> int:
+        return sum(i.spans for i in self.inputs)
+
+    @property
+    def rejected(self) -> int:
+        return sum(i.rejected for i in self.inputs)
+
+
+Progress = Callable[[int, int], None]  # (bytes read in this input, spans added in this input)
+
+
+def default_store_path(inputs: Sequence[files.InputFile]) -> Path:
+    """Where the store for a set of inputs lives when no `--store` is given: the user cache,
+    keyed by the inputs' paths, sizes and mtimes, so a second run over the same files reuses it."""
+    return cache_dir() / "stores" / f"{files.inputs_key(inputs, SCHEMA_VERSION)}.duckdb"
+
+
+def cache_dir() -> Path:
+    """HALO's cache folder: `$HALO_CACHE_DIR`, else the platform's user cache (e.g. ~/.cache/halo-rlm)."""
+    override = os.environ.get("HALO_CACHE_DIR")
+    return Path(override).expanduser() if override else Path(platformdirs.user_cache_dir("halo-rlm"))
+
+
+class TraceStore:
+    """A DuckDB trace store. Open one with `TraceStore.open(path)`."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: str, read_only: bool) -> None:
+        self.con = con
+        self.path = path
+        self.read_only = read_only
+        self._udfs = False
+
+    @classmethod
+    def open(cls, path: str | Path, *, read_only: bool = False) -> TraceStore:
+        path = str(path)
+        if read_only and not Path(path).exists():
+            raise StoreError(f"{path}: no such store")
+        if not read_only:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # A read-only store is the one handed to untrusted SQL (the `sql` tool, `halo sql`): DuckDB's
+        # file functions (read_text, read_csv, glob, COPY, ATTACH, INSTALL) are switched off and the
+        # configuration is locked so a query cannot switch them back on.
+        config = {"enable_external_access": False, "lock_configuration": True,
+                  "autoinstall_known_extensions": False, "autoload_known_extensions": False} if read_only else {}
+        try:
+            con = duckdb.connect(path, read_only=read_only, config=config)
+        except duckdb.IOException as exc:
+            raise StoreError(f"{path}: cannot open the store ({_first_line(exc)})") from exc
+        except duckdb.Error as exc:
+            raise StoreError(f"{path}: not a HALO store ({_first_line(exc)})") from exc
+        store = cls(con, path, read_only)
+        store._setup()
+        return store
+
+    def close(self) -> None:
+        self.con.close()
+
+    def _one(self, sql: str, params: Any = None) -> tuple[Any, ...] | None:
+        """The first row of a query. DuckDB refuses new work while a result is unfinished, so the
+        result is always read to the end."""
+        rows = self.con.execute(sql, params).fetchall()
+        return rows[0] if rows else None
+
+    def __enter__(self) -> TraceStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _setup(self) -> None:
+        if not self.read_only:
+            self.con.execute("SET preserve_insertion_order = false")
+        normalize.register_macros(self.con)
+        tables = {row[0] for row in self.con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()}
+        if "meta" not in tables:
+            if tables or self.read_only:
+                raise StoreError(f"{self.path}: not a HALO store (a DuckDB file without HALO's tables)")
+            self._create_schema()
+            return
+        found = self._one("SELECT value FROM meta WHERE key = 'schema_version'")
+        if found is None or found[0] != str(SCHEMA_VERSION):
+            raise StoreError(
+                f"{self.path}: store schema version {found and found[0]} is not {SCHEMA_VERSION}; "
+                "delete the file or ingest into a new --store"
+            )
+
+    def _create_schema(self) -> None:
+        span_columns = ", ".join(f"{name} {kind}" for name, kind in normalize.SPAN_COLUMNS)
+        with self._transaction():
+            self.con.execute(f"CREATE TABLE spans ({span_columns})")
+            self.con.execute(f"CREATE TABLE traces ({TRACE_COLUMNS})")
+            self.con.execute("""CREATE TABLE inputs (
+                input_id INTEGER PRIMARY KEY, path VARCHAR, identity VARCHAR, size BIGINT, mtime_ns BIGINT,
+                compression VARCHAR, status VARCHAR, resume_offset BIGINT, resume_line BIGINT,
+                spans BIGINT, rejected BIGINT, repaired BIGINT, started_at TIMESTAMP, finished_at TIMESTAMP)""")
+            self.con.execute("""CREATE TABLE rejects (
+                input_id INTEGER, path VARCHAR, line_no BIGINT, reason VARCHAR, excerpt VARCHAR)""")
+            self.con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+            self.con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    # --- ingest -------------------------------------------------------------------------------
+
+    def ingest(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        strict: bool = False,
+        progress: Callable[[files.InputFile], Progress | None] | None = None,
+    ) -> IngestReport:
+        """Ingest files, directories, globs or "-" (stdin). Files already ingested whole are skipped,
+        a file ingested part-way is finished, a file that grew is read from where it ended."""
+        report = IngestReport(self.path)
+        self._writable()
+        for inp in files.resolve(paths):
+            started = time.perf_counter()
+            result = self._ingest_input(inp, strict, progress(inp) if progress else None, report)
+            result.seconds = time.perf_counter() - started
+            report.inputs.append(result)
+        return report
+
+    def ingest_records(self, records: Iterable[Any], *, source: str) -> IngestReport:
+        """Ingest already-parsed records (OTLP requests, span dicts, ...) from a collector or importer.
+        `source` names them in the inputs table; each call is one input."""
+        report = IngestReport(self.path)
+        self._writable()
+        input_id = self._new_input(files.InputFile(source), compression=None)
+        lines = (orjson.dumps(record) for record in records)
+        result = InputReport(source, "ingested")
+        self._ingest_lines(input_id, _numbered(lines), result, report, strict=False, progress=None)
+        self._finish_inputs([input_id], status="complete", offset=0, line=0)
+        report.inputs.append(result)
+        return report
+
+    def _ingest_input(
+        self, inp: files.InputFile, strict: bool, progress: Progress | None, report: IngestReport
+    ) -> InputReport:
+        result = InputReport(inp.path, "ingested")
+        existing = None if inp.is_stdin else self._input_by_path(inp.path)
+        start_offset = start_line = 0
+        if existing is not None:
+            input_id, identity, status, resume_offset, resume_line, old_size = existing
+            if identity == inp.identity and status == "complete":
+                result.status = "unchanged"
+                return result
+            grown = inp.size is not None and old_size is not None and inp.size >= old_size
+            if status == "partial" or (grown and self._is_append(inp, input_id)):
+                start_offset, start_line = resume_offset, resume_line
+                result.status = "resumed"
+            else:
+                self._forget_input(input_id)
+            self.con.execute(
+                "UPDATE inputs SET identity = ?, size = ?, mtime_ns = ?, status = 'partial' WHERE input_id = ?",
+                [inp.identity, inp.size, inp.mtime_ns, input_id],
+            )
+            if result.status != "resumed":
+                self.con.execute(
+                    "UPDATE inputs SET resume_offset = 0, resume_line = 0, spans = 0, rejected = 0, repaired = 0 "
+                    "WHERE input_id = ?", [input_id])
+        else:
+            input_id = None
+        stream, compression = files.open_input(inp)
+        if input_id is None:
+            input_id = self._new_input(inp, compression)
+        try:
+            head = stream.read(65536)
+            if start_offset == 0 and not head.strip():
+                result.status, result.message = "failed", f"not trace data: {files.file_kind(head)}"
+                self._finish_inputs([input_id], status="complete", offset=0, line=0)
+                return result
+            chained = _Chain(head, stream)
+            if start_offset == 0 and _is_document(head):
+                self._ingest_document(input_id, chained, result, report, strict)
+                end_offset, end_line = result.bytes, 0
+            else:
+                end_offset, end_line = self._ingest_stream(
+                    input_id, chained, start_offset, start_line, result, report, strict, progress
+                )
+        except StrictError:
+            raise
+        except _NotTraceData as exc:
+            result.status, result.message = "failed", str(exc) or self._not_trace_data(input_id, head)
+            self._forget_input(input_id)
+            return result
+        finally:
+            if not inp.is_stdin:
+                stream.close()
+        if result.spans == 0 and result.rejected and start_offset == 0:
+            result.status, result.message = "failed", self._not_trace_data(input_id, head)
+            self._forget_input(input_id)
+            return result
+        self._finish_inputs([input_id], status="complete", offset=end_offset, line=end_line)
+        return result
+
+    def _ingest_stream(
+        self,
+        input_id: int,
+        stream: io.RawIOBase,
+        start_offset: int,
+        start_line: int,
+        result: InputReport,
+        report: IngestReport,
+        strict: bool,
+        progress: Progress | None,
+    ) -> tuple[int, int]:
+        offset, line = start_offset, start_line
+        python_first = False
+        for item in files.read_lines(stream, start_offset=start_offset, start_line=start_line):  # type: ignore[arg-type]
+            if isinstance(item, files.OversizeLine):
+                rejects = [Reject(item.line_number, f"line of {item.size:,} bytes exceeds the "
+                                  f"{files.MAX_LINE_BYTES:,}-byte limit", item.head)]
+                with self._transaction():
+                    self._record_rejects(input_id, rejects, result, report, strict)
+                continue
+            with self._transaction():
+                python_first = self._load_batch(
+                    input_id, item.line_numbers, item.lines, result, report, strict, python_first
+                )
+                result.repaired += len(item.repaired_lines)
+                offset, line = item.end_offset, item.end_line
+                result.bytes = offset
+                self.con.execute(
+                    "UPDATE inputs SET resume_offset = ?, resume_line = ?, rejected = ?, repaired = ? "
+                    "WHERE input_id = ?",
+                    [offset, line, result.rejected, result.repaired, input_id],
+                )
+            if progress:
+                progress(offset - start_offset, result.spans)
+            if result.spans == 0 and result.rejected >= NOT_TRACE_DATA_AFTER:
+                raise _NotTraceData()
+        return offset, line
+
+    def _ingest_lines(
+        self,
+        input_id: int,
+        numbered: Iterator[tuple[int, bytes]],
+        result: InputReport,
+        report: IngestReport,
+        *,
+        strict: bool,
+        progress: Progress | None,
+    ) -> None:
+        """Ingest (line number, JSON bytes) pairs in batches; used for decoded documents and records."""
+        batch: list[tuple[int, bytes]] = []
+        size = 0
+        for pair in numbered:
+            batch.append(pair)
+            size += len(pair[1])
+            if size >= files.BATCH_BYTES:
+                self._load_pairs(input_id, batch, result, report, strict)
+                batch, size = [], 0
+        if batch:
+            self._load_pairs(input_id, batch, result, report, strict)
+
+    def _load_pairs(
+        self, input_id: int, pairs: list[tuple[int, bytes]], result: InputReport, report: IngestReport, strict: bool
+    ) -> None:
+        numbers = pa.array([n for n, _ in pairs], type=pa.int64())
+        lines = pa.array([text.decode("utf-8", "replace") for _, text in pairs], type=pa.large_string())
+        with self._transaction():
+            self._load_batch(input_id, numbers, lines, result, report, strict, python_first=False)
+            self.con.execute("UPDATE inputs SET rejected = ? WHERE input_id = ?", [result.rejected, input_id])
+
+    def _ingest_document(
+        self, input_id: int, stream: io.RawIOBase, result: InputReport, report: IngestReport, strict: bool
+    ) -> None:
+        """A file holding one JSON document (a pretty-printed OTLP request, a JSON array of spans)."""
+        data = stream.read(DOCUMENT_LIMIT + 1)
+        result.bytes = len(data)
+        if len(data) > DOCUMENT_LIMIT:
+            raise _NotTraceData(
+                f"a single JSON document over {DOCUMENT_LIMIT >> 30} GiB; write one record per line (JSONL)"
+            )
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise _NotTraceData(f"not trace data: {files.file_kind(data[:4096])} that is not valid JSON ({exc})")
+        try:
+            decoded = decode.decode_record(obj)
+        except decode.DecodeError as exc:
+            raise _NotTraceData(str(exc)) from exc
+        rejects = [Reject(1, error, b"") for error in decoded.errors]
+        if rejects:
+            with self._transaction():
+                self._record_rejects(input_id, rejects, result, report, strict)
+        self._ingest_lines(
+            input_id, ((1, orjson.dumps(span)) for span in decoded.spans), result, report,
+            strict=strict, progress=None,
+        )
+
+    def _load_batch(
+        self,
+        input_id: int,
+        line_numbers: Any,
+        lines: pa.Array,
+        result: InputReport,
+        report: IngestReport,
+        strict: bool,
+        python_first: bool,
+    ) -> bool:
+        """Normalise and insert one batch of lines. Lines DuckDB cannot read as flat spans go through
+        the Python decoders. Returns whether later batches of this input should go there first."""
+        rejects: list[Reject] = []
+        if python_first:
+            others = list(zip(_as_list(line_numbers), lines.to_pylist(), strict=True))
+        else:
+            inserted = self._insert(pa.table({"line_no": line_numbers, "raw": lines}), input_id)
+            result.spans += len(inserted)
+            left = ~np.isin(np.asarray(line_numbers), inserted)
+            others = list(zip(np.asarray(line_numbers)[left].tolist(), lines.filter(pa.array(left)).to_pylist(),
+                              strict=True))
+        decoded_numbers: list[int] = []
+        decoded_lines: list[str] = []
+        for line_no, raw in others:
+            if not raw.strip():
+                continue
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                rejects.append(Reject(line_no, _json_error(exc, raw), raw))
+                continue
+            try:
+                decoded = decode.decode_record(obj)
+            except decode.DecodeError as exc:
+                rejects.append(Reject(line_no, str(exc), raw))
+                continue
+            rejects.extend(Reject(line_no, error, raw) for error in decoded.errors)
+            for span in decoded.spans:
+                decoded_numbers.append(line_no)
+                decoded_lines.append(orjson.dumps(span).decode())
+        if decoded_lines:
+            result.spans += len(self._insert(pa.table({
+                "line_no": pa.array(decoded_numbers, type=pa.int64()),
+                "raw": pa.array(decoded_lines, type=pa.large_string()),
+            }), input_id))
+        self._record_rejects(input_id, rejects, result, report, strict)
+        # Most lines needing Python means a non-flat format (e.g. OTLP): skip the SQL attempt from now on.
+        return len(others) > len(lines) // 2
+
+    def _insert(self, batch: pa.Table, input_id: int) -> np.ndarray:
+        """Normalise and insert the flat spans among `batch`'s lines; returns their line numbers."""
+        self.con.register("batch", batch)
+        try:
+            return self.con.execute(normalize.INSERT_SQL, {"input_id": input_id}).fetchnumpy()["line_no"]
+        finally:
+            self.con.unregister("batch")
+
+    def _record_rejects(
+        self, input_id: int, rejects: list[Reject], result: InputReport, report: IngestReport, strict: bool
+    ) -> None:
+        if not rejects:
+            return
+        if strict:
+            first = min(rejects, key=lambda r: r.line_no)
+            raise StrictError(f"{result.path}:{first.line_no}: {first.reason}")
+        table = pa.table({
+            "input_id": pa.array([input_id] * len(rejects), pa.int32()),
+            "path": pa.array([result.path] * len(rejects), pa.string()),
+            "line_no": pa.array([r.line_no for r in rejects], pa.int64()),
+            "reason": pa.array([r.reason for r in rejects], pa.string()),
+            "excerpt": pa.array([_excerpt(r.excerpt) for r in rejects], pa.string()),
+        })
+        self.con.register("new_rejects", table)
+        try:
+            self.con.execute("INSERT INTO rejects SELECT * FROM new_rejects")
+        finally:
+            self.con.unregister("new_rejects")
+        result.rejected += len(rejects)
+        for r in rejects:
+            reason = _reason_key(r.reason)
+            report.reject_reasons[reason] = report.reject_reasons.get(reason, 0) + 1
+
+    # --- inputs bookkeeping -------------------------------------------------------------------
+
+    def _not_trace_data(self, input_id: int, head: bytes) -> str:
+        """One message for a file with no spans at all: what it looks like, and why its first record
+        is not a span."""
+        first = self._one("SELECT line_no, reason FROM rejects WHERE input_id = ? ORDER BY line_no LIMIT 1",
+                          [input_id])
+        reason = f"line {first[0]}: {first[1]}" if first else "no records"
+        kind = files.file_kind(head)
+        return f"not trace data: {reason}" if kind == "JSON" else f"not trace data: found {kind} ({reason})"
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.path}: the store is open read-only")
+        if not self._udfs:
+            normalize.register_udfs(self.con)
+            self._udfs = True
+
+    def _input_by_path(self, path: str) -> tuple[Any, ...] | None:
+        return self._one(
+            "SELECT input_id, identity, status, resume_offset, resume_line, size FROM inputs WHERE path = ?", [path]
+        )
+
+    def _new_input(self, inp: files.InputFile, compression: str | None) -> int:
+        with self._transaction():
+            input_id = self._one("SELECT coalesce(max(input_id), 0) + 1 FROM inputs")[0]  # type: ignore[index]
+            self.con.execute(
+                "INSERT INTO inputs VALUES (?, ?, ?, ?, ?, ?, 'partial', 0, 0, 0, 0, 0, now(), NULL)",
+                [input_id, inp.path, inp.identity, inp.size, inp.mtime_ns, compression],
+            )
+        return int(input_id)
+
+    def _is_append(self, inp: files.InputFile, input_id: int) -> bool:
+        """A file that only grew since it was ingested: its old last line is unchanged on disk."""
+        row = self._one("SELECT raw FROM spans WHERE input_id = ? ORDER BY line_no DESC LIMIT 1", [input_id])
+        resume = self._one("SELECT resume_offset, compression FROM inputs WHERE input_id = ?", [input_id])
+        if row is None or resume is None or resume[1] is not None:
+            return False
+        tail = row[0].encode()
+        try:
+            with open(inp.path, "rb") as f:
+                f.seek(max(0, resume[0] - len(tail) - 2))
+                window = f.read(len(tail) + 2)
+        except OSError:
+            return False
+        return tail in window
+
+    def _forget_input(self, input_id: int) -> None:
+        with self._transaction():
+            self.con.execute(
+                "CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT trace_id FROM spans WHERE input_id = ?",
+                [input_id],
+            )
+            self.con.execute("DELETE FROM spans WHERE input_id = ?", [input_id])
+            self.con.execute("DELETE FROM rejects WHERE input_id = ?", [input_id])
+            self._refresh_touched()
+
+    def _finish_inputs(self, input_ids: list[int], *, status: str, offset: int, line: int) -> None:
+        """Dedupe, flag orphans and rebuild rollups for every trace the inputs touched."""
+        placeholders = ", ".join("?" for _ in input_ids)
+        with self._transaction():
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT trace_id FROM spans "
+                f"WHERE input_id IN ({placeholders})", input_ids,
+            )
+            self._refresh_touched()
+            self.con.execute(
+                f"UPDATE inputs SET status = ?, resume_offset = ?, resume_line = ?, finished_at = now(), "
+                f"spans = (SELECT count(*) FROM spans WHERE spans.input_id = inputs.input_id) "
+                f"WHERE input_id IN ({placeholders})", [status, offset, line, *input_ids],
+            )
+
+    def _refresh_touched(self) -> None:
+        # Duplicates: keep a finished copy over an in-flight one, then the first ingested.
+        self.con.execute("""
+            DELETE FROM spans WHERE rowid IN (
+              SELECT rid FROM (
+                SELECT s.rowid AS rid, row_number() OVER (
+                  PARTITION BY s.trace_id, s.span_id ORDER BY s.end_ns IS NULL, s.input_id, s.line_no) AS rn
+                FROM spans s
+                SEMI JOIN (SELECT trace_id, span_id FROM spans WHERE trace_id IN (SELECT trace_id FROM touched)
+                           GROUP BY ALL HAVING count(*) > 1) d
+                  ON s.trace_id = d.trace_id AND s.span_id = d.span_id)
+              WHERE rn > 1)""")
+        self.con.execute("""
+            UPDATE spans SET is_orphan = o.orphan
+            FROM (SELECT s.rowid AS rid, s.parent_id IS NOT NULL AND p.span_id IS NULL AS orphan, s.is_orphan
+                  FROM spans s
+                  LEFT JOIN spans p ON p.trace_id = s.trace_id AND p.span_id = s.parent_id
+                  WHERE s.trace_id IN (SELECT trace_id FROM touched)) o
+            WHERE spans.rowid = o.rid AND o.orphan IS DISTINCT FROM o.is_orphan""")
+        self.con.execute("DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM touched)")
+        self.con.execute(ROLLUP_SQL)
+
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def count_traces(self, filters: TraceFilters | None = None) -> int:
+        where, params = self._where(filters)
+        return int(self._one(f"SELECT count(*) FROM traces t WHERE {where}", params)[0])  # type: ignore[index]
+
+    def query_traces(
+        self,
+        filters: TraceFilters | None = None,
+        *,
+        sort: SortKey = "start",
+        descending: bool = True,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> TracePage:
+        """A page of trace summaries, with the total number of matching traces."""
+        if sort not in SORT_COLUMNS:
+            raise StoreError(f"unknown sort {sort!r}; use one of {', '.join(SORT_COLUMNS)}")
+        limit, offset = max(1, min(limit, 1000)), max(0, offset)
+        where, params = self._where(filters)
+        order = f"{SORT_COLUMNS[sort]} {'DESC' if descending else 'ASC'} NULLS LAST, t.trace_id"
+        rows = self._rows(
+            f"SELECT {SUMMARY_COLUMNS}, count(*) OVER () AS total FROM traces t WHERE {where} "
+            f"ORDER BY {order} LIMIT ? OFFSET ?", [*params, limit, offset],
+        )
+        total = rows[0]["total"] if rows else self.count_traces(filters)
+        return TracePage(
+            traces=[_summary(row) for row in rows], total=total, offset=offset, limit=limit,
+            has_more=offset + len(rows) < total, sort=f"{sort} {'desc' if descending else 'asc'}",
+        )
+
+    def trace_summary(self, trace_id: str) -> TraceSummary:
+        rows = self._rows(f"SELECT {SUMMARY_COLUMNS} FROM traces t WHERE trace_id = ?", [trace_id])
+        if not rows:
+            raise StoreError(self._unknown_trace(trace_id))
+        return _summary(rows[0])
+
+    def overview(self, filters: TraceFilters | None = None, *, top: int = 20) -> Overview:
+        """Totals, the distinct services/agents/models/tools (most traces first) and the top error
+        groups, over the traces that match `filters`. Counts are exact, not sampled."""
+        where, params = self._where(filters)
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE selected AS SELECT * FROM traces t WHERE {where}", params)
+        totals = self._rows("""
+            SELECT count(*) AS traces, coalesce(sum(span_count), 0) AS spans,
+                   count(*) FILTER (has_errors) AS error_traces, coalesce(sum(error_spans), 0) AS error_spans,
+                   min(start_ns) AS start_ns, max(end_ns) AS end_ns,
+                   coalesce(sum(input_tokens), 0) AS input_tokens, coalesce(sum(output_tokens), 0) AS output_tokens,
+                   coalesce(sum(cost), 0) AS cost, coalesce(sum(orphan_spans), 0) AS orphan_spans,
+                   coalesce(sum(in_flight_spans), 0) AS in_flight_spans, coalesce(sum(raw_bytes), 0) AS raw_bytes
+            FROM selected""")[0]
+        lists = {
+            column: [Count(**r) for r in self._rows(f"""
+                SELECT name, count(*) AS traces, count(*) FILTER (has_errors) AS errors
+                FROM (SELECT unnest({column}) AS name, has_errors FROM selected)
+                GROUP BY name ORDER BY traces DESC, name LIMIT ?""", [top])]
+            for column in ("services", "agents")
+        }
+        # Models and tools count calls (spans) and failed calls, besides traces.
+        for column, name in (("models", "model"), ("tools", "tool_name")):
+            lists[column] = [Count(**r) for r in self._rows(f"""
+                SELECT {name} AS name, count(DISTINCT trace_id) AS traces, count(*) AS spans,
+                       count(*) FILTER (status = 'ERROR') AS errors
+                FROM spans SEMI JOIN selected USING (trace_id)
+                WHERE {name} IS NOT NULL GROUP BY 1 ORDER BY traces DESC, spans DESC, name LIMIT ?""", [top])]
+        kinds = {r["kind"]: r["spans"] for r in self._rows(
+            "SELECT kind, count(*) AS spans FROM spans SEMI JOIN selected USING (trace_id) GROUP BY kind "
+            "ORDER BY spans DESC")}
+        samples = [r["trace_id"] for r in self._rows(
+            "SELECT trace_id FROM selected ORDER BY has_errors DESC, start_ns DESC, trace_id LIMIT 10")]
+        return Overview(
+            traces=totals["traces"], spans=totals["spans"], error_traces=totals["error_traces"],
+            error_spans=totals["error_spans"], start=ns_to_iso(totals["start_ns"]), end=ns_to_iso(totals["end_ns"]),
+            services=lists["services"], agents=lists["agents"], models=lists["models"], tools=lists["tools"],
+            kinds=kinds, input_tokens=totals["input_tokens"], output_tokens=totals["output_tokens"],
+            cost=round(totals["cost"], 6), orphan_spans=totals["orphan_spans"],
+            in_flight_spans=totals["in_flight_spans"],
+            rejected_records=int(self._one("SELECT count(*) FROM rejects")[0]),  # type: ignore[index]
+            inputs=int(self._one("SELECT count(*) FROM inputs")[0]),  # type: ignore[index]
+            raw_bytes=totals["raw_bytes"], error_groups=self.error_groups(filters, top=top, _selected=True),
+            sample_trace_ids=samples, lists_capped_at=top,
+        )
+
+    def error_groups(
+        self, filters: TraceFilters | None = None, *, top: int = 20, _selected: bool = False
+    ) -> list[ErrorGroup]:
+        """Error spans grouped by where they happened and by message template (ids, numbers, paths,
+        URLs and quoted values masked), most traces first."""
+        if not _selected:
+            where, params = self._where(filters)
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE selected AS SELECT * FROM traces t WHERE {where}", params)
+        rows = self._rows("""
+            SELECT coalesce(tool_name, name) AS source, kind, error_template AS template,
+                   count(*) AS error_spans, count(DISTINCT trace_id) AS traces,
+                   list_sort(list_distinct(list(trace_id)))[:3] AS example_trace_ids,
+                   arg_min(trace_id || ':' || span_id, start_ns) AS example_span,
+                   arg_min(coalesce(status_message, '') ||
+                           CASE WHEN kind = 'TOOL' AND tool_result IS NOT NULL THEN ' | ' || left(tool_result, 300)
+                           ELSE '' END, start_ns) AS example_message
+            FROM spans SEMI JOIN selected USING (trace_id)
+            WHERE status = 'ERROR'
+            GROUP BY ALL ORDER BY traces DESC, error_spans DESC, source, template LIMIT ?""", [top])
+        return [ErrorGroup(**{**r, "example_message": _clip(r["example_message"], 400)}) for r in rows]
+
+    def view_trace(
+        self, trace_id: str, *, budget_bytes: int = 150_000, value_chars: int = 4_096
+    ) -> TraceView:
+        """All spans of a trace in tree order, each attribute value cut to `value_chars` (head and
+        tail kept). Over `budget_bytes`, a summary of the trace comes back instead of its spans."""
+        return self._view(trace_id, None, budget_bytes, value_chars)
+
+    def view_spans(
+        self, trace_id: str, span_ids: Sequence[str], *, budget_bytes: int = 150_000, value_chars: int = 16_384
+    ) -> TraceView:
+        """Chosen spans of a trace, with a larger per-value allowance than `view_trace`."""
+        return self._view(trace_id, list(span_ids), budget_bytes, value_chars)
+
+    def _view(self, trace_id: str, span_ids: list[str] | None, budget: int, value_chars: int) -> TraceView:
+        rows = self._rows(f"SELECT {VIEW_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns NULLS LAST, span_id",
+                          [trace_id])
+        if not rows:
+            raise StoreError(self._unknown_trace(trace_id))
+        ordered = _tree_order(rows)
+        missing = None
+        if span_ids is not None:
+            wanted = set(span_ids)
+            missing = sorted(wanted - {r["span_id"] for r in rows}) or None
+            ordered = [(depth, r) for depth, r in ordered if r["span_id"] in wanted]
+        trace_start = min((r["start_ns"] for r in rows if r["start_ns"] is not None), default=None)
+        views, cut = [], 0
+        for depth, row in ordered:
+            view, n = _span_view(row, depth, trace_start, value_chars)
+            views.append(view)
+            cut += n
+        view = TraceView(trace_id=trace_id, spans=views, span_count=len(rows), shown=len(views),
+                         truncated_values=cut, missing_span_ids=missing)
+        if len(view.model_dump_json()) <= budget:
+            if missing:
+                view.note = f"{len(missing)} requested span ids are not in this trace"
+            return view
+        sizes = sorted(r["raw_bytes"] or 0 for _, r in ordered)
+        names: dict[str, int] = {}
+        for _, r in ordered:
+            names[r["name"]] = names.get(r["name"], 0) + 1
+        return TraceView(
+            trace_id=trace_id, spans=[], span_count=len(rows), shown=0, truncated_values=cut, missing_span_ids=missing,
+            oversized=OversizedTrace(
+                spans=len(ordered), raw_bytes=sum(sizes), budget_bytes=budget, span_bytes_min=sizes[0],
+                span_bytes_median=sizes[len(sizes) // 2], span_bytes_max=sizes[-1],
+                top_span_names=[Count(name=k, traces=1, spans=v) for k, v in
+                                sorted(names.items(), key=lambda kv: (-kv[1], kv[0]))[:10]],
+                error_spans=[r["span_id"] for _, r in ordered if r["status"] == "ERROR"][:20],
+                recommendation="Too large to show whole. Use search_trace to find the spans that matter, "
+                               "then view_spans on a few span ids (or search_span inside one large span).",
+            ),
+        )
+
+    def search(
+        self,
+        pattern: str,
+        *,
+        trace_id: str | None = None,
+        span_id: str | None = None,
+        filters: TraceFilters | None = None,
+        context_chars: int = 100,
+        max_matches: int = 50,
+        timeout: float = 5.0,
+    ) -> SearchResult:
+        """Regex matches, with context, in the raw JSON of one span, one trace, or (with neither id)
+        the whole dataset narrowed by `filters`. Counts are exact unless the time limit is hit."""
+        compiled = _compile(pattern)
+        context_chars = max(0, min(context_chars, 2_000))
+        max_matches = max(1, min(max_matches, 500))
+        if trace_id is None:
+            return self._search_dataset(pattern, compiled, filters, context_chars, max_matches, timeout)
+        clauses, params = ["trace_id = ?"], [trace_id]
+        if span_id is not None:
+            clauses.append("span_id = ?")
+            params.append(span_id)
+        rows = self._rows(f"SELECT trace_id, span_id, name, kind, status, raw FROM spans WHERE {' AND '.join(clauses)} "
+                          "ORDER BY start_ns NULLS LAST, span_id", params)
+        if not rows:
+            raise StoreError(self._unknown_trace(trace_id) if span_id is None else
+                             f"no span {span_id!r} in trace {trace_id!r}")
+        return _scan(pattern, compiled, rows, context_chars, max_matches, timeout)
+
+    def _search_dataset(
+        self, pattern: str, compiled: Any, filters: TraceFilters | None, context_chars: int, max_matches: int,
+        timeout: float,
+    ) -> SearchResult:
+        where, params = self._where(filters)
+        try:
+            counts = self._rows(
+                f"SELECT count(*) AS spans, count(DISTINCT trace_id) AS traces FROM spans "
+                f"WHERE trace_id IN (SELECT trace_id FROM traces t WHERE {where}) AND regexp_matches(raw, ?)",
+                [*params, pattern], timeout=timeout,
+            )[0]
+        except _Timeout:
+            return SearchResult(pattern=pattern, matches=[], total_matches=0, spans_matched=0, has_more=True,
+                                timed_out=True, note=f"the scan took over {timeout:g}s; narrow it with filters")
+        rows = self._rows(
+            f"SELECT trace_id, span_id, name, kind, status, raw FROM spans "
+            f"WHERE trace_id IN (SELECT trace_id FROM traces t WHERE {where}) AND regexp_matches(raw, ?) "
+            f"ORDER BY start_ns NULLS LAST, trace_id, span_id LIMIT ?", [*params, pattern, max_matches],
+        )
+        result = _scan(pattern, compiled, rows, context_chars, max_matches, timeout)
+        result.spans_matched, result.traces_matched = counts["spans"], counts["traces"]
+        result.has_more = counts["spans"] > len(rows) or result.has_more
+        result.note = "total_matches counts matches in the spans shown; spans_matched and traces_matched are exact"
+        return result
+
+    def sql(self, query: str, *, max_rows: int = 200, max_bytes: int = 50_000, timeout: float = 10.0) -> SqlResult:
+        """One read-only SELECT over the canonical tables (spans, traces, rejects, inputs), capped in
+        rows, bytes and time. Only read-only stores run it: their file access is switched off."""
+        if not self.read_only:
+            raise StoreError("SQL runs only on a store opened read-only (its file access is locked off)")
+        try:
+            statements = self.con.extract_statements(query)
+        except duckdb.Error as exc:
+            raise StoreError(f"SQL error: {_first_line(exc)}") from exc
+        if len(statements) != 1:
+            raise StoreError(f"send exactly one statement (got {len(statements)})")
+        if statements[0].type != duckdb.StatementType.SELECT:
+            raise StoreError(f"only SELECT queries are allowed (got {statements[0].type.name})")
+        try:
+            cursor = self._execute(query, None, timeout)
+            columns = [d[0] for d in cursor.description or ()]
+            rows = cursor.fetchmany(max_rows + 1)
+            cursor.fetchall()  # finish the result (DuckDB refuses new work while one is open)
+        except _Timeout:
+            raise StoreError(f"the query took over {timeout:g}s and was stopped; add filters or a LIMIT") from None
+        except duckdb.Error as exc:
+            raise StoreError(f"SQL error: {_first_line(exc)}") from exc
+        truncated, note = len(rows) > max_rows, None
+        rows = [[_plain(v) for v in row] for row in rows[:max_rows]]
+        size = len(orjson.dumps(rows, default=str))
+        while rows and size > max_bytes:
+            rows.pop()
+            size = len(orjson.dumps(rows, default=str))
+            truncated = True
+        if truncated:
+            note = f"showing {len(rows)} rows; add LIMIT/OFFSET, aggregate, or select fewer columns"
+        return SqlResult(columns=columns, rows=rows, row_count=len(rows), truncated=truncated, note=note)
+
+    def rejects(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        return self._rows("SELECT path, line_no, reason, excerpt FROM rejects ORDER BY input_id, line_no LIMIT ?",
+                          [limit])
+
+    def inputs(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT path, status, spans, rejected, repaired, size FROM inputs ORDER BY input_id")
+
+    def _where(self, filters: TraceFilters | None) -> tuple[str, list[Any]]:
+        if filters is None:
+            return "true", []
+        clauses: list[str] = []
+        params: list[Any] = []
+
+        def add(clause: str, *values: Any) -> None:
+            clauses.append(clause)
+            params.extend(values)
+
+        if filters.has_errors is not None:
+            add("t.has_errors = ?", filters.has_errors)
+        for field in ("services", "agents", "models", "tools"):
+            values = getattr(filters, field)
+            if values:
+                add(f"list_has_any(t.{field}, ?::VARCHAR[])", values)
+        for field, column in (("session_ids", "session_id"), ("user_ids", "user_id"), ("trace_ids", "trace_id")):
+            values = getattr(filters, field)
+            if values:
+                add(f"list_contains(?::VARCHAR[], t.{column})", values)
+        if filters.since:
+            add("t.start_ns >= ?", iso_to_ns(filters.since))
+        if filters.until:
+            add("t.start_ns < ?", iso_to_ns(filters.until))
+        if filters.min_duration_ms is not None:
+            add("t.duration_ns >= ?", int(filters.min_duration_ms * 1e6))
+        if filters.max_duration_ms is not None:
+            add("t.duration_ns <= ?", int(filters.max_duration_ms * 1e6))
+        if filters.min_cost is not None:
+            add("t.cost >= ?", filters.min_cost)
+        if filters.regex:
+            _compile_re2(self.con, filters.regex)
+            add("t.trace_id IN (SELECT trace_id FROM spans WHERE regexp_matches(raw, ?))", filters.regex)
+        if filters.text:
+            add("t.trace_id IN (SELECT trace_id FROM spans WHERE regexp_matches(raw, ?, 'i'))",
+                regex.escape(filters.text))
+        return " AND ".join(clauses) or "true", params
+
+    def _unknown_trace(self, trace_id: str) -> str:
+        similar = self._rows("SELECT trace_id FROM traces WHERE starts_with(trace_id, ?) LIMIT 3", [trace_id[:6]])
+        hint = f"; similar ids: {', '.join(r['trace_id'] for r in similar)}" if similar else ""
+        return f"no trace {trace_id!r} in the store{hint}"
+
+    def _rows(self, sql: str, params: Any = None, *, timeout: float | None = None) -> list[dict[str, Any]]:
+        cursor = self._execute(sql, params, timeout)
+        columns = [d[0] for d in cursor.description or ()]
+        return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+    def _execute(self, sql: str, params: Any, timeout: float | None) -> duckdb.DuckDBPyConnection:
+        if timeout is None:
+            return self.con.execute(sql, params)
+        timer = threading.Timer(timeout, self.con.interrupt)
+        timer.start()
+        try:
+            return self.con.execute(sql, params)
+        except duckdb.InterruptException as exc:
+            raise _Timeout() from exc
+        finally:
+            timer.cancel()
+
+
+class _NotTraceData(Exception):
+    pass
+
+
+
+class _Timeout(Exception):
+    pass
+
+
+SORT_COLUMNS = {
+    "start": "t.start_ns", "duration": "t.duration_ns", "cost": "t.cost", "spans": "t.span_count",
+    "tokens": "t.total_tokens", "errors": "t.error_spans",
+}
+SUMMARY_COLUMNS = """t.trace_id, t.start_ns, t.duration_ns, t.span_count, t.error_spans, t.has_errors, t.root_name,
+  t.root_status_message, t.services, t.agents, t.models, t.tools, t.input_tokens, t.output_tokens, t.cost,
+  t.session_id, t.raw_bytes"""
+VIEW_COLUMNS = """span_id, parent_id, name, kind, status, status_message, start_ns, duration_ns, service, agent_name,
+  model, input_tokens, output_tokens, total_tokens, cache_read_tokens, reasoning_tokens, cost, tool_name, is_orphan,
+  input_messages, output_messages, tool_calls, tools_offered, raw_bytes, raw"""
+# Attributes a view leaves out because canonical fields already show them, compactly.
+_FLATTENED = re.compile(r"^(llm\.(input|output)_messages\.\d+\.|llm\.tools\.\d+\.|mcp\.tools\.\d+\.|gen_ai\.(prompt|completion)\.\d+\.)")
+
+
+def _summary(row: dict[str, Any]) -> TraceSummary:
+    return TraceSummary(
+        trace_id=row["trace_id"], start=ns_to_iso(row["start_ns"]),
+        duration_ms=None if row["duration_ns"] is None else row["duration_ns"] / 1e6,
+        spans=row["span_count"], error_spans=row["error_spans"], has_errors=row["has_errors"],
+        root_name=row["root_name"], root_status_message=_clip(row["root_status_message"], 300),
+        services=row["services"] or [], agents=row["agents"] or [], models=row["models"] or [],
+        tools=row["tools"] or [], input_tokens=row["input_tokens"], output_tokens=row["output_tokens"],
+        cost=row["cost"], session_id=row["session_id"], raw_bytes=row["raw_bytes"] or 0,
+    )
+
+
+def _tree_order(rows: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """Depth-first by start time; spans whose parent is missing start their own subtree."""
+    ids = {r["span_id"] for r in rows}
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for r in rows:
+        parent = r["parent_id"] if r["parent_id"] in ids and r["parent_id"] != r["span_id"] else None
+        children.setdefault(parent, []).append(r)
+    out: list[tuple[int, dict[str, Any]]] = []
+    seen: set[str] = set()
+    stack = [(0, r) for r in reversed(children.get(None, []))]
+    while stack:
+        depth, r = stack.pop()
+        if r["span_id"] in seen:
+            continue
+        seen.add(r["span_id"])
+        out.append((depth, r))
+        stack.extend((depth + 1, c) for c in reversed(children.get(r["span_id"], [])))
+    out.extend((0, r) for r in rows if r["span_id"] not in seen)  # cycles
+    return out
+
+
+def _span_view(row: dict[str, Any], depth: int, trace_start: int | None, value_chars: int) -> tuple[SpanView, int]:
+    raw = orjson.loads(row["raw"])
+    cut = 0
+    attributes: dict[str, Any] = {}
+    dropped = 0
+    for key, value in (raw.get("attributes") or {}).items():
+        if value is None or value == "":
+            continue
+        if _FLATTENED.match(key):
+            dropped += 1
+            continue
+        attributes[key], n = _cap(value, value_chars)
+        cut += n
+    if dropped:
+        attributes["halo.note"] = f"{dropped} flattened message/tool keys shown under `messages` instead"
+    messages = {k: orjson.loads(row[k]) if isinstance(row[k], str) else row[k]
+                for k in ("input_messages", "output_messages") if row[k]}
+    if row["tool_calls"]:
+        messages["tool_calls"] = row["tool_calls"]
+    if row["tools_offered"]:
+        messages["tools_offered"] = row["tools_offered"]
+    if messages:
+        capped, n = _cap(messages, value_chars * 2)
+        messages, cut = capped, cut + n
+    events = None
+    if raw.get("events"):
+        events, n = _cap(raw["events"], value_chars)
+        cut += n
+    tokens = {k.removesuffix("_tokens"): row[k] for k in
+              ("input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens") if row[k] is not None}
+    return SpanView(
+        span_id=row["span_id"], parent_id=row["parent_id"], depth=depth, name=row["name"], kind=row["kind"],
+        status=row["status"], status_message=_clip(row["status_message"], value_chars),
+        start_offset_ms=None if row["start_ns"] is None or trace_start is None
+        else (row["start_ns"] - trace_start) / 1e6,
+        duration_ms=None if row["duration_ns"] is None else row["duration_ns"] / 1e6,
+        service=row["service"], agent=row["agent_name"], model=row["model"], tokens=tokens or None,
+        cost=row["cost"], tool=row["tool_name"], orphan=bool(row["is_orphan"]), attributes=attributes,
+        messages=messages or None, events=events, raw_bytes=row["raw_bytes"] or 0,
+    ), cut
+
+
+def _cap(value: Any, limit: int) -> tuple[Any, int]:
+    """Cut long strings (in nested values too) to head and tail; returns the value and how many were cut."""
+    if isinstance(value, str):
+        clipped = _clip(value, limit)
+        return clipped, int(clipped is not value)
+    if isinstance(value, list):
+        out, cut = [], 0
+        for item in value:
+            item, n = _cap(item, limit)
+            out.append(item)
+            cut += n
+        return out, cut
+    if isinstance(value, dict):
+        result, cut = {}, 0
+        for key, item in value.items():
+            result[key], n = _cap(item, limit)
+            cut += n
+        return result, cut
+    return value, 0
+
+
+def _clip(text: str | None, limit: int) -> str | None:
+    """Head and tail of a long text, with how much was cut in between."""
+    if text is None or len(text) <= limit:
+        return text
+    head, tail = limit * 3 // 4, limit // 4
+    return f"{text[:head]}\n…[halo: {len(text) - head - tail:,} characters cut]…\n{text[-tail:]}"
+
+
+def _compile(pattern: str) -> Any:
+    try:
+        return regex.compile(pattern)
+    except regex.error as exc:
+        raise StoreError(f"invalid regex {pattern!r}: {exc}") from exc
+
+
+def _compile_re2(con: duckdb.DuckDBPyConnection, pattern: str) -> None:
+    try:
+        con.execute("SELECT regexp_matches('', ?)", [pattern]).fetchall()
+    except duckdb.Error as exc:
+        raise StoreError(f"invalid regex {pattern!r} (dataset-wide filters use RE2 syntax: no lookarounds "
+                         f"or backreferences): {_first_line(exc)}") from exc
+
+
+def _scan(pattern: str, compiled: Any, rows: list[dict[str, Any]], context_chars: int, max_matches: int,
+          timeout: float) -> SearchResult:
+    deadline = time.monotonic() + timeout
+    matches: list[Match] = []
+    total = spans = 0
+    timed_out = False
+    for row in rows:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            timed_out = True
+            break
+        try:
+            found = list(compiled.finditer(row["raw"], timeout=remaining))
+        except TimeoutError:
+            timed_out = True
+            break
+        if not found:
+            continue
+        spans += 1
+        total += len(found)
+        for m in found[: max(0, max_matches - len(matches))]:
+            start, end = m.span()
+            matches.append(Match(
+                trace_id=row["trace_id"], span_id=row["span_id"], span_name=row["name"], kind=row["kind"],
+                status=row["status"], match=_clip(m.group(0), 500) or "",
+                context=row["raw"][max(0, start - context_chars): min(len(row["raw"]), end + context_chars)],
+                offset=start,
+            ))
+    note = f"stopped after {timeout:g}s; results are partial" if timed_out else None
+    return SearchResult(pattern=pattern, matches=matches, total_matches=total, spans_matched=spans,
+                        has_more=total > len(matches) or timed_out, timed_out=timed_out, note=note)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)
+
+
+class _Chain(io.RawIOBase):
+    """A stream that first returns `head` (already read, for sniffing) and then the rest."""
+
+    def __init__(self, head: bytes, rest: Any) -> None:
+        self.head, self.rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self.head:
+            if size < 0:
+                data, self.head = self.head + self.rest.read(), b""
+                return data
+            data, self.head = self.head[:size], self.head[size:]
+            if len(data) < size:
+                data += self.rest.read(size - len(data))
+            return data
+        return self.rest.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        # Used only to resume at a byte offset from the start.
+        if whence != 0 or self.head == b"":
+            raise io.UnsupportedOperation("seek")
+        if offset <= len(self.head):
+            self.head = self.head[offset:]
+            return offset
+        skip = offset - len(self.head)
+        self.head = b""
+        try:
+            self.rest.seek(skip, 1)
+        except (OSError, io.UnsupportedOperation, AttributeError):
+            files._skip(self.rest, skip)
+        return offset
+
+
+def _is_document(head: bytes) -> bool:
+    """True when the input is one JSON document rather than one record per line."""
+    text = head.lstrip()
+    if text.startswith(b"["):
+        return True
+    if not text.startswith(b"{"):
+        return False
+    first_line = text.split(b"\n", 1)[0]
+    try:
+        orjson.loads(first_line)
+        return False
+    except orjson.JSONDecodeError:
+        # A first line that is not a whole object: a pretty-printed document, unless it is just long.
+        return b"\n" in text and len(first_line) < len(text) - 1 and first_line.rstrip().endswith((b"{", b"[", b","))
+
+
+def _numbered(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    return ((i, line) for i, line in enumerate(lines, start=1))
+
+
+def _as_list(values: Any) -> list[int]:
+    return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
+def _json_error(exc: orjson.JSONDecodeError, raw: str) -> str:
+    message = str(exc).split(":", 1)[0]
+    if exc.pos >= len(raw.encode()) - 1 or "unexpected end" in str(exc):
+        return f"invalid JSON: {message} (truncated line?)"
+    return f"invalid JSON: {message} at character {exc.pos}"
+
+
+def _excerpt(value: bytes | str) -> str:
+    data = value.encode("utf-8", "replace") if isinstance(value, str) else value
+    return data[:EXCERPT_BYTES].decode("utf-8", "replace")
+
+
+def _reason_key(reason: str) -> str:
+    """Group reasons for the summary: drop positions and the specific keys found."""
+    key = reason.split(" at character ")[0].split(" with keys ")[0]
+    return key.split(": ", 1)[1] if key.startswith(("[", "resourceSpans", ".data")) and ": " in key else key
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
