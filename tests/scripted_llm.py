@@ -97,32 +97,31 @@ class HTTPError:
     """Any HTTP error with OpenAI's error body: `{"error": {"message", "type", "param", "code"}}`."""
 
     status: int
+    code: str | None
     message: str
     type: str = "invalid_request_error"
-    code: str | None = None
     param: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def invalid_api_key(cls) -> HTTPError:
-        return cls(401, "Incorrect API key provided: test. You can find your API key at "
-                   "https://platform.openai.com/account/api-keys.", code="invalid_api_key")
+        return cls(401, "invalid_api_key", "Incorrect API key provided: test. You can find your API key at "
+                   "https://platform.openai.com/account/api-keys.")
 
     @classmethod
     def permission_denied(cls) -> HTTPError:
-        return cls(403, "Country, region, or territory not supported", type="request_forbidden",
-                   code="unsupported_country_region_territory")
+        return cls(403, "unsupported_country_region_territory", "Country, region, or territory not supported",
+                   type="request_forbidden")
 
     @classmethod
     def model_not_found(cls, model: str = "scripted-model") -> HTTPError:
-        return cls(404, f"The model `{model}` does not exist or you do not have access to it.",
-                   code="model_not_found")
+        return cls(404, "model_not_found", f"The model `{model}` does not exist or you do not have access to it.")
 
     @classmethod
     def context_length_exceeded(cls) -> HTTPError:
-        return cls(400, "This model's maximum context length is 128000 tokens. However, your messages resulted "
-                   "in 131072 tokens. Please reduce the length of the messages.",
-                   param="messages", code="context_length_exceeded")
+        return cls(400, "context_length_exceeded", "This model's maximum context length is 128000 tokens. However, "
+                   "your messages resulted in 131072 tokens. Please reduce the length of the messages.",
+                   param="messages")
 
 
 @dataclass(frozen=True)
@@ -138,8 +137,8 @@ class RateLimited:
             headers["retry-after"] = _header_number(self.retry_after)
         if self.retry_after_ms is not None:
             headers["retry-after-ms"] = _header_number(self.retry_after_ms)
-        return HTTPError(429, "Rate limit reached for requests. Please try again later.",
-                         type="requests", code="rate_limit_exceeded", headers=headers)
+        return HTTPError(429, "rate_limit_exceeded", "Rate limit reached for requests. Please try again later.",
+                         type="requests", headers=headers)
 
 
 @dataclass(frozen=True)
@@ -149,8 +148,8 @@ class ServerError:
     status: int = 500
 
     def as_http_error(self) -> HTTPError:
-        return HTTPError(self.status, "The server had an error while processing your request. Sorry about that!",
-                         type="server_error")
+        return HTTPError(self.status, None, "The server had an error while processing your request. Sorry about "
+                         "that!", type="server_error")
 
 
 @dataclass(frozen=True)
@@ -318,10 +317,11 @@ class ScriptError(Exception):
 class Script:
     """Ordered replies per conversation, popped one per request.
 
-    `replies` maps a conversation key to its replies, or is a single list shared by every request.
-    The key of a request is `key(request)`, by default its first user message, so a root agent and
-    each sub-agent (each started with its own task) draw from their own queue. A request matches a
-    queue whose key equals its own, else the only queue whose key occurs in its own.
+    `replies` maps a conversation key to its replies, or is a single list (kept under the key "")
+    shared by every request. The key of a request is `key(request)`, by default its first user
+    message, so a root agent and each sub-agent (each started with its own task) draw from their
+    own queue. A request matches the queue whose key equals its own, else the only queue whose key
+    occurs in its own. Safe to call from many server threads at once.
     """
 
     def __init__(
@@ -330,11 +330,12 @@ class Script:
         *,
         key: Callable[[ChatRequest], str] = lambda request: request.first_user_text,
     ) -> None:
-        self._shared = not isinstance(replies, Mapping)
-        queues = {"": replies} if self._shared else replies
+        if isinstance(replies, Mapping):
+            queues, self._key = replies, key
+        else:  # one queue, under the empty key, that every request draws from
+            queues, self._key = {"": replies}, lambda request: ""
         self._queues = {name: deque(queue) for name, queue in queues.items()}
         self._used = dict.fromkeys(self._queues, 0)
-        self._key = key
         self._lock = threading.Lock()
 
     def add(self, key: str, *replies: ResponderResult) -> None:
@@ -349,7 +350,7 @@ class Script:
             return {name: len(queue) for name, queue in self._queues.items()}
 
     def __call__(self, request: ChatRequest) -> ResponderResult:
-        conversation = "" if self._shared else self._key(request)
+        conversation = self._key(request)
         with self._lock:
             name = self._queue_name(conversation)
             if not self._queues[name]:
@@ -561,13 +562,13 @@ class _Handler(BaseHTTPRequestHandler):
 
         if (self.command, path) == ("POST", "/v1/chat/completions"):
             if not isinstance(body, dict):
-                return self._send_error(HTTPError(400, "We could not parse the JSON body of your request."))
+                return self._send_error(HTTPError(400, None, "We could not parse the JSON body of your request."))
             self._answer_chat(ChatRequest(body, headers), number)
         elif (self.command, path) == ("GET", "/v1/models"):
             models = [{"id": model, "object": "model", "created": 0, "owned_by": "scripted"} for model in llm.models]
-            self._send_json(200, {"object": "list", "data": models})
+            self._send_json(200, {"object": "list", "data": models}, headers={})
         else:
-            self._send_error(HTTPError(404, f"Invalid URL ({self.command} {path})"))
+            self._send_error(HTTPError(404, None, f"Invalid URL ({self.command} {path})"))
 
     def _answer_chat(self, request: ChatRequest, number: int) -> None:
         llm = self.server.llm
@@ -576,15 +577,12 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as error:
             problem = str(error) if isinstance(error, ScriptError) else "responder raised " + "".join(
                 traceback.format_exception_only(error)).strip()
-            llm._add_error(problem)
-            # x-should-retry: false stops the SDK from retrying, so the failure shows up once.
-            return self._send_error(HTTPError(500, f"ScriptedLLM: {problem}", type="scripted_llm_error",
-                                              code="script_error", headers={"x-should-retry": "false"}))
+            return self._fail(problem)
 
         while isinstance(reply, Delay):
             if llm._closing.wait(reply.seconds):
                 return self._drop_connection()
-            reply = reply.then
+            reply = as_reply(reply.then)
 
         match reply:
             case Hang():
@@ -608,12 +606,16 @@ class _Handler(BaseHTTPRequestHandler):
                 events = [_sse(chunk) for chunk in _stream_chunks(reply, request=request, number=number)]
                 self._send_stream([*events, _SSE_DONE], end_body=True)
             case Text() | ToolCalls() | Refusal():
-                self._send_json(200, _completion_json(reply, request=request, number=number))
+                self._send_json(200, _completion_json(reply, request=request, number=number), headers={})
             case _:
-                problem = f"responder returned {reply!r}, which is not a reply"
-                llm._add_error(problem)
-                self._send_error(HTTPError(500, f"ScriptedLLM: {problem}", type="scripted_llm_error",
-                                           code="script_error", headers={"x-should-retry": "false"}))
+                self._fail(f"responder returned {reply!r}, which is not a reply")
+
+    def _fail(self, problem: str) -> None:
+        """Answers a request the responder could not answer, loudly, and records why."""
+        self.server.llm._add_error(problem)
+        # x-should-retry: false stops the SDK from retrying, so the failure shows up once.
+        self._send_error(HTTPError(500, "script_error", f"ScriptedLLM: {problem}", type="scripted_llm_error",
+                                   headers={"x-should-retry": "false"}))
 
     def _head(self, status: int, content_type: str, headers: Mapping[str, str]) -> bytes:
         try:
@@ -624,12 +626,12 @@ class _Handler(BaseHTTPRequestHandler):
                  f"x-request-id: {self._request_id}", *(f"{name}: {value}" for name, value in headers.items())]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    def _send_json(self, status: int, payload: Any, headers: Mapping[str, str] = {}) -> None:
+    def _send_json(self, status: int, payload: Any, *, headers: Mapping[str, str]) -> None:
         body = orjson.dumps(payload)
         self.wfile.write(self._head(status, "application/json", {**headers, "content-length": str(len(body))}) + body)
 
     def _send_error(self, error: HTTPError) -> None:
-        self._send_json(error.status, _error_json(error), error.headers)
+        self._send_json(error.status, _error_json(error), headers=error.headers)
 
     def _send_stream(self, events: list[bytes], *, end_body: bool) -> None:
         head = self._head(200, "text/event-stream; charset=utf-8",

@@ -265,7 +265,7 @@ def test_context_length_exceeded_has_openais_error_body(scripted_llm):
     (HTTPError.invalid_api_key(), openai.AuthenticationError, "invalid_api_key"),
     (HTTPError.permission_denied(), openai.PermissionDeniedError, "unsupported_country_region_territory"),
     (HTTPError.model_not_found("gpt-nope"), openai.NotFoundError, "model_not_found"),
-    (HTTPError(422, "Unprocessable", code="bad"), openai.UnprocessableEntityError, "bad"),
+    (HTTPError(422, "bad_schema", "Unprocessable"), openai.UnprocessableEntityError, "bad_schema"),
 ])
 def test_http_errors_map_to_sdk_exceptions(scripted_llm, fault, exception, code):
     llm = scripted_llm(fault)
