@@ -9,7 +9,8 @@ JSON and SSE streaming), `GET /v1/models`, and OpenAI's error bodies, and it can
         client = openai.OpenAI(base_url=llm.base_url, api_key="test")
 
 Replies are chosen by a responder: any callable taking a `ChatRequest`, or a `Script` holding one
-queue of replies per conversation (root agent and each sub-agent get their own queue).
+queue of replies per conversation (root agent and each sub-agent get their own queue). Test modules
+may import the `scripted_llm` fixture, a factory that closes its servers at teardown.
 """
 
 from __future__ import annotations
@@ -660,8 +661,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    # socketserver's default backlog of 5 makes the kernel drop SYNs when 50 clients connect at
-    # once, and each dropped SYN costs the client a one-second retransmit.
+    # With socketserver's default listen backlog of 5, 50 clients connecting at once overflow the
+    # accept queue and some connections get reset (the SDK raises APIConnectionError).
     request_queue_size = 1024
 
     def __init__(self, llm: ScriptedLLM) -> None:

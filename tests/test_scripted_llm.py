@@ -160,6 +160,17 @@ def test_parallel_tool_calls_are_reassembled_by_the_sdk_stream_helper(scripted_l
     assert [d.index for d in pieces] == [0, 1, 2, 0, 1, 2, 0, 1, 0, 1]  # "{}" of list_agents makes two pieces
 
 
+def test_sdk_stream_helper_reports_interleaved_calls_done_too_early(scripted_llm):
+    # An SDK quirk engines must know: `.stream()` emits `tool_calls.function.arguments.done` for a
+    # call as soon as another index shows up, so with interleaving providers it fires with partial
+    # arguments. Only `get_final_completion()` (or the engine's own accumulation) is reliable.
+    llm = scripted_llm(ToolCalls([Call("a", {"x": 1}), Call("b", {"y": 2})]))
+    with sync_client(llm) as client, client.chat.completions.stream(model="m", messages=HI) as stream:
+        done = [(event.index, event.arguments) for event in stream
+                if event.type == "tool_calls.function.arguments.done"]
+    assert done[0] == (0, "")
+
+
 def test_tool_calls_can_be_streamed_one_after_the_other(scripted_llm):
     chunks = stream_chunks(scripted_llm(ToolCalls(PARALLEL.calls, interleave=False)))
     indexes = [call.index for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or []]
@@ -325,6 +336,13 @@ def test_cut_non_streamed_body_raises_api_connection_error(scripted_llm):
     with sync_client(llm, max_retries=0) as client, pytest.raises(openai.APIConnectionError) as caught:
         client.chat.completions.create(model="m", messages=HI)
     assert isinstance(caught.value.__cause__, httpx2.RemoteProtocolError)
+
+
+def test_cut_non_streamed_body_is_retried_by_the_sdk(scripted_llm):
+    llm = scripted_llm(Script([CutStream(), Text("second try")]))
+    with sync_client(llm, max_retries=1) as client:  # the SDK's own backoff (~0.4 s) before the retry
+        assert client.chat.completions.create(model="m", messages=HI).choices[0].message.content == "second try"
+    assert len(llm.requests) == 2
 
 
 def test_delay_then_reply(scripted_llm):
