@@ -333,6 +333,43 @@ def test_ripgrep_and_python_paths_agree(repo_dir: Path, args: GrepArgs) -> None:
     assert ripgrep == python
 
 
+FAKE_RG = """\
+import re, sys
+args = sys.argv[1:]
+open(sys.argv[0] + ".log", "a").write(repr(args) + "\\n")
+pattern, files = args[args.index("--regexp") + 1], args[args.index("--") + 1 :]
+if "(?=" in pattern:
+    sys.exit(2)  # like ripgrep, which has no lookaround
+if "--fixed-strings" in args:
+    pattern = re.escape(pattern)
+rx = re.compile(pattern, re.MULTILINE | (re.IGNORECASE if "--ignore-case" in args else 0))
+hits = [f for f in files if rx.search(open(f, encoding="utf-8", errors="replace").read().replace("\\r\\n", "\\n"))]
+sys.stdout.write("".join(f + "\\0" for f in hits))
+sys.exit(0 if hits else 1)
+"""
+
+
+def test_ripgrep_prefilter_plumbing_with_a_stand_in(
+    repo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = write(tmp_path, "rg", f"#!{sys.executable}\n{FAKE_RG}")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    python = Repo.open(repo_dir, use_ripgrep=False)
+    stand_in = Repo.open(repo_dir, use_ripgrep=True)
+    for args in [
+        GrepArgs(regex_pattern="NEEDLE"),
+        GrepArgs(regex_pattern="HELLO world", ignore_case=True),
+        GrepArgs(regex_pattern="(seconds)", fixed_string=True),
+        GrepArgs(regex_pattern="^gamma$"),
+        GrepArgs(regex_pattern="foo(?=bar)"),
+        GrepArgs(regex_pattern="value_", max_matches=5),
+    ]:
+        assert stand_in.grep_files(args) == python.grep_files(args)
+    calls = (tmp_path / "rg.log").read_text().splitlines()
+    assert len(calls) == 6 and all("'--files-with-matches'" in call and "'--crlf'" in call for call in calls)
+
+
 # -- reading -----------------------------------------------------------------------------------
 
 

@@ -571,12 +571,11 @@ class Repo:
                     timed_out = True
                     break
                 searched += 1
+                if listing.files[path] > GREP_MAX_FILE_BYTES:
+                    partial_files.append(path)
                 if prefiltered is not None and path not in prefiltered:
                     continue
-                hits, partial = self._grep_one(path, line_re, file_re, deadline)
-                if partial:
-                    partial_files.append(path)
-                for number, text, start in hits:
+                for number, text, start in self._grep_one(path, line_re, file_re, deadline):
                     if len(matches) == args.max_matches:
                         has_more = True
                         break
@@ -986,24 +985,23 @@ class Repo:
 
     def _grep_one(
         self, path: str, line_re: regex.Pattern[str], file_re: regex.Pattern[str] | None, deadline: float
-    ) -> tuple[list[tuple[int, str, int]], bool]:
-        """Matching lines of one file as (line, text, match start), and whether the file was cut."""
+    ) -> list[tuple[int, str, int]]:
+        """Matching lines of one file as (line, text, match start), from its first GREP_MAX_FILE_BYTES."""
         try:
             with _open_regular(self._abs(path)) as f:
                 data = f.read(GREP_MAX_FILE_BYTES + 1)
         except (OSError, RepoError):  # gone or replaced since it was listed
-            return [], False
+            return []
         if b"\0" in data[:BINARY_SNIFF_BYTES] or _has_private_key(data):
-            return [], False
-        partial = len(data) > GREP_MAX_FILE_BYTES
-        if partial:
+            return []
+        if len(data) > GREP_MAX_FILE_BYTES:
             data = data[: data.rfind(b"\n", 0, GREP_MAX_FILE_BYTES) + 1]
         nul = data.find(b"\0")
         if nul >= 0:  # binary data further in: search the text before it, as ripgrep does
             data = data[: data.rfind(b"\n", 0, nul) + 1]
         text = data.decode("utf-8", "replace").removeprefix("\ufeff")
         if file_re is not None and not file_re.search(text.replace("\r\n", "\n"), timeout=_left(deadline)):
-            return [], partial
+            return []
         lines = text.split("\n")
         if lines[-1] == "":
             lines.pop()
@@ -1013,7 +1011,7 @@ class Repo:
             match = line_re.search(line, timeout=_left(deadline))
             if match:
                 hits.append((number, line, match.start()))
-        return hits, partial
+        return hits
 
     def _rg_files_with_matches(self, args: GrepArgs, candidates: list[str], deadline: float) -> set[str] | None:
         """Ripgrep as a fast prefilter: the files that may match. None when rg cannot run the pattern.
