@@ -487,6 +487,32 @@ def test_every_result_fits_the_byte_budget(repo_dir: Path) -> None:
     assert "offset=" in (results[3].note or "") and "start_line=" in (results[8].note or "")
 
 
+def test_byte_budget_holds_for_multibyte_text(tmp_path: Path) -> None:
+    git(tmp_path, "init", "-q")
+    names = [f"{'名前' * 20}_{i}.txt" for i in range(40)]
+    for name in names:
+        write(tmp_path, f"データ/{name}", "漢字の行\n" * 300)
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-q", "-m", "件名\n\n" + "本文" * 10_000)
+    budget = 4096
+    repo = Repo.open(tmp_path, max_result_bytes=budget)
+    name = f"データ/{names[0]}"
+    results = [
+        repo.view_repo_tree(TreeArgs()),
+        repo.glob_files(GlobArgs(pattern="*.txt", max_results=1000)),
+        repo.grep_files(GrepArgs(regex_pattern="漢字", max_matches=500)),
+        repo.read_file(ReadArgs(path=name, limit=2000)),
+        repo.git_show(GitShowArgs(ref="HEAD", include_patch=True)),
+        repo.git_blame(GitBlameArgs(path=name, start_line=1, end_line=300)),
+        repo.git_read_file(GitReadArgs(ref="HEAD", path=name, limit=2000)),
+    ]
+    for result in results:
+        assert len(result_json(result).encode()) <= budget, type(result).__name__
+        assert result.truncated, type(result).__name__
+    show = results[4]
+    assert show.message.startswith("本文") and "bytes cut" in show.message
+
+
 # -- git ---------------------------------------------------------------------------------------
 
 
@@ -559,7 +585,8 @@ def test_git_blame_attributes_lines_to_commits(repo: Repo) -> None:
     assert blame.commits[log[1].commit].summary == "Add timeout handling"
     assert blame.commits[log[1].commit].date == "2024-02-15T10:00:00+00:00"
     old = repo.git_blame(GitBlameArgs(path="src/app/main.py", start_line=1, end_line=100, ref="HEAD~2"))
-    assert [line.line for line in old.lines] == [1, 2, 3, 4, 5] and "file length" in (old.note or "")
+    assert [line.line for line in old.lines] == [1, 2, 3, 4, 5] and old.note == "The file has only 5 lines."
+    assert not old.truncated and not old.has_more
     with pytest.raises(RepoError, match="has only 11 lines"):
         repo.git_blame(GitBlameArgs(path="src/app/main.py", start_line=12, end_line=20))
 

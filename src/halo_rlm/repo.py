@@ -51,7 +51,7 @@ LINE_COUNT_MAX_BYTES = 64 * 1024 * 1024  # read tools report a total line count 
 BINARY_SNIFF_BYTES = 8192
 GIT_OUTPUT_MAX_BYTES = 16 * 1024 * 1024
 
-_NOTE_CHARS = 500
+_NOTE_BYTES = 600
 _SHORT_ID = 12
 # An overlong line is streamed keeping only this many bytes of its head and tail, enough for
 # READ_LINE_CHARS characters even at 4 bytes per character.
@@ -686,26 +686,23 @@ class Repo:
         )  # fmt: skip
         fields = out.decode("utf-8", "replace").split("\x1f", 4)
         commit = _commit_info(fields[:4])
-        message = _shorten(fields[4].strip() if len(fields) > 4 else "", MESSAGE_CHARS)
-        empty = GitShowResult(commit=commit, message=message, files=[], patch="" if args.include_patch else None)
+        budget = self._budget(GitShowResult(commit=commit, message="", files=[], patch=""))
+        message = _fit_json(_shorten(fields[4].strip() if len(fields) > 4 else "", MESSAGE_CHARS), budget.left // 3)
+        budget.left -= len(to_json(message))
         changes = self._changes(
-            "show", ["--diff-merges=first-parent", "--end-of-options", sha], path, args.include_patch, empty
+            "show", ["--diff-merges=first-parent", "--end-of-options", sha], path, args.include_patch, budget
         )
-        return empty.model_copy(update=changes)
+        return GitShowResult(commit=commit, message=message, **changes)
 
     def git_diff(self, args: GitDiffArgs) -> GitDiffResult:
         self._require_git()
         old = self._commit(args.from_ref, "from_ref")
         new = self._commit(args.to_ref, "to_ref")
         path = self._git_path(args.path) if args.path is not None else None
-        empty = GitDiffResult(
-            from_commit=old[:_SHORT_ID],
-            to_commit=new[:_SHORT_ID],
-            files=[],
-            patch=None if args.stat_only else "",
-        )
-        changes = self._changes("diff", ["--end-of-options", old, new], path, not args.stat_only, empty)
-        return empty.model_copy(update=changes)
+        ids = {"from_commit": old[:_SHORT_ID], "to_commit": new[:_SHORT_ID]}
+        budget = self._budget(GitDiffResult(**ids, files=[], patch=""))
+        changes = self._changes("diff", ["--end-of-options", old, new], path, not args.stat_only, budget)
+        return GitDiffResult(**ids, **changes)
 
     def git_blame(self, args: GitBlameArgs) -> GitBlameResult:
         self._require_git()
@@ -724,12 +721,9 @@ class Repo:
             revision = []
         if total is not None and args.start_line > total:
             raise RepoError(f"{path} has only {total} lines")
-        end = min(args.end_line, args.start_line + READ_MAX_LINES - 1)
-        if total is not None:
-            end = min(end, total)
-        notes = []
-        if end < args.end_line:
-            notes.append(f"Blamed lines {args.start_line}-{end} (file length or the {READ_MAX_LINES}-line window).")
+        window_end = args.start_line + READ_MAX_LINES - 1
+        end = min(args.end_line, window_end, args.end_line if total is None else total)
+        windowed = end == window_end < args.end_line and (total is None or total > window_end)
         # blame has no --end-of-options before git 2.44; the revision is validated and never starts with "-".
         out, _ = self._git_output(
             "blame", "--line-porcelain", "--no-textconv", "-L", f"{args.start_line},{end}", *revision, "--", path
@@ -745,16 +739,17 @@ class Repo:
             kept.append(line)
             kept_commits[line.commit] = commits[line.commit]
         cut = len(kept) < len(lines)
+        last = kept[-1].line if kept else args.start_line - 1
         if cut:
-            last = kept[-1].line if kept else args.start_line - 1
-            notes.append(f"Stopped after line {last} to fit the result budget; continue with start_line={last + 1}.")
+            note = f"Stopped after line {last} to fit the result budget; continue with start_line={last + 1}."
+        elif windowed:
+            note = f"At most {READ_MAX_LINES} lines per call; continue with start_line={last + 1}."
+        elif end < args.end_line:
+            note = f"The file has only {total} lines."
+        else:
+            note = None
         return GitBlameResult(
-            path=path,
-            commits=kept_commits,
-            lines=kept,
-            truncated=cut or end < args.end_line,
-            has_more=cut or (end < args.end_line and (total is None or end < total)),
-            note=_note(*notes),
+            path=path, commits=kept_commits, lines=kept, truncated=cut or windowed, has_more=cut or windowed, note=note
         )
 
     def git_read_file(self, args: GitReadArgs) -> FileWindow:
@@ -1088,7 +1083,7 @@ class Repo:
         return out.decode("ascii", "replace").strip()
 
     def _changes(
-        self, subcommand: str, revisions: list[str], path: str | None, with_patch: bool, envelope: ToolResult
+        self, subcommand: str, revisions: list[str], path: str | None, with_patch: bool, budget: _Budget
     ) -> dict[str, Any]:
         """Changed files (and optionally the patch) for git show/diff, with secret-like files dropped."""
         common = ["--no-color", "--no-ext-diff", "--no-textconv", "--relative"]
@@ -1104,7 +1099,6 @@ class Repo:
             if not any(_hidden_change(p) or p in withheld_now for p in (f.path, f.old_path) if p is not None)
         ]
         withheld = len(files) - len(kept_files)
-        budget = self._budget(envelope)
         shown: list[ChangedFile] = []
         for entry in kept_files:
             if not budget.take(entry):
@@ -1144,7 +1138,7 @@ class Repo:
 
     def _budget(self, envelope: ToolResult) -> _Budget:
         """Bytes left for the payload once the envelope, flags and a full note are paid for."""
-        worst = envelope.model_copy(update={"note": "x" * _NOTE_CHARS, "truncated": True, "has_more": True})
+        worst = envelope.model_copy(update={"note": "x" * (_NOTE_BYTES - 2), "truncated": True, "has_more": True})
         return _Budget(self.max_result_bytes - len(worst.model_dump_json()))
 
 
@@ -1422,7 +1416,16 @@ def _left(deadline: float) -> float:
 
 def _note(*parts: str) -> str | None:
     text = " ".join(p for p in parts if p)
-    return _shorten(text, _NOTE_CHARS) if text else None
+    return _fit_json(text, _NOTE_BYTES) if text else None
+
+
+def _fit_json(text: str, max_bytes: int) -> str:
+    """`text`, cut in the middle until its JSON string form takes at most `max_bytes`."""
+    fitted = text
+    while fitted and (size := len(to_json(fitted))) > max_bytes:
+        limit = len(fitted) * max_bytes // size - 30
+        fitted = _shorten(text, limit) if limit > 0 else ""
+    return fitted
 
 
 def _batches(paths: list[str], max_chars: int) -> Iterator[list[str]]:
