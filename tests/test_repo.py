@@ -29,9 +29,22 @@ from halo_rlm.repo import (
 )
 
 # Built by concatenation so this file does not itself look like it holds a private key.
-PEM = "-----BEGIN " + "RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAfakefakefake\nZm9vYmFy\n-----END " + "RSA PRIVATE KEY-----\n"
+PEM = (
+    "-----BEGIN "
+    + "RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAfakefakefake\nZm9vYmFy\n-----END "
+    + "RSA PRIVATE KEY-----\n"
+)
 FAKE_KEY = "sk-test-FAKE-0123456789"
-HOSTILE_REFS = ["--output=/tmp/pwned", "-p", "HEAD; rm -rf /", "$(id)", "`id`", "HEAD:.env", "HEAD\nHEAD", "@{-1}"]
+HOSTILE_REFS = [
+    "--output=/tmp/pwned",
+    "-p",
+    "HEAD; rm -rf /",
+    "$(id)",
+    "`id`",
+    "HEAD:.env",
+    "HEAD\nHEAD",
+    "@{-1}",
+]
 HOSTILE_PATHS = ["../../etc/passwd", "/etc/passwd", "a\0b", "src/../../outside.txt"]
 SECRET_NAMES = [
     ".env", ".env.local", "prod.env", "server.pem", "tls.key", "cert.p12", "cert.pfx", "id_rsa", "id_rsa.pub",
@@ -77,7 +90,11 @@ def repo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write(root, ".gitignore", "ignored.log\nbuild/\n")
     write(root, "src/app/main.py", MAIN_V1)
     write(root, "src/app/util.py", "def helper():\n    return 'Hello World'\n")
-    write(root, "src/app/long.py", "".join(f"value_{i} = {i}  # padding padding padding\n" for i in range(1, 3001)))
+    write(
+        root,
+        "src/app/long.py",
+        "".join(f"value_{i} = {i}  # padding padding padding\n" for i in range(1, 3001)),
+    )
     write(root, "docs/guide.md", "Guide\n")
     write(root, "crlf.txt", b"alpha\r\nbeta\r\n\r\ngamma")
     write(root, "ünïcode/日本語.py", "print('こんにちは')\n")
@@ -178,7 +195,16 @@ def test_git_tools_are_offered_only_for_git_work_trees(repo: Repo, plain_dir: Pa
 def test_tree_shows_source_and_hides_ignored_junk_secrets_and_symlinks(repo: Repo) -> None:
     result = repo.view_repo_tree(TreeArgs())
     lines = result.tree.splitlines()
-    for shown in ["src/", "  app/", "    main.py", "ünïcode/", "  日本語.py", "crlf.txt", "big.txt", "bin.dat"]:
+    for shown in [
+        "src/",
+        "  app/",
+        "    main.py",
+        "ünïcode/",
+        "  日本語.py",
+        "crlf.txt",
+        "big.txt",
+        "bin.dat",
+    ]:
         assert shown in lines
     names = {line.strip().rstrip("/") for line in lines}
     for hidden in ["ignored.log", "build", ".env", "id_rsa", "config.txt", "secrets.yaml", "certs", ".ssh",
@@ -207,7 +233,12 @@ def test_tree_collapses_deep_levels_to_fit_and_expands_a_path(tmp_path: Path) ->
 
 def test_glob_matches_gitignore_style_and_cannot_reach_excluded_files(repo: Repo) -> None:
     py = repo.glob_files(GlobArgs(pattern="*.py"))
-    assert [f.path for f in py.files] == ["src/app/long.py", "src/app/main.py", "src/app/util.py", "ünïcode/日本語.py"]
+    assert [f.path for f in py.files] == [
+        "src/app/long.py",
+        "src/app/main.py",
+        "src/app/util.py",
+        "ünïcode/日本語.py",
+    ]
     assert py.files[1].size == len(MAIN_V3)
     assert [f.path for f in repo.glob_files(GlobArgs(pattern="src/**/m*.py")).files] == ["src/app/main.py"]
     assert [f.path for f in repo.glob_files(GlobArgs(pattern="docs")).files] == ["docs/guide.md"]
@@ -258,7 +289,10 @@ def test_grep_returns_sorted_matches_with_line_numbers(repo: Repo) -> None:
         ("src/app/util.py", 1, "def helper():"),
     ]
     assert result.files_searched > 5 and not result.has_more
-    assert repo.grep_files(GrepArgs(regex_pattern="hello world", ignore_case=True)).matches[0].path == "src/app/util.py"
+    assert (
+        repo.grep_files(GrepArgs(regex_pattern="hello world", ignore_case=True)).matches[0].path
+        == "src/app/util.py"
+    )
     literal = repo.grep_files(GrepArgs(regex_pattern="TimeoutError(seconds)", fixed_string=True))
     assert [(m.path, m.line) for m in literal.matches] == [("src/app/main.py", 9)]
     scoped = repo.grep_files(GrepArgs(regex_pattern="def", path="src/app/util.py"))
@@ -266,7 +300,9 @@ def test_grep_returns_sorted_matches_with_line_numbers(repo: Repo) -> None:
     globbed = repo.grep_files(GrepArgs(regex_pattern="print", glob_pattern="*.py"))
     assert [(m.path, m.text) for m in globbed.matches] == [("ünïcode/日本語.py", "print('こんにちは')")]
     capped = repo.grep_files(GrepArgs(regex_pattern="value_", max_matches=3))
-    assert [m.line for m in capped.matches] == [1, 2, 3] and capped.has_more and "narrow" in (capped.note or "")
+    assert (
+        [m.line for m in capped.matches] == [1, 2, 3] and capped.has_more and "narrow" in (capped.note or "")
+    )
 
 
 def test_grep_skips_secrets_binaries_ignored_and_junk(repo: Repo) -> None:
@@ -388,7 +424,9 @@ def test_read_file_returns_a_numbered_window(repo: Repo) -> None:
 def test_line_numbers_agree_across_read_grep_blame_and_git_read(repo: Repo) -> None:
     expected = [(1, "alpha"), (2, "beta"), (3, ""), (4, "gamma")]
     read = repo.read_file(ReadArgs(path="crlf.txt"))
-    assert [tuple(line.split("\t")) for line in read.content.split("\n")] == [(f"{n:>6}", t) for n, t in expected]
+    assert [tuple(line.split("\t")) for line in read.content.split("\n")] == [
+        (f"{n:>6}", t) for n, t in expected
+    ]
     assert read.total_lines == 4
     grep = repo.grep_files(GrepArgs(regex_pattern="^(alpha|beta|gamma)$", path="crlf.txt"))
     assert [(m.line, m.text) for m in grep.matches] == [e for e in expected if e[1]]
@@ -518,7 +556,11 @@ def test_byte_budget_holds_for_multibyte_text(tmp_path: Path) -> None:
 
 def test_git_log_lists_newest_first_with_fixed_short_ids(repo: Repo) -> None:
     log = repo.git_log(GitLogArgs())
-    assert [c.subject for c in log.commits] == ["Add config and retry limit", "Add timeout handling", "Initial agent"]
+    assert [c.subject for c in log.commits] == [
+        "Add config and retry limit",
+        "Add timeout handling",
+        "Initial agent",
+    ]
     assert all(len(c.commit) == 12 for c in log.commits)
     assert log.commits[0].author == "Test Author" and log.commits[0].date == "2024-03-20T10:00:00+00:00"
     one = repo.git_log(GitLogArgs(max_commits=1))
@@ -605,19 +647,33 @@ def test_git_read_file_reads_code_as_it_ran(repo: Repo) -> None:
         repo.git_read_file(GitReadArgs(ref="HEAD~2", path="src/app/nope.py"))
 
 
+def calls_with_ref(repo: Repo, ref: str) -> list:
+    return [
+        lambda: repo.git_log(GitLogArgs(ref_range=ref)),
+        lambda: repo.git_log(GitLogArgs(ref_range=f"HEAD..{ref}")),
+        lambda: repo.git_show(GitShowArgs(ref=ref)),
+        lambda: repo.git_diff(GitDiffArgs(from_ref="HEAD", to_ref=ref)),
+        lambda: repo.git_diff(GitDiffArgs(from_ref=ref, to_ref="HEAD")),
+        lambda: repo.git_blame(GitBlameArgs(path="README.md", start_line=1, end_line=1, ref=ref)),
+        lambda: repo.git_read_file(GitReadArgs(ref=ref, path="README.md")),
+    ]
+
+
+def calls_with_path(repo: Repo, path: str) -> list:
+    return [
+        lambda: repo.git_log(GitLogArgs(path=path)),
+        lambda: repo.git_show(GitShowArgs(ref="HEAD", path=path, include_patch=True)),
+        lambda: repo.git_diff(GitDiffArgs(from_ref="HEAD~2", to_ref="HEAD", path=path, stat_only=False)),
+        lambda: repo.git_blame(GitBlameArgs(path=path, start_line=1, end_line=1)),
+        lambda: repo.git_blame(GitBlameArgs(path=path, start_line=1, end_line=1, ref="HEAD")),
+        lambda: repo.git_read_file(GitReadArgs(ref="HEAD", path=path)),
+    ]
+
+
 def test_hostile_refs_are_refused_and_have_no_effect(repo: Repo, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     for ref in [*HOSTILE_REFS, f"--output={marker}"]:
-        calls = [
-            lambda: repo.git_log(GitLogArgs(ref_range=ref)),
-            lambda: repo.git_log(GitLogArgs(ref_range=f"HEAD..{ref}")),
-            lambda: repo.git_show(GitShowArgs(ref=ref)),
-            lambda: repo.git_diff(GitDiffArgs(from_ref="HEAD", to_ref=ref)),
-            lambda: repo.git_diff(GitDiffArgs(from_ref=ref, to_ref="HEAD")),
-            lambda: repo.git_blame(GitBlameArgs(path="README.md", start_line=1, end_line=1, ref=ref)),
-            lambda: repo.git_read_file(GitReadArgs(ref=ref, path="README.md")),
-        ]
-        for call in calls:
+        for call in calls_with_ref(repo, ref):
             with pytest.raises(RepoError, match="not an accepted ref"):
                 call()
     assert not marker.exists() and not Path("/tmp/pwned").exists()
@@ -627,20 +683,16 @@ def test_hostile_refs_are_refused_and_have_no_effect(repo: Repo, tmp_path: Path)
 
 def test_hostile_and_secret_paths_are_refused_by_git_tools(repo: Repo) -> None:
     for path in [*HOSTILE_PATHS, ".env", "id_rsa", ".git/config", "config.txt"]:
-        calls = [
-            lambda: repo.git_log(GitLogArgs(path=path)),
-            lambda: repo.git_show(GitShowArgs(ref="HEAD", path=path, include_patch=True)),
-            lambda: repo.git_diff(GitDiffArgs(from_ref="HEAD~2", to_ref="HEAD", path=path, stat_only=False)),
-            lambda: repo.git_blame(GitBlameArgs(path=path, start_line=1, end_line=1)),
-            lambda: repo.git_blame(GitBlameArgs(path=path, start_line=1, end_line=1, ref="HEAD")),
-            lambda: repo.git_read_file(GitReadArgs(ref="HEAD", path=path)),
-        ]
-        for call in calls:
-            with pytest.raises(RepoError, match="outside the repository root|NUL|secret|private key|excluded"):
+        for call in calls_with_path(repo, path):
+            with pytest.raises(
+                RepoError, match="outside the repository root|NUL|secret|private key|excluded"
+            ):
                 call()
 
 
-def test_git_ignores_a_hostile_environment(repo: Repo, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_git_ignores_a_hostile_environment(
+    repo: Repo, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("GIT_DIR", str(tmp_path / "elsewhere"))
     monkeypatch.setenv("GIT_WORK_TREE", str(tmp_path))
     monkeypatch.setenv("GIT_INDEX_FILE", str(tmp_path / "index"))
@@ -738,12 +790,20 @@ def test_tool_spec_run_turns_every_failure_into_a_repo_error(repo: Repo) -> None
     assert specs["read_file"].run('{"path": "README.md", "limit": 1}').content == "     1\t# Agent"
     assert specs["grep_files"].run({"regex_pattern": "def main"}).matches[0].line == 4
     cases = [
-        ("read_file", '{"path": "README.md", "limit": 5000}', "limit: Input should be less than or equal to 2000"),
+        (
+            "read_file",
+            '{"path": "README.md", "limit": 5000}',
+            "limit: Input should be less than or equal to 2000",
+        ),
         ("read_file", '{"path": "README.md", "mode": "w"}', "mode: Extra inputs are not permitted"),
         ("read_file", "{not json", "invalid arguments for read_file"),
         ("grep_files", "{}", "regex_pattern: Field required"),
         ("git_log", '{"pickaxe_string": "a", "pickaxe_regex": "b"}', "not both"),
-        ("git_blame", '{"path": "README.md", "start_line": 5, "end_line": 1}', "end_line must be >= start_line"),
+        (
+            "git_blame",
+            '{"path": "README.md", "start_line": 5, "end_line": 1}',
+            "end_line must be >= start_line",
+        ),
         ("read_file", '{"path": "../../etc/passwd"}', "outside the repository root"),
     ]
     for name, arguments, message in cases:

@@ -28,9 +28,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self
 
 import pathspec
 import regex
@@ -103,7 +103,9 @@ class _Args(BaseModel):
 
 class TreeArgs(_Args):
     path: str = Field(".", max_length=1000, description="Directory to show, relative to the root.")
-    max_depth: int = Field(4, ge=1, le=12, description="Levels to expand; deeper directories show a file count.")
+    max_depth: int = Field(
+        4, ge=1, le=12, description="Levels to expand; deeper directories show a file count."
+    )
 
 
 class GlobArgs(_Args):
@@ -117,7 +119,9 @@ class GlobArgs(_Args):
 
 class GrepArgs(_Args):
     regex_pattern: str = Field(min_length=1, max_length=1000, description="Regex matched against each line.")
-    glob_pattern: str | None = Field(None, max_length=500, description="Only files matching this glob, e.g. '*.py'.")
+    glob_pattern: str | None = Field(
+        None, max_length=500, description="Only files matching this glob, e.g. '*.py'."
+    )
     path: str = Field(".", max_length=1000, description="Only this directory or file.")
     fixed_string: bool = Field(False, description="Treat regex_pattern as literal text.")
     ignore_case: bool = False
@@ -132,15 +136,29 @@ class ReadArgs(_Args):
 
 class GitLogArgs(_Args):
     max_commits: int = Field(50, ge=1, le=500)
-    since: str | None = Field(None, max_length=64, description="ISO 8601 time (UTC if no offset) or e.g. '2 weeks ago'.")
-    until: str | None = Field(None, max_length=64, description="ISO 8601 time (UTC if no offset) or e.g. '3 days ago'.")
-    ref_range: str | None = Field(None, max_length=300, description="A ref, or 'A..B' for commits in B not in A.")
-    path: str | None = Field(None, max_length=1000, description="Only commits touching this file or directory.")
+    since: str | None = Field(
+        None, max_length=64, description="ISO 8601 time (UTC if no offset) or e.g. '2 weeks ago'."
+    )
+    until: str | None = Field(
+        None, max_length=64, description="ISO 8601 time (UTC if no offset) or e.g. '3 days ago'."
+    )
+    ref_range: str | None = Field(
+        None, max_length=300, description="A ref, or 'A..B' for commits in B not in A."
+    )
+    path: str | None = Field(
+        None, max_length=1000, description="Only commits touching this file or directory."
+    )
     pickaxe_string: str | None = Field(
-        None, min_length=1, max_length=500, description="Commits that change the number of occurrences of this text."
+        None,
+        min_length=1,
+        max_length=500,
+        description="Commits that change the number of occurrences of this text.",
     )
     pickaxe_regex: str | None = Field(
-        None, min_length=1, max_length=500, description="Commits whose added or removed lines match this POSIX ERE."
+        None,
+        min_length=1,
+        max_length=500,
+        description="Commits whose added or removed lines match this POSIX ERE.",
     )
 
     @model_validator(mode="after")
@@ -153,7 +171,9 @@ class GitLogArgs(_Args):
 class GitShowArgs(_Args):
     ref: str = Field(max_length=300, description="Commit id, branch or tag.")
     path: str | None = Field(None, max_length=1000, description="Only changes to this file or directory.")
-    include_patch: bool = Field(False, description="Include the diff text, not just changed files and line counts.")
+    include_patch: bool = Field(
+        False, description="Include the diff text, not just changed files and line counts."
+    )
 
 
 class GitDiffArgs(_Args):
@@ -167,7 +187,9 @@ class GitBlameArgs(_Args):
     path: str = Field(max_length=1000)
     start_line: int = Field(ge=1)
     end_line: int = Field(ge=1, description=f"Inclusive; at most {READ_MAX_LINES} lines per call.")
-    ref: str | None = Field(None, max_length=300, description="Blame as of this commit; default: the working tree.")
+    ref: str | None = Field(
+        None, max_length=300, description="Blame as of this commit; default: the working tree."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> GitBlameArgs:
@@ -481,7 +503,9 @@ class Repo:
         for path in listing.files:
             if path.startswith(prefix):
                 tree.add(path[len(prefix) :].split("/"))
-        budget = self._budget(TreeResult(path=base or ".", depth=args.max_depth, file_count=tree.count, tree=""))
+        budget = self._budget(
+            TreeResult(path=base or ".", depth=args.max_depth, file_count=tree.count, tree="")
+        )
         for depth in range(args.max_depth, 0, -1):
             lines = list(tree.render(depth))
             if len(lines) <= TREE_MAX_ENTRIES and budget.fits("\n".join(lines)):
@@ -543,7 +567,9 @@ class Repo:
         flags = regex.IGNORECASE if args.ignore_case else 0
         try:
             line_re = regex.compile(source, flags)
-            file_re = None if _SPANS_LINES_RE.search(source) else regex.compile(source, flags | regex.MULTILINE)
+            file_re = (
+                None if _SPANS_LINES_RE.search(source) else regex.compile(source, flags | regex.MULTILINE)
+            )
         except (regex.error, ValueError, OverflowError, RecursionError) as e:
             raise RepoError(
                 f"invalid regex {args.regex_pattern!r}: {e}; set fixed_string=true to search for literal text"
@@ -602,7 +628,9 @@ class Repo:
                 + "; narrow with glob_pattern or path, or a more specific pattern."
             )
         if timed_out:
-            notes.append(f"Search stopped after {self.timeout_seconds:g} s; narrow with glob_pattern or path.")
+            notes.append(
+                f"Search stopped after {self.timeout_seconds:g} s; narrow with glob_pattern or path."
+            )
         if partial_files:
             shown = ", ".join(partial_files[:5]) + (" …" if len(partial_files) > 5 else "")
             notes.append(
@@ -687,7 +715,9 @@ class Repo:
         fields = out.decode("utf-8", "replace").split("\x1f", 4)
         commit = _commit_info(fields[:4])
         budget = self._budget(GitShowResult(commit=commit, message="", files=[], patch=""))
-        message = _fit_json(_shorten(fields[4].strip() if len(fields) > 4 else "", MESSAGE_CHARS), budget.left // 3)
+        message = _fit_json(
+            _shorten(fields[4].strip() if len(fields) > 4 else "", MESSAGE_CHARS), budget.left // 3
+        )
         budget.left -= len(to_json(message))
         changes = self._changes(
             "show", ["--diff-merges=first-parent", "--end-of-options", sha], path, args.include_patch, budget
@@ -724,9 +754,17 @@ class Repo:
         window_end = args.start_line + READ_MAX_LINES - 1
         end = min(args.end_line, window_end, args.end_line if total is None else total)
         windowed = end == window_end < args.end_line and (total is None or total > window_end)
-        # blame has no --end-of-options before git 2.44; the revision is validated and never starts with "-".
+        # git blame rejects --end-of-options (checked with git 2.39), so the revision is validated to
+        # never start with "-", and "--" still separates the path.
         out, _ = self._git_output(
-            "blame", "--line-porcelain", "--no-textconv", "-L", f"{args.start_line},{end}", *revision, "--", path
+            "blame",
+            "--line-porcelain",
+            "--no-textconv",
+            "-L",
+            f"{args.start_line},{end}",
+            *revision,
+            "--",
+            path,
         )
         commits, lines = _parse_blame(out)
         budget = self._budget(GitBlameResult(path=path, commits={}, lines=[]))
@@ -749,7 +787,12 @@ class Repo:
         else:
             note = None
         return GitBlameResult(
-            path=path, commits=kept_commits, lines=kept, truncated=cut or windowed, has_more=cut or windowed, note=note
+            path=path,
+            commits=kept_commits,
+            lines=kept,
+            truncated=cut or windowed,
+            has_more=cut or windowed,
+            note=note,
         )
 
     def git_read_file(self, args: GitReadArgs) -> FileWindow:
@@ -885,7 +928,9 @@ class Repo:
         if _is_secret_path(lexical) or _is_secret_path(rel):
             raise RepoError(f"{path!r} looks like a secret (keys, credentials, .env) and is never read")
         if _in_excluded_dir(lexical) or _in_excluded_dir(rel):
-            raise RepoError(f"{path!r} is inside an excluded directory ({', '.join(sorted(EXCLUDED_DIRS)[:6])}, …)")
+            raise RepoError(
+                f"{path!r} is inside an excluded directory ({', '.join(sorted(EXCLUDED_DIRS)[:6])}, …)"
+            )
         listing = self._files()
         if rel in listing.withheld:
             raise RepoError(f"{path!r} appears to contain a private key and is never read")
@@ -929,7 +974,9 @@ class Repo:
         """Lines offset..offset+limit-1 of a stream, rendered within the budget; memory stays bounded."""
         guard = _Guard(path)
         budget = self._budget(
-            FileWindow(path=path, commit=commit, start_line=10**9, end_line=10**9, total_lines=10**9, content="")
+            FileWindow(
+                path=path, commit=commit, start_line=10**9, end_line=10**9, total_lines=10**9, content=""
+            )
         )
         rendered: list[str] = []
         number = 0
@@ -957,13 +1004,17 @@ class Repo:
             total = None if rest is None else number + rest
         notes = []
         if budget_hit:
-            notes.append(f"Stopped after line {end} to fit the result budget; continue with offset={end + 1}.")
+            notes.append(
+                f"Stopped after line {end} to fit the result budget; continue with offset={end + 1}."
+            )
         elif total is not None and offset > total:
             notes.append(f"The file has only {total} lines.")
         elif total is None or end < total:
             notes.append(f"More lines follow; continue with offset={end + 1}.")
         if total is None:
-            notes.append(f"The file is over {LINE_COUNT_MAX_BYTES // (1024 * 1024)} MiB; total lines not counted.")
+            notes.append(
+                f"The file is over {LINE_COUNT_MAX_BYTES // (1024 * 1024)} MiB; total lines not counted."
+            )
         if clipped:
             notes.append(f"Lines over {READ_LINE_CHARS} characters are cut in the middle.")
         return FileWindow(
@@ -1008,13 +1059,22 @@ class Repo:
                 hits.append((number, line, match.start()))
         return hits
 
-    def _rg_files_with_matches(self, args: GrepArgs, candidates: list[str], deadline: float) -> set[str] | None:
+    def _rg_files_with_matches(
+        self, args: GrepArgs, candidates: list[str], deadline: float
+    ) -> set[str] | None:
         """Ripgrep as a fast prefilter: the files that may match. None when rg cannot run the pattern.
 
         Python still decides the matching lines, so both paths give the same results; --crlf and
         --text make rg's answer a superset of Python's.
         """
-        argv = [self._rg_exe or "rg", "--files-with-matches", "--null", "--no-config", "--no-ignore", "--hidden"]
+        argv = [
+            self._rg_exe or "rg",
+            "--files-with-matches",
+            "--null",
+            "--no-config",
+            "--no-ignore",
+            "--hidden",
+        ]
         argv += ["--text", "--crlf", "--no-messages"]
         argv += ["--ignore-case"] if args.ignore_case else []
         argv += ["--fixed-strings"] if args.fixed_string else []
@@ -1039,7 +1099,9 @@ class Repo:
         argv = [self._git_exe or "git", "--no-pager", "--literal-pathspecs", *_GIT_CONFIG, subcommand, *args]
         return _Process(argv, cwd=self.root, timeout=self.timeout_seconds, label=f"git {subcommand}")
 
-    def _git_output(self, subcommand: str, *args: str, max_bytes: int = GIT_OUTPUT_MAX_BYTES) -> tuple[bytes, bool]:
+    def _git_output(
+        self, subcommand: str, *args: str, max_bytes: int = GIT_OUTPUT_MAX_BYTES
+    ) -> tuple[bytes, bool]:
         """Output of a git command, and whether it was cut at max_bytes."""
         with self._git(subcommand, *args) as proc:
             out = proc.stdout.read(max_bytes + 1)
@@ -1138,7 +1200,9 @@ class Repo:
 
     def _budget(self, envelope: ToolResult) -> _Budget:
         """Bytes left for the payload once the envelope, flags and a full note are paid for."""
-        worst = envelope.model_copy(update={"note": "x" * (_NOTE_BYTES - 2), "truncated": True, "has_more": True})
+        worst = envelope.model_copy(
+            update={"note": "x" * (_NOTE_BYTES - 2), "truncated": True, "has_more": True}
+        )
         return _Budget(self.max_result_bytes - len(worst.model_dump_json()))
 
 
@@ -1197,7 +1261,7 @@ class _Process:
     def __init__(self, argv: list[str], *, cwd: Path, timeout: float, label: str) -> None:
         self._label = label
         self._timeout = timeout
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
         try:
             self._proc = subprocess.Popen(
                 argv,
@@ -1234,7 +1298,7 @@ class _Process:
         self._stderr.seek(0)
         return self._stderr.read(4096).decode("utf-8", "replace")
 
-    def __enter__(self) -> _Process:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -1487,7 +1551,7 @@ def _git_date(value: str, field: str) -> str:
             "a relative time such as '2 weeks ago'"
         ) from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.isoformat(timespec="seconds")
 
 
@@ -1504,7 +1568,10 @@ def _commit_info(fields: list[str]) -> CommitInfo:
     """From "%H %an %aI %s" fields."""
     full, author, date, subject = (fields + ["", "", ""])[:4]
     return CommitInfo(
-        commit=full.strip()[:_SHORT_ID], author=_shorten(author, 100), date=date, subject=_shorten(subject, 300)
+        commit=full.strip()[:_SHORT_ID],
+        author=_shorten(author, 100),
+        date=date,
+        subject=_shorten(subject, 300),
     )
 
 
