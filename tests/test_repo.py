@@ -25,6 +25,7 @@ from halo_rlm.repo import (
     Repo,
     RepoError,
     TreeArgs,
+    _subprocess_env,
     tool_specs,
 )
 
@@ -400,6 +401,7 @@ def test_ripgrep_prefilter_plumbing_with_a_stand_in(
         GrepArgs(regex_pattern="^gamma$"),
         GrepArgs(regex_pattern="foo(?=bar)"),
         GrepArgs(regex_pattern="value_", max_matches=5),
+        GrepArgs(regex_pattern="[[:alpha:]]ん"),  # never sent to rg: its POSIX classes are ASCII-only
     ]:
         assert stand_in.grep_files(args) == python.grep_files(args)
     calls = (tmp_path / "rg.log").read_text().splitlines()
@@ -703,6 +705,19 @@ def test_git_ignores_a_hostile_environment(
     assert len(repo.git_log(GitLogArgs()).commits) == 3
     assert "+retry_limit" in (repo.git_show(GitShowArgs(ref="HEAD", include_patch=True)).patch or "")
     assert not (tmp_path / "pwned").exists()
+    env = _subprocess_env()
+    assert not {k for k in env if k.startswith("GIT_")} - {
+        "GIT_CONFIG_NOSYSTEM", "GIT_CONFIG_GLOBAL", "GIT_TERMINAL_PROMPT", "GIT_OPTIONAL_LOCKS", "GIT_PAGER"
+    }  # fmt: skip
+    assert (
+        env["GIT_CONFIG_NOSYSTEM"] == "1" and env["GIT_TERMINAL_PROMPT"] == "0" and env["HOME"] == os.devnull
+    )
+
+
+def test_only_read_only_git_subcommands_can_run(repo: Repo) -> None:
+    for subcommand in ["push", "config", "checkout", "reset", "gc", "fetch", "-c", "--exec-path=/tmp"]:
+        with pytest.raises(ValueError, match="not allowed"):
+            repo._git(subcommand)
 
 
 def test_repository_config_cannot_make_git_run_programs(tmp_path: Path) -> None:

@@ -87,6 +87,9 @@ _BLAME_HEADER_RE = re.compile(rb"([0-9a-f]{40,64}) \d+ (\d+)(?: \d+)?")
 # string anchors, inline flag removal, backtracking verbs, possessive or atomic groups); such
 # patterns skip the whole-file prefilter and are run on every line.
 _SPANS_LINES_RE = re.compile(r"\(\?<?[=!]|\\[AZzG]|\(\?[a-zA-Z]*-|\(\*|\(\?>|[*+?}]\+")
+# POSIX classes are ASCII-only in ripgrep but Unicode in the regex module, so ripgrep could rule
+# out a file that Python would match: such patterns skip the ripgrep prefilter.
+_NARROWER_IN_RG_RE = re.compile(r"\[:")
 
 
 class RepoError(Exception):
@@ -523,8 +526,8 @@ class Repo:
         notes = []
         if collapsed:
             notes.append(
-                f"Directories below depth {depth} are collapsed to fit {TREE_MAX_ENTRIES} entries; "
-                "pass path='<dir>' to expand one."
+                f"Showing {depth} level(s): deeper directories are collapsed to 'name/ (N files)' to fit "
+                f"{TREE_MAX_ENTRIES} entries and the result budget; pass path='<dir>' to expand one."
             )
         if cut:
             notes.append(f"{cut} entries not shown; pass path='<dir>' or use glob_files.")
@@ -591,7 +594,9 @@ class Repo:
         has_more = truncated = timed_out = False
         deadline = time.monotonic() + self.timeout_seconds
         try:
-            prefiltered = self._rg_files_with_matches(args, candidates, deadline) if self._rg_exe else None
+            prefiltered = None
+            if self._rg_exe and not _NARROWER_IN_RG_RE.search(source):
+                prefiltered = self._rg_files_with_matches(args, candidates, deadline)
             for path in candidates:
                 if time.monotonic() > deadline:
                     timed_out = True
