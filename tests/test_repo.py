@@ -674,11 +674,12 @@ def calls_with_path(repo: Repo, path: str) -> list:
 
 def test_hostile_refs_are_refused_and_have_no_effect(repo: Repo, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
+    tmp_pwned_before = Path("/tmp/pwned").exists()
     for ref in [*HOSTILE_REFS, f"--output={marker}"]:
         for call in calls_with_ref(repo, ref):
             with pytest.raises(RepoError, match="not an accepted ref"):
                 call()
-    assert not marker.exists() and not Path("/tmp/pwned").exists()
+    assert not marker.exists() and Path("/tmp/pwned").exists() == tmp_pwned_before
     with pytest.raises(RepoError, match="does not name a commit"):
         repo.git_show(GitShowArgs(ref="no-such-branch"))
 

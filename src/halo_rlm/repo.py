@@ -37,6 +37,15 @@ import regex
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import to_json
 
+__all__ = [  # noqa: RUF022 - grouped by role: entry points, arguments, results
+    "DEFAULT_MAX_RESULT_BYTES", "DEFAULT_TIMEOUT_SECONDS", "Repo", "RepoError", "ToolSpec", "tool_specs",
+    "TreeArgs", "GlobArgs", "GrepArgs", "ReadArgs",
+    "GitLogArgs", "GitShowArgs", "GitDiffArgs", "GitBlameArgs", "GitReadArgs",
+    "ToolResult", "TreeResult", "GlobResult", "GrepResult", "FileWindow",
+    "GitLogResult", "GitShowResult", "GitDiffResult", "GitBlameResult",
+    "FileEntry", "GrepMatch", "CommitInfo", "ChangedFile", "BlameCommit", "BlameLine",
+]  # fmt: skip
+
 DEFAULT_MAX_RESULT_BYTES = 24 * 1024
 DEFAULT_TIMEOUT_SECONDS = 20.0
 MIN_RESULT_BYTES = 4096
