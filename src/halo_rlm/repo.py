@@ -61,6 +61,11 @@ BINARY_SNIFF_BYTES = 8192
 GIT_OUTPUT_MAX_BYTES = 16 * 1024 * 1024
 
 _NOTE_BYTES = 600
+_OUTSIDE = (
+    "{!r} is outside the repository root; pass a path relative to the root, as shown by "
+    "view_repo_tree or glob_files"
+)
+_WITHHELD = "{!r} appears to contain a private key and is never read"
 _SHORT_ID = 12
 # An overlong line is streamed keeping only this many bytes of its head and tail, enough for
 # READ_LINE_CHARS characters even at 4 bytes per character.
@@ -753,10 +758,10 @@ class Repo:
         path = self._git_path(args.path)
         if args.ref is not None:
             sha = self._commit(args.ref, "ref")
-            with self._git("cat-file", "blob", "--end-of-options", f"{sha}:{self._git_prefix}{path}") as proc:
+            with self._blob(sha, path) as proc:
                 total = _count_lines(proc.stdout, _Guard(path))
-                if total is not None and proc.wait() != 0:
-                    raise RepoError(_git_failure("cat-file", proc.error_text()))
+                if total is not None:  # read to the end, so the exit status is known
+                    proc.check()
             revision = [sha]
         else:
             path = self._readable(args.path)
@@ -813,10 +818,10 @@ class Repo:
         self._require_git()
         sha = self._commit(args.ref, "ref")
         path = self._git_path(args.path)
-        with self._git("cat-file", "blob", "--end-of-options", f"{sha}:{self._git_prefix}{path}") as proc:
+        with self._blob(sha, path) as proc:
             window = self._window(proc.stdout, path, sha[:_SHORT_ID], args.offset, args.limit)
-            if window.total_lines is not None and proc.wait() != 0:
-                raise RepoError(_git_failure("cat-file", proc.error_text()))
+            if window.total_lines is not None:  # read to the end, so the exit status is known
+                proc.check()
         return window
 
     # -- listing and paths ---------------------------------------------------------------------
@@ -905,49 +910,47 @@ class Repo:
 
     def _lexical(self, path: str) -> str:
         """A model's path as a normalised root-relative path, without touching the disk."""
-        path = _clean(path, "path")
-        if os.path.isabs(path):
+        relative = _clean(path, "path")
+        if os.path.isabs(relative):
             for base in (str(self.root), str(self._given_root)):
-                if path == base or path.startswith(base.rstrip(os.sep) + os.sep):
-                    path = path[len(base) :].lstrip(os.sep)
+                if relative == base or relative.startswith(base.rstrip(os.sep) + os.sep):
+                    relative = relative[len(base) :].lstrip(os.sep)
                     break
             else:
-                raise RepoError(
-                    f"{path!r} is outside the repository root; pass a path relative to the root, "
-                    "as shown by view_repo_tree or glob_files"
-                )
-        norm = posixpath.normpath(path.replace(os.sep, "/") or ".")
+                raise RepoError(_OUTSIDE.format(path))
+        norm = posixpath.normpath(relative.replace(os.sep, "/") or ".")
         if norm == ".." or norm.startswith("../"):
-            raise RepoError(
-                f"{path!r} is outside the repository root; pass a path relative to the root, "
-                "as shown by view_repo_tree or glob_files"
-            )
+            raise RepoError(_OUTSIDE.format(path))
         return "" if norm == "." else norm
 
-    def _real(self, path: str) -> str:
-        """A model's path resolved through symlinks; it must stay inside the root."""
-        real = os.path.realpath(self._abs(self._lexical(path)))
+    def _resolve(self, path: str) -> tuple[str, str]:
+        """A model's path, normalised and then resolved through symlinks; both must be inside the root."""
+        lexical = self._lexical(path)
+        real = os.path.realpath(self._abs(lexical))
         root = str(self.root)
         if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
             raise RepoError(
                 f"{path!r} resolves outside the repository root through a symlink; "
                 "only files inside the root can be read"
             )
-        return os.path.relpath(real, root).replace(os.sep, "/") if real != root else ""
+        return lexical, os.path.relpath(real, root).replace(os.sep, "/") if real != root else ""
+
+    def _refuse_hidden(self, path: str, *names: str) -> None:
+        """Refuse a path whose names (as given, or resolved) are secret-like, junk or withheld."""
+        if any(_is_secret_path(name) for name in names):
+            raise RepoError(f"{path!r} looks like a secret (keys, credentials, .env) and is never read")
+        if any(_in_excluded_dir(name) for name in names):
+            raise RepoError(
+                f"{path!r} is inside an excluded directory (.git, node_modules, .venv, caches, …)"
+            )
+        if any(name in self._files().withheld for name in names):
+            raise RepoError(_WITHHELD.format(path))
 
     def _readable(self, path: str) -> str:
         """The root-relative path of a listed file the tools may read, or a RepoError saying why not."""
-        lexical = self._lexical(path)
-        rel = self._real(path)
-        if _is_secret_path(lexical) or _is_secret_path(rel):
-            raise RepoError(f"{path!r} looks like a secret (keys, credentials, .env) and is never read")
-        if _in_excluded_dir(lexical) or _in_excluded_dir(rel):
-            raise RepoError(
-                f"{path!r} is inside an excluded directory ({', '.join(sorted(EXCLUDED_DIRS)[:6])}, …)"
-            )
+        lexical, rel = self._resolve(path)
+        self._refuse_hidden(path, lexical, rel)
         listing = self._files()
-        if rel in listing.withheld:
-            raise RepoError(f"{path!r} appears to contain a private key and is never read")
         if rel in listing.binary:
             raise RepoError(f"{path!r} is a binary file")
         if rel not in listing.files:
@@ -961,25 +964,17 @@ class Repo:
 
     def _scope(self, path: str) -> str:
         """A directory or file to list or search under; it must contain listed files."""
-        rel = self._real(path)
-        if rel and _is_secret_path(rel):
-            raise RepoError(f"{path!r} looks like a secret (keys, credentials, .env) and is never read")
+        lexical, rel = self._resolve(path)
+        self._refuse_hidden(path, lexical, rel)
         files = self._files().files
         if rel and rel not in files and not any(p.startswith(rel + "/") for p in files):
-            raise RepoError(
-                f"no listed files under {path!r} (missing, ignored, excluded or secret); see view_repo_tree"
-            )
+            raise RepoError(f"no listed files under {path!r} (missing or ignored); see view_repo_tree")
         return rel
 
     def _git_path(self, path: str) -> str:
         """A model's path for git, which may name a file that no longer exists: checked lexically."""
         rel = self._lexical(path)
-        if _is_secret_path(rel):
-            raise RepoError(f"{path!r} looks like a secret (keys, credentials, .env) and is never read")
-        if _in_excluded_dir(rel):
-            raise RepoError(f"{path!r} is inside an excluded directory")
-        if rel in self._files().withheld:
-            raise RepoError(f"{path!r} appears to contain a private key and is never read")
+        self._refuse_hidden(path, rel)
         return rel
 
     # -- reading -------------------------------------------------------------------------------
@@ -1121,9 +1116,12 @@ class Repo:
             out = proc.stdout.read(max_bytes + 1)
             if len(out) > max_bytes:
                 return out[:max_bytes], True
-            if proc.wait() != 0:
-                raise RepoError(_git_failure(subcommand, proc.error_text()))
+            proc.check()
             return out, False
+
+    def _blob(self, sha: str, path: str) -> _Process:
+        """A file's content at a commit, as a stream."""
+        return self._git("cat-file", "blob", "--end-of-options", f"{sha}:{self._git_prefix}{path}")
 
     def _probe_git(self) -> bool:
         try:
@@ -1308,9 +1306,19 @@ class _Process:
             raise RepoError(f"{self._label} timed out after {self._timeout:g} s; narrow the request")
         return code
 
-    def error_text(self) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read(4096).decode("utf-8", "replace")
+    def check(self) -> None:
+        """Raise a RepoError with the command's own explanation if it failed."""
+        if self.wait() != 0:
+            self._stderr.seek(0)
+            stderr = self._stderr.read(4096).decode("utf-8", "replace")
+            lines = [
+                line.removeprefix("fatal: ").removeprefix("error: ").strip()
+                for line in stderr.splitlines()
+                if line.strip() and not line.startswith(("usage:", "hint:", " "))
+            ]
+            raise RepoError(
+                f"{self._label} failed: " + _shorten("; ".join(lines[:3]) or "unknown error", 400)
+            )
 
     def __enter__(self) -> Self:
         return self
@@ -1337,7 +1345,7 @@ class _Guard:
             raise RepoError(f"{self.path!r} is a binary file")
         window = self._carry + chunk
         if _has_private_key(window):
-            raise RepoError(f"{self.path!r} appears to contain a private key and is never read")
+            raise RepoError(_WITHHELD.format(self.path))
         self._carry = window[-80:]
         self.read += len(chunk)
 
@@ -1567,15 +1575,6 @@ def _git_date(value: str, field: str) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.isoformat(timespec="seconds")
-
-
-def _git_failure(subcommand: str, stderr: str) -> str:
-    lines = [
-        line.removeprefix("fatal: ").removeprefix("error: ").strip()
-        for line in stderr.splitlines()
-        if line.strip() and not line.startswith(("usage:", "hint:", " "))
-    ]
-    return f"git {subcommand} failed: " + _shorten("; ".join(lines[:3]) or "unknown error", 400)
 
 
 def _commit_info(fields: list[str]) -> CommitInfo:
