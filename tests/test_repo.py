@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -339,6 +340,20 @@ def test_grep_catastrophic_backtracking_times_out_instead_of_hanging(tmp_path: P
     with pytest.raises(RepoError, match="catastrophic backtracking"):
         repo.grep_files(GrepArgs(regex_pattern="(a+)+$"))
     assert time.monotonic() - started < 10
+
+
+def test_a_slow_regex_in_a_worker_thread_does_not_starve_other_threads(tmp_path: Path) -> None:
+    write(tmp_path, "evil.txt", "a" * 5000 + "b\n")
+    repo = Repo.open(tmp_path, timeout_seconds=1.0, use_ripgrep=False)
+    worker = threading.Thread(
+        target=lambda: pytest.raises(RepoError, repo.grep_files, GrepArgs(regex_pattern="(a+)+$"))
+    )
+    worker.start()
+    ticks = 0
+    while worker.is_alive():
+        time.sleep(0.01)
+        ticks += 1
+    assert ticks > 20  # holding the GIL for the whole second would allow about one
 
 
 def test_grep_with_lookaround_checks_every_line(tmp_path: Path) -> None:

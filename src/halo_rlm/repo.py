@@ -1055,7 +1055,10 @@ class Repo:
         if nul >= 0:  # binary data further in: search the text before it, as ripgrep does
             data = data[: data.rfind(b"\n", 0, nul) + 1]
         text = data.decode("utf-8", "replace").removeprefix("\ufeff")
-        if file_re is not None and not file_re.search(text.replace("\r\n", "\n"), timeout=_left(deadline)):
+        # The regex module releases the GIL while matching a str, so a slow pattern in a worker
+        # thread does not stall the engine's event loop; the deadline bounds it.
+        whole = text.replace("\r\n", "\n")
+        if file_re is not None and not file_re.search(whole, timeout=_left(deadline)):
             return []
         lines = text.split("\n")
         if lines[-1] == "":
