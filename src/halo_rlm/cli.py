@@ -176,6 +176,8 @@ def print_ingest_summary(report: IngestReport, *, brief: bool = False) -> None:
         listed = "; ".join(f"{escape(reason)} ×{count:,}" for reason, count in reasons)
         console.print(f"[yellow]{report.rejected:,} records rejected[/]: {listed}")
         console.print("[dim]  see them: halo sql \"SELECT path, line_no, reason FROM rejects\"[/]")
+    if report.duplicates:
+        console.print(f"[dim]{report.duplicates:,} duplicate spans (same trace and span id) merged[/]")
     repaired = sum(i.repaired for i in report.inputs)
     if repaired:
         console.print(f"[yellow]{repaired:,} lines had invalid UTF-8[/], replaced with U+FFFD and kept")

@@ -147,7 +147,7 @@ def read_lines(
     *,
     start_offset: int = 0,
     start_line: int = 0,
-    batch_bytes: int = BATCH_BYTES,
+    batch_bytes: int | None = None,
     max_line_bytes: int | None = None,
 ) -> Iterator[LineBatch | OversizeLine]:
     """Read newline-delimited records in batches of about `batch_bytes`, resuming at `start_offset`
@@ -155,6 +155,7 @@ def read_lines(
 
     A line longer than `max_line_bytes` is skipped without being held in memory and reported as an
     `OversizeLine`."""
+    batch_bytes = batch_bytes or BATCH_BYTES
     max_line_bytes = max_line_bytes or MAX_LINE_BYTES
     _skip(stream, start_offset)
     offset, line_no = start_offset, start_line  # offset: where `carry` starts in the stream

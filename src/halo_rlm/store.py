@@ -105,6 +105,7 @@ class InputReport:
     spans: int = 0
     rejected: int = 0
     repaired: int = 0
+    duplicates: int = 0  # spans already in the store (same trace and span id), merged into one
     bytes: int = 0
     seconds: float = 0.0
     message: str | None = None
@@ -123,6 +124,10 @@ class IngestReport:
     @property
     def rejected(self) -> int:
         return sum(i.rejected for i in self.inputs)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(i.duplicates for i in self.inputs)
 
 
 Progress = Callable[[int, int], None]  # (bytes read in this input, spans added in this input)
@@ -257,7 +262,7 @@ class TraceStore:
         lines = (orjson.dumps(record) for record in records)
         result = InputReport(source, "ingested")
         self._ingest_lines(input_id, _numbered(lines), result, report, strict=False, progress=None)
-        self._finish_inputs([input_id], status="complete", offset=0, line=0)
+        result.duplicates = self._finish_inputs([input_id], status="complete", offset=0, line=0)
         report.inputs.append(result)
         return report
 
@@ -318,7 +323,7 @@ class TraceStore:
             result.status, result.message = "failed", self._not_trace_data(input_id, head)
             self._forget_input(input_id)
             return result
-        self._finish_inputs([input_id], status="complete", offset=end_offset, line=end_line)
+        result.duplicates = self._finish_inputs([input_id], status="complete", offset=end_offset, line=end_line)
         return result
 
     def _ingest_stream(
@@ -556,24 +561,26 @@ class TraceStore:
             self.con.execute("DELETE FROM rejects WHERE input_id = ?", [input_id])
             self._refresh_touched()
 
-    def _finish_inputs(self, input_ids: list[int], *, status: str, offset: int, line: int) -> None:
-        """Dedupe, flag orphans and rebuild rollups for every trace the inputs touched."""
+    def _finish_inputs(self, input_ids: list[int], *, status: str, offset: int, line: int) -> int:
+        """Dedupe, flag orphans and rebuild rollups for every trace the inputs touched; returns how
+        many duplicate spans were merged."""
         placeholders = ", ".join("?" for _ in input_ids)
         with self._transaction():
             self.con.execute(
                 f"CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT trace_id FROM spans "
                 f"WHERE input_id IN ({placeholders})", input_ids,
             )
-            self._refresh_touched()
+            merged = self._refresh_touched()
             self.con.execute(
                 f"UPDATE inputs SET status = ?, resume_offset = ?, resume_line = ?, finished_at = now(), "
                 f"spans = (SELECT count(*) FROM spans WHERE spans.input_id = inputs.input_id) "
                 f"WHERE input_id IN ({placeholders})", [status, offset, line, *input_ids],
             )
+        return merged
 
-    def _refresh_touched(self) -> None:
+    def _refresh_touched(self) -> int:
         # Duplicates: keep a finished copy over an in-flight one, then the first ingested.
-        self.con.execute("""
+        merged = self._one("""
             DELETE FROM spans WHERE rowid IN (
               SELECT rid FROM (
                 SELECT s.rowid AS rid, row_number() OVER (
@@ -592,6 +599,7 @@ class TraceStore:
             WHERE spans.rowid = o.rid AND o.orphan IS DISTINCT FROM o.is_orphan""")
         self.con.execute("DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM touched)")
         self.con.execute(ROLLUP_SQL)
+        return int(merged[0]) if merged else 0
 
 
     # --- queries ------------------------------------------------------------------------------

@@ -1,0 +1,113 @@
+"""An ingest stopped half-way leaves a consistent store, and the next run finishes it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import orjson
+import pytest
+
+from halo_rlm import files
+from halo_rlm.store import TraceStore
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def make_corpus(path: Path, traces: int) -> Path:
+    with path.open("wb") as f:
+        for t in range(traces):
+            for s in range(4):
+                f.write(orjson.dumps({
+                    "trace_id": f"{t:032x}", "span_id": f"{t:08x}{s:08x}",
+                    "parent_span_id": "" if s == 0 else f"{t:08x}{0:08x}", "name": f"step-{s}",
+                    "kind": "SPAN_KIND_INTERNAL", "start_time": 1776924720000000000 + t * 10**9 + s,
+                    "end_time": 1776924720000000000 + t * 10**9 + s + 10**6,
+                    "status": {"code": "STATUS_CODE_ERROR" if t % 7 == 0 and s == 3 else "STATUS_CODE_OK"},
+                    "resource": {"attributes": {"service.name": "svc"}}, "scope": {"name": "x"},
+                    "attributes": {"openinference.span.kind": "LLM" if s else "AGENT", "llm.model_name": "m",
+                                   "llm.token_count.prompt": t, "output.value": "z" * 300},
+                }) + b"\n")
+    return path
+
+
+def snapshot(store_path: Path) -> tuple:
+    with TraceStore.open(store_path, read_only=True) as store:
+        return (
+            store.con.execute("SELECT count(*), count(DISTINCT (trace_id, span_id)), sum(input_tokens) FROM spans").fetchall(),
+            store.con.execute("SELECT count(*), sum(span_count), sum(error_spans), sum(input_tokens) FROM traces").fetchall(),
+            store.con.execute("SELECT status FROM inputs").fetchall(),
+        )
+
+
+def test_exception_mid_file_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    corpus = make_corpus(tmp_path / "c.jsonl", 2_000)
+    clean = tmp_path / "clean.duckdb"
+    with TraceStore.open(clean) as store:
+        store.ingest([str(corpus)])
+
+    monkeypatch.setattr(files, "BATCH_BYTES", 200_000)
+    original = TraceStore._load_batch
+    calls = {"n": 0}
+
+    def flaky(self: TraceStore, *args: object, **kwargs: object) -> bool:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    broken = tmp_path / "broken.duckdb"
+    monkeypatch.setattr(TraceStore, "_load_batch", flaky)
+    with TraceStore.open(broken) as store, pytest.raises(KeyboardInterrupt):
+        store.ingest([str(corpus)])
+    monkeypatch.setattr(TraceStore, "_load_batch", original)
+
+    # Consistent after the interruption: exactly the three committed batches, marked partial.
+    with TraceStore.open(broken, read_only=True) as store:
+        spans, resume_line, status = store.con.execute(
+            "SELECT (SELECT count(*) FROM spans), resume_line, status FROM inputs").fetchall()[0]
+        assert status == "partial" and 0 < spans < 8_000
+        assert store.con.execute("SELECT max(line_no) FROM spans").fetchall()[0][0] <= resume_line
+    with TraceStore.open(broken) as store:
+        report = store.ingest([str(corpus)])
+    assert report.inputs[0].status == "resumed"
+    assert snapshot(broken) == snapshot(clean)
+
+
+def test_killed_process_then_rerun(tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path / "c.jsonl", 6_000)
+    clean = tmp_path / "clean.duckdb"
+    with TraceStore.open(clean) as store:
+        store.ingest([str(corpus)])
+
+    killed = tmp_path / "killed.duckdb"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(SRC)!r})
+        from halo_rlm import files
+        from halo_rlm.store import TraceStore
+        files.BATCH_BYTES = 250_000
+        def progress(inp):
+            def report(done, spans):
+                print(spans, flush=True)
+            return report
+        with TraceStore.open({str(killed)!r}) as store:
+            store.ingest([{str(corpus)!r}], progress=progress)
+        print("finished", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    progress_lines = [proc.stdout.readline(), proc.stdout.readline()]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert all(line.strip().isdigit() for line in progress_lines), progress_lines  # killed mid-ingest
+
+    before = snapshot(killed)
+    assert before[2] == [("partial",)] and 0 < before[0][0][0] < 24_000
+    with TraceStore.open(killed) as store:
+        store.ingest([str(corpus)])
+    assert snapshot(killed) == snapshot(clean)
