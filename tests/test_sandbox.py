@@ -23,20 +23,6 @@ def run_session(codes: list[str], functions: dict | None = None, limits: Limits 
     return asyncio.run(session())
 
 
-def child_processes() -> list[int]:
-    children = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            if parent == os.getpid():
-                children.append(int(entry))
-    return children
-
-
 def test_available_here():
     assert available() is None
 
@@ -318,7 +304,7 @@ def test_cancelling_a_run_keeps_the_repl_usable():
     assert asyncio.run(scenario()).value == "'yes'"
 
 
-def test_many_repls_run_concurrently_without_blocking_the_event_loop():
+def test_many_repls_run_concurrently_without_blocking_the_event_loop(child_processes):
     def blocking_lookup(n):
         threading.Event().wait(0.2)  # a slow synchronous store query
         return n
