@@ -87,7 +87,10 @@ def test_host_functions_sync_and_async_are_plain_calls_with_plain_data():
         {"traces": traces, "llm_query": llm_query},
     )
     assert result.ok, result.error
-    assert result.value == "([{'id': 0, 'status': 'error'}, {'id': 1, 'status': 'error'}], \"summary of 'error'\")"
+    assert (
+        result.value
+        == "([{'id': 0, 'status': 'error'}, {'id': 1, 'status': 'error'}], \"summary of 'error'\")"
+    )
     assert result.host_calls == 2
     # Sync host functions run in a worker thread, off the event loop.
     assert loop_threads and threading.main_thread().ident not in loop_threads
@@ -137,7 +140,9 @@ def test_json_like_data_round_trips_unchanged():
         return value
 
     [result] = run_session(
-        ["sent = source()\nback = echo(sent)\n(back == sent, back['big'] + 1, back['pair'], back['unicode'])"],
+        [
+            "sent = source()\nback = echo(sent)\n(back == sent, back['big'] + 1, back['pair'], back['unicode'])"
+        ],
         {"source": lambda: data, "echo": echo},
     )
     assert result.ok, result.error
@@ -172,7 +177,10 @@ def test_only_plain_data_crosses_the_boundary():
     )
     assert [r.ok for r in results] == [False] * 6
     for result in results[:4]:
-        assert result.error.startswith("TypeError: take(): ") and "cannot cross the sandbox boundary" in result.error
+        assert (
+            result.error.startswith("TypeError: take(): ")
+            and "cannot cross the sandbox boundary" in result.error
+        )
     assert "'lock'" in results[4].error and "'function'" in results[5].error
     assert received == []
 
@@ -180,7 +188,8 @@ def test_only_plain_data_crosses_the_boundary():
 def test_output_keeps_head_and_tail_and_says_how_much_was_dropped():
     limits = Limits(wall_seconds=5, max_output_bytes=1_000)
     [result] = run_session(
-        ["print('FIRST LINE')\nfor i in range(10000):\n    print(f'line {i}')\nprint('LAST LINE')"], limits=limits
+        ["print('FIRST LINE')\nfor i in range(10000):\n    print(f'line {i}')\nprint('LAST LINE')"],
+        limits=limits,
     )
     assert result.ok and result.truncated
     assert result.stdout.startswith("FIRST LINE\nline 0\n")
@@ -198,7 +207,9 @@ def test_long_value_keeps_head_and_tail():
 
 
 def test_timeout_stops_the_run_and_restores_the_previous_state():
-    results = run_session(["kept = 'from run 1'", "lost = 'from run 2'\nwhile True:\n    pass", "kept", "lost"])
+    results = run_session(
+        ["kept = 'from run 1'", "lost = 'from run 2'\nwhile True:\n    pass", "kept", "lost"]
+    )
     timed_out = results[1]
     assert timed_out.ok is False and timed_out.timed_out
     assert timed_out.error.startswith("TimeoutError: timed out after 2s.")
@@ -217,15 +228,29 @@ def test_timeout_also_covers_time_spent_waiting_on_the_host():
             cancelled.append(prompt)
             raise
 
-    results = run_session(["slow_llm('hi')", "'still alive'"], {"slow_llm": slow_llm}, Limits(wall_seconds=0.5))
+    results = run_session(
+        ["slow_llm('hi')", "'still alive'"], {"slow_llm": slow_llm}, Limits(wall_seconds=0.5)
+    )
     assert results[0].timed_out and results[0].error.startswith("TimeoutError: timed out after 0.5s")
     assert cancelled == ["hi"]
     assert results[1].value == "'still alive'"
 
 
+def resident_mb() -> float:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
 def test_memory_limit_raises_memory_error_and_restores_the_previous_state():
+    rss_before = resident_mb()
     results = run_session(
-        ["kept = [1, 2, 3]", "big = 'x' * 10**10", "grow = []\nwhile True:\n    grow.append('y' * 10**5)", "kept"],
+        [
+            "kept = [1, 2, 3]",
+            "big = 'x' * 10**10",
+            "grow = []\nwhile True:\n    grow.append('y' * 10**5)",
+            "kept",
+        ],
         limits=Limits(wall_seconds=20, memory_mb=64),
     )
     for result in results[1:3]:
@@ -233,6 +258,21 @@ def test_memory_limit_raises_memory_error_and_restores_the_previous_state():
         assert result.error.startswith("MemoryError: memory limit exceeded")
         assert "reset to its state after your previous run" in result.error
     assert results[3].value == "[1, 2, 3]"
+    # The bombs lived in the worker process: the host barely moved.
+    assert resident_mb() - rss_before < 50
+
+
+def test_state_too_large_to_checkpoint_is_reported_and_rolled_back():
+    # Checkpointing needs memory of its own, so a heap near the limit cannot be saved.
+    results = run_session(
+        ["kept = 'small'", "numbers = [str(i) for i in range(500_000)]\nlen(numbers)", "kept", "len(numbers)"],
+        limits=Limits(wall_seconds=20, memory_mb=64),
+    )
+    too_big = results[1]
+    assert too_big.ok is False and too_big.value == "500000"
+    assert "too large to keep within the 64 MB memory limit" in too_big.error
+    assert results[2].value == "'small'"
+    assert results[3].error == "NameError: name 'numbers' is not defined (line 1)"
 
 
 def test_recursion_limit_raises_a_catchable_recursion_error():
@@ -258,7 +298,11 @@ def test_host_call_cap_stops_a_fork_bomb_through_callbacks():
         return "ok"
 
     results = run_session(
-        ["kept = 1", "for i in range(10**9):\n    try:\n        llm_query(str(i))\n    except Exception:\n        pass", "kept"],
+        [
+            "kept = 1",
+            "for i in range(10**9):\n    try:\n        llm_query(str(i))\n    except Exception:\n        pass",
+            "kept",
+        ],
         {"llm_query": llm_query},
         Limits(wall_seconds=10, max_host_calls=25),
     )
@@ -277,9 +321,13 @@ def test_oversized_arguments_fail_fast_without_calling_the_host():
         return ["ok"] * len(prompts)
 
     [result] = run_session(
-        ["llm_query_batched(['x'] * 10**6)"], {"llm_query_batched": llm_query_batched}, Limits(wall_seconds=10)
+        ["llm_query_batched(['x'] * 10**6)"],
+        {"llm_query_batched": llm_query_batched},
+        Limits(wall_seconds=10),
     )
-    assert result.error.startswith("ValueError: llm_query_batched(): arguments too large (over 1,000,000 bytes)")
+    assert result.error.startswith(
+        "ValueError: llm_query_batched(): arguments too large (over 1,000,000 bytes)"
+    )
     assert calls == []
 
 
@@ -313,7 +361,9 @@ def test_many_repls_run_concurrently_without_blocking_the_event_loop(child_proce
         await asyncio.sleep(0.05)
         return prompt.upper()
 
-    code = "total = 0\nfor i in range(400_000):\n    total += i % 7\n(blocking_lookup(total), llm_query('done'))"
+    code = (
+        "total = 0\nfor i in range(400_000):\n    total += i % 7\n(blocking_lookup(total), llm_query('done'))"
+    )
     functions = {"blocking_lookup": blocking_lookup, "llm_query": llm_query}
 
     async def scenario():
@@ -347,7 +397,9 @@ def test_many_repls_run_concurrently_without_blocking_the_event_loop(child_proce
 
 def test_describe_environment_lists_available_and_missing_modules():
     text = describe_environment(Limits(wall_seconds=12, max_host_calls=99))
-    available_line = next(line for line in text.splitlines() if line.startswith("- Standard modules available"))
+    available_line = next(
+        line for line in text.splitlines() if line.startswith("- Standard modules available")
+    )
     missing_line = next(line for line in text.splitlines() if line.startswith("- Not available"))
     for module in ("collections", "json", "re", "itertools", "math"):
         assert module in available_line

@@ -54,7 +54,13 @@ def fail():
     raise HostOnlyError("store unavailable")
 
 
-FUNCTIONS = {"traces": traces, "llm_query": llm_query, "llm_query_batched": llm_query_batched, "leak": leak, "fail": fail}
+FUNCTIONS = {
+    "traces": traces,
+    "llm_query": llm_query,
+    "llm_query_batched": llm_query_batched,
+    "leak": leak,
+    "fail": fail,
+}
 
 REFUSED = "cannot cross the sandbox boundary"
 
@@ -62,14 +68,23 @@ REFUSED = "cannot cross the sandbox boundary"
 ESCAPES = [
     # The file system.
     pytest.param("open('/etc/passwd').read()", "PermissionError", None, id="open-etc-passwd"),
-    pytest.param(f"open({WRITE_TARGET!r}, 'w').write('pwned')", "PermissionError", None, id="open-write-outside"),
-    pytest.param("open('/tmp/halo-escape.txt', 'w').write('pwned')", "PermissionError", None, id="open-write-tmp"),
+    pytest.param(
+        f"open({WRITE_TARGET!r}, 'w').write('pwned')", "PermissionError", None, id="open-write-outside"
+    ),
+    pytest.param(
+        "open('/tmp/halo-escape.txt', 'w').write('pwned')", "PermissionError", None, id="open-write-tmp"
+    ),
     pytest.param(f"open({CANARY_FILE!r}).read()", "PermissionError", None, id="read-canary-file"),
     pytest.param("open('/proc/self/environ').read()", "PermissionError", None, id="read-proc-self-environ"),
     pytest.param(
-        "import pathlib\npathlib.Path('/etc/passwd').read_text()", "PermissionError", None, id="pathlib-read-text"
+        "import pathlib\npathlib.Path('/etc/passwd').read_text()",
+        "PermissionError",
+        None,
+        id="pathlib-read-text",
     ),
-    pytest.param("import pathlib\nlist(pathlib.Path('/').iterdir())", "PermissionError", None, id="pathlib-list-root"),
+    pytest.param(
+        "import pathlib\nlist(pathlib.Path('/').iterdir())", "PermissionError", None, id="pathlib-list-root"
+    ),
     pytest.param("import os\nos.listdir('/')", "PermissionError", None, id="os-listdir-root"),
     pytest.param("import os\nos.remove('/etc/hosts')", "PermissionError", None, id="os-remove-file"),
     pytest.param("import io\nio.open('/etc/passwd')", "ModuleNotFoundError", None, id="io-open"),
@@ -77,7 +92,9 @@ ESCAPES = [
     # The environment.
     pytest.param("import os\nos.environ['OPENAI_API_KEY']", "not supported", None, id="os-environ"),
     pytest.param("import os\nos.getenv('OPENAI_API_KEY')", "not supported", None, id="os-getenv-api-key"),
-    pytest.param("exec(\"import os\\nkey = os.getenv('OPENAI_API_KEY')\")", "not supported", None, id="exec-getenv"),
+    pytest.param(
+        "exec(\"import os\\nkey = os.getenv('OPENAI_API_KEY')\")", "not supported", None, id="exec-getenv"
+    ),
     # Processes, sockets, native code, threads, signals.
     pytest.param("import os\nos.system('touch /tmp/halo-escape')", "AttributeError", None, id="os-system"),
     pytest.param("import subprocess", "ModuleNotFoundError", None, id="import-subprocess"),
@@ -98,7 +115,9 @@ ESCAPES = [
     pytest.param("breakpoint()", "NameError", None, id="breakpoint"),
     pytest.param("input()", "NameError", None, id="input"),
     # Introspection walks toward host objects.
-    pytest.param("().__class__.__bases__[0].__subclasses__()", "AttributeError", None, id="tuple-class-subclasses"),
+    pytest.param(
+        "().__class__.__bases__[0].__subclasses__()", "AttributeError", None, id="tuple-class-subclasses"
+    ),
     pytest.param("getattr(type, '__subclasses__')", "AttributeError", None, id="getattr-type-subclasses"),
     pytest.param("object.__subclasses__()", "AttributeError", None, id="object-subclasses"),
     pytest.param("globals()", "NameError", None, id="globals"),
@@ -110,7 +129,10 @@ ESCAPES = [
     pytest.param("llm_query.__self__", "AttributeError", None, id="host-function-self"),
     pytest.param("type(traces).__dict__", "AttributeError", None, id="host-function-type-dict"),
     pytest.param(
-        "try:\n    fail()\nexcept Exception as e:\n    e.__traceback__", "AttributeError", None, id="host-exception-traceback"
+        "try:\n    fail()\nexcept Exception as e:\n    e.__traceback__",
+        "AttributeError",
+        None,
+        id="host-exception-traceback",
     ),
     pytest.param(
         "try:\n    fail()\nexcept Exception as e:\n    found = (type(e).__name__, e.args)\nfound",
@@ -122,18 +144,34 @@ ESCAPES = [
     pytest.param("leak()", REFUSED, None, id="host-returns-a-module"),
     pytest.param("traces(type)", REFUSED, None, id="pass-type-to-host"),
     pytest.param("class Spy:\n    pass\ntraces(Spy())", REFUSED, None, id="pass-object-to-host"),
+    # Monty hands a sandbox function over as its repr string: inert data.
     pytest.param(
-        "inner = []\nfor i in range(10_000):\n    inner = [inner]\ntraces(inner)", "nested", None, id="pass-deep-nesting"
+        "traces(callback=lambda: 1)[0]['kwargs']['callback'][:20]",
+        None,
+        "\"<function '<lambda>'\"",
+        id="pass-function-to-host-arrives-as-text",
+    ),
+    pytest.param(
+        "inner = []\nfor i in range(10_000):\n    inner = [inner]\ntraces(inner)",
+        "nested",
+        None,
+        id="pass-deep-nesting",
     ),
     # Resource exhaustion.
     pytest.param("while True:\n    pass", "timed out after 5s", None, id="infinite-loop"),
     pytest.param("'x' * 10**10", "MemoryError", None, id="memory-bomb-string"),
-    pytest.param("grow = []\nwhile True:\n    grow.append('x' * 10**6)", "MemoryError", None, id="memory-bomb-list"),
+    pytest.param(
+        "grow = []\nwhile True:\n    grow.append('x' * 10**6)", "MemoryError", None, id="memory-bomb-list"
+    ),
     pytest.param("def f():\n    return f()\nf()", "RecursionError", None, id="recursion-bomb"),
     pytest.param("import time\ntime.sleep(10**6)\n'woke'", None, "'woke'", id="sleep-forever-is-skipped"),
+    pytest.param("raise ValueError('x' * 10**7)", "ValueError: xxx", None, id="gigantic-error-message"),
     pytest.param("print('x' * 10**8)", None, None, id="gigantic-output"),
     pytest.param(
-        "for i in range(10**9):\n    llm_query('again')", "host call limit exceeded", None, id="fork-bomb-via-callbacks"
+        "for i in range(10**9):\n    llm_query('again')",
+        "host call limit exceeded",
+        None,
+        id="fork-bomb-via-callbacks",
     ),
     pytest.param("llm_query_batched(['x'] * 10**6)", "arguments too large", None, id="huge-batched-argument"),
     pytest.param(
@@ -182,6 +220,7 @@ def test_escape_attempt_is_contained(code, error, value):
     assert SECRET not in shown and CANARY_TEXT not in shown
     assert len(HOST_CALLS) <= LIMITS.max_host_calls
     assert len(result.stdout) <= LIMITS.max_output_bytes + 100
+    assert len(result.error or "") < 3_000
 
 
 def test_there_are_at_least_thirty_escape_attempts():
@@ -207,4 +246,3 @@ def _environment() -> dict[str, str]:
 
 def _thread_count() -> int:
     return len(os.listdir("/proc/self/task"))
-

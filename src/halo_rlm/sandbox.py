@@ -37,6 +37,11 @@ Quirks of 1.4.0 that shaped this module:
   feed", so the per-run host-call cap is enforced by discarding the worker.
 * With `feed_run` an async host function must be `await`ed by sandbox code; answering
   snapshots ourselves makes every host function a plain call, as RLM code expects.
+* `dump()` needs memory of its own inside the worker: with the heap near `max_memory` the
+  worker is killed mid-dump. Such a run is reported as failed and rolled back.
+* `load_session` restores the dumped session's limits and os_policy, not the checkout's.
+* A sandbox object passed to a host function arrives as plain data or, for functions and other
+  values Monty cannot convert, as its repr string; class instances arrive as `MontyClassProxy`.
 * A process whose interpreter finalises right after an `AsyncMonty` call completes can abort
   (SIGABRT) when Monty's I/O thread re-takes the GIL; `aclose` waits a moment for it.
 * The online docs describe other versions (`max_duration_secs`, "no str.format"); the
@@ -44,7 +49,9 @@ Quirks of 1.4.0 that shaped this module:
 
 A timeout, a memory-limit hit, the host-call cap or a worker crash resets the session:
 variables, functions and imports go back to what they were after the previous run, and the
-error tells the model that everything this run changed is lost.
+error tells the model that everything this run changed is lost. The price is a dump after every
+run, proportional to the state kept (about 1.4 ms per 1,000 small dicts); a state whose dump
+exceeds 64 MB is not kept, and a reset then starts empty and says so.
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ import functools
 import inspect
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -73,6 +80,7 @@ _CHECKPOINT_MAX_BYTES = 64 * 2**20
 _SETTLE_SECONDS = 0.02
 # Plain data nested deeper than this is refused, which also keeps our walk off the host stack.
 _MAX_NESTING = 100
+# Error texts for the model: a message longer than this is cut.
 _MAX_ERROR_MESSAGE = 2_000
 # Host exception types the sandbox sees under their own name; everything else is a RuntimeError.
 _SANDBOX_EXCEPTION_TYPES = frozenset(
@@ -115,22 +123,20 @@ class CodeResult(BaseModel):
     timed_out: bool = False
     truncated: bool = Field(False, description="stdout or value was cut")
     duration_ms: int = 0
-    host_calls: int = 0
-
-
-def available() -> str | None:
-    """None when the sandbox can run code here, else a one-line reason why not."""
-    return _availability()
+    host_calls: int = Field(
+        0, description="round trips to the host: function calls, imports, refused OS calls"
+    )
 
 
 @functools.cache
-def _availability() -> str | None:
+def available() -> str | None:
+    """None when the sandbox can run code here, else a one-line reason why not."""
     if monty is None:
         return "pydantic-monty is not installed (pip install pydantic-monty)"
     try:
         with monty.Monty(max_processes=1, request_timeout=10) as pool, pool.checkout() as session:
             answer = session.feed_run("6 * 7")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong is the reason to report
         return f"the Monty sandbox worker failed to start: {exc}".splitlines()[0]
     return None if answer == 42 else f"the Monty sandbox worker answered 6 * 7 with {answer!r}"
 
@@ -138,18 +144,26 @@ def _availability() -> str | None:
 def describe_environment(limits: Limits | None = None) -> str:
     """What the sandbox offers, for the system prompt: modules and language features probed in
     this backend at runtime, and the rules of the game (plain calls, plain data, limits)."""
+    if (reason := available()) is not None:
+        return f"No Python sandbox is available: {reason}."
     modules, gaps = _probe_environment()
     present = [name for name in modules if name not in _SYSTEM_MODULES]
     missing = [name for name in _WANTED_MODULES if name not in modules]
     lines = [
-        f"Python sandbox: Monty {monty.__version__ if monty else '(not installed)'}, a subset of Python 3 in an"
-        " isolated worker process. Variables, functions and imports persist from one run to the next.",
+        (
+            f"Python sandbox: Monty {monty.__version__}, a subset of Python 3 in an isolated worker process."
+            " Variables, functions and imports persist from one run to the next."
+        ),
         f"- Standard modules available: {', '.join(present)}.",
         f"- Not available: {', '.join(missing)}; use collections.Counter, sorted(), sum() and plain loops instead.",
-        "- No file system, network, environment variables, subprocesses or threads"
-        f" ({', '.join(name for name in _SYSTEM_MODULES if name in modules)} exist but have nothing behind them).",
-        "- Reach data only through the provided functions. Call them like ordinary functions, without await;"
-        " they take and return plain data: None, bool, int, float, str, list, tuple and dict.",
+        (
+            "- No file system, network, environment variables, subprocesses or threads"
+            f" ({', '.join(name for name in _SYSTEM_MODULES if name in modules)} exist but have nothing behind them)."
+        ),
+        (
+            "- Reach data only through the provided functions. Call them like ordinary functions, without await;"
+            " they take and return plain data: None, bool, int, float, str, list, tuple and dict."
+        ),
     ]
     if gaps:
         lines.append(f"- Language gaps: {'; '.join(gaps)}.")
@@ -164,10 +178,11 @@ def describe_environment(limits: Limits | None = None) -> str:
 
 # Modules an analysis script might reach for, probed in the worker.
 _WANTED_MODULES = (
-    "asyncio base64 bisect collections copy csv dataclasses datetime decimal difflib enum fractions functools"
-    " hashlib heapq io itertools json math operator pprint random re statistics string textwrap time typing"
-    " unicodedata uuid numpy pandas"
-).split()
+    *("asyncio", "base64", "bisect", "collections", "copy", "csv", "dataclasses", "datetime", "decimal"),
+    *("difflib", "enum", "fractions", "functools", "hashlib", "heapq", "io", "itertools", "json", "math"),
+    *("operator", "pprint", "random", "re", "statistics", "string", "textwrap", "time", "typing"),
+    *("unicodedata", "uuid", "numpy", "pandas"),
+)
 _SYSTEM_MODULES = ("os", "pathlib", "sys")
 # Constructs Monty may not support, each with what the model should do instead.
 _LANGUAGE_PROBES = {
@@ -180,9 +195,7 @@ _LANGUAGE_PROBES = {
 
 @functools.cache
 def _probe_environment() -> tuple[list[str], list[str]]:
-    """(importable modules, language gaps) of this Monty build; empty when it cannot run."""
-    if available() is not None:
-        return [], []
+    """(importable modules, language gaps) of this Monty build."""
     modules, gaps = [], []
     with monty.Monty(max_processes=1, request_timeout=10) as pool, pool.checkout() as session:
         for name in sorted({*_WANTED_MODULES, *_SYSTEM_MODULES}):
@@ -209,7 +222,12 @@ class Repl:
     its runs execute one at a time.
     """
 
-    def __init__(self, functions: dict[str, Callable[..., Any]], *, limits: Limits = Limits()) -> None:
+    def __init__(
+        self,
+        functions: dict[str, Callable[..., Any]],
+        *,
+        limits: Limits = Limits(),  # noqa: B008 - frozen, so one shared default is safe
+    ) -> None:
         for name, function in functions.items():
             if not (isinstance(name, str) and name.isidentifier() and not name.startswith("_")):
                 raise ValueError(f"host function name {name!r} must be a public Python identifier")
@@ -222,7 +240,7 @@ class Repl:
         self._checkpoint: bytes | None = None
         self._lock = asyncio.Lock()
 
-    async def __aenter__(self) -> Repl:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -232,10 +250,16 @@ class Repl:
         """Run `code` in the session. Errors in the code come back in the result, never raised."""
         async with self._lock:
             started = time.monotonic()
-            if self._session is None:
-                await self._open_session()
             turn = _Turn(self.limits)
-            result = await self._run_turn(code, turn)
+            try:
+                if self._session is None:
+                    await self._open_session()
+                result = await self._run_turn(code, turn)
+            except BaseException:
+                # Cancelled by our caller mid-run: the worker may be mid-turn, so it cannot be kept;
+                # the next run starts from the last checkpoint.
+                await self._discard_session()
+                raise
             return result.model_copy(
                 update={
                     "stdout": turn.output.text(),
@@ -263,19 +287,17 @@ class Repl:
             except TimeoutError:
                 reset = await self._reset()
                 return CodeResult(
-                    ok=False, timed_out=True, error=f"TimeoutError: timed out after {self.limits.wall_seconds:g}s. {reset}"
+                    ok=False,
+                    timed_out=True,
+                    error=f"TimeoutError: timed out after {self.limits.wall_seconds:g}s. {reset}",
                 )
         except _HostCallLimit:
             reset = await self._reset()
             return CodeResult(
                 ok=False,
-                error=f"RuntimeError: host call limit exceeded: more than {self.limits.max_host_calls} calls to host"
-                f" functions in one run; do fewer, larger calls (e.g. llm_query_batched). {reset}",
+                error=f"RuntimeError: host call limit exceeded: more than {self.limits.max_host_calls} calls to the"
+                f" host in one run; do fewer, larger calls (e.g. llm_query_batched). {reset}",
             )
-        except asyncio.CancelledError:
-            # Our caller gave up mid-run; the worker may be mid-turn, so it cannot be kept.
-            await self._discard_session()
-            raise
         except monty.MontySyntaxError as exc:
             return CodeResult(ok=False, error=_describe_error(exc))
         except monty.MontyRuntimeError as exc:
@@ -286,7 +308,9 @@ class Repl:
         except monty.MontyError as exc:  # the worker died (crash, protocol failure)
             reset = await self._reset()
             return CodeResult(ok=False, error=f"SandboxError: the sandbox process failed ({exc}). {reset}")
-        value, truncated = _render_value(output, from_sandbox_repr=wrapped is not None, limit=self.limits.max_output_bytes)
+        value, truncated = _render_value(
+            output, from_sandbox_repr=wrapped is not None, limit=self.limits.max_output_bytes
+        )
         return await self._keep_state(CodeResult(ok=True, value=value, truncated=truncated))
 
     async def _keep_state(self, result: CodeResult) -> CodeResult:
@@ -299,12 +323,16 @@ class Repl:
                 f"MemoryError: the run finished, but its variables are too large to keep within the"
                 f" {self.limits.memory_mb} MB memory limit. {await self._reset()}"
             )
-            return result.model_copy(update={"ok": False, "error": f"{result.error}. {note}" if result.error else note})
+            return result.model_copy(
+                update={"ok": False, "error": f"{result.error}. {note}" if result.error else note}
+            )
         return result
 
     async def _drive(self, code: str, turn: _Turn) -> Any:
         """Run one feed to completion, answering every host round trip ourselves."""
-        snapshot = await self._session.feed_start(code, external_lookup=self._functions, print_callback=turn.output.write)
+        snapshot = await self._session.feed_start(
+            code, external_lookup=self._functions, print_callback=turn.output.write
+        )
         while not isinstance(snapshot, monty.MontyComplete):
             turn.host_calls += 1
             if turn.host_calls > self.limits.max_host_calls:
@@ -347,15 +375,18 @@ class Repl:
                 result = await asyncio.to_thread(function, *args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any host failure becomes a sandbox exception
             return _exception_for_sandbox(exc)
         try:
             return {"return_value": _plain(result)}
         except (_NotPlain, _TooLarge) as exc:
-            return {"exc_type": "RuntimeError", "message": f"{name}() returned data the sandbox cannot take: {exc}"}
+            return {
+                "exc_type": "RuntimeError",
+                "message": f"{name}() returned data the sandbox cannot take: {exc}",
+            }
 
-    async def _open_session(self) -> None:
-        """Check out a fresh worker, restored from the last checkpoint when there is one."""
+    async def _open_session(self) -> bool:
+        """Check out a fresh worker, restored from the last checkpoint when there is one (then True)."""
         if self._pool is None:
             self._pool = monty.AsyncMonty(
                 max_processes=1,
@@ -375,13 +406,14 @@ class Repl:
         self._session = session
         if self._checkpoint is None:
             await self._save_checkpoint()
-            return
+            return False
         try:
             await session.load_session(self._checkpoint)
         except monty.MontyError:
             self._checkpoint = None
             await self._discard_session()
-            await self._open_session()
+            return await self._open_session()
+        return True
 
     async def _save_checkpoint(self) -> None:
         state = await self._session.dump()
@@ -389,10 +421,8 @@ class Repl:
 
     async def _reset(self) -> str:
         """Replace a session that cannot be trusted any more; returns what to tell the model."""
-        restorable = self._checkpoint is not None
         await self._discard_session()
-        await self._open_session()
-        if restorable and self._checkpoint is not None:
+        if await self._open_session():
             return (
                 "The sandbox was reset to its state after your previous run:"
                 " everything this run defined or changed is lost."
@@ -432,7 +462,7 @@ class _Turn:
 class _Output:
     """Everything the sandbox printed (stdout and stderr), keeping only a head and a tail.
 
-    Monty calls `write` from its own thread, one chunk at a time, and only while the run lasts.
+    Monty calls `write` from its own thread, one chunk of at most 8 KiB at a time.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -532,6 +562,8 @@ def _exception_for_sandbox(exc: Exception) -> dict[str, str]:
 def _describe_error(exc: Any) -> str:
     """'Type: message (line N, in f)' from a Monty error: sandbox frames only, never the host's."""
     description = exc.display("type-msg")
+    if len(description) > _MAX_ERROR_MESSAGE:
+        description = description[:_MAX_ERROR_MESSAGE] + "..."
     frames = exc.traceback()
     if frames:
         frame = frames[-1]
@@ -592,4 +624,7 @@ def _render_value(output: Any, *, from_sandbox_repr: bool, limit: int) -> tuple[
     if len(text) <= limit:
         return text, False
     head = limit // 2
-    return f"{text[:head]}\n... [{len(text) - limit:,} characters dropped] ...\n{text[-(limit - head):]}", True
+    return (
+        f"{text[:head]}\n... [{len(text) - limit:,} characters dropped] ...\n{text[-(limit - head) :]}",
+        True,
+    )
