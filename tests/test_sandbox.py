@@ -57,6 +57,14 @@ def test_trailing_expression_is_shown_like_a_repl():
     assert all(r.ok for r in results)
 
 
+def test_values_still_show_when_sandbox_code_rebinds_repr_or_len():
+    results = run_session(["len = 3\nrepr = 'mine'", "[1, 2]", "'z' * 30_000", "(len, repr)"])
+    assert [r.ok for r in results] == [True] * 4
+    assert results[1].value == "[1, 2]"
+    assert results[2].truncated and "[10,002 characters dropped]" in results[2].value
+    assert results[3].value == "(3, 'mine')"
+
+
 def test_printed_output_is_captured_from_stdout_and_stderr():
     [result] = run_session(["import sys\nprint('hello', 42)\nprint('oops', file=sys.stderr)\nprint('bye')"])
     assert result.ok
@@ -265,7 +273,12 @@ def test_memory_limit_raises_memory_error_and_restores_the_previous_state():
 def test_state_too_large_to_checkpoint_is_reported_and_rolled_back():
     # Checkpointing needs memory of its own, so a heap near the limit cannot be saved.
     results = run_session(
-        ["kept = 'small'", "numbers = [str(i) for i in range(500_000)]\nlen(numbers)", "kept", "len(numbers)"],
+        [
+            "kept = 'small'",
+            "numbers = [str(i) for i in range(500_000)]\nlen(numbers)",
+            "kept",
+            "len(numbers)",
+        ],
         limits=Limits(wall_seconds=20, memory_mb=64),
     )
     too_big = results[1]

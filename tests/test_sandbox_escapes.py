@@ -164,6 +164,7 @@ ESCAPES = [
         "grow = []\nwhile True:\n    grow.append('x' * 10**6)", "MemoryError", None, id="memory-bomb-list"
     ),
     pytest.param("def f():\n    return f()\nf()", "RecursionError", None, id="recursion-bomb"),
+    pytest.param("1" + "+1" * 10**5, "SyntaxError", None, id="parser-nesting-bomb"),
     pytest.param("import time\ntime.sleep(10**6)\n'woke'", None, "'woke'", id="sleep-forever-is-skipped"),
     pytest.param("raise ValueError('x' * 10**7)", "ValueError: xxx", None, id="gigantic-error-message"),
     pytest.param("print('x' * 10**8)", None, None, id="gigantic-output"),

@@ -62,6 +62,7 @@ import builtins
 import functools
 import inspect
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, Self
 
@@ -524,8 +525,10 @@ def _plain(value: Any, budget: _Budget | None = None, depth: int = 0) -> Any:
     if isinstance(value, dict):
         plain = {}
         for key, item in value.items():
-            if not (key is None or isinstance(key, str | int | float)):
-                raise _NotPlain(f"dict keys must be str, int, float, bool or None, not {_type_name(key)}")
+            if not (key is None or isinstance(key, str | int | float | tuple)):
+                raise _NotPlain(
+                    f"dict keys must be str, int, float, bool, tuple or None, not {_type_name(key)}"
+                )
             plain[_plain(key, budget, depth + 1)] = _plain(item, budget, depth + 1)
         return plain
     raise _NotPlain(
@@ -583,8 +586,10 @@ def _show_trailing_expression(code: str, limit: int) -> str | None:
     syntax that Monty accepts (newer Python); the value is then rendered on the host instead.
     """
     try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. SyntaxWarning for "\d" in a regex string
+            tree = ast.parse(code)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):  # hostile nesting included
         return None
     if not tree.body or not isinstance(tree.body[-1], ast.Expr):
         return None
@@ -597,28 +602,30 @@ def _show_trailing_expression(code: str, limit: int) -> str | None:
     start = line_starts[node.lineno - 1] + node.col_offset
     end = line_starts[node.end_lineno - 1] + node.end_col_offset
     head = limit // 2
+    # Only lambda parameters, `!r` and str methods: sandbox code may have rebound `repr` or `len`.
+    # `r[limit:]` is empty exactly when the repr fits; `r.count('') - 1` is its length.
     shown = (
-        f"(lambda r: r if len(r) <= {limit} else (len(r), r[:{head}], r[-{limit - head}:]))"
-        f"(repr(({source[start:end].decode()})))"
+        f"(lambda v: (lambda r: r if not r[{limit}:] else (r.count('') - 1, r[:{head}], r[-{limit - head}:]))"
+        f"(f'{{v!r}}'))(({source[start:end].decode()}))"
     )
     return source[:start].decode() + shown + source[end:].decode()
 
 
 def _render_value(output: Any, *, from_sandbox_repr: bool, limit: int) -> tuple[str | None, bool]:
     """The REPL display of a run's value and whether it was cut; None shows nothing, like a REPL."""
-    if from_sandbox_repr and isinstance(output, tuple):
-        length, head, tail = output
-        return f"{head}\n... [{length - len(head) - len(tail):,} characters dropped] ...\n{tail}", True
-    if from_sandbox_repr:
-        text = output
-    elif output is None:
-        return None, False
-    elif isinstance(output, monty.MontyClassProxy):
-        text = f"<{output.name} object>"
-    elif isinstance(output, monty.MontyStdTypeProxy):
-        text = f"<built-in {output.kind} {output.name}>"
-    else:
-        text = repr(output)
+    match output:
+        case str() if from_sandbox_repr:
+            text = output
+        case (int() as length, str() as head, str() as tail) if from_sandbox_repr:
+            return f"{head}\n... [{length - len(head) - len(tail):,} characters dropped] ...\n{tail}", True
+        case None:
+            return None, False
+        case monty.MontyClassProxy():
+            text = f"<{output.name} object>"
+        case monty.MontyStdTypeProxy():
+            text = f"<built-in {output.kind} {output.name}>"
+        case _:  # rendered on the host; also when sandbox code rebound repr or len
+            text = repr(output)
     if text == "None":
         return None, False
     if len(text) <= limit:
