@@ -155,7 +155,9 @@ class TraceStore:
         self._udfs = False
 
     @classmethod
-    def open(cls, path: str | Path, *, read_only: bool = False) -> TraceStore:
+    def open(cls, path: str | Path, *, read_only: bool = False, lock_timeout: float = 10.0) -> TraceStore:
+        """Open (or create) a store. DuckDB lets one process write a file at a time; while another
+        holds it (e.g. `halo collect` flushing), wait up to `lock_timeout` seconds for it."""
         path = str(path)
         if read_only and not Path(path).exists():
             raise StoreError(f"{path}: no such store")
@@ -166,12 +168,18 @@ class TraceStore:
         # configuration is locked so a query cannot switch them back on.
         config = {"enable_external_access": False, "lock_configuration": True,
                   "autoinstall_known_extensions": False, "autoload_known_extensions": False} if read_only else {}
-        try:
-            con = duckdb.connect(path, read_only=read_only, config=config)
-        except duckdb.IOException as exc:
-            raise StoreError(f"{path}: cannot open the store ({_first_line(exc)})") from exc
-        except duckdb.Error as exc:
-            raise StoreError(f"{path}: not a HALO store ({_first_line(exc)})") from exc
+        deadline = time.monotonic() + lock_timeout
+        while True:
+            try:
+                con = duckdb.connect(path, read_only=read_only, config=config)
+                break
+            except duckdb.IOException as exc:
+                if "lock" in str(exc).lower() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                raise StoreError(f"{path}: cannot open the store ({_first_line(exc)})") from exc
+            except duckdb.Error as exc:
+                raise StoreError(f"{path}: not a HALO store ({_first_line(exc)})") from exc
         store = cls(con, path, read_only)
         store._setup()
         return store
