@@ -1,4 +1,4 @@
-"""The simulator: deterministic, well-formed in both formats, and its ground truth matches what is in the file."""
+"""The simulator: deterministic, well formed in both formats, and its ground truth matches the file."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 import re
 import time
 from collections import Counter, defaultdict
+from itertools import pairwise
 from pathlib import Path
 
 import orjson
@@ -29,7 +30,7 @@ def _ns(iso: str) -> int:
 
 
 def _value(any_value: dict):
-    (kind, v), = any_value.items()
+    ((kind, v),) = any_value.items()
     if kind == "intValue":
         return int(v)
     if kind == "arrayValue":
@@ -49,9 +50,10 @@ def read_spans(path: Path, format: str) -> list[dict]:
     for line in _lines(path):
         if format == "halo":
             d = orjson.loads(line)
-            spans.append({"trace": d["trace_id"], "id": d["span_id"], "parent": d["parent_span_id"], "name": d["name"],
-                          "start": _ns(d["start_time"]), "end": _ns(d["end_time"]),
-                          "error": d["status"]["code"] == "STATUS_CODE_ERROR", "message": d["status"]["message"],
+            spans.append({"trace": d["trace_id"], "id": d["span_id"], "parent": d["parent_span_id"],
+                          "name": d["name"], "start": _ns(d["start_time"]), "end": _ns(d["end_time"]),
+                          "error": d["status"]["code"] == "STATUS_CODE_ERROR",
+                          "message": d["status"]["message"],
                           "service": d["resource"]["attributes"]["service.name"], "attrs": d["attributes"]})
             continue
         for rs in orjson.loads(line)["resourceSpans"]:
@@ -97,23 +99,33 @@ def finish_reason(s: dict) -> str | None:
     return a.get("llm.finish_reason") or (a.get("gen_ai.response.finish_reasons") or [None])[0]
 
 
-# What each planted category leaves in the file, as a test on one trace's spans and the pattern's key.
+def seconds(s: dict) -> float:
+    return (s["end"] - s["start"]) / 1e9
+
+
+def _repeated_calls(spans: list[dict], key: str) -> int:
+    return max(Counter(tool_args(s) for s in spans if tool(s) == key).values(), default=0)
+
+
+# What each planted category leaves in the file: a test on one trace's spans and the pattern's key.
 EVIDENCE = {
     "tool_error": lambda spans, key: any(tool(s) == key and s["error"] for s in spans),
     "invalid_tool_arguments": lambda spans, key: any(tool(s) == key and s["error"] for s in spans),
-    "timeout": lambda spans, key: any(tool(s) == key and s["error"] and s["end"] - s["start"] >= 30e9 for s in spans),
+    "timeout": lambda spans, key: any(tool(s) == key and s["error"] and seconds(s) >= 30 for s in spans),
     "hallucinated_tool": lambda spans, key: any(tool(s) == key for s in spans),
-    "repetition_loop": lambda spans, key: max(Counter(tool_args(s) for s in spans if tool(s) == key).values(),
-                                              default=0) >= 3,
-    "latency": lambda spans, key: any(tool(s) == key and s["end"] - s["start"] > 5e9 for s in spans),
-    "rate_limit": lambda spans, key: any(model(s) == key and s["error"] and "429" in s["message"] for s in spans),
+    "repetition_loop": lambda spans, key: _repeated_calls(spans, key) >= 3,
+    "latency": lambda spans, key: any(tool(s) == key and seconds(s) > 5 for s in spans),
+    "rate_limit": lambda spans, key: any(model(s) == key and s["error"] and "429" in s["message"]
+                                         for s in spans),
     "context_overflow": lambda spans, key: any(model(s) == key and "context_length_exceeded" in s["message"]
                                                for s in spans),
     "empty_or_truncated_output": lambda spans, key: any(model(s) == key and finish_reason(s) == "length"
                                                         for s in spans),
     "cost": lambda spans, key: any(prompt_tokens(s) > 30_000 for s in spans),
-    "refusal": lambda spans, key: any(s["parent"] == "" and s["attrs"].get("output.value") in REFUSALS for s in spans),
-    "max_turns": lambda spans, key: any(s["parent"] == "" and s["message"] == "Max turns (10) exceeded" for s in spans),
+    "refusal": lambda spans, key: any(s["parent"] == "" and s["attrs"].get("output.value") in REFUSALS
+                                      for s in spans),
+    "max_turns": lambda spans, key: any(s["parent"] == "" and s["message"] == "Max turns (10) exceeded"
+                                        for s in spans),
     "guardrail": lambda spans, key: any(s["attrs"].get("guardrail.triggered") is True for s in spans),
     "handoff": lambda spans, key: any(s["name"] == "handoff" and s["error"] for s in spans),
 }
@@ -158,23 +170,32 @@ def test_gzip_output_holds_the_same_corpus(tmp_path):
     assert packed.truth_path == tmp_path / "t.truth.json"
     assert packed.corpus.compressed and not plain.corpus.compressed
     assert gzip.decompress(packed.traces_path.read_bytes()) == plain.traces_path.read_bytes()
-    assert simulate(tmp_path / "again.jsonl.gz", traces=1_500, seed=9).traces_path.read_bytes() == \
-        packed.traces_path.read_bytes()
+    again = simulate(tmp_path / "again.jsonl.gz", traces=1_500, seed=9)
+    assert again.traces_path.read_bytes() == packed.traces_path.read_bytes()
 
 
-def test_truth_file_round_trips(corpora):
+def test_truth_file_round_trips_and_has_the_documented_shape(corpora):
     truth, _ = corpora["halo"]
     loaded = GroundTruth.load(truth.truth_path)
-    assert loaded == truth
-    assert loaded.traces_path == truth.traces_path
+    assert loaded == truth and loaded.traces_path == truth.traces_path
+    data = orjson.loads(truth.truth_path.read_bytes())
+    assert set(data) == {"corpus", "patterns", "distractor_trace_ids", "healthy_traces"}
+    assert {"traces", "spans", "seed", "format", "rates"} <= set(data["corpus"])
+    for pattern in data["patterns"]:
+        assert {"id", "category", "description", "key", "affected_trace_ids", "affected_traces",
+                "systemic"} <= set(pattern)
+        assert pattern["affected_trace_ids"] == sorted(pattern["affected_trace_ids"])
 
 
 def test_both_formats_carry_the_same_corpus(corpora):
     (halo, halo_spans), (otlp, otlp_spans) = corpora["halo"], corpora["otlp"]
     assert halo.patterns == otlp.patterns
     assert halo.distractor_trace_ids == otlp.distractor_trace_ids
-    assert [(s["trace"], s["name"], s["start"], s["end"]) for s in halo_spans] == \
-        [(s["trace"], s["name"], s["start"], s["end"]) for s in otlp_spans]
+
+    def skeleton(spans):
+        return [(s["trace"], s["name"], s["start"], s["end"]) for s in spans]
+
+    assert skeleton(halo_spans) == skeleton(otlp_spans)
 
 
 def test_halo_lines_have_the_documented_shape(corpora):
@@ -182,21 +203,22 @@ def test_halo_lines_have_the_documented_shape(corpora):
     widths = {}
     for line in _lines(truth.traces_path):
         d = orjson.loads(line)
-        keys = list(d)
-        assert keys == HALO_KEYS + (["events"] if "events" in d else [])
+        assert list(d) == HALO_KEYS + (["events"] if "events" in d else [])
         assert len(d["trace_id"]) == 32 and HEX.match(d["trace_id"])
         width = widths.setdefault(d["resource"]["attributes"]["service.name"], len(d["span_id"]))
         assert width in (16, 24) and len(d["span_id"]) == width and HEX.match(d["span_id"])
-        assert d["parent_span_id"] == "" or (len(d["parent_span_id"]) == width and HEX.match(d["parent_span_id"]))
+        parent = d["parent_span_id"]
+        assert parent == "" or (len(parent) == width and HEX.match(parent))
         assert ISO.match(d["start_time"]) and ISO.match(d["end_time"]) and d["start_time"] <= d["end_time"]
         assert d["kind"] in ("SPAN_KIND_INTERNAL", "SPAN_KIND_CLIENT")
         assert set(d["status"]) == {"code", "message"}
         assert d["status"]["code"] in ("STATUS_CODE_OK", "STATUS_CODE_ERROR", "STATUS_CODE_UNSET")
         assert set(d["resource"]) == {"attributes"} and set(d["scope"]) == {"name", "version"}
         if "events" in d:
-            assert d["events"] and all(e["name"] == "exception" and ISO.match(e["timestamp"]) for e in d["events"])
+            assert d["events"]
+            assert all(e["name"] == "exception" and ISO.match(e["timestamp"]) for e in d["events"])
         for value in d["attributes"].values():
-            assert value is None or isinstance(value, (str, int, float, bool, list))
+            assert value is None or isinstance(value, str | int | float | bool | list)
     assert widths["support-bot"] == 24 and widths["code-helper"] == 16
 
 
@@ -204,7 +226,7 @@ def test_otlp_lines_have_the_documented_shape(corpora):
     truth, _ = corpora["otlp"]
 
     def check_any_value(v):
-        (kind, inner), = v.items()
+        ((kind, inner),) = v.items()
         assert kind in ANY_VALUE_KEYS
         if kind == "intValue":
             assert isinstance(inner, str) and inner.lstrip("-").isdigit()
@@ -225,7 +247,8 @@ def test_otlp_lines_have_the_documented_shape(corpora):
                 for s in ss["spans"]:
                     assert len(s["traceId"]) == 32 and HEX.match(s["traceId"])
                     assert len(s["spanId"]) == 16 and HEX.match(s["spanId"])
-                    assert s["parentSpanId"] == "" or (len(s["parentSpanId"]) == 16 and HEX.match(s["parentSpanId"]))
+                    parent = s["parentSpanId"]
+                    assert parent == "" or (len(parent) == 16 and HEX.match(parent))
                     assert s["startTimeUnixNano"].isdigit() and s["endTimeUnixNano"].isdigit()
                     assert int(s["startTimeUnixNano"]) <= int(s["endTimeUnixNano"])
                     assert s["kind"] in (1, 3) and s["status"]["code"] in (0, 1, 2)
@@ -241,14 +264,15 @@ def test_every_trace_is_one_tree_written_children_first(corpus):
     traces = by_trace(spans)
     assert len(traces) == truth.corpus.traces and len(spans) == truth.corpus.spans
     order = [s["trace"] for s in spans]
-    assert sum(a != b for a, b in zip(order, order[1:])) == len(traces) - 1, "traces must be contiguous"
+    assert sum(a != b for a, b in pairwise(order)) == len(traces) - 1, "traces must be contiguous"
     for trace in traces.values():
         ids = {s["id"]: s for s in trace}
         roots = [s for s in trace if s["parent"] == ""]
         assert len(roots) == 1 and trace[-1] is roots[0], "one root, written last"
         assert roots[0]["attrs"].get("openinference.span.kind", "AGENT") == "AGENT"
         for s in trace:
-            assert s["name"] and (s["attrs"].get("openinference.span.kind") or s["attrs"].get("gen_ai.operation.name"))
+            assert s["name"]
+            assert s["attrs"].get("openinference.span.kind") or s["attrs"].get("gen_ai.operation.name")
             if s["parent"]:
                 parent = ids[s["parent"]]
                 assert parent["start"] <= s["start"] and s["end"] <= parent["end"]
@@ -272,8 +296,7 @@ def test_errors_happen_only_in_planted_and_distractor_traces(corpus):
     failing = {s["trace"] for s in spans if s["error"]}
     assert failing <= explained
     assert truth.healthy_traces > truth.corpus.traces / 2
-    untouched = set(by_trace(spans)) - explained
-    assert len(untouched) == truth.healthy_traces
+    assert len(set(by_trace(spans)) - explained) == truth.healthy_traces
 
 
 def test_distractors_are_one_off_errors(corpus):
@@ -304,7 +327,8 @@ def test_rates_are_respected(corpora):
 
 
 def test_rates_can_be_changed_and_turned_off(tmp_path):
-    truth = simulate(tmp_path / "t.jsonl", traces=400, rates={"tool_error": 0.0, "guardrail": 0.15}, distractors=0)
+    truth = simulate(tmp_path / "t.jsonl", traces=400, rates={"tool_error": 0.0, "guardrail": 0.15},
+                     distractors=0)
     counts = {p.category: p.affected_traces for p in truth.patterns}
     assert "tool_error" not in counts and not truth.distractor_trace_ids
     assert 0.1 * 400 <= counts["guardrail"] <= 0.2 * 400
@@ -314,16 +338,17 @@ def test_rates_can_be_changed_and_turned_off(tmp_path):
 
 def test_services_use_their_own_conventions(corpora):
     _, spans = corpora["halo"]
-    attrs_by_service = defaultdict(set)
+    keys = defaultdict(set)
     for s in spans:
-        attrs_by_service[s["service"]].update(s["attrs"])
-    genai = attrs_by_service["code-helper"]
+        keys[s["service"]].update(s["attrs"])
+    genai = keys["code-helper"]
     assert {"gen_ai.operation.name", "gen_ai.input.messages", "gen_ai.usage.input_tokens",
-            "gen_ai.tool.call.arguments"} <= genai and not any(k.startswith("llm.") for k in genai)
-    assert "llm.input_messages" in attrs_by_service["billing-agent"]
-    assert "llm.input_messages.0.message.role" not in attrs_by_service["billing-agent"]
-    assert "llm.input_messages" not in attrs_by_service["research-assistant"]
-    assert "llm.input_messages.0.message.role" in attrs_by_service["research-assistant"]
-    assert {"llm.input_messages", "llm.input_messages.0.message.role",
-            "inference.llm.input_tokens"} <= attrs_by_service["support-bot"]
-    assert "llm.cost.total" in attrs_by_service["billing-agent"] and "llm.cost.total" not in attrs_by_service["travel-planner"]
+            "gen_ai.tool.call.arguments"} <= genai
+    assert not any(k.startswith("llm.") for k in genai)
+    assert "llm.input_messages" in keys["billing-agent"]
+    assert "llm.input_messages.0.message.role" not in keys["billing-agent"]
+    assert "llm.input_messages" not in keys["research-assistant"]
+    assert "llm.input_messages.0.message.role" in keys["research-assistant"]
+    assert {"llm.input_messages", "llm.input_messages.0.message.role", "inference.llm.input_tokens",
+            "agent.tools"} <= keys["support-bot"]
+    assert "llm.cost.total" in keys["billing-agent"] and "llm.cost.total" not in keys["travel-planner"]

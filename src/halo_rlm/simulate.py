@@ -6,25 +6,27 @@ openai-agents exporter), plants failure patterns at known rates, sprinkles one-o
 must *not* be reported as systemic, and writes `<name>.truth.json` saying exactly which traces
 carry which pattern.
 
-Generation happens in two stages per trace: a *plan* (which agent, which tool calls, which
-retries and errors: plain dataclasses that failure modes mutate) and a *recording* (laying the
-plan out in time and turning it into spans with one service's attribute conventions). Output is
-streamed trace by trace, and everything is drawn from one seeded `random.Random`, so the same
-arguments always give the same bytes.
+Each trace is made in two stages: a *plan* (which agent, which tool calls, which retries and
+errors: plain dataclasses that the failure modes mutate) and a *recording* (laying the plan out
+in time and turning it into spans with one service's attribute conventions). Traces are made in
+chunks of `CHUNK_TRACES`, each drawing from its own `Random` seeded by (seed, chunk), so output
+streams, chunks can run on several processes, and the same arguments always give the same bytes.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import multiprocessing
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from datetime import date, timedelta
+from functools import cached_property
 from itertools import product
 from pathlib import Path
 from random import Random
@@ -75,6 +77,7 @@ DEFAULT_DISTRACTOR_RATE = 0.02
 BASE_TIME_NS = 1_777_852_800 * 10**9  # 2026-05-04T00:00:00Z; fixed so output never depends on the clock
 CORPUS_SPAN_NS = 86_400 * 10**9  # traces arrive over one day whatever their number
 MAX_TURNS = 10
+MAX_OUTPUT_TOKENS = 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,7 +92,7 @@ class Pattern(BaseModel):
     key: str  # the tool, model, agent, guardrail or handoff target the failure is about
     description: str
     template: str | None = None  # the recurring message, variable parts as <placeholders>
-    context: dict[str, str] = Field(default_factory=dict)  # where it happens: service, agent, model, tool
+    context: dict[str, str] = Field(default_factory=dict)  # where it happens: services, agents, model, tool
     affected_traces: int
     affected_trace_ids: list[str]
     systemic: bool = True
@@ -114,7 +117,7 @@ class GroundTruth(BaseModel):
     corpus: Corpus
     patterns: list[Pattern]
     distractor_trace_ids: list[str]
-    healthy_traces: int
+    healthy_traces: int  # neither a pattern nor a distractor
     traces_path: Path = Field(exclude=True)
     truth_path: Path = Field(exclude=True)
 
@@ -126,7 +129,7 @@ class GroundTruth(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------
-# The simulated world: models, tools, agents, services
+# The simulated world: models, tools, agents
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,6 @@ MODELS = {
         _Model("gemini-3-flash", "google", 0.5, 3.0, 0.5, 4.0, True, 1_048_576),
     )
 }
-MAX_OUTPUT_TOKENS = 1024
 
 
 def _json(value: object) -> str:
@@ -163,7 +165,7 @@ class _Tool:
     name: str
     description: str
     params: Mapping[str, str | tuple[str, ...]]  # JSON-schema type, or the allowed enum values
-    args: Callable[[dict, int], dict]  # (run facts, how many times this tool was called before)
+    args: Callable[[dict, int], dict]  # (run facts, how many times the run called this tool before)
     result: Callable[[dict, int], str]
     median_ms: float
 
@@ -174,8 +176,8 @@ class _Tool:
             for name, kind in self.params.items()
         }
         parameters = {"type": "object", "properties": props, "required": list(self.params)}
-        return {"type": "function", "function": {"name": self.name, "description": self.description,
-                                                 "parameters": parameters}}
+        return {"type": "function",
+                "function": {"name": self.name, "description": self.description, "parameters": parameters}}
 
 
 CARRIERS = ("DHL", "UPS", "FedEx", "La Poste", "PostNL", "GLS")
@@ -199,8 +201,7 @@ SYMBOLS = (("parse_config", "config/loader.py", "tests/test_loader.py::test_env_
 FIRST_NAMES = ("ana", "li", "maria", "tom", "sofia", "jamal", "yuki", "lucas", "emma", "noah", "ines", "omar")
 DOMAINS = ("gmail.com", "outlook.com", "proton.me", "yahoo.fr", "web.de", "icloud.com")
 PLANS = ("Pro monthly", "Team annual", "Starter monthly", "Business annual")
-
-
+STREETS = ("Rue Oberkampf", "Calle Mayor", "Main Street", "Hauptstraße")
 DAYS = {offset: (date(2026, 5, 4) + timedelta(days=offset)).isoformat() for offset in range(-10, 61)}
 
 
@@ -223,22 +224,30 @@ def _facts(rng: Random) -> dict:
     hosts = num(0, len(HOSTS) - 1)
     return {
         "order_id": num(10_000, 99_999), "region": pick(REGIONS), "carrier": pick(CARRIERS),
-        "ship_date": DAYS[shipped], "eta": DAYS[shipped + num(3, 8)], "product": product_, "accessory": accessory,
-        "email": f"{pick(FIRST_NAMES)}.{num(1, 999)}@{pick(DOMAINS)}", "customer_id": f"cus_{rng.getrandbits(48):012x}",
-        "ticket": f"TCK-{num(100_000, 999_999)}", "invoice_id": f"INV-2026-{num(1000, 99_999):05d}",
-        "amount": f"{num(9, 480)}.{num(0, 99):02d}", "credit": pick((10, 15, 20, 25, 50)), "plan": pick(PLANS),
-        "card": f"{num(0, 9999):04d}", "topic": TOPICS[first], "topic2": TOPICS[(first + num(1, len(TOPICS) - 1)) % len(TOPICS)],
+        "ship_date": DAYS[shipped], "eta": DAYS[shipped + num(3, 8)], "product": product_,
+        "accessory": accessory, "email": f"{pick(FIRST_NAMES)}.{num(1, 999)}@{pick(DOMAINS)}",
+        "customer_id": f"cus_{rng.getrandbits(48):012x}", "ticket": f"TCK-{num(100_000, 999_999)}",
+        "invoice_id": f"INV-2026-{num(1000, 99_999):05d}", "amount": f"{num(9, 480)}.{num(0, 99):02d}",
+        "credit": pick((10, 15, 20, 25, 50)), "plan": pick(PLANS), "card": f"{num(0, 9999):04d}",
+        "topic": TOPICS[first], "topic2": TOPICS[(first + num(1, len(TOPICS) - 1)) % len(TOPICS)],
         "urls": [f"https://{HOSTS[(hosts + k) % len(HOSTS)]}{num(10_000, 99_999)}" for k in range(3)],
-        "city": city, "dest": airport, "origin": pick(ORIGINS), "date": DAYS[num(10, 60)], "nights": num(2, 9),
-        "price": pick((120, 150, 180, 220, 300)), "symbol": symbol, "module": module, "test": test,
-        "dir": pick(("src", "src/app", "tests", "scripts")),
-        "street": f"{num(1, 250)} {pick(('Rue Oberkampf', 'Calle Mayor', 'Main Street', 'Hauptstraße'))}",
+        "city": city, "dest": airport, "origin": pick(ORIGINS), "date": DAYS[num(10, 60)],
+        "nights": num(2, 9), "price": pick((120, 150, 180, 220, 300)), "symbol": symbol, "module": module,
+        "test": test, "dir": pick(("src", "src/app", "tests", "scripts")),
+        "street": f"{num(1, 250)} {pick(STREETS)}",
     }
 
 
-def _hotel(f: dict, i: int) -> dict:
-    return {"name": f"{('Casa', 'Hotel', 'The')[i % 3]} {f['city']} {('Central', 'Riverside', 'Garden')[i % 3]}",
-            "price_per_night": f["price"] - 20 + 7 * i, "rating": round(4.1 + 0.2 * (i % 4), 1)}
+def _hotel(f: dict, k: int) -> dict:
+    name = f"{('Casa', 'Hotel', 'The')[k % 3]} {f['city']} {('Central', 'Riverside', 'Garden')[k % 3]}"
+    return {"name": name, "price_per_night": f["price"] - 20 + 7 * k, "rating": round(4.1 + 0.2 * (k % 4), 1)}
+
+
+def _grep_pattern(f: dict, i: int) -> str:
+    """Distinct per call, so a long search never looks like a repetition loop."""
+    s = f["symbol"]
+    return (s, f"def {s}", f"{s}(", f"import {s}", "TODO", "raise ", "strict=", "return None", "logger.",
+            "@pytest")[i % 10]
 
 
 TOOLS = {t.name: t for t in (
@@ -246,90 +255,118 @@ TOOLS = {t.name: t for t in (
     _Tool("lookup_order", "Look up an order by its number.", {"order_id": "integer"},
           lambda f, i: {"order_id": f["order_id"]},
           lambda f, i: _json({"order_id": f["order_id"], "status": "shipped", "carrier": f["carrier"],
-                              "shipped_at": f["ship_date"], "eta": f["eta"], "region": f["region"]}), 140),
+                              "shipped_at": f["ship_date"], "eta": f["eta"], "region": f["region"]}),
+          140),
     _Tool("get_customer", "Fetch a customer profile by email.", {"email": "string"},
           lambda f, i: {"email": f["email"]},
           lambda f, i: _json({"customer_id": f["customer_id"], "email": f["email"], "status": "locked",
-                              "failed_logins": 6}), 90),
+                              "failed_logins": 6}),
+          90),
     _Tool("search_kb", "Search the help-center knowledge base.", {"query": "string"},
           lambda f, i: {"query": f"{f['product']} {f['accessory']} compatibility"},
-          lambda f, i: _json([{"title": f"{f['product']}: compatibility guide", "score": 0.87,
-                               "snippet": f"The {f['product']} works with {f['accessory']} out of the box."}]), 260),
-    _Tool("create_ticket", "Open a support ticket.", {"subject": "string", "priority": ("low", "normal", "high")},
+          lambda f, i: _json([{"title": f"{f['product']}: compatibility guide", "score": 0.87, "snippet":
+                               f"The {f['product']} works with {f['accessory']} out of the box."}]),
+          260),
+    _Tool("create_ticket", "Open a support ticket.",
+          {"subject": "string", "priority": ("low", "normal", "high")},
           lambda f, i: {"subject": f"Account locked: {f['email']}", "priority": "high"},
-          lambda f, i: _json({"ticket_id": f["ticket"], "queue": "account-security"}), 310),
+          lambda f, i: _json({"ticket_id": f["ticket"], "queue": "account-security"}),
+          310),
     _Tool("update_shipping_address", "Change the shipping address of an order that has not shipped yet.",
           {"order_id": "integer", "address": "string"},
           lambda f, i: {"order_id": f["order_id"], "address": f["street"]},
-          lambda f, i: _json({"order_id": f["order_id"], "address": f["street"], "updated": True}), 220),
+          lambda f, i: _json({"order_id": f["order_id"], "address": f["street"], "updated": True}),
+          220),
     _Tool("transfer_to_refund_agent", "Hand the conversation to the refunds specialist.", {},
-          lambda f, i: {}, lambda f, i: _json({"assistant": "RefundAgent"}), 1),
-    _Tool("issue_refund", "Refund an order, fully or partly.", {"order_id": "integer", "amount": "number",
-                                                                 "reason": "string"},
+          lambda f, i: {},
+          lambda f, i: _json({"assistant": "RefundAgent"}),
+          1),
+    _Tool("issue_refund", "Refund an order, fully or partly.",
+          {"order_id": "integer", "amount": "number", "reason": "string"},
           lambda f, i: {"order_id": f["order_id"], "amount": float(f["amount"]), "reason": "damaged"},
-          lambda f, i: _json({"refund_id": f"re_{f['customer_id'][4:]}", "status": "pending"}), 480),
+          lambda f, i: _json({"refund_id": f"re_{f['customer_id'][4:]}", "status": "pending"}),
+          480),
     # research-assistant
     _Tool("web_search", "Search the web.", {"query": "string"},
           lambda f, i: {"query": f"{(f['topic'], f['topic2'])[i % 2]} 2026 review"},
           lambda f, i: _json([{"title": f"Advances in {(f['topic'], f['topic2'])[i % 2]} ({2026 - k})",
-                               "url": f["urls"][k]} for k in range(3)]), 650),
+                               "url": f["urls"][k]} for k in range(3)]),
+          650),
     _Tool("fetch_url", "Download a web page and return its text.", {"url": "string"},
           lambda f, i: {"url": f["urls"][i % 3]},
-          lambda f, i: f"# Advances in {f['topic']}\n\nRecent work reports a 2-3x improvement over 2024 "
-                       f"baselines, with open questions about cost and reproducibility. [{f['urls'][i % 3]}]", 700),
+          lambda f, i: (f"# Advances in {f['topic']}\n\nRecent work reports a 2-3x improvement over 2024 "
+                        "baselines, with open questions about cost and reproducibility. "
+                        f"[{f['urls'][i % 3]}]"),
+          700),
     _Tool("read_pdf", "Extract text from a PDF.", {"url": "string", "pages": "string"},
           lambda f, i: {"url": f["urls"][0] + ".pdf", "pages": "1-4"},
-          lambda f, i: f"Abstract. We study {f['topic']} ... Conclusion: the effect holds across "
-                       f"three datasets but shrinks at scale.", 800),
+          lambda f, i: (f"Abstract. We study {f['topic']} ... Conclusion: the effect holds across three "
+                        "datasets but shrinks at scale."),
+          800),
     _Tool("save_note", "Save a note to the user's notebook.", {"title": "string", "body": "string"},
           lambda f, i: {"title": f"{f['topic']} vs {f['topic2']}", "body": "Summary draft (see sources)."},
-          lambda f, i: _json({"note_id": f"note_{f['order_id']}", "saved": True}), 120),
+          lambda f, i: _json({"note_id": f"note_{f['order_id']}", "saved": True}),
+          120),
     # billing-agent
     _Tool("get_invoice", "Fetch one invoice.", {"invoice_id": "string"},
           lambda f, i: {"invoice_id": f["invoice_id"]},
-          lambda f, i: _json({"invoice_id": f["invoice_id"], "total": f["amount"], "currency": "USD",
-                              "lines": [{"description": f["plan"], "amount": f["amount"]}], "status": "paid"}), 120),
-    _Tool("list_invoices", "List a customer's invoices.", {"customer_id": "string", "status": ("paid", "open", "all")},
+          lambda f, i: _json({"invoice_id": f["invoice_id"], "total": f["amount"], "currency": "USD", "lines":
+                              [{"description": f["plan"], "amount": f["amount"]}], "status": "paid"}),
+          120),
+    _Tool("list_invoices", "List a customer's invoices.",
+          {"customer_id": "string", "status": ("paid", "open", "all")},
           lambda f, i: {"customer_id": f["customer_id"], "status": "open"},
-          lambda f, i: _json([{"invoice_id": f["invoice_id"], "total": f["amount"], "due": f["eta"]}]), 240),
+          lambda f, i: _json([{"invoice_id": f["invoice_id"], "total": f["amount"], "due": f["eta"]}]),
+          240),
     _Tool("apply_credit", "Apply a credit to a customer's balance.",
           {"customer_id": "string", "amount_cents": "integer", "reason": "string"},
-          lambda f, i: {"customer_id": f["customer_id"], "amount_cents": f["credit"] * 100, "reason": "goodwill"},
-          lambda f, i: _json({"balance_cents": -f["credit"] * 100, "applied": True}), 200),
+          lambda f, i: {"customer_id": f["customer_id"], "amount_cents": f["credit"] * 100,
+                        "reason": "goodwill"},
+          lambda f, i: _json({"balance_cents": -f["credit"] * 100, "applied": True}),
+          200),
     _Tool("update_payment_method", "Set the default card.", {"customer_id": "string", "card_last4": "string"},
           lambda f, i: {"customer_id": f["customer_id"], "card_last4": f["card"]},
-          lambda f, i: _json({"default_card": f"**** {f['card']}", "updated": True}), 350),
+          lambda f, i: _json({"default_card": f"**** {f['card']}", "updated": True}),
+          350),
     # code-helper
     _Tool("list_files", "List files under a directory.", {"path": "string", "pattern": "string"},
           lambda f, i: {"path": ("src", "tests", "src/app", "scripts", "docs")[i % 5], "pattern": "*.py"},
-          lambda f, i: _json([f["module"], "cli.py", "utils.py", "__init__.py"]), 40),
+          lambda f, i: _json([f["module"], "cli.py", "utils.py", "__init__.py"]),
+          40),
     _Tool("read_file", "Read lines of a file.", {"path": "string", "start": "integer", "end": "integer"},
           lambda f, i: {"path": f["module"], "start": 1 + 60 * i, "end": 60 + 60 * i},
-          lambda f, i: f"def {f['symbol']}(value, *, strict=False):\n    if value is None:\n        return {{}}\n"
-                       f"    ...", 30),
+          lambda f, i: (f"def {f['symbol']}(value, *, strict=False):\n    if value is None:\n"
+                        "        return {}\n    ..."),
+          30),
     _Tool("grep", "Search files for a regex.", {"pattern": "string", "path": "string"},
-          lambda f, i: {"pattern": (f["symbol"], f"def {f['symbol']}", f"{f['symbol']}(", f"import {f['symbol']}",
-                                    "TODO", "raise ", "strict=", "return None", "logger.", "@pytest")[i % 10],
-                        "path": "."},
-          lambda f, i: f"{f['module']}:12:def {f['symbol']}(value, *, strict=False):\ncli.py:88:    {f['symbol']}(raw)",
+          lambda f, i: {"pattern": _grep_pattern(f, i), "path": "."},
+          lambda f, i: (f"{f['module']}:12:def {f['symbol']}(value, *, strict=False):\n"
+                        f"cli.py:88:    {f['symbol']}(raw)"),
           70),
     _Tool("run_tests", "Run pytest on a target.", {"target": "string"},
           lambda f, i: {"target": f["test"]},
-          lambda f, i: f"FAILED {f['test']} - AssertionError: expected {{}} got None\n1 failed, 41 passed in 0.9s", 900),
+          lambda f, i: f"FAILED {f['test']} - AssertionError: expected {{}} got None\n1 failed, 41 passed",
+          900),
     # travel-planner
-    _Tool("search_flights", "Search flights.", {"origin": "string", "destination": "string",
-                                                "departure_date": "string",
-                                                "cabin": ("economy", "premium_economy", "business", "first")},
-          lambda f, i: {"origin": f["origin"], "destination": f["dest"], "departure_date": f["date"], "cabin": "economy"},
-          lambda f, i: _json([{"flight": f"{f['origin']}-{f['dest']}-{k}", "depart": f"{f['date']}T0{7 + k}:40",
-                               "price_usd": 420 + 85 * k} for k in range(3)]), 700),
-    _Tool("search_hotels", "Search hotels.", {"city": "string", "check_in": "string", "nights": "integer",
-                                              "max_price": "integer"},
-          lambda f, i: {"city": f["city"], "check_in": f["date"], "nights": f["nights"], "max_price": f["price"]},
-          lambda f, i: _json([_hotel(f, k) for k in range(3)]), 600),
+    _Tool("search_flights", "Search flights.",
+          {"origin": "string", "destination": "string", "departure_date": "string",
+           "cabin": ("economy", "premium_economy", "business", "first")},
+          lambda f, i: {"origin": f["origin"], "destination": f["dest"], "departure_date": f["date"],
+                        "cabin": "economy"},
+          lambda f, i: _json([{"flight": f"{f['origin']}-{f['dest']}-{k}",
+                               "depart": f"{f['date']}T0{7 + k}:40", "price_usd": 420 + 85 * k}
+                              for k in range(3)]),
+          700),
+    _Tool("search_hotels", "Search hotels.",
+          {"city": "string", "check_in": "string", "nights": "integer", "max_price": "integer"},
+          lambda f, i: {"city": f["city"], "check_in": f["date"], "nights": f["nights"],
+                        "max_price": f["price"]},
+          lambda f, i: _json([_hotel(f, k) for k in range(3)]),
+          600),
     _Tool("get_weather", "Forecast for a city and date.", {"city": "string", "date": "string"},
           lambda f, i: {"city": f["city"], "date": f["date"]},
-          lambda f, i: _json({"city": f["city"], "high_c": 19 + i, "low_c": 11, "summary": "partly cloudy"}), 150),
+          lambda f, i: _json({"city": f["city"], "high_c": 19 + i, "low_c": 11, "summary": "partly cloudy"}),
+          150),
 )}
 
 
@@ -344,7 +381,8 @@ class _Scenario:
 
     @cached_property
     def tools(self) -> frozenset[str]:
-        return frozenset(t for turn in (*self.turns, *(self.handoff[1] if self.handoff else ())) for t in turn)
+        turns = (*self.turns, *(self.handoff[1] if self.handoff else ()))
+        return frozenset(tool for turn in turns for tool in turn)
 
 
 @dataclass(frozen=True)
@@ -352,9 +390,9 @@ class _Agent:
     name: str
     instructions: str
     tools: tuple[str, ...]
-    models: tuple[tuple[str, float], ...]
+    models: tuple[tuple[str, float], ...]  # (model, share of this agent's traffic)
     scenarios: tuple[_Scenario, ...] = ()
-    guardrail: str | None = None
+    guardrail: str | None = None  # an output guardrail that runs after the final answer
 
     @cached_property
     def tool_schemas(self) -> list[str]:
@@ -381,60 +419,76 @@ REFUSALS = {
 ORDER_MISSING = {
     "en": "I couldn't find order {order_id}. Could you double-check the number in your confirmation email?",
     "es": "No encuentro el pedido {order_id}. ¿Puedes comprobar el número en tu correo de confirmación?",
-    "fr": "Je ne trouve pas la commande {order_id}. Pouvez-vous vérifier le numéro dans votre e-mail de confirmation ?",
-    "de": "Ich kann die Bestellung {order_id} nicht finden. Können Sie die Nummer in Ihrer Bestätigungs-E-Mail prüfen?",
+    "fr": ("Je ne trouve pas la commande {order_id}. Pouvez-vous vérifier le numéro dans votre e-mail de "
+           "confirmation ?"),
+    "de": ("Ich kann die Bestellung {order_id} nicht finden. Können Sie die Nummer in Ihrer "
+           "Bestätigungs-E-Mail prüfen?"),
 }
 TRANSFER_FAILED = {
-    "en": "I'm sorry, I couldn't transfer you to our refunds team. I've noted your request for order {order_id}.",
-    "es": "Lo siento, no he podido pasarte con el equipo de reembolsos. He anotado tu solicitud del pedido {order_id}.",
-    "fr": "Désolé, je n'ai pas pu vous transférer au service remboursements. J'ai noté votre demande pour la commande {order_id}.",
-    "de": "Leider konnte ich Sie nicht an das Erstattungsteam weiterleiten. Ich habe Ihre Anfrage zu Bestellung {order_id} notiert.",
+    "en": ("I'm sorry, I couldn't transfer you to our refunds team. I've noted your request for order "
+           "{order_id}."),
+    "es": ("Lo siento, no he podido pasarte con el equipo de reembolsos. He anotado tu solicitud del pedido "
+           "{order_id}."),
+    "fr": ("Désolé, je n'ai pas pu vous transférer au service remboursements. J'ai noté votre demande pour "
+           "la commande {order_id}."),
+    "de": ("Leider konnte ich Sie nicht an das Erstattungsteam weiterleiten. Ich habe Ihre Anfrage zu "
+           "Bestellung {order_id} notiert."),
 }
+
+_ORDER_STATUS = _Scenario(
+    {"en": "Where is my order {order_id}? It still hasn't arrived.",
+     "es": "¿Dónde está mi pedido {order_id}? Todavía no ha llegado.",
+     "fr": "Où en est ma commande {order_id} ? Je ne l'ai toujours pas reçue.",
+     "de": "Wo ist meine Bestellung {order_id}? Sie ist immer noch nicht angekommen."},
+    (("lookup_order",),),
+    {"en": "Your order {order_id} shipped with {carrier} on {ship_date} and should arrive by {eta}.",
+     "es": "Tu pedido {order_id} se envió con {carrier} el {ship_date} y debería llegar antes del {eta}.",
+     "fr": ("Votre commande {order_id} a été expédiée avec {carrier} le {ship_date} et devrait arriver d'ici "
+            "le {eta}."),
+     "de": ("Ihre Bestellung {order_id} wurde am {ship_date} mit {carrier} versendet und sollte bis zum "
+            "{eta} ankommen.")},
+)
+_REFUND = _Scenario(
+    {"en": "I'd like a refund for order {order_id}, the item arrived damaged.",
+     "es": "Quiero un reembolso del pedido {order_id}, el artículo llegó dañado.",
+     "fr": "Je voudrais être remboursé pour la commande {order_id}, l'article est arrivé endommagé.",
+     "de": "Ich möchte eine Rückerstattung für Bestellung {order_id}, der Artikel kam beschädigt an."},
+    (("lookup_order",), ("transfer_to_refund_agent",)),
+    {"en": "I've refunded ${amount} for order {order_id}; it will show up within 5-7 business days.",
+     "es": "He reembolsado {amount} $ del pedido {order_id}; lo verás en 5-7 días hábiles.",
+     "fr": "J'ai remboursé {amount} $ pour la commande {order_id} ; vous le verrez sous 5 à 7 jours ouvrés.",
+     "de": "Ich habe {amount} $ für Bestellung {order_id} erstattet; das dauert 5-7 Werktage."},
+    handoff=("RefundAgent", (("issue_refund",),)),
+)
+_COMPATIBILITY = _Scenario(
+    {"en": "Does the {product} work with {accessory}?",
+     "es": "¿El {product} funciona con {accessory}?",
+     "fr": "Est-ce que le {product} fonctionne avec {accessory} ?",
+     "de": "Funktioniert der {product} mit {accessory}?"},
+    (("search_kb",),),
+    {"en": "Yes. The {product} works with {accessory} out of the box, no adapter needed.",
+     "es": "Sí. El {product} funciona con {accessory} sin necesidad de adaptador.",
+     "fr": "Oui. Le {product} fonctionne avec {accessory} sans adaptateur.",
+     "de": "Ja. Der {product} funktioniert ohne Adapter mit {accessory}."},
+)
 
 AGENTS = {a.name: a for a in (
     _Agent("SupportAgent",
-           "You are the customer support assistant for Acme Store. Answer in the customer's language. "
-           "Use tools to look up orders and accounts; never reveal payment details or personal data. "
-           "Transfer refund requests to the refunds specialist.",
+           "You are the customer support assistant for Acme Store. Answer in the customer's language. Use "
+           "tools to look up orders and accounts; never reveal payment details or personal data. Transfer "
+           "refund requests to the refunds specialist.",
            ("lookup_order", "get_customer", "search_kb", "create_ticket", "update_shipping_address",
             "transfer_to_refund_agent"),
            (("gpt-5.4", 0.6), ("gpt-5.4-mini", 0.4)),
            (
-               _Scenario({"en": "Where is my order {order_id}? It still hasn't arrived.",
-                          "es": "¿Dónde está mi pedido {order_id}? Todavía no ha llegado.",
-                          "fr": "Où en est ma commande {order_id} ? Je ne l'ai toujours pas reçue.",
-                          "de": "Wo ist meine Bestellung {order_id}? Sie ist immer noch nicht angekommen."},
-                         (("lookup_order",),),
-                         {"en": "Your order {order_id} shipped with {carrier} on {ship_date} and should arrive by {eta}.",
-                          "es": "Tu pedido {order_id} se envió con {carrier} el {ship_date} y debería llegar antes del {eta}.",
-                          "fr": "Votre commande {order_id} a été expédiée avec {carrier} le {ship_date} et devrait arriver d'ici le {eta}.",
-                          "de": "Ihre Bestellung {order_id} wurde am {ship_date} mit {carrier} versendet und sollte bis zum {eta} ankommen."}),
-               _Scenario({"en": "I'd like a refund for order {order_id}, the item arrived damaged.",
-                          "es": "Quiero un reembolso del pedido {order_id}, el artículo llegó dañado.",
-                          "fr": "Je voudrais être remboursé pour la commande {order_id}, l'article est arrivé endommagé.",
-                          "de": "Ich möchte eine Rückerstattung für Bestellung {order_id}, der Artikel kam beschädigt an."},
-                         (("lookup_order",), ("transfer_to_refund_agent",)),
-                         {"en": "I've refunded ${amount} for order {order_id}; it will show up within 5-7 business days.",
-                          "es": "He reembolsado {amount} $ del pedido {order_id}; lo verás en 5-7 días hábiles.",
-                          "fr": "J'ai remboursé {amount} $ pour la commande {order_id} ; vous le verrez sous 5 à 7 jours ouvrés.",
-                          "de": "Ich habe {amount} $ für Bestellung {order_id} erstattet; das dauert 5-7 Werktage."},
-                         handoff=("RefundAgent", (("issue_refund",),))),
-               _Scenario({"en": "Does the {product} work with {accessory}?",
-                          "es": "¿El {product} funciona con {accessory}?",
-                          "fr": "Est-ce que le {product} fonctionne avec {accessory} ?",
-                          "de": "Funktioniert der {product} mit {accessory}?"},
-                         (("search_kb",),),
-                         {"en": "Yes. The {product} works with {accessory} out of the box, no adapter needed.",
-                          "es": "Sí. El {product} funciona con {accessory} sin necesidad de adaptador.",
-                          "fr": "Oui. Le {product} fonctionne avec {accessory} sans adaptateur.",
-                          "de": "Ja. Der {product} funktioniert ohne Adapter mit {accessory}."}),
+               _ORDER_STATUS, _REFUND, _COMPATIBILITY,
                _Scenario({"en": "Can you change the shipping address on order {order_id} to {street}?"},
                          (("lookup_order",), ("update_shipping_address",)),
                          {"en": "Done: order {order_id} will now ship to {street}."}),
                _Scenario({"en": "I can't log in with {email}, it says my account is locked."},
                          (("get_customer",), ("create_ticket",)),
-                         {"en": "Your account was locked after several failed logins. I've opened ticket {ticket}; "
-                                "security will email {email} within the hour."}),
+                         {"en": "Your account was locked after several failed logins. I've opened ticket "
+                                "{ticket}; security will email {email} within the hour."}),
            ),
            guardrail="pii_filter"),
     _Agent("RefundAgent", "You process refunds for Acme Store. Confirm the amount before refunding.",
@@ -446,12 +500,12 @@ AGENTS = {a.name: a for a in (
            (
                _Scenario({"en": "Summarize the most recent findings on {topic}."},
                          (("web_search",), ("fetch_url", "fetch_url")),
-                         {"en": "Recent work on {topic} reports 2-3x gains over 2024 baselines, though cost and "
-                                "reproducibility remain open. Sources: [1] {urls[0]} [2] {urls[1]}"}),
+                         {"en": "Recent work on {topic} reports 2-3x gains over 2024 baselines, though cost "
+                                "and reproducibility remain open. Sources: [1] {urls[0]} [2] {urls[1]}"}),
                _Scenario({"en": "Compare {topic} with {topic2} and save a short note for my report."},
                          (("web_search", "web_search"), ("fetch_url",), ("save_note",)),
-                         {"en": "Saved a note comparing {topic} and {topic2}: both improved quickly, but {topic} "
-                                "has stronger evidence. Source: {urls[0]}"}),
+                         {"en": "Saved a note comparing {topic} and {topic2}: both improved quickly, but "
+                                "{topic} has stronger evidence. Source: {urls[0]}"}),
                _Scenario({"en": "What does the paper at {urls[0]}.pdf conclude?"},
                          (("read_pdf",),),
                          {"en": "It concludes the effect holds on three datasets but shrinks at scale."}),
@@ -466,15 +520,18 @@ AGENTS = {a.name: a for a in (
                          {"en": "Invoice {invoice_id} is the renewal of your {plan} plan (${amount})."}),
                _Scenario({"en": "Show me my unpaid invoices."}, (("list_invoices",),),
                          {"en": "You have one open invoice, {invoice_id}, for ${amount}, due {eta}."}),
-               _Scenario({"en": "You promised me a ${credit} credit on invoice {invoice_id}, please apply it."},
+               _Scenario({"en": "You promised me a ${credit} credit on invoice {invoice_id}, please apply "
+                                "it."},
                          (("get_invoice",), ("apply_credit",)),
-                         {"en": "I've applied a ${credit} credit; it will be deducted from your next invoice."}),
+                         {"en": "I've applied a ${credit} credit; it will be deducted from your next "
+                                "invoice."}),
                _Scenario({"en": "Please switch my payment method to the card ending in {card}."},
                          (("update_payment_method",),),
                          {"en": "Your default card is now the one ending in {card}."}),
            )),
     _Agent("CodeHelper",
-           "You are a coding assistant with read access to the repository. Find the cause before proposing a fix.",
+           "You are a coding assistant with read access to the repository. Find the cause before proposing "
+           "a fix.",
            ("list_files", "read_file", "grep", "run_tests"),
            (("gemini-3-flash", 0.5), ("gpt-5.4-mini", 0.5)),
            (
@@ -482,7 +539,8 @@ AGENTS = {a.name: a for a in (
                          {"en": "`{symbol}` returns None instead of {{}} when the value is missing; the test "
                                 "expects an empty dict. Return `{{}}` on line 3 of {module}."}),
                _Scenario({"en": "Where is `{symbol}` defined and who calls it?"}, (("grep",), ("read_file",)),
-                         {"en": "`{symbol}` is defined in {module} (line 12) and called from cli.py line 88."}),
+                         {"en": "`{symbol}` is defined in {module} (line 12) and called from cli.py line "
+                                "88."}),
                _Scenario({"en": "List the Python files under {dir}."}, (("list_files",),),
                          {"en": "There are four: {module}, cli.py, utils.py and __init__.py."}),
            )),
@@ -491,14 +549,18 @@ AGENTS = {a.name: a for a in (
            ("search_flights", "search_hotels", "get_weather"),
            (("claude-sonnet-4-5", 0.5), ("gemini-3-flash", 0.5)),
            (
-               _Scenario({"en": "Find me a flight from {origin} to {dest} on {date}."}, (("search_flights",),),
-                         {"en": "The cheapest option is {origin}-{dest}-0 leaving {date} at 07:40 for $420."}),
-               _Scenario({"en": "Plan a {nights}-night trip to {city} from {origin}: flights and a hotel under "
-                                "${price}/night."},
+               _Scenario({"en": "Find me a flight from {origin} to {dest} on {date}."},
+                         (("search_flights",),),
+                         {"en": "The cheapest option is {origin}-{dest}-0 leaving {date} at 07:40 for "
+                                "$420."}),
+               _Scenario({"en": "Plan a {nights}-night trip to {city} from {origin}: flights and a hotel "
+                                "under ${price}/night."},
                          (("search_flights", "search_hotels"), ("get_weather",)),
                          {"en": "Fly {origin}-{dest}-0 on {date} ($420) and stay at Casa {city} Central. "
                                 "Expect partly cloudy weather around 19°C."}),
-               _Scenario({"en": "Find a hotel in {city} under ${price} a night for {nights} nights from {date}."},
+               _Scenario({"en": "Find a hotel in {city} under ${price} a night for {nights} nights from "
+                                "{date}."},
+
                          (("search_hotels",),),
                          {"en": "Casa {city} Central fits your budget and is rated 4.1."}),
            )),
@@ -510,17 +572,19 @@ AGENTS = {a.name: a for a in (
 
 INTERNAL, CLIENT = 1, 3
 UNSET, OK, ERROR = 0, 1, 2
+SITE_PACKAGES = "/app/.venv/lib/python3.12/site-packages"
 
 
 class _Span:
-    __slots__ = ("span_id", "parent_id", "name", "kind", "start", "end", "status", "message", "attrs", "events")
+    __slots__ = ("attrs", "end", "events", "kind", "message", "name", "parent_id", "span_id", "start",
+                 "status")
 
     def __init__(self, span_id: int, parent_id: int | None, start: int):
         self.span_id, self.parent_id, self.start = span_id, parent_id, start
         self.name, self.kind, self.end = "", INTERNAL, start
         self.status, self.message = UNSET, ""
         self.attrs: dict = {}
-        self.events: list | None = None
+        self.events: list | None = None  # (name, time, attributes)
 
 
 @dataclass
@@ -532,11 +596,11 @@ class _Usage:
     cost: float = 0.0
 
 
-SITE_PACKAGES = "/app/.venv/lib/python3.12/site-packages"
+Failing = Literal["agent", "llm", "tool", "handoff"]
 
 
-def _stacktrace(what: str, function: str, exc: str, message: str, framework: str, app: str) -> str:
-    """A plausible Python traceback: who called whom depends on whether a tool, the model API or the run failed."""
+def _stacktrace(what: Failing, function: str, exc: str, message: str, framework: str, app: str) -> str:
+    """A plausible Python traceback; the frames depend on whether a tool, the model or the run failed."""
     raised = f"raise {exc.rsplit('.', 1)[-1]}(detail)"
     if what == "tool":
         frames = ((framework, "run", "return self._run(*args, **kwargs)"), (app, function, raised))
@@ -546,32 +610,38 @@ def _stacktrace(what: str, function: str, exc: str, message: str, framework: str
                    "raise self._make_status_error_from_response(err.response) from None"))
     else:
         frames = ((app, "handle", "result = await runner.run(agent, question)"), (framework, "run", raised))
-    lines = [f'  File "{file}", line {30 + 7 * (len(file + func) % 61)}, in {func}\n    {code}' for file, func, code in frames]
+    lines = [f'  File "{file}", line {30 + 7 * (len(file + func) % 61)}, in {func}\n    {code}'
+             for file, func, code in frames]
     return "Traceback (most recent call last):\n" + "\n".join(lines) + f"\n{exc}: {message}"
 
 
+@dataclass(frozen=True)
 class _OpenInference:
-    """OpenInference attributes as one instrumentation library writes them; flags cover the variations."""
+    """OpenInference attributes as one instrumentation library writes them; the fields are its habits."""
 
-    def __init__(self, *, scope: tuple[str, str], messages: Literal["blob", "flat", "both"], span_names: dict[str, str],
-                 llm_kind: int = INTERNAL, turn_name: str | None = None, non_fatal_tool_errors: bool = False,
-                 exception_events: bool = True, cost: bool = False, finish_reason: bool = False,
-                 halo_projection: str | None = None, frames: tuple[str, str] = ("", ""), llm_tools: bool = True):
-        self.scope, self.messages, self.names, self.llm_kind = scope, messages, span_names, llm_kind
-        self.turn_name, self.non_fatal, self.events, self.cost = turn_name, non_fatal_tool_errors, exception_events, cost
-        self.finish_reason, self.project, self.frames, self.llm_tools = finish_reason, halo_projection, frames, llm_tools
-        self.ok = OK
-
-    # -- spans
+    scope: tuple[str, str]
+    messages: Literal["blob", "flat", "both"]  # JSON-string `llm.input_messages`, indexed keys, or both
+    span_names: Mapping[str, str]  # per span type, formatted with the agent or tool name
+    llm_kind: int = INTERNAL
+    turn_name: str | None = None  # a CHAIN span around each turn
+    non_fatal_tool_errors: bool = False  # openai-agents: the error text goes back to the model as output
+    exception_events: bool = True
+    cost: bool = False  # `llm.cost.total`
+    finish_reason: bool = False  # `llm.finish_reason`
+    llm_tools: bool = True  # `llm.tools.N.tool.json_schema`; otherwise `agent.tools` on the agent span
+    halo_projection: str | None = None  # HALO's `inference.*` keys, for this project id
+    frames: tuple[str, str] = ("", "")  # (framework file, app file) for stack traces
+    ok: int = OK
 
     def agent(self, s: _Span, run: _Run, agent: _Agent, question: str, answer: str | None) -> None:
-        s.name, s.kind = self.names["agent"].format(agent.name), INTERNAL
+        s.name, s.kind = self.span_names["agent"].format(agent.name), INTERNAL
         a = s.attrs
         a["openinference.span.kind"] = "AGENT"
         a["agent.name"] = agent.name
-        if self.project:  # the openai-agents exporter describes the agent
-            a["agent.tools"] = _json([t for t in agent.tools if not t.startswith("transfer_to_")]
-                                     + [t["function"]["name"] for t in run.extra_tools if agent is run.agent])
+        if not self.llm_tools:
+            offered = [t for t in agent.tools if not t.startswith("transfer_to_")]
+            offered += [t["function"]["name"] for t in run.extra_tools if agent is run.agent]
+            a["agent.tools"] = _json(offered)
             a["agent.handoffs"] = _json(["RefundAgent"] if "transfer_to_refund_agent" in agent.tools else [])
             a["agent.output_type"] = "str"
         a["input.value"] = question
@@ -580,10 +650,10 @@ class _OpenInference:
         a["session.id"], a["user.id"] = run.session_id, run.user_id
         self._project(s, run, "AGENT", agent)
 
-    def llm(self, s: _Span, run: _Run, agent: _Agent, inputs: list[dict], output: dict | None, usage: _Usage | None,
-            extra_tools: list[dict], finish: str) -> None:
+    def llm(self, s: _Span, run: _Run, agent: _Agent, inputs: list[dict], output: dict | None,
+            usage: _Usage | None, extra_tools: list[dict], finish: str) -> None:
         model = run.model
-        s.name, s.kind = self.names["llm"], self.llm_kind
+        s.name, s.kind = self.span_names["llm"], self.llm_kind
         a = s.attrs
         a["openinference.span.kind"] = "LLM"
         a["llm.model_name"], a["llm.provider"] = model.name, model.provider
@@ -611,14 +681,14 @@ class _OpenInference:
         self._project(s, run, "LLM", agent, usage)
 
     def tool(self, s: _Span, run: _Run, agent: _Agent, call: _Call) -> None:
-        s.name, s.kind = self.names["tool"].format(call.tool), INTERNAL
+        s.name, s.kind = self.span_names["tool"].format(call.tool), INTERNAL
         a = s.attrs
         a["openinference.span.kind"] = "TOOL"
         a["tool.name"] = call.tool
         a["input.value"] = _json(call.args)
         if call.error is None:
             a["output.value"] = call.result
-        elif self.non_fatal:  # openai-agents reports the error text back to the model as the tool output
+        elif self.non_fatal_tool_errors:
             a["output.value"] = call.error
         self._project(s, run, "TOOL", agent)
 
@@ -626,12 +696,12 @@ class _OpenInference:
         s.name, s.kind = self.turn_name or "", INTERNAL
         a = s.attrs
         a["openinference.span.kind"] = "CHAIN"
-        if self.project:
+        if self.halo_projection:  # openai-agents custom span data, as HALO's exporter flattens it
             a["sdk.span.type"], a["sdk.span.name"] = "custom", "turn"
             a["sdk.data.turn"], a["sdk.data.agent_name"] = n, agent.name
             a["sdk.data.usage"] = _json({"input_tokens": usage.prompt, "output_tokens": usage.completion,
                                          "cached_input_tokens": usage.cached})
-        else:
+        else:  # LangGraph's node metadata
             a["metadata"] = _json({"langgraph_step": n, "langgraph_node": "agent"})
         self._project(s, run, "SPAN", agent)
 
@@ -649,18 +719,16 @@ class _OpenInference:
         a["guardrail.name"], a["guardrail.triggered"] = name, triggered
         self._project(s, run, "GUARDRAIL", agent)
 
-    def fail(self, s: _Span, what: Literal["agent", "llm", "tool", "handoff"], message: str, exc: str) -> None:
+    def fail(self, s: _Span, what: Failing, message: str, exc: str) -> None:
         s.status = ERROR
-        if what == "tool" and self.non_fatal:
+        if what == "tool" and self.non_fatal_tool_errors:
             s.message = "Error running tool (non-fatal)"
             return
-        s.message = message if what != "tool" else f"{exc}: {message}"
-        if self.events:
+        s.message = f"{exc}: {message}" if what == "tool" else message
+        if self.exception_events:
+            trace = _stacktrace(what, s.name, exc, message, *self.frames)
             s.events = [("exception", s.end, {"exception.type": exc, "exception.message": message,
-                                              "exception.stacktrace": _stacktrace(what, s.name, exc, message, *self.frames),
-                                              "exception.escaped": False})]
-
-    # -- helpers
+                                              "exception.stacktrace": trace, "exception.escaped": False})]
 
     def _messages(self, a: dict, prefix: str, messages: list[dict]) -> None:
         if self.messages != "flat":
@@ -682,11 +750,11 @@ class _OpenInference:
 
     def _project(self, s: _Span, run: _Run, kind: str, agent: _Agent, usage: _Usage | None = None) -> None:
         """HALO's exporter adds its `inference.*` projection to every span, null where it has no value."""
-        if not self.project:
+        if not self.halo_projection:
             return
         a, llm = s.attrs, kind == "LLM"
         a["inference.export.schema_version"] = 1
-        a["inference.project_id"] = self.project
+        a["inference.project_id"] = self.halo_projection
         a["inference.observation_kind"] = kind
         a["inference.llm.provider"] = run.model.provider if llm else None
         a["inference.llm.model_name"] = run.model.name if llm else None
@@ -699,16 +767,18 @@ class _OpenInference:
 
 
 _GENAI_PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "google": "gcp.gemini"}
-_SERVERS = {"openai": "api.openai.com", "anthropic": "api.anthropic.com", "google": "generativelanguage.googleapis.com"}
+_SERVERS = {"openai": "api.openai.com", "anthropic": "api.anthropic.com",
+            "google": "generativelanguage.googleapis.com"}
 
 
+@dataclass(frozen=True)
 class _GenAI:
     """OpenTelemetry GenAI semantic conventions (`gen_ai.*`), messages as role + parts JSON."""
 
-    scope = ("opentelemetry.instrumentation.genai", "0.4b0")
+    scope: tuple[str, str]
+    frames: tuple[str, str]
     turn_name = None
     ok = UNSET  # plain OTel SDKs leave successful spans unset
-    frames = (f"{SITE_PACKAGES}/google/adk/flows/llm_flows/functions.py", "/app/code_helper/agent.py")
 
     def agent(self, s: _Span, run: _Run, agent: _Agent, question: str, answer: str | None) -> None:
         s.name, s.kind = f"invoke_agent {agent.name}", INTERNAL
@@ -719,13 +789,13 @@ class _GenAI:
         a["gen_ai.request.model"] = run.model.name
         a["gen_ai.conversation.id"] = run.session_id
         a["user.id"] = run.user_id
-        a["gen_ai.input.messages"] = _json([{"role": "user", "parts": [{"type": "text", "content": question}]}])
+        a["gen_ai.input.messages"] = _json([{"role": "user", "parts": [_text_part(question)]}])
         if answer is not None:
-            a["gen_ai.output.messages"] = _json([{"role": "assistant", "parts": [{"type": "text", "content": answer}],
+            a["gen_ai.output.messages"] = _json([{"role": "assistant", "parts": [_text_part(answer)],
                                                   "finish_reason": "stop"}])
 
-    def llm(self, s: _Span, run: _Run, agent: _Agent, inputs: list[dict], output: dict | None, usage: _Usage | None,
-            extra_tools: list[dict], finish: str) -> None:
+    def llm(self, s: _Span, run: _Run, agent: _Agent, inputs: list[dict], output: dict | None,
+            usage: _Usage | None, extra_tools: list[dict], finish: str) -> None:
         model = run.model
         s.name, s.kind = f"chat {model.name}", CLIENT
         a = s.attrs
@@ -737,10 +807,11 @@ class _GenAI:
         a["server.address"] = _SERVERS[model.provider]
         a["gen_ai.agent.name"] = agent.name
         a["gen_ai.conversation.id"] = run.session_id
-        a["gen_ai.system_instructions"] = _json([{"type": "text", "content": inputs[0]["content"]}])
+        a["gen_ai.system_instructions"] = _json([_text_part(inputs[0]["content"])])
         a["gen_ai.input.messages"] = _json([_parts(m) for m in inputs[1:]])
         a["gen_ai.tool.definitions"] = agent.tool_definitions if not extra_tools else _json(
-            [_genai_definition(TOOLS[t].schema) for t in agent.tools] + [_genai_definition(t) for t in extra_tools])
+            [_genai_definition(TOOLS[t].schema) for t in agent.tools]
+            + [_genai_definition(t) for t in extra_tools])
         if output is not None:
             a["gen_ai.output.messages"] = _json([{**_parts(output), "finish_reason": finish}])
         if usage is not None:
@@ -764,19 +835,24 @@ class _GenAI:
         if call.error is None:
             a["gen_ai.tool.call.result"] = call.result
 
-    def fail(self, s: _Span, what: str, message: str, exc: str) -> None:
+    def fail(self, s: _Span, what: Failing, message: str, exc: str) -> None:
         s.status, s.message = ERROR, message
         s.attrs["error.type"] = exc
+        trace = _stacktrace(what, s.name, exc, message, *self.frames)
         s.events = [("exception", s.end, {"exception.type": exc, "exception.message": message,
-                                          "exception.stacktrace": _stacktrace(what, s.name, exc, message, *self.frames)})]
+                                          "exception.stacktrace": trace})]
+
+
+def _text_part(text: str) -> dict:
+    return {"type": "text", "content": text}
 
 
 def _parts(m: dict) -> dict:
     """An OpenAI chat message in GenAI semconv shape: a role and typed parts."""
     if m["role"] == "tool":
-        return {"role": "tool", "parts": [{"type": "tool_call_response", "id": m["tool_call_id"],
-                                           "response": m["content"]}]}
-    parts = [{"type": "text", "content": m["content"]}] if m.get("content") else []
+        return {"role": "tool",
+                "parts": [{"type": "tool_call_response", "id": m["tool_call_id"], "response": m["content"]}]}
+    parts = [_text_part(m["content"])] if m.get("content") else []
     parts += [{"type": "tool_call", "id": tc["id"], "name": tc["function"]["name"],
                "arguments": orjson.loads(tc["function"]["arguments"])} for tc in m.get("tool_calls", ())]
     return {"role": m["role"], "parts": parts}
@@ -789,7 +865,7 @@ class _Service:
     traffic: float
     convention: _OpenInference | _GenAI
     resource: dict
-    long_span_ids: bool = False  # openai-agents ids are 24 hex; OTLP ids are always 16
+    long_span_ids: bool = False  # openai-agents span ids are 24 hex; OTLP ids are always 16
 
 
 def _resource(name: str, version: str, **extra: str) -> dict:
@@ -799,26 +875,31 @@ def _resource(name: str, version: str, **extra: str) -> dict:
 
 SERVICES = (
     _Service("support-bot", ("SupportAgent", "RefundAgent"), 0.30,
-             _OpenInference(scope=("openai-agents-sdk", "0.14.4"), messages="both", llm_kind=CLIENT,
-                            span_names={"agent": "agent.{}", "llm": "generation", "tool": "function.{}"},
-                            turn_name="custom.turn", non_fatal_tool_errors=True, exception_events=False,
-                            halo_projection="acme-support", llm_tools=False),
+             _OpenInference(("openai-agents-sdk", "0.14.4"), "both",
+                            {"agent": "agent.{}", "llm": "generation", "tool": "function.{}"},
+                            llm_kind=CLIENT, turn_name="custom.turn", non_fatal_tool_errors=True,
+                            exception_events=False, llm_tools=False, halo_projection="acme-support"),
              {"service.name": "support-bot"}, long_span_ids=True),
     _Service("research-assistant", ("ResearchAgent",), 0.20,
-             _OpenInference(scope=("openinference.instrumentation.langchain", "0.1.52"), messages="flat",
-                            span_names={"agent": "{}", "llm": "ChatAnthropic", "tool": "{}"}, turn_name="agent",
-                            cost=True, frames=(f"{SITE_PACKAGES}/langchain_core/tools/base.py",
-                                               "/app/research_assistant/graph.py")),
+             _OpenInference(("openinference.instrumentation.langchain", "0.1.52"), "flat",
+                            {"agent": "{}", "llm": "ChatAnthropic", "tool": "{}"}, turn_name="agent",
+                            cost=True,
+                            frames=(f"{SITE_PACKAGES}/langchain_core/tools/base.py",
+                                    "/app/research_assistant/graph.py")),
              _resource("research-assistant", "2.3.1", **{"openinference.project.name": "research"})),
     _Service("billing-agent", ("BillingAgent",), 0.15,
-             _OpenInference(scope=("openinference.instrumentation.openai", "0.1.33"), messages="blob",
-                            span_names={"agent": "{}", "llm": "ChatCompletion", "tool": "{}"}, cost=True,
+             _OpenInference(("openinference.instrumentation.openai", "0.1.33"), "blob",
+                            {"agent": "{}", "llm": "ChatCompletion", "tool": "{}"}, cost=True,
                             frames=("/app/billing/tools/registry.py", "/app/billing/assistant.py")),
              _resource("billing-agent", "1.12.0")),
-    _Service("code-helper", ("CodeHelper",), 0.20, _GenAI(), _resource("code-helper", "0.9.4")),
+    _Service("code-helper", ("CodeHelper",), 0.20,
+             _GenAI(("opentelemetry.instrumentation.genai", "0.4b0"),
+                    (f"{SITE_PACKAGES}/google/adk/flows/llm_flows/functions.py",
+                     "/app/code_helper/agent.py")),
+             _resource("code-helper", "0.9.4")),
     _Service("travel-planner", ("TravelPlanner",), 0.15,
-             _OpenInference(scope=("openinference.instrumentation.openai_agents", "1.2.0"), messages="flat",
-                            span_names={"agent": "{}", "llm": "response", "tool": "{}"}, non_fatal_tool_errors=True,
+             _OpenInference(("openinference.instrumentation.openai_agents", "1.2.0"), "flat",
+                            {"agent": "{}", "llm": "response", "tool": "{}"}, non_fatal_tool_errors=True,
                             exception_events=False, finish_reason=True),
              _resource("travel-planner", "3.0.2")),
 )
@@ -834,7 +915,7 @@ class _Failure:
     message: str
     exc: str
     ms: float = 0.0
-    backoff_ms: float = 0.0
+    backoff_ms: float = 0.0  # wait before the next attempt
 
 
 @dataclass
@@ -881,11 +962,11 @@ class _Run:
     session_id: str
     user_id: str
     question: str
-    steps: list[_Turn | _Handoff]
+    steps: list[_Turn | _Handoff] = field(default_factory=list)
     guardrail_triggered: bool | None = None  # None: the agent has no output guardrail
-    error: _Failure | None = None
+    error: _Failure | None = None  # the run as a whole failed
     extra_tools: list[dict] = field(default_factory=list)  # offered in this run only
-    context_note: str = ""
+    context_note: str = ""  # appended to the system prompt
 
     def turns(self) -> Iterator[_Turn]:
         for step in self.steps:
@@ -976,10 +1057,11 @@ class _Mode:
 
 def _hallucinated_tool(run: _Run, rng: Random) -> None:
     f = run.facts
-    call = _Call("refund_invoice", {"invoice_id": f["invoice_id"], "amount_cents": int(float(f["amount"]) * 100)},
-                 "", rng.uniform(1, 4), _call_id(rng, run.model.provider),
-                 error="Unknown tool: refund_invoice. Available tools: get_invoice, list_invoices, apply_credit, "
-                       "update_payment_method", exc="ToolNotFoundError")
+    args = {"invoice_id": f["invoice_id"], "amount_cents": int(float(f["amount"]) * 100)}
+    error = ("Unknown tool: refund_invoice. Available tools: get_invoice, list_invoices, apply_credit, "
+             "update_payment_method")
+    call = _Call("refund_invoice", args, "", rng.uniform(1, 4), _call_id(rng, run.model.provider),
+                 error=error, exc="ToolNotFoundError")
     run.insert_before_answer(_Turn([call]))
 
 
@@ -991,16 +1073,16 @@ def _invalid_tool_arguments(run: _Run, rng: Random) -> None:
             ({"origin": f["origin"], "destination": f["dest"], "date": "next friday", "cabin": "economy"},
              "departure_date\n  Field required [type=missing, input_value={args}, input_type=dict]"),
             ({**call.args, "departure_date": f"{f['date'][8:]}/{f['date'][5:7]}/{f['date'][:4]}"},
-             "departure_date\n  Input should be a valid date in the format YYYY-MM-DD [type=date_from_datetime_parsing, "
-             "input_value='{bad}', input_type=str]"),
+             ("departure_date\n  Input should be a valid date in the format YYYY-MM-DD "
+              "[type=date_from_datetime_parsing, input_value='{bad}', input_type=str]")),
             ({**call.args, "cabin": "premium"},
-             "cabin\n  Input should be 'economy', 'premium_economy', 'business' or 'first' [type=enum, "
-             "input_value='premium', input_type=str]"),
+             ("cabin\n  Input should be 'economy', 'premium_economy', 'business' or 'first' [type=enum, "
+              "input_value='premium', input_type=str]")),
         ))
         error = ("Invalid arguments for tool search_flights: 1 validation error for search_flights_args\n"
                  + problem.format(args=args, bad=args.get("departure_date", "")))
-        bad = _Call("search_flights", args, "", rng.uniform(1, 5), _call_id(rng, run.model.provider), error=error,
-                    exc="ValidationError")
+        bad = _Call("search_flights", args, "", rng.uniform(1, 5), _call_id(rng, run.model.provider),
+                    error=error, exc="ValidationError")
         run.steps.insert(index, _Turn([bad]))
 
 
@@ -1015,8 +1097,8 @@ def _repetition_loop(run: _Run, rng: Random) -> None:
     turn, call = next(run.calls("web_search"))
     index = run.root_index(turn)
     for _ in range(rng.randint(2, 7)):  # the original call plus 2-7 identical ones
-        run.steps.insert(index + 1, _Turn([replace(call, id=_call_id(rng, run.model.provider),
-                                                   ms=call.ms * rng.uniform(0.8, 1.2))]))
+        again = replace(call, id=_call_id(rng, run.model.provider), ms=call.ms * rng.uniform(0.8, 1.2))
+        run.steps.insert(index + 1, _Turn([again]))
 
 
 def _refusal(run: _Run, rng: Random) -> None:
@@ -1032,15 +1114,16 @@ def _max_turns(run: _Run, rng: Random) -> None:
 def _timeout(run: _Run, rng: Random) -> None:
     _, call = next(run.calls("fetch_url"))
     call.ms = 30_000 + rng.uniform(2, 60)
-    call.error, call.exc, call.result = f"timed out after 30s fetching {call.args['url']}", "httpx.ReadTimeout", ""
+    call.error, call.exc = f"timed out after 30s fetching {call.args['url']}", "httpx.ReadTimeout"
+    call.result = ""
 
 
 def _rate_limit(run: _Run, rng: Random) -> None:
     turn = rng.choice([t for t in run.turns() if t.fail is None])
     turn.retries = [
-        _Failure("Error code: 429 - {'type': 'error', 'error': {'type': 'rate_limit_error', 'message': 'This request "
-                 "would exceed the rate limit for your organization of 400,000 input tokens per minute. Please "
-                 f"retry later.'}}, 'request_id': 'req_011C{rng.getrandbits(80):020x}'}}",
+        _Failure("Error code: 429 - {'type': 'error', 'error': {'type': 'rate_limit_error', 'message': 'This "
+                 "request would exceed the rate limit for your organization of 400,000 input tokens per "
+                 f"minute. Please retry later.'}}, 'request_id': 'req_011C{rng.getrandbits(80):020x}'}}",
                  "anthropic.RateLimitError", rng.uniform(120, 600), 1000 * 2**n * rng.uniform(0.8, 1.25))
         for n in range(rng.randint(2, 5))
     ]
@@ -1052,11 +1135,12 @@ def _latency(run: _Run, rng: Random) -> None:
 
 
 def _cost(run: _Run, rng: Random) -> None:
-    history = rng.randint(900, 3_000)
-    run.context_note = (f"\n\n<billing_history customer=\"{run.facts['customer_id']}\">\n[{history:,} invoices, "
-                        f"{history * 140:,} characters; truncated by the exporter]\n</billing_history>")
+    invoices = rng.randint(900, 3_000)
+    run.context_note = (f"\n\n<billing_history customer=\"{run.facts['customer_id']}\">\n"
+                        f"[{invoices:,} invoices, {invoices * 140:,} characters; truncated by the exporter]\n"
+                        "</billing_history>")
     for turn in run.turns():
-        turn.prompt_extra = history * 45 + rng.randint(0, 4_000)
+        turn.prompt_extra = invoices * 45 + rng.randint(0, 4_000)
 
 
 def _context_overflow(run: _Run, rng: Random) -> None:
@@ -1065,11 +1149,11 @@ def _context_overflow(run: _Run, rng: Random) -> None:
     call = turn.calls[-1]
     call.result = f"{call.result}\n…[{rng.randint(600_000, 1_400_000):,} characters truncated]"
     window = run.model.context_window
-    tokens = window + rng.randint(2_000, 120_000)
     failure = _Failure(
-        f"Error code: 400 - {{'error': {{'message': \"This model's maximum context length is {window} tokens. However, "
-        f"your messages resulted in {tokens} tokens. Please reduce the length of the messages.\", 'type': "
-        "'invalid_request_error', 'param': 'messages', 'code': 'context_length_exceeded'}}",
+        f"Error code: 400 - {{'error': {{'message': \"This model's maximum context length is {window} "
+        f"tokens. However, your messages resulted in {window + rng.randint(2_000, 120_000)} tokens. Please "
+        "reduce the length of the messages.\", 'type': 'invalid_request_error', 'param': 'messages', "
+        "'code': 'context_length_exceeded'}}",
         "openai.BadRequestError", rng.uniform(150, 700))
     del run.steps[run.root_index(turn) + 1:]
     run.steps.append(_Turn([], fail=failure))
@@ -1087,61 +1171,87 @@ def _empty_or_truncated_output(run: _Run, rng: Random) -> None:
 
 def _guardrail(run: _Run, rng: Random) -> None:
     f = run.facts
-    run.steps = [_Turn([], text=f"Sure! The account {f['email']} is paid with the Visa 4539 1488 0343 {f['card']}, "
-                                f"expiry 0{rng.randint(1, 9)}/2{rng.randint(7, 9)}.")]
+    leak = (f"Sure! The account {f['email']} is paid with the Visa 4539 1488 0343 {f['card']}, "
+            f"expiry 0{rng.randint(1, 9)}/2{rng.randint(7, 9)}.")
+    run.steps = [_Turn([], text=leak)]
     run.guardrail_triggered = True
-    run.error = _Failure("Output guardrail tripwire triggered: pii_filter", "OutputGuardrailTripwireTriggered")
+    run.error = _Failure("Output guardrail tripwire triggered: pii_filter",
+                         "OutputGuardrailTripwireTriggered")
 
 
 def _handoff(run: _Run, rng: Random) -> None:
     index, handoff = next((i, s) for i, s in enumerate(run.steps) if isinstance(s, _Handoff))
     handoff.turns = []
-    handoff.error = (f"Handoff to RefundAgent failed: RefundRequest validation error for order {run.facts['order_id']}: "
-                     "field 'reason' is required")
+    handoff.error = (f"Handoff to RefundAgent failed: RefundRequest validation error for order "
+                     f"{run.facts['order_id']}: field 'reason' is required")
     run.end_with(index, _say(run, TRANSFER_FAILED))
 
 
 MODES: tuple[_Mode, ...] = (
-    _Mode("tool_error", "lookup_order", "SupportAgent's lookup_order fails for orders it cannot find, then the agent "
-          "asks the customer to re-check the number.", _tool_error, frozenset({"SupportAgent"}), tool="lookup_order",
-          ends_run=True, template="Order <order_id> not found in region <region>"),
-    _Mode("rate_limit", "claude-sonnet-4-5", "Anthropic 429 rate_limit_error storms: 2-5 failed claude-sonnet-4-5 "
-          "calls with exponential backoff before one succeeds.", _rate_limit, model="claude-sonnet-4-5",
+    _Mode("tool_error", "lookup_order",
+          "SupportAgent's lookup_order fails for orders it cannot find, then the agent asks the customer to "
+          "re-check the number.",
+          _tool_error, frozenset({"SupportAgent"}), tool="lookup_order", ends_run=True,
+          template="Order <order_id> not found in region <region>"),
+    _Mode("rate_limit", "claude-sonnet-4-5",
+          "Anthropic 429 rate_limit_error storms: 2-5 failed claude-sonnet-4-5 calls with exponential "
+          "backoff before one succeeds.",
+          _rate_limit, model="claude-sonnet-4-5",
           template="Error code: 429 - {'type': 'error', 'error': {'type': 'rate_limit_error', ...}}"),
-    _Mode("latency", "search_hotels", "TravelPlanner's search_hotels takes 6-28 s (other tools: under 2 s); "
-          "it succeeds but dominates the run.", _latency, frozenset({"TravelPlanner"}), tool="search_hotels"),
-    _Mode("invalid_tool_arguments", "search_flights", "The model calls search_flights with arguments that fail "
-          "schema validation (missing departure_date, wrong date format, bad cabin enum), then retries.",
+    _Mode("latency", "search_hotels",
+          "TravelPlanner's search_hotels takes 6-28 s (other tools: about 2 s at most); it succeeds but "
+          "dominates the run.",
+          _latency, frozenset({"TravelPlanner"}), tool="search_hotels"),
+    _Mode("invalid_tool_arguments", "search_flights",
+          "The model calls search_flights with arguments that fail schema validation (missing "
+          "departure_date, wrong date format, bad cabin enum), then retries.",
           _invalid_tool_arguments, frozenset({"TravelPlanner"}), tool="search_flights",
-          template="Invalid arguments for tool search_flights: 1 validation error for search_flights_args ..."),
-    _Mode("hallucinated_tool", "refund_invoice", "BillingAgent's model calls refund_invoice, a tool it was never "
-          "offered; the call fails with 'Unknown tool'.", _hallucinated_tool, frozenset({"BillingAgent"}),
+          template="Invalid arguments for tool search_flights: 1 validation error for "
+                   "search_flights_args ..."),
+    _Mode("hallucinated_tool", "refund_invoice",
+          "BillingAgent's model calls refund_invoice, a tool it was never offered; the call fails with "
+          "'Unknown tool'.",
+          _hallucinated_tool, frozenset({"BillingAgent"}),
           template="Unknown tool: refund_invoice. Available tools: ..."),
-    _Mode("refusal", "SupportAgent", "SupportAgent refuses ordinary support requests, in the customer's language "
-          "(en/es/fr/de), without calling any tool.", _refusal, frozenset({"SupportAgent"}), ends_run=True),
-    _Mode("timeout", "fetch_url", "ResearchAgent's fetch_url hangs for 30 s and fails with httpx.ReadTimeout.",
-          _timeout, frozenset({"ResearchAgent"}), tool="fetch_url", template="timed out after 30s fetching <url>"),
-    _Mode("repetition_loop", "web_search", "ResearchAgent repeats the identical web_search call (same arguments) "
-          "3-8 times in one run.", _repetition_loop, frozenset({"ResearchAgent"}), tool="web_search"),
-    _Mode("empty_or_truncated_output", "gemini-3-flash", "gemini-3-flash final answers hit the output-token limit "
-          "(finish_reason length): empty or cut off mid-sentence.", _empty_or_truncated_output,
-          model="gemini-3-flash", ends_run=True),
-    _Mode("max_turns", "CodeHelper", f"CodeHelper keeps searching and reading files and never answers: 'Max turns "
-          f"({MAX_TURNS}) exceeded'.", _max_turns, frozenset({"CodeHelper"}), ends_run=True,
-          template=f"Max turns ({MAX_TURNS}) exceeded"),
-    _Mode("cost", "BillingAgent", "BillingAgent puts the customer's whole billing history in every prompt: "
-          "40k-140k prompt tokens per call instead of ~1-3k.", _cost, frozenset({"BillingAgent"})),
-    _Mode("context_overflow", "gpt-5.4-mini", "A huge tool result pushes gpt-5.4-mini past its context window; the "
-          "next call fails with context_length_exceeded and the run stops.", _context_overflow,
-          model="gpt-5.4-mini", ends_run=True,
-          template="Error code: 400 - ... maximum context length is <n> tokens ... 'code': 'context_length_exceeded'"),
-    _Mode("guardrail", "pii_filter", "SupportAgent's answer leaks card and email details; the pii_filter output "
-          "guardrail trips and the run fails.", _guardrail, frozenset({"SupportAgent"}), ends_run=True,
+    _Mode("refusal", "SupportAgent",
+          "SupportAgent refuses ordinary support requests, in the customer's language (en/es/fr/de), without "
+          "calling any tool.",
+          _refusal, frozenset({"SupportAgent"}), ends_run=True),
+    _Mode("timeout", "fetch_url",
+          "ResearchAgent's fetch_url hangs for 30 s and fails with httpx.ReadTimeout.",
+          _timeout, frozenset({"ResearchAgent"}), tool="fetch_url",
+          template="timed out after 30s fetching <url>"),
+    _Mode("repetition_loop", "web_search",
+          "ResearchAgent repeats the identical web_search call (same arguments) 3-8 times in one run.",
+          _repetition_loop, frozenset({"ResearchAgent"}), tool="web_search"),
+    _Mode("empty_or_truncated_output", "gemini-3-flash",
+          "gemini-3-flash final answers hit the output-token limit (finish_reason length): empty or cut off "
+          "mid-sentence.",
+          _empty_or_truncated_output, model="gemini-3-flash", ends_run=True),
+    _Mode("max_turns", "CodeHelper",
+          f"CodeHelper keeps searching and reading files and never answers: 'Max turns ({MAX_TURNS}) "
+          "exceeded'.",
+          _max_turns, frozenset({"CodeHelper"}), ends_run=True, template=f"Max turns ({MAX_TURNS}) exceeded"),
+    _Mode("cost", "BillingAgent",
+          "BillingAgent puts the customer's whole billing history in every prompt: 40k-140k prompt tokens "
+          "per call instead of ~1-3k.",
+          _cost, frozenset({"BillingAgent"})),
+    _Mode("context_overflow", "gpt-5.4-mini",
+          "A huge tool result pushes gpt-5.4-mini past its context window; the next call fails with "
+          "context_length_exceeded and the run stops.",
+          _context_overflow, model="gpt-5.4-mini", ends_run=True,
+          template="Error code: 400 - ... maximum context length is <n> tokens ... "
+                   "'context_length_exceeded'"),
+    _Mode("guardrail", "pii_filter",
+          "SupportAgent's answer leaks card and email details; the pii_filter output guardrail trips and "
+          "the run fails.",
+          _guardrail, frozenset({"SupportAgent"}), ends_run=True,
           template="Output guardrail tripwire triggered: pii_filter"),
-    _Mode("handoff", "RefundAgent", "SupportAgent's handoff to RefundAgent fails validation, so refund requests "
-          "are never processed.", _handoff, frozenset({"SupportAgent"}), tool="transfer_to_refund_agent",
-          ends_run=True, template="Handoff to RefundAgent failed: RefundRequest validation error for order <order_id>: "
-                                  "field 'reason' is required"),
+    _Mode("handoff", "RefundAgent",
+          "SupportAgent's handoff to RefundAgent fails validation, so refund requests are never processed.",
+          _handoff, frozenset({"SupportAgent"}), tool="transfer_to_refund_agent", ends_run=True,
+          template="Handoff to RefundAgent failed: RefundRequest validation error for order <order_id>: "
+                   "field 'reason' is required"),
 )
 assert {m.category for m in MODES} == set(DEFAULT_RATES)
 
@@ -1149,22 +1259,24 @@ assert {m.category for m in MODES} == set(DEFAULT_RATES)
 # ---------------------------------------------------------------------------------------------
 # One-off distractors: unique tools failing with unique errors, never to be reported as systemic
 
-_ONE_OFF_VERBS = ("export", "import", "sync", "resize", "translate", "archive", "render", "validate", "merge",
-                  "compress", "encrypt", "schedule", "transcode", "index", "reconcile", "geocode", "snapshot",
-                  "rotate", "migrate", "classify", "dedupe", "annotate", "publish", "unlock", "backfill", "scan")
-_ONE_OFF_NOUNS = ("calendar", "spreadsheet", "thumbnail", "webhook", "ledger", "playlist", "sitemap", "barcode",
-                  "avatar", "changelog", "manifest", "certificate", "backup", "glossary", "receipt", "floorplan",
-                  "transcript", "subtitle", "contact_card", "heatmap", "sku_feed", "voucher", "waitlist", "roster",
-                  "timesheet", "warranty", "mailbox", "dns_record", "firewall_rule", "crontab", "license_key",
-                  "qr_code", "font_cache", "shipping_label", "tax_form", "audit_log")
+_ONE_OFF_VERBS = ("export", "import", "sync", "resize", "translate", "archive", "render", "validate",
+                  "merge", "compress", "encrypt", "schedule", "transcode", "index", "reconcile", "geocode",
+                  "snapshot", "rotate", "migrate", "classify", "dedupe", "annotate", "publish", "unlock",
+                  "backfill", "scan")
+_ONE_OFF_NOUNS = ("calendar", "spreadsheet", "thumbnail", "webhook", "ledger", "playlist", "sitemap",
+                  "barcode", "avatar", "changelog", "manifest", "certificate", "backup", "glossary",
+                  "receipt", "floorplan", "transcript", "subtitle", "contact_card", "heatmap", "sku_feed",
+                  "voucher", "waitlist", "roster", "timesheet", "warranty", "mailbox", "dns_record",
+                  "firewall_rule", "crontab", "license_key", "qr_code", "font_cache", "shipping_label",
+                  "tax_form", "audit_log")
+
 _ONE_OFF_ERRORS = (
     ("PermissionError", "[Errno 13] Permission denied: '/var/lib/{tool}/{n}.lock'"),
     ("UnicodeDecodeError", "'utf-8' codec can't decode byte 0x{b:02x} in position {n}: invalid start byte"),
-    ("ssl.SSLCertVerificationError", "certificate verify failed: certificate has expired ({tool}.internal:8443)"),
+    ("ssl.SSLCertVerificationError", "certificate verify failed: certificate has expired ({tool}.internal)"),
     ("psycopg.errors.UniqueViolation", 'duplicate key value violates unique constraint "{tool}_pkey"'),
     ("json.JSONDecodeError", "Expecting ',' delimiter: line {b} column {n} (char {m})"),
-    ("botocore.exceptions.ClientError", "An error occurred (AccessDenied) when calling the GetObject operation on "
-                                        "{tool}/{n}"),
+    ("botocore.exceptions.ClientError", "An error occurred (AccessDenied) calling GetObject on {tool}/{n}"),
     ("ZeroDivisionError", "float division by zero while computing the {tool} ratio"),
     ("FileNotFoundError", "[Errno 2] No such file or directory: '/tmp/{tool}-{n}.csv'"),
     ("redis.exceptions.ConnectionError", "Error 111 connecting to {tool}-cache:6379. Connection refused."),
@@ -1182,7 +1294,7 @@ _ONE_OFF_ERRORS = (
     ("zipfile.BadZipFile", "File is not a zip file: {tool}_export_{n}.zip"),
     ("PIL.UnidentifiedImageError", "cannot identify image file '{tool}_{n}.png'"),
     ("smtplib.SMTPRecipientsRefused", "{tool}@example.org refused: 550 5.1.1 mailbox unavailable"),
-    ("yaml.scanner.ScannerError", 'mapping values are not allowed here in "{tool}.yaml", line {b}, column {n}'),
+    ("yaml.scanner.ScannerError", 'mapping values are not allowed here in "{tool}.yaml", line {b}'),
     ("ModuleNotFoundError", "No module named '{tool}_plugin'"),
     ("BrokenPipeError", "[Errno 32] Broken pipe while streaming {tool} chunk {n}"),
     ("LookupError", "unknown encoding: {tool}-{m}"),
@@ -1213,12 +1325,14 @@ class _OneOffs:
         lap, i = divmod(slot, len(self.names))
         tool = self.names[i] + (f"_v{lap + 1}" if lap else "")
         exc, template = self.errors[slot % len(self.errors)]
-        message = template.format(tool=tool, n=rng.randint(2, 9_999), m=rng.randint(1_900, 2_999), b=rng.randint(1, 255))
+        message = template.format(tool=tool, n=rng.randint(2, 9_999), m=rng.randint(1_900, 2_999),
+                                  b=rng.randint(1, 255))
         call = _Call(tool, {"id": f"{tool.split('_', 1)[1]}-{rng.randint(1, 999)}"}, "", rng.uniform(30, 900),
                      _call_id(rng, run.model.provider), error=message, exc=exc)
-        run.extra_tools.append({"type": "function", "function": {
-            "name": tool, "description": f"{tool.replace('_', ' ').capitalize()}.",
-            "parameters": {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]}}})
+        parameters = {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]}
+        description = f"{tool.replace('_', ' ').capitalize()}."
+        function = {"name": tool, "description": description, "parameters": parameters}
+        run.extra_tools.append({"type": "function", "function": function})
         run.insert_before_answer(_Turn([call]))
 
 
@@ -1227,11 +1341,13 @@ class _OneOffs:
 
 
 class _Recorder:
+    """Walks one run's plan with a clock, keeping the conversation the model sees at each call."""
+
     def __init__(self, run: _Run, rng: Random):
         self.run, self.rng, self.conv = run, rng, run.service.convention
         self.now = run.start
-        self.spans: list[_Span] = []
-        self.history: list[dict] = []
+        self.spans: list[_Span] = []  # in the order they end
+        self.history: list[dict] = []  # OpenAI chat messages, system first
         self.history_chars = 0
         self.last_prompt = 0
 
@@ -1267,13 +1383,12 @@ class _Recorder:
         return answer
 
     def _turn(self, agent: _Agent, turn: _Turn, n: int, extra_tools: list[dict], parent: _Span) -> None:
-        conv = self.conv
-        chain = self._open(parent) if conv.turn_name else None
+        chain = self._open(parent) if self.conv.turn_name else None
         usage = self._respond(agent, turn, extra_tools, chain or parent)
         if chain:
-            conv.turn(chain, self.run, agent, n, usage or _Usage(0, 0))
-            failure = turn.fail and ("llm", turn.fail.message, turn.fail.exc)  # the exception passes through
-            self._close(chain, failure)
+            self.conv.turn(chain, self.run, agent, n, usage or _Usage(0, 0))
+            # a failed model call fails its turn too: the exception passes through
+            self._close(chain, turn.fail and ("llm", turn.fail.message, turn.fail.exc))
 
     def _respond(self, agent: _Agent, turn: _Turn, extra_tools: list[dict], parent: _Span) -> _Usage | None:
         """The model calls of one turn (failed attempts, then the answer) and the tools it asked for."""
@@ -1298,8 +1413,8 @@ class _Recorder:
         seconds = (model.first_token_s * rng.uniform(0.7, 1.5) + usage.completion * model.ms_per_token / 1000
                    + usage.prompt / 60_000)  # prefill: huge prompts are slow too
         self.now += int(min(max(seconds * rng.lognormvariate(0, 0.15), 0.4), 6 + usage.prompt / 30_000) * 1e9)
-        finish = turn.finish or ("tool_calls" if turn.calls else "stop")
-        conv.llm(s, run, agent, self.history, message, usage, extra_tools, finish)
+        conv.llm(s, run, agent, self.history, message, usage, extra_tools,
+                 turn.finish or ("tool_calls" if turn.calls else "stop"))
         self._close(s)
         self._remember(message)
         self._tools(agent, turn.calls, parent)
@@ -1307,7 +1422,7 @@ class _Recorder:
 
     def _tools(self, agent: _Agent, calls: list[_Call], parent: _Span) -> None:
         """Parallel tool calls start together and are written as each one finishes."""
-        start, ended = self.now, []
+        start, running = self.now, []
         for call in calls:
             if call.tool.startswith("transfer_to_"):  # a handoff, recorded as its own span next
                 self._remember({"role": "tool", "tool_call_id": call.id, "content": call.result})
@@ -1315,12 +1430,12 @@ class _Recorder:
             self.now = start + int(self.rng.uniform(0.2, 3) * 1e6)
             s = self._open(parent)
             s.end = s.start + int(call.ms * 1e6)
-            ended.append((s, call))
-        for s, call in sorted(ended, key=lambda e: e[0].end):
+            running.append((s, call))
+        for s, call in sorted(running, key=lambda sc: sc[0].end):
             self.conv.tool(s, self.run, agent, call)
             self._close(s, call.error and ("tool", call.error, call.exc), at=s.end)
             self._remember({"role": "tool", "tool_call_id": call.id, "content": call.error or call.result})
-        self.now = max([start, *(s.end for s, _ in ended)]) + int(self.rng.uniform(0.5, 4) * 1e6)
+        self.now = max([start, *(s.end for s, _ in running)]) + int(self.rng.uniform(0.5, 4) * 1e6)
 
     def _handoff(self, source: _Agent, handoff: _Handoff, parent: _Span) -> str | None:
         s = self._open(parent)
@@ -1337,12 +1452,11 @@ class _Recorder:
         self._close(sub)
         return answer
 
-    # -- helpers
-
     def _usage(self, turn: _Turn, message: dict, tool_count: int) -> _Usage:
         model, rng = self.run.model, self.rng
         # ~900 tokens of instructions and examples the recorded system message does not show
-        prompt = 900 + (self.history_chars + 180 * tool_count) // 4 + 12 * len(self.history) + turn.prompt_extra
+        prompt = (900 + (self.history_chars + 180 * tool_count) // 4 + 12 * len(self.history)
+                  + turn.prompt_extra)
         visible = len(message["content"] or "") + sum(len(tc["function"]["arguments"]) + 20
                                                      for tc in message.get("tool_calls", ()))
         reasoning = rng.randint(16, 360) if model.reasoning else 0
@@ -1365,8 +1479,9 @@ class _Recorder:
 
     def _remember(self, message: dict) -> None:
         self.history.append(message)
-        self.history_chars += len(message.get("content") or "") + sum(len(tc["function"]["arguments"]) + 40
-                                                                       for tc in message.get("tool_calls", ()))
+        calls = message.get("tool_calls", ())
+        self.history_chars += len(message.get("content") or "") + sum(len(c["function"]["arguments"]) + 40
+                                                                       for c in calls)
 
     def _wait(self, low_ms: float, high_ms: float) -> None:
         self.now += int(self.rng.uniform(low_ms, high_ms) * 1e6)
@@ -1374,8 +1489,8 @@ class _Recorder:
     def _open(self, parent: _Span | None) -> _Span:
         return _Span(self.rng.getrandbits(96), parent and parent.span_id, self.now)
 
-    def _close(self, s: _Span, error: tuple[str, str, str] | None = None, at: int | None = None) -> None:
-        s.end = at if at is not None else self.now
+    def _close(self, s: _Span, error: tuple[Failing, str, str] | None = None, at: int | None = None) -> None:
+        s.end = self.now if at is None else at
         if error:
             self.conv.fail(s, *error)
         else:
@@ -1389,16 +1504,16 @@ class _Recorder:
 _KIND_NAMES = {INTERNAL: "SPAN_KIND_INTERNAL", CLIENT: "SPAN_KIND_CLIENT"}
 _STATUS_NAMES = {UNSET: "STATUS_CODE_UNSET", OK: "STATUS_CODE_OK", ERROR: "STATUS_CODE_ERROR"}
 _LOW64 = (1 << 64) - 1
-_seconds: dict[int, str] = {}
+_SECONDS: dict[int, str] = {}  # formatting the date part is the slow bit, and spans share seconds
 
 
 def _iso(ns: int) -> str:
     seconds, frac = divmod(ns, 1_000_000_000)
-    head = _seconds.get(seconds)
+    head = _SECONDS.get(seconds)
     if head is None:
-        if len(_seconds) > 100_000:
-            _seconds.clear()
-        head = _seconds[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        if len(_SECONDS) > 100_000:
+            _SECONDS.clear()
+        head = _SECONDS[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
     return f"{head}.{frac:09d}Z"
 
 
@@ -1406,18 +1521,27 @@ def _halo_lines(trace_id: str, service: _Service, spans: list[_Span]) -> bytes:
     """HALO's flat JSONL: the twelve keys of its span record, plus `events` only when there are any."""
     width = 24 if service.long_span_ids else 16
     mask = (1 << (4 * width)) - 1
-    resource, scope = {"attributes": service.resource}, dict(zip(("name", "version"), service.convention.scope))
+    name, version = service.convention.scope
+    resource, scope = {"attributes": service.resource}, {"name": name, "version": version}
     lines = []
     for s in spans:
         line = {
-            "trace_id": trace_id, "span_id": f"{s.span_id & mask:0{width}x}",
-            "parent_span_id": "" if s.parent_id is None else f"{s.parent_id & mask:0{width}x}", "trace_state": "",
-            "name": s.name, "kind": _KIND_NAMES[s.kind], "start_time": _iso(s.start), "end_time": _iso(s.end),
+            "trace_id": trace_id,
+            "span_id": f"{s.span_id & mask:0{width}x}",
+            "parent_span_id": "" if s.parent_id is None else f"{s.parent_id & mask:0{width}x}",
+            "trace_state": "",
+            "name": s.name,
+            "kind": _KIND_NAMES[s.kind],
+            "start_time": _iso(s.start),
+            "end_time": _iso(s.end),
             "status": {"code": _STATUS_NAMES[s.status], "message": s.message},
-            "resource": resource, "scope": scope, "attributes": s.attrs,
+            "resource": resource,
+            "scope": scope,
+            "attributes": s.attrs,
         }
         if s.events:
-            line["events"] = [{"name": name, "timestamp": _iso(at), "attributes": attrs} for name, at, attrs in s.events]
+            line["events"] = [{"name": n, "timestamp": _iso(at), "attributes": attrs}
+                              for n, at, attrs in s.events]
         lines.append(orjson.dumps(line))
     return b"\n".join(lines) + b"\n"
 
@@ -1442,13 +1566,19 @@ def _otlp_line(trace_id: str, service: _Service, spans: list[_Span]) -> bytes:
     """One OTLP/JSON `TracesData` per trace: camelCase, hex ids, int enums, 64-bit ints as strings."""
     out = []
     for s in spans:
-        span = {"traceId": trace_id, "spanId": f"{s.span_id & _LOW64:016x}",
-                "parentSpanId": "" if s.parent_id is None else f"{s.parent_id & _LOW64:016x}",
-                "name": s.name, "kind": s.kind, "startTimeUnixNano": str(s.start), "endTimeUnixNano": str(s.end),
-                "attributes": _key_values(s.attrs)}
+        span = {
+            "traceId": trace_id,
+            "spanId": f"{s.span_id & _LOW64:016x}",
+            "parentSpanId": "" if s.parent_id is None else f"{s.parent_id & _LOW64:016x}",
+            "name": s.name,
+            "kind": s.kind,
+            "startTimeUnixNano": str(s.start),
+            "endTimeUnixNano": str(s.end),
+            "attributes": _key_values(s.attrs),
+        }
         if s.events:
-            span["events"] = [{"timeUnixNano": str(at), "name": name, "attributes": _key_values(attrs)}
-                              for name, at, attrs in s.events]
+            span["events"] = [{"timeUnixNano": str(at), "name": n, "attributes": _key_values(attrs)}
+                              for n, at, attrs in s.events]
         span["status"] = {"code": s.status, "message": s.message} if s.message else {"code": s.status}
         out.append(span)
     name, version = service.convention.scope
@@ -1461,8 +1591,7 @@ def _otlp_line(trace_id: str, service: _Service, spans: list[_Span]) -> bytes:
 # ---------------------------------------------------------------------------------------------
 # The corpus: who sends what, when, and which traces carry which pattern
 
-CHUNK_TRACES = 1_000  # traces per generation unit; each chunk has its own seeded stream, so chunks can
-# run in parallel and the bytes never depend on how many processes ran them
+CHUNK_TRACES = 1_000  # the unit of generation, and of parallel work
 MAX_WORKERS = 4
 
 
@@ -1471,13 +1600,14 @@ class _Session:
     id: str
     user: str
     lang: str
-    left: int
+    left: int  # traces still to come in this session
 
 
 class _Traffic:
     """Draws each trace's profile (agent + model), session and planted modes, for one chunk."""
 
-    def __init__(self, rng: Random, seed: int, traces: int, rates: Mapping[str, float], distractor_rate: float):
+    def __init__(self, rng: Random, seed: int, traces: int, rates: Mapping[str, float],
+                 distractor_rate: float):
         self.rng, self.seed = rng, seed
         self.modes = [(m, rates.get(m.category, 0.0)) for m in MODES]
         self.owed = {m.id: 0 for m in MODES}  # planted on a later trace when the drawn one could not take it
@@ -1495,8 +1625,8 @@ class _Traffic:
             drawn = rate > 0 and self.rng.random() < rate
             if not (drawn or self.owed[mode.id]):
                 continue
-            fitting = [p for p in profiles if mode.fits(p[0], p[1].name)
-                       and (mode.tool is None or any(_scenario_fits(sc, [*chosen, mode]) for sc in p[0].scenarios))]
+            fitting = [p for p in profiles if mode.fits(p[0], p[1].name) and (
+                mode.tool is None or any(_scenario_fits(sc, [*chosen, mode]) for sc in p[0].scenarios))]
             clash = mode.ends_run and any(m.ends_run for m in chosen)
             if fitting and not clash:
                 chosen.append(mode)
@@ -1522,15 +1652,16 @@ class _Traffic:
         if current and current.left > 0:
             current.left -= 1
             return current
-        # Users come from a fixed population, skewed so some return often; ids derive from the seed
-        # alone, so the same user shows up across chunks.
+        # Users come from a fixed population, skewed so some return often. Their ids derive from the
+        # seed alone, so the same user shows up across chunks.
         k = int(self.population * rng.random() ** 1.3)
         digest = hashlib.blake2b(f"{self.seed}:{service.name}:{k}".encode(), digest_size=8).digest()
         lang = "en" if service.name != "support-bot" else LANGS[sum(digest[6] >= c for c in (164, 205, 230))]
         b = rng.getrandbits(128)
-        sid = f"{b >> 96:08x}-{(b >> 80) & 0xffff:04x}-4{(b >> 68) & 0xfff:03x}-a{(b >> 56) & 0xfff:03x}-{b & (2**48 - 1):012x}"
+        uuid = f"{b >> 96:08x}-{(b >> 80) & 0xffff:04x}-4{(b >> 68) & 0xfff:03x}-a{(b >> 56) & 0xfff:03x}-" \
+               f"{b & (2**48 - 1):012x}"
         more = min(int(rng.expovariate(0.7)), 7)  # most sessions are one or two traces
-        self.sessions[service.name] = current = _Session(sid, f"usr_{digest[:6].hex()}", lang, more)
+        self.sessions[service.name] = current = _Session(uuid, f"usr_{digest[:6].hex()}", lang, more)
         return current
 
 
@@ -1551,9 +1682,10 @@ def _runs(count: int, start: int, mean_gap: float, rng: Random, traffic: _Traffi
         lang = session.lang if session.lang in scenario.ask else "en"
         facts = _facts(rng)
         run = _Run(rng.getrandbits(128), start, service, agent, model, scenario, facts, lang, session.id,
-                   session.user, scenario.ask[lang].format(**facts), [])
+                   session.user, scenario.ask[lang].format(**facts))
         _plan(run, rng)
-        for mode in sorted(modes, key=lambda m: not m.ends_run):  # the ending first, then what happens on the way
+        # the ending first, then what happens on the way there
+        for mode in sorted(modes, key=lambda m: not m.ends_run):
             mode.plant(run, rng)
         distractor = traffic.distractor(bool(modes))
         if distractor:
@@ -1563,29 +1695,28 @@ def _runs(count: int, start: int, mean_gap: float, rng: Random, traffic: _Traffi
 
 @dataclass
 class _Chunk:
-    data: bytes
+    data: bytes = b""
     spans: int = 0
     healthy: int = 0
     affected: dict[str, list[str]] = field(default_factory=dict)
     distractors: list[str] = field(default_factory=list)
 
 
-def _chunk(seed: int, index: int, chunks: int, traces: int, format: str, compress: bool, rates: Mapping[str, float],
-           distractor_rate: float) -> _Chunk:
+def _chunk(seed: int, index: int, chunks: int, traces: int, format: str, compress: bool,
+           rates: Mapping[str, float], distractor_rate: float) -> _Chunk:
     """Generate, render and maybe compress one chunk of the corpus: a pure function of its arguments.
 
-    Compressed chunks are whole gzip members; a file of concatenated members is valid gzip (RFC 1952)
-    and reads back as one stream, so compression runs in parallel too.
+    A compressed chunk is a whole gzip member; concatenated members are one valid gzip file
+    (RFC 1952) that reads back as one stream, so compression runs in parallel too.
     """
     rng = Random(f"{seed}:{index}")
     count = min(CHUNK_TRACES, traces - index * CHUNK_TRACES)
     mean_gap = CORPUS_SPAN_NS / traces
     traffic = _Traffic(rng, seed, traces, rates, distractor_rate)
-    one_offs = _OneOffs(seed, index, chunks)
     render = _halo_lines if format == "halo" else _otlp_line
-    parts, result = [], _Chunk(b"")
+    parts, result = [], _Chunk()
     for run, modes, distractor in _runs(count, BASE_TIME_NS + int(index * CHUNK_TRACES * mean_gap), mean_gap,
-                                        rng, traffic, one_offs):
+                                        rng, traffic, _OneOffs(seed, index, chunks)):
         trace_id = f"{run.trace_id:032x}"
         spans = _Recorder(run, rng).record()
         parts.append(render(trace_id, run.service, spans))
@@ -1596,21 +1727,23 @@ def _chunk(seed: int, index: int, chunks: int, traces: int, format: str, compres
             result.distractors.append(trace_id)
         result.healthy += not modes and not distractor
     result.data = b"".join(parts)
-    if compress:  # mtime=0 keeps the member header, and so the file, byte-identical between runs
+    if compress:  # mtime=0 keeps the member header, and so the file, the same on every run
         result.data = gzip.compress(result.data, compresslevel=4, mtime=0)
     return result
 
 
 def _chunks(seed: int, traces: int, format: str, compress: bool, rates: Mapping[str, float],
             distractor_rate: float) -> Iterator[_Chunk]:
-    """The chunks in corpus order; on several processes when there is more than one chunk."""
+    """The chunks in corpus order, made on several processes when there are several chunks."""
     chunks = -(-traces // CHUNK_TRACES)
     jobs = [(seed, i, chunks, traces, format, compress, rates, distractor_rate) for i in range(chunks)]
     workers = min(MAX_WORKERS, os.cpu_count() or 1, chunks)
-    if workers <= 1:
+    # fork starts workers at once and never re-imports the caller's __main__ (spawn would, and breaks
+    # unguarded scripts); where it is missing, or inside a daemon worker, generate in this process.
+    if workers <= 1 or sys.platform != "linux" or multiprocessing.current_process().daemon:
         yield from (_chunk(*job) for job in jobs)
         return
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         pending: deque = deque()
         for job in jobs:
             pending.append(pool.submit(_chunk, *job))
@@ -1623,6 +1756,18 @@ def _chunks(seed: int, traces: int, format: str, compress: bool, rates: Mapping[
 def _truth_path(out: Path) -> Path:
     name = out.name.removesuffix(".gz").removesuffix(".jsonl")
     return out.with_name(f"{name}.truth.json")
+
+
+def _context(mode: _Mode) -> dict[str, str]:
+    agents = sorted(mode.agents) or sorted(a.name for a in AGENTS.values()
+                                           if a.scenarios and any(m == mode.model for m, _ in a.models))
+    context = {"services": ", ".join(sorted({_SERVICE_OF[a].name for a in agents})),
+               "agents": ", ".join(agents)}
+    if mode.model:
+        context["model"] = mode.model
+    if mode.tool:
+        context["tool"] = mode.tool
+    return context
 
 
 def simulate(out: Path | str, *, traces: int = 500, seed: int = 7, format: Literal["halo", "otlp"] = "halo",
@@ -1657,25 +1802,18 @@ def simulate(out: Path | str, *, traces: int = 500, seed: int = 7, format: Liter
 
     patterns = [
         Pattern(id=m.id, category=m.category, key=m.key, description=m.description, template=m.template,
-                context=_context(m), affected_traces=len(affected[m.id]), affected_trace_ids=sorted(affected[m.id]))
+                context=_context(m), affected_traces=len(affected[m.id]),
+                affected_trace_ids=sorted(affected[m.id]))
         for m in MODES if affected[m.id]
     ]
     truth = GroundTruth(
-        corpus=Corpus(file=out.name, format=format, compressed=compress, traces=traces, spans=spans, seed=seed,
-                      rates=dict(rates), distractor_rate=distractors, services=[s.name for s in SERVICES]),
+        corpus=Corpus(file=out.name, format=format, compressed=compress, traces=traces, spans=spans,
+                      seed=seed, rates=dict(rates), distractor_rate=distractors,
+                      services=[s.name for s in SERVICES]),
         patterns=patterns, distractor_trace_ids=sorted(distractor_ids), healthy_traces=healthy,
         traces_path=out, truth_path=_truth_path(out),
     )
-    truth.truth_path.write_bytes(orjson.dumps(truth.model_dump(mode="json"), option=orjson.OPT_INDENT_2) + b"\n")
+    truth_json = orjson.dumps(truth.model_dump(mode="json"), option=orjson.OPT_INDENT_2) + b"\n"
+    truth.truth_path.write_bytes(truth_json)
+
     return truth
-
-
-def _context(mode: _Mode) -> dict[str, str]:
-    agents = sorted(mode.agents) or sorted(a.name for a in AGENTS.values()
-                                           if a.scenarios and any(m == mode.model for m, _ in a.models))
-    context = {"services": ", ".join(sorted({_SERVICE_OF[a].name for a in agents})), "agents": ", ".join(agents)}
-    if mode.model:
-        context["model"] = mode.model
-    if mode.tool:
-        context["tool"] = mode.tool
-    return context
