@@ -5,6 +5,7 @@ from __future__ import annotations
 import calendar
 import gzip
 import math
+import random
 import re
 import time
 from collections import Counter, defaultdict
@@ -97,6 +98,14 @@ def prompt_tokens(s: dict) -> int:
 def finish_reason(s: dict) -> str | None:
     a = s["attrs"]
     return a.get("llm.finish_reason") or (a.get("gen_ai.response.finish_reasons") or [None])[0]
+
+
+def template(message: str) -> str:
+    """An error message with its variable parts masked, the way detectors group errors."""
+    message = re.sub(r"'[^']*'|\"[^\"]*\"|`[^`]*`", "<str>", message)
+    message = re.sub(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s,;)\]]+", "<url>", message)
+    message = re.sub(r"(?:[/\\][\w.@~-]+){2,}", "<path>", message)
+    return re.sub(r"[A-Za-z0-9_][A-Za-z0-9_-]*[0-9][A-Za-z0-9_-]*|[0-9]+", "<n>", message)
 
 
 def seconds(s: dict) -> float:
@@ -310,11 +319,18 @@ def test_distractors_are_one_off_errors(corpus):
         assert len(errors) == 1 and tool(errors[0])
         tools.append(tool(errors[0]))
         text = errors[0]["message"] + " " + (errors[0]["attrs"].get("output.value") or "")
-        templates.append(re.sub(r"\d+", "<n>", text))
+        templates.append(template(text))
     assert len(set(tools)) == len(tools) and len(set(templates)) == len(templates)
     calls = Counter(t for trace in traces.values() for t in {tool(s) for s in trace})
     assert all(calls[t] == 1 for t in tools), "a one-off tool appears in one trace only"
     assert not set(tools) & set(sim.TOOLS)
+
+
+def test_one_off_errors_stay_distinct_at_scale():
+    one_offs, rng = sim._OneOffs(seed=1, index=0, chunks=1), random.Random(1)
+    made = [one_offs.next(rng) for _ in range(10_000)]
+    assert len({tool for tool, _, _ in made}) == len(made)
+    assert len({template(message) for _, _, message in made}) == len(made)
 
 
 def test_rates_are_respected(corpora):

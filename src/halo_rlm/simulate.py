@@ -1270,45 +1270,50 @@ _ONE_OFF_NOUNS = ("calendar", "spreadsheet", "thumbnail", "webhook", "ledger", "
                   "firewall_rule", "crontab", "license_key", "qr_code", "font_cache", "shipping_label",
                   "tax_form", "audit_log")
 
+# Each message names its tool as a bare word: detectors mask numbers, paths, ids and quoted values to
+# find templates, and the tool name is what must keep every one-off template distinct after that.
 _ONE_OFF_ERRORS = (
-    ("PermissionError", "[Errno 13] Permission denied: '/var/lib/{tool}/{n}.lock'"),
-    ("UnicodeDecodeError", "'utf-8' codec can't decode byte 0x{b:02x} in position {n}: invalid start byte"),
-    ("ssl.SSLCertVerificationError", "certificate verify failed: certificate has expired ({tool}.internal)"),
-    ("psycopg.errors.UniqueViolation", 'duplicate key value violates unique constraint "{tool}_pkey"'),
-    ("json.JSONDecodeError", "Expecting ',' delimiter: line {b} column {n} (char {m})"),
-    ("botocore.exceptions.ClientError", "An error occurred (AccessDenied) calling GetObject on {tool}/{n}"),
+    ("PermissionError", "[Errno 13] Permission denied while {tool} opened '/var/lib/jobs/{n}.lock'"),
+    ("UnicodeDecodeError", "'utf-8' codec can't decode byte 0x{b:02x} in position {n} of the {tool} input"),
+    ("ssl.SSLCertVerificationError", "certificate verify failed for the {tool} upstream: cert expired"),
+    ("psycopg.errors.UniqueViolation", "duplicate key value violates unique constraint on {tool} (id={n})"),
+    ("json.JSONDecodeError", "{tool} got invalid JSON: Expecting ',' delimiter: line {b} column {n}"),
+    ("botocore.exceptions.ClientError", "An error occurred (AccessDenied) when {tool} called GetObject"),
     ("ZeroDivisionError", "float division by zero while computing the {tool} ratio"),
-    ("FileNotFoundError", "[Errno 2] No such file or directory: '/tmp/{tool}-{n}.csv'"),
-    ("redis.exceptions.ConnectionError", "Error 111 connecting to {tool}-cache:6379. Connection refused."),
-    ("ValueError", "could not convert string to float: '{tool}'"),
-    ("IndexError", "list index out of range (row {n} of the {tool} sheet)"),
-    ("OverflowError", "date value out of range in {tool} year {m}"),
+    ("FileNotFoundError", "[Errno 2] No such file or directory for {tool}: '/tmp/out-{n}.csv'"),
+    ("redis.exceptions.ConnectionError", "Error 111 connecting to the {tool} cache. Connection refused."),
+    ("ValueError", "could not convert string to float in {tool}: 'n/a'"),
+    ("IndexError", "list index out of range at row {n} of the {tool} sheet"),
+    ("OverflowError", "date value out of range in {tool} (year {n})"),
     ("RecursionError", "maximum recursion depth exceeded while resolving {tool} references"),
     ("MemoryError", "unable to allocate {n} MiB for the {tool} buffer"),
-    ("ConnectionResetError", "[Errno 104] Connection reset by peer ({tool} upstream)"),
-    ("AttributeError", "'NoneType' object has no attribute '{tool}'"),
-    ("TypeError", "unsupported operand type(s) for +: 'int' and '{tool}'"),
-    ("sqlite3.OperationalError", "database is locked: {tool}.db"),
+    ("ConnectionResetError", "[Errno 104] Connection reset by peer during {tool}"),
+    ("AttributeError", "'NoneType' object has no attribute 'items' (in {tool})"),
+    ("TypeError", "{tool}() got an unexpected keyword argument 'overwrite'"),
+    ("sqlite3.OperationalError", "database is locked; {tool} gave up after {b} attempts"),
     ("grpc.RpcError", "StatusCode.UNAVAILABLE: {tool} endpoint not ready after {b} probes"),
-    ("xml.etree.ElementTree.ParseError", "mismatched tag in {tool}.xml: line {b}, column {n}"),
-    ("zipfile.BadZipFile", "File is not a zip file: {tool}_export_{n}.zip"),
-    ("PIL.UnidentifiedImageError", "cannot identify image file '{tool}_{n}.png'"),
-    ("smtplib.SMTPRecipientsRefused", "{tool}@example.org refused: 550 5.1.1 mailbox unavailable"),
-    ("yaml.scanner.ScannerError", 'mapping values are not allowed here in "{tool}.yaml", line {b}'),
-    ("ModuleNotFoundError", "No module named '{tool}_plugin'"),
+    ("xml.etree.ElementTree.ParseError", "mismatched tag in the {tool} feed: line {b}, column {n}"),
+    ("zipfile.BadZipFile", "File is not a zip file ({tool} export {n})"),
+    ("PIL.UnidentifiedImageError", "cannot identify image file for {tool}: upload {n}"),
+    ("smtplib.SMTPRecipientsRefused", "{tool} notification refused: 550 5.1.1 mailbox unavailable"),
+    ("yaml.scanner.ScannerError", "mapping values are not allowed here in the {tool} config, line {b}"),
+    ("ModuleNotFoundError", "No module named 'pyarrow' (needed by {tool})"),
     ("BrokenPipeError", "[Errno 32] Broken pipe while streaming {tool} chunk {n}"),
-    ("LookupError", "unknown encoding: {tool}-{m}"),
-    ("KeyError", "'{tool}_settings' missing from tenant config v{b}"),
+    ("LookupError", "unknown encoding for {tool}: cp{m}"),
+    ("KeyError", "{tool} settings missing from tenant config v{b}"),
     ("asyncio.CancelledError", "{tool} worker cancelled during shutdown"),
-    ("OSError", "[Errno 28] No space left on device: '/data/{tool}/{n}'"),
+    ("OSError", "[Errno 28] No space left on device while {tool} wrote '/data/spool/{n}'"),
 )
+# Once every verb_noun pair is used, names get a word rather than a number, since detectors mask numbers.
+_ONE_OFF_SUFFIXES = ("", "_legacy", "_beta", "_bulk", "_nightly", "_async", "_remote", "_batch", "_draft",
+                     "_mirror", "_shadow")
 
 
 class _OneOffs:
-    """Hands out tool names and error templates that are never used twice in a corpus.
+    """Hands out tool names and error messages that are never used twice in a corpus.
 
     Every chunk shuffles the same pools (seeded by the corpus seed) and takes the slots
-    `j * chunks + index`, so chunks never collide and the first slots, the most distinct ones, go first.
+    `j * chunks + index`, so chunks never collide and the first slots go first.
     """
 
     def __init__(self, seed: int, index: int, chunks: int):
@@ -1319,14 +1324,20 @@ class _OneOffs:
         rng.shuffle(self.errors)
         self.index, self.chunks, self.used = index, chunks, 0
 
-    def plant(self, run: _Run, rng: Random) -> None:
+    def next(self, rng: Random) -> tuple[str, str, str]:
+        """(tool, exception type, message) for the next distractor."""
         slot = self.used * self.chunks + self.index
         self.used += 1
         lap, i = divmod(slot, len(self.names))
-        tool = self.names[i] + (f"_v{lap + 1}" if lap else "")
+        suffix = _ONE_OFF_SUFFIXES[lap] if lap < len(_ONE_OFF_SUFFIXES) else f"_v{lap}"
+        tool = self.names[i] + suffix
         exc, template = self.errors[slot % len(self.errors)]
-        message = template.format(tool=tool, n=rng.randint(2, 9_999), m=rng.randint(1_900, 2_999),
+        message = template.format(tool=tool, n=rng.randint(2, 9_999), m=rng.randint(1_250, 1_259),
                                   b=rng.randint(1, 255))
+        return tool, exc, message
+
+    def plant(self, run: _Run, rng: Random) -> None:
+        tool, exc, message = self.next(rng)
         call = _Call(tool, {"id": f"{tool.split('_', 1)[1]}-{rng.randint(1, 999)}"}, "", rng.uniform(30, 900),
                      _call_id(rng, run.model.provider), error=message, exc=exc)
         parameters = {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]}
