@@ -268,18 +268,24 @@ RETURNING line_no
 
 MACROS = [
     # Error messages as templates: the same failure with different ids, numbers, paths, URLs or quoted
-    # values gives the same text, so errors can be grouped and counted.
+    # values gives the same text, so errors can be grouped and counted. Quoted lowercase identifiers
+    # ('rate_limit_error', 'departure_date') say what failed and stay; other quoted values are masked.
+    # An HTTP status, masked with the other numbers, is kept as a suffix.
     r"""CREATE OR REPLACE TEMP MACRO halo_template(m) AS trim(
       regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace(
-      regexp_replace(regexp_replace(left(m, 400),
+      regexp_replace(regexp_replace(regexp_replace(regexp_replace(left(m, 400),
         '\s+', ' ', 'g'),
-        '''[^'']*''|"[^"]*"|`[^`]*`', '<str>', 'g'),
+        '''([a-z_.]*)''|''[^'']*''', '''\1''', 'g'),
+        '"([a-z_.]*)"|"[^"]*"', '"\1"', 'g'),
+        '''''|""|`[^`]*`', '<str>', 'g'),
         '[a-zA-Z][a-zA-Z0-9+.-]*://[^\s,;)\]]+', '<url>', 'g'),
         '[\w.+-]+@[\w-]+\.[\w.-]+', '<email>', 'g'),
         '(?:[A-Za-z]:)?(?:[/\\][\w.@~-]+){2,}[/\\]?|\.{1,2}/[\w./@~-]+', '<path>', 'g'),
         '\b[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\b', '<id>', 'g'),
         '[A-Za-z0-9_][A-Za-z0-9_-]*[0-9][A-Za-z0-9_-]*|[0-9]', '<n>', 'g'),
-        '(?:<n>[.:,/-]?)+<n>', '<n>', 'g'))""",
+        '(?:<n>[.:,/-]?)+<n>', '<n>', 'g')
+      || coalesce(' [HTTP ' || nullif(regexp_extract(m, '(?i)(?:code|status|http)[ :=/]*([1-5][0-9][0-9])\b', 1), '')
+                  || ']', ''))""",
     # Ids: hex ids lowercased (without `0x` or UUID dashes); all-zero ids mean "none"; others kept as text.
     """CREATE OR REPLACE TEMP MACRO halo_id(x) AS CASE
       WHEN x IS NULL OR regexp_full_match(x, '\\s*0*\\s*') THEN ''
