@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,7 +19,11 @@ from rich.table import Table
 from rich.tree import Tree
 
 from halo_rlm import __version__, files
+from halo_rlm.detect import Thresholds, analyze
 from halo_rlm.models import TraceFilters
+from halo_rlm.report import Report, cite, json_schema, verify
+from halo_rlm.report import write as write_report
+from halo_rlm.simulate import simulate
 from halo_rlm.store import IngestReport, StoreError, StrictError, TraceStore, cache_dir, default_store_path
 
 # Piped output gets a wider page than rich's default 80 columns, so tables stay readable in logs.
@@ -428,3 +433,195 @@ def _cell(value: Any) -> str:
 
 def main() -> None:
     cli()
+
+
+# --- analysis -----------------------------------------------------------------------------------
+
+DEFAULT_PROMPT = "Diagnose the systemic failures in these agent traces and recommend concrete fixes."
+EXAMPLES = Path(__file__).parent / "examples" / "traces.jsonl.gz"
+
+
+def threshold_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--min-share", type=float, default=0.005, show_default=True,
+                     help="…and at least this share of all traces.")(f)
+    return click.option("--min-traces", type=int, default=2, show_default=True,
+                        help="A finding needs at least this many affected traces…")(f)
+
+
+def run_detectors(paths: Sequence[str], store_path: Path | None, out_dir: Path, *, min_traces: int,
+                  min_share: float, quiet: bool) -> tuple[Report, dict[str, Path]]:
+    target = resolve_store(paths, store_path, quiet=quiet)
+    with open_read_only(target) as store:
+        report = analyze(store, thresholds=Thresholds(min_traces=min_traces, min_share=min_share),
+                         inputs=[str(p) for p in paths])
+        verify(report, store)
+    return report, write_report(report, out_dir)
+
+
+def print_findings(report: Report, paths: dict[str, Path], *, top: int = 10) -> None:
+    d = report.dataset
+    out.print(f"[bold]{len(report.findings)} systemic findings[/] in {d.traces:,} traces "
+              f"({d.error_traces:,} with errors)")
+    if report.findings:
+        table = Table(show_edge=False)
+        for column, justify in (("#", "right"), ("severity", "left"), ("finding", "left"), ("traces", "right"),
+                                ("evidence", "left")):
+            table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        colours = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "dim"}
+        for i, f in enumerate(report.findings[:top], 1):
+            ids = "\n".join(cite(ev) for ev in f.evidence[:2])
+            flag = "" if f.check is None or f.check.status == "verified" else f" [red]({f.check.status})[/]"
+            table.add_row(str(i), f"[{colours[f.severity]}]{f.severity}[/]",
+                          f"{escape(f.title)}{flag}\n[dim]{f.category} · {f.id}[/]",
+                          f"{f.affected_traces:,}\n[dim]{f.affected_trace_share:.1%}[/]", escape(ids))
+        out.print(table)
+        if len(report.findings) > top:
+            out.print(f"[dim]… and {len(report.findings) - top} more in the report[/]")
+    out.print("Report: " + ", ".join(escape(str(p)) for p in paths.values()))
+
+
+@cli.command("analyze")
+@click.argument("paths", nargs=-1)
+@store_option
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("halo-report"),
+              show_default=True, help="Folder for report.json, report.md and report.html.")
+@threshold_options
+@json_option
+def analyze_command(paths: tuple[str, ...], store_path: Path | None, out_dir: Path, min_traces: int, min_share: float,
+                    as_json: bool) -> None:
+    """Find systemic failures with deterministic detectors (no LLM needed) and write a ranked,
+    evidence-backed report: report.json, report.md (for people and coding agents) and report.html.
+
+    A finding needs a pattern across traces (see --min-traces and --min-share); one-off errors are
+    not reported. Every finding is re-checked against the store before it is written.
+    """
+    report, paths_written = run_detectors(paths, store_path, out_dir, min_traces=min_traces, min_share=min_share,
+                                          quiet=as_json)
+    if as_json:
+        emit_json(report)
+    else:
+        print_findings(report, paths_written)
+
+
+
+@cli.command("verify")
+@click.argument("report_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@store_option
+@click.option("--write", is_flag=True, help="Write the checked report back (json, md and html).")
+@json_option
+def verify_command(report_file: Path, store_path: Path | None, write: bool, as_json: bool) -> None:
+    """Re-check a report against the trace store: cited traces and spans exist, excerpts are in
+    the spans they cite, and each finding's affected-trace count matches a recount of its query.
+
+    Exit code 0 when every finding checks out, 1 when any is flagged or cannot be checked.
+    """
+    try:
+        report = Report.model_validate_json(report_file.read_bytes())
+    except ValidationError as exc:
+        fail(f"{report_file}: not a HALO report ({exc.error_count()} problems, first: {exc.errors()[0]['msg']})")
+    target = str(store_path or report.store)
+    if not target or not Path(target).exists():
+        fail(f"the report's store {target or '(none)'} is not here; pass --store PATH")
+    with open_read_only(target) as store:
+        verify(report, store)
+    if write:
+        write_report(report, report_file.parent)
+    if as_json:
+        emit_json({"verification": report.verification.model_dump() if report.verification else None,
+                   "findings": [{"id": f.id, **(f.check.model_dump() if f.check else {})} for f in report.findings]})
+    else:
+        for f in report.findings:
+            assert f.check is not None
+            mark = {"verified": "[green]✓[/]", "flagged": "[red]✗[/]", "unverifiable": "[yellow]?[/]"}[f.check.status]
+            out.print(f"{mark} {escape(f.id)}: {escape(f.title)}")
+            for problem in f.check.problems:
+                out.print(f"    [red]{escape(problem)}[/]")
+        v = report.verification
+        assert v is not None
+        out.print(f"{v.verified} verified, {v.flagged} flagged, {v.unverifiable} unverifiable")
+    if any(f.check and f.check.status != "verified" for f in report.findings):
+        sys.exit(1)
+
+
+
+@cli.group("report")
+def report_group() -> None:
+    """About the report format."""
+
+
+@report_group.command("schema")
+def report_schema() -> None:
+    """Print the JSON schema of report.json."""
+    emit_json(json_schema())
+
+
+@cli.command("simulate")
+@click.argument("out_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--traces", default=500, show_default=True, help="How many traces.")
+@click.option("--seed", default=7, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["halo", "otlp"]), default="halo", show_default=True)
+@click.option("--rate", "rates", multiple=True, metavar="CATEGORY=SHARE",
+              help="Override a failure mode's rate, e.g. --rate refusal=0.1 (0 turns it off).")
+@click.option("--distractors", type=float, default=0.02, show_default=True, help="Share of one-off error traces.")
+def simulate_command(out_file: Path, traces: int, seed: int, fmt: str, rates: tuple[str, ...],
+                     distractors: float) -> None:
+    """Write simulated agent traces with planted systemic failures, and their ground truth
+    (OUT_FILE without .jsonl/.gz + .truth.json). Gzipped when OUT_FILE ends in .gz."""
+    overrides = {}
+    for item in rates:
+        name, _, value = item.partition("=")
+        try:
+            overrides[name] = float(value)
+        except ValueError:
+            fail(f"--rate {item!r}: expected CATEGORY=SHARE, e.g. refusal=0.1")
+    try:
+        truth = simulate(out_file, traces=traces, seed=seed, format=fmt, rates=overrides or None,  # type: ignore[arg-type]
+                         distractors=distractors)
+    except ValueError as exc:
+        fail(str(exc))
+    out.print(f"Wrote {truth.corpus.traces:,} traces ({truth.corpus.spans:,} spans) to {escape(str(out_file))}; "
+              f"{len(truth.patterns)} planted patterns in {escape(str(truth.truth_path))}")
+
+
+
+def provider_configured(base_url: str | None, api_key: str | None) -> bool:
+    """An LLM provider is configured by a key (flag or OPENAI_API_KEY) or a base URL (keyless local servers)."""
+    return bool(api_key or os.environ.get("OPENAI_API_KEY") or base_url or os.environ.get("OPENAI_BASE_URL"))
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-p", "--prompt", default=DEFAULT_PROMPT, show_default=True, help="What to find out.")
+@store_option
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("halo-report"),
+              show_default=True)
+@click.option("--base-url", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL or OpenAI).")
+@click.option("--api-key", help="API key (default: OPENAI_API_KEY; not needed for keyless local servers).")
+@threshold_options
+@json_option
+def run(paths: tuple[str, ...], prompt: str, store_path: Path | None, out_dir: Path, base_url: str | None,
+        api_key: str | None, min_traces: int, min_share: float, as_json: bool) -> None:
+    """Analyse traces and write a report (the default command: `halo TRACES -p PROMPT`)."""
+    report, written = run_detectors(paths, store_path, out_dir, min_traces=min_traces, min_share=min_share,
+                                    quiet=as_json)
+    if not provider_configured(base_url, api_key):
+        report.notes.append("LLM analysis was skipped: no model provider is configured. Set OPENAI_API_KEY "
+                            "(or pass --api-key), or --base-url for a local OpenAI-compatible server, to add it.")
+        written = write_report(report, out_dir)
+    if as_json:
+        emit_json(report)
+        return
+    print_findings(report, written)
+    for note in report.notes[1:]:
+        err.print(f"[yellow]{escape(note)}[/]")
+
+
+@cli.command()
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("halo-report"),
+              show_default=True)
+@click.pass_context
+def demo(ctx: click.Context, out_dir: Path) -> None:
+    """Run HALO on the example traces that ship with it (simulated support, research, billing,
+    coding and travel agents with planted failures)."""
+    err.print(f"[dim]Example traces: {escape(str(EXAMPLES))}[/]")
+    ctx.invoke(run, paths=(str(EXAMPLES),), out_dir=out_dir)

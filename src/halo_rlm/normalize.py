@@ -76,7 +76,7 @@ MESSAGE_MARKERS = ["llm.input_messages", "llm.output_messages", "llm.input_messa
                    "llm.tools", "llm.tools.0.tool.json_schema", "gen_ai.input.messages", "gen_ai.output.messages",
                    "gen_ai.prompt.0.role", "gen_ai.prompt.0.content", "gen_ai.completion.0.role",
                    "gen_ai.completion.0.content", "gen_ai.tool.definitions", "ai.prompt.messages",
-                   "ai.response.toolCalls", "agent.tools", "llm.request.functions.0.name"]
+                   "ai.response.toolCalls", "agent.tools", "agent.handoffs", "llm.request.functions.0.name"]
 ATTRIBUTE_KEYS = sorted({k for keys in SOURCES.values() for k in keys} | set(CLASSIFIERS) | set(MESSAGE_MARKERS))
 
 _STRUCT = {
@@ -535,6 +535,10 @@ def _tools_offered(attrs: dict[str, Any], indexed: dict[str, dict[int, dict[str,
     for fields in (indexed.get("llm.request.functions") or {}).values():
         if isinstance(fields.get("name"), str):
             names.append(fields["name"])
+    # Agent SDKs offer each handoff target as a `transfer_to_<agent>` tool.
+    for target in _tool_names(_json(attrs.get("agent.handoffs"))):
+        snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", target).replace(" ", "_").replace("-", "_").lower()
+        names += [f"transfer_to_{snake}", f"transfer_to_{target.lower().replace(' ', '_')}"]
     return list(dict.fromkeys(n for n in names if n))
 
 

@@ -853,6 +853,10 @@ class TraceStore:
             note = f"showing {len(rows)} rows; add LIMIT/OFFSET, aggregate, or select fewer columns"
         return SqlResult(columns=columns, rows=rows, row_count=len(rows), truncated=truncated, note=note)
 
+    def query(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
+        """Rows of SQL written by HALO itself (the detectors). Untrusted SQL goes through `sql()`."""
+        return self._rows(sql, params)
+
     def rejects(self, *, limit: int = 100) -> list[dict[str, Any]]:
         return self._rows("SELECT path, line_no, reason, excerpt FROM rejects ORDER BY input_id, line_no LIMIT ?",
                           [limit])
