@@ -131,14 +131,31 @@ class ModelUsage(BaseModel):
     cost_usd: float = 0.0
 
 
+class AgentUsage(BaseModel):
+    agent_id: str
+    name: str
+    depth: int
+    parent_id: str | None = None
+    status: str
+    calls: int = 0
+    turns: int = 0
+    tool_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    seconds: float = 0.0
+
+
 class Usage(BaseModel):
-    """What an LLM analysis consumed."""
+    """What an LLM analysis consumed, by model and by agent."""
 
     models: dict[str, ModelUsage] = Field(default_factory=dict)
     agents: int = 0
     turns: int = 0
     tool_calls: int = 0
     seconds: float = 0.0
+    per_agent: list[AgentUsage] = Field(default_factory=list)
 
     @property
     def cost_usd(self) -> float:
@@ -153,6 +170,8 @@ class Verification(BaseModel):
     verified: int = 0
     flagged: int = 0
     unverifiable: int = 0
+    missing_citations: list[str] = Field(default_factory=list,
+                                         description="[trace:…]/[span:…] cited in the answer but not in the store")
     checked_at: str | None = None
 
 
@@ -198,12 +217,19 @@ def rank(findings: list[Finding], dataset: DatasetSummary) -> list[Finding]:
 # --- verification -----------------------------------------------------------------------------
 
 
+CITATION = re.compile(r"\[(trace|span):([^\]:\s]+)(?::([^\]\s]+))?\]")
+
+
 def verify(report: Report, store: Any) -> Report:
-    """Re-check every finding against a read-only store: cited traces and spans exist, excerpts are
-    in the spans they cite, and `affected_traces` matches a recount of the finding's query (within
-    2%, or 1 trace). Problems are recorded on each finding, never hidden."""
-    traces, spans = _existing(store, report.findings)
+    """Re-check a report against a read-only store: cited traces and spans exist (in the findings
+    and in the answer's text), excerpts are in the spans they cite, and `affected_traces` matches a
+    recount of the finding's query (within 2%, or 1 trace). Problems are recorded, never hidden."""
+    cited = [Evidence(trace_id=t, span_id=s or None) for kind, t, s in CITATION.findall(report.answer or "")
+             if kind == "trace" or s]
+    traces, spans = _existing(store, [ev for f in report.findings for ev in f.evidence] + cited)
     summary = Verification(checked_at=now_iso())
+    summary.missing_citations = sorted({cite(ev) for ev in cited if ev.trace_id not in traces
+                                        or (ev.span_id and (ev.trace_id, ev.span_id) not in spans)})
     for f in report.findings:
         problems: list[str] = []
         for ev in f.evidence:
@@ -237,9 +263,10 @@ def verify(report: Report, store: Any) -> Report:
     return report
 
 
-def _existing(store: Any, findings: list[Finding]) -> tuple[set[str], dict[tuple[str, str], str]]:
-    trace_ids = sorted({ev.trace_id for f in findings for ev in f.evidence})
-    span_ids = sorted({(ev.trace_id, ev.span_id) for f in findings for ev in f.evidence if ev.span_id})
+def _existing(store: Any, evidence: list[Evidence]) -> tuple[set[str], dict[tuple[str, str], str]]:
+    """Which of the cited traces exist, and the raw record of each cited span that exists."""
+    trace_ids = sorted({ev.trace_id for ev in evidence})
+    span_ids = sorted({(ev.trace_id, ev.span_id) for ev in evidence if ev.span_id})
     traces: set[str] = set()
     spans: dict[tuple[str, str], str] = {}
     for chunk in _chunks(trace_ids, 500):
@@ -368,6 +395,8 @@ def to_markdown(report: Report) -> str:
         v = report.verification
         lines += ["", f"Verification: {v.verified} findings verified, {v.flagged} flagged, "
                       f"{v.unverifiable} unverifiable (re-checked against the trace store)."]
+        if v.missing_citations:
+            lines.append(f"**Not in the trace store (cited in the analysis):** {', '.join(v.missing_citations)}")
     for note in report.notes:
         lines += ["", f"> {note}"]
     if report.answer:
@@ -428,6 +457,7 @@ pre{white-space:pre-wrap;background:#f8f9fb;border:1px solid #e4e7ec;padding:1em
 {% if r.verification %}<div class="card">verified<b>{{ r.verification.verified }}/{{ r.findings|length }}</b></div>{% endif %}
 </div>
 {% for note in r.notes %}<p class="muted">{{ note }}</p>{% endfor %}
+{% if r.verification and r.verification.missing_citations %}<p class="flag">Cited in the analysis but not in the trace store: {{ r.verification.missing_citations|join(", ") }}</p>{% endif %}
 <div class="charts">
 <figure><figcaption>Findings by affected traces</figcaption>{{ findings_chart }}</figure>
 <figure><figcaption>Run duration distribution</figcaption>{{ duration_chart }}</figure>

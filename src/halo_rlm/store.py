@@ -187,6 +187,17 @@ class TraceStore:
     def close(self) -> None:
         self.con.close()
 
+    def cursor(self) -> TraceStore:
+        """Another connection to the same database, for use from another thread (a DuckDB
+        connection must not be shared across threads). Same read-only lock-down."""
+        cursor = TraceStore(self.con.cursor(), self.path, self.read_only)
+        normalize.register_macros(cursor.con)
+        return cursor
+
+    def interrupt(self) -> None:
+        """Stop the query running on this connection (from another thread)."""
+        self.con.interrupt()
+
     def _one(self, sql: str, params: Any = None) -> tuple[Any, ...] | None:
         """The first row of a query. DuckDB refuses new work while a result is unfinished, so the
         result is always read to the end."""
@@ -897,9 +908,9 @@ class TraceStore:
         if filters.regex:
             _compile_re2(self.con, filters.regex)
             add("t.trace_id IN (SELECT trace_id FROM spans WHERE regexp_matches(raw, ?))", filters.regex)
-        if filters.text:
-            add("t.trace_id IN (SELECT trace_id FROM spans WHERE regexp_matches(raw, ?, 'i'))",
-                regex.escape(filters.text))
+        for text in (filters.text, filters.project_id):
+            if text:
+                add("t.trace_id IN (SELECT trace_id FROM spans WHERE regexp_matches(raw, ?, 'i'))", regex.escape(text))
         return " AND ".join(clauses) or "true", params
 
     def _unknown_trace(self, trace_id: str) -> str:
