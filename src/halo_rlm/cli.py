@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import asyncio
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -13,6 +13,8 @@ import click
 import orjson
 from pydantic import ValidationError
 from rich.console import Console
+from rich.live import Live
+from rich.markdown import Markdown
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 from rich.table import Table
@@ -20,8 +22,15 @@ from rich.tree import Tree
 
 from halo_rlm import __version__, files
 from halo_rlm.detect import Thresholds, analyze
+from halo_rlm.engine import (
+    DEFAULT_MODEL, DEFAULT_PROMPT, AgentOutputItem, AgentTextDelta, EngineConfig, EngineError, stream_engine_async,
+)
+from halo_rlm.llm import LLMError
+from halo_rlm.pricing import PriceError
+from halo_rlm.pricing import load as load_prices
 from halo_rlm.models import TraceFilters
 from halo_rlm.report import Report, cite, json_schema, verify
+from halo_rlm.report import to_markdown as report_markdown
 from halo_rlm.report import write as write_report
 from halo_rlm.simulate import simulate
 from halo_rlm.store import IngestReport, StoreError, StrictError, TraceStore, cache_dir, default_store_path
@@ -437,7 +446,6 @@ def main() -> None:
 
 # --- analysis -----------------------------------------------------------------------------------
 
-DEFAULT_PROMPT = "Diagnose the systemic failures in these agent traces and recommend concrete fixes."
 EXAMPLES = Path(__file__).parent / "examples" / "traces.jsonl.gz"
 
 
@@ -584,9 +592,56 @@ def simulate_command(out_file: Path, traces: int, seed: int, fmt: str, rates: tu
 
 
 
-def provider_configured(base_url: str | None, api_key: str | None) -> bool:
-    """An LLM provider is configured by a key (flag or OPENAI_API_KEY) or a base URL (keyless local servers)."""
-    return bool(api_key or os.environ.get("OPENAI_API_KEY") or base_url or os.environ.get("OPENAI_BASE_URL"))
+def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """HALO's engine flags, plus budgets and context."""
+    options = [
+        click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, help="Model for the root and sub-agents."),
+        click.option("--synthesis-model", help="Cheaper model for synthesize_traces (default: --model)."),
+        click.option("--compaction-model", help="Cheaper model for compacting context (default: --model)."),
+        click.option("--max-depth", type=click.IntRange(0), default=2, show_default=True, help="Sub-agent depth."),
+        click.option("--max-turns", type=click.IntRange(1), default=20, show_default=True, help="Turns per agent."),
+        click.option("--max-parallel", type=click.IntRange(1), default=4, show_default=True,
+                     help="Sub-agents at once, per depth."),
+        click.option("--base-url", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL, else OpenAI)."),
+        click.option("--api-key", help="API key (default: OPENAI_API_KEY; keyless local servers need none)."),
+        click.option("-H", "--header", "headers", multiple=True, metavar='"NAME: VALUE"',
+                     help="Extra HTTP header for the provider (repeatable)."),
+        click.option("--temperature", type=click.FloatRange(0, 2)),
+        click.option("--max-output-tokens", type=click.IntRange(1)),
+        click.option("--parallel-tool-calls/--no-parallel-tool-calls", default=True, show_default=True),
+        click.option("--refusal-retries", type=click.IntRange(0), default=1, show_default=True),
+        click.option("--reasoning-effort", type=click.Choice(["none", "minimal", "low", "medium", "high", "xhigh"])),
+        click.option("--telemetry", is_flag=True, help="Trace HALO's own run (OTLP via OTEL_EXPORTER_OTLP_*, "
+                                                       "else a local JSONL file)."),
+        click.option("--max-cost", type=float, help="USD budget for the whole run."),
+        click.option("--max-tokens", type=click.IntRange(1), help="Token budget for the whole run."),
+        click.option("--timeout", type=float, help="Seconds for the whole run."),
+        click.option("--prices", type=click.Path(exists=True, dir_okay=False),
+                     help="JSON price table for models HALO does not know (USD per million tokens)."),
+        click.option("--dataset-context", metavar="TEXT|@FILE", help="What the traces are, for the agents."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def parse_headers(values: Sequence[str]) -> dict[str, str]:
+    headers = {}
+    for value in values:
+        name, sep, content = value.partition(":")
+        if not sep or not name.strip():
+            fail(f'--header {value!r}: expected "NAME: VALUE"')
+        headers[name.strip()] = content.strip()
+    return headers
+
+
+def read_context(value: str | None) -> str | None:
+    if value and value.startswith("@"):
+        try:
+            return Path(value[1:]).expanduser().read_text()
+        except OSError as exc:
+            fail(f"--dataset-context {value}: {exc.strerror or exc}")
+    return value
 
 
 @cli.command()
@@ -594,26 +649,138 @@ def provider_configured(base_url: str | None, api_key: str | None) -> bool:
 @click.option("-p", "--prompt", default=DEFAULT_PROMPT, show_default=True, help="What to find out.")
 @store_option
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("halo-report"),
-              show_default=True)
-@click.option("--base-url", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL or OpenAI).")
-@click.option("--api-key", help="API key (default: OPENAI_API_KEY; not needed for keyless local servers).")
+              show_default=True, help="Folder for report.json, report.md and report.html.")
+@engine_options
 @threshold_options
-@json_option
-def run(paths: tuple[str, ...], prompt: str, store_path: Path | None, out_dir: Path, base_url: str | None,
-        api_key: str | None, min_traces: int, min_share: float, as_json: bool) -> None:
-    """Analyse traces and write a report (the default command: `halo TRACES -p PROMPT`)."""
-    report, written = run_detectors(paths, store_path, out_dir, min_traces=min_traces, min_share=min_share,
-                                    quiet=as_json)
-    if not provider_configured(base_url, api_key):
+@click.option("--json", "as_json", is_flag=True, help="Stream events as JSON lines (the report is the last one).")
+def run(paths: tuple[str, ...], prompt: str, store_path: Path | None, out_dir: Path, min_traces: int,
+        min_share: float, as_json: bool, **engine: Any) -> None:
+    """Analyse traces and write a report (the default command: `halo TRACES -p PROMPT`).
+
+    With a model provider configured (OPENAI_API_KEY, --api-key or --base-url), a root LLM agent
+    explores the traces with tools, delegates to sub-agents, and writes the report; the
+    deterministic detectors' findings are its starting hypotheses. Without one, the detectors alone
+    write the report.
+    """
+    try:
+        config = EngineConfig(
+            model=engine["model"], synthesis_model=engine["synthesis_model"],
+            compaction_model=engine["compaction_model"], max_depth=engine["max_depth"],
+            max_turns=engine["max_turns"], max_parallel=engine["max_parallel"], base_url=engine["base_url"],
+            api_key=engine["api_key"], headers=parse_headers(engine["headers"]), temperature=engine["temperature"],
+            max_output_tokens=engine["max_output_tokens"], parallel_tool_calls=engine["parallel_tool_calls"],
+            refusal_retries=engine["refusal_retries"], reasoning_effort=engine["reasoning_effort"],
+            telemetry=engine["telemetry"], max_cost=engine["max_cost"], max_tokens=engine["max_tokens"],
+            timeout=engine["timeout"], dataset_context=read_context(engine["dataset_context"]), out_dir=out_dir,
+            prices=load_prices(engine["prices"]) if engine["prices"] else {},
+        )
+    except (ValidationError, PriceError) as exc:
+        fail(_validation_text(exc) if isinstance(exc, ValidationError) else str(exc))
+    if not config.provider.configured:
+        report, written = run_detectors(paths, store_path, out_dir, min_traces=min_traces, min_share=min_share,
+                                        quiet=as_json)
         report.notes.append("LLM analysis was skipped: no model provider is configured. Set OPENAI_API_KEY "
                             "(or pass --api-key), or --base-url for a local OpenAI-compatible server, to add it.")
         written = write_report(report, out_dir)
-    if as_json:
-        emit_json(report)
+        if as_json:
+            emit_json(report)
+            return
+        print_findings(report, written)
+        err.print(f"[yellow]{escape(report.notes[-1])}[/]")
         return
-    print_findings(report, written)
-    for note in report.notes[1:]:
-        err.print(f"[yellow]{escape(note)}[/]")
+    target = resolve_store(paths, store_path, quiet=as_json)
+    final = run_engine_live(prompt, config, target, as_json=as_json)
+    if final is None or final.report is None:
+        fail("the run ended without a report")
+    if not as_json:
+        out.print(Markdown(report_markdown(final.report)))
+        out.print("Report: " + ", ".join(escape(str(out_dir / name)) for name in
+                                         ("report.md", "report.json", "report.html")))
+
+
+def _validation_text(exc: ValidationError) -> str:
+    return "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+
+
+def run_engine_live(prompt: str, config: EngineConfig, store_path: str, *, as_json: bool) -> AgentOutputItem | None:
+    """Run the engine, showing a live tree of agents (or JSON lines), and return the final item."""
+    view = AgentTree()
+
+    async def consume() -> AgentOutputItem | None:
+        final = None
+        with TraceStore.open(store_path, read_only=True) as store:
+            async for event in stream_engine_async(prompt, config, store=store):
+                if as_json:
+                    sys.stdout.write(event.model_dump_json(exclude_none=True) + "\n")
+                    sys.stdout.flush()
+                else:
+                    view.update(event)
+                if isinstance(event, AgentOutputItem) and event.final:
+                    final = event
+        return final
+
+    live = Live(view, console=err, refresh_per_second=8, transient=True) if err.is_terminal and not as_json else None
+    try:
+        if live:
+            with live:
+                return asyncio.run(consume())
+        return asyncio.run(consume())
+    except (EngineError, LLMError, StoreError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
+    finally:
+        if not as_json and view.agents:
+            err.print(view.summary())
+
+
+class AgentTree:
+    """The run as a tree of agents: status, current tool, tokens and cost."""
+
+    def __init__(self) -> None:
+        self.agents: dict[str, dict[str, Any]] = {}
+
+    def update(self, event: Any) -> None:
+        agent = self.agents.setdefault(event.agent_id, {
+            "name": event.agent_name, "parent": event.parent_agent_id, "depth": event.depth, "status": "thinking",
+            "tool": None, "tokens": 0, "cost": 0.0, "turns": 0, "tools": 0})
+        if isinstance(event, AgentTextDelta):
+            agent["status"] = "writing"
+            return
+        if event.usage:
+            agent["tokens"] += event.usage.input_tokens + event.usage.output_tokens
+            agent["cost"] += event.usage.cost_usd or 0.0
+            agent["turns"] += 1
+        item = event.item
+        if item.tool_calls:
+            agent["tool"], agent["status"] = item.tool_calls[0].name, "tool"
+            agent["tools"] += 1
+        elif item.role == "tool":
+            agent["status"], agent["tool"] = "thinking", None
+            if item.name == "call_subagent":
+                for child in self.agents.values():
+                    if child["parent"] == event.agent_id and child["status"] != "done":
+                        child["status"] = "done"
+                        break
+        if event.final:
+            agent["status"] = "done"
+
+    def __rich__(self) -> Tree:
+        tree = Tree("[bold]HALO analysis[/]")
+        nodes: dict[str | None, Tree] = {None: tree}
+        for agent_id, a in self.agents.items():
+            parent = nodes.get(a["parent"], tree)
+            doing = f" → {a['tool']}" if a["tool"] else ""
+            nodes[agent_id] = parent.add(
+                f"[bold]{escape(a['name'])}[/] [dim]{agent_id}[/] {a['status']}{escape(doing)} · {a['turns']} turns · "
+                f"{a['tokens']:,} tokens · ${a['cost']:.4f}")
+        return tree
+
+    def summary(self) -> str:
+        tokens = sum(a["tokens"] for a in self.agents.values())
+        cost = sum(a["cost"] for a in self.agents.values())
+        turns = sum(a["turns"] for a in self.agents.values())
+        return f"{len(self.agents)} agents, {turns} model turns, {tokens:,} tokens, ${cost:.4f}"
 
 
 @cli.command()
@@ -624,4 +791,5 @@ def demo(ctx: click.Context, out_dir: Path) -> None:
     """Run HALO on the example traces that ship with it (simulated support, research, billing,
     coding and travel agents with planted failures)."""
     err.print(f"[dim]Example traces: {escape(str(EXAMPLES))}[/]")
-    ctx.invoke(run, paths=(str(EXAMPLES),), out_dir=out_dir)
+    ctx.invoke(run, paths=(str(EXAMPLES),), out_dir=out_dir, **{
+        p.name: p.default for p in run.params if p.name not in ("paths", "out_dir")})

@@ -13,7 +13,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
@@ -107,7 +107,11 @@ class RetryPolicy:
     base_seconds: float = 0.5
     cap_seconds: float = 30.0
     max_retry_after: float = 120.0
-    sleep: Callable[[float], Any] = field(default=asyncio.sleep)
+
+
+async def _sleep(seconds: float) -> None:
+    """Every wait between attempts goes through here (tests record the waits)."""
+    await asyncio.sleep(seconds)
 
 
 class LLM:
@@ -156,7 +160,7 @@ class LLM:
                                    f"{model.name!r} ({_describe(exc)})") from exc
             if deadline is not None and time.monotonic() + wait >= deadline:
                 raise Timeout(f"{self.provider.url}: gave up retrying model {model.name!r}: the run's time is up")
-            await self.retry.sleep(wait)
+            await _sleep(wait)
         raise LLMError(f"{self.provider.url}: model {model.name!r} failed after {self.retry.attempts} attempts")
 
     def _params(self, model: ModelConfig, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
@@ -222,11 +226,12 @@ class LLM:
 
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
-            raise Timeout(f"{self.provider.url}: no time left for another call to model {model!r}")
+            raise Timeout(f"{self.provider.url}: the run's time budget ran out before calling model {model!r}")
         try:
             await asyncio.wait_for(consume(), remaining)
         except asyncio.TimeoutError as exc:
-            raise Timeout(f"{self.provider.url}: model {model!r} did not answer before the run's deadline") from exc
+            raise Timeout(f"{self.provider.url}: model {model!r} did not answer before the run's time budget ran "
+                          f"out") from exc
         if finish is None:
             raise _CutStream("the stream ended before the model finished")
         tool_calls = [{"id": c["id"] or f"call_{attempt}_{i}", "name": c["name"], "arguments": c["arguments"]}
