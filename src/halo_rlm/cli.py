@@ -619,6 +619,8 @@ def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--prices", type=click.Path(exists=True, dir_okay=False),
                      help="JSON price table for models HALO does not know (USD per million tokens)."),
         click.option("--dataset-context", metavar="TEXT|@FILE", help="What the traces are, for the agents."),
+        click.option("--repo-path", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                     help="Source of the traced agent: read-only code and git tools, so fixes cite path:line."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -672,7 +674,7 @@ def run(paths: tuple[str, ...], prompt: str, store_path: Path | None, out_dir: P
             refusal_retries=engine["refusal_retries"], reasoning_effort=engine["reasoning_effort"],
             telemetry=engine["telemetry"], max_cost=engine["max_cost"], max_tokens=engine["max_tokens"],
             timeout=engine["timeout"], dataset_context=read_context(engine["dataset_context"]), out_dir=out_dir,
-            prices=load_prices(engine["prices"]) if engine["prices"] else {},
+            prices=load_prices(engine["prices"]) if engine["prices"] else {}, repo_path=engine["repo_path"],
         )
     except (ValidationError, PriceError) as exc:
         fail(_validation_text(exc) if isinstance(exc, ValidationError) else str(exc))

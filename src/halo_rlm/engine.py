@@ -22,13 +22,16 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from halo_rlm import detect, prompts, report as reports
+from halo_rlm import detect, prompts, repl, sandbox
+from halo_rlm import report as reports
 from halo_rlm.files import resolve
 from halo_rlm.llm import LLM, ContextOverflow, LLMError, ModelConfig, Provider, ReasoningEffort, Timeout
 from halo_rlm.pricing import Price, Prices
 from halo_rlm.store import StoreError, TraceStore, default_store_path
+from halo_rlm.repo import Repo, RepoError
 from halo_rlm.tools import (
-    FINAL_TOOL, SUBAGENT_TOOL, TRACE_TOOLS, FindingInput, Tool, ToolError, category, fit, unknown_tool, validate,
+    FINAL_TOOL, SUBAGENT_TOOL, TRACE_TOOLS, FindingInput, Tool, ToolError, category, fit, repo_tools, unknown_tool,
+    validate,
 )
 
 DEFAULT_MODEL = "gpt-5.4-mini"
@@ -65,6 +68,8 @@ class EngineConfig(BaseModel):
     context_tokens: int = Field(96_000, ge=4_000, description="Per-agent context budget before compaction")
     tool_result_bytes: int = Field(24_000, ge=2_000)
     tool_timeout: float = Field(30.0, gt=0)
+    code_timeout: float = Field(60.0, gt=0, description="Seconds for one run_code call")
+    max_code_llm_calls: int = Field(300, ge=0, description="LLM calls code may make (llm_query...), whole run")
     repo_path: Path | None = None
 
     def model_for(self, role: Literal["agent", "synthesis", "compaction"]) -> ModelConfig:
@@ -218,6 +223,7 @@ class Agent:
         self.messages: list[dict[str, Any]] = []
         self.context_items: dict[str, str] = {}
         self.final: Any = None  # FinalAnswerArgs, set by the final_answer tool
+        self.repl: sandbox.Repl | None = None  # made on the first run_code call
         tools = list(TRACE_TOOLS) + run.extra_tools
         if depth < run.config.max_depth:
             tools.append(SUBAGENT_TOOL)
@@ -438,6 +444,10 @@ class Run:
         self.detector_report: reports.Report | None = None
         self.extra_tools: list[Tool] = []
         self.agent_model = config.model_for("agent")
+        self.code_limits = repl.CodeLimits(
+            sandbox=sandbox.Limits(wall_seconds=config.code_timeout, max_host_calls=2_000),
+            llm_calls_per_run=config.max_code_llm_calls)
+        self.code_llm_calls = 0
 
     def emit(self, event: EngineEvent) -> None:
         self.sequence += 1
@@ -673,6 +683,7 @@ async def _run(run: Run, prompt: str, history: list[dict[str, Any]], inputs: lis
     run.overview_text = prompts.overview_text(overview)
     run.hypotheses = [{"id": f.id, "title": f.title, "category": f.category, "affected_traces": f.affected_traces,
                        "evidence": [reports.cite(e) for e in f.evidence[:3]]} for f in run.detector_report.findings[:12]]
+    _offer_code_and_repo(run)
     root = Agent(run, depth=0, parent=None, parent_tool_call_id=None)
     run.agents.append(root)
     opening = history if history[0]["role"] == "system" else [run.system_message(root, prompt), *history]
@@ -680,6 +691,8 @@ async def _run(run: Run, prompt: str, history: list[dict[str, Any]], inputs: lis
         answer = await root.run_to_end(opening)
     finally:
         root.stats.finished = time.monotonic()
+        # Every sandbox worker must be closed before the loop ends (see sandbox.Repl.aclose).
+        await asyncio.gather(*(a.repl.aclose() for a in run.agents if a.repl is not None))
     report = build_report(run, root, prompt, inputs, dataset, answer)
     verify_store = store.cursor()
     try:
@@ -690,6 +703,27 @@ async def _run(run: Run, prompt: str, history: list[dict[str, Any]], inputs: lis
         reports.write(report, run.config.out_dir)
     run.emit(AgentOutputItem(sequence=0, item=AgentMessage(role="assistant", content=report.answer), final=True,
                              report=report, **root.lineage()))
+
+
+def _offer_code_and_repo(run: Run) -> None:
+    """Add run_code when the sandbox works here (say so once when it does not) and the repository
+    tools when a repo path is given."""
+    reason = sandbox.available()
+    if reason is None:
+        run.extra_tools.append(repl.RUN_CODE)
+        run.repl_section = prompts.REPL.format(environment=sandbox.describe_environment(run.code_limits.sandbox))
+    else:
+        run.note(f"run_code is not offered: {reason}")
+    if run.config.repo_path is None:
+        return
+    try:
+        source = Repo.open(run.config.repo_path, max_result_bytes=run.config.tool_result_bytes - 1_000)
+    except RepoError as exc:
+        raise EngineError(f"--repo-path: {exc}") from exc
+    run.extra_tools.extend(repo_tools(source))
+    run.repo_section = prompts.REPO.format(
+        git=", and git_log, git_show, git_diff, git_blame, git_read_file for its history" if source.is_git else "",
+        commits=" and commits by their 12-character ids" if source.is_git else "")
 
 
 def _split_messages(messages: Messages) -> tuple[str, list[dict[str, Any]]]:

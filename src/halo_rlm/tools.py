@@ -17,6 +17,8 @@ import orjson
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from halo_rlm.models import SortKey, TraceFilters
+from halo_rlm.repo import Repo, RepoError, tool_specs
+from halo_rlm.repo import ToolSpec as RepoToolSpec
 from halo_rlm.report import CATEGORIES, Category
 from halo_rlm.store import StoreError, TraceStore
 
@@ -328,6 +330,23 @@ FINAL_TOOL = Tool(
     "returning the affected trace_ids, so the count can be verified), evidence (real trace/span ids and a "
     "verbatim excerpt), and a concrete recommendation (which prompt, tool schema, retry policy or limit to "
     "change, and how). Call it once.", FinalAnswerArgs, final_answer)
+
+
+def repo_tools(repo: Repo) -> list[Tool]:
+    """The read-only code and git tools over the agent's source, as engine tools."""
+
+    def wrap(spec: RepoToolSpec) -> Tool:
+        async def run(args: Any, agent: Agent) -> Any:
+            try:
+                return await asyncio.wait_for(asyncio.to_thread(spec.call, args), agent.run.config.tool_timeout)
+            except asyncio.TimeoutError:
+                raise ToolError(f"{spec.name} took over {agent.run.config.tool_timeout:g}s; narrow it") from None
+            except (RepoError, OSError) as exc:
+                raise ToolError(str(exc)) from None
+
+        return Tool(spec.name, spec.description, spec.args_model, run)
+
+    return [wrap(spec) for spec in tool_specs(repo)]
 
 
 def category(value: str) -> Category:
