@@ -5,8 +5,12 @@ The per-span work runs inside DuckDB as one vectorized SELECT: each line is pars
 COALESCE over the attribute conventions in priority order (trace-formats.md §7): OpenInference,
 OTel GenAI (`gen_ai.*`), OpenLLMetry, HALO's `inference.*` projection, then `langfuse.*` and the
 Vercel AI SDK. Messages come in too many shapes for SQL (JSON blobs, flattened
-`llm.input_messages.N.*` keys, GenAI parts, indexed OpenLLMetry keys), so spans that carry them go
+`llm.output_messages.N.*` keys, GenAI parts, indexed OpenLLMetry keys), so spans that carry them go
 through `normalize_messages`, registered as a vectorized DuckDB function.
+
+Only the model's *output* is normalised at ingest: tool calls, answers and finish reasons are what
+queries and detectors use, while the input side repeats the whole conversation on every LLM call
+(most of a trace's bytes). Views reassemble both sides from the raw record when a span is shown.
 """
 
 from __future__ import annotations
@@ -69,14 +73,12 @@ SOURCES: dict[str, list[str]] = {
 CLASSIFIERS = ["openinference.span.kind", "gen_ai.operation.name", "inference.observation_kind",
                "inference.observation.kind", "langfuse.observation.type", "langfuse.observation.level",
                "langfuse.observation.status_message", "traceloop.span.kind", "llm.finish_reason"]
-# Any of these present means the span carries messages or tool definitions worth normalising.
-MESSAGE_MARKERS = ["llm.input_messages", "llm.output_messages", "llm.input_messages.0.message.role",
-                   "llm.output_messages.0.message.role", "llm.output_messages.0.message.content",
-                   "llm.output_messages.0.message.tool_calls.0.tool_call.function.name",
-                   "llm.tools", "llm.tools.0.tool.json_schema", "gen_ai.input.messages", "gen_ai.output.messages",
-                   "gen_ai.prompt.0.role", "gen_ai.prompt.0.content", "gen_ai.completion.0.role",
-                   "gen_ai.completion.0.content", "gen_ai.tool.definitions", "ai.prompt.messages",
-                   "ai.response.toolCalls", "agent.tools", "agent.handoffs", "llm.request.functions.0.name"]
+# Any of these present means the span carries model output or tool definitions to normalise.
+MESSAGE_MARKERS = ["llm.output_messages", "llm.output_messages.0.message.role", "llm.output_messages.0.message.content",
+                   "llm.output_messages.0.message.tool_calls.0.tool_call.function.name", "llm.tools",
+                   "llm.tools.0.tool.json_schema", "gen_ai.output.messages", "gen_ai.completion.0.role",
+                   "gen_ai.completion.0.content", "gen_ai.tool.definitions", "ai.response.toolCalls", "agent.tools",
+                   "agent.handoffs", "llm.request.functions.0.name"]
 ATTRIBUTE_KEYS = sorted({k for keys in SOURCES.values() for k in keys} | set(CLASSIFIERS) | set(MESSAGE_MARKERS))
 
 _STRUCT = {
@@ -92,7 +94,7 @@ _STRUCT = {
 PARSE_STRUCTURE = orjson.dumps(_STRUCT).decode()
 
 MESSAGES_TYPE = (
-    '{"input_messages":"JSON","output_messages":"JSON",'
+    '{"output_messages":"JSON",'
     '"tool_calls":[{"id":"VARCHAR","name":"VARCHAR","arguments":"VARCHAR"}],'
     '"tools_offered":["VARCHAR"],"finish_reason":"VARCHAR"}'
 )
@@ -111,7 +113,7 @@ SPAN_COLUMNS: list[tuple[str, str]] = [
     ("tool_name", "VARCHAR"), ("tool_call_id", "VARCHAR"),
     ("tool_args", "VARCHAR USING COMPRESSION zstd"), ("tool_result", "VARCHAR USING COMPRESSION zstd"),
     ("input_value", "VARCHAR USING COMPRESSION zstd"), ("output_value", "VARCHAR USING COMPRESSION zstd"),
-    ("input_messages", "JSON"), ("output_messages", "JSON"),
+    ("output_messages", "JSON"),
     ("tool_calls", "STRUCT(id VARCHAR, name VARCHAR, arguments VARCHAR)[]"), ("tools_offered", "VARCHAR[]"),
     ("finish_reason", "VARCHAR"), ("error_type", "VARCHAR"), ("exceptions", "JSON"), ("error_template", "VARCHAR"),
     ("is_orphan", "BOOLEAN DEFAULT false"),
@@ -212,7 +214,7 @@ SELECT
   CASE WHEN kind = 'TOOL' THEN {_capped('tool_args')} END AS tool_args,
   CASE WHEN kind = 'TOOL' THEN {_capped('tool_result')} END AS tool_result,
   {_capped('input_value')} AS input_value, {_capped('output_value')} AS output_value,
-  m.input_messages, m.output_messages, m.tool_calls, m.tools_offered,
+  m.output_messages, m.tool_calls, m.tools_offered,
   coalesce(m.finish_reason, finish_reason) AS finish_reason, error_type, exceptions,
   CASE WHEN status = 'ERROR' THEN halo_template(
     coalesce(status_message, error_type, '(no message)')
@@ -220,8 +222,7 @@ SELECT
   END AS error_template,
   false AS is_orphan, $input_id AS input_id, line_no, strlen(raw) AS raw_bytes, raw
 FROM (
-  SELECT *, CASE WHEN has_messages THEN json_transform(halo_messages(json_extract(raw, '$.attributes')),
-    '{MESSAGES_TYPE}') END AS m
+  SELECT *, CASE WHEN has_messages THEN json_transform(halo_messages(raw), '{MESSAGES_TYPE}') END AS m
   FROM (
     SELECT
       line_no, raw,
@@ -323,17 +324,15 @@ def register_udfs(con: Any) -> None:
 
 
 def _messages_udf(column: pa.Array) -> pa.Array:
+    """Normalised messages of each raw span line (the line is parsed once, here)."""
     out = []
     for text in column.to_pylist():
-        if text is None:
-            out.append(None)
-            continue
         try:
-            attrs = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            out.append(None)
-            continue
-        out.append(orjson.dumps(normalize_messages(attrs)).decode() if isinstance(attrs, dict) else None)
+            attrs = orjson.loads(text).get("attributes") if text else None
+        except (orjson.JSONDecodeError, AttributeError):
+            attrs = None
+        out.append(orjson.dumps(normalize_messages(attrs, inputs=False)).decode() if isinstance(attrs, dict)
+                   else None)
     return pa.array(out, type=pa.string())
 
 
@@ -343,19 +342,23 @@ _FLAT_KEY = re.compile(r"^(?:message\.)?(.+)$")
 _TOOL_CALL_KEY = re.compile(r"^tool_calls\.(\d+)\.(?:tool_call\.)?(.+)$")
 
 
-def normalize_messages(attrs: dict[str, Any]) -> dict[str, Any]:
-    """Messages, tool calls and offered tools in one shape, whatever convention the span used.
+def normalize_messages(attrs: dict[str, Any], *, inputs: bool = True) -> dict[str, Any]:
+    """Messages, tool calls and offered tools in one shape, whatever convention the span used
+    (without the input messages when `inputs` is false).
 
     A message is `{role, content, tool_calls: [{id, name, arguments}], tool_call_id, name}` with
     empty parts left out; `content` is text (multi-part content is joined)."""
-    indexed = _group_indexed(attrs)
-    inputs = (
-        _blob(attrs.get("llm.input_messages"))
-        or _from_indexed(indexed.get("llm.input_messages"))
-        or _genai(attrs.get("gen_ai.input.messages"), attrs.get("gen_ai.system_instructions"))
-        or _from_indexed(indexed.get("gen_ai.prompt"))
-        or _blob(attrs.get("ai.prompt.messages"))
-    )
+    indexed = _group_indexed(attrs, _INDEXED if inputs else _OUTPUT_INDEXED)
+    result: dict[str, Any] = {}
+    if inputs:
+        messages = (
+            _blob(attrs.get("llm.input_messages"))
+            or _from_indexed(indexed.get("llm.input_messages"))
+            or _genai(attrs.get("gen_ai.input.messages"), attrs.get("gen_ai.system_instructions"))
+            or _from_indexed(indexed.get("gen_ai.prompt"))
+            or _blob(attrs.get("ai.prompt.messages"))
+        )
+        result["input_messages"] = [_public(m) for m in messages] or None
     outputs = (
         _blob(attrs.get("llm.output_messages"))
         or _from_indexed(indexed.get("llm.output_messages"))
@@ -368,8 +371,7 @@ def normalize_messages(attrs: dict[str, Any]) -> dict[str, Any]:
     if finish is None:
         reasons = _json(attrs.get("gen_ai.response.finish_reasons"))
         finish = reasons[0] if isinstance(reasons, list) and reasons and isinstance(reasons[0], str) else None
-    return {
-        "input_messages": [_public(m) for m in inputs] or None,
+    return result | {
         "output_messages": [_public(m) for m in outputs] or None,
         "tool_calls": tool_calls or None,
         "tools_offered": _tools_offered(attrs, indexed) or None,
@@ -381,17 +383,20 @@ def _public(message: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in message.items() if k != "finish_reason" and v not in (None, "", [])}
 
 
-def _group_indexed(attrs: dict[str, Any]) -> dict[str, dict[int, dict[str, Any]]]:
+_OUTPUT_INDEXED = ("llm.output_messages.", "gen_ai.completion.", "llm.tools.", "llm.request.functions.")
+_INDEXED = ("llm.input_messages.", "gen_ai.prompt.", *_OUTPUT_INDEXED)
+
+
+def _group_indexed(attrs: dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, dict[int, dict[str, Any]]]:
     """`prefix.N.rest` keys grouped as {prefix: {N: {rest: value}}} for the indexed conventions."""
     groups: dict[str, dict[int, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
     for key, value in attrs.items():
-        for prefix in ("llm.input_messages.", "llm.output_messages.", "gen_ai.prompt.", "gen_ai.completion.",
-                       "llm.tools.", "llm.request.functions."):
-            if key.startswith(prefix):
-                index, _, rest = key[len(prefix):].partition(".")
-                if index.isdigit() and rest:
-                    groups[prefix[:-1]][int(index)][rest] = value
-                break
+        if not key.startswith(prefixes):
+            continue
+        prefix = next(p for p in prefixes if key.startswith(p))
+        index, _, rest = key[len(prefix):].partition(".")
+        if index.isdigit() and rest:
+            groups[prefix[:-1]][int(index)][rest] = value
     return groups
 
 

@@ -992,7 +992,7 @@ SUMMARY_COLUMNS = """t.trace_id, t.start_ns, t.duration_ns, t.span_count, t.erro
   t.session_id, t.raw_bytes"""
 VIEW_COLUMNS = """span_id, parent_id, name, kind, status, status_message, start_ns, duration_ns, service, agent_name,
   model, input_tokens, output_tokens, total_tokens, cache_read_tokens, reasoning_tokens, cost, tool_name, is_orphan,
-  input_messages, output_messages, tool_calls, tools_offered, raw_bytes, raw"""
+  tool_calls, tools_offered, raw_bytes, raw"""
 SPAN_ROW_COLUMNS = """trace_id, span_id, parent_id, name, kind, status, status_message, error_template, start_ns,
   duration_ns, service, agent_name, model, input_tokens, output_tokens, cost, tool_name, tool_args, tool_result,
   input_value, output_value, finish_reason, tool_calls, is_orphan"""
@@ -1048,10 +1048,9 @@ def _span_view(row: dict[str, Any], depth: int, trace_start: int | None, value_c
         cut += n
     if dropped:
         attributes["halo.note"] = f"{dropped} flattened message/tool keys shown under `messages` instead"
-    messages = {k: orjson.loads(row[k]) if isinstance(row[k], str) else row[k]
-                for k in ("input_messages", "output_messages") if row[k]}
-    if row["tool_calls"]:
-        messages["tool_calls"] = row["tool_calls"]
+    attrs = raw.get("attributes")
+    messages = {key: value for key, value in normalize.normalize_messages(attrs).items()
+                if value and key != "finish_reason"} if isinstance(attrs, dict) and row["kind"] == "LLM" else {}
     if row["tools_offered"]:
         messages["tools_offered"] = row["tools_offered"]
     if messages:

@@ -308,7 +308,7 @@ TRACE_TOOLS = [
     Tool("query_sql",
          "One read-only SELECT over the tables spans (one row per span: trace_id, span_id, parent_id, name, kind, "
          "status, status_message, error_template, start_ns, duration_ns, service, model, input_tokens, "
-         "output_tokens, cost, agent_name, tool_name, tool_args, tool_result, input_messages, output_messages, "
+         "output_tokens, cost, agent_name, tool_name, tool_args, tool_result, output_messages, "
          "tool_calls, tools_offered, finish_reason, raw) and traces (one row per trace: span_count, error_spans, "
          "has_errors, start_ns, duration_ns, root_name, services, agents, models, tools, input_tokens, "
          "output_tokens, cost, session_id). Up to 200 rows; aggregate rather than list.", SqlArgs, query_sql),
