@@ -29,6 +29,7 @@ from rich.tree import Tree
 from halo_rlm import __version__, files, importers
 from halo_rlm.langfuse import LangfuseFilters, LangfuseSource
 from halo_rlm.models import TraceFilters
+from halo_rlm.phoenix import PhoenixSource
 from halo_rlm.store import IngestReport, StoreError, StrictError, TraceStore, cache_dir, default_store_path
 
 # Piped output gets a wider page than rich's default 80 columns, so tables stay readable in logs.
@@ -60,7 +61,7 @@ def cli() -> None:
       halo traces --errors              list traces that failed
       halo show TRACE_ID                one trace as a tree of spans
       halo sql "SELECT ..."             ask the store anything (read-only SQL)
-      halo import langfuse --since 7d   bring traces in from Langfuse
+      halo import langfuse --since 7d   bring traces in from Langfuse (or: halo import phoenix)
 
     Trace files can be HALO/OpenInference JSONL, OTLP/JSON (one request per line or one document),
     Phoenix span JSON, gzip- or zstd-compressed; give files, directories, globs or - for stdin.
@@ -441,10 +442,11 @@ def _cell(value: Any) -> str:
 
 @cli.group("import")
 def import_group() -> None:
-    """Import traces from where you keep them (Langfuse) into a store.
+    """Import traces from where you keep them (Langfuse, Phoenix) into a store.
 
     \b
       halo import langfuse --since 7d          keys from LANGFUSE_PUBLIC_KEY / LANGFUSE_SECRET_KEY
+      halo import phoenix --project my-agent   from a Phoenix at http://localhost:6006
 
     Running the same import again continues an interrupted one where it stopped, or fetches only
     what is new since the last one. The store is then used by `halo stats`, `halo traces`, ...
@@ -504,6 +506,21 @@ def import_langfuse(host: str, public_key: str | None, secret_key: str | None, e
                               session_id=session_id, tags=tag)
     source = LangfuseSource(host, public_key, secret_key, filters, expand_metadata=expand_metadata)
     run_import_command(source, importers.default_store_path("langfuse", source.url, public_key), **options)
+
+
+@import_group.command("phoenix")
+@click.option("--endpoint", envvar="PHOENIX_ENDPOINT", default="http://localhost:6006", show_default=True,
+              help="Phoenix base URL [env: PHOENIX_ENDPOINT].")
+@click.option("--project", default="default", show_default=True, help="Phoenix project name (or id).")
+@click.option("--api-key", envvar="PHOENIX_API_KEY",
+              help="API key, when Phoenix has auth on [env: PHOENIX_API_KEY].")
+@import_options
+def import_phoenix(endpoint: str, project: str, api_key: str | None, **options: Any) -> None:
+    """Import the spans of an Arize Phoenix project, through its REST API."""
+    if not endpoint.startswith(("http://", "https://")):
+        fail(f"--endpoint {endpoint!r} needs a scheme, e.g. http://localhost:6006")
+    source = PhoenixSource(endpoint, project, api_key)
+    run_import_command(source, importers.default_store_path("phoenix", source.endpoint, project), **options)
 
 
 def run_import_command(source: importers.Source, default_store: Path, *, store_path: Path | None,
