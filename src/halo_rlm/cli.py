@@ -6,6 +6,7 @@ import asyncio
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -16,19 +17,29 @@ from rich.console import Console
 from rich.live import Live
 from rich.markdown import Markdown
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 from rich.tree import Tree
 
-from halo_rlm import __version__, files
+from halo_rlm import __version__, files, importers
 from halo_rlm.detect import Thresholds, analyze
 from halo_rlm.engine import (
     DEFAULT_MODEL, DEFAULT_PROMPT, AgentOutputItem, AgentTextDelta, EngineConfig, EngineError, stream_engine_async,
 )
+from halo_rlm.langfuse import LangfuseFilters, LangfuseSource
 from halo_rlm.llm import LLMError
+from halo_rlm.models import TraceFilters
+from halo_rlm.phoenix import PhoenixSource
 from halo_rlm.pricing import PriceError
 from halo_rlm.pricing import load as load_prices
-from halo_rlm.models import TraceFilters
 from halo_rlm.report import Report, cite, json_schema, verify
 from halo_rlm.report import to_markdown as report_markdown
 from halo_rlm.report import write as write_report
@@ -64,6 +75,7 @@ def cli() -> None:
       halo traces --errors              list traces that failed
       halo show TRACE_ID                one trace as a tree of spans
       halo sql "SELECT ..."             ask the store anything (read-only SQL)
+      halo import langfuse --since 7d   bring traces in from Langfuse (or: halo import phoenix)
 
     Trace files can be HALO/OpenInference JSONL, OTLP/JSON (one request per line or one document),
     Phoenix span JSON, gzip- or zstd-compressed; give files, directories, globs or - for stdin.
@@ -438,6 +450,151 @@ def _cell(value: Any) -> str:
         return "NULL"
     text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
     return text if len(text) <= 200 else text[:200] + "…"
+
+
+# --- import -------------------------------------------------------------------------------------
+
+@cli.group("import")
+def import_group() -> None:
+    """Import traces from where you keep them (Langfuse, Phoenix) into a store.
+
+    \b
+      halo import langfuse --since 7d          keys from LANGFUSE_PUBLIC_KEY / LANGFUSE_SECRET_KEY
+      halo import phoenix --project my-agent   from a Phoenix at http://localhost:6006
+
+    Running the same import again continues an interrupted one where it stopped, or fetches only
+    what is new since the last one. The store is then used by `halo stats`, `halo traces`, ...
+    """
+
+
+def import_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Store file to write (default: one per source and project in the user cache)."),
+        click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Also append the spans to this JSONL file (flat spans; `halo ingest` reads it)."),
+        click.option("--since",
+                     help="Only spans starting at or after this time: ISO-8601, or 30m, 24h, 7d, 2w ago."),
+        click.option("--until", help="Only spans starting before this time (default: now)."),
+        click.option("--limit", type=click.IntRange(min=1),
+                     help="Stop after this many spans; running the command again continues from there."),
+        click.option("--fresh", is_flag=True,
+                     help="Ignore earlier progress and import the whole window again."),
+        json_option,
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@import_group.command("langfuse")
+@click.option("--host", envvar=["LANGFUSE_HOST", "LANGFUSE_BASE_URL"], default="https://cloud.langfuse.com",
+              show_default=True, help="Langfuse base URL [env: LANGFUSE_HOST or LANGFUSE_BASE_URL].")
+@click.option("--public-key", envvar="LANGFUSE_PUBLIC_KEY",
+              help="Project public key [env: LANGFUSE_PUBLIC_KEY].")
+@click.option("--secret-key", envvar="LANGFUSE_SECRET_KEY",
+              help="Project secret key; prefer the variable, which stays out of your shell history and "
+                   "process list [env: LANGFUSE_SECRET_KEY].")
+@click.option("--environment", multiple=True, help="Only this environment (repeatable: any of them).")
+@click.option("--trace-name", help="Only traces with this name.")
+@click.option("--user", "user_id", help="Only traces of this user id.")
+@click.option("--session", "session_id", help="Only traces of this session id.")
+@click.option("--tag", multiple=True, help="Only traces with this tag (repeatable: all of them).")
+@click.option("--expand-metadata", multiple=True, metavar="KEY",
+              help="Fetch this metadata key whole (Langfuse cuts values over 200 characters; repeatable).")
+@import_options
+def import_langfuse(host: str, public_key: str | None, secret_key: str | None, environment: tuple[str, ...],
+                    trace_name: str | None, user_id: str | None, session_id: str | None, tag: tuple[str, ...],
+                    expand_metadata: tuple[str, ...], **options: Any) -> None:
+    """Import observations from a Langfuse project (Cloud or self-hosted).
+
+    Uses the v2 observations API (Langfuse v4+) and falls back to the older traces and observations
+    endpoints on servers without it. Waits out rate limits (429) as the server asks.
+    """
+    if not public_key or not secret_key:
+        fail("Langfuse keys missing: set LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY "
+             "(or pass --public-key and --secret-key)")
+    if not host.startswith(("http://", "https://")):
+        fail(f"--host {host!r} needs a scheme, e.g. https://cloud.langfuse.com or http://localhost:3000")
+    filters = LangfuseFilters(environments=environment, trace_name=trace_name, user_id=user_id,
+                              session_id=session_id, tags=tag)
+    source = LangfuseSource(host, public_key, secret_key, filters, expand_metadata=expand_metadata)
+    run_import_command(source, importers.default_store_path("langfuse", source.url, public_key), **options)
+
+
+@import_group.command("phoenix")
+@click.option("--endpoint", envvar="PHOENIX_ENDPOINT", default="http://localhost:6006", show_default=True,
+              help="Phoenix base URL [env: PHOENIX_ENDPOINT].")
+@click.option("--project", default="default", show_default=True, help="Phoenix project name (or id).")
+@click.option("--api-key", envvar="PHOENIX_API_KEY",
+              help="API key, when Phoenix has auth on [env: PHOENIX_API_KEY].")
+@import_options
+def import_phoenix(endpoint: str, project: str, api_key: str | None, **options: Any) -> None:
+    """Import the spans of an Arize Phoenix project, through its REST API."""
+    if not endpoint.startswith(("http://", "https://")):
+        fail(f"--endpoint {endpoint!r} needs a scheme, e.g. http://localhost:6006")
+    source = PhoenixSource(endpoint, project, api_key)
+    run_import_command(source, importers.default_store_path("phoenix", source.endpoint, project), **options)
+
+
+def run_import_command(source: importers.Source, default_store: Path, *, store_path: Path | None,
+                       out_path: Path | None, since: str | None, until: str | None, limit: int | None,
+                       fresh: bool, as_json: bool) -> None:
+    try:
+        since, until = importers.parse_time(since), importers.parse_time(until)
+    except ValueError as exc:
+        fail(str(exc))
+    target = str(store_path or default_store)
+    try:
+        with _import_progress(err.is_terminal and not as_json, source) as on_progress:
+            report = importers.run_import(source, target, since=since, until=until, limit=limit, out=out_path,
+                                          fresh=fresh, progress=on_progress)
+    except (importers.SourceError, StoreError) as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{exc.filename or target}: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        err.print("[yellow]Interrupted.[/] Run the same command again to continue where it stopped.")
+        sys.exit(130)
+    finally:
+        source.close()
+    _remember(target)
+    if as_json:
+        emit_json(asdict(report))
+        return
+    window = f"{report.since or 'the beginning'} → {report.until}"
+    api = f", {report.api} API" if report.api else ""
+    out.print(f"Imported [bold]{report.spans:,}[/] spans from {report.source} {escape(report.url)}{api} "
+              f"({escape(window)}) → {escape(report.store)}")
+    if report.resumed:
+        out.print("[dim]Continued an interrupted import.[/]")
+    if report.duplicates:
+        out.print(f"[dim]{report.duplicates:,} of them were already in the store (merged).[/]")
+    if report.skipped:
+        reasons = sorted(report.skip_reasons.items(), key=lambda kv: -kv[1])[:3]
+        out.print(f"[yellow]{report.skipped:,} records skipped[/]: "
+                  + "; ".join(f"{escape(reason)} ×{count:,}" for reason, count in reasons))
+    if report.out:
+        out.print(f"[dim]Spans also appended to {escape(report.out)}[/]")
+    if report.limited:
+        out.print("[yellow]Stopped at --limit.[/] Run the same command again to continue.")
+    out.print("[dim]Explore: halo stats · halo traces --errors[/]")
+
+
+@contextmanager
+def _import_progress(show: bool, source: importers.Source
+                     ) -> Iterator[Callable[[int, int | None], None] | None]:
+    if not show:
+        yield None
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.completed:,} spans"), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task(escape(f"{source.kind} {source.url}"), total=None)
+
+        def update(spans: int, total: int | None) -> None:
+            progress.update(task, completed=spans, total=total)
+        yield update
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ span's raw record, so every field of the source survives.
 Lines already in that shape never come here: DuckDB reads them directly (see `normalize.py`).
 Everything else does: OTLP/JSON (`TracesData`, `ExportTraceServiceRequest`, camelCase or snake_case,
 hex or base64 ids), single OTLP span objects, OpenInference / Phoenix span JSON, TRAIL-style nested
-trees and Phoenix REST pages.
+trees, Phoenix REST pages, and Langfuse observations, API pages and traces (mapped in `langfuse.py`).
 """
 
 from __future__ import annotations
@@ -82,8 +82,26 @@ def _decode_into(obj: Any, out: Decoded, where: str) -> None:
         _tree(obj["spans"], str(_first(obj, "trace_id", "traceId")), "", out, f"{where}.spans")
     elif _looks_like_span(obj):
         _collect(out, where, lambda: flat_span(obj))
+    elif _langfuse().looks_like_observation(obj):
+        _collect(out, where, lambda: _langfuse().observation_span(obj))
+    elif isinstance(obj.get("observations"), list) and "timestamp" in obj and "id" in obj:
+        _langfuse_trace(obj, out, where)  # a Langfuse trace with its observations (GET /traces/{id})
     else:
         raise DecodeError(describe_non_span(obj))
+
+
+def _langfuse() -> Any:
+    # Imported on first use: the Langfuse mapping is built on this module's helpers.
+    from halo_rlm import langfuse
+
+    return langfuse
+
+
+def _langfuse_trace(trace: dict[str, Any], out: Decoded, where: str) -> None:
+    for i, obs in enumerate(trace["observations"]):
+        if isinstance(obs, dict):
+            obs = {"traceId": trace["id"], **obs}
+        _collect(out, f"{where}.observations[{i}]", lambda obs=obs: _langfuse().observation_span(obs, trace))
 
 
 def _collect(out: Decoded, where: str, build: Any) -> None:
