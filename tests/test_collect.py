@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,10 +19,7 @@ import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
@@ -389,9 +388,10 @@ def test_a_busy_store_holds_spans_in_memory_then_refuses_with_retry_after(tmp_pa
     body, later = (encode_spans(agent_spans(1)).SerializeToString() for _ in range(2))
     with serve(store=path, port=0, buffer_bytes=1) as collector:
         # Another process holds the store (as a long `halo sql` would), so no flush can happen.
-        holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1], "
-                                   "read_only=True); print('open', flush=True); sys.stdin.read()", str(path)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        hold = "import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=True); print('open', flush=True); " \
+               "sys.stdin.read()"
+        holder = subprocess.Popen([sys.executable, "-c", hold, str(path)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
         try:
             assert holder.stdout.readline().strip() == "open"
             assert httpx.post(collector.traces_url, content=body, headers=PROTOBUF).status_code == 200
@@ -445,10 +445,79 @@ def test_a_store_busy_past_shutdown_leaves_a_rescue_file(tmp_path: Path) -> None
 def test_load_100k_spans_from_four_concurrent_exporters_none_lost(tmp_path: Path) -> None:
     store = tmp_path / "load.duckdb"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "collect_load.py"), "--spans", "100000",
-                             "--exporters", "4", "--store", str(store)], capture_output=True, text=True, timeout=300)
+                             "--exporters", "4", "--store", str(store)], capture_output=True, text=True, timeout=300,
+                            check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     report = orjson.loads(result.stdout)
     assert (report["spans_accepted"], report["spans_stored"], report["lost"]) == (100_000, 100_000, 0)
     with TraceStore.open(store, read_only=True) as opened:
         assert opened.con.execute("SELECT count(*), count(DISTINCT trace_id), count(*) FILTER (is_orphan) "
                                   "FROM spans").fetchall() == [(100_000, 10_000, 0)]
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def halo(*args: str, **options) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.Popen([sys.executable, "-m", "halo_rlm", *args], env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **options)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_halo_collect_json_lines_while_halo_stats_reads_the_store(tmp_path: Path, stop_signal: int) -> None:
+    store, out = tmp_path / "live.duckdb", tmp_path / "live.jsonl"
+    collector = halo("collect", "--port", "0", "--store", str(store), "--out", str(out), "--json")
+    try:
+        listening = orjson.loads(collector.stdout.readline())
+        assert listening["event"] == "listening" and listening["store"] == str(store)
+        exporter = OTLPSpanExporter(endpoint=listening["traces_url"])
+        for batch in range(1, 4):
+            assert exporter.export(agent_spans()) is SpanExportResult.SUCCESS
+            flush = orjson.loads(collector.stdout.readline())
+            while flush["pending_spans"]:
+                flush = orjson.loads(collector.stdout.readline())
+            assert (flush["event"], flush["spans"], flush["traces"]) == ("flush", 9 * batch, 3 * batch)
+            # another process reads the store between flushes, as a user would while collecting
+            stats = halo("stats", "--store", str(store), "--json")
+            assert stats.wait(timeout=60) == 0, stats.stderr.read()
+            assert orjson.loads(stats.stdout.read())["spans"] == 9 * batch
+        assert exporter.export(agent_spans()) is SpanExportResult.SUCCESS  # still in memory when stopped
+        collector.send_signal(stop_signal)
+        assert collector.wait(timeout=60) == 0, collector.stderr.read()
+        *_, stopped = [orjson.loads(line) for line in collector.stdout.read().splitlines()]
+        assert (stopped["event"], stopped["spans"], stopped["pending_spans"]) == ("stopped", 36, 0)
+    finally:
+        collector.kill()
+        collector.wait()
+    assert len(stored(store)) == 36
+    assert len(out.read_bytes().splitlines()) == 36
+
+
+def test_halo_collect_prints_the_settings_to_paste_and_remembers_its_store(tmp_path: Path) -> None:
+    collector = halo("collect", "--port", "0", "--token", "s3cret")
+    try:
+        banner = [collector.stdout.readline() for _ in range(8)]
+        url = banner[0].split("listening on ")[1].split()[0]
+        text = "".join(banner)
+        assert f"export OTEL_EXPORTER_OTLP_TRACES_ENDPOINT={url}/v1/traces" in text
+        assert f"export OTEL_EXPORTER_OTLP_ENDPOINT={url}" in text
+        assert "export OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf" in text
+        assert "export OTEL_EXPORTER_OTLP_HEADERS=Authorization=Bearer%20s3cret" in text
+        assert httpx.post(url + "/v1/traces", content=b"{}", headers=JSON).status_code == 401
+        exporter = OTLPSpanExporter(endpoint=url + "/v1/traces", headers={"Authorization": "Bearer s3cret"})
+        assert exporter.export(agent_spans()) is SpanExportResult.SUCCESS
+        collector.send_signal(signal.SIGINT)
+        assert collector.wait(timeout=60) == 0
+        assert "Received 9 spans in 3 traces" in collector.stderr.read()
+    finally:
+        collector.kill()
+        collector.wait()
+    stats = halo("stats", "--json")  # no --store: the collector's store is the one remembered
+    assert stats.wait(timeout=60) == 0 and orjson.loads(stats.stdout.read())["spans"] == 9
+
+
+def test_halo_collect_refuses_a_public_address_without_allow_remote() -> None:
+    collector = halo("collect", "--host", "0.0.0.0", "--port", "0")
+    assert collector.wait(timeout=60) == 1
+    assert "--allow-remote" in collector.stderr.read()
