@@ -167,6 +167,15 @@ def test_missing_instrumentation_is_a_single_warning_not_an_error(tmp_path: Path
     assert "openai-agents and openai" in warnings[0] and "pip install 'halo-rlm[agents]'" in warnings[0]
 
 
+def test_agents_sdk_tracing_switched_off_by_environment_is_pointed_out(tmp_path: Path) -> None:
+    pytest.importorskip("openinference.instrumentation.openai_agents", reason="the agents extra is not installed")
+    result = run_agent(tmp_path, f"""
+        import halo_rlm.tracing
+        halo_rlm.tracing.setup({str(tmp_path / "t.jsonl")!r})
+    """, env={"OPENAI_AGENTS_DISABLE_TRACING": "true"})
+    assert "OPENAI_AGENTS_DISABLE_TRACING is set" in result.stderr
+
+
 def test_setup_refuses_other_url_schemes_before_touching_anything() -> None:
     with pytest.raises(ValueError, match="http"):
         tracing.setup("grpc://127.0.0.1:4317")

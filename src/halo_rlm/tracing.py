@@ -54,7 +54,7 @@ SECRETS_IN_TEXT = [
                 r"[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]{4,}"), r"\1" + REDACTED),
     (re.compile(r"(://)[^/\s:@]+:[^/\s@]+@"), r"\1" + REDACTED + "@"),  # user:password@ in URLs
 ]
-_warned: set[str] = set()  # each missing-instrumentation warning is given once per process
+_warned: set[str] = set()  # each warning is given once per process
 AGENTS_SCOPE, OPENAI_SCOPE = "openinference.instrumentation.openai_agents", "openinference.instrumentation.openai"
 # (distribution whose code is traced, instrumentor module, instrumentor class)
 INSTRUMENTATIONS = (
@@ -229,11 +229,18 @@ def _instrument(provider: TracerProvider) -> None:
         # Exclusive: the Agents SDK's own processor, which uploads traces to OpenAI, is replaced.
         options = {"exclusive_processor": True} if library == "openai-agents" else {}
         instrumentor.instrument(tracer_provider=provider, **options)
-    message = (f"halo_rlm.tracing: {' and '.join(missing)} will not be traced: the OpenInference "
-               "instrumentation is not installed; pip install 'halo-rlm[agents]'")
-    if missing and message not in _warned:
+        if library == "openai-agents" and os.environ.get("OPENAI_AGENTS_DISABLE_TRACING", "").lower() in ("true", "1"):
+            _warn_once("OPENAI_AGENTS_DISABLE_TRACING is set, so the Agents SDK records no spans; unset it "
+                       "(setup() already keeps traces away from OpenAI's dashboard)")
+    if missing:
+        _warn_once(f"{' and '.join(missing)} will not be traced: the OpenInference instrumentation is not "
+                   "installed; pip install 'halo-rlm[agents]'")
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
         _warned.add(message)
-        warnings.warn(message, stacklevel=3)
+        warnings.warn(f"halo_rlm.tracing: {message}", stacklevel=4)
 
 
 def _installed(distribution: str) -> bool:
