@@ -65,7 +65,7 @@ class CollectorStats:
     rejected_spans: int = 0  # bad spans inside accepted requests (reported back as partial success)
     pending_spans: int = 0  # accepted but not yet in every output
     flushes: int = 0
-    last_error: str | None = None  # the last output failure, until an output succeeds again
+    last_error: str | None = None  # why an output is failing (or, after stop, what could not be written)
 
 
 class _Output:
@@ -77,6 +77,7 @@ class _Output:
         self.queued_bytes = 0
         self.writing: list[bytes] = []  # taken from the queue, being written
         self.writing_bytes = 0
+        self.error: str | None = None  # why the last write failed
 
     @property
     def held_bytes(self) -> int:
@@ -108,15 +109,9 @@ class Collector:
         self._lock = threading.Condition()
         self._counts = dict.fromkeys(("requests", "failed_requests", "spans", "rejected_spans", "flushes"), 0)
         self._trace_ids: set[str] = set()
-        self._last_error: str | None = None
         self._in_flight = 0
         self._stopping = self._closing = False
         self._outputs: list[_Output] = []
-        self._out_file = None
-        if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            self._out_file = open(out, "ab")  # noqa: SIM115  (closed by stop())
-            self._outputs.append(_Output("file", self._write_file))
         if store is not None:
             try:
                 TraceStore.open(store).close()  # fail now, not at the first flush, if it is not a store
@@ -127,6 +122,15 @@ class Collector:
             self._server = _Server((address, port), family, self)
         except OSError as exc:
             raise CollectError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        self._out_file = None
+        if out is not None:
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                self._out_file = open(out, "ab")  # noqa: SIM115  (closed by stop())
+            except OSError as exc:
+                self._server.server_close()
+                raise CollectError(f"cannot write {out}: {exc.strerror or exc}") from exc
+            self._outputs.insert(0, _Output("file", self._write_file))
         bound_port = self._server.server_address[1]
         shown = "127.0.0.1" if address == "0.0.0.0" else "::1" if address == "::" else address
         self.url = f"http://{f'[{shown}]' if ':' in shown else shown}:{bound_port}"
@@ -293,7 +297,10 @@ class Collector:
             written = [self._write(output) for output in taken]
             last_cycle = time.monotonic()
             if any(written) and self._on_flush is not None:
-                self._on_flush(self.stats)
+                try:
+                    self._on_flush(self.stats)
+                except Exception:  # noqa: BLE001, S110  (a failing observer must not stop the writing)
+                    pass
 
     def _wait_for_flush(self, last_cycle: float) -> bool:
         """Wait until some output is due for a write; False when closing and all is written. Lock held."""
@@ -318,14 +325,13 @@ class Collector:
                 output.queue[:0] = output.writing
                 output.queued_bytes += output.writing_bytes
                 output.writing, output.writing_bytes = [], 0
-                self._last_error = f"{output.name}: {exc}"
+                output.error = f"{output.name}: {exc}"
                 if self._closing and time.monotonic() >= self._final_deadline:
                     self._give_up(output)
             return False
         with self._lock:
-            output.writing, output.writing_bytes = [], 0
+            output.writing, output.writing_bytes, output.error = [], 0, None
             self._counts["flushes"] += 1
-            self._last_error = None
         return True
 
     def _write_file(self, lines: list[bytes]) -> None:
@@ -341,17 +347,17 @@ class Collector:
     def _give_up(self, output: _Output) -> None:
         """At shutdown, past the deadline: lines the store would not take go to a JSONL file beside
         it; lines nothing would take are reported lost. Lock held."""
-        lost = len(output.queue)
+        lost, why = len(output.queue), output.error
+        output.error = f"{output.name}: {lost:,} spans could not be written ({why})"
         if output.name == "store" and self.store_path is not None:
-            rescue = self.store_path.with_name(f"{self.store_path.name}.unflushed-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            rescue = self.store_path.with_name(f"{self.store_path.name}.unflushed-{stamp}.jsonl")
             try:
                 rescue.write_bytes(b"\n".join(output.queue) + b"\n")
-                self._last_error = (f"store: still busy at shutdown; {lost:,} spans are in {rescue} "
-                                    f"(load them with: halo ingest {rescue} --store {self.store_path})")
+                output.error = (f"store: still busy at shutdown ({why}); {lost:,} spans are in {rescue}; load "
+                                f"them with: halo ingest {rescue} --store {self.store_path}")
             except OSError as exc:
-                self._last_error = f"store: {lost:,} spans could not be written ({self._last_error}; {exc})"
-        else:
-            self._last_error = f"{output.name}: {lost:,} spans could not be written ({self._last_error})"
+                output.error += f"; nor to {rescue}: {exc}"
         output.queue, output.queued_bytes = [], 0
 
     # --- counters -------------------------------------------------------------------------------
@@ -363,8 +369,9 @@ class Collector:
 
     def _stats(self) -> CollectorStats:
         pending = max((o.pending for o in self._outputs), default=0)
+        errors = "; ".join(o.error for o in self._outputs if o.error)
         return CollectorStats(**self._counts, traces=len(self._trace_ids), pending_spans=pending,
-                              last_error=self._last_error)
+                              last_error=errors or None)
 
 
 def serve(

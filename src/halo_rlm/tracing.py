@@ -42,25 +42,26 @@ SECRET_KEY = re.compile(
 )
 # Credentials inside text, and what replaces them.
 SECRETS_IN_TEXT = [
-    (re.compile(r"(?i)\bbearer\s+[a-z0-9._~+/-]{8,}=*"), "Bearer " + REDACTED),
+    (re.compile(r"(?i)\bbearer\s+(?=[a-z._~+/-]*\d)[a-z0-9._~+/-]{8,}=*"), "Bearer " + REDACTED),  # has a digit
     (re.compile(
         r"(?i)\bsk-[a-z0-9_-]{16,}"  # OpenAI and Anthropic keys (sk-..., sk-proj-..., sk-ant-...)
         r"|\b(?:ghp|gho|ghs|ghu|github_pat)_[a-z0-9_]{20,}"
         r"|\bxox[abprs]-[a-z0-9-]{10,}"
         r"|\bAIza[0-9a-z_-]{35}"
         r"|(?-i:\bAKIA[0-9A-Z]{16}\b)"), REDACTED),
-    # `api_key=...`, `"password": "..."`, `?access_token=...`
-    (re.compile(r"(?i)(\b(?:api[-_]?key|access[-_]?token|auth[-_]?token|client[-_]?secret|secret|password)"
-                r"[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]{4,}"), r"\1" + REDACTED),
+    # `api_key=...`, `"password": "..."`, `?access_token=...`, `Authorization: Basic ...`
+    (re.compile(r"(?i)(\b(?:api[-_]?key|access[-_]?token|auth[-_]?token|client[-_]?secret|secret|password|"
+                r"authorization)[\"']?\s*[:=]\s*[\"']?(?:(?:basic|bearer|token)\s+)?)[^\s\"',;&]{4,}"),
+     r"\1" + REDACTED),
     (re.compile(r"(://)[^/\s:@]+:[^/\s@]+@"), r"\1" + REDACTED + "@"),  # user:password@ in URLs
 ]
-_warned: set[str] = set()  # each warning is given once per process
 AGENTS_SCOPE, OPENAI_SCOPE = "openinference.instrumentation.openai_agents", "openinference.instrumentation.openai"
 # (distribution whose code is traced, instrumentor module, instrumentor class)
 INSTRUMENTATIONS = (
     ("openai-agents", AGENTS_SCOPE, "OpenAIAgentsInstrumentor"),
     ("openai", OPENAI_SCOPE, "OpenAIInstrumentor"),
 )
+_warned: set[str] = set()  # each warning is given once per process
 
 
 def setup(
