@@ -404,7 +404,7 @@ def halo(*args: str, **options) -> subprocess.Popen:
                             stderr=subprocess.PIPE, **options)
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_halo_collect_json_lines_while_halo_stats_reads_the_store(tmp_path: Path, stop_signal: int) -> None:
     store, out = tmp_path / "live.duckdb", tmp_path / "live.jsonl"
     collector = halo("collect", "--port", "0", "--store", str(store), "--out", str(out), "--json")
