@@ -10,35 +10,49 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from halo_rlm.decode import iso_to_ns
 
 SortKey = Literal["start", "duration", "cost", "spans", "tokens", "errors"]
 
 
-class TraceFilters(BaseModel):
-    """Which traces to look at. All fields are optional and combined with AND; lists match any."""
+def _also(name: str, *aliases: str) -> AliasChoices:
+    return AliasChoices(name, *aliases)
 
-    model_config = ConfigDict(extra="forbid")
+
+class TraceFilters(BaseModel):
+    """Which traces to look at. All fields are optional and combined with AND; lists match any.
+    HALO's original names (`model_names`, `service_names`, `agent_names`, `start_time_gte`,
+    `end_time_lte`, `regex_pattern`, `project_id`) are accepted too."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     has_errors: bool | None = Field(None, description="Only traces with (true) or without (false) an ERROR span")
-    services: list[str] | None = Field(None, description="Any of these service names")
-    agents: list[str] | None = Field(None, description="Any of these agent names")
-    models: list[str] | None = Field(None, description="Any of these model names")
-    tools: list[str] | None = Field(None, description="Any of these tool names")
+    services: list[str] | None = Field(None, description="Any of these service names",
+                                       validation_alias=_also("services", "service_names"))
+    agents: list[str] | None = Field(None, description="Any of these agent names",
+                                     validation_alias=_also("agents", "agent_names"))
+    models: list[str] | None = Field(None, description="Any of these model names",
+                                     validation_alias=_also("models", "model_names"))
+    tools: list[str] | None = Field(None, description="Any of these tool names",
+                                    validation_alias=_also("tools", "tool_names"))
     session_ids: list[str] | None = None
     user_ids: list[str] | None = None
     trace_ids: list[str] | None = Field(None, description="Only these trace ids")
-    since: str | None = Field(None, description="Traces starting at or after this ISO-8601 time")
-    until: str | None = Field(None, description="Traces starting before this ISO-8601 time")
+    since: str | None = Field(None, description="Traces starting at or after this ISO-8601 time",
+                              validation_alias=_also("since", "start_time_gte"))
+    until: str | None = Field(None, description="Traces starting before this ISO-8601 time",
+                              validation_alias=_also("until", "end_time_lte"))
     min_duration_ms: float | None = None
     max_duration_ms: float | None = None
     min_cost: float | None = Field(None, description="Traces whose LLM cost (USD) is at least this")
     regex: str | None = Field(
-        None, description="RE2 regular expression matched against each span's raw JSON (quotes appear as \\\")"
+        None, description="RE2 regular expression matched against each span's raw JSON (quotes appear as \\\")",
+        validation_alias=_also("regex", "regex_pattern"),
     )
     text: str | None = Field(None, description="Case-insensitive text found in any span's raw JSON")
+    project_id: str | None = Field(None, description="Case-insensitive project id found in any span")
 
     @field_validator("since", "until")
     @classmethod

@@ -76,7 +76,7 @@ MESSAGE_MARKERS = ["llm.input_messages", "llm.output_messages", "llm.input_messa
                    "llm.tools", "llm.tools.0.tool.json_schema", "gen_ai.input.messages", "gen_ai.output.messages",
                    "gen_ai.prompt.0.role", "gen_ai.prompt.0.content", "gen_ai.completion.0.role",
                    "gen_ai.completion.0.content", "gen_ai.tool.definitions", "ai.prompt.messages",
-                   "ai.response.toolCalls", "agent.tools", "llm.request.functions.0.name"]
+                   "ai.response.toolCalls", "agent.tools", "agent.handoffs", "llm.request.functions.0.name"]
 ATTRIBUTE_KEYS = sorted({k for keys in SOURCES.values() for k in keys} | set(CLASSIFIERS) | set(MESSAGE_MARKERS))
 
 _STRUCT = {
@@ -268,18 +268,24 @@ RETURNING line_no
 
 MACROS = [
     # Error messages as templates: the same failure with different ids, numbers, paths, URLs or quoted
-    # values gives the same text, so errors can be grouped and counted.
+    # values gives the same text, so errors can be grouped and counted. Quoted lowercase identifiers
+    # ('rate_limit_error', 'departure_date') say what failed and stay; other quoted values are masked.
+    # An HTTP status, masked with the other numbers, is kept as a suffix.
     r"""CREATE OR REPLACE TEMP MACRO halo_template(m) AS trim(
       regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace(
-      regexp_replace(regexp_replace(left(m, 400),
+      regexp_replace(regexp_replace(regexp_replace(regexp_replace(left(m, 400),
         '\s+', ' ', 'g'),
-        '''[^'']*''|"[^"]*"|`[^`]*`', '<str>', 'g'),
+        '''([a-z_.]*)''|''[^'']*''', '''\1''', 'g'),
+        '"([a-z_.]*)"|"[^"]*"', '"\1"', 'g'),
+        '''''|""|`[^`]*`', '<str>', 'g'),
         '[a-zA-Z][a-zA-Z0-9+.-]*://[^\s,;)\]]+', '<url>', 'g'),
         '[\w.+-]+@[\w-]+\.[\w.-]+', '<email>', 'g'),
         '(?:[A-Za-z]:)?(?:[/\\][\w.@~-]+){2,}[/\\]?|\.{1,2}/[\w./@~-]+', '<path>', 'g'),
         '\b[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\b', '<id>', 'g'),
         '[A-Za-z0-9_][A-Za-z0-9_-]*[0-9][A-Za-z0-9_-]*|[0-9]', '<n>', 'g'),
-        '(?:<n>[.:,/-]?)+<n>', '<n>', 'g'))""",
+        '(?:<n>[.:,/-]?)+<n>', '<n>', 'g')
+      || coalesce(' [HTTP ' || nullif(regexp_extract(m, '(?i)(?:code|status|http)[ :=/]*([1-5][0-9][0-9])\b', 1), '')
+                  || ']', ''))""",
     # Ids: hex ids lowercased (without `0x` or UUID dashes); all-zero ids mean "none"; others kept as text.
     """CREATE OR REPLACE TEMP MACRO halo_id(x) AS CASE
       WHEN x IS NULL OR regexp_full_match(x, '\\s*0*\\s*') THEN ''
@@ -529,6 +535,10 @@ def _tools_offered(attrs: dict[str, Any], indexed: dict[str, dict[int, dict[str,
     for fields in (indexed.get("llm.request.functions") or {}).values():
         if isinstance(fields.get("name"), str):
             names.append(fields["name"])
+    # Agent SDKs offer each handoff target as a `transfer_to_<agent>` tool.
+    for target in _tool_names(_json(attrs.get("agent.handoffs"))):
+        snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", target).replace(" ", "_").replace("-", "_").lower()
+        names += [f"transfer_to_{snake}", f"transfer_to_{target.lower().replace(' ', '_')}"]
     return list(dict.fromkeys(n for n in names if n))
 
 

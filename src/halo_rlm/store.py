@@ -187,6 +187,17 @@ class TraceStore:
     def close(self) -> None:
         self.con.close()
 
+    def cursor(self) -> TraceStore:
+        """Another connection to the same database, for use from another thread (a DuckDB
+        connection must not be shared across threads). Same read-only lock-down."""
+        cursor = TraceStore(self.con.cursor(), self.path, self.read_only)
+        normalize.register_macros(cursor.con)
+        return cursor
+
+    def interrupt(self) -> None:
+        """Stop the query running on this connection (from another thread)."""
+        self.con.interrupt()
+
     def _one(self, sql: str, params: Any = None) -> tuple[Any, ...] | None:
         """The first row of a query. DuckDB refuses new work while a result is unfinished, so the
         result is always read to the end."""
@@ -853,6 +864,48 @@ class TraceStore:
             note = f"showing {len(rows)} rows; add LIMIT/OFFSET, aggregate, or select fewer columns"
         return SqlResult(columns=columns, rows=rows, row_count=len(rows), truncated=truncated, note=note)
 
+    def spans(
+        self,
+        *,
+        trace_ids: Sequence[str] | None = None,
+        kind: str | None = None,
+        name: str | None = None,
+        tool: str | None = None,
+        model: str | None = None,
+        agent: str | None = None,
+        service: str | None = None,
+        status: str | None = None,
+        text: str | None = None,
+        limit: int = 1_000,
+        value_chars: int = 2_000,
+    ) -> list[dict[str, Any]]:
+        """Canonical span rows (no raw record) matching every given condition, oldest first; long
+        text values keep head and tail."""
+        clauses, params = [], []
+        for column, value in (("kind", kind), ("name", name), ("tool_name", tool), ("model", model),
+                              ("agent_name", agent), ("service", service), ("status", status)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value.upper() if column in ("kind", "status") else value)
+        if trace_ids:
+            clauses.append("list_contains(?::VARCHAR[], trace_id)")
+            params.append(list(trace_ids))
+        if text:
+            clauses.append("regexp_matches(raw, ?, 'i')")
+            params.append(regex.escape(text))
+        rows = self._rows(
+            f"SELECT {SPAN_ROW_COLUMNS} FROM spans WHERE {' AND '.join(clauses) or 'true'} "
+            f"ORDER BY start_ns NULLS LAST, trace_id, span_id LIMIT ?", [*params, max(1, min(limit, 10_000))])
+        for row in rows:
+            for key, value in row.items():
+                if isinstance(value, str):
+                    row[key] = _clip(value, value_chars)
+        return rows
+
+    def query(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
+        """Rows of SQL written by HALO itself (the detectors). Untrusted SQL goes through `sql()`."""
+        return self._rows(sql, params)
+
     def rejects(self, *, limit: int = 100) -> list[dict[str, Any]]:
         return self._rows("SELECT path, line_no, reason, excerpt FROM rejects ORDER BY input_id, line_no LIMIT ?",
                           [limit])
@@ -893,9 +946,9 @@ class TraceStore:
         if filters.regex:
             _compile_re2(self.con, filters.regex)
             add("t.trace_id IN (SELECT trace_id FROM spans WHERE regexp_matches(raw, ?))", filters.regex)
-        if filters.text:
-            add("t.trace_id IN (SELECT trace_id FROM spans WHERE regexp_matches(raw, ?, 'i'))",
-                regex.escape(filters.text))
+        for text in (filters.text, filters.project_id):
+            if text:
+                add("t.trace_id IN (SELECT trace_id FROM spans WHERE regexp_matches(raw, ?, 'i'))", regex.escape(text))
         return " AND ".join(clauses) or "true", params
 
     def _unknown_trace(self, trace_id: str) -> str:
@@ -940,6 +993,9 @@ SUMMARY_COLUMNS = """t.trace_id, t.start_ns, t.duration_ns, t.span_count, t.erro
 VIEW_COLUMNS = """span_id, parent_id, name, kind, status, status_message, start_ns, duration_ns, service, agent_name,
   model, input_tokens, output_tokens, total_tokens, cache_read_tokens, reasoning_tokens, cost, tool_name, is_orphan,
   input_messages, output_messages, tool_calls, tools_offered, raw_bytes, raw"""
+SPAN_ROW_COLUMNS = """trace_id, span_id, parent_id, name, kind, status, status_message, error_template, start_ns,
+  duration_ns, service, agent_name, model, input_tokens, output_tokens, cost, tool_name, tool_args, tool_result,
+  input_value, output_value, finish_reason, tool_calls, is_orphan"""
 # Attributes a view leaves out because canonical fields already show them, compactly.
 _FLATTENED = re.compile(r"^(llm\.(input|output)_messages\.\d+\.|llm\.tools\.\d+\.|mcp\.tools\.\d+\.|gen_ai\.(prompt|completion)\.\d+\.)")
 

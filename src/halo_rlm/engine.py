@@ -1,0 +1,796 @@
+"""The RLM engine: a root agent explores a trace store far too large for its context through tools,
+delegates focused questions to sub-agents that recurse, and finishes with a ranked, evidence-backed
+report.
+
+The engine owns its agent loop over Chat Completions (every OpenAI-compatible provider speaks it),
+so it holds budgets for the whole run — turns per agent, tokens, cost, wall clock — that retries
+never reset, and it manages each agent's context before it overflows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from halo_rlm import detect, prompts, repl, sandbox
+from halo_rlm import report as reports
+from halo_rlm.files import resolve
+from halo_rlm.llm import LLM, ContextOverflow, LLMError, ModelConfig, Provider, ReasoningEffort, Timeout
+from halo_rlm.pricing import Price, Prices
+from halo_rlm.store import StoreError, TraceStore, default_store_path
+from halo_rlm.repo import Repo, RepoError
+from halo_rlm.tools import (
+    FINAL_TOOL, SUBAGENT_TOOL, TRACE_TOOLS, FindingInput, Tool, ToolError, category, fit, repo_tools, unknown_tool,
+    validate,
+)
+
+DEFAULT_MODEL = "gpt-5.4-mini"
+DEFAULT_PROMPT = "Diagnose the systemic failures in these agent traces and recommend concrete fixes."
+FINISH_SHARE = 0.85  # past this share of a budget, agents are told to finish
+
+
+class EngineConfig(BaseModel):
+    """Everything a run needs; mirrors `halo`'s flags."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = DEFAULT_MODEL
+    synthesis_model: str | None = Field(None, description="Cheaper model for synthesize_traces (default: model)")
+    compaction_model: str | None = Field(None, description="Cheaper model for compacting context (default: model)")
+    max_depth: int = Field(2, ge=0, description="How deep sub-agents may recurse")
+    max_turns: int = Field(20, ge=1, description="Model turns per agent")
+    max_parallel: int = Field(4, ge=1, description="Sub-agents running at once, per depth")
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    headers: dict[str, SecretStr] = {}
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_output_tokens: int | None = Field(None, ge=1)
+    parallel_tool_calls: bool = True
+    refusal_retries: int = Field(1, ge=0)
+    reasoning_effort: ReasoningEffort | None = None
+    telemetry: bool = False
+    max_cost: float | None = Field(None, gt=0, description="USD for the whole run")
+    max_tokens: int | None = Field(None, gt=0, description="Tokens (in + out) for the whole run")
+    timeout: float | None = Field(None, gt=0, description="Seconds for the whole run")
+    dataset_context: str | None = None
+    out_dir: Path | None = Field(None, description="Write report.json/.md/.html here")
+    prices: dict[str, Price] = {}
+    context_tokens: int = Field(96_000, ge=4_000, description="Per-agent context budget before compaction")
+    tool_result_bytes: int = Field(24_000, ge=2_000)
+    tool_timeout: float = Field(30.0, gt=0)
+    code_timeout: float = Field(60.0, gt=0, description="Seconds for one run_code call")
+    max_code_llm_calls: int = Field(300, ge=0, description="LLM calls code may make (llm_query...), whole run")
+    repo_path: Path | None = None
+
+    def model_for(self, role: Literal["agent", "synthesis", "compaction"]) -> ModelConfig:
+        name = {"agent": self.model, "synthesis": self.synthesis_model or self.model,
+                "compaction": self.compaction_model or self.model}[role]
+        return ModelConfig(name=name, temperature=self.temperature, max_output_tokens=self.max_output_tokens,
+                           reasoning_effort=self.reasoning_effort if role == "agent" else None,
+                           parallel_tool_calls=self.parallel_tool_calls)
+
+    @property
+    def provider(self) -> Provider:
+        return Provider(base_url=self.base_url, api_key=self.api_key, headers=self.headers)
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+class ToolCallItem(BaseModel):
+    id: str
+    name: str
+    arguments: str
+
+
+class AgentMessage(BaseModel):
+    """A chat message, as the model sees it."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = None
+    tool_calls: list[ToolCallItem] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class TurnUsage(BaseModel):
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int = 0
+    cost_usd: float | None = None
+
+
+class _Lineage(BaseModel):
+    sequence: int
+    agent_id: str
+    parent_agent_id: str | None
+    parent_tool_call_id: str | None
+    agent_name: str
+    depth: int
+
+
+class AgentOutputItem(_Lineage):
+    """One completed step: an assistant message, one tool call, one tool result, or (final=True) the
+    root's report, which then carries the `Report`."""
+
+    item: AgentMessage
+    final: bool = False
+    usage: TurnUsage | None = None
+    report: reports.Report | None = None
+
+
+class AgentTextDelta(_Lineage):
+    """Text as it streams in. A retried model call streams again with a higher `attempt`."""
+
+    text_delta: str
+    attempt: int = 0
+
+
+EngineEvent = AgentOutputItem | AgentTextDelta
+
+
+class EngineError(Exception):
+    """A run that cannot start or go on (bad config, no traces, provider refusing the key...)."""
+
+
+# --- budgets --------------------------------------------------------------------------------
+
+
+@dataclass
+class Budget:
+    """Run-wide limits shared by every agent; retries and sub-agents all draw on them."""
+
+    max_tokens: int | None = None
+    max_cost: float | None = None
+    deadline: float | None = None  # time.monotonic()
+    started: float = field(default_factory=time.monotonic)
+    tokens: int = 0
+    cost: float = 0.0
+
+    def shares(self) -> list[float]:
+        used = []
+        if self.max_tokens:
+            used.append(self.tokens / self.max_tokens)
+        if self.max_cost:
+            used.append(self.cost / self.max_cost)
+        if self.deadline:
+            used.append((time.monotonic() - self.started) / (self.deadline - self.started))
+        return used
+
+    def exhausted(self) -> str | None:
+        if self.max_tokens and self.tokens >= self.max_tokens:
+            return f"the token budget ({self.max_tokens:,}) is used up"
+        if self.max_cost and self.cost >= self.max_cost:
+            return f"the cost budget (${self.max_cost:g}) is used up"
+        if self.deadline and time.monotonic() >= self.deadline:
+            return "the time budget is used up"
+        return None
+
+    def nearly_exhausted(self) -> bool:
+        return any(share >= FINISH_SHARE for share in self.shares())
+
+    def describe(self, agent_turns: int, max_turns: int) -> str:
+        parts = [f"turn {agent_turns + 1} of {max_turns}"]
+        if self.max_tokens:
+            parts.append(f"{self.max_tokens - self.tokens:,} tokens left")
+        if self.max_cost:
+            parts.append(f"${self.max_cost - self.cost:.4f} left")
+        if self.deadline:
+            parts.append(f"{max(0.0, self.deadline - time.monotonic()):.0f}s left")
+        return ", ".join(parts)
+
+
+_current_call: contextvars.ContextVar[str | None] = contextvars.ContextVar("halo_tool_call", default=None)
+
+
+# --- agents ---------------------------------------------------------------------------------
+
+
+@dataclass
+class AgentStats:
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost: float = 0.0
+    tool_calls: int = 0
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+
+class Agent:
+    def __init__(self, run: Run, *, depth: int, parent: Agent | None, parent_tool_call_id: str | None) -> None:
+        self.run = run
+        self.depth = depth
+        self.parent = parent
+        self.parent_tool_call_id = parent_tool_call_id
+        self.id = ("root-" if depth == 0 else "sub-") + uuid.uuid4().hex[:8]
+        self.name = "root" if depth == 0 else f"sub{depth}"
+        self.turns = 0
+        self.stats = AgentStats()
+        self.status = "running"
+        self.messages: list[dict[str, Any]] = []
+        self.context_items: dict[str, str] = {}
+        self.final: Any = None  # FinalAnswerArgs, set by the final_answer tool
+        self.repl: sandbox.Repl | None = None  # made on the first run_code call
+        tools = list(TRACE_TOOLS) + run.extra_tools
+        if depth < run.config.max_depth:
+            tools.append(SUBAGENT_TOOL)
+        if depth == 0:
+            tools.append(FINAL_TOOL)
+        self.tools = {t.name: t for t in tools}
+
+    @property
+    def is_root(self) -> bool:
+        return self.depth == 0
+
+    def lineage(self) -> dict[str, Any]:
+        return {"agent_id": self.id, "parent_agent_id": self.parent.id if self.parent else None,
+                "parent_tool_call_id": self.parent_tool_call_id, "agent_name": self.name, "depth": self.depth}
+
+    async def run_to_end(self, messages: list[dict[str, Any]]) -> str:
+        """The agent loop. Returns the agent's last text; the root's report arrives in `self.final`."""
+        self.messages = messages
+        refusals_left, reprompts_left = self.run.config.refusal_retries, 2
+        overflows_left = 2
+        text = ""
+        cfg, budget = self.run.config, self.run.budget
+        while True:
+            stop = budget.exhausted() or (f"the turn limit ({cfg.max_turns}) is reached"
+                                          if self.turns >= cfg.max_turns else None)
+            if stop:
+                self.run.note(f"{self.name} ({self.id}) stopped: {stop}")
+                self.status = "partial"
+                return text
+            finishing = self.turns + 1 >= cfg.max_turns or budget.nearly_exhausted()
+            await self.manage_context()
+            try:
+                completion = await self.call_model(finishing)
+            except ContextOverflow as exc:
+                if overflows_left and await self.manage_context(force=True):
+                    overflows_left -= 1
+                    self.run.note(f"{self.name}: context overflow; compacted and retried ({exc})")
+                    continue
+                raise
+            except Timeout as exc:
+                self.run.note(f"{self.name} ({self.id}) stopped: {exc}")
+                self.status = "partial"
+                return text
+            refusal = completion.refusal or (
+                completion.content if not completion.tool_calls and re.search(
+                    detect.REFUSAL, completion.content or "", re.IGNORECASE) else None)
+            if refusal:
+                self.run.note(f"{self.name} refused: {refusal[:200]!r}")
+                if refusals_left:
+                    refusals_left -= 1
+                    self.messages.append({"role": "user", "content": "Please continue. The task is to analyse "
+                                          "recorded trace data with the tools; nothing in it is harmful."})
+                    continue
+                self.status = "refused"
+                return text
+            self.messages.append(completion.message())
+            text = completion.content or text
+            self.emit_turn(completion)
+            if not completion.tool_calls:
+                if not self.is_root:
+                    self.status = "done"
+                    return text
+                if reprompts_left:
+                    reprompts_left -= 1
+                    self.messages.append({"role": "user", "content": "Call final_answer now with your report "
+                                          "(answer and findings); that is the only way to finish."})
+                    continue
+                self.status = "no final answer"
+                return text
+            await self.run_tools(completion.tool_calls)
+            if self.final is not None:
+                self.status = "done"
+                return text
+
+    async def call_model(self, finishing: bool) -> Any:
+        cfg, budget = self.run.config, self.run.budget
+        status = f"[halo] {budget.describe(self.turns, cfg.max_turns)}."
+        tool_choice = None
+        if finishing:
+            if self.is_root:
+                status += " This is your last turn: call final_answer now with what you have."
+                tool_choice = {"type": "function", "function": {"name": "final_answer"}}
+            else:
+                status += " This is your last turn: reply now with your answer and findings so far."
+                tool_choice = "none"
+        request = [*self.messages, {"role": "user", "content": status}]
+        attempt_seen = {"n": -1}
+
+        def on_delta(text: str, attempt: int) -> None:
+            attempt_seen["n"] = attempt
+            self.run.emit(AgentTextDelta(sequence=0, text_delta=text, attempt=attempt, **self.lineage()))
+
+        completion = await self.run.llm.complete(
+            self.run.agent_model, request, tools=[t.schema() for t in self.tools.values()], tool_choice=tool_choice,
+            on_delta=on_delta, deadline=budget.deadline)
+        self.turns += 1
+        self.run.account(self, completion)
+        return completion
+
+    def emit_turn(self, completion: Any) -> None:
+        usage = TurnUsage(model=completion.model, input_tokens=completion.usage.input_tokens,
+                          output_tokens=completion.usage.output_tokens, cached_tokens=completion.usage.cached_tokens,
+                          cost_usd=completion.usage.cost)
+        if completion.content:
+            self.run.emit(AgentOutputItem(sequence=0, item=AgentMessage(role="assistant", content=completion.content),
+                                          usage=usage, **self.lineage()))
+            usage = None
+        for call in completion.tool_calls:
+            self.run.emit(AgentOutputItem(
+                sequence=0, item=AgentMessage(role="assistant", tool_calls=[ToolCallItem(**call)]), usage=usage,
+                **self.lineage()))
+            usage = None
+
+    async def run_tools(self, calls: list[dict[str, str]]) -> None:
+        results = await asyncio.gather(*(self.run_tool(call) for call in calls))
+        for call, result in zip(calls, results, strict=True):
+            self.messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
+            self.run.emit(AgentOutputItem(sequence=0, item=AgentMessage(
+                role="tool", content=result, tool_call_id=call["id"], name=call["name"]), **self.lineage()))
+
+    async def run_tool(self, call: dict[str, str]) -> str:
+        self.stats.tool_calls += 1
+        tool = self.tools.get(call["name"])
+        if tool is None:
+            return "ERROR: " + unknown_tool(call["name"], self.tools)
+        if self.final is not None:
+            return "ERROR: the run is finishing; this call was not made"
+        _current_call.set(call["id"])
+        try:
+            args = validate(tool, call["arguments"])
+            result = await tool.run(args, self)
+        except ToolError as exc:
+            return f"ERROR: {exc}"
+        except (LLMError, StoreError) as exc:
+            return f"ERROR: {exc}"
+        return fit(result, self.run.config.tool_result_bytes)
+
+    # --- context ---------------------------------------------------------------------------
+
+    def context_size(self) -> int:
+        """Estimated prompt tokens (about four characters a token)."""
+        return sum(len(m.get("content") or "") + len(orjson.dumps(m.get("tool_calls") or ""))
+                   for m in self.messages) // 4
+
+    async def manage_context(self, force: bool = False) -> bool:
+        """Keep the conversation under `context_tokens`: first shorten old tool results (the full
+        text stays retrievable with get_context_item), then summarise old turns with the compaction
+        model. Returns whether anything was freed."""
+        limit = self.run.config.context_tokens
+        if not force and self.context_size() <= limit * 0.8:
+            return False
+        freed = False
+        keep_after = self._turn_start(back=2)
+        for message in self.messages[2:keep_after]:
+            content = message.get("content") or ""
+            if message["role"] == "tool" and len(content) > 600 and not content.startswith("[halo:"):
+                item_id = self._keep(content)
+                message["content"] = (f"[halo: tool result shortened to save context; get_context_item "
+                                      f"{item_id!r} returns all {len(content):,} characters] {content[:300]}…")
+                freed = True
+            if not force and self.context_size() <= limit * 0.6:
+                return True
+        if self.context_size() > limit * (0.5 if force else 0.8):
+            freed = await self.compact() or freed
+        return freed
+
+    def _turn_start(self, back: int) -> int:
+        """Index of the assistant message that starts the `back`-th last turn."""
+        starts = [i for i, m in enumerate(self.messages) if m["role"] == "assistant"]
+        return starts[-back] if len(starts) >= back else len(self.messages)
+
+    def _keep(self, content: str) -> str:
+        item_id = f"ctx-{len(self.context_items) + 1}"
+        self.context_items[item_id] = content
+        return item_id
+
+    async def compact(self) -> bool:
+        """Replace the old turns (all but the last one) with a summary from the compaction model."""
+        end = self._turn_start(back=1)
+        if end <= 2:
+            return False
+        old = self.messages[2:end]
+        transcript = "\n\n".join(f"{m['role'].upper()}: {m.get('content') or ''}"
+                                 + (f" CALLS {orjson.dumps(m['tool_calls']).decode()}" if m.get("tool_calls") else "")
+                                 for m in old)
+        item_id = self._keep(transcript)
+        try:
+            summary = await self.run.summarise(self, prompts.COMPACTION, transcript[-200_000:],
+                                               self.run.config.model_for("compaction"))
+        except LLMError as exc:
+            self.run.note(f"{self.name}: compaction failed ({exc}); old turns dropped instead")
+            summary = "(earlier work could not be summarised)"
+        self.messages[2:end] = [{"role": "user", "content": f"[halo: summary of your earlier work; the full "
+                                                           f"transcript is context item {item_id!r}]\n{summary}"}]
+        return True
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+class Run:
+    """Shared state of one engine run."""
+
+    def __init__(self, config: EngineConfig, store: TraceStore, llm: LLM, queue: asyncio.Queue[Any]) -> None:
+        self.config = config
+        self.store = store
+        self.llm = llm
+        self.queue = queue
+        self.sequence = 0
+        self.budget = Budget(max_tokens=config.max_tokens, max_cost=config.max_cost,
+                             deadline=time.monotonic() + config.timeout if config.timeout else None)
+        self.pools = {depth: asyncio.Semaphore(config.max_parallel) for depth in range(1, config.max_depth + 1)}
+        self.agents: list[Agent] = []
+        self.notes: list[str] = []
+        self.models: dict[str, reports.ModelUsage] = {}
+        self.unpriced: set[str] = set()
+        self.hypotheses: list[dict[str, Any]] = []
+        self.detector_report: reports.Report | None = None
+        self.extra_tools: list[Tool] = []
+        self.agent_model = config.model_for("agent")
+        self.code_limits = repl.CodeLimits(
+            sandbox=sandbox.Limits(wall_seconds=config.code_timeout, max_host_calls=2_000),
+            llm_calls_per_run=config.max_code_llm_calls)
+        self.code_llm_calls = 0
+
+    def emit(self, event: EngineEvent) -> None:
+        self.sequence += 1
+        event.sequence = self.sequence
+        self.queue.put_nowait(event)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def account(self, agent: Agent | None, completion: Any) -> None:
+        usage = completion.usage
+        self.budget.tokens += usage.input_tokens + usage.output_tokens
+        self.budget.cost += usage.cost or 0.0
+        if usage.cost is None and completion.model not in self.unpriced:
+            self.unpriced.add(completion.model)
+            self.note(f"no price known for model {completion.model!r}: its cost counts as $0 (add it with --prices)")
+        model = self.models.setdefault(completion.model, reports.ModelUsage())
+        model.calls += 1
+        model.input_tokens += usage.input_tokens
+        model.output_tokens += usage.output_tokens
+        model.cached_tokens += usage.cached_tokens
+        model.reasoning_tokens += usage.reasoning_tokens
+        model.cost_usd += usage.cost or 0.0
+        if agent is not None:
+            agent.stats.calls += 1
+            agent.stats.input_tokens += usage.input_tokens
+            agent.stats.output_tokens += usage.output_tokens
+            agent.stats.cached_tokens += usage.cached_tokens
+            agent.stats.cost += usage.cost or 0.0
+
+    async def summarise(self, agent: Agent | None, system: str, text: str, model: ModelConfig) -> str:
+        completion = await self.llm.complete(model, [{"role": "system", "content": system},
+                                                     {"role": "user", "content": text}],
+                                             deadline=self.budget.deadline)
+        self.account(agent, completion)
+        return completion.content
+
+    async def synthesize(self, agent: Agent, texts: list[str], focus: str | None) -> str:
+        ask = f"Focus: {focus}\n\n" if focus else ""
+        return await self.summarise(agent, prompts.SYNTHESIS, ask + "\n\n".join(texts),
+                                    self.config.model_for("synthesis"))
+
+    async def spawn(self, parent: Agent, brief: str) -> dict[str, Any]:
+        """call_subagent: run a child agent on `brief` in the pool for its depth and return its
+        structured result. A child that fails or runs out of budget returns what it has, marked
+        partial."""
+        depth = parent.depth + 1
+        if depth > self.config.max_depth:
+            raise ToolError(f"sub-agents may not go deeper than {self.config.max_depth}; answer this yourself")
+        async with self.pools[depth]:
+            child = Agent(self, depth=depth, parent=parent, parent_tool_call_id=_current_call.get())
+            self.agents.append(child)
+            error = None
+            try:
+                answer = await child.run_to_end([self.system_message(child, brief), {"role": "user", "content": brief}])
+            except (LLMError, StoreError) as exc:
+                answer, error = _last_text(child), str(exc)
+                child.status = "failed"
+            finally:
+                child.stats.finished = time.monotonic()
+        findings, problem = _findings_block(answer)
+        result: dict[str, Any] = {
+            "agent_id": child.id, "status": child.status, "partial": child.status != "done",
+            "answer": answer or "(no answer)", "findings": [f.model_dump(exclude_defaults=True) for f in findings],
+            "turns": child.turns, "tool_calls": child.stats.tool_calls,
+            "tokens": child.stats.input_tokens + child.stats.output_tokens, "cost_usd": round(child.stats.cost, 6),
+        }
+        if error:
+            result["error"] = error
+        if problem:
+            result["note"] = problem
+        return result
+
+    def system_message(self, agent: Agent, task: str) -> dict[str, str]:
+        cfg = self.config
+        delegation = (prompts.DELEGATE.format(max_depth=cfg.max_depth, max_parallel=cfg.max_parallel)
+                      if agent.depth < cfg.max_depth else "")
+        context = f"\n\nDataset context from the user:\n{cfg.dataset_context}" if cfg.dataset_context else ""
+        shared = prompts.SHARED.format(repl=self.repl_section, repo=self.repo_section)
+        budget = self.budget.describe(0, cfg.max_turns).replace("turn 1 of ", "") + " turns"
+        if agent.is_root:
+            system = prompts.ROOT.format(shared=shared, task=task, delegation=delegation, budget=budget,
+                                         overview=self.overview_text, hypotheses=prompts.hypotheses_text(self.hypotheses),
+                                         context=context)
+        else:
+            system = prompts.SUBAGENT.format(shared=shared, delegation=delegation, budget=budget, context=context)
+        return {"role": "system", "content": system}
+
+    repl_section = ""
+    repo_section = ""
+    overview_text = ""
+
+
+def _last_text(agent: Agent) -> str:
+    return next((m["content"] for m in reversed(agent.messages) if m["role"] == "assistant" and m.get("content")), "")
+
+
+_FINDINGS_BLOCK = re.compile(r"```json\s*(\{.*?\})\s*```", re.DOTALL)
+
+
+def _findings_block(answer: str) -> tuple[list[FindingInput], str | None]:
+    """Findings a sub-agent appended to its answer as a ```json block."""
+    blocks = _FINDINGS_BLOCK.findall(answer or "")
+    if not blocks:
+        return [], None
+    try:
+        data = orjson.loads(blocks[-1])
+        return [FindingInput.model_validate(f) for f in data.get("findings", [])], None
+    except (orjson.JSONDecodeError, ValidationError, AttributeError) as exc:
+        return [], f"the findings block could not be read: {str(exc)[:200]}"
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+def build_report(run: Run, root: Agent, prompt: str, inputs: list[str], dataset: reports.DatasetSummary,
+                 answer: str) -> reports.Report:
+    final = root.final
+    findings = [to_finding(f, dataset, run) for f in (final.findings if final else [])]
+    notes = list(run.notes)
+    if final is None:
+        notes.insert(0, f"The run ended without final_answer ({root.status}); this report is built from the "
+                        f"root agent's last answer.")
+    if not findings and run.detector_report is not None:
+        findings = list(run.detector_report.findings)
+        if final is not None:
+            notes.append("The model returned no structured findings; the detectors' findings are listed instead.")
+    usage = reports.Usage(
+        models=run.models, agents=len(run.agents), turns=sum(a.turns for a in run.agents),
+        tool_calls=sum(a.stats.tool_calls for a in run.agents), seconds=round(time.monotonic() - run.budget.started, 2),
+        per_agent=[reports.AgentUsage(
+            agent_id=a.id, name=a.name, depth=a.depth, parent_id=a.parent.id if a.parent else None, status=a.status,
+            calls=a.stats.calls, turns=a.turns, tool_calls=a.stats.tool_calls, input_tokens=a.stats.input_tokens,
+            output_tokens=a.stats.output_tokens, cached_tokens=a.stats.cached_tokens, cost_usd=round(a.stats.cost, 6),
+            seconds=round((a.stats.finished or time.monotonic()) - a.stats.started, 2)) for a in run.agents],
+    )
+    cfg = run.config
+    return reports.Report(
+        mode="llm", prompt=prompt, inputs=inputs, store=run.store.path, dataset=dataset,
+        findings=reports.rank(findings, dataset), answer=(final.answer if final else answer) or None,
+        models={"agents": cfg.model, "synthesis": cfg.synthesis_model or cfg.model,
+                "compaction": cfg.compaction_model or cfg.model},
+        usage=usage, notes=notes,
+    )
+
+
+def to_finding(given: FindingInput, dataset: reports.DatasetSummary, run: Run) -> reports.Finding:
+    affected = given.affected_traces
+    if affected is None and given.query:
+        try:
+            affected = int(run.store.sql(f"SELECT count(DISTINCT trace_id) FROM ({given.query.rstrip(';')})").rows[0][0])
+        except StoreError:
+            affected = None
+    if affected is None:
+        affected = len({e.trace_id for e in given.evidence})
+    severity = given.severity if given.severity in reports.SEVERITY_WEIGHT else "medium"
+    slug = re.sub(r"[^a-z0-9]+", "-", (given.key or given.title).lower()).strip("-")[:50]
+    impact = reports.Impact(**{k: v for k, v in given.impact.items() if k in reports.Impact.model_fields})
+    return reports.Finding(
+        id=f"llm:{category(given.category)}:{slug}", title=given.title, category=category(given.category),
+        severity=severity, affected_traces=affected,  # type: ignore[arg-type]
+        affected_trace_share=min(1.0, affected / dataset.traces) if dataset.traces else 0.0, impact=impact,
+        evidence=[reports.Evidence(**e.model_dump()) for e in given.evidence], recommendation=given.recommendation,
+        confidence=given.confidence, source="llm", key=given.key, details=given.details, query=given.query,
+    )
+
+
+# --- entry points ---------------------------------------------------------------------------
+
+
+Messages = str | Sequence[AgentMessage | dict[str, Any]]
+
+
+async def stream_engine_async(
+    messages: Messages,
+    engine_config: EngineConfig,
+    trace_paths: str | Path | Sequence[str | Path] | None = None,
+    *,
+    store: TraceStore | str | Path | None = None,
+    telemetry: bool | None = None,
+) -> AsyncIterator[EngineEvent]:
+    """Run the engine and yield every event: completed items and streaming text deltas. Give
+    trace files (ingested into their default store) or an open read-only `store` / store path."""
+    del telemetry  # self-telemetry is set up by `halo_rlm.telemetry`; kept for HALO's signature
+    config = engine_config
+    prompt, history = _split_messages(messages)
+    trace_store, inputs, owned = _open_store(trace_paths, store)
+    llm = LLM(config.provider, prices=Prices(config.prices))
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    run = Run(config, trace_store, llm, queue)
+    task = asyncio.create_task(_drive(run, prompt, history, inputs))
+    try:
+        while True:
+            event = await queue.get()
+            if event is _DONE:
+                break
+            if isinstance(event, BaseException):
+                raise event
+            yield event
+        await task
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await llm.aclose()
+        if owned:
+            trace_store.close()
+
+
+_DONE = object()
+
+
+async def _drive(run: Run, prompt: str, history: list[dict[str, Any]], inputs: list[str]) -> None:
+    try:
+        await _run(run, prompt, history, inputs)
+        run.queue.put_nowait(_DONE)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # surfaced to the consumer, after every item emitted so far
+        run.queue.put_nowait(exc)
+
+
+async def _run(run: Run, prompt: str, history: list[dict[str, Any]], inputs: list[str]) -> None:
+    store = run.store
+    if not run.config.provider.configured:
+        raise EngineError("no model provider is configured: set OPENAI_API_KEY (or --api-key), or --base-url for a "
+                          "local OpenAI-compatible server")
+    run.detector_report = await asyncio.to_thread(detect.analyze, store.cursor())
+    dataset = run.detector_report.dataset
+    if dataset.traces == 0:
+        raise EngineError(f"{store.path}: the store holds no traces")
+    overview = await asyncio.to_thread(lambda: store.cursor().overview(top=15))
+    run.overview_text = prompts.overview_text(overview)
+    run.hypotheses = [{"id": f.id, "title": f.title, "category": f.category, "affected_traces": f.affected_traces,
+                       "evidence": [reports.cite(e) for e in f.evidence[:3]]} for f in run.detector_report.findings[:12]]
+    _offer_code_and_repo(run)
+    root = Agent(run, depth=0, parent=None, parent_tool_call_id=None)
+    run.agents.append(root)
+    opening = history if history[0]["role"] == "system" else [run.system_message(root, prompt), *history]
+    try:
+        answer = await root.run_to_end(opening)
+    finally:
+        root.stats.finished = time.monotonic()
+        # Every sandbox worker must be closed before the loop ends (see sandbox.Repl.aclose).
+        await asyncio.gather(*(a.repl.aclose() for a in run.agents if a.repl is not None))
+    report = build_report(run, root, prompt, inputs, dataset, answer)
+    verify_store = store.cursor()
+    try:
+        await asyncio.to_thread(reports.verify, report, verify_store)
+    finally:
+        verify_store.close()
+    if run.config.out_dir is not None:
+        reports.write(report, run.config.out_dir)
+    run.emit(AgentOutputItem(sequence=0, item=AgentMessage(role="assistant", content=report.answer), final=True,
+                             report=report, **root.lineage()))
+
+
+def _offer_code_and_repo(run: Run) -> None:
+    """Add run_code when the sandbox works here (say so once when it does not) and the repository
+    tools when a repo path is given."""
+    reason = sandbox.available()
+    if reason is None:
+        run.extra_tools.append(repl.RUN_CODE)
+        run.repl_section = prompts.REPL.format(environment=sandbox.describe_environment(run.code_limits.sandbox))
+    else:
+        run.note(f"run_code is not offered: {reason}")
+    if run.config.repo_path is None:
+        return
+    try:
+        source = Repo.open(run.config.repo_path, max_result_bytes=run.config.tool_result_bytes - 1_000)
+    except RepoError as exc:
+        raise EngineError(f"--repo-path: {exc}") from exc
+    run.extra_tools.extend(repo_tools(source))
+    run.repo_section = prompts.REPO.format(
+        git=", and git_log, git_show, git_diff, git_blame, git_read_file for its history" if source.is_git else "",
+        commits=" and commits by their 12-character ids" if source.is_git else "")
+
+
+def _split_messages(messages: Messages) -> tuple[str, list[dict[str, Any]]]:
+    """The task text (for the report) and the conversation to start from. A conversation that
+    begins with a system message is used verbatim, replacing the built-in prompt, as in HALO."""
+    if isinstance(messages, str):
+        return messages, [{"role": "user", "content": messages}]
+    history = [m.model_dump(exclude_none=True) if isinstance(m, AgentMessage) else dict(m) for m in messages]
+    task = "\n\n".join(m.get("content") or "" for m in history if m.get("role") == "user")
+    if not history:
+        raise EngineError("no messages: give a prompt")
+    return task or DEFAULT_PROMPT, history
+
+
+def _open_store(trace_paths: Any, store: TraceStore | str | Path | None) -> tuple[TraceStore, list[str], bool]:
+    if isinstance(store, TraceStore):
+        return store, [], False
+    if store is not None:
+        return TraceStore.open(store, read_only=True), [], True
+    if trace_paths is None:
+        raise EngineError("give trace files or a store")
+    paths = [str(p) for p in ([trace_paths] if isinstance(trace_paths, str | Path) else trace_paths)]
+    target = default_store_path(resolve(paths))
+    with TraceStore.open(target) as writable:
+        writable.ingest(paths)
+    return TraceStore.open(target, read_only=True), paths, True
+
+
+async def stream_engine_output_async(
+    messages: Messages, engine_config: EngineConfig, trace_paths: Any = None, **kwargs: Any
+) -> AsyncIterator[AgentOutputItem]:
+    """Completed items only (no text deltas)."""
+    async for event in stream_engine_async(messages, engine_config, trace_paths, **kwargs):
+        if isinstance(event, AgentOutputItem):
+            yield event
+
+
+async def run_engine_async(messages: Messages, engine_config: EngineConfig, trace_paths: Any = None,
+                           **kwargs: Any) -> list[AgentOutputItem]:
+    """All completed items, once the run is over; the last one is final and carries the report."""
+    return [item async for item in stream_engine_output_async(messages, engine_config, trace_paths, **kwargs)]
+
+
+def stream_engine(messages: Messages, engine_config: EngineConfig, trace_paths: Any = None,
+                  **kwargs: Any) -> Iterator[EngineEvent]:
+    """The sync twin of `stream_engine_async`, driven on a private event loop."""
+    yield from _sync(stream_engine_async(messages, engine_config, trace_paths, **kwargs))
+
+
+def stream_engine_output(messages: Messages, engine_config: EngineConfig, trace_paths: Any = None,
+                         **kwargs: Any) -> Iterator[AgentOutputItem]:
+    yield from _sync(stream_engine_output_async(messages, engine_config, trace_paths, **kwargs))
+
+
+def run_engine(messages: Messages, engine_config: EngineConfig, trace_paths: Any = None,
+               **kwargs: Any) -> list[AgentOutputItem]:
+    return asyncio.run(run_engine_async(messages, engine_config, trace_paths, **kwargs))
+
+
+def _sync(agen: AsyncIterator[Any]) -> Iterator[Any]:
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(agen.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(agen.aclose())  # type: ignore[attr-defined]
+        loop.close()

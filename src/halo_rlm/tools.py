@@ -1,0 +1,376 @@
+"""The tools the engine's agents call: HALO's names and arguments, over the trace store.
+
+Every tool validates its arguments (a bad call comes back to the model as an error it can act on),
+runs off the event loop with a time limit (a slow regex or query cannot stall other agents), and
+returns JSON within a byte budget that says when it was cut and how to narrow the question.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+
+from halo_rlm.models import SortKey, TraceFilters
+from halo_rlm.repo import Repo, RepoError, tool_specs
+from halo_rlm.repo import ToolSpec as RepoToolSpec
+from halo_rlm.report import CATEGORIES, Category
+from halo_rlm.store import StoreError, TraceStore
+
+if TYPE_CHECKING:
+    from halo_rlm.engine import Agent
+
+RESULT_BYTES = 24_000  # default budget for one tool result
+LIST_FIELDS = ("traces", "matches", "rows", "spans", "error_groups", "findings")
+
+
+class ToolError(Exception):
+    """A problem the model caused and can fix (bad id, bad regex, bad SQL...)."""
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class FiltersArgs(_Args):
+    filters: TraceFilters | None = Field(None, description="Which traces; omit for all")
+
+
+class QueryTracesArgs(FiltersArgs):
+    limit: int = Field(20, ge=1, le=200)
+    offset: int = Field(0, ge=0)
+    sort: SortKey = Field("start", description="start | duration | cost | spans | tokens | errors")
+    descending: bool = True
+
+
+class TraceArgs(_Args):
+    trace_id: str
+
+
+class SpansArgs(TraceArgs):
+    span_ids: list[str] = Field(min_length=1, max_length=100)
+
+
+class SearchTraceArgs(TraceArgs):
+    regex_pattern: str = Field(description="Python regex matched against each span's raw JSON")
+    context_buffer_chars: int = Field(100, ge=0, le=2_000)
+    max_matches: int = Field(20, ge=1, le=200)
+
+
+class SearchSpanArgs(SearchTraceArgs):
+    span_id: str
+
+
+class SynthesizeArgs(_Args):
+    trace_ids: list[str] = Field(min_length=1, max_length=20)
+    focus: str | None = Field(None, description="What to look for, e.g. 'why lookup_order fails'")
+
+
+class ContextItemArgs(_Args):
+    item_id: str
+
+
+class SqlArgs(_Args):
+    query: str = Field(validation_alias=AliasChoices("query", "sql"), description="One SELECT statement")
+
+
+class SubagentArgs(_Args):
+    input: str = Field(validation_alias=AliasChoices("input", "question", "task", "brief"),
+                       description="A self-contained brief: the question, the trace ids and what is known")
+
+
+class EvidenceInput(_Args):
+    trace_id: str
+    span_id: str | None = None
+    excerpt: str = ""
+    note: str = ""
+
+
+class FindingInput(_Args):
+    """A finding as the model reports it; missing fields get sensible defaults."""
+
+    title: str
+    category: str = "other"
+    severity: str = "medium"
+    affected_traces: int | None = Field(None, ge=0)
+    evidence: list[EvidenceInput] = []
+    recommendation: str = ""
+    confidence: float = Field(0.6, ge=0, le=1)
+    details: str = ""
+    key: str | None = None
+    query: str | None = Field(None, description="SQL returning the affected traces' trace_id, to verify the count")
+    impact: dict[str, float] = {}
+
+
+class FinalAnswerArgs(_Args):
+    answer: str = Field(min_length=1, description="The full report in markdown")
+    findings: list[FindingInput] = []
+
+
+@dataclass
+class Tool:
+    name: str
+    description: str
+    args: type[BaseModel]
+    run: Callable[[Any, Agent], Awaitable[Any]]
+
+    def schema(self) -> dict[str, Any]:
+        parameters = self.args.model_json_schema()
+        parameters.pop("title", None)
+        return {"type": "function", "function": {"name": self.name, "description": self.description,
+                                                 "parameters": parameters}}
+
+
+async def in_thread(agent: Agent, work: Callable[[TraceStore], Any]) -> Any:
+    """Run store work in a worker thread on its own connection, stopped at the tool time limit."""
+    store = agent.run.store.cursor()
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(work, store), agent.run.config.tool_timeout)
+    except asyncio.TimeoutError:
+        store.interrupt()
+        raise ToolError(f"the call took over {agent.run.config.tool_timeout:g}s and was stopped; narrow it "
+                        "(filters, a more specific regex, a LIMIT)") from None
+    except StoreError as exc:
+        raise ToolError(str(exc)) from None
+    finally:
+        store.close()
+
+
+def fit(value: Any, budget: int) -> str:
+    """JSON for a tool result within `budget` bytes: list fields lose items from the end first
+    (and the result says so); as a last resort the JSON is cut with a note."""
+    data = value.model_dump(mode="json", exclude_none=True) if isinstance(value, BaseModel) else value
+    text = orjson.dumps(data).decode()
+    if len(text.encode()) <= budget:
+        return text
+    if isinstance(data, dict):
+        for field in LIST_FIELDS:
+            items = data.get(field)
+            if isinstance(items, list) and items:
+                total = len(items)
+                while items and len(orjson.dumps(data)) > budget - 200:
+                    items.pop()
+                data["truncated"] = True
+                data["note"] = (f"showing {len(items)} of {total} {field} to fit {budget:,} bytes; "
+                                f"ask for fewer (limit, filters) or page with offset")
+                text = orjson.dumps(data).decode()
+                if len(text.encode()) <= budget:
+                    return text
+    head = text.encode()[: budget - 300].decode("utf-8", "ignore")
+    return orjson.dumps({"truncated_json": head, "note": f"result cut at {budget:,} bytes of {len(text):,}; "
+                                                         "narrow the request"}).decode()
+
+
+# --- the tools ------------------------------------------------------------------------------
+
+
+async def get_dataset_overview(args: FiltersArgs, agent: Agent) -> Any:
+    overview = await in_thread(agent, lambda s: s.overview(args.filters, top=15))
+    data = overview.model_dump(mode="json", exclude_none=True)
+    if args.filters is None and agent.run.hypotheses:
+        data["detector_findings"] = agent.run.hypotheses
+    return data
+
+
+async def query_traces(args: QueryTracesArgs, agent: Agent) -> Any:
+    return await in_thread(agent, lambda s: s.query_traces(args.filters, sort=args.sort, descending=args.descending,
+                                                           limit=args.limit, offset=args.offset))
+
+
+async def count_traces(args: FiltersArgs, agent: Agent) -> Any:
+    return {"total": await in_thread(agent, lambda s: s.count_traces(args.filters))}
+
+
+async def view_trace(args: TraceArgs, agent: Agent) -> Any:
+    budget = agent.run.config.tool_result_bytes
+    return await in_thread(agent, lambda s: s.view_trace(args.trace_id, budget_bytes=budget - 500, value_chars=2_000))
+
+
+async def view_spans(args: SpansArgs, agent: Agent) -> Any:
+    budget = agent.run.config.tool_result_bytes
+    return await in_thread(agent, lambda s: s.view_spans(args.trace_id, args.span_ids, budget_bytes=budget - 500,
+                                                         value_chars=8_000))
+
+
+async def search_trace(args: SearchTraceArgs, agent: Agent) -> Any:
+    return await in_thread(agent, lambda s: s.search(
+        args.regex_pattern, trace_id=args.trace_id, context_chars=args.context_buffer_chars,
+        max_matches=args.max_matches, timeout=agent.run.config.tool_timeout / 2))
+
+
+async def search_span(args: SearchSpanArgs, agent: Agent) -> Any:
+    return await in_thread(agent, lambda s: s.search(
+        args.regex_pattern, trace_id=args.trace_id, span_id=args.span_id, context_chars=args.context_buffer_chars,
+        max_matches=args.max_matches, timeout=agent.run.config.tool_timeout / 2))
+
+
+async def query_sql(args: SqlArgs, agent: Agent) -> Any:
+    return await in_thread(agent, lambda s: s.sql(args.query, max_rows=200,
+                                                  max_bytes=agent.run.config.tool_result_bytes - 1_000,
+                                                  timeout=agent.run.config.tool_timeout))
+
+
+async def get_context_item(args: ContextItemArgs, agent: Agent) -> Any:
+    item = agent.context_items.get(args.item_id)
+    if item is None:
+        known = ", ".join(list(agent.context_items)[-10:]) or "none yet"
+        raise ToolError(f"no context item {args.item_id!r} in this agent's history (known: {known})")
+    return {"item_id": args.item_id, "content": item}
+
+
+async def synthesize_traces(args: SynthesizeArgs, agent: Agent) -> Any:
+    """A synthesis-model summary over a few traces, rendered with payload excerpts and errors."""
+    limit = agent.run.config.tool_result_bytes * 2 // len(args.trace_ids)
+
+    def render(store: TraceStore) -> tuple[list[str], list[str]]:
+        texts, missing = [], []
+        for trace_id in dict.fromkeys(args.trace_ids):
+            try:
+                view = store.view_trace(trace_id, budget_bytes=10**9, value_chars=600)
+            except StoreError:
+                missing.append(trace_id)
+                continue
+            texts.append(render_trace(view, limit))
+        return texts, missing
+
+    texts, missing = await in_thread(agent, render)
+    if not texts:
+        raise ToolError(f"none of these trace ids is in the store: {', '.join(missing)}")
+    summary = await agent.run.synthesize(agent, texts, args.focus)
+    result: dict[str, Any] = {"summary": summary, "traces": len(texts)}
+    if missing:
+        result["missing_trace_ids"] = missing
+    return result
+
+
+def render_trace(view: Any, limit: int) -> str:
+    """A compact text rendering of a trace for summarising: the span tree with status, timing,
+    model, tool inputs and outputs, and error messages."""
+    lines = [f"TRACE {view.trace_id} ({view.span_count} spans)"]
+    for span in view.spans:
+        head = f"{'  ' * span.depth}- [{span.span_id}] {span.kind} {span.name} {span.status}"
+        if span.duration_ms is not None:
+            head += f" {span.duration_ms:.0f}ms"
+        if span.model:
+            head += f" model={span.model}"
+        if span.tool:
+            head += f" tool={span.tool}"
+        lines.append(head)
+        if span.status_message:
+            lines.append(f"{'  ' * span.depth}  error: {span.status_message[:400]}")
+        for key in ("input.value", "output.value"):
+            value = span.attributes.get(key)
+            if value:
+                lines.append(f"{'  ' * span.depth}  {key.split('.')[0]}: {str(value)[:400]}")
+        for message in (span.messages or {}).get("output_messages", [])[-1:]:
+            if isinstance(message, dict) and message.get("content"):
+                lines.append(f"{'  ' * span.depth}  says: {str(message['content'])[:400]}")
+    text = "\n".join(lines)
+    return text if len(text) <= limit else text[: limit - 40] + "\n…[rest of trace cut]"
+
+
+async def call_subagent(args: SubagentArgs, agent: Agent) -> Any:
+    return await agent.run.spawn(agent, args.input)
+
+
+async def final_answer(args: FinalAnswerArgs, agent: Agent) -> Any:
+    unknown = sorted({f.category for f in args.findings} - set(CATEGORIES))
+    agent.final = args
+    note = f"; unknown categories {unknown} will be filed as 'other'" if unknown else ""
+    return {"acknowledged": True, "findings": len(args.findings), "note": "report received" + note}
+
+
+TRACE_TOOLS = [
+    Tool("get_dataset_overview",
+         "Totals, time range, services, agents, models and tools (with call and error counts), the top error "
+         "groups (same failure, ids masked; exact counts) and, unfiltered, the detectors' findings to start from. "
+         "Call it first.", FiltersArgs, get_dataset_overview),
+    Tool("query_traces",
+         "A page of trace summaries matching `filters` (each with raw_bytes: views over ~20 KB are summarised), "
+         "sortable, with the total. Page with offset.", QueryTracesArgs, query_traces),
+    Tool("count_traces", "How many traces match `filters`.", FiltersArgs, count_traces),
+    Tool("view_trace",
+         "All spans of one trace as a tree, long values cut to head+tail. A trace too big for the budget comes "
+         "back as a summary: then use search_trace and view_spans.", TraceArgs, view_trace),
+    Tool("view_spans", "Chosen spans of one trace, with more of each value than view_trace.", SpansArgs, view_spans),
+    Tool("search_trace",
+         "Regex matches with context inside one trace's spans (raw JSON: quotes appear as \\\"). Exact counts.",
+         SearchTraceArgs, search_trace),
+    Tool("search_span", "Regex matches with context inside one span.", SearchSpanArgs, search_span),
+    Tool("synthesize_traces",
+         "A summary, by a cheaper model, of up to 20 traces: span trees with tool inputs/outputs and errors. "
+         "Give `focus` to say what to look for.", SynthesizeArgs, synthesize_traces),
+    Tool("query_sql",
+         "One read-only SELECT over the tables spans (one row per span: trace_id, span_id, parent_id, name, kind, "
+         "status, status_message, error_template, start_ns, duration_ns, service, model, input_tokens, "
+         "output_tokens, cost, agent_name, tool_name, tool_args, tool_result, input_messages, output_messages, "
+         "tool_calls, tools_offered, finish_reason, raw) and traces (one row per trace: span_count, error_spans, "
+         "has_errors, start_ns, duration_ns, root_name, services, agents, models, tools, input_tokens, "
+         "output_tokens, cost, session_id). Up to 200 rows; aggregate rather than list.", SqlArgs, query_sql),
+    Tool("get_context_item",
+         "The full text of an earlier tool result or message that was shortened to save context (its id was "
+         "given where it was shortened).", ContextItemArgs, get_context_item),
+]
+SUBAGENT_TOOL = Tool(
+    "call_subagent",
+    "Delegate a focused question to a sub-agent with the same tools. It sees nothing of your conversation: "
+    "write a self-contained brief with the question, the trace ids and what you already know. Several calls "
+    "in one turn run in parallel. Returns its answer, findings with evidence, and what it used.",
+    SubagentArgs, call_subagent)
+FINAL_TOOL = Tool(
+    "final_answer",
+    "Finish the analysis: `answer` is the full markdown report (cite traces as [trace:ID] and spans as "
+    "[span:TRACE_ID:SPAN_ID]); `findings` are the systemic failures, ranked, each with category (one of: "
+    + ", ".join(CATEGORIES) + "), severity (critical/high/medium/low), affected_traces (ideally with `query`: SQL "
+    "returning the affected trace_ids, so the count can be verified), evidence (real trace/span ids and a "
+    "verbatim excerpt), and a concrete recommendation (which prompt, tool schema, retry policy or limit to "
+    "change, and how). Call it once.", FinalAnswerArgs, final_answer)
+
+
+def repo_tools(repo: Repo) -> list[Tool]:
+    """The read-only code and git tools over the agent's source, as engine tools."""
+
+    def wrap(spec: RepoToolSpec) -> Tool:
+        async def run(args: Any, agent: Agent) -> Any:
+            try:
+                return await asyncio.wait_for(asyncio.to_thread(spec.call, args), agent.run.config.tool_timeout)
+            except asyncio.TimeoutError:
+                raise ToolError(f"{spec.name} took over {agent.run.config.tool_timeout:g}s; narrow it") from None
+            except (RepoError, OSError) as exc:
+                raise ToolError(str(exc)) from None
+
+        return Tool(spec.name, spec.description, spec.args_model, run)
+
+    return [wrap(spec) for spec in tool_specs(repo)]
+
+
+def category(value: str) -> Category:
+    return value if value in CATEGORIES else "other"  # type: ignore[return-value]
+
+
+def validate(tool: Tool, raw_arguments: str) -> BaseModel:
+    """Parse and check a tool call's arguments, with an error message the model can act on."""
+    try:
+        data = orjson.loads(raw_arguments or "{}")
+    except orjson.JSONDecodeError as exc:
+        raise ToolError(f"the arguments are not valid JSON ({exc}); send one JSON object matching "
+                        f"{tool.name}'s parameters") from None
+    if not isinstance(data, dict):
+        raise ToolError(f"the arguments must be a JSON object, not {type(data).__name__}")
+    try:
+        return tool.args.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()[:5])
+        fields = ", ".join(tool.args.model_fields)
+        raise ToolError(f"invalid arguments for {tool.name}: {problems} (parameters: {fields})") from None
+
+
+def unknown_tool(name: str, tools: dict[str, Tool]) -> str:
+    close = [t for t in tools if re.sub(r"[^a-z]", "", t) == re.sub(r"[^a-z]", "", name.lower())]
+    hint = f" Did you mean {close[0]}?" if close else ""
+    return f"There is no tool named {name!r}.{hint} Available tools: {', '.join(tools)}."
