@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -30,6 +32,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from halo_rlm import __version__, files, importers
+from halo_rlm.collect import DEFAULT_PORT, CollectError, Collector, CollectorStats, serve
 from halo_rlm.detect import Thresholds, analyze
 from halo_rlm.engine import (
     DEFAULT_MODEL, DEFAULT_PROMPT, AgentOutputItem, AgentTextDelta, EngineConfig, EngineError, stream_engine_async,
@@ -76,6 +79,7 @@ def cli() -> None:
       halo show TRACE_ID                one trace as a tree of spans
       halo sql "SELECT ..."             ask the store anything (read-only SQL)
       halo import langfuse --since 7d   bring traces in from Langfuse (or: halo import phoenix)
+      halo collect                      receive traces from running agents (OTLP/HTTP)
 
     Trace files can be HALO/OpenInference JSONL, OTLP/JSON (one request per line or one document),
     Phoenix span JSON, gzip- or zstd-compressed; give files, directories, globs or - for stdin.
@@ -595,6 +599,107 @@ def _import_progress(show: bool, source: importers.Source
         def update(spans: int, total: int | None) -> None:
             progress.update(task, completed=spans, total=total)
         yield update
+
+
+@cli.command()
+@click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Store to add spans to (default: one per port in the user cache, unless --out is given).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Append spans to this JSONL file (HALO's one-span-per-line format), with or without a store.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port).")
+@click.option("--token", envvar="HALO_COLLECT_TOKEN",
+              help="Require 'Authorization: Bearer TOKEN' on every request (or set $HALO_COLLECT_TOKEN).")
+@click.option("--allow-remote", is_flag=True, help="Allow a --host that other machines can reach.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON line when listening, after each write, and when stopped.")
+def collect(store_path: Path | None, out_path: Path | None, host: str, port: int, token: str | None,
+            allow_remote: bool, as_json: bool) -> None:
+    """Receive traces from running agents over OTLP/HTTP and store them.
+
+    \b
+    Accepts POST /v1/traces as protobuf or JSON, gzip or deflate, from any OpenTelemetry exporter:
+      export OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://127.0.0.1:4318/v1/traces
+    or, in Python, halo_rlm.tracing.setup("http://127.0.0.1:4318").
+    While it runs, `halo stats`, `halo traces` and `halo show` read what has arrived. Ctrl-C (or
+    SIGTERM) stops it after writing everything received.
+    """
+    on_flush = (lambda stats: _json_line({"event": "flush", **vars(stats)})) if as_json else None
+    try:
+        running = serve(store=store_path, out=out_path, host=host, port=port, token=token,
+                        allow_remote=allow_remote, on_flush=on_flush)
+    except CollectError as exc:
+        fail(str(exc))
+    if running.store_path is not None:
+        _remember(str(running.store_path))
+    if as_json:
+        _json_line({"event": "listening", "url": running.url, "traces_url": running.traces_url,
+                    "store": running.store_path and str(running.store_path),
+                    "out": running.out_path and str(running.out_path)})
+    else:
+        _print_collect_banner(running, token)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        if err.is_terminal and not as_json:
+            with err.status(_collect_status(running.stats)) as status:
+                while not stopping.wait(0.25):
+                    status.update(_collect_status(running.stats))
+        else:
+            stopping.wait()
+    except KeyboardInterrupt:
+        pass
+    if not as_json:
+        err.print(f"[dim]Stopping: writing {running.stats.pending_spans:,} spans still in memory…[/]")
+    final = running.stop()
+    if as_json:
+        _json_line({"event": "stopped", **vars(final)})
+    else:
+        err.print(f"Received {final.spans:,} spans in {final.traces:,} traces"
+                  + (f" ([yellow]{final.rejected_spans:,} rejected[/])" if final.rejected_spans else "")
+                  + (f"; stored in {escape(str(running.store_path))}" if running.store_path else "")
+                  + (f"; written to {escape(str(running.out_path))}" if running.out_path else ""))
+    if final.last_error:
+        fail(final.last_error)
+
+
+def _print_collect_banner(running: Collector, token: str | None) -> None:
+    out.print(f"[bold]HALO collector[/] listening on {running.url} (OTLP/HTTP, protobuf or JSON)")
+    if running.remote:
+        err.print("[yellow]Warning:[/] other machines can reach this collector"
+                  + ("; only requests with the token are accepted" if token else
+                     " and send it spans; add --token to accept only your agents"))
+    for label, path in (("store", running.store_path), ("file", running.out_path)):
+        if path is not None:
+            out.print(f"Spans go to the {label} {escape(str(path))}")
+    out.print("Point your agent at it:")
+    out.print(f"  export OTEL_EXPORTER_OTLP_TRACES_ENDPOINT={running.traces_url}")
+    out.print(f"  export OTEL_EXPORTER_OTLP_ENDPOINT={running.url}  [dim]# base URL form (traces only here)[/]")
+    out.print("  export OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf")
+    if token:
+        out.print(f"  export OTEL_EXPORTER_OTLP_HEADERS=Authorization=Bearer%20{escape(token)}")
+    out.print(f"  [dim]# or in Python:[/] halo_rlm.tracing.setup({running.url!r})")
+    if running.store_path is not None:
+        out.print(f"[dim]Meanwhile: halo stats --store {escape(str(running.store_path))}[/]")
+
+
+def _collect_status(stats: CollectorStats) -> str:
+    parts = [f"{stats.spans:,} spans", f"{stats.traces:,} traces"]
+    if stats.rejected_spans:
+        parts.append(f"[yellow]{stats.rejected_spans:,} rejected[/]")
+    if stats.failed_requests:
+        parts.append(f"[yellow]{stats.failed_requests:,} failed requests[/]")
+    if stats.pending_spans:
+        parts.append(f"{stats.pending_spans:,} not yet written")
+    if stats.last_error:
+        parts.append(f"[red]{escape(stats.last_error)}[/]")
+    return " · ".join(parts) + " [dim]· Ctrl-C to stop[/]"
+
+
+def _json_line(value: dict[str, Any]) -> None:
+    sys.stdout.write(orjson.dumps(value).decode() + "\n")
+    sys.stdout.flush()
 
 
 def main() -> None:

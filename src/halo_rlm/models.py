@@ -7,6 +7,7 @@ it helps, how to narrow the question; the engine hands these to the model as JSO
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
@@ -221,5 +222,10 @@ def ns_to_iso(ns: int | None) -> str | None:
     if ns is None:
         return None
     seconds, nanos = divmod(int(ns), 10**9)
-    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{nanos:09d}Z"
+    return f"{_utc_second(seconds)}.{nanos:09d}Z"
+
+
+@lru_cache(maxsize=4096)
+def _utc_second(seconds: int) -> str:
+    # Spans written together mostly share their second; formatting it is most of the cost.
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
