@@ -91,3 +91,14 @@ def test_errors_are_one_clear_line(run: CliRunner, tmp_path: Path, fixtures: Pat
     assert code == 1 and "only SELECT" in err
     code, _, err = invoke(run, "traces", "--store", store, "--since", "yesterday")
     assert code == 1 and "--since: not an ISO-8601 time" in err
+
+
+def test_demo_runs_the_detectors_on_the_shipped_examples_without_a_provider(
+        run: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    code, out, err = invoke(run, "demo", "-o", tmp_path / "report")
+    assert code == 0, err
+    assert "14 systemic findings in 300 traces" in out and "LLM analysis was skipped" in err
+    assert {p.name for p in (tmp_path / "report").iterdir()} == {"report.json", "report.md", "report.html"}
+    assert "LLM analysis was skipped" in (tmp_path / "report" / "report.md").read_text()

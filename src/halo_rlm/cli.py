@@ -1055,5 +1055,4 @@ def demo(ctx: click.Context, out_dir: Path) -> None:
     """Run HALO on the example traces that ship with it (simulated support, research, billing,
     coding and travel agents with planted failures)."""
     err.print(f"[dim]Example traces: {escape(str(EXAMPLES))}[/]")
-    ctx.invoke(run, paths=(str(EXAMPLES),), out_dir=out_dir, **{
-        p.name: p.default for p in run.params if p.name not in ("paths", "out_dir")})
+    ctx.invoke(run, paths=(str(EXAMPLES),), out_dir=out_dir)
