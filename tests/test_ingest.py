@@ -325,6 +325,34 @@ def test_files_that_are_not_trace_data(store_path: Path, tmp_path: Path, content
     assert rows(store, "SELECT count(*) FROM spans") == [(0,)]
 
 
+@pytest.mark.parametrize("compress", [gzip.compress, zstandard.ZstdCompressor().compress])
+def test_compressed_data_cut_short_keeps_the_spans_before_the_damage(
+    store_path: Path, tmp_path: Path, compress: Any
+) -> None:
+    # Spans with random-ish bodies so the compressed stream is long enough to cut in the middle.
+    records = [flat_span(f"t{i}", "a", name=f"step {i * 7919 % 104729:x}" * 40) for i in range(3000)]
+    whole = compress(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    path = tmp_path / "cut.jsonl.z"
+    path.write_bytes(whole[: len(whole) * 3 // 4])
+    store, report = ingest(store_path, path)
+    result = report.inputs[0]
+    assert result.status == "ingested"
+    assert "damaged or cut short" in (result.message or "")
+    kept = rows(store, "SELECT count(*) FROM spans")[0][0]
+    assert 1000 < kept < 3000 and kept == result.spans
+    assert rows(store, "SELECT count(*) FROM rejects") == [(0,)]  # the cut line is not a record
+
+
+@pytest.mark.parametrize("content", [b"\x1f\x8bnot gzip at all", b"\x28\xb5\x2f\xfd\x00\x00", b"\x1f\x8b"])
+def test_compression_magic_without_compressed_data(store_path: Path, tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "fake.jsonl"
+    path.write_bytes(content)
+    store, report = ingest(store_path, path)
+    assert report.inputs[0].status == "failed"
+    assert "damaged or cut short after 0 decompressed bytes" in (report.inputs[0].message or "")
+    assert rows(store, "SELECT count(*) FROM spans") == [(0,)]
+
+
 def test_a_large_non_trace_file_stops_early_with_one_message(store_path: Path, tmp_path: Path) -> None:
     path = tmp_path / "big.csv"
     path.write_text("a,b,c\n" * 50_000)

@@ -193,6 +193,9 @@ def print_ingest_summary(report: IngestReport, *, brief: bool = False) -> None:
     for item in report.inputs:
         if item.status == "failed":
             console.print(f"[red]✗[/] {escape(item.path)}: {escape(item.message or 'failed')}")
+        elif item.message:
+            console.print(f"[yellow]![/] {escape(item.path)}: {escape(item.message)}; "
+                          f"kept the {item.spans:,} spans before it")
     if brief and not changed:
         return
     seconds = sum(i.seconds for i in report.inputs)

@@ -7,14 +7,15 @@ the cost in Python is per batch, not per line; DuckDB does the per-line work.
 from __future__ import annotations
 
 import glob
-import gzip
 import hashlib
 import io
 import sys
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +30,10 @@ MAX_LINE_BYTES = 512 << 20
 
 class InputError(Exception):
     """A path that cannot be read as trace input; the message names it."""
+
+
+class CorruptInput(Exception):
+    """Compressed data that breaks off or is damaged part way through a file."""
 
 
 @dataclass(frozen=True)
@@ -115,11 +120,65 @@ def open_input(inp: InputFile) -> tuple[BinaryIO, str | None]:
     buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw)  # type: ignore[arg-type]
     head = buffered.peek(4)[:4]  # type: ignore[attr-defined]
     if head.startswith(GZIP_MAGIC):
-        return gzip.GzipFile(fileobj=buffered, mode="rb"), "gzip"  # type: ignore[return-value]
+        gzip_member = partial(zlib.decompressobj, wbits=16 + zlib.MAX_WBITS)
+        return _Decompressed(buffered, gzip_member, "gzip"), "gzip"  # type: ignore[return-value]
     if head.startswith(ZSTD_MAGIC):
-        reader = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
-        return io.BufferedReader(reader, buffer_size=1 << 20), "zstd"  # type: ignore[arg-type]
+        zstd_frame = zstandard.ZstdDecompressor().decompressobj
+        return _Decompressed(buffered, zstd_frame, "zstd"), "zstd"  # type: ignore[return-value]
     return buffered, None
+
+
+class _Decompressed:
+    """Decompresses gzip member after member, or zstd frame after frame, a few kilobytes of input at
+    a time so a hostile file cannot expand far in one step. Data that is damaged or breaks off part
+    way becomes one `CorruptInput`, raised once the data decompressed before the damage is read."""
+
+    STEP = 4096
+
+    def __init__(self, raw: BinaryIO, new_decompressor: Callable[[], Any], kind: str) -> None:
+        self._raw, self._new_decompressor, self._kind = raw, new_decompressor, kind
+        self._decompressor: Any = None
+        self._pending = bytearray()  # decompressed, not yet read
+        self._good = 0  # bytes read so far
+        self._error: CorruptInput | None = None
+        self._finished = False
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._finished and (size < 0 or len(self._pending) < size):
+            try:
+                self._step()
+            except (zlib.error, zstandard.ZstdError) as exc:
+                self._fail(str(exc))
+        if self._error is not None and not self._pending:
+            raise self._error
+        count = len(self._pending) if size < 0 else min(size, len(self._pending))
+        data = bytes(self._pending[:count])
+        del self._pending[:count]
+        self._good += count
+        return data
+
+    def _step(self) -> None:
+        chunk = self._raw.read(self.STEP)
+        if not chunk:
+            self._finished = True
+            if self._decompressor is not None and not self._decompressor.eof:
+                self._fail("the file ends in the middle of the compressed data")
+            return
+        while chunk:
+            if self._decompressor is None:
+                self._decompressor = self._new_decompressor()
+            self._pending += self._decompressor.decompress(chunk)
+            if not self._decompressor.eof:
+                return
+            chunk, self._decompressor = self._decompressor.unused_data, None
+
+    def _fail(self, reason: str) -> None:
+        self._finished = True
+        self._error = CorruptInput(f"{self._kind} data is damaged or cut short after "
+                                   f"{self._good + len(self._pending):,} decompressed bytes ({reason})")
+
+    def close(self) -> None:
+        self._raw.close()
 
 
 @dataclass

@@ -15,8 +15,10 @@ queries and detectors use, while the input side repeats the whole conversation o
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -257,7 +259,8 @@ FROM (
           THEN halo_id(j.span_id ->> '$') END AS span_id
       FROM (
         SELECT line_no, raw,
-          CASE WHEN starts_with(raw, '{{') AND json_valid(raw) THEN json_transform(raw, '{PARSE_STRUCTURE}') END AS j
+          -- try() turns malformed JSON into NULL: one parse per line instead of json_valid + transform.
+          CASE WHEN starts_with(raw, '{{') THEN try(json_transform(raw, '{PARSE_STRUCTURE}')) END AS j
         FROM batch
       )
     )
@@ -348,23 +351,31 @@ def normalize_messages(attrs: dict[str, Any], *, inputs: bool = True) -> dict[st
 
     A message is `{role, content, tool_calls: [{id, name, arguments}], tool_call_id, name}` with
     empty parts left out; `content` is text (multi-part content is joined)."""
-    indexed = _group_indexed(attrs, _INDEXED if inputs else _OUTPUT_INDEXED)
+    grouped: dict[str, dict[int, dict[str, Any]]] | None = None
+
+    def indexed(prefix: str) -> dict[int, dict[str, Any]] | None:
+        # Scanning every key is the costly part, and blobs usually make it unnecessary.
+        nonlocal grouped
+        if grouped is None:
+            grouped = _group_indexed(attrs, _INDEXED if inputs else _OUTPUT_INDEXED)
+        return grouped.get(prefix)
+
     result: dict[str, Any] = {}
     if inputs:
         messages = (
             _blob(attrs.get("llm.input_messages"))
-            or _from_indexed(indexed.get("llm.input_messages"))
+            or _from_indexed(indexed("llm.input_messages"))
             or _genai(attrs.get("gen_ai.input.messages"), attrs.get("gen_ai.system_instructions"))
-            or _from_indexed(indexed.get("gen_ai.prompt"))
+            or _from_indexed(indexed("gen_ai.prompt"))
             or _blob(attrs.get("ai.prompt.messages"))
         )
         result["input_messages"] = [_public(m) for m in messages] or None
     outputs = (
         _blob(attrs.get("llm.output_messages"))
-        or _from_indexed(indexed.get("llm.output_messages"))
         or _genai(attrs.get("gen_ai.output.messages"), None)
-        or _from_indexed(indexed.get("gen_ai.completion"))
         or _vercel_output(attrs)
+        or _from_indexed(indexed("llm.output_messages"))
+        or _from_indexed(indexed("gen_ai.completion"))
     )
     tool_calls = [call for message in outputs for call in message.get("tool_calls", ())]
     finish = next((m["finish_reason"] for m in reversed(outputs) if m.get("finish_reason")), None)
@@ -530,21 +541,34 @@ def _vercel_output(attrs: dict[str, Any]) -> list[dict[str, Any]]:
     ]}]
 
 
-def _tools_offered(attrs: dict[str, Any], indexed: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+def _tools_offered(attrs: dict[str, Any], indexed: Callable[[str], dict[int, dict[str, Any]] | None]) -> list[str]:
     names: list[str] = []
-    for fields in (indexed.get("llm.tools") or {}).values():
-        for value in fields.values():
-            names.extend(_tool_names(_json(value)))
-    for value in (attrs.get("llm.tools"), attrs.get("gen_ai.tool.definitions"), attrs.get("agent.tools")):
-        names.extend(_tool_names(_json(value)))
-    for fields in (indexed.get("llm.request.functions") or {}).values():
-        if isinstance(fields.get("name"), str):
-            names.append(fields["name"])
+    blobs = [attrs.get(key) for key in ("llm.tools", "gen_ai.tool.definitions", "agent.tools")]
+    for value in blobs:
+        names.extend(_names_in(value))
+    if not any(blobs):
+        for fields in (indexed("llm.tools") or {}).values():
+            for value in fields.values():
+                names.extend(_names_in(value))
+        for fields in (indexed("llm.request.functions") or {}).values():
+            if isinstance(fields.get("name"), str):
+                names.append(fields["name"])
     # Agent SDKs offer each handoff target as a `transfer_to_<agent>` tool.
-    for target in _tool_names(_json(attrs.get("agent.handoffs"))):
+    for target in _names_in(attrs.get("agent.handoffs")):
         snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", target).replace(" ", "_").replace("-", "_").lower()
         names += [f"transfer_to_{snake}", f"transfer_to_{target.lower().replace(' ', '_')}"]
     return list(dict.fromkeys(n for n in names if n))
+
+
+def _names_in(value: Any) -> tuple[str, ...]:
+    return _names_in_text(value) if isinstance(value, str) else tuple(_tool_names(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _names_in_text(text: str) -> tuple[str, ...]:
+    """Tool names in a JSON text. Every LLM call repeats the same tool definitions, so the parse
+    is remembered."""
+    return tuple(_tool_names(_json(text)))
 
 
 def _tool_names(value: Any) -> list[str]:

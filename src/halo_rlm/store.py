@@ -13,7 +13,9 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,8 @@ SCHEMA_VERSION = 1
 DOCUMENT_LIMIT = 1 << 30  # a single JSON document (not JSONL) is parsed whole; refuse beyond this
 NOT_TRACE_DATA_AFTER = 1000  # stop reading a file whose first N records all fail
 EXCERPT_BYTES = 200
+INGEST_MEMORY = "512MB"
+WRITERS = 2  # batches loaded at once, each on its own connection (one batch is too small for DuckDB to split)
 
 TRACE_COLUMNS = """
   trace_id VARCHAR PRIMARY KEY, span_count INTEGER, llm_spans INTEGER, tool_spans INTEGER,
@@ -96,6 +100,13 @@ class Reject:
     line_no: int
     reason: str
     excerpt: bytes | str
+
+
+@dataclass
+class BatchOutcome:
+    spans: int
+    rejects: list[Reject]
+    python_first: bool  # most lines needed the Python decoders: skip the SQL attempt from now on
 
 
 @dataclass
@@ -166,8 +177,8 @@ class TraceStore:
         # A read-only store is the one handed to untrusted SQL (the `sql` tool, `halo sql`): DuckDB's
         # file functions (read_text, read_csv, glob, COPY, ATTACH, INSTALL) are switched off and the
         # configuration is locked so a query cannot switch them back on.
-        config = {"enable_external_access": False, "lock_configuration": True,
-                  "autoinstall_known_extensions": False, "autoload_known_extensions": False} if read_only else {}
+        config = {"enable_external_access": False, "autoinstall_known_extensions": False,
+                  "autoload_known_extensions": False} if read_only else {}
         deadline = time.monotonic() + lock_timeout
         while True:
             try:
@@ -180,6 +191,11 @@ class TraceStore:
                 raise StoreError(f"{path}: cannot open the store ({_first_line(exc)})") from exc
             except duckdb.Error as exc:
                 raise StoreError(f"{path}: not a HALO store ({_first_line(exc)})") from exc
+        # DuckDB's progress bar writes to stdout, which belongs to --json output; cursors inherit the
+        # setting. Then a read-only store's configuration is locked.
+        con.execute("SET enable_progress_bar = false")
+        if read_only:
+            con.execute("SET lock_configuration = true")
         store = cls(con, path, read_only)
         store._setup()
         return store
@@ -213,6 +229,8 @@ class TraceStore:
     def _setup(self) -> None:
         if not self.read_only:
             self.con.execute("SET preserve_insertion_order = false")
+            # Ingest streams: DuckDB need not cache what it wrote (the default allows 80% of RAM).
+            self.con.execute(f"SET memory_limit = '{INGEST_MEMORY}'")
         normalize.register_macros(self.con)
         tables = {row[0] for row in self.con.execute(
             "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()}
@@ -300,6 +318,10 @@ class TraceStore:
             if status == "partial" or (grown and self._is_append(inp, input_id)):
                 start_offset, start_line = resume_offset, resume_line
                 result.status = "resumed"
+                with self._transaction():  # batches that committed after the first gap are read again
+                    for table in ("spans", "rejects"):
+                        self.con.execute(f"DELETE FROM {table} WHERE input_id = ? AND line_no > ?",
+                                         [input_id, resume_line])
             else:
                 self._forget_input(input_id)
             self.con.execute(
@@ -331,6 +353,10 @@ class TraceStore:
                 )
         except StrictError:
             raise
+        except files.CorruptInput as exc:  # before any span was read
+            result.status, result.message = "failed", str(exc)
+            self._forget_input(input_id)
+            return result
         except _NotTraceData as exc:
             result.status, result.message = "failed", str(exc) or self._not_trace_data(input_id, head)
             self._forget_input(input_id)
@@ -338,8 +364,8 @@ class TraceStore:
         finally:
             if not inp.is_stdin:
                 stream.close()
-        if result.spans == 0 and result.rejected and start_offset == 0:
-            result.status, result.message = "failed", self._not_trace_data(input_id, head)
+        if result.spans == 0 and (result.rejected or result.message) and start_offset == 0:
+            result.status, result.message = "failed", result.message or self._not_trace_data(input_id, head)
             self._forget_input(input_id)
             return result
         result.duplicates = self._finish_inputs([input_id], status="complete", offset=end_offset, line=end_line)
@@ -356,32 +382,68 @@ class TraceStore:
         strict: bool,
         progress: Progress | None,
     ) -> tuple[int, int]:
+        """Load batches on `WRITERS` connections at once. Each batch commits on its own; the resume
+        offset moves past a batch only once every batch before it has committed, so after a crash
+        the next run re-reads from the first gap (spans read twice merge as duplicates)."""
         offset, line = start_offset, start_line
         python_first = False
-        for item in files.read_lines(stream, start_offset=start_offset, start_line=start_line):  # type: ignore[arg-type]
-            if isinstance(item, files.OversizeLine):
-                rejects = [Reject(item.line_number, f"line of {item.size:,} bytes exceeds the "
-                                  f"{files.MAX_LINE_BYTES:,}-byte limit", item.head)]
-                with self._transaction():
-                    self._record_rejects(input_id, rejects, result, report, strict)
-                continue
-            with self._transaction():
-                python_first = self._load_batch(
-                    input_id, item.line_numbers, item.lines, result, report, strict, python_first
-                )
-                result.repaired += len(item.repaired_lines)
-                offset, line = item.end_offset, item.end_line
-                result.bytes = offset
-                self.con.execute(
-                    "UPDATE inputs SET resume_offset = ?, resume_line = ?, rejected = ?, repaired = ? "
-                    "WHERE input_id = ?",
-                    [offset, line, result.rejected, result.repaired, input_id],
-                )
+        in_flight: deque[tuple[Future[BatchOutcome], files.LineBatch]] = deque()
+
+        def settle_oldest() -> None:
+            nonlocal offset, line, python_first
+            future, batch = in_flight.popleft()
+            outcome = future.result()
+            python_first = outcome.python_first
+            self._apply(outcome, result, report)
+            result.repaired += len(batch.repaired_lines)
+            offset, line = batch.end_offset, batch.end_line
+            result.bytes = offset
+            self.con.execute("UPDATE inputs SET resume_offset = ?, resume_line = ?, rejected = ?, repaired = ? "
+                             "WHERE input_id = ?", [offset, line, result.rejected, result.repaired, input_id])
             if progress:
                 progress(offset - start_offset, result.spans)
             if result.spans == 0 and result.rejected >= NOT_TRACE_DATA_AFTER:
                 raise _NotTraceData()
+
+        with ThreadPoolExecutor(WRITERS, thread_name_prefix="halo-ingest") as pool:
+            try:
+                for item in _stop_at_damage(files.read_lines(stream, start_offset=start_offset,  # type: ignore[arg-type]
+                                                             start_line=start_line), result):
+                    if isinstance(item, files.OversizeLine):
+                        reject = Reject(item.line_number, f"line of {item.size:,} bytes exceeds the "
+                                                          f"{files.MAX_LINE_BYTES:,}-byte limit", item.head)
+                        with self._transaction():
+                            self._apply(BatchOutcome(0, self._record_rejects(input_id, [reject], result.path, strict),
+                                                     python_first), result, report)
+                        continue
+                    if len(in_flight) >= WRITERS:
+                        settle_oldest()
+                    in_flight.append((pool.submit(self._write_batch, input_id, item.line_numbers, item.lines,
+                                                  result.path, strict, python_first), item))
+                while in_flight:
+                    settle_oldest()
+            except BaseException:
+                for future, _ in in_flight:
+                    future.cancel()
+                raise
         return offset, line
+
+    def _write_batch(self, input_id: int, line_numbers: Any, lines: pa.Array, path: str, strict: bool,
+                     python_first: bool) -> BatchOutcome:
+        """One batch in one transaction, on a connection of its own (runs in a writer thread)."""
+        writer = self.cursor()  # sees the message normaliser: DuckDB registers functions database-wide
+        try:
+            with writer._transaction():
+                return writer._load_batch(input_id, line_numbers, lines, path, strict, python_first)
+        finally:
+            writer.close()
+
+    def _apply(self, outcome: BatchOutcome, result: InputReport, report: IngestReport) -> None:
+        result.spans += outcome.spans
+        result.rejected += len(outcome.rejects)
+        for reject in outcome.rejects:
+            reason = _reason_key(reject.reason)
+            report.reject_reasons[reason] = report.reject_reasons.get(reason, 0) + 1
 
     def _ingest_lines(
         self,
@@ -411,7 +473,8 @@ class TraceStore:
         numbers = pa.array([n for n, _ in pairs], type=pa.int64())
         lines = pa.array([text.decode("utf-8", "replace") for _, text in pairs], type=pa.large_string())
         with self._transaction():
-            self._load_batch(input_id, numbers, lines, result, report, strict, python_first=False)
+            self._apply(self._load_batch(input_id, numbers, lines, result.path, strict, python_first=False),
+                        result, report)
             self.con.execute("UPDATE inputs SET rejected = ? WHERE input_id = ?", [result.rejected, input_id])
 
     def _ingest_document(
@@ -435,30 +498,25 @@ class TraceStore:
         rejects = [Reject(1, error, b"") for error in decoded.errors]
         if rejects:
             with self._transaction():
-                self._record_rejects(input_id, rejects, result, report, strict)
+                self._apply(BatchOutcome(0, self._record_rejects(input_id, rejects, result.path, strict), False),
+                            result, report)
         self._ingest_lines(
             input_id, ((1, orjson.dumps(span)) for span in decoded.spans), result, report,
             strict=strict, progress=None,
         )
 
     def _load_batch(
-        self,
-        input_id: int,
-        line_numbers: Any,
-        lines: pa.Array,
-        result: InputReport,
-        report: IngestReport,
-        strict: bool,
-        python_first: bool,
-    ) -> bool:
-        """Normalise and insert one batch of lines. Lines DuckDB cannot read as flat spans go through
-        the Python decoders. Returns whether later batches of this input should go there first."""
+        self, input_id: int, line_numbers: Any, lines: pa.Array, path: str, strict: bool, python_first: bool
+    ) -> BatchOutcome:
+        """Normalise and insert one batch of lines, in the caller's transaction. Lines DuckDB cannot
+        read as flat spans go through the Python decoders."""
         rejects: list[Reject] = []
+        spans = 0
         if python_first:
             others = list(zip(_as_list(line_numbers), lines.to_pylist(), strict=True))
         else:
             inserted = self._insert(pa.table({"line_no": line_numbers, "raw": lines}), input_id)
-            result.spans += len(inserted)
+            spans += len(inserted)
             left = ~np.isin(np.asarray(line_numbers), inserted)
             others = list(zip(np.asarray(line_numbers)[left].tolist(), lines.filter(pa.array(left)).to_pylist(),
                               strict=True))
@@ -482,13 +540,13 @@ class TraceStore:
                 decoded_numbers.append(line_no)
                 decoded_lines.append(orjson.dumps(span).decode())
         if decoded_lines:
-            result.spans += len(self._insert(pa.table({
+            spans += len(self._insert(pa.table({
                 "line_no": pa.array(decoded_numbers, type=pa.int64()),
                 "raw": pa.array(decoded_lines, type=pa.large_string()),
             }), input_id))
-        self._record_rejects(input_id, rejects, result, report, strict)
         # Most lines needing Python means a non-flat format (e.g. OTLP): skip the SQL attempt from now on.
-        return len(others) > len(lines) // 2
+        return BatchOutcome(spans, self._record_rejects(input_id, rejects, path, strict),
+                            python_first=len(others) > len(lines) // 2)
 
     def _insert(self, batch: pa.Table, input_id: int) -> np.ndarray:
         """Normalise and insert the flat spans among `batch`'s lines; returns their line numbers."""
@@ -498,17 +556,15 @@ class TraceStore:
         finally:
             self.con.unregister("batch")
 
-    def _record_rejects(
-        self, input_id: int, rejects: list[Reject], result: InputReport, report: IngestReport, strict: bool
-    ) -> None:
+    def _record_rejects(self, input_id: int, rejects: list[Reject], path: str, strict: bool) -> list[Reject]:
         if not rejects:
-            return
+            return rejects
         if strict:
             first = min(rejects, key=lambda r: r.line_no)
-            raise StrictError(f"{result.path}:{first.line_no}: {first.reason}")
+            raise StrictError(f"{path}:{first.line_no}: {first.reason}")
         table = pa.table({
             "input_id": pa.array([input_id] * len(rejects), pa.int32()),
-            "path": pa.array([result.path] * len(rejects), pa.string()),
+            "path": pa.array([path] * len(rejects), pa.string()),
             "line_no": pa.array([r.line_no for r in rejects], pa.int64()),
             "reason": pa.array([r.reason for r in rejects], pa.string()),
             "excerpt": pa.array([_excerpt(r.excerpt) for r in rejects], pa.string()),
@@ -518,10 +574,7 @@ class TraceStore:
             self.con.execute("INSERT INTO rejects SELECT * FROM new_rejects")
         finally:
             self.con.unregister("new_rejects")
-        result.rejected += len(rejects)
-        for r in rejects:
-            reason = _reason_key(r.reason)
-            report.reject_reasons[reason] = report.reject_reasons.get(reason, 0) + 1
+        return rejects
 
     # --- inputs bookkeeping -------------------------------------------------------------------
 
@@ -1159,6 +1212,15 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     return str(value)
+
+
+def _stop_at_damage(batches: Iterator[Any], result: InputReport) -> Iterator[Any]:
+    """Yield batches until the compressed data breaks; the lines before the damage are kept and the
+    input's message says where it broke."""
+    try:
+        yield from batches
+    except files.CorruptInput as exc:
+        result.message = str(exc)
 
 
 class _Chain(io.RawIOBase):
