@@ -876,8 +876,9 @@ def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--parallel-tool-calls/--no-parallel-tool-calls", default=True, show_default=True),
         click.option("--refusal-retries", type=click.IntRange(0), default=1, show_default=True),
         click.option("--reasoning-effort", type=click.Choice(["none", "minimal", "low", "medium", "high", "xhigh"])),
-        click.option("--telemetry", is_flag=True, help="Trace HALO's own run (OTLP via OTEL_EXPORTER_OTLP_*, "
-                                                       "else a local JSONL file)."),
+        click.option("--telemetry", is_flag=True, help="Trace HALO's own run: over OTLP when OTEL_EXPORTER_OTLP_"
+                     "[TRACES_]ENDPOINT is set, else to $HALO_TELEMETRY_PATH or halo-telemetry-<run id>.jsonl in the "
+                     "report folder."),
         click.option("--max-cost", type=float, help="USD budget for the whole run."),
         click.option("--max-tokens", type=click.IntRange(1), help="Token budget for the whole run."),
         click.option("--timeout", type=float, help="Seconds for the whole run."),
@@ -946,6 +947,8 @@ def run(paths: tuple[str, ...], prompt: str, store_path: Path | None, out_dir: P
     if not config.provider.configured:
         report, written = run_detectors(paths, store_path, out_dir, min_traces=min_traces, min_share=min_share,
                                         quiet=as_json)
+        if config.telemetry:
+            report.notes.append("--telemetry traces LLM runs only; the detectors ran alone, so nothing was traced.")
         report.notes.append("LLM analysis was skipped: no model provider is configured. Set OPENAI_API_KEY "
                             "(or pass --api-key), or --base-url for a local OpenAI-compatible server, to add it.")
         written = write_report(report, out_dir)
@@ -963,6 +966,8 @@ def run(paths: tuple[str, ...], prompt: str, store_path: Path | None, out_dir: P
         out.print(Markdown(report_markdown(final.report)))
         out.print("Report: " + ", ".join(escape(str(out_dir / name)) for name in
                                          ("report.md", "report.json", "report.html")))
+        if final.report.telemetry:
+            out.print("Telemetry: " + escape(final.report.telemetry))
 
 
 def _validation_text(exc: ValidationError) -> str:

@@ -29,6 +29,7 @@ from halo_rlm.llm import LLM, ContextOverflow, LLMError, ModelConfig, Provider, 
 from halo_rlm.pricing import Price, Prices
 from halo_rlm.store import StoreError, TraceStore, default_store_path
 from halo_rlm.repo import Repo, RepoError
+from halo_rlm.telemetry import OFF, Off, Telemetry, start_telemetry
 from halo_rlm.tools import (
     FINAL_TOOL, SUBAGENT_TOOL, TRACE_TOOLS, FindingInput, Tool, ToolError, category, fit, repo_tools, unknown_tool,
     validate,
@@ -338,7 +339,8 @@ class Agent:
             usage = None
 
     async def run_tools(self, calls: list[dict[str, str]]) -> None:
-        results = await asyncio.gather(*(self.run_tool(call) for call in calls))
+        traced = self.run.telemetry.traced_tool
+        results = await asyncio.gather(*(traced(call, self.run_tool(call)) for call in calls))
         for call, result in zip(calls, results, strict=True):
             self.messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
             self.run.emit(AgentOutputItem(sequence=0, item=AgentMessage(
@@ -428,10 +430,12 @@ class Run:
     """Shared state of one engine run."""
 
     def __init__(self, config: EngineConfig, store: TraceStore, llm: LLM, queue: asyncio.Queue[Any]) -> None:
+        self.id = uuid.uuid4().hex
         self.config = config
         self.store = store
         self.llm = llm
         self.queue = queue
+        self.telemetry: Telemetry | Off = OFF
         self.sequence = 0
         self.budget = Budget(max_tokens=config.max_tokens, max_cost=config.max_cost,
                              deadline=time.monotonic() + config.timeout if config.timeout else None)
@@ -502,7 +506,8 @@ class Run:
             self.agents.append(child)
             error = None
             try:
-                answer = await child.run_to_end([self.system_message(child, brief), {"role": "user", "content": brief}])
+                answer = await self.telemetry.traced_agent(child, brief, child.run_to_end(
+                    [self.system_message(child, brief), {"role": "user", "content": brief}]))
             except (LLMError, StoreError) as exc:
                 answer, error = _last_text(child), str(exc)
                 child.status = "failed"
@@ -590,7 +595,7 @@ def build_report(run: Run, root: Agent, prompt: str, inputs: list[str], dataset:
         findings=reports.rank(findings, dataset), answer=(final.answer if final else answer) or None,
         models={"agents": cfg.model, "synthesis": cfg.synthesis_model or cfg.model,
                 "compaction": cfg.compaction_model or cfg.model},
-        usage=usage, notes=notes,
+        usage=usage, notes=notes, telemetry=run.telemetry.destination,
     )
 
 
@@ -631,8 +636,7 @@ async def stream_engine_async(
 ) -> AsyncIterator[EngineEvent]:
     """Run the engine and yield every event: completed items and streaming text deltas. Give
     trace files (ingested into their default store) or an open read-only `store` / store path."""
-    del telemetry  # self-telemetry is set up by `halo_rlm.telemetry`; kept for HALO's signature
-    config = engine_config
+    config = engine_config if telemetry is None else engine_config.model_copy(update={"telemetry": telemetry})
     prompt, history = _split_messages(messages)
     trace_store, inputs, owned = _open_store(trace_paths, store)
     llm = LLM(config.provider, prices=Prices(config.prices))
@@ -652,6 +656,7 @@ async def stream_engine_async(
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        await run.telemetry.aclose()
         await llm.aclose()
         if owned:
             trace_store.close()
@@ -662,7 +667,8 @@ _DONE = object()
 
 async def _drive(run: Run, prompt: str, history: list[dict[str, Any]], inputs: list[str]) -> None:
     try:
-        await _run(run, prompt, history, inputs)
+        run.telemetry = start_telemetry(run)
+        await run.telemetry.traced_run(prompt, _run(run, prompt, history, inputs))
         run.queue.put_nowait(_DONE)
     except asyncio.CancelledError:
         raise
@@ -670,7 +676,7 @@ async def _drive(run: Run, prompt: str, history: list[dict[str, Any]], inputs: l
         run.queue.put_nowait(exc)
 
 
-async def _run(run: Run, prompt: str, history: list[dict[str, Any]], inputs: list[str]) -> None:
+async def _run(run: Run, prompt: str, history: list[dict[str, Any]], inputs: list[str]) -> reports.Report:
     store = run.store
     if not run.config.provider.configured:
         raise EngineError("no model provider is configured: set OPENAI_API_KEY (or --api-key), or --base-url for a "
@@ -688,7 +694,7 @@ async def _run(run: Run, prompt: str, history: list[dict[str, Any]], inputs: lis
     run.agents.append(root)
     opening = history if history[0]["role"] == "system" else [run.system_message(root, prompt), *history]
     try:
-        answer = await root.run_to_end(opening)
+        answer = await run.telemetry.traced_agent(root, prompt, root.run_to_end(opening))
     finally:
         root.stats.finished = time.monotonic()
         # Every sandbox worker must be closed before the loop ends (see sandbox.Repl.aclose).
@@ -703,6 +709,7 @@ async def _run(run: Run, prompt: str, history: list[dict[str, Any]], inputs: lis
         reports.write(report, run.config.out_dir)
     run.emit(AgentOutputItem(sequence=0, item=AgentMessage(role="assistant", content=report.answer), final=True,
                              report=report, **root.lineage()))
+    return report
 
 
 def _offer_code_and_repo(run: Run) -> None:

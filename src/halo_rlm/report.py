@@ -192,6 +192,8 @@ class Report(BaseModel):
     ranking: str = RANKING
     verification: Verification | None = None
     notes: list[str] = Field(default_factory=list)
+    telemetry: str | None = Field(None, description="Where HALO's own spans of this run went (--telemetry): a "
+                                                    "JSONL file or an OTLP endpoint")
 
 
 def now_iso() -> str:

@@ -18,7 +18,7 @@ import re
 import sys
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,7 @@ def setup(
     standard `OTEL_EXPORTER_OTLP_TRACES_HEADERS` applies. With `instrument`, the OpenAI Agents SDK
     and the OpenAI client are traced through OpenInference when installed. Returns the provider, now
     the global one; spans still buffered are written when the process exits."""
-    exporter = _ScrubbingExporter(_exporter(os.fspath(target), headers))
+    exporter = ScrubbingExporter(_exporter(os.fspath(target), headers))
     resource = Resource.create({"service.name": service_name} if service_name else {})
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": Path(sys.argv[0]).stem or "agent"}))
@@ -152,15 +152,17 @@ class _SkipRepeatedLLMSpans(SpanProcessor):
         return self.inner.force_flush(timeout_millis)
 
 
-class _ScrubbingExporter(SpanExporter):
+class ScrubbingExporter(SpanExporter):
     """Hands spans on with credentials replaced by `[REDACTED]`: values of secret-looking attribute
-    keys, and key-shaped text inside any string attribute or status message."""
+    keys, and what `scrub` finds in any string attribute, status message or span name (by default,
+    key-shaped text)."""
 
-    def __init__(self, inner: SpanExporter) -> None:
+    def __init__(self, inner: SpanExporter, scrub: Callable[[str], str] | None = None) -> None:
         self.inner = inner
+        self.scrub = scrub or scrub_text
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return self.inner.export([_scrubbed(span) for span in spans])
+        return self.inner.export([_scrubbed(span, self.scrub) for span in spans])
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return self.inner.force_flush(timeout_millis)
@@ -176,29 +178,30 @@ def scrub_text(text: str) -> str:
     return text
 
 
-def scrub_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+def scrub_attributes(attributes: Mapping[str, Any] | None,
+                     scrub: Callable[[str], str] = scrub_text) -> dict[str, Any]:
     scrubbed: dict[str, Any] = {}
     for key, value in (attributes or {}).items():
         if SECRET_KEY.search(key):
             scrubbed[key] = REDACTED
         elif isinstance(value, str):
-            scrubbed[key] = scrub_text(value)
+            scrubbed[key] = scrub(value)
         elif isinstance(value, Sequence) and not isinstance(value, bytes):
-            scrubbed[key] = [scrub_text(item) if isinstance(item, str) else item for item in value]
+            scrubbed[key] = [scrub(item) if isinstance(item, str) else item for item in value]
         else:
             scrubbed[key] = value
     return scrubbed
 
 
-def _scrubbed(span: ReadableSpan) -> ReadableSpan:
+def _scrubbed(span: ReadableSpan, scrub: Callable[[str], str]) -> ReadableSpan:
     status = span.status
     return ReadableSpan(
-        name=span.name, context=span.context, parent=span.parent, kind=span.kind,
-        resource=Resource(scrub_attributes(span.resource.attributes), span.resource.schema_url),
-        attributes=scrub_attributes(span.attributes),
-        events=[Event(e.name, scrub_attributes(e.attributes), e.timestamp) for e in span.events],
+        name=scrub(span.name), context=span.context, parent=span.parent, kind=span.kind,
+        resource=Resource(scrub_attributes(span.resource.attributes, scrub), span.resource.schema_url),
+        attributes=scrub_attributes(span.attributes, scrub),
+        events=[Event(e.name, scrub_attributes(e.attributes, scrub), e.timestamp) for e in span.events],
         links=span.links,
-        status=Status(status.status_code, scrub_text(status.description)) if status.description else status,
+        status=Status(status.status_code, scrub(status.description)) if status.description else status,
         start_time=span.start_time, end_time=span.end_time, instrumentation_scope=span.instrumentation_scope,
     )
 
@@ -252,4 +255,4 @@ def _installed(distribution: str) -> bool:
     return True
 
 
-__all__ = ["JsonlSpanExporter", "scrub_attributes", "scrub_text", "setup"]
+__all__ = ["JsonlSpanExporter", "ScrubbingExporter", "scrub_attributes", "scrub_text", "setup"]
