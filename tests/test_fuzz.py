@@ -98,6 +98,12 @@ def test_every_line_is_ingested_or_rejected(records: list[bytes], newline: bytes
                 assert result.message  # one clear message for a file that holds no spans at all
                 assert store.con.execute("SELECT count(*) FROM spans").fetchall() == [(0,)]
                 return
+            bulk = store.con.execute("SELECT count(*) FROM spans WHERE line_no IS NULL").fetchall()[0][0]
+            if bulk:  # loaded in one statement, which only succeeds when every line is a span
+                assert store.con.execute("SELECT count(*) FROM spans WHERE line_no IS NOT NULL").fetchall() == [(0,)]
+                assert store.con.execute("SELECT count(*) FROM rejects").fetchall() == [(0,)]
+                assert bulk + result.duplicates == len(expected)
+                return
             seen = {n for (n,) in itertools.chain(
                 store.con.execute("SELECT DISTINCT line_no FROM spans").fetchall(),
                 store.con.execute("SELECT DISTINCT line_no FROM rejects").fetchall(),

@@ -11,7 +11,8 @@ import orjson
 import pytest
 import zstandard
 
-from halo_rlm import files
+import halo_rlm
+from halo_rlm import files, normalize
 from halo_rlm.store import StrictError, TraceStore
 
 
@@ -205,6 +206,32 @@ def test_compressed_inputs(fixtures: Path, store_path: Path, tmp_path: Path, com
     assert rows(store, "SELECT compression FROM inputs") == [(compress,)]
 
 
+def test_bulk_load_matches_reading_line_by_line(store_path: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    corpus = tmp_path / "examples.jsonl"
+    corpus.write_bytes(gzip.decompress((Path(halo_rlm.__file__).parent / "examples" / "traces.jsonl.gz").read_bytes()))
+    columns = [name for name, _ in normalize.SPAN_COLUMNS if name not in ("line_no", "input_id")]
+    query = f"SELECT {', '.join(columns)} FROM spans ORDER BY trace_id, span_id"
+    bulk, _ = ingest(store_path, corpus)
+    assert rows(bulk, "SELECT count(*), count(line_no) FROM spans")[0][1] == 0  # loaded in one statement
+    monkeypatch.setattr("halo_rlm.store._starts_with_flat_span", lambda head: False)
+    streamed, _ = ingest(tmp_path / "streamed.duckdb", corpus)
+    assert rows(streamed, "SELECT count(line_no) = count(*) FROM spans") == [(True,)]
+    assert rows(bulk, query) == rows(streamed, query)
+    assert rows(bulk, "SELECT * FROM traces ORDER BY trace_id") == rows(streamed, "SELECT * FROM traces ORDER BY trace_id")
+
+
+def test_a_bad_line_deep_in_a_flat_file_keeps_every_good_line_numbered(store_path: Path, tmp_path: Path) -> None:
+    records = [orjson.dumps(flat_span(f"{t:x}", f"{s:x}")) for t in range(1, 400) for s in range(1, 4)]
+    records[1000] = b'{"trace_id": "77", "span_id": '  # cut short
+    path = tmp_path / "late.jsonl"
+    path.write_bytes(b"\n".join(records) + b"\n")
+    store, report = ingest(store_path, path)
+    assert report.spans == len(records) - 1 and report.rejected == 1
+    assert rows(store, "SELECT line_no FROM rejects") == [(1001,)]
+    assert rows(store, "SELECT count(line_no), max(line_no) FROM spans") == [(len(records) - 1, len(records))]
+
+
 def test_stdin(fixtures: Path, store_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = (fixtures / "tiny_traces.jsonl").read_bytes()
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
@@ -259,6 +286,17 @@ def test_appended_file_ingests_only_the_new_tail(store_path: Path, tmp_path: Pat
     report = store.ingest([str(path)])
     assert report.inputs[0].status == "resumed" and report.inputs[0].spans == 1
     assert rows(store, "SELECT trace_id, count(*) FROM spans GROUP BY 1 ORDER BY 1") == [("t1", 2), ("t2", 1)]
+    # The first two were bulk-loaded (no line numbers); the appended one is numbered after them.
+    assert rows(store, "SELECT span_id, line_no FROM spans ORDER BY span_id") == [("a", None), ("b", None), ("x", 3)]
+
+
+def test_a_file_changed_before_its_old_end_is_read_again(store_path: Path, tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "edit.jsonl", [flat_span("t1", "a"), flat_span("t1", "b", "a")])
+    store, _ = ingest(store_path, path)
+    write_lines(path, [flat_span("t1", "a"), flat_span("t1", "c", "a"), flat_span("t2", "x")])  # longer, not appended
+    report = store.ingest([str(path)])
+    assert report.inputs[0].status == "ingested"
+    assert rows(store, "SELECT span_id FROM spans ORDER BY 1") == [("a",), ("c",), ("x",)]
 
 
 def test_rewritten_file_replaces_its_spans(store_path: Path, tmp_path: Path) -> None:

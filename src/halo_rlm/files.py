@@ -257,6 +257,31 @@ def read_lines(
         carry = data[cut:]
 
 
+def tail_digest(path: str, end: int, size: int = 4096) -> str | None:
+    """A digest of the `size` bytes before `end` in a file: when they are unchanged on a later run,
+    the file has only grown."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, end - size))
+            data = f.read(min(end, size))
+    except OSError:
+        return None
+    return hashlib.sha256(data).hexdigest() if len(data) == min(end, size) else None
+
+
+def count_lines(path: str, end: int) -> int:
+    """How many lines the first `end` bytes of a file hold."""
+    lines = 0
+    with open(path, "rb") as f:
+        while end > 0:
+            block = f.read(min(end, 32 << 20))
+            if not block:
+                break
+            lines += block.count(b"\n")
+            end -= len(block)
+    return lines
+
+
 def _skip(stream: BinaryIO, count: int) -> None:
     if count <= 0:
         return

@@ -198,7 +198,10 @@ STATUS_MESSAGE_SQL = (
 
 TOOL_ONLY = "CASE WHEN kind = 'TOOL' THEN {} END"
 
-INSERT_SQL = f"""
+
+def _insert_sql(source: str, span_filter: str, returning: str) -> str:
+    """Normalise the lines of `source` (columns `line_no`, `raw`) into `spans`."""
+    return f"""
 INSERT INTO spans ({", ".join(name for name, _ in SPAN_COLUMNS)})
 SELECT
   trace_id, span_id, parent_id, name, kind, otel_kind, service, scope, scope_version, status, status_message,
@@ -261,14 +264,27 @@ FROM (
         SELECT line_no, raw,
           -- try() turns malformed JSON into NULL: one parse per line instead of json_valid + transform.
           CASE WHEN starts_with(raw, '{{') THEN try(json_transform(raw, '{PARSE_STRUCTURE}')) END AS j
-        FROM batch
+        FROM {source}
       )
     )
-    WHERE trace_id <> '' AND span_id <> ''
+    {span_filter}
   )
 )
-RETURNING line_no
+{returning}
 """
+
+
+# A batch of lines registered as `batch`; lines that are not flat spans are left for the Python decoders.
+INSERT_SQL = _insert_sql("batch", "WHERE trace_id <> '' AND span_id <> ''", "RETURNING line_no")
+
+# A whole file of flat spans in one statement, which DuckDB spreads over every core. Every record
+# goes in: a caller finding a record without ids rolls back and reads the file line by line.
+BULK_OBJECT_BYTES = 16 << 20  # a longer line fails the statement, and the file is read line by line
+BULK_INSERT_SQL = _insert_sql(
+    f"""(SELECT NULL::BIGINT AS line_no, json::VARCHAR AS raw FROM read_json_objects(
+          $path, format = 'newline_delimited', compression = $compression,
+          maximum_object_size = {BULK_OBJECT_BYTES}))""",
+    "", "")
 
 MACROS = [
     # Error messages as templates: the same failure with different ids, numbers, paths, URLs or quoted

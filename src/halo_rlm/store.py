@@ -47,7 +47,7 @@ from halo_rlm.models import (
     ns_to_iso,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DOCUMENT_LIMIT = 1 << 30  # a single JSON document (not JSONL) is parsed whole; refuse beyond this
 NOT_TRACE_DATA_AFTER = 1000  # stop reading a file whose first N records all fail
 EXCERPT_BYTES = 200
@@ -253,7 +253,7 @@ class TraceStore:
             self.con.execute(f"CREATE TABLE traces ({TRACE_COLUMNS})")
             self.con.execute("""CREATE TABLE inputs (
                 input_id INTEGER PRIMARY KEY, path VARCHAR, identity VARCHAR, size BIGINT, mtime_ns BIGINT,
-                compression VARCHAR, status VARCHAR, resume_offset BIGINT, resume_line BIGINT,
+                compression VARCHAR, status VARCHAR, resume_offset BIGINT, resume_line BIGINT, tail_digest VARCHAR,
                 spans BIGINT, rejected BIGINT, repaired BIGINT, started_at TIMESTAMP, finished_at TIMESTAMP)""")
             self.con.execute("""CREATE TABLE rejects (
                 input_id INTEGER, path VARCHAR, line_no BIGINT, reason VARCHAR, excerpt VARCHAR)""")
@@ -316,12 +316,14 @@ class TraceStore:
                 return result
             grown = inp.size is not None and old_size is not None and inp.size >= old_size
             if status == "partial" or (grown and self._is_append(inp, input_id)):
-                start_offset, start_line = resume_offset, resume_line
+                # A bulk-loaded file did not count its lines: count them now, to number the new ones.
+                start_offset = resume_offset
+                start_line = files.count_lines(inp.path, resume_offset) if resume_line is None else resume_line
                 result.status = "resumed"
                 with self._transaction():  # batches that committed after the first gap are read again
                     for table in ("spans", "rejects"):
                         self.con.execute(f"DELETE FROM {table} WHERE input_id = ? AND line_no > ?",
-                                         [input_id, resume_line])
+                                         [input_id, start_line])
             else:
                 self._forget_input(input_id)
             self.con.execute(
@@ -347,6 +349,9 @@ class TraceStore:
             if start_offset == 0 and _is_document(head):
                 self._ingest_document(input_id, chained, result, report, strict)
                 end_offset, end_line = result.bytes, 0
+            elif (start_offset == 0 and compression is None and not inp.is_stdin and _starts_with_flat_span(head)
+                  and self._bulk_load(input_id, inp, result, progress)):
+                end_offset, end_line = result.bytes, None
             else:
                 end_offset, end_line = self._ingest_stream(
                     input_id, chained, start_offset, start_line, result, report, strict, progress
@@ -369,7 +374,55 @@ class TraceStore:
             self._forget_input(input_id)
             return result
         result.duplicates = self._finish_inputs([input_id], status="complete", offset=end_offset, line=end_line)
+        if compression is None and not inp.is_stdin:
+            self.con.execute("UPDATE inputs SET tail_digest = ? WHERE input_id = ?",
+                             [files.tail_digest(inp.path, end_offset), input_id])
         return result
+
+    def _bulk_load(self, input_id: int, inp: files.InputFile, result: InputReport,
+                   progress: Progress | None) -> bool:
+        """Load a whole file of flat spans in one statement, which DuckDB spreads over every core.
+        Anything unusual in the file (a line that is not a span, malformed JSON or UTF-8, a line over
+        `normalize.BULK_OBJECT_BYTES`) rolls the statement back and returns False: the caller then
+        reads the file line by line, which keeps every good line and reports each bad one. Spans
+        loaded this way have no `line_no`."""
+        loader = self.cursor()  # its own connection, so the load can report progress and be interrupted
+        try:
+            loader.con.execute("SET enable_progress_bar = true")  # DuckDB tracks progress only when on
+            loader.con.execute("SET enable_progress_bar_print = false")
+            loader.con.execute("BEGIN TRANSACTION")
+            with ThreadPoolExecutor(1, thread_name_prefix="halo-bulk") as pool:
+                done = pool.submit(loader._one, normalize.BULK_INSERT_SQL,
+                                   {"input_id": input_id, "path": inp.path, "compression": "none"})
+                try:
+                    while True:
+                        try:
+                            spans = int(done.result(timeout=0.2)[0])  # type: ignore[index]
+                            break
+                        except TimeoutError:
+                            if progress and (share := loader.con.query_progress()) > 0:
+                                progress(int((inp.size or 0) * share / 100), 0)
+                except BaseException:
+                    loader.interrupt()
+                    raise
+            not_spans = loader._one("SELECT count(*) FROM spans WHERE input_id = ? AND (trace_id IS NULL OR "
+                                    "span_id IS NULL OR trace_id = '' OR span_id = '')", [input_id])
+            if not_spans and not_spans[0]:
+                loader.con.execute("ROLLBACK")
+                return False
+            loader.con.execute("COMMIT")
+        except duckdb.Error:
+            loader.con.execute("ROLLBACK")
+            return False
+        except BaseException:
+            loader.con.execute("ROLLBACK")
+            raise
+        finally:
+            loader.close()
+        result.spans, result.bytes = spans, inp.size or 0
+        if progress:
+            progress(result.bytes, spans)
+        return True
 
     def _ingest_stream(
         self,
@@ -603,25 +656,15 @@ class TraceStore:
         with self._transaction():
             input_id = self._one("SELECT coalesce(max(input_id), 0) + 1 FROM inputs")[0]  # type: ignore[index]
             self.con.execute(
-                "INSERT INTO inputs VALUES (?, ?, ?, ?, ?, ?, 'partial', 0, 0, 0, 0, 0, now(), NULL)",
+                "INSERT INTO inputs VALUES (?, ?, ?, ?, ?, ?, 'partial', 0, 0, NULL, 0, 0, 0, now(), NULL)",
                 [input_id, inp.path, inp.identity, inp.size, inp.mtime_ns, compression],
             )
         return int(input_id)
 
     def _is_append(self, inp: files.InputFile, input_id: int) -> bool:
-        """A file that only grew since it was ingested: its old last line is unchanged on disk."""
-        row = self._one("SELECT raw FROM spans WHERE input_id = ? ORDER BY line_no DESC LIMIT 1", [input_id])
-        resume = self._one("SELECT resume_offset, compression FROM inputs WHERE input_id = ?", [input_id])
-        if row is None or resume is None or resume[1] is not None:
-            return False
-        tail = row[0].encode()
-        try:
-            with open(inp.path, "rb") as f:
-                f.seek(max(0, resume[0] - len(tail) - 2))
-                window = f.read(len(tail) + 2)
-        except OSError:
-            return False
-        return tail in window
+        """A file that only grew since it was ingested: the bytes before where it ended are unchanged."""
+        row = self._one("SELECT resume_offset, tail_digest FROM inputs WHERE input_id = ?", [input_id])
+        return row is not None and row[1] is not None and files.tail_digest(inp.path, row[0]) == row[1]
 
     def _forget_input(self, input_id: int) -> None:
         with self._transaction():
@@ -651,12 +694,13 @@ class TraceStore:
         return merged
 
     def _refresh_touched(self) -> int:
-        # Duplicates: keep a finished copy over an in-flight one, then the first ingested.
+        # Duplicates: keep a finished copy over an in-flight one, then the first ingested (a bulk-loaded
+        # file has no line numbers: the raw record decides, so the choice does not vary between runs).
         merged = self._one("""
             DELETE FROM spans WHERE rowid IN (
               SELECT rid FROM (
                 SELECT s.rowid AS rid, row_number() OVER (
-                  PARTITION BY s.trace_id, s.span_id ORDER BY s.end_ns IS NULL, s.input_id, s.line_no) AS rn
+                  PARTITION BY s.trace_id, s.span_id ORDER BY s.end_ns IS NULL, s.input_id, s.line_no, s.raw) AS rn
                 FROM spans s
                 SEMI JOIN (SELECT trace_id, span_id FROM spans WHERE trace_id IN (SELECT trace_id FROM touched)
                            GROUP BY ALL HAVING count(*) > 1) d
@@ -1273,6 +1317,15 @@ def _is_document(head: bytes) -> bool:
     except orjson.JSONDecodeError:
         # A first line that is not a whole object: a pretty-printed document, unless it is just long.
         return b"\n" in text and len(first_line) < len(text) - 1 and first_line.rstrip().endswith((b"{", b"[", b","))
+
+
+def _starts_with_flat_span(head: bytes) -> bool:
+    """True when the first record is a span in HALO's flat format, the one the bulk load reads."""
+    try:
+        first = orjson.loads(head.lstrip().split(b"\n", 1)[0])
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(first, dict) and "trace_id" in first and "span_id" in first
 
 
 def _numbered(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
