@@ -1,7 +1,8 @@
 """Trace store speed and memory: ingest, re-open and queries on 100 MB and 1 GB corpora.
 
-Corpora replicate the shipped example traces (HALO format, and the same traces as OTLP/JSON)
-with fresh trace and span ids and shifted times, until the size is reached. Every measurement
+Corpora replicate sample traces with fresh trace and span ids until the size is reached: the
+shipped examples (HALO's flat format, and the same traces as OTLP/JSON) and, when `../shared` is
+present, HALO's own fixture traces. Every measurement
 runs in a fresh Python process so peak RSS is that step's alone.
 
     python benchmarks/store_bench.py --sizes 100 1000 --out benchmarks/results/store.json
@@ -29,6 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from halo_rlm.simulate import simulate  # noqa: E402
 
 EXAMPLES = ROOT / "src" / "halo_rlm" / "examples" / "traces.jsonl.gz"
+FIXTURES = ROOT.parent / "shared" / "fixtures"  # read when present, never copied
 
 
 def fresh_ids(rng: random.Random, mapping: dict[str, str], old: str, width: int) -> str:
@@ -39,8 +41,15 @@ def fresh_ids(rng: random.Random, mapping: dict[str, str], old: str, width: int)
     return mapping[old]
 
 
-def build_flat(target_mb: int, out: Path) -> dict[str, int]:
-    lines = gzip.decompress(EXAMPLES.read_bytes()).splitlines()
+def flat_lines(fmt: str) -> list[bytes]:
+    if fmt == "halo":
+        return gzip.decompress(EXAMPLES.read_bytes()).splitlines()
+    # HALO's own sample traces: leaner spans (~1 KB), like the reference corpus in issue 2.
+    return [line for name in ("realistic_traces.jsonl", "tiny_traces.jsonl")
+            for line in (FIXTURES / name).read_bytes().splitlines() if line.strip()]
+
+
+def build_flat(target_mb: int, out: Path, lines: list[bytes]) -> dict[str, int]:
     rng = random.Random(1234)
     written = spans = rounds = 0
     with out.open("wb") as f:
@@ -140,7 +149,9 @@ def bench(corpus: Path, store: Path, repeats: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], help="corpus sizes in MB")
-    parser.add_argument("--formats", nargs="+", default=["halo", "otlp"])
+    parser.add_argument("--formats", nargs="+", default=["halo", "fixtures", "otlp"],
+                        help="halo: the shipped examples; fixtures: HALO's sample traces (if ../shared is "
+                             "there); otlp: the shipped examples as OTLP/JSON")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "halo-bench")
     parser.add_argument("--out", type=Path)
@@ -149,10 +160,14 @@ def main() -> None:
     results = []
     for size in args.sizes:
         for fmt in args.formats:
+            if fmt == "fixtures" and not FIXTURES.exists():
+                print(f"skipping fixtures: {FIXTURES} is absent", file=sys.stderr)
+                continue
             corpus = args.work / f"corpus-{size}mb.{fmt}.jsonl"
             if not corpus.exists():
                 t = time.perf_counter()
-                info = build_flat(size, corpus) if fmt == "halo" else build_otlp(size, corpus, args.work)
+                info = (build_otlp(size, corpus, args.work) if fmt == "otlp"
+                        else build_flat(size, corpus, flat_lines(fmt)))
                 print(f"built {corpus.name}: {info} in {time.perf_counter() - t:.1f}s", file=sys.stderr)
             row = {"size_mb": size, "format": fmt, "bytes": corpus.stat().st_size,
                    **bench(corpus, args.work / f"store-{size}mb.{fmt}.duckdb", args.repeats)}

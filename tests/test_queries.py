@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from halo_rlm.models import TraceFilters
-from halo_rlm.store import StoreError, TraceStore
+from halo_rlm.store import StoreError, TraceStore, required_literals
 
 
 def span(trace: str, span_id: str, parent: str = "", *, kind: str = "CHAIN", start: float = 0.0,
@@ -82,6 +85,30 @@ def test_bad_filter_values_are_clear() -> None:
 def test_dataset_regex_errors_name_the_syntax(store: TraceStore) -> None:
     with pytest.raises(StoreError, match="RE2"):
         store.count_traces(TraceFilters(regex="(?<=a)b"))
+
+
+@pytest.mark.parametrize("pattern", [
+    r"rate limit|eu-west-2", r"Order \d+ not found", r"eu-west-[13]", r"(lookup|search)_order", r"(?i)ORDER 10\d\d",
+    r"gpt-5\.4|claude", r"x?y?z?", r"[[:digit:]]{4} not", r"not (found|there)+ in", r"region eu-west-\d$",
+])
+def test_dataset_regex_counts_match_a_full_scan(store: TraceStore, pattern: str) -> None:
+    # Literal pre-filters (contains() before the regex) must never drop a span the regex matches.
+    compiled = re.compile(pattern.replace("[[:digit:]]", "[0-9]"))
+    expected = {row["trace_id"] for row in store.query("SELECT trace_id, raw FROM spans") if compiled.search(row["raw"])}
+    assert store.count_traces(TraceFilters(regex=pattern)) == len(expected)
+    assert store.search(pattern).traces_matched == len(expected)
+
+
+@given(st.text(alphabet="ab(|)?*+.[]{}1,\\:", max_size=12), st.text(alphabet="ab.:[]", max_size=20))
+def test_required_literals_are_in_every_match(pattern: str, text: str) -> None:
+    try:
+        compiled = re.compile(pattern)
+    except re.error:
+        return
+    literals = required_literals(pattern)
+    for candidate in (text, text * 3, "abab" + text):
+        if literals and compiled.search(candidate):
+            assert any(literal in candidate for literal in literals), (pattern, candidate, literals)
 
 
 def test_query_sorting_paging_and_totals(store: TraceStore) -> None:

@@ -908,19 +908,20 @@ class TraceStore:
         timeout: float,
     ) -> SearchResult:
         where, params = self._where(filters)
+        matches, match_params = _raw_matches(pattern)
         try:
             counts = self._rows(
                 f"SELECT count(*) AS spans, count(DISTINCT trace_id) AS traces FROM spans "
-                f"WHERE trace_id IN (SELECT trace_id FROM traces t WHERE {where}) AND regexp_matches(raw, ?)",
-                [*params, pattern], timeout=timeout,
+                f"WHERE trace_id IN (SELECT trace_id FROM traces t WHERE {where}) AND {matches}",
+                [*params, *match_params], timeout=timeout,
             )[0]
         except _Timeout:
             return SearchResult(pattern=pattern, matches=[], total_matches=0, spans_matched=0, has_more=True,
                                 timed_out=True, note=f"the scan took over {timeout:g}s; narrow it with filters")
         rows = self._rows(
             f"SELECT trace_id, span_id, name, kind, status, raw FROM spans "
-            f"WHERE trace_id IN (SELECT trace_id FROM traces t WHERE {where}) AND regexp_matches(raw, ?) "
-            f"ORDER BY start_ns NULLS LAST, trace_id, span_id LIMIT ?", [*params, pattern, max_matches],
+            f"WHERE trace_id IN (SELECT trace_id FROM traces t WHERE {where}) AND {matches} "
+            f"ORDER BY start_ns NULLS LAST, trace_id, span_id LIMIT ?", [*params, *match_params, max_matches],
         )
         result = _scan(pattern, compiled, rows, context_chars, max_matches, timeout)
         result.spans_matched, result.traces_matched = counts["spans"], counts["traces"]
@@ -1042,7 +1043,8 @@ class TraceStore:
             add("t.cost >= ?", filters.min_cost)
         if filters.regex:
             _compile_re2(self.con, filters.regex)
-            add("t.trace_id IN (SELECT trace_id FROM spans WHERE regexp_matches(raw, ?))", filters.regex)
+            matches, match_params = _raw_matches(filters.regex)
+            add(f"t.trace_id IN (SELECT trace_id FROM spans WHERE {matches})", *match_params)
         for text in (filters.text, filters.project_id):
             if text:
                 add("t.trace_id IN (SELECT trace_id FROM spans WHERE regexp_matches(raw, ?, 'i'))", regex.escape(text))
@@ -1205,6 +1207,60 @@ def _compile(pattern: str) -> Any:
         return regex.compile(pattern)
     except regex.error as exc:
         raise StoreError(f"invalid regex {pattern!r}: {exc}") from exc
+
+
+def _raw_matches(pattern: str) -> tuple[str, list[str]]:
+    """SQL (and its parameters) for "the raw span matches `pattern`". When every match must contain
+    one of a few literal strings, DuckDB first checks for those with its fast substring search, so
+    the regex runs only on the few spans that could match."""
+    literals = required_literals(pattern)
+    if not literals:
+        return "regexp_matches(raw, ?)", [pattern]
+    return f"({' OR '.join('contains(raw, ?)' for _ in literals)}) AND regexp_matches(raw, ?)", [*literals, pattern]
+
+
+def required_literals(pattern: str) -> list[str] | None:
+    """Strings of which every match of `pattern` contains at least one; None when there is no short
+    such list (case-insensitive patterns, or a part made only of classes and wildcards)."""
+    if "[:" in pattern:  # an RE2 character class like [[:digit:]], which Python reads as literals
+        return None
+    try:
+        parsed = re._parser.parse(pattern)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - RE2-only syntax, or anything else: no pre-filter, same results
+        return None
+    if parsed.state.flags & re.IGNORECASE:
+        return None
+    found = _literals_in(parsed)
+    return sorted(found) if found and len(found) <= 16 and min(map(len, found)) >= 3 else None
+
+
+def _literals_in(sequence: Any) -> set[str] | None:
+    """The best set of alternatives one of which a match of `sequence` must contain, if any."""
+    constants = re._constants  # type: ignore[attr-defined]
+    candidates: list[set[str]] = []
+    run: list[str] = []
+    for op, value in list(sequence) + [(None, None)]:
+        if op is constants.LITERAL:
+            run.append(chr(value))
+            continue
+        if run:
+            candidates.append({"".join(run)})
+            run = []
+        inner: set[str] | None = None
+        if op is constants.SUBPATTERN and not value[1] & re.IGNORECASE:
+            inner = _literals_in(value[3])
+        elif op in (constants.MAX_REPEAT, constants.MIN_REPEAT, getattr(constants, "POSSESSIVE_REPEAT", None)) \
+                and value[0] >= 1:
+            inner = _literals_in(value[2])
+        elif op is getattr(constants, "ATOMIC_GROUP", None):
+            inner = _literals_in(value)
+        elif op is constants.BRANCH:
+            branches = [_literals_in(branch) for branch in value[1]]
+            inner = set().union(*branches) if all(branches) else None  # type: ignore[arg-type]
+        if inner:
+            candidates.append(inner)
+    # The set whose shortest member is longest is the most selective.
+    return max(candidates, key=lambda c: min(map(len, c)), default=None)
 
 
 def _compile_re2(con: duckdb.DuckDBPyConnection, pattern: str) -> None:
