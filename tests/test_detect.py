@@ -286,11 +286,8 @@ def test_simulated_corpus_recall_precision_and_counts(tmp_path: Path, fmt: str) 
         store.ingest([str(truth.traces_path)])
     with TraceStore.open(tmp_path / "sim.duckdb", read_only=True) as store:
         report = analyze(store)
-    found = {(f.category, f.key): f.affected_traces for f in report.findings}
-    planted = {(p.category, p.key): p.affected_traces for p in truth.patterns}
-    systemic = {key for key, count in planted.items() if count >= 0.02 * 1200}
-    assert len(systemic & found.keys()) >= 0.9 * len(systemic), (planted, found)  # recall
-    true_positives = found.keys() & planted.keys()
-    assert len(true_positives) >= 0.9 * len(found), found  # precision: no finding made of distractors
-    for key in true_positives:
-        assert abs(found[key] - planted[key]) <= 0.1 * planted[key], (key, found[key], planted[key])
+    score = truth.score(report.findings)  # patterns in 2% or more of the traces count towards recall
+    assert score.systemic, truth.patterns
+    assert score.recall >= 0.9, score
+    assert score.precision >= 0.9, score  # no finding made of distractors
+    assert score.worst_count_error <= 0.1, score

@@ -11,6 +11,7 @@ import time
 from collections import Counter, defaultdict
 from itertools import pairwise
 from pathlib import Path
+from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -194,6 +195,23 @@ def test_truth_file_round_trips_and_has_the_documented_shape(corpora):
         assert {"id", "category", "description", "key", "affected_trace_ids", "affected_traces",
                 "systemic"} <= set(pattern)
         assert pattern["affected_trace_ids"] == sorted(pattern["affected_trace_ids"])
+
+
+def test_score_matches_findings_to_patterns_by_category_and_key(corpora):
+    truth, _ = corpora["halo"]
+    planted = {p.id: p.affected_traces for p in truth.patterns}
+    tool, loop = planted["tool_error:lookup_order"], planted["repetition_loop:web_search"]
+    findings = [SimpleNamespace(category="tool_error", key="lookup_order", affected_traces=tool),
+                # one pattern split over two findings: each half is far off the truth
+                SimpleNamespace(category="repetition_loop", key="web_search", affected_traces=loop // 2),
+                SimpleNamespace(category="repetition_loop", key="web_search", affected_traces=loop - loop // 2),
+                SimpleNamespace(category="tool_error", key="export_calendar", affected_traces=3)]
+    score = truth.score(findings)
+    systemic = [pid for pid, n in planted.items() if n >= 0.02 * 2_000]
+    assert score.systemic == systemic and {"tool_error:lookup_order", "repetition_loop:web_search"} <= set(systemic)
+    assert score.recall == 2 / len(systemic) and len(score.missed) == len(systemic) - 2
+    assert score.found == 3 and score.false_positives == ["tool_error:export_calendar"] and score.precision == 2 / 3
+    assert score.count_errors["tool_error:lookup_order"] == 0 and score.worst_count_error >= 0.5
 
 
 def test_both_formats_carry_the_same_corpus(corpora):
