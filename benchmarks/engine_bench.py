@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -66,9 +67,9 @@ def is_sub_agent(request: ChatRequest) -> bool:
     return "You are a sub-agent" in request.system_text
 
 
-async def run(llm: ScriptedLLM, store: TraceStore, **overrides: Any) -> float:
+async def run(base_url: str, store: TraceStore, **overrides: Any) -> float:
     """Run the engine to its end; returns the longest event-loop stall seen meanwhile, in seconds."""
-    config = EngineConfig(base_url=llm.base_url, api_key="bench", model="scripted-model", **overrides)
+    config = EngineConfig(base_url=base_url, api_key="bench", model="scripted-model", **overrides)
     worst = 0.0
     running = True
 
@@ -87,19 +88,13 @@ async def run(llm: ScriptedLLM, store: TraceStore, **overrides: Any) -> float:
     return worst
 
 
-def turn_overhead(store: TraceStore, turns: int) -> dict[str, Any]:
+def one_agent(turns: int) -> Any:
     def responder(request: ChatRequest) -> Any:
         return ToolCalls([Call("count_traces", {})]) if len(request.tool_results) < turns else finish()
-
-    clock = TurnClock(responder)
-    with ScriptedLLM(clock) as llm:
-        asyncio.run(run(llm, store, max_turns=turns + 5))
-    gaps_ms = sorted(g * 1000 for g in clock.gaps)
-    return {"turns": len(gaps_ms), "median_ms": statistics.median(gaps_ms),
-            "p90_ms": gaps_ms[int(len(gaps_ms) * 0.9)], "max_ms": gaps_ms[-1]}
+    return responder
 
 
-def concurrent_subagents(store: TraceStore, agents: int, turns: int) -> dict[str, Any]:
+def many_agents(agents: int, turns: int) -> Any:
     def responder(request: ChatRequest) -> Any:
         done = len(request.tool_results)
         if is_sub_agent(request):
@@ -108,14 +103,47 @@ def concurrent_subagents(store: TraceStore, agents: int, turns: int) -> dict[str
         if done == 0:
             return ToolCalls([Call("call_subagent", {"input": f"Look at slice {i}"}) for i in range(agents)])
         return finish()
+    return responder
 
-    clock = TurnClock(responder)
+
+def serve(scenario: str, turns: int, agents: int) -> None:
+    """The scripted server, in a process of its own so its threads do not compete with the engine
+    for the GIL: prints its URL, serves until stdin closes, then prints the turn gaps."""
+    clock = TurnClock(one_agent(turns) if scenario == "one" else many_agents(agents, turns))
     with ScriptedLLM(clock) as llm:
-        started = time.perf_counter()
-        worst = asyncio.run(run(llm, store, max_parallel=agents, max_turns=turns + 5))
-        seconds = time.perf_counter() - started
+        print(llm.base_url, flush=True)
+        sys.stdin.read()
+    print(json.dumps(clock.gaps), flush=True)
+
+
+def scripted(scenario: str, store: TraceStore, turns: int, agents: int, **overrides: Any) -> tuple[list[float], float, float]:
+    """Run the engine against a scripted server process; returns the turn gaps, the worst stall and
+    the run's seconds."""
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", scenario, "--turns", str(turns), "--agents", str(agents)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert server.stdin and server.stdout
+    base_url = server.stdout.readline().strip()
+    started = time.perf_counter()
+    worst = asyncio.run(run(base_url, store, **overrides))
+    seconds = time.perf_counter() - started
+    server.stdin.close()
+    gaps = json.loads(server.stdout.read())
+    server.wait()
+    return gaps, worst, seconds
+
+
+def turn_overhead(store: TraceStore, turns: int) -> dict[str, Any]:
+    gaps, _, _ = scripted("one", store, turns, 0, max_turns=turns + 5)
+    gaps_ms = sorted(g * 1000 for g in gaps)
+    return {"turns": len(gaps_ms), "median_ms": statistics.median(gaps_ms),
+            "p90_ms": gaps_ms[int(len(gaps_ms) * 0.9)], "max_ms": gaps_ms[-1]}
+
+
+def concurrent_subagents(store: TraceStore, agents: int, turns: int) -> dict[str, Any]:
+    gaps, worst, seconds = scripted("many", store, turns, agents, max_parallel=agents, max_turns=turns + 5)
     return {"sub_agents": agents, "turns_each": turns, "seconds": seconds, "worst_stall_ms": worst * 1000,
-            "median_turn_ms": statistics.median(clock.gaps) * 1000}
+            "median_turn_ms": statistics.median(gaps) * 1000}
 
 
 async def no_wait(seconds: float) -> None:
@@ -127,7 +155,11 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=200)
     parser.add_argument("--agents", type=int, default=50)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--serve", choices=["one", "many"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.turns, args.agents)
+        return
     llm_module._sleep = no_wait
     with tempfile.TemporaryDirectory() as folder:
         truth = simulate(Path(folder) / "traces.jsonl", traces=300, seed=7)

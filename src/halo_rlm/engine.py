@@ -14,7 +14,7 @@ import contextvars
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -318,7 +318,7 @@ class Agent:
             self.run.emit(AgentTextDelta(sequence=0, text_delta=text, attempt=attempt, **self.lineage()))
 
         completion = await self.run.llm.complete(
-            self.run.agent_model, request, tools=[t.schema() for t in self.tools.values()], tool_choice=tool_choice,
+            self.run.agent_model, request, tools=[t.schema for t in self.tools.values()], tool_choice=tool_choice,
             on_delta=on_delta, deadline=budget.deadline)
         self.turns += 1
         self.run.account(self, completion)
@@ -639,7 +639,7 @@ async def stream_engine_async(
     config = engine_config if telemetry is None else engine_config.model_copy(update={"telemetry": telemetry})
     prompt, history = _split_messages(messages)
     trace_store, inputs, owned = _open_store(trace_paths, store)
-    llm = LLM(config.provider, prices=Prices(config.prices))
+    llm = await asyncio.to_thread(LLM, config.provider, prices=Prices(config.prices))  # loads TLS certificates
     queue: asyncio.Queue[Any] = asyncio.Queue()
     run = Run(config, trace_store, llm, queue)
     task = asyncio.create_task(_drive(run, prompt, history, inputs))
@@ -681,11 +681,11 @@ async def _run(run: Run, prompt: str, history: list[dict[str, Any]], inputs: lis
     if not run.config.provider.configured:
         raise EngineError("no model provider is configured: set OPENAI_API_KEY (or --api-key), or --base-url for a "
                           "local OpenAI-compatible server")
-    run.detector_report = await asyncio.to_thread(detect.analyze, store.cursor())
+    run.detector_report = await _off_loop(store, detect.analyze)
     dataset = run.detector_report.dataset
     if dataset.traces == 0:
         raise EngineError(f"{store.path}: the store holds no traces")
-    overview = await asyncio.to_thread(lambda: store.cursor().overview(top=15))
+    overview = await _off_loop(store, lambda connection: connection.overview(top=15))
     run.overview_text = prompts.overview_text(overview)
     run.hypotheses = [{"id": f.id, "title": f.title, "category": f.category, "affected_traces": f.affected_traces,
                        "evidence": [reports.cite(e) for e in f.evidence[:3]]} for f in run.detector_report.findings[:12]]
@@ -700,16 +700,20 @@ async def _run(run: Run, prompt: str, history: list[dict[str, Any]], inputs: lis
         # Every sandbox worker must be closed before the loop ends (see sandbox.Repl.aclose).
         await asyncio.gather(*(a.repl.aclose() for a in run.agents if a.repl is not None))
     report = build_report(run, root, prompt, inputs, dataset, answer)
-    verify_store = store.cursor()
-    try:
-        await asyncio.to_thread(reports.verify, report, verify_store)
-    finally:
-        verify_store.close()
+    await _off_loop(store, lambda connection: reports.verify(report, connection))
     if run.config.out_dir is not None:
         reports.write(report, run.config.out_dir)
     run.emit(AgentOutputItem(sequence=0, item=AgentMessage(role="assistant", content=report.answer), final=True,
                              report=report, **root.lineage()))
     return report
+
+
+async def _off_loop(store: TraceStore, work: Callable[[TraceStore], Any]) -> Any:
+    """Store work in a worker thread, on a connection of its own."""
+    def on_borrowed_connection() -> Any:
+        with store.borrow() as connection:
+            return work(connection)
+    return await asyncio.to_thread(on_borrowed_connection)
 
 
 def _offer_code_and_repo(run: Run) -> None:

@@ -9,6 +9,7 @@ Terminal errors name the provider URL and model.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import time
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
+import httpx2
 import openai
+import orjson
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from halo_rlm.pricing import Prices
@@ -114,6 +117,9 @@ async def _sleep(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
+CONNECTION_POOLS = 8
+
+
 class LLM:
     """An async client for one provider, shared by every agent of a run."""
 
@@ -123,14 +129,22 @@ class LLM:
         self.prices = prices or Prices()
         self.retry = retry or RetryPolicy()
         key = provider.key
-        self._keyless = key is None
-        self.client = openai.AsyncOpenAI(
+        # A keyless local server: send no Authorization header at all, not a placeholder key.
+        self._request_options: dict[str, Any] = {"headers": {"Authorization": openai.Omit()}} if key is None else {}
+        # Several connection pools: on every request and response the HTTP client checks each
+        # connection in its pool, which with dozens of agents streaming at once held up the event
+        # loop. One TLS context serves them all (making one takes tens of milliseconds).
+        tls = httpx2.create_ssl_context()
+        self._clients = [openai.AsyncOpenAI(
             base_url=provider.url, api_key=key or KEYLESS, max_retries=0, timeout=request_timeout,
             default_headers={k: v.get_secret_value() for k, v in provider.headers.items()} or None,
-        )
+            http_client=openai.DefaultAsyncHttpxClient(verify=tls),
+        ) for _ in range(CONNECTION_POOLS)]
+        self._next_client = itertools.cycle(self._clients)
 
     async def aclose(self) -> None:
-        await self.client.close()
+        for client in self._clients:
+            await client.close()
 
     async def complete(
         self,
@@ -181,8 +195,6 @@ class LLM:
             params[key] = model.max_output_tokens
         if model.reasoning_effort is not None:
             params["reasoning_effort"] = model.reasoning_effort
-        if self._keyless:
-            params["extra_headers"] = {"Authorization": openai.Omit()}
         return params
 
     async def _stream(self, params: dict[str, Any], model: str, on_delta: Callable[[str, int], None] | None,
@@ -196,33 +208,43 @@ class LLM:
 
         async def consume() -> None:
             nonlocal finish, usage, reported_model
-            stream = await self.client.chat.completions.create(**params)
+            # Chunks come as plain JSON (`AsyncStream[object]`): building the SDK's models for every
+            # chunk cost more than the rest of a turn. Provider output is untrusted, hence the checks.
+            stream = await next(self._next_client).post(
+                "/chat/completions", content=orjson.dumps(params), cast_to=object, stream=True,
+                stream_cls=openai.AsyncStream[object], options=self._request_options)
             async for chunk in stream:
-                reported_model = getattr(chunk, "model", None) or reported_model
-                if chunk.usage is not None:
-                    usage = _usage(chunk.usage)
-                if not chunk.choices:
+                if not isinstance(chunk, dict):
                     continue
-                choice = chunk.choices[0]
-                delta = choice.delta
-                if delta is not None:
-                    if delta.content:
-                        content.append(delta.content)
+                reported_model = _text(chunk.get("model")) or reported_model
+                if isinstance(chunk.get("usage"), dict):
+                    usage = _usage(chunk["usage"])
+                choices = chunk.get("choices")
+                if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+                    continue
+                choice = choices[0]
+                delta = choice.get("delta")
+                if isinstance(delta, dict):
+                    if text := _text(delta.get("content")):
+                        content.append(text)
                         if on_delta:
-                            on_delta(delta.content, attempt)
-                    if getattr(delta, "refusal", None):
-                        refusal.append(delta.refusal)  # type: ignore[arg-type]
-                    for tc in delta.tool_calls or ():
-                        entry = calls.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
-                        if tc.id:
-                            entry["id"] = tc.id
-                        if tc.function is not None:
-                            if tc.function.name and tc.function.name != entry["name"]:
-                                entry["name"] += tc.function.name
-                            if tc.function.arguments:
-                                entry["arguments"] += tc.function.arguments
-                if choice.finish_reason:
-                    finish = choice.finish_reason
+                            on_delta(text, attempt)
+                    if text := _text(delta.get("refusal")):
+                        refusal.append(text)
+                    for tc in delta.get("tool_calls") or ():
+                        if not isinstance(tc, dict) or not isinstance(tc.get("index", 0), int):
+                            continue
+                        entry = calls.setdefault(tc.get("index", 0), {"id": "", "name": "", "arguments": ""})
+                        if call_id := _text(tc.get("id")):
+                            entry["id"] = call_id
+                        function = tc.get("function")
+                        if isinstance(function, dict):
+                            name = _text(function.get("name"))
+                            if name and name != entry["name"]:
+                                entry["name"] += name
+                            entry["arguments"] += _text(function.get("arguments"))
+                if reason := _text(choice.get("finish_reason")):
+                    finish = reason
 
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
@@ -310,14 +332,21 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" + (f" ({type(cause).__name__}: {cause})" if cause else "")
 
 
-def _usage(raw: Any) -> Usage:
-    prompt_details = getattr(raw, "prompt_tokens_details", None)
-    completion_details = getattr(raw, "completion_tokens_details", None)
-    extra = getattr(raw, "model_extra", None) or {}
-    cost = extra.get("cost")
+def _usage(raw: dict[str, Any]) -> Usage:
+    def count(value: Any) -> int:
+        return value if isinstance(value, int) and value > 0 else 0
+
+    prompt_details = raw.get("prompt_tokens_details") or {}
+    completion_details = raw.get("completion_tokens_details") or {}
+    cost = raw.get("cost")  # OpenRouter and some gateways report the charge
     return Usage(
-        input_tokens=raw.prompt_tokens or 0, output_tokens=raw.completion_tokens or 0,
-        cached_tokens=(getattr(prompt_details, "cached_tokens", 0) or 0) if prompt_details else 0,
-        reasoning_tokens=(getattr(completion_details, "reasoning_tokens", 0) or 0) if completion_details else 0,
-        cost=float(cost) if isinstance(cost, int | float) else None,
+        input_tokens=count(raw.get("prompt_tokens")), output_tokens=count(raw.get("completion_tokens")),
+        cached_tokens=count(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
+        reasoning_tokens=(count(completion_details.get("reasoning_tokens"))
+                          if isinstance(completion_details, dict) else 0),
+        cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
     )
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""

@@ -77,13 +77,11 @@ class HostFunctions:
     # connection to the store.
 
     def _with_store(self, work: Any) -> Any:
-        store: TraceStore = self.run.store.cursor()
         try:
-            return work(store)
+            with self.run.store.borrow() as store:
+                return work(store)
         except StoreError as exc:
             raise ValueError(str(exc)) from None
-        finally:
-            store.close()
 
     def traces(self, limit: int = 100, sort: str = "start", descending: bool = True, **filters: Any) -> list[dict]:
         try:

@@ -8,6 +8,7 @@ returns JSON within a byte budget that says when it was cut and how to narrow th
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -119,7 +120,9 @@ class Tool:
     args: type[BaseModel]
     run: Callable[[Any, Agent], Awaitable[Any]]
 
+    @functools.cached_property
     def schema(self) -> dict[str, Any]:
+        """The function definition sent to the model (every turn, so built once)."""
         parameters = self.args.model_json_schema()
         parameters.pop("title", None)
         return {"type": "function", "function": {"name": self.name, "description": self.description,
@@ -128,17 +131,22 @@ class Tool:
 
 async def in_thread(agent: Agent, work: Callable[[TraceStore], Any]) -> Any:
     """Run store work in a worker thread on its own connection, stopped at the tool time limit."""
-    store = agent.run.store.cursor()
+    connection: list[TraceStore] = []
+
+    def on_borrowed_connection() -> Any:
+        with agent.run.store.borrow() as store:
+            connection.append(store)
+            return work(store)
+
     try:
-        return await asyncio.wait_for(asyncio.to_thread(work, store), agent.run.config.tool_timeout)
+        return await asyncio.wait_for(asyncio.to_thread(on_borrowed_connection), agent.run.config.tool_timeout)
     except asyncio.TimeoutError:
-        store.interrupt()
+        if connection:
+            connection[0].interrupt()
         raise ToolError(f"the call took over {agent.run.config.tool_timeout:g}s and was stopped; narrow it "
                         "(filters, a more specific regex, a LIMIT)") from None
     except StoreError as exc:
         raise ToolError(str(exc)) from None
-    finally:
-        store.close()
 
 
 def fit(value: Any, budget: int) -> str:
