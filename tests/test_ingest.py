@@ -214,7 +214,7 @@ def test_bulk_load_matches_reading_line_by_line(store_path: Path, tmp_path: Path
     query = f"SELECT {', '.join(columns)} FROM spans ORDER BY trace_id, span_id"
     bulk, _ = ingest(store_path, corpus)
     assert rows(bulk, "SELECT count(*), count(line_no) FROM spans")[0][1] == 0  # loaded in one statement
-    monkeypatch.setattr("halo_rlm.store._starts_with_flat_span", lambda head: False)
+    monkeypatch.setattr(TraceStore, "_bulk_load", lambda *args: False)
     streamed, _ = ingest(tmp_path / "streamed.duckdb", corpus)
     assert rows(streamed, "SELECT count(line_no) = count(*) FROM spans") == [(True,)]
     assert rows(bulk, query) == rows(streamed, query)

@@ -8,11 +8,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from halo_rlm import files
+from halo_rlm.simulate import simulate
 from halo_rlm.store import TraceStore
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -163,3 +165,37 @@ def test_ctrl_c_during_a_bulk_load_rolls_it_back(tmp_path: Path, monkeypatch: py
     with TraceStore.open(store_path) as store:
         report = store.ingest([str(corpus)])
     assert report.spans == 2_000 and snapshot(store_path)[2] == [("complete",)]
+
+
+def test_ctrl_c_while_decoding_otlp_then_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    truth = simulate(tmp_path / "t.otlp.jsonl", traces=120, seed=5, format="otlp")
+    lines = truth.traces_path.read_bytes().splitlines()
+    lines.insert(len(lines) // 2, b'{"resourceSpans": 7}')  # one bad record, to see rejects are not doubled
+    corpus = tmp_path / "c.otlp.jsonl"
+    corpus.write_bytes(b"\n".join(lines) + b"\n")
+    clean = tmp_path / "clean.duckdb"
+    with TraceStore.open(clean) as store:
+        assert store.ingest([str(corpus)]).rejected == 1
+
+    monkeypatch.setattr(files, "BATCH_BYTES", 100_000)
+    calls = {"n": 0}
+
+    def progress(inp: files.InputFile) -> Any:
+        def report(done: int, spans: int) -> None:
+            calls["n"] += 1
+            if calls["n"] == len(lines) // 8:  # past the bad record, before the staged spans load
+                raise KeyboardInterrupt
+        return report
+
+    broken = tmp_path / "broken.duckdb"
+    with TraceStore.open(broken) as store, pytest.raises(KeyboardInterrupt):
+        store.ingest([str(corpus)], progress=progress)
+    assert not list(tmp_path.glob("*.staging.jsonl"))  # the staging file is removed
+    assert snapshot(broken)[0] == [(0, 0, None)] and snapshot(broken)[2] == [("partial",)]
+    with TraceStore.open(broken, read_only=True) as store:  # the reject found before the stop is kept
+        assert store.con.execute("SELECT count(*) FROM rejects").fetchall() == [(1,)]
+    with TraceStore.open(broken) as store:
+        assert store.ingest([str(corpus)]).rejected == 1
+    assert snapshot(broken) == snapshot(clean)
+    with TraceStore.open(broken, read_only=True) as store:
+        assert store.con.execute("SELECT count(*) FROM rejects").fetchall() == [(1,)]

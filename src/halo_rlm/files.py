@@ -24,7 +24,7 @@ import zstandard
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 TRACE_SUFFIXES = (".jsonl", ".json", ".ndjson", ".gz", ".zst", ".zstd")
-BATCH_BYTES = 32 << 20
+BATCH_BYTES = 16 << 20
 MAX_LINE_BYTES = 512 << 20
 
 
@@ -305,11 +305,19 @@ def _with_oversize(batch: LineBatch) -> Iterator[LineBatch | OversizeLine]:
 def _batch(data: bytes, offset: int, line_no: int, max_line_bytes: int, real_size: int | None = None) -> LineBatch:
     """Split `data` (ending in a newline) into lines without line breaks; drop blank lines and set
     aside lines over `max_line_bytes`."""
+    lines, numbers, nonblank, oversize = _split(data, line_no, max_line_bytes)
     repaired: list[int] = []
     try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
+        lines.validate(full=True)  # UTF-8, checked in place (decoding to str would copy the batch)
+    except pa.ArrowInvalid:
         data, repaired = _repair_utf8(data, line_no)
+        lines, numbers, nonblank, oversize = _split(data, line_no, max_line_bytes)
+    size = len(data) if real_size is None else real_size
+    return LineBatch(lines, numbers[nonblank], offset + size, line_no + len(numbers), repaired, oversize)
+
+
+def _split(data: bytes, line_no: int, max_line_bytes: int) -> tuple[pa.LargeStringArray, np.ndarray, np.ndarray,
+                                                                    list[OversizeLine]]:
     arr = np.frombuffer(data, dtype=np.uint8)
     newlines = np.flatnonzero(arr == 10)
     starts = np.empty(len(newlines), dtype=np.int64)
@@ -334,10 +342,9 @@ def _batch(data: bytes, offset: int, line_no: int, max_line_bytes: int, real_siz
     offsets = np.zeros(int(nonblank.sum()) + 1, dtype=np.int64)
     np.cumsum(lengths[nonblank], out=offsets[1:])
     lines = pa.Array.from_buffers(
-        pa.large_string(), len(offsets) - 1, [None, pa.py_buffer(offsets), pa.py_buffer(arr[keep].tobytes())]
+        pa.large_string(), len(offsets) - 1, [None, pa.py_buffer(offsets), pa.py_buffer(arr[keep])]
     )
-    size = len(data) if real_size is None else real_size
-    return LineBatch(lines, numbers[nonblank], offset + size, line_no + len(newlines), repaired, oversize)
+    return lines, numbers, nonblank, oversize
 
 
 def _repair_utf8(data: bytes, line_no: int) -> tuple[bytes, list[int]]:

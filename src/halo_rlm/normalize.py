@@ -286,6 +286,13 @@ BULK_INSERT_SQL = _insert_sql(
           maximum_object_size = {BULK_OBJECT_BYTES}))""",
     "", "")
 
+# Spans the Python decoders wrote to a staging file, one `{"line": N, "span": {...}}` per line.
+STAGED_INSERT_SQL = _insert_sql(
+    f"""(SELECT line AS line_no, span::VARCHAR AS raw FROM read_json(
+          $path, format = 'newline_delimited', columns = {{'line': 'BIGINT', 'span': 'JSON'}},
+          maximum_object_size = {BULK_OBJECT_BYTES}))""",
+    "WHERE trace_id <> '' AND span_id <> ''", "")
+
 MACROS = [
     # Error messages as templates: the same failure with different ids, numbers, paths, URLs or quoted
     # values gives the same text, so errors can be grouped and counted. Quoted lowercase identifiers

@@ -363,12 +363,15 @@ class TraceStore:
                 self._finish_inputs([input_id], status="complete", offset=0, line=0)
                 return result
             chained = _Chain(head, stream)
+            flat = _starts_with_flat_span(head)
             if start_offset == 0 and _is_document(head):
                 self._ingest_document(input_id, chained, result, report, strict)
                 end_offset, end_line = result.bytes, 0
-            elif (start_offset == 0 and compression is None and not inp.is_stdin and _starts_with_flat_span(head)
+            elif (start_offset == 0 and compression is None and not inp.is_stdin and flat
                   and self._bulk_load(input_id, inp, result, progress)):
                 end_offset, end_line = result.bytes, None
+            elif start_offset == 0 and not flat:
+                end_offset, end_line = self._ingest_decoded(input_id, chained, result, report, strict, progress)
             else:
                 end_offset, end_line = self._ingest_stream(
                     input_id, chained, start_offset, start_line, result, report, strict, progress
@@ -403,43 +406,107 @@ class TraceStore:
         `normalize.BULK_OBJECT_BYTES`) rolls the statement back and returns False: the caller then
         reads the file line by line, which keeps every good line and reports each bad one. Spans
         loaded this way have no `line_no`."""
-        loader = self.cursor()  # its own connection, so the load can report progress and be interrupted
+        def every_record_is_a_span(loader: TraceStore) -> bool:
+            found = loader._one("SELECT count(*) FROM spans WHERE input_id = ? AND (trace_id IS NULL OR "
+                                "span_id IS NULL OR trace_id = '' OR span_id = '')", [input_id])
+            return not (found and found[0])
+
+        size = inp.size or 0
+        try:
+            spans = self._load_in_one_statement(
+                normalize.BULK_INSERT_SQL, {"input_id": input_id, "path": inp.path, "compression": "none"},
+                lambda share: progress(int(size * share), 0) if progress else None, every_record_is_a_span)
+        except duckdb.Error:
+            return False
+        if spans is None:
+            return False
+        result.spans, result.bytes = spans, size
+        if progress:
+            progress(size, spans)
+        return True
+
+    def _ingest_decoded(self, input_id: int, stream: Any, result: InputReport, report: IngestReport, strict: bool,
+                        progress: Progress | None) -> tuple[int, int]:
+        """Formats only the Python decoders read (OTLP/JSON, Phoenix span JSON, ...): decode line by
+        line into a staging file of flat spans beside the store, then load it in one statement that
+        DuckDB spreads over every core. Rejects are recorded as they are found; the spans commit
+        together at the end, so an interrupted run reads the file again."""
+        staging = Path(f"{self.path}.{input_id}.staging.jsonl")
+        offset = line = staged = 0
+        try:
+            with staging.open("wb") as out:
+                for item in _stop_at_damage(files.read_lines(stream), result):
+                    if isinstance(item, files.OversizeLine):
+                        rejects = [_oversize_reject(item)]
+                    else:
+                        numbers, spans, rejects = _decode(zip(_as_list(item.line_numbers), item.lines.to_pylist(),
+                                                              strict=True))
+                        for number, span in zip(numbers, spans, strict=True):
+                            if len(span) < normalize.BULK_OBJECT_BYTES - 100:
+                                out.write(b'{"line":%d,"span":%b}\n' % (number, span))
+                                staged += 1
+                            else:  # too long for the staging file's reader: on its own, now
+                                with self._transaction():
+                                    result.spans += len(self._insert(pa.table({
+                                        "line_no": pa.array([number], pa.int64()),
+                                        "raw": pa.array([span.decode()], pa.large_string())}), input_id))
+                        offset, line = item.end_offset, item.end_line
+                        result.repaired += len(item.repaired_lines)
+                    if rejects:
+                        with self._transaction():
+                            self._apply(BatchOutcome(0, self._record_rejects(input_id, rejects, result.path, strict),
+                                                     True), result, report)
+                    result.bytes = offset
+                    if progress:
+                        progress(offset, staged)
+                    if staged == 0 and result.rejected >= NOT_TRACE_DATA_AFTER:
+                        raise _NotTraceData()
+            if staged:
+                loaded = self._load_in_one_statement(normalize.STAGED_INSERT_SQL,
+                                                     {"input_id": input_id, "path": str(staging)})
+                result.spans += loaded or 0
+        finally:
+            staging.unlink(missing_ok=True)
+        return offset, line
+
+    def _load_in_one_statement(
+        self,
+        sql: str,
+        params: dict[str, Any],
+        on_progress: Callable[[float], None] | None = None,
+        acceptable: Callable[[TraceStore], bool] | None = None,
+    ) -> int | None:
+        """Run one bulk INSERT in a transaction of its own, on a connection of its own so that it can
+        report progress (`on_progress(share done)`) and stop at Ctrl-C. Returns the rows inserted, or
+        None when `acceptable` turned the result down and it was rolled back."""
+        loader = self.cursor()
         try:
             loader.con.execute("SET enable_progress_bar = true")  # DuckDB tracks progress only when on
             loader.con.execute("SET enable_progress_bar_print = false")
             loader.con.execute("BEGIN TRANSACTION")
             with ThreadPoolExecutor(1, thread_name_prefix="halo-bulk") as pool:
-                done = pool.submit(loader._one, normalize.BULK_INSERT_SQL,
-                                   {"input_id": input_id, "path": inp.path, "compression": "none"})
+                done = pool.submit(loader._one, sql, params)
                 try:
                     while True:
                         try:
-                            spans = int(done.result(timeout=0.2)[0])  # type: ignore[index]
+                            rows = int(done.result(timeout=0.2)[0])  # type: ignore[index]
                             break
                         except TimeoutError:
-                            if progress and (share := loader.con.query_progress()) > 0:
-                                progress(int((inp.size or 0) * share / 100), 0)
+                            if on_progress and (share := loader.con.query_progress()) > 0:
+                                on_progress(share / 100)
                 except BaseException:
                     loader.interrupt()
                     raise
-            not_spans = loader._one("SELECT count(*) FROM spans WHERE input_id = ? AND (trace_id IS NULL OR "
-                                    "span_id IS NULL OR trace_id = '' OR span_id = '')", [input_id])
-            if not_spans and not_spans[0]:
+            if acceptable is not None and not acceptable(loader):
                 loader.con.execute("ROLLBACK")
-                return False
+                return None
             loader.con.execute("COMMIT")
-        except duckdb.Error:
-            loader.con.execute("ROLLBACK")
-            return False
+            return rows
         except BaseException:
             loader.con.execute("ROLLBACK")
             raise
         finally:
             loader.close()
-        result.spans, result.bytes = spans, inp.size or 0
-        if progress:
-            progress(result.bytes, spans)
-        return True
 
     def _ingest_stream(
         self,
@@ -480,11 +547,10 @@ class TraceStore:
                 for item in _stop_at_damage(files.read_lines(stream, start_offset=start_offset,  # type: ignore[arg-type]
                                                              start_line=start_line), result):
                     if isinstance(item, files.OversizeLine):
-                        reject = Reject(item.line_number, f"line of {item.size:,} bytes exceeds the "
-                                                          f"{files.MAX_LINE_BYTES:,}-byte limit", item.head)
                         with self._transaction():
-                            self._apply(BatchOutcome(0, self._record_rejects(input_id, [reject], result.path, strict),
-                                                     python_first), result, report)
+                            self._apply(BatchOutcome(0, self._record_rejects(input_id, [_oversize_reject(item)],
+                                                                             result.path, strict), python_first),
+                                        result, report)
                         continue
                     if len(in_flight) >= WRITERS:
                         settle_oldest()
@@ -580,7 +646,6 @@ class TraceStore:
     ) -> BatchOutcome:
         """Normalise and insert one batch of lines, in the caller's transaction. Lines DuckDB cannot
         read as flat spans go through the Python decoders."""
-        rejects: list[Reject] = []
         spans = 0
         if python_first:
             others = list(zip(_as_list(line_numbers), lines.to_pylist(), strict=True))
@@ -590,29 +655,11 @@ class TraceStore:
             left = ~np.isin(np.asarray(line_numbers), inserted)
             others = list(zip(np.asarray(line_numbers)[left].tolist(), lines.filter(pa.array(left)).to_pylist(),
                               strict=True))
-        decoded_numbers: list[int] = []
-        decoded_lines: list[str] = []
-        for line_no, raw in others:
-            if not raw.strip():
-                continue
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                rejects.append(Reject(line_no, _json_error(exc, raw), raw))
-                continue
-            try:
-                decoded = decode.decode_record(obj)
-            except decode.DecodeError as exc:
-                rejects.append(Reject(line_no, str(exc), raw))
-                continue
-            rejects.extend(Reject(line_no, error, raw) for error in decoded.errors)
-            for span in decoded.spans:
-                decoded_numbers.append(line_no)
-                decoded_lines.append(orjson.dumps(span).decode())
-        if decoded_lines:
+        decoded_numbers, decoded_spans, rejects = _decode(others)
+        if decoded_spans:
             spans += len(self._insert(pa.table({
                 "line_no": pa.array(decoded_numbers, type=pa.int64()),
-                "raw": pa.array(decoded_lines, type=pa.large_string()),
+                "raw": pa.array([span.decode() for span in decoded_spans], type=pa.large_string()),
             }), input_id))
         # Most lines needing Python means a non-flat format (e.g. OTLP): skip the SQL attempt from now on.
         return BatchOutcome(spans, self._record_rejects(input_id, rejects, path, strict),
@@ -1392,6 +1439,37 @@ def _is_document(head: bytes) -> bool:
     except orjson.JSONDecodeError:
         # A first line that is not a whole object: a pretty-printed document, unless it is just long.
         return b"\n" in text and len(first_line) < len(text) - 1 and first_line.rstrip().endswith((b"{", b"[", b","))
+
+
+def _decode(lines: Iterable[tuple[int, str]]) -> tuple[list[int], list[bytes], list[Reject]]:
+    """The Python decoders, for lines DuckDB does not read as flat spans: each span found as flat
+    JSON with its line's number, and a reject for each line (or part of one) that is not a span."""
+    numbers: list[int] = []
+    spans: list[bytes] = []
+    rejects: list[Reject] = []
+    for line_no, raw in lines:
+        if not raw.strip():
+            continue
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            rejects.append(Reject(line_no, _json_error(exc, raw), raw))
+            continue
+        try:
+            decoded = decode.decode_record(obj)
+        except decode.DecodeError as exc:
+            rejects.append(Reject(line_no, str(exc), raw))
+            continue
+        rejects.extend(Reject(line_no, error, raw) for error in decoded.errors)
+        for span in decoded.spans:
+            numbers.append(line_no)
+            spans.append(orjson.dumps(span))
+    return numbers, spans, rejects
+
+
+def _oversize_reject(line: files.OversizeLine) -> Reject:
+    return Reject(line.line_number, f"line of {line.size:,} bytes exceeds the {files.MAX_LINE_BYTES:,}-byte limit",
+                  line.head)
 
 
 def _starts_with_flat_span(head: bytes) -> bool:
