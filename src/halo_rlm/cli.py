@@ -73,6 +73,9 @@ def cli() -> None:
 
     \b
     Start here:
+      halo traces.jsonl -p "Diagnose errors and suggest fixes"
+                                        analyse them and write a report of fixes (`halo run`)
+      halo demo                         the same on example traces that ship with HALO
       halo ingest traces.jsonl          load trace files into a local store
       halo stats traces.jsonl           what is in them: agents, models, tools, top errors
       halo traces --errors              list traces that failed

@@ -1,9 +1,17 @@
 """The trace store: one DuckDB file holding canonical spans (plus each span's raw record), per-trace
 rollups, rejected records and the inputs they came from.
 
-Only this module speaks SQL to DuckDB. Ingest streams: lines are cut into large batches, DuckDB
-normalises each batch in one vectorized pass, and every batch commits together with the input's
-resume offset, so a killed ingest leaves a consistent store and the next run carries on from there.
+Only this module speaks SQL to DuckDB. Ingest takes one of three roads per file, all ending in the
+same normalising SQL (`normalize.py`):
+
+- a file of flat spans loads in one statement that DuckDB spreads over every core (`_bulk_load`);
+- a format only the Python decoders read (OTLP/JSON, Phoenix span JSON) is decoded line by line into
+  a staging file of flat spans, which then loads the same way (`_ingest_decoded`);
+- any other flat file (compressed, on stdin, grown since last time, or with bad lines) streams in
+  batches, each committed with the input's resume offset (`_ingest_stream`), so every good line is
+  kept, every bad one is reported with its line number, and a killed run carries on where it stopped.
+
+The one-statement roads commit whole or not at all: an interrupted run reads the file again.
 """
 
 from __future__ import annotations
