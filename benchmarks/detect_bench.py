@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from store_bench import measure  # noqa: E402  (this script's folder is on sys.path)
+from store_bench import ingest, measure  # noqa: E402  (this script's folder is on sys.path)
 
 from halo_rlm.report import Finding, Report  # noqa: E402
 from halo_rlm.simulate import GroundTruth, simulate  # noqa: E402
@@ -66,20 +66,6 @@ def traces_for(work: Path, gb: float, fmt: str, seed: int) -> int:
     """How many traces make about `gb` GB in `fmt`, from the size of a 1,000-trace sample."""
     sample = corpus(work, 1_000, fmt, seed)
     return math.ceil(gb * 1e9 / (sample.traces_path.stat().st_size / 1_000))
-
-
-def ingest(corpus_path: Path, store: Path) -> dict[str, Any]:
-    for leftover in (store, Path(f"{store}.wal")):
-        leftover.unlink(missing_ok=True)
-    return measure(f"""
-        from halo_rlm.store import TraceStore
-        t = time.perf_counter()
-        with TraceStore.open({str(store)!r}) as s:
-            r = s.ingest([{str(corpus_path)!r}])
-        result["ingest_s"] = time.perf_counter() - t
-        result["spans"] = r.spans
-        result["rejected"] = r.rejected
-    """)
 
 
 def analysis(store: Path, report: Path) -> dict[str, Any]:

@@ -107,10 +107,11 @@ def measure(code: str) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def bench(corpus: Path, store: Path, repeats: int) -> dict[str, float]:
+def ingest(corpus: Path, store: Path) -> dict[str, float]:
+    """Ingest `corpus` into a fresh `store`, in a process of its own."""
     for leftover in (store, Path(f"{store}.wal")):
         leftover.unlink(missing_ok=True)
-    ingest = measure(f"""
+    return measure(f"""
         from halo_rlm.store import TraceStore
         t = time.perf_counter()
         with TraceStore.open({str(store)!r}) as s:
@@ -119,6 +120,10 @@ def bench(corpus: Path, store: Path, repeats: int) -> dict[str, float]:
         result["spans"] = r.spans
         result["rejected"] = r.rejected
     """)
+
+
+def bench(corpus: Path, store: Path, repeats: int) -> dict[str, float]:
+    loaded = ingest(corpus, store)
     queries = measure(f"""
         import statistics
         from halo_rlm.store import TraceStore
@@ -142,7 +147,7 @@ def bench(corpus: Path, store: Path, repeats: int) -> dict[str, float]:
             result[name.replace("_s", "_first_s")] = times[0]
         result["traces"] = s.count_traces()
     """)
-    return {**ingest, **{k: v for k, v in queries.items() if k != "peak_rss_mb"},
+    return {**loaded, **{k: v for k, v in queries.items() if k != "peak_rss_mb"},
             "queries_peak_rss_mb": queries["peak_rss_mb"]}
 
 

@@ -180,7 +180,15 @@ class Hang:
     """Never answers; the connection is dropped when the server closes."""
 
 
-Reply: TypeAlias = Text | ToolCalls | Refusal | HTTPError | RateLimited | ServerError | CutStream | Delay | Hang
+@dataclass(frozen=True)
+class RawChunks:
+    """Streams exactly these values as SSE `data:` events, then `[DONE]`: for malformed or hostile
+    provider output (wrong types, missing fields) that no well-behaved reply produces."""
+
+    chunks: Sequence[Any]
+
+
+Reply: TypeAlias = Text | ToolCalls | Refusal | HTTPError | RateLimited | ServerError | CutStream | Delay | Hang | RawChunks
 # A responder may also answer with a plain string (a Text) or with a list of message parts: strings
 # (joined into the content) and Calls (made parallel tool calls).
 ResponderResult: TypeAlias = Reply | str | Sequence[str | Call]
@@ -603,6 +611,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(self._head(200, "application/json", {"content-length": str(len(body))})
                                  + body[:len(body) // 2])
                 self._drop_connection()
+            case RawChunks():
+                self._send_stream([*(_sse(chunk) for chunk in reply.chunks), _SSE_DONE], end_body=True)
             case Text() | ToolCalls() | Refusal() if request.stream:
                 events = [_sse(chunk) for chunk in _stream_chunks(reply, request=request, number=number)]
                 self._send_stream([*events, _SSE_DONE], end_body=True)

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 from scripted_llm import (
-    Call, ChatRequest, CutStream, Delay, HTTPError, RateLimited, Refusal, ScriptedLLM, ServerError, Text, ToolCalls,
-    Usage,
+    Call, ChatRequest, CutStream, Delay, HTTPError, RateLimited, RawChunks, Refusal, ScriptedLLM, ServerError, Text,
+    ToolCalls, Usage,
 )
 
 from halo_rlm import llm as llm_module
@@ -260,6 +260,29 @@ def test_a_cut_stream_is_retried_without_duplicating_items(store: TraceStore) ->
     calls = [e for e in events if isinstance(e, AgentOutputItem) and e.item.tool_calls]
     assert [c.item.tool_calls[0].arguments for c in calls] == [  # type: ignore[index]
         "{}", '{"filters":{"has_errors":true}}', '{"answer":"# Report\\n\\nDone.","findings":[]}']
+
+
+def test_malformed_stream_chunks_are_skipped_not_fatal(store: TraceStore) -> None:
+    """Provider output is untrusted: chunks of the wrong shape are passed over, the rest is read."""
+    def chunk(delta: Any, finish: Any = None, **extra: Any) -> dict[str, Any]:
+        return {"model": "scripted-model", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+
+    hostile = RawChunks([
+        "not an object", [1, 2], {"choices": "many"}, {"choices": [7]}, chunk(["a", "list"]), chunk({"content": 42}),
+        chunk({"tool_calls": [{"index": "0", "function": {"name": "count_traces"}}]}),  # index of the wrong type
+        chunk({"tool_calls": [None, {"index": 0, "id": 5, "function": "x"}]}),
+        chunk({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "count_traces", "arguments": "{}"}}]}),
+        chunk({}, "tool_calls", usage={"prompt_tokens": "many", "completion_tokens": -3, "cost": True}),
+    ])
+    replies = iter([hostile, finish()])
+    with ScriptedLLM(lambda r: next(replies)) as llm:
+        events = run(llm, store)
+    calls = [c for e in events if isinstance(e, AgentOutputItem) for c in e.item.tool_calls or ()]
+    assert [(c.id, c.name, c.arguments) for c in calls][0] == ("call_1", "count_traces", "{}")
+    results = [e.item.content for e in events if isinstance(e, AgentOutputItem) and e.item.role == "tool"]
+    assert results[0].isdigit() or results[0].startswith("{")  # the call ran
+    usage = final_report(events).usage.models["scripted-model"]  # type: ignore[union-attr]
+    assert usage.calls == 2 and usage.cost_usd >= 0  # "many" and -3 tokens, and a cost of true, were not counted
 
 
 def test_refusals_are_retried_and_reported(store: TraceStore) -> None:
