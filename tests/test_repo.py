@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from halo_rlm.repo import (
     RepoError,
     TreeArgs,
     _subprocess_env,
+    find_ripgrep,
     tool_specs,
 )
 
@@ -365,7 +365,7 @@ def test_grep_with_lookaround_checks_every_line(tmp_path: Path) -> None:
     assert [m.line for m in repo.grep_files(GrepArgs(regex_pattern=r"\Abar")).matches] == [2]
 
 
-@pytest.mark.skipif(shutil.which("rg") is None, reason="ripgrep is not installed")
+@pytest.mark.skipif(find_ripgrep() is None, reason="ripgrep is not installed")
 @pytest.mark.parametrize(
     "args",
     [

@@ -21,6 +21,7 @@ import os
 import posixpath
 import re
 import shutil
+import sys
 import stat
 import subprocess
 import tempfile
@@ -104,6 +105,12 @@ _SPANS_LINES_RE = re.compile(r"\(\?<?[=!]|\\[AZzG]|\(\?[a-zA-Z]*-|\(\*|\(\?>|[*+
 # POSIX classes are ASCII-only in ripgrep but Unicode in the regex module, so ripgrep could rule
 # out a file that Python would match: such patterns skip the ripgrep prefilter.
 _NARROWER_IN_RG_RE = re.compile(r"\[:")
+
+
+def find_ripgrep() -> str | None:
+    """`rg` on PATH, or beside the running Python: `pip install ripgrep` puts it in the virtualenv's
+    bin folder, which is not on PATH unless the virtualenv is activated."""
+    return shutil.which("rg") or shutil.which("rg", path=os.path.dirname(sys.executable))
 
 
 class RepoError(Exception):
@@ -489,7 +496,7 @@ class Repo:
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         use_ripgrep: bool = True,
     ) -> Repo:
-        """Open a source tree; `use_ripgrep` lets grep use `rg` when it is on PATH."""
+        """Open a source tree; `use_ripgrep` lets grep use `rg` when there is one (`find_ripgrep`)."""
         if max_result_bytes < MIN_RESULT_BYTES:
             raise RepoError(f"max_result_bytes must be at least {MIN_RESULT_BYTES}")
         if timeout_seconds <= 0:
@@ -505,7 +512,7 @@ class Repo:
             max_result_bytes=max_result_bytes,
             timeout_seconds=timeout_seconds,
             git_exe=shutil.which("git"),
-            rg_exe=shutil.which("rg") if use_ripgrep else None,
+            rg_exe=find_ripgrep() if use_ripgrep else None,
         )
 
     # -- code tools ----------------------------------------------------------------------------
