@@ -13,7 +13,8 @@ import zstandard
 
 import halo_rlm
 from halo_rlm import files, normalize
-from halo_rlm.store import StrictError, TraceStore
+from halo_rlm.ingest import Ingest, StrictError
+from halo_rlm.store import TraceStore
 
 
 def ingest(store_path: Path, *paths: Path | str, **kwargs: Any) -> tuple[TraceStore, Any]:
@@ -214,7 +215,7 @@ def test_bulk_load_matches_reading_line_by_line(store_path: Path, tmp_path: Path
     query = f"SELECT {', '.join(columns)} FROM spans ORDER BY trace_id, span_id"
     bulk, _ = ingest(store_path, corpus)
     assert rows(bulk, "SELECT count(*), count(line_no) FROM spans")[0][1] == 0  # loaded in one statement
-    monkeypatch.setattr(TraceStore, "_bulk_load", lambda *args: False)
+    monkeypatch.setattr(Ingest, "_bulk_load", lambda *args: False)
     streamed, _ = ingest(tmp_path / "streamed.duckdb", corpus)
     assert rows(streamed, "SELECT count(line_no) = count(*) FROM spans") == [(True,)]
     assert rows(bulk, query) == rows(streamed, query)

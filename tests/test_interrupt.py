@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from halo_rlm import files
+from halo_rlm.ingest import Ingest
 from halo_rlm.simulate import simulate
 from halo_rlm.store import TraceStore
 
@@ -56,20 +57,20 @@ def test_exception_mid_file_then_resume(tmp_path: Path, monkeypatch: pytest.Monk
         store.ingest([str(corpus)])
 
     monkeypatch.setattr(files, "BATCH_BYTES", 200_000)
-    original = TraceStore._load_batch
+    original = Ingest._load_batch
     calls = {"n": 0}
 
-    def flaky(self: TraceStore, *args: object, **kwargs: object) -> bool:
+    def flaky(self: Ingest, *args: object, **kwargs: object) -> bool:
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)  # type: ignore[arg-type]
 
     broken = tmp_path / "broken.duckdb"
-    monkeypatch.setattr(TraceStore, "_load_batch", flaky)
+    monkeypatch.setattr(Ingest, "_load_batch", flaky)
     with TraceStore.open(broken) as store, pytest.raises(KeyboardInterrupt):
         store.ingest([str(corpus)])
-    monkeypatch.setattr(TraceStore, "_load_batch", original)
+    monkeypatch.setattr(Ingest, "_load_batch", original)
 
     # Consistent after the interruption: marked partial, and everything up to the resume point is in.
     # (A batch after it may have committed too: batches load two at a time; the re-run re-reads it.)

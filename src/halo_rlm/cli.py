@@ -37,6 +37,7 @@ from halo_rlm.detect import Thresholds, analyze
 from halo_rlm.engine import (
     DEFAULT_MODEL, DEFAULT_PROMPT, AgentOutputItem, AgentTextDelta, EngineConfig, EngineError, stream_engine_async,
 )
+from halo_rlm.ingest import IngestReport, StrictError
 from halo_rlm.langfuse import LangfuseFilters, LangfuseSource
 from halo_rlm.llm import LLMError
 from halo_rlm.models import TraceFilters
@@ -47,7 +48,7 @@ from halo_rlm.report import Report, cite, json_schema, verify
 from halo_rlm.report import to_markdown as report_markdown
 from halo_rlm.report import write as write_report
 from halo_rlm.simulate import simulate
-from halo_rlm.store import IngestReport, StoreError, StrictError, TraceStore, cache_dir, default_store_path
+from halo_rlm.store import StoreError, TraceStore, cache_dir, default_store_path
 
 # Piped output gets a wider page than rich's default 80 columns, so tables stay readable in logs.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)

@@ -1,43 +1,29 @@
 """The trace store: one DuckDB file holding canonical spans (plus each span's raw record), per-trace
 rollups, rejected records and the inputs they came from.
 
-Only this module speaks SQL to DuckDB. Ingest takes one of three roads per file, all ending in the
-same normalising SQL (`normalize.py`):
-
-- a file of flat spans loads in one statement that DuckDB spreads over every core (`_bulk_load`);
-- a format only the Python decoders read (OTLP/JSON, Phoenix span JSON) is decoded line by line into
-  a staging file of flat spans, which then loads the same way (`_ingest_decoded`);
-- any other flat file (compressed, on stdin, grown since last time, or with bad lines) streams in
-  batches, each committed with the input's resume offset (`_ingest_stream`), so every good line is
-  kept, every bad one is reported with its line number, and a killed run carries on where it stopped.
-
-The one-statement roads commit whole or not at all: an interrupted run reads the file again.
+This module opens the store (creating its schema, or locking a read-only one down for untrusted
+SQL), hands out connections, and answers questions about it: queries, views, search and read-only
+SQL. Filling it is `ingest.py`'s job; only these two modules speak SQL to DuckDB.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import threading
 import time
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import numpy as np
 import orjson
 import platformdirs
-import pyarrow as pa
 import regex
 
-from halo_rlm import decode, files, normalize
+from halo_rlm import files, normalize
 from halo_rlm.decode import iso_to_ns
 from halo_rlm.models import (
     Count,
@@ -56,12 +42,11 @@ from halo_rlm.models import (
     ns_to_iso,
 )
 
+if TYPE_CHECKING:
+    from halo_rlm.ingest import IngestReport, Progress
+
 SCHEMA_VERSION = 2
-DOCUMENT_LIMIT = 1 << 30  # a single JSON document (not JSONL) is parsed whole; refuse beyond this
-NOT_TRACE_DATA_AFTER = 1000  # stop reading a file whose first N records all fail
-EXCERPT_BYTES = 200
 INGEST_MEMORY = "512MB"
-WRITERS = 2  # batches loaded at once, each on its own connection (one batch is too small for DuckDB to split)
 
 TRACE_COLUMNS = """
   trace_id VARCHAR PRIMARY KEY, span_count INTEGER, llm_spans INTEGER, tool_spans INTEGER,
@@ -73,84 +58,9 @@ TRACE_COLUMNS = """
   orphan_spans INTEGER, in_flight_spans INTEGER, raw_bytes BIGINT
 """
 
-ROLLUP_SQL = """
-INSERT INTO traces
-SELECT
-  trace_id, count(*), count(*) FILTER (kind = 'LLM'), count(*) FILTER (kind = 'TOOL'),
-  count(*) FILTER (status = 'ERROR'), bool_or(status = 'ERROR'),
-  min(start_ns), max(coalesce(end_ns, start_ns)), max(coalesce(end_ns, start_ns)) - min(start_ns),
-  arg_min(span_id, {'orphan_or_child': parent_id IS NOT NULL, 'start': start_ns}),
-  arg_min(name, {'orphan_or_child': parent_id IS NOT NULL, 'start': start_ns}),
-  arg_min(status_message, {'orphan_or_child': parent_id IS NOT NULL, 'start': start_ns}),
-  list_sort(list_distinct(list(service))), list_sort(list_distinct(list(agent_name))),
-  list_sort(list_distinct(list(model))), list_sort(list_distinct(list(tool_name))),
-  sum(input_tokens) FILTER (kind = 'LLM'), sum(output_tokens) FILTER (kind = 'LLM'),
-  sum(total_tokens) FILTER (kind = 'LLM'), sum(cache_read_tokens) FILTER (kind = 'LLM'),
-  sum(reasoning_tokens) FILTER (kind = 'LLM'), sum(cost) FILTER (kind = 'LLM'),
-  arg_min(session_id, start_ns) FILTER (session_id IS NOT NULL),
-  arg_min(user_id, start_ns) FILTER (user_id IS NOT NULL),
-  count(*) FILTER (is_orphan), count(*) FILTER (end_ns IS NULL), sum(raw_bytes)
-FROM spans
-WHERE trace_id IN (SELECT trace_id FROM touched)
-GROUP BY trace_id
-"""
-
 
 class StoreError(Exception):
     """A problem with the store or its inputs; the message says what and where."""
-
-
-class StrictError(StoreError):
-    """`--strict` met a bad record."""
-
-
-@dataclass
-class Reject:
-    line_no: int
-    reason: str
-    excerpt: bytes | str
-
-
-@dataclass
-class BatchOutcome:
-    spans: int
-    rejects: list[Reject]
-    python_first: bool  # most lines needed the Python decoders: skip the SQL attempt from now on
-
-
-@dataclass
-class InputReport:
-    path: str
-    status: str  # ingested | resumed | unchanged | failed
-    spans: int = 0
-    rejected: int = 0
-    repaired: int = 0
-    duplicates: int = 0  # spans already in the store (same trace and span id), merged into one
-    bytes: int = 0
-    seconds: float = 0.0
-    message: str | None = None
-
-
-@dataclass
-class IngestReport:
-    store: str
-    inputs: list[InputReport] = field(default_factory=list)
-    reject_reasons: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def spans(self) -> int:
-        return sum(i.spans for i in self.inputs)
-
-    @property
-    def rejected(self) -> int:
-        return sum(i.rejected for i in self.inputs)
-
-    @property
-    def duplicates(self) -> int:
-        return sum(i.duplicates for i in self.inputs)
-
-
-Progress = Callable[[int, int], None]  # (bytes read in this input, spans added in this input)
 
 
 def default_store_path(inputs: Sequence[files.InputFile]) -> Path:
@@ -239,7 +149,7 @@ class TraceStore:
         """Stop the query running on this connection (from another thread)."""
         self.con.interrupt()
 
-    def _one(self, sql: str, params: Any = None) -> tuple[Any, ...] | None:
+    def first_row(self, sql: str, params: Any = None) -> tuple[Any, ...] | None:
         """The first row of a query. DuckDB refuses new work while a result is unfinished, so the
         result is always read to the end."""
         rows = self.con.execute(sql, params).fetchall()
@@ -264,7 +174,7 @@ class TraceStore:
                 raise StoreError(f"{self.path}: not a HALO store (a DuckDB file without HALO's tables)")
             self._create_schema()
             return
-        found = self._one("SELECT value FROM meta WHERE key = 'schema_version'")
+        found = self.first_row("SELECT value FROM meta WHERE key = 'schema_version'")
         if found is None or found[0] != str(SCHEMA_VERSION):
             raise StoreError(
                 f"{self.path}: store schema version {found and found[0]} is not {SCHEMA_VERSION}; "
@@ -273,7 +183,7 @@ class TraceStore:
 
     def _create_schema(self) -> None:
         span_columns = ", ".join(f"{name} {kind}" for name, kind in normalize.SPAN_COLUMNS)
-        with self._transaction():
+        with self.transaction():
             self.con.execute(f"CREATE TABLE spans ({span_columns})")
             self.con.execute(f"CREATE TABLE traces ({TRACE_COLUMNS})")
             self.con.execute("""CREATE TABLE inputs (
@@ -286,7 +196,8 @@ class TraceStore:
             self.con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def transaction(self) -> Iterator[None]:
+        """One transaction on this connection: committed at the end, rolled back on any exception."""
         self.con.execute("BEGIN TRANSACTION")
         try:
             yield
@@ -306,495 +217,33 @@ class TraceStore:
     ) -> IngestReport:
         """Ingest files, directories, globs or "-" (stdin). Files already ingested whole are skipped,
         a file ingested part-way is finished, a file that grew is read from where it ended."""
-        report = IngestReport(self.path)
+        from halo_rlm.ingest import Ingest  # imported here: ingest.py builds on this module
+
         self._writable()
-        for inp in files.resolve(paths):
-            started = time.perf_counter()
-            result = self._ingest_input(inp, strict, progress(inp) if progress else None, report)
-            result.seconds = time.perf_counter() - started
-            report.inputs.append(result)
-        return report
+        return Ingest(self, strict=strict).load_files(paths, progress)
 
     def ingest_records(self, records: Iterable[Any], *, source: str) -> IngestReport:
         """Ingest already-parsed records (OTLP requests, span dicts, ...) from a collector or importer.
         `source` names them in the inputs table; each call is one input."""
-        report = IngestReport(self.path)
+        from halo_rlm.ingest import Ingest  # imported here: ingest.py builds on this module
+
         self._writable()
-        input_id = self._new_input(files.InputFile(source), compression=None)
-        lines = (orjson.dumps(record) for record in records)
-        result = InputReport(source, "ingested")
-        self._ingest_lines(input_id, _numbered(lines), result, report, strict=False, progress=None)
-        result.duplicates = self._finish_inputs([input_id], status="complete", offset=0, line=0)
-        report.inputs.append(result)
-        return report
-
-    def _ingest_input(
-        self, inp: files.InputFile, strict: bool, progress: Progress | None, report: IngestReport
-    ) -> InputReport:
-        result = InputReport(inp.path, "ingested")
-        existing = None if inp.is_stdin else self._input_by_path(inp.path)
-        start_offset = start_line = 0
-        if existing is not None:
-            input_id, identity, status, resume_offset, resume_line, old_size = existing
-            if identity == inp.identity and status == "complete":
-                result.status = "unchanged"
-                return result
-            grown = inp.size is not None and old_size is not None and inp.size >= old_size
-            if status == "partial" or (grown and self._is_append(inp, input_id)):
-                # A bulk-loaded file did not count its lines: count them now, to number the new ones.
-                start_offset = resume_offset
-                start_line = files.count_lines(inp.path, resume_offset) if resume_line is None else resume_line
-                result.status = "resumed"
-                with self._transaction():  # batches that committed after the first gap are read again
-                    for table in ("spans", "rejects"):
-                        self.con.execute(f"DELETE FROM {table} WHERE input_id = ? AND line_no > ?",
-                                         [input_id, start_line])
-            else:
-                self._forget_input(input_id)
-            self.con.execute(
-                "UPDATE inputs SET identity = ?, size = ?, mtime_ns = ?, status = 'partial' WHERE input_id = ?",
-                [inp.identity, inp.size, inp.mtime_ns, input_id],
-            )
-            if result.status != "resumed":
-                self.con.execute(
-                    "UPDATE inputs SET resume_offset = 0, resume_line = 0, spans = 0, rejected = 0, repaired = 0 "
-                    "WHERE input_id = ?", [input_id])
-        else:
-            input_id = None
-        stream, compression = files.open_input(inp)
-        if input_id is None:
-            input_id = self._new_input(inp, compression)
-        try:
-            head = stream.read(65536)
-            if start_offset == 0 and not head.strip():
-                result.status, result.message = "failed", f"not trace data: {files.file_kind(head)}"
-                self._finish_inputs([input_id], status="complete", offset=0, line=0)
-                return result
-            chained = _Chain(head, stream)
-            flat = _starts_with_flat_span(head)
-            if start_offset == 0 and _is_document(head):
-                self._ingest_document(input_id, chained, result, report, strict)
-                end_offset, end_line = result.bytes, 0
-            elif (start_offset == 0 and compression is None and not inp.is_stdin and flat
-                  and self._bulk_load(input_id, inp, result, progress)):
-                end_offset, end_line = result.bytes, None
-            elif start_offset == 0 and not flat:
-                end_offset, end_line = self._ingest_decoded(input_id, chained, result, report, strict, progress)
-            else:
-                end_offset, end_line = self._ingest_stream(
-                    input_id, chained, start_offset, start_line, result, report, strict, progress
-                )
-        except StrictError:
-            raise
-        except files.CorruptInput as exc:  # before any span was read
-            result.status, result.message = "failed", str(exc)
-            self._forget_input(input_id)
-            return result
-        except _NotTraceData as exc:
-            result.status, result.message = "failed", str(exc) or self._not_trace_data(input_id, head)
-            self._forget_input(input_id)
-            return result
-        finally:
-            if not inp.is_stdin:
-                stream.close()
-        if result.spans == 0 and (result.rejected or result.message) and start_offset == 0:
-            result.status, result.message = "failed", result.message or self._not_trace_data(input_id, head)
-            self._forget_input(input_id)
-            return result
-        result.duplicates = self._finish_inputs([input_id], status="complete", offset=end_offset, line=end_line)
-        if compression is None and not inp.is_stdin:
-            self.con.execute("UPDATE inputs SET tail_digest = ? WHERE input_id = ?",
-                             [files.tail_digest(inp.path, end_offset), input_id])
-        return result
-
-    def _bulk_load(self, input_id: int, inp: files.InputFile, result: InputReport,
-                   progress: Progress | None) -> bool:
-        """Load a whole file of flat spans in one statement, which DuckDB spreads over every core.
-        Anything unusual in the file (a line that is not a span, malformed JSON or UTF-8, a line over
-        `normalize.BULK_OBJECT_BYTES`) rolls the statement back and returns False: the caller then
-        reads the file line by line, which keeps every good line and reports each bad one. Spans
-        loaded this way have no `line_no`."""
-        def every_record_is_a_span(loader: TraceStore) -> bool:
-            found = loader._one("SELECT count(*) FROM spans WHERE input_id = ? AND (trace_id IS NULL OR "
-                                "span_id IS NULL OR trace_id = '' OR span_id = '')", [input_id])
-            return not (found and found[0])
-
-        size = inp.size or 0
-        try:
-            spans = self._load_in_one_statement(
-                normalize.BULK_INSERT_SQL, {"input_id": input_id, "path": inp.path, "compression": "none"},
-                lambda share: progress(int(size * share), 0) if progress else None, every_record_is_a_span)
-        except duckdb.Error:
-            return False
-        if spans is None:
-            return False
-        result.spans, result.bytes = spans, size
-        if progress:
-            progress(size, spans)
-        return True
-
-    def _ingest_decoded(self, input_id: int, stream: Any, result: InputReport, report: IngestReport, strict: bool,
-                        progress: Progress | None) -> tuple[int, int]:
-        """Formats only the Python decoders read (OTLP/JSON, Phoenix span JSON, ...): decode line by
-        line into a staging file of flat spans beside the store, then load it in one statement that
-        DuckDB spreads over every core. Rejects are recorded as they are found; the spans commit
-        together at the end, so an interrupted run reads the file again."""
-        staging = Path(f"{self.path}.{input_id}.staging.jsonl")
-        offset = line = staged = 0
-        try:
-            with staging.open("wb") as out:
-                for item in _stop_at_damage(files.read_lines(stream), result):
-                    if isinstance(item, files.OversizeLine):
-                        rejects = [_oversize_reject(item)]
-                    else:
-                        numbers, spans, rejects = _decode(zip(_as_list(item.line_numbers), item.lines.to_pylist(),
-                                                              strict=True))
-                        for number, span in zip(numbers, spans, strict=True):
-                            if len(span) < normalize.BULK_OBJECT_BYTES - 100:
-                                out.write(b'{"line":%d,"span":%b}\n' % (number, span))
-                                staged += 1
-                            else:  # too long for the staging file's reader: on its own, now
-                                with self._transaction():
-                                    result.spans += len(self._insert(pa.table({
-                                        "line_no": pa.array([number], pa.int64()),
-                                        "raw": pa.array([span.decode()], pa.large_string())}), input_id))
-                        offset, line = item.end_offset, item.end_line
-                        result.repaired += len(item.repaired_lines)
-                    if rejects:
-                        with self._transaction():
-                            self._apply(BatchOutcome(0, self._record_rejects(input_id, rejects, result.path, strict),
-                                                     True), result, report)
-                    result.bytes = offset
-                    if progress:
-                        progress(offset, staged)
-                    if staged == 0 and result.rejected >= NOT_TRACE_DATA_AFTER:
-                        raise _NotTraceData()
-            if staged:
-                loaded = self._load_in_one_statement(normalize.STAGED_INSERT_SQL,
-                                                     {"input_id": input_id, "path": str(staging)})
-                result.spans += loaded or 0
-        finally:
-            staging.unlink(missing_ok=True)
-        return offset, line
-
-    def _load_in_one_statement(
-        self,
-        sql: str,
-        params: dict[str, Any],
-        on_progress: Callable[[float], None] | None = None,
-        acceptable: Callable[[TraceStore], bool] | None = None,
-    ) -> int | None:
-        """Run one bulk INSERT in a transaction of its own, on a connection of its own so that it can
-        report progress (`on_progress(share done)`) and stop at Ctrl-C. Returns the rows inserted, or
-        None when `acceptable` turned the result down and it was rolled back."""
-        loader = self.cursor()
-        try:
-            loader.con.execute("SET enable_progress_bar = true")  # DuckDB tracks progress only when on
-            loader.con.execute("SET enable_progress_bar_print = false")
-            loader.con.execute("BEGIN TRANSACTION")
-            with ThreadPoolExecutor(1, thread_name_prefix="halo-bulk") as pool:
-                done = pool.submit(loader._one, sql, params)
-                try:
-                    while True:
-                        try:
-                            rows = int(done.result(timeout=0.2)[0])  # type: ignore[index]
-                            break
-                        except TimeoutError:
-                            if on_progress and (share := loader.con.query_progress()) > 0:
-                                on_progress(share / 100)
-                except BaseException:
-                    loader.interrupt()
-                    raise
-            if acceptable is not None and not acceptable(loader):
-                loader.con.execute("ROLLBACK")
-                return None
-            loader.con.execute("COMMIT")
-            return rows
-        except BaseException:
-            loader.con.execute("ROLLBACK")
-            raise
-        finally:
-            loader.close()
-
-    def _ingest_stream(
-        self,
-        input_id: int,
-        stream: io.RawIOBase,
-        start_offset: int,
-        start_line: int,
-        result: InputReport,
-        report: IngestReport,
-        strict: bool,
-        progress: Progress | None,
-    ) -> tuple[int, int]:
-        """Load batches on `WRITERS` connections at once. Each batch commits on its own; the resume
-        offset moves past a batch only once every batch before it has committed, so after a crash
-        the next run re-reads from the first gap (spans read twice merge as duplicates)."""
-        offset, line = start_offset, start_line
-        python_first = False
-        in_flight: deque[tuple[Future[BatchOutcome], files.LineBatch]] = deque()
-
-        def settle_oldest() -> None:
-            nonlocal offset, line, python_first
-            future, batch = in_flight.popleft()
-            outcome = future.result()
-            python_first = outcome.python_first
-            self._apply(outcome, result, report)
-            result.repaired += len(batch.repaired_lines)
-            offset, line = batch.end_offset, batch.end_line
-            result.bytes = offset
-            self.con.execute("UPDATE inputs SET resume_offset = ?, resume_line = ?, rejected = ?, repaired = ? "
-                             "WHERE input_id = ?", [offset, line, result.rejected, result.repaired, input_id])
-            if progress:
-                progress(offset - start_offset, result.spans)
-            if result.spans == 0 and result.rejected >= NOT_TRACE_DATA_AFTER:
-                raise _NotTraceData()
-
-        with ThreadPoolExecutor(WRITERS, thread_name_prefix="halo-ingest") as pool:
-            try:
-                for item in _stop_at_damage(files.read_lines(stream, start_offset=start_offset,  # type: ignore[arg-type]
-                                                             start_line=start_line), result):
-                    if isinstance(item, files.OversizeLine):
-                        with self._transaction():
-                            self._apply(BatchOutcome(0, self._record_rejects(input_id, [_oversize_reject(item)],
-                                                                             result.path, strict), python_first),
-                                        result, report)
-                        continue
-                    if len(in_flight) >= WRITERS:
-                        settle_oldest()
-                    in_flight.append((pool.submit(self._write_batch, input_id, item.line_numbers, item.lines,
-                                                  result.path, strict, python_first), item))
-                while in_flight:
-                    settle_oldest()
-            except BaseException:
-                for future, _ in in_flight:
-                    future.cancel()
-                raise
-        return offset, line
-
-    def _write_batch(self, input_id: int, line_numbers: Any, lines: pa.Array, path: str, strict: bool,
-                     python_first: bool) -> BatchOutcome:
-        """One batch in one transaction, on a connection of its own (runs in a writer thread)."""
-        writer = self.cursor()  # sees the message normaliser: DuckDB registers functions database-wide
-        try:
-            with writer._transaction():
-                return writer._load_batch(input_id, line_numbers, lines, path, strict, python_first)
-        finally:
-            writer.close()
-
-    def _apply(self, outcome: BatchOutcome, result: InputReport, report: IngestReport) -> None:
-        result.spans += outcome.spans
-        result.rejected += len(outcome.rejects)
-        for reject in outcome.rejects:
-            reason = _reason_key(reject.reason)
-            report.reject_reasons[reason] = report.reject_reasons.get(reason, 0) + 1
-
-    def _ingest_lines(
-        self,
-        input_id: int,
-        numbered: Iterator[tuple[int, bytes]],
-        result: InputReport,
-        report: IngestReport,
-        *,
-        strict: bool,
-        progress: Progress | None,
-    ) -> None:
-        """Ingest (line number, JSON bytes) pairs in batches; used for decoded documents and records."""
-        batch: list[tuple[int, bytes]] = []
-        size = 0
-        for pair in numbered:
-            batch.append(pair)
-            size += len(pair[1])
-            if size >= files.BATCH_BYTES:
-                self._load_pairs(input_id, batch, result, report, strict)
-                batch, size = [], 0
-        if batch:
-            self._load_pairs(input_id, batch, result, report, strict)
-
-    def _load_pairs(
-        self, input_id: int, pairs: list[tuple[int, bytes]], result: InputReport, report: IngestReport, strict: bool
-    ) -> None:
-        numbers = pa.array([n for n, _ in pairs], type=pa.int64())
-        lines = pa.array([text.decode("utf-8", "replace") for _, text in pairs], type=pa.large_string())
-        with self._transaction():
-            self._apply(self._load_batch(input_id, numbers, lines, result.path, strict, python_first=False),
-                        result, report)
-            self.con.execute("UPDATE inputs SET rejected = ? WHERE input_id = ?", [result.rejected, input_id])
-
-    def _ingest_document(
-        self, input_id: int, stream: io.RawIOBase, result: InputReport, report: IngestReport, strict: bool
-    ) -> None:
-        """A file holding one JSON document (a pretty-printed OTLP request, a JSON array of spans)."""
-        data = stream.read(DOCUMENT_LIMIT + 1)
-        result.bytes = len(data)
-        if len(data) > DOCUMENT_LIMIT:
-            raise _NotTraceData(
-                f"a single JSON document over {DOCUMENT_LIMIT >> 30} GiB; write one record per line (JSONL)"
-            )
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise _NotTraceData(f"not trace data: {files.file_kind(data[:4096])} that is not valid JSON ({exc})")
-        try:
-            decoded = decode.decode_record(obj)
-        except decode.DecodeError as exc:
-            raise _NotTraceData(str(exc)) from exc
-        rejects = [Reject(1, error, b"") for error in decoded.errors]
-        if rejects:
-            with self._transaction():
-                self._apply(BatchOutcome(0, self._record_rejects(input_id, rejects, result.path, strict), False),
-                            result, report)
-        self._ingest_lines(
-            input_id, ((1, orjson.dumps(span)) for span in decoded.spans), result, report,
-            strict=strict, progress=None,
-        )
-
-    def _load_batch(
-        self, input_id: int, line_numbers: Any, lines: pa.Array, path: str, strict: bool, python_first: bool
-    ) -> BatchOutcome:
-        """Normalise and insert one batch of lines, in the caller's transaction. Lines DuckDB cannot
-        read as flat spans go through the Python decoders."""
-        spans = 0
-        if python_first:
-            others = list(zip(_as_list(line_numbers), lines.to_pylist(), strict=True))
-        else:
-            inserted = self._insert(pa.table({"line_no": line_numbers, "raw": lines}), input_id)
-            spans += len(inserted)
-            left = ~np.isin(np.asarray(line_numbers), inserted)
-            others = list(zip(np.asarray(line_numbers)[left].tolist(), lines.filter(pa.array(left)).to_pylist(),
-                              strict=True))
-        decoded_numbers, decoded_spans, rejects = _decode(others)
-        if decoded_spans:
-            spans += len(self._insert(pa.table({
-                "line_no": pa.array(decoded_numbers, type=pa.int64()),
-                "raw": pa.array([span.decode() for span in decoded_spans], type=pa.large_string()),
-            }), input_id))
-        # Most lines needing Python means a non-flat format (e.g. OTLP): skip the SQL attempt from now on.
-        return BatchOutcome(spans, self._record_rejects(input_id, rejects, path, strict),
-                            python_first=len(others) > len(lines) // 2)
-
-    def _insert(self, batch: pa.Table, input_id: int) -> np.ndarray:
-        """Normalise and insert the flat spans among `batch`'s lines; returns their line numbers."""
-        self.con.register("batch", batch)
-        try:
-            return self.con.execute(normalize.INSERT_SQL, {"input_id": input_id}).fetchnumpy()["line_no"]
-        finally:
-            self.con.unregister("batch")
-
-    def _record_rejects(self, input_id: int, rejects: list[Reject], path: str, strict: bool) -> list[Reject]:
-        if not rejects:
-            return rejects
-        if strict:
-            first = min(rejects, key=lambda r: r.line_no)
-            raise StrictError(f"{path}:{first.line_no}: {first.reason}")
-        table = pa.table({
-            "input_id": pa.array([input_id] * len(rejects), pa.int32()),
-            "path": pa.array([path] * len(rejects), pa.string()),
-            "line_no": pa.array([r.line_no for r in rejects], pa.int64()),
-            "reason": pa.array([r.reason for r in rejects], pa.string()),
-            "excerpt": pa.array([_excerpt(r.excerpt) for r in rejects], pa.string()),
-        })
-        self.con.register("new_rejects", table)
-        try:
-            self.con.execute("INSERT INTO rejects SELECT * FROM new_rejects")
-        finally:
-            self.con.unregister("new_rejects")
-        return rejects
-
-    # --- inputs bookkeeping -------------------------------------------------------------------
-
-    def _not_trace_data(self, input_id: int, head: bytes) -> str:
-        """One message for a file with no spans at all: what it looks like, and why its first record
-        is not a span."""
-        first = self._one("SELECT line_no, reason FROM rejects WHERE input_id = ? ORDER BY line_no LIMIT 1",
-                          [input_id])
-        reason = f"line {first[0]}: {first[1]}" if first else "no records"
-        kind = files.file_kind(head)
-        return f"not trace data: {reason}" if kind == "JSON" else f"not trace data: found {kind} ({reason})"
+        return Ingest(self).load_records(records, source)
 
     def _writable(self) -> None:
+        """Ingest needs a writable store, and on its connection the message normaliser its SQL calls
+        (registered once: DuckDB refuses a second function of the same name)."""
         if self.read_only:
             raise StoreError(f"{self.path}: the store is open read-only")
         if not self._udfs:
             normalize.register_udfs(self.con)
             self._udfs = True
 
-    def _input_by_path(self, path: str) -> tuple[Any, ...] | None:
-        return self._one(
-            "SELECT input_id, identity, status, resume_offset, resume_line, size FROM inputs WHERE path = ?", [path]
-        )
-
-    def _new_input(self, inp: files.InputFile, compression: str | None) -> int:
-        with self._transaction():
-            input_id = self._one("SELECT coalesce(max(input_id), 0) + 1 FROM inputs")[0]  # type: ignore[index]
-            self.con.execute(
-                "INSERT INTO inputs VALUES (?, ?, ?, ?, ?, ?, 'partial', 0, 0, NULL, 0, 0, 0, now(), NULL)",
-                [input_id, inp.path, inp.identity, inp.size, inp.mtime_ns, compression],
-            )
-        return int(input_id)
-
-    def _is_append(self, inp: files.InputFile, input_id: int) -> bool:
-        """A file that only grew since it was ingested: the bytes before where it ended are unchanged."""
-        row = self._one("SELECT resume_offset, tail_digest FROM inputs WHERE input_id = ?", [input_id])
-        return row is not None and row[1] is not None and files.tail_digest(inp.path, row[0]) == row[1]
-
-    def _forget_input(self, input_id: int) -> None:
-        with self._transaction():
-            self.con.execute(
-                "CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT trace_id FROM spans WHERE input_id = ?",
-                [input_id],
-            )
-            self.con.execute("DELETE FROM spans WHERE input_id = ?", [input_id])
-            self.con.execute("DELETE FROM rejects WHERE input_id = ?", [input_id])
-            self._refresh_touched()
-
-    def _finish_inputs(self, input_ids: list[int], *, status: str, offset: int, line: int) -> int:
-        """Dedupe, flag orphans and rebuild rollups for every trace the inputs touched; returns how
-        many duplicate spans were merged."""
-        placeholders = ", ".join("?" for _ in input_ids)
-        with self._transaction():
-            self.con.execute(
-                f"CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT trace_id FROM spans "
-                f"WHERE input_id IN ({placeholders})", input_ids,
-            )
-            merged = self._refresh_touched()
-            self.con.execute(
-                f"UPDATE inputs SET status = ?, resume_offset = ?, resume_line = ?, finished_at = now(), "
-                f"spans = (SELECT count(*) FROM spans WHERE spans.input_id = inputs.input_id) "
-                f"WHERE input_id IN ({placeholders})", [status, offset, line, *input_ids],
-            )
-        return merged
-
-    def _refresh_touched(self) -> int:
-        # Duplicates: keep a finished copy over an in-flight one, then the first ingested (a bulk-loaded
-        # file has no line numbers: the raw record decides, so the choice does not vary between runs).
-        merged = self._one("""
-            DELETE FROM spans WHERE rowid IN (
-              SELECT rid FROM (
-                SELECT s.rowid AS rid, row_number() OVER (
-                  PARTITION BY s.trace_id, s.span_id ORDER BY s.end_ns IS NULL, s.input_id, s.line_no, s.raw) AS rn
-                FROM spans s
-                SEMI JOIN (SELECT trace_id, span_id FROM spans WHERE trace_id IN (SELECT trace_id FROM touched)
-                           GROUP BY ALL HAVING count(*) > 1) d
-                  ON s.trace_id = d.trace_id AND s.span_id = d.span_id)
-              WHERE rn > 1)""")
-        self.con.execute("""
-            UPDATE spans SET is_orphan = o.orphan
-            FROM (SELECT s.rowid AS rid, s.parent_id IS NOT NULL AND p.span_id IS NULL AS orphan, s.is_orphan
-                  FROM spans s
-                  LEFT JOIN spans p ON p.trace_id = s.trace_id AND p.span_id = s.parent_id
-                  WHERE s.trace_id IN (SELECT trace_id FROM touched)) o
-            WHERE spans.rowid = o.rid AND o.orphan IS DISTINCT FROM o.is_orphan""")
-        self.con.execute("DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM touched)")
-        self.con.execute(ROLLUP_SQL)
-        return int(merged[0]) if merged else 0
-
-
     # --- queries ------------------------------------------------------------------------------
 
     def count_traces(self, filters: TraceFilters | None = None) -> int:
         where, params = self._where(filters)
-        return int(self._one(f"SELECT count(*) FROM traces t WHERE {where}", params)[0])  # type: ignore[index]
+        return int(self.first_row(f"SELECT count(*) FROM traces t WHERE {where}", params)[0])  # type: ignore[index]
 
     def query_traces(
         self,
@@ -866,8 +315,8 @@ class TraceStore:
             kinds=kinds, input_tokens=totals["input_tokens"], output_tokens=totals["output_tokens"],
             cost=round(totals["cost"], 6), orphan_spans=totals["orphan_spans"],
             in_flight_spans=totals["in_flight_spans"],
-            rejected_records=int(self._one("SELECT count(*) FROM rejects")[0]),  # type: ignore[index]
-            inputs=int(self._one("SELECT count(*) FROM inputs")[0]),  # type: ignore[index]
+            rejected_records=int(self.first_row("SELECT count(*) FROM rejects")[0]),  # type: ignore[index]
+            inputs=int(self.first_row("SELECT count(*) FROM inputs")[0]),  # type: ignore[index]
             raw_bytes=totals["raw_bytes"], error_groups=self.error_groups(filters, top=top, _selected=True),
             sample_trace_ids=samples, lists_capped_at=top,
         )
@@ -1145,11 +594,6 @@ class TraceStore:
             timer.cancel()
 
 
-class _NotTraceData(Exception):
-    pass
-
-
-
 class _Timeout(Exception):
     pass
 
@@ -1387,132 +831,6 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     return str(value)
 
-
-def _stop_at_damage(batches: Iterator[Any], result: InputReport) -> Iterator[Any]:
-    """Yield batches until the compressed data breaks; the lines before the damage are kept and the
-    input's message says where it broke."""
-    try:
-        yield from batches
-    except files.CorruptInput as exc:
-        result.message = str(exc)
-
-
-class _Chain(io.RawIOBase):
-    """A stream that first returns `head` (already read, for sniffing) and then the rest."""
-
-    def __init__(self, head: bytes, rest: Any) -> None:
-        self.head, self.rest = head, rest
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        if self.head:
-            if size < 0:
-                data, self.head = self.head + self.rest.read(), b""
-                return data
-            data, self.head = self.head[:size], self.head[size:]
-            if len(data) < size:
-                data += self.rest.read(size - len(data))
-            return data
-        return self.rest.read(size)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        # Used only to resume at a byte offset from the start.
-        if whence != 0 or self.head == b"":
-            raise io.UnsupportedOperation("seek")
-        if offset <= len(self.head):
-            self.head = self.head[offset:]
-            return offset
-        skip = offset - len(self.head)
-        self.head = b""
-        try:
-            self.rest.seek(skip, 1)
-        except (OSError, io.UnsupportedOperation, AttributeError):
-            files._skip(self.rest, skip)
-        return offset
-
-
-def _is_document(head: bytes) -> bool:
-    """True when the input is one JSON document rather than one record per line."""
-    text = head.lstrip()
-    if text.startswith(b"["):
-        return True
-    if not text.startswith(b"{"):
-        return False
-    first_line = text.split(b"\n", 1)[0]
-    try:
-        orjson.loads(first_line)
-        return False
-    except orjson.JSONDecodeError:
-        # A first line that is not a whole object: a pretty-printed document, unless it is just long.
-        return b"\n" in text and len(first_line) < len(text) - 1 and first_line.rstrip().endswith((b"{", b"[", b","))
-
-
-def _decode(lines: Iterable[tuple[int, str]]) -> tuple[list[int], list[bytes], list[Reject]]:
-    """The Python decoders, for lines DuckDB does not read as flat spans: each span found as flat
-    JSON with its line's number, and a reject for each line (or part of one) that is not a span."""
-    numbers: list[int] = []
-    spans: list[bytes] = []
-    rejects: list[Reject] = []
-    for line_no, raw in lines:
-        if not raw.strip():
-            continue
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            rejects.append(Reject(line_no, _json_error(exc, raw), raw))
-            continue
-        try:
-            decoded = decode.decode_record(obj)
-        except decode.DecodeError as exc:
-            rejects.append(Reject(line_no, str(exc), raw))
-            continue
-        rejects.extend(Reject(line_no, error, raw) for error in decoded.errors)
-        for span in decoded.spans:
-            numbers.append(line_no)
-            spans.append(orjson.dumps(span))
-    return numbers, spans, rejects
-
-
-def _oversize_reject(line: files.OversizeLine) -> Reject:
-    return Reject(line.line_number, f"line of {line.size:,} bytes exceeds the {files.MAX_LINE_BYTES:,}-byte limit",
-                  line.head)
-
-
-def _starts_with_flat_span(head: bytes) -> bool:
-    """True when the first record is a span in HALO's flat format, the one the bulk load reads."""
-    try:
-        first = orjson.loads(head.lstrip().split(b"\n", 1)[0])
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(first, dict) and "trace_id" in first and "span_id" in first
-
-
-def _numbered(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
-    return ((i, line) for i, line in enumerate(lines, start=1))
-
-
-def _as_list(values: Any) -> list[int]:
-    return values.tolist() if hasattr(values, "tolist") else list(values)
-
-
-def _json_error(exc: orjson.JSONDecodeError, raw: str) -> str:
-    message = str(exc).split(":", 1)[0]
-    if exc.pos >= len(raw.encode()) - 1 or "unexpected end" in str(exc):
-        return f"invalid JSON: {message} (truncated line?)"
-    return f"invalid JSON: {message} at character {exc.pos}"
-
-
-def _excerpt(value: bytes | str) -> str:
-    data = value.encode("utf-8", "replace") if isinstance(value, str) else value
-    return data[:EXCERPT_BYTES].decode("utf-8", "replace")
-
-
-def _reason_key(reason: str) -> str:
-    """Group reasons for the summary: drop positions and the specific keys found."""
-    key = reason.split(" at character ")[0].split(" with keys ")[0]
-    return key.split(": ", 1)[1] if key.startswith(("[", "resourceSpans", ".data")) and ": " in key else key
 
 
 def _first_line(exc: Exception) -> str:
