@@ -400,8 +400,11 @@ def test_load_100k_spans_from_four_concurrent_exporters_none_lost(tmp_path: Path
 
 def halo(*args: str, **options) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    # A test run started in the background inherits SIGINT ignored, and so would the child; Ctrl-C
+    # is what these tests send, so the child gets the default disposition back.
     return subprocess.Popen([sys.executable, "-m", "halo_rlm", *args], env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, **options)
+                            stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            **options)
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

@@ -152,12 +152,16 @@ def test_killed_during_a_bulk_load_then_rerun(tmp_path: Path) -> None:
     assert snapshot(killed) == snapshot(clean)
 
 
-def test_ctrl_c_during_a_bulk_load_rolls_it_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_during_a_bulk_load_rolls_it_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                request: pytest.FixtureRequest) -> None:
     corpus = make_corpus(tmp_path / "c.jsonl", 500, first=1)
     from halo_rlm import normalize
 
     real = normalize._messages_udf
     monkeypatch.setattr(normalize, "_messages_udf", lambda column: (signal.raise_signal(signal.SIGINT), real(column))[1])
+    # Ctrl-C raises KeyboardInterrupt even when this test run was started in the background (SIGINT ignored).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     store_path = tmp_path / "s.duckdb"
     with TraceStore.open(store_path) as store, pytest.raises(KeyboardInterrupt):
         store.ingest([str(corpus)])
