@@ -37,11 +37,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from store_bench import ingest, measure  # noqa: E402  (this script's folder is on sys.path)
+from store_bench import ingest, measure
 
-from halo_rlm.report import Finding, Report  # noqa: E402
-from halo_rlm.simulate import GroundTruth, simulate  # noqa: E402
-from halo_rlm.store import TraceStore  # noqa: E402
+from halo_rlm.report import Finding, Report
+from halo_rlm.simulate import GroundTruth, simulate
+from halo_rlm.store import TraceStore
 
 MIN_RECALL = 0.9
 MIN_PRECISION = 0.9

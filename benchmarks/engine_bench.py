@@ -30,12 +30,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
-from scripted_llm import Call, ChatRequest, ScriptedLLM, Text, ToolCalls  # noqa: E402
+from scripted_llm import Call, ChatRequest, ScriptedLLM, Text, ToolCalls
 
-from halo_rlm import llm as llm_module  # noqa: E402
-from halo_rlm.engine import EngineConfig, stream_engine_async  # noqa: E402
-from halo_rlm.simulate import simulate  # noqa: E402
-from halo_rlm.store import TraceStore  # noqa: E402
+from halo_rlm import llm as llm_module
+from halo_rlm.engine import EngineConfig, stream_engine_async
+from halo_rlm.simulate import simulate
+from halo_rlm.store import TraceStore
 
 
 class TurnClock:

@@ -27,7 +27,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from halo_rlm.simulate import simulate  # noqa: E402
+from halo_rlm.simulate import simulate
 
 EXAMPLES = ROOT / "src" / "halo_rlm" / "examples" / "traces.jsonl.gz"
 FIXTURES = ROOT.parent / "shared" / "fixtures"  # read when present, never copied

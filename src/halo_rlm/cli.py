@@ -35,7 +35,13 @@ from halo_rlm import __version__, files, importers
 from halo_rlm.collect import DEFAULT_PORT, CollectError, Collector, CollectorStats, serve
 from halo_rlm.detect import Thresholds, analyze
 from halo_rlm.engine import (
-    DEFAULT_MODEL, DEFAULT_PROMPT, AgentOutputItem, AgentTextDelta, EngineConfig, EngineError, stream_engine_async,
+    DEFAULT_MODEL,
+    DEFAULT_PROMPT,
+    AgentOutputItem,
+    AgentTextDelta,
+    EngineConfig,
+    EngineError,
+    stream_engine_async,
 )
 from halo_rlm.ingest import IngestReport, StrictError
 from halo_rlm.langfuse import LangfuseFilters, LangfuseSource

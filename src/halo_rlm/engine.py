@@ -27,11 +27,20 @@ from halo_rlm import report as reports
 from halo_rlm.files import resolve
 from halo_rlm.llm import LLM, ContextOverflow, LLMError, ModelConfig, Provider, ReasoningEffort, Timeout
 from halo_rlm.pricing import Price, Prices
-from halo_rlm.store import StoreError, TraceStore, default_store_path
 from halo_rlm.repo import Repo, RepoError
+from halo_rlm.store import StoreError, TraceStore, default_store_path
 from halo_rlm.telemetry import OFF, Off, Telemetry, start_telemetry
 from halo_rlm.tools import (
-    FINAL_TOOL, SUBAGENT_TOOL, TRACE_TOOLS, FindingInput, Tool, ToolError, category, fit, repo_tools, unknown_tool,
+    FINAL_TOOL,
+    SUBAGENT_TOOL,
+    TRACE_TOOLS,
+    FindingInput,
+    Tool,
+    ToolError,
+    category,
+    fit,
+    repo_tools,
+    unknown_tool,
     validate,
 )
 

@@ -251,7 +251,7 @@ class LLM:
             raise Timeout(f"{self.provider.url}: the run's time budget ran out before calling model {model!r}")
         try:
             await asyncio.wait_for(consume(), remaining)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise Timeout(f"{self.provider.url}: model {model!r} did not answer before the run's time budget ran "
                           f"out") from exc
         if finish is None:

@@ -6,7 +6,7 @@ it helps, how to narrow the question; the engine hands these to the model as JSO
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -228,4 +228,4 @@ def ns_to_iso(ns: int | None) -> str | None:
 @lru_cache(maxsize=4096)
 def _utc_second(seconds: int) -> str:
     # Spans written together mostly share their second; formatting it is most of the cost.
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")

@@ -18,7 +18,7 @@ from pydantic import AliasChoices, Field, ValidationError
 from halo_rlm import sandbox
 from halo_rlm.llm import LLMError
 from halo_rlm.models import TraceFilters
-from halo_rlm.store import StoreError, TraceStore
+from halo_rlm.store import StoreError
 from halo_rlm.tools import Tool, _Args
 
 if TYPE_CHECKING:

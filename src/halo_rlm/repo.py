@@ -21,9 +21,9 @@ import os
 import posixpath
 import re
 import shutil
-import sys
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time

@@ -140,7 +140,7 @@ async def in_thread(agent: Agent, work: Callable[[TraceStore], Any]) -> Any:
 
     try:
         return await asyncio.wait_for(asyncio.to_thread(on_borrowed_connection), agent.run.config.tool_timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         if connection:
             connection[0].interrupt()
         raise ToolError(f"the call took over {agent.run.config.tool_timeout:g}s and was stopped; narrow it "
@@ -347,7 +347,7 @@ def repo_tools(repo: Repo) -> list[Tool]:
         async def run(args: Any, agent: Agent) -> Any:
             try:
                 return await asyncio.wait_for(asyncio.to_thread(spec.call, args), agent.run.config.tool_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise ToolError(f"{spec.name} took over {agent.run.config.tool_timeout:g}s; narrow it") from None
             except (RepoError, OSError) as exc:
                 raise ToolError(str(exc)) from None
