@@ -230,8 +230,9 @@ def test_a_failed_run_still_writes_its_spans_with_the_error(store: TraceStore, t
         async for _ in stream_engine_async("Find the failures.", config, store=store):
             pass
 
-    with ScriptedLLM(HTTPError.invalid_api_key()) as llm, pytest.raises(LLMError):
+    with ScriptedLLM(HTTPError.invalid_api_key()) as llm, pytest.raises(LLMError) as failed:
         asyncio.run(failing(llm))
+    assert failed.value.__notes__ == [f"Telemetry of this run: {path}"]  # the CLI prints it with the error
     spans = read_back(path, tmp_path)
     by_name = {s["name"]: s for s in spans}
     assert by_name["halo.llm scripted-model"]["status"] == "ERROR"

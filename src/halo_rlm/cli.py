@@ -1008,7 +1008,7 @@ def run_engine_live(prompt: str, config: EngineConfig, store_path: str, *, as_js
                 return asyncio.run(consume())
         return asyncio.run(consume())
     except (EngineError, LLMError, StoreError) as exc:
-        fail(str(exc))
+        fail("\n".join([str(exc), *getattr(exc, "__notes__", ())]))
     except KeyboardInterrupt:
         fail("interrupted", code=130)
     finally:

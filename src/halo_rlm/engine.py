@@ -682,6 +682,8 @@ async def _drive(run: Run, prompt: str, history: list[dict[str, Any]], inputs: l
     except asyncio.CancelledError:
         raise
     except BaseException as exc:  # surfaced to the consumer, after every item emitted so far
+        if run.telemetry.destination:  # a failed run is the one whose trace is most wanted
+            exc.add_note(f"Telemetry of this run: {run.telemetry.destination}")
         run.queue.put_nowait(exc)
 
 
