@@ -142,9 +142,8 @@ def test_bad_spans_are_rejected_as_partial_success_and_the_good_ones_kept(collec
     response = httpx.post(collector.traces_url, content=body, headers=JSON)
     assert response.status_code == 200
     partial = response.json()["partialSuccess"]
-    assert partial["rejectedSpans"] == "3"
+    assert partial["rejectedSpans"] == "2"  # an integer past int64 does not cost its span: it is kept as text
     assert "missing trace id" in partial["errorMessage"] and "not an object" in partial["errorMessage"]
-    assert "Integer exceeds 64-bit range" in partial["errorMessage"]
 
     request = encode_spans(agent_spans(1))
     request.resource_spans[0].scope_spans[0].spans[0].span_id = b""
@@ -154,8 +153,8 @@ def test_bad_spans_are_rejected_as_partial_success_and_the_good_ones_kept(collec
     assert answer.partial_success.rejected_spans == 1 and "missing span id" in answer.partial_success.error_message
 
     stats = collector.stop()
-    assert (stats.spans, stats.rejected_spans) == (3, 4)
-    assert len(stored(collector.store_path)) == 3
+    assert (stats.spans, stats.rejected_spans) == (4, 3)
+    assert len(stored(collector.store_path)) == 4
 
 
 def test_full_success_answers_an_empty_protobuf_response(collector: Collector) -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import orjson
-from hypothesis import HealthCheck, given, settings
+import pyarrow as pa
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from halo_rlm import normalize
 from halo_rlm.decode import DecodeError, decode_record
 from halo_rlm.store import TraceStore
 
@@ -115,3 +118,33 @@ def test_every_line_is_ingested_or_rejected(records: list[bytes], newline: bytes
             spans = store.con.execute("SELECT count(*) FROM spans").fetchall()[0][0]
             traces = store.con.execute("SELECT coalesce(sum(span_count), 0) FROM traces").fetchall()[0][0]
             assert spans == traces  # rollups agree with the spans
+
+
+index_text = st.sampled_from(["0", "1", "12", "\u00b2", "\u0663", "-1", "", "x", "0.5"]) | st.text(max_size=3)
+message_keys = st.builds(
+    lambda prefix, index, rest: f"{prefix}.{index}.{rest}",
+    st.sampled_from(["llm.input_messages", "llm.output_messages", "llm.tools", "gen_ai.prompt", "gen_ai.completion",
+                     "llm.request.functions"]),
+    index_text,
+    st.sampled_from(["message.role", "message.content", "message.tool_calls.0.tool_call.function.name",
+                     "message.tool_calls.\u00b2.tool_call.function.arguments", "message.contents.0.message_content.text",
+                     "message.contents.\u00b2.message_content.text", "tool.json_schema", "role", "content", "name"]),
+)
+attribute_dicts = st.dictionaries(
+    message_keys | st.sampled_from(["llm.output_messages", "llm.tools", "gen_ai.output.messages", "agent.tools",
+                                    "agent.handoffs", "ai.response.toolCalls", "gen_ai.response.finish_reasons",
+                                    "gen_ai.tool.definitions", "llm.input_messages"]),
+    json_values | st.sampled_from(['[{"role": "assistant", "content": [{"type": "tool_use", "name": 3}]}]',
+                                   '{"messages": "x"}', '[{"function": {"name": ["a"]}}]', "[1, [2, {}]]"]),
+    max_size=8,
+)
+
+
+@given(attribute_dicts)
+@settings(max_examples=400, deadline=None)
+def test_the_message_normaliser_never_raises(attributes: dict[str, Any]) -> None:
+    """It runs inside DuckDB's INSERT: one exception would abort a whole file's load."""
+    line = json.dumps({"trace_id": "t", "span_id": "s", "attributes": attributes})
+    assume("Infinity" not in line)  # not JSON
+    orjson.dumps(normalize.normalize_messages(orjson.loads(line)["attributes"]))  # as the store reads it
+    assert len(normalize._messages_udf(pa.array([line]))) == 1

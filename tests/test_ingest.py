@@ -400,6 +400,23 @@ def test_a_large_non_trace_file_stops_early_with_one_message(store_path: Path, t
     assert "not trace data" in (report.inputs[0].message or "")
 
 
+def test_hostile_numbers_never_abort_an_ingest(store_path: Path, tmp_path: Path) -> None:
+    # "²" passes str.isdigit() but not int(); times past 2262 and integers past 64 bits fit no column.
+    flat = write_lines(tmp_path / "flat.jsonl", [flat_span("t1", "a", start_time="inf", attributes={
+        "openinference.span.kind": "LLM", "llm.output_messages.0.message.content": "ok",
+        "llm.output_messages.\u00b2.message.content": "odd index"})])
+    request = {"resourceSpans": [{"scopeSpans": [{"spans": [{
+        "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "x",
+        "startTimeUnixNano": "99999999999999999999999",
+        "attributes": [{"key": "big", "value": {"intValue": "123456789012345678901234567890"}}]}]}]}]}
+    otlp = write_lines(tmp_path / "otlp.jsonl", [request])
+    store, report = ingest(store_path, flat, otlp)
+    assert [i.status for i in report.inputs] == ["ingested", "ingested"] and report.spans == 2
+    assert rows(store, "SELECT output_messages FROM spans WHERE trace_id = 't1'") == [('[{"content":"ok"}]',)]
+    assert rows(store, "SELECT start_ns, raw->>'$.attributes.big' FROM spans WHERE span_id = 'eee19b7ec3c1b174'") == [
+        (None, "123456789012345678901234567890")]
+
+
 def test_invalid_utf8_is_repaired_not_lost(store_path: Path, tmp_path: Path) -> None:
     span = orjson.dumps(flat_span("t1", "a", name="caf\u00e9")).replace("caf\u00e9".encode(), b"caf\xe9")
     path = tmp_path / "latin1.jsonl"

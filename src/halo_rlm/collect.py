@@ -197,7 +197,7 @@ class Collector:
             return _Reply(415, f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none",
                           media_type, close=True)
         length = request.headers.get("Content-Length")
-        if length is None or not length.strip().isdigit():
+        if length is None or not (length.strip().isascii() and length.strip().isdecimal()):
             return _Reply(411, "a Content-Length header is required", media_type, close=True)
         if int(length) > self._max_body:
             return _Reply(413, f"the body is {int(length):,} bytes; the limit is {self._max_body:,}", media_type,

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+INT64_LIMIT = 2**63  # OTLP integers are int64; beyond, a value is kept as text
 
 OTEL_KINDS = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 STATUS_CODES = ("UNSET", "OK", "ERROR")
@@ -240,7 +243,7 @@ def _kinds(value: Any) -> tuple[str, str | None]:
     if isinstance(value, int):
         return (OTEL_KINDS[value] if 0 <= value < len(OTEL_KINDS) else "INTERNAL"), None
     text = str(value).strip().upper().removeprefix("SPAN_KIND_")
-    if text.isdigit():
+    if text.isdecimal():
         return _kinds(int(text))
     if text in OTEL_KINDS:
         return text, None
@@ -266,7 +269,7 @@ def status_code(value: Any) -> str:
     if isinstance(value, int):
         return STATUS_CODES[value] if 0 <= value < len(STATUS_CODES) else "UNSET"
     text = str(value).strip().upper().removeprefix("STATUS_CODE_")
-    if text.isdigit():
+    if text.isdecimal():
         return status_code(int(text))
     return text if text in STATUS_CODES else "UNSET"
 
@@ -341,9 +344,10 @@ def any_value(value: Any) -> Any:
                 return item
             case "intValue" | "int_value":
                 try:
-                    return int(item)
+                    number = int(item)
                 except (TypeError, ValueError):
                     return item
+                return number if -INT64_LIMIT <= number < INT64_LIMIT else str(item)  # kept as written
             case "doubleValue" | "double_value":
                 try:
                     return float(item)
@@ -403,7 +407,7 @@ def time_ns(value: Any) -> int | None:
     text = str(value).strip()
     if not text:
         return None
-    if text.isdigit():
+    if text.isdecimal():
         return _scale(int(text))
     try:
         return _scale_float(float(text))
@@ -415,16 +419,16 @@ def _scale(n: int) -> int | None:
     if n <= 0:
         return None
     if n < 10**11:  # seconds
-        return n * 10**9
-    if n < 10**14:  # milliseconds
-        return n * 10**6
-    if n < 10**17:  # microseconds
-        return n * 10**3
-    return n
+        n *= 10**9
+    elif n < 10**14:  # milliseconds
+        n *= 10**6
+    elif n < 10**17:  # microseconds
+        n *= 10**3
+    return n if n < INT64_LIMIT else None  # past 2262: not a time a span carries (nor a store column holds)
 
 
 def _scale_float(x: float) -> int | None:
-    if x != x or x <= 0:  # NaN or not positive
+    if not math.isfinite(x) or x <= 0:
         return None
     if x < 1e11:
         return int(round(x * 1e9))

@@ -347,7 +347,7 @@ def retry_after(value: str | None, *, now: float | None = None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isdecimal():
         return float(value)
     try:
         moment = email.utils.parsedate_to_datetime(value)

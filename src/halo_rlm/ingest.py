@@ -678,8 +678,12 @@ def _decode(lines: Iterable[tuple[int, str]]) -> tuple[list[int], list[bytes], l
             continue
         rejects.extend(Reject(line_no, error, raw) for error in decoded.errors)
         for span in decoded.spans:
+            try:
+                spans.append(orjson.dumps(span))
+            except TypeError as exc:  # e.g. an integer past 64 bits that the decoders let through
+                rejects.append(Reject(line_no, f"span {span.get('span_id')!r} cannot be stored: {exc}", raw))
+                continue
             numbers.append(line_no)
-            spans.append(orjson.dumps(span))
     return numbers, spans, rejects
 
 

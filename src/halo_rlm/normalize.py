@@ -350,15 +350,17 @@ def register_udfs(con: Any) -> None:
 
 
 def _messages_udf(column: pa.Array) -> pa.Array:
-    """Normalised messages of each raw span line (the line is parsed once, here)."""
+    """Normalised messages of each raw span line (the line is parsed once, here). It runs inside
+    DuckDB's INSERT, where an exception or a NULL would abort the whole statement: a line it cannot
+    read gets no messages, and its raw record still holds everything."""
     out = []
     for text in column.to_pylist():
         try:
-            attrs = orjson.loads(text).get("attributes") if text else None
-        except (orjson.JSONDecodeError, AttributeError):
-            attrs = None
-        out.append(orjson.dumps(normalize_messages(attrs, inputs=False)).decode() if isinstance(attrs, dict)
-                   else None)
+            attrs = orjson.loads(text).get("attributes")
+            out.append(orjson.dumps(normalize_messages(attrs, inputs=False)).decode() if isinstance(attrs, dict)
+                       else _NO_MESSAGES)
+        except Exception:  # noqa: BLE001 - untrusted input; see above
+            out.append(_NO_MESSAGES)
     return pa.array(out, type=pa.string())
 
 
@@ -429,7 +431,7 @@ def _group_indexed(attrs: dict[str, Any], prefixes: tuple[str, ...]) -> dict[str
             continue
         prefix = next(p for p in prefixes if key.startswith(p))
         index, _, rest = key[len(prefix):].partition(".")
-        if index.isdigit() and rest:
+        if index.isdecimal() and rest:
             groups[prefix[:-1]][int(index)][rest] = value
     return groups
 
@@ -449,7 +451,7 @@ def _from_indexed(items: dict[int, dict[str, Any]] | None) -> list[dict[str, Any
                 calls[int(tool.group(1))][tool.group(2).removeprefix("function.")] = value
             elif rest.startswith("contents."):
                 number, _, leaf = rest[len("contents."):].partition(".")
-                if leaf.endswith("text") and number.isdigit():
+                if leaf.endswith("text") and number.isdecimal():
                     parts[int(number)] = str(value)
             else:
                 fields[rest] = value
@@ -641,3 +643,6 @@ def _json(value: Any) -> Any:
         except orjson.JSONDecodeError:
             return value
     return value
+
+
+_NO_MESSAGES = orjson.dumps(normalize_messages({}, inputs=False)).decode()
