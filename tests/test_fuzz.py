@@ -148,3 +148,30 @@ def test_the_message_normaliser_never_raises(attributes: dict[str, Any]) -> None
     assume("Infinity" not in line)  # not JSON
     orjson.dumps(normalize.normalize_messages(orjson.loads(line)["attributes"]))  # as the store reads it
     assert len(normalize._messages_udf(pa.array([line]))) == 1
+
+
+hostile_scalars = st.sampled_from(
+    ["\u00b2", "\u0663", "inf", "-inf", "NaN", "1e400", "99999999999999999999999", "-1", "", " 7 ", "0x1f", "true",
+     str(2**64), 2**64, -(2**63) - 1, 1e308, -1e308, -0.0, True, None, [], {}, "SPAN_KIND_\u00b2", "STATUS_CODE_\u00b2"],
+) | st.text(max_size=6)
+otlp_fields = ["traceId", "spanId", "parentSpanId", "name", "kind", "startTimeUnixNano", "endTimeUnixNano",
+               "status", "attributes", "events", "links", "droppedAttributesCount", "duration"]
+
+
+@given(st.dictionaries(st.sampled_from(otlp_fields), hostile_scalars | st.dictionaries(
+    st.sampled_from(["code", "message", "key", "value", "intValue", "doubleValue", "stringValue"]), hostile_scalars,
+    max_size=3), max_size=8), hostile_scalars)
+@settings(max_examples=400, deadline=None)
+def test_otlp_spans_with_hostile_values_decode_or_fail_clearly(span: dict[str, Any], value: Any) -> None:
+    span.setdefault("traceId", "5b8efff798038103d269b633813fc60c")
+    span.setdefault("spanId", "eee19b7ec3c1b174")
+    span["attributes"] = [{"key": "a", "value": {"intValue": value}}, {"key": "b", "value": {"doubleValue": value}}]
+    line = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]})
+    assume("Infinity" not in line and "NaN" not in line)  # not JSON
+    try:
+        decoded = decode_record(orjson.loads(line))  # as the store reads a line (large integers become floats)
+    except DecodeError as exc:
+        assert str(exc)
+        return
+    for flat in decoded.spans:
+        orjson.dumps(flat)  # storable

@@ -213,8 +213,9 @@ def flat_span(
     }
     if out["end_time"] is None and out["start_time"] is not None:
         duration = _first(span, "duration", "duration_ns")
-        if isinstance(duration, int | float):
-            out["end_time"] = out["start_time"] + int(duration)
+        if isinstance(duration, int | float) and not isinstance(duration, bool) and math.isfinite(duration):
+            end = out["start_time"] + int(duration)
+            out["end_time"] = end if 0 < end < INT64_LIMIT else None
     events = _events(_first(span, "events", "logs"))
     if events:
         out["events"] = events
