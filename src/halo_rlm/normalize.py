@@ -425,15 +425,19 @@ _INDEXED = ("llm.input_messages.", "gen_ai.prompt.", *_OUTPUT_INDEXED)
 
 def _group_indexed(attrs: dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, dict[int, dict[str, Any]]]:
     """`prefix.N.rest` keys grouped as {prefix: {N: {rest: value}}} for the indexed conventions."""
-    groups: dict[str, dict[int, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
+    groups: dict[str, dict[int, dict[str, Any]]] = {}
+    pattern = _indexed_key(prefixes)
     for key, value in attrs.items():
-        if not key.startswith(prefixes):
-            continue
-        prefix = next(p for p in prefixes if key.startswith(p))
-        index, _, rest = key[len(prefix):].partition(".")
-        if index.isdecimal() and rest:
-            groups[prefix[:-1]][int(index)][rest] = value
+        if key.startswith(prefixes) and (match := pattern.match(key)):
+            prefix, index, rest = match.groups()
+            groups.setdefault(prefix, {}).setdefault(int(index), {})[rest] = value
     return groups
+
+
+@functools.cache
+def _indexed_key(prefixes: tuple[str, ...]) -> re.Pattern[str]:
+    # ASCII digits only: int() refuses some characters str.isdigit() accepts ("²").
+    return re.compile("(" + "|".join(re.escape(p[:-1]) for p in prefixes) + r")\.([0-9]+)\.(.+)", re.S)
 
 
 def _from_indexed(items: dict[int, dict[str, Any]] | None) -> list[dict[str, Any]]:
