@@ -233,6 +233,18 @@ def test_a_bad_line_deep_in_a_flat_file_keeps_every_good_line_numbered(store_pat
     assert rows(store, "SELECT count(line_no), max(line_no) FROM spans") == [(len(records) - 1, len(records))]
 
 
+def test_a_file_name_that_looks_like_a_glob_is_read_as_itself(store_path: Path, tmp_path: Path) -> None:
+    # DuckDB's readers would take `a[b].jsonl` as a pattern matching `ab.jsonl`.
+    write_lines(tmp_path / "ab.jsonl", [flat_span("other", "x", name="wrong file")])
+    flat = write_lines(tmp_path / "a[b].jsonl", [flat_span("t1", "a", name="right file")])
+    otlp = write_lines(tmp_path / "c[d].jsonl", [{"resourceSpans": [{"scopeSpans": [{"spans": [{
+        "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "right otlp"}]}]}]}])
+    write_lines(tmp_path / "cd.jsonl", [flat_span("other", "y", name="wrong otlp")])
+    store, report = ingest(store_path, flat, otlp)
+    assert report.spans == 2
+    assert rows(store, "SELECT name FROM spans ORDER BY name") == [("right file",), ("right otlp",)]
+
+
 def test_stdin(fixtures: Path, store_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = (fixtures / "tiny_traces.jsonl").read_bytes()
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))

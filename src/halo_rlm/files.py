@@ -62,7 +62,8 @@ def resolve(paths: Sequence[str | Path]) -> list[InputFile]:
         if text == "-":
             found["-"] = InputFile("-")
             continue
-        if glob.has_magic(text):
+        pattern = glob.has_magic(text) and not Path(text).exists()  # a file named `a[1].jsonl` is itself
+        if pattern:
             matches = sorted(glob.glob(text, recursive=True))
             if not matches:
                 raise InputError(f"{text}: the pattern matches no files")
@@ -70,7 +71,7 @@ def resolve(paths: Sequence[str | Path]) -> list[InputFile]:
         else:
             candidates = [Path(text)]
         for candidate in candidates:
-            for file in _files_under(candidate, explicit=not glob.has_magic(text)):
+            for file in _files_under(candidate, explicit=not pattern):
                 stat = file.stat()
                 resolved = str(file.resolve())
                 found[resolved] = InputFile(resolved, stat.st_size, stat.st_mtime_ns)

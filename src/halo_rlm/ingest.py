@@ -190,9 +190,9 @@ class Ingest:
                 self._ingest_document(input_id, chained, result, report)
                 end_offset, end_line = result.bytes, 0
             elif (start_offset == 0 and compression is None and not inp.is_stdin and flat
-                  and self._bulk_load(input_id, inp, result, progress)):
+                  and _duckdb_reads_as_is(inp.path) and self._bulk_load(input_id, inp, result, progress)):
                 end_offset, end_line = result.bytes, None
-            elif start_offset == 0 and not flat:
+            elif start_offset == 0 and not flat and _duckdb_reads_as_is(self._staging_path(input_id)):
                 end_offset, end_line = self._ingest_decoded(input_id, chained, result, report, progress)
             else:
                 end_offset, end_line = self._ingest_stream(
@@ -253,7 +253,7 @@ class Ingest:
         line into a staging file of flat spans beside the store, then load it in one statement that
         DuckDB spreads over every core. Rejects are recorded as they are found; the spans commit
         together at the end, so an interrupted run reads the file again."""
-        staging = Path(f"{self.store.path}.{input_id}.staging.jsonl")
+        staging = Path(self._staging_path(input_id))
         offset = line = staged = 0
         try:
             with staging.open("wb") as out:
@@ -290,6 +290,9 @@ class Ingest:
         finally:
             staging.unlink(missing_ok=True)
         return offset, line
+
+    def _staging_path(self, input_id: int) -> str:
+        return f"{self.store.path}.{input_id}.staging.jsonl"
 
     def _load_in_one_statement(
         self,
@@ -690,6 +693,12 @@ def _decode(lines: Iterable[tuple[int, str]]) -> tuple[list[int], list[bytes], l
 def _oversize_reject(line: files.OversizeLine) -> Reject:
     return Reject(line.line_number, f"line of {line.size:,} bytes exceeds the {files.MAX_LINE_BYTES:,}-byte limit",
                   line.head)
+
+
+def _duckdb_reads_as_is(path: str) -> bool:
+    """DuckDB's file readers expand glob patterns (`a[b].jsonl` would read `ab.jsonl`) and fetch
+    URLs; a path they would read as either is left to the Python reader."""
+    return not any(char in path for char in "*?[]{}") and "://" not in path
 
 
 def _starts_with_flat_span(head: bytes) -> bool:
