@@ -14,7 +14,7 @@ import contextvars
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +39,7 @@ from halo_rlm.tools import (
     ToolError,
     category,
     fit,
+    off_loop,
     repo_tools,
     unknown_tool,
     validate,
@@ -692,11 +693,11 @@ async def _run(run: Run, prompt: str, history: list[dict[str, Any]], inputs: lis
     if not run.config.provider.configured:
         raise EngineError("no model provider is configured: set OPENAI_API_KEY (or --api-key), or --base-url for a "
                           "local OpenAI-compatible server")
-    run.detector_report = await _off_loop(store, detect.analyze)
+    run.detector_report = await off_loop(store, detect.analyze)
     dataset = run.detector_report.dataset
     if dataset.traces == 0:
         raise EngineError(f"{store.path}: the store holds no traces")
-    overview = await _off_loop(store, lambda connection: connection.overview(top=15))
+    overview = await off_loop(store, lambda connection: connection.overview(top=15))
     run.overview_text = prompts.overview_text(overview)
     run.hypotheses = [{"id": f.id, "title": f.title, "category": f.category, "affected_traces": f.affected_traces,
                        "evidence": [reports.cite(e) for e in f.evidence[:3]]} for f in run.detector_report.findings[:12]]
@@ -711,20 +712,12 @@ async def _run(run: Run, prompt: str, history: list[dict[str, Any]], inputs: lis
         # Every sandbox worker must be closed before the loop ends (see sandbox.Repl.aclose).
         await asyncio.gather(*(a.repl.aclose() for a in run.agents if a.repl is not None))
     report = build_report(run, root, prompt, inputs, dataset, answer)
-    await _off_loop(store, lambda connection: reports.verify(report, connection))
+    await off_loop(store, lambda connection: reports.verify(report, connection))
     if run.config.out_dir is not None:
         reports.write(report, run.config.out_dir)
     run.emit(AgentOutputItem(sequence=0, item=AgentMessage(role="assistant", content=report.answer), final=True,
                              report=report, **root.lineage()))
     return report
-
-
-async def _off_loop(store: TraceStore, work: Callable[[TraceStore], Any]) -> Any:
-    """Store work in a worker thread, on a connection of its own."""
-    def on_borrowed_connection() -> Any:
-        with store.borrow() as connection:
-            return work(connection)
-    return await asyncio.to_thread(on_borrowed_connection)
 
 
 def _offer_code_and_repo(run: Run) -> None:

@@ -129,20 +129,29 @@ class Tool:
                                                  "parameters": parameters}}
 
 
-async def in_thread(agent: Agent, work: Callable[[TraceStore], Any]) -> Any:
-    """Run store work in a worker thread on its own connection, stopped at the tool time limit."""
+async def off_loop(store: TraceStore, work: Callable[[TraceStore], Any], timeout: float | None = None) -> Any:
+    """Run store work in a worker thread on a pooled connection of its own; past `timeout` seconds
+    its query is interrupted and TimeoutError raised."""
     connection: list[TraceStore] = []
 
     def on_borrowed_connection() -> Any:
-        with agent.run.store.borrow() as store:
-            connection.append(store)
-            return work(store)
+        with store.borrow() as borrowed:
+            connection.append(borrowed)
+            return work(borrowed)
 
     try:
-        return await asyncio.wait_for(asyncio.to_thread(on_borrowed_connection), agent.run.config.tool_timeout)
+        return await asyncio.wait_for(asyncio.to_thread(on_borrowed_connection), timeout)
     except TimeoutError:
         if connection:
             connection[0].interrupt()
+        raise
+
+
+async def in_thread(agent: Agent, work: Callable[[TraceStore], Any]) -> Any:
+    """Store work for a tool, stopped at the tool time limit; failures become tool errors."""
+    try:
+        return await off_loop(agent.run.store, work, agent.run.config.tool_timeout)
+    except TimeoutError:
         raise ToolError(f"the call took over {agent.run.config.tool_timeout:g}s and was stopped; narrow it "
                         "(filters, a more specific regex, a LIMIT)") from None
     except StoreError as exc:
