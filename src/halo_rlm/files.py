@@ -153,7 +153,8 @@ class _Decompressed:
         if self._error is not None and not self._pending:
             raise self._error
         count = len(self._pending) if size < 0 else min(size, len(self._pending))
-        data = bytes(self._pending[:count])
+        with memoryview(self._pending) as view:  # one copy, not a slice and then a copy of it
+            data = bytes(view[:count])
         del self._pending[:count]
         self._good += count
         return data
