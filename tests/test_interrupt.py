@@ -27,25 +27,44 @@ def make_corpus(path: Path, traces: int, *, first: int = 0) -> Path:
     with path.open("wb") as f:
         for t in range(first, first + traces):
             for s in range(4):
-                f.write(orjson.dumps({
-                    "trace_id": f"{t:032x}", "span_id": f"{t:08x}{s:08x}",
-                    "parent_span_id": "" if s == 0 else f"{t:08x}{0:08x}", "name": f"step-{s}",
-                    "kind": "SPAN_KIND_INTERNAL", "start_time": 1776924720000000000 + t * 10**9 + s,
-                    "end_time": 1776924720000000000 + t * 10**9 + s + 10**6,
-                    "status": {"code": "STATUS_CODE_ERROR" if t % 7 == 0 and s == 3 else "STATUS_CODE_OK"},
-                    "resource": {"attributes": {"service.name": "svc"}}, "scope": {"name": "x"},
-                    "attributes": {"openinference.span.kind": "LLM" if s else "AGENT", "llm.model_name": "m",
-                                   "llm.token_count.prompt": t, "output.value": "z" * 300,
-                                   "llm.output_messages.0.message.content": "z"},
-                }) + b"\n")
+                f.write(
+                    orjson.dumps(
+                        {
+                            "trace_id": f"{t:032x}",
+                            "span_id": f"{t:08x}{s:08x}",
+                            "parent_span_id": "" if s == 0 else f"{t:08x}{0:08x}",
+                            "name": f"step-{s}",
+                            "kind": "SPAN_KIND_INTERNAL",
+                            "start_time": 1776924720000000000 + t * 10**9 + s,
+                            "end_time": 1776924720000000000 + t * 10**9 + s + 10**6,
+                            "status": {
+                                "code": "STATUS_CODE_ERROR" if t % 7 == 0 and s == 3 else "STATUS_CODE_OK"
+                            },
+                            "resource": {"attributes": {"service.name": "svc"}},
+                            "scope": {"name": "x"},
+                            "attributes": {
+                                "openinference.span.kind": "LLM" if s else "AGENT",
+                                "llm.model_name": "m",
+                                "llm.token_count.prompt": t,
+                                "output.value": "z" * 300,
+                                "llm.output_messages.0.message.content": "z",
+                            },
+                        }
+                    )
+                    + b"\n"
+                )
     return path
 
 
 def snapshot(store_path: Path) -> tuple:
     with TraceStore.open(store_path, read_only=True) as store:
         return (
-            store.con.execute("SELECT count(*), count(DISTINCT (trace_id, span_id)), sum(input_tokens) FROM spans").fetchall(),
-            store.con.execute("SELECT count(*), sum(span_count), sum(error_spans), sum(input_tokens) FROM traces").fetchall(),
+            store.con.execute(
+                "SELECT count(*), count(DISTINCT (trace_id, span_id)), sum(input_tokens) FROM spans"
+            ).fetchall(),
+            store.con.execute(
+                "SELECT count(*), sum(span_count), sum(error_spans), sum(input_tokens) FROM traces"
+            ).fetchall(),
             store.con.execute("SELECT status FROM inputs").fetchall(),
         )
 
@@ -76,11 +95,17 @@ def test_exception_mid_file_then_resume(tmp_path: Path, monkeypatch: pytest.Monk
     # (A batch after it may have committed too: batches load two at a time; the re-run re-reads it.)
     with TraceStore.open(broken, read_only=True) as store:
         spans, resume_line, status = store.con.execute(
-            "SELECT (SELECT count(*) FROM spans), resume_line, status FROM inputs").fetchall()[0]
+            "SELECT (SELECT count(*) FROM spans), resume_line, status FROM inputs"
+        ).fetchall()[0]
         assert status == "partial" and 0 < spans < 8_000 and resume_line > 0
-        committed = store.con.execute("SELECT count(*) FROM spans WHERE line_no <= ?", [resume_line]).fetchall()
+        committed = store.con.execute(
+            "SELECT count(*) FROM spans WHERE line_no <= ?", [resume_line]
+        ).fetchall()
     with TraceStore.open(clean, read_only=True) as store:
-        assert store.con.execute("SELECT count(*) FROM spans WHERE line_no <= ?", [resume_line]).fetchall() == committed
+        assert (
+            store.con.execute("SELECT count(*) FROM spans WHERE line_no <= ?", [resume_line]).fetchall()
+            == committed
+        )
     with TraceStore.open(broken) as store:
         report = store.ingest([str(corpus)])
     assert report.inputs[0].status == "resumed"
@@ -129,7 +154,9 @@ def test_killed_during_a_bulk_load_then_rerun(tmp_path: Path) -> None:
     with TraceStore.open(clean) as store:
         store.ingest([str(corpus)])
     with TraceStore.open(clean, read_only=True) as store:
-        assert store.con.execute("SELECT count(*), count(line_no) FROM spans").fetchall() == [(8_000, 0)]  # bulk
+        assert store.con.execute("SELECT count(*), count(line_no) FROM spans").fetchall() == [
+            (8_000, 0)
+        ]  # bulk
 
     # The process dies inside DuckDB's statement: the message normaliser it calls kills it.
     killed = tmp_path / "killed.duckdb"
@@ -146,19 +173,24 @@ def test_killed_during_a_bulk_load_then_rerun(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert proc.returncode == -signal.SIGKILL and "finished" not in proc.stdout
 
-    assert snapshot(killed)[0] == [(0, 0, None)] and snapshot(killed)[2] == [("partial",)]  # nothing half-loaded
+    assert snapshot(killed)[0] == [(0, 0, None)] and snapshot(killed)[2] == [
+        ("partial",)
+    ]  # nothing half-loaded
     with TraceStore.open(killed) as store:
         store.ingest([str(corpus)])
     assert snapshot(killed) == snapshot(clean)
 
 
-def test_ctrl_c_during_a_bulk_load_rolls_it_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                request: pytest.FixtureRequest) -> None:
+def test_ctrl_c_during_a_bulk_load_rolls_it_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     corpus = make_corpus(tmp_path / "c.jsonl", 500, first=1)
     from halo_rlm import normalize
 
     real = normalize._messages_udf
-    monkeypatch.setattr(normalize, "_messages_udf", lambda column: (signal.raise_signal(signal.SIGINT), real(column))[1])
+    monkeypatch.setattr(
+        normalize, "_messages_udf", lambda column: (signal.raise_signal(signal.SIGINT), real(column))[1]
+    )
     # Ctrl-C raises KeyboardInterrupt even when this test run was started in the background (SIGINT ignored).
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
@@ -190,6 +222,7 @@ def test_ctrl_c_while_decoding_otlp_then_rerun(tmp_path: Path, monkeypatch: pyte
             calls["n"] += 1
             if calls["n"] == len(lines) // 8:  # past the bad record, before the staged spans load
                 raise KeyboardInterrupt
+
         return report
 
     broken = tmp_path / "broken.duckdb"

@@ -73,7 +73,9 @@ class DefaultGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
-@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(__version__, prog_name="halo")
 def cli() -> None:
     """HALO finds out why your AI agents fail, from their OpenTelemetry traces.
@@ -99,9 +101,12 @@ def cli() -> None:
 
 # --- shared options and helpers -----------------------------------------------------------------
 
+
 def store_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
-        "--store", "store_path", type=click.Path(dir_okay=False, path_type=Path),
+        "--store",
+        "store_path",
+        type=click.Path(dir_okay=False, path_type=Path),
         help="Store file to use (default: one per set of inputs in the user cache, reused on later runs).",
     )(f)
 
@@ -177,16 +182,25 @@ def _progress(show: bool) -> Iterator[Callable[[files.InputFile], Callable[[int,
     if not show:
         yield None
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TextColumn("{task.fields[spans]:,} spans ({task.fields[rate]:,.0f}/s)"), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[spans]:,} spans ({task.fields[rate]:,.0f}/s)"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=err, transient=True) as progress:
+
         def for_input(inp: files.InputFile) -> Callable[[int, int], None]:
             task = progress.add_task(escape(Path(inp.path).name), total=inp.size, spans=0, rate=0.0)
 
             def update(done: int, spans: int) -> None:
                 elapsed = progress.tasks[task].elapsed or 1e-9
                 progress.update(task, completed=done, spans=spans, rate=spans / elapsed)
+
             return update
+
         yield for_input
 
 
@@ -204,8 +218,10 @@ def print_ingest_summary(report: IngestReport, *, brief: bool = False) -> None:
         if item.status == "failed":
             console.print(f"[red]✗[/] {escape(item.path)}: {escape(item.message or 'failed')}")
         elif item.message:
-            console.print(f"[yellow]![/] {escape(item.path)}: {escape(item.message)}; "
-                          f"kept the {item.spans:,} spans before it")
+            console.print(
+                f"[yellow]![/] {escape(item.path)}: {escape(item.message)}; "
+                f"kept the {item.spans:,} spans before it"
+            )
     if brief and not changed:
         return
     seconds = sum(i.seconds for i in report.inputs)
@@ -218,7 +234,7 @@ def print_ingest_summary(report: IngestReport, *, brief: bool = False) -> None:
         reasons = sorted(report.reject_reasons.items(), key=lambda kv: -kv[1])[:3]
         listed = "; ".join(f"{escape(reason)} ×{count:,}" for reason, count in reasons)
         console.print(f"[yellow]{report.rejected:,} records rejected[/]: {listed}")
-        console.print("[dim]  see them: halo sql \"SELECT path, line_no, reason FROM rejects\"[/]")
+        console.print('[dim]  see them: halo sql "SELECT path, line_no, reason FROM rejects"[/]')
     if report.duplicates:
         console.print(f"[dim]{report.duplicates:,} duplicate spans (same trace and span id) merged[/]")
     repaired = sum(i.repaired for i in report.inputs)
@@ -233,6 +249,7 @@ def _ms(value: float | None) -> str:
 
 
 # --- commands -----------------------------------------------------------------------------------
+
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
@@ -253,11 +270,15 @@ def ingest(paths: tuple[str, ...], store_path: Path | None, strict: bool, as_jso
     target = str(store_path or default_store_path(inputs))
     report = ingest_with_progress(target, paths, strict=strict, quiet=as_json)
     if as_json:
-        emit_json({
-            "store": report.store, "spans": report.spans, "rejected": report.rejected,
-            "reject_reasons": report.reject_reasons,
-            "inputs": [vars(i) for i in report.inputs],
-        })
+        emit_json(
+            {
+                "store": report.store,
+                "spans": report.spans,
+                "rejected": report.rejected,
+                "reject_reasons": report.reject_reasons,
+                "inputs": [vars(i) for i in report.inputs],
+            }
+        )
     else:
         print_ingest_summary(report)
     if report.inputs and all(i.status == "failed" for i in report.inputs):
@@ -283,14 +304,22 @@ def stats(paths: tuple[str, ...], store_path: Path | None, top: int, as_json: bo
     summary.add_row("Spans", f"{overview.spans:,}", "error spans", f"{overview.error_spans:,}")
     summary.add_row("From", overview.start or "—", "to", overview.end or "—")
     summary.add_row("Tokens in", f"{overview.input_tokens:,}", "out", f"{overview.output_tokens:,}")
-    summary.add_row("Cost", f"${overview.cost:,.4f}", "span kinds",
-                    ", ".join(f"{k} {v:,}" for k, v in overview.kinds.items()))
+    summary.add_row(
+        "Cost",
+        f"${overview.cost:,.4f}",
+        "span kinds",
+        ", ".join(f"{k} {v:,}" for k, v in overview.kinds.items()),
+    )
     if overview.orphan_spans or overview.in_flight_spans or overview.rejected_records:
         summary.add_row("Orphans", f"{overview.orphan_spans:,}", "in flight", f"{overview.in_flight_spans:,}")
         summary.add_row("Rejected", f"{overview.rejected_records:,}", "", "")
     out.print(summary)
-    for title, rows, calls in (("Services", overview.services, False), ("Agents", overview.agents, False),
-                               ("Models", overview.models, True), ("Tools", overview.tools, True)):
+    for title, rows, calls in (
+        ("Services", overview.services, False),
+        ("Agents", overview.agents, False),
+        ("Models", overview.models, True),
+        ("Tools", overview.tools, True),
+    ):
         if not rows:
             continue
         table = Table(title=title, title_justify="left", show_edge=False)
@@ -305,12 +334,22 @@ def stats(paths: tuple[str, ...], store_path: Path | None, top: int, as_json: bo
         out.print(table)
     if overview.error_groups:
         table = Table(title="Top error groups", title_justify="left", show_edge=False)
-        for column, justify in (("where", "left"), ("error", "left"), ("traces", "right"), ("spans", "right"),
-                                ("example", "left")):
+        for column, justify in (
+            ("where", "left"),
+            ("error", "left"),
+            ("traces", "right"),
+            ("spans", "right"),
+            ("example", "left"),
+        ):
             table.add_column(column, justify=justify)  # type: ignore[arg-type]
         for group in overview.error_groups:
-            table.add_row(escape(group.source), escape(group.template[:120]), f"{group.traces:,}",
-                          f"{group.error_spans:,}", escape(group.example_span))
+            table.add_row(
+                escape(group.source),
+                escape(group.template[:120]),
+                f"{group.traces:,}",
+                f"{group.error_spans:,}",
+                escape(group.example_span),
+            )
         out.print(table)
 
 
@@ -329,22 +368,50 @@ def stats(paths: tuple[str, ...], store_path: Path | None, top: int, as_json: bo
 @click.option("--min-duration", type=float, help="Minimum duration in milliseconds.")
 @click.option("--grep", "regex", help="RE2 regex matched against each span's raw JSON.")
 @click.option("--text", help="Case-insensitive text anywhere in a span.")
-@click.option("--sort", type=click.Choice(["start", "duration", "cost", "spans", "tokens", "errors"]),
-              default="start", show_default=True)
+@click.option(
+    "--sort",
+    type=click.Choice(["start", "duration", "cost", "spans", "tokens", "errors"]),
+    default="start",
+    show_default=True,
+)
 @click.option("--asc", is_flag=True, help="Ascending order (default: descending).")
 @click.option("--limit", default=20, show_default=True)
 @click.option("--offset", default=0)
 @json_option
-def traces(paths: tuple[str, ...], store_path: Path | None, has_errors: bool | None, service: tuple[str, ...],
-           agent: tuple[str, ...], model: tuple[str, ...], tool: tuple[str, ...], session: tuple[str, ...],
-           since: str | None, until: str | None, min_duration: float | None, regex: str | None, text: str | None,
-           sort: str, asc: bool, limit: int, offset: int, as_json: bool) -> None:
+def traces(
+    paths: tuple[str, ...],
+    store_path: Path | None,
+    has_errors: bool | None,
+    service: tuple[str, ...],
+    agent: tuple[str, ...],
+    model: tuple[str, ...],
+    tool: tuple[str, ...],
+    session: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    min_duration: float | None,
+    regex: str | None,
+    text: str | None,
+    sort: str,
+    asc: bool,
+    limit: int,
+    offset: int,
+    as_json: bool,
+) -> None:
     """List and filter traces."""
     try:
         filters = TraceFilters(
-            has_errors=has_errors, services=list(service) or None, agents=list(agent) or None,
-            models=list(model) or None, tools=list(tool) or None, session_ids=list(session) or None,
-            since=since, until=until, min_duration_ms=min_duration, regex=regex, text=text,
+            has_errors=has_errors,
+            services=list(service) or None,
+            agents=list(agent) or None,
+            models=list(model) or None,
+            tools=list(tool) or None,
+            session_ids=list(session) or None,
+            since=since,
+            until=until,
+            min_duration_ms=min_duration,
+            regex=regex,
+            text=text,
         )
     except ValidationError as exc:
         fail("; ".join(f"--{e['loc'][0]}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()))
@@ -358,15 +425,28 @@ def traces(paths: tuple[str, ...], store_path: Path | None, has_errors: bool | N
         emit_json(page)
         return
     table = Table(show_edge=False)
-    for column, justify in (("trace", "left"), ("start", "left"), ("duration", "right"), ("spans", "right"),
-                            ("errors", "right"), ("tokens", "right"), ("cost", "right"), ("root", "left")):
+    for column, justify in (
+        ("trace", "left"),
+        ("start", "left"),
+        ("duration", "right"),
+        ("spans", "right"),
+        ("errors", "right"),
+        ("tokens", "right"),
+        ("cost", "right"),
+        ("root", "left"),
+    ):
         table.add_column(column, justify=justify, no_wrap=column != "root")  # type: ignore[arg-type]
     for t in page.traces:
         tokens = (t.input_tokens or 0) + (t.output_tokens or 0)
         table.add_row(
-            escape(t.trace_id), (t.start or "—")[:19].replace("T", " "), _ms(t.duration_ms), str(t.spans),
-            f"[red]{t.error_spans}[/]" if t.error_spans else "0", f"{tokens:,}" if tokens else "—",
-            f"${t.cost:.4f}" if t.cost is not None else "—", escape(t.root_name or ""),
+            escape(t.trace_id),
+            (t.start or "—")[:19].replace("T", " "),
+            _ms(t.duration_ms),
+            str(t.spans),
+            f"[red]{t.error_spans}[/]" if t.error_spans else "0",
+            f"{tokens:,}" if tokens else "—",
+            f"${t.cost:.4f}" if t.cost is not None else "—",
+            escape(t.root_name or ""),
         )
     out.print(table)
     shown = f"{offset + 1}–{offset + len(page.traces)}" if page.traces else "0"
@@ -381,14 +461,23 @@ def traces(paths: tuple[str, ...], store_path: Path | None, has_errors: bool | N
 @click.option("--span", "span_ids", multiple=True, help="Show only these spans, in full (repeatable).")
 @click.option("--width", default=400, show_default=True, help="Characters of each tool input/output shown.")
 @json_option
-def show(trace_id: str, paths: tuple[str, ...], store_path: Path | None, span_ids: tuple[str, ...], width: int,
-         as_json: bool) -> None:
+def show(
+    trace_id: str,
+    paths: tuple[str, ...],
+    store_path: Path | None,
+    span_ids: tuple[str, ...],
+    width: int,
+    as_json: bool,
+) -> None:
     """One trace as a tree of spans with timings, status, and tool inputs/outputs (head and tail)."""
     target = resolve_store(paths, store_path, quiet=as_json)
     with open_read_only(target) as store:
         try:
-            view = (store.view_spans(trace_id, span_ids, budget_bytes=10**9) if span_ids
-                    else store.view_trace(trace_id, budget_bytes=10**9, value_chars=10**7))
+            view = (
+                store.view_spans(trace_id, span_ids, budget_bytes=10**9)
+                if span_ids
+                else store.view_trace(trace_id, budget_bytes=10**9, value_chars=10**7)
+            )
             summary = store.trace_summary(trace_id)
         except StoreError as exc:
             fail(str(exc))
@@ -396,14 +485,19 @@ def show(trace_id: str, paths: tuple[str, ...], store_path: Path | None, span_id
         emit_json(view)
         return
     cost = f" · ${summary.cost:.4f}" if summary.cost else ""
-    root = Tree(f"[bold]{escape(trace_id)}[/] · {summary.spans} spans · {_ms(summary.duration_ms)}{cost}"
-                f" · {', '.join(summary.services)}")
+    root = Tree(
+        f"[bold]{escape(trace_id)}[/] · {summary.spans} spans · {_ms(summary.duration_ms)}{cost}"
+        f" · {', '.join(summary.services)}"
+    )
     nodes: dict[int, Tree] = {-1: root}
     for span in view.spans:
         status = "[red]✗[/]" if span.status == "ERROR" else "[green]✓[/]" if span.status == "OK" else "·"
         label = f"{status} [bold]{escape(span.name)}[/] [dim]{span.kind} {_ms(span.duration_ms)}[/]"
-        extras = [x for x in (span.model, span.tool and f"tool={span.tool}", span.agent and f"agent={span.agent}")
-                  if x]
+        extras = [
+            x
+            for x in (span.model, span.tool and f"tool={span.tool}", span.agent and f"agent={span.agent}")
+            if x
+        ]
         if span.tokens:
             extras.append(f"tokens {span.tokens.get('input', 0):,}→{span.tokens.get('output', 0):,}")
         if extras:
@@ -428,7 +522,7 @@ def _one_line(text: str, width: int) -> str:
     flat = " ".join(text.split())
     if len(flat) <= width:
         return flat
-    return f"{flat[: width * 2 // 3]} … {flat[-width // 3:]}"
+    return f"{flat[: width * 2 // 3]} … {flat[-width // 3 :]}"
 
 
 @cli.command()
@@ -459,7 +553,9 @@ def sql(query: str, paths: tuple[str, ...], store_path: Path | None, max_rows: i
     for row in result.rows:
         table.add_row(*(escape(_cell(v)) for v in row))
     out.print(table)
-    out.print(f"[dim]{result.row_count} row{'s' * (result.row_count != 1)}{'; ' + result.note if result.note else ''}[/]")
+    out.print(
+        f"[dim]{result.row_count} row{'s' * (result.row_count != 1)}{'; ' + result.note if result.note else ''}[/]"
+    )
 
 
 def _cell(value: Any) -> str:
@@ -470,6 +566,7 @@ def _cell(value: Any) -> str:
 
 
 # --- import -------------------------------------------------------------------------------------
+
 
 @cli.group("import")
 def import_group() -> None:
@@ -486,17 +583,30 @@ def import_group() -> None:
 
 def import_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Store file to write (default: one per source and project in the user cache)."),
-        click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Also append the spans to this JSONL file (flat spans; `halo ingest` reads it)."),
-        click.option("--since",
-                     help="Only spans starting at or after this time: ISO-8601, or 30m, 24h, 7d, 2w ago."),
+        click.option(
+            "--store",
+            "store_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Store file to write (default: one per source and project in the user cache).",
+        ),
+        click.option(
+            "--out",
+            "out_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Also append the spans to this JSONL file (flat spans; `halo ingest` reads it).",
+        ),
+        click.option(
+            "--since", help="Only spans starting at or after this time: ISO-8601, or 30m, 24h, 7d, 2w ago."
+        ),
         click.option("--until", help="Only spans starting before this time (default: now)."),
-        click.option("--limit", type=click.IntRange(min=1),
-                     help="Stop after this many spans; running the command again continues from there."),
-        click.option("--fresh", is_flag=True,
-                     help="Ignore earlier progress and import the whole window again."),
+        click.option(
+            "--limit",
+            type=click.IntRange(min=1),
+            help="Stop after this many spans; running the command again continues from there.",
+        ),
+        click.option(
+            "--fresh", is_flag=True, help="Ignore earlier progress and import the whole window again."
+        ),
         json_option,
     ]
     for option in reversed(options):
@@ -505,46 +615,77 @@ def import_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @import_group.command("langfuse")
-@click.option("--host", envvar=["LANGFUSE_HOST", "LANGFUSE_BASE_URL"], default="https://cloud.langfuse.com",
-              show_default=True, help="Langfuse base URL [env: LANGFUSE_HOST or LANGFUSE_BASE_URL].")
-@click.option("--public-key", envvar="LANGFUSE_PUBLIC_KEY",
-              help="Project public key [env: LANGFUSE_PUBLIC_KEY].")
-@click.option("--secret-key", envvar="LANGFUSE_SECRET_KEY",
-              help="Project secret key; prefer the variable, which stays out of your shell history and "
-                   "process list [env: LANGFUSE_SECRET_KEY].")
+@click.option(
+    "--host",
+    envvar=["LANGFUSE_HOST", "LANGFUSE_BASE_URL"],
+    default="https://cloud.langfuse.com",
+    show_default=True,
+    help="Langfuse base URL [env: LANGFUSE_HOST or LANGFUSE_BASE_URL].",
+)
+@click.option(
+    "--public-key", envvar="LANGFUSE_PUBLIC_KEY", help="Project public key [env: LANGFUSE_PUBLIC_KEY]."
+)
+@click.option(
+    "--secret-key",
+    envvar="LANGFUSE_SECRET_KEY",
+    help="Project secret key; prefer the variable, which stays out of your shell history and "
+    "process list [env: LANGFUSE_SECRET_KEY].",
+)
 @click.option("--environment", multiple=True, help="Only this environment (repeatable: any of them).")
 @click.option("--trace-name", help="Only traces with this name.")
 @click.option("--user", "user_id", help="Only traces of this user id.")
 @click.option("--session", "session_id", help="Only traces of this session id.")
 @click.option("--tag", multiple=True, help="Only traces with this tag (repeatable: all of them).")
-@click.option("--expand-metadata", multiple=True, metavar="KEY",
-              help="Fetch this metadata key whole (Langfuse cuts values over 200 characters; repeatable).")
+@click.option(
+    "--expand-metadata",
+    multiple=True,
+    metavar="KEY",
+    help="Fetch this metadata key whole (Langfuse cuts values over 200 characters; repeatable).",
+)
 @import_options
-def import_langfuse(host: str, public_key: str | None, secret_key: str | None, environment: tuple[str, ...],
-                    trace_name: str | None, user_id: str | None, session_id: str | None, tag: tuple[str, ...],
-                    expand_metadata: tuple[str, ...], **options: Any) -> None:
+def import_langfuse(
+    host: str,
+    public_key: str | None,
+    secret_key: str | None,
+    environment: tuple[str, ...],
+    trace_name: str | None,
+    user_id: str | None,
+    session_id: str | None,
+    tag: tuple[str, ...],
+    expand_metadata: tuple[str, ...],
+    **options: Any,
+) -> None:
     """Import observations from a Langfuse project (Cloud or self-hosted).
 
     Uses the v2 observations API (Langfuse v4+) and falls back to the older traces and observations
     endpoints on servers without it. Waits out rate limits (429) as the server asks.
     """
     if not public_key or not secret_key:
-        fail("Langfuse keys missing: set LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY "
-             "(or pass --public-key and --secret-key)")
+        fail(
+            "Langfuse keys missing: set LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY "
+            "(or pass --public-key and --secret-key)"
+        )
     if not host.startswith(("http://", "https://")):
         fail(f"--host {host!r} needs a scheme, e.g. https://cloud.langfuse.com or http://localhost:3000")
-    filters = LangfuseFilters(environments=environment, trace_name=trace_name, user_id=user_id,
-                              session_id=session_id, tags=tag)
+    filters = LangfuseFilters(
+        environments=environment, trace_name=trace_name, user_id=user_id, session_id=session_id, tags=tag
+    )
     source = LangfuseSource(host, public_key, secret_key, filters, expand_metadata=expand_metadata)
     run_import_command(source, importers.default_store_path("langfuse", source.url, public_key), **options)
 
 
 @import_group.command("phoenix")
-@click.option("--endpoint", envvar="PHOENIX_ENDPOINT", default="http://localhost:6006", show_default=True,
-              help="Phoenix base URL [env: PHOENIX_ENDPOINT].")
+@click.option(
+    "--endpoint",
+    envvar="PHOENIX_ENDPOINT",
+    default="http://localhost:6006",
+    show_default=True,
+    help="Phoenix base URL [env: PHOENIX_ENDPOINT].",
+)
 @click.option("--project", default="default", show_default=True, help="Phoenix project name (or id).")
-@click.option("--api-key", envvar="PHOENIX_API_KEY",
-              help="API key, when Phoenix has auth on [env: PHOENIX_API_KEY].")
+@click.option(
+    "--api-key", envvar="PHOENIX_API_KEY", help="API key, when Phoenix has auth on [env: PHOENIX_API_KEY]."
+)
 @import_options
 def import_phoenix(endpoint: str, project: str, api_key: str | None, **options: Any) -> None:
     """Import the spans of an Arize Phoenix project, through its REST API."""
@@ -554,9 +695,18 @@ def import_phoenix(endpoint: str, project: str, api_key: str | None, **options: 
     run_import_command(source, importers.default_store_path("phoenix", source.endpoint, project), **options)
 
 
-def run_import_command(source: importers.Source, default_store: Path, *, store_path: Path | None,
-                       out_path: Path | None, since: str | None, until: str | None, limit: int | None,
-                       fresh: bool, as_json: bool) -> None:
+def run_import_command(
+    source: importers.Source,
+    default_store: Path,
+    *,
+    store_path: Path | None,
+    out_path: Path | None,
+    since: str | None,
+    until: str | None,
+    limit: int | None,
+    fresh: bool,
+    as_json: bool,
+) -> None:
     try:
         since, until = importers.parse_time(since), importers.parse_time(until)
     except ValueError as exc:
@@ -564,8 +714,16 @@ def run_import_command(source: importers.Source, default_store: Path, *, store_p
     target = str(store_path or default_store)
     try:
         with _import_progress(err.is_terminal and not as_json, source) as on_progress:
-            report = importers.run_import(source, target, since=since, until=until, limit=limit, out=out_path,
-                                          fresh=fresh, progress=on_progress)
+            report = importers.run_import(
+                source,
+                target,
+                since=since,
+                until=until,
+                limit=limit,
+                out=out_path,
+                fresh=fresh,
+                progress=on_progress,
+            )
     except (importers.SourceError, StoreError) as exc:
         fail(str(exc))
     except OSError as exc:
@@ -581,16 +739,20 @@ def run_import_command(source: importers.Source, default_store: Path, *, store_p
         return
     window = f"{report.since or 'the beginning'} → {report.until}"
     api = f", {report.api} API" if report.api else ""
-    out.print(f"Imported [bold]{report.spans:,}[/] spans from {report.source} {escape(report.url)}{api} "
-              f"({escape(window)}) → {escape(report.store)}")
+    out.print(
+        f"Imported [bold]{report.spans:,}[/] spans from {report.source} {escape(report.url)}{api} "
+        f"({escape(window)}) → {escape(report.store)}"
+    )
     if report.resumed:
         out.print("[dim]Continued an interrupted import.[/]")
     if report.duplicates:
         out.print(f"[dim]{report.duplicates:,} of them were already in the store (merged).[/]")
     if report.skipped:
         reasons = sorted(report.skip_reasons.items(), key=lambda kv: -kv[1])[:3]
-        out.print(f"[yellow]{report.skipped:,} records skipped[/]: "
-                  + "; ".join(f"{escape(reason)} ×{count:,}" for reason, count in reasons))
+        out.print(
+            f"[yellow]{report.skipped:,} records skipped[/]: "
+            + "; ".join(f"{escape(reason)} ×{count:,}" for reason, count in reasons)
+        )
     if report.out:
         out.print(f"[dim]Spans also appended to {escape(report.out)}[/]")
     if report.limited:
@@ -599,36 +761,70 @@ def run_import_command(source: importers.Source, default_store: Path, *, store_p
 
 
 @contextmanager
-def _import_progress(show: bool, source: importers.Source
-                     ) -> Iterator[Callable[[int, int | None], None] | None]:
+def _import_progress(
+    show: bool, source: importers.Source
+) -> Iterator[Callable[[int, int | None], None] | None]:
     if not show:
         yield None
         return
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-               TextColumn("{task.completed:,} spans"), TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,} spans"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=err, transient=True) as progress:
         task = progress.add_task(escape(f"{source.kind} {source.url}"), total=None)
 
         def update(spans: int, total: int | None) -> None:
             progress.update(task, completed=spans, total=total)
+
         yield update
 
 
 @cli.command()
-@click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Store to add spans to (default: one per port in the user cache, unless --out is given).")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Append spans to this JSONL file (HALO's one-span-per-line format), with or without a store.")
+@click.option(
+    "--store",
+    "store_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Store to add spans to (default: one per port in the user cache, unless --out is given).",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append spans to this JSONL file (HALO's one-span-per-line format), with or without a store.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
-              help="Port to listen on (0: any free port).")
-@click.option("--token", envvar="HALO_COLLECT_TOKEN",
-              help="Require 'Authorization: Bearer TOKEN' on every request (or set $HALO_COLLECT_TOKEN).")
+@click.option(
+    "--port",
+    default=DEFAULT_PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on (0: any free port).",
+)
+@click.option(
+    "--token",
+    envvar="HALO_COLLECT_TOKEN",
+    help="Require 'Authorization: Bearer TOKEN' on every request (or set $HALO_COLLECT_TOKEN).",
+)
 @click.option("--allow-remote", is_flag=True, help="Allow a --host that other machines can reach.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON line when listening, after each write, and when stopped.")
-def collect(store_path: Path | None, out_path: Path | None, host: str, port: int, token: str | None,
-            allow_remote: bool, as_json: bool) -> None:
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON line when listening, after each write, and when stopped.",
+)
+def collect(
+    store_path: Path | None,
+    out_path: Path | None,
+    host: str,
+    port: int,
+    token: str | None,
+    allow_remote: bool,
+    as_json: bool,
+) -> None:
     """Receive traces from running agents over OTLP/HTTP and store them.
 
     \b
@@ -640,16 +836,29 @@ def collect(store_path: Path | None, out_path: Path | None, host: str, port: int
     """
     on_flush = (lambda stats: _json_line({"event": "flush", **vars(stats)})) if as_json else None
     try:
-        running = serve(store=store_path, out=out_path, host=host, port=port, token=token,
-                        allow_remote=allow_remote, on_flush=on_flush)
+        running = serve(
+            store=store_path,
+            out=out_path,
+            host=host,
+            port=port,
+            token=token,
+            allow_remote=allow_remote,
+            on_flush=on_flush,
+        )
     except CollectError as exc:
         fail(str(exc))
     if running.store_path is not None:
         _remember(str(running.store_path))
     if as_json:
-        _json_line({"event": "listening", "url": running.url, "traces_url": running.traces_url,
-                    "store": running.store_path and str(running.store_path),
-                    "out": running.out_path and str(running.out_path)})
+        _json_line(
+            {
+                "event": "listening",
+                "url": running.url,
+                "traces_url": running.traces_url,
+                "store": running.store_path and str(running.store_path),
+                "out": running.out_path and str(running.out_path),
+            }
+        )
     else:
         _print_collect_banner(running, token)
     stopping = threading.Event()
@@ -669,10 +878,12 @@ def collect(store_path: Path | None, out_path: Path | None, host: str, port: int
     if as_json:
         _json_line({"event": "stopped", **vars(final)})
     else:
-        err.print(f"Received {final.spans:,} spans in {final.traces:,} traces"
-                  + (f" ([yellow]{final.rejected_spans:,} rejected[/])" if final.rejected_spans else "")
-                  + (f"; stored in {escape(str(running.store_path))}" if running.store_path else "")
-                  + (f"; written to {escape(str(running.out_path))}" if running.out_path else ""))
+        err.print(
+            f"Received {final.spans:,} spans in {final.traces:,} traces"
+            + (f" ([yellow]{final.rejected_spans:,} rejected[/])" if final.rejected_spans else "")
+            + (f"; stored in {escape(str(running.store_path))}" if running.store_path else "")
+            + (f"; written to {escape(str(running.out_path))}" if running.out_path else "")
+        )
     if final.last_error:
         fail(final.last_error)
 
@@ -680,15 +891,22 @@ def collect(store_path: Path | None, out_path: Path | None, host: str, port: int
 def _print_collect_banner(running: Collector, token: str | None) -> None:
     out.print(f"[bold]HALO collector[/] listening on {running.url} (OTLP/HTTP, protobuf or JSON)")
     if running.remote:
-        err.print("[yellow]Warning:[/] other machines can reach this collector"
-                  + ("; only requests with the token are accepted" if token else
-                     " and send it spans; add --token to accept only your agents"))
+        err.print(
+            "[yellow]Warning:[/] other machines can reach this collector"
+            + (
+                "; only requests with the token are accepted"
+                if token
+                else " and send it spans; add --token to accept only your agents"
+            )
+        )
     for label, path in (("store", running.store_path), ("file", running.out_path)):
         if path is not None:
             out.print(f"Spans go to the {label} {escape(str(path))}")
     out.print("Point your agent at it:")
     out.print(f"  export OTEL_EXPORTER_OTLP_TRACES_ENDPOINT={running.traces_url}")
-    out.print(f"  export OTEL_EXPORTER_OTLP_ENDPOINT={running.url}  [dim]# base URL form (traces only here)[/]")
+    out.print(
+        f"  export OTEL_EXPORTER_OTLP_ENDPOINT={running.url}  [dim]# base URL form (traces only here)[/]"
+    )
     out.print("  export OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf")
     if token:
         out.print(f"  export OTEL_EXPORTER_OTLP_HEADERS=Authorization=Bearer%20{escape(token)}")
@@ -725,38 +943,69 @@ EXAMPLES = Path(__file__).parent / "examples" / "traces.jsonl.gz"
 
 
 def threshold_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--min-share", type=float, default=0.005, show_default=True,
-                     help="…and at least this share of all traces.")(f)
-    return click.option("--min-traces", type=int, default=2, show_default=True,
-                        help="A finding needs at least this many affected traces…")(f)
+    f = click.option(
+        "--min-share",
+        type=float,
+        default=0.005,
+        show_default=True,
+        help="…and at least this share of all traces.",
+    )(f)
+    return click.option(
+        "--min-traces",
+        type=int,
+        default=2,
+        show_default=True,
+        help="A finding needs at least this many affected traces…",
+    )(f)
 
 
-def run_detectors(paths: Sequence[str], store_path: Path | None, out_dir: Path, *, min_traces: int,
-                  min_share: float, quiet: bool) -> tuple[Report, dict[str, Path]]:
+def run_detectors(
+    paths: Sequence[str],
+    store_path: Path | None,
+    out_dir: Path,
+    *,
+    min_traces: int,
+    min_share: float,
+    quiet: bool,
+) -> tuple[Report, dict[str, Path]]:
     target = resolve_store(paths, store_path, quiet=quiet)
     with open_read_only(target) as store:
-        report = analyze(store, thresholds=Thresholds(min_traces=min_traces, min_share=min_share),
-                         inputs=[str(p) for p in paths])
+        report = analyze(
+            store,
+            thresholds=Thresholds(min_traces=min_traces, min_share=min_share),
+            inputs=[str(p) for p in paths],
+        )
         verify(report, store)
     return report, write_report(report, out_dir)
 
 
 def print_findings(report: Report, paths: dict[str, Path], *, top: int = 10) -> None:
     d = report.dataset
-    out.print(f"[bold]{len(report.findings)} systemic findings[/] in {d.traces:,} traces "
-              f"({d.error_traces:,} with errors)")
+    out.print(
+        f"[bold]{len(report.findings)} systemic findings[/] in {d.traces:,} traces "
+        f"({d.error_traces:,} with errors)"
+    )
     if report.findings:
         table = Table(show_edge=False)
-        for column, justify in (("#", "right"), ("severity", "left"), ("finding", "left"), ("traces", "right"),
-                                ("evidence", "left")):
+        for column, justify in (
+            ("#", "right"),
+            ("severity", "left"),
+            ("finding", "left"),
+            ("traces", "right"),
+            ("evidence", "left"),
+        ):
             table.add_column(column, justify=justify)  # type: ignore[arg-type]
         colours = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "dim"}
         for i, f in enumerate(report.findings[:top], 1):
             ids = "\n".join(cite(ev) for ev in f.evidence[:2])
             flag = "" if f.check is None or f.check.status == "verified" else f" [red]({f.check.status})[/]"
-            table.add_row(str(i), f"[{colours[f.severity]}]{f.severity}[/]",
-                          f"{escape(f.title)}{flag}\n[dim]{f.category} · {f.id}[/]",
-                          f"{f.affected_traces:,}\n[dim]{f.affected_trace_share:.1%}[/]", escape(ids))
+            table.add_row(
+                str(i),
+                f"[{colours[f.severity]}]{f.severity}[/]",
+                f"{escape(f.title)}{flag}\n[dim]{f.category} · {f.id}[/]",
+                f"{f.affected_traces:,}\n[dim]{f.affected_trace_share:.1%}[/]",
+                escape(ids),
+            )
         out.print(table)
         if len(report.findings) > top:
             out.print(f"[dim]… and {len(report.findings) - top} more in the report[/]")
@@ -766,25 +1015,38 @@ def print_findings(report: Report, paths: dict[str, Path], *, top: int = 10) -> 
 @cli.command("analyze")
 @click.argument("paths", nargs=-1)
 @store_option
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("halo-report"),
-              show_default=True, help="Folder for report.json, report.md and report.html.")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("halo-report"),
+    show_default=True,
+    help="Folder for report.json, report.md and report.html.",
+)
 @threshold_options
 @json_option
-def analyze_command(paths: tuple[str, ...], store_path: Path | None, out_dir: Path, min_traces: int, min_share: float,
-                    as_json: bool) -> None:
+def analyze_command(
+    paths: tuple[str, ...],
+    store_path: Path | None,
+    out_dir: Path,
+    min_traces: int,
+    min_share: float,
+    as_json: bool,
+) -> None:
     """Find systemic failures with deterministic detectors (no LLM needed) and write a ranked,
     evidence-backed report: report.json, report.md (for people and coding agents) and report.html.
 
     A finding needs a pattern across traces (see --min-traces and --min-share); one-off errors are
     not reported. Every finding is re-checked against the store before it is written.
     """
-    report, paths_written = run_detectors(paths, store_path, out_dir, min_traces=min_traces, min_share=min_share,
-                                          quiet=as_json)
+    report, paths_written = run_detectors(
+        paths, store_path, out_dir, min_traces=min_traces, min_share=min_share, quiet=as_json
+    )
     if as_json:
         emit_json(report)
     else:
         print_findings(report, paths_written)
-
 
 
 @cli.command("verify")
@@ -801,7 +1063,9 @@ def verify_command(report_file: Path, store_path: Path | None, write: bool, as_j
     try:
         report = Report.model_validate_json(report_file.read_bytes())
     except ValidationError as exc:
-        fail(f"{report_file}: not a HALO report ({exc.error_count()} problems, first: {exc.errors()[0]['msg']})")
+        fail(
+            f"{report_file}: not a HALO report ({exc.error_count()} problems, first: {exc.errors()[0]['msg']})"
+        )
     target = str(store_path or report.store)
     if not target or not Path(target).exists():
         fail(f"the report's store {target or '(none)'} is not here; pass --store PATH")
@@ -810,12 +1074,20 @@ def verify_command(report_file: Path, store_path: Path | None, write: bool, as_j
     if write:
         write_report(report, report_file.parent)
     if as_json:
-        emit_json({"verification": report.verification.model_dump() if report.verification else None,
-                   "findings": [{"id": f.id, **(f.check.model_dump() if f.check else {})} for f in report.findings]})
+        emit_json(
+            {
+                "verification": report.verification.model_dump() if report.verification else None,
+                "findings": [
+                    {"id": f.id, **(f.check.model_dump() if f.check else {})} for f in report.findings
+                ],
+            }
+        )
     else:
         for f in report.findings:
             assert f.check is not None
-            mark = {"verified": "[green]✓[/]", "flagged": "[red]✗[/]", "unverifiable": "[yellow]?[/]"}[f.check.status]
+            mark = {"verified": "[green]✓[/]", "flagged": "[red]✗[/]", "unverifiable": "[yellow]?[/]"}[
+                f.check.status
+            ]
             out.print(f"{mark} {escape(f.id)}: {escape(f.title)}")
             for problem in f.check.problems:
                 out.print(f"    [red]{escape(problem)}[/]")
@@ -824,7 +1096,6 @@ def verify_command(report_file: Path, store_path: Path | None, write: bool, as_j
         out.print(f"{v.verified} verified, {v.flagged} flagged, {v.unverifiable} unverifiable")
     if any(f.check and f.check.status != "verified" for f in report.findings):
         sys.exit(1)
-
 
 
 @cli.group("report")
@@ -843,11 +1114,19 @@ def report_schema() -> None:
 @click.option("--traces", default=500, show_default=True, help="How many traces.")
 @click.option("--seed", default=7, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["halo", "otlp"]), default="halo", show_default=True)
-@click.option("--rate", "rates", multiple=True, metavar="CATEGORY=SHARE",
-              help="Override a failure mode's rate, e.g. --rate refusal=0.1 (0 turns it off).")
-@click.option("--distractors", type=float, default=0.02, show_default=True, help="Share of one-off error traces.")
-def simulate_command(out_file: Path, traces: int, seed: int, fmt: str, rates: tuple[str, ...],
-                     distractors: float) -> None:
+@click.option(
+    "--rate",
+    "rates",
+    multiple=True,
+    metavar="CATEGORY=SHARE",
+    help="Override a failure mode's rate, e.g. --rate refusal=0.1 (0 turns it off).",
+)
+@click.option(
+    "--distractors", type=float, default=0.02, show_default=True, help="Share of one-off error traces."
+)
+def simulate_command(
+    out_file: Path, traces: int, seed: int, fmt: str, rates: tuple[str, ...], distractors: float
+) -> None:
     """Write simulated agent traces with planted systemic failures, and their ground truth
     (OUT_FILE without .jsonl/.gz + .truth.json). Gzipped when OUT_FILE ends in .gz."""
     overrides = {}
@@ -858,45 +1137,87 @@ def simulate_command(out_file: Path, traces: int, seed: int, fmt: str, rates: tu
         except ValueError:
             fail(f"--rate {item!r}: expected CATEGORY=SHARE, e.g. refusal=0.1")
     try:
-        truth = simulate(out_file, traces=traces, seed=seed, format=fmt, rates=overrides or None,  # type: ignore[arg-type]
-                         distractors=distractors)
+        truth = simulate(
+            out_file,
+            traces=traces,
+            seed=seed,
+            format=fmt,
+            rates=overrides or None,  # type: ignore[arg-type]
+            distractors=distractors,
+        )
     except ValueError as exc:
         fail(str(exc))
-    out.print(f"Wrote {truth.corpus.traces:,} traces ({truth.corpus.spans:,} spans) to {escape(str(out_file))}; "
-              f"{len(truth.patterns)} planted patterns in {escape(str(truth.truth_path))}")
-
+    out.print(
+        f"Wrote {truth.corpus.traces:,} traces ({truth.corpus.spans:,} spans) to {escape(str(out_file))}; "
+        f"{len(truth.patterns)} planted patterns in {escape(str(truth.truth_path))}"
+    )
 
 
 def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """HALO's engine flags, plus budgets and context."""
     options = [
-        click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, help="Model for the root and sub-agents."),
+        click.option(
+            "-m",
+            "--model",
+            default=DEFAULT_MODEL,
+            show_default=True,
+            help="Model for the root and sub-agents.",
+        ),
         click.option("--synthesis-model", help="Cheaper model for synthesize_traces (default: --model)."),
         click.option("--compaction-model", help="Cheaper model for compacting context (default: --model)."),
-        click.option("--max-depth", type=click.IntRange(0), default=2, show_default=True, help="Sub-agent depth."),
-        click.option("--max-turns", type=click.IntRange(1), default=20, show_default=True, help="Turns per agent."),
-        click.option("--max-parallel", type=click.IntRange(1), default=4, show_default=True,
-                     help="Sub-agents at once, per depth."),
-        click.option("--base-url", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL, else OpenAI)."),
+        click.option(
+            "--max-depth", type=click.IntRange(0), default=2, show_default=True, help="Sub-agent depth."
+        ),
+        click.option(
+            "--max-turns", type=click.IntRange(1), default=20, show_default=True, help="Turns per agent."
+        ),
+        click.option(
+            "--max-parallel",
+            type=click.IntRange(1),
+            default=4,
+            show_default=True,
+            help="Sub-agents at once, per depth.",
+        ),
+        click.option(
+            "--base-url", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL, else OpenAI)."
+        ),
         click.option("--api-key", help="API key (default: OPENAI_API_KEY; keyless local servers need none)."),
-        click.option("-H", "--header", "headers", multiple=True, metavar='"NAME: VALUE"',
-                     help="Extra HTTP header for the provider (repeatable)."),
+        click.option(
+            "-H",
+            "--header",
+            "headers",
+            multiple=True,
+            metavar='"NAME: VALUE"',
+            help="Extra HTTP header for the provider (repeatable).",
+        ),
         click.option("--temperature", type=click.FloatRange(0, 2)),
         click.option("--max-output-tokens", type=click.IntRange(1)),
         click.option("--parallel-tool-calls/--no-parallel-tool-calls", default=True, show_default=True),
         click.option("--refusal-retries", type=click.IntRange(0), default=1, show_default=True),
-        click.option("--reasoning-effort", type=click.Choice(["none", "minimal", "low", "medium", "high", "xhigh"])),
-        click.option("--telemetry", is_flag=True, help="Trace HALO's own run: over OTLP when OTEL_EXPORTER_OTLP_"
-                     "[TRACES_]ENDPOINT is set, else to $HALO_TELEMETRY_PATH or halo-telemetry-<run id>.jsonl in the "
-                     "report folder."),
+        click.option(
+            "--reasoning-effort", type=click.Choice(["none", "minimal", "low", "medium", "high", "xhigh"])
+        ),
+        click.option(
+            "--telemetry",
+            is_flag=True,
+            help="Trace HALO's own run: over OTLP when OTEL_EXPORTER_OTLP_"
+            "[TRACES_]ENDPOINT is set, else to $HALO_TELEMETRY_PATH or halo-telemetry-<run id>.jsonl in the "
+            "report folder.",
+        ),
         click.option("--max-cost", type=float, help="USD budget for the whole run."),
         click.option("--max-tokens", type=click.IntRange(1), help="Token budget for the whole run."),
         click.option("--timeout", type=float, help="Seconds for the whole run."),
-        click.option("--prices", type=click.Path(exists=True, dir_okay=False),
-                     help="JSON price table for models HALO does not know (USD per million tokens)."),
+        click.option(
+            "--prices",
+            type=click.Path(exists=True, dir_okay=False),
+            help="JSON price table for models HALO does not know (USD per million tokens).",
+        ),
         click.option("--dataset-context", metavar="TEXT|@FILE", help="What the traces are, for the agents."),
-        click.option("--repo-path", type=click.Path(exists=True, file_okay=False, path_type=Path),
-                     help="Source of the traced agent: read-only code and git tools, so fixes cite path:line."),
+        click.option(
+            "--repo-path",
+            type=click.Path(exists=True, file_okay=False, path_type=Path),
+            help="Source of the traced agent: read-only code and git tools, so fixes cite path:line.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -926,13 +1247,30 @@ def read_context(value: str | None) -> str | None:
 @click.argument("paths", nargs=-1, required=True)
 @click.option("-p", "--prompt", default=DEFAULT_PROMPT, show_default=True, help="What to find out.")
 @store_option
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("halo-report"),
-              show_default=True, help="Folder for report.json, report.md and report.html.")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("halo-report"),
+    show_default=True,
+    help="Folder for report.json, report.md and report.html.",
+)
 @engine_options
 @threshold_options
-@click.option("--json", "as_json", is_flag=True, help="Stream events as JSON lines (the report is the last one).")
-def run(paths: tuple[str, ...], prompt: str, store_path: Path | None, out_dir: Path, min_traces: int,
-        min_share: float, as_json: bool, **engine: Any) -> None:
+@click.option(
+    "--json", "as_json", is_flag=True, help="Stream events as JSON lines (the report is the last one)."
+)
+def run(
+    paths: tuple[str, ...],
+    prompt: str,
+    store_path: Path | None,
+    out_dir: Path,
+    min_traces: int,
+    min_share: float,
+    as_json: bool,
+    **engine: Any,
+) -> None:
     """Analyse traces and write a report (the default command: `halo TRACES -p PROMPT`).
 
     With a model provider configured (OPENAI_API_KEY, --api-key or --base-url), a root LLM agent
@@ -942,25 +1280,43 @@ def run(paths: tuple[str, ...], prompt: str, store_path: Path | None, out_dir: P
     """
     try:
         config = EngineConfig(
-            model=engine["model"], synthesis_model=engine["synthesis_model"],
-            compaction_model=engine["compaction_model"], max_depth=engine["max_depth"],
-            max_turns=engine["max_turns"], max_parallel=engine["max_parallel"], base_url=engine["base_url"],
-            api_key=engine["api_key"], headers=parse_headers(engine["headers"]), temperature=engine["temperature"],
-            max_output_tokens=engine["max_output_tokens"], parallel_tool_calls=engine["parallel_tool_calls"],
-            refusal_retries=engine["refusal_retries"], reasoning_effort=engine["reasoning_effort"],
-            telemetry=engine["telemetry"], max_cost=engine["max_cost"], max_tokens=engine["max_tokens"],
-            timeout=engine["timeout"], dataset_context=read_context(engine["dataset_context"]), out_dir=out_dir,
-            prices=load_prices(engine["prices"]) if engine["prices"] else {}, repo_path=engine["repo_path"],
+            model=engine["model"],
+            synthesis_model=engine["synthesis_model"],
+            compaction_model=engine["compaction_model"],
+            max_depth=engine["max_depth"],
+            max_turns=engine["max_turns"],
+            max_parallel=engine["max_parallel"],
+            base_url=engine["base_url"],
+            api_key=engine["api_key"],
+            headers=parse_headers(engine["headers"]),
+            temperature=engine["temperature"],
+            max_output_tokens=engine["max_output_tokens"],
+            parallel_tool_calls=engine["parallel_tool_calls"],
+            refusal_retries=engine["refusal_retries"],
+            reasoning_effort=engine["reasoning_effort"],
+            telemetry=engine["telemetry"],
+            max_cost=engine["max_cost"],
+            max_tokens=engine["max_tokens"],
+            timeout=engine["timeout"],
+            dataset_context=read_context(engine["dataset_context"]),
+            out_dir=out_dir,
+            prices=load_prices(engine["prices"]) if engine["prices"] else {},
+            repo_path=engine["repo_path"],
         )
     except (ValidationError, PriceError) as exc:
         fail(_validation_text(exc) if isinstance(exc, ValidationError) else str(exc))
     if not config.provider.configured:
-        report, written = run_detectors(paths, store_path, out_dir, min_traces=min_traces, min_share=min_share,
-                                        quiet=as_json)
+        report, written = run_detectors(
+            paths, store_path, out_dir, min_traces=min_traces, min_share=min_share, quiet=as_json
+        )
         if config.telemetry:
-            report.notes.append("--telemetry traces LLM runs only; the detectors ran alone, so nothing was traced.")
-        report.notes.append("LLM analysis was skipped: no model provider is configured. Set OPENAI_API_KEY "
-                            "(or pass --api-key), or --base-url for a local OpenAI-compatible server, to add it.")
+            report.notes.append(
+                "--telemetry traces LLM runs only; the detectors ran alone, so nothing was traced."
+            )
+        report.notes.append(
+            "LLM analysis was skipped: no model provider is configured. Set OPENAI_API_KEY "
+            "(or pass --api-key), or --base-url for a local OpenAI-compatible server, to add it."
+        )
         written = write_report(report, out_dir)
         if as_json:
             emit_json(report)
@@ -974,8 +1330,10 @@ def run(paths: tuple[str, ...], prompt: str, store_path: Path | None, out_dir: P
         fail("the run ended without a report")
     if not as_json:
         out.print(Markdown(report_markdown(final.report)))
-        out.print("Report: " + ", ".join(escape(str(out_dir / name)) for name in
-                                         ("report.md", "report.json", "report.html")))
+        out.print(
+            "Report: "
+            + ", ".join(escape(str(out_dir / name)) for name in ("report.md", "report.json", "report.html"))
+        )
         if final.report.telemetry:
             out.print("Telemetry: " + escape(final.report.telemetry))
 
@@ -984,7 +1342,9 @@ def _validation_text(exc: ValidationError) -> str:
     return "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
 
 
-def run_engine_live(prompt: str, config: EngineConfig, store_path: str, *, as_json: bool) -> AgentOutputItem | None:
+def run_engine_live(
+    prompt: str, config: EngineConfig, store_path: str, *, as_json: bool
+) -> AgentOutputItem | None:
     """Run the engine, showing a live tree of agents (or JSON lines), and return the final item."""
     view = AgentTree()
 
@@ -1001,7 +1361,11 @@ def run_engine_live(prompt: str, config: EngineConfig, store_path: str, *, as_js
                     final = event
         return final
 
-    live = Live(view, console=err, refresh_per_second=8, transient=True) if err.is_terminal and not as_json else None
+    live = (
+        Live(view, console=err, refresh_per_second=8, transient=True)
+        if err.is_terminal and not as_json
+        else None
+    )
     try:
         if live:
             with live:
@@ -1023,9 +1387,20 @@ class AgentTree:
         self.agents: dict[str, dict[str, Any]] = {}
 
     def update(self, event: Any) -> None:
-        agent = self.agents.setdefault(event.agent_id, {
-            "name": event.agent_name, "parent": event.parent_agent_id, "depth": event.depth, "status": "thinking",
-            "tool": None, "tokens": 0, "cost": 0.0, "turns": 0, "tools": 0})
+        agent = self.agents.setdefault(
+            event.agent_id,
+            {
+                "name": event.agent_name,
+                "parent": event.parent_agent_id,
+                "depth": event.depth,
+                "status": "thinking",
+                "tool": None,
+                "tokens": 0,
+                "cost": 0.0,
+                "turns": 0,
+                "tools": 0,
+            },
+        )
         if isinstance(event, AgentTextDelta):
             agent["status"] = "writing"
             return
@@ -1055,7 +1430,8 @@ class AgentTree:
             doing = f" → {a['tool']}" if a["tool"] else ""
             nodes[agent_id] = parent.add(
                 f"[bold]{escape(a['name'])}[/] [dim]{agent_id}[/] {a['status']}{escape(doing)} · {a['turns']} turns · "
-                f"{a['tokens']:,} tokens · ${a['cost']:.4f}")
+                f"{a['tokens']:,} tokens · ${a['cost']:.4f}"
+            )
         return tree
 
     def summary(self) -> str:
@@ -1066,8 +1442,14 @@ class AgentTree:
 
 
 @cli.command()
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("halo-report"),
-              show_default=True)
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("halo-report"),
+    show_default=True,
+)
 @click.pass_context
 def demo(ctx: click.Context, out_dir: Path) -> None:
     """Run HALO on the example traces that ship with it (simulated support, research, billing,

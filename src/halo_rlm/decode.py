@@ -28,12 +28,37 @@ INT64_LIMIT = 2**63  # OTLP integers are int64; beyond, a value is kept as text
 OTEL_KINDS = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 STATUS_CODES = ("UNSET", "OK", "ERROR")
 OPENINFERENCE_KINDS = frozenset(
-    {"LLM", "EMBEDDING", "CHAIN", "RETRIEVER", "RERANKER", "TOOL", "AGENT", "GUARDRAIL", "EVALUATOR",
-     "PROMPT", "UNKNOWN"}
+    {
+        "LLM",
+        "EMBEDDING",
+        "CHAIN",
+        "RETRIEVER",
+        "RERANKER",
+        "TOOL",
+        "AGENT",
+        "GUARDRAIL",
+        "EVALUATOR",
+        "PROMPT",
+        "UNKNOWN",
+    }
 )
 ANY_VALUE_KEYS = frozenset(
-    {"stringValue", "string_value", "intValue", "int_value", "doubleValue", "double_value", "boolValue",
-     "bool_value", "bytesValue", "bytes_value", "arrayValue", "array_value", "kvlistValue", "kvlist_value"}
+    {
+        "stringValue",
+        "string_value",
+        "intValue",
+        "int_value",
+        "doubleValue",
+        "double_value",
+        "boolValue",
+        "bool_value",
+        "bytesValue",
+        "bytes_value",
+        "arrayValue",
+        "array_value",
+        "kvlistValue",
+        "kvlist_value",
+    }
 )
 _HEX = re.compile(r"[0-9a-fA-F]+")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -185,7 +210,9 @@ def flat_span(
 ) -> dict[str, Any]:
     """Build a flat span from any single-span shape (OTLP, HALO flat, OpenInference, TRAIL)."""
     context = span.get("context") if isinstance(span.get("context"), dict) else {}
-    trace_id = _required_id(_first(span, "trace_id", "traceId") or _first(context, "trace_id", "traceId"), "trace")
+    trace_id = _required_id(
+        _first(span, "trace_id", "traceId") or _first(context, "trace_id", "traceId"), "trace"
+    )
     span_id = _required_id(_first(span, "span_id", "spanId") or _first(context, "span_id", "spanId"), "span")
     attrs = attributes(_first(span, "attributes", "span_attributes"))
     otel_kind, oi_kind = _kinds(_first(span, "kind", "span_kind"))
@@ -198,17 +225,21 @@ def flat_span(
     out: dict[str, Any] = {
         "trace_id": trace_id,
         "span_id": span_id,
-        "parent_span_id": normalize_id(_first(span, "parent_span_id", "parentSpanId", "parent_id", "parentId")),
+        "parent_span_id": normalize_id(
+            _first(span, "parent_span_id", "parentSpanId", "parent_id", "parentId")
+        ),
         "trace_state": _str(_first(span, "trace_state", "traceState")) or "",
         "name": _str(_first(span, "name", "span_name")) or "",
         "kind": f"SPAN_KIND_{otel_kind}",
-        "start_time": time_ns(_first(span, "start_time", "startTimeUnixNano", "start_time_unix_nano",
-                                     "startTime", "timestamp")),
+        "start_time": time_ns(
+            _first(span, "start_time", "startTimeUnixNano", "start_time_unix_nano", "startTime", "timestamp")
+        ),
         "end_time": time_ns(_first(span, "end_time", "endTimeUnixNano", "end_time_unix_nano", "endTime")),
         "status": _status(span),
         "resource": {"attributes": resource_attrs},
         "scope": {"name": _str(scope.get("name")) or "", "version": _str(scope.get("version")) or ""}
-        if isinstance(scope, dict) else {"name": "", "version": ""},
+        if isinstance(scope, dict)
+        else {"name": "", "version": ""},
         "attributes": attrs,
     }
     if out["end_time"] is None and out["start_time"] is not None:
@@ -230,7 +261,9 @@ def flat_span(
 
 def _required_id(value: Any, what: str) -> str:
     if isinstance(value, dict | list):
-        raise DecodeError(f"{what} id is a JSON {'object' if isinstance(value, dict) else 'array'}, not a string")
+        raise DecodeError(
+            f"{what} id is a JSON {'object' if isinstance(value, dict) else 'array'}, not a string"
+        )
     normalized = normalize_id(value)
     if not normalized:
         raise DecodeError(f"missing {what} id")
@@ -258,8 +291,9 @@ def _status(span: dict[str, Any]) -> dict[str, str]:
     if isinstance(status, dict):
         code, message = status.get("code"), status.get("message")
     else:
-        code, message = _first(span, "status_code", "statusCode") or status, _first(
-            span, "status_message", "statusMessage"
+        code, message = (
+            _first(span, "status_code", "statusCode") or status,
+            _first(span, "status_message", "statusMessage"),
         )
     return {"code": f"STATUS_CODE_{status_code(code)}", "message": _str(message) or ""}
 
@@ -280,11 +314,13 @@ def _events(value: Any) -> list[dict[str, Any]]:
     for event in _as_list(value):
         if not isinstance(event, dict):
             continue
-        events.append({
-            "name": _str(event.get("name")) or "",
-            "time": time_ns(_first(event, "timeUnixNano", "time_unix_nano", "timestamp", "time")),
-            "attributes": attributes(event.get("attributes")),
-        })
+        events.append(
+            {
+                "name": _str(event.get("name")) or "",
+                "time": time_ns(_first(event, "timeUnixNano", "time_unix_nano", "timestamp", "time")),
+                "attributes": attributes(event.get("attributes")),
+            }
+        )
     return events
 
 
@@ -359,10 +395,16 @@ def any_value(value: Any) -> Any:
             case "bytesValue" | "bytes_value":
                 return item
             case "arrayValue" | "array_value":
-                return [any_value(v) for v in _as_list(item.get("values") if isinstance(item, dict) else item)]
+                return [
+                    any_value(v) for v in _as_list(item.get("values") if isinstance(item, dict) else item)
+                ]
             case "kvlistValue" | "kvlist_value":
                 values = item.get("values") if isinstance(item, dict) else item
-                return {kv.get("key"): any_value(kv.get("value")) for kv in _as_list(values) if isinstance(kv, dict)}
+                return {
+                    kv.get("key"): any_value(kv.get("value"))
+                    for kv in _as_list(values)
+                    if isinstance(kv, dict)
+                }
     return None
 
 
@@ -388,7 +430,9 @@ def normalize_id(value: Any) -> str:
         text = text.lower()
     elif len(text) in (11, 12, 22, 24) and re.fullmatch(r"[A-Za-z0-9+/_-]+={0,2}", text):
         try:
-            raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_" if "-" in text or "_" in text else None)
+            raw = base64.b64decode(
+                text + "=" * (-len(text) % 4), altchars=b"-_" if "-" in text or "_" in text else None
+            )
             if len(raw) in (8, 16):
                 text = raw.hex()
         except (binascii.Error, ValueError):
@@ -444,7 +488,11 @@ def iso_to_ns(text: str) -> int | None:
     if clock.count(":") == 1:
         clock += ":00"
     zone = zone or "Z"
-    zone = "+00:00" if zone in ("Z", "z") else (zone if ":" in zone or len(zone) == 3 else f"{zone[:3]}:{zone[3:]}")
+    zone = (
+        "+00:00"
+        if zone in ("Z", "z")
+        else (zone if ":" in zone or len(zone) == 3 else f"{zone[:3]}:{zone[3:]}")
+    )
     try:
         stamp = datetime.fromisoformat(f"{date}T{clock}{zone}")
     except ValueError:

@@ -157,8 +157,9 @@ def run_import(
     return report
 
 
-def _write(spans: list[dict[str, Any]], store_path: str | Path, source: Source, report: ImportReport,
-           out_file: Any) -> None:
+def _write(
+    spans: list[dict[str, Any]], store_path: str | Path, source: Source, report: ImportReport, out_file: Any
+) -> None:
     if not spans:
         return
     # The store is opened per page, not for the whole import, so other `halo` commands can read it
@@ -203,16 +204,22 @@ class ResumeState:
 
     @staticmethod
     def key(source: Source, since: str | None, until: str | None) -> str:
-        query = {"source": source.kind, "url": source.url, **source.identity(), "since": since,
-                 "until": until}
+        query = {
+            "source": source.kind,
+            "url": source.url,
+            **source.identity(),
+            "since": since,
+            "until": until,
+        }
         return hashlib.sha256(orjson.dumps(query, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
     def get(self, key: str) -> dict[str, Any]:
         entry = self.entries.get(key)
         return entry if isinstance(entry, dict) else {}
 
-    def put(self, key: str, source: Source, *, pending: dict[str, Any] | None,
-            watermark: str | None = None) -> None:
+    def put(
+        self, key: str, source: Source, *, pending: dict[str, Any] | None, watermark: str | None = None
+    ) -> None:
         entry = self.get(key)
         entry.update({"source": source.kind, "url": source.url, "pending": pending, "updated": _now()})
         if watermark is not None:

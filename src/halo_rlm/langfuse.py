@@ -30,11 +30,31 @@ import orjson
 from halo_rlm.decode import DecodeError, attributes, normalize_id, time_ns
 from halo_rlm.importers import Http, NotFound, Page, SourceError
 
-OBSERVATION_TYPES = frozenset({"SPAN", "GENERATION", "EVENT", "AGENT", "TOOL", "CHAIN", "RETRIEVER",
-                               "EVALUATOR", "EMBEDDING", "GUARDRAIL"})
+OBSERVATION_TYPES = frozenset(
+    {
+        "SPAN",
+        "GENERATION",
+        "EVENT",
+        "AGENT",
+        "TOOL",
+        "CHAIN",
+        "RETRIEVER",
+        "EVALUATOR",
+        "EMBEDDING",
+        "GUARDRAIL",
+    }
+)
 # Langfuse observation type -> OpenInference span kind. SPAN and EVENT are generic and get none.
-KINDS = {"GENERATION": "LLM", "EMBEDDING": "EMBEDDING", "AGENT": "AGENT", "TOOL": "TOOL", "CHAIN": "CHAIN",
-         "RETRIEVER": "RETRIEVER", "EVALUATOR": "EVALUATOR", "GUARDRAIL": "GUARDRAIL"}
+KINDS = {
+    "GENERATION": "LLM",
+    "EMBEDDING": "EMBEDDING",
+    "AGENT": "AGENT",
+    "TOOL": "TOOL",
+    "CHAIN": "CHAIN",
+    "RETRIEVER": "RETRIEVER",
+    "EVALUATOR": "EVALUATOR",
+    "GUARDRAIL": "GUARDRAIL",
+}
 # v2 field groups the mapping reads; `time` and `metrics` are left out (derivable from start and end).
 FIELDS = "core,basic,io,metadata,model,usage,prompt,trace_context"
 # Metadata keys fetched whole: Langfuse's OpenTelemetry ingestion keeps the span's resource attributes
@@ -48,14 +68,30 @@ TRACE_CONTEXT = ("name", "userId", "sessionId", "tags", "release", "version", "e
 
 # usageDetails keys seen across SDKs and integrations -> OpenInference token count names.
 _USAGE = {
-    "input": "prompt", "prompt": "prompt", "input_tokens": "prompt", "prompt_tokens": "prompt",
-    "inputTokens": "prompt", "promptTokens": "prompt",
-    "output": "completion", "completion": "completion", "output_tokens": "completion",
-    "completion_tokens": "completion", "outputTokens": "completion", "completionTokens": "completion",
-    "total": "total", "total_tokens": "total", "totalTokens": "total",
+    "input": "prompt",
+    "prompt": "prompt",
+    "input_tokens": "prompt",
+    "prompt_tokens": "prompt",
+    "inputTokens": "prompt",
+    "promptTokens": "prompt",
+    "output": "completion",
+    "completion": "completion",
+    "output_tokens": "completion",
+    "completion_tokens": "completion",
+    "outputTokens": "completion",
+    "completionTokens": "completion",
+    "total": "total",
+    "total_tokens": "total",
+    "totalTokens": "total",
 }
-_COST = {"input": "prompt", "output": "completion", "total": "total", "inputCost": "prompt",
-         "outputCost": "completion", "totalCost": "total"}
+_COST = {
+    "input": "prompt",
+    "output": "completion",
+    "total": "total",
+    "inputCost": "prompt",
+    "outputCost": "completion",
+    "totalCost": "total",
+}
 
 
 @dataclass(frozen=True)
@@ -78,17 +114,26 @@ class LangfuseSource:
 
     kind = "langfuse"
 
-    def __init__(self, host: str, public_key: str, secret_key: str, filters: LangfuseFilters | None = None,
-                 *, expand_metadata: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        host: str,
+        public_key: str,
+        secret_key: str,
+        filters: LangfuseFilters | None = None,
+        *,
+        expand_metadata: tuple[str, ...] = (),
+    ) -> None:
         self.url = host.rstrip("/").removesuffix("/api/public")
         self.public_key = public_key
         self.filters = filters or LangfuseFilters()
         self.expand_metadata = tuple(dict.fromkeys(EXPAND_METADATA + expand_metadata))
         self.api = ""
         self.http = Http(
-            self.url, auth=(public_key, secret_key), secrets=(secret_key,),
+            self.url,
+            auth=(public_key, secret_key),
+            secrets=(secret_key,),
             auth_hint="Langfuse refused the keys: check --public-key/--secret-key "
-                      "(LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY)",
+            "(LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY)",
             not_found_hint="is --host the Langfuse base URL (e.g. https://cloud.langfuse.com)?",
         )
 
@@ -97,8 +142,14 @@ class LangfuseSource:
 
     def identity(self) -> dict[str, Any]:
         f = self.filters
-        return {"project_key": self.public_key, "environments": list(f.environments), "tags": list(f.tags),
-                "trace_name": f.trace_name, "user_id": f.user_id, "session_id": f.session_id}
+        return {
+            "project_key": self.public_key,
+            "environments": list(f.environments),
+            "tags": list(f.tags),
+            "trace_name": f.trace_name,
+            "user_id": f.user_id,
+            "session_id": f.session_id,
+        }
 
     def pages(self, since: str | None, until: str, resume: dict[str, Any] | None) -> Iterator[Page]:
         if resume and resume.get("api") == "legacy":
@@ -116,8 +167,12 @@ class LangfuseSource:
     def _v2(self, since: str | None, until: str, resume: dict[str, Any] | None) -> Iterator[Page]:
         f = self.filters
         params: dict[str, Any] = {
-            "fields": FIELDS, "limit": V2_PAGE, "expandMetadata": ",".join(self.expand_metadata),
-            "fromStartTime": since, "toStartTime": until, "environment": list(f.environments),
+            "fields": FIELDS,
+            "limit": V2_PAGE,
+            "expandMetadata": ",".join(self.expand_metadata),
+            "fromStartTime": since,
+            "toStartTime": until,
+            "environment": list(f.environments),
             "userId": f.user_id,
         }
         if f.on_traces:
@@ -137,19 +192,30 @@ class LangfuseSource:
         """The structured filter replaces the query parameters, so it carries every condition."""
         f = self.filters
         conditions: list[dict[str, Any]] = [
-            {"type": "datetime", "column": "startTime", "operator": "<", "value": until}]
+            {"type": "datetime", "column": "startTime", "operator": "<", "value": until}
+        ]
         if since:
             conditions.append({"type": "datetime", "column": "startTime", "operator": ">=", "value": since})
         if f.environments:
-            conditions.append({"type": "stringOptions", "column": "environment", "operator": "any of",
-                               "value": list(f.environments)})
-        for column, value in (("traceName", f.trace_name), ("userId", f.user_id),
-                              ("sessionId", f.session_id)):
+            conditions.append(
+                {
+                    "type": "stringOptions",
+                    "column": "environment",
+                    "operator": "any of",
+                    "value": list(f.environments),
+                }
+            )
+        for column, value in (
+            ("traceName", f.trace_name),
+            ("userId", f.user_id),
+            ("sessionId", f.session_id),
+        ):
             if value:
                 conditions.append({"type": "string", "column": column, "operator": "=", "value": value})
         if f.tags:
-            conditions.append({"type": "arrayOptions", "column": "tags", "operator": "all of",
-                               "value": list(f.tags)})
+            conditions.append(
+                {"type": "arrayOptions", "column": "tags", "operator": "all of", "value": list(f.tags)}
+            )
         return conditions
 
     # --- legacy -----------------------------------------------------------------------------------
@@ -158,8 +224,13 @@ class LangfuseSource:
         traces = self._legacy_traces(since, until)
         self.api = "legacy"
         f = self.filters
-        params = {"limit": LEGACY_PAGE, "fromStartTime": since, "toStartTime": until,
-                  "environment": list(f.environments), "userId": f.user_id}
+        params = {
+            "limit": LEGACY_PAGE,
+            "fromStartTime": since,
+            "toStartTime": until,
+            "environment": list(f.environments),
+            "userId": f.user_id,
+        }
         page = resume.get("page", 1) if resume else 1
         while True:
             body = self.http.get("/api/public/observations", {**params, "page": page})
@@ -177,9 +248,17 @@ class LangfuseSource:
     def _legacy_traces(self, since: str | None, until: str) -> dict[str, dict[str, Any]]:
         """Trace-level context (user, session, tags, name, release, ...) of the window's traces."""
         f = self.filters
-        params = {"limit": LEGACY_PAGE, "fields": "core", "fromTimestamp": since, "toTimestamp": until,
-                  "environment": list(f.environments), "name": f.trace_name, "userId": f.user_id,
-                  "sessionId": f.session_id, "tags": list(f.tags)}
+        params = {
+            "limit": LEGACY_PAGE,
+            "fields": "core",
+            "fromTimestamp": since,
+            "toTimestamp": until,
+            "environment": list(f.environments),
+            "name": f.trace_name,
+            "userId": f.user_id,
+            "sessionId": f.session_id,
+            "tags": list(f.tags),
+        }
         traces: dict[str, dict[str, Any]] = {}
         page = 1
         while True:
@@ -203,8 +282,9 @@ def _page_parts(body: Any, url: str) -> tuple[list[Any], dict[str, Any]]:
     return body["data"], meta if isinstance(meta, dict) else {}
 
 
-def _map(observations: list[Any], traces: dict[str, dict[str, Any]] | None
-         ) -> tuple[list[dict[str, Any]], list[str]]:
+def _map(
+    observations: list[Any], traces: dict[str, dict[str, Any]] | None
+) -> tuple[list[dict[str, Any]], list[str]]:
     spans, skipped = [], []
     for obs in observations:
         try:
@@ -221,8 +301,13 @@ def _map(observations: list[Any], traces: dict[str, dict[str, Any]] | None
 def looks_like_observation(obj: dict[str, Any]) -> bool:
     """A Langfuse observation (API or export): id, traceId, a known type and a startTime."""
     kind = obj.get("type")
-    return ("id" in obj and "traceId" in obj and "startTime" in obj and isinstance(kind, str)
-            and kind.upper() in OBSERVATION_TYPES)
+    return (
+        "id" in obj
+        and "traceId" in obj
+        and "startTime" in obj
+        and isinstance(kind, str)
+        and kind.upper() in OBSERVATION_TYPES
+    )
 
 
 def observation_span(obs: Any, trace: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -261,21 +346,26 @@ def observation_span(obs: Any, trace: dict[str, Any] | None = None) -> dict[str,
     if isinstance(metadata, dict) and metadata:
         attrs["metadata"] = _json_text(metadata)
         attrs.update(attributes({"langfuse.observation.metadata": metadata}))
-        cut = [k for k, v in metadata.items()
-               if isinstance(v, str) and len(v) == METADATA_CUT + 3 and v.endswith("...")]
+        cut = [
+            k
+            for k, v in metadata.items()
+            if isinstance(v, str) and len(v) == METADATA_CUT + 3 and v.endswith("...")
+        ]
         if cut:
             attrs["langfuse.observation.metadata_truncated"] = cut
     elif metadata not in (None, "", {}):
         attrs["metadata"] = _json_text(metadata)
     trace_name = obs.get("traceName") or trace.get("name")
-    for key, value in (("langfuse.environment", obs.get("environment") or trace.get("environment")),
-                       ("langfuse.release", obs.get("release") or trace.get("release")),
-                       ("langfuse.version", obs.get("version") or trace.get("version")),
-                       ("langfuse.trace.name", trace_name),
-                       ("langfuse.project.id", obs.get("projectId")),
-                       ("langfuse.observation.prompt.name", obs.get("promptName")),
-                       ("langfuse.observation.prompt.version", obs.get("promptVersion")),
-                       ("langfuse.observation.completion_start_time", obs.get("completionStartTime"))):
+    for key, value in (
+        ("langfuse.environment", obs.get("environment") or trace.get("environment")),
+        ("langfuse.release", obs.get("release") or trace.get("release")),
+        ("langfuse.version", obs.get("version") or trace.get("version")),
+        ("langfuse.trace.name", trace_name),
+        ("langfuse.project.id", obs.get("projectId")),
+        ("langfuse.observation.prompt.name", obs.get("promptName")),
+        ("langfuse.observation.prompt.version", obs.get("promptVersion")),
+        ("langfuse.observation.completion_start_time", obs.get("completionStartTime")),
+    ):
         _put(attrs, key, value)
     service = _service_name(metadata) or _service_name(trace.get("metadata")) or trace_name or "langfuse"
     span: dict[str, Any] = {
@@ -288,7 +378,8 @@ def observation_span(obs: Any, trace: dict[str, Any] | None = None) -> dict[str,
         "start_time": start,
         "end_time": end,
         "status": {"code": "STATUS_CODE_ERROR", "message": str(obs.get("statusMessage") or "")}
-        if level == "ERROR" else {"code": "STATUS_CODE_UNSET", "message": ""},
+        if level == "ERROR"
+        else {"code": "STATUS_CODE_UNSET", "message": ""},
         "resource": {"attributes": {"service.name": str(service)}},
         "scope": {"name": "langfuse", "version": ""},
         "attributes": attrs,
@@ -337,8 +428,14 @@ def _costs(obs: dict[str, Any]) -> dict[str, Any]:
             out[f"langfuse.observation.cost_details.{key}"] = value
             if key in _COST:
                 out[f"llm.cost.{_COST[key]}"] = value
-    total = next((obs[k] for k in ("totalCost", "calculatedTotalCost")
-                  if isinstance(obs.get(k), int | float) and not isinstance(obs.get(k), bool)), None)
+    total = next(
+        (
+            obs[k]
+            for k in ("totalCost", "calculatedTotalCost")
+            if isinstance(obs.get(k), int | float) and not isinstance(obs.get(k), bool)
+        ),
+        None,
+    )
     if total is not None and "llm.cost.total" not in out and (total or out):
         out["llm.cost.total"] = total
     return out
@@ -372,8 +469,11 @@ def _messages(value: Any, role: str) -> list[dict[str, Any]] | None:
         if isinstance(value.get("messages"), list):
             value = value["messages"]
         elif isinstance(value.get("choices"), list):
-            value = [c["message"] for c in value["choices"]
-                     if isinstance(c, dict) and isinstance(c.get("message"), dict)]
+            value = [
+                c["message"]
+                for c in value["choices"]
+                if isinstance(c, dict) and isinstance(c.get("message"), dict)
+            ]
         elif "role" in value:
             value = [value]
     if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):

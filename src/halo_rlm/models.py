@@ -28,27 +28,40 @@ class TraceFilters(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    has_errors: bool | None = Field(None, description="Only traces with (true) or without (false) an ERROR span")
-    services: list[str] | None = Field(None, description="Any of these service names",
-                                       validation_alias=_also("services", "service_names"))
-    agents: list[str] | None = Field(None, description="Any of these agent names",
-                                     validation_alias=_also("agents", "agent_names"))
-    models: list[str] | None = Field(None, description="Any of these model names",
-                                     validation_alias=_also("models", "model_names"))
-    tools: list[str] | None = Field(None, description="Any of these tool names",
-                                    validation_alias=_also("tools", "tool_names"))
+    has_errors: bool | None = Field(
+        None, description="Only traces with (true) or without (false) an ERROR span"
+    )
+    services: list[str] | None = Field(
+        None, description="Any of these service names", validation_alias=_also("services", "service_names")
+    )
+    agents: list[str] | None = Field(
+        None, description="Any of these agent names", validation_alias=_also("agents", "agent_names")
+    )
+    models: list[str] | None = Field(
+        None, description="Any of these model names", validation_alias=_also("models", "model_names")
+    )
+    tools: list[str] | None = Field(
+        None, description="Any of these tool names", validation_alias=_also("tools", "tool_names")
+    )
     session_ids: list[str] | None = None
     user_ids: list[str] | None = None
     trace_ids: list[str] | None = Field(None, description="Only these trace ids")
-    since: str | None = Field(None, description="Traces starting at or after this ISO-8601 time",
-                              validation_alias=_also("since", "start_time_gte"))
-    until: str | None = Field(None, description="Traces starting before this ISO-8601 time",
-                              validation_alias=_also("until", "end_time_lte"))
+    since: str | None = Field(
+        None,
+        description="Traces starting at or after this ISO-8601 time",
+        validation_alias=_also("since", "start_time_gte"),
+    )
+    until: str | None = Field(
+        None,
+        description="Traces starting before this ISO-8601 time",
+        validation_alias=_also("until", "end_time_lte"),
+    )
     min_duration_ms: float | None = None
     max_duration_ms: float | None = None
     min_cost: float | None = Field(None, description="Traces whose LLM cost (USD) is at least this")
     regex: str | None = Field(
-        None, description="RE2 regular expression matched against each span's raw JSON (quotes appear as \\\")",
+        None,
+        description="RE2 regular expression matched against each span's raw JSON (quotes appear as \\\")",
         validation_alias=_also("regex", "regex_pattern"),
     )
     text: str | None = Field(None, description="Case-insensitive text found in any span's raw JSON")
@@ -79,7 +92,9 @@ class TraceSummary(BaseModel):
     output_tokens: int | None
     cost: float | None
     session_id: str | None
-    raw_bytes: int = Field(description="Size of the trace's raw span records; views over ~150 KB are summarised")
+    raw_bytes: int = Field(
+        description="Size of the trace's raw span records; views over ~150 KB are summarised"
+    )
 
 
 class TracePage(BaseModel):
@@ -137,7 +152,9 @@ class Overview(BaseModel):
     raw_bytes: int
     error_groups: list[ErrorGroup]
     sample_trace_ids: list[str]
-    lists_capped_at: int = Field(description="Each list above shows at most this many entries, most traces first")
+    lists_capped_at: int = Field(
+        description="Each list above shows at most this many entries, most traces first"
+    )
 
 
 class SpanView(BaseModel):
@@ -148,7 +165,9 @@ class SpanView(BaseModel):
     kind: str
     status: str
     status_message: str | None = None
-    start_offset_ms: float | None = Field(None, description="Milliseconds after the trace's first span started")
+    start_offset_ms: float | None = Field(
+        None, description="Milliseconds after the trace's first span started"
+    )
     duration_ms: float | None = None
     service: str | None = None
     agent: str | None = None

@@ -24,73 +24,205 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-KINDS = ("AGENT", "LLM", "TOOL", "CHAIN", "RETRIEVER", "EMBEDDING", "RERANKER", "GUARDRAIL", "EVALUATOR",
-         "PROMPT")
+KINDS = (
+    "AGENT",
+    "LLM",
+    "TOOL",
+    "CHAIN",
+    "RETRIEVER",
+    "EMBEDDING",
+    "RERANKER",
+    "GUARDRAIL",
+    "EVALUATOR",
+    "PROMPT",
+)
 TEXT_CAP = 32_768  # canonical text columns keep head and tail up to this many characters; `raw` keeps all
 
 # Canonical field -> attribute keys, highest priority first.
 SOURCES: dict[str, list[str]] = {
-    "model": ["llm.model_name", "llm.response.model_name", "gen_ai.response.model", "gen_ai.request.model",
-              "llm.request.model_name", "llm.request.model", "inference.llm.model_name",
-              "langfuse.observation.model.name", "ai.model.id"],
-    "provider": ["llm.provider", "llm.system", "gen_ai.provider.name", "gen_ai.system", "inference.llm.provider",
-                 "ai.model.provider"],
-    "input_tokens": ["llm.token_count.prompt", "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens",
-                     "llm.usage.prompt_tokens", "inference.llm.input_tokens", "ai.usage.inputTokens",
-                     "ai.usage.promptTokens"],
-    "output_tokens": ["llm.token_count.completion", "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens",
-                      "llm.usage.completion_tokens", "inference.llm.output_tokens", "ai.usage.outputTokens",
-                      "ai.usage.completionTokens"],
-    "total_tokens": ["llm.token_count.total", "gen_ai.usage.total_tokens", "llm.usage.total_tokens",
-                     "ai.usage.totalTokens", "ai.usage.tokens"],
-    "cache_read_tokens": ["llm.token_count.prompt_details.cache_read", "llm.token_count.prompt_cached",
-                          "gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens",
-                          "inference.llm.cached_input_tokens", "ai.usage.cachedInputTokens"],
-    "cache_write_tokens": ["llm.token_count.prompt_details.cache_write", "gen_ai.usage.cache_creation.input_tokens",
-                           "gen_ai.usage.cache_creation_input_tokens"],
-    "reasoning_tokens": ["llm.token_count.completion_details.reasoning", "llm.token_count.completion_reasoning",
-                         "gen_ai.usage.reasoning.output_tokens", "inference.llm.reasoning_output_tokens",
-                         "ai.usage.reasoningTokens"],
-    "cost": ["llm.cost.total", "gen_ai.usage.cost", "inference.llm.cost.total", "langfuse.observation.cost_details.total"],
-    "session_id": ["session.id", "gen_ai.conversation.id", "traceloop.association.properties.session_id",
-                   "inference.session_id", "langfuse.session.id", "ai.telemetry.metadata.sessionId",
-                   "ai.telemetry.metadata.session_id", "conversation.id", "conversation_id",
-                   "agent.workflow.group_id"],
-    "user_id": ["user.id", "enduser.id", "traceloop.association.properties.user_id", "inference.user_id",
-                "langfuse.user.id", "ai.telemetry.metadata.userId", "ai.telemetry.metadata.user_id"],
-    "agent_name": ["agent.name", "gen_ai.agent.name", "inference.agent_name", "sdk.data.agent_name",
-                   "ai.telemetry.functionId"],
+    "model": [
+        "llm.model_name",
+        "llm.response.model_name",
+        "gen_ai.response.model",
+        "gen_ai.request.model",
+        "llm.request.model_name",
+        "llm.request.model",
+        "inference.llm.model_name",
+        "langfuse.observation.model.name",
+        "ai.model.id",
+    ],
+    "provider": [
+        "llm.provider",
+        "llm.system",
+        "gen_ai.provider.name",
+        "gen_ai.system",
+        "inference.llm.provider",
+        "ai.model.provider",
+    ],
+    "input_tokens": [
+        "llm.token_count.prompt",
+        "gen_ai.usage.input_tokens",
+        "gen_ai.usage.prompt_tokens",
+        "llm.usage.prompt_tokens",
+        "inference.llm.input_tokens",
+        "ai.usage.inputTokens",
+        "ai.usage.promptTokens",
+    ],
+    "output_tokens": [
+        "llm.token_count.completion",
+        "gen_ai.usage.output_tokens",
+        "gen_ai.usage.completion_tokens",
+        "llm.usage.completion_tokens",
+        "inference.llm.output_tokens",
+        "ai.usage.outputTokens",
+        "ai.usage.completionTokens",
+    ],
+    "total_tokens": [
+        "llm.token_count.total",
+        "gen_ai.usage.total_tokens",
+        "llm.usage.total_tokens",
+        "ai.usage.totalTokens",
+        "ai.usage.tokens",
+    ],
+    "cache_read_tokens": [
+        "llm.token_count.prompt_details.cache_read",
+        "llm.token_count.prompt_cached",
+        "gen_ai.usage.cache_read.input_tokens",
+        "gen_ai.usage.cache_read_input_tokens",
+        "inference.llm.cached_input_tokens",
+        "ai.usage.cachedInputTokens",
+    ],
+    "cache_write_tokens": [
+        "llm.token_count.prompt_details.cache_write",
+        "gen_ai.usage.cache_creation.input_tokens",
+        "gen_ai.usage.cache_creation_input_tokens",
+    ],
+    "reasoning_tokens": [
+        "llm.token_count.completion_details.reasoning",
+        "llm.token_count.completion_reasoning",
+        "gen_ai.usage.reasoning.output_tokens",
+        "inference.llm.reasoning_output_tokens",
+        "ai.usage.reasoningTokens",
+    ],
+    "cost": [
+        "llm.cost.total",
+        "gen_ai.usage.cost",
+        "inference.llm.cost.total",
+        "langfuse.observation.cost_details.total",
+    ],
+    "session_id": [
+        "session.id",
+        "gen_ai.conversation.id",
+        "traceloop.association.properties.session_id",
+        "inference.session_id",
+        "langfuse.session.id",
+        "ai.telemetry.metadata.sessionId",
+        "ai.telemetry.metadata.session_id",
+        "conversation.id",
+        "conversation_id",
+        "agent.workflow.group_id",
+    ],
+    "user_id": [
+        "user.id",
+        "enduser.id",
+        "traceloop.association.properties.user_id",
+        "inference.user_id",
+        "langfuse.user.id",
+        "ai.telemetry.metadata.userId",
+        "ai.telemetry.metadata.user_id",
+    ],
+    "agent_name": [
+        "agent.name",
+        "gen_ai.agent.name",
+        "inference.agent_name",
+        "sdk.data.agent_name",
+        "ai.telemetry.functionId",
+    ],
     "tool_name": ["tool.name", "gen_ai.tool.name", "ai.toolCall.name"],
     "tool_call_id": ["tool_call.id", "gen_ai.tool.call.id", "ai.toolCall.id"],
-    "tool_args": ["gen_ai.tool.call.arguments", "tool.arguments", "input.value", "traceloop.entity.input",
-                  "ai.toolCall.args"],
-    "tool_result": ["gen_ai.tool.call.result", "output.value", "traceloop.entity.output", "ai.toolCall.result"],
-    "input_value": ["input.value", "traceloop.entity.input", "gen_ai.prompt", "langfuse.observation.input",
-                    "ai.prompt"],
-    "output_value": ["output.value", "traceloop.entity.output", "gen_ai.completion", "langfuse.observation.output",
-                     "ai.response.text"],
+    "tool_args": [
+        "gen_ai.tool.call.arguments",
+        "tool.arguments",
+        "input.value",
+        "traceloop.entity.input",
+        "ai.toolCall.args",
+    ],
+    "tool_result": [
+        "gen_ai.tool.call.result",
+        "output.value",
+        "traceloop.entity.output",
+        "ai.toolCall.result",
+    ],
+    "input_value": [
+        "input.value",
+        "traceloop.entity.input",
+        "gen_ai.prompt",
+        "langfuse.observation.input",
+        "ai.prompt",
+    ],
+    "output_value": [
+        "output.value",
+        "traceloop.entity.output",
+        "gen_ai.completion",
+        "langfuse.observation.output",
+        "ai.response.text",
+    ],
     "error_type": ["error.type", "exception.type"],
 }
 # Keys read for classification only.
-CLASSIFIERS = ["openinference.span.kind", "gen_ai.operation.name", "inference.observation_kind",
-               "inference.observation.kind", "langfuse.observation.type", "langfuse.observation.level",
-               "langfuse.observation.status_message", "traceloop.span.kind", "llm.finish_reason"]
+CLASSIFIERS = [
+    "openinference.span.kind",
+    "gen_ai.operation.name",
+    "inference.observation_kind",
+    "inference.observation.kind",
+    "langfuse.observation.type",
+    "langfuse.observation.level",
+    "langfuse.observation.status_message",
+    "traceloop.span.kind",
+    "llm.finish_reason",
+]
 # Any of these present means the span carries model output or tool definitions to normalise.
-MESSAGE_MARKERS = ["llm.output_messages", "llm.output_messages.0.message.role", "llm.output_messages.0.message.content",
-                   "llm.output_messages.0.message.tool_calls.0.tool_call.function.name", "llm.tools",
-                   "llm.tools.0.tool.json_schema", "gen_ai.output.messages", "gen_ai.completion.0.role",
-                   "gen_ai.completion.0.content", "gen_ai.tool.definitions", "ai.response.toolCalls", "agent.tools",
-                   "agent.handoffs", "llm.request.functions.0.name"]
-ATTRIBUTE_KEYS = sorted({k for keys in SOURCES.values() for k in keys} | set(CLASSIFIERS) | set(MESSAGE_MARKERS))
+MESSAGE_MARKERS = [
+    "llm.output_messages",
+    "llm.output_messages.0.message.role",
+    "llm.output_messages.0.message.content",
+    "llm.output_messages.0.message.tool_calls.0.tool_call.function.name",
+    "llm.tools",
+    "llm.tools.0.tool.json_schema",
+    "gen_ai.output.messages",
+    "gen_ai.completion.0.role",
+    "gen_ai.completion.0.content",
+    "gen_ai.tool.definitions",
+    "ai.response.toolCalls",
+    "agent.tools",
+    "agent.handoffs",
+    "llm.request.functions.0.name",
+]
+ATTRIBUTE_KEYS = sorted(
+    {k for keys in SOURCES.values() for k in keys} | set(CLASSIFIERS) | set(MESSAGE_MARKERS)
+)
 
 _STRUCT = {
-    "trace_id": "JSON", "span_id": "JSON", "parent_span_id": "VARCHAR", "name": "VARCHAR", "kind": "VARCHAR",
-    "start_time": "VARCHAR", "end_time": "VARCHAR",
+    "trace_id": "JSON",
+    "span_id": "JSON",
+    "parent_span_id": "VARCHAR",
+    "name": "VARCHAR",
+    "kind": "VARCHAR",
+    "start_time": "VARCHAR",
+    "end_time": "VARCHAR",
     "status": {"code": "VARCHAR", "message": "VARCHAR"},
     "resource": {"attributes": {"service.name": "VARCHAR"}},
     "scope": {"name": "VARCHAR", "version": "VARCHAR"},
-    "events": [{"name": "VARCHAR", "attributes": {"exception.type": "VARCHAR", "exception.message": "VARCHAR",
-                                                   "exception.stacktrace": "VARCHAR"}}],
+    "events": [
+        {
+            "name": "VARCHAR",
+            "attributes": {
+                "exception.type": "VARCHAR",
+                "exception.message": "VARCHAR",
+                "exception.stacktrace": "VARCHAR",
+            },
+        }
+    ],
     "attributes": {key: "VARCHAR" for key in ATTRIBUTE_KEYS},
 }
 PARSE_STRUCTURE = orjson.dumps(_STRUCT).decode()
@@ -103,23 +235,49 @@ MESSAGES_TYPE = (
 
 # Canonical span columns in table order; the store creates its table from this list.
 SPAN_COLUMNS: list[tuple[str, str]] = [
-    ("trace_id", "VARCHAR NOT NULL"), ("span_id", "VARCHAR NOT NULL"), ("parent_id", "VARCHAR"),
-    ("name", "VARCHAR"), ("kind", "VARCHAR"), ("otel_kind", "VARCHAR"), ("service", "VARCHAR"),
-    ("scope", "VARCHAR"), ("scope_version", "VARCHAR"), ("status", "VARCHAR"), ("status_message", "VARCHAR"),
-    ("start_ns", "BIGINT"), ("end_ns", "BIGINT"), ("duration_ns", "BIGINT"),
-    ("model", "VARCHAR"), ("provider", "VARCHAR"),
-    ("input_tokens", "BIGINT"), ("output_tokens", "BIGINT"), ("total_tokens", "BIGINT"),
-    ("cache_read_tokens", "BIGINT"), ("cache_write_tokens", "BIGINT"), ("reasoning_tokens", "BIGINT"),
+    ("trace_id", "VARCHAR NOT NULL"),
+    ("span_id", "VARCHAR NOT NULL"),
+    ("parent_id", "VARCHAR"),
+    ("name", "VARCHAR"),
+    ("kind", "VARCHAR"),
+    ("otel_kind", "VARCHAR"),
+    ("service", "VARCHAR"),
+    ("scope", "VARCHAR"),
+    ("scope_version", "VARCHAR"),
+    ("status", "VARCHAR"),
+    ("status_message", "VARCHAR"),
+    ("start_ns", "BIGINT"),
+    ("end_ns", "BIGINT"),
+    ("duration_ns", "BIGINT"),
+    ("model", "VARCHAR"),
+    ("provider", "VARCHAR"),
+    ("input_tokens", "BIGINT"),
+    ("output_tokens", "BIGINT"),
+    ("total_tokens", "BIGINT"),
+    ("cache_read_tokens", "BIGINT"),
+    ("cache_write_tokens", "BIGINT"),
+    ("reasoning_tokens", "BIGINT"),
     ("cost", "DOUBLE"),
-    ("session_id", "VARCHAR"), ("user_id", "VARCHAR"), ("agent_name", "VARCHAR"),
-    ("tool_name", "VARCHAR"), ("tool_call_id", "VARCHAR"),
-    ("tool_args", "VARCHAR USING COMPRESSION zstd"), ("tool_result", "VARCHAR USING COMPRESSION zstd"),
-    ("input_value", "VARCHAR USING COMPRESSION zstd"), ("output_value", "VARCHAR USING COMPRESSION zstd"),
+    ("session_id", "VARCHAR"),
+    ("user_id", "VARCHAR"),
+    ("agent_name", "VARCHAR"),
+    ("tool_name", "VARCHAR"),
+    ("tool_call_id", "VARCHAR"),
+    ("tool_args", "VARCHAR USING COMPRESSION zstd"),
+    ("tool_result", "VARCHAR USING COMPRESSION zstd"),
+    ("input_value", "VARCHAR USING COMPRESSION zstd"),
+    ("output_value", "VARCHAR USING COMPRESSION zstd"),
     ("output_messages", "JSON"),
-    ("tool_calls", "STRUCT(id VARCHAR, name VARCHAR, arguments VARCHAR)[]"), ("tools_offered", "VARCHAR[]"),
-    ("finish_reason", "VARCHAR"), ("error_type", "VARCHAR"), ("exceptions", "JSON"), ("error_template", "VARCHAR"),
+    ("tool_calls", "STRUCT(id VARCHAR, name VARCHAR, arguments VARCHAR)[]"),
+    ("tools_offered", "VARCHAR[]"),
+    ("finish_reason", "VARCHAR"),
+    ("error_type", "VARCHAR"),
+    ("exceptions", "JSON"),
+    ("error_template", "VARCHAR"),
     ("is_orphan", "BOOLEAN DEFAULT false"),
-    ("input_id", "INTEGER"), ("line_no", "BIGINT"), ("raw_bytes", "INTEGER"),
+    ("input_id", "INTEGER"),
+    ("line_no", "BIGINT"),
+    ("raw_bytes", "INTEGER"),
     ("raw", "VARCHAR USING COMPRESSION zstd"),
 ]
 
@@ -156,10 +314,9 @@ def _is_kind(expr: str) -> str:
     return f"contains({KIND_SET}, '|' || {expr} || '|')"
 
 
-
 KIND_SQL = f"""CASE
   WHEN {_is_kind('upper(j.attributes."openinference.span.kind")')} THEN upper(j.attributes."openinference.span.kind")
-  WHEN {_is_kind('upper(j.kind)')} THEN upper(j.kind)
+  WHEN {_is_kind("upper(j.kind)")} THEN upper(j.kind)
   WHEN contains('|chat|text_completion|generate_content|completion|',
     '|' || lower(j.attributes."gen_ai.operation.name") || '|')
     THEN 'LLM'
@@ -216,9 +373,9 @@ SELECT
   CASE WHEN kind = 'TOOL' THEN coalesce(tool_name, regexp_replace(name, '^(function\\.|execute_tool )', '')) END
     AS tool_name,
   tool_call_id,
-  CASE WHEN kind = 'TOOL' THEN {_capped('tool_args')} END AS tool_args,
-  CASE WHEN kind = 'TOOL' THEN {_capped('tool_result')} END AS tool_result,
-  {_capped('input_value')} AS input_value, {_capped('output_value')} AS output_value,
+  CASE WHEN kind = 'TOOL' THEN {_capped("tool_args")} END AS tool_args,
+  CASE WHEN kind = 'TOOL' THEN {_capped("tool_result")} END AS tool_result,
+  {_capped("input_value")} AS input_value, {_capped("output_value")} AS output_value,
   m.output_messages, m.tool_calls, m.tools_offered,
   coalesce(m.finish_reason, finish_reason) AS finish_reason, error_type, exceptions,
   CASE WHEN status = 'ERROR' THEN halo_template(
@@ -238,17 +395,17 @@ FROM (
       j.resource.attributes."service.name" AS service, j.scope.name AS scope, j.scope.version AS scope_version,
       {STATUS_SQL} AS status, {STATUS_MESSAGE_SQL} AS status_message,
       halo_ns(j.start_time) AS start_ns, halo_ns(j.end_time) AS end_ns,
-      {_coalesce('model')} AS model, {_coalesce('provider')} AS provider,
-      {_count('input_tokens')} AS input_tokens, {_count('output_tokens')} AS output_tokens,
-      {_count('total_tokens')} AS total_tokens, {_count('cache_read_tokens')} AS cache_read_tokens,
-      {_count('cache_write_tokens')} AS cache_write_tokens, {_count('reasoning_tokens')} AS reasoning_tokens,
-      try_cast({_coalesce('cost')} AS DOUBLE) AS cost,
-      {_coalesce('session_id')} AS session_id, {_coalesce('user_id')} AS user_id,
-      {_coalesce('agent_name')} AS agent_name, {_coalesce('tool_name')} AS tool_name,
-      {_coalesce('tool_call_id')} AS tool_call_id, {_coalesce('tool_args')} AS tool_args,
-      {_coalesce('tool_result')} AS tool_result, {_coalesce('input_value')} AS input_value,
-      {_coalesce('output_value')} AS output_value,
-      coalesce({_coalesce('error_type')}, {_EXCEPTIONS}[1].attributes."exception.type") AS error_type,
+      {_coalesce("model")} AS model, {_coalesce("provider")} AS provider,
+      {_count("input_tokens")} AS input_tokens, {_count("output_tokens")} AS output_tokens,
+      {_count("total_tokens")} AS total_tokens, {_count("cache_read_tokens")} AS cache_read_tokens,
+      {_count("cache_write_tokens")} AS cache_write_tokens, {_count("reasoning_tokens")} AS reasoning_tokens,
+      try_cast({_coalesce("cost")} AS DOUBLE) AS cost,
+      {_coalesce("session_id")} AS session_id, {_coalesce("user_id")} AS user_id,
+      {_coalesce("agent_name")} AS agent_name, {_coalesce("tool_name")} AS tool_name,
+      {_coalesce("tool_call_id")} AS tool_call_id, {_coalesce("tool_args")} AS tool_args,
+      {_coalesce("tool_result")} AS tool_result, {_coalesce("input_value")} AS input_value,
+      {_coalesce("output_value")} AS output_value,
+      coalesce({_coalesce("error_type")}, {_EXCEPTIONS}[1].attributes."exception.type") AS error_type,
       CASE WHEN len({_EXCEPTIONS}) > 0 THEN to_json(list_transform({_EXCEPTIONS}, lambda e: {{
         'type': e.attributes."exception.type", 'message': e.attributes."exception.message",
         'stacktrace': e.attributes."exception.stacktrace"}})) END AS exceptions,
@@ -284,14 +441,18 @@ BULK_INSERT_SQL = _insert_sql(
     f"""(SELECT NULL::BIGINT AS line_no, json::VARCHAR AS raw FROM read_json_objects(
           $path, format = 'newline_delimited', compression = $compression,
           maximum_object_size = {BULK_OBJECT_BYTES}))""",
-    "", "")
+    "",
+    "",
+)
 
 # Spans the Python decoders wrote to a staging file, one `{"line": N, "span": {...}}` per line.
 STAGED_INSERT_SQL = _insert_sql(
     f"""(SELECT line AS line_no, span::VARCHAR AS raw FROM read_json(
           $path, format = 'newline_delimited', columns = {{'line': 'BIGINT', 'span': 'JSON'}},
           maximum_object_size = {BULK_OBJECT_BYTES}))""",
-    "WHERE trace_id <> '' AND span_id <> ''", "")
+    "WHERE trace_id <> '' AND span_id <> ''",
+    "",
+)
 
 MACROS = [
     # Error messages as templates: the same failure with different ids, numbers, paths, URLs or quoted
@@ -338,7 +499,6 @@ MACROS = [
 ]
 
 
-
 def register_macros(con: Any) -> None:
     for macro in MACROS:
         con.execute(macro)
@@ -346,7 +506,9 @@ def register_macros(con: Any) -> None:
 
 def register_udfs(con: Any) -> None:
     """The message normaliser, needed only to ingest (it is Python, so read-only stores skip it)."""
-    con.create_function("halo_messages", _messages_udf, ["VARCHAR"], "VARCHAR", type="arrow", side_effects=False)
+    con.create_function(
+        "halo_messages", _messages_udf, ["VARCHAR"], "VARCHAR", type="arrow", side_effects=False
+    )
 
 
 def _messages_udf(column: pa.Array) -> pa.Array:
@@ -357,8 +519,11 @@ def _messages_udf(column: pa.Array) -> pa.Array:
     for text in column.to_pylist():
         try:
             attrs = orjson.loads(text).get("attributes")
-            out.append(orjson.dumps(normalize_messages(attrs, inputs=False)).decode() if isinstance(attrs, dict)
-                       else _NO_MESSAGES)
+            out.append(
+                orjson.dumps(normalize_messages(attrs, inputs=False)).decode()
+                if isinstance(attrs, dict)
+                else _NO_MESSAGES
+            )
         except Exception:  # noqa: BLE001 - untrusted input; see above
             out.append(_NO_MESSAGES)
     return pa.array(out, type=pa.string())
@@ -454,7 +619,7 @@ def _from_indexed(items: dict[int, dict[str, Any]] | None) -> list[dict[str, Any
             if tool:
                 calls[int(tool.group(1))][tool.group(2).removeprefix("function.")] = value
             elif rest.startswith("contents."):
-                number, _, leaf = rest[len("contents."):].partition(".")
+                number, _, leaf = rest[len("contents.") :].partition(".")
                 if leaf.endswith("text") and number.isdecimal():
                     parts[int(number)] = str(value)
             else:
@@ -462,14 +627,16 @@ def _from_indexed(items: dict[int, dict[str, Any]] | None) -> list[dict[str, Any
         content = fields.get("content")
         if content is None and parts:
             content = "\n".join(parts[i] for i in sorted(parts))
-        messages.append({
-            "role": _text(fields.get("role")),
-            "content": _content(content),
-            "tool_calls": [_call(calls[i]) for i in sorted(calls)],
-            "tool_call_id": _text(fields.get("tool_call_id")),
-            "name": _text(fields.get("name")),
-            "finish_reason": _text(fields.get("finish_reason")),
-        })
+        messages.append(
+            {
+                "role": _text(fields.get("role")),
+                "content": _content(content),
+                "tool_calls": [_call(calls[i]) for i in sorted(calls)],
+                "tool_call_id": _text(fields.get("tool_call_id")),
+                "name": _text(fields.get("name")),
+                "finish_reason": _text(fields.get("finish_reason")),
+            }
+        )
     return messages
 
 
@@ -492,14 +659,16 @@ def _blob(value: Any) -> list[dict[str, Any]]:
         for call in item.get("tool_calls") or ():
             if isinstance(call, dict):
                 calls.append(_call({**call, **(call.get("function") or {})}))
-        messages.append({
-            "role": _text(item.get("role")),
-            "content": content,
-            "tool_calls": calls,
-            "tool_call_id": _text(item.get("tool_call_id")) or tool_call_id,
-            "name": _text(item.get("name")),
-            "finish_reason": _text(item.get("finish_reason")),
-        })
+        messages.append(
+            {
+                "role": _text(item.get("role")),
+                "content": content,
+                "tool_calls": calls,
+                "tool_call_id": _text(item.get("tool_call_id")) or tool_call_id,
+                "name": _text(item.get("name")),
+                "finish_reason": _text(item.get("finish_reason")),
+            }
+        )
     return messages
 
 
@@ -512,7 +681,9 @@ def _anthropic_blocks(content: Any) -> tuple[str | None, list[dict[str, Any]], s
         if not isinstance(block, dict):
             texts.append(str(block))
         elif block.get("type") == "tool_use":
-            calls.append(_call({"id": block.get("id"), "name": block.get("name"), "arguments": block.get("input")}))
+            calls.append(
+                _call({"id": block.get("id"), "name": block.get("name"), "arguments": block.get("input")})
+            )
         elif block.get("type") == "tool_result":
             tool_call_id = _text(block.get("tool_use_id"))
             texts.append(_content(block.get("content")) or "")
@@ -550,13 +721,15 @@ def _genai(value: Any, system: Any) -> list[dict[str, Any]]:
                 texts.append(_content(part.get("content")) or "")
         if "content" in item and not texts:
             texts.append(_content(item["content"]) or "")
-        messages.append({
-            "role": _text(item.get("role")),
-            "content": "\n".join(t for t in texts if t) or None,
-            "tool_calls": calls,
-            "tool_call_id": tool_call_id,
-            "finish_reason": _text(item.get("finish_reason")),
-        })
+        messages.append(
+            {
+                "role": _text(item.get("role")),
+                "content": "\n".join(t for t in texts if t) or None,
+                "tool_calls": calls,
+                "tool_call_id": tool_call_id,
+                "finish_reason": _text(item.get("finish_reason")),
+            }
+        )
     return messages
 
 
@@ -564,13 +737,22 @@ def _vercel_output(attrs: dict[str, Any]) -> list[dict[str, Any]]:
     calls = _json(attrs.get("ai.response.toolCalls"))
     if not isinstance(calls, list) or not calls:
         return []
-    return [{"role": "assistant", "content": _content(attrs.get("ai.response.text")), "tool_calls": [
-        _call({"id": c.get("toolCallId"), "name": c.get("toolName"), "arguments": c.get("args")})
-        for c in calls if isinstance(c, dict)
-    ]}]
+    return [
+        {
+            "role": "assistant",
+            "content": _content(attrs.get("ai.response.text")),
+            "tool_calls": [
+                _call({"id": c.get("toolCallId"), "name": c.get("toolName"), "arguments": c.get("args")})
+                for c in calls
+                if isinstance(c, dict)
+            ],
+        }
+    ]
 
 
-def _tools_offered(attrs: dict[str, Any], indexed: Callable[[str], dict[int, dict[str, Any]] | None]) -> list[str]:
+def _tools_offered(
+    attrs: dict[str, Any], indexed: Callable[[str], dict[int, dict[str, Any]] | None]
+) -> list[str]:
     names: list[str] = []
     blobs = [attrs.get(key) for key in ("llm.tools", "gen_ai.tool.definitions", "agent.tools")]
     for value in blobs:

@@ -33,9 +33,11 @@ class PhoenixSource:
         self.url = f"{self.endpoint}/projects/{project}"
         self.api = ""
         self.http = Http(
-            self.endpoint, headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
+            self.endpoint,
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
             secrets=(api_key or "",),
-            auth_hint="Phoenix wants an API key; pass --api-key (or set PHOENIX_API_KEY)" if not api_key
+            auth_hint="Phoenix wants an API key; pass --api-key (or set PHOENIX_API_KEY)"
+            if not api_key
             else "Phoenix refused the API key; check --api-key (or PHOENIX_API_KEY)",
             not_found_hint="is --endpoint Phoenix's base URL (e.g. http://localhost:6006)?",
         )

@@ -56,7 +56,8 @@ RUN_CODE = Tool(
     "text=None, limit=1000) -> span rows; search(regex, trace_id=None, span_id=None, max_matches=50) -> matches; "
     "sql(query) -> rows as dicts; llm_query(prompt) -> str; llm_query_batched(prompts) -> list of str (errors come "
     "back as 'ERROR: ...' items); rlm_query(question) -> a sub-agent's answer. Print what you want to see.",
-    RunCodeArgs, run_code,
+    RunCodeArgs,
+    run_code,
 )
 
 
@@ -69,9 +70,16 @@ class HostFunctions:
         self.limits = agent.run.code_limits
 
     def as_dict(self) -> dict[str, Any]:
-        return {"traces": self.traces, "trace": self.trace, "spans": self.spans, "search": self.search,
-                "sql": self.sql, "llm_query": self.llm_query, "llm_query_batched": self.llm_query_batched,
-                "rlm_query": self.rlm_query}
+        return {
+            "traces": self.traces,
+            "trace": self.trace,
+            "spans": self.spans,
+            "search": self.search,
+            "sql": self.sql,
+            "llm_query": self.llm_query,
+            "llm_query_batched": self.llm_query_batched,
+            "rlm_query": self.rlm_query,
+        }
 
     # Store functions are synchronous: the sandbox runs them in worker threads, each on its own
     # connection to the store.
@@ -83,13 +91,21 @@ class HostFunctions:
         except StoreError as exc:
             raise ValueError(str(exc)) from None
 
-    def traces(self, limit: int = 100, sort: str = "start", descending: bool = True, **filters: Any) -> list[dict]:
+    def traces(
+        self, limit: int = 100, sort: str = "start", descending: bool = True, **filters: Any
+    ) -> list[dict]:
         try:
             parsed = TraceFilters.model_validate(filters) if filters else None
         except ValidationError as exc:
             raise ValueError(f"bad filters: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
-        page = self._with_store(lambda s: s.query_traces(parsed, sort=sort, descending=descending,  # type: ignore[arg-type]
-                                                         limit=min(int(limit), self.limits.rows_max)))
+        page = self._with_store(
+            lambda s: s.query_traces(
+                parsed,
+                sort=sort,
+                descending=descending,  # type: ignore[arg-type]
+                limit=min(int(limit), self.limits.rows_max),
+            )
+        )
         return [t.model_dump(mode="json") for t in page.traces]
 
     def trace(self, trace_id: str) -> dict:
@@ -103,22 +119,34 @@ class HostFunctions:
             raise ValueError(f"spans() takes {', '.join(sorted(allowed))}, not {', '.join(sorted(unknown))}")
         return self._with_store(lambda s: s.spans(limit=min(int(limit), self.limits.rows_max), **conditions))
 
-    def search(self, regex: str, trace_id: str | None = None, span_id: str | None = None,
-               max_matches: int = 50) -> list[dict]:
-        result = self._with_store(lambda s: s.search(str(regex), trace_id=trace_id, span_id=span_id,
-                                                     max_matches=min(int(max_matches), 500), timeout=10))
+    def search(
+        self, regex: str, trace_id: str | None = None, span_id: str | None = None, max_matches: int = 50
+    ) -> list[dict]:
+        result = self._with_store(
+            lambda s: s.search(
+                str(regex),
+                trace_id=trace_id,
+                span_id=span_id,
+                max_matches=min(int(max_matches), 500),
+                timeout=10,
+            )
+        )
         return [m.model_dump(mode="json") for m in result.matches]
 
     def sql(self, query: str) -> list[dict]:
-        result = self._with_store(lambda s: s.sql(str(query), max_rows=self.limits.rows_max, max_bytes=5_000_000))
+        result = self._with_store(
+            lambda s: s.sql(str(query), max_rows=self.limits.rows_max, max_bytes=5_000_000)
+        )
         return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
 
     # LLM functions are coroutines: they run on the engine's event loop, in the run_code call's task.
 
     def _spend(self, calls: int) -> None:
         if self.run.code_llm_calls + calls > self.limits.llm_calls_per_run:
-            raise RuntimeError(f"LLM calls from code are capped at {self.limits.llm_calls_per_run} per run "
-                               f"({self.run.code_llm_calls} made); work with what you have")
+            raise RuntimeError(
+                f"LLM calls from code are capped at {self.limits.llm_calls_per_run} per run "
+                f"({self.run.code_llm_calls} made); work with what you have"
+            )
         stop = self.run.budget.exhausted()
         if stop:
             raise RuntimeError(f"no LLM calls left: {stop}")
@@ -132,8 +160,10 @@ class HostFunctions:
         if not isinstance(prompts, list | tuple):
             raise TypeError("llm_query_batched takes a list of prompts")
         if len(prompts) > self.limits.batch_max:
-            raise ValueError(f"at most {self.limits.batch_max} prompts per llm_query_batched call "
-                             f"(got {len(prompts)}); merge related items into fewer, fuller prompts")
+            raise ValueError(
+                f"at most {self.limits.batch_max} prompts per llm_query_batched call "
+                f"(got {len(prompts)}); merge related items into fewer, fuller prompts"
+            )
         self._spend(len(prompts))
         gate = asyncio.Semaphore(self.limits.batch_parallel)
 
@@ -158,14 +188,23 @@ class HostFunctions:
         from halo_rlm.engine import AgentMessage, AgentOutputItem, TurnUsage
 
         model = self.run.config.model_for("synthesis")
-        completion = await self.run.llm.complete(model, [{"role": "user", "content": prompt}],
-                                                 deadline=self.run.budget.deadline)
+        completion = await self.run.llm.complete(
+            model, [{"role": "user", "content": prompt}], deadline=self.run.budget.deadline
+        )
         self.run.account(self.agent, completion)
         usage = completion.usage
-        self.run.emit(AgentOutputItem(
-            sequence=0, item=AgentMessage(role="tool", name="llm_query", content=completion.content[:2_000]),
-            usage=TurnUsage(model=completion.model, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                            cached_tokens=usage.cached_tokens, cost_usd=usage.cost),
-            **self.agent.lineage()))
+        self.run.emit(
+            AgentOutputItem(
+                sequence=0,
+                item=AgentMessage(role="tool", name="llm_query", content=completion.content[:2_000]),
+                usage=TurnUsage(
+                    model=completion.model,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    cached_tokens=usage.cached_tokens,
+                    cost_usd=usage.cost,
+                ),
+                **self.agent.lineage(),
+            )
+        )
         return completion.content
-

@@ -19,9 +19,21 @@ import orjson
 from pydantic import BaseModel, Field
 
 Category = Literal[
-    "hallucinated_tool", "invalid_tool_arguments", "tool_error", "repetition_loop", "refusal", "max_turns",
-    "timeout", "rate_limit", "latency", "cost", "context_overflow", "empty_or_truncated_output", "guardrail",
-    "handoff", "other",
+    "hallucinated_tool",
+    "invalid_tool_arguments",
+    "tool_error",
+    "repetition_loop",
+    "refusal",
+    "max_turns",
+    "timeout",
+    "rate_limit",
+    "latency",
+    "cost",
+    "context_overflow",
+    "empty_or_truncated_output",
+    "guardrail",
+    "handoff",
+    "other",
 ]
 CATEGORIES: dict[str, str] = {
     "hallucinated_tool": "The model calls a tool it was not offered, or one that does not exist.",
@@ -54,8 +66,11 @@ class Evidence(BaseModel):
 
     trace_id: str
     span_id: str | None = None
-    excerpt: str = Field("", description="Text quoted from the span (error, arguments, output); '…' marks cuts. "
-                                         "Verification checks it is really there.")
+    excerpt: str = Field(
+        "",
+        description="Text quoted from the span (error, arguments, output); '…' marks cuts. "
+        "Verification checks it is really there.",
+    )
     note: str = Field("", description="What this example shows, in words")
 
 
@@ -86,13 +101,17 @@ class Finding(BaseModel):
     affected_trace_share: float = Field(ge=0, le=1)
     impact: Impact = Field(default_factory=Impact)
     evidence: list[Evidence] = Field(default_factory=list)
-    recommendation: str = Field(description="A concrete harness change: which prompt, tool schema, retry policy "
-                                            "or limit to change, and how")
+    recommendation: str = Field(
+        description="A concrete harness change: which prompt, tool schema, retry policy "
+        "or limit to change, and how"
+    )
     confidence: float = Field(ge=0, le=1)
     source: str = Field(description="The detector's name, or `llm`")
     key: str | None = Field(None, description="The tool, model, agent or guardrail involved")
     details: str = Field("", description="What was observed")
-    query: str | None = Field(None, description="SQL returning the affected traces' trace_id; verify recounts it")
+    query: str | None = Field(
+        None, description="SQL returning the affected traces' trace_id; verify recounts it"
+    )
     score: float = 0.0
     check: Check | None = None
 
@@ -170,8 +189,9 @@ class Verification(BaseModel):
     verified: int = 0
     flagged: int = 0
     unverifiable: int = 0
-    missing_citations: list[str] = Field(default_factory=list,
-                                         description="[trace:…]/[span:…] cited in the answer but not in the store")
+    missing_citations: list[str] = Field(
+        default_factory=list, description="[trace:…]/[span:…] cited in the answer but not in the store"
+    )
     checked_at: str | None = None
 
 
@@ -183,7 +203,9 @@ class Report(BaseModel):
     prompt: str | None = None
     inputs: list[str] = Field(default_factory=list)
     store: str = ""
-    models: dict[str, str] | None = Field(None, description="Models used by role (root, synthesis, compaction)")
+    models: dict[str, str] | None = Field(
+        None, description="Models used by role (root, synthesis, compaction)"
+    )
     usage: Usage | None = None
     dataset: DatasetSummary
     findings: list[Finding] = Field(default_factory=list)
@@ -192,8 +214,10 @@ class Report(BaseModel):
     ranking: str = RANKING
     verification: Verification | None = None
     notes: list[str] = Field(default_factory=list)
-    telemetry: str | None = Field(None, description="Where HALO's own spans of this run went (--telemetry): a "
-                                                    "JSONL file or an OTLP endpoint")
+    telemetry: str | None = Field(
+        None,
+        description="Where HALO's own spans of this run went (--telemetry): a JSONL file or an OTLP endpoint",
+    )
 
 
 def now_iso() -> str:
@@ -211,8 +235,9 @@ def rank(findings: list[Finding], dataset: DatasetSummary) -> list[Finding]:
     for f in findings:
         time_share = min(1.0, f.impact.latency_ms / total_time) if total_time else 0.0
         cost_share = min(1.0, f.impact.cost_usd / total_cost) if total_cost else 0.0
-        f.score = round(100 * f.affected_trace_share * SEVERITY_WEIGHT[f.severity] + 25 * time_share
-                        + 25 * cost_share, 3)
+        f.score = round(
+            100 * f.affected_trace_share * SEVERITY_WEIGHT[f.severity] + 25 * time_share + 25 * cost_share, 3
+        )
     return sorted(findings, key=lambda f: (-f.score, f.category, f.id))
 
 
@@ -226,12 +251,20 @@ def verify(report: Report, store: Any) -> Report:
     """Re-check a report against a read-only store: cited traces and spans exist (in the findings
     and in the answer's text), excerpts are in the spans they cite, and `affected_traces` matches a
     recount of the finding's query (within 2%, or 1 trace). Problems are recorded, never hidden."""
-    cited = [Evidence(trace_id=t, span_id=s or None) for kind, t, s in CITATION.findall(report.answer or "")
-             if kind == "trace" or s]
+    cited = [
+        Evidence(trace_id=t, span_id=s or None)
+        for kind, t, s in CITATION.findall(report.answer or "")
+        if kind == "trace" or s
+    ]
     traces, spans = _existing(store, [ev for f in report.findings for ev in f.evidence] + cited)
     summary = Verification(checked_at=now_iso())
-    summary.missing_citations = sorted({cite(ev) for ev in cited if ev.trace_id not in traces
-                                        or (ev.span_id and (ev.trace_id, ev.span_id) not in spans)})
+    summary.missing_citations = sorted(
+        {
+            cite(ev)
+            for ev in cited
+            if ev.trace_id not in traces or (ev.span_id and (ev.trace_id, ev.span_id) not in spans)
+        }
+    )
     for f in report.findings:
         problems: list[str] = []
         for ev in f.evidence:
@@ -239,14 +272,18 @@ def verify(report: Report, store: Any) -> Report:
                 problems.append(f"cited trace {ev.trace_id} is not in the store")
             elif ev.span_id is not None and (ev.trace_id, ev.span_id) not in spans:
                 problems.append(f"cited span {ev.trace_id}:{ev.span_id} is not in the store")
-            elif ev.span_id is not None and ev.excerpt and not _excerpt_found(spans[(ev.trace_id, ev.span_id)],
-                                                                             ev.excerpt):
+            elif (
+                ev.span_id is not None
+                and ev.excerpt
+                and not _excerpt_found(spans[(ev.trace_id, ev.span_id)], ev.excerpt)
+            ):
                 problems.append(f"excerpt not found in span {ev.trace_id}:{ev.span_id}")
         recount = None
         if f.query:
             try:
-                result = store.sql(f"SELECT count(DISTINCT trace_id) FROM ({f.query.rstrip().rstrip(';')})",
-                                   max_rows=1)
+                result = store.sql(
+                    f"SELECT count(DISTINCT trace_id) FROM ({f.query.rstrip().rstrip(';')})", max_rows=1
+                )
                 recount = int(result.rows[0][0])
             except Exception as exc:  # the store reports query problems as StoreError; keep the message
                 problems.append(f"its query does not run: {exc}")
@@ -273,12 +310,21 @@ def _existing(store: Any, evidence: list[Evidence]) -> tuple[set[str], dict[tupl
     spans: dict[tuple[str, str], str] = {}
     for chunk in _chunks(trace_ids, 500):
         listed = ", ".join(sql_literal(t) for t in chunk)
-        traces |= {row[0] for row in store.sql(f"SELECT trace_id FROM traces WHERE trace_id IN ({listed})",
-                                              max_rows=len(chunk), max_bytes=10**8).rows}
+        traces |= {
+            row[0]
+            for row in store.sql(
+                f"SELECT trace_id FROM traces WHERE trace_id IN ({listed})",
+                max_rows=len(chunk),
+                max_bytes=10**8,
+            ).rows
+        }
     for chunk in _chunks(span_ids, 200):
         pairs = ", ".join(f"({sql_literal(t)}, {sql_literal(s)})" for t, s in chunk)
-        rows = store.sql(f"SELECT trace_id, span_id, raw FROM spans WHERE (trace_id, span_id) IN ({pairs})",
-                         max_rows=len(chunk), max_bytes=10**9).rows
+        rows = store.sql(
+            f"SELECT trace_id, span_id, raw FROM spans WHERE (trace_id, span_id) IN ({pairs})",
+            max_rows=len(chunk),
+            max_bytes=10**9,
+        ).rows
         spans |= {(t, s): raw for t, s, raw in rows}
     return traces, spans
 
@@ -317,7 +363,7 @@ def _strings(value: Any) -> list[str]:
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:
-    return [items[i: i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def sql_literal(value: str) -> str:
@@ -385,32 +431,46 @@ def to_markdown(report: Report) -> str:
     d = report.dataset
     lines = [f"# {report.title}", ""]
     mode = "LLM analysis" if report.mode == "llm" else "deterministic detectors (no LLM)"
-    lines.append(f"Generated {report.generated_at} by {mode} over {d.traces:,} traces ({d.spans:,} spans, "
-                 f"{d.error_traces:,} with errors, {d.start or '?'} – {d.end or '?'}).")
+    lines.append(
+        f"Generated {report.generated_at} by {mode} over {d.traces:,} traces ({d.spans:,} spans, "
+        f"{d.error_traces:,} with errors, {d.start or '?'} – {d.end or '?'})."
+    )
     if report.prompt:
         lines += ["", f"Question: {report.prompt}"]
     if report.usage:
         u = report.usage
-        lines += ["", f"Analysis used {u.tokens:,} tokens (${u.cost_usd:.4f}) in {u.seconds:.0f}s across "
-                      f"{u.agents} agents and {u.turns} model turns."]
+        lines += [
+            "",
+            f"Analysis used {u.tokens:,} tokens (${u.cost_usd:.4f}) in {u.seconds:.0f}s across "
+            f"{u.agents} agents and {u.turns} model turns.",
+        ]
     if report.verification:
         v = report.verification
-        lines += ["", f"Verification: {v.verified} findings verified, {v.flagged} flagged, "
-                      f"{v.unverifiable} unverifiable (re-checked against the trace store)."]
+        lines += [
+            "",
+            f"Verification: {v.verified} findings verified, {v.flagged} flagged, "
+            f"{v.unverifiable} unverifiable (re-checked against the trace store).",
+        ]
         if v.missing_citations:
-            lines.append(f"**Not in the trace store (cited in the analysis):** {', '.join(v.missing_citations)}")
+            lines.append(
+                f"**Not in the trace store (cited in the analysis):** {', '.join(v.missing_citations)}"
+            )
     for note in report.notes:
         lines += ["", f"> {note}"]
     if report.answer:
         lines += ["", "## Analysis", "", report.answer.strip()]
     lines += ["", "## Findings", ""]
     if not report.findings:
-        lines.append("No systemic failure found above the thresholds "
-                     f"({', '.join(f'{k}={v:g}' for k, v in report.thresholds.items()) or 'defaults'}).")
+        lines.append(
+            "No systemic failure found above the thresholds "
+            f"({', '.join(f'{k}={v:g}' for k, v in report.thresholds.items()) or 'defaults'})."
+        )
     for i, f in enumerate(report.findings, 1):
         lines += [f"### {i}. {f.title}", ""]
-        lines.append(f"- **Category:** `{f.category}` · **severity:** {f.severity} · **confidence:** "
-                     f"{f.confidence:.0%} · **source:** {f.source} · **id:** `{f.id}`")
+        lines.append(
+            f"- **Category:** `{f.category}` · **severity:** {f.severity} · **confidence:** "
+            f"{f.confidence:.0%} · **source:** {f.source} · **id:** `{f.id}`"
+        )
         lines.append(f"- **Affected:** {f.affected_traces:,} traces ({_pct(f.affected_trace_share)})")
         lines.append(f"- **Impact:** {_impact_text(f.impact)}")
         if f.check and f.check.status != "verified":
@@ -425,7 +485,9 @@ def to_markdown(report: Report) -> str:
     if report.findings:
         lines += ["## Prioritised fix list", ""]
         for i, f in enumerate(report.findings, 1):
-            lines.append(f"{i}. **{f.title}** (`{f.id}`, {f.affected_traces:,} traces): {_one_line(f.recommendation, 400)}")
+            lines.append(
+                f"{i}. **{f.title}** (`{f.id}`, {f.affected_traces:,} traces): {_one_line(f.recommendation, 400)}"
+            )
         lines.append("")
     lines += ["---", "", f"Ranking: {report.ranking}", ""]
     return "\n".join(lines)
@@ -485,9 +547,16 @@ pre{white-space:pre-wrap;background:#f8f9fb;border:1px solid #e4e7ec;padding:1em
 def to_html(report: Report) -> str:
     findings = [(f"{i}. {f.title}", f.affected_traces) for i, f in enumerate(report.findings[:15], 1)]
     return _HTML.render(
-        r=report, d=report.dataset, pct=_pct, impact=_impact_text, cite=cite, evidence_text=_evidence_text,
+        r=report,
+        d=report.dataset,
+        pct=_pct,
+        impact=_impact_text,
+        cite=cite,
+        evidence_text=_evidence_text,
         findings_chart=_bars(findings, label_width=300),
-        duration_chart=_bars([(b.label, b.count) for b in report.dataset.duration_histogram], label_width=110),
+        duration_chart=_bars(
+            [(b.label, b.count) for b in report.dataset.duration_histogram], label_width=110
+        ),
         cost_chart=_bars([(b.label, b.count) for b in report.dataset.cost_histogram], label_width=110),
     )
 
@@ -499,13 +568,17 @@ def _bars(rows: list[tuple[str, int]], *, label_width: int) -> markupsafe.Markup
         return markupsafe.Markup('<p class="muted">No data.</p>')
     width, bar_area, row_h = label_width + 280, 220, 22
     top = max(count for _, count in rows) or 1
-    parts = [f'<svg role="img" width="{width}" height="{row_h * len(rows) + 6}" xmlns="http://www.w3.org/2000/svg">']
+    parts = [
+        f'<svg role="img" width="{width}" height="{row_h * len(rows) + 6}" xmlns="http://www.w3.org/2000/svg">'
+    ]
     for i, (label, count) in enumerate(rows):
         y = i * row_h + 3
         bar = max(1, math.ceil(bar_area * count / top)) if count else 0
         short = label if len(label) <= label_width // 7 else label[: label_width // 7 - 1] + "…"
-        parts.append(f'<text x="0" y="{y + 14}">{escape(short)}</text>'
-                     f'<rect x="{label_width}" y="{y + 3}" width="{bar}" height="{row_h - 8}" fill="#4e79a7"/>'
-                     f'<text x="{label_width + bar + 6}" y="{y + 14}">{count:,}</text>')
+        parts.append(
+            f'<text x="0" y="{y + 14}">{escape(short)}</text>'
+            f'<rect x="{label_width}" y="{y + 3}" width="{bar}" height="{row_h - 8}" fill="#4e79a7"/>'
+            f'<text x="{label_width + bar + 6}" y="{y + 14}">{count:,}</text>'
+        )
     parts.append("</svg>")
     return markupsafe.Markup("".join(parts))

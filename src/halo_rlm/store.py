@@ -97,8 +97,15 @@ class TraceStore:
         # A read-only store is the one handed to untrusted SQL (the `sql` tool, `halo sql`): DuckDB's
         # file functions (read_text, read_csv, glob, COPY, ATTACH, INSTALL) are switched off and the
         # configuration is locked so a query cannot switch them back on.
-        config = {"enable_external_access": False, "autoinstall_known_extensions": False,
-                  "autoload_known_extensions": False} if read_only else {}
+        config = (
+            {
+                "enable_external_access": False,
+                "autoinstall_known_extensions": False,
+                "autoload_known_extensions": False,
+            }
+            if read_only
+            else {}
+        )
         deadline = time.monotonic() + lock_timeout
         while True:
             try:
@@ -167,8 +174,12 @@ class TraceStore:
             # Ingest streams: DuckDB need not cache what it wrote (the default allows 80% of RAM).
             self.con.execute(f"SET memory_limit = '{INGEST_MEMORY}'")
         normalize.register_macros(self.con)
-        tables = {row[0] for row in self.con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()}
+        tables = {
+            row[0]
+            for row in self.con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+            ).fetchall()
+        }
         if "meta" not in tables:
             if tables or self.read_only:
                 raise StoreError(f"{self.path}: not a HALO store (a DuckDB file without HALO's tables)")
@@ -262,12 +273,17 @@ class TraceStore:
         order = f"{SORT_COLUMNS[sort]} {'DESC' if descending else 'ASC'} NULLS LAST, t.trace_id"
         rows = self._rows(
             f"SELECT {SUMMARY_COLUMNS}, count(*) OVER () AS total FROM traces t WHERE {where} "
-            f"ORDER BY {order} LIMIT ? OFFSET ?", [*params, limit, offset],
+            f"ORDER BY {order} LIMIT ? OFFSET ?",
+            [*params, limit, offset],
         )
         total = rows[0]["total"] if rows else self.count_traces(filters)
         return TracePage(
-            traces=[_summary(row) for row in rows], total=total, offset=offset, limit=limit,
-            has_more=offset + len(rows) < total, sort=f"{sort} {'desc' if descending else 'asc'}",
+            traces=[_summary(row) for row in rows],
+            total=total,
+            offset=offset,
+            limit=limit,
+            has_more=offset + len(rows) < total,
+            sort=f"{sort} {'desc' if descending else 'asc'}",
         )
 
     def trace_summary(self, trace_id: str) -> TraceSummary:
@@ -280,7 +296,9 @@ class TraceStore:
         """Totals, the distinct services/agents/models/tools (most traces first) and the top error
         groups, over the traces that match `filters`. Counts are exact, not sampled."""
         where, params = self._where(filters)
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE selected AS SELECT * FROM traces t WHERE {where}", params)
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE selected AS SELECT * FROM traces t WHERE {where}", params
+        )
         totals = self._rows("""
             SELECT count(*) AS traces, coalesce(sum(span_count), 0) AS spans,
                    count(*) FILTER (has_errors) AS error_traces, coalesce(sum(error_spans), 0) AS error_spans,
@@ -290,35 +308,67 @@ class TraceStore:
                    coalesce(sum(in_flight_spans), 0) AS in_flight_spans, coalesce(sum(raw_bytes), 0) AS raw_bytes
             FROM selected""")[0]
         lists = {
-            column: [Count(**r) for r in self._rows(f"""
+            column: [
+                Count(**r)
+                for r in self._rows(
+                    f"""
                 SELECT name, count(*) AS traces, count(*) FILTER (has_errors) AS errors
                 FROM (SELECT unnest({column}) AS name, has_errors FROM selected)
-                GROUP BY name ORDER BY traces DESC, name LIMIT ?""", [top])]
+                GROUP BY name ORDER BY traces DESC, name LIMIT ?""",
+                    [top],
+                )
+            ]
             for column in ("services", "agents")
         }
         # Models and tools count calls (spans) and failed calls, besides traces.
         for column, name in (("models", "model"), ("tools", "tool_name")):
-            lists[column] = [Count(**r) for r in self._rows(f"""
+            lists[column] = [
+                Count(**r)
+                for r in self._rows(
+                    f"""
                 SELECT {name} AS name, count(DISTINCT trace_id) AS traces, count(*) AS spans,
                        count(*) FILTER (status = 'ERROR') AS errors
                 FROM spans SEMI JOIN selected USING (trace_id)
-                WHERE {name} IS NOT NULL GROUP BY 1 ORDER BY traces DESC, spans DESC, name LIMIT ?""", [top])]
-        kinds = {r["kind"]: r["spans"] for r in self._rows(
-            "SELECT kind, count(*) AS spans FROM spans SEMI JOIN selected USING (trace_id) GROUP BY kind "
-            "ORDER BY spans DESC")}
-        samples = [r["trace_id"] for r in self._rows(
-            "SELECT trace_id FROM selected ORDER BY has_errors DESC, start_ns DESC, trace_id LIMIT 10")]
+                WHERE {name} IS NOT NULL GROUP BY 1 ORDER BY traces DESC, spans DESC, name LIMIT ?""",
+                    [top],
+                )
+            ]
+        kinds = {
+            r["kind"]: r["spans"]
+            for r in self._rows(
+                "SELECT kind, count(*) AS spans FROM spans SEMI JOIN selected USING (trace_id) GROUP BY kind "
+                "ORDER BY spans DESC"
+            )
+        }
+        samples = [
+            r["trace_id"]
+            for r in self._rows(
+                "SELECT trace_id FROM selected ORDER BY has_errors DESC, start_ns DESC, trace_id LIMIT 10"
+            )
+        ]
         return Overview(
-            traces=totals["traces"], spans=totals["spans"], error_traces=totals["error_traces"],
-            error_spans=totals["error_spans"], start=ns_to_iso(totals["start_ns"]), end=ns_to_iso(totals["end_ns"]),
-            services=lists["services"], agents=lists["agents"], models=lists["models"], tools=lists["tools"],
-            kinds=kinds, input_tokens=totals["input_tokens"], output_tokens=totals["output_tokens"],
-            cost=round(totals["cost"], 6), orphan_spans=totals["orphan_spans"],
+            traces=totals["traces"],
+            spans=totals["spans"],
+            error_traces=totals["error_traces"],
+            error_spans=totals["error_spans"],
+            start=ns_to_iso(totals["start_ns"]),
+            end=ns_to_iso(totals["end_ns"]),
+            services=lists["services"],
+            agents=lists["agents"],
+            models=lists["models"],
+            tools=lists["tools"],
+            kinds=kinds,
+            input_tokens=totals["input_tokens"],
+            output_tokens=totals["output_tokens"],
+            cost=round(totals["cost"], 6),
+            orphan_spans=totals["orphan_spans"],
             in_flight_spans=totals["in_flight_spans"],
             rejected_records=int(self.first_row("SELECT count(*) FROM rejects")[0]),  # type: ignore[index]
             inputs=int(self.first_row("SELECT count(*) FROM inputs")[0]),  # type: ignore[index]
-            raw_bytes=totals["raw_bytes"], error_groups=self.error_groups(filters, top=top, _selected=True),
-            sample_trace_ids=samples, lists_capped_at=top,
+            raw_bytes=totals["raw_bytes"],
+            error_groups=self.error_groups(filters, top=top, _selected=True),
+            sample_trace_ids=samples,
+            lists_capped_at=top,
         )
 
     def error_groups(
@@ -328,8 +378,11 @@ class TraceStore:
         URLs and quoted values masked), most traces first."""
         if not _selected:
             where, params = self._where(filters)
-            self.con.execute(f"CREATE OR REPLACE TEMP TABLE selected AS SELECT * FROM traces t WHERE {where}", params)
-        rows = self._rows("""
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE selected AS SELECT * FROM traces t WHERE {where}", params
+            )
+        rows = self._rows(
+            """
             SELECT coalesce(tool_name, name) AS source, kind, error_template AS template,
                    count(*) AS error_spans, count(DISTINCT trace_id) AS traces,
                    list_sort(list_distinct(list(trace_id)))[:3] AS example_trace_ids,
@@ -339,7 +392,9 @@ class TraceStore:
                            ELSE '' END, start_ns) AS example_message
             FROM spans SEMI JOIN selected USING (trace_id)
             WHERE status = 'ERROR'
-            GROUP BY ALL ORDER BY traces DESC, error_spans DESC, source, template LIMIT ?""", [top])
+            GROUP BY ALL ORDER BY traces DESC, error_spans DESC, source, template LIMIT ?""",
+            [top],
+        )
         return [ErrorGroup(**{**r, "example_message": _clip(r["example_message"], 400)}) for r in rows]
 
     def view_trace(
@@ -350,14 +405,21 @@ class TraceStore:
         return self._view(trace_id, None, budget_bytes, value_chars)
 
     def view_spans(
-        self, trace_id: str, span_ids: Sequence[str], *, budget_bytes: int = 150_000, value_chars: int = 16_384
+        self,
+        trace_id: str,
+        span_ids: Sequence[str],
+        *,
+        budget_bytes: int = 150_000,
+        value_chars: int = 16_384,
     ) -> TraceView:
         """Chosen spans of a trace, with a larger per-value allowance than `view_trace`."""
         return self._view(trace_id, list(span_ids), budget_bytes, value_chars)
 
     def _view(self, trace_id: str, span_ids: list[str] | None, budget: int, value_chars: int) -> TraceView:
-        rows = self._rows(f"SELECT {VIEW_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns NULLS LAST, span_id",
-                          [trace_id])
+        rows = self._rows(
+            f"SELECT {VIEW_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns NULLS LAST, span_id",
+            [trace_id],
+        )
         if not rows:
             raise StoreError(self._unknown_trace(trace_id))
         ordered = _tree_order(rows)
@@ -372,8 +434,14 @@ class TraceStore:
             view, n = _span_view(row, depth, trace_start, value_chars)
             views.append(view)
             cut += n
-        view = TraceView(trace_id=trace_id, spans=views, span_count=len(rows), shown=len(views),
-                         truncated_values=cut, missing_span_ids=missing)
+        view = TraceView(
+            trace_id=trace_id,
+            spans=views,
+            span_count=len(rows),
+            shown=len(views),
+            truncated_values=cut,
+            missing_span_ids=missing,
+        )
         if len(view.model_dump_json()) <= budget:
             if missing:
                 view.note = f"{len(missing)} requested span ids are not in this trace"
@@ -383,15 +451,26 @@ class TraceStore:
         for _, r in ordered:
             names[r["name"]] = names.get(r["name"], 0) + 1
         return TraceView(
-            trace_id=trace_id, spans=[], span_count=len(rows), shown=0, truncated_values=cut, missing_span_ids=missing,
+            trace_id=trace_id,
+            spans=[],
+            span_count=len(rows),
+            shown=0,
+            truncated_values=cut,
+            missing_span_ids=missing,
             oversized=OversizedTrace(
-                spans=len(ordered), raw_bytes=sum(sizes), budget_bytes=budget, span_bytes_min=sizes[0],
-                span_bytes_median=sizes[len(sizes) // 2], span_bytes_max=sizes[-1],
-                top_span_names=[Count(name=k, traces=1, spans=v) for k, v in
-                                sorted(names.items(), key=lambda kv: (-kv[1], kv[0]))[:10]],
+                spans=len(ordered),
+                raw_bytes=sum(sizes),
+                budget_bytes=budget,
+                span_bytes_min=sizes[0],
+                span_bytes_median=sizes[len(sizes) // 2],
+                span_bytes_max=sizes[-1],
+                top_span_names=[
+                    Count(name=k, traces=1, spans=v)
+                    for k, v in sorted(names.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+                ],
                 error_spans=[r["span_id"] for _, r in ordered if r["status"] == "ERROR"][:20],
                 recommendation="Too large to show whole. Use search_trace to find the spans that matter, "
-                               "then view_spans on a few span ids (or search_span inside one large span).",
+                "then view_spans on a few span ids (or search_span inside one large span).",
             ),
         )
 
@@ -417,15 +496,26 @@ class TraceStore:
         if span_id is not None:
             clauses.append("span_id = ?")
             params.append(span_id)
-        rows = self._rows(f"SELECT trace_id, span_id, name, kind, status, raw FROM spans WHERE {' AND '.join(clauses)} "
-                          "ORDER BY start_ns NULLS LAST, span_id", params)
+        rows = self._rows(
+            f"SELECT trace_id, span_id, name, kind, status, raw FROM spans WHERE {' AND '.join(clauses)} "
+            "ORDER BY start_ns NULLS LAST, span_id",
+            params,
+        )
         if not rows:
-            raise StoreError(self._unknown_trace(trace_id) if span_id is None else
-                             f"no span {span_id!r} in trace {trace_id!r}")
+            raise StoreError(
+                self._unknown_trace(trace_id)
+                if span_id is None
+                else f"no span {span_id!r} in trace {trace_id!r}"
+            )
         return _scan(pattern, compiled, rows, context_chars, max_matches, timeout)
 
     def _search_dataset(
-        self, pattern: str, compiled: Any, filters: TraceFilters | None, context_chars: int, max_matches: int,
+        self,
+        pattern: str,
+        compiled: Any,
+        filters: TraceFilters | None,
+        context_chars: int,
+        max_matches: int,
         timeout: float,
     ) -> SearchResult:
         where, params = self._where(filters)
@@ -434,23 +524,36 @@ class TraceStore:
             counts = self._rows(
                 f"SELECT count(*) AS spans, count(DISTINCT trace_id) AS traces FROM spans "
                 f"WHERE trace_id IN (SELECT trace_id FROM traces t WHERE {where}) AND {matches}",
-                [*params, *match_params], timeout=timeout,
+                [*params, *match_params],
+                timeout=timeout,
             )[0]
         except _Timeout:
-            return SearchResult(pattern=pattern, matches=[], total_matches=0, spans_matched=0, has_more=True,
-                                timed_out=True, note=f"the scan took over {timeout:g}s; narrow it with filters")
+            return SearchResult(
+                pattern=pattern,
+                matches=[],
+                total_matches=0,
+                spans_matched=0,
+                has_more=True,
+                timed_out=True,
+                note=f"the scan took over {timeout:g}s; narrow it with filters",
+            )
         rows = self._rows(
             f"SELECT trace_id, span_id, name, kind, status, raw FROM spans "
             f"WHERE trace_id IN (SELECT trace_id FROM traces t WHERE {where}) AND {matches} "
-            f"ORDER BY start_ns NULLS LAST, trace_id, span_id LIMIT ?", [*params, *match_params, max_matches],
+            f"ORDER BY start_ns NULLS LAST, trace_id, span_id LIMIT ?",
+            [*params, *match_params, max_matches],
         )
         result = _scan(pattern, compiled, rows, context_chars, max_matches, timeout)
         result.spans_matched, result.traces_matched = counts["spans"], counts["traces"]
         result.has_more = counts["spans"] > len(rows) or result.has_more
-        result.note = "total_matches counts matches in the spans shown; spans_matched and traces_matched are exact"
+        result.note = (
+            "total_matches counts matches in the spans shown; spans_matched and traces_matched are exact"
+        )
         return result
 
-    def sql(self, query: str, *, max_rows: int = 200, max_bytes: int = 50_000, timeout: float = 10.0) -> SqlResult:
+    def sql(
+        self, query: str, *, max_rows: int = 200, max_bytes: int = 50_000, timeout: float = 10.0
+    ) -> SqlResult:
         """One read-only SELECT over the canonical tables (spans, traces, rejects, inputs), capped in
         rows, bytes and time. Only read-only stores run it: their file access is switched off."""
         if not self.read_only:
@@ -469,7 +572,9 @@ class TraceStore:
             rows = cursor.fetchmany(max_rows + 1)
             cursor.fetchall()  # finish the result (DuckDB refuses new work while one is open)
         except _Timeout:
-            raise StoreError(f"the query took over {timeout:g}s and was stopped; add filters or a LIMIT") from None
+            raise StoreError(
+                f"the query took over {timeout:g}s and was stopped; add filters or a LIMIT"
+            ) from None
         except duckdb.Error as exc:
             raise StoreError(f"SQL error: {_first_line(exc)}") from exc
         truncated, note = len(rows) > max_rows, None
@@ -501,8 +606,15 @@ class TraceStore:
         """Canonical span rows (no raw record) matching every given condition, oldest first; long
         text values keep head and tail."""
         clauses, params = [], []
-        for column, value in (("kind", kind), ("name", name), ("tool_name", tool), ("model", model),
-                              ("agent_name", agent), ("service", service), ("status", status)):
+        for column, value in (
+            ("kind", kind),
+            ("name", name),
+            ("tool_name", tool),
+            ("model", model),
+            ("agent_name", agent),
+            ("service", service),
+            ("status", status),
+        ):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value.upper() if column in ("kind", "status") else value)
@@ -514,7 +626,9 @@ class TraceStore:
             params.append(regex.escape(text))
         rows = self._rows(
             f"SELECT {SPAN_ROW_COLUMNS} FROM spans WHERE {' AND '.join(clauses) or 'true'} "
-            f"ORDER BY start_ns NULLS LAST, trace_id, span_id LIMIT ?", [*params, max(1, min(limit, 10_000))])
+            f"ORDER BY start_ns NULLS LAST, trace_id, span_id LIMIT ?",
+            [*params, max(1, min(limit, 10_000))],
+        )
         for row in rows:
             for key, value in row.items():
                 if isinstance(value, str):
@@ -526,11 +640,14 @@ class TraceStore:
         return self._rows(sql, params)
 
     def rejects(self, *, limit: int = 100) -> list[dict[str, Any]]:
-        return self._rows("SELECT path, line_no, reason, excerpt FROM rejects ORDER BY input_id, line_no LIMIT ?",
-                          [limit])
+        return self._rows(
+            "SELECT path, line_no, reason, excerpt FROM rejects ORDER BY input_id, line_no LIMIT ?", [limit]
+        )
 
     def inputs(self) -> list[dict[str, Any]]:
-        return self._rows("SELECT path, status, spans, rejected, repaired, size FROM inputs ORDER BY input_id")
+        return self._rows(
+            "SELECT path, status, spans, rejected, repaired, size FROM inputs ORDER BY input_id"
+        )
 
     def _where(self, filters: TraceFilters | None) -> tuple[str, list[Any]]:
         if filters is None:
@@ -548,7 +665,11 @@ class TraceStore:
             values = getattr(filters, field)
             if values:
                 add(f"list_has_any(t.{field}, ?::VARCHAR[])", values)
-        for field, column in (("session_ids", "session_id"), ("user_ids", "user_id"), ("trace_ids", "trace_id")):
+        for field, column in (
+            ("session_ids", "session_id"),
+            ("user_ids", "user_id"),
+            ("trace_ids", "trace_id"),
+        ):
             values = getattr(filters, field)
             if values:
                 add(f"list_contains(?::VARCHAR[], t.{column})", values)
@@ -568,11 +689,16 @@ class TraceStore:
             add(f"t.trace_id IN (SELECT trace_id FROM spans WHERE {matches})", *match_params)
         for text in (filters.text, filters.project_id):
             if text:
-                add("t.trace_id IN (SELECT trace_id FROM spans WHERE regexp_matches(raw, ?, 'i'))", regex.escape(text))
+                add(
+                    "t.trace_id IN (SELECT trace_id FROM spans WHERE regexp_matches(raw, ?, 'i'))",
+                    regex.escape(text),
+                )
         return " AND ".join(clauses) or "true", params
 
     def _unknown_trace(self, trace_id: str) -> str:
-        similar = self._rows("SELECT trace_id FROM traces WHERE starts_with(trace_id, ?) LIMIT 3", [trace_id[:6]])
+        similar = self._rows(
+            "SELECT trace_id FROM traces WHERE starts_with(trace_id, ?) LIMIT 3", [trace_id[:6]]
+        )
         hint = f"; similar ids: {', '.join(r['trace_id'] for r in similar)}" if similar else ""
         return f"no trace {trace_id!r} in the store{hint}"
 
@@ -599,8 +725,12 @@ class _Timeout(Exception):
 
 
 SORT_COLUMNS = {
-    "start": "t.start_ns", "duration": "t.duration_ns", "cost": "t.cost", "spans": "t.span_count",
-    "tokens": "t.total_tokens", "errors": "t.error_spans",
+    "start": "t.start_ns",
+    "duration": "t.duration_ns",
+    "cost": "t.cost",
+    "spans": "t.span_count",
+    "tokens": "t.total_tokens",
+    "errors": "t.error_spans",
 }
 SUMMARY_COLUMNS = """t.trace_id, t.start_ns, t.duration_ns, t.span_count, t.error_spans, t.has_errors, t.root_name,
   t.root_status_message, t.services, t.agents, t.models, t.tools, t.input_tokens, t.output_tokens, t.cost,
@@ -612,18 +742,30 @@ SPAN_ROW_COLUMNS = """trace_id, span_id, parent_id, name, kind, status, status_m
   duration_ns, service, agent_name, model, input_tokens, output_tokens, cost, tool_name, tool_args, tool_result,
   input_value, output_value, finish_reason, tool_calls, is_orphan"""
 # Attributes a view leaves out because canonical fields already show them, compactly.
-_FLATTENED = re.compile(r"^(llm\.(input|output)_messages\.\d+\.|llm\.tools\.\d+\.|mcp\.tools\.\d+\.|gen_ai\.(prompt|completion)\.\d+\.)")
+_FLATTENED = re.compile(
+    r"^(llm\.(input|output)_messages\.\d+\.|llm\.tools\.\d+\.|mcp\.tools\.\d+\.|gen_ai\.(prompt|completion)\.\d+\.)"
+)
 
 
 def _summary(row: dict[str, Any]) -> TraceSummary:
     return TraceSummary(
-        trace_id=row["trace_id"], start=ns_to_iso(row["start_ns"]),
+        trace_id=row["trace_id"],
+        start=ns_to_iso(row["start_ns"]),
         duration_ms=None if row["duration_ns"] is None else row["duration_ns"] / 1e6,
-        spans=row["span_count"], error_spans=row["error_spans"], has_errors=row["has_errors"],
-        root_name=row["root_name"], root_status_message=_clip(row["root_status_message"], 300),
-        services=row["services"] or [], agents=row["agents"] or [], models=row["models"] or [],
-        tools=row["tools"] or [], input_tokens=row["input_tokens"], output_tokens=row["output_tokens"],
-        cost=row["cost"], session_id=row["session_id"], raw_bytes=row["raw_bytes"] or 0,
+        spans=row["span_count"],
+        error_spans=row["error_spans"],
+        has_errors=row["has_errors"],
+        root_name=row["root_name"],
+        root_status_message=_clip(row["root_status_message"], 300),
+        services=row["services"] or [],
+        agents=row["agents"] or [],
+        models=row["models"] or [],
+        tools=row["tools"] or [],
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        cost=row["cost"],
+        session_id=row["session_id"],
+        raw_bytes=row["raw_bytes"] or 0,
     )
 
 
@@ -648,7 +790,9 @@ def _tree_order(rows: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
     return out
 
 
-def _span_view(row: dict[str, Any], depth: int, trace_start: int | None, value_chars: int) -> tuple[SpanView, int]:
+def _span_view(
+    row: dict[str, Any], depth: int, trace_start: int | None, value_chars: int
+) -> tuple[SpanView, int]:
     raw = orjson.loads(row["raw"])
     cut = 0
     attributes: dict[str, Any] = {}
@@ -664,8 +808,15 @@ def _span_view(row: dict[str, Any], depth: int, trace_start: int | None, value_c
     if dropped:
         attributes["halo.note"] = f"{dropped} flattened message/tool keys shown under `messages` instead"
     attrs = raw.get("attributes")
-    messages = {key: value for key, value in normalize.normalize_messages(attrs).items()
-                if value and key != "finish_reason"} if isinstance(attrs, dict) and row["kind"] == "LLM" else {}
+    messages = (
+        {
+            key: value
+            for key, value in normalize.normalize_messages(attrs).items()
+            if value and key != "finish_reason"
+        }
+        if isinstance(attrs, dict) and row["kind"] == "LLM"
+        else {}
+    )
     if row["tools_offered"]:
         messages["tools_offered"] = row["tools_offered"]
     if messages:
@@ -675,17 +826,34 @@ def _span_view(row: dict[str, Any], depth: int, trace_start: int | None, value_c
     if raw.get("events"):
         events, n = _cap(raw["events"], value_chars)
         cut += n
-    tokens = {k.removesuffix("_tokens"): row[k] for k in
-              ("input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens") if row[k] is not None}
+    tokens = {
+        k.removesuffix("_tokens"): row[k]
+        for k in ("input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens")
+        if row[k] is not None
+    }
     return SpanView(
-        span_id=row["span_id"], parent_id=row["parent_id"], depth=depth, name=row["name"], kind=row["kind"],
-        status=row["status"], status_message=_clip(row["status_message"], value_chars),
-        start_offset_ms=None if row["start_ns"] is None or trace_start is None
+        span_id=row["span_id"],
+        parent_id=row["parent_id"],
+        depth=depth,
+        name=row["name"],
+        kind=row["kind"],
+        status=row["status"],
+        status_message=_clip(row["status_message"], value_chars),
+        start_offset_ms=None
+        if row["start_ns"] is None or trace_start is None
         else (row["start_ns"] - trace_start) / 1e6,
         duration_ms=None if row["duration_ns"] is None else row["duration_ns"] / 1e6,
-        service=row["service"], agent=row["agent_name"], model=row["model"], tokens=tokens or None,
-        cost=row["cost"], tool=row["tool_name"], orphan=bool(row["is_orphan"]), attributes=attributes,
-        messages=messages or None, events=events, raw_bytes=row["raw_bytes"] or 0,
+        service=row["service"],
+        agent=row["agent_name"],
+        model=row["model"],
+        tokens=tokens or None,
+        cost=row["cost"],
+        tool=row["tool_name"],
+        orphan=bool(row["is_orphan"]),
+        attributes=attributes,
+        messages=messages or None,
+        events=events,
+        raw_bytes=row["raw_bytes"] or 0,
     ), cut
 
 
@@ -732,7 +900,10 @@ def _raw_matches(pattern: str) -> tuple[str, list[str]]:
     literals = required_literals(pattern)
     if not literals:
         return "regexp_matches(raw, ?)", [pattern]
-    return f"({' OR '.join('contains(raw, ?)' for _ in literals)}) AND regexp_matches(raw, ?)", [*literals, pattern]
+    return f"({' OR '.join('contains(raw, ?)' for _ in literals)}) AND regexp_matches(raw, ?)", [
+        *literals,
+        pattern,
+    ]
 
 
 def required_literals(pattern: str) -> list[str] | None:
@@ -767,8 +938,10 @@ def _literals_in(sequence: Any) -> set[str] | None:
         inner: set[str] | None = None
         if op is constants.SUBPATTERN and not value[1] & re.IGNORECASE:
             inner = _literals_in(value[3])
-        elif op in (constants.MAX_REPEAT, constants.MIN_REPEAT, getattr(constants, "POSSESSIVE_REPEAT", None)) \
-                and value[0] >= 1:
+        elif (
+            op in (constants.MAX_REPEAT, constants.MIN_REPEAT, getattr(constants, "POSSESSIVE_REPEAT", None))
+            and value[0] >= 1
+        ):
             inner = _literals_in(value[2])
         elif op is getattr(constants, "ATOMIC_GROUP", None):
             inner = _literals_in(value)
@@ -785,12 +958,20 @@ def _compile_re2(con: duckdb.DuckDBPyConnection, pattern: str) -> None:
     try:
         con.execute("SELECT regexp_matches('', ?)", [pattern]).fetchall()
     except duckdb.Error as exc:
-        raise StoreError(f"invalid regex {pattern!r} (dataset-wide filters use RE2 syntax: no lookarounds "
-                         f"or backreferences): {_first_line(exc)}") from exc
+        raise StoreError(
+            f"invalid regex {pattern!r} (dataset-wide filters use RE2 syntax: no lookarounds "
+            f"or backreferences): {_first_line(exc)}"
+        ) from exc
 
 
-def _scan(pattern: str, compiled: Any, rows: list[dict[str, Any]], context_chars: int, max_matches: int,
-          timeout: float) -> SearchResult:
+def _scan(
+    pattern: str,
+    compiled: Any,
+    rows: list[dict[str, Any]],
+    context_chars: int,
+    max_matches: int,
+    timeout: float,
+) -> SearchResult:
     deadline = time.monotonic() + timeout
     matches: list[Match] = []
     total = spans = 0
@@ -811,15 +992,30 @@ def _scan(pattern: str, compiled: Any, rows: list[dict[str, Any]], context_chars
         total += len(found)
         for m in found[: max(0, max_matches - len(matches))]:
             start, end = m.span()
-            matches.append(Match(
-                trace_id=row["trace_id"], span_id=row["span_id"], span_name=row["name"], kind=row["kind"],
-                status=row["status"], match=_clip(m.group(0), 500) or "",
-                context=row["raw"][max(0, start - context_chars): min(len(row["raw"]), end + context_chars)],
-                offset=start,
-            ))
+            matches.append(
+                Match(
+                    trace_id=row["trace_id"],
+                    span_id=row["span_id"],
+                    span_name=row["name"],
+                    kind=row["kind"],
+                    status=row["status"],
+                    match=_clip(m.group(0), 500) or "",
+                    context=row["raw"][
+                        max(0, start - context_chars) : min(len(row["raw"]), end + context_chars)
+                    ],
+                    offset=start,
+                )
+            )
     note = f"stopped after {timeout:g}s; results are partial" if timed_out else None
-    return SearchResult(pattern=pattern, matches=matches, total_matches=total, spans_matched=spans,
-                        has_more=total > len(matches) or timed_out, timed_out=timed_out, note=note)
+    return SearchResult(
+        pattern=pattern,
+        matches=matches,
+        total_matches=total,
+        spans_matched=spans,
+        has_more=total > len(matches) or timed_out,
+        timed_out=timed_out,
+        note=note,
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -830,7 +1026,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     return str(value)
-
 
 
 def _first_line(exc: Exception) -> str:

@@ -63,8 +63,18 @@ KIND = "openinference.span.kind"
 # Agents that ended like this failed at their task; "partial" (a budget or the turn limit ran out)
 # is left unset: the agent returned what it had, as asked.
 FAILED_AGENTS = frozenset({"failed", "refused", "no final answer"})
-CONFIG_FIELDS = ("model", "max_depth", "max_turns", "max_parallel", "max_cost", "max_tokens", "timeout",
-                 "context_tokens", "temperature", "reasoning_effort")
+CONFIG_FIELDS = (
+    "model",
+    "max_depth",
+    "max_turns",
+    "max_parallel",
+    "max_cost",
+    "max_tokens",
+    "timeout",
+    "context_tokens",
+    "temperature",
+    "reasoning_effort",
+)
 
 
 def start_telemetry(run: Run) -> Telemetry | Off:
@@ -108,26 +118,39 @@ class Telemetry:
     def __init__(self, run: Run, exporter: SpanExporter, destination: str) -> None:
         self.run = run
         self.destination: str | None = destination
-        resource = Resource.create({"service.name": "halo", "service.version": halo_rlm.__version__,
-                                    "halo.run.id": run.id})
+        resource = Resource.create(
+            {"service.name": "halo", "service.version": halo_rlm.__version__, "halo.run.id": run.id}
+        )
         # Always sampled (the user asked for this trace); no cap on attributes, as each message of a
         # conversation is several and the default cap (128) would drop the usage set at the end.
-        self.provider = TracerProvider(resource=resource, sampler=ALWAYS_ON, shutdown_on_exit=False,
-                                       span_limits=SpanLimits(max_span_attributes=SpanLimits.UNSET))
+        self.provider = TracerProvider(
+            resource=resource,
+            sampler=ALWAYS_ON,
+            shutdown_on_exit=False,
+            span_limits=SpanLimits(max_span_attributes=SpanLimits.UNSET),
+        )
         self.provider.add_span_processor(BatchSpanProcessor(exporter))
         self.tracer = self.provider.get_tracer("halo_rlm.telemetry", halo_rlm.__version__)
-        self.llm_provider = urlsplit(run.config.provider.url).hostname or "unknown"  # never the URL: it may hold a key
+        self.llm_provider = (
+            urlsplit(run.config.provider.url).hostname or "unknown"
+        )  # never the URL: it may hold a key
         self._tool_schemas: dict[tuple[str, ...], dict[str, str]] = {}
 
     async def traced_run(self, prompt: str, work: Awaitable[Report]) -> Report:
         config = self.run.config
         attributes: dict[str, Any] = {
-            KIND: "CHAIN", "input.value": _clip(prompt, VALUE_CHARS), "session.id": self.run.id,
-            "halo.run.id": self.run.id, "halo.config.synthesis_model": config.model_for("synthesis").name,
+            KIND: "CHAIN",
+            "input.value": _clip(prompt, VALUE_CHARS),
+            "session.id": self.run.id,
+            "halo.run.id": self.run.id,
+            "halo.config.synthesis_model": config.model_for("synthesis").name,
             "halo.config.compaction_model": config.model_for("compaction").name,
         }
-        attributes |= {f"halo.config.{name}": value for name in CONFIG_FIELDS
-                       if (value := getattr(config, name)) is not None}
+        attributes |= {
+            f"halo.config.{name}": value
+            for name in CONFIG_FIELDS
+            if (value := getattr(config, name)) is not None
+        }
         # A trace of its own, even inside a span of the caller's: that span goes elsewhere, so here it
         # would be a parent that never arrives.
         with self._span("halo.run", attributes, parent=Context()) as span:
@@ -135,24 +158,43 @@ class Telemetry:
                 report = await work
             finally:
                 budget = self.run.budget
-                span.set_attributes({"halo.run.tokens": budget.tokens, "halo.run.cost_usd": round(budget.cost, 6),
-                                     "halo.run.agents": len(self.run.agents)})
-            span.set_attributes({"output.value": _clip(report.answer or "", VALUE_CHARS),
-                                 "halo.report.findings": len(report.findings)})
+                span.set_attributes(
+                    {
+                        "halo.run.tokens": budget.tokens,
+                        "halo.run.cost_usd": round(budget.cost, 6),
+                        "halo.run.agents": len(self.run.agents),
+                    }
+                )
+            span.set_attributes(
+                {
+                    "output.value": _clip(report.answer or "", VALUE_CHARS),
+                    "halo.report.findings": len(report.findings),
+                }
+            )
             span.set_status(StatusCode.OK)
         return report
 
     async def traced_agent(self, agent: Agent, task: str, work: Awaitable[str]) -> str:
-        attributes: dict[str, Any] = {KIND: "AGENT", "agent.name": agent.name, "halo.agent.id": agent.id,
-                                      "halo.agent.depth": agent.depth, "input.value": _clip(task, VALUE_CHARS)}
+        attributes: dict[str, Any] = {
+            KIND: "AGENT",
+            "agent.name": agent.name,
+            "halo.agent.id": agent.id,
+            "halo.agent.depth": agent.depth,
+            "input.value": _clip(task, VALUE_CHARS),
+        }
         if agent.parent is not None:
             attributes["halo.agent.parent_id"] = agent.parent.id
         with self._span(f"halo.agent {agent.name}", attributes) as span:
             try:
                 answer = await work
             finally:
-                span.set_attributes({"halo.agent.status": agent.status, "halo.agent.turns": agent.turns,
-                                     "halo.agent.tool_calls": agent.stats.tool_calls})
+                span.set_attributes(
+                    {
+                        "halo.agent.status": agent.status,
+                        "halo.agent.turns": agent.turns,
+                        "halo.agent.tool_calls": agent.stats.tool_calls,
+                    }
+                )
             final = agent.final.answer if agent.final is not None else answer
             span.set_attribute("output.value", _clip(final or "", VALUE_CHARS))
             if agent.status == "done":
@@ -162,23 +204,39 @@ class Telemetry:
         return answer
 
     async def traced_tool(self, call: dict[str, str], work: Awaitable[str]) -> str:
-        attributes = {KIND: "TOOL", "tool.name": call["name"], "tool_call.id": call["id"],
-                      "input.value": _clip(call["arguments"], VALUE_CHARS), "input.mime_type": "application/json"}
+        attributes = {
+            KIND: "TOOL",
+            "tool.name": call["name"],
+            "tool_call.id": call["id"],
+            "input.value": _clip(call["arguments"], VALUE_CHARS),
+            "input.mime_type": "application/json",
+        }
         with self._span(f"halo.tool {call['name']}", attributes) as span:
             result = await work
-            span.set_attributes({"output.value": _clip(result, VALUE_CHARS), "halo.tool.result_chars": len(result)})
+            span.set_attributes(
+                {"output.value": _clip(result, VALUE_CHARS), "halo.tool.result_chars": len(result)}
+            )
             if result.startswith("ERROR: "):  # how run_tool reports a failed call to the model
                 span.set_status(Status(StatusCode.ERROR, _clip(result.removeprefix("ERROR: "), ERROR_CHARS)))
             else:
                 span.set_status(StatusCode.OK)
         return result
 
-    async def traced_completion(self, model: ModelConfig, messages: list[dict[str, Any]],
-                                tools: list[dict[str, Any]] | None, tool_choice: Any,
-                                work: Awaitable[Completion]) -> Completion:
-        attributes = {KIND: "LLM", "llm.model_name": model.name, "llm.provider": self.llm_provider,
-                      "llm.invocation_parameters": _invocation_parameters(model, tools, tool_choice),
-                      **_messages("llm.input_messages", messages)}
+    async def traced_completion(
+        self,
+        model: ModelConfig,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        tool_choice: Any,
+        work: Awaitable[Completion],
+    ) -> Completion:
+        attributes = {
+            KIND: "LLM",
+            "llm.model_name": model.name,
+            "llm.provider": self.llm_provider,
+            "llm.invocation_parameters": _invocation_parameters(model, tools, tool_choice),
+            **_messages("llm.input_messages", messages),
+        }
         if tools:
             attributes |= self._tools(tools)
         with self._span(f"halo.llm {model.name}", attributes, kind=SpanKind.CLIENT) as span:
@@ -192,8 +250,13 @@ class Telemetry:
         await asyncio.to_thread(self.provider.shutdown)
 
     @contextmanager
-    def _span(self, name: str, attributes: dict[str, Any], kind: SpanKind = SpanKind.INTERNAL,
-              parent: Context | None = None) -> Iterator[Span]:
+    def _span(
+        self,
+        name: str,
+        attributes: dict[str, Any],
+        kind: SpanKind = SpanKind.INTERNAL,
+        parent: Context | None = None,
+    ) -> Iterator[Span]:
         span = self.tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
         with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
             try:
@@ -212,7 +275,8 @@ class Telemetry:
         encoded = self._tool_schemas.get(names)
         if encoded is None:
             encoded = self._tool_schemas[names] = {
-                f"llm.tools.{i}.tool.json_schema": orjson.dumps(tool).decode() for i, tool in enumerate(tools)}
+                f"llm.tools.{i}.tool.json_schema": orjson.dumps(tool).decode() for i, tool in enumerate(tools)
+            }
         return encoded
 
 
@@ -224,11 +288,22 @@ class TracedLLM:
         self.llm = llm
         self.telemetry = telemetry
 
-    async def complete(self, model: ModelConfig, messages: list[dict[str, Any]], *,
-                       tools: list[dict[str, Any]] | None = None, tool_choice: Any = None, **options: Any) -> Completion:
+    async def complete(
+        self,
+        model: ModelConfig,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        **options: Any,
+    ) -> Completion:
         return await self.telemetry.traced_completion(
-            model, messages, tools, tool_choice,
-            self.llm.complete(model, messages, tools=tools, tool_choice=tool_choice, **options))
+            model,
+            messages,
+            tools,
+            tool_choice,
+            self.llm.complete(model, messages, tools=tools, tool_choice=tool_choice, **options),
+        )
 
     def __getattr__(self, name: str) -> Any:  # the rest of LLM, untraced
         return getattr(self.llm, name)
@@ -253,8 +328,9 @@ def _messages(prefix: str, messages: Sequence[dict[str, Any]]) -> dict[str, Any]
         attributes[key + "role"] = message.get("role") or "unknown"
         content = message.get("content")
         if content:
-            attributes[key + "content"] = _clip(content if isinstance(content, str)
-                                                else orjson.dumps(content).decode(), MESSAGE_CHARS)
+            attributes[key + "content"] = _clip(
+                content if isinstance(content, str) else orjson.dumps(content).decode(), MESSAGE_CHARS
+            )
         if message.get("tool_call_id"):
             attributes[key + "tool_call_id"] = message["tool_call_id"]
         for j, call in enumerate(message.get("tool_calls") or ()):
@@ -262,7 +338,9 @@ def _messages(prefix: str, messages: Sequence[dict[str, Any]]) -> dict[str, Any]
             call_key = f"{key}tool_calls.{j}.tool_call."
             attributes[call_key + "id"] = call.get("id") or ""
             attributes[call_key + "function.name"] = function.get("name") or ""
-            attributes[call_key + "function.arguments"] = _clip(function.get("arguments") or "", MESSAGE_CHARS)
+            attributes[call_key + "function.arguments"] = _clip(
+                function.get("arguments") or "", MESSAGE_CHARS
+            )
     return attributes
 
 
@@ -270,9 +348,12 @@ def _completion(completion: Completion) -> dict[str, Any]:
     usage = completion.usage
     attributes: dict[str, Any] = {
         "llm.model_name": completion.model,  # as the provider reported it
-        **_messages("llm.output_messages", [{"role": "assistant", "content": completion.content,
-                                             "tool_calls": completion.tool_calls}]),
-        "llm.token_count.prompt": usage.input_tokens, "llm.token_count.completion": usage.output_tokens,
+        **_messages(
+            "llm.output_messages",
+            [{"role": "assistant", "content": completion.content, "tool_calls": completion.tool_calls}],
+        ),
+        "llm.token_count.prompt": usage.input_tokens,
+        "llm.token_count.completion": usage.output_tokens,
         "llm.token_count.total": usage.input_tokens + usage.output_tokens,
         "llm.token_count.prompt_details.cache_read": usage.cached_tokens,
         "llm.token_count.completion_details.reasoning": usage.reasoning_tokens,
@@ -303,13 +384,19 @@ def _exporter(config: EngineConfig, run_id: str) -> tuple[SpanExporter, str]:
     """Where the spans go (see the module docstring), as an exporter and the words that say where."""
     from halo_rlm.engine import EngineError
 
-    endpoint = next((os.environ[name].strip() for name in OTLP_ENDPOINTS if os.environ.get(name, "").strip()), None)
+    endpoint = next(
+        (os.environ[name].strip() for name in OTLP_ENDPOINTS if os.environ.get(name, "").strip()), None
+    )
     if endpoint is not None:
-        protocol = next((os.environ[name].strip() for name in OTLP_PROTOCOLS if os.environ.get(name, "").strip()),
-                        "http/protobuf")
+        protocol = next(
+            (os.environ[name].strip() for name in OTLP_PROTOCOLS if os.environ.get(name, "").strip()),
+            "http/protobuf",
+        )
         if protocol != "http/protobuf":
-            raise EngineError(f"--telemetry exports OTLP over HTTP (http/protobuf), not {protocol}: set "
-                              f"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf and an HTTP endpoint (port 4318)")
+            raise EngineError(
+                f"--telemetry exports OTLP over HTTP (http/protobuf), not {protocol}: set "
+                f"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf and an HTTP endpoint (port 4318)"
+            )
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         inner: SpanExporter = OTLPSpanExporter()  # endpoint, headers and the rest from the standard variables
@@ -317,15 +404,23 @@ def _exporter(config: EngineConfig, run_id: str) -> tuple[SpanExporter, str]:
             endpoint = endpoint.rstrip("/") + "/v1/traces"  # as the SDK does for the generic variable
         destination = f"OTLP endpoint {_shown(endpoint)}"
     else:
-        path = Path(os.environ.get(PATH_VARIABLE, "").strip()
-                    or Path(config.out_dir or ".") / f"halo-telemetry-{run_id}.jsonl").expanduser().absolute()
+        path = (
+            Path(
+                os.environ.get(PATH_VARIABLE, "").strip()
+                or Path(config.out_dir or ".") / f"halo-telemetry-{run_id}.jsonl"
+            )
+            .expanduser()
+            .absolute()
+        )
         try:
             inner = JsonlSpanExporter(path)
         except OSError as exc:
             raise EngineError(f"--telemetry: cannot write {path}: {exc.strerror or exc}") from exc
         destination = str(path)
     secrets = [config.provider.key, *(value.get_secret_value() for value in config.headers.values())]
-    return ScrubbingExporter(inner, _scrubber([s for s in secrets if s and len(s) >= MIN_SECRET_CHARS])), destination
+    return ScrubbingExporter(
+        inner, _scrubber([s for s in secrets if s and len(s) >= MIN_SECRET_CHARS])
+    ), destination
 
 
 def _scrubber(secrets: list[str]) -> Callable[[str], str]:

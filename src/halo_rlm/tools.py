@@ -81,8 +81,10 @@ class SqlArgs(_Args):
 
 
 class SubagentArgs(_Args):
-    input: str = Field(validation_alias=AliasChoices("input", "question", "task", "brief"),
-                       description="A self-contained brief: the question, the trace ids and what is known")
+    input: str = Field(
+        validation_alias=AliasChoices("input", "question", "task", "brief"),
+        description="A self-contained brief: the question, the trace ids and what is known",
+    )
 
 
 class EvidenceInput(_Args):
@@ -104,7 +106,9 @@ class FindingInput(_Args):
     confidence: float = Field(0.6, ge=0, le=1)
     details: str = ""
     key: str | None = None
-    query: str | None = Field(None, description="SQL returning the affected traces' trace_id, to verify the count")
+    query: str | None = Field(
+        None, description="SQL returning the affected traces' trace_id, to verify the count"
+    )
     impact: dict[str, float] = {}
 
 
@@ -125,8 +129,10 @@ class Tool:
         """The function definition sent to the model (every turn, so built once)."""
         parameters = self.args.model_json_schema()
         parameters.pop("title", None)
-        return {"type": "function", "function": {"name": self.name, "description": self.description,
-                                                 "parameters": parameters}}
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": parameters},
+        }
 
 
 async def off_loop(store: TraceStore, work: Callable[[TraceStore], Any], timeout: float | None = None) -> Any:
@@ -152,8 +158,10 @@ async def in_thread(agent: Agent, work: Callable[[TraceStore], Any]) -> Any:
     try:
         return await off_loop(agent.run.store, work, agent.run.config.tool_timeout)
     except TimeoutError:
-        raise ToolError(f"the call took over {agent.run.config.tool_timeout:g}s and was stopped; narrow it "
-                        "(filters, a more specific regex, a LIMIT)") from None
+        raise ToolError(
+            f"the call took over {agent.run.config.tool_timeout:g}s and was stopped; narrow it "
+            "(filters, a more specific regex, a LIMIT)"
+        ) from None
     except StoreError as exc:
         raise ToolError(str(exc)) from None
 
@@ -173,14 +181,20 @@ def fit(value: Any, budget: int) -> str:
                 while items and len(orjson.dumps(data)) > budget - 200:
                     items.pop()
                 data["truncated"] = True
-                data["note"] = (f"showing {len(items)} of {total} {field} to fit {budget:,} bytes; "
-                                f"ask for fewer (limit, filters) or page with offset")
+                data["note"] = (
+                    f"showing {len(items)} of {total} {field} to fit {budget:,} bytes; "
+                    f"ask for fewer (limit, filters) or page with offset"
+                )
                 text = orjson.dumps(data).decode()
                 if len(text.encode()) <= budget:
                     return text
     head = text.encode()[: budget - 300].decode("utf-8", "ignore")
-    return orjson.dumps({"truncated_json": head, "note": f"result cut at {budget:,} bytes of {len(text):,}; "
-                                                         "narrow the request"}).decode()
+    return orjson.dumps(
+        {
+            "truncated_json": head,
+            "note": f"result cut at {budget:,} bytes of {len(text):,}; narrow the request",
+        }
+    ).decode()
 
 
 # --- the tools ------------------------------------------------------------------------------
@@ -195,8 +209,12 @@ async def get_dataset_overview(args: FiltersArgs, agent: Agent) -> Any:
 
 
 async def query_traces(args: QueryTracesArgs, agent: Agent) -> Any:
-    return await in_thread(agent, lambda s: s.query_traces(args.filters, sort=args.sort, descending=args.descending,
-                                                           limit=args.limit, offset=args.offset))
+    return await in_thread(
+        agent,
+        lambda s: s.query_traces(
+            args.filters, sort=args.sort, descending=args.descending, limit=args.limit, offset=args.offset
+        ),
+    )
 
 
 async def count_traces(args: FiltersArgs, agent: Agent) -> Any:
@@ -205,31 +223,56 @@ async def count_traces(args: FiltersArgs, agent: Agent) -> Any:
 
 async def view_trace(args: TraceArgs, agent: Agent) -> Any:
     budget = agent.run.config.tool_result_bytes
-    return await in_thread(agent, lambda s: s.view_trace(args.trace_id, budget_bytes=budget - 500, value_chars=2_000))
+    return await in_thread(
+        agent, lambda s: s.view_trace(args.trace_id, budget_bytes=budget - 500, value_chars=2_000)
+    )
 
 
 async def view_spans(args: SpansArgs, agent: Agent) -> Any:
     budget = agent.run.config.tool_result_bytes
-    return await in_thread(agent, lambda s: s.view_spans(args.trace_id, args.span_ids, budget_bytes=budget - 500,
-                                                         value_chars=8_000))
+    return await in_thread(
+        agent,
+        lambda s: s.view_spans(args.trace_id, args.span_ids, budget_bytes=budget - 500, value_chars=8_000),
+    )
 
 
 async def search_trace(args: SearchTraceArgs, agent: Agent) -> Any:
-    return await in_thread(agent, lambda s: s.search(
-        args.regex_pattern, trace_id=args.trace_id, context_chars=args.context_buffer_chars,
-        max_matches=args.max_matches, timeout=agent.run.config.tool_timeout / 2))
+    return await in_thread(
+        agent,
+        lambda s: s.search(
+            args.regex_pattern,
+            trace_id=args.trace_id,
+            context_chars=args.context_buffer_chars,
+            max_matches=args.max_matches,
+            timeout=agent.run.config.tool_timeout / 2,
+        ),
+    )
 
 
 async def search_span(args: SearchSpanArgs, agent: Agent) -> Any:
-    return await in_thread(agent, lambda s: s.search(
-        args.regex_pattern, trace_id=args.trace_id, span_id=args.span_id, context_chars=args.context_buffer_chars,
-        max_matches=args.max_matches, timeout=agent.run.config.tool_timeout / 2))
+    return await in_thread(
+        agent,
+        lambda s: s.search(
+            args.regex_pattern,
+            trace_id=args.trace_id,
+            span_id=args.span_id,
+            context_chars=args.context_buffer_chars,
+            max_matches=args.max_matches,
+            timeout=agent.run.config.tool_timeout / 2,
+        ),
+    )
 
 
 async def query_sql(args: SqlArgs, agent: Agent) -> Any:
-    return await in_thread(agent, lambda s: s.sql(args.query, max_rows=200,
-                                                  max_bytes=agent.run.config.tool_result_bytes - 1_000,
-                                                  timeout=agent.run.config.tool_timeout))
+    return await in_thread(
+        agent,
+        lambda s: s.sql(
+            args.query,
+            max_rows=200,
+            max_bytes=agent.run.config.tool_result_bytes - 1_000,
+            timeout=agent.run.config.tool_timeout,
+        ),
+    )
 
 
 async def get_context_item(args: ContextItemArgs, agent: Agent) -> Any:
@@ -303,50 +346,88 @@ async def final_answer(args: FinalAnswerArgs, agent: Agent) -> Any:
 
 
 TRACE_TOOLS = [
-    Tool("get_dataset_overview",
-         "Totals, time range, services, agents, models and tools (with call and error counts), the top error "
-         "groups (same failure, ids masked; exact counts) and, unfiltered, the detectors' findings to start from. "
-         "Call it first.", FiltersArgs, get_dataset_overview),
-    Tool("query_traces",
-         "A page of trace summaries matching `filters` (each with raw_bytes: views over ~20 KB are summarised), "
-         "sortable, with the total. Page with offset.", QueryTracesArgs, query_traces),
+    Tool(
+        "get_dataset_overview",
+        "Totals, time range, services, agents, models and tools (with call and error counts), the top error "
+        "groups (same failure, ids masked; exact counts) and, unfiltered, the detectors' findings to start from. "
+        "Call it first.",
+        FiltersArgs,
+        get_dataset_overview,
+    ),
+    Tool(
+        "query_traces",
+        "A page of trace summaries matching `filters` (each with raw_bytes: views over ~20 KB are summarised), "
+        "sortable, with the total. Page with offset.",
+        QueryTracesArgs,
+        query_traces,
+    ),
     Tool("count_traces", "How many traces match `filters`.", FiltersArgs, count_traces),
-    Tool("view_trace",
-         "All spans of one trace as a tree, long values cut to head+tail. A trace too big for the budget comes "
-         "back as a summary: then use search_trace and view_spans.", TraceArgs, view_trace),
-    Tool("view_spans", "Chosen spans of one trace, with more of each value than view_trace.", SpansArgs, view_spans),
-    Tool("search_trace",
-         "Regex matches with context inside one trace's spans (raw JSON: quotes appear as \\\"). Exact counts.",
-         SearchTraceArgs, search_trace),
+    Tool(
+        "view_trace",
+        "All spans of one trace as a tree, long values cut to head+tail. A trace too big for the budget comes "
+        "back as a summary: then use search_trace and view_spans.",
+        TraceArgs,
+        view_trace,
+    ),
+    Tool(
+        "view_spans",
+        "Chosen spans of one trace, with more of each value than view_trace.",
+        SpansArgs,
+        view_spans,
+    ),
+    Tool(
+        "search_trace",
+        "Regex matches with context inside one trace's spans (raw JSON: quotes appear as \\\"). Exact counts.",
+        SearchTraceArgs,
+        search_trace,
+    ),
     Tool("search_span", "Regex matches with context inside one span.", SearchSpanArgs, search_span),
-    Tool("synthesize_traces",
-         "A summary, by a cheaper model, of up to 20 traces: span trees with tool inputs/outputs and errors. "
-         "Give `focus` to say what to look for.", SynthesizeArgs, synthesize_traces),
-    Tool("query_sql",
-         "One read-only SELECT over the tables spans (one row per span: trace_id, span_id, parent_id, name, kind, "
-         "status, status_message, error_template, start_ns, duration_ns, service, model, input_tokens, "
-         "output_tokens, cost, agent_name, tool_name, tool_args, tool_result, output_messages, "
-         "tool_calls, tools_offered, finish_reason, raw) and traces (one row per trace: span_count, error_spans, "
-         "has_errors, start_ns, duration_ns, root_name, services, agents, models, tools, input_tokens, "
-         "output_tokens, cost, session_id). Up to 200 rows; aggregate rather than list.", SqlArgs, query_sql),
-    Tool("get_context_item",
-         "The full text of an earlier tool result or message that was shortened to save context (its id was "
-         "given where it was shortened).", ContextItemArgs, get_context_item),
+    Tool(
+        "synthesize_traces",
+        "A summary, by a cheaper model, of up to 20 traces: span trees with tool inputs/outputs and errors. "
+        "Give `focus` to say what to look for.",
+        SynthesizeArgs,
+        synthesize_traces,
+    ),
+    Tool(
+        "query_sql",
+        "One read-only SELECT over the tables spans (one row per span: trace_id, span_id, parent_id, name, kind, "
+        "status, status_message, error_template, start_ns, duration_ns, service, model, input_tokens, "
+        "output_tokens, cost, agent_name, tool_name, tool_args, tool_result, output_messages, "
+        "tool_calls, tools_offered, finish_reason, raw) and traces (one row per trace: span_count, error_spans, "
+        "has_errors, start_ns, duration_ns, root_name, services, agents, models, tools, input_tokens, "
+        "output_tokens, cost, session_id). Up to 200 rows; aggregate rather than list.",
+        SqlArgs,
+        query_sql,
+    ),
+    Tool(
+        "get_context_item",
+        "The full text of an earlier tool result or message that was shortened to save context (its id was "
+        "given where it was shortened).",
+        ContextItemArgs,
+        get_context_item,
+    ),
 ]
 SUBAGENT_TOOL = Tool(
     "call_subagent",
     "Delegate a focused question to a sub-agent with the same tools. It sees nothing of your conversation: "
     "write a self-contained brief with the question, the trace ids and what you already know. Several calls "
     "in one turn run in parallel. Returns its answer, findings with evidence, and what it used.",
-    SubagentArgs, call_subagent)
+    SubagentArgs,
+    call_subagent,
+)
 FINAL_TOOL = Tool(
     "final_answer",
     "Finish the analysis: `answer` is the full markdown report (cite traces as [trace:ID] and spans as "
     "[span:TRACE_ID:SPAN_ID]); `findings` are the systemic failures, ranked, each with category (one of: "
-    + ", ".join(CATEGORIES) + "), severity (critical/high/medium/low), affected_traces (ideally with `query`: SQL "
+    + ", ".join(CATEGORIES)
+    + "), severity (critical/high/medium/low), affected_traces (ideally with `query`: SQL "
     "returning the affected trace_ids, so the count can be verified), evidence (real trace/span ids and a "
     "verbatim excerpt), and a concrete recommendation (which prompt, tool schema, retry policy or limit to "
-    "change, and how). Call it once.", FinalAnswerArgs, final_answer)
+    "change, and how). Call it once.",
+    FinalAnswerArgs,
+    final_answer,
+)
 
 
 def repo_tools(repo: Repo) -> list[Tool]:
@@ -355,9 +436,13 @@ def repo_tools(repo: Repo) -> list[Tool]:
     def wrap(spec: RepoToolSpec) -> Tool:
         async def run(args: Any, agent: Agent) -> Any:
             try:
-                return await asyncio.wait_for(asyncio.to_thread(spec.call, args), agent.run.config.tool_timeout)
+                return await asyncio.wait_for(
+                    asyncio.to_thread(spec.call, args), agent.run.config.tool_timeout
+                )
             except TimeoutError:
-                raise ToolError(f"{spec.name} took over {agent.run.config.tool_timeout:g}s; narrow it") from None
+                raise ToolError(
+                    f"{spec.name} took over {agent.run.config.tool_timeout:g}s; narrow it"
+                ) from None
             except (RepoError, OSError) as exc:
                 raise ToolError(str(exc)) from None
 
@@ -375,14 +460,18 @@ def validate(tool: Tool, raw_arguments: str) -> BaseModel:
     try:
         data = orjson.loads(raw_arguments or "{}")
     except orjson.JSONDecodeError as exc:
-        raise ToolError(f"the arguments are not valid JSON ({exc}); send one JSON object matching "
-                        f"{tool.name}'s parameters") from None
+        raise ToolError(
+            f"the arguments are not valid JSON ({exc}); send one JSON object matching "
+            f"{tool.name}'s parameters"
+        ) from None
     if not isinstance(data, dict):
         raise ToolError(f"the arguments must be a JSON object, not {type(data).__name__}")
     try:
         return tool.args.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()[:5])
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()[:5]
+        )
         fields = ", ".join(tool.args.model_fields)
         raise ToolError(f"invalid arguments for {tool.name}: {problems} (parameters: {fields})") from None
 
