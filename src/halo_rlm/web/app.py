@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import anyio
 import duckdb
 import jinja2
+import markupsafe
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -32,7 +33,8 @@ from starlette.staticfiles import StaticFiles
 
 from halo_rlm import web_queries as q
 from halo_rlm.store import TraceStore
-from halo_rlm.web import traces
+from halo_rlm.web import markdown, run_pages, traces
+from halo_rlm.web.analyses import Analyses
 from halo_rlm.web.format import FILTERS, json_response, script_json
 from halo_rlm.web.live import Hub
 from halo_rlm.web.security import Guard
@@ -74,9 +76,10 @@ class Ui:
             lstrip_blocks=True,
         )
         self.templates.filters.update(FILTERS)
-        self.templates.filters["script_json"] = lambda value: jinja2.utils.markupsafe.Markup(
-            script_json(value)
-        )
+        self.templates.filters["script_json"] = lambda value: markupsafe.Markup(script_json(value))
+        self.templates.filters["markdown"] = markdown.render
+        self.templates.globals["cite_url"] = markdown.citation_url
+        self.analyses = Analyses(self)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -129,7 +132,11 @@ class Ui:
 
     def render(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:
         html = self.templates.get_template(template).render(
-            request=request, path=request.url.path, settings=self.settings, **context
+            request=request,
+            path=request.url.path,
+            app_settings=self.settings,
+            last_event_id=self.hub.last_id,
+            **context,
         )
         return HTMLResponse(html, status_code=status, headers={"cache-control": "no-store"})
 
@@ -203,6 +210,12 @@ def routes() -> list[BaseRoute]:
         *twin("/traces/{trace_id}/spans/{span_id}", traces.span_panel),
         *twin("/traces/{trace_id}/conversation", traces.conversation_view),
         *twin("/traces/{trace_id}", traces.trace_page),
+        *twin("/runs", run_pages.runs_list),
+        Route("/runs", run_pages.create_run, methods=["POST"]),
+        *twin("/runs/new", run_pages.new_run),
+        Route("/runs/{run_id}/report.md", run_pages.report_file),
+        Route("/runs/{run_id}/{action}", run_pages.run_action, methods=["POST"]),
+        *twin("/runs/{run_id}", run_pages.run_page),
         Route("/live", live),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
@@ -219,6 +232,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
+            await ui.analyses.close()
             ui.close()
 
     guard = Middleware(

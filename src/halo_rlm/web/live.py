@@ -39,6 +39,11 @@ class Hub:
         self._recent: deque[Event] = deque(maxlen=REPLAY_EVENTS)
         self._clients: set[asyncio.Queue[Event | None]] = set()
 
+    @property
+    def last_id(self) -> int:
+        """The id of the newest event so far (0 before any)."""
+        return self._next_id - 1
+
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 

@@ -22,7 +22,9 @@ halo.live = (function () {
   const status = () => document.getElementById("live-status");
   let source = null;
   function connect() {
-    source = new EventSource("/live");
+    // Events since this page was rendered are replayed, so nothing that happened meanwhile is missed.
+    const since = document.body.dataset.lastEvent || "";
+    source = new EventSource(since ? `/live?last_event_id=${encodeURIComponent(since)}` : "/live");
     source.onopen = () => status() && status().classList.remove("off");
     source.onerror = () => status() && status().classList.add("off");
     for (const topic of ["store", "job", "run"]) {
