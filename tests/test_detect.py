@@ -377,7 +377,7 @@ def test_every_finding_is_ranked_verified_and_carries_a_recountable_query(tmp_pa
         runs.append(run)
     with build(tmp_path, runs + [healthy(f"h{i}") for i in range(30)]) as store:
         report = analyze(store)
-        from halo_rlm.report import verify
+        from halo_rlm.verify import verify
 
         verify(report, store)
     assert [f.key for f in report.findings] == ["lookup", "fetch"]  # more traces, same severity: first

@@ -27,7 +27,6 @@ from scripted_llm import (
     Usage,
 )
 
-from halo_rlm import llm as llm_module
 from halo_rlm.engine import (
     AgentOutputItem,
     AgentTextDelta,
@@ -44,6 +43,10 @@ from halo_rlm.llm import LLMError
 from halo_rlm.report import Report
 from halo_rlm.simulate import simulate
 from halo_rlm.store import TraceStore
+from halo_rlm.utils import RetryPolicy
+
+WAITS: list[float] = []  # what retries asked to wait, recorded instead of slept
+RECORDED = RetryPolicy(sleep=WAITS.append)
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +66,12 @@ def store(store_path: Path) -> Iterator[TraceStore]:
 
 @pytest.fixture(autouse=True)
 def instant_retries(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Retries wait for nothing in tests; the waits they asked for are recorded."""
-    waits: list[float] = []
-
-    async def record(seconds: float) -> None:
-        waits.append(seconds)
-
-    monkeypatch.setattr(llm_module, "_sleep", record)
+    """Retries wait for nothing in tests (the configs here use RECORDED); the waits they asked for are
+    recorded."""
+    WAITS.clear()
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    return waits
+    return WAITS
 
 
 def sample_trace(store: TraceStore, **filters: Any) -> str:
@@ -91,7 +90,9 @@ def role(request: ChatRequest) -> str:
 
 
 def config(llm: ScriptedLLM, **overrides: Any) -> EngineConfig:
-    return EngineConfig(base_url=llm.base_url, api_key="test-key", model="scripted-model", **overrides)
+    return EngineConfig(
+        base_url=llm.base_url, api_key="test-key", model="scripted-model", retry=RECORDED, **overrides
+    )
 
 
 def run(llm: ScriptedLLM, store: TraceStore, **overrides: Any) -> list[Any]:
@@ -494,7 +495,7 @@ def test_terminal_provider_errors_name_the_url_and_model(store: TraceStore, repl
 
 def test_keyless_providers_and_custom_headers(store: TraceStore) -> None:
     with ScriptedLLM(lambda r: finish()) as llm:
-        cfg = EngineConfig(base_url=llm.base_url, model="local", headers={"X-Team": "evals"})
+        cfg = EngineConfig(base_url=llm.base_url, model="local", headers={"X-Team": "evals"}, retry=RECORDED)
         items = run_engine("go", cfg, store=store)
         headers = llm.requests[-1].headers
     assert items[-1].final and "authorization" not in headers and headers["x-team"] == "evals"

@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 from scripted_llm import Call, ChatRequest, ScriptedLLM, ServerError, Text, ToolCalls
 
-from halo_rlm import llm as llm_module
 from halo_rlm import sandbox
 from halo_rlm.engine import AgentOutputItem, EngineConfig, stream_engine_async
 from halo_rlm.report import Report
 from halo_rlm.simulate import simulate
 from halo_rlm.store import TraceStore
+from halo_rlm.utils import RetryPolicy
+
+NO_WAIT = RetryPolicy(sleep=lambda seconds: None)  # retries in these tests do not wait
 
 pytestmark = pytest.mark.skipif(sandbox.available() is not None, reason=f"no sandbox: {sandbox.available()}")
 
@@ -39,16 +41,14 @@ def store(store_path: Path) -> Iterator[TraceStore]:
 
 @pytest.fixture(autouse=True)
 def quiet_provider(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def no_wait(seconds: float) -> None:
-        return None
-
-    monkeypatch.setattr(llm_module, "_sleep", no_wait)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
 
 
 def run(responder: Any, store: TraceStore, **overrides: Any) -> tuple[list[Any], ScriptedLLM]:
     async def collect(llm: ScriptedLLM) -> list[Any]:
-        cfg = EngineConfig(base_url=llm.base_url, api_key="k", model="scripted-model", **overrides)
+        cfg = EngineConfig(
+            base_url=llm.base_url, api_key="k", model="scripted-model", retry=NO_WAIT, **overrides
+        )
         return [e async for e in stream_engine_async("Find failures.", cfg, store=store)]
 
     with ScriptedLLM(responder, strict=False) as llm:

@@ -13,8 +13,9 @@ import pyarrow as pa
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from halo_rlm import normalize
-from halo_rlm.decode import DecodeError, decode_record
+from halo_rlm.formats.conventions import normalize_messages
+from halo_rlm.store.duckdb_sql import messages_udf
+from halo_rlm.formats.decode import DecodeError, decode_record
 from halo_rlm.store import TraceStore
 
 VALID_LINES = [
@@ -255,8 +256,8 @@ def test_the_message_normaliser_never_raises(attributes: dict[str, Any]) -> None
     """It runs inside DuckDB's INSERT: one exception would abort a whole file's load."""
     line = json.dumps({"trace_id": "t", "span_id": "s", "attributes": attributes})
     assume("Infinity" not in line)  # not JSON
-    orjson.dumps(normalize.normalize_messages(orjson.loads(line)["attributes"]))  # as the store reads it
-    assert len(normalize._messages_udf(pa.array([line]))) == 1
+    orjson.dumps(normalize_messages(orjson.loads(line)["attributes"]))  # as the store reads it
+    assert len(messages_udf(pa.array([line]))) == 1
 
 
 hostile_scalars = st.sampled_from(

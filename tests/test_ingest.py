@@ -12,8 +12,9 @@ import pytest
 import zstandard
 
 import halo_rlm
-from halo_rlm import files, normalize
-from halo_rlm.ingest import Ingest, StrictError
+from halo_rlm import files
+from halo_rlm.store import StrictError
+from halo_rlm.store.schema import SPAN_COLUMNS
 from halo_rlm.store import TraceStore
 
 
@@ -402,19 +403,16 @@ def test_compressed_inputs(fixtures: Path, store_path: Path, tmp_path: Path, com
     assert rows(store, "SELECT compression FROM inputs") == [(compress,)]
 
 
-def test_bulk_load_matches_reading_line_by_line(
-    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_bulk_load_matches_reading_line_by_line(store_path: Path, tmp_path: Path) -> None:
     corpus = tmp_path / "examples.jsonl"
     corpus.write_bytes(
         gzip.decompress((Path(halo_rlm.__file__).parent / "examples" / "traces.jsonl.gz").read_bytes())
     )
-    columns = [name for name, _ in normalize.SPAN_COLUMNS if name not in ("line_no", "input_id")]
+    columns = [c.name for c in SPAN_COLUMNS if c.name not in ("line_no", "input_id")]
     query = f"SELECT {', '.join(columns)} FROM spans ORDER BY trace_id, span_id"
     bulk, _ = ingest(store_path, corpus)
     assert rows(bulk, "SELECT count(*), count(line_no) FROM spans")[0][1] == 0  # loaded in one statement
-    monkeypatch.setattr(Ingest, "_bulk_load", lambda *args: False)
-    streamed, _ = ingest(tmp_path / "streamed.duckdb", corpus)
+    streamed, _ = ingest(tmp_path / "streamed.duckdb", corpus, bulk=False)
     assert rows(streamed, "SELECT count(line_no) = count(*) FROM spans") == [(True,)]
     assert rows(bulk, query) == rows(streamed, query)
     assert rows(bulk, "SELECT * FROM traces ORDER BY trace_id") == rows(
@@ -728,8 +726,7 @@ def test_huge_lines(store_path: Path, tmp_path: Path, monkeypatch: pytest.Monkey
         store,
         "SELECT raw_bytes > 60 * 1024 * 1024, length(tool_result) < 40000 FROM spans WHERE span_id = 'big'",
     ) == [(True, True)]
-    monkeypatch.setattr(files, "MAX_LINE_BYTES", 1 << 20)
     path2 = write_lines(tmp_path / "huge2.jsonl", [too_huge, flat_span("t2", "after")])
-    report = store.ingest([str(path2)])
+    report = store.ingest([str(path2)], max_line_bytes=1 << 20)
     assert report.inputs[0].spans == 1 and report.inputs[0].rejected == 1
     assert "exceeds" in rows(store, "SELECT reason FROM rejects")[0][0]

@@ -14,7 +14,6 @@ import orjson
 import pytest
 
 from halo_rlm import files
-from halo_rlm.ingest import Ingest
 from halo_rlm.simulate import simulate
 from halo_rlm.store import TraceStore
 
@@ -69,27 +68,25 @@ def snapshot(store_path: Path) -> tuple:
         )
 
 
-def test_exception_mid_file_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exception_mid_file_then_resume(tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path / "c.jsonl", 2_000)
     clean = tmp_path / "clean.duckdb"
     with TraceStore.open(clean) as store:
         store.ingest([str(corpus)])
 
-    monkeypatch.setattr(files, "BATCH_BYTES", 200_000)
-    original = Ingest._load_batch
     calls = {"n": 0}
 
-    def flaky(self: Ingest, *args: object, **kwargs: object) -> bool:
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+    def interrupt_at_the_third_batch(inp: files.InputFile) -> Any:
+        def report(done: int, spans: int) -> None:
+            calls["n"] += bool(spans)  # a batch committed (the bulk load, which fails on trace 0, reports none)
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+
+        return report
 
     broken = tmp_path / "broken.duckdb"
-    monkeypatch.setattr(Ingest, "_load_batch", flaky)
     with TraceStore.open(broken) as store, pytest.raises(KeyboardInterrupt):
-        store.ingest([str(corpus)])
-    monkeypatch.setattr(Ingest, "_load_batch", original)
+        store.ingest([str(corpus)], batch_bytes=200_000, progress=interrupt_at_the_third_batch)
 
     # Consistent after the interruption: marked partial, and everything up to the resume point is in.
     # (A batch after it may have committed too: batches load two at a time; the re-run re-reads it.)
@@ -122,16 +119,14 @@ def test_killed_process_then_rerun(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(SRC)!r})
-        from halo_rlm import files
         from halo_rlm.store import TraceStore
-        files.BATCH_BYTES = 250_000
         def progress(inp):
             def report(done, spans):
                 if spans:  # a batch committed (the bulk load, which fails on trace 0, reports none)
                     print(spans, flush=True)
             return report
         with TraceStore.open({str(killed)!r}) as store:
-            store.ingest([{str(corpus)!r}], progress=progress)
+            store.ingest([{str(corpus)!r}], progress=progress, batch_bytes=250_000)
         print("finished", flush=True)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -163,9 +158,8 @@ def test_killed_during_a_bulk_load_then_rerun(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {str(SRC)!r})
-        from halo_rlm import normalize
-        from halo_rlm.store import TraceStore
-        normalize._messages_udf = lambda column: os.kill(os.getpid(), signal.SIGKILL)
+        from halo_rlm.store import TraceStore, duckdb_sql
+        duckdb_sql.messages_udf = lambda column: os.kill(os.getpid(), signal.SIGKILL)
         with TraceStore.open({str(killed)!r}) as store:
             store.ingest([{str(corpus)!r}])
         print("finished", flush=True)
@@ -185,11 +179,11 @@ def test_ctrl_c_during_a_bulk_load_rolls_it_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     corpus = make_corpus(tmp_path / "c.jsonl", 500, first=1)
-    from halo_rlm import normalize
+    from halo_rlm.store import duckdb_sql
 
-    real = normalize._messages_udf
+    real = duckdb_sql.messages_udf
     monkeypatch.setattr(
-        normalize, "_messages_udf", lambda column: (signal.raise_signal(signal.SIGINT), real(column))[1]
+        duckdb_sql, "messages_udf", lambda column: (signal.raise_signal(signal.SIGINT), real(column))[1]
     )
     # Ctrl-C raises KeyboardInterrupt even when this test run was started in the background (SIGINT ignored).
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -197,14 +191,14 @@ def test_ctrl_c_during_a_bulk_load_rolls_it_back(
     store_path = tmp_path / "s.duckdb"
     with TraceStore.open(store_path) as store, pytest.raises(KeyboardInterrupt):
         store.ingest([str(corpus)])
-    monkeypatch.setattr(normalize, "_messages_udf", real)
+    monkeypatch.setattr(duckdb_sql, "messages_udf", real)
     assert snapshot(store_path)[0] == [(0, 0, None)]
     with TraceStore.open(store_path) as store:
         report = store.ingest([str(corpus)])
     assert report.spans == 2_000 and snapshot(store_path)[2] == [("complete",)]
 
 
-def test_ctrl_c_while_decoding_otlp_then_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_while_decoding_otlp_then_rerun(tmp_path: Path) -> None:
     truth = simulate(tmp_path / "t.otlp.jsonl", traces=120, seed=5, format="otlp")
     lines = truth.traces_path.read_bytes().splitlines()
     lines.insert(len(lines) // 2, b'{"resourceSpans": 7}')  # one bad record, to see rejects are not doubled
@@ -214,7 +208,6 @@ def test_ctrl_c_while_decoding_otlp_then_rerun(tmp_path: Path, monkeypatch: pyte
     with TraceStore.open(clean) as store:
         assert store.ingest([str(corpus)]).rejected == 1
 
-    monkeypatch.setattr(files, "BATCH_BYTES", 100_000)
     calls = {"n": 0}
 
     def progress(inp: files.InputFile) -> Any:
@@ -227,7 +220,7 @@ def test_ctrl_c_while_decoding_otlp_then_rerun(tmp_path: Path, monkeypatch: pyte
 
     broken = tmp_path / "broken.duckdb"
     with TraceStore.open(broken) as store, pytest.raises(KeyboardInterrupt):
-        store.ingest([str(corpus)], progress=progress)
+        store.ingest([str(corpus)], progress=progress, batch_bytes=100_000)
     assert not list(tmp_path.glob("*.staging.jsonl"))  # the staging file is removed
     assert snapshot(broken)[0] == [(0, 0, None)] and snapshot(broken)[2] == [("partial",)]
     with TraceStore.open(broken, read_only=True) as store:  # the reject found before the stop is kept

@@ -12,6 +12,7 @@ observations lack trace-level fields; 404 for v2 on old servers; 429 with `Retry
 from __future__ import annotations
 
 import base64
+import dataclasses
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,11 +25,12 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from halo_rlm import importers, langfuse
+from halo_rlm import sources
 from halo_rlm.cli import cli
-from halo_rlm.decode import decode_record, iso_to_ns
-from halo_rlm.importers import retry_after
+from halo_rlm.formats.decode import decode_record
+from halo_rlm.sources import langfuse
 from halo_rlm.store import TraceStore
+from halo_rlm.utils import RetryPolicy, iso_ms, iso_to_ns, retry_after
 
 PUBLIC, SECRET = "pk-lf-1234", "sk-lf-very-secret-5678"
 PROJECT = "cmkme4iwh00qnad079j0kakep"
@@ -61,7 +63,7 @@ TRACE_FIELDS = ("userId", "sessionId", "tags", "release", "traceName", "environm
 
 
 def at(seconds: float) -> str:
-    return importers.iso_ms(iso_to_ns("2026-05-15T10:00:00Z") + int(seconds * 1e9))  # type: ignore[operator]
+    return iso_ms(iso_to_ns("2026-05-15T10:00:00Z") + int(seconds * 1e9))  # type: ignore[operator]
 
 
 def trace(trace_id: str, start: float, **fields: Any) -> dict[str, Any]:
@@ -533,18 +535,32 @@ def legacy_server() -> Iterator[LangfuseServer]:
 
 
 @pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Pauses between attempts are recorded, not slept."""
-    recorded: list[float] = []
-    monkeypatch.setattr(importers, "pause", recorded.append)
-    return recorded
+def waits() -> list[float]:
+    """Pauses between attempts, recorded by `import_pages` instead of slept."""
+    return []
 
 
-@pytest.fixture
-def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pages of 3 (v2) and 2 (legacy), so ten observations take several pages."""
-    monkeypatch.setattr(langfuse, "V2_PAGE", 3)
-    monkeypatch.setattr(langfuse, "LEGACY_PAGE", 2)
+def import_pages(
+    server: LangfuseServer,
+    store: Path,
+    waits: list[float],
+    *,
+    filters: sources.LangfuseFilters | None = None,
+    out: Path | None = None,
+    page_size: int = 3,
+) -> tuple[int, Any, str]:
+    """An import through the Python API in small pages, so ten observations take several, with the
+    pauses between attempts recorded in `waits`. Returns what `run_import` returns."""
+    source = sources.LangfuseSource(
+        server.url, PUBLIC, SECRET, filters, page_size=page_size, retry=RetryPolicy(sleep=waits.append)
+    )
+    try:
+        report = sources.run_import(source, store, out=out)
+    except sources.SourceError as exc:
+        return 1, None, str(exc)
+    finally:
+        source.close()
+    return 0, dataclasses.asdict(report), ""
 
 
 def run_import(
@@ -588,10 +604,10 @@ def spans(store: Path) -> dict[str, dict[str, Any]]:
 
 
 def test_imports_every_observation_as_a_canonical_span(
-    server: LangfuseServer, tmp_path: Path, small_pages: None, waits: list[float]
+    server: LangfuseServer, tmp_path: Path, waits: list[float]
 ) -> None:
     store = tmp_path / "lf.duckdb"
-    code, report, err = run_import(server, store)
+    code, report, err = import_pages(server, store, waits)
     assert code == 0, err
     assert report["spans"] == 10 and report["complete"] and report["api"] == "v2" and report["pages"] == 4
     requests = server.requested("/api/public/v2/observations")
@@ -695,37 +711,40 @@ def test_time_window(server: LangfuseServer, tmp_path: Path) -> None:
 
 
 def test_honours_retry_after_and_backs_off_on_server_errors(
-    server: LangfuseServer, tmp_path: Path, small_pages: None, waits: list[float]
+    server: LangfuseServer, tmp_path: Path, waits: list[float]
 ) -> None:
     v2 = "/api/public/v2/observations"
     server.faults = [
         Fault(v2, 429, 1, lambda p: "cursor" in p, {"Retry-After": "7"}, {"message": "Rate limit exceeded"}),
         Fault(v2, 503, 2, lambda p: "cursor" not in p),
     ]
-    code, report, err = run_import(server, tmp_path / "lf.duckdb")
+    code, report, err = import_pages(server, tmp_path / "lf.duckdb", waits)
     assert code == 0 and report["spans"] == 10, err
-    assert len(waits) == 3 and waits[2] == 7.0 and all(0 < w <= 2 for w in waits[:2])
+    assert len(waits) == 3 and 7.0 <= waits[2] <= 7.0 * 1.1 + 0.05 and all(0 <= w <= 2 for w in waits[:2])
 
 
 def test_gives_up_after_bounded_retries(server: LangfuseServer, tmp_path: Path, waits: list[float]) -> None:
     server.faults = [Fault("/api/public/v2/observations", 502, 100)]
-    code, _, err = run_import(server, tmp_path / "lf.duckdb")
-    assert code == 1 and f"still failing after {importers.ATTEMPTS} attempts (HTTP 502)" in err
-    assert len(waits) == importers.ATTEMPTS - 1 and max(waits) <= importers.MAX_WAIT
+    code, _, err = import_pages(server, tmp_path / "lf.duckdb", waits)
+    policy = RetryPolicy()
+    assert code == 1 and f"still failing after {policy.attempts} attempts (HTTP 502)" in err
+    assert len(waits) == policy.attempts - 1 and max(waits) <= policy.cap_seconds
 
 
 def test_retry_after_header_forms() -> None:
-    assert retry_after("12") == 12.0
-    assert retry_after("Fri, 15 May 2026 10:00:30 GMT", now=iso_to_ns("2026-05-15T10:00:00Z") / 1e9) == 30.0
-    assert retry_after("Fri, 15 May 2026 09:00:00 GMT", now=iso_to_ns("2026-05-15T10:00:00Z") / 1e9) == 0.0
-    assert retry_after("soon") is None and retry_after(None) is None
+    now = iso_to_ns("2026-05-15T10:00:00Z") / 1e9  # type: ignore[operator]
+    assert retry_after({"retry-after": "12"}) == 12.0
+    assert retry_after({"retry-after": "Fri, 15 May 2026 10:00:30 GMT"}, now=now) == 30.0
+    assert retry_after({"retry-after": "Fri, 15 May 2026 09:00:00 GMT"}, now=now) == 0.0
+    assert retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert retry_after({"retry-after": "soon"}) is None and retry_after({}) is None
 
 
 # --- resuming -----------------------------------------------------------------------------------
 
 
 def test_an_interrupted_import_resumes_without_duplicates(
-    server: LangfuseServer, tmp_path: Path, small_pages: None, waits: list[float]
+    server: LangfuseServer, tmp_path: Path, waits: list[float]
 ) -> None:
     store, out = tmp_path / "lf.duckdb", tmp_path / "lf.jsonl"
     newest_first = sorted(server.observations, key=lambda o: (o["startTime"], o["id"]), reverse=True)
@@ -738,28 +757,26 @@ def test_an_interrupted_import_resumes_without_duplicates(
         )
 
     server.faults = [Fault("/api/public/v2/observations", 500, 100, third_page)]  # fails again and again
-    code, _, err = run_import(server, store, "--out", out)
+    code, _, err = import_pages(server, store, waits, out=out)
     assert code == 1 and "still failing" in err
     assert len(spans(store)) == 6 and len(out.read_bytes().splitlines()) == 6
     first_run = len(server.requests)
 
     server.faults = []
-    code, report, err = run_import(server, store, "--out", out)
+    code, report, err = import_pages(server, store, waits, out=out)
     assert code == 0, err
     assert report["resumed"] and report["complete"] and report["spans"] == 4 and report["duplicates"] == 0
     assert "cursor" in server.requests[first_run][1]  # picked up at the failed page, not from the start
     assert len(spans(store)) == 10 and len(out.read_bytes().splitlines()) == 10
 
 
-def test_limit_stops_and_the_next_run_continues(
-    server: LangfuseServer, tmp_path: Path, small_pages: None
-) -> None:
+def test_limit_stops_and_the_next_run_continues(server: LangfuseServer, tmp_path: Path) -> None:
     store = tmp_path / "lf.duckdb"
-    code, report, _ = run_import(server, store, "--limit", "4")
+    code, report, _ = run_import(server, store, "--limit", "4", "--page-size", "3")
     assert code == 0 and report["spans"] == 4 and report["limited"] and not report["complete"]
-    code, report, _ = run_import(server, store, "--limit", "4")
+    code, report, _ = run_import(server, store, "--limit", "4", "--page-size", "3")
     assert code == 0 and report["resumed"] and report["spans"] == 4 and report["limited"]
-    code, report, _ = run_import(server, store)
+    code, report, _ = run_import(server, store, "--page-size", "3")
     assert code == 0 and report["complete"] and len(spans(store)) == 10
 
 
@@ -775,7 +792,7 @@ def test_a_later_import_fetches_what_is_new(server: LangfuseServer, tmp_path: Pa
     code, third, _ = run_import(server, store)  # a new query (no --until): its own progress, all of it
     assert code == 0 and third["spans"] == 11 and len(spans(store)) == 11
     code, fourth, _ = run_import(server, store)
-    assert code == 0 and fourth["since"] == importers.iso_ms(iso_to_ns(third["until"]) - 3600 * 10**9)
+    assert code == 0 and fourth["since"] == iso_ms(iso_to_ns(third["until"]) - 3600 * 10**9)  # type: ignore[operator]
     code, fresh, _ = run_import(server, store, "--fresh")
     assert code == 0 and fresh["since"] is None and fresh["spans"] == 11
 
@@ -793,11 +810,9 @@ def test_progress_is_kept_beside_the_store_without_secrets(server: LangfuseServe
 # --- the legacy API -----------------------------------------------------------------------------
 
 
-def test_falls_back_to_the_legacy_endpoints(
-    legacy_server: LangfuseServer, tmp_path: Path, small_pages: None
-) -> None:
+def test_falls_back_to_the_legacy_endpoints(legacy_server: LangfuseServer, tmp_path: Path) -> None:
     store = tmp_path / "lf.duckdb"
-    code, report, err = run_import(legacy_server, store)
+    code, report, err = run_import(legacy_server, store, "--page-size", "2")
     assert code == 0 and report["api"] == "legacy" and report["spans"] == 10 and report["complete"], err
     assert len(legacy_server.requested("/api/public/v2/observations")) == 1
     assert len(legacy_server.requested("/api/public/observations")) == 5
@@ -811,18 +826,20 @@ def test_falls_back_to_the_legacy_endpoints(
 
 
 def test_legacy_trace_filters_and_resume(
-    legacy_server: LangfuseServer, tmp_path: Path, small_pages: None, waits: list[float]
+    legacy_server: LangfuseServer, tmp_path: Path, waits: list[float]
 ) -> None:
     store = tmp_path / "lf.duckdb"
-    code, report, err = run_import(legacy_server, store, "--session", "s-2")
+    code, report, err = import_pages(
+        legacy_server, store, waits, filters=sources.LangfuseFilters(session_id="s-2"), page_size=2
+    )
     assert code == 0 and report["spans"] == 3, err
     assert legacy_server.requested("/api/public/traces")[-1]["sessionId"] == ["s-2"]
     legacy_server.faults = [Fault("/api/public/observations", 500, 100, lambda p: p.get("page") == ["3"])]
-    code, _, err = run_import(legacy_server, tmp_path / "all.duckdb")
+    code, _, err = import_pages(legacy_server, tmp_path / "all.duckdb", waits, page_size=2)
     assert code == 1 and "still failing" in err
     legacy_server.faults = []
     before = len(legacy_server.requested("/api/public/observations"))
-    code, report, err = run_import(legacy_server, tmp_path / "all.duckdb")
+    code, report, err = import_pages(legacy_server, tmp_path / "all.duckdb", waits, page_size=2)
     assert code == 0 and report["resumed"] and report["spans"] == 6, err
     assert legacy_server.requested("/api/public/observations")[before]["page"] == ["3"]
     assert len(spans(tmp_path / "all.duckdb")) == 10

@@ -26,9 +26,9 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from halo_rlm import importers, phoenix
+from halo_rlm.sources.http import Http
 from halo_rlm.cli import cli
-from halo_rlm.decode import iso_to_ns
+from halo_rlm.utils import iso_to_ns
 from halo_rlm.store import TraceStore
 
 
@@ -237,13 +237,11 @@ def spans(store: Path) -> dict[str, dict[str, Any]]:
     return {row[1]: dict(zip(rows.columns, row, strict=True)) for row in rows.rows}
 
 
-def test_imports_a_project_as_canonical_spans(
-    phoenix_server: Phoenix, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(phoenix, "PAGE", 2)  # several pages through Phoenix's own cursors
+def test_imports_a_project_as_canonical_spans(phoenix_server: Phoenix, tmp_path: Path) -> None:
     trace_ids = send_agent_runs(phoenix_server, "canonical")
     store, out = tmp_path / "px.duckdb", tmp_path / "px.jsonl"
-    code, report, err = run_import(phoenix_server, "canonical", store, "--out", out)
+    # Pages of two: several pages through Phoenix's own cursors.
+    code, report, err = run_import(phoenix_server, "canonical", store, "--out", out, "--page-size", "2")
     assert code == 0, err
     assert report["spans"] == 6 and report["pages"] == 3 and report["complete"] and report["skipped"] == 0
 
@@ -288,7 +286,6 @@ def test_imports_a_project_as_canonical_spans(
 def test_time_window_limit_and_resume(
     phoenix_server: Phoenix, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(phoenix, "PAGE", 2)
     trace_ids = send_agent_runs(phoenix_server, "windowed", runs=3)
     store = tmp_path / "px.duckdb"
     code, report, err = run_import(
@@ -304,19 +301,19 @@ def test_time_window_limit_and_resume(
     assert {r["trace_id"] for r in spans(store).values()} == {trace_ids[1]}
 
     store = tmp_path / "all.duckdb"
-    code, report, _ = run_import(phoenix_server, "windowed", store, "--limit", "3")
+    code, report, _ = run_import(phoenix_server, "windowed", store, "--limit", "3", "--page-size", "2")
     assert code == 0 and report["limited"] and report["spans"] == 3
     # An interrupted run (Ctrl-C during the next page) keeps its place too.
-    real_get = importers.Http.get
+    real_get = Http.get
     calls = {"n": 0}
 
-    def interrupted(self: importers.Http, path: str, params: dict[str, Any] | None = None) -> Any:
+    def interrupted(self: Http, path: str, params: dict[str, Any] | None = None) -> Any:
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
         return real_get(self, path, params)
 
-    monkeypatch.setattr(importers.Http, "get", interrupted)
+    monkeypatch.setattr(Http, "get", interrupted)
     result = CliRunner().invoke(
         cli,
         [
@@ -330,11 +327,13 @@ def test_time_window_limit_and_resume(
             str(store),
             "--api-key",
             ADMIN_KEY,
+            "--page-size",
+            "2",
         ],
     )
     assert result.exit_code == 130 and "Run the same command again" in result.stderr
-    monkeypatch.setattr(importers.Http, "get", real_get)
-    code, report, err = run_import(phoenix_server, "windowed", store)
+    monkeypatch.setattr(Http, "get", real_get)
+    code, report, err = run_import(phoenix_server, "windowed", store, "--page-size", "2")
     assert code == 0 and report["resumed"] and report["complete"], err
     assert len(spans(store)) == 9 and report["duplicates"] == 0
 

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 from scripted_llm import Call, ChatRequest, Hang, HTTPError, ScriptedLLM, Text, ToolCalls, Usage
 
-from halo_rlm import collect, sandbox, telemetry
-from halo_rlm import llm as llm_module
+from halo_rlm import collect, sandbox
+from halo_rlm.engine import telemetry
 from halo_rlm.cli import cli
 from halo_rlm.engine import AgentOutputItem, EngineConfig, EngineError, stream_engine_async
 from halo_rlm.llm import LLMError
@@ -23,6 +23,9 @@ from halo_rlm.pricing import Price
 from halo_rlm.report import Report
 from halo_rlm.simulate import simulate
 from halo_rlm.store import TraceStore
+from halo_rlm.utils import RetryPolicy
+
+NO_WAIT = RetryPolicy(sleep=lambda seconds: None)  # retries in these tests do not wait
 
 USAGE = Usage(prompt=100, completion=20, cached=30, reasoning=5)
 PRICE = Price(input=1.0, cached_input=0.5, output=2.0)
@@ -51,12 +54,7 @@ def store(store_path: Path) -> Iterator[TraceStore]:
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No retry waits, no provider or OTLP settings from the machine, and a scratch working directory."""
-
-    async def no_wait(seconds: float) -> None:
-        return None
-
-    monkeypatch.setattr(llm_module, "_sleep", no_wait)
+    """No provider or OTLP settings from the machine, and a scratch working directory."""
     for name in (
         "OPENAI_API_KEY",
         "OPENAI_BASE_URL",
@@ -115,7 +113,12 @@ def run(responder: Any, store: TraceStore, traced: bool | None = None, **overrid
     """The engine's events; `traced` is stream_engine_async's `telemetry` keyword, `overrides` the config's."""
 
     async def collect_events(llm: ScriptedLLM) -> list[Any]:
-        options = {"base_url": llm.base_url, "api_key": "test-key", "model": "scripted-model"} | overrides
+        options = {
+            "base_url": llm.base_url,
+            "api_key": "test-key",
+            "model": "scripted-model",
+            "retry": NO_WAIT,
+        } | overrides
         return [
             e
             async for e in stream_engine_async(
@@ -277,7 +280,7 @@ def test_a_failed_run_still_writes_its_spans_with_the_error(
 
     async def failing(llm: ScriptedLLM) -> None:
         config = EngineConfig(
-            base_url=llm.base_url, api_key="test-key", model="scripted-model", telemetry=True
+            base_url=llm.base_url, api_key="test-key", model="scripted-model", telemetry=True, retry=NO_WAIT
         )
         async for _ in stream_engine_async("Find the failures.", config, store=store):
             pass
@@ -306,7 +309,7 @@ def test_a_cancelled_run_flushes_its_spans_marked_cancelled(
 
     async def stop_early(llm: ScriptedLLM) -> None:
         config = EngineConfig(
-            base_url=llm.base_url, api_key="test-key", model="scripted-model", telemetry=True
+            base_url=llm.base_url, api_key="test-key", model="scripted-model", telemetry=True, retry=NO_WAIT
         )
         events = stream_engine_async("Find the failures.", config, store=store)
         async for event in events:
@@ -336,7 +339,9 @@ def test_a_grpc_protocol_is_refused_before_the_run(
 
 
 async def _consume(llm: ScriptedLLM, store: TraceStore) -> None:
-    config = EngineConfig(base_url=llm.base_url, api_key="test-key", model="scripted-model", telemetry=True)
+    config = EngineConfig(
+        base_url=llm.base_url, api_key="test-key", model="scripted-model", telemetry=True, retry=NO_WAIT
+    )
     async for _ in stream_engine_async("Find the failures.", config, store=store):
         pass
 

@@ -30,11 +30,11 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from halo_rlm import otlp
-from halo_rlm.decode import DecodeError
-from halo_rlm.store import StoreError, TraceStore, cache_dir
+from halo_rlm.defaults import COLLECT_PORT
+from halo_rlm.formats import otlp
+from halo_rlm.formats.spans import DecodeError
+from halo_rlm.store import StoreError, TraceStore, paths
 
-DEFAULT_PORT = 4318
 TRACES_PATH = "/v1/traces"
 MAX_BODY_BYTES = 32 << 20  # per request, both as sent and decompressed
 BUFFER_BYTES = 256 << 20  # JSONL waiting for an output; beyond this, requests get 503
@@ -421,7 +421,7 @@ def serve(
     store: str | Path | None = None,
     out: str | Path | None = None,
     host: str = "127.0.0.1",
-    port: int = DEFAULT_PORT,
+    port: int = COLLECT_PORT,
     token: str | None = None,
     allow_remote: bool = False,
     max_body_bytes: int = MAX_BODY_BYTES,
@@ -430,12 +430,12 @@ def serve(
     on_flush: Callable[[CollectorStats], None] | None = None,
 ) -> Collector:
     """Start a collector in background threads and return it. Spans go to `store`, to `out` (HALO
-    JSONL, appended), or both; with neither, to `default_store_path(port)`. `port=0` picks a free port
+    JSONL, appended), or both; with neither, to `store.paths.for_collector(port)`. `port=0` picks a free port
     (see `.url`). Binding a non-loopback `host` needs `allow_remote=True`. With `token`, requests must
     carry `Authorization: Bearer <token>`. `on_flush` gets the counts after each write, from the
     flusher thread."""
     if store is None and out is None:
-        store = default_store_path(port)
+        store = paths.for_collector(port)
     return Collector(
         store=Path(store) if store is not None else None,
         out=Path(out) if out is not None else None,
@@ -448,11 +448,6 @@ def serve(
         flush_seconds=flush_seconds,
         on_flush=on_flush,
     )
-
-
-def default_store_path(port: int) -> Path:
-    """Where a collector keeps spans when given no `--store` or `--out`: one store per port in the cache."""
-    return cache_dir() / "stores" / f"collect-{port}.duckdb"
 
 
 # --- HTTP ---------------------------------------------------------------------------------------
@@ -628,11 +623,10 @@ def _is_local_name(name: str) -> bool:
 
 
 __all__ = [
-    "DEFAULT_PORT",
+    "COLLECT_PORT",
     "TRACES_PATH",
     "CollectError",
     "Collector",
     "CollectorStats",
-    "default_store_path",
     "serve",
 ]

@@ -23,8 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from halo_rlm.report import Bucket, DatasetSummary, Evidence, Finding, Impact, Report, rank, sql_literal
+from halo_rlm.report import Bucket, DatasetSummary, Evidence, Finding, Impact, Report, rank
 from halo_rlm.store import TraceStore
+from halo_rlm.store.duckdb_sql import sql_literal
+from halo_rlm.utils import one_line
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,7 @@ class Analysis:
             Evidence(
                 trace_id=r["trace_id"],
                 span_id=r["span_id"],
-                excerpt=_clip(r["excerpt"] or ""),
+                excerpt=one_line(r["excerpt"] or "", 300),
                 note=r["note"] or "",
             )
             for r in rows
@@ -254,6 +256,7 @@ def error_findings(a: Analysis) -> list[Finding]:
                 confidence=spec.confidence,
                 source=f"detector:{category}",
                 query=query,
+                query_dialect=a.store.dialect,
                 details=f"{g['errors']:,} failing {'/'.join(sorted(g['kinds'])).lower()} spans in {affected:,} traces"
                 + (f"; message template: “{template}”" if template else "")
                 + ".",
@@ -274,7 +277,7 @@ class _Category:
 
 
 def _quote(text: str) -> str:
-    return f"“{_clip(text, 160)}”" if text else ""
+    return f"“{one_line(text, 160)}”" if text else ""
 
 
 ERROR_CATEGORIES: dict[str, _Category] = {
@@ -367,7 +370,7 @@ ERROR_CATEGORIES: dict[str, _Category] = {
     "tool_error": _Category(
         "medium",
         0.8,
-        lambda k, t: f"`{k}` fails: {_clip(t or 'error', 90)}",
+        lambda k, t: f"`{k}` fails: {one_line(t or 'error', 90)}",
         lambda k, t, e: (
             f"`{k}` keeps failing the same way ({_quote(e)}). Handle this case inside the tool: return a "
             f"structured result the model can act on (e.g. `found: false` with a reason) instead of an "
@@ -378,7 +381,7 @@ ERROR_CATEGORIES: dict[str, _Category] = {
     "other": _Category(
         "medium",
         0.75,
-        lambda k, t: f"`{k}` fails: {_clip(t or 'error', 90)}",
+        lambda k, t: f"`{k}` fails: {one_line(t or 'error', 90)}",
         lambda k, t, e: (
             f"`{k}` fails repeatedly with the same error ({_quote(e)}). Find where this span's code "
             f"raises it, handle that case, and surface a clear message to the agent."
@@ -437,6 +440,7 @@ def unoffered_tool_calls(a: Analysis) -> list[Finding]:
                 confidence=0.9,
                 source="detector:unoffered_tool_calls",
                 query=query,
+                query_dialect=a.store.dialect,
                 details=f"The model called `{tool}` {g['calls']:,} times although it was offered only: {tools}.",
                 recommendation=f"The model calls `{tool}`, which it was not offered (it has {tools}). If the capability "
                 f"is needed, add `{tool}` as a real tool with a schema; otherwise state in the agent's "
@@ -495,6 +499,7 @@ def repetition_loops(a: Analysis) -> list[Finding]:
                 confidence=0.85,
                 source="detector:repetition_loop",
                 query=query,
+                query_dialect=a.store.dialect,
                 details=f"{int(g['extra']):,} redundant `{tool}` calls: the same arguments {n} or more times in one run.",
                 recommendation=f"The agent repeats identical `{tool}` calls. Keep a record of calls already made in "
                 f"the loop and return the cached result (or an explicit 'you already ran this; it "
@@ -541,6 +546,7 @@ def refusals(a: Analysis) -> list[Finding]:
                 confidence=0.8,
                 source="detector:refusal",
                 query=query,
+                query_dialect=a.store.dialect,
                 details=f"{g['calls']:,} model answers that refuse, in {g['traces']:,} runs.",
                 recommendation=f"`{agent}` refuses requests it should handle. State plainly in its system prompt what it "
                 f"is allowed and expected to do (with examples of these requests), remove or narrow "
@@ -592,6 +598,7 @@ def truncated_outputs(a: Analysis) -> list[Finding]:
                 confidence=0.85,
                 source="detector:empty_or_truncated_output",
                 query=query,
+                query_dialect=a.store.dialect,
                 details=f"{g['calls']:,} `{model}` answers were empty or cut off{cap}.",
                 recommendation=f"`{model}` answers are cut by the output-token limit or come back empty. Raise "
                 f"`max_tokens` for the final answer (reasoning models spend output tokens on thinking), "
@@ -635,6 +642,7 @@ def triggered_guardrails(a: Analysis) -> list[Finding]:
                 confidence=0.85,
                 source="detector:guardrail_trips",
                 query=query,
+                query_dialect=a.store.dialect,
                 details=f"The `{name}` guardrail reported a trip in {g['traces']:,} runs.",
                 recommendation=spec.recommend(name, None, ""),
             )
@@ -686,6 +694,7 @@ def slow_calls(a: Analysis) -> list[Finding]:
                 confidence=0.75,
                 source="detector:latency",
                 query=query,
+                query_dialect=a.store.dialect,
                 details=f"{g['calls']:,} `{name}` calls took {g['slow_ms'] / 1000:.1f} s (median of the slow ones) "
                 f"against a usual {g['usual_ms'] / 1000:.1f} s, {g['run_share']:.0%} of their runs on average.",
                 recommendation=f"`{name}` sometimes takes {g['slow_ms'] / 1000:.0f}+ s and dominates its runs. Profile it "
@@ -735,6 +744,7 @@ def token_hogs(a: Analysis) -> list[Finding]:
                 confidence=0.75,
                 source="detector:cost",
                 query=query,
+                query_dialect=a.store.dialect,
                 details=f"{g['calls']:,} `{agent}` LLM calls carried a median {int(g['typical']):,} prompt tokens against "
                 f"a usual {int(g['usual']):,}: {int(g['excess']):,} extra tokens.",
                 recommendation=f"`{agent}` puts far more context than needed into its prompts. Find what is injected "
@@ -820,8 +830,3 @@ def _id(category: str, key: str | None, extra: str | None = None) -> str:
     if extra:
         slug += "-" + hashlib.sha256(extra.encode()).hexdigest()[:6]
     return f"{category}:{slug}"
-
-
-def _clip(text: str, limit: int = 300) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

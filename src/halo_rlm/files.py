@@ -221,7 +221,7 @@ def read_lines(
     `OversizeLine`."""
     batch_bytes = batch_bytes or BATCH_BYTES
     max_line_bytes = max_line_bytes or MAX_LINE_BYTES
-    _skip(stream, start_offset)
+    skip(stream, start_offset)
     offset, line_no = start_offset, start_line  # offset: where `carry` starts in the stream
     carry = b""
     oversize: OversizeLine | None = None
@@ -289,7 +289,8 @@ def count_lines(path: str, end: int) -> int:
     return lines
 
 
-def _skip(stream: BinaryIO, count: int) -> None:
+def skip(stream: BinaryIO, count: int) -> None:
+    """Move `stream` forward `count` bytes: a seek where it can, else reading and dropping them."""
     if count <= 0:
         return
     try:

@@ -9,57 +9,25 @@ Terminal errors name the provider URL and model.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
-import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any
 
 import httpx2
 import openai
 import orjson
-from pydantic import BaseModel, ConfigDict, SecretStr
 
 from halo_rlm.pricing import Prices
+from halo_rlm.providers import ModelConfig, Provider
+from halo_rlm.usage import Usage
+from halo_rlm.utils import RetryPolicy, retry_after
 
-ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
-OPENAI_URL = "https://api.openai.com/v1"
+__all__ = ["LLM", "Completion", "ContextOverflow", "LLMError", "Timeout"]
+
 KEYLESS = "halo-no-key"  # the SDK insists on a key; for keyless servers the Authorization header is dropped
-
-
-class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    temperature: float | None = None
-    max_output_tokens: int | None = None
-    reasoning_effort: ReasoningEffort | None = None
-    parallel_tool_calls: bool = True
-
-
-class Provider(BaseModel):
-    """Where to send requests. `None` fields fall back to OPENAI_BASE_URL / OPENAI_API_KEY."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    base_url: str | None = None
-    api_key: SecretStr | None = None
-    headers: dict[str, SecretStr] = {}
-
-    @property
-    def url(self) -> str:
-        return (self.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL).rstrip("/")
-
-    @property
-    def key(self) -> str | None:
-        return self.api_key.get_secret_value() if self.api_key else os.environ.get("OPENAI_API_KEY") or None
-
-    @property
-    def configured(self) -> bool:
-        return bool(self.key or self.base_url or os.environ.get("OPENAI_BASE_URL"))
 
 
 class LLMError(Exception):
@@ -72,15 +40,6 @@ class ContextOverflow(LLMError):
 
 class Timeout(LLMError):
     """The call did not finish before the run's deadline."""
-
-
-@dataclass
-class Usage:
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
-    cost: float | None = None
 
 
 @dataclass
@@ -107,19 +66,6 @@ class Completion:
                 for c in self.tool_calls
             ]
         return message
-
-
-@dataclass
-class RetryPolicy:
-    attempts: int = 6
-    base_seconds: float = 0.5
-    cap_seconds: float = 30.0
-    max_retry_after: float = 120.0
-
-
-async def _sleep(seconds: float) -> None:
-    """Every wait between attempts goes through here (tests record the waits)."""
-    await asyncio.sleep(seconds)
 
 
 CONNECTION_POOLS = 8
@@ -187,7 +133,7 @@ class LLM:
             except openai.APIStatusError as exc:
                 wait = self._retriable(exc, model.name, attempt)
             except (openai.APIConnectionError, _CutStream) as exc:  # includes timeouts and cut streams
-                wait = _backoff(self.retry, attempt)
+                wait = self.retry.backoff(attempt)
                 if attempt == self.retry.attempts - 1:
                     raise LLMError(
                         f"{self.provider.url}: the connection failed {attempt + 1} times for model "
@@ -197,7 +143,9 @@ class LLM:
                 raise Timeout(
                     f"{self.provider.url}: gave up retrying model {model.name!r}: the run's time is up"
                 )
-            await _sleep(wait)
+            waited = (self.retry.sleep or asyncio.sleep)(wait)
+            if inspect.isawaitable(waited):
+                await waited
         raise LLMError(
             f"{self.provider.url}: model {model.name!r} failed after {self.retry.attempts} attempts"
         )
@@ -243,7 +191,7 @@ class LLM:
         refusal: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         finish: str | None = None
-        usage = Usage()
+        usage = Usage(calls=1)
         reported_model = model
 
         async def consume() -> None:
@@ -308,15 +256,15 @@ class LLM:
             {"id": c["id"] or f"call_{attempt}_{i}", "name": c["name"], "arguments": c["arguments"]}
             for i, c in sorted(calls.items())
         ]
-        if usage.cost is None:
-            usage.cost = self.prices.cost(
+        if usage.cost_usd is None:
+            usage.cost_usd = self.prices.cost(
                 reported_model,
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
                 cached_tokens=usage.cached_tokens,
             )
-            if usage.cost is None and reported_model != model:
-                usage.cost = self.prices.cost(
+            if usage.cost_usd is None and reported_model != model:
+                usage.cost_usd = self.prices.cost(
                     model,
                     input_tokens=usage.input_tokens,
                     output_tokens=usage.output_tokens,
@@ -353,44 +301,18 @@ class LLM:
                 raise LLMError(
                     f"{url}: model {model!r} still failing after {attempt + 1} attempts ({status}: {detail})"
                 ) from exc
-            retry_after = _retry_after(exc)
-            if retry_after is not None:
-                if retry_after > self.retry.max_retry_after:
-                    raise LLMError(
-                        f"{url}: rate limited for {retry_after:.0f}s by the provider ({detail})"
-                    ) from exc
-                return retry_after + random.uniform(0, 0.1 * retry_after + 0.05)
-            return _backoff(self.retry, attempt)
+            headers = exc.response.headers if exc.response is not None else {}
+            wait = self.retry.wait(attempt, headers)
+            if wait is None:
+                raise LLMError(
+                    f"{url}: rate limited for {retry_after(headers):.0f}s by the provider ({detail})"
+                ) from exc
+            return wait
         raise LLMError(f"{url}: the request to model {model!r} was rejected ({status}: {detail})") from exc
 
 
 class _CutStream(Exception):
     pass
-
-
-def _backoff(policy: RetryPolicy, attempt: int) -> float:
-    """Full jitter: a uniform wait up to an exponentially growing cap."""
-    return random.uniform(0, min(policy.cap_seconds, policy.base_seconds * 2**attempt))
-
-
-def _retry_after(exc: openai.APIStatusError) -> float | None:
-    headers = exc.response.headers if exc.response is not None else {}
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return float(millis) / 1000
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
 
 
 def _error_message(exc: openai.APIStatusError) -> str:
@@ -413,13 +335,14 @@ def _usage(raw: dict[str, Any]) -> Usage:
     completion_details = raw.get("completion_tokens_details") or {}
     cost = raw.get("cost")  # OpenRouter and some gateways report the charge
     return Usage(
+        calls=1,
         input_tokens=count(raw.get("prompt_tokens")),
         output_tokens=count(raw.get("completion_tokens")),
         cached_tokens=count(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
         reasoning_tokens=(
             count(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
         ),
-        cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+        cost_usd=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
     )
 
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Literal
 import orjson
 from pydantic import BaseModel, Field
 
-from halo_rlm import __version__
+from halo_rlm.__about__ import __version__
 
 if TYPE_CHECKING:
     from halo_rlm.report import Finding

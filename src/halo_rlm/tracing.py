@@ -32,7 +32,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor, Tr
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Status
 
-from halo_rlm import otlp
+from halo_rlm.formats import otlp
 
 REDACTED = "[REDACTED]"
 # Attribute keys whose whole value is a credential.

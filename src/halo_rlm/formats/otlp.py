@@ -22,9 +22,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from halo_rlm import decode
-from halo_rlm.decode import OTEL_KINDS, STATUS_CODES, Decoded, DecodeError
-from halo_rlm.models import ns_to_iso
+from halo_rlm.formats.decode import Decoded, decode_record, describe_non_span
+from halo_rlm.formats.spans import OTEL_KINDS, STATUS_CODES, DecodeError, attributes
+from halo_rlm.utils import ns_to_iso
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -108,9 +108,9 @@ def _json(body: bytes) -> Decoded:
     if obj == {} or resource_spans == []:
         return Decoded()  # proto3 JSON of an empty request
     if not isinstance(resource_spans, list):
-        raise DecodeError(f"not an OTLP ExportTraceServiceRequest: {decode.describe_non_span(obj)}")
+        raise DecodeError(f"not an OTLP ExportTraceServiceRequest: {describe_non_span(obj)}")
     try:
-        return decode.decode_record({"resourceSpans": resource_spans})
+        return decode_record({"resourceSpans": resource_spans})
     except DecodeError:
         return Decoded()  # resource spans without any span in them
 
@@ -118,7 +118,7 @@ def _json(body: bytes) -> Decoded:
 def _flat_span(
     span: Any, trace_id: str, span_id: str, resource: dict[str, Any], scope: dict[str, str]
 ) -> dict[str, Any]:
-    # The same keys, in the same order, as `decode.flat_span` gives OTLP/JSON spans.
+    # The same keys, in the same order, as `spans.flat_span` gives OTLP/JSON spans.
     out: dict[str, Any] = {
         "trace_id": trace_id,
         "span_id": span_id,
@@ -161,14 +161,14 @@ def _flat_span(
 
 
 def _attributes(key_values: Any) -> dict[str, Any]:
-    """Flat attributes; nested values get dotted keys exactly as in OTLP/JSON (`decode.attributes`)."""
+    """Flat attributes; nested values get dotted keys exactly as in OTLP/JSON (`spans.attributes`)."""
     out: dict[str, Any] = {}
     for kv in key_values:
         value = _value(kv.value)
         if isinstance(value, dict) or (
             isinstance(value, list) and any(isinstance(item, dict) for item in value)
         ):
-            out.update(decode.attributes({kv.key: value}))
+            out.update(attributes({kv.key: value}))
         else:
             out[kv.key] = value
     return out
@@ -188,7 +188,7 @@ def _value(value: AnyValue) -> Any:
 
 
 def _id(raw: bytes) -> str:
-    """Lowercase hex; empty or all-zero means none (as `decode.normalize_id`)."""
+    """Lowercase hex; empty or all-zero means none (as `spans.normalize_id`)."""
     text = raw.hex()
     return text if text.strip("0") else ""
 

@@ -1,8 +1,8 @@
-"""Filling the store: files (`TraceStore.ingest`) and records a collector or importer has already
+"""Filling a DuckDB store: files (`TraceStore.ingest`) and records a collector or importer has already
 parsed (`TraceStore.ingest_records`). After each input, duplicate spans (same trace and span id) are
 merged, orphans flagged and the rollups of every trace it touched rebuilt.
 
-A file takes one of three roads, all ending in the same normalising SQL (`normalize.py`):
+A file takes one of three roads, all ending in the same normalising SQL (`duckdb_sql`):
 
 - a file of flat spans loads in one statement that DuckDB spreads over every core (`_bulk_load`);
 - a format only the Python decoders read (OTLP/JSON, Phoenix span JSON) is decoded line by line into
@@ -21,24 +21,30 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import numpy as np
 import orjson
 import pyarrow as pa
 
-from halo_rlm import decode, files, normalize
-from halo_rlm.store import StoreError, TraceStore
+from halo_rlm import files
+from halo_rlm.formats import decode
+from halo_rlm.store import duckdb_sql
+from halo_rlm.store.base import StrictError
+from halo_rlm.store.results import IngestReport, InputReport, Progress
+
+__all__ = ["Ingest"]
 
 DOCUMENT_LIMIT = 1 << 30  # a single JSON document (not JSONL) is parsed whole; refuse beyond this
 NOT_TRACE_DATA_AFTER = 1000  # stop reading a file whose first N records all fail
 EXCERPT_BYTES = 200
 WRITERS = 2  # batches loaded at once, each on its own connection (one batch is too small for DuckDB to split)
 
-# One row per touched trace, in the column order of `store.TRACE_COLUMNS`.
+# One row per touched trace, in the column order of `schema.TRACE_COLUMNS`.
 ROLLUP_SQL = """
 INSERT INTO traces
 SELECT
@@ -62,10 +68,6 @@ GROUP BY trace_id
 """
 
 
-class StrictError(StoreError):
-    """`--strict` met a bad record."""
-
-
 @dataclass
 class Reject:
     line_no: int
@@ -80,48 +82,41 @@ class BatchOutcome:
     python_first: bool  # most lines needed the Python decoders: skip the SQL attempt from now on
 
 
-@dataclass
-class InputReport:
+class Connection(Protocol):
+    """What an ingest needs of the store: its path and connections (the DuckDB store is one)."""
+
     path: str
-    status: str  # ingested | resumed | unchanged | failed
-    spans: int = 0
-    rejected: int = 0
-    repaired: int = 0
-    duplicates: int = 0  # spans already in the store (same trace and span id), merged into one
-    bytes: int = 0
-    seconds: float = 0.0
-    message: str | None = None
+    con: duckdb.DuckDBPyConnection
 
+    def transaction(self) -> AbstractContextManager[None]: ...
 
-@dataclass
-class IngestReport:
-    store: str
-    inputs: list[InputReport] = field(default_factory=list)
-    reject_reasons: dict[str, int] = field(default_factory=dict)
+    def cursor(self) -> Connection: ...
 
-    @property
-    def spans(self) -> int:
-        return sum(i.spans for i in self.inputs)
-
-    @property
-    def rejected(self) -> int:
-        return sum(i.rejected for i in self.inputs)
-
-    @property
-    def duplicates(self) -> int:
-        return sum(i.duplicates for i in self.inputs)
-
-
-Progress = Callable[[int, int], None]  # (bytes read in this input, spans added in this input)
+    def first_row(self, sql: str, params: Any = None) -> tuple[Any, ...] | None: ...
 
 
 class Ingest:
     """One ingest into a writable store, made by `TraceStore.ingest` and `TraceStore.ingest_records`.
-    Works on the store's own connection, plus connections of their own for bulk loads and writer threads."""
+    Works on the store's own connection, plus connections of their own for bulk loads and writer threads.
 
-    def __init__(self, store: TraceStore, *, strict: bool = False) -> None:
+    `strict` stops at the first bad record (StrictError) instead of keeping it as a reject;
+    `batch_bytes` sizes the batches of the streaming road, where a line over `max_line_bytes` is a
+    reject; `bulk=False` never loads a file in one statement."""
+
+    def __init__(
+        self,
+        store: Connection,
+        *,
+        strict: bool = False,
+        batch_bytes: int = files.BATCH_BYTES,
+        max_line_bytes: int = files.MAX_LINE_BYTES,
+        bulk: bool = True,
+    ) -> None:
         self.store = store
-        self.strict = strict  # stop at the first bad record (StrictError) instead of keeping it as a reject
+        self.strict = strict
+        self.batch_bytes = batch_bytes
+        self.max_line_bytes = max_line_bytes
+        self.bulk = bulk
 
     def load_files(
         self,
@@ -203,6 +198,7 @@ class Ingest:
                 and compression is None
                 and not inp.is_stdin
                 and flat
+                and self.bulk
                 and _duckdb_reads_as_is(inp.path)
                 and self._bulk_load(input_id, inp, result, progress)
             ):
@@ -245,11 +241,11 @@ class Ingest:
     ) -> bool:
         """Load a whole file of flat spans in one statement, which DuckDB spreads over every core.
         Anything unusual in the file (a line that is not a span, malformed JSON or UTF-8, a line over
-        `normalize.BULK_OBJECT_BYTES`) rolls the statement back and returns False: the caller then
+        `duckdb_sql.BULK_OBJECT_BYTES`) rolls the statement back and returns False: the caller then
         reads the file line by line, which keeps every good line and reports each bad one. Spans
         loaded this way have no `line_no`."""
 
-        def every_record_is_a_span(loader: TraceStore) -> bool:
+        def every_record_is_a_span(loader: Connection) -> bool:
             found = loader.first_row(
                 "SELECT count(*) FROM spans WHERE input_id = ? AND (trace_id IS NULL OR "
                 "span_id IS NULL OR trace_id = '' OR span_id = '')",
@@ -260,7 +256,7 @@ class Ingest:
         size = inp.size or 0
         try:
             spans = self._load_in_one_statement(
-                normalize.BULK_INSERT_SQL,
+                duckdb_sql.BULK_INSERT_SQL,
                 {"input_id": input_id, "path": inp.path, "compression": "none"},
                 lambda share: progress(int(size * share), 0) if progress else None,
                 every_record_is_a_span,
@@ -285,15 +281,20 @@ class Ingest:
         offset = line = staged = 0
         try:
             with staging.open("wb") as out:
-                for item in _stop_at_damage(files.read_lines(stream), result):
+                for item in _stop_at_damage(
+                    files.read_lines(
+                        stream, batch_bytes=self.batch_bytes, max_line_bytes=self.max_line_bytes
+                    ),
+                    result,
+                ):
                     if isinstance(item, files.OversizeLine):
-                        rejects = [_oversize_reject(item)]
+                        rejects = [_oversize_reject(item, self.max_line_bytes)]
                     else:
                         numbers, spans, rejects = _decode(
                             zip(_as_list(item.line_numbers), item.lines.to_pylist(), strict=True)
                         )
                         for number, span in zip(numbers, spans, strict=True):
-                            if len(span) < normalize.BULK_OBJECT_BYTES - 100:
+                            if len(span) < duckdb_sql.BULK_OBJECT_BYTES - 100:
                                 out.write(b'{"line":%d,"span":%b}\n' % (number, span))
                                 staged += 1
                             else:  # too long for the staging file's reader: on its own, now
@@ -325,7 +326,7 @@ class Ingest:
                         raise _NotTraceData()
             if staged:
                 loaded = self._load_in_one_statement(
-                    normalize.STAGED_INSERT_SQL, {"input_id": input_id, "path": str(staging)}
+                    duckdb_sql.STAGED_INSERT_SQL, {"input_id": input_id, "path": str(staging)}
                 )
                 result.spans += loaded or 0
         finally:
@@ -340,7 +341,7 @@ class Ingest:
         sql: str,
         params: dict[str, Any],
         on_progress: Callable[[float], None] | None = None,
-        acceptable: Callable[[TraceStore], bool] | None = None,
+        acceptable: Callable[[Connection], bool] | None = None,
     ) -> int | None:
         """Run one bulk INSERT in a transaction of its own, on a connection of its own so that it can
         report progress (`on_progress(share done)`) and stop at Ctrl-C. Returns the rows inserted, or
@@ -417,6 +418,8 @@ class Ingest:
                         stream,
                         start_offset=start_offset,  # type: ignore[arg-type]
                         start_line=start_line,
+                        batch_bytes=self.batch_bytes,
+                        max_line_bytes=self.max_line_bytes,
                     ),
                     result,
                 ):
@@ -425,7 +428,9 @@ class Ingest:
                             self._apply(
                                 BatchOutcome(
                                     0,
-                                    self._record_rejects(input_id, [_oversize_reject(item)], result.path),
+                                    self._record_rejects(
+                                        input_id, [_oversize_reject(item, self.max_line_bytes)], result.path
+                                    ),
                                     python_first,
                                 ),
                                 result,
@@ -488,7 +493,7 @@ class Ingest:
         for pair in numbered:
             batch.append(pair)
             size += len(pair[1])
-            if size >= files.BATCH_BYTES:
+            if size >= self.batch_bytes:
                 self._load_pairs(input_id, batch, result, report)
                 batch, size = [], 0
         if batch:
@@ -580,7 +585,7 @@ class Ingest:
         """Normalise and insert the flat spans among `batch`'s lines; returns their line numbers."""
         self.store.con.register("batch", batch)
         try:
-            return self.store.con.execute(normalize.INSERT_SQL, {"input_id": input_id}).fetchnumpy()[
+            return self.store.con.execute(duckdb_sql.INSERT_SQL, {"input_id": input_id}).fetchnumpy()[
                 "line_no"
             ]
         finally:
@@ -741,7 +746,7 @@ class _Chain(io.RawIOBase):
         try:
             self.rest.seek(skip, 1)
         except (OSError, io.UnsupportedOperation, AttributeError):
-            files._skip(self.rest, skip)
+            files.skip(self.rest, skip)
         return offset
 
 
@@ -795,11 +800,9 @@ def _decode(lines: Iterable[tuple[int, str]]) -> tuple[list[int], list[bytes], l
     return numbers, spans, rejects
 
 
-def _oversize_reject(line: files.OversizeLine) -> Reject:
+def _oversize_reject(line: files.OversizeLine, limit: int) -> Reject:
     return Reject(
-        line.line_number,
-        f"line of {line.size:,} bytes exceeds the {files.MAX_LINE_BYTES:,}-byte limit",
-        line.head,
+        line.line_number, f"line of {line.size:,} bytes exceeds the {limit:,}-byte limit", line.head
     )
 
 

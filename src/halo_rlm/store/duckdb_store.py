@@ -1,14 +1,13 @@
-"""The trace store: one DuckDB file holding canonical spans (plus each span's raw record), per-trace
-rollups, rejected records and the inputs they came from.
+"""The DuckDB trace store: one DuckDB file holding canonical spans (plus each span's raw record),
+per-trace rollups, rejected records and the inputs they came from.
 
 This module opens the store (creating its schema, or locking a read-only one down for untrusted
 SQL), hands out connections, and answers questions about it: queries, views, search and read-only
-SQL. Filling it is `ingest.py`'s job; only these two modules speak SQL to DuckDB.
+SQL. Filling it is `duckdb_ingest`'s job; the SQL both use is here and in `duckdb_sql`.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -16,80 +15,57 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import duckdb
 import orjson
-import platformdirs
 import regex
 
-from halo_rlm import files, normalize
-from halo_rlm.decode import iso_to_ns
-from halo_rlm.models import (
+from halo_rlm import files
+from halo_rlm.store import duckdb_sql
+from halo_rlm.store.base import StoreError, TraceStore
+from halo_rlm.store.duckdb_ingest import Ingest
+from halo_rlm.store.results import (
     Count,
     ErrorGroup,
-    Match,
+    IngestReport,
     OversizedTrace,
     Overview,
+    Progress,
     SearchResult,
     SortKey,
-    SpanView,
     SqlResult,
     TraceFilters,
     TracePage,
     TraceSummary,
     TraceView,
-    ns_to_iso,
 )
+from halo_rlm.store.rows import clip_or_none, plain, scan, span_view, summary, tree_order
+from halo_rlm.store.schema import SCHEMA_VERSION, TABLES
+from halo_rlm.utils import first_line, iso_to_ns, ns_to_iso
 
-if TYPE_CHECKING:
-    from halo_rlm.ingest import IngestReport, Progress
+__all__ = ["DuckDBStore", "required_literals"]
 
-SCHEMA_VERSION = 2
 INGEST_MEMORY = "512MB"
 
-TRACE_COLUMNS = """
-  trace_id VARCHAR PRIMARY KEY, span_count INTEGER, llm_spans INTEGER, tool_spans INTEGER,
-  error_spans INTEGER, has_errors BOOLEAN, start_ns BIGINT, end_ns BIGINT, duration_ns BIGINT,
-  root_span_id VARCHAR, root_name VARCHAR, root_status_message VARCHAR,
-  services VARCHAR[], agents VARCHAR[], models VARCHAR[], tools VARCHAR[],
-  input_tokens BIGINT, output_tokens BIGINT, total_tokens BIGINT, cache_read_tokens BIGINT,
-  reasoning_tokens BIGINT, cost DOUBLE, session_id VARCHAR, user_id VARCHAR,
-  orphan_spans INTEGER, in_flight_spans INTEGER, raw_bytes BIGINT
-"""
 
-
-class StoreError(Exception):
-    """A problem with the store or its inputs; the message says what and where."""
-
-
-def default_store_path(inputs: Sequence[files.InputFile]) -> Path:
-    """Where the store for a set of inputs lives when no `--store` is given: the user cache,
-    keyed by the inputs' paths, sizes and mtimes, so a second run over the same files reuses it."""
-    return cache_dir() / "stores" / f"{files.inputs_key(inputs, SCHEMA_VERSION)}.duckdb"
-
-
-def cache_dir() -> Path:
-    """HALO's cache folder: `$HALO_CACHE_DIR`, else the platform's user cache (e.g. ~/.cache/halo-rlm)."""
-    override = os.environ.get("HALO_CACHE_DIR")
-    return Path(override).expanduser() if override else Path(platformdirs.user_cache_dir("halo-rlm"))
-
-
-class TraceStore:
+class DuckDBStore(TraceStore):
     """A DuckDB trace store. Open one with `TraceStore.open(path)`."""
+
+    dialect: ClassVar[str] = "duckdb"
+    schemes: ClassVar[tuple[str, ...]] = ("duckdb",)
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: str, read_only: bool) -> None:
         self.con = con
         self.path = path
         self.read_only = read_only
         self._udfs = False
-        self._idle: list[TraceStore] = []  # connections for `borrow`
+        self._idle: list[DuckDBStore] = []  # connections for `borrow`
 
     @classmethod
-    def open(cls, path: str | Path, *, read_only: bool = False, lock_timeout: float = 10.0) -> TraceStore:
+    def connect(cls, path: str, *, read_only: bool = False, lock_timeout: float = 10.0) -> DuckDBStore:
         """Open (or create) a store. DuckDB lets one process write a file at a time; while another
         holds it (e.g. `halo collect` flushing), wait up to `lock_timeout` seconds for it."""
-        path = str(path)
         if read_only and not Path(path).exists():
             raise StoreError(f"{path}: no such store")
         if not read_only:
@@ -115,9 +91,9 @@ class TraceStore:
                 if "lock" in str(exc).lower() and time.monotonic() < deadline:
                     time.sleep(0.05)
                     continue
-                raise StoreError(f"{path}: cannot open the store ({_first_line(exc)})") from exc
+                raise StoreError(f"{path}: cannot open the store ({first_line(exc)})") from exc
             except duckdb.Error as exc:
-                raise StoreError(f"{path}: not a HALO store ({_first_line(exc)})") from exc
+                raise StoreError(f"{path}: not a HALO store ({first_line(exc)})") from exc
         # DuckDB's progress bar writes to stdout, which belongs to --json output; cursors inherit the
         # setting. Then a read-only store's configuration is locked.
         con.execute("SET enable_progress_bar = false")
@@ -132,15 +108,15 @@ class TraceStore:
             self._idle.pop().close()
         self.con.close()
 
-    def cursor(self) -> TraceStore:
+    def cursor(self) -> DuckDBStore:
         """Another connection to the same database, for use from another thread (a DuckDB
         connection must not be shared across threads). Same read-only lock-down."""
-        cursor = TraceStore(self.con.cursor(), self.path, self.read_only)
-        normalize.register_macros(cursor.con)
+        cursor = DuckDBStore(self.con.cursor(), self.path, self.read_only)
+        duckdb_sql.register_macros(cursor.con)
         return cursor
 
     @contextmanager
-    def borrow(self) -> Iterator[TraceStore]:
+    def borrow(self) -> Iterator[DuckDBStore]:
         """A connection for one piece of work in another thread, kept for the next one afterwards:
         opening a connection costs a few milliseconds, as much as a small query."""
         try:
@@ -162,18 +138,12 @@ class TraceStore:
         rows = self.con.execute(sql, params).fetchall()
         return rows[0] if rows else None
 
-    def __enter__(self) -> TraceStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _setup(self) -> None:
         if not self.read_only:
             self.con.execute("SET preserve_insertion_order = false")
             # Ingest streams: DuckDB need not cache what it wrote (the default allows 80% of RAM).
             self.con.execute(f"SET memory_limit = '{INGEST_MEMORY}'")
-        normalize.register_macros(self.con)
+        duckdb_sql.register_macros(self.con)
         tables = {
             row[0]
             for row in self.con.execute(
@@ -193,16 +163,9 @@ class TraceStore:
             )
 
     def _create_schema(self) -> None:
-        span_columns = ", ".join(f"{name} {kind}" for name, kind in normalize.SPAN_COLUMNS)
         with self.transaction():
-            self.con.execute(f"CREATE TABLE spans ({span_columns})")
-            self.con.execute(f"CREATE TABLE traces ({TRACE_COLUMNS})")
-            self.con.execute("""CREATE TABLE inputs (
-                input_id INTEGER PRIMARY KEY, path VARCHAR, identity VARCHAR, size BIGINT, mtime_ns BIGINT,
-                compression VARCHAR, status VARCHAR, resume_offset BIGINT, resume_line BIGINT, tail_digest VARCHAR,
-                spans BIGINT, rejected BIGINT, repaired BIGINT, started_at TIMESTAMP, finished_at TIMESTAMP)""")
-            self.con.execute("""CREATE TABLE rejects (
-                input_id INTEGER, path VARCHAR, line_no BIGINT, reason VARCHAR, excerpt VARCHAR)""")
+            for table in TABLES:
+                self.con.execute(duckdb_sql.create_table(table))
             self.con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
             self.con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
@@ -225,19 +188,23 @@ class TraceStore:
         *,
         strict: bool = False,
         progress: Callable[[files.InputFile], Progress | None] | None = None,
+        batch_bytes: int = files.BATCH_BYTES,
+        max_line_bytes: int = files.MAX_LINE_BYTES,
+        bulk: bool = True,
     ) -> IngestReport:
         """Ingest files, directories, globs or "-" (stdin). Files already ingested whole are skipped,
-        a file ingested part-way is finished, a file that grew is read from where it ended."""
-        from halo_rlm.ingest import Ingest  # imported here: ingest.py builds on this module
-
+        a file ingested part-way is finished, a file that grew is read from where it ended.
+        `batch_bytes` sizes the batches a file is read in when it cannot load in one statement (a
+        longer line than `max_line_bytes` is rejected); `bulk=False` reads every file that way."""
         self._writable()
-        return Ingest(self, strict=strict).load_files(paths, progress)
+        ingest = Ingest(
+            self, strict=strict, batch_bytes=batch_bytes, max_line_bytes=max_line_bytes, bulk=bulk
+        )
+        return ingest.load_files(paths, progress)
 
     def ingest_records(self, records: Iterable[Any], *, source: str) -> IngestReport:
         """Ingest already-parsed records (OTLP requests, span dicts, ...) from a collector or importer.
         `source` names them in the inputs table; each call is one input."""
-        from halo_rlm.ingest import Ingest  # imported here: ingest.py builds on this module
-
         self._writable()
         return Ingest(self).load_records(records, source)
 
@@ -247,7 +214,7 @@ class TraceStore:
         if self.read_only:
             raise StoreError(f"{self.path}: the store is open read-only")
         if not self._udfs:
-            normalize.register_udfs(self.con)
+            duckdb_sql.register_udfs(self.con)
             self._udfs = True
 
     # --- queries ------------------------------------------------------------------------------
@@ -278,7 +245,7 @@ class TraceStore:
         )
         total = rows[0]["total"] if rows else self.count_traces(filters)
         return TracePage(
-            traces=[_summary(row) for row in rows],
+            traces=[summary(row) for row in rows],
             total=total,
             offset=offset,
             limit=limit,
@@ -290,7 +257,7 @@ class TraceStore:
         rows = self._rows(f"SELECT {SUMMARY_COLUMNS} FROM traces t WHERE trace_id = ?", [trace_id])
         if not rows:
             raise StoreError(self._unknown_trace(trace_id))
-        return _summary(rows[0])
+        return summary(rows[0])
 
     def overview(self, filters: TraceFilters | None = None, *, top: int = 20) -> Overview:
         """Totals, the distinct services/agents/models/tools (most traces first) and the top error
@@ -366,21 +333,21 @@ class TraceStore:
             rejected_records=int(self.first_row("SELECT count(*) FROM rejects")[0]),  # type: ignore[index]
             inputs=int(self.first_row("SELECT count(*) FROM inputs")[0]),  # type: ignore[index]
             raw_bytes=totals["raw_bytes"],
-            error_groups=self.error_groups(filters, top=top, _selected=True),
+            error_groups=self._error_groups(top),
             sample_trace_ids=samples,
             lists_capped_at=top,
         )
 
-    def error_groups(
-        self, filters: TraceFilters | None = None, *, top: int = 20, _selected: bool = False
-    ) -> list[ErrorGroup]:
+    def error_groups(self, filters: TraceFilters | None = None, *, top: int = 20) -> list[ErrorGroup]:
         """Error spans grouped by where they happened and by message template (ids, numbers, paths,
         URLs and quoted values masked), most traces first."""
-        if not _selected:
-            where, params = self._where(filters)
-            self.con.execute(
-                f"CREATE OR REPLACE TEMP TABLE selected AS SELECT * FROM traces t WHERE {where}", params
-            )
+        where, params = self._where(filters)
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE selected AS SELECT * FROM traces t WHERE {where}", params
+        )
+        return self._error_groups(top)
+
+    def _error_groups(self, top: int) -> list[ErrorGroup]:
         rows = self._rows(
             """
             SELECT coalesce(tool_name, name) AS source, kind, error_template AS template,
@@ -395,7 +362,7 @@ class TraceStore:
             GROUP BY ALL ORDER BY traces DESC, error_spans DESC, source, template LIMIT ?""",
             [top],
         )
-        return [ErrorGroup(**{**r, "example_message": _clip(r["example_message"], 400)}) for r in rows]
+        return [ErrorGroup(**{**r, "example_message": clip_or_none(r["example_message"], 400)}) for r in rows]
 
     def view_trace(
         self, trace_id: str, *, budget_bytes: int = 150_000, value_chars: int = 4_096
@@ -422,7 +389,7 @@ class TraceStore:
         )
         if not rows:
             raise StoreError(self._unknown_trace(trace_id))
-        ordered = _tree_order(rows)
+        ordered = tree_order(rows)
         missing = None
         if span_ids is not None:
             wanted = set(span_ids)
@@ -431,7 +398,7 @@ class TraceStore:
         trace_start = min((r["start_ns"] for r in rows if r["start_ns"] is not None), default=None)
         views, cut = [], 0
         for depth, row in ordered:
-            view, n = _span_view(row, depth, trace_start, value_chars)
+            view, n = span_view(row, depth, trace_start, value_chars)
             views.append(view)
             cut += n
         view = TraceView(
@@ -507,7 +474,7 @@ class TraceStore:
                 if span_id is None
                 else f"no span {span_id!r} in trace {trace_id!r}"
             )
-        return _scan(pattern, compiled, rows, context_chars, max_matches, timeout)
+        return scan(pattern, compiled, rows, context_chars, max_matches, timeout)
 
     def _search_dataset(
         self,
@@ -543,7 +510,7 @@ class TraceStore:
             f"ORDER BY start_ns NULLS LAST, trace_id, span_id LIMIT ?",
             [*params, *match_params, max_matches],
         )
-        result = _scan(pattern, compiled, rows, context_chars, max_matches, timeout)
+        result = scan(pattern, compiled, rows, context_chars, max_matches, timeout)
         result.spans_matched, result.traces_matched = counts["spans"], counts["traces"]
         result.has_more = counts["spans"] > len(rows) or result.has_more
         result.note = (
@@ -561,7 +528,7 @@ class TraceStore:
         try:
             statements = self.con.extract_statements(query)
         except duckdb.Error as exc:
-            raise StoreError(f"SQL error: {_first_line(exc)}") from exc
+            raise StoreError(f"SQL error: {first_line(exc)}") from exc
         if len(statements) != 1:
             raise StoreError(f"send exactly one statement (got {len(statements)})")
         if statements[0].type != duckdb.StatementType.SELECT:
@@ -576,9 +543,9 @@ class TraceStore:
                 f"the query took over {timeout:g}s and was stopped; add filters or a LIMIT"
             ) from None
         except duckdb.Error as exc:
-            raise StoreError(f"SQL error: {_first_line(exc)}") from exc
+            raise StoreError(f"SQL error: {first_line(exc)}") from exc
         truncated, note = len(rows) > max_rows, None
-        rows = [[_plain(v) for v in row] for row in rows[:max_rows]]
+        rows = [[plain(v) for v in row] for row in rows[:max_rows]]
         size = len(orjson.dumps(rows, default=str))
         while rows and size > max_bytes:
             rows.pop()
@@ -632,12 +599,29 @@ class TraceStore:
         for row in rows:
             for key, value in row.items():
                 if isinstance(value, str):
-                    row[key] = _clip(value, value_chars)
+                    row[key] = clip_or_none(value, value_chars)
         return rows
 
     def query(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
         """Rows of SQL written by HALO itself (the detectors). Untrusted SQL goes through `sql()`."""
         return self._rows(sql, params)
+
+    def known_traces(self, trace_ids: Iterable[str]) -> set[str]:
+        ids = sorted(set(trace_ids))
+        rows = self.con.execute(
+            "SELECT trace_id FROM traces SEMI JOIN (SELECT unnest(?::VARCHAR[]) AS trace_id) USING (trace_id)",
+            [ids],
+        ).fetchall()
+        return {row[0] for row in rows}
+
+    def span_records(self, spans: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        pairs = sorted(set(spans))
+        rows = self.con.execute(
+            "SELECT trace_id, span_id, raw FROM spans SEMI JOIN (SELECT unnest(?::VARCHAR[]) AS trace_id, "
+            "unnest(?::VARCHAR[]) AS span_id) USING (trace_id, span_id)",
+            [[t for t, _ in pairs], [s for _, s in pairs]],
+        ).fetchall()
+        return {(t, s): raw for t, s, raw in rows}
 
     def rejects(self, *, limit: int = 100) -> list[dict[str, Any]]:
         return self._rows(
@@ -741,149 +725,6 @@ VIEW_COLUMNS = """span_id, parent_id, name, kind, status, status_message, start_
 SPAN_ROW_COLUMNS = """trace_id, span_id, parent_id, name, kind, status, status_message, error_template, start_ns,
   duration_ns, service, agent_name, model, input_tokens, output_tokens, cost, tool_name, tool_args, tool_result,
   input_value, output_value, finish_reason, tool_calls, is_orphan"""
-# Attributes a view leaves out because canonical fields already show them, compactly.
-_FLATTENED = re.compile(
-    r"^(llm\.(input|output)_messages\.\d+\.|llm\.tools\.\d+\.|mcp\.tools\.\d+\.|gen_ai\.(prompt|completion)\.\d+\.)"
-)
-
-
-def _summary(row: dict[str, Any]) -> TraceSummary:
-    return TraceSummary(
-        trace_id=row["trace_id"],
-        start=ns_to_iso(row["start_ns"]),
-        duration_ms=None if row["duration_ns"] is None else row["duration_ns"] / 1e6,
-        spans=row["span_count"],
-        error_spans=row["error_spans"],
-        has_errors=row["has_errors"],
-        root_name=row["root_name"],
-        root_status_message=_clip(row["root_status_message"], 300),
-        services=row["services"] or [],
-        agents=row["agents"] or [],
-        models=row["models"] or [],
-        tools=row["tools"] or [],
-        input_tokens=row["input_tokens"],
-        output_tokens=row["output_tokens"],
-        cost=row["cost"],
-        session_id=row["session_id"],
-        raw_bytes=row["raw_bytes"] or 0,
-    )
-
-
-def _tree_order(rows: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
-    """Depth-first by start time; spans whose parent is missing start their own subtree."""
-    ids = {r["span_id"] for r in rows}
-    children: dict[str | None, list[dict[str, Any]]] = {}
-    for r in rows:
-        parent = r["parent_id"] if r["parent_id"] in ids and r["parent_id"] != r["span_id"] else None
-        children.setdefault(parent, []).append(r)
-    out: list[tuple[int, dict[str, Any]]] = []
-    seen: set[str] = set()
-    stack = [(0, r) for r in reversed(children.get(None, []))]
-    while stack:
-        depth, r = stack.pop()
-        if r["span_id"] in seen:
-            continue
-        seen.add(r["span_id"])
-        out.append((depth, r))
-        stack.extend((depth + 1, c) for c in reversed(children.get(r["span_id"], [])))
-    out.extend((0, r) for r in rows if r["span_id"] not in seen)  # cycles
-    return out
-
-
-def _span_view(
-    row: dict[str, Any], depth: int, trace_start: int | None, value_chars: int
-) -> tuple[SpanView, int]:
-    raw = orjson.loads(row["raw"])
-    cut = 0
-    attributes: dict[str, Any] = {}
-    dropped = 0
-    for key, value in (raw.get("attributes") or {}).items():
-        if value is None or value == "":
-            continue
-        if _FLATTENED.match(key):
-            dropped += 1
-            continue
-        attributes[key], n = _cap(value, value_chars)
-        cut += n
-    if dropped:
-        attributes["halo.note"] = f"{dropped} flattened message/tool keys shown under `messages` instead"
-    attrs = raw.get("attributes")
-    messages = (
-        {
-            key: value
-            for key, value in normalize.normalize_messages(attrs).items()
-            if value and key != "finish_reason"
-        }
-        if isinstance(attrs, dict) and row["kind"] == "LLM"
-        else {}
-    )
-    if row["tools_offered"]:
-        messages["tools_offered"] = row["tools_offered"]
-    if messages:
-        capped, n = _cap(messages, value_chars * 2)
-        messages, cut = capped, cut + n
-    events = None
-    if raw.get("events"):
-        events, n = _cap(raw["events"], value_chars)
-        cut += n
-    tokens = {
-        k.removesuffix("_tokens"): row[k]
-        for k in ("input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens")
-        if row[k] is not None
-    }
-    return SpanView(
-        span_id=row["span_id"],
-        parent_id=row["parent_id"],
-        depth=depth,
-        name=row["name"],
-        kind=row["kind"],
-        status=row["status"],
-        status_message=_clip(row["status_message"], value_chars),
-        start_offset_ms=None
-        if row["start_ns"] is None or trace_start is None
-        else (row["start_ns"] - trace_start) / 1e6,
-        duration_ms=None if row["duration_ns"] is None else row["duration_ns"] / 1e6,
-        service=row["service"],
-        agent=row["agent_name"],
-        model=row["model"],
-        tokens=tokens or None,
-        cost=row["cost"],
-        tool=row["tool_name"],
-        orphan=bool(row["is_orphan"]),
-        attributes=attributes,
-        messages=messages or None,
-        events=events,
-        raw_bytes=row["raw_bytes"] or 0,
-    ), cut
-
-
-def _cap(value: Any, limit: int) -> tuple[Any, int]:
-    """Cut long strings (in nested values too) to head and tail; returns the value and how many were cut."""
-    if isinstance(value, str):
-        clipped = _clip(value, limit)
-        return clipped, int(clipped is not value)
-    if isinstance(value, list):
-        out, cut = [], 0
-        for item in value:
-            item, n = _cap(item, limit)
-            out.append(item)
-            cut += n
-        return out, cut
-    if isinstance(value, dict):
-        result, cut = {}, 0
-        for key, item in value.items():
-            result[key], n = _cap(item, limit)
-            cut += n
-        return result, cut
-    return value, 0
-
-
-def _clip(text: str | None, limit: int) -> str | None:
-    """Head and tail of a long text, with how much was cut in between."""
-    if text is None or len(text) <= limit:
-        return text
-    head, tail = limit * 3 // 4, limit // 4
-    return f"{text[:head]}\n…[halo: {len(text) - head - tail:,} characters cut]…\n{text[-tail:]}"
 
 
 def _compile(pattern: str) -> Any:
@@ -960,73 +801,5 @@ def _compile_re2(con: duckdb.DuckDBPyConnection, pattern: str) -> None:
     except duckdb.Error as exc:
         raise StoreError(
             f"invalid regex {pattern!r} (dataset-wide filters use RE2 syntax: no lookarounds "
-            f"or backreferences): {_first_line(exc)}"
+            f"or backreferences): {first_line(exc)}"
         ) from exc
-
-
-def _scan(
-    pattern: str,
-    compiled: Any,
-    rows: list[dict[str, Any]],
-    context_chars: int,
-    max_matches: int,
-    timeout: float,
-) -> SearchResult:
-    deadline = time.monotonic() + timeout
-    matches: list[Match] = []
-    total = spans = 0
-    timed_out = False
-    for row in rows:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            timed_out = True
-            break
-        try:
-            found = list(compiled.finditer(row["raw"], timeout=remaining))
-        except TimeoutError:
-            timed_out = True
-            break
-        if not found:
-            continue
-        spans += 1
-        total += len(found)
-        for m in found[: max(0, max_matches - len(matches))]:
-            start, end = m.span()
-            matches.append(
-                Match(
-                    trace_id=row["trace_id"],
-                    span_id=row["span_id"],
-                    span_name=row["name"],
-                    kind=row["kind"],
-                    status=row["status"],
-                    match=_clip(m.group(0), 500) or "",
-                    context=row["raw"][
-                        max(0, start - context_chars) : min(len(row["raw"]), end + context_chars)
-                    ],
-                    offset=start,
-                )
-            )
-    note = f"stopped after {timeout:g}s; results are partial" if timed_out else None
-    return SearchResult(
-        pattern=pattern,
-        matches=matches,
-        total_matches=total,
-        spans_matched=spans,
-        has_more=total > len(matches) or timed_out,
-        timed_out=timed_out,
-        note=note,
-    )
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return str(value)
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

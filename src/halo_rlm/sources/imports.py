@@ -1,51 +1,35 @@
 """Importing traces from the services teams keep them in (Langfuse, Phoenix) into a trace store.
 
-A source (`langfuse.LangfuseSource`, `phoenix.PhoenixSource`) turns its API's pages into flat spans;
-this module does what every source shares: HTTP with bounded retries that honour `429 Retry-After`
-and back off on 5xx, one-line errors for bad keys, wrong URLs and servers that are not there, and
-`run_import`, which writes page after page into the store (and optionally a JSONL file) and keeps
-its place in a small JSON file beside the store, so an interrupted import carries on where it
-stopped and a later one fetches only what is new.
+A source (`sources.langfuse.LangfuseSource`, `sources.phoenix.PhoenixSource`) turns its API's pages
+into flat spans (over `sources.http`); `run_import` writes page after page into the store (and
+optionally a JSONL file) and keeps its place in a small JSON file beside the store, so an
+interrupted import carries on where it stopped and a later one fetches only what is new.
 
 Re-reading a page is harmless: the store merges spans with the same trace and span id.
 """
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import os
-import random
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
 import orjson
 
-from halo_rlm.decode import iso_to_ns
-from halo_rlm.store import TraceStore, cache_dir
+from halo_rlm.store import TraceStore
+from halo_rlm.utils import iso_ms, iso_to_ns
 
-ATTEMPTS = 6  # requests per page before giving up (the first try plus five retries)
-MAX_WAIT = 120.0  # longest pause between attempts, even when Retry-After asks for more
+__all__ = ["ImportReport", "Page", "Source", "run_import"]
+
 # A later import starts this far before the previous one ended: spans are written when they end, so a
 # long-running one can appear after an import whose window already covered its start time.
 LATE_ARRIVALS = timedelta(hours=1)
-_RELATIVE = re.compile(r"(\d+)\s*([mhdw])")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-class SourceError(Exception):
-    """The source cannot be read; the message is one line that says why and what to check."""
-
-
-class NotFound(SourceError):
-    """HTTP 404 (or 405): the endpoint or the project is not there."""
 
 
 @dataclass
@@ -121,7 +105,11 @@ def run_import(
         report.since, report.until, resume = (entry["pending"][k] for k in ("since", "until", "resume"))
         report.resumed = True
     else:
-        report.since, report.until, resume = _start(since, entry.get("watermark")), until or _now(), None
+        report.since, report.until, resume = (
+            _start(since, entry.get("watermark")),
+            until or iso_ms(time.time_ns()),
+            None,
+        )
 
     def remember(position: dict[str, Any] | None) -> None:
         state.put(key, source, pending={"since": report.since, "until": report.until, "resume": position})
@@ -221,7 +209,9 @@ class ResumeState:
         self, key: str, source: Source, *, pending: dict[str, Any] | None, watermark: str | None = None
     ) -> None:
         entry = self.get(key)
-        entry.update({"source": source.kind, "url": source.url, "pending": pending, "updated": _now()})
+        entry.update(
+            {"source": source.kind, "url": source.url, "pending": pending, "updated": iso_ms(time.time_ns())}
+        )
         if watermark is not None:
             entry["watermark"] = watermark
         self.entries[key] = entry
@@ -229,163 +219,3 @@ class ResumeState:
         scratch = self.path.with_name(self.path.name + ".tmp")
         scratch.write_bytes(orjson.dumps(self.entries, option=orjson.OPT_INDENT_2))
         os.replace(scratch, self.path)  # atomic: a crash leaves the old state or the new, never half
-
-
-def default_store_path(kind: str, *identity: str) -> Path:
-    """The store an import writes to without `--store`: one per source and project, in the cache."""
-    digest = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:12]
-    return cache_dir() / "stores" / f"{kind}-{digest}.duckdb"
-
-
-# --- times --------------------------------------------------------------------------------------
-
-
-def parse_time(value: str | None, *, now: datetime | None = None) -> str | None:
-    """An ISO-8601 time, or a time relative to now (`30m`, `24h`, `7d`, `2w`), as ISO-8601 UTC."""
-    if value is None:
-        return None
-    relative = _RELATIVE.fullmatch(value.strip().lower())
-    if relative:
-        delta = timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
-        moment = (now or datetime.now(UTC)) - delta
-        return iso_ms(int(moment.timestamp() * 10**9))
-    ns = iso_to_ns(value)
-    if ns is None:
-        raise ValueError(f"not a time: {value!r} (use ISO-8601 like 2026-04-24T18:00:00Z, or 30m, 24h, 7d)")
-    return iso_ms(ns)
-
-
-def iso_ms(ns: int) -> str:
-    """ISO-8601 UTC with milliseconds: the precision every API here accepts."""
-    stamp = datetime.fromtimestamp(ns // 10**9, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{ns % 10**9 // 10**6:03d}Z"
-
-
-def _now() -> str:
-    return iso_ms(time.time_ns())
-
-
-# --- HTTP ---------------------------------------------------------------------------------------
-
-
-class Http:
-    """GET JSON from one service, with the retries and error messages every import needs.
-
-    `auth_hint` and `not_found_hint` finish the one-line errors for 401/403 and 404 (e.g. which option
-    holds the key). `secrets` are blanked out of any server text quoted in an error."""
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        auth_hint: str,
-        not_found_hint: str,
-        auth: httpx.Auth | tuple[str, str] | None = None,
-        headers: dict[str, str] | None = None,
-        secrets: tuple[str, ...] = (),
-        timeout: float = 60.0,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.auth_hint = auth_hint
-        self.not_found_hint = not_found_hint
-        self.secrets = tuple(s for s in secrets if s)
-        self.client = httpx.Client(
-            base_url=self.base_url, auth=auth, headers=headers, timeout=timeout, follow_redirects=True
-        )
-
-    def close(self) -> None:
-        self.client.close()
-
-    def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
-        url = f"{self.base_url}{path}"
-        problem = ""
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                response = self.client.get(path, params=_query(params))
-            except httpx.ConnectError as exc:
-                raise SourceError(f"cannot connect to {self.base_url}: {self._clean(_reason(exc))}") from exc
-            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                problem, wait = f"{type(exc).__name__}: {self._clean(_reason(exc))}", _backoff(attempt)
-            else:
-                status = response.status_code
-                if status < 400:
-                    return self._json(response, url)
-                if status in (401, 403):
-                    raise SourceError(f"{url}: HTTP {status} {self._detail(response)}— {self.auth_hint}")
-                if status in (404, 405):
-                    raise NotFound(f"{url}: HTTP {status} {self._detail(response)}— {self.not_found_hint}")
-                if status != 429 and status < 500:
-                    raise SourceError(f"{url}: HTTP {status} {self._detail(response)}".rstrip())
-                problem = f"HTTP {status}" + (" (rate limited)" if status == 429 else "")
-                wait = retry_after(response.headers.get("retry-after"))
-                if wait is None:
-                    wait = _backoff(attempt)
-            if attempt < ATTEMPTS:
-                pause(min(wait, MAX_WAIT))
-        raise SourceError(f"{url}: still failing after {ATTEMPTS} attempts ({problem})")
-
-    def _json(self, response: httpx.Response, url: str) -> Any:
-        try:
-            return orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            kind = response.headers.get("content-type", "no content type").split(";")[0]
-            raise SourceError(f"{url}: the answer is not JSON ({kind}); is this the right URL?") from None
-
-    def _detail(self, response: httpx.Response) -> str:
-        """The server's own one-line explanation, if it gave one (with a trailing space)."""
-        try:
-            body = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            body = response.text if response.headers.get("content-type", "").startswith("text/plain") else ""
-        if isinstance(body, dict):
-            body = next((body[k] for k in ("message", "detail", "error") if isinstance(body.get(k), str)), "")
-        text = self._clean(" ".join(body.split())) if isinstance(body, str) else ""
-        text = text if len(text) <= 120 else text[:119] + "…"
-        return f"({text}) " if text else ""
-
-    def _clean(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
-
-
-def retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdecimal():
-        return float(value)
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
-
-
-def pause(seconds: float) -> None:
-    """Wait between attempts (a seam for tests, which record the waits instead of sleeping)."""
-    time.sleep(seconds)
-
-
-def _backoff(attempt: int) -> float:
-    return min(2.0 ** (attempt - 1), 30.0) * random.uniform(0.5, 1.0)
-
-
-def _query(params: dict[str, Any] | None) -> list[tuple[str, str]] | None:
-    """Query parameters without empty values; lists repeat their key (`environment=a&environment=b`)."""
-    if not params:
-        return None
-    pairs = []
-    for key, value in params.items():
-        for item in value if isinstance(value, list | tuple) else [value]:
-            if item is not None and item != "":
-                pairs.append((key, "true" if item is True else "false" if item is False else str(item)))
-    return pairs
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0]

@@ -1,4 +1,4 @@
-"""Typed, self-describing results of trace store queries.
+"""Typed, self-describing results of trace store queries and ingests.
 
 Every result that can be cut says so (`truncated`, `has_more`, totals next to counts) and, where
 it helps, how to narrow the question; the engine hands these to the model as JSON.
@@ -6,15 +6,33 @@ it helps, how to narrow the question; the engine hands these to the model as JSO
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from functools import lru_cache
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from halo_rlm.decode import iso_to_ns
+from halo_rlm.defaults import SortKey
+from halo_rlm.utils import iso_to_ns
 
-SortKey = Literal["start", "duration", "cost", "spans", "tokens", "errors"]
+__all__ = [
+    "Count",
+    "ErrorGroup",
+    "IngestReport",
+    "InputReport",
+    "Match",
+    "OversizedTrace",
+    "Overview",
+    "Progress",
+    "SearchResult",
+    "SortKey",
+    "SpanView",
+    "SqlResult",
+    "TraceFilters",
+    "TracePage",
+    "TraceSummary",
+    "TraceView",
+]
 
 
 def _also(name: str, *aliases: str) -> AliasChoices:
@@ -237,14 +255,38 @@ class SqlResult(BaseModel):
     note: str | None = None
 
 
-def ns_to_iso(ns: int | None) -> str | None:
-    if ns is None:
-        return None
-    seconds, nanos = divmod(int(ns), 10**9)
-    return f"{_utc_second(seconds)}.{nanos:09d}Z"
+# --- ingest -------------------------------------------------------------------------------------
+
+Progress = Callable[[int, int], None]  # (bytes read in this input, spans added in this input)
 
 
-@lru_cache(maxsize=4096)
-def _utc_second(seconds: int) -> str:
-    # Spans written together mostly share their second; formatting it is most of the cost.
-    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+@dataclass
+class InputReport:
+    path: str
+    status: str  # ingested | resumed | unchanged | failed
+    spans: int = 0
+    rejected: int = 0
+    repaired: int = 0
+    duplicates: int = 0  # spans already in the store (same trace and span id), merged into one
+    bytes: int = 0
+    seconds: float = 0.0
+    message: str | None = None
+
+
+@dataclass
+class IngestReport:
+    store: str
+    inputs: list[InputReport] = field(default_factory=list)
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def spans(self) -> int:
+        return sum(i.spans for i in self.inputs)
+
+    @property
+    def rejected(self) -> int:
+        return sum(i.rejected for i in self.inputs)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(i.duplicates for i in self.inputs)
