@@ -5,7 +5,8 @@ the inputs they came from (`store.schema`). It has four faces:
 
 - the read API (`count_traces`, `query_traces`, `trace_summary`, `overview`, `error_groups`,
   `view_trace`, `view_spans`, `search`, `spans`, `sql`, `rejects`, `inputs`), returning the typed
-  results of `store.results`;
+  results of `store.results`, and the lists and views people page through (`trace_list`,
+  `session_list`, `trace_stats`, `facet`, `trace_spans`, `span_record`, `conversation_records`...);
 - the ingest API (`ingest` for files, `ingest_records` for records a collector or importer parsed);
 - `run`, which does store work off the event loop on a connection of its own, for the engine and
   the web server;
@@ -27,14 +28,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 from halo_rlm.store.results import (
+    ConversationRecords,
     ErrorGroup,
+    FacetName,
+    FacetValue,
     IngestReport,
+    KeysetPage,
     Overview,
     SearchResult,
+    SessionRow,
+    SessionSortKey,
     SortKey,
     SqlResult,
     TraceFilters,
     TracePage,
+    TraceRow,
+    TraceSpans,
+    TraceStats,
     TraceSummary,
     TraceView,
 )
@@ -254,6 +264,68 @@ class TraceStore(ABC):
 
     @abstractmethod
     def inputs(self) -> list[dict[str, Any]]: ...
+
+    # --- lists and views for people (the web app) ----------------------------------------------
+
+    @abstractmethod
+    def trace_list(
+        self,
+        filters: TraceFilters | None = None,
+        *,
+        sort: SortKey = "start",
+        descending: bool = True,
+        cursor: str | None = None,
+        limit: int = 75,
+    ) -> KeysetPage[TraceRow]:
+        """One page of traces in `sort` order (ties by trace id), after `cursor`, with each trace's
+        input and output previews. Pages never shift when traces arrive, and none is capped."""
+
+    @abstractmethod
+    def session_list(
+        self,
+        filters: TraceFilters | None = None,
+        *,
+        sort: SessionSortKey = "last",
+        descending: bool = True,
+        cursor: str | None = None,
+        limit: int = 75,
+    ) -> KeysetPage[SessionRow]:
+        """One page of sessions: the matching traces grouped by session id."""
+
+    @abstractmethod
+    def trace_stats(self, filters: TraceFilters | None = None) -> TraceStats:
+        """Totals over every matching trace: traces, sessions, spans, errors, tokens, cost, p50/p95."""
+
+    @abstractmethod
+    def facet(self, filters: TraceFilters | None, name: FacetName, *, top: int = 50) -> list[FacetValue]:
+        """The most common values of one facet, counted over the traces the filters match *without*
+        the facet's own selection, so a list can offer "this value too" with what it would add."""
+
+    @abstractmethod
+    def traces_containing(self, text: str) -> list[str]:
+        """The ids of traces with a span whose record contains `text`, in any case (messages,
+        inputs, outputs, errors, attributes)."""
+
+    @abstractmethod
+    def latest_trace(self, filters: TraceFilters | None = None) -> str | None:
+        """The matching trace that started last."""
+
+    @abstractmethod
+    def trace_spans(self, trace_id: str) -> TraceSpans:
+        """Every span of a trace, without records, in start order: what a tree and a waterfall draw."""
+
+    @abstractmethod
+    def span_record(self, trace_id: str, span_id: str) -> dict[str, Any]:
+        """One span's canonical columns and its raw record (`raw`)."""
+
+    @abstractmethod
+    def conversation_records(self, trace_id: str) -> ConversationRecords:
+        """The spans a trace's conversation is rebuilt from."""
+
+    @abstractmethod
+    def copy_traces(self, filters: TraceFilters | None, target: Path, *, note: str) -> int:
+        """Copy the matching traces into a new DuckDB store file at `target` (an analysis's own,
+        unchanging copy); returns how many. `note` is recorded as the copy's input."""
 
 
 def backend_for(target: str) -> type[TraceStore]:

@@ -26,21 +26,41 @@ from halo_rlm.store import duckdb_sql
 from halo_rlm.store.base import StoreError, TraceStore
 from halo_rlm.store.duckdb_ingest import Ingest
 from halo_rlm.store.results import (
+    ConversationRecords,
     Count,
     ErrorGroup,
+    FacetName,
+    FacetValue,
     IngestReport,
+    KeysetPage,
     OversizedTrace,
     Overview,
     Progress,
     SearchResult,
+    SessionRow,
+    SessionSortKey,
     SortKey,
+    SpanRow,
     SqlResult,
     TraceFilters,
     TracePage,
+    TraceRow,
+    TraceSpans,
+    TraceStats,
     TraceSummary,
     TraceView,
 )
-from halo_rlm.store.rows import clip_or_none, plain, scan, span_view, summary, tree_order
+from halo_rlm.store.rows import (
+    clip_or_none,
+    decode_cursor,
+    encode_cursor,
+    plain,
+    preview,
+    scan,
+    span_view,
+    summary,
+    tree_order,
+)
 from halo_rlm.store.schema import SCHEMA_VERSION, TABLES
 from halo_rlm.utils import first_line, iso_to_ns, ns_to_iso
 
@@ -95,10 +115,13 @@ class DuckDBStore(TraceStore):
             except duckdb.Error as exc:
                 raise StoreError(f"{path}: not a HALO store ({first_line(exc)})") from exc
         # DuckDB's progress bar writes to stdout, which belongs to --json output; cursors inherit the
-        # setting. Then a read-only store's configuration is locked.
-        con.execute("SET enable_progress_bar = false")
-        if read_only:
-            con.execute("SET lock_configuration = true")
+        # setting. Then a read-only store's configuration is locked. A store this process already has
+        # open read-only shares that database, already set up and locked.
+        locked = con.execute("SELECT current_setting('lock_configuration')").fetchall()[0][0]
+        if not locked:
+            con.execute("SET enable_progress_bar = false")
+            if read_only:
+                con.execute("SET lock_configuration = true")
         store = cls(con, path, read_only)
         store._setup()
         return store
@@ -633,6 +656,306 @@ class DuckDBStore(TraceStore):
             "SELECT path, status, spans, rejected, repaired, size FROM inputs ORDER BY input_id"
         )
 
+    # --- lists and views for people (the web app) ----------------------------------------------
+
+    def trace_list(
+        self,
+        filters: TraceFilters | None = None,
+        *,
+        sort: SortKey = "start",
+        descending: bool = True,
+        cursor: str | None = None,
+        limit: int = 75,
+    ) -> KeysetPage[TraceRow]:
+        expr = LIST_SORTS.get(sort)
+        if expr is None:
+            raise StoreError(f"unknown sort {sort!r}; use one of {', '.join(LIST_SORTS)}")
+        limit = max(1, min(limit, LIST_PAGE_LIMIT))
+        where, params = self._where(filters)
+        after, after_params = _after(expr, "t.trace_id", cursor, descending)
+        rows = self._rows(
+            f"""SELECT t.trace_id, t.start_ns, t.duration_ns, t.root_name, t.has_errors, t.in_flight_spans,
+                   t.span_count, t.error_spans, t.llm_spans, {LIST_SORTS["tokens"]} AS tokens, t.cost, t.session_id,
+                   t.services, t.agents, t.models, t.root_span_id, {expr} AS sort_value
+            FROM traces t WHERE {where} AND {after}
+            ORDER BY {expr} {"DESC" if descending else "ASC"} NULLS LAST, t.trace_id LIMIT ?""",
+            [*params, *after_params, limit + 1],
+        )
+        more, rows = len(rows) > limit, rows[:limit]
+        previews = self._previews([(r["trace_id"], r["root_span_id"]) for r in rows])
+        page = [
+            TraceRow(
+                trace_id=r["trace_id"],
+                start=ns_to_iso(r["start_ns"]),
+                duration_ms=_ms(r["duration_ns"]),
+                root_name=r["root_name"],
+                status="error" if r["has_errors"] else "running" if r["in_flight_spans"] else "ok",
+                spans=r["span_count"],
+                error_spans=r["error_spans"],
+                llm_spans=r["llm_spans"] or 0,
+                tokens=r["tokens"],
+                cost=r["cost"],
+                session_id=r["session_id"],
+                services=r["services"] or [],
+                agents=r["agents"] or [],
+                models=r["models"] or [],
+                input_preview=previews.get(r["trace_id"], (None, None))[0],
+                output_preview=previews.get(r["trace_id"], (None, None))[1],
+            )
+            for r in rows
+        ]
+        last = rows[-1] if rows and more else None
+        return KeysetPage[TraceRow](
+            rows=page,
+            sort=sort,
+            descending=descending,
+            next_cursor=encode_cursor(last["sort_value"], last["trace_id"]) if last else None,
+        )
+
+    def _previews(self, traces: list[tuple[str, str | None]]) -> dict[str, tuple[str | None, str | None]]:
+        """Input and output of each trace: its root span's, else the first input and the last output
+        (a tool's result, or a model's answer) any of its spans recorded."""
+        if not traces:
+            return {}
+        last_output = "coalesce(s.output_value, s.output_messages ->> '$[#-1].content')"
+        rows = self._rows(
+            f"""WITH wanted AS (SELECT unnest(?::VARCHAR[]) AS trace_id, unnest(?::VARCHAR[]) AS root)
+            SELECT s.trace_id,
+                   coalesce(max(s.input_value) FILTER (s.span_id = w.root),
+                            arg_min(s.input_value, s.start_ns) FILTER (s.input_value IS NOT NULL)) AS input,
+                   coalesce(max(s.output_value) FILTER (s.span_id = w.root),
+                            arg_max({last_output}, coalesce(s.end_ns, s.start_ns))
+                              FILTER ({last_output} IS NOT NULL)) AS output
+            FROM spans s JOIN wanted w USING (trace_id) GROUP BY s.trace_id""",
+            [[t for t, _ in traces], [r or "" for _, r in traces]],
+        )
+        return {r["trace_id"]: (preview(r["input"]), preview(r["output"])) for r in rows}
+
+    def session_list(
+        self,
+        filters: TraceFilters | None = None,
+        *,
+        sort: SessionSortKey = "last",
+        descending: bool = True,
+        cursor: str | None = None,
+        limit: int = 75,
+    ) -> KeysetPage[SessionRow]:
+        expr = SESSION_SORTS.get(sort)
+        if expr is None:
+            raise StoreError(f"unknown sort {sort!r}; use one of {', '.join(SESSION_SORTS)}")
+        limit = max(1, min(limit, LIST_PAGE_LIMIT))
+        where, params = self._where(filters)
+        after, after_params = _after(expr, "s.session_id", cursor, descending)
+        rows = self._rows(
+            f"""WITH s AS (
+              SELECT t.session_id, min(t.start_ns) AS start_ns, max(t.end_ns) AS end_ns,
+                     max(t.end_ns) - min(t.start_ns) AS duration_ns, count(*) AS traces,
+                     sum(t.span_count) AS spans, count(*) FILTER (t.has_errors) AS error_traces,
+                     sum({LIST_SORTS["tokens"]}) AS tokens, sum(t.cost) AS cost,
+                     arg_min(t.trace_id, t.start_ns) AS first_trace_id, arg_max(t.trace_id, t.start_ns) AS last_trace_id,
+                     arg_max(t.root_name, t.start_ns) AS name,
+                     arg_min(t.root_span_id, t.start_ns) AS first_root, arg_max(t.root_span_id, t.start_ns) AS last_root
+              FROM traces t WHERE {where} AND t.session_id IS NOT NULL GROUP BY t.session_id)
+            SELECT s.*, {expr} AS sort_value FROM s WHERE {after}
+            ORDER BY {expr} {"DESC" if descending else "ASC"} NULLS LAST, s.session_id LIMIT ?""",
+            [*params, *after_params, limit + 1],
+        )
+        more, rows = len(rows) > limit, rows[:limit]
+        previews = self._previews(
+            [(r["first_trace_id"], r["first_root"]) for r in rows]
+            + [(r["last_trace_id"], r["last_root"]) for r in rows]
+        )
+        page = [
+            SessionRow(
+                session_id=r["session_id"],
+                start=ns_to_iso(r["start_ns"]),
+                last_activity=ns_to_iso(r["end_ns"]),
+                duration_ms=_ms(r["duration_ns"]),
+                traces=r["traces"],
+                spans=int(r["spans"] or 0),
+                error_traces=r["error_traces"],
+                tokens=None if r["tokens"] is None else int(r["tokens"]),
+                cost=r["cost"],
+                first_trace_id=r["first_trace_id"],
+                last_trace_id=r["last_trace_id"],
+                name=r["name"],
+                input_preview=previews.get(r["first_trace_id"], (None, None))[0],
+                output_preview=previews.get(r["last_trace_id"], (None, None))[1],
+            )
+            for r in rows
+        ]
+        last = rows[-1] if rows and more else None
+        return KeysetPage[SessionRow](
+            rows=page,
+            sort=sort,
+            descending=descending,
+            next_cursor=encode_cursor(last["sort_value"], last["session_id"]) if last else None,
+        )
+
+    def trace_stats(self, filters: TraceFilters | None = None) -> TraceStats:
+        where, params = self._where(filters)
+        row = self._rows(
+            f"""SELECT count(*) AS traces, count(DISTINCT t.session_id) AS sessions,
+                   coalesce(sum(t.span_count), 0) AS spans, coalesce(sum(t.llm_spans), 0) AS llm_spans,
+                   count(*) FILTER (t.has_errors) AS error_traces,
+                   count(*) FILTER (t.in_flight_spans > 0) AS running_traces,
+                   coalesce(sum({LIST_SORTS["tokens"]}), 0) AS tokens, coalesce(sum(t.cost), 0) AS cost,
+                   quantile_cont(t.duration_ns, 0.5) AS p50, quantile_cont(t.duration_ns, 0.95) AS p95
+            FROM traces t WHERE {where}""",
+            params,
+        )[0]
+        return TraceStats(
+            traces=row["traces"],
+            sessions=row["sessions"],
+            spans=int(row["spans"]),
+            llm_spans=int(row["llm_spans"]),
+            error_traces=row["error_traces"],
+            running_traces=row["running_traces"],
+            tokens=int(row["tokens"]),
+            cost=round(float(row["cost"]), 6),
+            p50_duration_ms=_ms(row["p50"]),
+            p95_duration_ms=_ms(row["p95"]),
+        )
+
+    def facet(self, filters: TraceFilters | None, name: FacetName, *, top: int = 50) -> list[FacetValue]:
+        own = FACET_FILTERS.get(name)
+        if own is None:
+            raise StoreError(f"unknown facet {name!r}; use one of {', '.join(FACET_FILTERS)}")
+        where, params = self._where(filters.model_copy(update={own: None}) if filters else None)
+        if name == "status":
+            sql = (
+                f"SELECT CASE WHEN t.has_errors THEN 'error' ELSE 'ok' END AS value, count(*) AS traces "
+                f"FROM traces t WHERE {where} GROUP BY 1"
+            )
+        elif name == "sessions":
+            sql = (
+                f"SELECT t.session_id AS value, count(*) AS traces FROM traces t "
+                f"WHERE {where} AND t.session_id IS NOT NULL GROUP BY 1"
+            )
+        elif name == "error_groups":
+            sql = (
+                f"SELECT error_template AS value, count(DISTINCT trace_id) AS traces FROM spans "
+                f"WHERE status = 'ERROR' AND error_template IS NOT NULL "
+                f"AND trace_id IN (SELECT t.trace_id FROM traces t WHERE {where}) GROUP BY 1"
+            )
+        else:
+            sql = (
+                f"SELECT value, count(*) AS traces FROM (SELECT unnest(t.{name}) AS value FROM traces t "
+                f"WHERE {where}) WHERE value IS NOT NULL GROUP BY 1"
+            )
+        rows = self._rows(f"{sql} ORDER BY traces DESC, value LIMIT ?", [*params, max(1, top)])
+        return [FacetValue(value=str(r["value"]), traces=r["traces"]) for r in rows]
+
+    def traces_containing(self, text: str) -> list[str]:
+        rows = self.con.execute(
+            "SELECT DISTINCT trace_id FROM spans WHERE regexp_matches(raw, ?, 'i')", [regex.escape(text)]
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def latest_trace(self, filters: TraceFilters | None = None) -> str | None:
+        where, params = self._where(filters)
+        found = self.first_row(
+            f"SELECT t.trace_id FROM traces t WHERE {where} ORDER BY t.start_ns DESC NULLS LAST, t.trace_id LIMIT 1",
+            params,
+        )
+        return found[0] if found else None
+
+    def trace_spans(self, trace_id: str) -> TraceSpans:
+        rows = self._rows(
+            """SELECT span_id, parent_id, name, kind, status, left(status_message, 300) AS status_message,
+                   start_ns, duration_ns, model, agent_name, tool_name,
+                   coalesce(total_tokens, input_tokens + output_tokens) AS tokens, cost
+            FROM spans WHERE trace_id = ? ORDER BY start_ns NULLS LAST, span_id""",
+            [trace_id],
+        )
+        if not rows:
+            raise StoreError(self._unknown_trace(trace_id))
+        start = min((r["start_ns"] for r in rows if r["start_ns"] is not None), default=None)
+        spans = [
+            SpanRow(
+                span_id=r["span_id"],
+                parent_id=r["parent_id"],
+                name=r["name"],
+                kind=r["kind"],
+                status=r["status"],
+                status_message=r["status_message"],
+                start_ms=None if start is None or r["start_ns"] is None else (r["start_ns"] - start) / 1e6,
+                duration_ms=_ms(r["duration_ns"]),
+                model=r["model"],
+                agent=r["agent_name"],
+                tool=r["tool_name"],
+                tokens=r["tokens"],
+                cost=r["cost"],
+            )
+            for r in rows
+        ]
+        now = None if start is None else (time.time_ns() - start) / 1e6
+        return TraceSpans(trace_id=trace_id, start=ns_to_iso(start), start_ns=start, now_ms=now, spans=spans)
+
+    def span_record(self, trace_id: str, span_id: str) -> dict[str, Any]:
+        rows = self._rows(
+            "SELECT * EXCLUDE (input_id, line_no) FROM spans WHERE trace_id = ? AND span_id = ? LIMIT 1",
+            [trace_id, span_id],
+        )
+        if not rows:
+            raise StoreError(f"no span {span_id!r} in trace {trace_id!r}")
+        return rows[0]
+
+    def conversation_records(self, trace_id: str) -> ConversationRecords:
+        llm = self._rows(
+            """SELECT span_id, parent_id, name, status, status_message, start_ns, model, finish_reason, cost, raw
+            FROM spans WHERE trace_id = ? AND kind = 'LLM' ORDER BY start_ns NULLS LAST, span_id""",
+            [trace_id],
+        )
+        tools = self._rows(
+            """SELECT span_id, tool_name, tool_call_id, status, status_message, tool_result
+            FROM spans WHERE trace_id = ? AND kind = 'TOOL' ORDER BY start_ns NULLS LAST, span_id""",
+            [trace_id],
+        )
+        roots = self._rows(
+            """SELECT span_id, name, kind, status, status_message, input_value, output_value
+            FROM spans WHERE trace_id = ? AND (parent_id IS NULL OR is_orphan) ORDER BY start_ns NULLS LAST""",
+            [trace_id],
+        )
+        if not (llm or tools or roots):
+            raise StoreError(self._unknown_trace(trace_id))
+        return ConversationRecords(llm=llm, tools=tools, roots=roots)
+
+    def copy_traces(self, filters: TraceFilters | None, target: Path, *, note: str) -> int:
+        if target.exists():
+            raise StoreError(f"{target}: already exists")
+        DuckDBStore.connect(str(target)).close()  # creates the schema
+        where, params = self._where(filters)
+        con = self.con.cursor()
+        try:
+            con.execute("ATTACH ? AS halo_copy", [str(target)])
+            try:
+                con.execute("BEGIN TRANSACTION")
+                con.execute(
+                    f"CREATE TEMP TABLE halo_selected AS SELECT t.trace_id FROM traces t WHERE {where}",
+                    params,
+                )
+                for table in ("traces", "spans"):
+                    con.execute(
+                        f"INSERT INTO halo_copy.{table} SELECT * FROM {table} SEMI JOIN halo_selected USING (trace_id)"
+                    )
+                con.execute(
+                    "INSERT INTO halo_copy.inputs (input_id, path, status, spans, started_at, finished_at) "
+                    "SELECT 1, ?, 'complete', count(*), now(), now() FROM halo_copy.spans",
+                    [note],
+                )
+                copied = int(con.execute("SELECT count(*) FROM halo_selected").fetchall()[0][0])
+                con.execute("DROP TABLE halo_selected")
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.execute("DETACH halo_copy")
+        finally:
+            con.close()
+        return copied
+
     def _where(self, filters: TraceFilters | None) -> tuple[str, list[Any]]:
         if filters is None:
             return "true", []
@@ -649,14 +972,18 @@ class DuckDBStore(TraceStore):
             values = getattr(filters, field)
             if values:
                 add(f"list_has_any(t.{field}, ?::VARCHAR[])", values)
-        for field, column in (
-            ("session_ids", "session_id"),
-            ("user_ids", "user_id"),
-            ("trace_ids", "trace_id"),
-        ):
+        for field, column in (("session_ids", "session_id"), ("user_ids", "user_id")):
             values = getattr(filters, field)
             if values:
-                add(f"list_contains(?::VARCHAR[], t.{column})", values)
+                add(f"t.{column} IN (SELECT unnest(?::VARCHAR[]))", values)
+        if filters.trace_ids is not None:  # as a join: a text search can hand over thousands of ids
+            add("t.trace_id IN (SELECT unnest(?::VARCHAR[]))", filters.trace_ids)
+        if filters.error_templates:
+            add(
+                "t.trace_id IN (SELECT trace_id FROM spans WHERE status = 'ERROR' "
+                "AND error_template IN (SELECT unnest(?::VARCHAR[])))",
+                filters.error_templates,
+            )
         if filters.since:
             add("t.start_ns >= ?", iso_to_ns(filters.since))
         if filters.until:
@@ -706,6 +1033,52 @@ class DuckDBStore(TraceStore):
 
 class _Timeout(Exception):
     pass
+
+
+LIST_PAGE_LIMIT = 500  # rows per page of a list at most; lists are paged, never capped in total
+LIST_SORTS = {
+    "start": "t.start_ns",
+    "duration": "t.duration_ns",
+    "cost": "t.cost",
+    "tokens": "coalesce(t.total_tokens, t.input_tokens + t.output_tokens)",
+    "spans": "t.span_count",
+    "errors": "t.error_spans",
+}
+SESSION_SORTS = {
+    "last": "s.end_ns",
+    "start": "s.start_ns",
+    "duration": "s.duration_ns",
+    "cost": "s.cost",
+    "tokens": "s.tokens",
+    "traces": "s.traces",
+    "spans": "s.spans",
+    "errors": "s.error_traces",
+}
+# A facet's own selection, which its counts leave out.
+FACET_FILTERS: dict[str, str] = {
+    "status": "has_errors",
+    "services": "services",
+    "agents": "agents",
+    "models": "models",
+    "tools": "tools",
+    "sessions": "session_ids",
+    "error_groups": "error_templates",
+}
+
+
+def _after(expr: str, key: str, cursor: str | None, descending: bool) -> tuple[str, list[Any]]:
+    """Rows after the cursor in `ORDER BY expr (DESC|ASC) NULLS LAST, key`."""
+    if cursor is None:
+        return "true", []
+    value, last_key = decode_cursor(cursor)
+    if value is None:
+        return f"({expr} IS NULL AND {key} > ?)", [last_key]
+    beyond = "<" if descending else ">"
+    return f"({expr} {beyond} ? OR ({expr} = ? AND {key} > ?) OR {expr} IS NULL)", [value, value, last_key]
+
+
+def _ms(ns: float | None) -> float | None:
+    return None if ns is None else ns / 1e6
 
 
 SORT_COLUMNS = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Literal, TypeVar, get_args
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
@@ -16,20 +16,31 @@ from halo_rlm.defaults import SortKey
 from halo_rlm.utils import iso_to_ns
 
 __all__ = [
+    "FACETS",
+    "ConversationRecords",
     "Count",
     "ErrorGroup",
+    "FacetName",
+    "FacetValue",
     "IngestReport",
     "InputReport",
+    "KeysetPage",
     "Match",
     "OversizedTrace",
     "Overview",
     "Progress",
     "SearchResult",
+    "SessionRow",
+    "SessionSortKey",
     "SortKey",
+    "SpanRow",
     "SpanView",
     "SqlResult",
     "TraceFilters",
     "TracePage",
+    "TraceRow",
+    "TraceSpans",
+    "TraceStats",
     "TraceSummary",
     "TraceView",
 ]
@@ -63,7 +74,7 @@ class TraceFilters(BaseModel):
     )
     session_ids: list[str] | None = None
     user_ids: list[str] | None = None
-    trace_ids: list[str] | None = Field(None, description="Only these trace ids")
+    trace_ids: list[str] | None = Field(None, description="Only these trace ids (an empty list matches none)")
     since: str | None = Field(
         None,
         description="Traces starting at or after this ISO-8601 time",
@@ -81,6 +92,10 @@ class TraceFilters(BaseModel):
         None,
         description="RE2 regular expression matched against each span's raw JSON (quotes appear as \\\")",
         validation_alias=_also("regex", "regex_pattern"),
+    )
+    error_templates: list[str] | None = Field(
+        None,
+        description="Traces with an error span of any of these message templates (as error groups list them)",
     )
     text: str | None = Field(None, description="Case-insensitive text found in any span's raw JSON")
     project_id: str | None = Field(None, description="Case-insensitive project id found in any span")
@@ -258,6 +273,125 @@ class SqlResult(BaseModel):
 # --- ingest -------------------------------------------------------------------------------------
 
 Progress = Callable[[int, int], None]  # (bytes read in this input, spans added in this input)
+
+
+# --- the trace list, page by page (the web app) ------------------------------------------------
+
+SessionSortKey = Literal["last", "start", "duration", "cost", "tokens", "traces", "spans", "errors"]
+FacetName = Literal["status", "services", "agents", "models", "tools", "sessions", "error_groups"]
+FACETS: tuple[FacetName, ...] = get_args(FacetName)
+Row = TypeVar("Row", bound=BaseModel)
+
+
+class TraceRow(BaseModel):
+    """A trace as a list shows it: a summary plus what its root span (or, failing that, its first and
+    last spans with text) received and answered, in one line each."""
+
+    trace_id: str
+    start: str | None
+    duration_ms: float | None
+    root_name: str | None
+    status: Literal["ok", "error", "running"]
+    spans: int
+    error_spans: int
+    llm_spans: int
+    tokens: int | None
+    cost: float | None
+    session_id: str | None
+    services: list[str]
+    agents: list[str]
+    models: list[str]
+    input_preview: str | None = None
+    output_preview: str | None = None
+
+
+class SessionRow(BaseModel):
+    """The traces of one session (one per turn of a conversation), taken together."""
+
+    session_id: str
+    start: str | None
+    last_activity: str | None
+    duration_ms: float | None
+    traces: int
+    spans: int
+    error_traces: int
+    tokens: int | None
+    cost: float | None
+    first_trace_id: str
+    last_trace_id: str
+    name: str | None = Field(description="The root name of its latest trace")
+    input_preview: str | None = Field(None, description="What its first trace received")
+    output_preview: str | None = Field(None, description="What its last trace answered")
+
+
+class KeysetPage(BaseModel, Generic[Row]):
+    """One page of a list in a stable order. The cursor holds the last row's sort value and key, so a
+    page costs the same deep in a list as at its start, and rows arriving meanwhile shift nothing."""
+
+    rows: list[Row]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null at the end")
+    sort: str
+    descending: bool
+
+
+class TraceStats(BaseModel):
+    """Totals over every trace a filter matches (not only the rows loaded)."""
+
+    traces: int
+    sessions: int
+    spans: int
+    llm_spans: int
+    error_traces: int
+    running_traces: int
+    tokens: int
+    cost: float
+    p50_duration_ms: float | None
+    p95_duration_ms: float | None
+
+
+class FacetValue(BaseModel):
+    value: str
+    traces: int
+
+
+class SpanRow(BaseModel):
+    """One span as a span tree and a waterfall draw it; times are ms after the trace's first span."""
+
+    span_id: str
+    parent_id: str | None
+    name: str | None
+    kind: str | None
+    status: str | None
+    status_message: str | None
+    start_ms: float | None
+    duration_ms: float | None = Field(None, description="null while the span is still running")
+    model: str | None
+    agent: str | None
+    tool: str | None
+    tokens: int | None
+    cost: float | None
+
+
+class TraceSpans(BaseModel):
+    """Every span of one trace, without their records (no cap: 10,000 spans is a few hundred KB)."""
+
+    trace_id: str
+    start: str | None
+    start_ns: int | None
+    now_ms: float | None = Field(
+        None, description="Now, in ms after the trace's start: where running spans end"
+    )
+    spans: list[SpanRow]
+
+
+@dataclass
+class ConversationRecords:
+    """What a trace's conversation is rebuilt from: its LLM spans with their raw records (start order),
+    its tool spans (call id, outcome, result) and its root spans (the fallback input and output)."""
+
+    llm: list[dict[str, Any]]
+    tools: list[dict[str, Any]]
+    roots: list[dict[str, Any]]
 
 
 @dataclass

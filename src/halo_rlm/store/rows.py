@@ -3,6 +3,8 @@ with values cut to head and tail, and regex matches with context."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import time
 from typing import Any
@@ -10,10 +12,22 @@ from typing import Any
 import orjson
 
 from halo_rlm.formats.conventions import normalize_messages
+from halo_rlm.store.base import StoreError
 from halo_rlm.store.results import Match, SearchResult, SpanView, TraceSummary
-from halo_rlm.utils import clip, ns_to_iso
+from halo_rlm.utils import clip, ns_to_iso, one_line
 
-__all__ = ["cap", "clip_or_none", "plain", "scan", "span_view", "summary", "tree_order"]
+__all__ = [
+    "cap",
+    "clip_or_none",
+    "decode_cursor",
+    "encode_cursor",
+    "plain",
+    "preview",
+    "scan",
+    "span_view",
+    "summary",
+    "tree_order",
+]
 
 # Attributes a view leaves out because canonical fields already show them, compactly.
 _FLATTENED = re.compile(
@@ -214,3 +228,24 @@ def plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     return str(value)
+
+
+def encode_cursor(value: Any, key: str) -> str:
+    """A keyset cursor: the last row's sort value and key, opaque to the client."""
+    return base64.urlsafe_b64encode(orjson.dumps([value, key])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[Any, str]:
+    refused = StoreError(f"cursor {cursor[:40]!r} is not one this store gave out; start from the first page")
+    try:
+        value, key = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error, TypeError) as exc:
+        raise refused from exc
+    if not isinstance(key, str) or not (value is None or isinstance(value, int | float)):
+        raise refused
+    return value, key
+
+
+def preview(text: str | None, limit: int = 200) -> str | None:
+    """A value as one line for a list's preview column."""
+    return one_line(text[: limit * 8], limit) if text else None

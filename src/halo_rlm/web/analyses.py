@@ -8,8 +8,8 @@ about the same data. The run record (`run.json`), the engine's events (`events.j
 streamed text) and each turn's report sit in the same folder; API keys typed into the form are kept
 in memory for the life of the app and written nowhere.
 
-TO REPLACE: the run registry of the runs module (issue 12) and the engine's run-view reducer, once
-they land; this module then only drives them.
+TO REPLACE: the run registry of the runs module (issue 12), once it lands; this module then only
+drives it. The live agent tree is the engine's `RunView`, the same model the terminal renders.
 """
 
 from __future__ import annotations
@@ -19,32 +19,23 @@ import contextlib
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import anyio
 import duckdb
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from halo_rlm import report as reports
-from halo_rlm import web_queries as q
-from halo_rlm.engine import (
-    DEFAULT_MODEL,
-    DEFAULT_PROMPT,
-    AgentOutputItem,
-    AgentTextDelta,
-    EngineConfig,
-    EngineError,
-    stream_engine_async,
-)
-from halo_rlm.llm import LLMError, ReasoningEffort
-from halo_rlm.store import StoreError, TraceStore
-
-if TYPE_CHECKING:
-    from halo_rlm.web.app import Ui
+from halo_rlm import render
+from halo_rlm.defaults import DEFAULT_MODEL, DEFAULT_PROMPT, ReasoningEffort
+from halo_rlm.engine import AgentOutputItem, EngineConfig, EngineError, RunView, stream_engine_async
+from halo_rlm.llm import LLMError
+from halo_rlm.report import Report
+from halo_rlm.store import StoreError, TraceFilters, TraceStore
+from halo_rlm.web.live import Hub
 
 RunStatus = Literal["queued", "exporting", "running", "completed", "failed", "cancelled", "interrupted"]
 ACTIVE: set[str] = {"queued", "exporting", "running"}
@@ -97,7 +88,7 @@ class Run(BaseModel):
     created_at: str
     prompt: str
     query: list[tuple[str, str]] = Field(default_factory=list, description="The trace list's URL parameters")
-    filters: q.ListFilters
+    filters: TraceFilters
     settings: RunSettings
     status: RunStatus = "queued"
     error: str | None = None
@@ -117,84 +108,38 @@ class Run(BaseModel):
         return sum(t.tokens for t in self.turns)
 
 
-class AgentState(BaseModel):
-    agent_id: str
-    name: str
-    parent: str | None
-    depth: int
-    status: Literal["thinking", "writing", "tool", "done", "failed"] = "thinking"
-    tool: str | None = None
-    turns: int = 0
-    tool_calls: int = 0
-    tokens: int = 0
-    cost: float = 0.0
-    text: str = ""
-
-
-class LiveTree:
-    """The run as a tree of agents (state, current tool, turns, tokens, cost, streaming text), from
-    the engine's events. TO REPLACE: the engine's shared run-view reducer."""
-
-    def __init__(self) -> None:
-        self.agents: dict[str, AgentState] = {}
-        self._fresh_text: set[str] = set()
-
-    def update(self, event: AgentOutputItem | AgentTextDelta) -> None:
-        agent = self.agents.get(event.agent_id)
-        if agent is None:
-            agent = self.agents[event.agent_id] = AgentState(
-                agent_id=event.agent_id,
-                name=event.agent_name,
-                parent=event.parent_agent_id,
-                depth=event.depth,
-            )
-        if isinstance(event, AgentTextDelta):
-            if agent.agent_id in self._fresh_text:  # a new model turn starts a new text
-                agent.text = ""
-                self._fresh_text.discard(agent.agent_id)
-            agent.status = "writing"
-            agent.text = (agent.text + event.text_delta)[-STREAM_TAIL:]
-            return
-        self._fresh_text.add(agent.agent_id)
-        if event.usage:
-            agent.turns += 1
-            agent.tokens += event.usage.input_tokens + event.usage.output_tokens
-            agent.cost += event.usage.cost_usd or 0.0
-        item = event.item
-        if item.tool_calls:
-            agent.status, agent.tool = "tool", item.tool_calls[0].name
-            agent.tool_calls += len(item.tool_calls)
-        elif item.role == "tool":
-            agent.status, agent.tool = "thinking", None
-            if item.name == "call_subagent":
-                for child in self.agents.values():
-                    if child.parent == agent.agent_id and child.status not in ("done", "failed"):
-                        child.status = "done"
-                        break
-        elif item.content:
-            agent.text = item.content[-STREAM_TAIL:]
-        if event.final:
-            agent.status = "done"
-
-    def finish(self, failed: bool) -> None:
-        for agent in self.agents.values():
-            if agent.status not in ("done", "failed"):
-                agent.status = "failed" if failed else "done"
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        return [a.model_dump() for a in self.agents.values()]
+def agents_of(view: RunView, active: bool) -> list[dict[str, Any]]:
+    """The agent tree as the page draws it; when the run is over, agents still marked busy stopped."""
+    return [
+        {
+            "agent_id": a.agent_id,
+            "name": a.name,
+            "parent": a.parent_id,
+            "depth": a.depth,
+            "status": a.activity if active or a.activity == "done" else "stopped",
+            "tool": a.tool,
+            "turns": a.turns,
+            "tool_calls": a.tool_calls,
+            "tokens": a.usage.tokens,
+            "cost": a.usage.cost_usd or 0.0,
+            "text": a.text[-STREAM_TAIL:],
+        }
+        for a in view.agents.values()
+    ]
 
 
 class Analyses:
     """Every run of this store: those on disk, and the ones running now."""
 
-    def __init__(self, ui: Ui) -> None:
-        self.ui = ui
-        self.folder = Path(f"{ui.settings.store}.runs")
+    def __init__(
+        self, store: TraceStore, hub: Hub, resolve_text: Callable[[TraceFilters], Awaitable[TraceFilters]]
+    ) -> None:
+        self.store, self.hub, self.resolve_text = store, hub, resolve_text
+        self.folder = Path(f"{store.path}.runs")
         self.runs: dict[str, Run] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._keys: dict[str, SecretStr] = {}  # typed into the form; memory only
-        self.trees: dict[str, LiveTree] = {}
+        self.views: dict[str, RunView] = {}
         # A run's copy of the traces, opened read-only once and kept for its follow-ups: a cancelled
         # engine can leave a query finishing on it in a worker thread, so it is not reopened meanwhile.
         self._stores: dict[str, TraceStore] = {}
@@ -236,10 +181,10 @@ class Analyses:
         temporary.write_bytes(orjson.dumps(run.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
         os.replace(temporary, folder / "run.json")
 
-    def turn_report(self, run: Run, index: int) -> reports.Report | None:
+    def turn_report(self, run: Run, index: int) -> Report | None:
         path = self.folder_of(run) / f"turn-{index + 1}" / "report.json"
         try:
-            return reports.Report.model_validate_json(path.read_bytes())
+            return Report.model_validate_json(path.read_bytes())
         except (OSError, ValidationError):
             return None
 
@@ -250,7 +195,7 @@ class Analyses:
         *,
         prompt: str,
         query: Sequence[tuple[str, str]],
-        filters: q.ListFilters,
+        filters: TraceFilters,
         settings: RunSettings,
         api_key: str | None,
     ) -> Run:
@@ -317,25 +262,24 @@ class Analyses:
     async def _turn(self, run: Run, index: int) -> None:
         turn = run.turns[index]
         turn.started_at = _now()
-        tree = self.trees[run.id] = LiveTree()
-        failed = True
+        view = self.views[run.id] = RunView()
         try:
             snapshot = self.folder_of(run) / "traces.duckdb"
             if not snapshot.exists():
                 self._set(run, turn, "exporting")
-                filters = await self.ui.resolve_text(run.filters)
+                filters = await self.resolve_text(run.filters)
                 partial = snapshot.with_name("traces.partial.duckdb")
                 partial.unlink(missing_ok=True)
-                note = f"halo ui run {run.id} over {self.ui.settings.store}"
-                run.traces = await anyio.to_thread.run_sync(
-                    lambda: q.copy_traces(self.ui.store, filters, partial, note=note)
+                note = f"halo ui run {run.id} over {self.store.path}"
+                run.traces = await self.store.run(
+                    lambda store: store.copy_traces(filters, partial, note=note)
                 )
                 os.replace(partial, snapshot)
             if not run.traces:
                 raise EngineError("no traces match this run's filters; widen them and start again")
             self._set(run, turn, "running")
-            await self._analyse(run, index, snapshot, tree)
-            turn.status, failed = "completed", False
+            await self._analyse(run, index, snapshot, view)
+            turn.status = "completed"
         except asyncio.CancelledError:
             if self._closing:
                 turn.status, turn.error = "interrupted", "the app stopped while this turn ran"
@@ -346,7 +290,6 @@ class Analyses:
         except Exception as exc:  # noqa: BLE001 - a run's failure is shown on its page, never crashes the app
             turn.status, turn.error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
-            tree.finish(failed)
             turn.finished_at = _now()
             run.status, run.error = turn.status, turn.error
             self._write_report(run)
@@ -354,7 +297,7 @@ class Analyses:
             self._publish(run)
             self._tasks.pop(run.id, None)
 
-    async def _analyse(self, run: Run, index: int, snapshot: Path, tree: LiveTree) -> None:
+    async def _analyse(self, run: Run, index: int, snapshot: Path, view: RunView) -> None:
         turn = run.turns[index]
         config = run.settings.engine_config(self._keys.get(run.id), self.folder_of(run) / f"turn-{index + 1}")
         store = self._stores.get(run.id)
@@ -365,7 +308,7 @@ class Analyses:
         last_publish = 0.0
         with (self.folder_of(run) / "events.jsonl").open("ab") as log:
             async for event in stream_engine_async(_history(run, index), config, store=store):
-                tree.update(event)
+                view.update(event)
                 if isinstance(event, AgentOutputItem):
                     log.write(
                         orjson.dumps(
@@ -396,15 +339,15 @@ class Analyses:
         self._publish(run)
 
     def _publish(self, run: Run) -> None:
-        tree = self.trees.get(run.id)
-        self.ui.hub.publish(
+        view = self.views.get(run.id)
+        self.hub.publish(
             "run",
             {
                 "run_id": run.id,
                 "status": run.status,
                 "traces": run.traces,
                 "turns": len(run.turns),
-                "agents": tree.snapshot() if tree else [],
+                "agents": agents_of(view, run.active) if view else [],
             },
         )
 
@@ -413,7 +356,7 @@ class Analyses:
         parts = [
             f"# HALO analysis {run.id}",
             "",
-            f"Run {run.id} over {run.traces or 0:,} traces of {self.ui.settings.store}, started "
+            f"Run {run.id} over {run.traces or 0:,} traces of {self.store.path}, started "
             f"{run.created_at}, model {run.settings.model}.",
             "",
         ]
@@ -425,7 +368,7 @@ class Analyses:
             parts += [
                 f"## {heading}: {turn.question}",
                 "",
-                reports.to_markdown(report).replace("\n#", "\n##"),
+                render.to_markdown(report).replace("\n#", "\n##"),
                 "",
             ]
         with contextlib.suppress(OSError):
@@ -464,4 +407,4 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-__all__ = ["ACTIVE", "AgentState", "Analyses", "LiveTree", "Run", "RunSettings", "RunStatus", "Turn"]
+__all__ = ["ACTIVE", "Analyses", "Run", "RunSettings", "RunStatus", "Turn", "agents_of"]

@@ -1,172 +1,25 @@
-"""The app: its settings, the state it keeps while running (`Ui`), its routes, and the server.
-
-One process holds the store open for writing for as long as it runs (DuckDB lets one process write
-a file, and no other process open it meanwhile): the pages read through their own connections off
-the event loop, which see a consistent snapshot while ingest jobs, imports and the OTLP receiver write.
-"""
+"""The app: its routes (every page beside its JSON twin) and the server that runs it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import ipaddress
-import secrets
 import socket
 import threading
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-import anyio
-import duckdb
-import jinja2
-import markupsafe
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from halo_rlm import web_queries as q
-from halo_rlm.store import TraceStore
-from halo_rlm.web import markdown, run_pages, traces
-from halo_rlm.web.analyses import Analyses
-from halo_rlm.web.format import FILTERS, json_response, script_json
-from halo_rlm.web.live import Hub
+from halo_rlm.web import run_pages, traces
 from halo_rlm.web.security import Guard
-
-T = TypeVar("T")
-HERE = Path(__file__).parent
-DEFAULT_PORT = 8799
-STORE_EVENT_SECONDS = 0.25  # at most this often, pages hear that the store changed
-TEXT_CACHE = 16  # text searches remembered while the store is unchanged
-
-
-@dataclass
-class Settings:
-    store: Path
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    allow_remote: bool = False
-    exporter_token: str | None = None  # --token: what OTLP exporters must send to /v1/traces
-    token: str = field(default_factory=lambda: secrets.token_urlsafe(24))  # the pages' per-launch token
-    traces: Sequence[str] = ()  # files to ingest at start
-
-
-class Ui:
-    """What the app keeps while it runs; views reach it as `request.app.state.ui`."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.store = TraceStore.open(settings.store)
-        self.hub = Hub()
-        self.generation = 0  # bumped on every write, so cached answers know they are stale
-        self._lock = threading.Lock()
-        self._store_event_pending = False
-        self._text_cache: OrderedDict[str, tuple[int, list[str]]] = OrderedDict()
-        self.templates = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(HERE / "templates"),
-            autoescape=True,
-            undefined=jinja2.StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        self.templates.filters.update(FILTERS)
-        self.templates.filters["script_json"] = lambda value: markupsafe.Markup(script_json(value))
-        self.templates.filters["markdown"] = markdown.render
-        self.templates.globals["cite_url"] = markdown.citation_url
-        self.analyses = Analyses(self)
-
-    # --- reading ------------------------------------------------------------------------------
-
-    async def read(self, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        """Run a query off the event loop on a connection of its own."""
-
-        def run() -> T:
-            with self.store.borrow() as connection:
-                return work(connection.con)
-
-        return await anyio.to_thread.run_sync(run)
-
-    async def resolve_text(self, filters: q.ListFilters) -> q.ListFilters:
-        """Filters with their text search replaced by the traces it matches. The search reads every
-        span's record, so its answer is kept until the store changes."""
-        if not filters.text:
-            return filters
-        text, generation = filters.text.casefold(), self.generation
-        cached = self._text_cache.get(text)
-        if cached is None or cached[0] != generation:
-            cached = (generation, await self.read(lambda con: q.text_matches(con, text)))
-            self._text_cache[text] = cached
-            while len(self._text_cache) > TEXT_CACHE:
-                self._text_cache.popitem(last=False)
-        self._text_cache.move_to_end(text)
-        matched = set(cached[1])
-        if filters.trace_ids is not None:
-            matched &= set(filters.trace_ids)
-        return filters.model_copy(update={"text": None, "trace_ids": sorted(matched)})
-
-    # --- writing ------------------------------------------------------------------------------
-
-    def changed(self) -> None:
-        """Something was written to the store (from any thread): pages listening hear of it, at most
-        every STORE_EVENT_SECONDS."""
-        with self._lock:
-            self.generation += 1
-            if self._store_event_pending:
-                return
-            self._store_event_pending = True
-        threading.Timer(STORE_EVENT_SECONDS, self._announce).start()
-
-    def _announce(self) -> None:
-        with self._lock:
-            self._store_event_pending = False
-            generation = self.generation
-        self.hub.publish_threadsafe("store", {"generation": generation})
-
-    # --- pages --------------------------------------------------------------------------------
-
-    def render(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:
-        html = self.templates.get_template(template).render(
-            request=request,
-            path=request.url.path,
-            app_settings=self.settings,
-            last_event_id=self.hub.last_id,
-            **context,
-        )
-        return HTMLResponse(html, status_code=status, headers={"cache-control": "no-store"})
-
-    def error(self, request: Request, as_json: bool, status: int, message: str) -> Response:
-        if as_json:
-            return json_response({"error": message}, status)
-        return self.render(request, "error.html", status=status, status_code=status, message=message)
-
-    def onboarding(self) -> dict[str, Any]:
-        """How to get traces into an empty store."""
-        endpoint = f"{base_url(self.settings)}/v1/traces"
-        env = [
-            f"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT={endpoint}",
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf",
-        ]
-        if self.settings.exporter_token:
-            env.append("OTEL_EXPORTER_OTLP_TRACES_HEADERS=Authorization=Bearer%20<the --token value>")
-        return {"endpoint": endpoint, "env": env}
-
-    def close(self) -> None:
-        self.hub.close()
-        self.store.close()
-
-
-def base_url(settings: Settings) -> str:
-    host = (
-        "127.0.0.1" if settings.host in ("0.0.0.0", "") else "::1" if settings.host == "::" else settings.host
-    )
-    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"
-
+from halo_rlm.web.state import DEFAULT_PORT, HERE, Settings, Ui, base_url
 
 # --- routes ---------------------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import orjson
 
-from halo_rlm.normalize import normalize_messages
+from halo_rlm.formats.conventions import normalize_messages
+from halo_rlm.store.results import ConversationRecords
 
 REFUSAL_REASONS = {"content_filter", "refusal", "safety", "recitation"}
 
@@ -53,16 +54,11 @@ class Conversation:
     agents: list[str] = field(default_factory=list)
 
 
-def build(
-    trace_id: str,
-    llm_spans: list[dict[str, Any]],
-    roots: list[dict[str, Any]],
-    tools: list[dict[str, Any]] | None = None,
-) -> Conversation:
-    """`llm_spans`: rows with span_id, status, status_message, model, finish_reason and raw (in start
-    order); `roots`: the trace's root spans (fallback when no LLM span has messages); `tools`: its
-    tool spans (span_id, tool_call_id, status, status_message, tool_result), which say whether a
-    call failed and what it returned when no later message does."""
+def build(trace_id: str, records: ConversationRecords) -> Conversation:
+    """The conversation of a trace from its LLM spans (their raw records, in start order), its tool
+    spans (which say whether a call failed, and what it returned when no later message does) and its
+    root spans (the fallback when no LLM span recorded messages)."""
+    llm_spans, roots = records.llm, records.roots
     turns: list[Turn] = []
     seen: set[tuple[Any, ...]] = set()
     calls: dict[str, ToolCall] = {}
@@ -95,7 +91,7 @@ def build(
                     span.get("model"),
                 )
             )
-    _join_tool_spans(calls, tools or [])
+    _join_tool_spans(calls, records.tools)
     if any(t.role in ("user", "assistant") for t in turns):
         return Conversation(trace_id, turns, len(llm_spans), "llm spans", agents)
     fallback: list[Turn] = []

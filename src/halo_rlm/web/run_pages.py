@@ -5,23 +5,20 @@ agent), each with its JSON twin."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 from starlette.datastructures import FormData, QueryParams
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 
-from halo_rlm import web_queries as q
-from halo_rlm.engine import DEFAULT_PROMPT, EngineError
-from halo_rlm.llm import ReasoningEffort
-from halo_rlm.web.analyses import RunSettings
+from halo_rlm.defaults import DEFAULT_PROMPT, ReasoningEffort
+from halo_rlm.engine import EngineError
+from halo_rlm.web.analyses import RunSettings, agents_of
 from halo_rlm.web.format import json_response
 from halo_rlm.web.handoff import handoffs, prompt_for
+from halo_rlm.web.state import Ui
 from halo_rlm.web.traces import BadRequest, parse_list
-
-if TYPE_CHECKING:
-    from halo_rlm.web.app import Ui
 
 EFFORTS: tuple[ReasoningEffort, ...] = ("none", "minimal", "low", "medium", "high", "xhigh")
 NUMBERS = ("max_depth", "max_parallel", "max_turns", "max_cost", "max_tokens", "timeout")
@@ -59,7 +56,7 @@ async def _form(
     try:
         view = parse_list(params)
         filters = await ui.resolve_text(view.filters)
-        stats = await ui.read(lambda con: q.stat_strip(con, filters))
+        stats = await ui.read(lambda store: store.trace_stats(filters))
     except BadRequest as exc:
         return ui.error(request, as_json, 400, str(exc))
     data = {"filters": view.filters, "stats": stats, "settings": settings, "prompt": prompt, "error": error}
@@ -106,11 +103,11 @@ async def run_page(request: Request, as_json: bool) -> Response:
     if run is None:
         return ui.error(request, as_json, 404, f"no run {request.path_params['run_id']!r} (see /runs)")
     report_path = ui.analyses.report_path(run)
-    tree = ui.analyses.trees.get(run.id)
+    view = ui.analyses.views.get(run.id)
     data: dict[str, Any] = {
         "run": run,
         "reports": [ui.analyses.turn_report(run, i) for i in range(len(run.turns))],
-        "agents": tree.snapshot() if tree else [],
+        "agents": agents_of(view, run.active) if view else [],
         "report_path": str(report_path),
         "handoff": {"prompt": prompt_for(report_path), "tools": handoffs(report_path)},
     }

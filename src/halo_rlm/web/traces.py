@@ -5,10 +5,10 @@ path plus `.json`, built from the same data."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 from urllib.parse import urlencode
 
 import anyio
@@ -18,14 +18,20 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 
-from halo_rlm import web_queries as q
-from halo_rlm.normalize import normalize_messages
-from halo_rlm.store import StoreError
+from halo_rlm.formats.conventions import normalize_messages
+from halo_rlm.store import StoreError, TraceFilters, TraceStore
+from halo_rlm.store.results import (
+    FACETS,
+    FacetName,
+    FacetValue,
+    KeysetPage,
+    SessionSortKey,
+    SortKey,
+    TraceStats,
+)
 from halo_rlm.web import conversation
 from halo_rlm.web.format import json_response
-
-if TYPE_CHECKING:
-    from halo_rlm.web.app import Ui
+from halo_rlm.web.state import Ui
 
 WINDOWS = {
     "15m": timedelta(minutes=15),
@@ -35,16 +41,18 @@ WINDOWS = {
     "7d": timedelta(days=7),
     "30d": timedelta(days=30),
 }
-# URL parameter -> ListFilters field; every one may repeat (multi-select).
+# URL parameter -> TraceFilters field; every one may repeat (multi-select). `status` (ok, error) is
+# read on its own: both, or neither, is no filter.
 LIST_PARAMS = {
-    "status": "statuses",
     "service": "services",
     "agent": "agents",
     "model": "models",
     "tool": "tools",
-    "session": "sessions",
-    "error_group": "error_groups",
+    "session": "session_ids",
+    "error_group": "error_templates",
 }
+TRACE_SORTS: tuple[SortKey, ...] = get_args(SortKey)
+SESSION_SORTS: tuple[SessionSortKey, ...] = get_args(SessionSortKey)
 FACET_PARAMS = {
     "status": "status",
     "services": "service",
@@ -55,6 +63,7 @@ FACET_PARAMS = {
     "error_groups": "error_group",
 }
 PAGE_ROWS = 75
+PAGE_LIMIT = 500
 
 
 class BadRequest(Exception):
@@ -63,7 +72,7 @@ class BadRequest(Exception):
 
 @dataclass
 class ListView:
-    filters: q.ListFilters
+    filters: TraceFilters
     mode: Literal["traces", "sessions"]
     sort: str
     descending: bool
@@ -95,7 +104,9 @@ class ListView:
     @property
     def active(self) -> list[tuple[str, str]]:
         return [
-            (k, v) for k, v in self.params.multi_items() if k in LIST_PARAMS or k in ("q", "since", "until")
+            (k, v)
+            for k, v in self.params.multi_items()
+            if k in LIST_PARAMS or k in ("status", "q", "since", "until")
         ]
 
 
@@ -103,14 +114,18 @@ def parse_list(params: QueryParams, *, now: datetime | None = None) -> ListView:
     mode = params.get("view", "traces")
     if mode not in ("traces", "sessions"):
         raise BadRequest(f"view={mode!r}: use traces or sessions")
-    sorts = q.SESSION_SORTS if mode == "sessions" else q.TRACE_SORTS
+    sorts: tuple[str, ...] = SESSION_SORTS if mode == "sessions" else TRACE_SORTS
     sort = params.get("sort") or ("last" if mode == "sessions" else "start")
     if sort not in sorts:
         raise BadRequest(f"sort={sort!r}: use one of {', '.join(sorts)}")
     direction = params.get("dir", "desc")
     if direction not in ("asc", "desc"):
         raise BadRequest(f"dir={direction!r}: use asc or desc")
-    values: dict[str, Any] = {field: params.getlist(name) for name, field in LIST_PARAMS.items()}
+    values: dict[str, Any] = {field: params.getlist(name) or None for name, field in LIST_PARAMS.items()}
+    statuses = set(params.getlist("status"))
+    if statuses - {"ok", "error"}:
+        raise BadRequest(f"status={sorted(statuses - {'ok', 'error'})[0]!r}: use ok or error")
+    values["has_errors"] = statuses == {"error"} if len(statuses) == 1 else None
     window = params.get("window") or None
     if window is not None:
         if window not in WINDOWS:
@@ -121,12 +136,12 @@ def parse_list(params: QueryParams, *, now: datetime | None = None) -> ListView:
     values["until"] = params.get("until") or None
     values["text"] = params.get("q", "").strip() or None
     try:
-        filters = q.ListFilters(**values)
+        filters = TraceFilters(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise BadRequest(f"{first['loc'][0] if first['loc'] else 'filter'}: {first['msg']}") from exc
     try:
-        limit = max(1, min(int(params.get("limit", PAGE_ROWS)), q.PAGE_LIMIT))
+        limit = max(1, min(int(params.get("limit", PAGE_ROWS)), PAGE_LIMIT))
     except ValueError as exc:
         raise BadRequest("limit: give a whole number") from exc
     return ListView(
@@ -150,24 +165,28 @@ async def list_page(request: Request, as_json: bool) -> Response:
     except (BadRequest, StoreError) as exc:
         return ui.error(request, as_json, 400, str(exc))
 
-    def page(con: Any) -> q.Page[Any]:
+    def page(store: TraceStore) -> KeysetPage[Any]:
         if view.mode == "sessions":
-            return q.session_page(
-                con,
+            return store.session_list(
                 filters,
-                sort=cast(q.SessionSort, view.sort),
+                sort=cast(SessionSortKey, view.sort),
                 descending=view.descending,
                 cursor=view.cursor,
                 limit=view.limit,
             )
-        return q.trace_page(
-            con,
+        return store.trace_list(
             filters,
-            sort=cast(q.TraceSort, view.sort),
+            sort=cast(SortKey, view.sort),
             descending=view.descending,
             cursor=view.cursor,
             limit=view.limit,
         )
+
+    def stats(store: TraceStore) -> TraceStats:
+        return store.trace_stats(filters)
+
+    def facet(name: FacetName) -> Callable[[TraceStore], list[FacetValue]]:
+        return lambda store: store.facet(filters, name)
 
     try:
         if view.part == "rows":
@@ -178,16 +197,14 @@ async def list_page(request: Request, as_json: bool) -> Response:
                 else ui.render(request, "rows_fragment.html", view=view, page=rows)
             )
         if view.part == "strip":
-            stats = await ui.read(partial(q.stat_strip, filters=filters))
+            strip = await ui.read(stats)
             return (
-                json_response({"stats": stats}) if as_json else ui.render(request, "strip.html", stats=stats)
+                json_response({"stats": strip}) if as_json else ui.render(request, "strip.html", stats=strip)
             )
-        facet_tasks = [
-            asyncio.ensure_future(ui.read(partial(q.facet, filters=filters, name=name))) for name in q.FACETS
-        ]
+        facet_tasks = [asyncio.ensure_future(ui.read(facet(name))) for name in FACETS]
         try:
-            rows, stats, total = await asyncio.gather(
-                ui.read(page), ui.read(partial(q.stat_strip, filters=filters)), ui.read(q.trace_count)
+            rows, strip, total = await asyncio.gather(
+                ui.read(page), ui.read(stats), ui.read(lambda store: store.count_traces())
             )
             facets = await asyncio.gather(*facet_tasks)
         finally:
@@ -199,8 +216,8 @@ async def list_page(request: Request, as_json: bool) -> Response:
         "mode": view.mode,
         "query": dict(view.params.multi_items()),
         "page": rows,
-        "stats": stats,
-        "facets": dict(zip(q.FACETS, facets, strict=True)),
+        "stats": strip,
+        "facets": dict(zip(FACETS, facets, strict=True)),
         "store_traces": total,
     }
     if as_json:
@@ -212,7 +229,7 @@ async def list_page(request: Request, as_json: bool) -> Response:
         **data,
         facet_params=FACET_PARAMS,
         windows=list(WINDOWS),
-        sorts=list(q.SESSION_SORTS if view.mode == "sessions" else q.TRACE_SORTS),
+        sorts=list(SESSION_SORTS if view.mode == "sessions" else TRACE_SORTS),
         onboarding=ui.onboarding() if total == 0 else None,
     )
 
@@ -222,8 +239,12 @@ async def trace_page(request: Request, as_json: bool) -> Response:
     trace_id = request.path_params["trace_id"]
     try:
         spans, summary = await asyncio.gather(
-            ui.read(lambda con: q.trace_spans(con, trace_id)),
-            ui.read(lambda con: q.trace_page(con, q.ListFilters(trace_ids=[trace_id]), limit=1)),
+            ui.read(lambda store: store.trace_spans(trace_id)),
+            ui.read(
+                lambda store: store.trace_list(
+                    TraceFilters.model_validate({"trace_ids": [trace_id]}), limit=1
+                )
+            ),
         )
     except StoreError as exc:
         return ui.error(request, as_json, 404, str(exc))
@@ -243,7 +264,7 @@ async def span_panel(request: Request, as_json: bool) -> Response:
     ui: Ui = request.app.state.ui
     trace_id, span_id = request.path_params["trace_id"], request.path_params["span_id"]
     try:
-        record = await ui.read(lambda con: q.span_record(con, trace_id, span_id))
+        record = await ui.read(lambda store: store.span_record(trace_id, span_id))
     except StoreError as exc:
         return ui.error(request, as_json, 404, str(exc))
     detail = span_detail(record)
@@ -256,16 +277,10 @@ async def conversation_view(request: Request, as_json: bool) -> Response:
     ui: Ui = request.app.state.ui
     trace_id = request.path_params["trace_id"]
     try:
-        llm_spans, roots, tools = await asyncio.gather(
-            ui.read(lambda con: q.llm_records(con, trace_id)),
-            ui.read(lambda con: q.trace_roots(con, trace_id)),
-            ui.read(lambda con: q.tool_records(con, trace_id)),
-        )
+        records = await ui.read(lambda store: store.conversation_records(trace_id))
     except StoreError as exc:
         return ui.error(request, as_json, 404, str(exc))
-    if not llm_spans and not roots:
-        return ui.error(request, as_json, 404, f"no trace {trace_id!r} in the store")
-    built = await anyio.to_thread.run_sync(conversation.build, trace_id, llm_spans, roots, tools)
+    built = await anyio.to_thread.run_sync(conversation.build, trace_id, records)
     if as_json:
         return json_response(built)
     return ui.render(request, "conversation.html", conversation=built)
@@ -279,7 +294,7 @@ async def latest(request: Request) -> Response:
         filters = await ui.resolve_text(view.filters)
     except (BadRequest, StoreError) as exc:
         return ui.error(request, True, 400, str(exc))
-    trace_id = await ui.read(lambda con: q.latest_trace(con, filters))
+    trace_id = await ui.read(lambda store: store.latest_trace(filters))
     return json_response({"trace_id": trace_id})
 
 
