@@ -10,6 +10,9 @@ file) has its own queue, so a store that is busy for a while does not hold up th
     with serve(store="traces.duckdb", port=0) as collector:
         ...  # export to collector.traces_url
     collector.stats.spans
+
+The receiving itself (`Receiver`: admit a request on its headers, decode and queue its body, flush)
+does not depend on the HTTP server, so `halo ui` receives OTLP in its own app by the same rules.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 
 import orjson
@@ -91,37 +94,47 @@ class _Output:
         return len(self.queue) + len(self.writing)
 
 
-class Collector:
-    """A running collector. Start one with `serve()`; `stop()` (or leaving the `with` block) stops
-    accepting, waits for requests under way, and writes everything received."""
+class Headers(Protocol):
+    """Request headers, looked up by name in any case (http.server's and Starlette's both are)."""
+
+    def get(self, name: str, /) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Export:
+    """An export request admitted on its headers, whose body may now be read."""
+
+    media_type: str
+    encoding: str
+    length: int
+
+
+class Receiver:
+    """The OTLP receiver without a transport: it judges requests (`admit`), decodes and queues their
+    spans (`receive`), and a flusher thread writes them to the outputs. `Collector` serves it over its
+    own HTTP server; `halo ui` serves the same receiver from its app, so both follow the same rules."""
 
     def __init__(
         self,
         *,
         store: Path | None,
         out: Path | None,
-        host: str,
-        port: int,
         token: str | None,
-        allow_remote: bool,
-        max_body_bytes: int,
-        buffer_bytes: int,
-        flush_seconds: float,
-        on_flush: Callable[[CollectorStats], None] | None,
+        local_only: bool,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        buffer_bytes: int = BUFFER_BYTES,
+        flush_seconds: float = FLUSH_SECONDS,
+        on_flush: Callable[[CollectorStats], None] | None = None,
+        source: str = "otlp",
     ) -> None:
         if store is None and out is None:
             raise CollectError("give a store, an output file, or both")
-        family, address = _bind_address(host)
-        self.remote = not _is_loopback(address)
-        if self.remote and not allow_remote:
-            raise CollectError(
-                f"{host} accepts connections from other machines; pass --allow-remote to "
-                "bind it (and --token, so only your agents can send spans)"
-            )
         self.store_path, self.out_path = store, out
+        self.local_only = local_only
         self._token = token.encode() if token else None
         self._max_body, self._buffer_bytes, self._flush_seconds = max_body_bytes, buffer_bytes, flush_seconds
         self._on_flush = on_flush
+        self._source = source
         self._lock = threading.Condition()
         self._counts = dict.fromkeys(("requests", "failed_requests", "spans", "rejected_spans", "flushes"), 0)
         self._trace_ids: set[str] = set()
@@ -134,32 +147,16 @@ class Collector:
             except StoreError as exc:
                 raise CollectError(str(exc)) from exc
             self._outputs.append(_Output("store", self._write_store))
-        try:
-            self._server = _Server((address, port), family, self)
-        except OSError as exc:
-            raise CollectError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         self._out_file = None
         if out is not None:
             try:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 self._out_file = open(out, "ab")  # noqa: SIM115  (closed by stop())
             except OSError as exc:
-                self._server.server_close()
                 raise CollectError(f"cannot write {out}: {exc.strerror or exc}") from exc
             self._outputs.insert(0, _Output("file", self._write_file))
-        bound_port = self._server.server_address[1]
-        shown = "127.0.0.1" if address == "0.0.0.0" else "::1" if address == "::" else address
-        self.url = f"http://{f'[{shown}]' if ':' in shown else shown}:{bound_port}"
-        self.traces_url = self.url + TRACES_PATH
-        self._source = f"otlp:{self.traces_url}"
-        self._serving = threading.Thread(
-            target=self._server.serve_forever, args=(0.1,), name="halo-collect", daemon=True
-        )
         self._flusher = threading.Thread(target=self._flush_loop, name="halo-collect-flush", daemon=True)
-        self._serving.start()
         self._flusher.start()
-
-    # --- public ---------------------------------------------------------------------------------
 
     @property
     def stats(self) -> CollectorStats:
@@ -170,21 +167,9 @@ class Collector:
         """Stop accepting, finish the requests whose body has arrived (others are cut off, never
         acknowledged), write everything received, and return the final counts. Lines the store could
         not take within `timeout` seconds go to a rescue file beside it (named in `stats.last_error`)."""
-        with self._lock:
-            if self._closing:
-                return self._stats()
-            self._stopping = True
-            self._lock.wait_for(lambda: self._in_flight == 0)
-        self._server.shutdown()
-        self._server.close_connections()
-        self._server.server_close()
-        with self._lock:
-            self._closing = True
-            self._final_deadline = time.monotonic() + timeout
-            self._lock.notify_all()
-        self._flusher.join()
-        if self._out_file is not None:
-            self._out_file.close()
+        if self._stop_accepting():
+            self._close_transport()
+            self._write_all(timeout)
         return self.stats
 
     def __enter__(self) -> Self:
@@ -193,77 +178,96 @@ class Collector:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def _stop_accepting(self) -> bool:
+        """Refuse new requests and wait for those under way; False when already stopped."""
+        with self._lock:
+            if self._closing:
+                return False
+            self._stopping = True
+            self._lock.wait_for(lambda: self._in_flight == 0)
+        return True
+
+    def _close_transport(self) -> None:
+        """Close connections of a transport of the receiver's own (none here)."""
+
+    def _write_all(self, timeout: float) -> None:
+        with self._lock:
+            self._closing = True
+            self._final_deadline = time.monotonic() + timeout
+            self._lock.notify_all()
+        self._flusher.join()
+        if self._out_file is not None:
+            self._out_file.close()
+
     # --- requests -------------------------------------------------------------------------------
 
-    def handle(self, request: _Handler) -> None:
-        """Answer one HTTP request (any method), from its connection's thread."""
-        reply = self._reply_to(request)
-        self._count(**{"requests" if reply.status == 200 else "failed_requests": 1})
-        request.send(reply)
-
-    def _reply_to(self, request: _Handler) -> _Reply:
-        refused = self._refusal(request)
+    def admit(self, method: str, path: str, headers: Headers) -> Export | Reply:
+        """Judge a request on its method, path and headers, before its body is read: the export to
+        read, or the reply refusing it (counted as failed)."""
+        refused = self._refusal(method, path, headers)
         if refused:
-            return refused
-        media_type = MEDIA_TYPES.get(request.headers.get_content_type())
+            return self._counted(refused)
+        content_type = (headers.get("content-type") or "").split(";")[0].strip().lower()
+        media_type = MEDIA_TYPES.get(content_type)
         if media_type is None:
-            return _Reply(
+            return self.refuse(
                 415,
                 f"Content-Type must be application/x-protobuf or application/json, not "
-                f"{request.headers.get('Content-Type', 'missing')!r}",
-                close=True,
+                f"{headers.get('content-type') or 'missing'!r}",
             )
-        encoding = (request.headers.get("Content-Encoding") or "identity").strip().lower()
+        encoding = (headers.get("content-encoding") or "identity").strip().lower()
         if encoding not in ("identity", "gzip", "deflate"):
-            return _Reply(
-                415,
-                f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none",
-                media_type,
-                close=True,
+            return self.refuse(
+                415, f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none", media_type
             )
-        length = request.headers.get("Content-Length")
+        length = headers.get("content-length")
         if length is None or not (length.strip().isascii() and length.strip().isdecimal()):
-            return _Reply(411, "a Content-Length header is required", media_type, close=True)
+            return self.refuse(411, "a Content-Length header is required", media_type)
         if int(length) > self._max_body:
-            return _Reply(
-                413,
-                f"the body is {int(length):,} bytes; the limit is {self._max_body:,}",
-                media_type,
-                close=True,
+            return self.refuse(
+                413, f"the body is {int(length):,} bytes; the limit is {self._max_body:,}", media_type
             )
-        try:
-            body = request.read_body(int(length), BODY_SECONDS)
-        except TimeoutError:
-            return _Reply(408, f"the body did not arrive within {BODY_SECONDS:g}s", media_type, close=True)
-        except OSError:
-            return _Reply(400, "the connection closed before the whole body arrived", media_type, close=True)
+        return Export(media_type, encoding, int(length))
+
+    def refuse(self, status: int, message: str, media_type: str = otlp.JSON) -> Reply:
+        """A counted failure whose body was not read (so its connection cannot carry another request)."""
+        return self._counted(Reply(status, message, media_type, close=True))
+
+    def receive(self, export: Export, body: bytes) -> Reply:
+        """Decode an admitted request's body and queue its spans; the reply acknowledges them only
+        once they are queued (and so will be written, or rescued at shutdown)."""
         with self._lock:
             if self._stopping:
-                return _Reply(503, "the collector is shutting down", media_type, close=True)
+                return self._counted(
+                    Reply(503, "the collector is shutting down", export.media_type, close=True)
+                )
             self._in_flight += 1  # stop() waits for these; requests still uploading are cut off instead
         try:
-            return self._accept(body, encoding, media_type)
+            return self._counted(self._accept(body, export.encoding, export.media_type))
         finally:
             with self._lock:
                 self._in_flight -= 1
                 self._lock.notify_all()
 
-    def _refusal(self, request: _Handler) -> _Reply | None:
+    def _counted(self, reply: Reply) -> Reply:
+        self._count(**{"requests" if reply.status == 200 else "failed_requests": 1})
+        return reply
+
+    def _refusal(self, method: str, path: str, headers: Headers) -> Reply | None:
         """The reply for a request that is not for us: wrong path, method, host or token."""
-        path = urlsplit(request.path).path
         if path != TRACES_PATH:
-            return _Reply(404, f"no endpoint at {path}; send OTLP traces to POST {TRACES_PATH}", close=True)
-        if request.command != "POST":
-            return _Reply(405, f"{TRACES_PATH} takes POST only", close=True, headers={"Allow": "POST"})
-        if not self.remote and not _is_local_name(_host_name(request.headers.get("Host", ""))):
+            return Reply(404, f"no endpoint at {path}; send OTLP traces to POST {TRACES_PATH}", close=True)
+        if method != "POST":
+            return Reply(405, f"{TRACES_PATH} takes POST only", close=True, headers={"Allow": "POST"})
+        if self.local_only and not _is_local_name(_host_name(headers.get("host") or "")):
             # A web page can reach a loopback port through a DNS name it controls ("DNS rebinding");
             # its requests carry that name.
-            return _Reply(403, "this collector only answers requests addressed to localhost", close=True)
-        scheme, _, given = (request.headers.get("Authorization") or "").strip().partition(" ")
+            return Reply(403, "this collector only answers requests addressed to localhost", close=True)
+        scheme, _, given = (headers.get("authorization") or "").strip().partition(" ")
         if self._token is not None and not (
             scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token)
         ):
-            return _Reply(
+            return Reply(
                 401,
                 "missing or wrong bearer token",
                 close=True,
@@ -271,19 +275,19 @@ class Collector:
             )
         return None
 
-    def _accept(self, body: bytes, encoding: str, media_type: str) -> _Reply:
+    def _accept(self, body: bytes, encoding: str, media_type: str) -> Reply:
         try:
             body = _decompress(body, encoding, self._max_body)
         except _TooLarge:
-            return _Reply(413, f"the body decompresses to over {self._max_body:,} bytes", media_type)
+            return Reply(413, f"the body decompresses to over {self._max_body:,} bytes", media_type)
         except zlib.error as exc:
-            return _Reply(400, f"the body is not valid {encoding} data ({exc})", media_type)
+            return Reply(400, f"the body is not valid {encoding} data ({exc})", media_type)
         try:
             decoded = otlp.decode_request(body, media_type)
         except DecodeError as exc:
-            return _Reply(400, str(exc), media_type)
+            return Reply(400, str(exc), media_type)
         except RecursionError:
-            return _Reply(400, "the request nests values too deeply", media_type)
+            return Reply(400, "the request nests values too deeply", media_type)
         lines, trace_ids, errors = [], set(), decoded.errors
         for span in decoded.spans:
             try:
@@ -293,7 +297,7 @@ class Collector:
                 continue
             trace_ids.add(span["trace_id"])
         if not self._enqueue(lines, trace_ids, len(errors)):
-            return _Reply(
+            return Reply(
                 503,
                 "the collector's buffer is full; retry shortly",
                 media_type,
@@ -303,7 +307,7 @@ class Collector:
         if errors:
             shown = "; ".join(errors[:3])
             message = f"{len(errors)} spans rejected: {shown[:1000]}" + (" ..." if len(errors) > 3 else "")
-        return _Reply(200, body=otlp.encode_response(len(errors), message, media_type), media_type=media_type)
+        return Reply(200, body=otlp.encode_response(len(errors), message, media_type), media_type=media_type)
 
     def _enqueue(self, lines: list[bytes], trace_ids: set[str], rejected: int) -> bool:
         size = sum(len(line) + 1 for line in lines)
@@ -416,6 +420,87 @@ class Collector:
         )
 
 
+class Collector(Receiver):
+    """A running collector: the receiver behind an HTTP server of its own. Start one with `serve()`;
+    `stop()` (or leaving the `with` block) stops accepting, waits for requests under way, and writes
+    everything received."""
+
+    def __init__(
+        self,
+        *,
+        store: Path | None,
+        out: Path | None,
+        host: str,
+        port: int,
+        token: str | None,
+        allow_remote: bool,
+        max_body_bytes: int,
+        buffer_bytes: int,
+        flush_seconds: float,
+        on_flush: Callable[[CollectorStats], None] | None,
+    ) -> None:
+        if store is None and out is None:
+            raise CollectError("give a store, an output file, or both")
+        family, address = _bind_address(host)
+        self.remote = not _is_loopback(address)
+        if self.remote and not allow_remote:
+            raise CollectError(
+                f"{host} accepts connections from other machines; pass --allow-remote to "
+                "bind it (and --token, so only your agents can send spans)"
+            )
+        try:
+            server = _Server((address, port), family, self)
+        except OSError as exc:
+            raise CollectError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        bound_port = server.server_address[1]
+        shown = "127.0.0.1" if address == "0.0.0.0" else "::1" if address == "::" else address
+        self.url = f"http://{f'[{shown}]' if ':' in shown else shown}:{bound_port}"
+        self.traces_url = self.url + TRACES_PATH
+        try:
+            super().__init__(
+                store=store,
+                out=out,
+                token=token,
+                local_only=not self.remote,
+                max_body_bytes=max_body_bytes,
+                buffer_bytes=buffer_bytes,
+                flush_seconds=flush_seconds,
+                on_flush=on_flush,
+                source=f"otlp:{self.traces_url}",
+            )
+        except CollectError:
+            server.server_close()
+            raise
+        self._server = server
+        self._serving = threading.Thread(
+            target=self._server.serve_forever, args=(0.1,), name="halo-collect", daemon=True
+        )
+        self._serving.start()
+
+    def _close_transport(self) -> None:
+        self._server.shutdown()
+        self._server.close_connections()
+        self._server.server_close()
+
+    def handle(self, request: _Handler) -> None:
+        """Answer one HTTP request (any method), from its connection's thread."""
+        request.send(self._reply_to(request))
+
+    def _reply_to(self, request: _Handler) -> Reply:
+        admitted = self.admit(request.command, urlsplit(request.path).path, request.headers)
+        if isinstance(admitted, Reply):
+            return admitted
+        try:
+            body = request.read_body(admitted.length, BODY_SECONDS)
+        except TimeoutError:
+            return self.refuse(408, f"the body did not arrive within {BODY_SECONDS:g}s", admitted.media_type)
+        except OSError:
+            return self.refuse(
+                400, "the connection closed before the whole body arrived", admitted.media_type
+            )
+        return self.receive(admitted, body)
+
+
 def serve(
     *,
     store: str | Path | None = None,
@@ -454,13 +539,19 @@ def serve(
 
 
 @dataclass
-class _Reply:
+class Reply:
+    """What to answer an export request: a status, and an OTLP status (or response) body."""
+
     status: int
     message: str = ""
     media_type: str = otlp.JSON
     close: bool = False  # the body was not read, so the connection cannot carry another request
     headers: dict[str, str] | None = None
     body: bytes | None = None
+
+    def content(self) -> bytes:
+        """The body: the OTLP response, or a status message in the request's encoding."""
+        return self.body if self.body is not None else otlp.encode_status(self.message, self.media_type)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -489,7 +580,7 @@ class _Handler(BaseHTTPRequestHandler):
             remaining -= len(chunk)
         return b"".join(chunks)
 
-    def send(self, reply: _Reply) -> None:
+    def send(self, reply: Reply) -> None:
         body = (
             reply.body
             if reply.body is not None
@@ -527,7 +618,7 @@ class _Handler(BaseHTTPRequestHandler):
         # kind of reply as ours, not an HTML page without a status line (its HTTP/0.9 fallback).
         self.request_version = self.protocol_version
         self.server.collector._count(failed_requests=1)
-        self.send(_Reply(code, message or HTTPStatus(code).phrase, close=True))
+        self.send(Reply(code, message or HTTPStatus(code).phrase, close=True))
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the collector reports counts, not a line per request
@@ -628,5 +719,9 @@ __all__ = [
     "CollectError",
     "Collector",
     "CollectorStats",
+    "Export",
+    "Headers",
+    "Receiver",
+    "Reply",
     "serve",
 ]

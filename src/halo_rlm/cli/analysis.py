@@ -22,7 +22,7 @@ from halo_rlm.cli.base import (
     resolve_store,
     store_option,
 )
-from halo_rlm.defaults import DEFAULT_MODEL, DEFAULT_PROMPT, ReasoningEffort
+from halo_rlm.defaults import DEFAULT_MODEL, DEFAULT_PROMPT, EXAMPLE_TRACES, ReasoningEffort
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -30,9 +30,6 @@ if TYPE_CHECKING:
 
     from halo_rlm.engine import AgentOutputItem, EngineConfig, RunView
     from halo_rlm.report import Report
-
-
-EXAMPLES = Path(__file__).parent.parent / "examples" / "traces.jsonl.gz"
 
 
 def threshold_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -522,5 +519,5 @@ def agent_tree(view: RunView) -> Tree:
 def demo(ctx: click.Context, out_dir: Path) -> None:
     """Run HALO on the example traces that ship with it (simulated support, research, billing,
     coding and travel agents with planted failures)."""
-    err.print(f"[dim]Example traces: {escape(str(EXAMPLES))}[/]")
-    ctx.invoke(run, paths=(str(EXAMPLES),), out_dir=out_dir)
+    err.print(f"[dim]Example traces: {escape(str(EXAMPLE_TRACES))}[/]")
+    ctx.invoke(run, paths=(str(EXAMPLE_TRACES),), out_dir=out_dir)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import duckdb
 import orjson
 import pyarrow as pa
 
@@ -318,10 +319,16 @@ def register_macros(con: Any) -> None:
 
 
 def register_udfs(con: Any) -> None:
-    """The message normaliser, needed only to ingest (it is Python, so read-only stores skip it)."""
-    con.create_function(
-        "halo_messages", messages_udf, ["VARCHAR"], "VARCHAR", type="arrow", side_effects=False
-    )
+    """The message normaliser, needed only to ingest (it is Python, so read-only stores skip it).
+    A function belongs to the whole database, not the connection that made it: another connection
+    of this process (the web app's jobs, its OTLP receiver) may have registered it already."""
+    try:
+        con.create_function(
+            "halo_messages", messages_udf, ["VARCHAR"], "VARCHAR", type="arrow", side_effects=False
+        )
+    except duckdb.CatalogException as exc:
+        if "already exists" not in str(exc):
+            raise
 
 
 def messages_udf(column: pa.Array) -> pa.Array:

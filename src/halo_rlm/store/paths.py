@@ -12,7 +12,7 @@ from halo_rlm import files
 from halo_rlm.store.schema import SCHEMA_VERSION
 from halo_rlm.utils import cache_dir
 
-__all__ = ["for_collector", "for_inputs", "for_source", "last", "remember"]
+__all__ = ["for_app", "for_collector", "for_inputs", "for_source", "last", "remember"]
 
 
 def for_inputs(inputs: Sequence[files.InputFile]) -> Path:
@@ -30,6 +30,11 @@ def for_source(kind: str, *identity: str) -> Path:
 def for_collector(port: int) -> Path:
     """The store a collector on `port` writes to."""
     return _stores() / f"collect-{port}.duckdb"
+
+
+def for_app() -> Path:
+    """The store `halo ui` opens when given neither a store nor trace files, and none is remembered."""
+    return _stores() / "app.duckdb"
 
 
 def remember(path: str | Path) -> None:

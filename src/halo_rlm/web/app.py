@@ -9,15 +9,17 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import anyio
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from halo_rlm.web import run_pages, traces
+from halo_rlm.collect import BODY_SECONDS, TRACES_PATH, Reply
+from halo_rlm.web import run_pages, source_pages, traces
 from halo_rlm.web.security import Guard
 from halo_rlm.web.state import DEFAULT_PORT, HERE, Settings, Ui, base_url
 
@@ -41,6 +43,37 @@ def twin(path: str, view: View) -> list[BaseRoute]:
 
 async def home(request: Request) -> Response:
     return RedirectResponse("/traces", status_code=303)
+
+
+async def receive_otlp(request: Request) -> Response:
+    """OTLP/HTTP export requests (protobuf or JSON), judged and queued by the collector's receiver."""
+    receiver = request.app.state.ui.receiver
+    admitted = receiver.admit(request.method, request.url.path, request.headers)
+    if isinstance(admitted, Reply):
+        return _otlp_response(admitted)
+    body = bytearray()
+    try:
+        with anyio.fail_after(BODY_SECONDS):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > admitted.length:
+                    break
+    except TimeoutError:
+        return _otlp_response(
+            receiver.refuse(408, f"the body did not arrive within {BODY_SECONDS:g}s", admitted.media_type)
+        )
+    except ClientDisconnect:
+        return _otlp_response(receiver.refuse(400, "the connection closed early", admitted.media_type))
+    if len(body) != admitted.length:
+        return _otlp_response(
+            receiver.refuse(400, "the body's length is not its Content-Length", admitted.media_type)
+        )
+    return _otlp_response(await anyio.to_thread.run_sync(receiver.receive, admitted, bytes(body)))
+
+
+def _otlp_response(reply: Reply) -> Response:
+    headers = {**(reply.headers or {}), **({"connection": "close"} if reply.close else {})}
+    return Response(reply.content(), status_code=reply.status, media_type=reply.media_type, headers=headers)
 
 
 async def live(request: Request) -> Response:
@@ -69,7 +102,16 @@ def routes() -> list[BaseRoute]:
         Route("/runs/{run_id}/report.md", run_pages.report_file),
         Route("/runs/{run_id}/{action}", run_pages.run_action, methods=["POST"]),
         *twin("/runs/{run_id}", run_pages.run_page),
+        *twin("/sources", source_pages.sources_page),
+        Route("/sources/files/preview", source_pages.preview_files, methods=["POST"]),
+        Route("/sources/files", source_pages.add_files, methods=["POST"]),
+        Route("/sources/upload", source_pages.upload, methods=["POST"]),
+        Route("/sources/examples", source_pages.add_examples, methods=["POST"]),
+        Route("/sources/langfuse", source_pages.add_langfuse, methods=["POST"]),
+        Route("/sources/phoenix", source_pages.add_phoenix, methods=["POST"]),
+        Route("/sources/jobs/{job_id}/{action}", source_pages.job_action, methods=["POST"]),
         Route("/live", live),
+        Route(TRACES_PATH, receive_otlp, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
 
@@ -93,7 +135,7 @@ def create_app(settings: Settings) -> Starlette:
         token=settings.token,
         port=settings.port,  # type: ignore[arg-type]
         remote=settings.allow_remote,
-        open_paths=frozenset({"/v1/traces"}),
+        open_paths=frozenset({TRACES_PATH}),
     )
     return Starlette(routes=routes(), middleware=[guard], lifespan=lifespan)
 

@@ -21,17 +21,22 @@ import markupsafe
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from halo_rlm import files
+from halo_rlm.collect import Receiver
+from halo_rlm.defaults import UI_PORT
 from halo_rlm.store import TraceFilters, TraceStore
 from halo_rlm.web import markdown
 from halo_rlm.web.analyses import Analyses
 from halo_rlm.web.format import FILTERS, json_response, script_json
+from halo_rlm.web.jobs import Jobs
 from halo_rlm.web.live import Hub
 
 T = TypeVar("T")
 HERE = Path(__file__).parent
-DEFAULT_PORT = 8799
+DEFAULT_PORT = UI_PORT
 STORE_EVENT_SECONDS = 0.25  # at most this often, pages hear that the store changed
 TEXT_CACHE = 16  # text searches remembered while the store is unchanged
+OTLP_FLUSH_SECONDS = 0.5  # received spans reach the store (and the open pages) within about this
 
 
 @dataclass
@@ -68,6 +73,20 @@ class Ui:
         self.templates.filters["markdown"] = markdown.render
         self.templates.globals["cite_url"] = markdown.citation_url
         self.analyses = Analyses(self.store, self.hub, self.resolve_text)
+        # OTLP/HTTP at /v1/traces, by the collector's rules: what it acknowledges is written (or, if
+        # the store refuses it until shutdown, rescued to a file beside it).
+        self.receiver = Receiver(
+            store=Path(self.store.path),
+            out=None,
+            token=settings.exporter_token,
+            local_only=not settings.allow_remote,
+            flush_seconds=OTLP_FLUSH_SECONDS,
+            on_flush=lambda stats: self.changed(),
+            source=f"otlp:{base_url(settings)}/v1/traces",
+        )
+        self.jobs = Jobs(self.store, self.hub, on_write=self.changed)
+        if settings.traces:  # given on the command line: ingested in the background
+            self.jobs.add_files([f.path for f in files.resolve(settings.traces)])
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -140,6 +159,10 @@ class Ui:
         return {"endpoint": endpoint, "env": env}
 
     def close(self) -> None:
+        """Stop the running job (resumable later), write what the receiver holds, end live streams,
+        close the store."""
+        self.jobs.close()
+        self.receiver.stop()
         self.hub.close()
         self.store.close()
 

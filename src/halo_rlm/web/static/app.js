@@ -168,3 +168,19 @@ document.addEventListener("DOMContentLoaded", () => {
   setupFollowLatest();
   setupCopy();
 });
+
+// Sources: the jobs table follows each job's progress; an empty store's welcome page reloads when
+// the first spans arrive.
+document.addEventListener("DOMContentLoaded", () => {
+  const jobs = document.getElementById("jobs");
+  if (jobs) {
+    document.addEventListener("halo:job", halo.throttle(async () => {
+      const doc = await halo.fetchHTML(jobs.dataset.jobsUrl);
+      const fresh = doc.querySelector(".jobs");
+      if (fresh) jobs.replaceChildren(document.adoptNode(fresh));
+    }, 300));
+  }
+  if (document.querySelector(".onboarding")) {
+    document.addEventListener("halo:store", halo.throttle(() => window.location.reload(), 1000));
+  }
+});
