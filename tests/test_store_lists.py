@@ -73,6 +73,16 @@ def test_session_pages_group_traces_by_session(store: Any, sort: str) -> None:
     assert first.traces == counted
 
 
+def test_rows_preview_the_root_input_and_output(store: Any) -> None:
+    root = store.query(
+        "SELECT trace_id, input_value, output_value FROM spans WHERE parent_id IS NULL "
+        "AND input_value IS NOT NULL AND output_value IS NOT NULL ORDER BY trace_id LIMIT 1"
+    )[0]
+    row = store.trace_list(TraceFilters(trace_ids=[root["trace_id"]])).rows[0]
+    assert row.input_preview == " ".join(root["input_value"].split())[:200]
+    assert row.output_preview and row.output_preview[:40] == " ".join(root["output_value"].split())[:40]
+
+
 def test_stats_cover_the_whole_filter(store: Any) -> None:
     filters = TraceFilters(has_errors=True)
     stats = store.trace_stats(filters)
@@ -126,8 +136,8 @@ def test_one_trace_spans_records_and_conversation(store: Any) -> None:
     trace_id = store.query("SELECT trace_id FROM traces ORDER BY span_count DESC LIMIT 1")[0]["trace_id"]
     spans = store.trace_spans(trace_id)
     assert len(spans.spans) == store.trace_summary(trace_id).spans
-    assert min(s.start_ms for s in spans.spans) == 0
-    record = store.span_record(trace_id, spans.spans[-1].span_id)
+    assert min(s["start_ms"] for s in spans.spans) == 0
+    record = store.span_record(trace_id, spans.spans[-1]["span_id"])
     assert record["raw"] and record["trace_id"] == trace_id
     records = store.conversation_records(trace_id)
     assert records.llm and all(r["raw"] for r in records.llm)

@@ -75,7 +75,8 @@ def analyst(cited: tuple[str, str]) -> Any:
         if any("follow-up question" in u for u in users):
             return finish(f"# Follow-up\n\nThe same tool fails again in [trace:{trace_id}].")
         return finish(
-            f"# Failures\n\nThe refund tool fails: see [span:{trace_id}:{span_id}].",
+            f"# Failures\n\nThe refund tool fails: see [span:{trace_id}:{span_id}]. It echoed "
+            "<script>window.__pwned = 1</script> and [a link](javascript:window.__pwned=2) from a trace.",
             [
                 {
                     "title": "Refund tool fails",
@@ -115,6 +116,8 @@ def test_start_a_run_from_filters_watch_it_cite_and_follow_up(
         run_id = page.url.rsplit("/", 1)[1]
         page.wait_for_selector("#run-status[data-status=completed]", timeout=60_000)
         assert "The refund tool fails" in page.inner_text(".report")
+        assert "<script>window.__pwned = 1</script>" in page.inner_text(".report")  # shown, not run
+        assert page.evaluate("window.__pwned") is None
         assert page.query_selector(".finding .evidence a.cite") is not None
         # the run saw only the filtered traces (a copy of them)
         error_traces = (

@@ -44,7 +44,8 @@ NOT_TRACE_DATA_AFTER = 1000  # stop reading a file whose first N records all fai
 EXCERPT_BYTES = 200
 WRITERS = 2  # batches loaded at once, each on its own connection (one batch is too small for DuckDB to split)
 
-# One row per touched trace, in the column order of `schema.TRACE_COLUMNS`.
+# One row per touched trace, in the column order of `schema.TRACE_COLUMNS`. Input and output previews
+# keep the first 400 characters.
 ROLLUP_SQL = """
 INSERT INTO traces
 SELECT
@@ -61,7 +62,14 @@ SELECT
   sum(reasoning_tokens) FILTER (kind = 'LLM'), sum(cost) FILTER (kind = 'LLM'),
   arg_min(session_id, start_ns) FILTER (session_id IS NOT NULL),
   arg_min(user_id, start_ns) FILTER (user_id IS NOT NULL),
-  count(*) FILTER (is_orphan), count(*) FILTER (end_ns IS NULL), sum(raw_bytes)
+  count(*) FILTER (is_orphan), count(*) FILTER (end_ns IS NULL), sum(raw_bytes),
+  left(coalesce(arg_min(input_value, start_ns) FILTER (parent_id IS NULL AND input_value IS NOT NULL),
+                arg_min(input_value, start_ns) FILTER (input_value IS NOT NULL)), 400),
+  left(coalesce(arg_max(output_value, start_ns) FILTER (parent_id IS NULL AND output_value IS NOT NULL),
+                arg_max(output_value, coalesce(end_ns, start_ns)) FILTER (output_value IS NOT NULL),
+                arg_max(output_messages ->> '$[#-1].content', coalesce(end_ns, start_ns))
+                  FILTER (kind = 'LLM' AND output_messages IS NOT NULL)), 400),
+  list_sort(list_distinct(list(error_template) FILTER (status = 'ERROR' AND error_template IS NOT NULL)))
 FROM spans
 WHERE trace_id IN (SELECT trace_id FROM touched)
 GROUP BY trace_id

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import duckdb
 import orjson
@@ -679,13 +679,12 @@ class DuckDBStore(TraceStore):
         rows = self._rows(
             f"""SELECT t.trace_id, t.start_ns, t.duration_ns, t.root_name, t.has_errors, t.in_flight_spans,
                    t.span_count, t.error_spans, t.llm_spans, {LIST_SORTS["tokens"]} AS tokens, t.cost, t.session_id,
-                   t.services, t.agents, t.models, t.root_span_id, {expr} AS sort_value
+                   t.services, t.agents, t.models, t.input_preview, t.output_preview, {expr} AS sort_value
             FROM traces t WHERE {where} AND {after}
             ORDER BY {expr} {"DESC" if descending else "ASC"} NULLS LAST, t.trace_id LIMIT ?""",
             [*params, *after_params, limit + 1],
         )
         more, rows = len(rows) > limit, rows[:limit]
-        previews = self._previews([(r["trace_id"], r["root_span_id"]) for r in rows])
         page = [
             TraceRow(
                 trace_id=r["trace_id"],
@@ -702,8 +701,8 @@ class DuckDBStore(TraceStore):
                 services=r["services"] or [],
                 agents=r["agents"] or [],
                 models=r["models"] or [],
-                input_preview=previews.get(r["trace_id"], (None, None))[0],
-                output_preview=previews.get(r["trace_id"], (None, None))[1],
+                input_preview=preview(r["input_preview"]),
+                output_preview=preview(r["output_preview"]),
             )
             for r in rows
         ]
@@ -714,25 +713,6 @@ class DuckDBStore(TraceStore):
             descending=descending,
             next_cursor=encode_cursor(last["sort_value"], last["trace_id"]) if last else None,
         )
-
-    def _previews(self, traces: list[tuple[str, str | None]]) -> dict[str, tuple[str | None, str | None]]:
-        """Input and output of each trace: its root span's, else the first input and the last output
-        (a tool's result, or a model's answer) any of its spans recorded."""
-        if not traces:
-            return {}
-        last_output = "coalesce(s.output_value, s.output_messages ->> '$[#-1].content')"
-        rows = self._rows(
-            f"""WITH wanted AS (SELECT unnest(?::VARCHAR[]) AS trace_id, unnest(?::VARCHAR[]) AS root)
-            SELECT s.trace_id,
-                   coalesce(max(s.input_value) FILTER (s.span_id = w.root),
-                            arg_min(s.input_value, s.start_ns) FILTER (s.input_value IS NOT NULL)) AS input,
-                   coalesce(max(s.output_value) FILTER (s.span_id = w.root),
-                            arg_max({last_output}, coalesce(s.end_ns, s.start_ns))
-                              FILTER ({last_output} IS NOT NULL)) AS output
-            FROM spans s JOIN wanted w USING (trace_id) GROUP BY s.trace_id""",
-            [[t for t, _ in traces], [r or "" for _, r in traces]],
-        )
-        return {r["trace_id"]: (preview(r["input"]), preview(r["output"])) for r in rows}
 
     def session_list(
         self,
@@ -757,17 +737,14 @@ class DuckDBStore(TraceStore):
                      sum({LIST_SORTS["tokens"]}) AS tokens, sum(t.cost) AS cost,
                      arg_min(t.trace_id, t.start_ns) AS first_trace_id, arg_max(t.trace_id, t.start_ns) AS last_trace_id,
                      arg_max(t.root_name, t.start_ns) AS name,
-                     arg_min(t.root_span_id, t.start_ns) AS first_root, arg_max(t.root_span_id, t.start_ns) AS last_root
+                     arg_min(t.input_preview, t.start_ns) AS input_preview,
+                     arg_max(t.output_preview, t.start_ns) AS output_preview
               FROM traces t WHERE {where} AND t.session_id IS NOT NULL GROUP BY t.session_id)
             SELECT s.*, {expr} AS sort_value FROM s WHERE {after}
             ORDER BY {expr} {"DESC" if descending else "ASC"} NULLS LAST, s.session_id LIMIT ?""",
             [*params, *after_params, limit + 1],
         )
         more, rows = len(rows) > limit, rows[:limit]
-        previews = self._previews(
-            [(r["first_trace_id"], r["first_root"]) for r in rows]
-            + [(r["last_trace_id"], r["last_root"]) for r in rows]
-        )
         page = [
             SessionRow(
                 session_id=r["session_id"],
@@ -782,8 +759,8 @@ class DuckDBStore(TraceStore):
                 first_trace_id=r["first_trace_id"],
                 last_trace_id=r["last_trace_id"],
                 name=r["name"],
-                input_preview=previews.get(r["first_trace_id"], (None, None))[0],
-                output_preview=previews.get(r["last_trace_id"], (None, None))[1],
+                input_preview=preview(r["input_preview"]),
+                output_preview=preview(r["output_preview"]),
             )
             for r in rows
         ]
@@ -835,15 +812,9 @@ class DuckDBStore(TraceStore):
                 f"SELECT t.session_id AS value, count(*) AS traces FROM traces t "
                 f"WHERE {where} AND t.session_id IS NOT NULL GROUP BY 1"
             )
-        elif name == "error_groups":
-            sql = (
-                f"SELECT error_template AS value, count(DISTINCT trace_id) AS traces FROM spans "
-                f"WHERE status = 'ERROR' AND error_template IS NOT NULL "
-                f"AND trace_id IN (SELECT t.trace_id FROM traces t WHERE {where}) GROUP BY 1"
-            )
         else:
             sql = (
-                f"SELECT value, count(*) AS traces FROM (SELECT unnest(t.{name}) AS value FROM traces t "
+                f"SELECT value, count(*) AS traces FROM (SELECT unnest(t.{own}) AS value FROM traces t "
                 f"WHERE {where}) WHERE value IS NOT NULL GROUP BY 1"
             )
         rows = self._rows(f"{sql} ORDER BY traces DESC, value LIMIT ?", [*params, max(1, top)])
@@ -866,34 +837,27 @@ class DuckDBStore(TraceStore):
     def trace_spans(self, trace_id: str) -> TraceSpans:
         rows = self._rows(
             """SELECT span_id, parent_id, name, kind, status, left(status_message, 300) AS status_message,
-                   start_ns, duration_ns, model, agent_name, tool_name,
-                   coalesce(total_tokens, input_tokens + output_tokens) AS tokens, cost
+                   start_ns AS start_ms, duration_ns / 1e6 AS duration_ms, model, agent_name AS agent,
+                   tool_name AS tool, coalesce(total_tokens, input_tokens + output_tokens) AS tokens, cost
             FROM spans WHERE trace_id = ? ORDER BY start_ns NULLS LAST, span_id""",
             [trace_id],
         )
         if not rows:
             raise StoreError(self._unknown_trace(trace_id))
-        start = min((r["start_ns"] for r in rows if r["start_ns"] is not None), default=None)
-        spans = [
-            SpanRow(
-                span_id=r["span_id"],
-                parent_id=r["parent_id"],
-                name=r["name"],
-                kind=r["kind"],
-                status=r["status"],
-                status_message=r["status_message"],
-                start_ms=None if start is None or r["start_ns"] is None else (r["start_ns"] - start) / 1e6,
-                duration_ms=_ms(r["duration_ns"]),
-                model=r["model"],
-                agent=r["agent_name"],
-                tool=r["tool_name"],
-                tokens=r["tokens"],
-                cost=r["cost"],
+        start = rows[0]["start_ms"]  # in ns until made relative below; start order puts the first first
+        for row in rows:
+            row["start_ms"] = (
+                None if row["start_ms"] is None or start is None else (row["start_ms"] - start) / 1e6
             )
-            for r in rows
-        ]
         now = None if start is None else (time.time_ns() - start) / 1e6
-        return TraceSpans(trace_id=trace_id, start=ns_to_iso(start), start_ns=start, now_ms=now, spans=spans)
+        # Built without validation: the rows come straight from the typed columns above.
+        return TraceSpans.model_construct(
+            trace_id=trace_id,
+            start=ns_to_iso(start),
+            start_ns=start,
+            now_ms=now,
+            spans=cast(list[SpanRow], rows),
+        )
 
     def span_record(self, trace_id: str, span_id: str) -> dict[str, Any]:
         rows = self._rows(
@@ -982,11 +946,7 @@ class DuckDBStore(TraceStore):
         if filters.trace_ids is not None:  # as a join: a text search can hand over thousands of ids
             add("t.trace_id IN (SELECT unnest(?::VARCHAR[]))", filters.trace_ids)
         if filters.error_templates:
-            add(
-                "t.trace_id IN (SELECT trace_id FROM spans WHERE status = 'ERROR' "
-                "AND error_template IN (SELECT unnest(?::VARCHAR[])))",
-                filters.error_templates,
-            )
+            add("list_has_any(t.error_templates, ?::VARCHAR[])", filters.error_templates)
         if filters.since:
             add("t.start_ns >= ?", iso_to_ns(filters.since))
         if filters.until:
@@ -1057,7 +1017,7 @@ SESSION_SORTS = {
     "spans": "s.spans",
     "errors": "s.error_traces",
 }
-# A facet's own selection, which its counts leave out.
+# A facet's own selection, which its counts leave out; list facets count the values of their column.
 FACET_FILTERS: dict[str, str] = {
     "status": "has_errors",
     "services": "services",

@@ -23,7 +23,7 @@ __all__ = [
     "sql_tool_description",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,11 @@ TRACE_COLUMNS: tuple[Column, ...] = (
     _c("orphan_spans", "int"),
     _c("in_flight_spans", "int"),
     _c("raw_bytes", "int", notable=False),
+    # What lists show without reading the spans: the root's input and output (else the first input and
+    # last output any span recorded), their first 400 characters, and the templates of its error spans.
+    _c("input_preview", "text", notable=False),
+    _c("output_preview", "text", notable=False),
+    _c("error_templates", "text[]", "templates of the trace's error messages", notable=False),
 )
 
 INPUT_COLUMNS: tuple[Column, ...] = (

@@ -19,7 +19,9 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from halo_rlm.collect import BODY_SECONDS, TRACES_PATH, Reply
+from halo_rlm.store import StoreError, TraceStore
 from halo_rlm.web import run_pages, source_pages, traces
+from halo_rlm.web.format import json_response
 from halo_rlm.web.security import Guard
 from halo_rlm.web.state import DEFAULT_PORT, HERE, Settings, Ui, base_url
 
@@ -76,6 +78,14 @@ def _otlp_response(reply: Reply) -> Response:
     return Response(reply.content(), status_code=reply.status, media_type=reply.media_type, headers=headers)
 
 
+async def compare(request: Request, as_json: bool) -> Response:
+    """The before/after comparison; filled in by the compare feature when it lands."""
+    ui: Ui = request.app.state.ui
+    if as_json:
+        return json_response({"available": False, "note": "halo compare is not part of this version yet"})
+    return ui.render(request, "compare.html")
+
+
 async def live(request: Request) -> Response:
     ui: Ui = request.app.state.ui
     topics = set(request.query_params.getlist("topic")) or None
@@ -110,6 +120,7 @@ def routes() -> list[BaseRoute]:
         Route("/sources/langfuse", source_pages.add_langfuse, methods=["POST"]),
         Route("/sources/phoenix", source_pages.add_phoenix, methods=["POST"]),
         Route("/sources/jobs/{job_id}/{action}", source_pages.job_action, methods=["POST"]),
+        *twin("/compare", compare),
         Route("/live", live),
         Route(TRACES_PATH, receive_otlp, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
@@ -133,7 +144,7 @@ def create_app(settings: Settings) -> Starlette:
     guard = Middleware(
         Guard,
         token=settings.token,
-        port=settings.port,  # type: ignore[arg-type]
+        port=settings.port,
         remote=settings.allow_remote,
         open_paths=frozenset({TRACES_PATH}),
     )
@@ -179,6 +190,10 @@ class Server:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        try:  # fail here, with a clear message, not inside the server's startup
+            TraceStore.open(settings.store).close()
+        except StoreError as exc:
+            raise UiError(str(exc)) from exc
         self._socket = bind(settings)
         self.app = create_app(settings)
         config = uvicorn.Config(
@@ -203,7 +218,7 @@ class Server:
 
     @property
     def ui(self) -> Ui:
-        return self.app.state.ui  # type: ignore[no-any-return]
+        return self.app.state.ui
 
     def run(self) -> None:
         self._server.run(sockets=[self._socket])
