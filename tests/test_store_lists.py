@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, get_args
 
+import orjson
 import pytest
 
 from halo_rlm.simulate import simulate
@@ -169,3 +170,23 @@ def test_an_analysis_copy_holds_exactly_the_matching_traces(tmp_path: Path) -> N
         assert copy.inputs()[0]["path"] == "a test copy"
     with TraceStore.open(source) as writable, pytest.raises(StoreError, match="already exists"):
         writable.copy_traces(filters, target, note="again")
+
+
+def test_a_trace_of_ten_thousand_spans_comes_back_whole(tmp_path: Path) -> None:
+    lines = [
+        {
+            "trace_id": "f" * 32,
+            "span_id": f"{i + 1:016x}",
+            "parent_span_id": "" if i == 0 else f"{1:016x}",
+            "name": f"step {i}",
+            "start_time": f"2026-05-01T00:00:{i % 60:02d}Z",
+            "end_time": f"2026-05-01T00:01:{i % 60:02d}Z",
+        }
+        for i in range(10_000)
+    ]
+    (tmp_path / "big.jsonl").write_bytes(b"\n".join(orjson.dumps(line) for line in lines))
+    with TraceStore.open(tmp_path / "s.duckdb") as store:
+        store.ingest([str(tmp_path / "big.jsonl")])
+        spans = store.trace_spans("f" * 32)
+    assert len(spans.spans) == 10_000 and spans.spans[0]["span_id"] == f"{1:016x}"
+    assert sum(s["parent_id"] is None for s in spans.spans) == 1

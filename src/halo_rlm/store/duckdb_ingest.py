@@ -705,7 +705,8 @@ class Ingest:
             UPDATE spans SET is_orphan = o.orphan
             FROM (SELECT s.rowid AS rid, s.parent_id IS NOT NULL AND p.span_id IS NULL AS orphan, s.is_orphan
                   FROM spans s
-                  LEFT JOIN spans p ON p.trace_id = s.trace_id AND p.span_id = s.parent_id
+                  LEFT JOIN (SELECT trace_id, span_id FROM spans WHERE trace_id IN (SELECT trace_id FROM touched)) p
+                    ON p.trace_id = s.trace_id AND p.span_id = s.parent_id
                   WHERE s.trace_id IN (SELECT trace_id FROM touched)) o
             WHERE spans.rowid = o.rid AND o.orphan IS DISTINCT FROM o.is_orphan""")
         self.store.con.execute("DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM touched)")

@@ -41,6 +41,7 @@ RunStatus = Literal["queued", "exporting", "running", "completed", "failed", "ca
 ACTIVE: set[str] = {"queued", "exporting", "running"}
 LIVE_SECONDS = 0.2  # streamed text reaches the page at most this often
 STREAM_TAIL = 4_000  # characters of each agent's streaming text kept for the live view
+CLOSE_PATIENCE = 2.0  # seconds to wait for a cancelled turn's last query before keeping its store open
 
 
 class RunSettings(BaseModel):
@@ -140,8 +141,8 @@ class Analyses:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._keys: dict[str, SecretStr] = {}  # typed into the form; memory only
         self.views: dict[str, RunView] = {}
-        # A run's copy of the traces, opened read-only once and kept for its follow-ups: a cancelled
-        # engine can leave a query finishing on it in a worker thread, so it is not reopened meanwhile.
+        # A run's copy of the traces while a turn uses it. A cancelled engine can leave a query finishing
+        # on it in a worker thread, so a store that would not close yet stays here for the next turn.
         self._stores: dict[str, TraceStore] = {}
         self._closing = False
         self._load()
@@ -248,7 +249,7 @@ class Analyses:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for store in self._stores.values():
-            await anyio.to_thread.run_sync(_close, store)
+            await anyio.to_thread.run_sync(_close, store, CLOSE_PATIENCE * 5)
         self._stores.clear()
 
     def _launch(self, run: Run, index: int) -> None:
@@ -300,11 +301,21 @@ class Analyses:
     async def _analyse(self, run: Run, index: int, snapshot: Path, view: RunView) -> None:
         turn = run.turns[index]
         config = run.settings.engine_config(self._keys.get(run.id), self.folder_of(run) / f"turn-{index + 1}")
-        store = self._stores.get(run.id)
+        store = self._stores.pop(run.id, None)
         if store is None:
-            store = self._stores[run.id] = await anyio.to_thread.run_sync(
-                lambda: TraceStore.open(snapshot, read_only=True)
-            )
+            store = await anyio.to_thread.run_sync(lambda: TraceStore.open(snapshot, read_only=True))
+        try:
+            await self._stream(run, index, config, store, view)
+        finally:
+            if not await anyio.to_thread.run_sync(_close, store, CLOSE_PATIENCE):
+                self._stores[run.id] = store
+        if turn.answer is None:
+            raise EngineError("the run ended without a report")
+
+    async def _stream(
+        self, run: Run, index: int, config: EngineConfig, store: TraceStore, view: RunView
+    ) -> None:
+        turn = run.turns[index]
         last_publish = 0.0
         with (self.folder_of(run) / "events.jsonl").open("ab") as log:
             async for event in stream_engine_async(_history(run, index), config, store=store):
@@ -330,8 +341,6 @@ class Analyses:
                 if isinstance(event, AgentOutputItem) or time.monotonic() - last_publish > LIVE_SECONDS:
                     last_publish = time.monotonic()
                     self._publish(run)
-        if turn.answer is None:
-            raise EngineError("the run ended without a report")
 
     def _set(self, run: Run, turn: Turn, status: RunStatus) -> None:
         turn.status = run.status = status
@@ -375,17 +384,17 @@ class Analyses:
             self.report_path(run).write_text("\n".join(parts), encoding="utf-8")
 
 
-def _close(store: TraceStore, patience: float = 10.0) -> None:
-    """Close a run's store. A cancelled engine may still have a query running on it in a worker
-    thread: stop that query and try again, for a while; after that the connection is left to the process."""
+def _close(store: TraceStore, patience: float) -> bool:
+    """Close a run's store; False if it would not close within `patience` seconds. A cancelled engine
+    may still have a query running on it in a worker thread: stop that query and try again."""
     deadline = time.monotonic() + patience
     while True:
         try:
             store.close()
-            return
+            return True
         except duckdb.Error:
             if time.monotonic() > deadline:
-                return
+                return False
             store.interrupt()
             time.sleep(0.05)
 

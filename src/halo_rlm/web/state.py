@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ HERE = Path(__file__).parent
 DEFAULT_PORT = UI_PORT
 STORE_EVENT_SECONDS = 0.25  # at most this often, pages hear that the store changed
 TEXT_CACHE = 16  # text searches remembered while the store is unchanged
-OTLP_FLUSH_SECONDS = 0.5  # received spans reach the store (and the open pages) within about this
+OTLP_FLUSH_SECONDS = 0.25  # received spans reach the store (and the open pages) within about this
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Ui:
         self.generation = 0  # bumped on every write, so cached answers know they are stale
         self._lock = threading.Lock()
         self._store_event_pending = False
+        self._last_store_event = 0.0
         self._text_cache: OrderedDict[str, tuple[int, list[str]]] = OrderedDict()
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -115,18 +117,21 @@ class Ui:
     # --- writing ------------------------------------------------------------------------------
 
     def changed(self) -> None:
-        """Something was written to the store (from any thread): pages listening hear of it, at most
-        every STORE_EVENT_SECONDS."""
+        """Something was written to the store (from any thread). Open pages hear of it at once, then at
+        most every STORE_EVENT_SECONDS while writes keep coming."""
         with self._lock:
             self.generation += 1
+            now = time.monotonic()
             if self._store_event_pending:
                 return
+            wait = max(0.0, self._last_store_event + STORE_EVENT_SECONDS - now)
             self._store_event_pending = True
-        threading.Timer(STORE_EVENT_SECONDS, self._announce).start()
+        threading.Timer(wait, self._announce).start()
 
     def _announce(self) -> None:
         with self._lock:
             self._store_event_pending = False
+            self._last_store_event = time.monotonic()
             generation = self.generation
         self.hub.publish_threadsafe("store", {"generation": generation})
 

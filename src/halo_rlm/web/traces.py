@@ -29,6 +29,7 @@ from halo_rlm.store.results import (
     SortKey,
     TraceStats,
 )
+from halo_rlm.utils import ns_to_iso
 from halo_rlm.web import conversation
 from halo_rlm.web.format import json_response
 from halo_rlm.web.state import Ui
@@ -322,6 +323,7 @@ def span_detail(record: dict[str, Any]) -> dict[str, Any]:
         "kind": record.get("kind"),
         "status": record.get("status"),
         "status_message": record.get("status_message"),
+        "start": ns_to_iso(start),
         "start_ns": start,
         "end_ns": end,
         "duration_ms": None if record.get("duration_ns") is None else record["duration_ns"] / 1e6,

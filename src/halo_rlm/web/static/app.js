@@ -101,19 +101,12 @@ function setupLiveList() {
   const table = document.getElementById("rows");
   if (!table) return;
   const tbody = table.querySelector("tbody");
-  const refresh = halo.throttle(async () => {
-    const strip = document.getElementById("strip");
-    if (strip && table.dataset.stripUrl) {
-      const doc = await halo.fetchHTML(table.dataset.stripUrl);
-      const fresh = doc.querySelector(".strip");
-      if (fresh) strip.replaceChildren(document.adoptNode(fresh));
-    }
+  async function refreshRows() {
     if (table.dataset.live !== "1") return;
     const doc = await halo.fetchHTML(table.dataset.liveUrl);
     const known = new Map(Array.from(tbody.rows, (row) => [row.dataset.key, row]));
-    const rows = Array.from(doc.querySelectorAll("tbody tr"));
-    let anchor = tbody.firstChild;
-    for (const row of rows) {
+    const anchor = tbody.firstChild;
+    for (const row of Array.from(doc.querySelectorAll("tbody tr"))) {
       const old = known.get(row.dataset.key);
       const node = document.adoptNode(row);
       if (old) {
@@ -124,7 +117,16 @@ function setupLiveList() {
       tbody.insertBefore(node, anchor);
     }
     document.querySelectorAll("p.empty").forEach((p) => { if (tbody.rows.length) p.remove(); });
-  }, 500);
+  }
+  async function refreshStrip() {
+    const strip = document.getElementById("strip");
+    if (!strip || !table.dataset.stripUrl) return;
+    const doc = await halo.fetchHTML(table.dataset.stripUrl);
+    const fresh = doc.querySelector(".strip");
+    if (fresh) strip.replaceChildren(document.adoptNode(fresh));
+  }
+  // New rows first (what a watcher waits for), then the totals.
+  const refresh = halo.throttle(() => Promise.all([refreshRows(), refreshStrip()]), 500);
   document.addEventListener("halo:store", refresh);
 }
 
