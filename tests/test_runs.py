@@ -17,9 +17,15 @@ KEY = "sk-proj-" + "a1B2c3D4" * 4
 def test_a_run_is_recorded_beside_its_store_and_found_by_prefix(tmp_path: Path) -> None:
     registry = RunRegistry.beside(tmp_path / "traces.duckdb")
     assert registry.root == tmp_path / "traces.runs"
-    run = registry.create("analysis", prompt="Why do refunds fail?", inputs=["traces.jsonl"],
-                          store=str(tmp_path / "traces.duckdb"), models={"root": "gpt-5.4-mini"},
-                          budgets={"max_turns": 20, "max_cost": 1.5}, source="cli")
+    run = registry.create(
+        "analysis",
+        prompt="Why do refunds fail?",
+        inputs=["traces.jsonl"],
+        store=str(tmp_path / "traces.duckdb"),
+        models={"root": "gpt-5.4-mini"},
+        budgets={"max_turns": 20, "max_cost": 1.5},
+        source="cli",
+    )
     assert len(run.id) == ID_LENGTH and (registry.root / run.id / "run.json").exists()
     run.log({"type": "started"})
     run.log({"type": "tool", "name": "count_traces"})
@@ -42,10 +48,10 @@ def test_ambiguous_and_unknown_prefixes_say_what_to_do(tmp_path: Path) -> None:
     for run in runs:
         first.setdefault(run.id[0], []).append(run.id)
     shared = next(ids for ids in first.values() if len(ids) > 1)
-    with pytest.raises(RunError, match="ambiguous.*give more characters"):
+    with pytest.raises(RunError, match=r"ambiguous.*give more characters"):
         registry.get(shared[0][0])
     assert registry.get(shared[0]).id == shared[0]
-    with pytest.raises(RunError, match="no run 'zzzzzzzz'.*halo runs"):
+    with pytest.raises(RunError, match=r"no run 'zzzzzzzz'.*halo runs"):
         registry.get("zzzzzzzz")
     with pytest.raises(RunError, match="not a run id"):
         registry.get("../etc")
@@ -69,8 +75,11 @@ def test_runs_are_listed_newest_first_and_filtered_by_kind(tmp_path: Path) -> No
 
 def test_secrets_never_reach_the_registry(tmp_path: Path) -> None:
     registry = RunRegistry(tmp_path / "runs")
-    run = registry.create("analysis", prompt=f"use key {KEY} please",
-                          budgets={"api_key": KEY, "headers": {"Authorization": "Bearer abcdefgh12345"}})
+    run = registry.create(
+        "analysis",
+        prompt=f"use key {KEY} please",
+        budgets={"api_key": KEY, "headers": {"Authorization": "Bearer abcdefgh12345"}},
+    )
     run.log({"type": "request", "note": f"Authorization: Bearer {KEY}"})
     text = "".join(p.read_text() for p in run.folder.iterdir())
     assert KEY not in text and "abcdefgh12345" not in text
@@ -79,10 +88,12 @@ def test_secrets_never_reach_the_registry(tmp_path: Path) -> None:
 
 def test_processes_record_runs_at_once_without_clashing(tmp_path: Path) -> None:
     root = tmp_path / "runs"
-    code = ("import sys; from halo_rlm.runs import RunRegistry\n"
-            "r = RunRegistry(sys.argv[1])\n"
-            "for i in range(25):\n"
-            "    run = r.create('analysis', prompt=str(i)); run.log({'i': i}); run.finish('completed')\n")
+    code = (
+        "import sys; from halo_rlm.runs import RunRegistry\n"
+        "r = RunRegistry(sys.argv[1])\n"
+        "for i in range(25):\n"
+        "    run = r.create('analysis', prompt=str(i)); run.log({'i': i}); run.finish('completed')\n"
+    )
     workers = [subprocess.Popen([sys.executable, "-c", code, str(root)]) for _ in range(4)]
     assert all(w.wait(timeout=120) == 0 for w in workers)
     runs = RunRegistry(root).runs()
