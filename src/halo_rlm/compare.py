@@ -925,3 +925,355 @@ __all__ = [
     "ratio_interval",
     "wilson_interval",
 ]
+
+
+# --- trace sets from stores -------------------------------------------------------------------
+# (moves to the store package with the layout: SQL lives there)
+
+import concurrent.futures  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import jinja2  # noqa: E402
+
+from halo_rlm.report import Finding, Report  # noqa: E402
+
+BUILT_IN_STRATA = {
+    "service": "array_to_string(list_sort(services), ',')",
+    "agent": "array_to_string(list_sort(agents), ',')",
+    "root": "coalesce(root_name, '')",
+    "model": "array_to_string(list_sort(models), ',')",
+}
+MIX_DIMENSIONS = ("service", "agent", "root")
+
+
+def load_report(folder_or_file: Path) -> Report:
+    path = folder_or_file / "report.json" if folder_or_file.is_dir() else folder_or_file
+    return Report.model_validate_json(path.read_text("utf-8"))
+
+
+def _attribute_sql(name: str) -> str:
+    if name in BUILT_IN_STRATA:
+        return BUILT_IN_STRATA[name]
+    key = name.replace('"', '\\"').replace("'", "''")
+    value = (
+        f"coalesce(json_extract_string(s.raw, '$.attributes.\"{key}\"'), "
+        f"json_extract_string(s.raw, '$.resource.attributes.\"{key}\"'))"
+    )
+    return (
+        f"(SELECT {value} FROM spans s WHERE s.trace_id = t.trace_id AND contains(s.raw, '{key}') "
+        f"AND {value} IS NOT NULL ORDER BY s.parent_id IS NULL DESC, s.start_ns LIMIT 1)"
+    )
+
+
+def trace_sample(
+    store: Any, *, by: str | None = None, outcome: str | None = None
+) -> tuple[TraceSample, bool]:
+    """The per-trace arrays of one store; and whether the outcome is true/false."""
+    columns = [
+        "trace_id",
+        "CASE WHEN has_errors THEN 1.0 ELSE 0.0 END AS error",
+        "duration_ns / 1e6 AS duration_ms",
+        "total_tokens::DOUBLE AS tokens",
+        "cost AS cost",
+    ]
+    columns += [f"{BUILT_IN_STRATA[d]} AS mix_{d}" for d in MIX_DIMENSIONS]
+    if by:
+        columns.append(f"{_attribute_sql(by)} AS stratum")
+    if outcome:
+        columns.append(f"{_attribute_sql(outcome)} AS outcome")
+    data = store.con.execute(f"SELECT {', '.join(columns)} FROM traces t ORDER BY trace_id").fetchnumpy()
+    sample_columns = {
+        name: np.asarray(data[name], dtype=np.float64) for name in ("error", "duration_ms", "tokens")
+    }
+    sample_columns["cost"] = np.asarray(data["cost"], dtype=np.float64)
+    boolean = False
+    if outcome:
+        raw = [
+            None if v is None else str(v).strip().lower() for v in np.asarray(data["outcome"], dtype=object)
+        ]
+        present = {v for v in raw if v is not None}
+        boolean = bool(present) and present <= {"true", "false", "1", "0"}
+        sample_columns["outcome"] = as_float(
+            [None if v is None else (v in ("true", "1")) if boolean else _number(v) for v in raw]
+        )
+    strata = (
+        np.array([str(v) if v is not None else "(none)" for v in np.asarray(data["stratum"], dtype=object)])
+        if by
+        else None
+    )
+    mix = {d: np.array([str(v) for v in np.asarray(data[f"mix_{d}"], dtype=object)]) for d in MIX_DIMENSIONS}
+    ids = np.array([str(v) for v in np.asarray(data["trace_id"], dtype=object)])
+    return TraceSample(ids, sample_columns, strata, mix), boolean
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+@dataclass
+class _Group:
+    category: str
+    key: str | None
+    title: str
+    queries: list[str]
+    sides: set[str]
+
+
+def match_key(finding: Finding) -> str:
+    """What a finding is matched by across reports: a detector's finding by its id (category, key, and the
+    message template when one tool fails in several ways, all deterministic), any other by category and key."""
+    if finding.source.startswith("detector") or not finding.key:
+        return finding.id
+    return f"{finding.category}:{finding.key}"
+
+
+def match_findings(before: Report, after: Report) -> tuple[dict[str, _Group], list[str]]:
+    """Findings of both reports matched by category and key; those without a recount query are listed apart."""
+    groups: dict[str, _Group] = {}
+    skipped = []
+    for side, report in (("before", before), ("after", after)):
+        for f in report.findings:
+            if not f.query:
+                skipped.append(f"{f.id} ({side})")
+                continue
+            match = match_key(f)
+            group = groups.setdefault(match, _Group(f.category, f.key, f.title, [], set()))
+            if f.query not in group.queries:
+                group.queries.append(f.query)
+            group.sides.add(side)
+    return groups, skipped
+
+
+def _affected(store: Any, queries: list[str]) -> set[str]:
+    union = " UNION ".join(f"SELECT trace_id FROM ({q.strip().rstrip(';')})" for q in queries)
+    result = store.sql(
+        f"SELECT DISTINCT trace_id FROM ({union})", max_rows=100_000_000, max_bytes=1 << 40, timeout=600
+    )
+    return {str(row[0]) for row in result.rows}
+
+
+def compare_stores(
+    before_store: Any,
+    after_store: Any,
+    before_report: Report,
+    after_report: Report,
+    *,
+    before_label: str = "before",
+    after_label: str = "after",
+    by: str | None = None,
+    outcome: str | None = None,
+    outcome_better: Better = "higher",
+    alpha: float = ALPHA,
+    confidence: float = CONFIDENCE,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> Comparison:
+    """Compare two stores: each finding's recount query runs on both stores (the union of both sides'
+    queries for a matched finding), then `compare_samples`."""
+    groups, skipped = match_findings(before_report, after_report)
+
+    def side(store: Any) -> tuple[TraceSample, bool, dict[str, set[str]]]:
+        sample, boolean = trace_sample(store, by=by, outcome=outcome)
+        return sample, boolean, {match: _affected(store, g.queries) for match, g in groups.items()}
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        b_future, a_future = pool.submit(side, before_store), pool.submit(side, after_store)
+        (b_sample, b_bool, b_hits), (a_sample, a_bool, a_hits) = b_future.result(), a_future.result()
+    failures = [
+        FailureMasks(
+            match,
+            g.category,
+            g.key,
+            g.title,
+            masks_from_ids(b_sample.trace_ids, b_hits[match]),
+            masks_from_ids(a_sample.trace_ids, a_hits[match]),
+            "both" if len(g.sides) == 2 else next(iter(g.sides)),
+        )  # type: ignore[arg-type]
+        for match, g in groups.items()
+    ]
+    metric = outcome_metric(outcome, boolean=b_bool or a_bool, better=outcome_better) if outcome else None
+    comparison = compare_samples(
+        b_sample,
+        a_sample,
+        failures,
+        before_label=before_label,
+        after_label=after_label,
+        by=by,
+        outcome=metric,
+        alpha=alpha,
+        confidence=confidence,
+        resamples=resamples,
+        seed=seed,
+    )
+    if skipped:
+        comparison.warnings.append("Not compared (no recount query): " + ", ".join(skipped))
+    if (
+        outcome
+        and "outcome" in b_sample.columns
+        and np.isnan(b_sample.columns["outcome"]).all()
+        and np.isnan(a_sample.columns["outcome"]).all()
+    ):
+        comparison.warnings.append(f"No trace carries the outcome attribute {outcome!r}.")
+    return comparison
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+_VERDICT_MARK = {
+    "fixed": "✔ fixed",
+    "improved": "↓ improved",
+    "unchanged": "· unchanged",
+    "worse": "↑ worse",
+    "new": "✖ new",
+}
+
+
+def pct(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.1f}%"
+
+
+def signed_pct(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:+.1f} pts"
+
+
+def interval_text(ci: Interval | None, *, percent: bool = True, points: bool = True) -> str:
+    if ci is None:
+        return "–"
+    if percent:
+        unit = " pts" if points else "%"
+        return f"[{ci.low * 100:+.1f}, {ci.high * 100:+.1f}]{unit}"
+    return f"[{ci.low:+.4g}, {ci.high:+.4g}]"
+
+
+def metric_value(row: OutcomeRow, value: float | None) -> str:
+    if value is None:
+        return "–"
+    if row.unit == "%":
+        return pct(value)
+    if row.unit == "USD":
+        return f"${value:.4f}"
+    if row.unit == "ms":
+        return f"{value:,.0f} ms"
+    return f"{value:,.4g}"
+
+
+def _md(text: str) -> str:
+    """Untrusted text (titles from traces) as inert markdown table cell content."""
+    return "`" + text.replace("`", "'").replace("|", "\\|").replace("\n", " ")[:160] + "`"
+
+
+def to_markdown(c: Comparison) -> str:
+    lines = [
+        f"# HALO comparison: {c.before} → {c.after}",
+        "",
+        f"{c.traces_before:,} traces before, {c.traces_after:,} after. Significance at {c.alpha:g} after "
+        f"{c.correction}; {c.confidence:.0%} intervals."
+        + (f" Compared within strata of `{c.by}`." if c.by else ""),
+        "",
+    ]
+    verdicts = c.verdicts
+    lines.append("**Verdicts:** " + ", ".join(f"{n} {v}" for v, n in verdicts.items() if n) + "")
+    lines.append("")
+    for warning in c.warnings:
+        lines.append(f"> ⚠ {warning}")
+        lines.append("")
+    lines += [
+        "## Failures",
+        "",
+        "| verdict | failure | before | after | change | 95% CI | relative | p (adj.) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in c.failures:
+        name = _md(r.title) + f" `{r.id}`" if r.stratum is None else f"↳ {c.by} = {_md(r.stratum)}"
+        lines.append(
+            f"| {_VERDICT_MARK[r.verdict]} | {name} | {r.affected_before}/{r.traces_before} "
+            f"({pct(r.rate_before)}) | {r.affected_after}/{r.traces_after} ({pct(r.rate_after)}) | "
+            f"{signed_pct(r.difference)} | {interval_text(r.difference_ci)} | "
+            f"{pct(r.relative) if r.relative is not None else '–'} | {r.p_adjusted:.3g} |"
+        )
+    lines += [
+        "",
+        "## Outcomes per trace",
+        "",
+        "| change | metric | before | after | difference | 95% CI | p (adj.) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for o in c.outcomes:
+        name = o.label if o.stratum is None else f"↳ {c.by} = {_md(o.stratum)}"
+        ci = interval_text(o.difference_ci, percent=o.unit == "%")
+        diff = (
+            "–"
+            if o.difference is None
+            else (signed_pct(o.difference) if o.unit == "%" else f"{o.difference:+,.4g}")
+        )
+        lines.append(
+            f"| {o.change} | {name} | {metric_value(o, o.before)} | {metric_value(o, o.after)} | {diff} | "
+            f"{ci} | {o.p_adjusted:.3g} |"
+        )
+    if c.mix:
+        lines += [
+            "",
+            "## Mix",
+            "",
+            "| dimension | distance | p | shifted | biggest moves |",
+            "|---|---|---|---|---|",
+        ]
+        for m in c.mix:
+            moves = ", ".join(f"{_md(label)} {b:.0%}→{a:.0%}" for label, b, a in m.shares[:3])
+            lines.append(
+                f"| {m.dimension} | {m.distance:.3f} | {m.p_value:.3g} | {'yes' if m.shifted else 'no'} | {moves} |"
+            )
+    lines += [
+        "",
+        "Tests: Fisher's exact test when an expected count is under 5, else the two-proportion z-test; "
+        "Cochran-Mantel-Haenszel within strata; quantiles by Mood's test, means by Welch's t-test; "
+        "intervals: Newcombe (rate differences), Katz (ratios), Poisson bootstrap (outcomes).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+_HTML = jinja2.Environment(autoescape=True).from_string("""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>HALO comparison</title>
+<style>body{font:14px system-ui,sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;width:100%;margin:1em 0}
+td,th{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left}.worse,.new{color:#b00}.fixed,.improved,.better{color:#070}
+.sub td{color:#666;font-size:12px}.warn{background:#fff4d6;padding:8px}</style></head><body>
+<h1>HALO comparison: {{ c.before }} → {{ c.after }}</h1>
+<p>{{ c.traces_before }} traces before, {{ c.traces_after }} after; significance at {{ c.alpha }} after {{ c.correction }}.</p>
+{% for w in c.warnings %}<p class="warn">⚠ {{ w }}</p>{% endfor %}
+<h2>Failures</h2><table><tr><th>verdict</th><th>failure</th><th>before</th><th>after</th><th>change</th><th>95% CI</th><th>p (adj.)</th></tr>
+{% for r in c.failures %}<tr class="{{ 'sub' if r.stratum is not none else '' }}"><td class="{{ r.verdict }}">{{ r.verdict }}</td>
+<td>{% if r.stratum is none %}{{ r.title }} <code>{{ r.id }}</code>{% else %}↳ {{ c.by }} = {{ r.stratum }}{% endif %}</td>
+<td>{{ r.affected_before }}/{{ r.traces_before }} ({{ pct(r.rate_before) }})</td><td>{{ r.affected_after }}/{{ r.traces_after }} ({{ pct(r.rate_after) }})</td>
+<td>{{ signed_pct(r.difference) }}</td><td>{{ interval_text(r.difference_ci) }}</td><td>{{ '%.3g' % r.p_adjusted }}</td></tr>{% endfor %}</table>
+<h2>Outcomes per trace</h2><table><tr><th>change</th><th>metric</th><th>before</th><th>after</th><th>p (adj.)</th></tr>
+{% for o in c.outcomes %}<tr class="{{ 'sub' if o.stratum is not none else '' }}"><td class="{{ o.change }}">{{ o.change }}</td>
+<td>{{ o.label if o.stratum is none else '↳ ' ~ c.by ~ ' = ' ~ o.stratum }}</td><td>{{ metric_value(o, o.before) }}</td>
+<td>{{ metric_value(o, o.after) }}</td><td>{{ '%.3g' % o.p_adjusted }}</td></tr>{% endfor %}</table>
+</body></html>
+""")
+
+
+def to_html(c: Comparison) -> str:
+    return _HTML.render(
+        c=c, pct=pct, signed_pct=signed_pct, interval_text=interval_text, metric_value=metric_value
+    )
+
+
+def write(c: Comparison, out_dir: Path) -> dict[str, Path]:
+    """Write compare.json, compare.md and compare.html into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out_dir / "compare.json",
+        "markdown": out_dir / "compare.md",
+        "html": out_dir / "compare.html",
+    }
+    paths["json"].write_text(c.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(to_markdown(c), encoding="utf-8")
+    paths["html"].write_text(to_html(c), encoding="utf-8")
+    return paths
