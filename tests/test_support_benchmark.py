@@ -104,14 +104,15 @@ def test_halo_loop_raises_the_benchmark_score_and_keeps_only_improving_changes(t
     ], [r["reason"] for r in rounds]  # busy services are retried
     assert "new" in rounds[1]["reason"] and "score 33/60 → 5/60" in rounds[1]["reason"]
     best = rounds[3]["branch"]
-    show = lambda path: (
-        subprocess.run(
+
+    def show(path):
+        return subprocess.run(
             ["git", "-C", str(repo), "show", f"{best}:{path}"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
-    )
+
     assert "RETRIES = 2" in show("tools.py") and "amount: float" in show("tools.py")
     assert "check_warranty" not in show("prompt.md") and "lookup_order, issue_refund" in show("tools.py")
     assert (
