@@ -66,7 +66,7 @@ def score_planted(
     truth: GroundTruth, findings: Sequence[Finding], systemic_share: float = SYSTEMIC_SHARE
 ) -> PlantedScore:
     """Findings against the patterns `simulate` planted (see the module docstring)."""
-    planted = {(p.category, p.key): p for p in truth.patterns}
+    planted: dict[tuple[str, str | None], Any] = {(p.category, p.key): p for p in truth.patterns}
     found = {(f.category, f.key) for f in findings}
     systemic = [p for p in truth.patterns if p.affected_traces >= systemic_share * truth.corpus.traces]
     count_errors: dict[str, float] = {}
