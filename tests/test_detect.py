@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from halo_rlm.detect import Thresholds, analyze
+from halo_rlm.evaluate import score_planted
 from halo_rlm.report import Report
 from halo_rlm.simulate import simulate
 from halo_rlm.store import TraceStore
@@ -395,7 +396,7 @@ def test_simulated_corpus_recall_precision_and_counts(tmp_path: Path, fmt: str) 
         store.ingest([str(truth.traces_path)])
     with TraceStore.open(tmp_path / "sim.duckdb", read_only=True) as store:
         report = analyze(store)
-    score = truth.score(report.findings)  # patterns in 2% or more of the traces count towards recall
+    score = score_planted(truth, report.findings)  # patterns in 2% or more of the traces count towards recall
     assert score.systemic, truth.patterns
     assert score.recall >= 0.9, score
     assert score.precision >= 0.9, score  # no finding made of distractors

@@ -38,16 +38,23 @@ The methods, and why:
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
+import jinja2
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, Field
-from scipy import stats
+from scipy import stats  # type: ignore[import-untyped]
+
+from halo_rlm import detect
+from halo_rlm.report import Finding, Report
+from halo_rlm.store import TraceStore
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
@@ -350,42 +357,139 @@ def _standardising_weights(before: TraceSample, after: TraceSample) -> tuple[Flo
     return weights(before, nb), weights(after, na)
 
 
+@dataclass(frozen=True)
+class _Replicates:
+    estimate: float | None  # the statistic under the standardising weights alone
+    replicates: FloatArray  # ...and under each bootstrap resample
+    traces: int  # traces with a value (and weight)
+
+
 def _bootstrap(
-    values: FloatArray,
+    sample: TraceSample,
     weights: FloatArray,
-    statistic: Literal["mean", "rate"] | float,
+    metrics: Sequence[Metric],
     resamples: int,
     rng: np.random.Generator,
-) -> tuple[float | None, FloatArray]:
-    """The statistic of `values` under per-trace `weights`, and its Poisson-bootstrap replicates.
-    NaN values are not counted. For a quantile, `values` must be sorted."""
-    keep = ~np.isnan(values) & (weights > 0)
-    v, w = values[keep], weights[keep].astype(np.float32)
-    if not len(v):
-        return None, np.array([], dtype=np.float64)
-    estimate = _weighted(v, w[None, :], statistic)[0]
-    replicates = []
-    chunk = max(1, min(resamples, 4_000_000 // len(v)))
+) -> dict[str, _Replicates]:
+    """Every metric of one side, and its Poisson-bootstrap replicates. One weight matrix serves all the
+    metrics (a joint resample of traces), drawn in chunks of bounded memory; the traces are put in duration
+    order first, so a duration quantile is a cumulative sum away."""
+    present = [m for m in metrics if m.column in sample.columns]
+    n = len(sample)
+    order = (
+        np.argsort(sample.columns[DURATION], kind="stable") if DURATION in sample.columns else np.arange(n)
+    )
+    w = weights[order].astype(np.float32)
+    columns = {m.column: sample.columns[m.column][order] for m in present}
+    has_value = {c: (~np.isnan(v)) & (w > 0) for c, v in columns.items()}
+    values = {c: np.where(has_value[c], v, 0.0).astype(np.float32) for c, v in columns.items()}
+    counts = {c: has_value[c].astype(np.float32) for c in columns}
+
+    def statistics(draws: NDArray[np.float32]) -> dict[str, FloatArray]:
+        out: dict[str, FloatArray] = {}
+        cumulative: FloatArray | None = None
+        for m in present:
+            c = m.column
+            with np.errstate(invalid="ignore", divide="ignore"):
+                totals = draws @ counts[c]
+                if isinstance(m.statistic, float):
+                    # duration order puts traces without a duration last: the quantile is over a prefix
+                    valid = int(has_value[c].sum()) if c == DURATION else None
+                    if valid is None:
+                        raise ValueError(f"quantiles are computed for {DURATION} only, not {c}")
+                    if cumulative is None:
+                        cumulative = np.cumsum(draws[:, :valid], axis=1, dtype=np.float64)
+                    index = (cumulative < m.statistic * totals[:, None]).sum(axis=1)
+                    sorted_values = columns[c][:valid]
+                    picked = (
+                        sorted_values[np.minimum(index, max(valid - 1, 0))]
+                        if valid
+                        else np.full(len(index), np.nan)
+                    )
+                    out[m.name] = np.where(totals > 0, picked, np.nan)
+                else:
+                    out[m.name] = (draws @ values[c]).astype(np.float64) / totals
+        return out
+
+    point = statistics(w[None, :])
+    collected: dict[str, list[FloatArray]] = {m.name: [] for m in present}
+    chunk = max(1, min(resamples, 4_000_000 // max(n, 1)))
     for start in range(0, resamples, chunk):
-        uniform = rng.random((min(chunk, resamples - start), len(v)), dtype=np.float32)
-        draws = np.zeros(uniform.shape, dtype=np.float32)
+        uniform = rng.random((min(chunk, resamples - start), n), dtype=np.float32)
+        draws = np.zeros(uniform.shape, dtype=np.uint8)
         for threshold in _POISSON_CDF:
             draws += uniform > threshold
-        replicates.append(_weighted(v, draws * w, statistic))
-    return float(estimate), np.concatenate(replicates)
+        for name, replicate in statistics(draws.astype(np.float32) * w).items():
+            collected[name].append(replicate)
+    return {
+        m.name: _Replicates(
+            estimate=float(point[m.name][0]) if np.isfinite(point[m.name][0]) else None,
+            replicates=np.concatenate(collected[m.name]) if collected[m.name] else np.array([]),
+            traces=int(has_value[m.column].sum()),
+        )
+        for m in present
+    }
 
 
-def _weighted(
-    v: FloatArray, w: NDArray[np.float32], statistic: Literal["mean", "rate"] | float
-) -> FloatArray:
-    totals = w.sum(axis=1, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if isinstance(statistic, float):
-            cumulative = np.cumsum(w, axis=1, dtype=np.float64)
-            index = (cumulative < statistic * totals[:, None]).sum(axis=1)
-            out = v[np.minimum(index, len(v) - 1)]
-            return np.where(totals > 0, out, np.nan)
-        return (w.astype(np.float64) @ v) / totals
+def estimate_metrics(
+    metrics: Sequence[Metric],
+    before: TraceSample,
+    after: TraceSample,
+    *,
+    stratified: bool = False,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
+) -> dict[str, MetricEstimate]:
+    """Compare metrics between two samples: each side's estimate, the change with a bootstrap interval, and
+    a test of no change (stratified by `TraceSample.strata` when `stratified`)."""
+    rng = np.random.default_rng(seed)
+    if stratified:
+        weights_b, weights_a = _standardising_weights(before, after)
+    else:
+        weights_b, weights_a = np.ones(len(before)), np.ones(len(after))
+    n_max = max(len(before), len(after), 1)
+    draws = resamples if n_max * resamples <= BOOTSTRAP_WORK else max(MIN_RESAMPLES, BOOTSTRAP_WORK // n_max)
+    percentile = draws == resamples
+    interval = f"{draws} bootstrap resamples, " + ("percentile" if percentile else "normal (standard error)")
+    sides = (
+        _bootstrap(before, weights_b, metrics, draws, rng),
+        _bootstrap(after, weights_a, metrics, draws, rng),
+    )
+    estimates = {}
+    for metric in metrics:
+        b, a = sides[0].get(metric.name), sides[1].get(metric.name)
+        if b is None and a is None:
+            continue
+        p_value, test = _metric_test(metric, before, after, stratified)
+        est_b, est_a = (b.estimate if b else None), (a.estimate if a else None)
+        n_b, n_a = (b.traces if b else 0), (a.traces if a else 0)
+        if b is None or a is None or est_b is None or est_a is None:
+            estimates[metric.name] = MetricEstimate(
+                est_b, est_a, None, None, None, None, p_value, test, n_b, n_a, interval
+            )
+            continue
+        difference = est_a - est_b
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratios = a.replicates / b.replicates - 1
+        relative = est_a / est_b - 1 if est_b else None
+        relative_ci = None
+        if relative is not None and np.isfinite(ratios).all():
+            relative_ci = _interval(ratios, relative, confidence, percentile)
+        estimates[metric.name] = MetricEstimate(
+            est_b,
+            est_a,
+            difference,
+            _interval(a.replicates - b.replicates, difference, confidence, percentile),
+            relative,
+            relative_ci,
+            p_value,
+            test,
+            n_b,
+            n_a,
+            interval,
+        )
+    return estimates
 
 
 def estimate_metric(
@@ -398,47 +502,10 @@ def estimate_metric(
     seed: int = 0,
     confidence: float = CONFIDENCE,
 ) -> MetricEstimate:
-    """Compare one metric between two samples: the estimate on each side, the change with a bootstrap
-    interval, and a test of no change (stratified by `TraceSample.strata` when `stratified`)."""
-    rng = np.random.default_rng(seed)
-    if stratified:
-        weights_b, weights_a = _standardising_weights(before, after)
-    else:
-        weights_b, weights_a = np.ones(len(before)), np.ones(len(after))
-    sides: list[tuple[float | None, FloatArray, int]] = []
-    n_max = max(len(before), len(after), 1)
-    draws = resamples if n_max * resamples <= BOOTSTRAP_WORK else max(MIN_RESAMPLES, BOOTSTRAP_WORK // n_max)
-    for sample, weights in ((before, weights_b), (after, weights_a)):
-        values = sample.columns.get(metric.column)
-        if values is None:
-            sides.append((None, np.array([]), 0))
-            continue
-        if isinstance(metric.statistic, float):
-            order = np.argsort(values, kind="stable")
-            values, weights = values[order], weights[order]
-        estimate, replicates = _bootstrap(values, weights, metric.statistic, draws, rng)
-        sides.append((estimate, replicates, int(np.count_nonzero(~np.isnan(values) & (weights > 0)))))
-    (est_b, rep_b, n_b), (est_a, rep_a, n_a) = sides
-    p_value, test = _metric_test(metric, before, after, stratified)
-    interval = (
-        f"{draws} bootstrap resamples, percentile"
-        if draws == resamples
-        else f"{draws} bootstrap resamples, normal (standard error)"
-    )
-    if est_b is None or est_a is None:
-        return MetricEstimate(est_b, est_a, None, None, None, None, p_value, test, n_b, n_a, interval)
-    differences = rep_a - rep_b
-    difference = est_a - est_b
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratios = rep_a / rep_b - 1
-    difference_ci = _interval(differences, difference, confidence, draws == resamples)
-    relative = est_a / est_b - 1 if est_b else None
-    relative_ci = None
-    if relative is not None and np.isfinite(ratios).all():
-        relative_ci = _interval(ratios, relative, confidence, draws == resamples)
-    return MetricEstimate(
-        est_b, est_a, difference, difference_ci, relative, relative_ci, p_value, test, n_b, n_a, interval
-    )
+    """`estimate_metrics` for one metric."""
+    return estimate_metrics(
+        [metric], before, after, stratified=stratified, resamples=resamples, seed=seed, confidence=confidence
+    )[metric.name]
 
 
 def _interval(
@@ -731,38 +798,24 @@ def compare_samples(
 
     metrics = list(METRICS) + ([outcome] if outcome else [])
     outcome_rows: list[OutcomeRow] = []
-    for i, metric in enumerate(metrics):
-        if metric.column not in before.columns and metric.column not in after.columns:
-            continue
-        estimate_m = estimate_metric(
-            metric,
-            before,
-            after,
-            stratified=stratified,
-            resamples=resamples,
-            seed=seed + i,
-            confidence=confidence,
-        )
-        outcome_rows.append(_outcome_row(metric, None, estimate_m))
-        if stratified:
-            assert before.strata is not None and after.strata is not None
-            for label in strata_labels:
-                sub_b, sub_a = _subset(before, before.strata == label), _subset(after, after.strata == label)
-                if len(sub_b) and len(sub_a):
-                    outcome_rows.append(
-                        _outcome_row(
-                            metric,
-                            label,
-                            estimate_metric(
-                                metric,
-                                sub_b,
-                                sub_a,
-                                resamples=resamples,
-                                seed=seed + i,
-                                confidence=confidence,
-                            ),
-                        )
-                    )
+    overall = estimate_metrics(
+        metrics, before, after, stratified=stratified, resamples=resamples, seed=seed, confidence=confidence
+    )
+    by_stratum: dict[str, dict[str, MetricEstimate]] = {}
+    if stratified:
+        assert before.strata is not None and after.strata is not None
+        for k, label in enumerate(strata_labels):
+            sub_b, sub_a = _subset(before, before.strata == label), _subset(after, after.strata == label)
+            if len(sub_b) and len(sub_a):
+                by_stratum[label] = estimate_metrics(
+                    metrics, sub_b, sub_a, resamples=resamples, seed=seed + 1 + k, confidence=confidence
+                )
+    for metric in metrics:
+        if metric.name in overall:
+            outcome_rows.append(_outcome_row(metric, None, overall[metric.name]))
+        for label, estimates in by_stratum.items():
+            if metric.name in estimates:
+                outcome_rows.append(_outcome_row(metric, label, estimates[metric.name]))
 
     adjusted = iter(holm([r.p_value for r in failure_rows] + [r.p_value for r in outcome_rows]))
     for row in failure_rows:
@@ -894,6 +947,318 @@ def as_float(values: Sequence[float | int | bool | None] | NDArray[np.generic]) 
     return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
 
 
+# --- trace sets from stores -------------------------------------------------------------------
+
+MIX_DIMENSIONS = ("service", "agent", "root")
+
+
+def load_report(path: Path) -> Report:
+    """A report from its report.json, or from the folder holding it."""
+    path = path / "report.json" if path.is_dir() else path
+    return Report.model_validate_json(path.read_text("utf-8"))
+
+
+def trace_sample(
+    store: TraceStore, *, by: str | None = None, outcome: str | None = None
+) -> tuple[TraceSample, bool]:
+    """One store's traces as a `TraceSample`, and whether the outcome is true/false (else a number)."""
+    values = store.trace_values([a for a in (by, outcome) if a])
+    columns = {name: values[name] for name in ("error", "duration_ms", "tokens", "cost")}
+    boolean = False
+    if outcome:
+        raw = [None if v is None or v == "" else str(v).strip().lower() for v in values[outcome].tolist()]
+        present = {v for v in raw if v is not None}
+        boolean = bool(present) and present <= {"true", "false", "1", "0"}
+        columns["outcome"] = as_float(
+            [None if v is None else (v in ("true", "1")) if boolean else _number(v) for v in raw]
+        )
+    strata = None
+    if by:
+        strata = np.array(
+            [str(v) if v is not None and v != "" else "(none)" for v in values[by].tolist()], dtype=str
+        )
+    mix = {d: values[d] for d in MIX_DIMENSIONS}
+    return TraceSample(values["trace_id"], columns, strata, mix), boolean
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def match_key(finding: Finding) -> str:
+    """What a finding is matched by across reports: a detector's finding by its id (category, key, and the
+    message template when one tool fails in several ways, all deterministic), any other by category and key."""
+    if finding.source.startswith("detector") or not finding.key:
+        return finding.id
+    return f"{finding.category}:{finding.key}"
+
+
+@dataclass
+class MatchedFinding:
+    """One failure as both reports name it: the recount queries of either side, and where it was found."""
+
+    key: str
+    category: str
+    subject: str | None
+    title: str
+    queries: list[str]
+    found_in: set[str]
+
+
+def match_findings(before: Report, after: Report) -> tuple[list[MatchedFinding], list[str]]:
+    """Findings of both reports matched by `match_key`; those without a recount query, or whose query is in
+    another SQL dialect than the stores', are listed apart."""
+    matched: dict[str, MatchedFinding] = {}
+    skipped = []
+    for side, report in (("before", before), ("after", after)):
+        for f in report.findings:
+            if not f.query:
+                skipped.append(f"{f.id} ({side}: no recount query)")
+                continue
+            key = match_key(f)
+            found = matched.setdefault(key, MatchedFinding(key, f.category, f.key, f.title, [], set()))
+            if f.query not in found.queries:
+                found.queries.append(f.query)
+            found.found_in.add(side)
+    return list(matched.values()), skipped
+
+
+def _affected(store: TraceStore, matched: list[MatchedFinding], classified: bool) -> list[set[str]]:
+    """The traces each matched finding affects in `store`: those any of its queries (from either report)
+    returns."""
+    queries = sorted({q for m in matched for q in m.queries})
+    prepared = dict(zip(queries, detect.prepared_queries(store, queries, classified=classified), strict=True))
+    hits = {q: store.matching_traces(prepared[q]) for q in queries}
+    return [set().union(*(hits[q] for q in m.queries)) for m in matched]
+
+
+def compare_stores(
+    before: TraceStore,
+    after: TraceStore,
+    before_report: Report | None = None,
+    after_report: Report | None = None,
+    *,
+    before_label: str = "before",
+    after_label: str = "after",
+    by: str | None = None,
+    outcome: str | None = None,
+    outcome_better: Better = "higher",
+    alpha: float = ALPHA,
+    confidence: float = CONFIDENCE,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> Comparison:
+    """Compare the traces of two (read-only) stores. A side without a report is analysed by the detectors
+    first. Every matched finding's recount queries run on both stores, each on its own; then
+    `compare_samples` does the statistics."""
+
+    def analysed(store: TraceStore, report: Report | None) -> tuple[Report, bool]:
+        return (report, False) if report is not None else (detect.analyze(store), True)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        sides = list(pool.map(analysed, (before, after), (before_report, after_report)))
+        (b_report, b_classified), (a_report, a_classified) = sides
+        matched, skipped = match_findings(b_report, a_report)
+        b_future = pool.submit(
+            lambda: (trace_sample(before, by=by, outcome=outcome), _affected(before, matched, b_classified))
+        )
+        a_future = pool.submit(
+            lambda: (trace_sample(after, by=by, outcome=outcome), _affected(after, matched, a_classified))
+        )
+        ((b_sample, b_boolean), b_hits), ((a_sample, a_boolean), a_hits) = (
+            b_future.result(),
+            a_future.result(),
+        )
+    failures = [
+        FailureMasks(
+            m.key,
+            m.category,
+            m.subject,
+            m.title,
+            masks_from_ids(b_sample.trace_ids, b_hit),
+            masks_from_ids(a_sample.trace_ids, a_hit),
+            "both" if len(m.found_in) == 2 else ("before" if "before" in m.found_in else "after"),
+        )
+        for m, b_hit, a_hit in zip(matched, b_hits, a_hits, strict=True)
+    ]
+    metric = (
+        outcome_metric(outcome, boolean=b_boolean or a_boolean, better=outcome_better) if outcome else None
+    )
+    comparison = compare_samples(
+        b_sample,
+        a_sample,
+        failures,
+        before_label=before_label,
+        after_label=after_label,
+        by=by,
+        outcome=metric,
+        alpha=alpha,
+        confidence=confidence,
+        resamples=resamples,
+        seed=seed,
+    )
+    if skipped:
+        comparison.warnings.append("Not compared: " + ", ".join(skipped))
+    if outcome and all(np.isnan(s.columns["outcome"]).all() for s in (b_sample, a_sample)):
+        comparison.warnings.append(f"No trace on either side has the outcome attribute {outcome!r}.")
+    return comparison
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("halo_rlm", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+)
+VERDICT_MARKS = {
+    "fixed": "✔ fixed",
+    "improved": "↓ improved",
+    "unchanged": "· unchanged",
+    "worse": "↑ worse",
+    "new": "✖ new",
+}
+CHANGE_MARKS = {"better": "✔ better", "unchanged": "· unchanged", "worse": "↑ worse"}
+
+
+def pct(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.1f}%"
+
+
+def value_text(row: OutcomeRow, value: float | None, *, signed: bool = False) -> str:
+    """A metric's value (or, `signed`, a change of it) in its unit."""
+    if value is None:
+        return "–"
+    sign = "+" if signed else ""
+    if row.unit == "%":
+        return f"{value * 100:{sign}.1f}" + (" pts" if signed else "%")
+    if row.unit == "USD":
+        return f"{'-' if value < 0 else '+' if signed else ''}${abs(value):,.4f}"
+    if row.unit == "ms":
+        return f"{value:{sign},.0f} ms" if abs(value) >= 10 else f"{value:{sign},.2f} ms"
+    return f"{value:{sign},.4g}"
+
+
+def rate_change_text(row: FailureRow) -> str:
+    ci = row.difference_ci
+    return f"{row.difference * 100:+.1f} pts [{ci.low * 100:+.1f}, {ci.high * 100:+.1f}]"
+
+
+def outcome_change_text(row: OutcomeRow) -> str:
+    if row.difference is None:
+        return "–"
+    ci = row.difference_ci
+    interval = (
+        f" [{value_text(row, ci.low, signed=True)}, {value_text(row, ci.high, signed=True)}]" if ci else ""
+    )
+    return value_text(row, row.difference, signed=True) + interval
+
+
+def relative_text(relative: float | None, ci: Interval | None) -> str:
+    if relative is None:
+        return "–"
+    return f"{relative * 100:+.0f}%" + (f" [{ci.low * 100:+.0f}%, {ci.high * 100:+.0f}%]" if ci else "")
+
+
+def _cell(text: str) -> str:
+    """Untrusted text (titles and ids from reports, labels from traces) as inert markdown: one line, in a
+    code span, its table separators escaped."""
+    return "`" + " ".join(text.split()).replace("`", "'").replace("|", "\\|")[:160] + "`"
+
+
+def to_markdown(c: Comparison) -> str:
+    stratified = f" within strata of {_cell(c.by)}" if c.by else ""
+    lines = [
+        f"# HALO comparison: {_cell(c.before)} → {_cell(c.after)}",
+        "",
+        f"{c.traces_before:,} traces before, {c.traces_after:,} after, compared{stratified}. A change is "
+        f"significant at {c.alpha:g} after {c.correction}; intervals are {c.confidence:.0%}.",
+        "",
+        "**Verdicts:** "
+        + (", ".join(f"{n} {v}" for v, n in c.verdicts.items() if n) or "no failures to compare"),
+        "",
+        *(f"> ⚠ {' '.join(w.split())}\n" for w in c.warnings),
+        "## Failures",
+        "",
+        "| verdict | failure | before | after | change (95% CI) | relative | p (Holm) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in c.failures:
+        name = f"{_cell(r.title)} {_cell(r.id)}" if r.stratum is None else f"↳ {_cell(r.stratum)}"
+        lines.append(
+            f"| {VERDICT_MARKS[r.verdict]} | {name} | {r.affected_before:,}/{r.traces_before:,} ({pct(r.rate_before)}) "
+            f"| {r.affected_after:,}/{r.traces_after:,} ({pct(r.rate_after)}) | {rate_change_text(r)} | "
+            f"{relative_text(r.relative, r.relative_ci)} | {r.p_adjusted:.2g} |"
+        )
+    lines += [
+        "",
+        "## Outcomes per trace",
+        "",
+        "| change | metric | before | after | change (95% CI) | p (Holm) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for o in c.outcomes:
+        name = _cell(o.label) if o.stratum is None else f"↳ {_cell(o.stratum)}"
+        lines.append(
+            f"| {CHANGE_MARKS[o.change]} | {name} | {value_text(o, o.before)} | {value_text(o, o.after)} | "
+            f"{outcome_change_text(o)} | {o.p_adjusted:.2g} |"
+        )
+    if c.mix:
+        lines += [
+            "",
+            "## Mix",
+            "",
+            "| dimension | distance | p | shifted | biggest moves |",
+            "|---|---|---|---|---|",
+        ]
+        for m in c.mix:
+            moves = ", ".join(f"{_cell(label)} {b:.0%} → {a:.0%}" for label, b, a in m.shares[:3])
+            lines.append(
+                f"| {m.dimension} | {m.distance:.3f} | {m.p_value:.2g} | {'yes' if m.shifted else 'no'} | "
+                f"{moves} |"
+            )
+    lines += ["", f"Methods: {METHODS}", ""]
+    return "\n".join(lines)
+
+
+METHODS = (
+    "failure rates by Fisher's exact test when an expected count is under 5, else the two-proportion z-test "
+    "(Cochran-Mantel-Haenszel within strata); Newcombe intervals for rate differences, Katz for ratios; "
+    "quantiles by Mood's test, means by Welch's t-test, rates of outcomes as failure rates; Poisson "
+    "bootstrap intervals for outcomes; Holm's correction over every row with a verdict."
+)
+
+
+def to_html(c: Comparison) -> str:
+    return _TEMPLATES.get_template("compare.html").render(
+        c=c,
+        pct=pct,
+        value_text=value_text,
+        rate_change_text=rate_change_text,
+        outcome_change_text=outcome_change_text,
+        relative_text=relative_text,
+        verdict_marks=VERDICT_MARKS,
+        change_marks=CHANGE_MARKS,
+        methods=METHODS,
+    )
+
+
+def write(c: Comparison, out_dir: Path) -> dict[str, Path]:
+    """Write compare.json, compare.md and compare.html into `out_dir`; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out_dir / "compare.json",
+        "markdown": out_dir / "compare.md",
+        "html": out_dir / "compare.html",
+    }
+    paths["json"].write_text(c.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(to_markdown(c), encoding="utf-8")
+    paths["html"].write_text(to_html(c), encoding="utf-8")
+    return paths
+
+
 __all__ = [
     "ALPHA",
     "CONFIDENCE",
@@ -914,6 +1279,7 @@ __all__ = [
     "compare_samples",
     "difference_interval",
     "estimate_metric",
+    "estimate_metrics",
     "estimate_rates",
     "failure_verdict",
     "holm",
@@ -925,355 +1291,3 @@ __all__ = [
     "ratio_interval",
     "wilson_interval",
 ]
-
-
-# --- trace sets from stores -------------------------------------------------------------------
-# (moves to the store package with the layout: SQL lives there)
-
-import concurrent.futures  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import jinja2  # noqa: E402
-
-from halo_rlm.report import Finding, Report  # noqa: E402
-
-BUILT_IN_STRATA = {
-    "service": "array_to_string(list_sort(services), ',')",
-    "agent": "array_to_string(list_sort(agents), ',')",
-    "root": "coalesce(root_name, '')",
-    "model": "array_to_string(list_sort(models), ',')",
-}
-MIX_DIMENSIONS = ("service", "agent", "root")
-
-
-def load_report(folder_or_file: Path) -> Report:
-    path = folder_or_file / "report.json" if folder_or_file.is_dir() else folder_or_file
-    return Report.model_validate_json(path.read_text("utf-8"))
-
-
-def _attribute_sql(name: str) -> str:
-    if name in BUILT_IN_STRATA:
-        return BUILT_IN_STRATA[name]
-    key = name.replace('"', '\\"').replace("'", "''")
-    value = (
-        f"coalesce(json_extract_string(s.raw, '$.attributes.\"{key}\"'), "
-        f"json_extract_string(s.raw, '$.resource.attributes.\"{key}\"'))"
-    )
-    return (
-        f"(SELECT {value} FROM spans s WHERE s.trace_id = t.trace_id AND contains(s.raw, '{key}') "
-        f"AND {value} IS NOT NULL ORDER BY s.parent_id IS NULL DESC, s.start_ns LIMIT 1)"
-    )
-
-
-def trace_sample(
-    store: Any, *, by: str | None = None, outcome: str | None = None
-) -> tuple[TraceSample, bool]:
-    """The per-trace arrays of one store; and whether the outcome is true/false."""
-    columns = [
-        "trace_id",
-        "CASE WHEN has_errors THEN 1.0 ELSE 0.0 END AS error",
-        "duration_ns / 1e6 AS duration_ms",
-        "total_tokens::DOUBLE AS tokens",
-        "cost AS cost",
-    ]
-    columns += [f"{BUILT_IN_STRATA[d]} AS mix_{d}" for d in MIX_DIMENSIONS]
-    if by:
-        columns.append(f"{_attribute_sql(by)} AS stratum")
-    if outcome:
-        columns.append(f"{_attribute_sql(outcome)} AS outcome")
-    data = store.con.execute(f"SELECT {', '.join(columns)} FROM traces t ORDER BY trace_id").fetchnumpy()
-    sample_columns = {
-        name: np.asarray(data[name], dtype=np.float64) for name in ("error", "duration_ms", "tokens")
-    }
-    sample_columns["cost"] = np.asarray(data["cost"], dtype=np.float64)
-    boolean = False
-    if outcome:
-        raw = [
-            None if v is None else str(v).strip().lower() for v in np.asarray(data["outcome"], dtype=object)
-        ]
-        present = {v for v in raw if v is not None}
-        boolean = bool(present) and present <= {"true", "false", "1", "0"}
-        sample_columns["outcome"] = as_float(
-            [None if v is None else (v in ("true", "1")) if boolean else _number(v) for v in raw]
-        )
-    strata = (
-        np.array([str(v) if v is not None else "(none)" for v in np.asarray(data["stratum"], dtype=object)])
-        if by
-        else None
-    )
-    mix = {d: np.array([str(v) for v in np.asarray(data[f"mix_{d}"], dtype=object)]) for d in MIX_DIMENSIONS}
-    ids = np.array([str(v) for v in np.asarray(data["trace_id"], dtype=object)])
-    return TraceSample(ids, sample_columns, strata, mix), boolean
-
-
-def _number(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-@dataclass
-class _Group:
-    category: str
-    key: str | None
-    title: str
-    queries: list[str]
-    sides: set[str]
-
-
-def match_key(finding: Finding) -> str:
-    """What a finding is matched by across reports: a detector's finding by its id (category, key, and the
-    message template when one tool fails in several ways, all deterministic), any other by category and key."""
-    if finding.source.startswith("detector") or not finding.key:
-        return finding.id
-    return f"{finding.category}:{finding.key}"
-
-
-def match_findings(before: Report, after: Report) -> tuple[dict[str, _Group], list[str]]:
-    """Findings of both reports matched by category and key; those without a recount query are listed apart."""
-    groups: dict[str, _Group] = {}
-    skipped = []
-    for side, report in (("before", before), ("after", after)):
-        for f in report.findings:
-            if not f.query:
-                skipped.append(f"{f.id} ({side})")
-                continue
-            match = match_key(f)
-            group = groups.setdefault(match, _Group(f.category, f.key, f.title, [], set()))
-            if f.query not in group.queries:
-                group.queries.append(f.query)
-            group.sides.add(side)
-    return groups, skipped
-
-
-def _affected(store: Any, queries: list[str]) -> set[str]:
-    union = " UNION ".join(f"SELECT trace_id FROM ({q.strip().rstrip(';')})" for q in queries)
-    result = store.sql(
-        f"SELECT DISTINCT trace_id FROM ({union})", max_rows=100_000_000, max_bytes=1 << 40, timeout=600
-    )
-    return {str(row[0]) for row in result.rows}
-
-
-def compare_stores(
-    before_store: Any,
-    after_store: Any,
-    before_report: Report,
-    after_report: Report,
-    *,
-    before_label: str = "before",
-    after_label: str = "after",
-    by: str | None = None,
-    outcome: str | None = None,
-    outcome_better: Better = "higher",
-    alpha: float = ALPHA,
-    confidence: float = CONFIDENCE,
-    resamples: int = RESAMPLES,
-    seed: int = 0,
-) -> Comparison:
-    """Compare two stores: each finding's recount query runs on both stores (the union of both sides'
-    queries for a matched finding), then `compare_samples`."""
-    groups, skipped = match_findings(before_report, after_report)
-
-    def side(store: Any) -> tuple[TraceSample, bool, dict[str, set[str]]]:
-        sample, boolean = trace_sample(store, by=by, outcome=outcome)
-        return sample, boolean, {match: _affected(store, g.queries) for match, g in groups.items()}
-
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        b_future, a_future = pool.submit(side, before_store), pool.submit(side, after_store)
-        (b_sample, b_bool, b_hits), (a_sample, a_bool, a_hits) = b_future.result(), a_future.result()
-    failures = [
-        FailureMasks(
-            match,
-            g.category,
-            g.key,
-            g.title,
-            masks_from_ids(b_sample.trace_ids, b_hits[match]),
-            masks_from_ids(a_sample.trace_ids, a_hits[match]),
-            "both" if len(g.sides) == 2 else next(iter(g.sides)),
-        )  # type: ignore[arg-type]
-        for match, g in groups.items()
-    ]
-    metric = outcome_metric(outcome, boolean=b_bool or a_bool, better=outcome_better) if outcome else None
-    comparison = compare_samples(
-        b_sample,
-        a_sample,
-        failures,
-        before_label=before_label,
-        after_label=after_label,
-        by=by,
-        outcome=metric,
-        alpha=alpha,
-        confidence=confidence,
-        resamples=resamples,
-        seed=seed,
-    )
-    if skipped:
-        comparison.warnings.append("Not compared (no recount query): " + ", ".join(skipped))
-    if (
-        outcome
-        and "outcome" in b_sample.columns
-        and np.isnan(b_sample.columns["outcome"]).all()
-        and np.isnan(a_sample.columns["outcome"]).all()
-    ):
-        comparison.warnings.append(f"No trace carries the outcome attribute {outcome!r}.")
-    return comparison
-
-
-# --- rendering --------------------------------------------------------------------------------
-
-_VERDICT_MARK = {
-    "fixed": "✔ fixed",
-    "improved": "↓ improved",
-    "unchanged": "· unchanged",
-    "worse": "↑ worse",
-    "new": "✖ new",
-}
-
-
-def pct(value: float | None) -> str:
-    return "–" if value is None else f"{value * 100:.1f}%"
-
-
-def signed_pct(value: float | None) -> str:
-    return "–" if value is None else f"{value * 100:+.1f} pts"
-
-
-def interval_text(ci: Interval | None, *, percent: bool = True, points: bool = True) -> str:
-    if ci is None:
-        return "–"
-    if percent:
-        unit = " pts" if points else "%"
-        return f"[{ci.low * 100:+.1f}, {ci.high * 100:+.1f}]{unit}"
-    return f"[{ci.low:+.4g}, {ci.high:+.4g}]"
-
-
-def metric_value(row: OutcomeRow, value: float | None) -> str:
-    if value is None:
-        return "–"
-    if row.unit == "%":
-        return pct(value)
-    if row.unit == "USD":
-        return f"${value:.4f}"
-    if row.unit == "ms":
-        return f"{value:,.0f} ms"
-    return f"{value:,.4g}"
-
-
-def _md(text: str) -> str:
-    """Untrusted text (titles from traces) as inert markdown table cell content."""
-    return "`" + text.replace("`", "'").replace("|", "\\|").replace("\n", " ")[:160] + "`"
-
-
-def to_markdown(c: Comparison) -> str:
-    lines = [
-        f"# HALO comparison: {c.before} → {c.after}",
-        "",
-        f"{c.traces_before:,} traces before, {c.traces_after:,} after. Significance at {c.alpha:g} after "
-        f"{c.correction}; {c.confidence:.0%} intervals."
-        + (f" Compared within strata of `{c.by}`." if c.by else ""),
-        "",
-    ]
-    verdicts = c.verdicts
-    lines.append("**Verdicts:** " + ", ".join(f"{n} {v}" for v, n in verdicts.items() if n) + "")
-    lines.append("")
-    for warning in c.warnings:
-        lines.append(f"> ⚠ {warning}")
-        lines.append("")
-    lines += [
-        "## Failures",
-        "",
-        "| verdict | failure | before | after | change | 95% CI | relative | p (adj.) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in c.failures:
-        name = _md(r.title) + f" `{r.id}`" if r.stratum is None else f"↳ {c.by} = {_md(r.stratum)}"
-        lines.append(
-            f"| {_VERDICT_MARK[r.verdict]} | {name} | {r.affected_before}/{r.traces_before} "
-            f"({pct(r.rate_before)}) | {r.affected_after}/{r.traces_after} ({pct(r.rate_after)}) | "
-            f"{signed_pct(r.difference)} | {interval_text(r.difference_ci)} | "
-            f"{pct(r.relative) if r.relative is not None else '–'} | {r.p_adjusted:.3g} |"
-        )
-    lines += [
-        "",
-        "## Outcomes per trace",
-        "",
-        "| change | metric | before | after | difference | 95% CI | p (adj.) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for o in c.outcomes:
-        name = o.label if o.stratum is None else f"↳ {c.by} = {_md(o.stratum)}"
-        ci = interval_text(o.difference_ci, percent=o.unit == "%")
-        diff = (
-            "–"
-            if o.difference is None
-            else (signed_pct(o.difference) if o.unit == "%" else f"{o.difference:+,.4g}")
-        )
-        lines.append(
-            f"| {o.change} | {name} | {metric_value(o, o.before)} | {metric_value(o, o.after)} | {diff} | "
-            f"{ci} | {o.p_adjusted:.3g} |"
-        )
-    if c.mix:
-        lines += [
-            "",
-            "## Mix",
-            "",
-            "| dimension | distance | p | shifted | biggest moves |",
-            "|---|---|---|---|---|",
-        ]
-        for m in c.mix:
-            moves = ", ".join(f"{_md(label)} {b:.0%}→{a:.0%}" for label, b, a in m.shares[:3])
-            lines.append(
-                f"| {m.dimension} | {m.distance:.3f} | {m.p_value:.3g} | {'yes' if m.shifted else 'no'} | {moves} |"
-            )
-    lines += [
-        "",
-        "Tests: Fisher's exact test when an expected count is under 5, else the two-proportion z-test; "
-        "Cochran-Mantel-Haenszel within strata; quantiles by Mood's test, means by Welch's t-test; "
-        "intervals: Newcombe (rate differences), Katz (ratios), Poisson bootstrap (outcomes).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-_HTML = jinja2.Environment(autoescape=True).from_string("""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>HALO comparison</title>
-<style>body{font:14px system-ui,sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;width:100%;margin:1em 0}
-td,th{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left}.worse,.new{color:#b00}.fixed,.improved,.better{color:#070}
-.sub td{color:#666;font-size:12px}.warn{background:#fff4d6;padding:8px}</style></head><body>
-<h1>HALO comparison: {{ c.before }} → {{ c.after }}</h1>
-<p>{{ c.traces_before }} traces before, {{ c.traces_after }} after; significance at {{ c.alpha }} after {{ c.correction }}.</p>
-{% for w in c.warnings %}<p class="warn">⚠ {{ w }}</p>{% endfor %}
-<h2>Failures</h2><table><tr><th>verdict</th><th>failure</th><th>before</th><th>after</th><th>change</th><th>95% CI</th><th>p (adj.)</th></tr>
-{% for r in c.failures %}<tr class="{{ 'sub' if r.stratum is not none else '' }}"><td class="{{ r.verdict }}">{{ r.verdict }}</td>
-<td>{% if r.stratum is none %}{{ r.title }} <code>{{ r.id }}</code>{% else %}↳ {{ c.by }} = {{ r.stratum }}{% endif %}</td>
-<td>{{ r.affected_before }}/{{ r.traces_before }} ({{ pct(r.rate_before) }})</td><td>{{ r.affected_after }}/{{ r.traces_after }} ({{ pct(r.rate_after) }})</td>
-<td>{{ signed_pct(r.difference) }}</td><td>{{ interval_text(r.difference_ci) }}</td><td>{{ '%.3g' % r.p_adjusted }}</td></tr>{% endfor %}</table>
-<h2>Outcomes per trace</h2><table><tr><th>change</th><th>metric</th><th>before</th><th>after</th><th>p (adj.)</th></tr>
-{% for o in c.outcomes %}<tr class="{{ 'sub' if o.stratum is not none else '' }}"><td class="{{ o.change }}">{{ o.change }}</td>
-<td>{{ o.label if o.stratum is none else '↳ ' ~ c.by ~ ' = ' ~ o.stratum }}</td><td>{{ metric_value(o, o.before) }}</td>
-<td>{{ metric_value(o, o.after) }}</td><td>{{ '%.3g' % o.p_adjusted }}</td></tr>{% endfor %}</table>
-</body></html>
-""")
-
-
-def to_html(c: Comparison) -> str:
-    return _HTML.render(
-        c=c, pct=pct, signed_pct=signed_pct, interval_text=interval_text, metric_value=metric_value
-    )
-
-
-def write(c: Comparison, out_dir: Path) -> dict[str, Path]:
-    """Write compare.json, compare.md and compare.html into `out_dir`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "json": out_dir / "compare.json",
-        "markdown": out_dir / "compare.md",
-        "html": out_dir / "compare.html",
-    }
-    paths["json"].write_text(c.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(to_markdown(c), encoding="utf-8")
-    paths["html"].write_text(to_html(c), encoding="utf-8")
-    return paths

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,6 +203,20 @@ def analyze(
             f"min_share={a.thresholds.min_share:g} of {a.traces:,} traces); one-off errors are not reported."
         ],
     )
+
+
+def prepared_queries(store: TraceStore, queries: Sequence[str], *, classified: bool = False) -> list[str]:
+    """`queries` ready to run many times over on this store connection: the detectors' recount queries
+    embed the classification of every error span, which is the slow part, so it is built once into a
+    temp table (`analyze` has built it already when `classified`) and the queries read it instead. The
+    table holds the same rows as the subquery, so each query finds the same traces. Queries that do
+    not embed it are returned unchanged."""
+    embedded = f"({CLASSIFIED})"
+    if not any(embedded in q for q in queries):
+        return list(queries)
+    if not classified:
+        store.query(f"CREATE OR REPLACE TEMP TABLE halo_errors AS {CLASSIFIED}")
+    return [q.replace(embedded, "halo_errors") for q in queries]
 
 
 # --- error detectors --------------------------------------------------------------------------

@@ -25,9 +25,10 @@ from pydantic import BaseModel, Field
 
 from halo_rlm import trail
 from halo_rlm.detect import Thresholds, analyze
-from halo_rlm.report import Finding, Report, verify
+from halo_rlm.report import Finding, Report
 from halo_rlm.simulate import GroundTruth, simulate
 from halo_rlm.store import TraceStore
+from halo_rlm.verify import verify
 
 SYSTEMIC_SHARE = 0.02
 EVIDENCE_PROBLEMS = ("cited trace", "cited span", "excerpt not found")
@@ -194,15 +195,10 @@ def predictions(report: Report, store: TraceStore) -> list[trail.Prediction]:
             found.append(trail.Prediction(ev.trace_id, ev.span_id, category))
             located.add(ev.trace_id)
         if f.query:
-            result = store.sql(
-                f"SELECT DISTINCT trace_id FROM ({f.query.strip().rstrip(';')})",
-                max_rows=1_000_000,
-                max_bytes=1 << 32,
-            )
             found += [
-                trail.Prediction(str(row[0]), None, category)
-                for row in result.rows
-                if str(row[0]) not in located
+                trail.Prediction(trace_id, None, category)
+                for trace_id in sorted(store.matching_traces(f.query))
+                if trace_id not in located
             ]
     return found
 

@@ -37,11 +37,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from halo_rlm import compare, runs
+from halo_rlm import compare, render, runs
 from halo_rlm.collect import serve
 from halo_rlm.detect import Thresholds, analyze
-from halo_rlm.report import Report, verify, write
+from halo_rlm.report import Report
 from halo_rlm.store import TraceStore
+from halo_rlm.verify import verify
 
 PRESETS: dict[str, str] = {
     # Each reads the prompt on stdin; HALO_PROMPT_FILE holds it too, for tools that take a file.
@@ -448,7 +449,7 @@ class _Loop:
             )
             verify(report, store)
         report.prompt = self.config.prompt
-        write(report, folder / "report")
+        render.write(report, folder / "report")
         score = None
         if self.config.score:
             scored = run_command(
