@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from halo_rlm.runs import ID_LENGTH, RunError, RunRegistry
+from halo_rlm.utils import cache_dir
 
 KEY = "sk-proj-" + "a1B2c3D4" * 4
 
@@ -17,6 +18,8 @@ KEY = "sk-proj-" + "a1B2c3D4" * 4
 def test_a_run_is_recorded_beside_its_store_and_found_by_prefix(tmp_path: Path) -> None:
     registry = RunRegistry.beside(tmp_path / "traces.duckdb")
     assert registry.root == tmp_path / "traces.runs"
+    assert RunRegistry.beside(None).root == cache_dir() / "runs"  # loops, evals, stores HALO placed
+    assert RunRegistry.beside(cache_dir() / "stores" / "abc.duckdb").root == cache_dir() / "runs"
     run = registry.create(
         "analysis",
         prompt="Why do refunds fail?",

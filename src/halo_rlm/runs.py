@@ -1,6 +1,7 @@
 """The run registry: every analysis, comparison, loop and evaluation, recorded beside its store.
 
-A registry is a folder (`<store>.runs/` next to `<store>.duckdb`) with one folder per run:
+A registry is a folder (`<store>.runs/` next to `<store>.duckdb`, or one shared folder in HALO's cache for
+the stores it placed there) with one folder per run:
 
     <id>/run.json       the record: what was asked, over what, with which models and budgets, how it ended
     <id>/events.jsonl   the event log, one JSON object per line
@@ -25,6 +26,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, Field
 
+from halo_rlm.store import paths
 from halo_rlm.tracing import SECRET_KEY, scrub_text
 
 Kind = Literal["analysis", "compare", "loop", "eval"]
@@ -140,10 +142,10 @@ class RunRegistry:
         self.root = Path(root)
 
     @classmethod
-    def beside(cls, store: str | os.PathLike[str]) -> RunRegistry:
-        """The registry of the store at `store`: `x.duckdb` -> `x.runs/`."""
-        path = Path(store)
-        return cls(path.with_name(path.stem + ".runs"))
+    def beside(cls, store: str | os.PathLike[str] | None) -> RunRegistry:
+        """The registry of the runs on `store`: `x.duckdb` -> `x.runs/`; for stores in HALO's cache, and
+        for runs on no one store (None), the shared registry in the cache (`store.paths.runs_for`)."""
+        return cls(paths.runs_for(store))
 
     def create(self, kind: Kind, *, source: str = "python", **fields: Any) -> Run:
         self.root.mkdir(parents=True, exist_ok=True)
