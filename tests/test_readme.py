@@ -57,11 +57,11 @@ def test_the_engine_example(traces: Path) -> None:
     with ScriptedLLM(responder) as llm:
         code = python_block("### From Python").replace("http://localhost:8000/v1", llm.base_url)
         namespace: dict[str, Any] = {}
-        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+        exec(compile(code, "README.md", "exec"), namespace)
         assert namespace["report"].findings[0].title == "Refunds fail"
         asyncio.run(namespace["watch"]())
     assert (traces / "halo-report" / "report.md").exists()
 
 
 def test_the_store_example(traces: Path) -> None:
-    exec(compile(python_block("## The store from Python"), "README.md", "exec"), {})  # noqa: S102
+    exec(compile(python_block("## The store from Python"), "README.md", "exec"), {})

@@ -1027,11 +1027,11 @@ def match_findings(before: Report, after: Report) -> tuple[list[MatchedFinding],
     return list(matched.values()), skipped
 
 
-def _affected(store: TraceStore, matched: list[MatchedFinding], classified: bool) -> list[set[str]]:
+def _affected(store: TraceStore, matched: list[MatchedFinding]) -> list[set[str]]:
     """The traces each matched finding affects in `store`: those any of its queries (from either report)
     returns."""
     queries = sorted({q for m in matched for q in m.queries})
-    prepared = dict(zip(queries, detect.prepared_queries(store, queries, classified=classified), strict=True))
+    prepared = dict(zip(queries, detect.prepared_queries(store, queries), strict=True))
     hits = {q: store.matching_traces(prepared[q]) for q in queries}
     return [set().union(*(hits[q] for q in m.queries)) for m in matched]
 
@@ -1056,18 +1056,18 @@ def compare_stores(
     first. Every matched finding's recount queries run on both stores, each on its own; then
     `compare_samples` does the statistics."""
 
-    def analysed(store: TraceStore, report: Report | None) -> tuple[Report, bool]:
-        return (report, False) if report is not None else (detect.analyze(store), True)
+    def analysed(store: TraceStore, report: Report | None) -> Report:
+        return report if report is not None else detect.analyze(store)
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         sides = list(pool.map(analysed, (before, after), (before_report, after_report)))
-        (b_report, b_classified), (a_report, a_classified) = sides
+        b_report, a_report = sides
         matched, skipped = match_findings(b_report, a_report)
         b_future = pool.submit(
-            lambda: (trace_sample(before, by=by, outcome=outcome), _affected(before, matched, b_classified))
+            lambda: (trace_sample(before, by=by, outcome=outcome), _affected(before, matched))
         )
         a_future = pool.submit(
-            lambda: (trace_sample(after, by=by, outcome=outcome), _affected(after, matched, a_classified))
+            lambda: (trace_sample(after, by=by, outcome=outcome), _affected(after, matched))
         )
         ((b_sample, b_boolean), b_hits), ((a_sample, a_boolean), a_hits) = (
             b_future.result(),
