@@ -394,7 +394,9 @@ def analyze(
     )
 
 
-def prepared_queries(store: TraceStore, queries: Sequence[str], *, thresholds: Thresholds | None = None) -> list[str]:
+def prepared_queries(
+    store: TraceStore, queries: Sequence[str], *, thresholds: Thresholds | None = None
+) -> list[str]:
     """`queries` (findings' recount queries) ready to run many times over on this store connection. A
     detection whose occurrences are slow to compute has a `setup` that materialises them and a `scan`
     that reads them; a query that embeds those occurrences is rewritten to read the scan instead, after

@@ -142,7 +142,7 @@ class RunRegistry:
         self.root = Path(root)
 
     @classmethod
-    def beside(cls, store: str | os.PathLike[str] | None) -> RunRegistry:
+    def beside(cls, store: str | Path | None) -> RunRegistry:
         """The registry of the runs on `store`: `x.duckdb` -> `x.runs/`; for stores in HALO's cache, and
         for runs on no one store (None), the shared registry in the cache (`store.paths.runs_for`)."""
         return cls(paths.runs_for(store))
