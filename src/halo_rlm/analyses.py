@@ -124,7 +124,10 @@ async def ask(run: Run, question: str, config: EngineConfig) -> AsyncIterator[An
     run.record.turns.append(turn)
     run.update(turns=run.record.turns)
     messages = [*conversation, {"role": "user", "content": question}]
-    async for event in _recorded(run, messages, config, run.record.store, turn=turn):
+    # the follow-up's report is the run's report.md with a section added, not a new report folder
+    async for event in _recorded(
+        run, messages, config.model_copy(update={"out_dir": None}), run.record.store, turn=turn
+    ):
         yield event
 
 
@@ -135,9 +138,7 @@ async def _recorded(
     status, reason = "interrupted", "stopped before it finished"
     try:
         with TraceStore.open(store_path, read_only=True) as store:
-            async for event in stream_engine_async(
-                messages, config.model_copy(update={"out_dir": None}), store=store
-            ):
+            async for event in stream_engine_async(messages, config, store=store):
                 if not isinstance(event, AgentTextDelta):
                     run.log(
                         event.model_dump(mode="json", exclude_none=True, exclude={"report", "conversation"})

@@ -21,6 +21,7 @@ as interrupted; `resume()` carries on from the last finished round.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import re
@@ -40,8 +41,10 @@ from pydantic import BaseModel, Field
 from halo_rlm import compare, render, runs
 from halo_rlm.collect import serve
 from halo_rlm.detect import Thresholds, analyze
+from halo_rlm.engine import AgentOutputItem, EngineConfig, EngineError, stream_engine_async
+from halo_rlm.llm import LLMError
 from halo_rlm.report import Report
-from halo_rlm.store import TraceStore
+from halo_rlm.store import StoreError, TraceStore
 from halo_rlm.verify import verify
 
 PRESETS: dict[str, str] = {
@@ -151,6 +154,7 @@ class RoundRecord(BaseModel):
 class LoopState(BaseModel):
     config: LoopConfig
     base_commit: str
+    baseline: Side | None = None
     best: Side | None = None
     rounds: list[RoundRecord] = Field(default_factory=list)
 
@@ -164,8 +168,11 @@ def start(
     *,
     source: str = "python",
     progress: Progress | None = None,
+    engine: EngineConfig | None = None,
 ) -> runs.Run:
-    """Start a loop recorded in `registry` and run it to the end; returns its run."""
+    """Start a loop recorded in `registry` and run it to the end; returns its run. With `engine` (a model
+    provider configured), each version's traces are analysed by the engine, else by the detectors. The
+    engine's settings are not stored (they may hold a key): give them again to `resume`."""
     repo = _toplevel(config.repo)
     config = config.model_copy(update={"repo": repo})
     base_commit = _git(repo, "rev-parse", "--verify", f"{config.base}^{{commit}}").strip()
@@ -174,6 +181,7 @@ def start(
         source=source,
         prompt=config.prompt,
         inputs=[str(repo)],
+        models={"analysis": engine.model} if engine else {"analysis": "detectors"},
         budgets={
             "rounds": config.rounds,
             "run_timeout": config.run_timeout,
@@ -183,10 +191,12 @@ def start(
     )
     state = LoopState(config=config, base_commit=base_commit)
     _save(run, state)
-    return _drive(run, state, progress)
+    return _drive(run, state, progress, engine)
 
 
-def resume(run: runs.Run, *, progress: Progress | None = None) -> runs.Run:
+def resume(
+    run: runs.Run, *, progress: Progress | None = None, engine: EngineConfig | None = None
+) -> runs.Run:
     """Carry on an interrupted or failed loop from its last finished round."""
     if run.record.kind != "loop":
         raise LoopError(f"run {run.id} is {run.record.kind!r}, not a loop")
@@ -195,11 +205,13 @@ def resume(run: runs.Run, *, progress: Progress | None = None) -> runs.Run:
     state = LoopState.model_validate(run.record.summary["state"])
     state.rounds = [r for r in state.rounds if r.decision != "interrupted"]
     run.update(status="running", reason="", finished_at=None)
-    return _drive(run, state, progress)
+    return _drive(run, state, progress, engine)
 
 
-def _drive(run: runs.Run, state: LoopState, progress: Progress | None) -> runs.Run:
-    loop = _Loop(run, state, progress or (lambda event: None))
+def _drive(
+    run: runs.Run, state: LoopState, progress: Progress | None, engine: EngineConfig | None
+) -> runs.Run:
+    loop = _Loop(run, state, progress or (lambda event: None), engine)
     try:
         loop.go()
     except KeyboardInterrupt:
@@ -219,8 +231,10 @@ def _drive(run: runs.Run, state: LoopState, progress: Progress | None) -> runs.R
 
 
 class _Loop:
-    def __init__(self, run: runs.Run, state: LoopState, progress: Progress) -> None:
-        self.run, self.state, self.progress = run, state, progress
+    def __init__(
+        self, run: runs.Run, state: LoopState, progress: Progress, engine: EngineConfig | None
+    ) -> None:
+        self.run, self.state, self.progress, self.engine = run, state, progress, engine
         self.config = state.config
         self.repo = Path(self.config.repo)
 
@@ -238,7 +252,7 @@ class _Loop:
                 f"{self.state.base_commit[:12]} and leaves them alone",
             )
         if self.state.best is None:
-            self.state.best = self.baseline()
+            self.state.best = self.state.baseline = self.baseline()
             _save(self.run, self.state)
         while len(self.state.rounds) < self.config.rounds:
             self.round(len(self.state.rounds) + 1)
@@ -250,6 +264,8 @@ class _Loop:
         _git(self.repo, "worktree", "add", "--detach", str(worktree), self.state.base_commit)
         try:
             return self.measure(worktree, folder, self.state.base_commit, round_number=0)
+        except _StepFailed as exc:
+            raise LoopError(f"the baseline could not be measured: {exc}") from None
         finally:
             _remove_worktree(self.repo, worktree, None)
 
@@ -441,15 +457,7 @@ class _Loop:
         store_path = folder / "traces.duckdb"
         with TraceStore.open(store_path) as store:
             store.ingest(inputs)
-        with TraceStore.open(store_path, read_only=True) as store:
-            report = analyze(
-                store,
-                thresholds=Thresholds(min_traces=self.config.min_traces, min_share=self.config.min_share),
-                inputs=inputs,
-            )
-            verify(report, store)
-        report.prompt = self.config.prompt
-        render.write(report, folder / "report")
+        report = self.analyse(store_path, inputs, folder / "report")
         score = None
         if self.config.score:
             scored = run_command(
@@ -483,6 +491,38 @@ class _Loop:
             score=_score_text(side),
         )
         return side
+
+    def analyse(self, store_path: Path, inputs: list[str], out_dir: Path) -> Report:
+        """The report on one version's traces: the engine's when a model is configured, else the detectors'."""
+        if self.engine is not None and self.engine.provider.configured:
+            report = asyncio.run(_engine_report(self.config.prompt, self.engine, store_path))
+        else:
+            with TraceStore.open(store_path, read_only=True) as store:
+                report = analyze(
+                    store,
+                    thresholds=Thresholds(min_traces=self.config.min_traces, min_share=self.config.min_share),
+                    inputs=inputs,
+                )
+                verify(report, store)
+            report.prompt = self.config.prompt
+        render.write(report, out_dir)
+        return report
+
+
+async def _engine_report(prompt: str, engine: EngineConfig, store_path: Path) -> Report:
+    final = None
+    try:
+        with TraceStore.open(store_path, read_only=True) as store:
+            async for event in stream_engine_async(
+                prompt, engine.model_copy(update={"out_dir": None}), store=store
+            ):
+                if isinstance(event, AgentOutputItem) and event.final:
+                    final = event
+    except (EngineError, LLMError, StoreError) as exc:
+        raise _StepFailed(f"the analysis failed: {exc}") from exc
+    if final is None or final.report is None:
+        raise _StepFailed("the analysis ended without a report")
+    return final.report
 
 
 class _StepFailed(Exception):
@@ -643,7 +683,7 @@ def _save(run: runs.Run, state: LoopState) -> None:
             "state": state.model_dump(mode="json"),
             "rounds": [_row(r) for r in state.rounds],
             "best": state.best.commit if state.best else None,
-            "baseline_score": _score_text(state.best) if state.best and not state.rounds else None,
+            "baseline_score": _score_text(state.baseline),
         }
     )
 
