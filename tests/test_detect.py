@@ -214,6 +214,51 @@ def test_hallucinated_tools_from_offered_lists_and_errors(tmp_path: Path) -> Non
     }
 
 
+def test_openai_agents_sdk_unknown_tools_and_stack_traces(tmp_path: Path) -> None:
+    """The Agents SDK's ways of saying a tool does not exist (its span error with the name as data, and
+    ModelBehaviorError), and a recorded exception whose stack trace quotes the caller's code: the error is
+    about the tool, not about `max_turns` in that code."""
+    runs = []
+    for i in range(4):
+        run = healthy(f"sdk{i}")
+        run.spans.append(
+            span(
+                f"sdk{i}",
+                "CHAIN",
+                "turn",
+                parent=run.root["span_id"],
+                error="Tool not found: {'tool_name': 'check_warranty'}",
+            )
+        )
+        runs.append(run)
+    for i in range(3):
+        run = healthy(f"mbe{i}")
+        task = span(
+            f"mbe{i}",
+            "CHAIN",
+            "support.task",
+            parent=run.root["span_id"],
+            error="ModelBehaviorError: Tool check_stock_level not found in agent SupportAgent",
+        )
+        task["events"] = [
+            {
+                "name": "exception",
+                "timestamp": T0,
+                "attributes": {
+                    "exception.type": "agents.exceptions.ModelBehaviorError",
+                    "exception.message": "Tool check_stock_level not found in agent SupportAgent",
+                    "exception.stacktrace": 'File "run.py", line 50\n    await Runner.run(agent, task, max_turns=6)',
+                },
+            }
+        ]
+        run.spans.append(task)
+        runs.append(run)
+    assert keyed(findings_of(tmp_path, runs)) == {
+        ("hallucinated_tool", "check_warranty"): 4,
+        ("hallucinated_tool", "check_stock_level"): 3,
+    }
+
+
 def test_invalid_arguments_timeouts_rate_limits_context_and_max_turns(tmp_path: Path) -> None:
     runs = []
     for i in range(3):

@@ -63,7 +63,7 @@ ERROR_SIGNATURES: list[tuple[Category, str]] = [
     (
         "hallucinated_tool",
         r"(unknown|invalid|unsupported|unrecognized|non-?existent|undefined) (tool|function)|"
-        r"(tool|function) (not found|does not exist|is not available|not available|not registered)|"
+        r"(tool|function) ([\w.-]+ )?(not found|does not exist|is not available|not available|not registered)|"
         r"no (such )?(tool|function) (named|called)|toolnotfound|functionnotfound|model tried to call unknown",
     ),
     ("handoff", r"hand-?off|transfer_to_|transfer to [\w.-]+ failed"),
