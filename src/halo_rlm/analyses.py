@@ -17,18 +17,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from halo_rlm import render
 from halo_rlm.detect import Thresholds, analyze
-from halo_rlm.engine import AgentOutputItem, AgentTextDelta, EngineConfig, EngineError, stream_engine_async
-from halo_rlm.llm import LLMError
 from halo_rlm.report import Report
 from halo_rlm.runs import Run, RunRegistry, Turn, now
 from halo_rlm.store import StoreError, TraceStore
 from halo_rlm.verify import verify
+
+if TYPE_CHECKING:  # the engine (and the openai client) load only for analyses with a model
+    from halo_rlm.engine import AgentOutputItem, EngineConfig
 
 __all__ = ["analyze_with_detectors", "ask", "budgets_of", "models_of", "stream_recorded"]
 
@@ -111,6 +112,8 @@ async def stream_recorded(
 async def ask(run: Run, question: str, config: EngineConfig) -> AsyncIterator[Any]:
     """Continue `run`'s root agent with a follow-up question over the same store; yields the engine's
     events. The answer becomes a turn of the run and a section of its report.md."""
+    from halo_rlm.engine import EngineError
+
     path = run.file(CONVERSATION)
     if path is None or not path.exists():
         raise EngineError(
@@ -134,6 +137,9 @@ async def ask(run: Run, question: str, config: EngineConfig) -> AsyncIterator[An
 async def _recorded(
     run: Run, messages: Any, config: EngineConfig, store_path: str | Path, turn: Turn | None = None
 ) -> AsyncIterator[Any]:
+    from halo_rlm.engine import AgentOutputItem, AgentTextDelta, EngineError, stream_engine_async
+    from halo_rlm.llm import LLMError
+
     final: AgentOutputItem | None = None
     status, reason = "interrupted", "stopped before it finished"
     try:
