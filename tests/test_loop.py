@@ -221,3 +221,42 @@ def test_score_parsing_and_score_changes() -> None:
 def test_not_a_repository_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(loop.LoopError, match="not a git repository"):
         loop.start(config(tmp_path, "fix"), runs.RunRegistry(tmp_path / "runs"))
+
+
+def test_with_a_model_the_engine_writes_the_report_the_coding_agent_gets(repo: Path, tmp_path: Path) -> None:
+    from scripted_llm import Call, ChatRequest, ScriptedLLM, ToolCalls
+
+    from halo_rlm.engine import EngineConfig
+    from halo_rlm.utils import RetryPolicy
+
+    def analyst(request: ChatRequest) -> object:
+        if not request.tool_results:
+            return ToolCalls([Call("count_traces", {})])
+        finding = {
+            "title": "fetch_data is not retried when upstream is busy",
+            "category": "tool_error",
+            "key": "fetch_data",
+            "severity": "high",
+            "affected_traces": 20,
+            "recommendation": "Retry fetch_data twice on 503.",
+            "confidence": 0.9,
+        }
+        return ToolCalls(
+            [Call("final_answer", {"answer": "# Report\n\nRetries are missing.", "findings": [finding]})]
+        )
+
+    with ScriptedLLM(analyst) as llm:
+        engine = EngineConfig(
+            base_url=llm.base_url,
+            api_key="k",
+            model="scripted-model",
+            retry=RetryPolicy(sleep=lambda seconds: None),
+        )
+        run = loop.start(config(repo, "fix"), runs.RunRegistry(tmp_path / "runs"), engine=engine)
+    report = json.loads((run.folder / "round-0" / "report" / "report.json").read_text())
+    assert report["mode"] == "llm" and report["findings"][0]["key"] == "fetch_data"
+    prompt = (run.folder / "round-1" / "prompt.md").read_text()
+    assert "fetch_data is not retried when upstream is busy" in prompt and "Retry fetch_data twice" in prompt
+    assert run.record.models == {"analysis": "scripted-model"}
+    (r,) = run.record.summary["rounds"]
+    assert r["decision"] == "kept"  # the score rose; the model's finding had no query to compare by
