@@ -4,7 +4,10 @@ follow-up; the typed API key never reaches disk; the history survives a restart;
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -112,7 +115,7 @@ def test_start_a_run_from_filters_watch_it_cite_and_follow_up(
         page.fill("input[name=base_url]", llm.base_url)
         page.fill("input[name=api_key]", TYPED_KEY)
         page.click("button[type=submit]")
-        wait_for_address(page, r"/runs/[0-9a-f]{12}$")
+        wait_for_address(page, r"/runs/[0-9a-z]{8}$")
         run_id = page.url.rsplit("/", 1)[1]
         page.wait_for_selector("#run-status[data-status=completed]", timeout=60_000)
         assert "The refund tool fails" in page.inner_text(".report")
@@ -141,13 +144,21 @@ def test_start_a_run_from_filters_watch_it_cite_and_follow_up(
         assert not errors, errors
     roots = [r for r in llm.chat_requests if "You are a sub-agent" not in r.system_text]
     follow_up = roots[-1].messages
-    assert any(
-        "The refund tool fails" in (m.get("content") or "") for m in follow_up if m["role"] == "assistant"
+    # the follow-up continued the root agent's conversation, which holds its first answer
+    earlier = [m for m in follow_up if m["role"] != "user"]
+    assert "The refund tool fails" in json.dumps(earlier)
+    asked = [
+        m["content"]
+        for m in follow_up
+        if m["role"] == "user" and "follow-up question" in (m["content"] or "")
+    ]
+    assert asked and json.dumps(follow_up).index("The refund tool fails") < json.dumps(follow_up).index(
+        asked[0]
     )
     assert all(r.headers.get("authorization") == f"Bearer {TYPED_KEY}" for r in llm.chat_requests)
-    folder = Path(f"{store_path}.runs") / run_id
-    assert (folder / "report.md").read_text().count("Follow-up 1") == 1
-    for path in Path(f"{store_path}.runs").rglob("*"):
+    registry = store_path.with_name(store_path.stem + ".runs")  # beside the store, as `halo runs` reads it
+    assert (registry / run_id / "report.md").read_text().count("## Follow-up:") == 1
+    for path in registry.rglob("*"):
         if path.is_file():
             assert TYPED_KEY.encode() not in path.read_bytes(), f"the API key reached {path}"
 
@@ -164,14 +175,15 @@ def api(server: Server) -> httpx.Client:
 def wait_status(client: httpx.Client, run_id: str, wanted: set[str], timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        run = client.get(f"/runs/{run_id}.json").json()["run"]
+        data = client.get(f"/runs/{run_id}.json").json()
+        run = {**data["run"], "status": data["status"]}
         if run["status"] in wanted:
             return run
         assert time.monotonic() < deadline, f"run stayed {run['status']}"
         time.sleep(0.1)
 
 
-def test_history_survives_a_restart_and_a_cut_run_can_be_retried(
+def test_history_survives_a_restart_and_a_cut_run_runs_again(
     store_path: Path, cited: tuple[str, str]
 ) -> None:
     slow = analyst(cited)
@@ -193,26 +205,34 @@ def test_history_survives_a_restart_and_a_cut_run_can_be_retried(
             assert started.status_code == 303
             run_id = started.headers["location"].rsplit("/", 1)[1]
             wait_status(client, run_id, {"running"})
-            cancelled = client.post(f"/runs/{run_id}/cancel")
-            assert cancelled.status_code == 303
-            assert wait_status(client, run_id, {"cancelled"})["turns"][0]["error"] == "cancelled from the app"
-            client.post(f"/runs/{run_id}/retry")
-            wait_status(client, run_id, {"running"})
-        # the app stopped mid-run: the next one says so, and a retry finishes on the same traces
+            assert client.post(f"/runs/{run_id}/cancel").status_code == 303
+            assert wait_status(client, run_id, {"cancelled"})["reason"] == "cancelled from the app"
+            again = client.post(f"/runs/{run_id}/rerun")
+            second = again.headers["location"].rsplit("/", 1)[1]
+            assert second != run_id
+            wait_status(client, second, {"running"})
+        # the app stopped mid-run: the next one says so, and running it again finishes on the same traces
         release["slow"] = False
         with Server(Settings(store=store_path, port=0)) as server, api(server) as client:
-            run = client.get(f"/runs/{run_id}.json").json()["run"]
-            assert run["status"] == "interrupted" and run["turns"][0]["status"] == "interrupted", run
-            assert client.post(f"/runs/{run_id}/retry").status_code == 303
-            done = wait_status(client, run_id, {"completed", "failed"})
+            cut = client.get(f"/runs/{second}.json").json()["run"]
+            assert cut["status"] == "interrupted", cut
+            listed = {r["id"]: r["status"] for r in client.get("/runs.json").json()["runs"]}
+            assert listed[run_id] == "cancelled" and listed[second] == "interrupted"
+            third = client.post(f"/runs/{second}/rerun").headers["location"].rsplit("/", 1)[1]
+            done = wait_status(client, third, {"completed", "failed", "incomplete"})
             assert done["status"] == "completed", done
-            listed = client.get("/runs.json").json()["runs"]
-            assert run_id in [r["id"] for r in listed]
             services = (
                 server.ui.store.con.cursor()
                 .execute("SELECT count(*) FROM traces WHERE list_contains(services, 'support-bot')")
                 .fetchall()[0][0]
             )
-            assert done["traces"] == services
+            assert done["summary"]["traces"] == services
             bad = client.post("/runs", data={**form, "max_depth": "99"})
             assert bad.status_code == 400 and "max_depth" in bad.text
+    listed = subprocess.run(
+        [sys.executable, "-m", "halo_rlm", "runs", "--store", str(store_path), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert third in listed.stdout  # the CLI sees the app's runs

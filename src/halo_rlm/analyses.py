@@ -90,20 +90,23 @@ async def stream_recorded(
     inputs: Sequence[str] = (),
     registry: RunRegistry | None = None,
     source: str = "python",
+    run: Run | None = None,
 ) -> AsyncIterator[Any]:
     """`stream_engine_async` over a store, recorded: every completed step goes to the run's event log
     (streamed text is not logged, the messages it makes are), the report to the run folder, and the run
-    ends completed, incomplete (no final answer), failed or interrupted, with the reason."""
-    registry = registry or RunRegistry.beside(store_path)
-    run = registry.create(
-        "analysis",
-        source=source,
-        prompt=prompt,
-        inputs=list(inputs),
-        store=str(store_path),
-        models=models_of(config),
-        budgets=budgets_of(config),
-    )
+    ends completed, incomplete (no final answer), failed or interrupted, with the reason. `run`: one
+    created beforehand (the web app shows it while it prepares the traces), else a new one."""
+    fields = {
+        "prompt": prompt,
+        "inputs": list(inputs),
+        "store": str(store_path),
+        "models": models_of(config),
+        "budgets": budgets_of(config),
+    }
+    if run is None:
+        run = (registry or RunRegistry.beside(store_path)).create("analysis", source=source, **fields)
+    else:
+        run.update(**fields)
     yield run
     async for event in _recorded(run, prompt, config, store_path):
         yield event

@@ -138,7 +138,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
-            await ui.analyses.close()
+            await ui.runs.close()
             ui.close()
 
     guard = Middleware(

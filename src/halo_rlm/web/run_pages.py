@@ -14,9 +14,11 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 
 from halo_rlm.defaults import DEFAULT_PROMPT, ReasoningEffort
 from halo_rlm.engine import EngineError
-from halo_rlm.web.analyses import RunSettings, agents_of
+from halo_rlm.report import Report
+from halo_rlm.runs import Run
 from halo_rlm.web.format import json_response
 from halo_rlm.web.handoff import handoffs, prompt_for
+from halo_rlm.web.live_runs import RunSettings, agents_of
 from halo_rlm.web.state import Ui
 from halo_rlm.web.traces import BadRequest, parse_list
 
@@ -29,12 +31,24 @@ def _redirect(path: str) -> Response:
     return RedirectResponse(path, status_code=303)
 
 
+def _status(ui: Ui, run: Run) -> str:
+    return "running" if ui.runs.active(run) else run.record.status
+
+
 async def runs_list(request: Request, as_json: bool) -> Response:
     ui: Ui = request.app.state.ui
-    runs = ui.analyses.ordered()
+    runs = ui.runs.runs()
     if as_json:
-        return json_response({"runs": runs})
-    return ui.render(request, "runs.html", runs=runs)
+        return json_response(
+            {"runs": [{**r.record.model_dump(mode="json"), "status": _status(ui, r)} for r in runs]}
+        )
+    return ui.render(
+        request,
+        "runs.html",
+        runs=runs,
+        states={r.id: _status(ui, r) for r in runs},
+        registry=str(ui.runs.registry.root),
+    )
 
 
 async def new_run(request: Request, as_json: bool) -> Response:
@@ -69,7 +83,7 @@ async def _form(
         view=view,
         query=str(params),
         efforts=EFFORTS,
-        key_from_env=bool(_env_key()),
+        key_from_env=bool(os.environ.get("OPENAI_API_KEY")),
         **data,
     )
 
@@ -87,7 +101,7 @@ async def create_run(request: Request) -> Response:
         view = parse_list(params)
     except BadRequest as exc:
         return ui.error(request, False, 400, str(exc))
-    run = ui.analyses.start(
+    run = ui.runs.start(
         prompt=prompt,
         query=[(k, v) for k, v in params.multi_items() if k != "cursor"],
         filters=view.filters,
@@ -99,44 +113,51 @@ async def create_run(request: Request) -> Response:
 
 async def run_page(request: Request, as_json: bool) -> Response:
     ui: Ui = request.app.state.ui
-    run = ui.analyses.get(request.path_params["run_id"])
+    run = ui.runs.get(request.path_params["run_id"])
     if run is None:
         return ui.error(request, as_json, 404, f"no run {request.path_params['run_id']!r} (see /runs)")
-    report_path = ui.analyses.report_path(run)
-    view = ui.analyses.views.get(run.id)
+    report_path = ui.runs.report_path(run)
+    view = ui.runs.views.get(run.id)
+    active = ui.runs.active(run)
     data: dict[str, Any] = {
-        "run": run,
-        "reports": [ui.analyses.turn_report(run, i) for i in range(len(run.turns))],
-        "agents": agents_of(view, run.active) if view else [],
+        "run": run.record,
+        "state": _status(ui, run),
+        "report": _report(run),
+        "agents": agents_of(view, active) if view else [],
         "report_path": str(report_path),
+        "settings": ui.runs.settings_of(run),
+        "follow_up": ui.runs.can_follow_up(run),
         "handoff": {"prompt": prompt_for(report_path), "tools": handoffs(report_path)},
     }
     if as_json:
-        return json_response(data)
+        return json_response({**data, "status": data.pop("state")})
+    query = [(str(k), str(v)) for k, v in run.record.filters.get("query", [])]
     return ui.render(
         request,
         "run.html",
-        list_url="/traces?" + str(QueryParams(run.query)),
-        key_from_env=bool(_env_key()),
+        list_url="/traces?" + str(QueryParams(query)),
+        query=query,
+        key_from_env=bool(os.environ.get("OPENAI_API_KEY")),
+        active=active,
         **data,
     )
 
 
 async def run_action(request: Request) -> Response:
-    """Cancel, retry, or ask a follow-up question."""
+    """Cancel, run again, or ask a follow-up question."""
     ui: Ui = request.app.state.ui
-    run = ui.analyses.get(request.path_params["run_id"])
+    run = ui.runs.get(request.path_params["run_id"])
     if run is None:
         return ui.error(request, False, 404, f"no run {request.path_params['run_id']!r}")
     action = request.path_params["action"]
     form = await request.form()
     try:
         if action == "cancel":
-            ui.analyses.cancel(run)
-        elif action == "retry":
-            ui.analyses.retry(run, _key(form))
+            ui.runs.cancel(run)
+        elif action == "rerun":
+            return _redirect(f"/runs/{ui.runs.rerun(run, _key(form)).id}")
         elif action == "ask":
-            ui.analyses.ask(run, str(form.get("question") or ""), _key(form))
+            ui.runs.follow_up(run, str(form.get("question") or ""), _key(form))
         else:
             return ui.error(request, False, 404, f"no action {action!r}")
     except EngineError as exc:
@@ -146,11 +167,21 @@ async def run_action(request: Request) -> Response:
 
 async def report_file(request: Request) -> Response:
     ui: Ui = request.app.state.ui
-    run = ui.analyses.get(request.path_params["run_id"])
-    path = ui.analyses.report_path(run) if run else None
+    run = ui.runs.get(request.path_params["run_id"])
+    path = run.file("report.md") if run else None
     if run is None or path is None or not path.exists():
         return ui.error(request, False, 404, "this run has no report yet")
     return FileResponse(path, media_type="text/markdown; charset=utf-8", filename=f"halo-report-{run.id}.md")
+
+
+def _report(run: Run) -> Report | None:
+    path = run.file("report.json")
+    if path is None or not path.exists():
+        return None
+    try:
+        return Report.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError):
+        return None
 
 
 def _settings(form: FormData) -> RunSettings:
@@ -165,10 +196,6 @@ def _settings(form: FormData) -> RunSettings:
 def _key(form: FormData) -> str | None:
     """An API key typed into the form: used for this run, kept in memory, never written anywhere."""
     return str(form.get("api_key") or "").strip() or None
-
-
-def _env_key() -> str | None:
-    return os.environ.get("OPENAI_API_KEY")
 
 
 def _validation(exc: ValidationError) -> str:

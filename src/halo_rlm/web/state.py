@@ -27,10 +27,10 @@ from halo_rlm.collect import Receiver
 from halo_rlm.defaults import UI_PORT
 from halo_rlm.store import TraceFilters, TraceStore
 from halo_rlm.web import markdown
-from halo_rlm.web.analyses import Analyses
 from halo_rlm.web.format import FILTERS, json_response, script_json
 from halo_rlm.web.jobs import Jobs
 from halo_rlm.web.live import Hub
+from halo_rlm.web.live_runs import LiveRuns
 
 T = TypeVar("T")
 HERE = Path(__file__).parent
@@ -74,7 +74,7 @@ class Ui:
         self.templates.filters["script_json"] = lambda value: markupsafe.Markup(script_json(value))
         self.templates.filters["markdown"] = markdown.render
         self.templates.globals["cite_url"] = markdown.citation_url
-        self.analyses = Analyses(self.store, self.hub, self.resolve_text)
+        self.runs = LiveRuns(self.store, self.hub, self.resolve_text)
         # OTLP/HTTP at /v1/traces, by the collector's rules: what it acknowledges is written (or, if
         # the store refuses it until shutdown, rescued to a file beside it).
         self.receiver = Receiver(
