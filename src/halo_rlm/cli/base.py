@@ -48,10 +48,14 @@ err = LazyConsole(stderr=True)
 
 
 def escape(text: str) -> str:
-    """Text as literal rich markup."""
+    """Text from outside HALO (traces, model output, file names, errors) as literal rich markup that
+    is safe on a terminal: every command prints such text only through this function, which turns
+    escape sequences, C1 controls and bidi overrides into visible stand-ins (`utils.terminal_safe`)."""
     from rich.markup import escape as rich_escape
 
-    return rich_escape(text)
+    from halo_rlm.utils import terminal_safe
+
+    return rich_escape(terminal_safe(text))
 
 
 class DefaultGroup(click.Group):
@@ -120,15 +124,22 @@ def emit_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def json_line(value: dict[str, Any]) -> None:
+def json_line(kind: str, value: dict[str, Any]) -> None:
+    """One line of a JSON-lines stream (`--json` on commands that run on): every line says what it is
+    in `type`, first."""
     import orjson
 
-    sys.stdout.write(orjson.dumps(value).decode() + "\n")
+    sys.stdout.write(orjson.dumps({"type": kind, **value}).decode() + "\n")
     sys.stdout.flush()
 
 
+def note_store(target: str, why: str) -> None:
+    """Say which store a query command reads (on stderr, so `--json` output stays pure)."""
+    err.print(f"[dim]Using the store {escape(target)} ({escape(why)})[/]")
+
+
 def resolve_store(paths: Sequence[str], store_path: Path | None, *, quiet: bool, strict: bool = False) -> str:
-    """Ingest `paths` (if any) and return the store path to query."""
+    """Ingest `paths` (if any) and return the store path to query, saying which it is."""
     from halo_rlm import files
     from halo_rlm.store import paths as store_paths
 
@@ -141,20 +152,28 @@ def resolve_store(paths: Sequence[str], store_path: Path | None, *, quiet: bool,
         report = ingest_with_progress(target, paths, strict=strict, quiet=quiet)
         if not quiet:
             print_ingest_summary(report, brief=True)
+        if all(item.status == "failed" for item in report.inputs):
+            failed = report.inputs[0] if report.inputs else None
+            fail(
+                f"{failed.path}: {failed.message or 'not read'}" if failed else "no trace files found",
+            )
+        note_store(target, "of the trace files given")
         return target
     if store_path is not None:
         if not store_path.exists():
             fail(f"{store_path}: no such store; ingest into it first: halo ingest FILES --store {store_path}")
+        note_store(str(store_path), "given with --store")
         return str(store_path)
     remembered = store_paths.last()
     if remembered is None:
         fail("no traces given: pass trace files (or --store PATH), e.g. halo stats traces.jsonl")
-    if not quiet:
-        err.print(f"[dim]Using the store of the last ingest: {escape(remembered)}[/]")
-    return remembered
+    note_store(remembered.store, f"of the last ingest in {remembered.directory}")
+    return remembered.store
 
 
 def ingest_with_progress(target: str, paths: Sequence[str], *, strict: bool, quiet: bool) -> IngestReport:
+    """Ingest `paths` into the store at `target` with a progress bar on a terminal, and remember the
+    store for later query commands unless the ingest failed."""
     from halo_rlm import files
     from halo_rlm.store import StoreError, StrictError, TraceStore
     from halo_rlm.store import paths as store_paths
@@ -167,7 +186,7 @@ def ingest_with_progress(target: str, paths: Sequence[str], *, strict: bool, qui
         fail(str(exc), code=2)
     except (StoreError, files.InputError) as exc:
         fail(str(exc))
-    store_paths.remember(target)
+    store_paths.remember_ingest(report)
     return report
 
 

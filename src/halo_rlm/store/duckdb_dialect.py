@@ -9,10 +9,10 @@ from halo_rlm.store.dialect import Detection, Dialect
 
 __all__ = ["DuckDBDialect"]
 
-# What an error says: its message, type, a tool's result and its exception events.
+# What an error says: its message, type, a tool's result and its exception events, each said once.
 ERROR_TEXT = (
-    "concat_ws(' | ', s.status_message, s.error_type, "
-    "CASE WHEN s.kind = 'TOOL' THEN left(s.tool_result, 1000) END, left(s.exceptions::VARCHAR, 1000))"
+    "halo_join_distinct([s.status_message, s.error_type, "
+    "CASE WHEN s.kind = 'TOOL' THEN left(s.tool_result, 1000) END, left(s.exceptions::VARCHAR, 1000)])"
 )
 # A leaf error: an ERROR span none of whose children is an ERROR span.
 LEAF_ERRORS = f"""

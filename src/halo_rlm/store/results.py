@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
@@ -17,10 +17,12 @@ from halo_rlm.utils import iso_to_ns
 
 __all__ = [
     "Count",
+    "Durations",
     "ErrorGroup",
     "IngestReport",
     "InputReport",
     "Match",
+    "ModelUsage",
     "OversizedTrace",
     "Overview",
     "Progress",
@@ -133,6 +135,34 @@ class Count(BaseModel):
     traces: int
     spans: int | None = None
     errors: int | None = None
+
+
+class Durations(BaseModel):
+    """How long an agent's runs (its AGENT spans), a model's calls (LLM spans) or a tool's calls
+    (TOOL spans) took, over the spans that have a duration."""
+
+    of: Literal["agent", "model", "tool"]
+    name: str
+    spans: int
+    p50_ms: float
+    p95_ms: float
+    max_ms: float
+
+
+class ModelUsage(BaseModel):
+    """One model's LLM calls: their tokens and the cost the spans reported, and the tokens of the
+    calls that reported none (which a price table can put a cost on)."""
+
+    model: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cost: float = Field(description="USD the spans reported")
+    calls_without_cost: int = Field(description="Calls with tokens but no reported cost")
+    input_tokens_without_cost: int
+    output_tokens_without_cost: int
+    cache_read_tokens_without_cost: int
 
 
 class ErrorGroup(BaseModel):
