@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -112,8 +112,42 @@ def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")(f)
 
 
+class Share(click.ParamType):
+    """A share of a whole, as a fraction (0.05) or a percentage (5%)."""
+
+    name = "share"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip()
+        try:
+            share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            self.fail(
+                f"{value!r} is not a share: write a fraction like 0.05 or a percentage like 5%", param, ctx
+            )
+        if not 0 <= share <= 1:
+            self.fail(f"{value!r} is not between 0 and 1 (for five percent write 0.05 or 5%)", param, ctx)
+        return share
+
+
+class Moment(click.ParamType):
+    """A time: ISO-8601, or relative to now (30m, 24h, 7d, 2w ago); converted to ISO-8601 UTC."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from halo_rlm.utils import parse_time
+
+        try:
+            return parse_time(str(value)) or ""
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]Error:[/] {escape(message)}")
+    err.print(f"[bold red]Error:[/] {escape(message)}", soft_wrap=True)  # one line, however long
     sys.exit(code)
 
 
@@ -124,7 +158,7 @@ def emit_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def json_line(kind: str, value: dict[str, Any]) -> None:
+def json_line(kind: str, value: Mapping[str, Any]) -> None:
     """One line of a JSON-lines stream (`--json` on commands that run on): every line says what it is
     in `type`, first."""
     import orjson
@@ -135,7 +169,7 @@ def json_line(kind: str, value: dict[str, Any]) -> None:
 
 def note_store(target: str, why: str) -> None:
     """Say which store a query command reads (on stderr, so `--json` output stays pure)."""
-    err.print(f"[dim]Using the store {escape(target)} ({escape(why)})[/]")
+    err.print(f"[dim]Using the store {escape(target)} ({escape(why)})[/]", soft_wrap=True)
 
 
 def resolve_store(paths: Sequence[str], store_path: Path | None, *, quiet: bool, strict: bool = False) -> str:
@@ -153,9 +187,10 @@ def resolve_store(paths: Sequence[str], store_path: Path | None, *, quiet: bool,
         if not quiet:
             print_ingest_summary(report, brief=True)
         if all(item.status == "failed" for item in report.inputs):
-            failed = report.inputs[0] if report.inputs else None
+            first = report.inputs[0] if report.inputs else None
             fail(
-                f"{failed.path}: {failed.message or 'not read'}" if failed else "no trace files found",
+                "none of the files given holds traces"
+                + (f" ({first.path}: {first.message})" if quiet and first and first.message else "")
             )
         note_store(target, "of the trace files given")
         return target

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from halo_rlm.defaults import SortKey
-from halo_rlm.utils import iso_to_ns
+from halo_rlm.utils import iso_to_ns, parse_time
 
 __all__ = [
     "Count",
@@ -68,12 +68,12 @@ class TraceFilters(BaseModel):
     trace_ids: list[str] | None = Field(None, description="Only these trace ids")
     since: str | None = Field(
         None,
-        description="Traces starting at or after this ISO-8601 time",
+        description="Traces starting at or after this time: ISO-8601, or 30m, 24h, 7d, 2w ago",
         validation_alias=_also("since", "start_time_gte"),
     )
     until: str | None = Field(
         None,
-        description="Traces starting before this ISO-8601 time",
+        description="Traces starting before this time: ISO-8601, or 30m, 24h, 7d, 2w ago",
         validation_alias=_also("until", "end_time_lte"),
     )
     min_duration_ms: float | None = None
@@ -89,10 +89,12 @@ class TraceFilters(BaseModel):
 
     @field_validator("since", "until")
     @classmethod
-    def _iso(cls, value: str | None) -> str | None:
-        if value is not None and iso_to_ns(value) is None:
-            raise ValueError(f"not an ISO-8601 time: {value!r} (e.g. 2026-04-24T18:00:00Z)")
-        return value
+    def _time(cls, value: str | None) -> str | None:
+        """An ISO-8601 time as given; a relative one (30m, 24h, 7d, 2w ago) as the ISO time it means
+        now, the same times `halo import --since` takes."""
+        if value is None or iso_to_ns(value) is not None:
+            return value
+        return parse_time(value)
 
 
 class TraceSummary(BaseModel):
