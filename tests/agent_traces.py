@@ -6,12 +6,13 @@ with hostile text (terminal escape sequences, bidi overrides)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-__all__ = ["HOSTILE", "write_agent_traces"]
+__all__ = ["HOSTILE", "UNSAFE", "write_agent_traces"]
 
 # What a hostile trace could carry to a terminal: an OSC title change, clear-screen, an OSC 8
 # hyperlink, hidden (SGR 8) text, a one-byte C1 CSI, bidi overrides and isolates, a BEL.
@@ -19,6 +20,9 @@ HOSTILE = (
     "\x1b]0;pwned\x07\x1b[2J\x1b[H\x1b]8;;https://evil.example/\x1b\\click me\x1b]8;;\x1b\\"
     "\x1b[8mhidden\x1b[0m\x9b31mred\u202eevil\u202c\u2066iso\u2069\u200f\x07"
 )
+# What must never reach a terminal from trace text: ESC, BEL and the other C0 controls but tab and
+# newline, DEL and C1 controls, bidi overrides, embeddings, isolates and marks, and invisible text.
+UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 BASE_NS = 1_777_000_000 * 10**9
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
-from agent_traces import write_agent_traces
+from agent_traces import HOSTILE, UNSAFE, write_agent_traces
 from click.testing import CliRunner
 from scripted_llm import Call, ChatRequest, ScriptedLLM, ToolCalls
 
@@ -37,7 +37,7 @@ def halo(*args: str | Path, env: dict[str, str] | None = None) -> tuple[int, str
 
 
 def test_a_piped_run_prints_plain_progress_lines(tmp_path: Path) -> None:
-    traces = write_agent_traces(tmp_path / "t.jsonl", traces=4)
+    traces = write_agent_traces(tmp_path / "t.jsonl", traces=4, text=HOSTILE)
     with ScriptedLLM(responder) as llm:
         code, out, err = halo(
             traces, "--base-url", llm.base_url, "--api-key", "k", "-m", "scripted-model", "-o", tmp_path / "r"
@@ -46,8 +46,8 @@ def test_a_piped_run_prints_plain_progress_lines(tmp_path: Path) -> None:
     lines = err.splitlines()
     assert any("turn 1 calls get_dataset_overview" in line for line in lines), err
     assert any("wrote the report" in line for line in lines), err
-    assert all("\x1b" not in line for line in lines)
     assert "search_flights times out." in out
+    assert "␛" in out and not UNSAFE.search(out) and not UNSAFE.search(err)  # the report, shown safely
 
 
 def test_json_lines_all_say_their_type(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from agent_traces import HOSTILE, write_agent_traces
+from agent_traces import HOSTILE, UNSAFE, write_agent_traces
 from click.testing import CliRunner
 
 from halo_rlm.cli import cli
@@ -135,10 +135,6 @@ def test_an_error_a_tool_result_repeats_is_said_once(store: Path, tmp_path: Path
 
 
 # --- terminals -----------------------------------------------------------------------------------
-
-# What must never reach a terminal from trace text: ESC, BEL and the other C0 controls but tab and
-# newline, DEL and C1 controls, bidi overrides, embeddings, isolates and marks, and invisible text.
-UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 
 
 def test_terminal_safe_makes_every_control_visible() -> None:

@@ -107,7 +107,7 @@ def print_findings(report: Report, paths: dict[str, Path], *, top: int = 10) -> 
             table.add_row(
                 str(i),
                 f"[{colours[f.severity]}]{f.severity}[/]",
-                f"{escape(f.title)}{flag}\n[dim]{f.category} · {f.id}[/]",
+                f"{escape(f.title)}{flag}\n[dim]{f.category} · {escape(f.id)}[/]",
                 f"{f.affected_traces:,}\n[dim]{f.affected_trace_share:.1%}[/]",
                 escape(ids),
             )

@@ -106,7 +106,8 @@ class Ingest:
 
     `strict` stops at the first bad record (StrictError) instead of keeping it as a reject;
     `batch_bytes` sizes the batches of the streaming road, where a line over `max_line_bytes` is a
-    reject; `bulk=False` never loads a file in one statement."""
+    reject; `bulk=False` never loads a file in one statement; a load in one statement reports its
+    progress every `progress_every` seconds."""
 
     def __init__(
         self,
@@ -116,8 +117,10 @@ class Ingest:
         batch_bytes: int = files.BATCH_BYTES,
         max_line_bytes: int = files.MAX_LINE_BYTES,
         bulk: bool = True,
+        progress_every: float = 0.2,
     ) -> None:
         self.store = store
+        self.progress_every = progress_every
         self.strict = strict
         self.batch_bytes = batch_bytes
         self.max_line_bytes = max_line_bytes
@@ -364,7 +367,7 @@ class Ingest:
                 try:
                     while True:
                         try:
-                            rows = int(done.result(timeout=0.2)[0])  # type: ignore[index]
+                            rows = int(done.result(timeout=self.progress_every)[0])  # type: ignore[index]
                             break
                         except TimeoutError:
                             if progress:

@@ -196,14 +196,21 @@ class DuckDBStore(TraceStore):
         batch_bytes: int = files.BATCH_BYTES,
         max_line_bytes: int = files.MAX_LINE_BYTES,
         bulk: bool = True,
+        progress_every: float = 0.2,
     ) -> IngestReport:
         """Ingest files, directories, globs or "-" (stdin). Files already ingested whole are skipped,
         a file ingested part-way is finished, a file that grew is read from where it ended.
         `batch_bytes` sizes the batches a file is read in when it cannot load in one statement (a
-        longer line than `max_line_bytes` is rejected); `bulk=False` reads every file that way."""
+        longer line than `max_line_bytes` is rejected); `bulk=False` reads every file that way.
+        A load in one statement reports its progress every `progress_every` seconds."""
         self._writable()
         ingest = Ingest(
-            self, strict=strict, batch_bytes=batch_bytes, max_line_bytes=max_line_bytes, bulk=bulk
+            self,
+            strict=strict,
+            batch_bytes=batch_bytes,
+            max_line_bytes=max_line_bytes,
+            bulk=bulk,
+            progress_every=progress_every,
         )
         return ingest.load_files(paths, progress)
 
