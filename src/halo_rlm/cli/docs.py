@@ -39,8 +39,15 @@ def reference() -> str:
 
 
 def _walk(command: click.Command, path: str, parent: click.Context | None) -> Iterator[tuple[str, str]]:
-    ctx = click.Context(command, info_name=path.rsplit(" ", 1)[-1], parent=parent, terminal_width=WIDTH)
-    ctx.max_content_width = WIDTH
+    # As a command line makes it (context settings such as `-h` included), parsing nothing.
+    ctx = command.make_context(
+        path.rsplit(" ", 1)[-1],
+        [],
+        parent=parent,
+        resilient_parsing=True,
+        terminal_width=WIDTH,
+        max_content_width=WIDTH,
+    )
     yield path, command.get_help(ctx)
     if isinstance(command, click.Group):
         for name in command.list_commands(ctx):
