@@ -67,7 +67,8 @@ def test_json_lines_all_say_their_type(tmp_path: Path) -> None:
         )
     assert code == 0, err
     events = [orjson.loads(line) for line in out.splitlines()]
-    assert {e["type"] for e in events} <= {"text_delta", "item", "report"} and events[0]["type"] == "item"
+    assert {e["type"] for e in events} <= {"run", "text_delta", "item", "report"}
+    assert events[0]["type"] == "run" and events[0]["id"] and events[1]["type"] == "item"
     assert [e["type"] for e in events].count("report") == 1 and events[-1]["type"] == "report"
     assert events[-1]["final"] and events[-1]["report"]["dataset"]["traces"] == 4
     # Without a provider the report comes the same way: the last (and only) line, typed.
