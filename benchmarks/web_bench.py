@@ -35,8 +35,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from store_bench import build_flat, flat_lines
 
 CHROMIUM = os.environ.get("HALO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 BIG_TRACE = "b" * 32
 
 
@@ -45,12 +53,25 @@ def big_trace_lines(spans: int) -> bytes:
     start = 1_780_000_000_000_000_000
     out = []
 
-    def line(span_id: str, parent: str | None, name: str, offset_ms: float, ms: float, attrs: dict[str, Any]) -> None:
-        out.append(orjson.dumps({
-            "trace_id": BIG_TRACE, "span_id": span_id, "parent_span_id": parent or "", "name": name,
-            "kind": "SPAN_KIND_INTERNAL", "start_time": str(start + int(offset_ms * 1e6)),
-            "end_time": str(start + int((offset_ms + ms) * 1e6)), "status": {"code": "STATUS_CODE_OK"},
-            "resource": {"attributes": {"service.name": "bench-agent"}}, "attributes": attrs}))
+    def line(
+        span_id: str, parent: str | None, name: str, offset_ms: float, ms: float, attrs: dict[str, Any]
+    ) -> None:
+        out.append(
+            orjson.dumps(
+                {
+                    "trace_id": BIG_TRACE,
+                    "span_id": span_id,
+                    "parent_span_id": parent or "",
+                    "name": name,
+                    "kind": "SPAN_KIND_INTERNAL",
+                    "start_time": str(start + int(offset_ms * 1e6)),
+                    "end_time": str(start + int((offset_ms + ms) * 1e6)),
+                    "status": {"code": "STATUS_CODE_OK"},
+                    "resource": {"attributes": {"service.name": "bench-agent"}},
+                    "attributes": attrs,
+                }
+            )
+        )
 
     root = "0" * 16
     clock = 0.0
@@ -58,11 +79,15 @@ def big_trace_lines(spans: int) -> bytes:
         kind = "LLM" if i % 2 else "TOOL"
         attrs: dict[str, Any] = {"openinference.span.kind": kind}
         if kind == "LLM":
-            attrs |= {"llm.model_name": "bench-model", "llm.token_count.prompt": 500, "llm.token_count.completion": 50,
-                      "llm.input_messages": orjson.dumps([{"role": "user", "content": f"step {i}"}]).decode(),
-                      "llm.output_messages": orjson.dumps([{"role": "assistant", "content": f"done {i}"}]).decode()}
+            attrs |= {
+                "llm.model_name": "bench-model",
+                "llm.token_count.prompt": 500,
+                "llm.token_count.completion": 50,
+                "llm.input_messages": orjson.dumps([{"role": "user", "content": f"step {i}"}]).decode(),
+                "llm.output_messages": orjson.dumps([{"role": "assistant", "content": f"done {i}"}]).decode(),
+            }
         else:
-            attrs |= {"tool.name": "lookup", "input.value": f"{{\"step\": {i}}}", "output.value": "ok"}
+            attrs |= {"tool.name": "lookup", "input.value": f'{{"step": {i}}}', "output.value": "ok"}
         line(f"{i:016x}", root, "ChatCompletion" if kind == "LLM" else "lookup", clock, 5, attrs)
         clock += 5
     line(root, None, "BenchAgent", 0, clock, {"openinference.span.kind": "AGENT"})
@@ -79,7 +104,7 @@ def build_store(size_mb: int, work: Path) -> Path:
     big = work / "web-big-trace.jsonl"
     big.write_bytes(big_trace_lines(5_000))
     code = f"""
-import sys; sys.path.insert(0, {str(ROOT / 'src')!r})
+import sys; sys.path.insert(0, {str(ROOT / "src")!r})
 from halo_rlm.store import TraceStore
 with TraceStore.open({str(store)!r}) as s:
     s.ingest([{str(corpus)!r}, {str(big)!r}])
@@ -90,7 +115,7 @@ with TraceStore.open({str(store)!r}) as s:
 
 def start_app(store: Path) -> tuple[subprocess.Popen[str], str, str]:
     code = f"""
-import sys; sys.path.insert(0, {str(ROOT / 'src')!r})
+import sys; sys.path.insert(0, {str(ROOT / "src")!r})
 from pathlib import Path
 from halo_rlm.web import Server, Settings
 server = Server(Settings(store=Path({str(store)!r}), port=0))
@@ -103,7 +128,9 @@ server.run()
     deadline = time.monotonic() + 60
     while True:
         try:
-            httpx.get(f"{url}/traces.json?part=strip", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+            httpx.get(
+                f"{url}/traces.json?part=strip", headers={"Authorization": f"Bearer {token}"}, timeout=60
+            )
             return child, url, token
         except httpx.ConnectError:
             if time.monotonic() > deadline:
@@ -144,10 +171,10 @@ def list_queries(client: httpx.Client) -> dict[str, str]:
 
 
 def browser_numbers(url: str, token: str) -> dict[str, float]:
-    from playwright.sync_api import sync_playwright
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from playwright.sync_api import sync_playwright
 
     results: dict[str, float] = {}
     with sync_playwright() as playwright:
@@ -186,7 +213,9 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=100, help="corpus size in MB")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "halo-bench")
@@ -199,9 +228,14 @@ def main() -> None:
     try:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as client:
             traces = client.get("/traces.json?part=strip").json()["stats"]
-            results: dict[str, Any] = {"size_mb": args.size, "traces": traces["traces"], "spans": traces["spans"]}
-            results["list_and_strip"] = {name: timed(client, path, args.repeats)
-                                         for name, path in list_queries(client).items()}
+            results: dict[str, Any] = {
+                "size_mb": args.size,
+                "traces": traces["traces"],
+                "spans": traces["spans"],
+            }
+            results["list_and_strip"] = {
+                name: timed(client, path, args.repeats) for name, path in list_queries(client).items()
+            }
             results["big_trace_json"] = timed(client, f"/traces/{BIG_TRACE}.json", args.repeats)
             results["big_trace_page"] = timed(client, f"/traces/{BIG_TRACE}", args.repeats)
         if not args.no_browser:

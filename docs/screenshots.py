@@ -28,8 +28,16 @@ from halo_rlm.web import Server, Settings
 
 OUT = Path(__file__).parent / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 def analyst(trace_id: str, span_id: str) -> Any:
@@ -42,9 +50,15 @@ def analyst(trace_id: str, span_id: str) -> Any:
             "the agent then retries the same call instead of converting it.\n\n"
             "| failure | traces | fix |\n|---|---|---|\n| string amounts | 18% | type the schema |"
         )
-        findings = [{"title": "refund_invoice receives amounts as strings", "category": "invalid_tool_arguments",
-                     "severity": "high", "recommendation": "Declare `amount` as a number in the tool schema.",
-                     "evidence": [{"trace_id": trace_id, "span_id": span_id, "note": "the failing call"}]}]
+        findings = [
+            {
+                "title": "refund_invoice receives amounts as strings",
+                "category": "invalid_tool_arguments",
+                "severity": "high",
+                "recommendation": "Declare `amount` as a number in the tool schema.",
+                "evidence": [{"trace_id": trace_id, "span_id": span_id, "note": "the failing call"}],
+            }
+        ]
         return ToolCalls([Call("final_answer", {"answer": answer, "findings": findings})])
 
     return respond
@@ -65,7 +79,8 @@ def main() -> None:
         writable.ingest([str(work / "traces.jsonl")])
         trace_id, span_id = writable.query(
             "SELECT trace_id, span_id FROM spans WHERE status = 'ERROR' AND kind = 'TOOL' "
-            "AND trace_id IN (SELECT trace_id FROM traces WHERE span_count BETWEEN 6 AND 12) LIMIT 1")[0].values()
+            "AND trace_id IN (SELECT trace_id FROM traces WHERE span_count BETWEEN 6 AND 12) LIMIT 1"
+        )[0].values()
     empty = work / "empty.duckdb"
     with ScriptedLLM(analyst(trace_id, span_id)) as llm, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)

@@ -16,11 +16,14 @@ queries and detectors use, while the input side repeats the whole conversation o
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Any
 
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from halo_rlm.formats.conventions import (
     ATTRIBUTE_KEYS,
@@ -170,8 +173,9 @@ STATUS_MESSAGE_SQL = (
 TOOL_ONLY = "CASE WHEN kind = 'TOOL' THEN {} END"
 
 
-def _insert_sql(source: str, span_filter: str, returning: str) -> str:
-    """Normalise the lines of `source` (columns `line_no`, `raw`) into `spans`."""
+def _insert_sql(source: str, span_filter: str, returning: str, *, tallied: bool = False) -> str:
+    """Normalise the lines of `source` (columns `line_no`, `raw`) into `spans`; `tallied` counts them
+    in the store's `Tally` as they pass."""
     return f"""
 INSERT INTO spans ({", ".join(column.name for column in SPAN_COLUMNS)})
 SELECT
@@ -192,11 +196,11 @@ SELECT
   {_capped("input_value")} AS input_value, {_capped("output_value")} AS output_value,
   m.output_messages, m.tool_calls, m.tools_offered,
   coalesce(m.finish_reason, finish_reason) AS finish_reason, error_type, exceptions,
-  CASE WHEN status = 'ERROR' THEN halo_template(
-    coalesce(status_message, error_type, '(no message)')
-    || CASE WHEN kind = 'TOOL' AND tool_result IS NOT NULL THEN ' | ' || left(tool_result, 300) ELSE '' END)
+  CASE WHEN status = 'ERROR' THEN halo_template(coalesce(nullif(halo_join_distinct([
+    coalesce(status_message, error_type), CASE WHEN kind = 'TOOL' THEN left(tool_result, 300) END]), ''),
+    '(no message)'))
   END AS error_template,
-  false AS is_orphan, $input_id AS input_id, line_no, strlen(raw) AS raw_bytes, raw
+  false AS is_orphan, $input_id AS input_id, line_no, {"halo_tally($input_id, strlen(raw))" if tallied else "strlen(raw)"} AS raw_bytes, raw
 FROM (
   SELECT *, CASE WHEN has_messages THEN json_transform(halo_messages(raw), '{MESSAGES_TYPE}') END AS m
   FROM (
@@ -257,6 +261,7 @@ BULK_INSERT_SQL = _insert_sql(
           maximum_object_size = {BULK_OBJECT_BYTES}))""",
     "",
     "",
+    tallied=True,
 )
 
 # Spans the Python decoders wrote to a staging file, one `{"line": N, "span": {...}}` per line.
@@ -269,6 +274,11 @@ STAGED_INSERT_SQL = _insert_sql(
 )
 
 MACROS = [
+    # Parts of an error (message, type, a tool's result...) joined with " | ", each said once: a part
+    # another part contains (a tool's result that repeats the message) is left out.
+    """CREATE OR REPLACE TEMP MACRO halo_join_distinct(parts) AS array_to_string(list_filter(parts,
+      lambda p, i: p IS NOT NULL AND p <> '' AND NOT list_bool_or(list_transform(parts,
+        lambda q, j: j <> i AND q IS NOT NULL AND contains(q, p) AND (q <> p OR j < i)))), ' | ')""",
     # Error messages as templates: the same failure with different ids, numbers, paths, URLs or quoted
     # values gives the same text, so errors can be grouped and counted. Quoted lowercase identifiers
     # ('rate_limit_error', 'departure_date') say what failed and stay; other quoted values are masked.
@@ -318,17 +328,60 @@ def register_macros(con: Any) -> None:
         con.execute(macro)
 
 
-def register_udfs(con: Any) -> None:
-    """The message normaliser, needed only to ingest (it is Python, so read-only stores skip it).
-    A function belongs to the whole database, not the connection that made it: another connection
-    of this process (the web app's jobs, its OTLP receiver) may have registered it already."""
-    try:
-        con.create_function(
-            "halo_messages", messages_udf, ["VARCHAR"], "VARCHAR", type="arrow", side_effects=False
-        )
-    except duckdb.CatalogException as exc:
-        if "already exists" not in str(exc):
-            raise
+def register_udfs(con: Any, tally: Tally) -> None:
+    """The functions only ingest needs (they are Python, so read-only stores skip them): the message
+    normaliser, and `tally`'s counter of the spans a statement has normalised so far. A function
+    belongs to the whole database, not the connection that made it: another connection of this
+    process (the web app's jobs, its OTLP receiver) may have registered it already, with the same
+    tally (`tally_for`)."""
+    for name, function, types, result, side_effects in (
+        ("halo_messages", messages_udf, ["VARCHAR"], "VARCHAR", False),
+        ("halo_tally", tally.count, ["BIGINT", "BIGINT"], "BIGINT", True),
+    ):
+        try:
+            con.create_function(name, function, types, result, type="arrow", side_effects=side_effects)
+        except duckdb.CatalogException as exc:
+            if "already exists" not in str(exc):
+                raise
+
+
+class Tally:
+    """How far the normalising INSERT has got, per input: spans and their bytes so far. A load in one
+    statement says nothing until it ends, so its progress is read from here (`halo_tally(input_id,
+    raw_bytes)` counts each chunk of rows as it passes, a few microseconds per 2,048 spans)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[int, tuple[int, int]] = {}
+
+    def count(self, input_ids: pa.Array, raw_bytes: pa.Array) -> pa.Array:
+        if len(input_ids):
+            key, size = input_ids[0].as_py(), pc.sum(raw_bytes).as_py() or 0
+            with self._lock:
+                spans, total = self._counts.get(key, (0, 0))
+                self._counts[key] = (spans + len(raw_bytes), total + size + len(raw_bytes))  # + newlines
+        return raw_bytes
+
+    def read(self, input_id: int) -> tuple[int, int]:
+        """(spans, bytes of their lines) normalised so far for `input_id`."""
+        with self._lock:
+            return self._counts.get(input_id, (0, 0))
+
+    def reset(self, input_id: int) -> None:
+        with self._lock:
+            self._counts.pop(input_id, None)
+
+
+_TALLIES: dict[str, Tally] = {}
+_TALLIES_LOCK = threading.Lock()
+
+
+def tally_for(path: str) -> Tally:
+    """The one tally of a database in this process: its `halo_tally` function is shared by every
+    connection, so every connection must read the same counts."""
+    key = os.path.abspath(path)
+    with _TALLIES_LOCK:
+        return _TALLIES.setdefault(key, Tally())
 
 
 def messages_udf(column: pa.Array) -> pa.Array:
