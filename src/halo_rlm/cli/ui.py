@@ -67,7 +67,7 @@ def ui(
                 fail(str(exc))
         else:
             remembered = paths.last()
-            store_path = Path(remembered) if remembered else paths.for_app()
+            store_path = Path(remembered.store) if remembered else paths.for_app()
     try:
         server = Server(
             Settings(
