@@ -19,12 +19,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
-from playwright.sync_api import sync_playwright
-from scripted_llm import Call, ChatRequest, ScriptedLLM, Text, ToolCalls
+from playwright.sync_api import Error as PlaywrightError  # noqa: E402 - after the path set-up above
+from playwright.sync_api import sync_playwright  # noqa: E402 - after the path set-up above
+from scripted_llm import Call, ChatRequest, ScriptedLLM, Text, ToolCalls  # noqa: E402 - after the path set-up above
 
-from halo_rlm.simulate import simulate
-from halo_rlm.store import TraceStore
-from halo_rlm.web import Server, Settings
+from halo_rlm.simulate import simulate  # noqa: E402 - after the path set-up above
+from halo_rlm.store import TraceStore  # noqa: E402 - after the path set-up above
+from halo_rlm.web import Server, Settings  # noqa: E402 - after the path set-up above
 
 OUT = Path(__file__).parent / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -62,6 +63,13 @@ def analyst(trace_id: str, span_id: str) -> Any:
         return ToolCalls([Call("final_answer", {"answer": answer, "findings": findings})])
 
     return respond
+
+
+def finished(page: Any) -> bool:
+    try:
+        return page.query_selector("#run-status[data-status=completed]") is not None
+    except PlaywrightError:  # the page is reloading to show the report
+        return False
 
 
 def shoot(page: Any, name: str) -> None:
@@ -110,7 +118,7 @@ def main() -> None:
             shoot(page, "analysis-new")
             page.click("button[type=submit]")
             deadline = time.monotonic() + 120
-            while not page.query_selector("#run-status[data-status=completed]"):
+            while not finished(page):
                 if time.monotonic() > deadline:
                     raise SystemExit("the analysis did not finish")
                 page.wait_for_timeout(200)
