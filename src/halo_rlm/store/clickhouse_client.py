@@ -1,0 +1,358 @@
+"""Connections to ClickHouse: the engine embedded in this process (chdb) or a server over HTTP
+(clickhouse-connect), behind one small interface that the ClickHouse store and its ingest use.
+
+Both take SQL text with values already inlined as literals (`literal`): chdb parses parameter values
+in ClickHouse's escaped text format, so inlining is the one way that behaves the same on both. Errors
+come back as `StoreError` with one line naming the store (never its password) and, for the usual
+mistakes, the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import pyarrow as pa
+
+from halo_rlm.store.base import StoreError
+from halo_rlm.utils import first_line
+
+__all__ = ["Connection", "Target", "literal", "open_connection", "parse_target"]
+
+PASSWORD_ENV = "HALO_CLICKHOUSE_PASSWORD"
+DEFAULT_DATABASE = "halo"
+# Settings every HALO query runs with, so ClickHouse answers like SQL (and like the DuckDB store):
+# outer joins give NULLs, not default values; count(DISTINCT) is exact.
+QUERY_SETTINGS: dict[str, Any] = {
+    "join_use_nulls": 1,
+    "count_distinct_implementation": "uniqExact",
+    "output_format_arrow_string_as_string": 1,
+    "output_format_arrow_low_cardinality_as_dictionary": 0,
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a ClickHouse store lives, parsed from `chdb:PATH[?…]` or `clickhouse[s]://…`."""
+
+    kind: str  # "chdb" or "http"
+    database: str
+    path: str = ""  # chdb folder
+    host: str = ""
+    port: int = 0
+    user: str = "default"
+    password: str = field(default="", repr=False)
+    secure: bool = False
+    otel_table: str | None = None  # map an OpenTelemetry Collector exporter table instead of HALO's own
+
+    @property
+    def label(self) -> str:
+        """The store as the user named it, without the password: for messages and reports."""
+        query = f"?otel_table={self.otel_table}" if self.otel_table else ""
+        if self.kind == "chdb":
+            database = "" if self.database == DEFAULT_DATABASE else f"{'&' if query else '?'}database={self.database}"
+            return f"chdb:{self.path}{query}{database}"
+        scheme = "clickhouses" if self.secure else "clickhouse"
+        return f"{scheme}://{self.user}@{self.host}:{self.port}/{self.database}{query}"
+
+
+def parse_target(target: str) -> Target:
+    """`chdb:PATH` (options `?database=NAME&otel_table=T`) or
+    `clickhouse://USER:PASSWORD@HOST:PORT/DATABASE` (TLS with `clickhouses://` or `?secure=1`; the
+    password may instead come from $HALO_CLICKHOUSE_PASSWORD)."""
+    scheme, _, rest = target.partition(":")
+    scheme = scheme.lower()
+    if scheme == "chdb":
+        location, _, query = rest.partition("?")
+        options = dict(parse_qsl(query))
+        if not location:
+            raise StoreError(f"{target}: give the folder of the embedded store, e.g. chdb:./traces.chdb")
+        unknown = set(options) - {"database", "otel_table"}
+        if unknown:
+            raise StoreError(f"chdb:{location}: unknown option {sorted(unknown)[0]!r}; use database= or otel_table=")
+        return Target(
+            "chdb",
+            database=_identifier(options.get("database", DEFAULT_DATABASE), target),
+            path=str(Path(location).expanduser().resolve()),
+            otel_table=_otel_table(options.get("otel_table"), target),
+        )
+    if scheme not in ("clickhouse", "clickhouses"):
+        raise StoreError(f"{target}: not a ClickHouse store (use chdb:PATH or clickhouse://HOST:8123/DATABASE)")
+    parts = urlsplit(target)
+    options = dict(parse_qsl(parts.query))
+    secure = scheme == "clickhouses" or options.get("secure", "").lower() in ("1", "true", "yes")
+    unknown = set(options) - {"secure", "otel_table"}
+    shown = f"{scheme}://{parts.hostname or ''}"
+    if unknown:
+        raise StoreError(f"{shown}: unknown option {sorted(unknown)[0]!r}; use secure=1 or otel_table=")
+    if not parts.hostname:
+        raise StoreError(f"{shown}: no host; e.g. clickhouse://default@localhost:8123/halo")
+    try:
+        port = parts.port or (8443 if secure else 8123)
+    except ValueError:
+        raise StoreError(f"{shown}: the port is not a number") from None
+    return Target(
+        "http",
+        database=_identifier(unquote(parts.path.strip("/")) or DEFAULT_DATABASE, shown),
+        host=parts.hostname,
+        port=port,
+        user=unquote(parts.username or "default"),
+        password=unquote(parts.password) if parts.password is not None else os.environ.get(PASSWORD_ENV, ""),
+        secure=secure,
+        otel_table=_otel_table(options.get("otel_table"), shown),
+    )
+
+
+def _identifier(name: str, target: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise StoreError(f"{target}: {name!r} is not a plain database name (letters, digits, _)")
+    return name
+
+
+def _otel_table(name: str | None, target: str) -> str | None:
+    if name is None:
+        return None
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?", name):
+        raise StoreError(f"{target}: otel_table={name!r} is not a table name (e.g. otel_traces or otel.otel_traces)")
+    return name
+
+
+def literal(value: Any) -> str:
+    """A Python value as a ClickHouse literal. Backslash is an escape character in ClickHouse
+    strings (`'\\d'` is not the two characters a regex means), so both it and the quote are escaped."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(literal(v) for v in value) + "]"
+    raise TypeError(f"no ClickHouse literal for {type(value).__name__}")
+
+
+class Connection(ABC):
+    """One connection to a ClickHouse database. Not for concurrent use: `another()` gives each
+    thread its own."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    @abstractmethod
+    def arrow(self, sql: str, settings: Mapping[str, Any] | None = None) -> pa.Table:
+        """The result of one query as an Arrow table."""
+
+    @abstractmethod
+    def command(self, sql: str, settings: Mapping[str, Any] | None = None) -> None:
+        """Run a statement that returns nothing (DDL, INSERT … SELECT, DELETE)."""
+
+    @abstractmethod
+    def insert_arrow(self, table: str, data: pa.Table) -> None:
+        """Insert an Arrow table; returns once the server has confirmed the write."""
+
+    @abstractmethod
+    def another(self) -> Connection:
+        """A new connection to the same database, for another thread."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def rows(self, sql: str, settings: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        return self.arrow(sql, settings).to_pylist()
+
+    def value(self, sql: str, settings: Mapping[str, Any] | None = None) -> Any:
+        table = self.arrow(sql, settings)
+        return table.column(0)[0].as_py() if table.num_rows else None
+
+    def error(self, exc: BaseException, doing: str = "") -> StoreError:
+        """A ClickHouse error as one line naming the store, with the fix for the usual ones."""
+        return StoreError(f"{self.target.label}: {explain(exc, self.target, doing)}")
+
+
+def explain(exc: BaseException, target: Target, doing: str = "") -> str:
+    text = str(exc)
+    code_match = re.search(r"Code: (\d+)", text)
+    code = int(code_match.group(1)) if code_match else None
+    if code == 516 or "Authentication failed" in text:
+        return (f"user {target.user!r} cannot sign in (wrong user or password); put the password in the URL "
+                f"or in ${PASSWORD_ENV}")
+    if code == 81 or "UNKNOWN_DATABASE" in text:
+        return (f"no database {target.database!r}; create it first (CREATE DATABASE {target.database}) or name "
+                f"another in the URL")
+    if code == 164 or "READONLY" in text:
+        return "the query tried to write or to read files or other servers, which the read-only store refuses"
+    if code == 159 or "TIMEOUT_EXCEEDED" in text:
+        return "the query took too long and was stopped; add filters or a LIMIT"
+    if code == 241 or "MEMORY_LIMIT_EXCEEDED" in text:
+        return "the query needed more memory than allowed; aggregate more or select fewer columns"
+    message = _clickhouse_message(text)
+    return f"{doing}: {message}" if doing else message
+
+
+def _clickhouse_message(text: str) -> str:
+    """The useful part of a ClickHouse exception: the DB::Exception sentence without the stack."""
+    found = re.search(r"DB::Exception: (?:[\w.-]+: )?(.*?)(?: \(([A-Z_]+)\))?(?:\s*\(version [^)]*\))?\s*$",
+                      first_line(Exception(text)))
+    if found:
+        return found.group(1).strip().rstrip(".") + (f" ({found.group(2)})" if found.group(2) else "")
+    return first_line(Exception(text))
+
+
+def open_connection(target: Target) -> Connection:
+    return ChdbConnection(target) if target.kind == "chdb" else HttpConnection.connect(target)
+
+
+# --- chdb ---------------------------------------------------------------------------------------
+
+_chdb_lock = threading.Lock()
+_chdb_open: dict[str, int] = {}  # folder -> open sessions; chdb runs one embedded server per process
+
+
+class ChdbConnection(Connection):
+    """A session of the ClickHouse engine embedded in this process. chdb runs one server per process
+    on one folder: sessions on the same folder share it; another folder can be opened only once
+    every session on the first is closed."""
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
+        from chdb import session  # imported here: a large library, loaded only for chdb stores
+
+        with _chdb_lock:
+            busy = [path for path, count in _chdb_open.items() if count and path != target.path]
+            if busy:
+                raise StoreError(f"{target.label}: this process already has the chdb store {busy[0]} open, "
+                                 "and chdb serves one folder per process; close it first")
+            Path(target.path).mkdir(parents=True, exist_ok=True)
+            try:
+                self._session = session.Session(target.path)
+            except Exception as exc:  # noqa: BLE001 - chdb raises RuntimeError subclasses with the reason
+                raise StoreError(f"{target.label}: cannot open the embedded ClickHouse ({first_line(exc)})") from exc
+            _chdb_open[target.path] = _chdb_open.get(target.path, 0) + 1
+        self._closed = False
+
+    def _run(self, sql: str, fmt: str, settings: Mapping[str, Any] | None) -> Any:
+        merged = {**QUERY_SETTINGS, **(settings or {})}
+        text = f"{sql}\nSETTINGS {', '.join(f'{k} = {literal(v)}' for k, v in merged.items())}"
+        try:
+            return self._session.query(text, fmt)
+        except Exception as exc:  # noqa: BLE001 - ChdbError/RuntimeError with ClickHouse's message
+            raise self.error(exc) from None
+
+    def arrow(self, sql: str, settings: Mapping[str, Any] | None = None) -> pa.Table:
+        return self._run(sql, "ArrowTable", settings)
+
+    def command(self, sql: str, settings: Mapping[str, Any] | None = None) -> None:
+        if settings:
+            self._run(sql, "Null", settings)
+            return
+        try:
+            self._session.query(sql, "Null")
+        except Exception as exc:  # noqa: BLE001
+            raise self.error(exc) from None
+
+    def insert_arrow(self, table: str, data: pa.Table) -> None:
+        # chdb reads a local pyarrow object through its Python() table function, by variable name.
+        rows = data  # noqa: F841 - referenced by name in the SQL below
+        try:
+            self._session.query(f"INSERT INTO {table} SELECT * FROM Python(rows)", "Null")
+        except Exception as exc:  # noqa: BLE001
+            raise self.error(exc, f"insert into {table}") from None
+
+    def another(self) -> Connection:
+        return ChdbConnection(self.target)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._session.close()
+        with _chdb_lock:
+            _chdb_open[self.target.path] -= 1
+
+
+# --- HTTP ---------------------------------------------------------------------------------------
+
+
+class HttpConnection(Connection):
+    """A ClickHouse server over HTTP(S), through clickhouse-connect."""
+
+    def __init__(self, target: Target, client: Any) -> None:
+        super().__init__(target)
+        self._client = client
+
+    @classmethod
+    def connect(cls, target: Target, database: str | None = None) -> HttpConnection:
+        import clickhouse_connect  # imported here: only ClickHouse stores need it
+
+        try:
+            client = clickhouse_connect.get_client(
+                host=target.host, port=target.port, username=target.user, password=target.password,
+                database=database if database is not None else target.database, secure=target.secure,
+                connect_timeout=10, send_receive_timeout=300, autogenerate_session_id=False,
+                settings={k: v for k, v in QUERY_SETTINGS.items() if not k.startswith("output_format_arrow")},
+            )
+        except Exception as exc:  # noqa: BLE001 - clickhouse-connect raises several kinds
+            raise StoreError(f"{target.label}: {_http_problem(exc, target)}") from None
+        return cls(target, client)
+
+    def arrow(self, sql: str, settings: Mapping[str, Any] | None = None) -> pa.Table:
+        try:
+            return self._client.query_arrow(sql, settings=dict(settings or {}), use_strings=True)
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"{self.target.label}: {_http_problem(exc, self.target)}") from None
+
+    def command(self, sql: str, settings: Mapping[str, Any] | None = None) -> None:
+        try:
+            self._client.command(sql, settings=dict(settings or {}))
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"{self.target.label}: {_http_problem(exc, self.target)}") from None
+
+    def insert_arrow(self, table: str, data: pa.Table) -> None:
+        try:
+            self._client.insert_arrow(table, data)
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"{self.target.label}: {_http_problem(exc, self.target, f'insert into {table}')}") from None
+
+    def another(self) -> Connection:
+        return HttpConnection.connect(self.target)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _http_problem(exc: BaseException, target: Target, doing: str = "") -> str:
+    text = str(exc)
+    lowered = text.lower()
+    if any(s in lowered for s in ("connection refused", "failed to establish", "name or service not known",
+                                  "nodename nor servname", "max retries exceeded", "timed out")) \
+            and "Code:" not in text:
+        return (f"cannot reach the server ({_reason(text)}); is ClickHouse running and listening for HTTP on "
+                f"{target.host}:{target.port}?")
+    if "certificate" in lowered or "ssl" in lowered and "Code:" not in text:
+        return f"TLS failed ({_reason(text)}); check the port (8443 for clickhouses://) and the certificate"
+    return explain(exc, target, doing)
+
+
+def _reason(text: str) -> str:
+    for pattern in (r"Connection refused", r"Name or service not known", r"timed out", r"Temporary failure[^')\"]*"):
+        found = re.search(pattern, text)
+        if found:
+            return found.group(0)
+    return first_line(Exception(text))[:120]
+

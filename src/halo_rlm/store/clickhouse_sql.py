@@ -1,0 +1,178 @@
+"""The SQL of the ClickHouse store: its tables (derived from `store.schema`), the rollup and orphan
+refresh that keep them current, fragments that say in ClickHouse what the DuckDB store says in
+DuckDB, and the checks that keep a model's SQL to one read-only SELECT.
+
+Spans live in `spans_data`, a ReplacingMergeTree ordered by (trace_id, span_id): a span sent twice is
+one row once parts merge, and until then the `spans` view reads it with FINAL, so no query ever counts
+it twice. `version` decides which copy stays, with the DuckDB store's rule: a finished copy over an
+in-flight one, then the earlier input, then the earlier line. Rollups live in `traces_data`, rebuilt
+for the traces each ingest touched (not a materialised view: a view sees each inserted block alone,
+so a re-sent span would be counted twice and the root span could not be chosen across blocks).
+"""
+
+from __future__ import annotations
+
+import re
+from halo_rlm.store.schema import INPUT_COLUMNS, REJECT_COLUMNS, SPAN_COLUMNS, TRACE_COLUMNS, Column
+
+__all__ = [
+    "ALLOWED_TABLE_FUNCTIONS",
+    "DATA_TABLES",
+    "ast_problems",
+    "create_statements",
+    "orphan_fixes",
+    "rollup",
+    "version_expr",
+    "regex_match",
+    "table_problems",
+]
+
+LOW_CARDINALITY = {"kind", "otel_kind", "status", "service", "scope", "scope_version", "model", "provider",
+                   "finish_reason"}
+NOT_NULL = {"trace_id", "span_id", "raw"}
+TYPES = {
+    "text": "Nullable(String)",
+    "int": "Nullable(Int64)",
+    "float": "Nullable(Float64)",
+    "bool": "Bool",
+    "json": "Nullable(String)",
+    "text[]": "Array(String)",
+    "time": "Nullable(DateTime64(6, 'UTC'))",
+    "tool_calls": "Array(Tuple(id Nullable(String), name Nullable(String), arguments Nullable(String)))",
+}
+# Lists ClickHouse cannot hold as NULL come back empty; the DuckDB store has NULL there.
+EMPTY_IS_NULL = ("tool_calls", "tools_offered")
+# Table functions a model's query may use: they compute, they do not reach files or servers.
+ALLOWED_TABLE_FUNCTIONS = {"numbers", "numbers_mt", "zeros", "zeros_mt", "values", "generateSeries",
+                           "generate_series", "null"}
+DATA_TABLES = ("spans_data", "traces_data", "inputs_data", "rejects", "meta")
+
+
+def column_type(column: Column) -> str:
+    if column.name in NOT_NULL:
+        kind = "String"
+    elif column.name in LOW_CARDINALITY:
+        kind = "LowCardinality(Nullable(String))"
+    else:
+        kind = TYPES[column.type]
+    return f"{kind} CODEC(ZSTD(1))" if column.large else kind
+
+
+def _columns(columns: tuple[Column, ...]) -> str:
+    return ",\n  ".join(f"{c.name} {column_type(c)}" for c in columns)
+
+
+def create_statements(database: str) -> list[str]:
+    """HALO's tables and views in `database`, created on first use."""
+    db = database
+    span_names = ", ".join(c.name for c in SPAN_COLUMNS)
+    trace_names = ", ".join(c.name for c in TRACE_COLUMNS)
+    input_names = ", ".join(c.name for c in INPUT_COLUMNS)
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {db}.spans_data (
+  {_columns(SPAN_COLUMNS)},
+  version UInt64,
+  INDEX start_range start_ns TYPE minmax GRANULARITY 4
+) ENGINE = ReplacingMergeTree(version) ORDER BY (trace_id, span_id)""",
+        f"CREATE VIEW IF NOT EXISTS {db}.spans AS SELECT {span_names} FROM {db}.spans_data FINAL",
+        f"""CREATE TABLE IF NOT EXISTS {db}.traces_data (
+  {_columns(TRACE_COLUMNS).replace('trace_id Nullable(String)', 'trace_id String')},
+  refreshed UInt64
+) ENGINE = ReplacingMergeTree(refreshed) ORDER BY trace_id""",
+        f"CREATE VIEW IF NOT EXISTS {db}.traces AS SELECT {trace_names} FROM {db}.traces_data FINAL",
+        f"""CREATE TABLE IF NOT EXISTS {db}.inputs_data (
+  {_columns(INPUT_COLUMNS)},
+  updated UInt64
+) ENGINE = ReplacingMergeTree(updated) ORDER BY assumeNotNull(input_id)""",
+        f"CREATE VIEW IF NOT EXISTS {db}.inputs AS SELECT {input_names} FROM {db}.inputs_data FINAL",
+        f"""CREATE TABLE IF NOT EXISTS {db}.rejects (
+  {_columns(REJECT_COLUMNS)}
+) ENGINE = MergeTree ORDER BY (assumeNotNull(input_id), assumeNotNull(line_no))""",
+        f"CREATE TABLE IF NOT EXISTS {db}.meta (key String, value String) ENGINE = ReplacingMergeTree ORDER BY key",
+    ]
+
+
+def version_expr() -> str:
+    """`version` of a span row from its own columns (see the module docstring); even, so that a
+    re-insert that only corrects `is_orphan` can take version + 1 and still lose to a better copy."""
+    return ("(toUInt64(end_ns IS NOT NULL) * pow(2, 62) + (1073741823 - least(coalesce(input_id, 0), 1073741823))"
+            " * 4294967296 + (4294967295 - least(coalesce(line_no, 0), 4294967295))) * 2")
+
+
+def rollup(db: str, touched: str) -> str:
+    """One row per touched trace, in `store.schema.TRACE_COLUMNS` order, like the DuckDB rollup.
+    The root span is the earliest span without a parent (then the earliest orphan), ties by span id.
+    ClickHouse's argMin skips rows whose argument is NULL, so a nullable argument goes in a tuple."""
+    root = "(parent_id IS NOT NULL, start_ns IS NULL, coalesce(start_ns, 0), span_id)"
+    return f"""
+INSERT INTO {db}.traces_data
+SELECT
+  trace_id, count(), countIf(kind = 'LLM'), countIf(kind = 'TOOL'), countIf(status = 'ERROR'),
+  countIf(status = 'ERROR') > 0,
+  min(start_ns), max(coalesce(end_ns, start_ns)), max(coalesce(end_ns, start_ns)) - min(start_ns),
+  argMin(span_id, {root}), argMin(tuple(name), {root}).1, argMin(tuple(status_message), {root}).1,
+  arraySort(groupUniqArray(service)), arraySort(groupUniqArray(agent_name)),
+  arraySort(groupUniqArray(model)), arraySort(groupUniqArray(tool_name)),
+  sumIfOrNull(input_tokens, kind = 'LLM'), sumIfOrNull(output_tokens, kind = 'LLM'), sumIfOrNull(total_tokens, kind = 'LLM'),
+  sumIfOrNull(cache_read_tokens, kind = 'LLM'), sumIfOrNull(reasoning_tokens, kind = 'LLM'), sumIfOrNull(cost, kind = 'LLM'),
+  argMinIf(session_id, start_ns, session_id IS NOT NULL),
+  argMinIf(user_id, start_ns, user_id IS NOT NULL),
+  countIf(is_orphan), countIf(end_ns IS NULL), sum(raw_bytes),
+  toUInt64(toUnixTimestamp64Nano(now64(9)))
+FROM {db}.spans
+WHERE trace_id IN (SELECT trace_id FROM {touched})
+GROUP BY trace_id"""
+
+
+
+def orphan_fixes(db: str, touched: str) -> str:
+    """Spans of the touched traces whose `is_orphan` is wrong now (a parent arrived, or left with a
+    forgotten input), re-inserted with the flag corrected and version + 1."""
+    span_names = ", ".join("NOT is_orphan" if c.name == "is_orphan" else f"s.{c.name}" for c in SPAN_COLUMNS)
+    return f"""
+INSERT INTO {db}.spans_data
+SELECT {span_names}, s.version + 1
+FROM (SELECT * FROM {db}.spans_data FINAL WHERE trace_id IN (SELECT trace_id FROM {touched})) s
+LEFT JOIN (SELECT DISTINCT trace_id, span_id FROM {db}.spans WHERE trace_id IN (SELECT trace_id FROM {touched})) p
+  ON p.trace_id = s.trace_id AND p.span_id = s.parent_id
+WHERE s.is_orphan != (s.parent_id IS NOT NULL AND p.span_id IS NULL)
+SETTINGS join_use_nulls = 1"""
+
+
+def regex_match(expr: str, pattern_literal: str) -> str:
+    """RE2 search with DuckDB's meaning of `.` (not a newline): ClickHouse's `match` lets `.` match
+    a newline unless told `(?-s)`."""
+    return f"match({expr}, concat('(?-s)', {pattern_literal}))"
+
+
+# --- the model's SQL ----------------------------------------------------------------------------
+
+_TABLE = re.compile(r"\btable_name: ([\w.]+)")
+_FUNCTION = re.compile(r"\btable_function_name: (\w+)")
+
+
+def table_problems(query_tree: str, database: str, readable: tuple[str, ...]) -> str | None:
+    """Why a query (as `EXPLAIN QUERY TREE` prints it) reads something a model may not: a table other
+    than HALO's, or a table function that reaches files, URLs or other servers."""
+    allowed = {f"{database}.{name}" for name in readable}
+    for name in _TABLE.findall(query_tree):
+        if name not in allowed:
+            return f"the query reads {name}; only {', '.join(readable)} can be queried"
+    for name in _FUNCTION.findall(query_tree):
+        if name not in ALLOWED_TABLE_FUNCTIONS and name.lower() not in ALLOWED_TABLE_FUNCTIONS:
+            return f"table function {name}() is not allowed (no files, URLs or other servers)"
+    return None
+
+
+def ast_problems(ast: str) -> str | None:
+    """Why a query (as `EXPLAIN AST` prints it) is not one plain SELECT."""
+    lines = ast.splitlines()
+    if not lines or not lines[0].startswith("SelectWithUnionQuery"):
+        kind = lines[0].split(" ")[0] if lines else "nothing"
+        return f"only SELECT queries are allowed (got {kind.removesuffix('Query') or kind})"
+    if not lines[0].startswith("SelectWithUnionQuery (children 1)"):
+        return "INTO OUTFILE, FORMAT and SETTINGS clauses are not allowed; send the SELECT alone"
+    if any(line.strip() == "Set" for line in lines):
+        return "SETTINGS clauses are not allowed"
+    return None
+
