@@ -210,7 +210,9 @@ def _clickhouse_message(text: str) -> str:
     found = re.search(r"DB::Exception: (?:[\w.-]+: )?(.*?)(?: \(([A-Z_]+)\))?(?:\s*\(version [^)]*\))?\s*$",
                       first_line(Exception(text)))
     if found:
-        return found.group(1).strip().rstrip(".") + (f" ({found.group(2)})" if found.group(2) else "")
+        # "In scope <the whole query>" repeats the query back; the message before it is the point.
+        message = re.sub(r"[:.]? In scope .*$", "", found.group(1)).strip().rstrip(".:")
+        return message + (f" ({found.group(2)})" if found.group(2) else "")
     return first_line(Exception(text))
 
 
@@ -245,12 +247,16 @@ class ChdbConnection(Connection):
                 raise StoreError(f"{target.label}: cannot open the embedded ClickHouse ({first_line(exc)})") from exc
             _chdb_open[target.path] = _chdb_open.get(target.path, 0) + 1
         self._closed = False
+        for name, value in QUERY_SETTINGS.items():
+            self.command(f"SET {name} = {literal(value)}")
+        if self.value(f"SELECT count() FROM system.databases WHERE name = {literal(target.database)}"):
+            self.command(f"USE {target.database}")  # so that a model's SQL can say `spans`
 
     def _run(self, sql: str, fmt: str, settings: Mapping[str, Any] | None) -> Any:
-        merged = {**QUERY_SETTINGS, **(settings or {})}
-        text = f"{sql}\nSETTINGS {', '.join(f'{k} = {literal(v)}' for k, v in merged.items())}"
+        if settings:
+            sql = f"{sql}\nSETTINGS {', '.join(f'{k} = {literal(v)}' for k, v in settings.items())}"
         try:
-            return self._session.query(text, fmt)
+            return self._session.query(sql, fmt)
         except Exception as exc:  # noqa: BLE001 - ChdbError/RuntimeError with ClickHouse's message
             raise self.error(exc) from None
 
@@ -258,13 +264,7 @@ class ChdbConnection(Connection):
         return self._run(sql, "ArrowTable", settings)
 
     def command(self, sql: str, settings: Mapping[str, Any] | None = None) -> None:
-        if settings:
-            self._run(sql, "Null", settings)
-            return
-        try:
-            self._session.query(sql, "Null")
-        except Exception as exc:  # noqa: BLE001
-            raise self.error(exc) from None
+        self._run(sql, "Null", settings)
 
     def insert_arrow(self, table: str, data: pa.Table) -> None:
         # chdb reads a local pyarrow object through its Python() table function, by variable name.

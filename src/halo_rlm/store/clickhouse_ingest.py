@@ -143,21 +143,15 @@ class Ingest:
     def _ship_inputs(self, scratch: DuckDBStore, ids: str) -> None:
         """The inputs' bookkeeping rows, with span counts as ClickHouse now holds them (a grown file's
         scratch store counted only its new spans)."""
-        names = ", ".join(c.name for c in INPUT_COLUMNS if c.name != "spans")
-        table = scratch.con.sql(f"SELECT {names} FROM inputs WHERE input_id IN ({ids})").to_arrow_table()
-        staged = f"{self.db}.ingest_inputs_{uuid.uuid4().hex[:12]}"
-        self.conn.command(f"CREATE TABLE {staged} AS {self.db}.inputs_data ENGINE = Memory")
-        try:
-            columns = [c.name for c in INPUT_COLUMNS]
-            self.conn.insert_arrow(staged, _with_columns(table, columns))
-            counts = f"(SELECT input_id, count() AS n FROM {self.db}.spans WHERE input_id IN ({ids}) GROUP BY input_id)"
-            select = ", ".join("coalesce(c.n, 0)" if n == "spans" else f"s.{n}" for n in columns)
-            self.conn.command(
-                f"INSERT INTO {self.db}.inputs_data SELECT {select}, {time.time_ns()} "
-                f"FROM {staged} s LEFT JOIN {counts} c ON c.input_id = s.input_id"
-            )
-        finally:
-            self.conn.command(f"DROP TABLE IF EXISTS {staged}")
+        columns = [c.name for c in INPUT_COLUMNS]
+        table = scratch.con.sql(f"SELECT {', '.join(columns)} FROM inputs WHERE input_id IN ({ids}) ORDER BY input_id")
+        table = table.to_arrow_table()
+        counts = {r["input_id"]: r["n"] for r in self.conn.rows(
+            f"SELECT input_id, count() AS n FROM {self.db}.spans WHERE input_id IN ({ids}) GROUP BY input_id")}
+        spans = pa.array([counts.get(i, 0) for i in table.column("input_id").to_pylist()], pa.int64())
+        table = table.set_column(columns.index("spans"), "spans", spans)
+        table = table.append_column("updated", pa.array([time.time_ns()] * table.num_rows, pa.uint64()))
+        self.conn.insert_arrow(f"{self.db}.inputs_data", table)
 
     def _refresh(self, keys: str) -> None:
         """Orphan flags and rollups of the traces these spans belong to; traces left with no spans
@@ -176,9 +170,4 @@ def _plain_strings(table: pa.Table) -> pa.Table:
     fields = [pa.field(f.name, pa.large_string()) if isinstance(f.type, pa.ExtensionType) else f for f in table.schema]
     return table.cast(pa.schema(fields))
 
-
-def _with_columns(table: pa.Table, columns: list[str]) -> pa.Table:
-    present = set(table.column_names)
-    arrays = [table.column(c) if c in present else pa.nulls(table.num_rows, pa.int64()) for c in columns]
-    return pa.table(dict(zip(columns, arrays, strict=True)))
 

@@ -124,6 +124,7 @@ class ClickHouseStore(TraceStore):
             return
         if self.target.kind == "chdb" and not self.read_only:
             self.conn.command(f"CREATE DATABASE IF NOT EXISTS {self.db}")
+            self.conn.command(f"USE {self.db}")
         tables = self._tables()
         if "meta" not in tables:
             halo_names = sorted(set(tables) & {*READABLE, *sql.DATA_TABLES})
@@ -431,7 +432,7 @@ class ClickHouseStore(TraceStore):
 
     def _explain(self, kind: str, text: str) -> str:
         try:
-            table = self.conn.arrow(f"EXPLAIN {kind} {text}", {"readonly": 1})
+            table = self.conn.arrow(f"EXPLAIN {kind} {text}")
         except StoreError as exc:
             raise StoreError(f"SQL error: {str(exc).split(': ', 1)[-1]}") from None
         return "\n".join(str(v) for v in table.column(0).to_pylist())
