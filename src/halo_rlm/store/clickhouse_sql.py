@@ -17,6 +17,7 @@ from halo_rlm.store.schema import INPUT_COLUMNS, REJECT_COLUMNS, SPAN_COLUMNS, T
 
 __all__ = [
     "ALLOWED_TABLE_FUNCTIONS",
+    "TRACE_AGGREGATES",
     "DATA_TABLES",
     "ast_problems",
     "create_statements",
@@ -99,30 +100,32 @@ def version_expr() -> str:
             " * 4294967296 + (4294967295 - least(coalesce(line_no, 0), 4294967295))) * 2")
 
 
-def rollup(db: str, touched: str) -> str:
-    """One row per touched trace, in `store.schema.TRACE_COLUMNS` order, like the DuckDB rollup.
-    The root span is the earliest span without a parent (then the earliest orphan), ties by span id.
-    ClickHouse's argMin skips rows whose argument is NULL, so a nullable argument goes in a tuple."""
-    root = "(parent_id IS NOT NULL, start_ns IS NULL, coalesce(start_ns, 0), span_id)"
-    return f"""
-INSERT INTO {db}.traces_data
-SELECT
+# One row per trace, in `store.schema.TRACE_COLUMNS` order, like the DuckDB rollup. The root span is
+# the earliest span without a parent (then the earliest orphan), ties by span id. ClickHouse's argMin
+# skips rows whose argument is NULL, so a nullable argument goes in a tuple.
+_ROOT = "(parent_id IS NOT NULL, start_ns IS NULL, coalesce(start_ns, 0), span_id)"
+TRACE_AGGREGATES = f"""
   trace_id, count(), countIf(kind = 'LLM'), countIf(kind = 'TOOL'), countIf(status = 'ERROR'),
   countIf(status = 'ERROR') > 0,
   min(start_ns), max(coalesce(end_ns, start_ns)), max(coalesce(end_ns, start_ns)) - min(start_ns),
-  argMin(span_id, {root}), argMin(tuple(name), {root}).1, argMin(tuple(status_message), {root}).1,
+  argMin(span_id, {_ROOT}), argMin(tuple(name), {_ROOT}).1, argMin(tuple(status_message), {_ROOT}).1,
   arraySort(groupUniqArray(service)), arraySort(groupUniqArray(agent_name)),
   arraySort(groupUniqArray(model)), arraySort(groupUniqArray(tool_name)),
-  sumIfOrNull(input_tokens, kind = 'LLM'), sumIfOrNull(output_tokens, kind = 'LLM'), sumIfOrNull(total_tokens, kind = 'LLM'),
-  sumIfOrNull(cache_read_tokens, kind = 'LLM'), sumIfOrNull(reasoning_tokens, kind = 'LLM'), sumIfOrNull(cost, kind = 'LLM'),
-  argMinIf(session_id, start_ns, session_id IS NOT NULL),
-  argMinIf(user_id, start_ns, user_id IS NOT NULL),
-  countIf(is_orphan), countIf(end_ns IS NULL), sum(raw_bytes),
-  toUInt64(toUnixTimestamp64Nano(now64(9)))
+  sumIfOrNull(input_tokens, kind = 'LLM'), sumIfOrNull(output_tokens, kind = 'LLM'),
+  sumIfOrNull(total_tokens, kind = 'LLM'), sumIfOrNull(cache_read_tokens, kind = 'LLM'),
+  sumIfOrNull(reasoning_tokens, kind = 'LLM'), sumIfOrNull(cost, kind = 'LLM'),
+  argMinIf(session_id, start_ns, session_id IS NOT NULL), argMinIf(user_id, start_ns, user_id IS NOT NULL),
+  countIf(is_orphan), countIf(end_ns IS NULL), sum(raw_bytes)"""
+
+
+def rollup(db: str, touched: str) -> str:
+    """Rebuild the rollups of the traces listed in `touched` (a subquery of trace ids)."""
+    return f"""
+INSERT INTO {db}.traces_data
+SELECT {TRACE_AGGREGATES}, toUInt64(toUnixTimestamp64Nano(now64(9)))
 FROM {db}.spans
 WHERE trace_id IN (SELECT trace_id FROM {touched})
 GROUP BY trace_id"""
-
 
 
 def orphan_fixes(db: str, touched: str) -> str:
