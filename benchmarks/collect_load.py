@@ -46,18 +46,48 @@ def export(url: str, spans: int) -> None:
         step = n % SPANS_PER_TRACE
         if step == 0:
             root = SpanContext(random.getrandbits(128), random.getrandbits(64), False, TraceFlags(1))
-            context, parent, name, attributes = root, None, "invoke_agent support", {"openinference.span.kind": "AGENT"}
+            context, parent, name, attributes = (
+                root,
+                None,
+                "invoke_agent support",
+                {"openinference.span.kind": "AGENT"},
+            )
         else:
             context, parent = SpanContext(root.trace_id, random.getrandbits(64), False, TraceFlags(1)), root
-            name, attributes = (f"llm step {step}", {"openinference.span.kind": "LLM", "llm.model_name": "gpt-4o-mini",
-                                                    "llm.token_count.prompt": 1200 + step,
-                                                    "llm.token_count.completion": 80}) if step % 2 else (
-                f"tool step {step}", {"openinference.span.kind": "TOOL", "tool.name": "lookup_order",
-                                      "input.value": '{"order_id": "ORD-1001"}',
-                                      "output.value": '{"status": "shipped", "eta": "2026-05-02"}'})
+            name, attributes = (
+                (
+                    f"llm step {step}",
+                    {
+                        "openinference.span.kind": "LLM",
+                        "llm.model_name": "gpt-4o-mini",
+                        "llm.token_count.prompt": 1200 + step,
+                        "llm.token_count.completion": 80,
+                    },
+                )
+                if step % 2
+                else (
+                    f"tool step {step}",
+                    {
+                        "openinference.span.kind": "TOOL",
+                        "tool.name": "lookup_order",
+                        "input.value": '{"order_id": "ORD-1001"}',
+                        "output.value": '{"status": "shipped", "eta": "2026-05-02"}',
+                    },
+                )
+            )
         begin = start + n * 1000
-        batch.append(ReadableSpan(name, context, parent, resource, attributes, start_time=begin, end_time=begin + 500,
-                                  instrumentation_scope=scope))
+        batch.append(
+            ReadableSpan(
+                name,
+                context,
+                parent,
+                resource,
+                attributes,
+                start_time=begin,
+                end_time=begin + 500,
+                instrumentation_scope=scope,
+            )
+        )
         if len(batch) == BATCH or n == spans - 1:
             if exporter.export(batch) is not SpanExportResult.SUCCESS:
                 sys.exit(1)
@@ -72,30 +102,49 @@ def run(spans: int, exporters: int, store: Path) -> dict:
     from halo_rlm.store import TraceStore
 
     share = [spans // exporters + (i < spans % exporters) for i in range(exporters)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1] / "src"),
-                                                                      os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH")])
+        ),
+    }
     collector = serve(store=store, port=0)
     started, cpu_started = time.perf_counter(), time.process_time()
-    workers = [subprocess.Popen([sys.executable, __file__, "--export-to", collector.traces_url, "--spans", str(n)],
-                                env=env) for n in share]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--export-to", collector.traces_url, "--spans", str(n)], env=env
+        )
+        for n in share
+    ]
     failed = sum(worker.wait() != 0 for worker in workers)
     sent = time.perf_counter()
     stats = collector.stop()
     stored_at, cpu = time.perf_counter(), time.process_time() - cpu_started
     with TraceStore.open(store, read_only=True) as opened:
-        stored, traces = opened.con.execute("SELECT count(*), count(DISTINCT trace_id) FROM spans").fetchall()[0]
+        stored, traces = opened.con.execute(
+            "SELECT count(*), count(DISTINCT trace_id) FROM spans"
+        ).fetchall()[0]
     return {
-        "spans_sent": spans, "exporters": exporters, "failed_exporters": failed, "spans_accepted": stats.spans,
-        "spans_stored": stored, "traces_stored": traces, "lost": spans - stored,
-        "seconds_to_accept": round(sent - started, 2), "seconds_to_store": round(stored_at - started, 2),
-        "spans_per_second": round(stored / (stored_at - started)), "collector_cpu_seconds": round(cpu, 2),
+        "spans_sent": spans,
+        "exporters": exporters,
+        "failed_exporters": failed,
+        "spans_accepted": stats.spans,
+        "spans_stored": stored,
+        "traces_stored": traces,
+        "lost": spans - stored,
+        "seconds_to_accept": round(sent - started, 2),
+        "seconds_to_store": round(stored_at - started, 2),
+        "spans_per_second": round(stored / (stored_at - started)),
+        "collector_cpu_seconds": round(cpu, 2),
         "spans_per_collector_cpu_second": round(stored / cpu),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.system()}",
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--spans", type=int, default=100_000)
     parser.add_argument("--exporters", type=int, default=4)
     parser.add_argument("--store", type=Path, help="Store to create (default: a temporary file).")

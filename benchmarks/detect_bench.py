@@ -57,8 +57,10 @@ def corpus(work: Path, traces: int, fmt: str, seed: int) -> GroundTruth:
         return GroundTruth.load(truth)
     started = time.perf_counter()
     made = simulate(work / f"{name}.jsonl", traces=traces, seed=seed, format=fmt)  # type: ignore[arg-type]
-    print(f"simulated {name}: {made.corpus.spans:,} spans in {time.perf_counter() - started:.1f}s",
-          file=sys.stderr)
+    print(
+        f"simulated {name}: {made.corpus.spans:,} spans in {time.perf_counter() - started:.1f}s",
+        file=sys.stderr,
+    )
     return made
 
 
@@ -91,12 +93,17 @@ def missing_citations(store: Path, findings: list[Finding]) -> list[str]:
     rather than read from the report's verification, so a fault there cannot hide one."""
     cited = {(ev.trace_id, ev.span_id) for f in findings for ev in f.evidence}
     with TraceStore.open(store, read_only=True) as s:
-        rows = s.query("SELECT trace_id, span_id FROM spans WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))",
-                       [sorted({trace for trace, _ in cited})])
+        rows = s.query(
+            "SELECT trace_id, span_id FROM spans WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))",
+            [sorted({trace for trace, _ in cited})],
+        )
     spans = {(r["trace_id"], r["span_id"]) for r in rows}
     traces = {trace for trace, _ in spans}
-    return sorted(f"{trace}:{span}" if span else trace for trace, span in cited
-                  if trace not in traces or (span and (trace, span) not in spans))
+    return sorted(
+        f"{trace}:{span}" if span else trace
+        for trace, span in cited
+        if trace not in traces or (span and (trace, span) not in spans)
+    )
 
 
 def bench(work: Path, truth: GroundTruth) -> dict[str, Any]:
@@ -108,13 +115,25 @@ def bench(work: Path, truth: GroundTruth) -> dict[str, Any]:
     findings = Report.model_validate_json(report_path.read_bytes()).findings
     score = truth.score(findings)
     return {
-        "traces": traces, "format": fmt, "bytes": truth.traces_path.stat().st_size, "spans": loaded["spans"],
-        "rejected": loaded["rejected"], "planted": len(truth.patterns), "systemic": len(score.systemic),
-        "findings": len(findings), "recall": score.recall, "precision": score.precision,
-        "worst_count_error": score.worst_count_error, "missing_ids": len(missing_citations(store, findings)),
-        "missed": score.missed, "false_positives": score.false_positives, "count_errors": score.count_errors,
-        "ingest_s": loaded["ingest_s"], "ingest_rss_mb": loaded["peak_rss_mb"],
-        "analysis_s": analysed["analysis_s"], "verify_s": analysed["verify_s"],
+        "traces": traces,
+        "format": fmt,
+        "bytes": truth.traces_path.stat().st_size,
+        "spans": loaded["spans"],
+        "rejected": loaded["rejected"],
+        "planted": len(truth.patterns),
+        "systemic": len(score.systemic),
+        "findings": len(findings),
+        "recall": score.recall,
+        "precision": score.precision,
+        "worst_count_error": score.worst_count_error,
+        "missing_ids": len(missing_citations(store, findings)),
+        "missed": score.missed,
+        "false_positives": score.false_positives,
+        "count_errors": score.count_errors,
+        "ingest_s": loaded["ingest_s"],
+        "ingest_rss_mb": loaded["peak_rss_mb"],
+        "analysis_s": analysed["analysis_s"],
+        "verify_s": analysed["verify_s"],
         "analysis_rss_mb": analysed["peak_rss_mb"],
     }
 
@@ -125,8 +144,10 @@ def misses(row: dict[str, Any], *, timed: bool) -> list[str]:
     if row["recall"] < MIN_RECALL:
         found.append(f"recall {row['recall']:.3f} < {MIN_RECALL} (missed {', '.join(row['missed'])})")
     if row["precision"] < MIN_PRECISION:
-        found.append(f"precision {row['precision']:.3f} < {MIN_PRECISION} "
-                     f"(false positives {', '.join(row['false_positives'])})")
+        found.append(
+            f"precision {row['precision']:.3f} < {MIN_PRECISION} "
+            f"(false positives {', '.join(row['false_positives'])})"
+        )
     if row["worst_count_error"] > MAX_COUNT_ERROR:
         off = {pid: round(e, 3) for pid, e in row["count_errors"].items() if e > MAX_COUNT_ERROR}
         found.append(f"affected-trace counts off by more than {MAX_COUNT_ERROR:.0%}: {off}")
@@ -138,13 +159,16 @@ def misses(row: dict[str, Any], *, timed: bool) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1_000, 10_000, 100_000],
-                        help="corpus sizes in traces")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[100, 1_000, 10_000, 100_000], help="corpus sizes in traces"
+    )
     parser.add_argument("--formats", nargs="+", choices=["halo", "otlp"], default=["halo", "otlp"])
-    parser.add_argument("--gb", type=float, default=1.0,
-                        help="size of the timed analysis corpus in GB; 0 skips it")
+    parser.add_argument(
+        "--gb", type=float, default=1.0, help="size of the timed analysis corpus in GB; 0 skips it"
+    )
     parser.add_argument("--gb-format", choices=["halo", "otlp"], default="halo")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "halo-bench")
@@ -162,10 +186,18 @@ def main() -> None:
         row["misses"] = misses(row, timed=timed)
         results.append(row)
         print(json.dumps(row), flush=True)
-    machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-               "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
-    targets = {"min_recall": MIN_RECALL, "min_precision": MIN_PRECISION, "max_count_error": MAX_COUNT_ERROR,
-               "missing_ids": 0, "max_analysis_s": MAX_ANALYSIS_S}
+    machine = {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
+    targets = {
+        "min_recall": MIN_RECALL,
+        "min_precision": MIN_PRECISION,
+        "max_count_error": MAX_COUNT_ERROR,
+        "missing_ids": 0,
+        "max_analysis_s": MAX_ANALYSIS_S,
+    }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         report = {"machine": machine, "targets": targets, "results": results}

@@ -91,6 +91,7 @@ async def run(base_url: str, store: TraceStore, **overrides: Any) -> float:
 def one_agent(turns: int) -> Any:
     def responder(request: ChatRequest) -> Any:
         return ToolCalls([Call("count_traces", {})]) if len(request.tool_results) < turns else finish()
+
     return responder
 
 
@@ -98,11 +99,15 @@ def many_agents(agents: int, turns: int) -> Any:
     def responder(request: ChatRequest) -> Any:
         done = len(request.tool_results)
         if is_sub_agent(request):
-            return ToolCalls([Call("count_traces", {"filters": {"has_errors": True}})]) if done < turns \
+            return (
+                ToolCalls([Call("count_traces", {"filters": {"has_errors": True}})])
+                if done < turns
                 else Text("Nothing systemic here.")
+            )
         if done == 0:
             return ToolCalls([Call("call_subagent", {"input": f"Look at slice {i}"}) for i in range(agents)])
         return finish()
+
     return responder
 
 
@@ -116,12 +121,17 @@ def serve(scenario: str, turns: int, agents: int) -> None:
     print(json.dumps(clock.gaps), flush=True)
 
 
-def scripted(scenario: str, store: TraceStore, turns: int, agents: int, **overrides: Any) -> tuple[list[float], float, float]:
+def scripted(
+    scenario: str, store: TraceStore, turns: int, agents: int, **overrides: Any
+) -> tuple[list[float], float, float]:
     """Run the engine against a scripted server process; returns the turn gaps, the worst stall and
     the run's seconds."""
     server = subprocess.Popen(
         [sys.executable, __file__, "--serve", scenario, "--turns", str(turns), "--agents", str(agents)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert server.stdin and server.stdout
     base_url = server.stdout.readline().strip()
     started = time.perf_counter()
@@ -136,14 +146,23 @@ def scripted(scenario: str, store: TraceStore, turns: int, agents: int, **overri
 def turn_overhead(store: TraceStore, turns: int) -> dict[str, Any]:
     gaps, _, _ = scripted("one", store, turns, 0, max_turns=turns + 5)
     gaps_ms = sorted(g * 1000 for g in gaps)
-    return {"turns": len(gaps_ms), "median_ms": statistics.median(gaps_ms),
-            "p90_ms": gaps_ms[int(len(gaps_ms) * 0.9)], "max_ms": gaps_ms[-1]}
+    return {
+        "turns": len(gaps_ms),
+        "median_ms": statistics.median(gaps_ms),
+        "p90_ms": gaps_ms[int(len(gaps_ms) * 0.9)],
+        "max_ms": gaps_ms[-1],
+    }
 
 
 def concurrent_subagents(store: TraceStore, agents: int, turns: int) -> dict[str, Any]:
     gaps, worst, seconds = scripted("many", store, turns, agents, max_parallel=agents, max_turns=turns + 5)
-    return {"sub_agents": agents, "turns_each": turns, "seconds": seconds, "worst_stall_ms": worst * 1000,
-            "median_turn_ms": statistics.median(gaps) * 1000}
+    return {
+        "sub_agents": agents,
+        "turns_each": turns,
+        "seconds": seconds,
+        "worst_stall_ms": worst * 1000,
+        "median_turn_ms": statistics.median(gaps) * 1000,
+    }
 
 
 async def no_wait(seconds: float) -> None:
@@ -151,7 +170,9 @@ async def no_wait(seconds: float) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--turns", type=int, default=200)
     parser.add_argument("--agents", type=int, default=50)
     parser.add_argument("--out", type=Path)
@@ -166,8 +187,10 @@ def main() -> None:
         with TraceStore.open(Path(folder) / "store.duckdb") as writable:
             writable.ingest([str(truth.traces_path)])
         with TraceStore.open(Path(folder) / "store.duckdb", read_only=True) as store:
-            results = {"turn_overhead": turn_overhead(store, args.turns),
-                       "concurrent_subagents": concurrent_subagents(store, args.agents, 5)}
+            results = {
+                "turn_overhead": turn_overhead(store, args.turns),
+                "concurrent_subagents": concurrent_subagents(store, args.agents, 5),
+            }
     results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
     print(json.dumps(results, indent=2))
     if args.out:

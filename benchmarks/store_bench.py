@@ -45,8 +45,12 @@ def flat_lines(fmt: str) -> list[bytes]:
     if fmt == "halo":
         return gzip.decompress(EXAMPLES.read_bytes()).splitlines()
     # HALO's own sample traces: leaner spans (~1 KB), like the reference corpus in issue 2.
-    return [line for name in ("realistic_traces.jsonl", "tiny_traces.jsonl")
-            for line in (FIXTURES / name).read_bytes().splitlines() if line.strip()]
+    return [
+        line
+        for name in ("realistic_traces.jsonl", "tiny_traces.jsonl")
+        for line in (FIXTURES / name).read_bytes().splitlines()
+        if line.strip()
+    ]
 
 
 def build_flat(target_mb: int, out: Path, lines: list[bytes]) -> dict[str, int]:
@@ -97,9 +101,9 @@ def measure(code: str) -> dict[str, float]:
     """Run `code` in a fresh interpreter; it prints a JSON dict. Adds its peak RSS in MB."""
     script = textwrap.dedent(f"""
         import json, resource, sys, time
-        sys.path.insert(0, {str(ROOT / 'src')!r})
+        sys.path.insert(0, {str(ROOT / "src")!r})
         result = {{}}
-        {textwrap.indent(textwrap.dedent(code), '        ').strip()}
+        {textwrap.indent(textwrap.dedent(code), "        ").strip()}
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
     """)
@@ -147,16 +151,25 @@ def bench(corpus: Path, store: Path, repeats: int) -> dict[str, float]:
             result[name.replace("_s", "_first_s")] = times[0]
         result["traces"] = s.count_traces()
     """)
-    return {**loaded, **{k: v for k, v in queries.items() if k != "peak_rss_mb"},
-            "queries_peak_rss_mb": queries["peak_rss_mb"]}
+    return {
+        **loaded,
+        **{k: v for k, v in queries.items() if k != "peak_rss_mb"},
+        "queries_peak_rss_mb": queries["peak_rss_mb"],
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], help="corpus sizes in MB")
-    parser.add_argument("--formats", nargs="+", default=["halo", "fixtures", "otlp"],
-                        help="halo: the shipped examples; fixtures: HALO's sample traces (if ../shared is "
-                             "there); otlp: the shipped examples as OTLP/JSON")
+    parser.add_argument(
+        "--formats",
+        nargs="+",
+        default=["halo", "fixtures", "otlp"],
+        help="halo: the shipped examples; fixtures: HALO's sample traces (if ../shared is "
+        "there); otlp: the shipped examples as OTLP/JSON",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "halo-bench")
     parser.add_argument("--out", type=Path)
@@ -171,15 +184,25 @@ def main() -> None:
             corpus = args.work / f"corpus-{size}mb.{fmt}.jsonl"
             if not corpus.exists():
                 t = time.perf_counter()
-                info = (build_otlp(size, corpus, args.work) if fmt == "otlp"
-                        else build_flat(size, corpus, flat_lines(fmt)))
+                info = (
+                    build_otlp(size, corpus, args.work)
+                    if fmt == "otlp"
+                    else build_flat(size, corpus, flat_lines(fmt))
+                )
                 print(f"built {corpus.name}: {info} in {time.perf_counter() - t:.1f}s", file=sys.stderr)
-            row = {"size_mb": size, "format": fmt, "bytes": corpus.stat().st_size,
-                   **bench(corpus, args.work / f"store-{size}mb.{fmt}.duckdb", args.repeats)}
+            row = {
+                "size_mb": size,
+                "format": fmt,
+                "bytes": corpus.stat().st_size,
+                **bench(corpus, args.work / f"store-{size}mb.{fmt}.duckdb", args.repeats),
+            }
             results.append(row)
             print(json.dumps(row), flush=True)
-    machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-               "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+    machine = {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"machine": machine, "results": results}, indent=2))

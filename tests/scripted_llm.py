@@ -106,23 +106,37 @@ class HTTPError:
 
     @classmethod
     def invalid_api_key(cls) -> HTTPError:
-        return cls(401, "invalid_api_key", "Incorrect API key provided: test. You can find your API key at "
-                   "https://platform.openai.com/account/api-keys.")
+        return cls(
+            401,
+            "invalid_api_key",
+            "Incorrect API key provided: test. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+        )
 
     @classmethod
     def permission_denied(cls) -> HTTPError:
-        return cls(403, "unsupported_country_region_territory", "Country, region, or territory not supported",
-                   type="request_forbidden")
+        return cls(
+            403,
+            "unsupported_country_region_territory",
+            "Country, region, or territory not supported",
+            type="request_forbidden",
+        )
 
     @classmethod
     def model_not_found(cls, model: str = "scripted-model") -> HTTPError:
-        return cls(404, "model_not_found", f"The model `{model}` does not exist or you do not have access to it.")
+        return cls(
+            404, "model_not_found", f"The model `{model}` does not exist or you do not have access to it."
+        )
 
     @classmethod
     def context_length_exceeded(cls) -> HTTPError:
-        return cls(400, "context_length_exceeded", "This model's maximum context length is 128000 tokens. However, "
-                   "your messages resulted in 131072 tokens. Please reduce the length of the messages.",
-                   param="messages")
+        return cls(
+            400,
+            "context_length_exceeded",
+            "This model's maximum context length is 128000 tokens. However, "
+            "your messages resulted in 131072 tokens. Please reduce the length of the messages.",
+            param="messages",
+        )
 
 
 @dataclass(frozen=True)
@@ -138,8 +152,13 @@ class RateLimited:
             headers["retry-after"] = _header_number(self.retry_after)
         if self.retry_after_ms is not None:
             headers["retry-after-ms"] = _header_number(self.retry_after_ms)
-        return HTTPError(429, "rate_limit_exceeded", "Rate limit reached for requests. Please try again later.",
-                         type="requests", headers=headers)
+        return HTTPError(
+            429,
+            "rate_limit_exceeded",
+            "Rate limit reached for requests. Please try again later.",
+            type="requests",
+            headers=headers,
+        )
 
 
 @dataclass(frozen=True)
@@ -149,8 +168,12 @@ class ServerError:
     status: int = 500
 
     def as_http_error(self) -> HTTPError:
-        return HTTPError(self.status, None, "The server had an error while processing your request. Sorry about "
-                         "that!", type="server_error")
+        return HTTPError(
+            self.status,
+            None,
+            "The server had an error while processing your request. Sorry about that!",
+            type="server_error",
+        )
 
 
 @dataclass(frozen=True)
@@ -188,7 +211,9 @@ class RawChunks:
     chunks: Sequence[Any]
 
 
-Reply: TypeAlias = Text | ToolCalls | Refusal | HTTPError | RateLimited | ServerError | CutStream | Delay | Hang | RawChunks
+Reply: TypeAlias = (
+    Text | ToolCalls | Refusal | HTTPError | RateLimited | ServerError | CutStream | Delay | Hang | RawChunks
+)
 # A responder may also answer with a plain string (a Text) or with a list of message parts: strings
 # (joined into the content) and Calls (made parallel tool calls).
 ResponderResult: TypeAlias = Reply | str | Sequence[str | Call]
@@ -220,7 +245,9 @@ def content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
+        return "".join(
+            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
+        )
     return ""
 
 
@@ -366,7 +393,8 @@ class Script:
                 raise ScriptError(
                     f"script for conversation {name!r} ran dry after {self._used[name]} replies "
                     f"(request with {len(request.messages)} messages, last user text "
-                    f"{request.last_user_text[:200]!r})")
+                    f"{request.last_user_text[:200]!r})"
+                )
             self._used[name] += 1
             return self._queues[name].popleft()
 
@@ -376,7 +404,9 @@ class Script:
         candidates = [name for name in self._queues if name and name in conversation]
         if len(candidates) == 1:
             return candidates[0]
-        problem = "matches several scripted conversations" if candidates else "matches no scripted conversation"
+        problem = (
+            "matches several scripted conversations" if candidates else "matches no scripted conversation"
+        )
         raise ScriptError(f"conversation {conversation[:200]!r} {problem}; scripted: {list(self._queues)}")
 
 
@@ -417,7 +447,9 @@ def _call_ids(reply: ToolCalls, completion_number: int) -> list[str]:
     return [call.id or f"call_{completion_number}_{index}" for index, call in enumerate(reply.calls)]
 
 
-def _completion_json(reply: Text | ToolCalls | Refusal, *, request: ChatRequest, number: int) -> dict[str, Any]:
+def _completion_json(
+    reply: Text | ToolCalls | Refusal, *, request: ChatRequest, number: int
+) -> dict[str, Any]:
     """A non-streamed `chat.completion` object."""
     message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None, "annotations": []}
     match reply:
@@ -430,7 +462,11 @@ def _completion_json(reply: Text | ToolCalls | Refusal, *, request: ChatRequest,
         case ToolCalls():
             message["content"] = reply.content
             message["tool_calls"] = [
-                {"id": call_id, "type": "function", "function": {"name": call.name, "arguments": _arguments_json(call)}}
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": _arguments_json(call)},
+                }
                 for call, call_id in zip(reply.calls, _call_ids(reply, number))
             ]
             finish_reason = reply.finish_reason
@@ -453,7 +489,7 @@ def _words(text: str) -> list[str]:
 def _pieces(text: str, count: int = 4) -> list[str]:
     """Splits text into at most `count` pieces, cutting through JSON tokens and escapes on purpose."""
     size = max(1, -(-len(text) // count))
-    return [text[start:start + size] for start in range(0, len(text), size)]
+    return [text[start : start + size] for start in range(0, len(text), size)]
 
 
 def _tool_call_deltas(reply: ToolCalls, call_ids: list[str]) -> list[dict[str, Any]]:
@@ -461,12 +497,23 @@ def _tool_call_deltas(reply: ToolCalls, call_ids: list[str]) -> list[dict[str, A
     arguments), then only argument pieces. The SDK concatenates every string field of a delta, so
     repeating the id would corrupt it."""
     openings = [
-        {"tool_calls": [{"index": index, "id": call_id, "type": "function",
-                         "function": {"name": call.name, "arguments": ""}}]}
+        {
+            "tool_calls": [
+                {
+                    "index": index,
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": ""},
+                }
+            ]
+        }
         for index, (call, call_id) in enumerate(zip(reply.calls, call_ids))
     ]
     argument_deltas = [
-        [{"tool_calls": [{"index": index, "function": {"arguments": piece}}]} for piece in _pieces(_arguments_json(call))]
+        [
+            {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+            for piece in _pieces(_arguments_json(call))
+        ]
         for index, call in enumerate(reply.calls)
     ]
     if not reply.interleave:
@@ -476,7 +523,9 @@ def _tool_call_deltas(reply: ToolCalls, call_ids: list[str]) -> list[dict[str, A
     return openings + alternating
 
 
-def _stream_chunks(reply: Text | ToolCalls | Refusal, *, request: ChatRequest, number: int) -> list[dict[str, Any]]:
+def _stream_chunks(
+    reply: Text | ToolCalls | Refusal, *, request: ChatRequest, number: int
+) -> list[dict[str, Any]]:
     """The `chat.completion.chunk` objects of a streamed reply, usage chunk included when asked for."""
     match reply:
         case Text():
@@ -505,11 +554,16 @@ def _stream_chunks(reply: Text | ToolCalls | Refusal, *, request: ChatRequest, n
         envelope["usage"] = None  # OpenAI sends null usage on every chunk but the last
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {**envelope, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return {
+            **envelope,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
 
     chunks = [chunk(delta) for delta in deltas] + [chunk({}, finish_reason)]
     if request.include_usage:
-        chunks.append({**envelope, "choices": [], "usage": _usage_json(reply.usage or _estimated_usage(request, reply))})
+        chunks.append(
+            {**envelope, "choices": [], "usage": _usage_json(reply.usage or _estimated_usage(request, reply))}
+        )
     return chunks
 
 
@@ -571,10 +625,14 @@ class _Handler(BaseHTTPRequestHandler):
 
         if (self.command, path) == ("POST", "/v1/chat/completions"):
             if not isinstance(body, dict):
-                return self._send_error(HTTPError(400, None, "We could not parse the JSON body of your request."))
+                return self._send_error(
+                    HTTPError(400, None, "We could not parse the JSON body of your request.")
+                )
             self._answer_chat(ChatRequest(body, headers), number)
         elif (self.command, path) == ("GET", "/v1/models"):
-            models = [{"id": model, "object": "model", "created": 0, "owned_by": "scripted"} for model in llm.models]
+            models = [
+                {"id": model, "object": "model", "created": 0, "owned_by": "scripted"} for model in llm.models
+            ]
             self._send_json(200, {"object": "list", "data": models}, headers={})
         else:
             self._send_error(HTTPError(404, None, f"Invalid URL ({self.command} {path})"))
@@ -584,8 +642,11 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             reply = as_reply(llm._responder(request))
         except Exception as error:
-            problem = str(error) if isinstance(error, ScriptError) else "responder raised " + "".join(
-                traceback.format_exception_only(error)).strip()
+            problem = (
+                str(error)
+                if isinstance(error, ScriptError)
+                else "responder raised " + "".join(traceback.format_exception_only(error)).strip()
+            )
             return self._fail(problem)
 
         while isinstance(reply, Delay):
@@ -602,14 +663,18 @@ class _Handler(BaseHTTPRequestHandler):
             case RateLimited() | ServerError():
                 self._send_error(reply.as_http_error())
             case CutStream() if request.stream:
-                events = [_sse(chunk) for chunk in _stream_chunks(reply.reply, request=request, number=number)]
-                self._send_stream(events[:reply.after_chunks], end_body=not reply.abrupt)
+                events = [
+                    _sse(chunk) for chunk in _stream_chunks(reply.reply, request=request, number=number)
+                ]
+                self._send_stream(events[: reply.after_chunks], end_body=not reply.abrupt)
                 if reply.abrupt:
                     self._drop_connection()
             case CutStream():
                 body = orjson.dumps(_completion_json(reply.reply, request=request, number=number))
-                self.wfile.write(self._head(200, "application/json", {"content-length": str(len(body))})
-                                 + body[:len(body) // 2])
+                self.wfile.write(
+                    self._head(200, "application/json", {"content-length": str(len(body))})
+                    + body[: len(body) // 2]
+                )
                 self._drop_connection()
             case RawChunks():
                 self._send_stream([*(_sse(chunk) for chunk in reply.chunks), _SSE_DONE], end_body=True)
@@ -625,28 +690,44 @@ class _Handler(BaseHTTPRequestHandler):
         """Answers a request the responder could not answer, loudly, and records why."""
         self.server.llm._add_error(problem)
         # x-should-retry: false stops the SDK from retrying, so the failure shows up once.
-        self._send_error(HTTPError(500, "script_error", f"ScriptedLLM: {problem}", type="scripted_llm_error",
-                                   headers={"x-should-retry": "false"}))
+        self._send_error(
+            HTTPError(
+                500,
+                "script_error",
+                f"ScriptedLLM: {problem}",
+                type="scripted_llm_error",
+                headers={"x-should-retry": "false"},
+            )
+        )
 
     def _head(self, status: int, content_type: str, headers: Mapping[str, str]) -> bytes:
         try:
             reason = HTTPStatus(status).phrase
         except ValueError:
             reason = ""  # a status Python has no name for; clients only read the number
-        lines = [f"HTTP/1.1 {status} {reason}", f"content-type: {content_type}",
-                 f"x-request-id: {self._request_id}", *(f"{name}: {value}" for name, value in headers.items())]
+        lines = [
+            f"HTTP/1.1 {status} {reason}",
+            f"content-type: {content_type}",
+            f"x-request-id: {self._request_id}",
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     def _send_json(self, status: int, payload: Any, *, headers: Mapping[str, str]) -> None:
         body = orjson.dumps(payload)
-        self.wfile.write(self._head(status, "application/json", {**headers, "content-length": str(len(body))}) + body)
+        self.wfile.write(
+            self._head(status, "application/json", {**headers, "content-length": str(len(body))}) + body
+        )
 
     def _send_error(self, error: HTTPError) -> None:
         self._send_json(error.status, _error_json(error), headers=error.headers)
 
     def _send_stream(self, events: list[bytes], *, end_body: bool) -> None:
-        head = self._head(200, "text/event-stream; charset=utf-8",
-                          {"transfer-encoding": "chunked", "cache-control": "no-cache"})
+        head = self._head(
+            200,
+            "text/event-stream; charset=utf-8",
+            {"transfer-encoding": "chunked", "cache-control": "no-cache"},
+        )
         delay = self.server.llm.chunk_delay
         ending = _LAST_HTTP_CHUNK if end_body else b""
         if not delay:
@@ -722,8 +803,12 @@ class ScriptedLLM:
         host, port = self._server.server_address[:2]
         self.base_url = f"http://{host}:{port}/v1"
         # A short poll interval only makes close() quick; new connections wake the loop immediately.
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01},
-                                        name=f"ScriptedLLM:{port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.01},
+            name=f"ScriptedLLM:{port}",
+            daemon=True,
+        )
         self._thread.start()
 
     @property
@@ -735,8 +820,11 @@ class ScriptedLLM:
     @property
     def chat_requests(self) -> list[ChatRequest]:
         """The chat completion requests received so far, parsed, in arrival order."""
-        return [ChatRequest(r.body, r.headers) for r in self.requests
-                if r.path == "/v1/chat/completions" and isinstance(r.body, dict)]
+        return [
+            ChatRequest(r.body, r.headers)
+            for r in self.requests
+            if r.path == "/v1/chat/completions" and isinstance(r.body, dict)
+        ]
 
     @property
     def errors(self) -> list[str]:

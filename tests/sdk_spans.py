@@ -18,7 +18,9 @@ def agent_spans(traces: int = 3) -> list[ReadableSpan]:
     """Finished SDK spans of a small tool-using agent: per trace an agent, an LLM call and a tool call
     (the last trace's tool fails), with list, float and bool attributes and an exception event."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "sdk-agent", "deployment.environment": "test"}))
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "sdk-agent", "deployment.environment": "test"})
+    )
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("my.agent", "2.0")
     for run in range(traces):
@@ -45,16 +47,31 @@ def agent_spans(traces: int = 3) -> list[ReadableSpan]:
 
 def hex_ids(span: ReadableSpan) -> tuple[str, str, str | None]:
     ctx = span.get_span_context()
-    return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}", f"{span.parent.span_id:016x}" if span.parent else None
+    return (
+        f"{ctx.trace_id:032x}",
+        f"{ctx.span_id:016x}",
+        f"{span.parent.span_id:016x}" if span.parent else None,
+    )
 
 
 def stored(path: Path) -> dict[str, dict]:
     """The store's spans by span id: trace, parent, raw record and a few canonical columns."""
     with TraceStore.open(path, read_only=True) as store:
-        rows = store.con.execute("SELECT span_id, trace_id, parent_id, raw, kind, status, start_ns, end_ns FROM spans"
-                                 ).fetchall()
-    return {row[0]: {"trace_id": row[1], "parent_id": row[2], "raw": orjson.loads(row[3]), "kind": row[4],
-                     "status": row[5], "start_ns": row[6], "end_ns": row[7]} for row in rows}
+        rows = store.con.execute(
+            "SELECT span_id, trace_id, parent_id, raw, kind, status, start_ns, end_ns FROM spans"
+        ).fetchall()
+    return {
+        row[0]: {
+            "trace_id": row[1],
+            "parent_id": row[2],
+            "raw": orjson.loads(row[3]),
+            "kind": row[4],
+            "status": row[5],
+            "start_ns": row[6],
+            "end_ns": row[7],
+        }
+        for row in rows
+    }
 
 
 def assert_same_as_sent(spans: list[ReadableSpan], rows: dict[str, dict]) -> None:
@@ -66,7 +83,9 @@ def assert_same_as_sent(spans: list[ReadableSpan], rows: dict[str, dict]) -> Non
         assert (row["start_ns"], row["end_ns"]) == (span.start_time, span.end_time)
         raw = row["raw"]
         assert raw["name"] == span.name and raw["kind"] == f"SPAN_KIND_{span.kind.name}"
-        assert raw["attributes"] == {k: list(v) if isinstance(v, tuple) else v for k, v in span.attributes.items()}
+        assert raw["attributes"] == {
+            k: list(v) if isinstance(v, tuple) else v for k, v in span.attributes.items()
+        }
         assert raw["resource"]["attributes"]["service.name"] == "sdk-agent"
         assert raw["scope"] == {"name": "my.agent", "version": "2.0"}
         assert [e["name"] for e in raw.get("events", [])] == [e.name for e in span.events]

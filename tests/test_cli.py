@@ -94,7 +94,8 @@ def test_errors_are_one_clear_line(run: CliRunner, tmp_path: Path, fixtures: Pat
 
 
 def test_demo_runs_the_detectors_on_the_shipped_examples_without_a_provider(
-        run: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     code, out, err = invoke(run, "demo", "-o", tmp_path / "report")

@@ -46,21 +46,40 @@ def wait_until_written(collector: Collector, timeout: float = 30) -> None:
 
 
 def otlp_json(*spans: dict) -> bytes:
-    return orjson.dumps({"resourceSpans": [{
-        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "json-agent"}}]},
-        "scopeSpans": [{"scope": {"name": "raw"}, "spans": list(spans)}]}]})
+    return orjson.dumps(
+        {
+            "resourceSpans": [
+                {
+                    "resource": {
+                        "attributes": [{"key": "service.name", "value": {"stringValue": "json-agent"}}]
+                    },
+                    "scopeSpans": [{"scope": {"name": "raw"}, "spans": list(spans)}],
+                }
+            ]
+        }
+    )
 
 
 def json_span(trace: str, span: str, parent: str = "", **extra) -> dict:
-    return {"traceId": trace, "spanId": span, "parentSpanId": parent, "name": extra.pop("name", "step"), "kind": 1,
-            "startTimeUnixNano": "1776924720000000000", "endTimeUnixNano": "1776924721250000000", **extra}
+    return {
+        "traceId": trace,
+        "spanId": span,
+        "parentSpanId": parent,
+        "name": extra.pop("name", "step"),
+        "kind": 1,
+        "startTimeUnixNano": "1776924720000000000",
+        "endTimeUnixNano": "1776924721250000000",
+        **extra,
+    }
 
 
 # --- the real SDK exporter --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("compression", [Compression.NoCompression, Compression.Gzip, Compression.Deflate])
-def test_sdk_exporter_protobuf_lands_in_the_store_intact(collector: Collector, compression: Compression) -> None:
+def test_sdk_exporter_protobuf_lands_in_the_store_intact(
+    collector: Collector, compression: Compression
+) -> None:
     spans = agent_spans()
     exporter = OTLPSpanExporter(endpoint=collector.traces_url, compression=compression)
     assert exporter.export(spans) is SpanExportResult.SUCCESS
@@ -94,14 +113,28 @@ def test_sdk_tracer_provider_with_batch_processor_through_the_collector(collecto
 def test_json_bodies_plain_gzip_and_deflate_answer_in_json(collector: Collector) -> None:
     bodies = {
         "plain": (otlp_json(json_span("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174")), {}),
-        "gzip": (gzip.compress(otlp_json(json_span("5b8efff798038103d269b633813fc60c", "aaa19b7ec3c1b174",
-                                                   "eee19b7ec3c1b174"))), {"Content-Encoding": "gzip"}),
-        "deflate": (zlib.compress(otlp_json(json_span("6b8efff798038103d269b633813fc60c", "bbb19b7ec3c1b174"))),
-                    {"Content-Encoding": "deflate"}),
+        "gzip": (
+            gzip.compress(
+                otlp_json(
+                    json_span("5b8efff798038103d269b633813fc60c", "aaa19b7ec3c1b174", "eee19b7ec3c1b174")
+                )
+            ),
+            {"Content-Encoding": "gzip"},
+        ),
+        "deflate": (
+            zlib.compress(otlp_json(json_span("6b8efff798038103d269b633813fc60c", "bbb19b7ec3c1b174"))),
+            {"Content-Encoding": "deflate"},
+        ),
         # several gzip members in one body are one stream (RFC 1952)
-        "members": (gzip.compress(b'{"resourceSpans":') + gzip.compress(otlp_json(
-            json_span("7b8efff798038103d269b633813fc60c", "ccc19b7ec3c1b174"))[len(b'{"resourceSpans":'):]),
-            {"Content-Encoding": "gzip"}),
+        "members": (
+            gzip.compress(b'{"resourceSpans":')
+            + gzip.compress(
+                otlp_json(json_span("7b8efff798038103d269b633813fc60c", "ccc19b7ec3c1b174"))[
+                    len(b'{"resourceSpans":') :
+                ]
+            ),
+            {"Content-Encoding": "gzip"},
+        ),
     }
     for name, (body, headers) in bodies.items():
         response = httpx.post(collector.traces_url, content=body, headers={**JSON, **headers})
@@ -135,10 +168,16 @@ def test_empty_requests_are_fine(collector: Collector) -> None:
 
 
 def test_bad_spans_are_rejected_as_partial_success_and_the_good_ones_kept(collector: Collector) -> None:
-    body = otlp_json(json_span("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174"),
-                     json_span("", "aaa19b7ec3c1b174"), "not a span",
-                     json_span("5b8efff798038103d269b633813fc60c", "bbb19b7ec3c1b174",
-                               attributes=[{"key": "big", "value": {"intValue": str(2**70)}}]))
+    body = otlp_json(
+        json_span("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174"),
+        json_span("", "aaa19b7ec3c1b174"),
+        "not a span",
+        json_span(
+            "5b8efff798038103d269b633813fc60c",
+            "bbb19b7ec3c1b174",
+            attributes=[{"key": "big", "value": {"intValue": str(2**70)}}],
+        ),
+    )
     response = httpx.post(collector.traces_url, content=body, headers=JSON)
     assert response.status_code == 200
     partial = response.json()["partialSuccess"]
@@ -150,7 +189,10 @@ def test_bad_spans_are_rejected_as_partial_success_and_the_good_ones_kept(collec
     response = httpx.post(collector.traces_url, content=request.SerializeToString(), headers=PROTOBUF)
     assert response.status_code == 200 and response.headers["content-type"] == "application/x-protobuf"
     answer = ExportTraceServiceResponse.FromString(response.content)
-    assert answer.partial_success.rejected_spans == 1 and "missing span id" in answer.partial_success.error_message
+    assert (
+        answer.partial_success.rejected_spans == 1
+        and "missing span id" in answer.partial_success.error_message
+    )
 
     stats = collector.stop()
     assert (stats.spans, stats.rejected_spans) == (4, 3)
@@ -158,8 +200,9 @@ def test_bad_spans_are_rejected_as_partial_success_and_the_good_ones_kept(collec
 
 
 def test_full_success_answers_an_empty_protobuf_response(collector: Collector) -> None:
-    response = httpx.post(collector.traces_url, content=encode_spans(agent_spans(1)).SerializeToString(),
-                          headers=PROTOBUF)
+    response = httpx.post(
+        collector.traces_url, content=encode_spans(agent_spans(1)).SerializeToString(), headers=PROTOBUF
+    )
     assert response.status_code == 200
     assert not ExportTraceServiceResponse.FromString(response.content).HasField("partial_success")
 
@@ -170,25 +213,50 @@ def test_full_success_answers_an_empty_protobuf_response(collector: Collector) -
 def test_errors_get_the_right_status_and_the_collector_keeps_serving(tmp_path: Path) -> None:
     good = encode_spans(agent_spans(1)).SerializeToString()
     bomb = gzip.compress(b"\0" * (2 << 20))  # 2 MiB of zeros in about 2 KiB
-    with serve(store=tmp_path / "c.duckdb", port=0, max_body_bytes=1 << 20) as collector, \
-            httpx.Client(base_url=collector.url) as client:
+    with (
+        serve(store=tmp_path / "c.duckdb", port=0, max_body_bytes=1 << 20) as collector,
+        httpx.Client(base_url=collector.url) as client,
+    ):
         cases = [
             (client.post("/v1/logs", content=good, headers=PROTOBUF), 404, "no endpoint at /v1/logs"),
             (client.get("/v1/traces"), 405, "takes POST only"),
             (client.request("OPTIONS", "/v1/traces"), 405, "takes POST only"),
-            (client.post("/v1/traces", content=good, headers={"Content-Type": "text/plain"}), 415, "Content-Type"),
-            (client.post("/v1/traces", content=good, headers={**PROTOBUF, "Content-Encoding": "br"}), 415, "br"),
-            (client.post("/v1/traces", content=b"\xff\x00garbage", headers=PROTOBUF), 400, "not an OTLP protobuf"),
+            (
+                client.post("/v1/traces", content=good, headers={"Content-Type": "text/plain"}),
+                415,
+                "Content-Type",
+            ),
+            (
+                client.post("/v1/traces", content=good, headers={**PROTOBUF, "Content-Encoding": "br"}),
+                415,
+                "br",
+            ),
+            (
+                client.post("/v1/traces", content=b"\xff\x00garbage", headers=PROTOBUF),
+                400,
+                "not an OTLP protobuf",
+            ),
             (client.post("/v1/traces", content=b"{not json", headers=JSON), 400, "invalid JSON"),
             (client.post("/v1/traces", content=b'{"hello": 1}', headers=JSON), 400, "not an OTLP"),
             (client.post("/v1/traces", content=b"[" * 5000 + b"]" * 5000, headers=JSON), 400, ""),
-            (client.post("/v1/traces", content=b"\x1f\x8b garbage", headers={**JSON, "Content-Encoding": "gzip"}),
-             400, "not valid gzip"),
+            (
+                client.post(
+                    "/v1/traces", content=b"\x1f\x8b garbage", headers={**JSON, "Content-Encoding": "gzip"}
+                ),
+                400,
+                "not valid gzip",
+            ),
             (client.post("/v1/traces", content=bytes(2 << 20), headers=PROTOBUF), 413, "limit"),
-            (client.post("/v1/traces", content=bomb, headers={**PROTOBUF, "Content-Encoding": "gzip"}), 413,
-             "decompresses to over"),
-            (client.post("/v1/traces", content=good, headers={**PROTOBUF, "Host": "evil.example:4318"}), 403,
-             "localhost"),
+            (
+                client.post("/v1/traces", content=bomb, headers={**PROTOBUF, "Content-Encoding": "gzip"}),
+                413,
+                "decompresses to over",
+            ),
+            (
+                client.post("/v1/traces", content=good, headers={**PROTOBUF, "Host": "evil.example:4318"}),
+                403,
+                "localhost",
+            ),
         ]
         for response, status, message in cases:
             assert response.status_code == status, (status, response.text)
@@ -209,13 +277,20 @@ def test_errors_on_protobuf_requests_carry_a_protobuf_status(collector: Collecto
 def test_token_is_required_when_set(tmp_path: Path) -> None:
     good = encode_spans(agent_spans(1)).SerializeToString()
     with serve(store=tmp_path / "c.duckdb", port=0, token="s3cret") as collector:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"},
-                        {"Authorization": "Basic s3cret"}, {"Authorization": "Bearer s3cret2"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "s3cret"},
+            {"Authorization": "Basic s3cret"},
+            {"Authorization": "Bearer s3cret2"},
+        ):
             response = httpx.post(collector.traces_url, content=good, headers={**PROTOBUF, **headers})
             assert response.status_code == 401 and response.headers["www-authenticate"].startswith("Bearer")
         exporter = OTLPSpanExporter(endpoint=collector.traces_url, headers={"Authorization": "Bearer s3cret"})
         assert exporter.export(agent_spans(1)) is SpanExportResult.SUCCESS
-        lowercase = httpx.post(collector.traces_url, content=b"{}", headers={**JSON, "Authorization": "bearer s3cret"})
+        lowercase = httpx.post(
+            collector.traces_url, content=b"{}", headers={**JSON, "Authorization": "bearer s3cret"}
+        )
         assert lowercase.status_code == 200
     assert collector.stats.spans == 3
 
@@ -224,16 +299,22 @@ def test_raw_garbage_slow_clients_and_missing_length_do_not_stop_the_server(coll
     host, port = collector.url.removeprefix("http://").split(":")
     good = encode_spans(agent_spans(1)).SerializeToString()
     with socket.create_connection((host, int(port))) as garbage:
-        garbage.sendall(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(200) + b"\r\n\r\n")  # a TLS hello
+        garbage.sendall(
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(200) + b"\r\n\r\n"
+        )  # a TLS hello
         assert garbage.recv(1000).startswith(b"HTTP/1.1 400")
     with socket.create_connection((host, int(port))) as no_length:
-        no_length.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                          b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+        no_length.sendall(
+            b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+        )
         assert no_length.recv(1000).startswith(b"HTTP/1.1 411")
     stalled = [socket.create_connection((host, int(port))) for _ in range(3)]
     stalled[0].sendall(b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # headers never finish
-    stalled[1].sendall(b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-protobuf\r\n"
-                       b"Content-Length: 100000\r\n\r\n" + good[:10])  # body never finishes
+    stalled[1].sendall(
+        b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-protobuf\r\n"
+        b"Content-Length: 100000\r\n\r\n" + good[:10]
+    )  # body never finishes
     # stalled[2] says nothing at all
     try:
         for _ in range(3):
@@ -248,8 +329,14 @@ def test_raw_garbage_slow_clients_and_missing_length_do_not_stop_the_server(coll
 def test_keep_alive_connection_serves_many_requests(collector: Collector) -> None:
     with httpx.Client() as client:
         for _ in range(20):
-            assert client.post(collector.traces_url, content=encode_spans(agent_spans(1)).SerializeToString(),
-                               headers=PROTOBUF).status_code == 200
+            assert (
+                client.post(
+                    collector.traces_url,
+                    content=encode_spans(agent_spans(1)).SerializeToString(),
+                    headers=PROTOBUF,
+                ).status_code
+                == 200
+            )
     assert collector.stop().spans == 60
 
 
@@ -262,13 +349,17 @@ def test_binding_other_machines_needs_allow_remote(tmp_path: Path) -> None:
     with serve(store=tmp_path / "c.duckdb", host="0.0.0.0", port=0, allow_remote=True) as remote:
         assert remote.remote and remote.url.startswith("http://127.0.0.1:")
         # a remote-facing collector is reached under any host name
-        response = httpx.post(remote.traces_url, content=b"{}", headers={**JSON, "Host": "collector.lan:4318"})
+        response = httpx.post(
+            remote.traces_url, content=b"{}", headers={**JSON, "Host": "collector.lan:4318"}
+        )
         assert response.status_code == 200
     with serve(store=tmp_path / "c.duckdb", host="localhost", port=0) as local:
         assert not local.remote
 
 
-def test_a_port_in_use_or_a_file_that_is_not_a_store_is_a_clear_error(tmp_path: Path, collector: Collector) -> None:
+def test_a_port_in_use_or_a_file_that_is_not_a_store_is_a_clear_error(
+    tmp_path: Path, collector: Collector
+) -> None:
     port = int(collector.url.rsplit(":", 1)[1])
     with pytest.raises(CollectError, match="cannot listen"):
         serve(store=tmp_path / "other.duckdb", port=port)
@@ -296,8 +387,20 @@ def test_out_file_ingests_back_losslessly(tmp_path: Path) -> None:
     lines = out.read_bytes().splitlines()
     assert len(lines) == 9
     first = orjson.loads(lines[0])
-    assert list(first)[:12] == ["trace_id", "span_id", "parent_span_id", "trace_state", "name", "kind", "start_time",
-                                "end_time", "status", "resource", "scope", "attributes"]
+    assert list(first)[:12] == [
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "trace_state",
+        "name",
+        "kind",
+        "start_time",
+        "end_time",
+        "status",
+        "resource",
+        "scope",
+        "attributes",
+    ]
     assert first["start_time"].endswith("Z") and len(first["start_time"].split(".")[1]) == 10  # 9 digits + Z
     with TraceStore.open(tmp_path / "s.duckdb") as store:
         report = store.ingest([str(out)])
@@ -307,7 +410,9 @@ def test_out_file_ingests_back_losslessly(tmp_path: Path) -> None:
 
 def test_store_and_out_file_together_get_the_same_spans(tmp_path: Path) -> None:
     with serve(store=tmp_path / "c.duckdb", out=tmp_path / "c.jsonl", port=0) as collector:
-        assert OTLPSpanExporter(endpoint=collector.traces_url).export(agent_spans()) is SpanExportResult.SUCCESS
+        assert (
+            OTLPSpanExporter(endpoint=collector.traces_url).export(agent_spans()) is SpanExportResult.SUCCESS
+        )
     file_spans = {orjson.loads(line)["span_id"] for line in (tmp_path / "c.jsonl").read_bytes().splitlines()}
     assert file_spans == set(stored(tmp_path / "c.duckdb")) and len(file_spans) == 9
 
@@ -327,10 +432,13 @@ def test_a_busy_store_holds_spans_in_memory_then_refuses_with_retry_after(tmp_pa
     body, later = (encode_spans(agent_spans(1)).SerializeToString() for _ in range(2))
     with serve(store=path, port=0, buffer_bytes=1) as collector:
         # Another process holds the store (as a long `halo sql` would), so no flush can happen.
-        hold = "import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=True); print('open', flush=True); " \
-               "sys.stdin.read()"
-        holder = subprocess.Popen([sys.executable, "-c", hold, str(path)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)
+        hold = (
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=True); print('open', flush=True); "
+            "sys.stdin.read()"
+        )
+        holder = subprocess.Popen(
+            [sys.executable, "-c", hold, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         try:
             assert holder.stdout.readline().strip() == "open"
             assert httpx.post(collector.traces_url, content=body, headers=PROTOBUF).status_code == 200
@@ -346,8 +454,13 @@ def test_a_busy_store_holds_spans_in_memory_then_refuses_with_retry_after(tmp_pa
 
 def test_stop_writes_everything_received(tmp_path: Path) -> None:
     flushed = []
-    collector = serve(store=tmp_path / "c.duckdb", out=tmp_path / "c.jsonl", port=0, flush_seconds=3600,
-                      on_flush=flushed.append)
+    collector = serve(
+        store=tmp_path / "c.duckdb",
+        out=tmp_path / "c.jsonl",
+        port=0,
+        flush_seconds=3600,
+        on_flush=flushed.append,
+    )
     exporter = OTLPSpanExporter(endpoint=collector.traces_url)
     for _ in range(5):
         assert exporter.export(agent_spans()) is SpanExportResult.SUCCESS
@@ -383,15 +496,29 @@ def test_a_store_busy_past_shutdown_leaves_a_rescue_file(tmp_path: Path) -> None
 
 def test_load_100k_spans_from_four_concurrent_exporters_none_lost(tmp_path: Path) -> None:
     store = tmp_path / "load.duckdb"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "collect_load.py"), "--spans", "100000",
-                             "--exporters", "4", "--store", str(store)], capture_output=True, text=True, timeout=300,
-                            check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "collect_load.py"),
+            "--spans",
+            "100000",
+            "--exporters",
+            "4",
+            "--store",
+            str(store),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = orjson.loads(result.stdout)
     assert (report["spans_accepted"], report["spans_stored"], report["lost"]) == (100_000, 100_000, 0)
     with TraceStore.open(store, read_only=True) as opened:
-        assert opened.con.execute("SELECT count(*), count(DISTINCT trace_id), count(*) FILTER (is_orphan) "
-                                  "FROM spans").fetchall() == [(100_000, 10_000, 0)]
+        assert opened.con.execute(
+            "SELECT count(*), count(DISTINCT trace_id), count(*) FILTER (is_orphan) FROM spans"
+        ).fetchall() == [(100_000, 10_000, 0)]
 
 
 # --- the command line -------------------------------------------------------------------------
@@ -401,9 +528,15 @@ def halo(*args: str, **options) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     # A test run started in the background inherits SIGINT ignored, and so would the child; Ctrl-C
     # is what these tests send, so the child gets the default disposition back.
-    return subprocess.Popen([sys.executable, "-m", "halo_rlm", *args], env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-                            **options)
+    return subprocess.Popen(
+        [sys.executable, "-m", "halo_rlm", *args],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        **options,
+    )
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

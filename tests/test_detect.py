@@ -19,14 +19,29 @@ T0 = 1_777_852_800 * 10**9
 _ids = itertools.count()
 
 
-def span(trace: str, kind: str, name: str, *, parent: str = "", start: float = 0, seconds: float = 0.5,
-         error: str | None = None, **attrs: Any) -> dict[str, Any]:
+def span(
+    trace: str,
+    kind: str,
+    name: str,
+    *,
+    parent: str = "",
+    start: float = 0,
+    seconds: float = 0.5,
+    error: str | None = None,
+    **attrs: Any,
+) -> dict[str, Any]:
     sid = f"s{next(_ids):06d}"
     return {
-        "trace_id": trace, "span_id": sid, "parent_span_id": parent, "name": name, "kind": "SPAN_KIND_INTERNAL",
-        "start_time": T0 + int(start * 1e9), "end_time": T0 + int((start + seconds) * 1e9),
+        "trace_id": trace,
+        "span_id": sid,
+        "parent_span_id": parent,
+        "name": name,
+        "kind": "SPAN_KIND_INTERNAL",
+        "start_time": T0 + int(start * 1e9),
+        "end_time": T0 + int((start + seconds) * 1e9),
         "status": {"code": "STATUS_CODE_ERROR" if error else "STATUS_CODE_OK", "message": error or ""},
-        "resource": {"attributes": {"service.name": attrs.pop("service", "shop")}}, "scope": {"name": "t"},
+        "resource": {"attributes": {"service.name": attrs.pop("service", "shop")}},
+        "scope": {"name": "t"},
         "attributes": {"openinference.span.kind": kind, **attrs},
     }
 
@@ -34,33 +49,80 @@ def span(trace: str, kind: str, name: str, *, parent: str = "", start: float = 0
 class Run:
     """One agent run: an AGENT root with LLM and TOOL children, built step by step."""
 
-    def __init__(self, trace: str, agent: str = "Support", tools: tuple[str, ...] = ("search", "lookup")) -> None:
+    def __init__(
+        self, trace: str, agent: str = "Support", tools: tuple[str, ...] = ("search", "lookup")
+    ) -> None:
         self.trace, self.tools, self.clock = trace, tools, 0.0
         self.root = span(trace, "AGENT", f"agent.{agent}", seconds=60, **{"agent.name": agent})
         self.spans = [self.root]
 
-    def llm(self, *, calls: list[tuple[str, dict[str, Any]]] = (), text: str | None = "ok", error: str | None = None,
-            prompt_tokens: int = 1000, finish: str | None = None, model: str = "gpt-5.4", seconds: float = 1.0) -> None:
+    def llm(
+        self,
+        *,
+        calls: list[tuple[str, dict[str, Any]]] = (),
+        text: str | None = "ok",
+        error: str | None = None,
+        prompt_tokens: int = 1000,
+        finish: str | None = None,
+        model: str = "gpt-5.4",
+        seconds: float = 1.0,
+    ) -> None:
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if calls:
-            message["tool_calls"] = [{"id": f"c{i}", "type": "function",
-                                      "function": {"name": n, "arguments": orjson.dumps(a).decode()}}
-                                     for i, (n, a) in enumerate(calls)]
-        attrs: dict[str, Any] = {"llm.model_name": model, "llm.token_count.prompt": prompt_tokens,
-                                 "llm.token_count.completion": 20, "llm.output_messages": orjson.dumps([message]).decode(),
-                                 "llm.tools": orjson.dumps([{"type": "function", "function": {"name": t}}
-                                                            for t in self.tools]).decode()}
+            message["tool_calls"] = [
+                {
+                    "id": f"c{i}",
+                    "type": "function",
+                    "function": {"name": n, "arguments": orjson.dumps(a).decode()},
+                }
+                for i, (n, a) in enumerate(calls)
+            ]
+        attrs: dict[str, Any] = {
+            "llm.model_name": model,
+            "llm.token_count.prompt": prompt_tokens,
+            "llm.token_count.completion": 20,
+            "llm.output_messages": orjson.dumps([message]).decode(),
+            "llm.tools": orjson.dumps(
+                [{"type": "function", "function": {"name": t}} for t in self.tools]
+            ).decode(),
+        }
         if finish:
             attrs["llm.finish_reason"] = finish
-        self.spans.append(span(self.trace, "LLM", "chat", parent=self.root["span_id"], start=self.clock,
-                               seconds=seconds, error=error, **attrs))
+        self.spans.append(
+            span(
+                self.trace,
+                "LLM",
+                "chat",
+                parent=self.root["span_id"],
+                start=self.clock,
+                seconds=seconds,
+                error=error,
+                **attrs,
+            )
+        )
         self.clock += seconds
 
-    def tool(self, name: str, args: dict[str, Any], *, result: str = "fine", error: str | None = None,
-             seconds: float = 0.2) -> None:
-        self.spans.append(span(self.trace, "TOOL", f"function.{name}", parent=self.root["span_id"], start=self.clock,
-                               seconds=seconds, error=error, **{"tool.name": name, "input.value": orjson.dumps(args).decode(),
-                                                                "output.value": result}))
+    def tool(
+        self,
+        name: str,
+        args: dict[str, Any],
+        *,
+        result: str = "fine",
+        error: str | None = None,
+        seconds: float = 0.2,
+    ) -> None:
+        self.spans.append(
+            span(
+                self.trace,
+                "TOOL",
+                f"function.{name}",
+                parent=self.root["span_id"],
+                start=self.clock,
+                seconds=seconds,
+                error=error,
+                **{"tool.name": name, "input.value": orjson.dumps(args).decode(), "output.value": result},
+            )
+        )
         self.clock += seconds
 
 
@@ -96,8 +158,13 @@ def test_healthy_traces_give_no_findings(tmp_path: Path) -> None:
 
 def test_one_off_errors_are_not_systemic(tmp_path: Path) -> None:
     runs = []
-    for i, (tool, message) in enumerate([("export_pdf", "disk full while writing /tmp/a.pdf"),
-                                         ("sync_crm", "KeyError: 'account'"), ("resize", "PIL cannot identify image")]):
+    for i, (tool, message) in enumerate(
+        [
+            ("export_pdf", "disk full while writing /tmp/a.pdf"),
+            ("sync_crm", "KeyError: 'account'"),
+            ("resize", "PIL cannot identify image"),
+        ]
+    ):
         run = healthy(f"odd{i}")
         run.tool(tool, {"x": i}, error=message)
         runs.append(run)
@@ -140,32 +207,50 @@ def test_hallucinated_tools_from_offered_lists_and_errors(tmp_path: Path) -> Non
         run.tool("delete_user", {"id": i}, error=f"Unknown tool: delete_user (call {i})")
         runs.append(run)
     report = findings_of(tmp_path, runs)
-    assert keyed(report) == {("hallucinated_tool", "refund_order"): 4, ("hallucinated_tool", "delete_user"): 3}
+    assert keyed(report) == {
+        ("hallucinated_tool", "refund_order"): 4,
+        ("hallucinated_tool", "delete_user"): 3,
+    }
 
 
 def test_invalid_arguments_timeouts_rate_limits_context_and_max_turns(tmp_path: Path) -> None:
     runs = []
     for i in range(3):
         run = healthy(f"a{i}")
-        run.tool("book", {"date": "tomorrow"}, error="1 validation error for BookArgs\ndate\n  Input should be a valid date")
+        run.tool(
+            "book",
+            {"date": "tomorrow"},
+            error="1 validation error for BookArgs\ndate\n  Input should be a valid date",
+        )
         runs.append(run)
         run = healthy(f"b{i}")
-        run.tool("fetch", {"url": f"https://x/{i}"}, error=f"httpx.ReadTimeout: timed out after 30s ({i})", seconds=30)
+        run.tool(
+            "fetch",
+            {"url": f"https://x/{i}"},
+            error=f"httpx.ReadTimeout: timed out after 30s ({i})",
+            seconds=30,
+        )
         runs.append(run)
         run = healthy(f"c{i}")
         for _ in range(2):
             run.llm(error="Error code: 429 - rate_limit_error: slow down", model="claude-x")
         runs.append(run)
         run = healthy(f"d{i}")
-        run.llm(error="This model's maximum context length is 128000 tokens (context_length_exceeded)", model="mini")
+        run.llm(
+            error="This model's maximum context length is 128000 tokens (context_length_exceeded)",
+            model="mini",
+        )
         runs.append(run)
         run = healthy(f"e{i}")
         run.root["status"] = {"code": "STATUS_CODE_ERROR", "message": f"Max turns ({10 + i}) exceeded"}
         runs.append(run)
     report = findings_of(tmp_path, runs)
     assert keyed(report) == {
-        ("invalid_tool_arguments", "book"): 3, ("timeout", "fetch"): 3, ("rate_limit", "claude-x"): 3,
-        ("context_overflow", "mini"): 3, ("max_turns", "Support"): 3,
+        ("invalid_tool_arguments", "book"): 3,
+        ("timeout", "fetch"): 3,
+        ("rate_limit", "claude-x"): 3,
+        ("context_overflow", "mini"): 3,
+        ("max_turns", "Support"): 3,
     }
     rate_limit = next(f for f in report.findings if f.category == "rate_limit")
     assert rate_limit.impact.errors == 6 and rate_limit.impact.extra_turns == 6
@@ -197,11 +282,17 @@ def test_repetition_loops(tmp_path: Path) -> None:
     assert report.findings[0].impact.extra_turns == 9
 
 
-@pytest.mark.parametrize("refusal", [
-    "I'm sorry, but I can't help with that.", "Lo siento, no puedo ayudar con eso.",
-    "Je suis désolé, mais je ne peux pas vous aider.", "Es tut mir leid, aber dabei kann ich nicht helfen.",
-    "Desculpe, mas não posso ajudar com isso.", "申し訳ありませんが、お手伝いできません。",
-])
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        "I'm sorry, but I can't help with that.",
+        "Lo siento, no puedo ayudar con eso.",
+        "Je suis désolé, mais je ne peux pas vous aider.",
+        "Es tut mir leid, aber dabei kann ich nicht helfen.",
+        "Desculpe, mas não posso ajudar com isso.",
+        "申し訳ありませんが、お手伝いできません。",
+    ],
+)
 def test_refusals_in_several_languages(tmp_path: Path, refusal: str) -> None:
     runs = []
     for i in range(3):
@@ -217,7 +308,9 @@ def test_truncated_and_empty_outputs(tmp_path: Path) -> None:
     runs = []
     for i in range(4):
         run = healthy(f"t{i}")
-        run.llm(text="The answer is that the" if i % 2 else "", finish="length" if i % 2 else None, model="flash")
+        run.llm(
+            text="The answer is that the" if i % 2 else "", finish="length" if i % 2 else None, model="flash"
+        )
         runs.append(run)
     assert keyed(findings_of(tmp_path, runs)) == {("empty_or_truncated_output", "flash"): 4}
 
@@ -248,12 +341,26 @@ def test_guardrails_and_handoffs(tmp_path: Path) -> None:
     runs = []
     for i in range(3):
         run = healthy(f"g{i}")
-        run.spans.append(span(run.trace, "GUARDRAIL", "guardrail.pii", parent=run.root["span_id"],
-                              **{"guardrail.triggered": True}))
+        run.spans.append(
+            span(
+                run.trace,
+                "GUARDRAIL",
+                "guardrail.pii",
+                parent=run.root["span_id"],
+                **{"guardrail.triggered": True},
+            )
+        )
         runs.append(run)
         run = healthy(f"f{i}")
-        run.spans.append(span(run.trace, "CHAIN", "handoff", parent=run.root["span_id"],
-                              error=f"Handoff to Refunds failed: missing field 'reason' (order {i})"))
+        run.spans.append(
+            span(
+                run.trace,
+                "CHAIN",
+                "handoff",
+                parent=run.root["span_id"],
+                error=f"Handoff to Refunds failed: missing field 'reason' (order {i})",
+            )
+        )
         runs.append(run)
     assert keyed(findings_of(tmp_path, runs)) == {("guardrail", "pii"): 3, ("handoff", "Refunds"): 3}
 
@@ -270,12 +377,14 @@ def test_every_finding_is_ranked_verified_and_carries_a_recountable_query(tmp_pa
         runs.append(run)
     with build(tmp_path, runs + [healthy(f"h{i}") for i in range(30)]) as store:
         report = analyze(store)
-        from halo_rlm.report import verify
+        from halo_rlm.verify import verify
 
         verify(report, store)
     assert [f.key for f in report.findings] == ["lookup", "fetch"]  # more traces, same severity: first
-    assert all(f.check and f.check.status == "verified" and f.check.recount == f.affected_traces
-               for f in report.findings)
+    assert all(
+        f.check and f.check.status == "verified" and f.check.recount == f.affected_traces
+        for f in report.findings
+    )
     assert report.findings[0].affected_trace_share == pytest.approx(8 / 41)
 
 

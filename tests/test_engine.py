@@ -12,19 +12,41 @@ from typing import Any
 
 import pytest
 from scripted_llm import (
-    Call, ChatRequest, CutStream, Delay, HTTPError, RateLimited, RawChunks, Refusal, ScriptedLLM, ServerError, Text,
-    ToolCalls, Usage,
+    Call,
+    ChatRequest,
+    CutStream,
+    Delay,
+    HTTPError,
+    RateLimited,
+    RawChunks,
+    Refusal,
+    ScriptedLLM,
+    ServerError,
+    Text,
+    ToolCalls,
+    Usage,
 )
 
-from halo_rlm import llm as llm_module
 from halo_rlm.engine import (
-    AgentOutputItem, AgentTextDelta, EngineConfig, EngineError, run_engine, run_engine_async, stream_engine,
-    stream_engine_async, stream_engine_output, stream_engine_output_async,
+    AgentOutputItem,
+    AgentTextDelta,
+    EngineConfig,
+    EngineError,
+    run_engine,
+    run_engine_async,
+    stream_engine,
+    stream_engine_async,
+    stream_engine_output,
+    stream_engine_output_async,
 )
 from halo_rlm.llm import LLMError
 from halo_rlm.report import Report
 from halo_rlm.simulate import simulate
 from halo_rlm.store import TraceStore
+from halo_rlm.utils import RetryPolicy
+
+WAITS: list[float] = []  # what retries asked to wait, recorded instead of slept
+RECORDED = RetryPolicy(sleep=WAITS.append)
 
 
 @pytest.fixture(scope="module")
@@ -44,21 +66,22 @@ def store(store_path: Path) -> Iterator[TraceStore]:
 
 @pytest.fixture(autouse=True)
 def instant_retries(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Retries wait for nothing in tests; the waits they asked for are recorded."""
-    waits: list[float] = []
-
-    async def record(seconds: float) -> None:
-        waits.append(seconds)
-
-    monkeypatch.setattr(llm_module, "_sleep", record)
+    """Retries wait for nothing in tests (the configs here use RECORDED); the waits they asked for are
+    recorded."""
+    WAITS.clear()
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    return waits
+    return WAITS
 
 
 def sample_trace(store: TraceStore, **filters: Any) -> str:
-    return store.query_traces(None).traces[0].trace_id if not filters else store.query(
-        "SELECT trace_id FROM traces WHERE has_errors ORDER BY trace_id LIMIT 1")[0]["trace_id"]
+    return (
+        store.query_traces(None).traces[0].trace_id
+        if not filters
+        else store.query("SELECT trace_id FROM traces WHERE has_errors ORDER BY trace_id LIMIT 1")[0][
+            "trace_id"
+        ]
+    )
 
 
 def role(request: ChatRequest) -> str:
@@ -67,13 +90,20 @@ def role(request: ChatRequest) -> str:
 
 
 def config(llm: ScriptedLLM, **overrides: Any) -> EngineConfig:
-    return EngineConfig(base_url=llm.base_url, api_key="test-key", model="scripted-model", **overrides)
+    return EngineConfig(
+        base_url=llm.base_url, api_key="test-key", model="scripted-model", retry=RECORDED, **overrides
+    )
 
 
 def run(llm: ScriptedLLM, store: TraceStore, **overrides: Any) -> list[Any]:
     async def collect() -> list[Any]:
-        return [e async for e in stream_engine_async("Find the systemic failures.", config(llm, **overrides),
-                                                     store=store)]
+        return [
+            e
+            async for e in stream_engine_async(
+                "Find the systemic failures.", config(llm, **overrides), store=store
+            )
+        ]
+
     return asyncio.run(collect())
 
 
@@ -93,8 +123,9 @@ def finish(answer: str = "# Report\n\nDone.", findings: list[dict[str, Any]] | N
 
 def test_recursive_run_with_parallel_subagents_at_depth_two(store: TraceStore, tmp_path: Path) -> None:
     error_trace = sample_trace(store, has_errors=True)
-    error_span = store.query("SELECT span_id FROM spans WHERE trace_id = ? AND status = 'ERROR' LIMIT 1",
-                             [error_trace])[0]["span_id"]
+    error_span = store.query(
+        "SELECT span_id FROM spans WHERE trace_id = ? AND status = 'ERROR' LIMIT 1", [error_trace]
+    )[0]["span_id"]
 
     def responder(request: ChatRequest) -> Any:
         done = len(request.tool_results)
@@ -103,21 +134,40 @@ def test_recursive_run_with_parallel_subagents_at_depth_two(store: TraceStore, t
             if done == 0:
                 return ToolCalls([Call("get_dataset_overview", {})])
             if done == 1:
-                return ToolCalls([Call("call_subagent", {"input": f"Look into tool errors in {error_trace}"}),
-                                  Call("call_subagent", {"input": "Look into rate limits"})])
-            return finish(f"# Report\n\nTool errors [trace:{error_trace}] [span:{error_trace}:{error_span}].", [{
-                "title": "lookup_order fails", "category": "tool_error", "severity": "high", "key": "lookup_order",
-                "query": "SELECT trace_id FROM spans WHERE tool_name = 'lookup_order' AND status = 'ERROR'",
-                "evidence": [{"trace_id": error_trace, "span_id": error_span}],
-                "recommendation": "Return found=false instead of raising."}])
+                return ToolCalls(
+                    [
+                        Call("call_subagent", {"input": f"Look into tool errors in {error_trace}"}),
+                        Call("call_subagent", {"input": "Look into rate limits"}),
+                    ]
+                )
+            return finish(
+                f"# Report\n\nTool errors [trace:{error_trace}] [span:{error_trace}:{error_span}].",
+                [
+                    {
+                        "title": "lookup_order fails",
+                        "category": "tool_error",
+                        "severity": "high",
+                        "key": "lookup_order",
+                        "query": "SELECT trace_id FROM spans WHERE tool_name = 'lookup_order' AND status = 'ERROR'",
+                        "evidence": [{"trace_id": error_trace, "span_id": error_span}],
+                        "recommendation": "Return found=false instead of raising.",
+                    }
+                ],
+            )
         depth_two = "deeper" in brief
         if done == 0:
             if depth_two:
                 return ToolCalls([Call("count_traces", {"filters": {"has_errors": True}})])
-            return ToolCalls([Call("view_trace", {"trace_id": error_trace}),
-                              Call("call_subagent", {"input": f"deeper: {brief}"})])
-        return Text(f"Found it in [trace:{error_trace}].\n```json\n{{\"findings\": [{{\"title\": \"x\", "
-                    f"\"category\": \"tool_error\", \"affected_traces\": 3}}]}}\n```")
+            return ToolCalls(
+                [
+                    Call("view_trace", {"trace_id": error_trace}),
+                    Call("call_subagent", {"input": f"deeper: {brief}"}),
+                ]
+            )
+        return Text(
+            f'Found it in [trace:{error_trace}].\n```json\n{{"findings": [{{"title": "x", '
+            f'"category": "tool_error", "affected_traces": 3}}]}}\n```'
+        )
 
     with ScriptedLLM(responder) as llm:
         events = run(llm, store, out_dir=tmp_path / "report")
@@ -127,23 +177,37 @@ def test_recursive_run_with_parallel_subagents_at_depth_two(store: TraceStore, t
     agents = {e.agent_id: e for e in items}
     depths = sorted({(e.depth, e.agent_name) for e in items})
     assert depths == [(0, "root"), (1, "sub1"), (2, "sub2")]
-    assert len([a for a in agents.values() if a.depth == 1]) == 2 and len([a for a in agents.values() if a.depth == 2]) == 2
+    assert (
+        len([a for a in agents.values() if a.depth == 1]) == 2
+        and len([a for a in agents.values() if a.depth == 2]) == 2
+    )
     subagent_calls = {c.id for e in items for c in (e.item.tool_calls or []) if c.name == "call_subagent"}
     for event in items:
         if event.depth:
             assert event.parent_agent_id in agents and agents[event.parent_agent_id].depth == event.depth - 1
             assert event.parent_tool_call_id in subagent_calls
-    results = [json.loads(e.item.content) for e in items if e.item.role == "tool" and e.item.name == "call_subagent"]
+    results = [
+        json.loads(e.item.content) for e in items if e.item.role == "tool" and e.item.name == "call_subagent"
+    ]
     assert len(results) == 4 and all(r["status"] == "done" and not r["partial"] for r in results)
-    assert all(r["findings"] == [{"title": "x", "category": "tool_error", "affected_traces": 3}] for r in results)
+    assert all(
+        r["findings"] == [{"title": "x", "category": "tool_error", "affected_traces": 3}] for r in results
+    )
     # The report: verified, and written with the same renderers as `halo analyze`.
     assert report.mode == "llm" and [f.source for f in report.findings] == ["llm"]
     finding = report.findings[0]
-    assert finding.check and finding.check.status == "verified" and finding.affected_traces == finding.check.recount > 0
+    assert (
+        finding.check
+        and finding.check.status == "verified"
+        and finding.affected_traces == finding.check.recount > 0
+    )
     assert report.verification and report.verification.missing_citations == []
     assert report.usage and report.usage.agents == 5 and len(report.usage.per_agent) == 5
     assert {"report.json", "report.md", "report.html"} <= {p.name for p in (tmp_path / "report").iterdir()}
-    assert Report.model_validate_json((tmp_path / "report" / "report.json").read_text()).findings[0].id == finding.id
+    assert (
+        Report.model_validate_json((tmp_path / "report" / "report.json").read_text()).findings[0].id
+        == finding.id
+    )
 
 
 def test_detector_findings_are_offered_as_hypotheses(store: TraceStore) -> None:
@@ -170,7 +234,9 @@ def test_text_deltas_stream_and_items_are_not_duplicated(store: TraceStore) -> N
         events = run(llm, store)
     deltas = [e for e in events if isinstance(e, AgentTextDelta)]
     assert "".join(d.text_delta for d in deltas).startswith("Let me count the traces first.")
-    texts = [e for e in events if isinstance(e, AgentOutputItem) and e.item.role == "assistant" and e.item.content]
+    texts = [
+        e for e in events if isinstance(e, AgentOutputItem) and e.item.role == "assistant" and e.item.content
+    ]
     assert [t.item.content for t in texts][0] == "Let me count the traces first."
 
 
@@ -209,7 +275,9 @@ def test_every_trace_tool_answers_and_bad_calls_come_back_as_errors(store: Trace
     assert json.loads(ok[4])["total_matches"] >= 1 and json.loads(ok[5])["total_matches"] >= 1
     assert json.loads(ok[6])["rows"][0][0] == store.query("SELECT count(*) AS n FROM spans")[0]["n"]
     assert all(e.startswith("ERROR: ") for e in errors), errors
-    assert "disabled" in errors[0] and "no trace 'no-such-trace'" in errors[1] and "invalid regex" in errors[2]
+    assert (
+        "disabled" in errors[0] and "no trace 'no-such-trace'" in errors[1] and "invalid regex" in errors[2]
+    )
     assert "colour" in errors[3] and "not valid JSON" in errors[4]
     assert "no tool named 'hack_the_planet'" in errors[5] and "view_trace" in errors[5]
     assert "no context item" in errors[6]
@@ -230,8 +298,14 @@ def test_synthesize_traces_uses_the_synthesis_model_with_payloads(store: TraceSt
 
     with ScriptedLLM(responder) as llm:
         events = run(llm, store, synthesis_model="cheap-model")
-    result = json.loads([e.item.content for e in events if isinstance(e, AgentOutputItem) and e.item.role == "tool"][0])
-    assert result == {"summary": "Both traces fail at lookup_order.", "traces": 1, "missing_trace_ids": ["missing"]}
+    result = json.loads(
+        [e.item.content for e in events if isinstance(e, AgentOutputItem) and e.item.role == "tool"][0]
+    )
+    assert result == {
+        "summary": "Both traces fail at lookup_order.",
+        "traces": 1,
+        "missing_trace_ids": ["missing"],
+    }
     prompt = asked[0].last_user_text
     assert trace in prompt and "Focus: errors" in prompt and "error:" in prompt
     report = final_report(events)
@@ -241,8 +315,9 @@ def test_synthesize_traces_uses_the_synthesis_model_with_payloads(store: TraceSt
 # --- provider faults ------------------------------------------------------------------------
 
 
-def test_rate_limits_honour_retry_after_and_server_errors_are_retried(store: TraceStore,
-                                                                        instant_retries: list[float]) -> None:
+def test_rate_limits_honour_retry_after_and_server_errors_are_retried(
+    store: TraceStore, instant_retries: list[float]
+) -> None:
     replies = iter([RateLimited(retry_after=7), ServerError(500), ServerError(503), finish()])
     with ScriptedLLM(lambda r: next(replies)) as llm:
         report = final_report(run(llm, store))
@@ -252,28 +327,58 @@ def test_rate_limits_honour_retry_after_and_server_errors_are_retried(store: Tra
 
 
 def test_a_cut_stream_is_retried_without_duplicating_items(store: TraceStore) -> None:
-    replies = iter([ToolCalls([Call("count_traces", {})]),
-                    CutStream(after_chunks=2, reply=ToolCalls([Call("count_traces", {"filters": {"has_errors": True}})])),
-                    ToolCalls([Call("count_traces", {"filters": {"has_errors": True}})]), finish()])
+    replies = iter(
+        [
+            ToolCalls([Call("count_traces", {})]),
+            CutStream(
+                after_chunks=2, reply=ToolCalls([Call("count_traces", {"filters": {"has_errors": True}})])
+            ),
+            ToolCalls([Call("count_traces", {"filters": {"has_errors": True}})]),
+            finish(),
+        ]
+    )
     with ScriptedLLM(lambda r: next(replies)) as llm:
         events = run(llm, store)
     calls = [e for e in events if isinstance(e, AgentOutputItem) and e.item.tool_calls]
     assert [c.item.tool_calls[0].arguments for c in calls] == [  # type: ignore[index]
-        "{}", '{"filters":{"has_errors":true}}', '{"answer":"# Report\\n\\nDone.","findings":[]}']
+        "{}",
+        '{"filters":{"has_errors":true}}',
+        '{"answer":"# Report\\n\\nDone.","findings":[]}',
+    ]
 
 
 def test_malformed_stream_chunks_are_skipped_not_fatal(store: TraceStore) -> None:
     """Provider output is untrusted: chunks of the wrong shape are passed over, the rest is read."""
-    def chunk(delta: Any, finish: Any = None, **extra: Any) -> dict[str, Any]:
-        return {"model": "scripted-model", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
 
-    hostile = RawChunks([
-        "not an object", [1, 2], {"choices": "many"}, {"choices": [7]}, chunk(["a", "list"]), chunk({"content": 42}),
-        chunk({"tool_calls": [{"index": "0", "function": {"name": "count_traces"}}]}),  # index of the wrong type
-        chunk({"tool_calls": [None, {"index": 0, "id": 5, "function": "x"}]}),
-        chunk({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "count_traces", "arguments": "{}"}}]}),
-        chunk({}, "tool_calls", usage={"prompt_tokens": "many", "completion_tokens": -3, "cost": True}),
-    ])
+    def chunk(delta: Any, finish: Any = None, **extra: Any) -> dict[str, Any]:
+        return {
+            "model": "scripted-model",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
+        }
+
+    hostile = RawChunks(
+        [
+            "not an object",
+            [1, 2],
+            {"choices": "many"},
+            {"choices": [7]},
+            chunk(["a", "list"]),
+            chunk({"content": 42}),
+            chunk(
+                {"tool_calls": [{"index": "0", "function": {"name": "count_traces"}}]}
+            ),  # index of the wrong type
+            chunk({"tool_calls": [None, {"index": 0, "id": 5, "function": "x"}]}),
+            chunk(
+                {
+                    "tool_calls": [
+                        {"index": 0, "id": "call_1", "function": {"name": "count_traces", "arguments": "{}"}}
+                    ]
+                }
+            ),
+            chunk({}, "tool_calls", usage={"prompt_tokens": "many", "completion_tokens": -3, "cost": True}),
+        ]
+    )
     replies = iter([hostile, finish()])
     with ScriptedLLM(lambda r: next(replies)) as llm:
         events = run(llm, store)
@@ -282,12 +387,19 @@ def test_malformed_stream_chunks_are_skipped_not_fatal(store: TraceStore) -> Non
     results = [e.item.content for e in events if isinstance(e, AgentOutputItem) and e.item.role == "tool"]
     assert results[0].isdigit() or results[0].startswith("{")  # the call ran
     usage = final_report(events).usage.models["scripted-model"]  # type: ignore[union-attr]
-    assert usage.calls == 2 and usage.cost_usd >= 0  # "many" and -3 tokens, and a cost of true, were not counted
+    assert (
+        usage.calls == 2 and usage.cost_usd >= 0
+    )  # "many" and -3 tokens, and a cost of true, were not counted
 
 
 def test_refusals_are_retried_and_reported(store: TraceStore) -> None:
-    replies = iter([Refusal("I can't help with that."), Text("I'm sorry, but I can't assist with that request."),
-                    finish()])
+    replies = iter(
+        [
+            Refusal("I can't help with that."),
+            Text("I'm sorry, but I can't assist with that request."),
+            finish(),
+        ]
+    )
     with ScriptedLLM(lambda r: next(replies)) as llm:
         report = final_report(run(llm, store, refusal_retries=2))
         continued = llm.chat_requests[1].messages
@@ -298,8 +410,10 @@ def test_refusals_are_retried_and_reported(store: TraceStore) -> None:
 
 def big_views(store: TraceStore, n: int) -> list[Call]:
     """Calls whose results fill most of a tool result's budget."""
-    return [Call("query_sql", {"query": f"SELECT raw FROM spans ORDER BY span_id LIMIT 40 OFFSET {40 * i}"})
-            for i in range(n)]
+    return [
+        Call("query_sql", {"query": f"SELECT raw FROM spans ORDER BY span_id LIMIT 40 OFFSET {40 * i}"})
+        for i in range(n)
+    ]
 
 
 def test_context_overflow_shortens_old_results_and_retries(store: TraceStore) -> None:
@@ -328,9 +442,16 @@ def test_long_runs_are_compacted_and_originals_stay_retrievable(store: TraceStor
             return Text("Viewed the largest traces; lookup_order fails in several.")
         done = len(request.tool_results)
         if any("summary of your earlier work" in (m.get("content") or "") for m in request.messages):
-            item = next(m["content"] for m in request.messages if "summary of your earlier work" in (m.get("content") or ""))
+            item = next(
+                m["content"]
+                for m in request.messages
+                if "summary of your earlier work" in (m.get("content") or "")
+            )
             item_id = item.split("context item '")[1].split("'")[0]
-            if not any("ctx-" in (r.get("content") or "")[:40] or '"item_id"' in r["content"] for r in request.tool_results):
+            if not any(
+                "ctx-" in (r.get("content") or "")[:40] or '"item_id"' in r["content"]
+                for r in request.tool_results
+            ):
                 return ToolCalls([Call("get_context_item", {"item_id": item_id})])
             return finish()
         return ToolCalls([views[done % len(views)]])
@@ -338,27 +459,43 @@ def test_long_runs_are_compacted_and_originals_stay_retrievable(store: TraceStor
     with ScriptedLLM(responder) as llm:
         events = run(llm, store, context_tokens=6_000, max_turns=20)
     assert summaries and final_report(events).answer == "# Report\n\nDone."
-    retrieved = [json.loads(e.item.content) for e in events if isinstance(e, AgentOutputItem)
-                 and e.item.name == "get_context_item"]
+    retrieved = [
+        json.loads(e.item.content)
+        for e in events
+        if isinstance(e, AgentOutputItem) and e.item.name == "get_context_item"
+    ]
     # The transcript of the compacted turns; results shortened earlier keep their own ids in it.
     transcript = retrieved[0]["content"]
-    assert transcript.startswith("ASSISTANT:") and "query_sql" in transcript and "get_context_item 'ctx-1'" in transcript
+    assert (
+        transcript.startswith("ASSISTANT:")
+        and "query_sql" in transcript
+        and "get_context_item 'ctx-1'" in transcript
+    )
 
 
-@pytest.mark.parametrize(("reply", "message"), [
-    (HTTPError.invalid_api_key(), "the API key was refused (401"),
-    (HTTPError.model_not_found("scripted-model"), "model 'scripted-model' was not found"),
-    (HTTPError(400, "invalid_request_error", "bad things", type="invalid_request_error"), "was rejected (400: bad things)"),
-])
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (HTTPError.invalid_api_key(), "the API key was refused (401"),
+        (HTTPError.model_not_found("scripted-model"), "model 'scripted-model' was not found"),
+        (
+            HTTPError(400, "invalid_request_error", "bad things", type="invalid_request_error"),
+            "was rejected (400: bad things)",
+        ),
+    ],
+)
 def test_terminal_provider_errors_name_the_url_and_model(store: TraceStore, reply: Any, message: str) -> None:
-    with ScriptedLLM(lambda r: reply, strict=False) as llm, pytest.raises(LLMError, match=re.escape(message)) as caught:
+    with (
+        ScriptedLLM(lambda r: reply, strict=False) as llm,
+        pytest.raises(LLMError, match=re.escape(message)) as caught,
+    ):
         run(llm, store)
     assert llm.base_url in str(caught.value)
 
 
 def test_keyless_providers_and_custom_headers(store: TraceStore) -> None:
     with ScriptedLLM(lambda r: finish()) as llm:
-        cfg = EngineConfig(base_url=llm.base_url, model="local", headers={"X-Team": "evals"})
+        cfg = EngineConfig(base_url=llm.base_url, model="local", headers={"X-Team": "evals"}, retry=RECORDED)
         items = run_engine("go", cfg, store=store)
         headers = llm.requests[-1].headers
     assert items[-1].final and "authorization" not in headers and headers["x-team"] == "evals"
@@ -414,7 +551,9 @@ def test_turn_limit_without_a_final_answer_still_yields_a_flagged_report(store: 
 @pytest.mark.parametrize("budget", [{"max_tokens": 2_500}, {"max_cost": 0.001}])
 def test_token_and_cost_budgets_stop_the_run(store: TraceStore, budget: dict[str, Any]) -> None:
     with ScriptedLLM(looping) as llm:
-        report = final_report(run(llm, store, prices={"scripted-model": {"input": 0.5, "output": 1.0}}, **budget))
+        report = final_report(
+            run(llm, store, prices={"scripted-model": {"input": 0.5, "output": 1.0}}, **budget)
+        )
         calls = len(llm.chat_requests)
     assert calls <= 3
     assert any("used up" in note for note in report.notes)
@@ -442,8 +581,13 @@ def test_a_failing_subagent_returns_a_partial_result(store: TraceStore) -> None:
 
     with ScriptedLLM(responder, strict=False) as llm:
         events = run(llm, store)
-    result = json.loads(next(e.item.content for e in events if isinstance(e, AgentOutputItem)
-                             and e.item.name == "call_subagent"))
+    result = json.loads(
+        next(
+            e.item.content
+            for e in events
+            if isinstance(e, AgentOutputItem) and e.item.name == "call_subagent"
+        )
+    )
     assert result["partial"] and result["status"] == "failed" and "500" in result["error"]
     assert final_report(events).answer == "# Report\n\nDone."
 
@@ -453,7 +597,9 @@ def test_a_failing_subagent_returns_a_partial_result(store: TraceStore) -> None:
 
 def test_the_six_entry_points(store: TraceStore) -> None:
     def responder(request: ChatRequest) -> Any:
-        return finish() if request.tool_results else ToolCalls([Call("count_traces", {})], content="Counting.")
+        return (
+            finish() if request.tool_results else ToolCalls([Call("count_traces", {})], content="Counting.")
+        )
 
     with ScriptedLLM(responder) as llm:
         cfg = config(llm)

@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 from scripted_llm import Call, ChatRequest, ScriptedLLM, ServerError, Text, ToolCalls
 
-from halo_rlm import llm as llm_module
 from halo_rlm import sandbox
 from halo_rlm.engine import AgentOutputItem, EngineConfig, stream_engine_async
 from halo_rlm.report import Report
 from halo_rlm.simulate import simulate
 from halo_rlm.store import TraceStore
+from halo_rlm.utils import RetryPolicy
+
+NO_WAIT = RetryPolicy(sleep=lambda seconds: None)  # retries in these tests do not wait
 
 pytestmark = pytest.mark.skipif(sandbox.available() is not None, reason=f"no sandbox: {sandbox.available()}")
 
@@ -39,16 +41,14 @@ def store(store_path: Path) -> Iterator[TraceStore]:
 
 @pytest.fixture(autouse=True)
 def quiet_provider(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def no_wait(seconds: float) -> None:
-        return None
-
-    monkeypatch.setattr(llm_module, "_sleep", no_wait)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
 
 
 def run(responder: Any, store: TraceStore, **overrides: Any) -> tuple[list[Any], ScriptedLLM]:
     async def collect(llm: ScriptedLLM) -> list[Any]:
-        cfg = EngineConfig(base_url=llm.base_url, api_key="k", model="scripted-model", **overrides)
+        cfg = EngineConfig(
+            base_url=llm.base_url, api_key="k", model="scripted-model", retry=NO_WAIT, **overrides
+        )
         return [e async for e in stream_engine_async("Find failures.", cfg, store=store)]
 
     with ScriptedLLM(responder, strict=False) as llm:
@@ -56,7 +56,11 @@ def run(responder: Any, store: TraceStore, **overrides: Any) -> tuple[list[Any],
 
 
 def code_results(events: list[Any]) -> list[dict[str, Any]]:
-    return [json.loads(e.item.content) for e in events if isinstance(e, AgentOutputItem) and e.item.name == "run_code"]
+    return [
+        json.loads(e.item.content)
+        for e in events
+        if isinstance(e, AgentOutputItem) and e.item.name == "run_code"
+    ]
 
 
 def report_of(events: list[Any]) -> Report:
@@ -77,37 +81,51 @@ def scripted_code(*snippets: str) -> Any:
             return Text(f"summary of {prompt[:20]}")
         done = len(request.tool_results)
         return ToolCalls([Call("run_code", {"code": snippets[done]})]) if done < len(snippets) else finish()
+
     return responder
 
 
 def test_host_functions_reach_the_store_and_state_persists(store: TraceStore) -> None:
-    events, _ = run(scripted_code(
-        "rows = traces(limit=500, has_errors=True)\nerrors = spans(status='ERROR', kind='tool', limit=5000)\n"
-        "from collections import Counter\nby_tool = Counter(s['tool_name'] for s in errors)\nlen(rows)",
-        "print(by_tool.most_common(1)[0][0])\n"
-        "sql('SELECT count(*) AS n FROM traces WHERE has_errors')[0]['n']",
-        "first = rows[0]['trace_id']\nt = trace(first)\nhits = search('(?i)error', trace_id=first)\n"
-        "[len(t['spans']) > 0, t['trace_id'] == first, len(hits) > 0]",
-        "sql(\"SELECT * FROM read_text('/etc/passwd')\")",
-    ), store)
+    events, _ = run(
+        scripted_code(
+            "rows = traces(limit=500, has_errors=True)\nerrors = spans(status='ERROR', kind='tool', limit=5000)\n"
+            "from collections import Counter\nby_tool = Counter(s['tool_name'] for s in errors)\nlen(rows)",
+            "print(by_tool.most_common(1)[0][0])\n"
+            "sql('SELECT count(*) AS n FROM traces WHERE has_errors')[0]['n']",
+            "first = rows[0]['trace_id']\nt = trace(first)\nhits = search('(?i)error', trace_id=first)\n"
+            "[len(t['spans']) > 0, t['trace_id'] == first, len(hits) > 0]",
+            "sql(\"SELECT * FROM read_text('/etc/passwd')\")",
+        ),
+        store,
+    )
     results = code_results(events)
     error_traces = store.count_traces(__import__("halo_rlm").TraceFilters(has_errors=True))
-    top_tool = store.query("SELECT tool_name FROM spans WHERE status = 'ERROR' AND kind = 'TOOL' "
-                           "GROUP BY 1 ORDER BY count(*) DESC LIMIT 1")[0]["tool_name"]
-    assert results[0] == {"ok": True, "value": str(error_traces), "duration_ms": results[0]["duration_ms"],
-                          "host_calls": results[0]["host_calls"]}
+    top_tool = store.query(
+        "SELECT tool_name FROM spans WHERE status = 'ERROR' AND kind = 'TOOL' "
+        "GROUP BY 1 ORDER BY count(*) DESC LIMIT 1"
+    )[0]["tool_name"]
+    assert results[0] == {
+        "ok": True,
+        "value": str(error_traces),
+        "duration_ms": results[0]["duration_ms"],
+        "host_calls": results[0]["host_calls"],
+    }
     assert results[1]["stdout"].strip() == top_tool and results[1]["value"] == str(error_traces)
     assert results[2]["value"] == "[True, True, True]"
     assert not results[3]["ok"] and "disabled" in results[3]["error"]
 
 
 def test_llm_calls_from_code_are_batched_capped_accounted_and_streamed(store: TraceStore) -> None:
-    events, llm = run(scripted_code(
-        "answers = llm_query_batched([f'trace {i}' for i in range(12)] + ['this one will fail'])\n"
-        "[a.startswith('ERROR') for a in answers].count(True), answers[3]",
-        "llm_query_batched(['x'] * 51)",
-        "llm_query('one more')",
-    ), store, synthesis_model="cheap")
+    events, llm = run(
+        scripted_code(
+            "answers = llm_query_batched([f'trace {i}' for i in range(12)] + ['this one will fail'])\n"
+            "[a.startswith('ERROR') for a in answers].count(True), answers[3]",
+            "llm_query_batched(['x'] * 51)",
+            "llm_query('one more')",
+        ),
+        store,
+        synthesis_model="cheap",
+    )
     results = code_results(events)
     assert results[0]["value"] == "(1, 'summary of trace 3')"  # order kept, one failure returned as a value
     assert not results[1]["ok"] and "at most 50 prompts" in results[1]["error"]
@@ -119,8 +137,12 @@ def test_llm_calls_from_code_are_batched_capped_accounted_and_streamed(store: Tr
 
 
 def test_llm_calls_from_code_stop_at_the_run_cap(store: TraceStore) -> None:
-    events, _ = run(scripted_code("for i in range(10):\n    llm_query(str(i))"), store, synthesis_model="cheap",
-                    max_code_llm_calls=3)
+    events, _ = run(
+        scripted_code("for i in range(10):\n    llm_query(str(i))"),
+        store,
+        synthesis_model="cheap",
+        max_code_llm_calls=3,
+    )
     result = code_results(events)[0]
     assert not result["ok"] and "capped at 3 per run" in result["error"]
 
@@ -136,18 +158,30 @@ def test_rlm_query_spawns_a_subagent_when_depth_allows(store: TraceStore) -> Non
     events, _ = run(responder, store)
     assert code_results(events)[0]["value"] == "'Sub-agent says: lookup_order.'"
     root = next(e for e in events if isinstance(e, AgentOutputItem) and e.agent_name == "root")
-    assert any(e.depth == 1 and e.parent_agent_id == root.agent_id for e in events if isinstance(e, AgentOutputItem))
+    assert any(
+        e.depth == 1 and e.parent_agent_id == root.agent_id for e in events if isinstance(e, AgentOutputItem)
+    )
 
 
 def test_escapes_through_run_code_are_contained(store: TraceStore) -> None:
-    events, _ = run(scripted_code("import os\nos.environ['OPENAI_API_KEY']", "open('/etc/passwd').read()",
-                                  "traces.__globals__", "while True:\n    pass"), store, code_timeout=2)
+    events, _ = run(
+        scripted_code(
+            "import os\nos.environ['OPENAI_API_KEY']",
+            "open('/etc/passwd').read()",
+            "traces.__globals__",
+            "while True:\n    pass",
+        ),
+        store,
+        code_timeout=2,
+    )
     results = code_results(events)
     assert [r["ok"] for r in results] == [False, False, False, False]
     assert "timed out" in results[3]["error"]
 
 
-def test_without_a_sandbox_run_code_is_not_offered(store: TraceStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_sandbox_run_code_is_not_offered(
+    store: TraceStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sandbox, "available", lambda: "pydantic-monty is not installed")
     offered: list[list[str]] = []
 
@@ -172,7 +206,8 @@ def agent_repo(tmp_path: Path) -> Path:
         "    order = db.get(order_id, region)\n"
         "    if order is None:\n"
         "        raise LookupError(f'Order {order_id} not found in region {region}')\n"
-        "    return order\n")
+        "    return order\n"
+    )
     (repo / ".env").write_text("OPENAI_API_KEY=sk-secret\n")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@e", "-C", str(repo)]
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
@@ -181,21 +216,32 @@ def agent_repo(tmp_path: Path) -> Path:
     return repo
 
 
-def test_repo_tools_let_the_report_cite_path_and_line(store: TraceStore, agent_repo: Path, tmp_path: Path) -> None:
+def test_repo_tools_let_the_report_cite_path_and_line(
+    store: TraceStore, agent_repo: Path, tmp_path: Path
+) -> None:
     def responder(request: ChatRequest) -> Any:
         results = request.tool_results
         if not results:
-            return ToolCalls([Call("grep_files", {"regex_pattern": "not found in region", "fixed_string": True}),
-                              Call("read_file", {"path": ".env"}), Call("git_log", {"max_commits": 5}),
-                              Call("read_file", {"path": "../../etc/passwd"})])
+            return ToolCalls(
+                [
+                    Call("grep_files", {"regex_pattern": "not found in region", "fixed_string": True}),
+                    Call("read_file", {"path": ".env"}),
+                    Call("git_log", {"max_commits": 5}),
+                    Call("read_file", {"path": "../../etc/passwd"}),
+                ]
+            )
         grep = json.loads(results[0]["content"])
         hit = grep["matches"][0]
         cite = f"{hit['path']}:{hit['line']}"
-        return finish(f"# Report\n\n`lookup_order` raises on missing orders at {cite}; return found=false instead.")
+        return finish(
+            f"# Report\n\n`lookup_order` raises on missing orders at {cite}; return found=false instead."
+        )
 
     events, llm = run(responder, store, repo_path=agent_repo, out_dir=tmp_path / "out")
     tools_offered = llm.chat_requests[0].tool_names
-    assert {"view_repo_tree", "glob_files", "grep_files", "read_file", "git_log", "git_blame"} <= set(tools_offered)
+    assert {"view_repo_tree", "glob_files", "grep_files", "read_file", "git_log", "git_blame"} <= set(
+        tools_offered
+    )
     second = llm.chat_requests[1].tool_results
     assert second[1]["content"].startswith("ERROR:") and "sk-secret" not in second[1]["content"]
     assert json.loads(second[2]["content"])["commits"][0]["subject"] == "orders tool"

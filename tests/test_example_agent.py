@@ -25,20 +25,38 @@ REFUND = "My monitor (order ORD-1002) arrived cracked. I want my money back."
 # Per question: the model's replies (tool calls, then the answer) and the tool calls' outcomes. The
 # refund of $329 makes `issue_refund` fail.
 REPLIES = {
-    WHERE: [ToolCalls([Call("lookup_order", {"order_id": "ORD-1001"})], usage=Usage(210, 18)),
-            Text("Your USB-C dock has shipped.", usage=Usage(260, 9))],
-    REFUND: [ToolCalls([Call("lookup_order", {"order_id": "ORD-1002"})], usage=Usage(220, 18)),
-             ToolCalls([Call("issue_refund", {"order_id": "ORD-1002", "amount": 329.0})], usage=Usage(300, 22)),
-             Text("Sorry, the refund did not go through; please try again later.", usage=Usage(350, 14))],
+    WHERE: [
+        ToolCalls([Call("lookup_order", {"order_id": "ORD-1001"})], usage=Usage(210, 18)),
+        Text("Your USB-C dock has shipped.", usage=Usage(260, 9)),
+    ],
+    REFUND: [
+        ToolCalls([Call("lookup_order", {"order_id": "ORD-1002"})], usage=Usage(220, 18)),
+        ToolCalls([Call("issue_refund", {"order_id": "ORD-1002", "amount": 329.0})], usage=Usage(300, 22)),
+        Text("Sorry, the refund did not go through; please try again later.", usage=Usage(350, 14)),
+    ],
 }
 TOOL_OUTCOMES = {WHERE: [("lookup_order", "OK")], REFUND: [("lookup_order", "OK"), ("issue_refund", "ERROR")]}
 
 
 def run_agent(base_url: str, traces: str, *questions: str) -> None:
     result = subprocess.run(
-        [sys.executable, str(AGENT), "--base-url", base_url, "--model", "scripted-model", "--api-key", API_KEY,
-         "--traces", traces, *questions],
-        capture_output=True, text=True, timeout=180, check=False,
+        [
+            sys.executable,
+            str(AGENT),
+            "--base-url",
+            base_url,
+            "--model",
+            "scripted-model",
+            "--api-key",
+            API_KEY,
+            "--traces",
+            traces,
+            *questions,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
         # (a shell that turned the SDK's tracing off, as some guides advise, would leave nothing to record)
         env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OPENAI_AGENTS_DISABLE_TRACING": "0"},
     )
@@ -50,10 +68,36 @@ def check_store(path: Path, *questions: str) -> None:
     with TraceStore.open(path, read_only=True) as store:
         rows = store.con.execute(
             "SELECT trace_id, span_id, parent_id, name, kind, status, status_message, model, input_tokens, "
-            "output_tokens, tool_name, tool_args, tool_result, scope, service, is_orphan FROM spans").fetchall()
+            "output_tokens, tool_name, tool_args, tool_result, scope, service, is_orphan FROM spans"
+        ).fetchall()
         overview = store.overview()
-    spans = [dict(zip(["trace", "span", "parent", "name", "kind", "status", "message", "model", "input", "output",
-                       "tool", "args", "result", "scope", "service", "orphan"], row, strict=True)) for row in rows]
+    spans = [
+        dict(
+            zip(
+                [
+                    "trace",
+                    "span",
+                    "parent",
+                    "name",
+                    "kind",
+                    "status",
+                    "message",
+                    "model",
+                    "input",
+                    "output",
+                    "tool",
+                    "args",
+                    "result",
+                    "scope",
+                    "service",
+                    "orphan",
+                ],
+                row,
+                strict=True,
+            )
+        )
+        for row in rows
+    ]
     traces = len(questions)
     assert len({s["trace"] for s in spans}) == traces
     assert {"AGENT", "LLM", "TOOL"} <= {s["kind"] for s in spans}

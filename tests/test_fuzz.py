@@ -13,32 +13,96 @@ import pyarrow as pa
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from halo_rlm import normalize
-from halo_rlm.decode import DecodeError, decode_record
+from halo_rlm.formats.conventions import normalize_messages
+from halo_rlm.store.duckdb_sql import messages_udf
+from halo_rlm.formats.decode import DecodeError, decode_record
 from halo_rlm.store import TraceStore
 
 VALID_LINES = [
-    orjson.dumps({"trace_id": "t1", "span_id": "s1", "parent_span_id": "", "name": "agent", "kind": "SPAN_KIND_INTERNAL",
-                  "start_time": "2026-04-24T18:12:13.315189000Z", "end_time": "2026-04-24T18:12:14.315189000Z",
-                  "status": {"code": "STATUS_CODE_OK", "message": ""}, "resource": {"attributes": {"service.name": "a"}},
-                  "scope": {"name": "s", "version": "1"},
-                  "attributes": {"openinference.span.kind": "LLM", "llm.model_name": "m", "llm.token_count.prompt": 5,
-                                 "llm.input_messages.0.message.role": "user",
-                                 "llm.input_messages.0.message.content": "hi"}}),
-    orjson.dumps({"resourceSpans": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "b"}}]},
-                                     "scopeSpans": [{"spans": [{"traceId": "5b8efff798038103d269b633813fc60c",
-                                                                "spanId": "eee19b7ec3c1b174", "name": "x", "kind": 3,
-                                                                "startTimeUnixNano": "1776924720000000000"}]}]}]}),
-    orjson.dumps({"name": "p", "context": {"trace_id": "abc", "span_id": "def"}, "span_kind": "TOOL",
-                  "start_time": "2026-04-24T18:12:13Z", "attributes": {"tool": {"name": "search"}}}),
+    orjson.dumps(
+        {
+            "trace_id": "t1",
+            "span_id": "s1",
+            "parent_span_id": "",
+            "name": "agent",
+            "kind": "SPAN_KIND_INTERNAL",
+            "start_time": "2026-04-24T18:12:13.315189000Z",
+            "end_time": "2026-04-24T18:12:14.315189000Z",
+            "status": {"code": "STATUS_CODE_OK", "message": ""},
+            "resource": {"attributes": {"service.name": "a"}},
+            "scope": {"name": "s", "version": "1"},
+            "attributes": {
+                "openinference.span.kind": "LLM",
+                "llm.model_name": "m",
+                "llm.token_count.prompt": 5,
+                "llm.input_messages.0.message.role": "user",
+                "llm.input_messages.0.message.content": "hi",
+            },
+        }
+    ),
+    orjson.dumps(
+        {
+            "resourceSpans": [
+                {
+                    "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "b"}}]},
+                    "scopeSpans": [
+                        {
+                            "spans": [
+                                {
+                                    "traceId": "5b8efff798038103d269b633813fc60c",
+                                    "spanId": "eee19b7ec3c1b174",
+                                    "name": "x",
+                                    "kind": 3,
+                                    "startTimeUnixNano": "1776924720000000000",
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ]
+        }
+    ),
+    orjson.dumps(
+        {
+            "name": "p",
+            "context": {"trace_id": "abc", "span_id": "def"},
+            "span_kind": "TOOL",
+            "start_time": "2026-04-24T18:12:13Z",
+            "attributes": {"tool": {"name": "search"}},
+        }
+    ),
 ]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(["trace_id", "span_id", "traceId", "spanId", "context", "resourceSpans",
-                                       "scopeSpans", "spans", "attributes", "status", "kind", "name", "start_time",
-                                       "data", "events", "x"]) | st.text(max_size=8), children, max_size=6),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "trace_id",
+                    "span_id",
+                    "traceId",
+                    "spanId",
+                    "context",
+                    "resourceSpans",
+                    "scopeSpans",
+                    "spans",
+                    "attributes",
+                    "status",
+                    "kind",
+                    "name",
+                    "start_time",
+                    "data",
+                    "events",
+                    "x",
+                ]
+            )
+            | st.text(max_size=8),
+            children,
+            max_size=6,
+        )
+    ),
     max_leaves=25,
 )
 
@@ -76,8 +140,11 @@ def mutate(line: bytes, edits: list[tuple[int, int, int]]) -> bytes:
 
 lines = st.one_of(
     st.binary(max_size=300),
-    st.builds(mutate, st.sampled_from(VALID_LINES),
-              st.lists(st.tuples(st.integers(0, 3), st.integers(0, 10_000), st.integers(0, 255)), max_size=4)),
+    st.builds(
+        mutate,
+        st.sampled_from(VALID_LINES),
+        st.lists(st.tuples(st.integers(0, 3), st.integers(0, 10_000), st.integers(0, 255)), max_size=4),
+    ),
     st.sampled_from(VALID_LINES),
 )
 
@@ -88,7 +155,8 @@ def test_every_line_is_ingested_or_rejected(records: list[bytes], newline: bytes
     # A record containing a line break is several lines; split first so the expectation is per line.
     data = newline.join(records)
     expected = {
-        number for number, line in enumerate(data.split(b"\n"), start=1)
+        number
+        for number, line in enumerate(data.split(b"\n"), start=1)
         if line.rstrip(b"\r").decode("utf-8", "replace").strip()
     }
     with tempfile.TemporaryDirectory() as folder:
@@ -103,14 +171,19 @@ def test_every_line_is_ingested_or_rejected(records: list[bytes], newline: bytes
                 return
             bulk = store.con.execute("SELECT count(*) FROM spans WHERE line_no IS NULL").fetchall()[0][0]
             if bulk:  # loaded in one statement, which only succeeds when every line is a span
-                assert store.con.execute("SELECT count(*) FROM spans WHERE line_no IS NOT NULL").fetchall() == [(0,)]
+                assert store.con.execute(
+                    "SELECT count(*) FROM spans WHERE line_no IS NOT NULL"
+                ).fetchall() == [(0,)]
                 assert store.con.execute("SELECT count(*) FROM rejects").fetchall() == [(0,)]
                 assert bulk + result.duplicates == len(expected)
                 return
-            seen = {n for (n,) in itertools.chain(
-                store.con.execute("SELECT DISTINCT line_no FROM spans").fetchall(),
-                store.con.execute("SELECT DISTINCT line_no FROM rejects").fetchall(),
-            )}
+            seen = {
+                n
+                for (n,) in itertools.chain(
+                    store.con.execute("SELECT DISTINCT line_no FROM spans").fetchall(),
+                    store.con.execute("SELECT DISTINCT line_no FROM rejects").fetchall(),
+                )
+            }
             if data.lstrip().startswith((b"[", b"{")) and seen == {1} and len(expected) > 1:
                 return  # read as one JSON document spread over several lines
             # Lines missing from both tables held a span already stored (same ids): merged, and counted.
@@ -123,19 +196,56 @@ def test_every_line_is_ingested_or_rejected(records: list[bytes], newline: bytes
 index_text = st.sampled_from(["0", "1", "12", "\u00b2", "\u0663", "-1", "", "x", "0.5"]) | st.text(max_size=3)
 message_keys = st.builds(
     lambda prefix, index, rest: f"{prefix}.{index}.{rest}",
-    st.sampled_from(["llm.input_messages", "llm.output_messages", "llm.tools", "gen_ai.prompt", "gen_ai.completion",
-                     "llm.request.functions"]),
+    st.sampled_from(
+        [
+            "llm.input_messages",
+            "llm.output_messages",
+            "llm.tools",
+            "gen_ai.prompt",
+            "gen_ai.completion",
+            "llm.request.functions",
+        ]
+    ),
     index_text,
-    st.sampled_from(["message.role", "message.content", "message.tool_calls.0.tool_call.function.name",
-                     "message.tool_calls.\u00b2.tool_call.function.arguments", "message.contents.0.message_content.text",
-                     "message.contents.\u00b2.message_content.text", "tool.json_schema", "role", "content", "name"]),
+    st.sampled_from(
+        [
+            "message.role",
+            "message.content",
+            "message.tool_calls.0.tool_call.function.name",
+            "message.tool_calls.\u00b2.tool_call.function.arguments",
+            "message.contents.0.message_content.text",
+            "message.contents.\u00b2.message_content.text",
+            "tool.json_schema",
+            "role",
+            "content",
+            "name",
+        ]
+    ),
 )
 attribute_dicts = st.dictionaries(
-    message_keys | st.sampled_from(["llm.output_messages", "llm.tools", "gen_ai.output.messages", "agent.tools",
-                                    "agent.handoffs", "ai.response.toolCalls", "gen_ai.response.finish_reasons",
-                                    "gen_ai.tool.definitions", "llm.input_messages"]),
-    json_values | st.sampled_from(['[{"role": "assistant", "content": [{"type": "tool_use", "name": 3}]}]',
-                                   '{"messages": "x"}', '[{"function": {"name": ["a"]}}]', "[1, [2, {}]]"]),
+    message_keys
+    | st.sampled_from(
+        [
+            "llm.output_messages",
+            "llm.tools",
+            "gen_ai.output.messages",
+            "agent.tools",
+            "agent.handoffs",
+            "ai.response.toolCalls",
+            "gen_ai.response.finish_reasons",
+            "gen_ai.tool.definitions",
+            "llm.input_messages",
+        ]
+    ),
+    json_values
+    | st.sampled_from(
+        [
+            '[{"role": "assistant", "content": [{"type": "tool_use", "name": 3}]}]',
+            '{"messages": "x"}',
+            '[{"function": {"name": ["a"]}}]',
+            "[1, [2, {}]]",
+        ]
+    ),
     max_size=8,
 )
 
@@ -146,30 +256,82 @@ def test_the_message_normaliser_never_raises(attributes: dict[str, Any]) -> None
     """It runs inside DuckDB's INSERT: one exception would abort a whole file's load."""
     line = json.dumps({"trace_id": "t", "span_id": "s", "attributes": attributes})
     assume("Infinity" not in line)  # not JSON
-    orjson.dumps(normalize.normalize_messages(orjson.loads(line)["attributes"]))  # as the store reads it
-    assert len(normalize._messages_udf(pa.array([line]))) == 1
+    orjson.dumps(normalize_messages(orjson.loads(line)["attributes"]))  # as the store reads it
+    assert len(messages_udf(pa.array([line]))) == 1
 
 
 hostile_scalars = st.sampled_from(
-    ["\u00b2", "\u0663", "inf", "-inf", "NaN", "1e400", "99999999999999999999999", "-1", "", " 7 ", "0x1f", "true",
-     str(2**64), 2**64, -(2**63) - 1, 1e308, -1e308, -0.0, True, None, [], {}, "SPAN_KIND_\u00b2", "STATUS_CODE_\u00b2"],
+    [
+        "\u00b2",
+        "\u0663",
+        "inf",
+        "-inf",
+        "NaN",
+        "1e400",
+        "99999999999999999999999",
+        "-1",
+        "",
+        " 7 ",
+        "0x1f",
+        "true",
+        str(2**64),
+        2**64,
+        -(2**63) - 1,
+        1e308,
+        -1e308,
+        -0.0,
+        True,
+        None,
+        [],
+        {},
+        "SPAN_KIND_\u00b2",
+        "STATUS_CODE_\u00b2",
+    ],
 ) | st.text(max_size=6)
-otlp_fields = ["traceId", "spanId", "parentSpanId", "name", "kind", "startTimeUnixNano", "endTimeUnixNano",
-               "status", "attributes", "events", "links", "droppedAttributesCount", "duration"]
+otlp_fields = [
+    "traceId",
+    "spanId",
+    "parentSpanId",
+    "name",
+    "kind",
+    "startTimeUnixNano",
+    "endTimeUnixNano",
+    "status",
+    "attributes",
+    "events",
+    "links",
+    "droppedAttributesCount",
+    "duration",
+]
 
 
-@given(st.dictionaries(st.sampled_from(otlp_fields), hostile_scalars | st.dictionaries(
-    st.sampled_from(["code", "message", "key", "value", "intValue", "doubleValue", "stringValue"]), hostile_scalars,
-    max_size=3), max_size=8), hostile_scalars)
+@given(
+    st.dictionaries(
+        st.sampled_from(otlp_fields),
+        hostile_scalars
+        | st.dictionaries(
+            st.sampled_from(["code", "message", "key", "value", "intValue", "doubleValue", "stringValue"]),
+            hostile_scalars,
+            max_size=3,
+        ),
+        max_size=8,
+    ),
+    hostile_scalars,
+)
 @settings(max_examples=400, deadline=None)
 def test_otlp_spans_with_hostile_values_decode_or_fail_clearly(span: dict[str, Any], value: Any) -> None:
     span.setdefault("traceId", "5b8efff798038103d269b633813fc60c")
     span.setdefault("spanId", "eee19b7ec3c1b174")
-    span["attributes"] = [{"key": "a", "value": {"intValue": value}}, {"key": "b", "value": {"doubleValue": value}}]
+    span["attributes"] = [
+        {"key": "a", "value": {"intValue": value}},
+        {"key": "b", "value": {"doubleValue": value}},
+    ]
     line = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]})
     assume("Infinity" not in line and "NaN" not in line)  # not JSON
     try:
-        decoded = decode_record(orjson.loads(line))  # as the store reads a line (large integers become floats)
+        decoded = decode_record(
+            orjson.loads(line)
+        )  # as the store reads a line (large integers become floats)
     except DecodeError as exc:
         assert str(exc)
         return

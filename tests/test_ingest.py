@@ -12,8 +12,9 @@ import pytest
 import zstandard
 
 import halo_rlm
-from halo_rlm import files, normalize
-from halo_rlm.ingest import Ingest, StrictError
+from halo_rlm import files
+from halo_rlm.store import StrictError
+from halo_rlm.store.schema import SPAN_COLUMNS
 from halo_rlm.store import TraceStore
 
 
@@ -34,10 +35,17 @@ def write_lines(path: Path, records: list[Any]) -> Path:
 
 def flat_span(trace: str, span: str, parent: str = "", **extra: Any) -> dict[str, Any]:
     span_record = {
-        "trace_id": trace, "span_id": span, "parent_span_id": parent, "trace_state": "", "name": "step",
-        "kind": "SPAN_KIND_INTERNAL", "start_time": "2026-04-24T18:12:13.315189000Z",
-        "end_time": "2026-04-24T18:12:14.315189000Z", "status": {"code": "STATUS_CODE_OK", "message": ""},
-        "resource": {"attributes": {"service.name": "svc"}}, "scope": {"name": "s", "version": "1"},
+        "trace_id": trace,
+        "span_id": span,
+        "parent_span_id": parent,
+        "trace_state": "",
+        "name": "step",
+        "kind": "SPAN_KIND_INTERNAL",
+        "start_time": "2026-04-24T18:12:13.315189000Z",
+        "end_time": "2026-04-24T18:12:14.315189000Z",
+        "status": {"code": "STATUS_CODE_OK", "message": ""},
+        "resource": {"attributes": {"service.name": "svc"}},
+        "scope": {"name": "s", "version": "1"},
         "attributes": {"openinference.span.kind": "CHAIN"},
     }
     span_record.update(extra)
@@ -51,51 +59,107 @@ def test_fixture_counts_match_the_reference_inventory(fixtures: Path, store_path
     store, report = ingest(store_path, fixtures)
     per_file = {Path(i.path).name: (i.spans, i.rejected) for i in report.inputs}
     assert per_file == {
-        "demo_sample_traces.jsonl": (7, 0), "realistic_traces.jsonl": (58, 0),
-        "tiny_traces.jsonl": (6, 0), "tiny_traces_second_file.jsonl": (2, 0),
+        "demo_sample_traces.jsonl": (7, 0),
+        "realistic_traces.jsonl": (58, 0),
+        "tiny_traces.jsonl": (6, 0),
+        "tiny_traces_second_file.jsonl": (2, 0),
     }
     assert rows(store, "SELECT count(*), count(DISTINCT trace_id) FROM spans") == [(73, 9)]
-    realistic = rows(store, """SELECT kind, count(*) FROM spans JOIN inputs USING (input_id)
-        WHERE path LIKE '%realistic%' GROUP BY 1 ORDER BY 1""")
+    realistic = rows(
+        store,
+        """SELECT kind, count(*) FROM spans JOIN inputs USING (input_id)
+        WHERE path LIKE '%realistic%' GROUP BY 1 ORDER BY 1""",
+    )
     assert realistic == [("AGENT", 3), ("CHAIN", 21), ("LLM", 18), ("TOOL", 16)]
     # The reference says: 2 error traces, 3 error spans, all function.list_files.
-    assert rows(store, """SELECT count(DISTINCT trace_id), count(*), list_distinct(list(name)) FROM spans
-        JOIN inputs USING (input_id) WHERE path LIKE '%realistic%' AND spans.status = 'ERROR'""") == [
-        (2, 3, ["function.list_files"])]
+    assert rows(
+        store,
+        """SELECT count(DISTINCT trace_id), count(*), list_distinct(list(name)) FROM spans
+        JOIN inputs USING (input_id) WHERE path LIKE '%realistic%' AND spans.status = 'ERROR'""",
+    ) == [(2, 3, ["function.list_files"])]
     # 24-hex span ids are kept as they are.
-    assert rows(store, "SELECT DISTINCT length(span_id) FROM spans WHERE trace_id = '84559aaf5d124026b1da35a7a66d9e94'") == [(24,)]
+    assert rows(
+        store,
+        "SELECT DISTINCT length(span_id) FROM spans WHERE trace_id = '84559aaf5d124026b1da35a7a66d9e94'",
+    ) == [(24,)]
 
 
 def test_tiny_fixture_canonical_columns(fixtures: Path, store_path: Path) -> None:
     store, _ = ingest(store_path, fixtures / "tiny_traces.jsonl")
-    llm = rows(store, """SELECT trace_id, model, provider, input_tokens, output_tokens, total_tokens, cost, service,
-        agent_name, status, status_message, duration_ns FROM spans WHERE kind = 'LLM' ORDER BY trace_id""")
-    assert llm[0] == ("t-aaaa", "claude-sonnet-4-5", "anthropic", 100, 50, 150, 0.0012, "agent-a", "agent-a", "OK",
-                      None, 800_000_000)
+    llm = rows(
+        store,
+        """SELECT trace_id, model, provider, input_tokens, output_tokens, total_tokens, cost, service,
+        agent_name, status, status_message, duration_ns FROM spans WHERE kind = 'LLM' ORDER BY trace_id""",
+    )
+    assert llm[0] == (
+        "t-aaaa",
+        "claude-sonnet-4-5",
+        "anthropic",
+        100,
+        50,
+        150,
+        0.0012,
+        "agent-a",
+        "agent-a",
+        "OK",
+        None,
+        800_000_000,
+    )
     assert llm[1][0] == "t-bbbb" and llm[1][9:11] == ("ERROR", "tool failure")
     # Trace rollups count tokens from LLM spans only (the AGENT root carries none here, but must not add).
-    traces = rows(store, "SELECT trace_id, span_count, has_errors, input_tokens, output_tokens, root_name, agents, models "
-                         "FROM traces ORDER BY trace_id")
+    traces = rows(
+        store,
+        "SELECT trace_id, span_count, has_errors, input_tokens, output_tokens, root_name, agents, models "
+        "FROM traces ORDER BY trace_id",
+    )
     assert traces[0] == ("t-aaaa", 2, False, 100, 50, "root", ["agent-a"], ["claude-sonnet-4-5"])
     assert traces[1][:3] == ("t-bbbb", 2, True)
 
 
 def test_demo_sample_with_a_422_kb_span(fixtures: Path, store_path: Path) -> None:
     store, _ = ingest(store_path, fixtures / "demo_sample_traces.jsonl")
-    biggest = rows(store, "SELECT raw_bytes, length(tool_result), length(raw) FROM spans ORDER BY raw_bytes DESC LIMIT 1")[0]
+    biggest = rows(
+        store, "SELECT raw_bytes, length(tool_result), length(raw) FROM spans ORDER BY raw_bytes DESC LIMIT 1"
+    )[0]
     assert biggest[0] > 420_000 and biggest[2] > 420_000  # raw keeps everything
     assert biggest[1] < 40_000  # the canonical column keeps head and tail only
 
 
 def test_tokens_are_not_double_counted_through_agent_parents(store_path: Path, tmp_path: Path) -> None:
-    agent = flat_span("t1", "a", attributes={"openinference.span.kind": "AGENT", "llm.token_count.prompt": 300,
-                                             "llm.token_count.completion": 30, "llm.cost.total": 0.3})
-    llm1 = flat_span("t1", "b", "a", attributes={"openinference.span.kind": "LLM", "llm.model_name": "m",
-                                                  "llm.token_count.prompt": 100, "llm.token_count.completion": 10,
-                                                  "llm.cost.total": 0.1})
-    llm2 = flat_span("t1", "c", "a", attributes={"openinference.span.kind": "LLM", "llm.model_name": "m",
-                                                  "llm.token_count.prompt": 200, "llm.token_count.completion": 20,
-                                                  "llm.cost.total": 0.2})
+    agent = flat_span(
+        "t1",
+        "a",
+        attributes={
+            "openinference.span.kind": "AGENT",
+            "llm.token_count.prompt": 300,
+            "llm.token_count.completion": 30,
+            "llm.cost.total": 0.3,
+        },
+    )
+    llm1 = flat_span(
+        "t1",
+        "b",
+        "a",
+        attributes={
+            "openinference.span.kind": "LLM",
+            "llm.model_name": "m",
+            "llm.token_count.prompt": 100,
+            "llm.token_count.completion": 10,
+            "llm.cost.total": 0.1,
+        },
+    )
+    llm2 = flat_span(
+        "t1",
+        "c",
+        "a",
+        attributes={
+            "openinference.span.kind": "LLM",
+            "llm.model_name": "m",
+            "llm.token_count.prompt": 200,
+            "llm.token_count.completion": 20,
+            "llm.cost.total": 0.2,
+        },
+    )
     store, _ = ingest(store_path, write_lines(tmp_path / "t.jsonl", [agent, llm1, llm2]))
     assert rows(store, "SELECT input_tokens, output_tokens, round(cost, 6) FROM traces") == [(300, 30, 0.3)]
 
@@ -104,80 +168,194 @@ def test_tokens_are_not_double_counted_through_agent_parents(store_path: Path, t
 
 
 def otlp_request(spans: list[dict[str, Any]], service: str = "svc") -> dict[str, Any]:
-    return {"resourceSpans": [{
-        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
-        "scopeSpans": [{"scope": {"name": "my.lib", "version": "1.0"}, "spans": spans}],
-    }]}
+    return {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
+                "scopeSpans": [{"scope": {"name": "my.lib", "version": "1.0"}, "spans": spans}],
+            }
+        ]
+    }
 
 
 def otlp_span(trace: str, span: str, parent: str = "", **extra: Any) -> dict[str, Any]:
-    record = {"traceId": trace, "spanId": span, "parentSpanId": parent, "name": "chat gpt-4o", "kind": 3,
-              "startTimeUnixNano": "1776924720000000000", "endTimeUnixNano": "1776924721250000000",
-              "attributes": [{"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}},
-                             {"key": "gen_ai.request.model", "value": {"stringValue": "gpt-4o"}},
-                             {"key": "gen_ai.usage.input_tokens", "value": {"intValue": "100"}},
-                             {"key": "gen_ai.usage.output_tokens", "value": {"intValue": 7}}],
-              "status": {"code": 2, "message": "rate limited"}}
+    record = {
+        "traceId": trace,
+        "spanId": span,
+        "parentSpanId": parent,
+        "name": "chat gpt-4o",
+        "kind": 3,
+        "startTimeUnixNano": "1776924720000000000",
+        "endTimeUnixNano": "1776924721250000000",
+        "attributes": [
+            {"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}},
+            {"key": "gen_ai.request.model", "value": {"stringValue": "gpt-4o"}},
+            {"key": "gen_ai.usage.input_tokens", "value": {"intValue": "100"}},
+            {"key": "gen_ai.usage.output_tokens", "value": {"intValue": 7}},
+        ],
+        "status": {"code": 2, "message": "rate limited"},
+    }
     record.update(extra)
     return record
 
 
 def test_otlp_json_lines(store_path: Path, tmp_path: Path) -> None:
     trace = "5B8EFFF798038103D269B633813FC60C"
-    path = write_lines(tmp_path / "otlp.jsonl", [
-        otlp_request([otlp_span(trace, "eee19b7ec3c1b174")]),
-        otlp_request([otlp_span(trace, "aaaaaaaaaaaaaaaa", "eee19b7ec3c1b174", kind="SPAN_KIND_INTERNAL",
-                                status={"code": "STATUS_CODE_OK"})], service="other"),
-    ])
+    path = write_lines(
+        tmp_path / "otlp.jsonl",
+        [
+            otlp_request([otlp_span(trace, "eee19b7ec3c1b174")]),
+            otlp_request(
+                [
+                    otlp_span(
+                        trace,
+                        "aaaaaaaaaaaaaaaa",
+                        "eee19b7ec3c1b174",
+                        kind="SPAN_KIND_INTERNAL",
+                        status={"code": "STATUS_CODE_OK"},
+                    )
+                ],
+                service="other",
+            ),
+        ],
+    )
     store, report = ingest(store_path, path)
     assert report.spans == 2 and report.rejected == 0
-    got = rows(store, """SELECT trace_id, span_id, parent_id, kind, otel_kind, model, input_tokens, output_tokens,
-        status, status_message, start_ns, duration_ns, service FROM spans ORDER BY span_id""")
-    assert got[0] == (trace.lower(), "aaaaaaaaaaaaaaaa", "eee19b7ec3c1b174", "LLM", "INTERNAL", "gpt-4o", 100, 7,
-                      "OK", None, 1776924720000000000, 1_250_000_000, "other")
+    got = rows(
+        store,
+        """SELECT trace_id, span_id, parent_id, kind, otel_kind, model, input_tokens, output_tokens,
+        status, status_message, start_ns, duration_ns, service FROM spans ORDER BY span_id""",
+    )
+    assert got[0] == (
+        trace.lower(),
+        "aaaaaaaaaaaaaaaa",
+        "eee19b7ec3c1b174",
+        "LLM",
+        "INTERNAL",
+        "gpt-4o",
+        100,
+        7,
+        "OK",
+        None,
+        1776924720000000000,
+        1_250_000_000,
+        "other",
+    )
     assert got[1][:3] == (trace.lower(), "eee19b7ec3c1b174", None)
     assert got[1][8:10] == ("ERROR", "rate limited")
 
 
 def test_otlp_whole_document_snake_case_and_base64_ids(store_path: Path, tmp_path: Path) -> None:
-    document = {"resource_spans": [{
-        "resource": {"attributes": {"service.name": "snake"}},  # plain-dict attributes
-        "scope_spans": [{"scope": {"name": "x"}, "spans": [{
-            "trace_id": "W47/95gDgQPSabYzgT/GDA==", "span_id": "7uGbfsPBsXQ=", "parent_span_id": "",
-            "name": "tool call", "kind": "SPAN_KIND_CLIENT", "start_time_unix_nano": 1776924720000000000,
-            "end_time_unix_nano": "1776924720500000000",
-            "attributes": [{"key": "tool.name", "value": {"stringValue": "search"}},
-                           {"key": "meta", "value": {"kvlistValue": {"values": [
-                               {"key": "a", "value": {"arrayValue": {"values": [{"intValue": "1"}]}}}]}}}],
-            "status": {"code": "STATUS_CODE_ERROR", "message": "boom"},
-        }]}],
-    }]}
+    document = {
+        "resource_spans": [
+            {
+                "resource": {"attributes": {"service.name": "snake"}},  # plain-dict attributes
+                "scope_spans": [
+                    {
+                        "scope": {"name": "x"},
+                        "spans": [
+                            {
+                                "trace_id": "W47/95gDgQPSabYzgT/GDA==",
+                                "span_id": "7uGbfsPBsXQ=",
+                                "parent_span_id": "",
+                                "name": "tool call",
+                                "kind": "SPAN_KIND_CLIENT",
+                                "start_time_unix_nano": 1776924720000000000,
+                                "end_time_unix_nano": "1776924720500000000",
+                                "attributes": [
+                                    {"key": "tool.name", "value": {"stringValue": "search"}},
+                                    {
+                                        "key": "meta",
+                                        "value": {
+                                            "kvlistValue": {
+                                                "values": [
+                                                    {
+                                                        "key": "a",
+                                                        "value": {
+                                                            "arrayValue": {"values": [{"intValue": "1"}]}
+                                                        },
+                                                    }
+                                                ]
+                                            }
+                                        },
+                                    },
+                                ],
+                                "status": {"code": "STATUS_CODE_ERROR", "message": "boom"},
+                            }
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
     path = tmp_path / "request.json"
     path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
     store, report = ingest(store_path, path)
     assert report.spans == 1, report
     got = rows(store, "SELECT trace_id, span_id, kind, tool_name, service, status, raw FROM spans")[0]
-    assert got[:6] == ("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174", "TOOL", "search", "snake", "ERROR")
+    assert got[:6] == (
+        "5b8efff798038103d269b633813fc60c",
+        "eee19b7ec3c1b174",
+        "TOOL",
+        "search",
+        "snake",
+        "ERROR",
+    )
     assert orjson.loads(got[6])["attributes"]["meta.a"] == [1]
 
 
 def test_openinference_phoenix_span_json(store_path: Path, tmp_path: Path) -> None:
-    span = {"name": "ChatCompletion", "context": {"trace_id": "0x4BF92F3577B34DA6A3CE929D0E0E4736", "span_id": "00f067aa0ba902b7"},
-            "parent_id": None, "span_kind": "LLM", "start_time": "2026-04-24T18:12:13.315189+02:00",
-            "end_time": "2026-04-24T18:12:14.315189+02:00", "status_code": "ERROR", "status_message": "429",
-            "attributes": {"llm": {"model_name": "gpt-4o", "token_count": {"prompt": 12}},
-                           "input": {"value": "hi"}},
-            "events": [{"name": "exception", "timestamp": "2026-04-24T16:12:14Z",
-                        "attributes": {"exception.type": "RateLimitError", "exception.message": "slow down"}}]}
-    page = {"data": [span, {**span, "context": {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "1"},
-                             "parent_id": "00f067aa0ba902b7", "span_kind": "TOOL", "status_code": "OK"}],
-            "next_cursor": None}
+    span = {
+        "name": "ChatCompletion",
+        "context": {"trace_id": "0x4BF92F3577B34DA6A3CE929D0E0E4736", "span_id": "00f067aa0ba902b7"},
+        "parent_id": None,
+        "span_kind": "LLM",
+        "start_time": "2026-04-24T18:12:13.315189+02:00",
+        "end_time": "2026-04-24T18:12:14.315189+02:00",
+        "status_code": "ERROR",
+        "status_message": "429",
+        "attributes": {
+            "llm": {"model_name": "gpt-4o", "token_count": {"prompt": 12}},
+            "input": {"value": "hi"},
+        },
+        "events": [
+            {
+                "name": "exception",
+                "timestamp": "2026-04-24T16:12:14Z",
+                "attributes": {"exception.type": "RateLimitError", "exception.message": "slow down"},
+            }
+        ],
+    }
+    page = {
+        "data": [
+            span,
+            {
+                **span,
+                "context": {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "1"},
+                "parent_id": "00f067aa0ba902b7",
+                "span_kind": "TOOL",
+                "status_code": "OK",
+            },
+        ],
+        "next_cursor": None,
+    }
     store, report = ingest(store_path, write_lines(tmp_path / "phoenix.jsonl", [span, page]))
     assert report.spans == 3 and report.rejected == 0
-    got = rows(store, """SELECT trace_id, span_id, kind, model, input_tokens, status, status_message, error_type,
-        start_ns, input_value, exceptions FROM spans WHERE span_id = '00f067aa0ba902b7' LIMIT 1""")[0]
-    assert got[:8] == ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "LLM", "gpt-4o", 12, "ERROR", "429",
-                       "RateLimitError")
+    got = rows(
+        store,
+        """SELECT trace_id, span_id, kind, model, input_tokens, status, status_message, error_type,
+        start_ns, input_value, exceptions FROM spans WHERE span_id = '00f067aa0ba902b7' LIMIT 1""",
+    )[0]
+    assert got[:8] == (
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "00f067aa0ba902b7",
+        "LLM",
+        "gpt-4o",
+        12,
+        "ERROR",
+        "429",
+        "RateLimitError",
+    )
     assert got[8] == 1777047133315189000  # the +02:00 offset is honoured
     assert got[9] == "hi" and orjson.loads(got[10])[0]["message"] == "slow down"
     # The same span twice (line 1 and inside the page) is stored once.
@@ -185,16 +363,34 @@ def test_openinference_phoenix_span_json(store_path: Path, tmp_path: Path) -> No
 
 
 def test_trail_nested_trees(store_path: Path, tmp_path: Path) -> None:
-    tree = {"trace_id": "trail-1", "spans": [{
-        "span_id": "root", "span_name": "main", "span_attributes": {"openinference.span.kind": "AGENT"},
-        "status_code": "Unset", "timestamp": "2026-01-01T00:00:00Z",
-        "child_spans": [{"span_id": "c1", "span_name": "llm", "status_code": "Error", "status_message": "bad",
-                         "span_attributes": {"openinference.span.kind": "LLM"}, "child_spans": [
-                             {"span_id": "c2", "span_name": "tool"}]}],
-    }]}
+    tree = {
+        "trace_id": "trail-1",
+        "spans": [
+            {
+                "span_id": "root",
+                "span_name": "main",
+                "span_attributes": {"openinference.span.kind": "AGENT"},
+                "status_code": "Unset",
+                "timestamp": "2026-01-01T00:00:00Z",
+                "child_spans": [
+                    {
+                        "span_id": "c1",
+                        "span_name": "llm",
+                        "status_code": "Error",
+                        "status_message": "bad",
+                        "span_attributes": {"openinference.span.kind": "LLM"},
+                        "child_spans": [{"span_id": "c2", "span_name": "tool"}],
+                    }
+                ],
+            }
+        ],
+    }
     store, _ = ingest(store_path, write_lines(tmp_path / "trail.jsonl", [tree]))
     assert rows(store, "SELECT span_id, parent_id, kind, status FROM spans ORDER BY span_id") == [
-        ("c1", "root", "LLM", "ERROR"), ("c2", "c1", "SPAN", "UNSET"), ("root", None, "AGENT", "UNSET")]
+        ("c1", "root", "LLM", "ERROR"),
+        ("c2", "c1", "SPAN", "UNSET"),
+        ("root", None, "AGENT", "UNSET"),
+    ]
 
 
 @pytest.mark.parametrize("compress", ["gzip", "zstd"])
@@ -207,22 +403,26 @@ def test_compressed_inputs(fixtures: Path, store_path: Path, tmp_path: Path, com
     assert rows(store, "SELECT compression FROM inputs") == [(compress,)]
 
 
-def test_bulk_load_matches_reading_line_by_line(store_path: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bulk_load_matches_reading_line_by_line(store_path: Path, tmp_path: Path) -> None:
     corpus = tmp_path / "examples.jsonl"
-    corpus.write_bytes(gzip.decompress((Path(halo_rlm.__file__).parent / "examples" / "traces.jsonl.gz").read_bytes()))
-    columns = [name for name, _ in normalize.SPAN_COLUMNS if name not in ("line_no", "input_id")]
+    corpus.write_bytes(
+        gzip.decompress((Path(halo_rlm.__file__).parent / "examples" / "traces.jsonl.gz").read_bytes())
+    )
+    columns = [c.name for c in SPAN_COLUMNS if c.name not in ("line_no", "input_id")]
     query = f"SELECT {', '.join(columns)} FROM spans ORDER BY trace_id, span_id"
     bulk, _ = ingest(store_path, corpus)
     assert rows(bulk, "SELECT count(*), count(line_no) FROM spans")[0][1] == 0  # loaded in one statement
-    monkeypatch.setattr(Ingest, "_bulk_load", lambda *args: False)
-    streamed, _ = ingest(tmp_path / "streamed.duckdb", corpus)
+    streamed, _ = ingest(tmp_path / "streamed.duckdb", corpus, bulk=False)
     assert rows(streamed, "SELECT count(line_no) = count(*) FROM spans") == [(True,)]
     assert rows(bulk, query) == rows(streamed, query)
-    assert rows(bulk, "SELECT * FROM traces ORDER BY trace_id") == rows(streamed, "SELECT * FROM traces ORDER BY trace_id")
+    assert rows(bulk, "SELECT * FROM traces ORDER BY trace_id") == rows(
+        streamed, "SELECT * FROM traces ORDER BY trace_id"
+    )
 
 
-def test_a_bad_line_deep_in_a_flat_file_keeps_every_good_line_numbered(store_path: Path, tmp_path: Path) -> None:
+def test_a_bad_line_deep_in_a_flat_file_keeps_every_good_line_numbered(
+    store_path: Path, tmp_path: Path
+) -> None:
     records = [orjson.dumps(flat_span(f"{t:x}", f"{s:x}")) for t in range(1, 400) for s in range(1, 4)]
     records[1000] = b'{"trace_id": "77", "span_id": '  # cut short
     path = tmp_path / "late.jsonl"
@@ -237,8 +437,28 @@ def test_a_file_name_that_looks_like_a_glob_is_read_as_itself(store_path: Path, 
     # DuckDB's readers would take `a[b].jsonl` as a pattern matching `ab.jsonl`.
     write_lines(tmp_path / "ab.jsonl", [flat_span("other", "x", name="wrong file")])
     flat = write_lines(tmp_path / "a[b].jsonl", [flat_span("t1", "a", name="right file")])
-    otlp = write_lines(tmp_path / "c[d].jsonl", [{"resourceSpans": [{"scopeSpans": [{"spans": [{
-        "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "right otlp"}]}]}]}])
+    otlp = write_lines(
+        tmp_path / "c[d].jsonl",
+        [
+            {
+                "resourceSpans": [
+                    {
+                        "scopeSpans": [
+                            {
+                                "spans": [
+                                    {
+                                        "traceId": "5b8efff798038103d269b633813fc60c",
+                                        "spanId": "eee19b7ec3c1b174",
+                                        "name": "right otlp",
+                                    }
+                                ]
+                            }
+                        ]
+                    }
+                ]
+            }
+        ],
+    )
     write_lines(tmp_path / "cd.jsonl", [flat_span("other", "y", name="wrong otlp")])
     store, report = ingest(store_path, flat, otlp)
     assert report.spans == 2
@@ -254,7 +474,9 @@ def test_stdin(fixtures: Path, store_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_directories_and_globs(fixtures: Path, tmp_path: Path) -> None:
     assert [Path(i.path).name for i in files.resolve([str(fixtures / "tiny*.jsonl")])] == [
-        "tiny_traces.jsonl", "tiny_traces_second_file.jsonl"]
+        "tiny_traces.jsonl",
+        "tiny_traces_second_file.jsonl",
+    ]
     assert len(files.resolve([fixtures])) == 4
     with pytest.raises(files.InputError, match="matches no files"):
         files.resolve([str(tmp_path / "*.jsonl")])
@@ -270,23 +492,36 @@ def test_directories_and_globs(fixtures: Path, tmp_path: Path) -> None:
 
 def test_duplicates_orphans_in_flight_and_traces_split_across_files(store_path: Path, tmp_path: Path) -> None:
     in_flight = flat_span("t1", "b", "a", end_time=None)
-    first = write_lines(tmp_path / "1.jsonl", [in_flight, flat_span("t1", "c", "missing-parent"),
-                                               flat_span("t1", "c", "missing-parent")])
+    first = write_lines(
+        tmp_path / "1.jsonl",
+        [in_flight, flat_span("t1", "c", "missing-parent"), flat_span("t1", "c", "missing-parent")],
+    )
     store, _ = ingest(store_path, first)
     assert rows(store, "SELECT span_id, is_orphan, end_ns IS NULL FROM spans ORDER BY span_id") == [
-        ("b", True, True), ("c", True, False)]
+        ("b", True, True),
+        ("c", True, False),
+    ]
     assert rows(store, "SELECT span_count, orphan_spans, in_flight_spans FROM traces") == [(2, 2, 1)]
     # The rest of the trace arrives in another file: the root, and the finished copy of span b.
     second = write_lines(tmp_path / "2.jsonl", [flat_span("t1", "a"), flat_span("t1", "b", "a")])
     store.ingest([str(second)])
     assert rows(store, "SELECT span_id, is_orphan, end_ns IS NULL FROM spans ORDER BY span_id") == [
-        ("a", False, False), ("b", False, False), ("c", True, False)]
-    assert rows(store, "SELECT span_count, orphan_spans, in_flight_spans, root_span_id FROM traces") == [(3, 1, 0, "a")]
+        ("a", False, False),
+        ("b", False, False),
+        ("c", True, False),
+    ]
+    assert rows(store, "SELECT span_count, orphan_spans, in_flight_spans, root_span_id FROM traces") == [
+        (3, 1, 0, "a")
+    ]
 
 
-def test_second_run_reuses_and_new_files_are_added_alone(fixtures: Path, store_path: Path, tmp_path: Path) -> None:
+def test_second_run_reuses_and_new_files_are_added_alone(
+    fixtures: Path, store_path: Path, tmp_path: Path
+) -> None:
     store, _ = ingest(store_path, fixtures / "tiny_traces.jsonl")
-    again = store.ingest([str(fixtures / "tiny_traces.jsonl"), str(fixtures / "tiny_traces_second_file.jsonl")])
+    again = store.ingest(
+        [str(fixtures / "tiny_traces.jsonl"), str(fixtures / "tiny_traces_second_file.jsonl")]
+    )
     assert [i.status for i in again.inputs] == ["unchanged", "ingested"]
     assert rows(store, "SELECT count(*) FROM spans") == [(8,)]
 
@@ -300,13 +535,19 @@ def test_appended_file_ingests_only_the_new_tail(store_path: Path, tmp_path: Pat
     assert report.inputs[0].status == "resumed" and report.inputs[0].spans == 1
     assert rows(store, "SELECT trace_id, count(*) FROM spans GROUP BY 1 ORDER BY 1") == [("t1", 2), ("t2", 1)]
     # The first two were bulk-loaded (no line numbers); the appended one is numbered after them.
-    assert rows(store, "SELECT span_id, line_no FROM spans ORDER BY span_id") == [("a", None), ("b", None), ("x", 3)]
+    assert rows(store, "SELECT span_id, line_no FROM spans ORDER BY span_id") == [
+        ("a", None),
+        ("b", None),
+        ("x", 3),
+    ]
 
 
 def test_a_file_changed_before_its_old_end_is_read_again(store_path: Path, tmp_path: Path) -> None:
     path = write_lines(tmp_path / "edit.jsonl", [flat_span("t1", "a"), flat_span("t1", "b", "a")])
     store, _ = ingest(store_path, path)
-    write_lines(path, [flat_span("t1", "a"), flat_span("t1", "c", "a"), flat_span("t2", "x")])  # longer, not appended
+    write_lines(
+        path, [flat_span("t1", "a"), flat_span("t1", "c", "a"), flat_span("t2", "x")]
+    )  # longer, not appended
     report = store.ingest([str(path)])
     assert report.inputs[0].status == "ingested"
     assert rows(store, "SELECT span_id FROM spans ORDER BY 1") == [("a",), ("c",), ("x",)]
@@ -360,13 +601,16 @@ def test_strict_stops_at_the_first_bad_record(store_path: Path, tmp_path: Path) 
         ingest(store_path, path, strict=True)
 
 
-@pytest.mark.parametrize(("content", "found"), [
-    (b"", "an empty file"),
-    (b"\n\n   \n", "an empty file"),
-    (b"name,age,city\nann,3,paris\n", "found CSV/TSV text (line 1: invalid JSON"),
-    (b"\x00\x01\x02binary\xff\xfe" * 50, "found binary data"),
-    (b'{"rows": [1, 2], "total": 2}', "not a span: a JSON object with keys {rows, total}"),
-])
+@pytest.mark.parametrize(
+    ("content", "found"),
+    [
+        (b"", "an empty file"),
+        (b"\n\n   \n", "an empty file"),
+        (b"name,age,city\nann,3,paris\n", "found CSV/TSV text (line 1: invalid JSON"),
+        (b"\x00\x01\x02binary\xff\xfe" * 50, "found binary data"),
+        (b'{"rows": [1, 2], "total": 2}', "not a span: a JSON object with keys {rows, total}"),
+    ],
+)
 def test_files_that_are_not_trace_data(store_path: Path, tmp_path: Path, content: bytes, found: str) -> None:
     path = tmp_path / "input.jsonl"
     path.write_bytes(content)
@@ -414,19 +658,49 @@ def test_a_large_non_trace_file_stops_early_with_one_message(store_path: Path, t
 
 def test_hostile_numbers_never_abort_an_ingest(store_path: Path, tmp_path: Path) -> None:
     # "²" passes str.isdigit() but not int(); times past 2262 and integers past 64 bits fit no column.
-    flat = write_lines(tmp_path / "flat.jsonl", [flat_span("t1", "a", start_time="inf", attributes={
-        "openinference.span.kind": "LLM", "llm.output_messages.0.message.content": "ok",
-        "llm.output_messages.\u00b2.message.content": "odd index"})])
-    request = {"resourceSpans": [{"scopeSpans": [{"spans": [{
-        "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "x",
-        "startTimeUnixNano": "99999999999999999999999",
-        "attributes": [{"key": "big", "value": {"intValue": "123456789012345678901234567890"}}]}]}]}]}
+    flat = write_lines(
+        tmp_path / "flat.jsonl",
+        [
+            flat_span(
+                "t1",
+                "a",
+                start_time="inf",
+                attributes={
+                    "openinference.span.kind": "LLM",
+                    "llm.output_messages.0.message.content": "ok",
+                    "llm.output_messages.\u00b2.message.content": "odd index",
+                },
+            )
+        ],
+    )
+    request = {
+        "resourceSpans": [
+            {
+                "scopeSpans": [
+                    {
+                        "spans": [
+                            {
+                                "traceId": "5b8efff798038103d269b633813fc60c",
+                                "spanId": "eee19b7ec3c1b174",
+                                "name": "x",
+                                "startTimeUnixNano": "99999999999999999999999",
+                                "attributes": [
+                                    {"key": "big", "value": {"intValue": "123456789012345678901234567890"}}
+                                ],
+                            }
+                        ]
+                    }
+                ]
+            }
+        ]
+    }
     otlp = write_lines(tmp_path / "otlp.jsonl", [request])
     store, report = ingest(store_path, flat, otlp)
     assert [i.status for i in report.inputs] == ["ingested", "ingested"] and report.spans == 2
     assert rows(store, "SELECT output_messages FROM spans WHERE trace_id = 't1'") == [('[{"content":"ok"}]',)]
-    assert rows(store, "SELECT start_ns, raw->>'$.attributes.big' FROM spans WHERE span_id = 'eee19b7ec3c1b174'") == [
-        (None, "123456789012345678901234567890")]
+    assert rows(
+        store, "SELECT start_ns, raw->>'$.attributes.big' FROM spans WHERE span_id = 'eee19b7ec3c1b174'"
+    ) == [(None, "123456789012345678901234567890")]
 
 
 def test_invalid_utf8_is_repaired_not_lost(store_path: Path, tmp_path: Path) -> None:
@@ -439,16 +713,20 @@ def test_invalid_utf8_is_repaired_not_lost(store_path: Path, tmp_path: Path) -> 
 
 
 def test_huge_lines(store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    huge = flat_span("t1", "big", attributes={"openinference.span.kind": "TOOL", "tool.name": "dump",
-                                               "output.value": "x" * (60 << 20)})
+    huge = flat_span(
+        "t1",
+        "big",
+        attributes={"openinference.span.kind": "TOOL", "tool.name": "dump", "output.value": "x" * (60 << 20)},
+    )
     too_huge = flat_span("t1", "bigger", attributes={"output.value": "y" * (3 << 20)})
     path = write_lines(tmp_path / "huge.jsonl", [huge, flat_span("t1", "small")])
     store, report = ingest(store_path, path)
     assert report.spans == 2
-    assert rows(store, "SELECT raw_bytes > 60 * 1024 * 1024, length(tool_result) < 40000 FROM spans "
-                       "WHERE span_id = 'big'") == [(True, True)]
-    monkeypatch.setattr(files, "MAX_LINE_BYTES", 1 << 20)
+    assert rows(
+        store,
+        "SELECT raw_bytes > 60 * 1024 * 1024, length(tool_result) < 40000 FROM spans WHERE span_id = 'big'",
+    ) == [(True, True)]
     path2 = write_lines(tmp_path / "huge2.jsonl", [too_huge, flat_span("t2", "after")])
-    report = store.ingest([str(path2)])
+    report = store.ingest([str(path2)], max_line_bytes=1 << 20)
     assert report.inputs[0].spans == 1 and report.inputs[0].rejected == 1
     assert "exceeds" in rows(store, "SELECT reason FROM rejects")[0][0]

@@ -80,5 +80,6 @@ def test_sdk_spans_round_trip_through_otlp_json(sdk_spans: list, tmp_path: Path)
         assert {r[3] for r in tools} == {"TOOL"} and {r[6] for r in tools} == {"search"}
         assert sorted(r[7] for r in tools) == ["ERROR", "UNSET", "UNSET"]
         assert [r[8] for r in tools if r[7] == "ERROR"] == ["TimeoutError"]
-        assert store.con.execute("SELECT count(*), count(DISTINCT session_id), sum(input_tokens) FROM traces"
-                                 ).fetchall() == [(3, 2, 363)]
+        assert store.con.execute(
+            "SELECT count(*), count(DISTINCT session_id), sum(input_tokens) FROM traces"
+        ).fetchall() == [(3, 2, 363)]

@@ -26,9 +26,9 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from halo_rlm import importers, phoenix
+from halo_rlm.sources.http import Http
 from halo_rlm.cli import cli
-from halo_rlm.decode import iso_to_ns
+from halo_rlm.utils import iso_to_ns
 from halo_rlm.store import TraceStore
 
 
@@ -43,8 +43,9 @@ def _installed(distribution: str) -> bool:
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not _installed("arize-phoenix"),
-                       reason="arize-phoenix is not installed (pip install -e '.[test]')"),
+    pytest.mark.skipif(
+        not _installed("arize-phoenix"), reason="arize-phoenix is not installed (pip install -e '.[test]')"
+    ),
 ]
 
 SECRET = "halo-test-jwt-secret-0123456789abcdefgh"
@@ -85,8 +86,13 @@ def phoenix_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phoenix
     env.pop("PHOENIX_SQL_DATABASE_URL", None)
     log = workdir / "phoenix.log"
     with open(log, "wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "phoenix.server.main", "serve"], env=env,
-                                   cwd=workdir, stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "phoenix.server.main", "serve"],
+            env=env,
+            cwd=workdir,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     server = Phoenix(f"http://127.0.0.1:{port}", process, log)
     try:
         deadline = time.monotonic() + 240  # about 20 s on two cores; generous for a busy machine
@@ -119,32 +125,60 @@ def send_agent_runs(server: Phoenix, project: str, runs: int = 2) -> list[str]:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.trace import Status, StatusCode
 
-    provider = TracerProvider(resource=Resource.create({"service.name": "refund-agent",
-                                                        "openinference.project.name": project}))
-    exporter = OTLPSpanExporter(endpoint=f"{server.url}/v1/traces",
-                                headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "refund-agent", "openinference.project.name": project})
+    )
+    exporter = OTLPSpanExporter(
+        endpoint=f"{server.url}/v1/traces", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    )
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("refund-agent", "1.0")
     trace_ids = []
     for run in range(runs):
         t0 = START + run * 60 * 10**9
-        agent = tracer.start_span("refund-agent", start_time=t0, attributes={
-            "openinference.span.kind": "AGENT", "session.id": f"session-{run}", "user.id": "user-7",
-            "input.value": "Refund order 9", "agent.name": "refund-agent"})
+        agent = tracer.start_span(
+            "refund-agent",
+            start_time=t0,
+            attributes={
+                "openinference.span.kind": "AGENT",
+                "session.id": f"session-{run}",
+                "user.id": "user-7",
+                "input.value": "Refund order 9",
+                "agent.name": "refund-agent",
+            },
+        )
         trace_ids.append(format(agent.get_span_context().trace_id, "032x"))
         with_agent = _context(agent)
-        llm = tracer.start_span("ChatCompletion", context=with_agent, start_time=t0 + 10**8, attributes={
-            "openinference.span.kind": "LLM", "llm.model_name": "gpt-4o-mini", "llm.provider": "openai",
-            "llm.token_count.prompt": 120 + run, "llm.token_count.completion": 30,
-            "llm.token_count.total": 150 + run, "llm.input_messages.0.message.role": "user",
-            "llm.input_messages.0.message.content": "Refund order 9",
-            "llm.output_messages.0.message.role": "assistant",
-            "llm.output_messages.0.message.tool_calls.0.tool_call.function.name": "issue_refund",
-            "llm.output_messages.0.message.tool_calls.0.tool_call.function.arguments": '{"order": 9}'})
+        llm = tracer.start_span(
+            "ChatCompletion",
+            context=with_agent,
+            start_time=t0 + 10**8,
+            attributes={
+                "openinference.span.kind": "LLM",
+                "llm.model_name": "gpt-4o-mini",
+                "llm.provider": "openai",
+                "llm.token_count.prompt": 120 + run,
+                "llm.token_count.completion": 30,
+                "llm.token_count.total": 150 + run,
+                "llm.input_messages.0.message.role": "user",
+                "llm.input_messages.0.message.content": "Refund order 9",
+                "llm.output_messages.0.message.role": "assistant",
+                "llm.output_messages.0.message.tool_calls.0.tool_call.function.name": "issue_refund",
+                "llm.output_messages.0.message.tool_calls.0.tool_call.function.arguments": '{"order": 9}',
+            },
+        )
         llm.add_event("first_token", {"ttft_ms": 180}, timestamp=t0 + 3 * 10**8)
         llm.end(end_time=t0 + 9 * 10**8)
-        tool = tracer.start_span("issue_refund", context=with_agent, start_time=t0 + 10**9, attributes={
-            "openinference.span.kind": "TOOL", "tool.name": "issue_refund", "input.value": '{"order": 9}'})
+        tool = tracer.start_span(
+            "issue_refund",
+            context=with_agent,
+            start_time=t0 + 10**9,
+            attributes={
+                "openinference.span.kind": "TOOL",
+                "tool.name": "issue_refund",
+                "input.value": '{"order": 9}',
+            },
+        )
         tool.record_exception(RuntimeError("Refund API returned 500"), timestamp=t0 + 2 * 10**9)
         tool.set_status(Status(StatusCode.ERROR, "Refund API returned 500"))
         tool.end(end_time=t0 + 2 * 10**9)
@@ -164,19 +198,36 @@ def _wait_for_spans(server: Phoenix, project: str, count: int) -> None:
     """Phoenix writes received spans in the background; wait until all are readable."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        response = httpx.get(f"{server.url}/v1/projects/{project}/spans", params={"limit": 1000},
-                             headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        response = httpx.get(
+            f"{server.url}/v1/projects/{project}/spans",
+            params={"limit": 1000},
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        )
         if response.status_code == 200 and len(response.json()["data"]) >= count:
             return
         time.sleep(0.2)
     pytest.fail(f"Phoenix did not show {count} spans in project {project}")
 
 
-def run_import(server: Phoenix, project: str, store: Path, *args: str | Path, key: str | None = ADMIN_KEY
-               ) -> tuple[int, Any, str]:
-    result = CliRunner().invoke(cli, ["import", "phoenix", "--endpoint", server.url, "--project", project,
-                                      "--store", str(store), "--json", *(["--api-key", key] if key else []),
-                                      *[str(a) for a in args]])
+def run_import(
+    server: Phoenix, project: str, store: Path, *args: str | Path, key: str | None = ADMIN_KEY
+) -> tuple[int, Any, str]:
+    result = CliRunner().invoke(
+        cli,
+        [
+            "import",
+            "phoenix",
+            "--endpoint",
+            server.url,
+            "--project",
+            project,
+            "--store",
+            str(store),
+            "--json",
+            *(["--api-key", key] if key else []),
+            *[str(a) for a in args],
+        ],
+    )
     return result.exit_code, orjson.loads(result.stdout) if result.exit_code == 0 else None, result.stderr
 
 
@@ -186,20 +237,20 @@ def spans(store: Path) -> dict[str, dict[str, Any]]:
     return {row[1]: dict(zip(rows.columns, row, strict=True)) for row in rows.rows}
 
 
-def test_imports_a_project_as_canonical_spans(phoenix_server: Phoenix, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(phoenix, "PAGE", 2)  # several pages through Phoenix's own cursors
+def test_imports_a_project_as_canonical_spans(phoenix_server: Phoenix, tmp_path: Path) -> None:
     trace_ids = send_agent_runs(phoenix_server, "canonical")
     store, out = tmp_path / "px.duckdb", tmp_path / "px.jsonl"
-    code, report, err = run_import(phoenix_server, "canonical", store, "--out", out)
+    # Pages of two: several pages through Phoenix's own cursors.
+    code, report, err = run_import(phoenix_server, "canonical", store, "--out", out, "--page-size", "2")
     assert code == 0, err
     assert report["spans"] == 6 and report["pages"] == 3 and report["complete"] and report["skipped"] == 0
 
     rows = spans(store)
     assert {r["trace_id"] for r in rows.values()} == set(trace_ids)
     by_name = {(r["trace_id"], r["name"]): r for r in rows.values()}
-    agent, llm, tool = (by_name[(trace_ids[1], name)]
-                        for name in ("refund-agent", "ChatCompletion", "issue_refund"))
+    agent, llm, tool = (
+        by_name[(trace_ids[1], name)] for name in ("refund-agent", "ChatCompletion", "issue_refund")
+    )
     assert agent["parent_id"] is None and llm["parent_id"] == agent["span_id"] == tool["parent_id"]
     assert not any(r["is_orphan"] for r in rows.values())
     assert (agent["kind"], llm["kind"], tool["kind"]) == ("AGENT", "LLM", "TOOL")
@@ -212,10 +263,14 @@ def test_imports_a_project_as_canonical_spans(phoenix_server: Phoenix, tmp_path:
     assert view.spans[0].messages["input_messages"] == [{"role": "user", "content": "Refund order 9"}]  # type: ignore[index]
     assert (llm["start_ns"], llm["end_ns"]) == (START + 60 * 10**9 + 10**8, START + 60 * 10**9 + 9 * 10**8)
     llm_events = orjson.loads(llm["raw"])["events"]
-    assert llm_events == [{"name": "first_token", "time": START + 60 * 10**9 + 3 * 10**8,
-                           "attributes": {"ttft_ms": 180}}]
-    assert (tool["status"], tool["status_message"], tool["tool_name"]) == ("ERROR", "Refund API returned 500",
-                                                                           "issue_refund")
+    assert llm_events == [
+        {"name": "first_token", "time": START + 60 * 10**9 + 3 * 10**8, "attributes": {"ttft_ms": 180}}
+    ]
+    assert (tool["status"], tool["status_message"], tool["tool_name"]) == (
+        "ERROR",
+        "Refund API returned 500",
+        "issue_refund",
+    )
     exception = orjson.loads(tool["exceptions"])[0]
     assert exception["type"] == "RuntimeError" and exception["message"] == "Refund API returned 500"
     assert agent["status"] == "UNSET" and llm["status"] == "UNSET"
@@ -223,39 +278,62 @@ def test_imports_a_project_as_canonical_spans(phoenix_server: Phoenix, tmp_path:
     again = tmp_path / "again.duckdb"
     with TraceStore.open(again) as s:
         assert s.ingest([out]).spans == 6
-    assert {k: (r["kind"], r["model"], r["status"]) for k, r in spans(again).items()} == \
-        {k: (r["kind"], r["model"], r["status"]) for k, r in rows.items()}
+    assert {k: (r["kind"], r["model"], r["status"]) for k, r in spans(again).items()} == {
+        k: (r["kind"], r["model"], r["status"]) for k, r in rows.items()
+    }
 
 
-def test_time_window_limit_and_resume(phoenix_server: Phoenix, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(phoenix, "PAGE", 2)
+def test_time_window_limit_and_resume(
+    phoenix_server: Phoenix, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     trace_ids = send_agent_runs(phoenix_server, "windowed", runs=3)
     store = tmp_path / "px.duckdb"
-    code, report, err = run_import(phoenix_server, "windowed", store, "--since", "2026-05-15T10:01:00Z",
-                                   "--until", "2026-05-15T10:02:00Z")
+    code, report, err = run_import(
+        phoenix_server,
+        "windowed",
+        store,
+        "--since",
+        "2026-05-15T10:01:00Z",
+        "--until",
+        "2026-05-15T10:02:00Z",
+    )
     assert code == 0 and report["spans"] == 3, err
     assert {r["trace_id"] for r in spans(store).values()} == {trace_ids[1]}
 
     store = tmp_path / "all.duckdb"
-    code, report, _ = run_import(phoenix_server, "windowed", store, "--limit", "3")
+    code, report, _ = run_import(phoenix_server, "windowed", store, "--limit", "3", "--page-size", "2")
     assert code == 0 and report["limited"] and report["spans"] == 3
     # An interrupted run (Ctrl-C during the next page) keeps its place too.
-    real_get = importers.Http.get
+    real_get = Http.get
     calls = {"n": 0}
 
-    def interrupted(self: importers.Http, path: str, params: dict[str, Any] | None = None) -> Any:
+    def interrupted(self: Http, path: str, params: dict[str, Any] | None = None) -> Any:
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
         return real_get(self, path, params)
 
-    monkeypatch.setattr(importers.Http, "get", interrupted)
-    result = CliRunner().invoke(cli, ["import", "phoenix", "--endpoint", phoenix_server.url, "--project",
-                                      "windowed", "--store", str(store), "--api-key", ADMIN_KEY])
+    monkeypatch.setattr(Http, "get", interrupted)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "import",
+            "phoenix",
+            "--endpoint",
+            phoenix_server.url,
+            "--project",
+            "windowed",
+            "--store",
+            str(store),
+            "--api-key",
+            ADMIN_KEY,
+            "--page-size",
+            "2",
+        ],
+    )
     assert result.exit_code == 130 and "Run the same command again" in result.stderr
-    monkeypatch.setattr(importers.Http, "get", real_get)
-    code, report, err = run_import(phoenix_server, "windowed", store)
+    monkeypatch.setattr(Http, "get", real_get)
+    code, report, err = run_import(phoenix_server, "windowed", store, "--page-size", "2")
     assert code == 0 and report["resumed"] and report["complete"], err
     assert len(spans(store)) == 9 and report["duplicates"] == 0
 

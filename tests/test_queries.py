@@ -13,19 +13,35 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from halo_rlm.models import TraceFilters
-from halo_rlm.store import StoreError, TraceStore, required_literals
+from halo_rlm.store import TraceFilters
+from halo_rlm.store import StoreError, TraceStore
+from halo_rlm.store.duckdb_store import required_literals
 
 
-def span(trace: str, span_id: str, parent: str = "", *, kind: str = "CHAIN", start: float = 0.0,
-         seconds: float = 1.0, error: str | None = None, **attrs: Any) -> dict[str, Any]:
+def span(
+    trace: str,
+    span_id: str,
+    parent: str = "",
+    *,
+    kind: str = "CHAIN",
+    start: float = 0.0,
+    seconds: float = 1.0,
+    error: str | None = None,
+    **attrs: Any,
+) -> dict[str, Any]:
     base = 1_776_924_720_000_000_000 + int(start * 1e9)
     return {
-        "trace_id": trace, "span_id": span_id, "parent_span_id": parent, "name": f"{kind.lower()}.{span_id}",
-        "kind": "SPAN_KIND_INTERNAL", "start_time": base, "end_time": base + int(seconds * 1e9),
+        "trace_id": trace,
+        "span_id": span_id,
+        "parent_span_id": parent,
+        "name": f"{kind.lower()}.{span_id}",
+        "kind": "SPAN_KIND_INTERNAL",
+        "start_time": base,
+        "end_time": base + int(seconds * 1e9),
         "status": {"code": "STATUS_CODE_ERROR" if error else "STATUS_CODE_OK", "message": error or ""},
         "resource": {"attributes": {"service.name": attrs.pop("service", "shop")}},
-        "scope": {"name": "test"}, "attributes": {"openinference.span.kind": kind, **attrs},
+        "scope": {"name": "test"},
+        "attributes": {"openinference.span.kind": kind, **attrs},
     }
 
 
@@ -36,13 +52,34 @@ def corpus() -> list[dict[str, Any]]:
         failing = i % 3 == 0
         records += [
             span(trace, "root", kind="AGENT", start=i * 10, seconds=2 + i, **{"agent.name": "support"}),
-            span(trace, "llm", "root", kind="LLM", start=i * 10, seconds=1, **{
-                "llm.model_name": "gpt-5.4" if i % 2 else "claude-sonnet-4-5", "llm.token_count.prompt": 100 + i,
-                "llm.token_count.completion": 10, "llm.cost.total": 0.01 * (i + 1)}),
-            span(trace, "tool", "root", kind="TOOL", start=i * 10 + 1, seconds=0.2,
-                 error=f"Order {1000 + i} not found in region eu-west-{i % 4}" if failing else None,
-                 **{"tool.name": "lookup_order", "input.value": orjson.dumps({"order": 1000 + i}).decode(),
-                    "output.value": "rate limit" if i == 7 else "ok " * (3000 if i == 5 else 1)}),
+            span(
+                trace,
+                "llm",
+                "root",
+                kind="LLM",
+                start=i * 10,
+                seconds=1,
+                **{
+                    "llm.model_name": "gpt-5.4" if i % 2 else "claude-sonnet-4-5",
+                    "llm.token_count.prompt": 100 + i,
+                    "llm.token_count.completion": 10,
+                    "llm.cost.total": 0.01 * (i + 1),
+                },
+            ),
+            span(
+                trace,
+                "tool",
+                "root",
+                kind="TOOL",
+                start=i * 10 + 1,
+                seconds=0.2,
+                error=f"Order {1000 + i} not found in region eu-west-{i % 4}" if failing else None,
+                **{
+                    "tool.name": "lookup_order",
+                    "input.value": orjson.dumps({"order": 1000 + i}).decode(),
+                    "output.value": "rate limit" if i == 7 else "ok " * (3000 if i == 5 else 1),
+                },
+            ),
         ]
     records.append(span("other", "only", kind="CHAIN", service="billing", start=500))
     return records
@@ -69,7 +106,9 @@ def test_counts_and_filters(store: TraceStore) -> None:
     assert store.count_traces(TraceFilters(agents=["support", "nobody"])) == 30
     assert store.count_traces(TraceFilters(trace_ids=["trace-01", "trace-02", "nope"])) == 2
     assert store.count_traces(TraceFilters(min_duration_ms=25_000)) == 7  # traces 23..29
-    assert store.count_traces(TraceFilters(since="2026-04-23T06:15:00Z")) == 12 + 1  # traces 18..29 and "other"
+    assert (
+        store.count_traces(TraceFilters(since="2026-04-23T06:15:00Z")) == 12 + 1
+    )  # traces 18..29 and "other"
     assert store.count_traces(TraceFilters(since="2026-04-23T06:15:00Z", until="2026-04-23T06:16:00Z")) == 6
     assert store.count_traces(TraceFilters(regex=r"rate limit|eu-west-2")) == 1 + 2  # traces 7; 6 and 18
     assert store.count_traces(TraceFilters(text="RATE LIMIT")) == 1
@@ -88,14 +127,29 @@ def test_dataset_regex_errors_name_the_syntax(store: TraceStore) -> None:
         store.count_traces(TraceFilters(regex="(?<=a)b"))
 
 
-@pytest.mark.parametrize("pattern", [
-    r"rate limit|eu-west-2", r"Order \d+ not found", r"eu-west-[13]", r"(lookup|search)_order", r"(?i)ORDER 10\d\d",
-    r"gpt-5\.4|claude", r"x?y?z?", r"[[:digit:]]{4} not", r"not (found|there)+ in", r"region eu-west-\d$",
-])
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"rate limit|eu-west-2",
+        r"Order \d+ not found",
+        r"eu-west-[13]",
+        r"(lookup|search)_order",
+        r"(?i)ORDER 10\d\d",
+        r"gpt-5\.4|claude",
+        r"x?y?z?",
+        r"[[:digit:]]{4} not",
+        r"not (found|there)+ in",
+        r"region eu-west-\d$",
+    ],
+)
 def test_dataset_regex_counts_match_a_full_scan(store: TraceStore, pattern: str) -> None:
     # Literal pre-filters (contains() before the regex) must never drop a span the regex matches.
     compiled = re.compile(pattern.replace("[[:digit:]]", "[0-9]"))
-    expected = {row["trace_id"] for row in store.query("SELECT trace_id, raw FROM spans") if compiled.search(row["raw"])}
+    expected = {
+        row["trace_id"]
+        for row in store.query("SELECT trace_id, raw FROM spans")
+        if compiled.search(row["raw"])
+    }
     assert store.count_traces(TraceFilters(regex=pattern)) == len(expected)
     assert store.search(pattern).traces_matched == len(expected)
 
@@ -136,7 +190,8 @@ def test_overview_is_exact_and_groups_errors_by_template(store: TraceStore) -> N
     assert o.input_tokens == sum(100 + i for i in range(30)) and o.output_tokens == 300
     assert o.cost == pytest.approx(sum(0.01 * (i + 1) for i in range(30)))
     assert [t.model_dump(exclude_none=True) for t in o.tools] == [
-        {"name": "lookup_order", "traces": 30, "spans": 30, "errors": 10}]
+        {"name": "lookup_order", "traces": 30, "spans": 30, "errors": 10}
+    ]
     assert len(o.error_groups) == 1  # ten different orders and regions, one failure
     group = o.error_groups[0]
     assert (group.source, group.traces, group.error_spans) == ("lookup_order", 10, 10)
@@ -173,7 +228,9 @@ def test_view_spans_and_unknown_ids(store: TraceStore) -> None:
 
 def test_search_in_trace_span_and_dataset(store: TraceStore) -> None:
     hit = store.search(r"Order \d+", trace_id="trace-03", context_chars=10)
-    assert hit.total_matches == 1 and hit.matches[0].span_id == "tool" and hit.matches[0].match == "Order 1003"
+    assert (
+        hit.total_matches == 1 and hit.matches[0].span_id == "tool" and hit.matches[0].match == "Order 1003"
+    )
     assert all(len(m.context) <= len(m.match) + 20 for m in hit.matches)
     one = store.search("o", trace_id="trace-03", span_id="tool", max_matches=1)
     assert len(one.matches) == 1 and one.total_matches > 1 and one.has_more
@@ -202,12 +259,19 @@ def test_sql_is_read_only_single_statement_and_capped(store: TraceStore) -> None
     small = store.sql("SELECT raw FROM spans", max_bytes=5_000)
     assert small.truncated and len(orjson.dumps(small.rows)) <= 5_000
     for query, message in [
-        ("DELETE FROM spans", "only SELECT"), ("DROP TABLE spans", "only SELECT"),
-        ("SELECT 1; SELECT 2", "exactly one"), ("COPY spans TO '/tmp/x.csv'", "only SELECT"),
-        ("ATTACH '/tmp/x.db'", "only SELECT"), ("INSTALL httpfs", "only SELECT"), ("LOAD httpfs", "only SELECT"),
-        ("SET enable_external_access = true", "only SELECT"), ("PRAGMA version", "only SELECT"),
-        ("SELECT * FROM read_text('/etc/passwd')", "disabled"), ("SELECT * FROM read_csv('/etc/hosts')", "disabled"),
-        ("SELECT * FROM glob('/etc/*')", "disabled"), ("SELECT * FROM read_json('/etc/hosts')", "disabled"),
+        ("DELETE FROM spans", "only SELECT"),
+        ("DROP TABLE spans", "only SELECT"),
+        ("SELECT 1; SELECT 2", "exactly one"),
+        ("COPY spans TO '/tmp/x.csv'", "only SELECT"),
+        ("ATTACH '/tmp/x.db'", "only SELECT"),
+        ("INSTALL httpfs", "only SELECT"),
+        ("LOAD httpfs", "only SELECT"),
+        ("SET enable_external_access = true", "only SELECT"),
+        ("PRAGMA version", "only SELECT"),
+        ("SELECT * FROM read_text('/etc/passwd')", "disabled"),
+        ("SELECT * FROM read_csv('/etc/hosts')", "disabled"),
+        ("SELECT * FROM glob('/etc/*')", "disabled"),
+        ("SELECT * FROM read_json('/etc/hosts')", "disabled"),
         ("SELECT * FROM 'https://example.com/x.parquet'", "disabled"),
         ("SELECT nonsense FROM", "SQL error"),
     ]:

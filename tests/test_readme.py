@@ -18,7 +18,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def python_block(after_heading: str) -> str:
     text = README.read_text()
-    section = text[text.index(after_heading):]
+    section = text[text.index(after_heading) :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
 
 
@@ -36,8 +36,23 @@ def test_the_engine_example(traces: Path) -> None:
             return Text("Nothing more.")
         if not request.tool_results:
             return ToolCalls([Call("count_traces", {"filters": {"has_errors": True}})])
-        return ToolCalls([Call("final_answer", {"answer": "# Report\n\nRefunds fail.", "findings": [
-            {"title": "Refunds fail", "category": "tool_error", "recommendation": "Validate the order id."}]})])
+        return ToolCalls(
+            [
+                Call(
+                    "final_answer",
+                    {
+                        "answer": "# Report\n\nRefunds fail.",
+                        "findings": [
+                            {
+                                "title": "Refunds fail",
+                                "category": "tool_error",
+                                "recommendation": "Validate the order id.",
+                            }
+                        ],
+                    },
+                )
+            ]
+        )
 
     with ScriptedLLM(responder) as llm:
         code = python_block("### From Python").replace("http://localhost:8000/v1", llm.base_url)

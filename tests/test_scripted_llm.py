@@ -56,9 +56,16 @@ def test_non_streamed_text_carries_content_and_full_usage(scripted_llm):
     assert completion.object == "chat.completion"
     assert completion.model == "gpt-test"
     choice = completion.choices[0]
-    assert (choice.message.role, choice.message.content, choice.finish_reason) == ("assistant", "Hello there.", "stop")
-    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens, completion.usage.total_tokens) == (
-        120, 7, 127)
+    assert (choice.message.role, choice.message.content, choice.finish_reason) == (
+        "assistant",
+        "Hello there.",
+        "stop",
+    )
+    assert (
+        completion.usage.prompt_tokens,
+        completion.usage.completion_tokens,
+        completion.usage.total_tokens,
+    ) == (120, 7, 127)
     assert completion.usage.prompt_tokens_details.cached_tokens == 100
     assert completion.usage.completion_tokens_details.reasoning_tokens == 3
 
@@ -76,8 +83,11 @@ def test_streamed_text_arrives_in_several_deltas_then_a_usage_chunk(scripted_llm
     *content_chunks, usage_chunk = chunks
     assert all(chunk.usage is None for chunk in content_chunks)
     assert usage_chunk.choices == []
-    assert (usage_chunk.usage.prompt_tokens, usage_chunk.usage.completion_tokens, usage_chunk.usage.total_tokens) == (
-        50, 5, 55)
+    assert (
+        usage_chunk.usage.prompt_tokens,
+        usage_chunk.usage.completion_tokens,
+        usage_chunk.usage.total_tokens,
+    ) == (50, 5, 55)
     assert usage_chunk.usage.prompt_tokens_details.cached_tokens == 40
     assert usage_chunk.usage.completion_tokens_details.reasoning_tokens == 2
 
@@ -90,13 +100,15 @@ def test_stream_has_no_usage_unless_asked_for(scripted_llm):
 def test_usage_is_estimated_when_not_scripted(scripted_llm):
     llm = scripted_llm(Text("four words of reply"))
     with sync_client(llm) as client:
-        usage = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x" * 400}]).usage
+        usage = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x" * 400}]
+        ).usage
     assert (usage.prompt_tokens, usage.completion_tokens) == (100, 4)
 
 
 def test_content_given_as_a_list_fixes_the_stream_deltas(scripted_llm):
-    chunks = stream_chunks(scripted_llm(Text(["{\"a\": ", "\"\\u00e9", "\"}"])))
-    assert [c.choices[0].delta.content for c in chunks[1:-1]] == ["{\"a\": ", "\"\\u00e9", "\"}"]
+    chunks = stream_chunks(scripted_llm(Text(['{"a": ', '"\\u00e9', '"}'])))
+    assert [c.choices[0].delta.content for c in chunks[1:-1]] == ['{"a": ', '"\\u00e9', '"}']
 
 
 def test_finish_reason_length(scripted_llm):
@@ -107,7 +119,9 @@ def test_finish_reason_length(scripted_llm):
 
 
 def test_responder_shorthands_string_and_message_parts(scripted_llm):
-    llm = scripted_llm(Script([["Let me check. ", Call("search", {"q": "x"}), Call("read", {"path": "a"})], "Done."]))
+    llm = scripted_llm(
+        Script([["Let me check. ", Call("search", {"q": "x"}), Call("read", {"path": "a"})], "Done."])
+    )
     with sync_client(llm) as client:
         first = client.chat.completions.create(model="m", messages=HI).choices[0].message
         second = client.chat.completions.create(model="m", messages=HI).choices[0].message
@@ -121,24 +135,33 @@ def test_chunk_delay_streams_the_same_reply(scripted_llm):
     with sync_client(llm) as client, client.chat.completions.stream(model="m", messages=HI) as stream:
         calls = stream.get_final_completion().choices[0].message.tool_calls
     assert [(call.function.name, json.loads(call.function.arguments)) for call in calls] == [
-        ("a", {"x": 1}), ("b", {"y": 2})]
+        ("a", {"x": 1}),
+        ("b", {"y": 2}),
+    ]
 
 
 # --- tool calls
 
 
 PARALLEL = ToolCalls(
-    [Call("search_spans", {"query": 'status = "ERROR"', "limit": 20}), Call("read_file", {"path": "/srv/app.py"}),
-     Call("list_agents", {})],
+    [
+        Call("search_spans", {"query": 'status = "ERROR"', "limit": 20}),
+        Call("read_file", {"path": "/srv/app.py"}),
+        Call("list_agents", {}),
+    ],
     content="Looking at three things at once.",
 )
 
 
 def test_parallel_tool_calls_are_reassembled_by_the_sdk_stream_helper(scripted_llm):
     llm = scripted_llm(PARALLEL)
-    with sync_client(llm) as client, client.chat.completions.stream(
-            model="m", messages=HI, stream_options=WITH_USAGE) as stream:
-        deltas = [event.chunk.choices[0].delta for event in stream if event.type == "chunk" and event.chunk.choices]
+    with (
+        sync_client(llm) as client,
+        client.chat.completions.stream(model="m", messages=HI, stream_options=WITH_USAGE) as stream,
+    ):
+        deltas = [
+            event.chunk.choices[0].delta for event in stream if event.type == "chunk" and event.chunk.choices
+        ]
         message = stream.get_final_completion().choices[0].message
         finish_reason = stream.get_final_completion().choices[0].finish_reason
 
@@ -154,7 +177,10 @@ def test_parallel_tool_calls_are_reassembled_by_the_sdk_stream_helper(scripted_l
     tool_deltas = [call for delta in deltas for call in delta.tool_calls or []]
     openings = [d for d in tool_deltas if d.id is not None]
     assert [(d.index, d.type, d.function.name, d.function.arguments) for d in openings] == [
-        (0, "function", "search_spans", ""), (1, "function", "read_file", ""), (2, "function", "list_agents", "")]
+        (0, "function", "search_spans", ""),
+        (1, "function", "read_file", ""),
+        (2, "function", "list_agents", ""),
+    ]
     pieces = [d for d in tool_deltas if d.id is None]
     assert all(d.type is None and d.function.name is None for d in pieces)
     assert [d.index for d in pieces] == [0, 1, 2, 0, 1, 2, 0, 1, 0, 1]  # "{}" of list_agents makes two pieces
@@ -166,8 +192,11 @@ def test_sdk_stream_helper_reports_interleaved_calls_done_too_early(scripted_llm
     # arguments. Only `get_final_completion()` (or the engine's own accumulation) is reliable.
     llm = scripted_llm(ToolCalls([Call("a", {"x": 1}), Call("b", {"y": 2})]))
     with sync_client(llm) as client, client.chat.completions.stream(model="m", messages=HI) as stream:
-        done = [(event.index, event.arguments) for event in stream
-                if event.type == "tool_calls.function.arguments.done"]
+        done = [
+            (event.index, event.arguments)
+            for event in stream
+            if event.type == "tool_calls.function.arguments.done"
+        ]
     assert done[0] == (0, "")
 
 
@@ -194,7 +223,8 @@ def test_async_stream_deltas_accumulate_into_tool_calls(scripted_llm):
 
     calls = asyncio.run(collect())
     assert [(c["name"], json.loads(c["arguments"])) for c in calls.values()] == [
-        (call.name, call.arguments) for call in PARALLEL.calls]
+        (call.name, call.arguments) for call in PARALLEL.calls
+    ]
     assert [c["id"] for c in calls.values()] == ["call_1_0", "call_1_1", "call_1_2"]
 
 
@@ -267,17 +297,24 @@ def test_context_length_exceeded_has_openais_error_body(scripted_llm):
     with sync_client(llm) as client, pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="m", messages=HI)
     error = caught.value
-    assert (error.code, error.param, error.type) == ("context_length_exceeded", "messages", "invalid_request_error")
+    assert (error.code, error.param, error.type) == (
+        "context_length_exceeded",
+        "messages",
+        "invalid_request_error",
+    )
     assert error.body["message"].startswith("This model's maximum context length is")
     assert len(llm.requests) == 1  # 4xx other than 408/409/429 are not retried
 
 
-@pytest.mark.parametrize(("fault", "exception", "code"), [
-    (HTTPError.invalid_api_key(), openai.AuthenticationError, "invalid_api_key"),
-    (HTTPError.permission_denied(), openai.PermissionDeniedError, "unsupported_country_region_territory"),
-    (HTTPError.model_not_found("gpt-nope"), openai.NotFoundError, "model_not_found"),
-    (HTTPError(422, "bad_schema", "Unprocessable"), openai.UnprocessableEntityError, "bad_schema"),
-])
+@pytest.mark.parametrize(
+    ("fault", "exception", "code"),
+    [
+        (HTTPError.invalid_api_key(), openai.AuthenticationError, "invalid_api_key"),
+        (HTTPError.permission_denied(), openai.PermissionDeniedError, "unsupported_country_region_territory"),
+        (HTTPError.model_not_found("gpt-nope"), openai.NotFoundError, "model_not_found"),
+        (HTTPError(422, "bad_schema", "Unprocessable"), openai.UnprocessableEntityError, "bad_schema"),
+    ],
+)
 def test_http_errors_map_to_sdk_exceptions(scripted_llm, fault, exception, code):
     llm = scripted_llm(fault)
     with sync_client(llm) as client, pytest.raises(exception) as caught:
@@ -341,20 +378,28 @@ def test_cut_non_streamed_body_raises_api_connection_error(scripted_llm):
 def test_cut_non_streamed_body_is_retried_by_the_sdk(scripted_llm):
     llm = scripted_llm(Script([CutStream(), Text("second try")]))
     with sync_client(llm, max_retries=1) as client:  # the SDK's own backoff (~0.4 s) before the retry
-        assert client.chat.completions.create(model="m", messages=HI).choices[0].message.content == "second try"
+        assert (
+            client.chat.completions.create(model="m", messages=HI).choices[0].message.content == "second try"
+        )
     assert len(llm.requests) == 2
 
 
 def test_delay_then_reply(scripted_llm):
     llm = scripted_llm(Delay(0.01, Text("late but fine")))
     with sync_client(llm) as client:
-        assert client.chat.completions.create(model="m", messages=HI).choices[0].message.content == "late but fine"
+        assert (
+            client.chat.completions.create(model="m", messages=HI).choices[0].message.content
+            == "late but fine"
+        )
 
 
 @pytest.mark.parametrize("stall", [Delay(30, Text("too late")), Hang()])
 def test_stall_past_the_client_timeout_raises_api_timeout_error(scripted_llm, stall):
     llm = scripted_llm(stall)
-    with sync_client(llm, max_retries=0, timeout=0.2) as client, pytest.raises(openai.APITimeoutError) as caught:
+    with (
+        sync_client(llm, max_retries=0, timeout=0.2) as client,
+        pytest.raises(openai.APITimeoutError) as caught,
+    ):
         client.chat.completions.create(model="m", messages=HI, stream=True)
     assert isinstance(caught.value.__cause__, httpx2.ReadTimeout)
     # Teardown closes the server, which releases the stalled handler instead of waiting for it.
@@ -374,7 +419,11 @@ def test_fifty_concurrent_async_streams_are_served_at_once(scripted_llm):
 
     async def one(client: openai.AsyncOpenAI, n: int) -> str:
         stream = await client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": f"task {n}"}], stream=True, stream_options=WITH_USAGE)
+            model="m",
+            messages=[{"role": "user", "content": f"task {n}"}],
+            stream=True,
+            stream_options=WITH_USAGE,
+        )
         return "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
 
     async def run_all() -> list[str]:
@@ -394,22 +443,35 @@ def run_agent(client: openai.OpenAI, task: str, tools: dict) -> str:
             return message.content
         messages.append(message.model_dump(exclude_none=True))
         with ThreadPoolExecutor() as pool:
-            results = pool.map(lambda call: tools[call.function.name](**json.loads(call.function.arguments)),
-                               message.tool_calls)
-            messages += [{"role": "tool", "tool_call_id": call.id, "content": result}
-                         for call, result in zip(message.tool_calls, results)]
+            results = pool.map(
+                lambda call: tools[call.function.name](**json.loads(call.function.arguments)),
+                message.tool_calls,
+            )
+            messages += [
+                {"role": "tool", "tool_call_id": call.id, "content": result}
+                for call, result in zip(message.tool_calls, results)
+            ]
 
 
 def test_script_routes_root_and_concurrent_sub_agents_to_their_own_queues(scripted_llm):
-    script = Script({
-        "Investigate the outage": [
-            ToolCalls([Call("spawn_agent", {"task": "Check the auth service"}),
-                       Call("spawn_agent", {"task": "Check the database"})]),
-            Text("Root cause: an expired certificate."),
-        ],
-        "Check the auth service": [ToolCalls([Call("read_logs", {"service": "auth"})]), Text("auth: cert expired")],
-        "Check the database": [Text("db: healthy")],
-    })
+    script = Script(
+        {
+            "Investigate the outage": [
+                ToolCalls(
+                    [
+                        Call("spawn_agent", {"task": "Check the auth service"}),
+                        Call("spawn_agent", {"task": "Check the database"}),
+                    ]
+                ),
+                Text("Root cause: an expired certificate."),
+            ],
+            "Check the auth service": [
+                ToolCalls([Call("read_logs", {"service": "auth"})]),
+                Text("auth: cert expired"),
+            ],
+            "Check the database": [Text("db: healthy")],
+        }
+    )
     llm = scripted_llm(script)
     with sync_client(llm) as client:
         tools = {
@@ -418,7 +480,11 @@ def test_script_routes_root_and_concurrent_sub_agents_to_their_own_queues(script
         }
         assert run_agent(client, "Investigate the outage", tools) == "Root cause: an expired certificate."
 
-    assert script.remaining() == {"Investigate the outage": 0, "Check the auth service": 0, "Check the database": 0}
+    assert script.remaining() == {
+        "Investigate the outage": 0,
+        "Check the auth service": 0,
+        "Check the database": 0,
+    }
     final_root_request = llm.chat_requests[-1]
     assert [m["content"] for m in final_root_request.tool_results] == ["auth: cert expired", "db: healthy"]
 
@@ -436,7 +502,10 @@ def test_script_key_can_be_chosen_and_queues_extended(scripted_llm):
     script.add("root", Text("from root queue"))
     llm = scripted_llm(script)
     with sync_client(llm, default_headers={"X-Agent-Id": "root"}) as client:
-        assert client.chat.completions.create(model="m", messages=HI).choices[0].message.content == "from root queue"
+        assert (
+            client.chat.completions.create(model="m", messages=HI).choices[0].message.content
+            == "from root queue"
+        )
 
 
 def test_dry_script_fails_loudly_once_and_again_on_exit():
@@ -477,7 +546,9 @@ def test_request_headers_are_recorded_and_keyless_clients_send_no_authorization(
         client.chat.completions.create(model="m", messages=HI)
     # openai 3.52 refuses an empty api_key; a keyless provider needs the header omitted per request.
     with openai.OpenAI(base_url=llm.base_url, api_key="unused") as keyless:
-        keyless.chat.completions.create(model="m", messages=HI, extra_headers={"Authorization": openai.Omit()})
+        keyless.chat.completions.create(
+            model="m", messages=HI, extra_headers={"Authorization": openai.Omit()}
+        )
 
     with_key, without_key = llm.requests
     assert with_key.headers["authorization"] == "Bearer test"
@@ -493,19 +564,36 @@ def test_chat_request_exposes_what_the_engine_sent(scripted_llm):
         {"role": "system", "content": "Be terse."},
         {"role": "developer", "content": [{"type": "text", "text": "Use tools."}]},
         {"role": "user", "content": "Find slow spans."},
-        {"role": "assistant", "content": None,
-         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "query", "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "query", "arguments": "{}"}}
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "3 spans"},
-        {"role": "user", "content": [{"type": "text", "text": "Now "}, {"type": "text", "text": "summarize."}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Now "}, {"type": "text", "text": "summarize."}],
+        },
     ]
     tools = [{"type": "function", "function": {"name": "query", "parameters": {"type": "object"}}}]
     with sync_client(llm) as client:
         client.chat.completions.create(
-            model="gpt-test", messages=messages, tools=tools, tool_choice="auto", parallel_tool_calls=True,
-            max_completion_tokens=256, temperature=0.2, reasoning_effort="low", stream=True, stream_options=WITH_USAGE,
-            extra_headers={"X-Agent": "root"})
+            model="gpt-test",
+            messages=messages,
+            tools=tools,
+            tool_choice="auto",
+            parallel_tool_calls=True,
+            max_completion_tokens=256,
+            temperature=0.2,
+            reasoning_effort="low",
+            stream=True,
+            stream_options=WITH_USAGE,
+            extra_headers={"X-Agent": "root"},
+        )
 
-    request, = seen
+    (request,) = seen
     assert (request.model, request.stream, request.include_usage) == ("gpt-test", True, True)
     assert (request.max_tokens, request.temperature, request.reasoning_effort) == (256, 0.2, "low")
     assert (request.tool_choice, request.parallel_tool_calls) == ("auto", True)

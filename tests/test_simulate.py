@@ -19,8 +19,20 @@ import pytest
 from halo_rlm import simulate as sim
 from halo_rlm.simulate import DEFAULT_DISTRACTOR_RATE, DEFAULT_RATES, GroundTruth, simulate
 
-HALO_KEYS = ["trace_id", "span_id", "parent_span_id", "trace_state", "name", "kind", "start_time", "end_time",
-             "status", "resource", "scope", "attributes"]
+HALO_KEYS = [
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "trace_state",
+    "name",
+    "kind",
+    "start_time",
+    "end_time",
+    "status",
+    "resource",
+    "scope",
+    "attributes",
+]
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
 HEX = re.compile(r"^[0-9a-f]+$")
 ANY_VALUE_KEYS = {"stringValue", "boolValue", "intValue", "doubleValue", "arrayValue"}
@@ -52,21 +64,39 @@ def read_spans(path: Path, format: str) -> list[dict]:
     for line in _lines(path):
         if format == "halo":
             d = orjson.loads(line)
-            spans.append({"trace": d["trace_id"], "id": d["span_id"], "parent": d["parent_span_id"],
-                          "name": d["name"], "start": _ns(d["start_time"]), "end": _ns(d["end_time"]),
-                          "error": d["status"]["code"] == "STATUS_CODE_ERROR",
-                          "message": d["status"]["message"],
-                          "service": d["resource"]["attributes"]["service.name"], "attrs": d["attributes"]})
+            spans.append(
+                {
+                    "trace": d["trace_id"],
+                    "id": d["span_id"],
+                    "parent": d["parent_span_id"],
+                    "name": d["name"],
+                    "start": _ns(d["start_time"]),
+                    "end": _ns(d["end_time"]),
+                    "error": d["status"]["code"] == "STATUS_CODE_ERROR",
+                    "message": d["status"]["message"],
+                    "service": d["resource"]["attributes"]["service.name"],
+                    "attrs": d["attributes"],
+                }
+            )
             continue
         for rs in orjson.loads(line)["resourceSpans"]:
             service = {kv["key"]: _value(kv["value"]) for kv in rs["resource"]["attributes"]}["service.name"]
             for ss in rs["scopeSpans"]:
                 for s in ss["spans"]:
-                    spans.append({"trace": s["traceId"], "id": s["spanId"], "parent": s["parentSpanId"],
-                                  "name": s["name"], "start": int(s["startTimeUnixNano"]),
-                                  "end": int(s["endTimeUnixNano"]), "error": s["status"]["code"] == 2,
-                                  "message": s["status"].get("message", ""), "service": service,
-                                  "attrs": {kv["key"]: _value(kv["value"]) for kv in s["attributes"]}})
+                    spans.append(
+                        {
+                            "trace": s["traceId"],
+                            "id": s["spanId"],
+                            "parent": s["parentSpanId"],
+                            "name": s["name"],
+                            "start": int(s["startTimeUnixNano"]),
+                            "end": int(s["endTimeUnixNano"]),
+                            "error": s["status"]["code"] == 2,
+                            "message": s["status"].get("message", ""),
+                            "service": service,
+                            "attrs": {kv["key"]: _value(kv["value"]) for kv in s["attributes"]},
+                        }
+                    )
     return spans
 
 
@@ -125,17 +155,22 @@ EVIDENCE = {
     "hallucinated_tool": lambda spans, key: any(tool(s) == key for s in spans),
     "repetition_loop": lambda spans, key: _repeated_calls(spans, key) >= 3,
     "latency": lambda spans, key: any(tool(s) == key and seconds(s) > 5 for s in spans),
-    "rate_limit": lambda spans, key: any(model(s) == key and s["error"] and "429" in s["message"]
-                                         for s in spans),
-    "context_overflow": lambda spans, key: any(model(s) == key and "context_length_exceeded" in s["message"]
-                                               for s in spans),
-    "empty_or_truncated_output": lambda spans, key: any(model(s) == key and finish_reason(s) == "length"
-                                                        for s in spans),
+    "rate_limit": lambda spans, key: any(
+        model(s) == key and s["error"] and "429" in s["message"] for s in spans
+    ),
+    "context_overflow": lambda spans, key: any(
+        model(s) == key and "context_length_exceeded" in s["message"] for s in spans
+    ),
+    "empty_or_truncated_output": lambda spans, key: any(
+        model(s) == key and finish_reason(s) == "length" for s in spans
+    ),
     "cost": lambda spans, key: any(prompt_tokens(s) > 30_000 for s in spans),
-    "refusal": lambda spans, key: any(s["parent"] == "" and s["attrs"].get("output.value") in REFUSALS
-                                      for s in spans),
-    "max_turns": lambda spans, key: any(s["parent"] == "" and s["message"] == "Max turns (10) exceeded"
-                                        for s in spans),
+    "refusal": lambda spans, key: any(
+        s["parent"] == "" and s["attrs"].get("output.value") in REFUSALS for s in spans
+    ),
+    "max_turns": lambda spans, key: any(
+        s["parent"] == "" and s["message"] == "Max turns (10) exceeded" for s in spans
+    ),
     "guardrail": lambda spans, key: any(s["attrs"].get("guardrail.triggered") is True for s in spans),
     "handoff": lambda spans, key: any(s["name"] == "handoff" and s["error"] for s in spans),
 }
@@ -192,8 +227,15 @@ def test_truth_file_round_trips_and_has_the_documented_shape(corpora):
     assert set(data) == {"corpus", "patterns", "distractor_trace_ids", "healthy_traces"}
     assert {"traces", "spans", "seed", "format", "rates"} <= set(data["corpus"])
     for pattern in data["patterns"]:
-        assert {"id", "category", "description", "key", "affected_trace_ids", "affected_traces",
-                "systemic"} <= set(pattern)
+        assert {
+            "id",
+            "category",
+            "description",
+            "key",
+            "affected_trace_ids",
+            "affected_traces",
+            "systemic",
+        } <= set(pattern)
         assert pattern["affected_trace_ids"] == sorted(pattern["affected_trace_ids"])
 
 
@@ -201,16 +243,24 @@ def test_score_matches_findings_to_patterns_by_category_and_key(corpora):
     truth, _ = corpora["halo"]
     planted = {p.id: p.affected_traces for p in truth.patterns}
     tool, loop = planted["tool_error:lookup_order"], planted["repetition_loop:web_search"]
-    findings = [SimpleNamespace(category="tool_error", key="lookup_order", affected_traces=tool),
-                # one pattern split over two findings: each half is far off the truth
-                SimpleNamespace(category="repetition_loop", key="web_search", affected_traces=loop // 2),
-                SimpleNamespace(category="repetition_loop", key="web_search", affected_traces=loop - loop // 2),
-                SimpleNamespace(category="tool_error", key="export_calendar", affected_traces=3)]
+    findings = [
+        SimpleNamespace(category="tool_error", key="lookup_order", affected_traces=tool),
+        # one pattern split over two findings: each half is far off the truth
+        SimpleNamespace(category="repetition_loop", key="web_search", affected_traces=loop // 2),
+        SimpleNamespace(category="repetition_loop", key="web_search", affected_traces=loop - loop // 2),
+        SimpleNamespace(category="tool_error", key="export_calendar", affected_traces=3),
+    ]
     score = truth.score(findings)
     systemic = [pid for pid, n in planted.items() if n >= 0.02 * 2_000]
-    assert score.systemic == systemic and {"tool_error:lookup_order", "repetition_loop:web_search"} <= set(systemic)
+    assert score.systemic == systemic and {"tool_error:lookup_order", "repetition_loop:web_search"} <= set(
+        systemic
+    )
     assert score.recall == 2 / len(systemic) and len(score.missed) == len(systemic) - 2
-    assert score.found == 3 and score.false_positives == ["tool_error:export_calendar"] and score.precision == 2 / 3
+    assert (
+        score.found == 3
+        and score.false_positives == ["tool_error:export_calendar"]
+        and score.precision == 2 / 3
+    )
     assert score.count_errors["tool_error:lookup_order"] == 0 and score.worst_count_error >= 0.5
 
 
@@ -361,8 +411,9 @@ def test_rates_are_respected(corpora):
 
 
 def test_rates_can_be_changed_and_turned_off(tmp_path):
-    truth = simulate(tmp_path / "t.jsonl", traces=400, rates={"tool_error": 0.0, "guardrail": 0.15},
-                     distractors=0)
+    truth = simulate(
+        tmp_path / "t.jsonl", traces=400, rates={"tool_error": 0.0, "guardrail": 0.15}, distractors=0
+    )
     counts = {p.category: p.affected_traces for p in truth.patterns}
     assert "tool_error" not in counts and not truth.distractor_trace_ids
     assert 0.1 * 400 <= counts["guardrail"] <= 0.2 * 400
@@ -376,13 +427,21 @@ def test_services_use_their_own_conventions(corpora):
     for s in spans:
         keys[s["service"]].update(s["attrs"])
     genai = keys["code-helper"]
-    assert {"gen_ai.operation.name", "gen_ai.input.messages", "gen_ai.usage.input_tokens",
-            "gen_ai.tool.call.arguments"} <= genai
+    assert {
+        "gen_ai.operation.name",
+        "gen_ai.input.messages",
+        "gen_ai.usage.input_tokens",
+        "gen_ai.tool.call.arguments",
+    } <= genai
     assert not any(k.startswith("llm.") for k in genai)
     assert "llm.input_messages" in keys["billing-agent"]
     assert "llm.input_messages.0.message.role" not in keys["billing-agent"]
     assert "llm.input_messages" not in keys["research-assistant"]
     assert "llm.input_messages.0.message.role" in keys["research-assistant"]
-    assert {"llm.input_messages", "llm.input_messages.0.message.role", "inference.llm.input_tokens",
-            "agent.tools"} <= keys["support-bot"]
+    assert {
+        "llm.input_messages",
+        "llm.input_messages.0.message.role",
+        "inference.llm.input_tokens",
+        "agent.tools",
+    } <= keys["support-bot"]
     assert "llm.cost.total" in keys["billing-agent"] and "llm.cost.total" not in keys["travel-planner"]

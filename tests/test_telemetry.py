@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 from scripted_llm import Call, ChatRequest, Hang, HTTPError, ScriptedLLM, Text, ToolCalls, Usage
 
-from halo_rlm import collect, sandbox, telemetry
-from halo_rlm import llm as llm_module
+from halo_rlm import collect, sandbox
+from halo_rlm.engine import telemetry
 from halo_rlm.cli import cli
 from halo_rlm.engine import AgentOutputItem, EngineConfig, EngineError, stream_engine_async
 from halo_rlm.llm import LLMError
@@ -23,6 +23,9 @@ from halo_rlm.pricing import Price
 from halo_rlm.report import Report
 from halo_rlm.simulate import simulate
 from halo_rlm.store import TraceStore
+from halo_rlm.utils import RetryPolicy
+
+NO_WAIT = RetryPolicy(sleep=lambda seconds: None)  # retries in these tests do not wait
 
 USAGE = Usage(prompt=100, completion=20, cached=30, reasoning=5)
 PRICE = Price(input=1.0, cached_input=0.5, output=2.0)
@@ -51,13 +54,16 @@ def store(store_path: Path) -> Iterator[TraceStore]:
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No retry waits, no provider or OTLP settings from the machine, and a scratch working directory."""
-    async def no_wait(seconds: float) -> None:
-        return None
-
-    monkeypatch.setattr(llm_module, "_sleep", no_wait)
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", telemetry.PATH_VARIABLE, *telemetry.OTLP_ENDPOINTS,
-                 *telemetry.OTLP_PROTOCOLS, "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
+    """No provider or OTLP settings from the machine, and a scratch working directory."""
+    for name in (
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        telemetry.PATH_VARIABLE,
+        *telemetry.OTLP_ENDPOINTS,
+        *telemetry.OTLP_PROTOCOLS,
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
 
@@ -71,7 +77,9 @@ def finish() -> ToolCalls:
 
 
 def quick_finish(request: ChatRequest) -> Any:
-    return ToolCalls([Call("get_dataset_overview", {})], usage=USAGE) if not request.tool_results else finish()
+    return (
+        ToolCalls([Call("get_dataset_overview", {})], usage=USAGE) if not request.tool_results else finish()
+    )
 
 
 def first_calls() -> list[Call]:
@@ -103,10 +111,20 @@ def recursive(request: ChatRequest) -> Any:
 
 def run(responder: Any, store: TraceStore, traced: bool | None = None, **overrides: Any) -> list[Any]:
     """The engine's events; `traced` is stream_engine_async's `telemetry` keyword, `overrides` the config's."""
+
     async def collect_events(llm: ScriptedLLM) -> list[Any]:
-        options = {"base_url": llm.base_url, "api_key": "test-key", "model": "scripted-model"} | overrides
-        return [e async for e in stream_engine_async("Find the failures.", EngineConfig(**options), store=store,
-                                                     telemetry=traced)]
+        options = {
+            "base_url": llm.base_url,
+            "api_key": "test-key",
+            "model": "scripted-model",
+            "retry": NO_WAIT,
+        } | overrides
+        return [
+            e
+            async for e in stream_engine_async(
+                "Find the failures.", EngineConfig(**options), store=store, telemetry=traced
+            )
+        ]
 
     with ScriptedLLM(responder) as llm:
         return asyncio.run(collect_events(llm))
@@ -125,7 +143,9 @@ def read_back(path: Path, tmp_path: Path) -> list[dict[str, Any]]:
         return telemetry_store.query("SELECT * FROM spans ORDER BY start_ns")
 
 
-def children(spans: list[dict[str, Any]], parent: dict[str, Any], kind: str | None = None) -> list[dict[str, Any]]:
+def children(
+    spans: list[dict[str, Any]], parent: dict[str, Any], kind: str | None = None
+) -> list[dict[str, Any]]:
     return [s for s in spans if s["parent_id"] == parent["span_id"] and kind in (None, s["kind"])]
 
 
@@ -133,8 +153,15 @@ def children(spans: list[dict[str, Any]], parent: dict[str, Any], kind: str | No
 
 
 def test_a_recursive_run_is_one_trace_of_openinference_spans(store: TraceStore, tmp_path: Path) -> None:
-    events = run(recursive, store, traced=True, max_depth=2, synthesis_model="cheap", out_dir=tmp_path / "out",
-                 prices={"scripted-model": PRICE})
+    events = run(
+        recursive,
+        store,
+        traced=True,
+        max_depth=2,
+        synthesis_model="cheap",
+        out_dir=tmp_path / "out",
+        prices={"scripted-model": PRICE},
+    )
     report = report_of(events)
     path = Path(report.telemetry or "")
     assert path.parent == tmp_path / "out" and path.name.startswith("halo-telemetry-") and path.is_file()
@@ -143,7 +170,9 @@ def test_a_recursive_run_is_one_trace_of_openinference_spans(store: TraceStore, 
 
     assert len({s["trace_id"] for s in spans}) == 1
     ids = {s["span_id"] for s in spans}
-    assert all(s["parent_id"] in ids for s in spans if s["parent_id"]) and not any(s["is_orphan"] for s in spans)
+    assert all(s["parent_id"] in ids for s in spans if s["parent_id"]) and not any(
+        s["is_orphan"] for s in spans
+    )
     assert {s["kind"] for s in spans} == {"CHAIN", "AGENT", "LLM", "TOOL"}
     assert {s["service"] for s in spans} == {"halo"}
 
@@ -152,20 +181,38 @@ def test_a_recursive_run_is_one_trace_of_openinference_spans(store: TraceStore, 
     assert top["input_value"] == "Find the failures." and top["output_value"] == "# Report\n\nDone."
     assert len(top["session_id"]) == 32 and {s["session_id"] for s in spans} == {top["session_id"], None}
     [root] = children(spans, top)
-    assert (root["name"], root["kind"], root["agent_name"], root["status"]) == ("halo.agent root", "AGENT", "root", "OK")
+    assert (root["name"], root["kind"], root["agent_name"], root["status"]) == (
+        "halo.agent root",
+        "AGENT",
+        "root",
+        "OK",
+    )
 
     # Tools under the agent that called them; a sub-agent under the call_subagent call that spawned it.
     tools = {s["tool_name"]: s for s in children(spans, root, "TOOL")}
     assert set(tools) >= {"get_dataset_overview", "count_traces", "call_subagent", "final_answer"}
-    assert tools["count_traces"]["status"] == "ERROR" and "not valid JSON" in tools["count_traces"]["status_message"]
-    assert tools["count_traces"]["tool_args"] == "{not json" and tools["count_traces"]["tool_result"].startswith("ERROR:")
-    assert tools["get_dataset_overview"]["status"] == "OK" and '"traces":30' in tools["get_dataset_overview"]["tool_result"]
+    assert (
+        tools["count_traces"]["status"] == "ERROR"
+        and "not valid JSON" in tools["count_traces"]["status_message"]
+    )
+    assert tools["count_traces"]["tool_args"] == "{not json" and tools["count_traces"][
+        "tool_result"
+    ].startswith("ERROR:")
+    assert (
+        tools["get_dataset_overview"]["status"] == "OK"
+        and '"traces":30' in tools["get_dataset_overview"]["tool_result"]
+    )
     [sub1] = children(spans, tools["call_subagent"], "AGENT")
-    assert (sub1["agent_name"], sub1["input_value"], sub1["output_value"]) == ("sub1", "Look into the tool errors",
-                                                                               "Found it.")
+    assert (sub1["agent_name"], sub1["input_value"], sub1["output_value"]) == (
+        "sub1",
+        "Look into the tool errors",
+        "Found it.",
+    )
     [deeper_call] = [s for s in children(spans, sub1, "TOOL") if s["tool_name"] == "call_subagent"]
     [sub2] = children(spans, deeper_call, "AGENT")
-    assert sub2["agent_name"] == "sub2" and [s["tool_name"] for s in children(spans, sub2, "TOOL")] == ["count_traces"]
+    assert sub2["agent_name"] == "sub2" and [s["tool_name"] for s in children(spans, sub2, "TOOL")] == [
+        "count_traces"
+    ]
 
     # One LLM span per model call, under the agent that made it, with the provider's usage and its cost.
     llm_spans = [s for s in spans if s["kind"] == "LLM"]
@@ -182,7 +229,8 @@ def test_a_recursive_run_is_one_trace_of_openinference_spans(store: TraceStore, 
     assert {"call_subagent", "final_answer", "get_dataset_overview"} <= set(first_call["tools_offered"])
     usage = report.usage
     assert usage is not None and sum(s["input_tokens"] for s in llm_spans) == sum(
-        m.input_tokens for m in usage.models.values())
+        m.input_tokens for m in usage.models.values()
+    )
 
     if HAS_SANDBOX:  # code's own model calls sit under the run_code call
         [code_call] = children(spans, tools["run_code"], "LLM")
@@ -207,9 +255,13 @@ def test_llm_spans_carry_the_conversation_cut_to_size(store: TraceStore, tmp_pat
     kept = second["llm.input_messages.2.message.content"]
     assert kept.startswith("start x") and kept.endswith("x end") and "characters cut" in kept
     assert len(kept) < telemetry.MESSAGE_CHARS + 100
-    assert second["llm.input_messages.2.message.tool_calls.0.tool_call.function.name"] == "get_dataset_overview"
-    assert second["llm.input_messages.3.message.tool_call_id"] == second[
-        "llm.input_messages.2.message.tool_calls.0.tool_call.id"]
+    assert (
+        second["llm.input_messages.2.message.tool_calls.0.tool_call.function.name"] == "get_dataset_overview"
+    )
+    assert (
+        second["llm.input_messages.3.message.tool_call_id"]
+        == second["llm.input_messages.2.message.tool_calls.0.tool_call.id"]
+    )
     assert second["llm.output_messages.0.message.tool_calls.0.tool_call.function.name"] == "final_answer"
     assert orjson.loads(second["llm.invocation_parameters"]) == {"parallel_tool_calls": True}
     tool = next(s for s in lines if s["name"] == "halo.tool get_dataset_overview")["attributes"]
@@ -220,13 +272,16 @@ def test_llm_spans_carry_the_conversation_cut_to_size(store: TraceStore, tmp_pat
 # --- failures -------------------------------------------------------------------------------------
 
 
-def test_a_failed_run_still_writes_its_spans_with_the_error(store: TraceStore, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_run_still_writes_its_spans_with_the_error(
+    store: TraceStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "failed.jsonl"
     monkeypatch.setenv(telemetry.PATH_VARIABLE, str(path))
 
     async def failing(llm: ScriptedLLM) -> None:
-        config = EngineConfig(base_url=llm.base_url, api_key="test-key", model="scripted-model", telemetry=True)
+        config = EngineConfig(
+            base_url=llm.base_url, api_key="test-key", model="scripted-model", telemetry=True, retry=NO_WAIT
+        )
         async for _ in stream_engine_async("Find the failures.", config, store=store):
             pass
 
@@ -241,16 +296,21 @@ def test_a_failed_run_still_writes_its_spans_with_the_error(store: TraceStore, t
     assert by_name["halo.agent root"]["status"] == by_name["halo.run"]["status"] == "ERROR"
 
 
-def test_a_cancelled_run_flushes_its_spans_marked_cancelled(store: TraceStore, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cancelled_run_flushes_its_spans_marked_cancelled(
+    store: TraceStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "cancelled.jsonl"
     monkeypatch.setenv(telemetry.PATH_VARIABLE, str(path))
 
     def responder(request: ChatRequest) -> Any:
-        return ToolCalls([Call("get_dataset_overview", {})], usage=USAGE) if not request.tool_results else Hang()
+        return (
+            ToolCalls([Call("get_dataset_overview", {})], usage=USAGE) if not request.tool_results else Hang()
+        )
 
     async def stop_early(llm: ScriptedLLM) -> None:
-        config = EngineConfig(base_url=llm.base_url, api_key="test-key", model="scripted-model", telemetry=True)
+        config = EngineConfig(
+            base_url=llm.base_url, api_key="test-key", model="scripted-model", telemetry=True, retry=NO_WAIT
+        )
         events = stream_engine_async("Find the failures.", config, store=store)
         async for event in events:
             if isinstance(event, AgentOutputItem) and event.item.role == "tool":
@@ -267,7 +327,9 @@ def test_a_cancelled_run_flushes_its_spans_marked_cancelled(store: TraceStore, t
     assert by_name["halo.agent root"][0]["status"] == "ERROR"
 
 
-def test_a_grpc_protocol_is_refused_before_the_run(store: TraceStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_grpc_protocol_is_refused_before_the_run(
+    store: TraceStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
     with ScriptedLLM(quick_finish) as llm:
@@ -277,7 +339,9 @@ def test_a_grpc_protocol_is_refused_before_the_run(store: TraceStore, monkeypatc
 
 
 async def _consume(llm: ScriptedLLM, store: TraceStore) -> None:
-    config = EngineConfig(base_url=llm.base_url, api_key="test-key", model="scripted-model", telemetry=True)
+    config = EngineConfig(
+        base_url=llm.base_url, api_key="test-key", model="scripted-model", telemetry=True, retry=NO_WAIT
+    )
     async for _ in stream_engine_async("Find the failures.", config, store=store):
         pass
 
@@ -293,12 +357,16 @@ def test_off_creates_nothing(store: TraceStore, tmp_path: Path, monkeypatch: pyt
     report = report_of(run(quick_finish, store, out_dir=tmp_path / "out"))
     assert report.telemetry is None and not any("Telemetry" in note for note in report.notes)
     # stream_engine_async's keyword overrides the config.
-    assert report_of(run(quick_finish, store, traced=False, telemetry=True, out_dir=tmp_path / "out")).telemetry is None
+    assert (
+        report_of(run(quick_finish, store, traced=False, telemetry=True, out_dir=tmp_path / "out")).telemetry
+        is None
+    )
     assert list(tmp_path.rglob("halo-telemetry-*")) == []
 
 
 def test_files_go_to_the_variable_then_the_report_folder_then_here(
-        store: TraceStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store: TraceStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     here = report_of(run(quick_finish, store, traced=True)).telemetry
     assert here is not None and Path(here).parent.resolve() == tmp_path.resolve() and Path(here).is_file()
     beside = report_of(run(quick_finish, store, traced=True, out_dir=Path("out"))).telemetry
@@ -306,12 +374,15 @@ def test_files_go_to_the_variable_then_the_report_folder_then_here(
     gathered = tmp_path / "all" / "halo.jsonl"
     monkeypatch.setenv(telemetry.PATH_VARIABLE, str(gathered))
     for _ in range(2):  # appended to: one file, one trace per run
-        assert report_of(run(quick_finish, store, traced=True, out_dir=tmp_path / "out")).telemetry == str(gathered)
+        assert report_of(run(quick_finish, store, traced=True, out_dir=tmp_path / "out")).telemetry == str(
+            gathered
+        )
     assert len({s["trace_id"] for s in read_back(gathered, tmp_path)}) == 2
 
 
 def test_spans_go_over_otlp_when_the_standard_variables_say_so(
-        store: TraceStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store: TraceStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with collect.serve(store=tmp_path / "collected.duckdb", port=0, token="collector-token") as collector:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", collector.traces_url)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "authorization=Bearer collector-token")
@@ -321,9 +392,13 @@ def test_spans_go_over_otlp_when_the_standard_variables_say_so(
     with TraceStore.open(tmp_path / "collected.duckdb", read_only=True) as collected:
         rows = collected.query("SELECT name, kind, service FROM spans ORDER BY start_ns")
     assert [(r["name"], r["kind"]) for r in rows] == [
-        ("halo.run", "CHAIN"), ("halo.agent root", "AGENT"), ("halo.llm scripted-model", "LLM"),
-        ("halo.tool get_dataset_overview", "TOOL"), ("halo.llm scripted-model", "LLM"),
-        ("halo.tool final_answer", "TOOL")]
+        ("halo.run", "CHAIN"),
+        ("halo.agent root", "AGENT"),
+        ("halo.llm scripted-model", "LLM"),
+        ("halo.tool get_dataset_overview", "TOOL"),
+        ("halo.llm scripted-model", "LLM"),
+        ("halo.tool final_answer", "TOOL"),
+    ]
     assert {r["service"] for r in rows} == {"halo"}
     assert list(tmp_path.rglob("halo-telemetry-*")) == []
 
@@ -337,12 +412,21 @@ def test_keys_and_headers_never_reach_the_spans(store: TraceStore, tmp_path: Pat
     def echoing(request: ChatRequest) -> Any:
         # A provider (or a model) repeating credentials back: they must still not be written.
         if not request.tool_results:
-            return ToolCalls([Call("get_dataset_overview", {"note": f"{key} {header}"})],
-                             content=f"I was called with {key} and {header}.", usage=USAGE)
+            return ToolCalls(
+                [Call("get_dataset_overview", {"note": f"{key} {header}"})],
+                content=f"I was called with {key} and {header}.",
+                usage=USAGE,
+            )
         return finish()
 
-    events = run(echoing, store, traced=True, out_dir=tmp_path / "out", api_key=key,
-                 headers={"X-Gateway-Auth": header, "Authorization": f"Bearer {header}"})
+    events = run(
+        echoing,
+        store,
+        traced=True,
+        out_dir=tmp_path / "out",
+        api_key=key,
+        headers={"X-Gateway-Auth": header, "Authorization": f"Bearer {header}"},
+    )
     text = Path(report_of(events).telemetry or "").read_text()
     assert key not in text and header not in text and "Authorization" not in text
     assert "X-Gateway-Auth" not in text and "[REDACTED]" in text
@@ -354,9 +438,21 @@ def test_keys_and_headers_never_reach_the_spans(store: TraceStore, tmp_path: Pat
 
 def test_the_cli_flag_writes_the_file_and_says_where(traces_path: Path, tmp_path: Path) -> None:
     with ScriptedLLM(quick_finish) as llm:
-        result = CliRunner().invoke(cli, [
-            str(traces_path), "--base-url", llm.base_url, "--api-key", "test-key", "-m", "scripted-model",
-            "--telemetry", "-o", str(tmp_path / "report")])
+        result = CliRunner().invoke(
+            cli,
+            [
+                str(traces_path),
+                "--base-url",
+                llm.base_url,
+                "--api-key",
+                "test-key",
+                "-m",
+                "scripted-model",
+                "--telemetry",
+                "-o",
+                str(tmp_path / "report"),
+            ],
+        )
     assert result.exit_code == 0, result.output
     [written] = list((tmp_path / "report").glob("halo-telemetry-*.jsonl"))
     assert f"Telemetry: {written}" in result.stdout.replace("\n", "")

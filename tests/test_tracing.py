@@ -26,16 +26,34 @@ from halo_rlm.tracing import JsonlSpanExporter, scrub_attributes, scrub_text
 
 ROOT = Path(__file__).resolve().parents[1]
 ISO_NS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z")
-HALO_KEYS = ["trace_id", "span_id", "parent_span_id", "trace_state", "name", "kind", "start_time", "end_time",
-             "status", "resource", "scope", "attributes"]
+HALO_KEYS = [
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "trace_state",
+    "name",
+    "kind",
+    "start_time",
+    "end_time",
+    "status",
+    "resource",
+    "scope",
+    "attributes",
+]
 
 
 def run_agent(tmp_path: Path, code: str, *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run `code` as the script `my_agent.py` in a child process; it must succeed."""
     script = tmp_path / "my_agent.py"
     script.write_text(textwrap.dedent(code))
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})})
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -76,33 +94,57 @@ def test_jsonl_exporter_and_collector_out_write_the_same_lines(tmp_path: Path) -
 
 def test_scrub_text_and_attributes() -> None:
     openai_key = "sk-proj-" + "a1B2c3D4" * 6
-    text = (f'{{"api_key": "{openai_key}", "password": "hunter22", "model": "gpt-4o"}} '
-            "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl "
-            "https://user:pa55word@db.example.com/x?access_token=abcdef123456&page=2 "
-            "AKIAIOSFODNN7EXAMPLE ghp_" + "x" * 36)
+    text = (
+        f'{{"api_key": "{openai_key}", "password": "hunter22", "model": "gpt-4o"}} '
+        "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl "
+        "https://user:pa55word@db.example.com/x?access_token=abcdef123456&page=2 "
+        "AKIAIOSFODNN7EXAMPLE ghp_" + "x" * 36
+    )
     scrubbed = scrub_text(text)
-    for secret in (openai_key, "hunter22", "eyJhbGci", "pa55word", "abcdef123456", "AKIAIOSFODNN7EXAMPLE", "ghp_x"):
+    for secret in (
+        openai_key,
+        "hunter22",
+        "eyJhbGci",
+        "pa55word",
+        "abcdef123456",
+        "AKIAIOSFODNN7EXAMPLE",
+        "ghp_x",
+    ):
         assert secret not in scrubbed
     assert '"model": "gpt-4o"' in scrubbed and "page=2" in scrubbed and "db.example.com" in scrubbed
     assert "Authorization: Basic [REDACTED]" in scrub_text('curl -H "Authorization: Basic dXNlcjpwYXNz" ...')
     harmless = "count the tokens: 1200 prompt tokens, max_tokens=50; the bearer responsibility is ours"
     assert scrub_text(harmless) == harmless
 
-    attributes = scrub_attributes({
-        "http.request.header.authorization": "Basic dXNlcjpwYXNz", "openai.api_key": "anything",
-        "llm.token_count.prompt": 1200, "gen_ai.usage.input_tokens": 7, "session.id": "s-1",
-        "input.value": f"my key is {openai_key}", "tags": ["ok", f"key={openai_key}"], "ratio": 0.5,
-    })
+    attributes = scrub_attributes(
+        {
+            "http.request.header.authorization": "Basic dXNlcjpwYXNz",
+            "openai.api_key": "anything",
+            "llm.token_count.prompt": 1200,
+            "gen_ai.usage.input_tokens": 7,
+            "session.id": "s-1",
+            "input.value": f"my key is {openai_key}",
+            "tags": ["ok", f"key={openai_key}"],
+            "ratio": 0.5,
+        }
+    )
     assert attributes == {
-        "http.request.header.authorization": "[REDACTED]", "openai.api_key": "[REDACTED]",
-        "llm.token_count.prompt": 1200, "gen_ai.usage.input_tokens": 7, "session.id": "s-1",
-        "input.value": "my key is [REDACTED]", "tags": ["ok", "key=[REDACTED]"], "ratio": 0.5,
+        "http.request.header.authorization": "[REDACTED]",
+        "openai.api_key": "[REDACTED]",
+        "llm.token_count.prompt": 1200,
+        "gen_ai.usage.input_tokens": 7,
+        "session.id": "s-1",
+        "input.value": "my key is [REDACTED]",
+        "tags": ["ok", "key=[REDACTED]"],
+        "ratio": 0.5,
     }
 
 
 def test_setup_writes_a_file_that_halo_reads_with_credentials_scrubbed(tmp_path: Path) -> None:
     path = tmp_path / "traces.jsonl"
-    run_agent(tmp_path, f"""
+    run_agent(
+        tmp_path,
+        f"""
         from opentelemetry import trace
         from opentelemetry.trace import Status, StatusCode
         import halo_rlm.tracing
@@ -118,9 +160,16 @@ def test_setup_writes_a_file_that_halo_reads_with_credentials_scrubbed(tmp_path:
                 tool.add_event("retry", {{"note": "OPENAI_API_KEY=sk-abcdefghijklmnopqrstuv was rejected"}})
                 tool.set_status(Status(StatusCode.ERROR, "401 for key sk-abcdefghijklmnopqrstuv"))
         # no shutdown: spans still buffered are written at exit
-    """, env={"OTEL_RESOURCE_ATTRIBUTES": "vendor.api_key=abc123xyz"})
+    """,
+        env={"OTEL_RESOURCE_ATTRIBUTES": "vendor.api_key=abc123xyz"},
+    )
     text = path.read_text()
-    for secret in ("sk-live-0123456789abcdefghij", "k3y-s3cret-v4lue", "sk-abcdefghijklmnopqrstuv", "abc123xyz"):
+    for secret in (
+        "sk-live-0123456789abcdefghij",
+        "k3y-s3cret-v4lue",
+        "sk-abcdefghijklmnopqrstuv",
+        "abc123xyz",
+    ):
         assert secret not in text
     lines = [orjson.loads(line) for line in text.splitlines()]
     assert [line["name"] for line in lines] == ["execute_tool fetch", "invoke_agent helper"]
@@ -129,14 +178,20 @@ def test_setup_writes_a_file_that_halo_reads_with_credentials_scrubbed(tmp_path:
     with TraceStore.open(tmp_path / "s.duckdb") as store:
         store.ingest([str(path)])
         assert sorted(store.con.execute("SELECT kind, tool_name FROM spans").fetchall()) == [
-            ("AGENT", None), ("TOOL", "fetch")]
+            ("AGENT", None),
+            ("TOOL", "fetch"),
+        ]
 
 
 def test_setup_sends_otlp_to_halo_collect_with_a_token(tmp_path: Path) -> None:
     with serve(store=tmp_path / "c.duckdb", port=0, token="t0k3n") as collector:
-        for headers_code, env in (('headers={"Authorization": "Bearer t0k3n"}', {}),
-                                  ("", {"OTEL_EXPORTER_OTLP_TRACES_HEADERS": "Authorization=Bearer%20t0k3n"})):
-            run_agent(tmp_path, f"""
+        for headers_code, env in (
+            ('headers={"Authorization": "Bearer t0k3n"}', {}),
+            ("", {"OTEL_EXPORTER_OTLP_TRACES_HEADERS": "Authorization=Bearer%20t0k3n"}),
+        ):
+            run_agent(
+                tmp_path,
+                f"""
                 from opentelemetry import trace
                 import halo_rlm.tracing
 
@@ -146,7 +201,9 @@ def test_setup_sends_otlp_to_halo_collect_with_a_token(tmp_path: Path) -> None:
                     with trace.get_tracer("x").start_as_current_span("child"):
                         pass
                 provider.shutdown()
-            """, env=env)
+            """,
+                env=env,
+            )
     stats = collector.stats
     assert (stats.spans, stats.traces, stats.failed_requests) == (4, 2, 0)
     rows = stored(tmp_path / "c.duckdb")
@@ -154,7 +211,9 @@ def test_setup_sends_otlp_to_halo_collect_with_a_token(tmp_path: Path) -> None:
 
 
 def test_missing_instrumentation_is_a_single_warning_not_an_error(tmp_path: Path) -> None:
-    result = run_agent(tmp_path, f"""
+    result = run_agent(
+        tmp_path,
+        f"""
         import sys
         sys.modules["openinference.instrumentation.openai_agents"] = None  # as if not installed
         sys.modules["openinference.instrumentation.openai"] = None
@@ -162,18 +221,25 @@ def test_missing_instrumentation_is_a_single_warning_not_an_error(tmp_path: Path
 
         halo_rlm.tracing.setup({str(tmp_path / "t.jsonl")!r})
         halo_rlm.tracing.setup({str(tmp_path / "t.jsonl")!r})
-    """)
+    """,
+    )
     warnings = [line for line in result.stderr.splitlines() if "will not be traced" in line]
     assert len(warnings) == 1
     assert "openai-agents and openai" in warnings[0] and "pip install 'halo-rlm[agents]'" in warnings[0]
 
 
 def test_agents_sdk_tracing_switched_off_by_environment_is_pointed_out(tmp_path: Path) -> None:
-    pytest.importorskip("openinference.instrumentation.openai_agents", reason="the agents extra is not installed")
-    result = run_agent(tmp_path, f"""
+    pytest.importorskip(
+        "openinference.instrumentation.openai_agents", reason="the agents extra is not installed"
+    )
+    result = run_agent(
+        tmp_path,
+        f"""
         import halo_rlm.tracing
         halo_rlm.tracing.setup({str(tmp_path / "t.jsonl")!r})
-    """, env={"OPENAI_AGENTS_DISABLE_TRACING": "true"})
+    """,
+        env={"OPENAI_AGENTS_DISABLE_TRACING": "true"},
+    )
     assert "OPENAI_AGENTS_DISABLE_TRACING is set" in result.stderr
 
 
@@ -190,12 +256,17 @@ def test_repeated_llm_spans_are_skipped_and_others_kept() -> None:
     provider.add_span_processor(tracing._SkipRepeatedLLMSpans(SimpleSpanProcessor(exported)))
     agents = provider.get_tracer(tracing.AGENTS_SCOPE)
     client = provider.get_tracer(tracing.OPENAI_SCOPE)
-    with agents.start_as_current_span("generation", attributes={"openinference.span.kind": "LLM"}), \
-            client.start_as_current_span("ChatCompletion", attributes={"openinference.span.kind": "LLM"}):
+    with (
+        agents.start_as_current_span("generation", attributes={"openinference.span.kind": "LLM"}),
+        client.start_as_current_span("ChatCompletion", attributes={"openinference.span.kind": "LLM"}),
+    ):
         pass  # the Agents SDK's LLM span and the client's span for the same call
     with agents.start_as_current_span("lookup_order", attributes={"openinference.span.kind": "TOOL"}) as tool:
         with client.start_as_current_span("ChatCompletion", attributes={"openinference.span.kind": "LLM"}):
             pass  # a model call made inside a tool is its own call
         tool.set_status(Status(StatusCode.OK))
-    assert sorted(span.name for span in exported.get_finished_spans()) == ["ChatCompletion", "generation",
-                                                                          "lookup_order"]
+    assert sorted(span.name for span in exported.get_finished_spans()) == [
+        "ChatCompletion",
+        "generation",
+        "lookup_order",
+    ]

@@ -87,22 +87,33 @@ def build_agent(base_url: str | None, api_key: str, model: str) -> Agent:
     return Agent(
         name="SupportAgent",
         instructions="You help customers of an electronics shop with orders, stock and refunds. Use the tools; "
-                     "never guess order details. Answer in two sentences at most.",
+        "never guess order details. Answer in two sentences at most.",
         tools=[lookup_order, check_stock, issue_refund],
         model=OpenAIChatCompletionsModel(model=model, openai_client=client),
     )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("questions", nargs="*", help="Customer messages (default: three sample ones).")
-    parser.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"),
-                        help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else OpenAI).")
+    parser.add_argument(
+        "--base-url",
+        default=os.environ.get("OPENAI_BASE_URL"),
+        help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else OpenAI).",
+    )
     parser.add_argument("--model", default=os.environ.get("AGENT_MODEL", "gpt-4o-mini"))
-    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "unused"),
-                        help="Default: $OPENAI_API_KEY (local servers accept anything).")
-    parser.add_argument("--traces", default="traces.jsonl",
-                        help="JSONL file to append spans to, or the URL of `halo collect` (default: traces.jsonl).")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("OPENAI_API_KEY", "unused"),
+        help="Default: $OPENAI_API_KEY (local servers accept anything).",
+    )
+    parser.add_argument(
+        "--traces",
+        default="traces.jsonl",
+        help="JSONL file to append spans to, or the URL of `halo collect` (default: traces.jsonl).",
+    )
     args = parser.parse_args()
 
     # Never upload traces to OpenAI's dashboard, even if the tracing extra is missing.

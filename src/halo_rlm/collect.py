@@ -30,11 +30,11 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from halo_rlm import otlp
-from halo_rlm.decode import DecodeError
-from halo_rlm.store import StoreError, TraceStore, cache_dir
+from halo_rlm.defaults import COLLECT_PORT
+from halo_rlm.formats import otlp
+from halo_rlm.formats.spans import DecodeError
+from halo_rlm.store import StoreError, TraceStore, paths
 
-DEFAULT_PORT = 4318
 TRACES_PATH = "/v1/traces"
 MAX_BODY_BYTES = 32 << 20  # per request, both as sent and decompressed
 BUFFER_BYTES = 256 << 20  # JSONL waiting for an output; beyond this, requests get 503
@@ -46,8 +46,11 @@ IDLE_SECONDS = 60.0  # a connection silent this long is closed
 LINGER_SECONDS = 1.0  # after refusing a body, how long to drain it so the client reads the reply
 RETRY_AFTER_SECONDS = 1
 FINAL_FLUSH_SECONDS = 30.0  # at shutdown, keep retrying a busy store this long, then write a rescue file
-MEDIA_TYPES = {"application/x-protobuf": otlp.PROTOBUF, "application/protobuf": otlp.PROTOBUF,
-               "application/json": otlp.JSON}
+MEDIA_TYPES = {
+    "application/x-protobuf": otlp.PROTOBUF,
+    "application/protobuf": otlp.PROTOBUF,
+    "application/json": otlp.JSON,
+}
 
 
 class CollectError(Exception):
@@ -92,16 +95,29 @@ class Collector:
     """A running collector. Start one with `serve()`; `stop()` (or leaving the `with` block) stops
     accepting, waits for requests under way, and writes everything received."""
 
-    def __init__(self, *, store: Path | None, out: Path | None, host: str, port: int, token: str | None,
-                 allow_remote: bool, max_body_bytes: int, buffer_bytes: int, flush_seconds: float,
-                 on_flush: Callable[[CollectorStats], None] | None) -> None:
+    def __init__(
+        self,
+        *,
+        store: Path | None,
+        out: Path | None,
+        host: str,
+        port: int,
+        token: str | None,
+        allow_remote: bool,
+        max_body_bytes: int,
+        buffer_bytes: int,
+        flush_seconds: float,
+        on_flush: Callable[[CollectorStats], None] | None,
+    ) -> None:
         if store is None and out is None:
             raise CollectError("give a store, an output file, or both")
         family, address = _bind_address(host)
         self.remote = not _is_loopback(address)
         if self.remote and not allow_remote:
-            raise CollectError(f"{host} accepts connections from other machines; pass --allow-remote to "
-                               "bind it (and --token, so only your agents can send spans)")
+            raise CollectError(
+                f"{host} accepts connections from other machines; pass --allow-remote to "
+                "bind it (and --token, so only your agents can send spans)"
+            )
         self.store_path, self.out_path = store, out
         self._token = token.encode() if token else None
         self._max_body, self._buffer_bytes, self._flush_seconds = max_body_bytes, buffer_bytes, flush_seconds
@@ -136,8 +152,9 @@ class Collector:
         self.url = f"http://{f'[{shown}]' if ':' in shown else shown}:{bound_port}"
         self.traces_url = self.url + TRACES_PATH
         self._source = f"otlp:{self.traces_url}"
-        self._serving = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="halo-collect",
-                                         daemon=True)
+        self._serving = threading.Thread(
+            target=self._server.serve_forever, args=(0.1,), name="halo-collect", daemon=True
+        )
         self._flusher = threading.Thread(target=self._flush_loop, name="halo-collect-flush", daemon=True)
         self._serving.start()
         self._flusher.start()
@@ -190,18 +207,30 @@ class Collector:
             return refused
         media_type = MEDIA_TYPES.get(request.headers.get_content_type())
         if media_type is None:
-            return _Reply(415, f"Content-Type must be application/x-protobuf or application/json, not "
-                               f"{request.headers.get('Content-Type', 'missing')!r}", close=True)
+            return _Reply(
+                415,
+                f"Content-Type must be application/x-protobuf or application/json, not "
+                f"{request.headers.get('Content-Type', 'missing')!r}",
+                close=True,
+            )
         encoding = (request.headers.get("Content-Encoding") or "identity").strip().lower()
         if encoding not in ("identity", "gzip", "deflate"):
-            return _Reply(415, f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none",
-                          media_type, close=True)
+            return _Reply(
+                415,
+                f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none",
+                media_type,
+                close=True,
+            )
         length = request.headers.get("Content-Length")
         if length is None or not (length.strip().isascii() and length.strip().isdecimal()):
             return _Reply(411, "a Content-Length header is required", media_type, close=True)
         if int(length) > self._max_body:
-            return _Reply(413, f"the body is {int(length):,} bytes; the limit is {self._max_body:,}", media_type,
-                          close=True)
+            return _Reply(
+                413,
+                f"the body is {int(length):,} bytes; the limit is {self._max_body:,}",
+                media_type,
+                close=True,
+            )
         try:
             body = request.read_body(int(length), BODY_SECONDS)
         except TimeoutError:
@@ -231,10 +260,15 @@ class Collector:
             # its requests carry that name.
             return _Reply(403, "this collector only answers requests addressed to localhost", close=True)
         scheme, _, given = (request.headers.get("Authorization") or "").strip().partition(" ")
-        if self._token is not None and not (scheme.lower() == "bearer"
-                                            and hmac.compare_digest(given.strip().encode(), self._token)):
-            return _Reply(401, "missing or wrong bearer token", close=True,
-                          headers={"WWW-Authenticate": 'Bearer realm="halo-collect"'})
+        if self._token is not None and not (
+            scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token)
+        ):
+            return _Reply(
+                401,
+                "missing or wrong bearer token",
+                close=True,
+                headers={"WWW-Authenticate": 'Bearer realm="halo-collect"'},
+            )
         return None
 
     def _accept(self, body: bytes, encoding: str, media_type: str) -> _Reply:
@@ -259,8 +293,12 @@ class Collector:
                 continue
             trace_ids.add(span["trace_id"])
         if not self._enqueue(lines, trace_ids, len(errors)):
-            return _Reply(503, "the collector's buffer is full; retry shortly", media_type,
-                          headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            return _Reply(
+                503,
+                "the collector's buffer is full; retry shortly",
+                media_type,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
         message = ""
         if errors:
             shown = "; ".join(errors[:3])
@@ -270,8 +308,9 @@ class Collector:
     def _enqueue(self, lines: list[bytes], trace_ids: set[str], rejected: int) -> bool:
         size = sum(len(line) + 1 for line in lines)
         with self._lock:
-            if self._closing or any(o.held_bytes and o.held_bytes + size > self._buffer_bytes
-                                    for o in self._outputs):
+            if self._closing or any(
+                o.held_bytes and o.held_bytes + size > self._buffer_bytes for o in self._outputs
+            ):
                 return False
             for output in self._outputs:
                 output.queue.extend(lines)
@@ -354,8 +393,10 @@ class Collector:
             rescue = self.store_path.with_name(f"{self.store_path.name}.unflushed-{stamp}.jsonl")
             try:
                 rescue.write_bytes(b"\n".join(output.queue) + b"\n")
-                output.error = (f"store: still busy at shutdown ({why}); {lost:,} spans are in {rescue}; load "
-                                f"them with: halo ingest {rescue} --store {self.store_path}")
+                output.error = (
+                    f"store: still busy at shutdown ({why}); {lost:,} spans are in {rescue}; load "
+                    f"them with: halo ingest {rescue} --store {self.store_path}"
+                )
             except OSError as exc:
                 output.error += f"; nor to {rescue}: {exc}"
         output.queue, output.queued_bytes = [], 0
@@ -370,8 +411,9 @@ class Collector:
     def _stats(self) -> CollectorStats:
         pending = max((o.pending for o in self._outputs), default=0)
         errors = "; ".join(o.error for o in self._outputs if o.error)
-        return CollectorStats(**self._counts, traces=len(self._trace_ids), pending_spans=pending,
-                              last_error=errors or None)
+        return CollectorStats(
+            **self._counts, traces=len(self._trace_ids), pending_spans=pending, last_error=errors or None
+        )
 
 
 def serve(
@@ -379,7 +421,7 @@ def serve(
     store: str | Path | None = None,
     out: str | Path | None = None,
     host: str = "127.0.0.1",
-    port: int = DEFAULT_PORT,
+    port: int = COLLECT_PORT,
     token: str | None = None,
     allow_remote: bool = False,
     max_body_bytes: int = MAX_BODY_BYTES,
@@ -388,22 +430,24 @@ def serve(
     on_flush: Callable[[CollectorStats], None] | None = None,
 ) -> Collector:
     """Start a collector in background threads and return it. Spans go to `store`, to `out` (HALO
-    JSONL, appended), or both; with neither, to `default_store_path(port)`. `port=0` picks a free port
+    JSONL, appended), or both; with neither, to `store.paths.for_collector(port)`. `port=0` picks a free port
     (see `.url`). Binding a non-loopback `host` needs `allow_remote=True`. With `token`, requests must
     carry `Authorization: Bearer <token>`. `on_flush` gets the counts after each write, from the
     flusher thread."""
     if store is None and out is None:
-        store = default_store_path(port)
+        store = paths.for_collector(port)
     return Collector(
-        store=Path(store) if store is not None else None, out=Path(out) if out is not None else None, host=host,
-        port=port, token=token, allow_remote=allow_remote, max_body_bytes=max_body_bytes, buffer_bytes=buffer_bytes,
-        flush_seconds=flush_seconds, on_flush=on_flush,
+        store=Path(store) if store is not None else None,
+        out=Path(out) if out is not None else None,
+        host=host,
+        port=port,
+        token=token,
+        allow_remote=allow_remote,
+        max_body_bytes=max_body_bytes,
+        buffer_bytes=buffer_bytes,
+        flush_seconds=flush_seconds,
+        on_flush=on_flush,
     )
-
-
-def default_store_path(port: int) -> Path:
-    """Where a collector keeps spans when given no `--store` or `--out`: one store per port in the cache."""
-    return cache_dir() / "stores" / f"collect-{port}.duckdb"
 
 
 # --- HTTP ---------------------------------------------------------------------------------------
@@ -446,8 +490,11 @@ class _Handler(BaseHTTPRequestHandler):
         return b"".join(chunks)
 
     def send(self, reply: _Reply) -> None:
-        body = reply.body if reply.body is not None else (
-            otlp.encode_status(reply.message, reply.media_type) if self.command != "HEAD" else b"")
+        body = (
+            reply.body
+            if reply.body is not None
+            else (otlp.encode_status(reply.message, reply.media_type) if self.command != "HEAD" else b"")
+        )
         try:
             self.send_response(reply.status)
             self.send_header("Content-Type", reply.media_type)
@@ -575,5 +622,11 @@ def _is_local_name(name: str) -> bool:
         return False
 
 
-__all__ = ["DEFAULT_PORT", "TRACES_PATH", "CollectError", "Collector", "CollectorStats", "default_store_path",
-           "serve"]
+__all__ = [
+    "COLLECT_PORT",
+    "TRACES_PATH",
+    "CollectError",
+    "Collector",
+    "CollectorStats",
+    "serve",
+]

@@ -83,7 +83,8 @@ def resolve(paths: Sequence[str | Path]) -> list[InputFile]:
 def _files_under(path: Path, *, explicit: bool) -> Iterator[Path]:
     if path.is_dir():
         files = sorted(
-            p for p in path.rglob("*")
+            p
+            for p in path.rglob("*")
             if p.is_file() and p.name.lower().endswith(TRACE_SUFFIXES) and not _hidden(p, path)
         )
         if not files and explicit:
@@ -176,8 +177,10 @@ class _Decompressed:
 
     def _fail(self, reason: str) -> None:
         self._finished = True
-        self._error = CorruptInput(f"{self._kind} data is damaged or cut short after "
-                                   f"{self._good + len(self._pending):,} decompressed bytes ({reason})")
+        self._error = CorruptInput(
+            f"{self._kind} data is damaged or cut short after "
+            f"{self._good + len(self._pending):,} decompressed bytes ({reason})"
+        )
 
     def close(self) -> None:
         self._raw.close()
@@ -218,7 +221,7 @@ def read_lines(
     `OversizeLine`."""
     batch_bytes = batch_bytes or BATCH_BYTES
     max_line_bytes = max_line_bytes or MAX_LINE_BYTES
-    _skip(stream, start_offset)
+    skip(stream, start_offset)
     offset, line_no = start_offset, start_line  # offset: where `carry` starts in the stream
     carry = b""
     oversize: OversizeLine | None = None
@@ -243,7 +246,9 @@ def read_lines(
         if not block and not data:
             return
         if not block:  # a last line without a line break
-            yield from _with_oversize(_batch(data + b"\n", offset, line_no, max_line_bytes, real_size=len(data)))
+            yield from _with_oversize(
+                _batch(data + b"\n", offset, line_no, max_line_bytes, real_size=len(data))
+            )
             return
         cut = data.rfind(b"\n") + 1
         if cut == 0:
@@ -284,7 +289,8 @@ def count_lines(path: str, end: int) -> int:
     return lines
 
 
-def _skip(stream: BinaryIO, count: int) -> None:
+def skip(stream: BinaryIO, count: int) -> None:
+    """Move `stream` forward `count` bytes: a seek where it can, else reading and dropping them."""
     if count <= 0:
         return
     try:
@@ -304,7 +310,9 @@ def _with_oversize(batch: LineBatch) -> Iterator[LineBatch | OversizeLine]:
     yield batch
 
 
-def _batch(data: bytes, offset: int, line_no: int, max_line_bytes: int, real_size: int | None = None) -> LineBatch:
+def _batch(
+    data: bytes, offset: int, line_no: int, max_line_bytes: int, real_size: int | None = None
+) -> LineBatch:
     """Split `data` (ending in a newline) into lines without line breaks; drop blank lines and set
     aside lines over `max_line_bytes`."""
     lines, numbers, nonblank, oversize = _split(data, line_no, max_line_bytes)
@@ -318,8 +326,9 @@ def _batch(data: bytes, offset: int, line_no: int, max_line_bytes: int, real_siz
     return LineBatch(lines, numbers[nonblank], offset + size, line_no + len(numbers), repaired, oversize)
 
 
-def _split(data: bytes, line_no: int, max_line_bytes: int) -> tuple[pa.LargeStringArray, np.ndarray, np.ndarray,
-                                                                    list[OversizeLine]]:
+def _split(
+    data: bytes, line_no: int, max_line_bytes: int
+) -> tuple[pa.LargeStringArray, np.ndarray, np.ndarray, list[OversizeLine]]:
     arr = np.frombuffer(data, dtype=np.uint8)
     newlines = np.flatnonzero(arr == 10)
     starts = np.empty(len(newlines), dtype=np.int64)
@@ -333,11 +342,13 @@ def _split(data: bytes, line_no: int, max_line_bytes: int) -> tuple[pa.LargeStri
     keep[newlines] = False
     keep[ends[has_cr]] = False
     numbers = np.arange(line_no + 1, line_no + 1 + len(newlines), dtype=np.int64)
-    oversize = [OversizeLine(int(numbers[i]), int(lengths[i]), data[starts[i]: starts[i] + 200])
-                for i in np.flatnonzero(lengths > max_line_bytes)]
+    oversize = [
+        OversizeLine(int(numbers[i]), int(lengths[i]), data[starts[i] : starts[i] + 200])
+        for i in np.flatnonzero(lengths > max_line_bytes)
+    ]
     if oversize:
         for i in np.flatnonzero(lengths > max_line_bytes):
-            keep[starts[i]: ends[i]] = False
+            keep[starts[i] : ends[i]] = False
         lengths = np.where(lengths > max_line_bytes, 0, lengths)
     # With line breaks removed, line i starts where lines 0..i-1 end; blank lines take no bytes.
     nonblank = lengths > 0

@@ -9,57 +9,25 @@ Terminal errors name the provider URL and model.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
-import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any
 
 import httpx2
 import openai
 import orjson
-from pydantic import BaseModel, ConfigDict, SecretStr
 
 from halo_rlm.pricing import Prices
+from halo_rlm.providers import ModelConfig, Provider
+from halo_rlm.usage import Usage
+from halo_rlm.utils import RetryPolicy, retry_after
 
-ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
-OPENAI_URL = "https://api.openai.com/v1"
+__all__ = ["LLM", "Completion", "ContextOverflow", "LLMError", "Timeout"]
+
 KEYLESS = "halo-no-key"  # the SDK insists on a key; for keyless servers the Authorization header is dropped
-
-
-class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    temperature: float | None = None
-    max_output_tokens: int | None = None
-    reasoning_effort: ReasoningEffort | None = None
-    parallel_tool_calls: bool = True
-
-
-class Provider(BaseModel):
-    """Where to send requests. `None` fields fall back to OPENAI_BASE_URL / OPENAI_API_KEY."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    base_url: str | None = None
-    api_key: SecretStr | None = None
-    headers: dict[str, SecretStr] = {}
-
-    @property
-    def url(self) -> str:
-        return (self.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL).rstrip("/")
-
-    @property
-    def key(self) -> str | None:
-        return self.api_key.get_secret_value() if self.api_key else os.environ.get("OPENAI_API_KEY") or None
-
-    @property
-    def configured(self) -> bool:
-        return bool(self.key or self.base_url or os.environ.get("OPENAI_BASE_URL"))
 
 
 class LLMError(Exception):
@@ -72,15 +40,6 @@ class ContextOverflow(LLMError):
 
 class Timeout(LLMError):
     """The call did not finish before the run's deadline."""
-
-
-@dataclass
-class Usage:
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
-    cost: float | None = None
 
 
 @dataclass
@@ -98,23 +57,15 @@ class Completion:
         """The assistant message to append to the conversation."""
         message: dict[str, Any] = {"role": "assistant", "content": self.content or None}
         if self.tool_calls:
-            message["tool_calls"] = [{"id": c["id"], "type": "function",
-                                      "function": {"name": c["name"], "arguments": c["arguments"]}}
-                                     for c in self.tool_calls]
+            message["tool_calls"] = [
+                {
+                    "id": c["id"],
+                    "type": "function",
+                    "function": {"name": c["name"], "arguments": c["arguments"]},
+                }
+                for c in self.tool_calls
+            ]
         return message
-
-
-@dataclass
-class RetryPolicy:
-    attempts: int = 6
-    base_seconds: float = 0.5
-    cap_seconds: float = 30.0
-    max_retry_after: float = 120.0
-
-
-async def _sleep(seconds: float) -> None:
-    """Every wait between attempts goes through here (tests record the waits)."""
-    await asyncio.sleep(seconds)
 
 
 CONNECTION_POOLS = 8
@@ -123,23 +74,37 @@ CONNECTION_POOLS = 8
 class LLM:
     """An async client for one provider, shared by every agent of a run."""
 
-    def __init__(self, provider: Provider, *, prices: Prices | None = None, retry: RetryPolicy | None = None,
-                 request_timeout: float = 180.0) -> None:
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        prices: Prices | None = None,
+        retry: RetryPolicy | None = None,
+        request_timeout: float = 180.0,
+    ) -> None:
         self.provider = provider
         self.prices = prices or Prices()
         self.retry = retry or RetryPolicy()
         key = provider.key
         # A keyless local server: send no Authorization header at all, not a placeholder key.
-        self._request_options: dict[str, Any] = {"headers": {"Authorization": openai.Omit()}} if key is None else {}
+        self._request_options: dict[str, Any] = (
+            {"headers": {"Authorization": openai.Omit()}} if key is None else {}
+        )
         # Several connection pools: on every request and response the HTTP client checks each
         # connection in its pool, which with dozens of agents streaming at once held up the event
         # loop. One TLS context serves them all (making one takes tens of milliseconds).
         tls = httpx2.create_ssl_context()
-        self._clients = [openai.AsyncOpenAI(
-            base_url=provider.url, api_key=key or KEYLESS, max_retries=0, timeout=request_timeout,
-            default_headers={k: v.get_secret_value() for k, v in provider.headers.items()} or None,
-            http_client=openai.DefaultAsyncHttpxClient(verify=tls),
-        ) for _ in range(CONNECTION_POOLS)]
+        self._clients = [
+            openai.AsyncOpenAI(
+                base_url=provider.url,
+                api_key=key or KEYLESS,
+                max_retries=0,
+                timeout=request_timeout,
+                default_headers={k: v.get_secret_value() for k, v in provider.headers.items()} or None,
+                http_client=openai.DefaultAsyncHttpxClient(verify=tls),
+            )
+            for _ in range(CONNECTION_POOLS)
+        ]
         self._next_client = itertools.cycle(self._clients)
 
     async def aclose(self) -> None:
@@ -168,19 +133,36 @@ class LLM:
             except openai.APIStatusError as exc:
                 wait = self._retriable(exc, model.name, attempt)
             except (openai.APIConnectionError, _CutStream) as exc:  # includes timeouts and cut streams
-                wait = _backoff(self.retry, attempt)
+                wait = self.retry.backoff(attempt)
                 if attempt == self.retry.attempts - 1:
-                    raise LLMError(f"{self.provider.url}: the connection failed {attempt + 1} times for model "
-                                   f"{model.name!r} ({_describe(exc)})") from exc
+                    raise LLMError(
+                        f"{self.provider.url}: the connection failed {attempt + 1} times for model "
+                        f"{model.name!r} ({_describe(exc)})"
+                    ) from exc
             if deadline is not None and time.monotonic() + wait >= deadline:
-                raise Timeout(f"{self.provider.url}: gave up retrying model {model.name!r}: the run's time is up")
-            await _sleep(wait)
-        raise LLMError(f"{self.provider.url}: model {model.name!r} failed after {self.retry.attempts} attempts")
+                raise Timeout(
+                    f"{self.provider.url}: gave up retrying model {model.name!r}: the run's time is up"
+                )
+            waited = (self.retry.sleep or asyncio.sleep)(wait)
+            if inspect.isawaitable(waited):
+                await waited
+        raise LLMError(
+            f"{self.provider.url}: model {model.name!r} failed after {self.retry.attempts} attempts"
+        )
 
-    def _params(self, model: ModelConfig, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                tool_choice: Any) -> dict[str, Any]:
-        params: dict[str, Any] = {"model": model.name, "messages": messages, "stream": True,
-                                  "stream_options": {"include_usage": True}}
+    def _params(
+        self,
+        model: ModelConfig,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        tool_choice: Any,
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": model.name,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         if tools:
             params["tools"] = tools
             params["parallel_tool_calls"] = model.parallel_tool_calls
@@ -197,13 +179,19 @@ class LLM:
             params["reasoning_effort"] = model.reasoning_effort
         return params
 
-    async def _stream(self, params: dict[str, Any], model: str, on_delta: Callable[[str, int], None] | None,
-                      attempt: int, deadline: float | None) -> Completion:
+    async def _stream(
+        self,
+        params: dict[str, Any],
+        model: str,
+        on_delta: Callable[[str, int], None] | None,
+        attempt: int,
+        deadline: float | None,
+    ) -> Completion:
         content: list[str] = []
         refusal: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         finish: str | None = None
-        usage = Usage()
+        usage = Usage(calls=1)
         reported_model = model
 
         async def consume() -> None:
@@ -211,8 +199,13 @@ class LLM:
             # Chunks come as plain JSON (`AsyncStream[object]`): building the SDK's models for every
             # chunk cost more than the rest of a turn. Provider output is untrusted, hence the checks.
             stream = await next(self._next_client).post(
-                "/chat/completions", content=orjson.dumps(params), cast_to=object, stream=True,
-                stream_cls=openai.AsyncStream[object], options=self._request_options)
+                "/chat/completions",
+                content=orjson.dumps(params),
+                cast_to=object,
+                stream=True,
+                stream_cls=openai.AsyncStream[object],
+                options=self._request_options,
+            )
             async for chunk in stream:
                 if not isinstance(chunk, dict):
                     continue
@@ -248,76 +241,78 @@ class LLM:
 
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
-            raise Timeout(f"{self.provider.url}: the run's time budget ran out before calling model {model!r}")
+            raise Timeout(
+                f"{self.provider.url}: the run's time budget ran out before calling model {model!r}"
+            )
         try:
             await asyncio.wait_for(consume(), remaining)
         except TimeoutError as exc:
-            raise Timeout(f"{self.provider.url}: model {model!r} did not answer before the run's time budget ran "
-                          f"out") from exc
+            raise Timeout(
+                f"{self.provider.url}: model {model!r} did not answer before the run's time budget ran out"
+            ) from exc
         if finish is None:
             raise _CutStream("the stream ended before the model finished")
-        tool_calls = [{"id": c["id"] or f"call_{attempt}_{i}", "name": c["name"], "arguments": c["arguments"]}
-                      for i, c in sorted(calls.items())]
-        if usage.cost is None:
-            usage.cost = self.prices.cost(reported_model, input_tokens=usage.input_tokens,
-                                          output_tokens=usage.output_tokens, cached_tokens=usage.cached_tokens)
-            if usage.cost is None and reported_model != model:
-                usage.cost = self.prices.cost(model, input_tokens=usage.input_tokens,
-                                              output_tokens=usage.output_tokens, cached_tokens=usage.cached_tokens)
-        return Completion("".join(content), tool_calls, "".join(refusal) or None, finish, usage, reported_model)
+        tool_calls = [
+            {"id": c["id"] or f"call_{attempt}_{i}", "name": c["name"], "arguments": c["arguments"]}
+            for i, c in sorted(calls.items())
+        ]
+        if usage.cost_usd is None:
+            usage.cost_usd = self.prices.cost(
+                reported_model,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cached_tokens=usage.cached_tokens,
+            )
+            if usage.cost_usd is None and reported_model != model:
+                usage.cost_usd = self.prices.cost(
+                    model,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    cached_tokens=usage.cached_tokens,
+                )
+        return Completion(
+            "".join(content), tool_calls, "".join(refusal) or None, finish, usage, reported_model
+        )
 
     def _retriable(self, exc: openai.APIStatusError, model: str, attempt: int) -> float:
         """Seconds to wait before retrying, or raise a clear terminal error."""
         status, url = exc.status_code, self.provider.url
         detail = _error_message(exc)
         if status in (401, 403):
-            raise LLMError(f"{url}: the API key was refused ({status}: {detail}). Check --api-key / OPENAI_API_KEY "
-                           f"(or drop them for a keyless local server).") from exc
+            raise LLMError(
+                f"{url}: the API key was refused ({status}: {detail}). Check --api-key / OPENAI_API_KEY "
+                f"(or drop them for a keyless local server)."
+            ) from exc
         if status == 404:
-            raise LLMError(f"{url}: model {model!r} was not found ({detail}). Check --model and --base-url.") from exc
+            raise LLMError(
+                f"{url}: model {model!r} was not found ({detail}). Check --model and --base-url."
+            ) from exc
         code = getattr(exc, "code", None)
-        if code == "context_length_exceeded" or "context length" in detail.lower() or "context_length" in detail:
-            raise ContextOverflow(f"{url}: the request exceeds {model!r}'s context window ({detail})") from exc
+        if (
+            code == "context_length_exceeded"
+            or "context length" in detail.lower()
+            or "context_length" in detail
+        ):
+            raise ContextOverflow(
+                f"{url}: the request exceeds {model!r}'s context window ({detail})"
+            ) from exc
         if status in (408, 409, 429) or status >= 500:
             if attempt == self.retry.attempts - 1:
-                raise LLMError(f"{url}: model {model!r} still failing after {attempt + 1} attempts "
-                               f"({status}: {detail})") from exc
-            retry_after = _retry_after(exc)
-            if retry_after is not None:
-                if retry_after > self.retry.max_retry_after:
-                    raise LLMError(f"{url}: rate limited for {retry_after:.0f}s by the provider ({detail})") from exc
-                return retry_after + random.uniform(0, 0.1 * retry_after + 0.05)
-            return _backoff(self.retry, attempt)
+                raise LLMError(
+                    f"{url}: model {model!r} still failing after {attempt + 1} attempts ({status}: {detail})"
+                ) from exc
+            headers = exc.response.headers if exc.response is not None else {}
+            wait = self.retry.wait(attempt, headers)
+            if wait is None:
+                raise LLMError(
+                    f"{url}: rate limited for {retry_after(headers):.0f}s by the provider ({detail})"
+                ) from exc
+            return wait
         raise LLMError(f"{url}: the request to model {model!r} was rejected ({status}: {detail})") from exc
 
 
 class _CutStream(Exception):
     pass
-
-
-def _backoff(policy: RetryPolicy, attempt: int) -> float:
-    """Full jitter: a uniform wait up to an exponentially growing cap."""
-    return random.uniform(0, min(policy.cap_seconds, policy.base_seconds * 2**attempt))
-
-
-def _retry_after(exc: openai.APIStatusError) -> float | None:
-    headers = exc.response.headers if exc.response is not None else {}
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return float(millis) / 1000
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
 
 
 def _error_message(exc: openai.APIStatusError) -> str:
@@ -340,11 +335,14 @@ def _usage(raw: dict[str, Any]) -> Usage:
     completion_details = raw.get("completion_tokens_details") or {}
     cost = raw.get("cost")  # OpenRouter and some gateways report the charge
     return Usage(
-        input_tokens=count(raw.get("prompt_tokens")), output_tokens=count(raw.get("completion_tokens")),
+        calls=1,
+        input_tokens=count(raw.get("prompt_tokens")),
+        output_tokens=count(raw.get("completion_tokens")),
         cached_tokens=count(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
-        reasoning_tokens=(count(completion_details.get("reasoning_tokens"))
-                          if isinstance(completion_details, dict) else 0),
-        cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+        reasoning_tokens=(
+            count(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
+        ),
+        cost_usd=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
     )
 
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Literal
 import orjson
 from pydantic import BaseModel, Field
 
-from halo_rlm import __version__
+from halo_rlm.__about__ import __version__
 
 if TYPE_CHECKING:
     from halo_rlm.report import Finding
@@ -224,28 +224,58 @@ class _Tool:
             for name, kind in self.params.items()
         }
         parameters = {"type": "object", "properties": props, "required": list(self.params)}
-        return {"type": "function",
-                "function": {"name": self.name, "description": self.description, "parameters": parameters}}
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": parameters},
+        }
 
 
 CARRIERS = ("DHL", "UPS", "FedEx", "La Poste", "PostNL", "GLS")
 REGIONS = ("eu-west-1", "eu-central-1", "us-east-1", "us-west-2", "ap-southeast-1")
-PRODUCTS = (("Aero 3 headphones", "the USB-C dongle"), ("Trailrunner backpack", "the rain cover"),
-            ("Nimbus smart lamp", "Google Home"), ("Kettle Pro", "120 V outlets"),
-            ("Lumen desk mat", "wireless chargers"))
-TOPICS = ("retrieval-augmented generation", "solid-state batteries", "mRNA vaccine stability",
-          "small modular reactors", "protein structure prediction", "carbon capture membranes",
-          "LLM agent evaluation", "quantum error correction", "urban heat islands", "microplastics in soil")
-HOSTS = ("arxiv.org/abs/2604.", "www.nature.com/articles/s41586-026-", "pubs.acs.org/doi/10.1021/jacs.6c",
-         "www.science.org/doi/10.1126/science.adq", "openreview.net/forum?id=Qx")
-CITIES = (("Lisbon", "LIS"), ("Tokyo", "HND"), ("Reykjavik", "KEF"), ("Mexico City", "MEX"),
-          ("Cape Town", "CPT"), ("Vienna", "VIE"), ("Seoul", "ICN"), ("Montreal", "YUL"))
+PRODUCTS = (
+    ("Aero 3 headphones", "the USB-C dongle"),
+    ("Trailrunner backpack", "the rain cover"),
+    ("Nimbus smart lamp", "Google Home"),
+    ("Kettle Pro", "120 V outlets"),
+    ("Lumen desk mat", "wireless chargers"),
+)
+TOPICS = (
+    "retrieval-augmented generation",
+    "solid-state batteries",
+    "mRNA vaccine stability",
+    "small modular reactors",
+    "protein structure prediction",
+    "carbon capture membranes",
+    "LLM agent evaluation",
+    "quantum error correction",
+    "urban heat islands",
+    "microplastics in soil",
+)
+HOSTS = (
+    "arxiv.org/abs/2604.",
+    "www.nature.com/articles/s41586-026-",
+    "pubs.acs.org/doi/10.1021/jacs.6c",
+    "www.science.org/doi/10.1126/science.adq",
+    "openreview.net/forum?id=Qx",
+)
+CITIES = (
+    ("Lisbon", "LIS"),
+    ("Tokyo", "HND"),
+    ("Reykjavik", "KEF"),
+    ("Mexico City", "MEX"),
+    ("Cape Town", "CPT"),
+    ("Vienna", "VIE"),
+    ("Seoul", "ICN"),
+    ("Montreal", "YUL"),
+)
 ORIGINS = ("SFO", "JFK", "LHR", "CDG", "FRA", "ORD", "AMS", "SEA")
-SYMBOLS = (("parse_config", "config/loader.py", "tests/test_loader.py::test_env_override"),
-           ("RetryPolicy", "http/retry.py", "tests/test_retry.py::test_backoff_caps"),
-           ("normalize_path", "fs/paths.py", "tests/test_paths.py::test_windows_drive"),
-           ("TokenBucket", "ratelimit/bucket.py", "tests/test_bucket.py::test_refill"),
-           ("render_invoice", "billing/pdf.py", "tests/test_pdf.py::test_currency_format"))
+SYMBOLS = (
+    ("parse_config", "config/loader.py", "tests/test_loader.py::test_env_override"),
+    ("RetryPolicy", "http/retry.py", "tests/test_retry.py::test_backoff_caps"),
+    ("normalize_path", "fs/paths.py", "tests/test_paths.py::test_windows_drive"),
+    ("TokenBucket", "ratelimit/bucket.py", "tests/test_bucket.py::test_refill"),
+    ("render_invoice", "billing/pdf.py", "tests/test_pdf.py::test_currency_format"),
+)
 FIRST_NAMES = ("ana", "li", "maria", "tom", "sofia", "jamal", "yuki", "lucas", "emma", "noah", "ines", "omar")
 DOMAINS = ("gmail.com", "outlook.com", "proton.me", "yahoo.fr", "web.de", "icloud.com")
 PLANS = ("Pro monthly", "Team annual", "Starter monthly", "Business annual")
@@ -271,17 +301,34 @@ def _facts(rng: Random) -> dict:
     shipped = num(-9, -2)
     hosts = num(0, len(HOSTS) - 1)
     return {
-        "order_id": num(10_000, 99_999), "region": pick(REGIONS), "carrier": pick(CARRIERS),
-        "ship_date": DAYS[shipped], "eta": DAYS[shipped + num(3, 8)], "product": product_,
-        "accessory": accessory, "email": f"{pick(FIRST_NAMES)}.{num(1, 999)}@{pick(DOMAINS)}",
-        "customer_id": f"cus_{rng.getrandbits(48):012x}", "ticket": f"TCK-{num(100_000, 999_999)}",
-        "invoice_id": f"INV-2026-{num(1000, 99_999):05d}", "amount": f"{num(9, 480)}.{num(0, 99):02d}",
-        "credit": pick((10, 15, 20, 25, 50)), "plan": pick(PLANS), "card": f"{num(0, 9999):04d}",
-        "topic": TOPICS[first], "topic2": TOPICS[(first + num(1, len(TOPICS) - 1)) % len(TOPICS)],
+        "order_id": num(10_000, 99_999),
+        "region": pick(REGIONS),
+        "carrier": pick(CARRIERS),
+        "ship_date": DAYS[shipped],
+        "eta": DAYS[shipped + num(3, 8)],
+        "product": product_,
+        "accessory": accessory,
+        "email": f"{pick(FIRST_NAMES)}.{num(1, 999)}@{pick(DOMAINS)}",
+        "customer_id": f"cus_{rng.getrandbits(48):012x}",
+        "ticket": f"TCK-{num(100_000, 999_999)}",
+        "invoice_id": f"INV-2026-{num(1000, 99_999):05d}",
+        "amount": f"{num(9, 480)}.{num(0, 99):02d}",
+        "credit": pick((10, 15, 20, 25, 50)),
+        "plan": pick(PLANS),
+        "card": f"{num(0, 9999):04d}",
+        "topic": TOPICS[first],
+        "topic2": TOPICS[(first + num(1, len(TOPICS) - 1)) % len(TOPICS)],
         "urls": [f"https://{HOSTS[(hosts + k) % len(HOSTS)]}{num(10_000, 99_999)}" for k in range(3)],
-        "city": city, "dest": airport, "origin": pick(ORIGINS), "date": DAYS[num(10, 60)],
-        "nights": num(2, 9), "price": pick((120, 150, 180, 220, 300)), "symbol": symbol, "module": module,
-        "test": test, "dir": pick(("src", "src/app", "tests", "scripts")),
+        "city": city,
+        "dest": airport,
+        "origin": pick(ORIGINS),
+        "date": DAYS[num(10, 60)],
+        "nights": num(2, 9),
+        "price": pick((120, 150, 180, 220, 300)),
+        "symbol": symbol,
+        "module": module,
+        "test": test,
+        "dir": pick(("src", "src/app", "tests", "scripts")),
         "street": f"{num(1, 250)} {pick(STREETS)}",
     }
 
@@ -294,128 +341,284 @@ def _hotel(f: dict, k: int) -> dict:
 def _grep_pattern(f: dict, i: int) -> str:
     """Distinct per call, so a long search never looks like a repetition loop."""
     s = f["symbol"]
-    return (s, f"def {s}", f"{s}(", f"import {s}", "TODO", "raise ", "strict=", "return None", "logger.",
-            "@pytest")[i % 10]
+    return (
+        s,
+        f"def {s}",
+        f"{s}(",
+        f"import {s}",
+        "TODO",
+        "raise ",
+        "strict=",
+        "return None",
+        "logger.",
+        "@pytest",
+    )[i % 10]
 
 
-TOOLS = {t.name: t for t in (
-    # support-bot
-    _Tool("lookup_order", "Look up an order by its number.", {"order_id": "integer"},
-          lambda f, i: {"order_id": f["order_id"]},
-          lambda f, i: _json({"order_id": f["order_id"], "status": "shipped", "carrier": f["carrier"],
-                              "shipped_at": f["ship_date"], "eta": f["eta"], "region": f["region"]}),
-          140),
-    _Tool("get_customer", "Fetch a customer profile by email.", {"email": "string"},
-          lambda f, i: {"email": f["email"]},
-          lambda f, i: _json({"customer_id": f["customer_id"], "email": f["email"], "status": "locked",
-                              "failed_logins": 6}),
-          90),
-    _Tool("search_kb", "Search the help-center knowledge base.", {"query": "string"},
-          lambda f, i: {"query": f"{f['product']} {f['accessory']} compatibility"},
-          lambda f, i: _json([{"title": f"{f['product']}: compatibility guide", "score": 0.87, "snippet":
-                               f"The {f['product']} works with {f['accessory']} out of the box."}]),
-          260),
-    _Tool("create_ticket", "Open a support ticket.",
-          {"subject": "string", "priority": ("low", "normal", "high")},
-          lambda f, i: {"subject": f"Account locked: {f['email']}", "priority": "high"},
-          lambda f, i: _json({"ticket_id": f["ticket"], "queue": "account-security"}),
-          310),
-    _Tool("update_shipping_address", "Change the shipping address of an order that has not shipped yet.",
-          {"order_id": "integer", "address": "string"},
-          lambda f, i: {"order_id": f["order_id"], "address": f["street"]},
-          lambda f, i: _json({"order_id": f["order_id"], "address": f["street"], "updated": True}),
-          220),
-    _Tool("transfer_to_refund_agent", "Hand the conversation to the refunds specialist.", {},
-          lambda f, i: {},
-          lambda f, i: _json({"assistant": "RefundAgent"}),
-          1),
-    _Tool("issue_refund", "Refund an order, fully or partly.",
-          {"order_id": "integer", "amount": "number", "reason": "string"},
-          lambda f, i: {"order_id": f["order_id"], "amount": float(f["amount"]), "reason": "damaged"},
-          lambda f, i: _json({"refund_id": f"re_{f['customer_id'][4:]}", "status": "pending"}),
-          480),
-    # research-assistant
-    _Tool("web_search", "Search the web.", {"query": "string"},
-          lambda f, i: {"query": f"{(f['topic'], f['topic2'])[i % 2]} 2026 review"},
-          lambda f, i: _json([{"title": f"Advances in {(f['topic'], f['topic2'])[i % 2]} ({2026 - k})",
-                               "url": f["urls"][k]} for k in range(3)]),
-          650),
-    _Tool("fetch_url", "Download a web page and return its text.", {"url": "string"},
-          lambda f, i: {"url": f["urls"][i % 3]},
-          lambda f, i: (f"# Advances in {f['topic']}\n\nRecent work reports a 2-3x improvement over 2024 "
-                        "baselines, with open questions about cost and reproducibility. "
-                        f"[{f['urls'][i % 3]}]"),
-          700),
-    _Tool("read_pdf", "Extract text from a PDF.", {"url": "string", "pages": "string"},
-          lambda f, i: {"url": f["urls"][0] + ".pdf", "pages": "1-4"},
-          lambda f, i: (f"Abstract. We study {f['topic']} ... Conclusion: the effect holds across three "
-                        "datasets but shrinks at scale."),
-          800),
-    _Tool("save_note", "Save a note to the user's notebook.", {"title": "string", "body": "string"},
-          lambda f, i: {"title": f"{f['topic']} vs {f['topic2']}", "body": "Summary draft (see sources)."},
-          lambda f, i: _json({"note_id": f"note_{f['order_id']}", "saved": True}),
-          120),
-    # billing-agent
-    _Tool("get_invoice", "Fetch one invoice.", {"invoice_id": "string"},
-          lambda f, i: {"invoice_id": f["invoice_id"]},
-          lambda f, i: _json({"invoice_id": f["invoice_id"], "total": f["amount"], "currency": "USD", "lines":
-                              [{"description": f["plan"], "amount": f["amount"]}], "status": "paid"}),
-          120),
-    _Tool("list_invoices", "List a customer's invoices.",
-          {"customer_id": "string", "status": ("paid", "open", "all")},
-          lambda f, i: {"customer_id": f["customer_id"], "status": "open"},
-          lambda f, i: _json([{"invoice_id": f["invoice_id"], "total": f["amount"], "due": f["eta"]}]),
-          240),
-    _Tool("apply_credit", "Apply a credit to a customer's balance.",
-          {"customer_id": "string", "amount_cents": "integer", "reason": "string"},
-          lambda f, i: {"customer_id": f["customer_id"], "amount_cents": f["credit"] * 100,
-                        "reason": "goodwill"},
-          lambda f, i: _json({"balance_cents": -f["credit"] * 100, "applied": True}),
-          200),
-    _Tool("update_payment_method", "Set the default card.", {"customer_id": "string", "card_last4": "string"},
-          lambda f, i: {"customer_id": f["customer_id"], "card_last4": f["card"]},
-          lambda f, i: _json({"default_card": f"**** {f['card']}", "updated": True}),
-          350),
-    # code-helper
-    _Tool("list_files", "List files under a directory.", {"path": "string", "pattern": "string"},
-          lambda f, i: {"path": ("src", "tests", "src/app", "scripts", "docs")[i % 5], "pattern": "*.py"},
-          lambda f, i: _json([f["module"], "cli.py", "utils.py", "__init__.py"]),
-          40),
-    _Tool("read_file", "Read lines of a file.", {"path": "string", "start": "integer", "end": "integer"},
-          lambda f, i: {"path": f["module"], "start": 1 + 60 * i, "end": 60 + 60 * i},
-          lambda f, i: (f"def {f['symbol']}(value, *, strict=False):\n    if value is None:\n"
-                        "        return {}\n    ..."),
-          30),
-    _Tool("grep", "Search files for a regex.", {"pattern": "string", "path": "string"},
-          lambda f, i: {"pattern": _grep_pattern(f, i), "path": "."},
-          lambda f, i: (f"{f['module']}:12:def {f['symbol']}(value, *, strict=False):\n"
-                        f"cli.py:88:    {f['symbol']}(raw)"),
-          70),
-    _Tool("run_tests", "Run pytest on a target.", {"target": "string"},
-          lambda f, i: {"target": f["test"]},
-          lambda f, i: f"FAILED {f['test']} - AssertionError: expected {{}} got None\n1 failed, 41 passed",
-          900),
-    # travel-planner
-    _Tool("search_flights", "Search flights.",
-          {"origin": "string", "destination": "string", "departure_date": "string",
-           "cabin": ("economy", "premium_economy", "business", "first")},
-          lambda f, i: {"origin": f["origin"], "destination": f["dest"], "departure_date": f["date"],
-                        "cabin": "economy"},
-          lambda f, i: _json([{"flight": f"{f['origin']}-{f['dest']}-{k}",
-                               "depart": f"{f['date']}T0{7 + k}:40", "price_usd": 420 + 85 * k}
-                              for k in range(3)]),
-          700),
-    _Tool("search_hotels", "Search hotels.",
-          {"city": "string", "check_in": "string", "nights": "integer", "max_price": "integer"},
-          lambda f, i: {"city": f["city"], "check_in": f["date"], "nights": f["nights"],
-                        "max_price": f["price"]},
-          lambda f, i: _json([_hotel(f, k) for k in range(3)]),
-          600),
-    _Tool("get_weather", "Forecast for a city and date.", {"city": "string", "date": "string"},
-          lambda f, i: {"city": f["city"], "date": f["date"]},
-          lambda f, i: _json({"city": f["city"], "high_c": 19 + i, "low_c": 11, "summary": "partly cloudy"}),
-          150),
-)}
+TOOLS = {
+    t.name: t
+    for t in (
+        # support-bot
+        _Tool(
+            "lookup_order",
+            "Look up an order by its number.",
+            {"order_id": "integer"},
+            lambda f, i: {"order_id": f["order_id"]},
+            lambda f, i: _json(
+                {
+                    "order_id": f["order_id"],
+                    "status": "shipped",
+                    "carrier": f["carrier"],
+                    "shipped_at": f["ship_date"],
+                    "eta": f["eta"],
+                    "region": f["region"],
+                }
+            ),
+            140,
+        ),
+        _Tool(
+            "get_customer",
+            "Fetch a customer profile by email.",
+            {"email": "string"},
+            lambda f, i: {"email": f["email"]},
+            lambda f, i: _json(
+                {"customer_id": f["customer_id"], "email": f["email"], "status": "locked", "failed_logins": 6}
+            ),
+            90,
+        ),
+        _Tool(
+            "search_kb",
+            "Search the help-center knowledge base.",
+            {"query": "string"},
+            lambda f, i: {"query": f"{f['product']} {f['accessory']} compatibility"},
+            lambda f, i: _json(
+                [
+                    {
+                        "title": f"{f['product']}: compatibility guide",
+                        "score": 0.87,
+                        "snippet": f"The {f['product']} works with {f['accessory']} out of the box.",
+                    }
+                ]
+            ),
+            260,
+        ),
+        _Tool(
+            "create_ticket",
+            "Open a support ticket.",
+            {"subject": "string", "priority": ("low", "normal", "high")},
+            lambda f, i: {"subject": f"Account locked: {f['email']}", "priority": "high"},
+            lambda f, i: _json({"ticket_id": f["ticket"], "queue": "account-security"}),
+            310,
+        ),
+        _Tool(
+            "update_shipping_address",
+            "Change the shipping address of an order that has not shipped yet.",
+            {"order_id": "integer", "address": "string"},
+            lambda f, i: {"order_id": f["order_id"], "address": f["street"]},
+            lambda f, i: _json({"order_id": f["order_id"], "address": f["street"], "updated": True}),
+            220,
+        ),
+        _Tool(
+            "transfer_to_refund_agent",
+            "Hand the conversation to the refunds specialist.",
+            {},
+            lambda f, i: {},
+            lambda f, i: _json({"assistant": "RefundAgent"}),
+            1,
+        ),
+        _Tool(
+            "issue_refund",
+            "Refund an order, fully or partly.",
+            {"order_id": "integer", "amount": "number", "reason": "string"},
+            lambda f, i: {"order_id": f["order_id"], "amount": float(f["amount"]), "reason": "damaged"},
+            lambda f, i: _json({"refund_id": f"re_{f['customer_id'][4:]}", "status": "pending"}),
+            480,
+        ),
+        # research-assistant
+        _Tool(
+            "web_search",
+            "Search the web.",
+            {"query": "string"},
+            lambda f, i: {"query": f"{(f['topic'], f['topic2'])[i % 2]} 2026 review"},
+            lambda f, i: _json(
+                [
+                    {
+                        "title": f"Advances in {(f['topic'], f['topic2'])[i % 2]} ({2026 - k})",
+                        "url": f["urls"][k],
+                    }
+                    for k in range(3)
+                ]
+            ),
+            650,
+        ),
+        _Tool(
+            "fetch_url",
+            "Download a web page and return its text.",
+            {"url": "string"},
+            lambda f, i: {"url": f["urls"][i % 3]},
+            lambda f, i: (
+                f"# Advances in {f['topic']}\n\nRecent work reports a 2-3x improvement over 2024 "
+                "baselines, with open questions about cost and reproducibility. "
+                f"[{f['urls'][i % 3]}]"
+            ),
+            700,
+        ),
+        _Tool(
+            "read_pdf",
+            "Extract text from a PDF.",
+            {"url": "string", "pages": "string"},
+            lambda f, i: {"url": f["urls"][0] + ".pdf", "pages": "1-4"},
+            lambda f, i: (
+                f"Abstract. We study {f['topic']} ... Conclusion: the effect holds across three "
+                "datasets but shrinks at scale."
+            ),
+            800,
+        ),
+        _Tool(
+            "save_note",
+            "Save a note to the user's notebook.",
+            {"title": "string", "body": "string"},
+            lambda f, i: {"title": f"{f['topic']} vs {f['topic2']}", "body": "Summary draft (see sources)."},
+            lambda f, i: _json({"note_id": f"note_{f['order_id']}", "saved": True}),
+            120,
+        ),
+        # billing-agent
+        _Tool(
+            "get_invoice",
+            "Fetch one invoice.",
+            {"invoice_id": "string"},
+            lambda f, i: {"invoice_id": f["invoice_id"]},
+            lambda f, i: _json(
+                {
+                    "invoice_id": f["invoice_id"],
+                    "total": f["amount"],
+                    "currency": "USD",
+                    "lines": [{"description": f["plan"], "amount": f["amount"]}],
+                    "status": "paid",
+                }
+            ),
+            120,
+        ),
+        _Tool(
+            "list_invoices",
+            "List a customer's invoices.",
+            {"customer_id": "string", "status": ("paid", "open", "all")},
+            lambda f, i: {"customer_id": f["customer_id"], "status": "open"},
+            lambda f, i: _json([{"invoice_id": f["invoice_id"], "total": f["amount"], "due": f["eta"]}]),
+            240,
+        ),
+        _Tool(
+            "apply_credit",
+            "Apply a credit to a customer's balance.",
+            {"customer_id": "string", "amount_cents": "integer", "reason": "string"},
+            lambda f, i: {
+                "customer_id": f["customer_id"],
+                "amount_cents": f["credit"] * 100,
+                "reason": "goodwill",
+            },
+            lambda f, i: _json({"balance_cents": -f["credit"] * 100, "applied": True}),
+            200,
+        ),
+        _Tool(
+            "update_payment_method",
+            "Set the default card.",
+            {"customer_id": "string", "card_last4": "string"},
+            lambda f, i: {"customer_id": f["customer_id"], "card_last4": f["card"]},
+            lambda f, i: _json({"default_card": f"**** {f['card']}", "updated": True}),
+            350,
+        ),
+        # code-helper
+        _Tool(
+            "list_files",
+            "List files under a directory.",
+            {"path": "string", "pattern": "string"},
+            lambda f, i: {"path": ("src", "tests", "src/app", "scripts", "docs")[i % 5], "pattern": "*.py"},
+            lambda f, i: _json([f["module"], "cli.py", "utils.py", "__init__.py"]),
+            40,
+        ),
+        _Tool(
+            "read_file",
+            "Read lines of a file.",
+            {"path": "string", "start": "integer", "end": "integer"},
+            lambda f, i: {"path": f["module"], "start": 1 + 60 * i, "end": 60 + 60 * i},
+            lambda f, i: (
+                f"def {f['symbol']}(value, *, strict=False):\n    if value is None:\n"
+                "        return {}\n    ..."
+            ),
+            30,
+        ),
+        _Tool(
+            "grep",
+            "Search files for a regex.",
+            {"pattern": "string", "path": "string"},
+            lambda f, i: {"pattern": _grep_pattern(f, i), "path": "."},
+            lambda f, i: (
+                f"{f['module']}:12:def {f['symbol']}(value, *, strict=False):\n"
+                f"cli.py:88:    {f['symbol']}(raw)"
+            ),
+            70,
+        ),
+        _Tool(
+            "run_tests",
+            "Run pytest on a target.",
+            {"target": "string"},
+            lambda f, i: {"target": f["test"]},
+            lambda f, i: f"FAILED {f['test']} - AssertionError: expected {{}} got None\n1 failed, 41 passed",
+            900,
+        ),
+        # travel-planner
+        _Tool(
+            "search_flights",
+            "Search flights.",
+            {
+                "origin": "string",
+                "destination": "string",
+                "departure_date": "string",
+                "cabin": ("economy", "premium_economy", "business", "first"),
+            },
+            lambda f, i: {
+                "origin": f["origin"],
+                "destination": f["dest"],
+                "departure_date": f["date"],
+                "cabin": "economy",
+            },
+            lambda f, i: _json(
+                [
+                    {
+                        "flight": f"{f['origin']}-{f['dest']}-{k}",
+                        "depart": f"{f['date']}T0{7 + k}:40",
+                        "price_usd": 420 + 85 * k,
+                    }
+                    for k in range(3)
+                ]
+            ),
+            700,
+        ),
+        _Tool(
+            "search_hotels",
+            "Search hotels.",
+            {"city": "string", "check_in": "string", "nights": "integer", "max_price": "integer"},
+            lambda f, i: {
+                "city": f["city"],
+                "check_in": f["date"],
+                "nights": f["nights"],
+                "max_price": f["price"],
+            },
+            lambda f, i: _json([_hotel(f, k) for k in range(3)]),
+            600,
+        ),
+        _Tool(
+            "get_weather",
+            "Forecast for a city and date.",
+            {"city": "string", "date": "string"},
+            lambda f, i: {"city": f["city"], "date": f["date"]},
+            lambda f, i: _json(
+                {"city": f["city"], "high_c": 19 + i, "low_c": 11, "summary": "partly cloudy"}
+            ),
+            150,
+        ),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -459,160 +662,258 @@ LANGS = ("en", "es", "fr", "de")
 REFUSALS = {
     "en": ("I'm sorry, but I can't help with that.", "I'm sorry, but I can't assist with that request."),
     "es": ("Lo siento, no puedo ayudar con eso.", "Lo siento, pero no puedo ayudarte con esa solicitud."),
-    "fr": ("Je suis désolé, mais je ne peux pas vous aider avec cela.",
-           "Je suis désolé, mais je ne peux pas répondre à cette demande."),
-    "de": ("Es tut mir leid, aber dabei kann ich nicht helfen.",
-           "Es tut mir leid, aber bei dieser Anfrage kann ich Ihnen nicht helfen."),
+    "fr": (
+        "Je suis désolé, mais je ne peux pas vous aider avec cela.",
+        "Je suis désolé, mais je ne peux pas répondre à cette demande.",
+    ),
+    "de": (
+        "Es tut mir leid, aber dabei kann ich nicht helfen.",
+        "Es tut mir leid, aber bei dieser Anfrage kann ich Ihnen nicht helfen.",
+    ),
 }
 ORDER_MISSING = {
     "en": "I couldn't find order {order_id}. Could you double-check the number in your confirmation email?",
     "es": "No encuentro el pedido {order_id}. ¿Puedes comprobar el número en tu correo de confirmación?",
-    "fr": ("Je ne trouve pas la commande {order_id}. Pouvez-vous vérifier le numéro dans votre e-mail de "
-           "confirmation ?"),
-    "de": ("Ich kann die Bestellung {order_id} nicht finden. Können Sie die Nummer in Ihrer "
-           "Bestätigungs-E-Mail prüfen?"),
+    "fr": (
+        "Je ne trouve pas la commande {order_id}. Pouvez-vous vérifier le numéro dans votre e-mail de "
+        "confirmation ?"
+    ),
+    "de": (
+        "Ich kann die Bestellung {order_id} nicht finden. Können Sie die Nummer in Ihrer "
+        "Bestätigungs-E-Mail prüfen?"
+    ),
 }
 TRANSFER_FAILED = {
-    "en": ("I'm sorry, I couldn't transfer you to our refunds team. I've noted your request for order "
-           "{order_id}."),
-    "es": ("Lo siento, no he podido pasarte con el equipo de reembolsos. He anotado tu solicitud del pedido "
-           "{order_id}."),
-    "fr": ("Désolé, je n'ai pas pu vous transférer au service remboursements. J'ai noté votre demande pour "
-           "la commande {order_id}."),
-    "de": ("Leider konnte ich Sie nicht an das Erstattungsteam weiterleiten. Ich habe Ihre Anfrage zu "
-           "Bestellung {order_id} notiert."),
+    "en": (
+        "I'm sorry, I couldn't transfer you to our refunds team. I've noted your request for order "
+        "{order_id}."
+    ),
+    "es": (
+        "Lo siento, no he podido pasarte con el equipo de reembolsos. He anotado tu solicitud del pedido "
+        "{order_id}."
+    ),
+    "fr": (
+        "Désolé, je n'ai pas pu vous transférer au service remboursements. J'ai noté votre demande pour "
+        "la commande {order_id}."
+    ),
+    "de": (
+        "Leider konnte ich Sie nicht an das Erstattungsteam weiterleiten. Ich habe Ihre Anfrage zu "
+        "Bestellung {order_id} notiert."
+    ),
 }
 
 _ORDER_STATUS = _Scenario(
-    {"en": "Where is my order {order_id}? It still hasn't arrived.",
-     "es": "¿Dónde está mi pedido {order_id}? Todavía no ha llegado.",
-     "fr": "Où en est ma commande {order_id} ? Je ne l'ai toujours pas reçue.",
-     "de": "Wo ist meine Bestellung {order_id}? Sie ist immer noch nicht angekommen."},
+    {
+        "en": "Where is my order {order_id}? It still hasn't arrived.",
+        "es": "¿Dónde está mi pedido {order_id}? Todavía no ha llegado.",
+        "fr": "Où en est ma commande {order_id} ? Je ne l'ai toujours pas reçue.",
+        "de": "Wo ist meine Bestellung {order_id}? Sie ist immer noch nicht angekommen.",
+    },
     (("lookup_order",),),
-    {"en": "Your order {order_id} shipped with {carrier} on {ship_date} and should arrive by {eta}.",
-     "es": "Tu pedido {order_id} se envió con {carrier} el {ship_date} y debería llegar antes del {eta}.",
-     "fr": ("Votre commande {order_id} a été expédiée avec {carrier} le {ship_date} et devrait arriver d'ici "
-            "le {eta}."),
-     "de": ("Ihre Bestellung {order_id} wurde am {ship_date} mit {carrier} versendet und sollte bis zum "
-            "{eta} ankommen.")},
+    {
+        "en": "Your order {order_id} shipped with {carrier} on {ship_date} and should arrive by {eta}.",
+        "es": "Tu pedido {order_id} se envió con {carrier} el {ship_date} y debería llegar antes del {eta}.",
+        "fr": (
+            "Votre commande {order_id} a été expédiée avec {carrier} le {ship_date} et devrait arriver d'ici "
+            "le {eta}."
+        ),
+        "de": (
+            "Ihre Bestellung {order_id} wurde am {ship_date} mit {carrier} versendet und sollte bis zum "
+            "{eta} ankommen."
+        ),
+    },
 )
 _REFUND = _Scenario(
-    {"en": "I'd like a refund for order {order_id}, the item arrived damaged.",
-     "es": "Quiero un reembolso del pedido {order_id}, el artículo llegó dañado.",
-     "fr": "Je voudrais être remboursé pour la commande {order_id}, l'article est arrivé endommagé.",
-     "de": "Ich möchte eine Rückerstattung für Bestellung {order_id}, der Artikel kam beschädigt an."},
+    {
+        "en": "I'd like a refund for order {order_id}, the item arrived damaged.",
+        "es": "Quiero un reembolso del pedido {order_id}, el artículo llegó dañado.",
+        "fr": "Je voudrais être remboursé pour la commande {order_id}, l'article est arrivé endommagé.",
+        "de": "Ich möchte eine Rückerstattung für Bestellung {order_id}, der Artikel kam beschädigt an.",
+    },
     (("lookup_order",), ("transfer_to_refund_agent",)),
-    {"en": "I've refunded ${amount} for order {order_id}; it will show up within 5-7 business days.",
-     "es": "He reembolsado {amount} $ del pedido {order_id}; lo verás en 5-7 días hábiles.",
-     "fr": "J'ai remboursé {amount} $ pour la commande {order_id} ; vous le verrez sous 5 à 7 jours ouvrés.",
-     "de": "Ich habe {amount} $ für Bestellung {order_id} erstattet; das dauert 5-7 Werktage."},
+    {
+        "en": "I've refunded ${amount} for order {order_id}; it will show up within 5-7 business days.",
+        "es": "He reembolsado {amount} $ del pedido {order_id}; lo verás en 5-7 días hábiles.",
+        "fr": "J'ai remboursé {amount} $ pour la commande {order_id} ; vous le verrez sous 5 à 7 jours ouvrés.",
+        "de": "Ich habe {amount} $ für Bestellung {order_id} erstattet; das dauert 5-7 Werktage.",
+    },
     handoff=("RefundAgent", (("issue_refund",),)),
 )
 _COMPATIBILITY = _Scenario(
-    {"en": "Does the {product} work with {accessory}?",
-     "es": "¿El {product} funciona con {accessory}?",
-     "fr": "Est-ce que le {product} fonctionne avec {accessory} ?",
-     "de": "Funktioniert der {product} mit {accessory}?"},
+    {
+        "en": "Does the {product} work with {accessory}?",
+        "es": "¿El {product} funciona con {accessory}?",
+        "fr": "Est-ce que le {product} fonctionne avec {accessory} ?",
+        "de": "Funktioniert der {product} mit {accessory}?",
+    },
     (("search_kb",),),
-    {"en": "Yes. The {product} works with {accessory} out of the box, no adapter needed.",
-     "es": "Sí. El {product} funciona con {accessory} sin necesidad de adaptador.",
-     "fr": "Oui. Le {product} fonctionne avec {accessory} sans adaptateur.",
-     "de": "Ja. Der {product} funktioniert ohne Adapter mit {accessory}."},
+    {
+        "en": "Yes. The {product} works with {accessory} out of the box, no adapter needed.",
+        "es": "Sí. El {product} funciona con {accessory} sin necesidad de adaptador.",
+        "fr": "Oui. Le {product} fonctionne avec {accessory} sans adaptateur.",
+        "de": "Ja. Der {product} funktioniert ohne Adapter mit {accessory}.",
+    },
 )
 
-AGENTS = {a.name: a for a in (
-    _Agent("SupportAgent",
-           "You are the customer support assistant for Acme Store. Answer in the customer's language. Use "
-           "tools to look up orders and accounts; never reveal payment details or personal data. Transfer "
-           "refund requests to the refunds specialist.",
-           ("lookup_order", "get_customer", "search_kb", "create_ticket", "update_shipping_address",
-            "transfer_to_refund_agent"),
-           (("gpt-5.4", 0.6), ("gpt-5.4-mini", 0.4)),
-           (
-               _ORDER_STATUS, _REFUND, _COMPATIBILITY,
-               _Scenario({"en": "Can you change the shipping address on order {order_id} to {street}?"},
-                         (("lookup_order",), ("update_shipping_address",)),
-                         {"en": "Done: order {order_id} will now ship to {street}."}),
-               _Scenario({"en": "I can't log in with {email}, it says my account is locked."},
-                         (("get_customer",), ("create_ticket",)),
-                         {"en": "Your account was locked after several failed logins. I've opened ticket "
-                                "{ticket}; security will email {email} within the hour."}),
-           ),
-           guardrail="pii_filter"),
-    _Agent("RefundAgent", "You process refunds for Acme Store. Confirm the amount before refunding.",
-           ("lookup_order", "issue_refund"), (("gpt-5.4", 1.0),)),
-    _Agent("ResearchAgent",
-           "You are a research assistant. Search, read primary sources, cite them, and keep summaries short.",
-           ("web_search", "fetch_url", "read_pdf", "save_note"),
-           (("claude-sonnet-4-5", 0.7), ("claude-haiku-4-5", 0.3)),
-           (
-               _Scenario({"en": "Summarize the most recent findings on {topic}."},
-                         (("web_search",), ("fetch_url", "fetch_url")),
-                         {"en": "Recent work on {topic} reports 2-3x gains over 2024 baselines, though cost "
-                                "and reproducibility remain open. Sources: [1] {urls[0]} [2] {urls[1]}"}),
-               _Scenario({"en": "Compare {topic} with {topic2} and save a short note for my report."},
-                         (("web_search", "web_search"), ("fetch_url",), ("save_note",)),
-                         {"en": "Saved a note comparing {topic} and {topic2}: both improved quickly, but "
-                                "{topic} has stronger evidence. Source: {urls[0]}"}),
-               _Scenario({"en": "What does the paper at {urls[0]}.pdf conclude?"},
-                         (("read_pdf",),),
-                         {"en": "It concludes the effect holds on three datasets but shrinks at scale."}),
-           )),
-    _Agent("BillingAgent",
-           "You are the billing assistant. Explain charges, list invoices, apply agreed credits and update "
-           "payment methods. Amounts are in USD.",
-           ("get_invoice", "list_invoices", "apply_credit", "update_payment_method"),
-           (("gpt-5.4-mini", 0.7), ("gpt-5.4", 0.3)),
-           (
-               _Scenario({"en": "Why was I charged ${amount} on invoice {invoice_id}?"}, (("get_invoice",),),
-                         {"en": "Invoice {invoice_id} is the renewal of your {plan} plan (${amount})."}),
-               _Scenario({"en": "Show me my unpaid invoices."}, (("list_invoices",),),
-                         {"en": "You have one open invoice, {invoice_id}, for ${amount}, due {eta}."}),
-               _Scenario({"en": "You promised me a ${credit} credit on invoice {invoice_id}, please apply "
-                                "it."},
-                         (("get_invoice",), ("apply_credit",)),
-                         {"en": "I've applied a ${credit} credit; it will be deducted from your next "
-                                "invoice."}),
-               _Scenario({"en": "Please switch my payment method to the card ending in {card}."},
-                         (("update_payment_method",),),
-                         {"en": "Your default card is now the one ending in {card}."}),
-           )),
-    _Agent("CodeHelper",
-           "You are a coding assistant with read access to the repository. Find the cause before proposing "
-           "a fix.",
-           ("list_files", "read_file", "grep", "run_tests"),
-           (("gemini-3-flash", 0.5), ("gpt-5.4-mini", 0.5)),
-           (
-               _Scenario({"en": "Why is {test} failing?"}, (("run_tests",), ("grep",), ("read_file",)),
-                         {"en": "`{symbol}` returns None instead of {{}} when the value is missing; the test "
-                                "expects an empty dict. Return `{{}}` on line 3 of {module}."}),
-               _Scenario({"en": "Where is `{symbol}` defined and who calls it?"}, (("grep",), ("read_file",)),
-                         {"en": "`{symbol}` is defined in {module} (line 12) and called from cli.py line "
-                                "88."}),
-               _Scenario({"en": "List the Python files under {dir}."}, (("list_files",),),
-                         {"en": "There are four: {module}, cli.py, utils.py and __init__.py."}),
-           )),
-    _Agent("TravelPlanner",
-           "You plan trips: flights, hotels and weather. Always give prices in USD and dates as YYYY-MM-DD.",
-           ("search_flights", "search_hotels", "get_weather"),
-           (("claude-sonnet-4-5", 0.5), ("gemini-3-flash", 0.5)),
-           (
-               _Scenario({"en": "Find me a flight from {origin} to {dest} on {date}."},
-                         (("search_flights",),),
-                         {"en": "The cheapest option is {origin}-{dest}-0 leaving {date} at 07:40 for "
-                                "$420."}),
-               _Scenario({"en": "Plan a {nights}-night trip to {city} from {origin}: flights and a hotel "
-                                "under ${price}/night."},
-                         (("search_flights", "search_hotels"), ("get_weather",)),
-                         {"en": "Fly {origin}-{dest}-0 on {date} ($420) and stay at Casa {city} Central. "
-                                "Expect partly cloudy weather around 19°C."}),
-               _Scenario({"en": "Find a hotel in {city} under ${price} a night for {nights} nights from "
-                                "{date}."},
-
-                         (("search_hotels",),),
-                         {"en": "Casa {city} Central fits your budget and is rated 4.1."}),
-           )),
-)}
+AGENTS = {
+    a.name: a
+    for a in (
+        _Agent(
+            "SupportAgent",
+            "You are the customer support assistant for Acme Store. Answer in the customer's language. Use "
+            "tools to look up orders and accounts; never reveal payment details or personal data. Transfer "
+            "refund requests to the refunds specialist.",
+            (
+                "lookup_order",
+                "get_customer",
+                "search_kb",
+                "create_ticket",
+                "update_shipping_address",
+                "transfer_to_refund_agent",
+            ),
+            (("gpt-5.4", 0.6), ("gpt-5.4-mini", 0.4)),
+            (
+                _ORDER_STATUS,
+                _REFUND,
+                _COMPATIBILITY,
+                _Scenario(
+                    {"en": "Can you change the shipping address on order {order_id} to {street}?"},
+                    (("lookup_order",), ("update_shipping_address",)),
+                    {"en": "Done: order {order_id} will now ship to {street}."},
+                ),
+                _Scenario(
+                    {"en": "I can't log in with {email}, it says my account is locked."},
+                    (("get_customer",), ("create_ticket",)),
+                    {
+                        "en": "Your account was locked after several failed logins. I've opened ticket "
+                        "{ticket}; security will email {email} within the hour."
+                    },
+                ),
+            ),
+            guardrail="pii_filter",
+        ),
+        _Agent(
+            "RefundAgent",
+            "You process refunds for Acme Store. Confirm the amount before refunding.",
+            ("lookup_order", "issue_refund"),
+            (("gpt-5.4", 1.0),),
+        ),
+        _Agent(
+            "ResearchAgent",
+            "You are a research assistant. Search, read primary sources, cite them, and keep summaries short.",
+            ("web_search", "fetch_url", "read_pdf", "save_note"),
+            (("claude-sonnet-4-5", 0.7), ("claude-haiku-4-5", 0.3)),
+            (
+                _Scenario(
+                    {"en": "Summarize the most recent findings on {topic}."},
+                    (("web_search",), ("fetch_url", "fetch_url")),
+                    {
+                        "en": "Recent work on {topic} reports 2-3x gains over 2024 baselines, though cost "
+                        "and reproducibility remain open. Sources: [1] {urls[0]} [2] {urls[1]}"
+                    },
+                ),
+                _Scenario(
+                    {"en": "Compare {topic} with {topic2} and save a short note for my report."},
+                    (("web_search", "web_search"), ("fetch_url",), ("save_note",)),
+                    {
+                        "en": "Saved a note comparing {topic} and {topic2}: both improved quickly, but "
+                        "{topic} has stronger evidence. Source: {urls[0]}"
+                    },
+                ),
+                _Scenario(
+                    {"en": "What does the paper at {urls[0]}.pdf conclude?"},
+                    (("read_pdf",),),
+                    {"en": "It concludes the effect holds on three datasets but shrinks at scale."},
+                ),
+            ),
+        ),
+        _Agent(
+            "BillingAgent",
+            "You are the billing assistant. Explain charges, list invoices, apply agreed credits and update "
+            "payment methods. Amounts are in USD.",
+            ("get_invoice", "list_invoices", "apply_credit", "update_payment_method"),
+            (("gpt-5.4-mini", 0.7), ("gpt-5.4", 0.3)),
+            (
+                _Scenario(
+                    {"en": "Why was I charged ${amount} on invoice {invoice_id}?"},
+                    (("get_invoice",),),
+                    {"en": "Invoice {invoice_id} is the renewal of your {plan} plan (${amount})."},
+                ),
+                _Scenario(
+                    {"en": "Show me my unpaid invoices."},
+                    (("list_invoices",),),
+                    {"en": "You have one open invoice, {invoice_id}, for ${amount}, due {eta}."},
+                ),
+                _Scenario(
+                    {"en": "You promised me a ${credit} credit on invoice {invoice_id}, please apply it."},
+                    (("get_invoice",), ("apply_credit",)),
+                    {"en": "I've applied a ${credit} credit; it will be deducted from your next invoice."},
+                ),
+                _Scenario(
+                    {"en": "Please switch my payment method to the card ending in {card}."},
+                    (("update_payment_method",),),
+                    {"en": "Your default card is now the one ending in {card}."},
+                ),
+            ),
+        ),
+        _Agent(
+            "CodeHelper",
+            "You are a coding assistant with read access to the repository. Find the cause before proposing "
+            "a fix.",
+            ("list_files", "read_file", "grep", "run_tests"),
+            (("gemini-3-flash", 0.5), ("gpt-5.4-mini", 0.5)),
+            (
+                _Scenario(
+                    {"en": "Why is {test} failing?"},
+                    (("run_tests",), ("grep",), ("read_file",)),
+                    {
+                        "en": "`{symbol}` returns None instead of {{}} when the value is missing; the test "
+                        "expects an empty dict. Return `{{}}` on line 3 of {module}."
+                    },
+                ),
+                _Scenario(
+                    {"en": "Where is `{symbol}` defined and who calls it?"},
+                    (("grep",), ("read_file",)),
+                    {"en": "`{symbol}` is defined in {module} (line 12) and called from cli.py line 88."},
+                ),
+                _Scenario(
+                    {"en": "List the Python files under {dir}."},
+                    (("list_files",),),
+                    {"en": "There are four: {module}, cli.py, utils.py and __init__.py."},
+                ),
+            ),
+        ),
+        _Agent(
+            "TravelPlanner",
+            "You plan trips: flights, hotels and weather. Always give prices in USD and dates as YYYY-MM-DD.",
+            ("search_flights", "search_hotels", "get_weather"),
+            (("claude-sonnet-4-5", 0.5), ("gemini-3-flash", 0.5)),
+            (
+                _Scenario(
+                    {"en": "Find me a flight from {origin} to {dest} on {date}."},
+                    (("search_flights",),),
+                    {"en": "The cheapest option is {origin}-{dest}-0 leaving {date} at 07:40 for $420."},
+                ),
+                _Scenario(
+                    {
+                        "en": "Plan a {nights}-night trip to {city} from {origin}: flights and a hotel "
+                        "under ${price}/night."
+                    },
+                    (("search_flights", "search_hotels"), ("get_weather",)),
+                    {
+                        "en": "Fly {origin}-{dest}-0 on {date} ($420) and stay at Casa {city} Central. "
+                        "Expect partly cloudy weather around 19°C."
+                    },
+                ),
+                _Scenario(
+                    {"en": "Find a hotel in {city} under ${price} a night for {nights} nights from {date}."},
+                    (("search_hotels",),),
+                    {"en": "Casa {city} Central fits your budget and is rated 4.1."},
+                ),
+            ),
+        ),
+    )
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,8 +925,18 @@ SITE_PACKAGES = "/app/.venv/lib/python3.12/site-packages"
 
 
 class _Span:
-    __slots__ = ("attrs", "end", "events", "kind", "message", "name", "parent_id", "span_id", "start",
-                 "status")
+    __slots__ = (
+        "attrs",
+        "end",
+        "events",
+        "kind",
+        "message",
+        "name",
+        "parent_id",
+        "span_id",
+        "start",
+        "status",
+    )
 
     def __init__(self, span_id: int, parent_id: int | None, start: int):
         self.span_id, self.parent_id, self.start = span_id, parent_id, start
@@ -653,13 +964,20 @@ def _stacktrace(what: Failing, function: str, exc: str, message: str, framework:
     if what == "tool":
         frames = ((framework, "run", "return self._run(*args, **kwargs)"), (app, function, raised))
     elif what == "llm":
-        frames = ((app, "call_model", "response = await client.create(**request)"),
-                  (f"{SITE_PACKAGES}/{exc.split('.')[0]}/_base_client.py", "request",
-                   "raise self._make_status_error_from_response(err.response) from None"))
+        frames = (
+            (app, "call_model", "response = await client.create(**request)"),
+            (
+                f"{SITE_PACKAGES}/{exc.split('.')[0]}/_base_client.py",
+                "request",
+                "raise self._make_status_error_from_response(err.response) from None",
+            ),
+        )
     else:
         frames = ((app, "handle", "result = await runner.run(agent, question)"), (framework, "run", raised))
-    lines = [f'  File "{file}", line {30 + 7 * (len(file + func) % 61)}, in {func}\n    {code}'
-             for file, func, code in frames]
+    lines = [
+        f'  File "{file}", line {30 + 7 * (len(file + func) % 61)}, in {func}\n    {code}'
+        for file, func, code in frames
+    ]
     return "Traceback (most recent call last):\n" + "\n".join(lines) + f"\n{exc}: {message}"
 
 
@@ -698,15 +1016,25 @@ class _OpenInference:
         a["session.id"], a["user.id"] = run.session_id, run.user_id
         self._project(s, run, "AGENT", agent)
 
-    def llm(self, s: _Span, run: _Run, agent: _Agent, inputs: list[dict], output: dict | None,
-            usage: _Usage | None, extra_tools: list[dict], finish: str) -> None:
+    def llm(
+        self,
+        s: _Span,
+        run: _Run,
+        agent: _Agent,
+        inputs: list[dict],
+        output: dict | None,
+        usage: _Usage | None,
+        extra_tools: list[dict],
+        finish: str,
+    ) -> None:
         model = run.model
         s.name, s.kind = self.span_names["llm"], self.llm_kind
         a = s.attrs
         a["openinference.span.kind"] = "LLM"
         a["llm.model_name"], a["llm.provider"] = model.name, model.provider
-        a["llm.invocation_parameters"] = _json({"temperature": 0.2, "max_tokens": MAX_OUTPUT_TOKENS,
-                                                "tool_choice": "auto"})
+        a["llm.invocation_parameters"] = _json(
+            {"temperature": 0.2, "max_tokens": MAX_OUTPUT_TOKENS, "tool_choice": "auto"}
+        )
         self._messages(a, "llm.input_messages", inputs)
         if output is not None:
             self._messages(a, "llm.output_messages", [output])
@@ -747,8 +1075,13 @@ class _OpenInference:
         if self.halo_projection:  # openai-agents custom span data, as HALO's exporter flattens it
             a["sdk.span.type"], a["sdk.span.name"] = "custom", "turn"
             a["sdk.data.turn"], a["sdk.data.agent_name"] = n, agent.name
-            a["sdk.data.usage"] = _json({"input_tokens": usage.prompt, "output_tokens": usage.completion,
-                                         "cached_input_tokens": usage.cached})
+            a["sdk.data.usage"] = _json(
+                {
+                    "input_tokens": usage.prompt,
+                    "output_tokens": usage.completion,
+                    "cached_input_tokens": usage.cached,
+                }
+            )
         else:  # LangGraph's node metadata
             a["metadata"] = _json({"langgraph_step": n, "langgraph_node": "agent"})
         self._project(s, run, "SPAN", agent)
@@ -775,8 +1108,18 @@ class _OpenInference:
         s.message = f"{exc}: {message}" if what == "tool" else message
         if self.exception_events:
             trace = _stacktrace(what, s.name, exc, message, *self.frames)
-            s.events = [("exception", s.end, {"exception.type": exc, "exception.message": message,
-                                              "exception.stacktrace": trace, "exception.escaped": False})]
+            s.events = [
+                (
+                    "exception",
+                    s.end,
+                    {
+                        "exception.type": exc,
+                        "exception.message": message,
+                        "exception.stacktrace": trace,
+                        "exception.escaped": False,
+                    },
+                )
+            ]
 
     def _messages(self, a: dict, prefix: str, messages: list[dict]) -> None:
         if self.messages != "flat":
@@ -815,8 +1158,11 @@ class _OpenInference:
 
 
 _GENAI_PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "google": "gcp.gemini"}
-_SERVERS = {"openai": "api.openai.com", "anthropic": "api.anthropic.com",
-            "google": "generativelanguage.googleapis.com"}
+_SERVERS = {
+    "openai": "api.openai.com",
+    "anthropic": "api.anthropic.com",
+    "google": "generativelanguage.googleapis.com",
+}
 
 
 @dataclass(frozen=True)
@@ -839,11 +1185,21 @@ class _GenAI:
         a["user.id"] = run.user_id
         a["gen_ai.input.messages"] = _json([{"role": "user", "parts": [_text_part(question)]}])
         if answer is not None:
-            a["gen_ai.output.messages"] = _json([{"role": "assistant", "parts": [_text_part(answer)],
-                                                  "finish_reason": "stop"}])
+            a["gen_ai.output.messages"] = _json(
+                [{"role": "assistant", "parts": [_text_part(answer)], "finish_reason": "stop"}]
+            )
 
-    def llm(self, s: _Span, run: _Run, agent: _Agent, inputs: list[dict], output: dict | None,
-            usage: _Usage | None, extra_tools: list[dict], finish: str) -> None:
+    def llm(
+        self,
+        s: _Span,
+        run: _Run,
+        agent: _Agent,
+        inputs: list[dict],
+        output: dict | None,
+        usage: _Usage | None,
+        extra_tools: list[dict],
+        finish: str,
+    ) -> None:
         model = run.model
         s.name, s.kind = f"chat {model.name}", CLIENT
         a = s.attrs
@@ -857,9 +1213,14 @@ class _GenAI:
         a["gen_ai.conversation.id"] = run.session_id
         a["gen_ai.system_instructions"] = _json([_text_part(inputs[0]["content"])])
         a["gen_ai.input.messages"] = _json([_parts(m) for m in inputs[1:]])
-        a["gen_ai.tool.definitions"] = agent.tool_definitions if not extra_tools else _json(
-            [_genai_definition(TOOLS[t].schema) for t in agent.tools]
-            + [_genai_definition(t) for t in extra_tools])
+        a["gen_ai.tool.definitions"] = (
+            agent.tool_definitions
+            if not extra_tools
+            else _json(
+                [_genai_definition(TOOLS[t].schema) for t in agent.tools]
+                + [_genai_definition(t) for t in extra_tools]
+            )
+        )
         if output is not None:
             a["gen_ai.output.messages"] = _json([{**_parts(output), "finish_reason": finish}])
         if usage is not None:
@@ -887,8 +1248,13 @@ class _GenAI:
         s.status, s.message = ERROR, message
         s.attrs["error.type"] = exc
         trace = _stacktrace(what, s.name, exc, message, *self.frames)
-        s.events = [("exception", s.end, {"exception.type": exc, "exception.message": message,
-                                          "exception.stacktrace": trace})]
+        s.events = [
+            (
+                "exception",
+                s.end,
+                {"exception.type": exc, "exception.message": message, "exception.stacktrace": trace},
+            )
+        ]
 
 
 def _text_part(text: str) -> dict:
@@ -898,11 +1264,20 @@ def _text_part(text: str) -> dict:
 def _parts(m: dict) -> dict:
     """An OpenAI chat message in GenAI semconv shape: a role and typed parts."""
     if m["role"] == "tool":
-        return {"role": "tool",
-                "parts": [{"type": "tool_call_response", "id": m["tool_call_id"], "response": m["content"]}]}
+        return {
+            "role": "tool",
+            "parts": [{"type": "tool_call_response", "id": m["tool_call_id"], "response": m["content"]}],
+        }
     parts = [_text_part(m["content"])] if m.get("content") else []
-    parts += [{"type": "tool_call", "id": tc["id"], "name": tc["function"]["name"],
-               "arguments": orjson.loads(tc["function"]["arguments"])} for tc in m.get("tool_calls", ())]
+    parts += [
+        {
+            "type": "tool_call",
+            "id": tc["id"],
+            "name": tc["function"]["name"],
+            "arguments": orjson.loads(tc["function"]["arguments"]),
+        }
+        for tc in m.get("tool_calls", ())
+    ]
     return {"role": m["role"], "parts": parts}
 
 
@@ -917,39 +1292,85 @@ class _Service:
 
 
 def _resource(name: str, version: str, **extra: str) -> dict:
-    return {"service.name": name, "service.version": version, "deployment.environment": "production",
-            "telemetry.sdk.language": "python", **extra}
+    return {
+        "service.name": name,
+        "service.version": version,
+        "deployment.environment": "production",
+        "telemetry.sdk.language": "python",
+        **extra,
+    }
 
 
 SERVICES = (
-    _Service("support-bot", ("SupportAgent", "RefundAgent"), 0.30,
-             _OpenInference(("openai-agents-sdk", "0.14.4"), "both",
-                            {"agent": "agent.{}", "llm": "generation", "tool": "function.{}"},
-                            llm_kind=CLIENT, turn_name="custom.turn", non_fatal_tool_errors=True,
-                            exception_events=False, llm_tools=False, halo_projection="acme-support"),
-             {"service.name": "support-bot"}, long_span_ids=True),
-    _Service("research-assistant", ("ResearchAgent",), 0.20,
-             _OpenInference(("openinference.instrumentation.langchain", "0.1.52"), "flat",
-                            {"agent": "{}", "llm": "ChatAnthropic", "tool": "{}"}, turn_name="agent",
-                            cost=True,
-                            frames=(f"{SITE_PACKAGES}/langchain_core/tools/base.py",
-                                    "/app/research_assistant/graph.py")),
-             _resource("research-assistant", "2.3.1", **{"openinference.project.name": "research"})),
-    _Service("billing-agent", ("BillingAgent",), 0.15,
-             _OpenInference(("openinference.instrumentation.openai", "0.1.33"), "blob",
-                            {"agent": "{}", "llm": "ChatCompletion", "tool": "{}"}, cost=True,
-                            frames=("/app/billing/tools/registry.py", "/app/billing/assistant.py")),
-             _resource("billing-agent", "1.12.0")),
-    _Service("code-helper", ("CodeHelper",), 0.20,
-             _GenAI(("opentelemetry.instrumentation.genai", "0.4b0"),
-                    (f"{SITE_PACKAGES}/google/adk/flows/llm_flows/functions.py",
-                     "/app/code_helper/agent.py")),
-             _resource("code-helper", "0.9.4")),
-    _Service("travel-planner", ("TravelPlanner",), 0.15,
-             _OpenInference(("openinference.instrumentation.openai_agents", "1.2.0"), "flat",
-                            {"agent": "{}", "llm": "response", "tool": "{}"}, non_fatal_tool_errors=True,
-                            exception_events=False, finish_reason=True),
-             _resource("travel-planner", "3.0.2")),
+    _Service(
+        "support-bot",
+        ("SupportAgent", "RefundAgent"),
+        0.30,
+        _OpenInference(
+            ("openai-agents-sdk", "0.14.4"),
+            "both",
+            {"agent": "agent.{}", "llm": "generation", "tool": "function.{}"},
+            llm_kind=CLIENT,
+            turn_name="custom.turn",
+            non_fatal_tool_errors=True,
+            exception_events=False,
+            llm_tools=False,
+            halo_projection="acme-support",
+        ),
+        {"service.name": "support-bot"},
+        long_span_ids=True,
+    ),
+    _Service(
+        "research-assistant",
+        ("ResearchAgent",),
+        0.20,
+        _OpenInference(
+            ("openinference.instrumentation.langchain", "0.1.52"),
+            "flat",
+            {"agent": "{}", "llm": "ChatAnthropic", "tool": "{}"},
+            turn_name="agent",
+            cost=True,
+            frames=(f"{SITE_PACKAGES}/langchain_core/tools/base.py", "/app/research_assistant/graph.py"),
+        ),
+        _resource("research-assistant", "2.3.1", **{"openinference.project.name": "research"}),
+    ),
+    _Service(
+        "billing-agent",
+        ("BillingAgent",),
+        0.15,
+        _OpenInference(
+            ("openinference.instrumentation.openai", "0.1.33"),
+            "blob",
+            {"agent": "{}", "llm": "ChatCompletion", "tool": "{}"},
+            cost=True,
+            frames=("/app/billing/tools/registry.py", "/app/billing/assistant.py"),
+        ),
+        _resource("billing-agent", "1.12.0"),
+    ),
+    _Service(
+        "code-helper",
+        ("CodeHelper",),
+        0.20,
+        _GenAI(
+            ("opentelemetry.instrumentation.genai", "0.4b0"),
+            (f"{SITE_PACKAGES}/google/adk/flows/llm_flows/functions.py", "/app/code_helper/agent.py"),
+        ),
+        _resource("code-helper", "0.9.4"),
+    ),
+    _Service(
+        "travel-planner",
+        ("TravelPlanner",),
+        0.15,
+        _OpenInference(
+            ("openinference.instrumentation.openai_agents", "1.2.0"),
+            "flat",
+            {"agent": "{}", "llm": "response", "tool": "{}"},
+            non_fatal_tool_errors=True,
+            exception_events=False,
+            finish_reason=True,
+        ),
+        _resource("travel-planner", "3.0.2"),
+    ),
 )
 _SERVICE_OF = {agent: s for s in SERVICES for agent in s.agents}
 
@@ -1031,7 +1452,7 @@ class _Run:
 
     def end_with(self, after: int, text: str) -> None:
         """Drop every step after `after` and finish with a final answer."""
-        del self.steps[after + 1:]
+        del self.steps[after + 1 :]
         self.steps.append(_Turn([], text=text))
 
     def insert_before_answer(self, turn: _Turn) -> None:
@@ -1106,10 +1527,19 @@ class _Mode:
 def _hallucinated_tool(run: _Run, rng: Random) -> None:
     f = run.facts
     args = {"invoice_id": f["invoice_id"], "amount_cents": int(float(f["amount"]) * 100)}
-    error = ("Unknown tool: refund_invoice. Available tools: get_invoice, list_invoices, apply_credit, "
-             "update_payment_method")
-    call = _Call("refund_invoice", args, "", rng.uniform(1, 4), _call_id(rng, run.model.provider),
-                 error=error, exc="ToolNotFoundError")
+    error = (
+        "Unknown tool: refund_invoice. Available tools: get_invoice, list_invoices, apply_credit, "
+        "update_payment_method"
+    )
+    call = _Call(
+        "refund_invoice",
+        args,
+        "",
+        rng.uniform(1, 4),
+        _call_id(rng, run.model.provider),
+        error=error,
+        exc="ToolNotFoundError",
+    )
     run.insert_before_answer(_Turn([call]))
 
 
@@ -1117,20 +1547,46 @@ def _invalid_tool_arguments(run: _Run, rng: Random) -> None:
     turn, call = next(run.calls("search_flights"))
     f, index = run.facts, run.root_index(turn)
     for _ in range(rng.choice((1, 1, 2))):
-        args, problem = rng.choice((
-            ({"origin": f["origin"], "destination": f["dest"], "date": "next friday", "cabin": "economy"},
-             "departure_date\n  Field required [type=missing, input_value={args}, input_type=dict]"),
-            ({**call.args, "departure_date": f"{f['date'][8:]}/{f['date'][5:7]}/{f['date'][:4]}"},
-             ("departure_date\n  Input should be a valid date in the format YYYY-MM-DD "
-              "[type=date_from_datetime_parsing, input_value='{bad}', input_type=str]")),
-            ({**call.args, "cabin": "premium"},
-             ("cabin\n  Input should be 'economy', 'premium_economy', 'business' or 'first' [type=enum, "
-              "input_value='premium', input_type=str]")),
-        ))
-        error = ("Invalid arguments for tool search_flights: 1 validation error for search_flights_args\n"
-                 + problem.format(args=args, bad=args.get("departure_date", "")))
-        bad = _Call("search_flights", args, "", rng.uniform(1, 5), _call_id(rng, run.model.provider),
-                    error=error, exc="ValidationError")
+        args, problem = rng.choice(
+            (
+                (
+                    {
+                        "origin": f["origin"],
+                        "destination": f["dest"],
+                        "date": "next friday",
+                        "cabin": "economy",
+                    },
+                    "departure_date\n  Field required [type=missing, input_value={args}, input_type=dict]",
+                ),
+                (
+                    {**call.args, "departure_date": f"{f['date'][8:]}/{f['date'][5:7]}/{f['date'][:4]}"},
+                    (
+                        "departure_date\n  Input should be a valid date in the format YYYY-MM-DD "
+                        "[type=date_from_datetime_parsing, input_value='{bad}', input_type=str]"
+                    ),
+                ),
+                (
+                    {**call.args, "cabin": "premium"},
+                    (
+                        "cabin\n  Input should be 'economy', 'premium_economy', 'business' or 'first' [type=enum, "
+                        "input_value='premium', input_type=str]"
+                    ),
+                ),
+            )
+        )
+        error = (
+            "Invalid arguments for tool search_flights: 1 validation error for search_flights_args\n"
+            + problem.format(args=args, bad=args.get("departure_date", ""))
+        )
+        bad = _Call(
+            "search_flights",
+            args,
+            "",
+            rng.uniform(1, 5),
+            _call_id(rng, run.model.provider),
+            error=error,
+            exc="ValidationError",
+        )
         run.steps.insert(index, _Turn([bad]))
 
 
@@ -1169,10 +1625,14 @@ def _timeout(run: _Run, rng: Random) -> None:
 def _rate_limit(run: _Run, rng: Random) -> None:
     turn = rng.choice([t for t in run.turns() if t.fail is None])
     turn.retries = [
-        _Failure("Error code: 429 - {'type': 'error', 'error': {'type': 'rate_limit_error', 'message': 'This "
-                 "request would exceed the rate limit for your organization of 400,000 input tokens per "
-                 f"minute. Please retry later.'}}, 'request_id': 'req_011C{rng.getrandbits(80):020x}'}}",
-                 "anthropic.RateLimitError", rng.uniform(120, 600), 1000 * 2**n * rng.uniform(0.8, 1.25))
+        _Failure(
+            "Error code: 429 - {'type': 'error', 'error': {'type': 'rate_limit_error', 'message': 'This "
+            "request would exceed the rate limit for your organization of 400,000 input tokens per "
+            f"minute. Please retry later.'}}, 'request_id': 'req_011C{rng.getrandbits(80):020x}'}}",
+            "anthropic.RateLimitError",
+            rng.uniform(120, 600),
+            1000 * 2**n * rng.uniform(0.8, 1.25),
+        )
         for n in range(rng.randint(2, 5))
     ]
 
@@ -1184,16 +1644,21 @@ def _latency(run: _Run, rng: Random) -> None:
 
 def _cost(run: _Run, rng: Random) -> None:
     invoices = rng.randint(900, 3_000)
-    run.context_note = (f"\n\n<billing_history customer=\"{run.facts['customer_id']}\">\n"
-                        f"[{invoices:,} invoices, {invoices * 140:,} characters; truncated by the exporter]\n"
-                        "</billing_history>")
+    run.context_note = (
+        f'\n\n<billing_history customer="{run.facts["customer_id"]}">\n'
+        f"[{invoices:,} invoices, {invoices * 140:,} characters; truncated by the exporter]\n"
+        "</billing_history>"
+    )
     for turn in run.turns():
         turn.prompt_extra = invoices * 45 + rng.randint(0, 4_000)
 
 
 def _context_overflow(run: _Run, rng: Random) -> None:
-    turn = next(step for step in reversed(run.steps) if isinstance(step, _Turn) and step.calls
-                and not step.calls[0].tool.startswith("transfer_to_"))
+    turn = next(
+        step
+        for step in reversed(run.steps)
+        if isinstance(step, _Turn) and step.calls and not step.calls[0].tool.startswith("transfer_to_")
+    )
     call = turn.calls[-1]
     call.result = f"{call.result}\n…[{rng.randint(600_000, 1_400_000):,} characters truncated]"
     window = run.model.context_window
@@ -1202,8 +1667,10 @@ def _context_overflow(run: _Run, rng: Random) -> None:
         f"tokens. However, your messages resulted in {window + rng.randint(2_000, 120_000)} tokens. Please "
         "reduce the length of the messages.\", 'type': 'invalid_request_error', 'param': 'messages', "
         "'code': 'context_length_exceeded'}}",
-        "openai.BadRequestError", rng.uniform(150, 700))
-    del run.steps[run.root_index(turn) + 1:]
+        "openai.BadRequestError",
+        rng.uniform(150, 700),
+    )
+    del run.steps[run.root_index(turn) + 1 :]
     run.steps.append(_Turn([], fail=failure))
     run.error = failure
 
@@ -1219,87 +1686,160 @@ def _empty_or_truncated_output(run: _Run, rng: Random) -> None:
 
 def _guardrail(run: _Run, rng: Random) -> None:
     f = run.facts
-    leak = (f"Sure! The account {f['email']} is paid with the Visa 4539 1488 0343 {f['card']}, "
-            f"expiry 0{rng.randint(1, 9)}/2{rng.randint(7, 9)}.")
+    leak = (
+        f"Sure! The account {f['email']} is paid with the Visa 4539 1488 0343 {f['card']}, "
+        f"expiry 0{rng.randint(1, 9)}/2{rng.randint(7, 9)}."
+    )
     run.steps = [_Turn([], text=leak)]
     run.guardrail_triggered = True
-    run.error = _Failure("Output guardrail tripwire triggered: pii_filter",
-                         "OutputGuardrailTripwireTriggered")
+    run.error = _Failure(
+        "Output guardrail tripwire triggered: pii_filter", "OutputGuardrailTripwireTriggered"
+    )
 
 
 def _handoff(run: _Run, rng: Random) -> None:
     index, handoff = next((i, s) for i, s in enumerate(run.steps) if isinstance(s, _Handoff))
     handoff.turns = []
-    handoff.error = (f"Handoff to RefundAgent failed: RefundRequest validation error for order "
-                     f"{run.facts['order_id']}: field 'reason' is required")
+    handoff.error = (
+        f"Handoff to RefundAgent failed: RefundRequest validation error for order "
+        f"{run.facts['order_id']}: field 'reason' is required"
+    )
     run.end_with(index, _say(run, TRANSFER_FAILED))
 
 
 MODES: tuple[_Mode, ...] = (
-    _Mode("tool_error", "lookup_order",
-          "SupportAgent's lookup_order fails for orders it cannot find, then the agent asks the customer to "
-          "re-check the number.",
-          _tool_error, frozenset({"SupportAgent"}), tool="lookup_order", ends_run=True,
-          template="Order <order_id> not found in region <region>"),
-    _Mode("rate_limit", "claude-sonnet-4-5",
-          "Anthropic 429 rate_limit_error storms: 2-5 failed claude-sonnet-4-5 calls with exponential "
-          "backoff before one succeeds.",
-          _rate_limit, model="claude-sonnet-4-5",
-          template="Error code: 429 - {'type': 'error', 'error': {'type': 'rate_limit_error', ...}}"),
-    _Mode("latency", "search_hotels",
-          "TravelPlanner's search_hotels takes 6-28 s (other tools: about 2 s at most); it succeeds but "
-          "dominates the run.",
-          _latency, frozenset({"TravelPlanner"}), tool="search_hotels"),
-    _Mode("invalid_tool_arguments", "search_flights",
-          "The model calls search_flights with arguments that fail schema validation (missing "
-          "departure_date, wrong date format, bad cabin enum), then retries.",
-          _invalid_tool_arguments, frozenset({"TravelPlanner"}), tool="search_flights",
-          template="Invalid arguments for tool search_flights: 1 validation error for "
-                   "search_flights_args ..."),
-    _Mode("hallucinated_tool", "refund_invoice",
-          "BillingAgent's model calls refund_invoice, a tool it was never offered; the call fails with "
-          "'Unknown tool'.",
-          _hallucinated_tool, frozenset({"BillingAgent"}),
-          template="Unknown tool: refund_invoice. Available tools: ..."),
-    _Mode("refusal", "SupportAgent",
-          "SupportAgent refuses ordinary support requests, in the customer's language (en/es/fr/de), without "
-          "calling any tool.",
-          _refusal, frozenset({"SupportAgent"}), ends_run=True),
-    _Mode("timeout", "fetch_url",
-          "ResearchAgent's fetch_url hangs for 30 s and fails with httpx.ReadTimeout.",
-          _timeout, frozenset({"ResearchAgent"}), tool="fetch_url",
-          template="timed out after 30s fetching <url>"),
-    _Mode("repetition_loop", "web_search",
-          "ResearchAgent repeats the identical web_search call (same arguments) 3-8 times in one run.",
-          _repetition_loop, frozenset({"ResearchAgent"}), tool="web_search"),
-    _Mode("empty_or_truncated_output", "gemini-3-flash",
-          "gemini-3-flash final answers hit the output-token limit (finish_reason length): empty or cut off "
-          "mid-sentence.",
-          _empty_or_truncated_output, model="gemini-3-flash", ends_run=True),
-    _Mode("max_turns", "CodeHelper",
-          f"CodeHelper keeps searching and reading files and never answers: 'Max turns ({MAX_TURNS}) "
-          "exceeded'.",
-          _max_turns, frozenset({"CodeHelper"}), ends_run=True, template=f"Max turns ({MAX_TURNS}) exceeded"),
-    _Mode("cost", "BillingAgent",
-          "BillingAgent puts the customer's whole billing history in every prompt: 40k-140k prompt tokens "
-          "per call instead of ~1-3k.",
-          _cost, frozenset({"BillingAgent"})),
-    _Mode("context_overflow", "gpt-5.4-mini",
-          "A huge tool result pushes gpt-5.4-mini past its context window; the next call fails with "
-          "context_length_exceeded and the run stops.",
-          _context_overflow, model="gpt-5.4-mini", ends_run=True,
-          template="Error code: 400 - ... maximum context length is <n> tokens ... "
-                   "'context_length_exceeded'"),
-    _Mode("guardrail", "pii_filter",
-          "SupportAgent's answer leaks card and email details; the pii_filter output guardrail trips and "
-          "the run fails.",
-          _guardrail, frozenset({"SupportAgent"}), ends_run=True,
-          template="Output guardrail tripwire triggered: pii_filter"),
-    _Mode("handoff", "RefundAgent",
-          "SupportAgent's handoff to RefundAgent fails validation, so refund requests are never processed.",
-          _handoff, frozenset({"SupportAgent"}), tool="transfer_to_refund_agent", ends_run=True,
-          template="Handoff to RefundAgent failed: RefundRequest validation error for order <order_id>: "
-                   "field 'reason' is required"),
+    _Mode(
+        "tool_error",
+        "lookup_order",
+        "SupportAgent's lookup_order fails for orders it cannot find, then the agent asks the customer to "
+        "re-check the number.",
+        _tool_error,
+        frozenset({"SupportAgent"}),
+        tool="lookup_order",
+        ends_run=True,
+        template="Order <order_id> not found in region <region>",
+    ),
+    _Mode(
+        "rate_limit",
+        "claude-sonnet-4-5",
+        "Anthropic 429 rate_limit_error storms: 2-5 failed claude-sonnet-4-5 calls with exponential "
+        "backoff before one succeeds.",
+        _rate_limit,
+        model="claude-sonnet-4-5",
+        template="Error code: 429 - {'type': 'error', 'error': {'type': 'rate_limit_error', ...}}",
+    ),
+    _Mode(
+        "latency",
+        "search_hotels",
+        "TravelPlanner's search_hotels takes 6-28 s (other tools: about 2 s at most); it succeeds but "
+        "dominates the run.",
+        _latency,
+        frozenset({"TravelPlanner"}),
+        tool="search_hotels",
+    ),
+    _Mode(
+        "invalid_tool_arguments",
+        "search_flights",
+        "The model calls search_flights with arguments that fail schema validation (missing "
+        "departure_date, wrong date format, bad cabin enum), then retries.",
+        _invalid_tool_arguments,
+        frozenset({"TravelPlanner"}),
+        tool="search_flights",
+        template="Invalid arguments for tool search_flights: 1 validation error for search_flights_args ...",
+    ),
+    _Mode(
+        "hallucinated_tool",
+        "refund_invoice",
+        "BillingAgent's model calls refund_invoice, a tool it was never offered; the call fails with "
+        "'Unknown tool'.",
+        _hallucinated_tool,
+        frozenset({"BillingAgent"}),
+        template="Unknown tool: refund_invoice. Available tools: ...",
+    ),
+    _Mode(
+        "refusal",
+        "SupportAgent",
+        "SupportAgent refuses ordinary support requests, in the customer's language (en/es/fr/de), without "
+        "calling any tool.",
+        _refusal,
+        frozenset({"SupportAgent"}),
+        ends_run=True,
+    ),
+    _Mode(
+        "timeout",
+        "fetch_url",
+        "ResearchAgent's fetch_url hangs for 30 s and fails with httpx.ReadTimeout.",
+        _timeout,
+        frozenset({"ResearchAgent"}),
+        tool="fetch_url",
+        template="timed out after 30s fetching <url>",
+    ),
+    _Mode(
+        "repetition_loop",
+        "web_search",
+        "ResearchAgent repeats the identical web_search call (same arguments) 3-8 times in one run.",
+        _repetition_loop,
+        frozenset({"ResearchAgent"}),
+        tool="web_search",
+    ),
+    _Mode(
+        "empty_or_truncated_output",
+        "gemini-3-flash",
+        "gemini-3-flash final answers hit the output-token limit (finish_reason length): empty or cut off "
+        "mid-sentence.",
+        _empty_or_truncated_output,
+        model="gemini-3-flash",
+        ends_run=True,
+    ),
+    _Mode(
+        "max_turns",
+        "CodeHelper",
+        f"CodeHelper keeps searching and reading files and never answers: 'Max turns ({MAX_TURNS}) "
+        "exceeded'.",
+        _max_turns,
+        frozenset({"CodeHelper"}),
+        ends_run=True,
+        template=f"Max turns ({MAX_TURNS}) exceeded",
+    ),
+    _Mode(
+        "cost",
+        "BillingAgent",
+        "BillingAgent puts the customer's whole billing history in every prompt: 40k-140k prompt tokens "
+        "per call instead of ~1-3k.",
+        _cost,
+        frozenset({"BillingAgent"}),
+    ),
+    _Mode(
+        "context_overflow",
+        "gpt-5.4-mini",
+        "A huge tool result pushes gpt-5.4-mini past its context window; the next call fails with "
+        "context_length_exceeded and the run stops.",
+        _context_overflow,
+        model="gpt-5.4-mini",
+        ends_run=True,
+        template="Error code: 400 - ... maximum context length is <n> tokens ... 'context_length_exceeded'",
+    ),
+    _Mode(
+        "guardrail",
+        "pii_filter",
+        "SupportAgent's answer leaks card and email details; the pii_filter output guardrail trips and "
+        "the run fails.",
+        _guardrail,
+        frozenset({"SupportAgent"}),
+        ends_run=True,
+        template="Output guardrail tripwire triggered: pii_filter",
+    ),
+    _Mode(
+        "handoff",
+        "RefundAgent",
+        "SupportAgent's handoff to RefundAgent fails validation, so refund requests are never processed.",
+        _handoff,
+        frozenset({"SupportAgent"}),
+        tool="transfer_to_refund_agent",
+        ends_run=True,
+        template="Handoff to RefundAgent failed: RefundRequest validation error for order <order_id>: "
+        "field 'reason' is required",
+    ),
 )
 assert {m.category for m in MODES} == set(DEFAULT_RATES)
 
@@ -1307,16 +1847,72 @@ assert {m.category for m in MODES} == set(DEFAULT_RATES)
 # ---------------------------------------------------------------------------------------------
 # One-off distractors: unique tools failing with unique errors, never to be reported as systemic
 
-_ONE_OFF_VERBS = ("export", "import", "sync", "resize", "translate", "archive", "render", "validate",
-                  "merge", "compress", "encrypt", "schedule", "transcode", "index", "reconcile", "geocode",
-                  "snapshot", "rotate", "migrate", "classify", "dedupe", "annotate", "publish", "unlock",
-                  "backfill", "scan")
-_ONE_OFF_NOUNS = ("calendar", "spreadsheet", "thumbnail", "webhook", "ledger", "playlist", "sitemap",
-                  "barcode", "avatar", "changelog", "manifest", "certificate", "backup", "glossary",
-                  "receipt", "floorplan", "transcript", "subtitle", "contact_card", "heatmap", "sku_feed",
-                  "voucher", "waitlist", "roster", "timesheet", "warranty", "mailbox", "dns_record",
-                  "firewall_rule", "crontab", "license_key", "qr_code", "font_cache", "shipping_label",
-                  "tax_form", "audit_log")
+_ONE_OFF_VERBS = (
+    "export",
+    "import",
+    "sync",
+    "resize",
+    "translate",
+    "archive",
+    "render",
+    "validate",
+    "merge",
+    "compress",
+    "encrypt",
+    "schedule",
+    "transcode",
+    "index",
+    "reconcile",
+    "geocode",
+    "snapshot",
+    "rotate",
+    "migrate",
+    "classify",
+    "dedupe",
+    "annotate",
+    "publish",
+    "unlock",
+    "backfill",
+    "scan",
+)
+_ONE_OFF_NOUNS = (
+    "calendar",
+    "spreadsheet",
+    "thumbnail",
+    "webhook",
+    "ledger",
+    "playlist",
+    "sitemap",
+    "barcode",
+    "avatar",
+    "changelog",
+    "manifest",
+    "certificate",
+    "backup",
+    "glossary",
+    "receipt",
+    "floorplan",
+    "transcript",
+    "subtitle",
+    "contact_card",
+    "heatmap",
+    "sku_feed",
+    "voucher",
+    "waitlist",
+    "roster",
+    "timesheet",
+    "warranty",
+    "mailbox",
+    "dns_record",
+    "firewall_rule",
+    "crontab",
+    "license_key",
+    "qr_code",
+    "font_cache",
+    "shipping_label",
+    "tax_form",
+    "audit_log",
+)
 
 # Each message names its tool as a bare word: detectors mask numbers, paths, ids and quoted values to
 # find templates, and the tool name is what must keep every one-off template distinct after that.
@@ -1353,8 +1949,19 @@ _ONE_OFF_ERRORS = (
     ("OSError", "[Errno 28] No space left on device while {tool} wrote '/data/spool/{n}'"),
 )
 # Once every verb_noun pair is used, names get a word rather than a number, since detectors mask numbers.
-_ONE_OFF_SUFFIXES = ("", "_legacy", "_beta", "_bulk", "_nightly", "_async", "_remote", "_batch", "_draft",
-                     "_mirror", "_shadow")
+_ONE_OFF_SUFFIXES = (
+    "",
+    "_legacy",
+    "_beta",
+    "_bulk",
+    "_nightly",
+    "_async",
+    "_remote",
+    "_batch",
+    "_draft",
+    "_mirror",
+    "_shadow",
+)
 
 
 class _OneOffs:
@@ -1380,14 +1987,22 @@ class _OneOffs:
         suffix = _ONE_OFF_SUFFIXES[lap] if lap < len(_ONE_OFF_SUFFIXES) else f"_v{lap}"
         tool = self.names[i] + suffix
         exc, template = self.errors[slot % len(self.errors)]
-        message = template.format(tool=tool, n=rng.randint(2, 9_999), m=rng.randint(1_250, 1_259),
-                                  b=rng.randint(1, 255))
+        message = template.format(
+            tool=tool, n=rng.randint(2, 9_999), m=rng.randint(1_250, 1_259), b=rng.randint(1, 255)
+        )
         return tool, exc, message
 
     def plant(self, run: _Run, rng: Random) -> None:
         tool, exc, message = self.next(rng)
-        call = _Call(tool, {"id": f"{tool.split('_', 1)[1]}-{rng.randint(1, 999)}"}, "", rng.uniform(30, 900),
-                     _call_id(rng, run.model.provider), error=message, exc=exc)
+        call = _Call(
+            tool,
+            {"id": f"{tool.split('_', 1)[1]}-{rng.randint(1, 999)}"},
+            "",
+            rng.uniform(30, 900),
+            _call_id(rng, run.model.provider),
+            error=message,
+            exc=exc,
+        )
         parameters = {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]}
         description = f"{tool.replace('_', ' ').capitalize()}."
         function = {"name": tool, "description": description, "parameters": parameters}
@@ -1469,11 +2084,22 @@ class _Recorder:
             ]
         usage = self._usage(turn, message, len(agent.tools) + len(extra_tools))
         model = run.model
-        seconds = (model.first_token_s * rng.uniform(0.7, 1.5) + usage.completion * model.ms_per_token / 1000
-                   + usage.prompt / 60_000)  # prefill: huge prompts are slow too
+        seconds = (
+            model.first_token_s * rng.uniform(0.7, 1.5)
+            + usage.completion * model.ms_per_token / 1000
+            + usage.prompt / 60_000
+        )  # prefill: huge prompts are slow too
         self.now += int(min(max(seconds * rng.lognormvariate(0, 0.15), 0.4), 6 + usage.prompt / 30_000) * 1e9)
-        conv.llm(s, run, agent, self.history, message, usage, extra_tools,
-                 turn.finish or ("tool_calls" if turn.calls else "stop"))
+        conv.llm(
+            s,
+            run,
+            agent,
+            self.history,
+            message,
+            usage,
+            extra_tools,
+            turn.finish or ("tool_calls" if turn.calls else "stop"),
+        )
         self._close(s)
         self._remember(message)
         self._tools(agent, turn.calls, parent)
@@ -1514,10 +2140,12 @@ class _Recorder:
     def _usage(self, turn: _Turn, message: dict, tool_count: int) -> _Usage:
         model, rng = self.run.model, self.rng
         # ~900 tokens of instructions and examples the recorded system message does not show
-        prompt = (900 + (self.history_chars + 180 * tool_count) // 4 + 12 * len(self.history)
-                  + turn.prompt_extra)
-        visible = len(message["content"] or "") + sum(len(tc["function"]["arguments"]) + 20
-                                                     for tc in message.get("tool_calls", ()))
+        prompt = (
+            900 + (self.history_chars + 180 * tool_count) // 4 + 12 * len(self.history) + turn.prompt_extra
+        )
+        visible = len(message["content"] or "") + sum(
+            len(tc["function"]["arguments"]) + 20 for tc in message.get("tool_calls", ())
+        )
         reasoning = rng.randint(16, 360) if model.reasoning else 0
         completion = turn.completion_tokens or visible // 4 + 6 + reasoning
         if turn.completion_tokens:
@@ -1539,8 +2167,9 @@ class _Recorder:
     def _remember(self, message: dict) -> None:
         self.history.append(message)
         calls = message.get("tool_calls", ())
-        self.history_chars += len(message.get("content") or "") + sum(len(c["function"]["arguments"]) + 40
-                                                                       for c in calls)
+        self.history_chars += len(message.get("content") or "") + sum(
+            len(c["function"]["arguments"]) + 40 for c in calls
+        )
 
     def _wait(self, low_ms: float, high_ms: float) -> None:
         self.now += int(self.rng.uniform(low_ms, high_ms) * 1e6)
@@ -1599,8 +2228,9 @@ def _halo_lines(trace_id: str, service: _Service, spans: list[_Span]) -> bytes:
             "attributes": s.attrs,
         }
         if s.events:
-            line["events"] = [{"name": n, "timestamp": _iso(at), "attributes": attrs}
-                              for n, at, attrs in s.events]
+            line["events"] = [
+                {"name": n, "timestamp": _iso(at), "attributes": attrs} for n, at, attrs in s.events
+            ]
         lines.append(orjson.dumps(line))
     return b"\n".join(lines) + b"\n"
 
@@ -1636,15 +2266,26 @@ def _otlp_line(trace_id: str, service: _Service, spans: list[_Span]) -> bytes:
             "attributes": _key_values(s.attrs),
         }
         if s.events:
-            span["events"] = [{"timeUnixNano": str(at), "name": n, "attributes": _key_values(attrs)}
-                              for n, at, attrs in s.events]
+            span["events"] = [
+                {"timeUnixNano": str(at), "name": n, "attributes": _key_values(attrs)}
+                for n, at, attrs in s.events
+            ]
         span["status"] = {"code": s.status, "message": s.message} if s.message else {"code": s.status}
         out.append(span)
     name, version = service.convention.scope
-    return orjson.dumps({"resourceSpans": [{
-        "resource": {"attributes": _key_values(service.resource)},
-        "scopeSpans": [{"scope": {"name": name, "version": version}, "spans": out}],
-    }]}) + b"\n"
+    return (
+        orjson.dumps(
+            {
+                "resourceSpans": [
+                    {
+                        "resource": {"attributes": _key_values(service.resource)},
+                        "scopeSpans": [{"scope": {"name": name, "version": version}, "spans": out}],
+                    }
+                ]
+            }
+        )
+        + b"\n"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1665,14 +2306,18 @@ class _Session:
 class _Traffic:
     """Draws each trace's profile (agent + model), session and planted modes, for one chunk."""
 
-    def __init__(self, rng: Random, seed: int, traces: int, rates: Mapping[str, float],
-                 distractor_rate: float):
+    def __init__(
+        self, rng: Random, seed: int, traces: int, rates: Mapping[str, float], distractor_rate: float
+    ):
         self.rng, self.seed = rng, seed
         self.modes = [(m, rates.get(m.category, 0.0)) for m in MODES]
         self.owed = {m.id: 0 for m in MODES}  # planted on a later trace when the drawn one could not take it
         self.distractor_rate, self.distractors_owed = distractor_rate, 0
-        self.profiles = [(AGENTS[s.agents[0]], MODELS[model], s.traffic * share)
-                         for s in SERVICES for model, share in AGENTS[s.agents[0]].models]
+        self.profiles = [
+            (AGENTS[s.agents[0]], MODELS[model], s.traffic * share)
+            for s in SERVICES
+            for model, share in AGENTS[s.agents[0]].models
+        ]
         self.sessions: dict[str, _Session] = {}
         self.population = max(50, traces // 8)  # users per service
 
@@ -1684,8 +2329,12 @@ class _Traffic:
             drawn = rate > 0 and self.rng.random() < rate
             if not (drawn or self.owed[mode.id]):
                 continue
-            fitting = [p for p in profiles if mode.fits(p[0], p[1].name) and (
-                mode.tool is None or any(_scenario_fits(sc, [*chosen, mode]) for sc in p[0].scenarios))]
+            fitting = [
+                p
+                for p in profiles
+                if mode.fits(p[0], p[1].name)
+                and (mode.tool is None or any(_scenario_fits(sc, [*chosen, mode]) for sc in p[0].scenarios))
+            ]
             clash = mode.ends_run and any(m.ends_run for m in chosen)
             if fitting and not clash:
                 chosen.append(mode)
@@ -1717,8 +2366,10 @@ class _Traffic:
         digest = hashlib.blake2b(f"{self.seed}:{service.name}:{k}".encode(), digest_size=8).digest()
         lang = "en" if service.name != "support-bot" else LANGS[sum(digest[6] >= c for c in (164, 205, 230))]
         b = rng.getrandbits(128)
-        uuid = f"{b >> 96:08x}-{(b >> 80) & 0xffff:04x}-4{(b >> 68) & 0xfff:03x}-a{(b >> 56) & 0xfff:03x}-" \
-               f"{b & (2**48 - 1):012x}"
+        uuid = (
+            f"{b >> 96:08x}-{(b >> 80) & 0xFFFF:04x}-4{(b >> 68) & 0xFFF:03x}-a{(b >> 56) & 0xFFF:03x}-"
+            f"{b & (2**48 - 1):012x}"
+        )
         more = min(int(rng.expovariate(0.7)), 7)  # most sessions are one or two traces
         self.sessions[service.name] = current = _Session(uuid, f"usr_{digest[:6].hex()}", lang, more)
         return current
@@ -1728,8 +2379,9 @@ def _scenario_fits(scenario: _Scenario, modes: list[_Mode]) -> bool:
     return all(m.tool is None or m.tool in scenario.tools for m in modes)
 
 
-def _runs(count: int, start: int, mean_gap: float, rng: Random, traffic: _Traffic,
-          one_offs: _OneOffs) -> Iterator[tuple[_Run, list[_Mode], bool]]:
+def _runs(
+    count: int, start: int, mean_gap: float, rng: Random, traffic: _Traffic, one_offs: _OneOffs
+) -> Iterator[tuple[_Run, list[_Mode], bool]]:
     for _ in range(count):
         start += int(rng.expovariate(1 / mean_gap))
         modes, profiles = traffic.pick_modes()
@@ -1740,8 +2392,19 @@ def _runs(count: int, start: int, mean_gap: float, rng: Random, traffic: _Traffi
         scenario = rng.choice([sc for sc in fitting if session.lang in sc.ask] or fitting)
         lang = session.lang if session.lang in scenario.ask else "en"
         facts = _facts(rng)
-        run = _Run(rng.getrandbits(128), start, service, agent, model, scenario, facts, lang, session.id,
-                   session.user, scenario.ask[lang].format(**facts))
+        run = _Run(
+            rng.getrandbits(128),
+            start,
+            service,
+            agent,
+            model,
+            scenario,
+            facts,
+            lang,
+            session.id,
+            session.user,
+            scenario.ask[lang].format(**facts),
+        )
         _plan(run, rng)
         # the ending first, then what happens on the way there
         for mode in sorted(modes, key=lambda m: not m.ends_run):
@@ -1761,8 +2424,16 @@ class _Chunk:
     distractors: list[str] = field(default_factory=list)
 
 
-def _chunk(seed: int, index: int, chunks: int, traces: int, format: str, compress: bool,
-           rates: Mapping[str, float], distractor_rate: float) -> _Chunk:
+def _chunk(
+    seed: int,
+    index: int,
+    chunks: int,
+    traces: int,
+    format: str,
+    compress: bool,
+    rates: Mapping[str, float],
+    distractor_rate: float,
+) -> _Chunk:
     """Generate, render and maybe compress one chunk of the corpus: a pure function of its arguments.
 
     A compressed chunk is a whole gzip member; concatenated members are one valid gzip file
@@ -1774,8 +2445,14 @@ def _chunk(seed: int, index: int, chunks: int, traces: int, format: str, compres
     traffic = _Traffic(rng, seed, traces, rates, distractor_rate)
     render = _halo_lines if format == "halo" else _otlp_line
     parts, result = [], _Chunk()
-    for run, modes, distractor in _runs(count, BASE_TIME_NS + int(index * CHUNK_TRACES * mean_gap), mean_gap,
-                                        rng, traffic, _OneOffs(seed, index, chunks)):
+    for run, modes, distractor in _runs(
+        count,
+        BASE_TIME_NS + int(index * CHUNK_TRACES * mean_gap),
+        mean_gap,
+        rng,
+        traffic,
+        _OneOffs(seed, index, chunks),
+    ):
         trace_id = f"{run.trace_id:032x}"
         spans = _Recorder(run, rng).record()
         parts.append(render(trace_id, run.service, spans))
@@ -1791,8 +2468,9 @@ def _chunk(seed: int, index: int, chunks: int, traces: int, format: str, compres
     return result
 
 
-def _chunks(seed: int, traces: int, format: str, compress: bool, rates: Mapping[str, float],
-            distractor_rate: float) -> Iterator[_Chunk]:
+def _chunks(
+    seed: int, traces: int, format: str, compress: bool, rates: Mapping[str, float], distractor_rate: float
+) -> Iterator[_Chunk]:
     """The chunks in corpus order, made on several processes when there are several chunks."""
     chunks = -(-traces // CHUNK_TRACES)
     jobs = [(seed, i, chunks, traces, format, compress, rates, distractor_rate) for i in range(chunks)]
@@ -1818,10 +2496,13 @@ def _truth_path(out: Path) -> Path:
 
 
 def _context(mode: _Mode) -> dict[str, str]:
-    agents = sorted(mode.agents) or sorted(a.name for a in AGENTS.values()
-                                           if a.scenarios and any(m == mode.model for m, _ in a.models))
-    context = {"services": ", ".join(sorted({_SERVICE_OF[a].name for a in agents})),
-               "agents": ", ".join(agents)}
+    agents = sorted(mode.agents) or sorted(
+        a.name for a in AGENTS.values() if a.scenarios and any(m == mode.model for m, _ in a.models)
+    )
+    context = {
+        "services": ", ".join(sorted({_SERVICE_OF[a].name for a in agents})),
+        "agents": ", ".join(agents),
+    }
     if mode.model:
         context["model"] = mode.model
     if mode.tool:
@@ -1829,9 +2510,16 @@ def _context(mode: _Mode) -> dict[str, str]:
     return context
 
 
-def simulate(out: Path | str, *, traces: int = 500, seed: int = 7, format: Literal["halo", "otlp"] = "halo",
-             compress: bool | None = None, rates: Mapping[str, float] | None = None,
-             distractors: float = DEFAULT_DISTRACTOR_RATE) -> GroundTruth:
+def simulate(
+    out: Path | str,
+    *,
+    traces: int = 500,
+    seed: int = 7,
+    format: Literal["halo", "otlp"] = "halo",
+    compress: bool | None = None,
+    rates: Mapping[str, float] | None = None,
+    distractors: float = DEFAULT_DISTRACTOR_RATE,
+) -> GroundTruth:
     """Write `traces` simulated agent traces to `out` and the ground truth next to it.
 
     `rates` overrides `DEFAULT_RATES` per category (0 turns a pattern off); `distractors` is the share of
@@ -1860,17 +2548,36 @@ def simulate(out: Path | str, *, traces: int = 500, seed: int = 7, format: Liter
                 affected[mode_id] += ids
 
     patterns = [
-        Pattern(id=m.id, category=m.category, key=m.key, description=m.description, template=m.template,
-                context=_context(m), affected_traces=len(affected[m.id]),
-                affected_trace_ids=sorted(affected[m.id]))
-        for m in MODES if affected[m.id]
+        Pattern(
+            id=m.id,
+            category=m.category,
+            key=m.key,
+            description=m.description,
+            template=m.template,
+            context=_context(m),
+            affected_traces=len(affected[m.id]),
+            affected_trace_ids=sorted(affected[m.id]),
+        )
+        for m in MODES
+        if affected[m.id]
     ]
     truth = GroundTruth(
-        corpus=Corpus(file=out.name, format=format, compressed=compress, traces=traces, spans=spans,
-                      seed=seed, rates=dict(rates), distractor_rate=distractors,
-                      services=[s.name for s in SERVICES]),
-        patterns=patterns, distractor_trace_ids=sorted(distractor_ids), healthy_traces=healthy,
-        traces_path=out, truth_path=_truth_path(out),
+        corpus=Corpus(
+            file=out.name,
+            format=format,
+            compressed=compress,
+            traces=traces,
+            spans=spans,
+            seed=seed,
+            rates=dict(rates),
+            distractor_rate=distractors,
+            services=[s.name for s in SERVICES],
+        ),
+        patterns=patterns,
+        distractor_trace_ids=sorted(distractor_ids),
+        healthy_traces=healthy,
+        traces_path=out,
+        truth_path=_truth_path(out),
     )
     truth_json = orjson.dumps(truth.model_dump(mode="json"), option=orjson.OPT_INDENT_2) + b"\n"
     truth.truth_path.write_bytes(truth_json)

@@ -32,7 +32,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor, Tr
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Status
 
-from halo_rlm import otlp
+from halo_rlm.formats import otlp
 
 REDACTED = "[REDACTED]"
 # Attribute keys whose whole value is a credential.
@@ -42,20 +42,34 @@ SECRET_KEY = re.compile(
 )
 # Credentials inside text, and what replaces them.
 SECRETS_IN_TEXT = [
-    (re.compile(r"(?i)\bbearer\s+(?=[a-z._~+/-]*\d)[a-z0-9._~+/-]{8,}=*"), "Bearer " + REDACTED),  # has a digit
-    (re.compile(
-        r"(?i)\bsk-[a-z0-9_-]{16,}"  # OpenAI and Anthropic keys (sk-..., sk-proj-..., sk-ant-...)
-        r"|\b(?:ghp|gho|ghs|ghu|github_pat)_[a-z0-9_]{20,}"
-        r"|\bxox[abprs]-[a-z0-9-]{10,}"
-        r"|\bAIza[0-9a-z_-]{35}"
-        r"|(?-i:\bAKIA[0-9A-Z]{16}\b)"), REDACTED),
+    (
+        re.compile(r"(?i)\bbearer\s+(?=[a-z._~+/-]*\d)[a-z0-9._~+/-]{8,}=*"),
+        "Bearer " + REDACTED,
+    ),  # has a digit
+    (
+        re.compile(
+            r"(?i)\bsk-[a-z0-9_-]{16,}"  # OpenAI and Anthropic keys (sk-..., sk-proj-..., sk-ant-...)
+            r"|\b(?:ghp|gho|ghs|ghu|github_pat)_[a-z0-9_]{20,}"
+            r"|\bxox[abprs]-[a-z0-9-]{10,}"
+            r"|\bAIza[0-9a-z_-]{35}"
+            r"|(?-i:\bAKIA[0-9A-Z]{16}\b)"
+        ),
+        REDACTED,
+    ),
     # `api_key=...`, `"password": "..."`, `?access_token=...`, `Authorization: Basic ...`
-    (re.compile(r"(?i)(\b(?:api[-_]?key|access[-_]?token|auth[-_]?token|client[-_]?secret|secret|password|"
-                r"authorization)[\"']?\s*[:=]\s*[\"']?(?:(?:basic|bearer|token)\s+)?)[^\s\"',;&]{4,}"),
-     r"\1" + REDACTED),
+    (
+        re.compile(
+            r"(?i)(\b(?:api[-_]?key|access[-_]?token|auth[-_]?token|client[-_]?secret|secret|password|"
+            r"authorization)[\"']?\s*[:=]\s*[\"']?(?:(?:basic|bearer|token)\s+)?)[^\s\"',;&]{4,}"
+        ),
+        r"\1" + REDACTED,
+    ),
     (re.compile(r"(://)[^/\s:@]+:[^/\s@]+@"), r"\1" + REDACTED + "@"),  # user:password@ in URLs
 ]
-AGENTS_SCOPE, OPENAI_SCOPE = "openinference.instrumentation.openai_agents", "openinference.instrumentation.openai"
+AGENTS_SCOPE, OPENAI_SCOPE = (
+    "openinference.instrumentation.openai_agents",
+    "openinference.instrumentation.openai",
+)
 # (distribution whose code is traced, instrumentor module, instrumentor class)
 INSTRUMENTATIONS = (
     ("openai-agents", AGENTS_SCOPE, "OpenAIAgentsInstrumentor"),
@@ -132,9 +146,13 @@ class _SkipRepeatedLLMSpans(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         parent = trace.get_current_span(parent_context)
         parent_scope = getattr(parent, "instrumentation_scope", None)
-        if (span.instrumentation_scope is not None and span.instrumentation_scope.name == OPENAI_SCOPE
-                and parent_scope is not None and parent_scope.name == AGENTS_SCOPE
-                and (getattr(parent, "attributes", None) or {}).get("openinference.span.kind") == "LLM"):
+        if (
+            span.instrumentation_scope is not None
+            and span.instrumentation_scope.name == OPENAI_SCOPE
+            and parent_scope is not None
+            and parent_scope.name == AGENTS_SCOPE
+            and (getattr(parent, "attributes", None) or {}).get("openinference.span.kind") == "LLM"
+        ):
             self._repeats.add(span.context.span_id)
             return
         self.inner.on_start(span, parent_context)
@@ -178,8 +196,9 @@ def scrub_text(text: str) -> str:
     return text
 
 
-def scrub_attributes(attributes: Mapping[str, Any] | None,
-                     scrub: Callable[[str], str] = scrub_text) -> dict[str, Any]:
+def scrub_attributes(
+    attributes: Mapping[str, Any] | None, scrub: Callable[[str], str] = scrub_text
+) -> dict[str, Any]:
     scrubbed: dict[str, Any] = {}
     for key, value in (attributes or {}).items():
         if SECRET_KEY.search(key):
@@ -196,13 +215,18 @@ def scrub_attributes(attributes: Mapping[str, Any] | None,
 def _scrubbed(span: ReadableSpan, scrub: Callable[[str], str]) -> ReadableSpan:
     status = span.status
     return ReadableSpan(
-        name=scrub(span.name), context=span.context, parent=span.parent, kind=span.kind,
+        name=scrub(span.name),
+        context=span.context,
+        parent=span.parent,
+        kind=span.kind,
         resource=Resource(scrub_attributes(span.resource.attributes, scrub), span.resource.schema_url),
         attributes=scrub_attributes(span.attributes, scrub),
         events=[Event(e.name, scrub_attributes(e.attributes, scrub), e.timestamp) for e in span.events],
         links=span.links,
         status=Status(status.status_code, scrub(status.description)) if status.description else status,
-        start_time=span.start_time, end_time=span.end_time, instrumentation_scope=span.instrumentation_scope,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
     )
 
 
@@ -233,12 +257,19 @@ def _instrument(provider: TracerProvider) -> None:
         # Exclusive: the Agents SDK's own processor, which uploads traces to OpenAI, is replaced.
         options = {"exclusive_processor": True} if library == "openai-agents" else {}
         instrumentor.instrument(tracer_provider=provider, **options)
-        if library == "openai-agents" and os.environ.get("OPENAI_AGENTS_DISABLE_TRACING", "").lower() in ("true", "1"):
-            _warn_once("OPENAI_AGENTS_DISABLE_TRACING is set, so the Agents SDK records no spans; unset it "
-                       "(setup() already keeps traces away from OpenAI's dashboard)")
+        if library == "openai-agents" and os.environ.get("OPENAI_AGENTS_DISABLE_TRACING", "").lower() in (
+            "true",
+            "1",
+        ):
+            _warn_once(
+                "OPENAI_AGENTS_DISABLE_TRACING is set, so the Agents SDK records no spans; unset it "
+                "(setup() already keeps traces away from OpenAI's dashboard)"
+            )
     if missing:
-        _warn_once(f"{' and '.join(missing)} will not be traced: the OpenInference instrumentation is not "
-                   "installed; pip install 'halo-rlm[agents]'")
+        _warn_once(
+            f"{' and '.join(missing)} will not be traced: the OpenInference instrumentation is not "
+            "installed; pip install 'halo-rlm[agents]'"
+        )
 
 
 def _warn_once(message: str) -> None:

@@ -17,142 +17,60 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import ValidationError
 
-from halo_rlm import detect, prompts, repl, sandbox
+from halo_rlm import detect, render, sandbox
 from halo_rlm import report as reports
-from halo_rlm.files import resolve
-from halo_rlm.llm import LLM, ContextOverflow, LLMError, ModelConfig, Provider, ReasoningEffort, Timeout
-from halo_rlm.pricing import Price, Prices
-from halo_rlm.repo import Repo, RepoError
-from halo_rlm.store import StoreError, TraceStore, default_store_path
-from halo_rlm.telemetry import OFF, Off, Telemetry, start_telemetry
-from halo_rlm.tools import (
+from halo_rlm.engine import prompts
+from halo_rlm.engine.code import RUN_CODE, CodeLimits
+from halo_rlm.engine.config import DEFAULT_PROMPT, EngineConfig
+from halo_rlm.engine.events import (
+    AgentMessage,
+    AgentOutputItem,
+    AgentStatus,
+    AgentTextDelta,
+    EngineError,
+    EngineEvent,
+    ToolCallItem,
+    ToolOutcome,
+    TurnUsage,
+)
+from halo_rlm.engine.telemetry import OFF, Off, RunTotals, Telemetry, start_telemetry
+from halo_rlm.engine.tools import (
     FINAL_TOOL,
     SUBAGENT_TOOL,
     TRACE_TOOLS,
+    FinalAnswerArgs,
     FindingInput,
     Tool,
     ToolError,
-    category,
     fit,
-    off_loop,
     repo_tools,
     unknown_tool,
     validate,
 )
+from halo_rlm.files import resolve
+from halo_rlm.llm import LLM, Completion, ContextOverflow, LLMError, ModelConfig, Timeout
+from halo_rlm.pricing import Prices
+from halo_rlm.repo import Repo, RepoError
+from halo_rlm.store import StoreError, TraceStore, paths
+from halo_rlm.usage import Usage
+from halo_rlm.verify import verify
 
-DEFAULT_MODEL = "gpt-5.4-mini"
-DEFAULT_PROMPT = "Diagnose the systemic failures in these agent traces and recommend concrete fixes."
+__all__ = [
+    "Messages",
+    "run_engine",
+    "run_engine_async",
+    "stream_engine",
+    "stream_engine_async",
+    "stream_engine_output",
+    "stream_engine_output_async",
+]
+
 FINISH_SHARE = 0.85  # past this share of a budget, agents are told to finish
-
-
-class EngineConfig(BaseModel):
-    """Everything a run needs; mirrors `halo`'s flags."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = DEFAULT_MODEL
-    synthesis_model: str | None = Field(None, description="Cheaper model for synthesize_traces (default: model)")
-    compaction_model: str | None = Field(None, description="Cheaper model for compacting context (default: model)")
-    max_depth: int = Field(2, ge=0, description="How deep sub-agents may recurse")
-    max_turns: int = Field(20, ge=1, description="Model turns per agent")
-    max_parallel: int = Field(4, ge=1, description="Sub-agents running at once, per depth")
-    base_url: str | None = None
-    api_key: SecretStr | None = None
-    headers: dict[str, SecretStr] = {}
-    temperature: float | None = Field(None, ge=0, le=2)
-    max_output_tokens: int | None = Field(None, ge=1)
-    parallel_tool_calls: bool = True
-    refusal_retries: int = Field(1, ge=0)
-    reasoning_effort: ReasoningEffort | None = None
-    telemetry: bool = False
-    max_cost: float | None = Field(None, gt=0, description="USD for the whole run")
-    max_tokens: int | None = Field(None, gt=0, description="Tokens (in + out) for the whole run")
-    timeout: float | None = Field(None, gt=0, description="Seconds for the whole run")
-    dataset_context: str | None = None
-    out_dir: Path | None = Field(None, description="Write report.json/.md/.html here")
-    prices: dict[str, Price] = {}
-    context_tokens: int = Field(96_000, ge=4_000, description="Per-agent context budget before compaction")
-    tool_result_bytes: int = Field(24_000, ge=2_000)
-    tool_timeout: float = Field(30.0, gt=0)
-    code_timeout: float = Field(60.0, gt=0, description="Seconds for one run_code call")
-    max_code_llm_calls: int = Field(300, ge=0, description="LLM calls code may make (llm_query...), whole run")
-    repo_path: Path | None = None
-
-    def model_for(self, role: Literal["agent", "synthesis", "compaction"]) -> ModelConfig:
-        name = {"agent": self.model, "synthesis": self.synthesis_model or self.model,
-                "compaction": self.compaction_model or self.model}[role]
-        return ModelConfig(name=name, temperature=self.temperature, max_output_tokens=self.max_output_tokens,
-                           reasoning_effort=self.reasoning_effort if role == "agent" else None,
-                           parallel_tool_calls=self.parallel_tool_calls)
-
-    @property
-    def provider(self) -> Provider:
-        return Provider(base_url=self.base_url, api_key=self.api_key, headers=self.headers)
-
-
-# --- events ---------------------------------------------------------------------------------
-
-
-class ToolCallItem(BaseModel):
-    id: str
-    name: str
-    arguments: str
-
-
-class AgentMessage(BaseModel):
-    """A chat message, as the model sees it."""
-
-    role: Literal["system", "user", "assistant", "tool"]
-    content: str | None = None
-    tool_calls: list[ToolCallItem] | None = None
-    tool_call_id: str | None = None
-    name: str | None = None
-
-
-class TurnUsage(BaseModel):
-    model: str
-    input_tokens: int
-    output_tokens: int
-    cached_tokens: int = 0
-    cost_usd: float | None = None
-
-
-class _Lineage(BaseModel):
-    sequence: int
-    agent_id: str
-    parent_agent_id: str | None
-    parent_tool_call_id: str | None
-    agent_name: str
-    depth: int
-
-
-class AgentOutputItem(_Lineage):
-    """One completed step: an assistant message, one tool call, one tool result, or (final=True) the
-    root's report, which then carries the `Report`."""
-
-    item: AgentMessage
-    final: bool = False
-    usage: TurnUsage | None = None
-    report: reports.Report | None = None
-
-
-class AgentTextDelta(_Lineage):
-    """Text as it streams in. A retried model call streams again with a higher `attempt`."""
-
-    text_delta: str
-    attempt: int = 0
-
-
-EngineEvent = AgentOutputItem | AgentTextDelta
-
-
-class EngineError(Exception):
-    """A run that cannot start or go on (bad config, no traces, provider refusing the key...)."""
 
 
 # --- budgets --------------------------------------------------------------------------------
@@ -208,20 +126,13 @@ _current_call: contextvars.ContextVar[str | None] = contextvars.ContextVar("halo
 # --- agents ---------------------------------------------------------------------------------
 
 
-@dataclass
-class AgentStats:
-    calls: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
-    cost: float = 0.0
-    tool_calls: int = 0
-    started: float = field(default_factory=time.monotonic)
-    finished: float | None = None
-
-
 class Agent:
-    def __init__(self, run: Run, *, depth: int, parent: Agent | None, parent_tool_call_id: str | None) -> None:
+    """One agent of a run: its conversation and loop. It is the `ToolContext` its tools see, and the
+    `TracedAgent` its telemetry span shows."""
+
+    def __init__(
+        self, run: Run, *, depth: int, parent: Agent | None, parent_tool_call_id: str | None
+    ) -> None:
         self.run = run
         self.depth = depth
         self.parent = parent
@@ -229,11 +140,13 @@ class Agent:
         self.id = ("root-" if depth == 0 else "sub-") + uuid.uuid4().hex[:8]
         self.name = "root" if depth == 0 else f"sub{depth}"
         self.turns = 0
-        self.stats = AgentStats()
-        self.status = "running"
+        self.usage = Usage()
+        self.tool_calls = 0
+        self.started, self.finished = time.monotonic(), None
+        self.status: AgentStatus = "running"
         self.messages: list[dict[str, Any]] = []
         self.context_items: dict[str, str] = {}
-        self.final: Any = None  # FinalAnswerArgs, set by the final_answer tool
+        self.final: FinalAnswerArgs | None = None  # set by the final_answer tool
         self.repl: sandbox.Repl | None = None  # made on the first run_code call
         tools = list(TRACE_TOOLS) + run.extra_tools
         if depth < run.config.max_depth:
@@ -246,9 +159,77 @@ class Agent:
     def is_root(self) -> bool:
         return self.depth == 0
 
+    @property
+    def parent_id(self) -> str | None:
+        return self.parent.id if self.parent else None
+
+    @property
+    def final_answer(self) -> str | None:
+        return self.final.answer if self.final is not None else None
+
+    # --- what tools see (`tools.ToolContext`) ----------------------------------------------------
+
+    @property
+    def config(self) -> EngineConfig:
+        return self.run.config
+
+    @property
+    def store(self) -> TraceStore:
+        return self.run.store
+
+    @property
+    def hypotheses(self) -> list[dict[str, Any]]:
+        return self.run.hypotheses
+
+    def finish(self, answer: FinalAnswerArgs) -> None:
+        self.final = answer
+
+    async def spawn(self, brief: str) -> dict[str, Any]:
+        return await self.run.spawn(self, brief)
+
+    async def synthesize(self, texts: list[str], focus: str | None) -> str:
+        ask = f"Focus: {focus}\n\n" if focus else ""
+        return await self.run.summarise(
+            self, prompts.SYNTHESIS, ask + "\n\n".join(texts), self.config.model_for("synthesis")
+        )
+
+    async def ask(self, prompt: str) -> str:
+        completion = await self.run.llm.complete(
+            self.config.model_for("synthesis"),
+            [{"role": "user", "content": prompt}],
+            deadline=self.run.budget.deadline,
+        )
+        self.run.account(self, completion)
+        self.run.emit(
+            AgentOutputItem(
+                sequence=0,
+                item=AgentMessage(role="tool", name="llm_query", content=completion.content[:2_000]),
+                usage=_turn_usage(completion),
+                **self.lineage(),
+            )
+        )
+        return completion.content
+
+    def spend_code_llm_calls(self, calls: int) -> None:
+        run, cap = self.run, self.config.max_code_llm_calls
+        if run.code_llm_calls + calls > cap:
+            raise RuntimeError(
+                f"LLM calls from code are capped at {cap} per run ({run.code_llm_calls} made); "
+                "work with what you have"
+            )
+        stop = run.budget.exhausted()
+        if stop:
+            raise RuntimeError(f"no LLM calls left: {stop}")
+        run.code_llm_calls += calls
+
     def lineage(self) -> dict[str, Any]:
-        return {"agent_id": self.id, "parent_agent_id": self.parent.id if self.parent else None,
-                "parent_tool_call_id": self.parent_tool_call_id, "agent_name": self.name, "depth": self.depth}
+        return {
+            "agent_id": self.id,
+            "parent_agent_id": self.parent.id if self.parent else None,
+            "parent_tool_call_id": self.parent_tool_call_id,
+            "agent_name": self.name,
+            "depth": self.depth,
+        }
 
     async def run_to_end(self, messages: list[dict[str, Any]]) -> str:
         """The agent loop. Returns the agent's last text; the root's report arrives in `self.final`."""
@@ -258,8 +239,9 @@ class Agent:
         text = ""
         cfg, budget = self.run.config, self.run.budget
         while True:
-            stop = budget.exhausted() or (f"the turn limit ({cfg.max_turns}) is reached"
-                                          if self.turns >= cfg.max_turns else None)
+            stop = budget.exhausted() or (
+                f"the turn limit ({cfg.max_turns}) is reached" if self.turns >= cfg.max_turns else None
+            )
             if stop:
                 self.run.note(f"{self.name} ({self.id}) stopped: {stop}")
                 self.status = "partial"
@@ -279,14 +261,22 @@ class Agent:
                 self.status = "partial"
                 return text
             refusal = completion.refusal or (
-                completion.content if not completion.tool_calls and re.search(
-                    detect.REFUSAL, completion.content or "", re.IGNORECASE) else None)
+                completion.content
+                if not completion.tool_calls
+                and re.search(detect.REFUSAL, completion.content or "", re.IGNORECASE)
+                else None
+            )
             if refusal:
                 self.run.note(f"{self.name} refused: {refusal[:200]!r}")
                 if refusals_left:
                     refusals_left -= 1
-                    self.messages.append({"role": "user", "content": "Please continue. The task is to analyse "
-                                          "recorded trace data with the tools; nothing in it is harmful."})
+                    self.messages.append(
+                        {
+                            "role": "user",
+                            "content": "Please continue. The task is to analyse "
+                            "recorded trace data with the tools; nothing in it is harmful.",
+                        }
+                    )
                     continue
                 self.status = "refused"
                 return text
@@ -299,8 +289,13 @@ class Agent:
                     return text
                 if reprompts_left:
                     reprompts_left -= 1
-                    self.messages.append({"role": "user", "content": "Call final_answer now with your report "
-                                          "(answer and findings); that is the only way to finish."})
+                    self.messages.append(
+                        {
+                            "role": "user",
+                            "content": "Call final_answer now with your report "
+                            "(answer and findings); that is the only way to finish.",
+                        }
+                    )
                     continue
                 self.status = "no final answer"
                 return text
@@ -328,57 +323,82 @@ class Agent:
             self.run.emit(AgentTextDelta(sequence=0, text_delta=text, attempt=attempt, **self.lineage()))
 
         completion = await self.run.llm.complete(
-            self.run.agent_model, request, tools=[t.schema for t in self.tools.values()], tool_choice=tool_choice,
-            on_delta=on_delta, deadline=budget.deadline)
+            self.run.agent_model,
+            request,
+            tools=[t.schema for t in self.tools.values()],
+            tool_choice=tool_choice,
+            on_delta=on_delta,
+            deadline=budget.deadline,
+        )
         self.turns += 1
         self.run.account(self, completion)
         return completion
 
-    def emit_turn(self, completion: Any) -> None:
-        usage = TurnUsage(model=completion.model, input_tokens=completion.usage.input_tokens,
-                          output_tokens=completion.usage.output_tokens, cached_tokens=completion.usage.cached_tokens,
-                          cost_usd=completion.usage.cost)
+    def emit_turn(self, completion: Completion) -> None:
+        usage: TurnUsage | None = _turn_usage(completion)
         if completion.content:
-            self.run.emit(AgentOutputItem(sequence=0, item=AgentMessage(role="assistant", content=completion.content),
-                                          usage=usage, **self.lineage()))
+            self.run.emit(
+                AgentOutputItem(
+                    sequence=0,
+                    item=AgentMessage(role="assistant", content=completion.content),
+                    usage=usage,
+                    **self.lineage(),
+                )
+            )
             usage = None
         for call in completion.tool_calls:
-            self.run.emit(AgentOutputItem(
-                sequence=0, item=AgentMessage(role="assistant", tool_calls=[ToolCallItem(**call)]), usage=usage,
-                **self.lineage()))
+            self.run.emit(
+                AgentOutputItem(
+                    sequence=0,
+                    item=AgentMessage(role="assistant", tool_calls=[ToolCallItem(**call)]),
+                    usage=usage,
+                    **self.lineage(),
+                )
+            )
             usage = None
 
     async def run_tools(self, calls: list[dict[str, str]]) -> None:
         traced = self.run.telemetry.traced_tool
-        results = await asyncio.gather(*(traced(call, self.run_tool(call)) for call in calls))
-        for call, result in zip(calls, results, strict=True):
+        outcomes = await asyncio.gather(*(traced(call, self.run_tool(call)) for call in calls))
+        for call, outcome in zip(calls, outcomes, strict=True):
+            result = outcome.text
             self.messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
-            self.run.emit(AgentOutputItem(sequence=0, item=AgentMessage(
-                role="tool", content=result, tool_call_id=call["id"], name=call["name"]), **self.lineage()))
+            self.run.emit(
+                AgentOutputItem(
+                    sequence=0,
+                    item=AgentMessage(
+                        role="tool", content=result, tool_call_id=call["id"], name=call["name"]
+                    ),
+                    **self.lineage(),
+                )
+            )
 
-    async def run_tool(self, call: dict[str, str]) -> str:
-        self.stats.tool_calls += 1
+    async def run_tool(self, call: dict[str, str]) -> ToolOutcome:
+        self.tool_calls += 1
         tool = self.tools.get(call["name"])
         if tool is None:
-            return "ERROR: " + unknown_tool(call["name"], self.tools)
+            return ToolOutcome(unknown_tool(call["name"], self.tools), failed=True)
         if self.final is not None:
-            return "ERROR: the run is finishing; this call was not made"
+            return ToolOutcome("the run is finishing; this call was not made", failed=True)
         _current_call.set(call["id"])
         try:
             args = validate(tool, call["arguments"])
             result = await tool.run(args, self)
-        except ToolError as exc:
-            return f"ERROR: {exc}"
-        except (LLMError, StoreError) as exc:
-            return f"ERROR: {exc}"
-        return fit(result, self.run.config.tool_result_bytes)
+        except (ToolError, LLMError, StoreError) as exc:
+            return ToolOutcome(str(exc), failed=True)
+        return ToolOutcome(fit(result, self.run.config.tool_result_bytes))
 
     # --- context ---------------------------------------------------------------------------
 
     def context_size(self) -> int:
         """Estimated prompt tokens (about four characters a token)."""
-        return sum(len(m.get("content") or "") + len(orjson.dumps(m.get("tool_calls") or ""))
-                   for m in self.messages) // 4
+        return (
+            sum(
+                len(m.get("content") or "") + len(orjson.dumps(m.get("tool_calls") or ""))
+                for m in self.messages
+            )
+            // 4
+        )
 
     async def manage_context(self, force: bool = False) -> bool:
         """Keep the conversation under `context_tokens`: first shorten old tool results (the full
@@ -393,8 +413,10 @@ class Agent:
             content = message.get("content") or ""
             if message["role"] == "tool" and len(content) > 600 and not content.startswith("[halo:"):
                 item_id = self._keep(content)
-                message["content"] = (f"[halo: tool result shortened to save context; get_context_item "
-                                      f"{item_id!r} returns all {len(content):,} characters] {content[:300]}…")
+                message["content"] = (
+                    f"[halo: tool result shortened to save context; get_context_item "
+                    f"{item_id!r} returns all {len(content):,} characters] {content[:300]}…"
+                )
                 freed = True
             if not force and self.context_size() <= limit * 0.6:
                 return True
@@ -418,18 +440,26 @@ class Agent:
         if end <= 2:
             return False
         old = self.messages[2:end]
-        transcript = "\n\n".join(f"{m['role'].upper()}: {m.get('content') or ''}"
-                                 + (f" CALLS {orjson.dumps(m['tool_calls']).decode()}" if m.get("tool_calls") else "")
-                                 for m in old)
+        transcript = "\n\n".join(
+            f"{m['role'].upper()}: {m.get('content') or ''}"
+            + (f" CALLS {orjson.dumps(m['tool_calls']).decode()}" if m.get("tool_calls") else "")
+            for m in old
+        )
         item_id = self._keep(transcript)
         try:
-            summary = await self.run.summarise(self, prompts.COMPACTION, transcript[-200_000:],
-                                               self.run.config.model_for("compaction"))
+            summary = await self.run.summarise(
+                self, prompts.COMPACTION, transcript[-200_000:], self.run.config.model_for("compaction")
+            )
         except LLMError as exc:
             self.run.note(f"{self.name}: compaction failed ({exc}); old turns dropped instead")
             summary = "(earlier work could not be summarised)"
-        self.messages[2:end] = [{"role": "user", "content": f"[halo: summary of your earlier work; the full "
-                                                           f"transcript is context item {item_id!r}]\n{summary}"}]
+        self.messages[2:end] = [
+            {
+                "role": "user",
+                "content": f"[halo: summary of your earlier work; the full "
+                f"transcript is context item {item_id!r}]\n{summary}",
+            }
+        ]
         return True
 
 
@@ -447,20 +477,22 @@ class Run:
         self.queue = queue
         self.telemetry: Telemetry | Off = OFF
         self.sequence = 0
-        self.budget = Budget(max_tokens=config.max_tokens, max_cost=config.max_cost,
-                             deadline=time.monotonic() + config.timeout if config.timeout else None)
-        self.pools = {depth: asyncio.Semaphore(config.max_parallel) for depth in range(1, config.max_depth + 1)}
+        self.budget = Budget(
+            max_tokens=config.max_tokens,
+            max_cost=config.max_cost,
+            deadline=time.monotonic() + config.timeout if config.timeout else None,
+        )
+        self.pools = {
+            depth: asyncio.Semaphore(config.max_parallel) for depth in range(1, config.max_depth + 1)
+        }
         self.agents: list[Agent] = []
         self.notes: list[str] = []
-        self.models: dict[str, reports.ModelUsage] = {}
+        self.models: dict[str, Usage] = {}
         self.unpriced: set[str] = set()
         self.hypotheses: list[dict[str, Any]] = []
         self.detector_report: reports.Report | None = None
         self.extra_tools: list[Tool] = []
         self.agent_model = config.model_for("agent")
-        self.code_limits = repl.CodeLimits(
-            sandbox=sandbox.Limits(wall_seconds=config.code_timeout, max_host_calls=2_000),
-            llm_calls_per_run=config.max_code_llm_calls)
         self.code_llm_calls = 0
 
     def emit(self, event: EngineEvent) -> None:
@@ -471,38 +503,28 @@ class Run:
     def note(self, text: str) -> None:
         self.notes.append(text)
 
-    def account(self, agent: Agent | None, completion: Any) -> None:
+    def account(self, agent: Agent | None, completion: Completion) -> None:
         usage = completion.usage
-        self.budget.tokens += usage.input_tokens + usage.output_tokens
-        self.budget.cost += usage.cost or 0.0
-        if usage.cost is None and completion.model not in self.unpriced:
+        self.budget.tokens += usage.tokens
+        self.budget.cost += usage.cost_usd or 0.0
+        if usage.cost_usd is None and completion.model not in self.unpriced:
             self.unpriced.add(completion.model)
-            self.note(f"no price known for model {completion.model!r}: its cost counts as $0 (add it with --prices)")
-        model = self.models.setdefault(completion.model, reports.ModelUsage())
-        model.calls += 1
-        model.input_tokens += usage.input_tokens
-        model.output_tokens += usage.output_tokens
-        model.cached_tokens += usage.cached_tokens
-        model.reasoning_tokens += usage.reasoning_tokens
-        model.cost_usd += usage.cost or 0.0
+            self.note(
+                f"no price known for model {completion.model!r}: its cost counts as $0 (add it with --prices)"
+            )
+        counted = usage.model_copy(update={"cost_usd": usage.cost_usd or 0.0})
+        self.models.setdefault(completion.model, Usage()).add(counted)
         if agent is not None:
-            agent.stats.calls += 1
-            agent.stats.input_tokens += usage.input_tokens
-            agent.stats.output_tokens += usage.output_tokens
-            agent.stats.cached_tokens += usage.cached_tokens
-            agent.stats.cost += usage.cost or 0.0
+            agent.usage.add(counted)
 
     async def summarise(self, agent: Agent | None, system: str, text: str, model: ModelConfig) -> str:
-        completion = await self.llm.complete(model, [{"role": "system", "content": system},
-                                                     {"role": "user", "content": text}],
-                                             deadline=self.budget.deadline)
+        completion = await self.llm.complete(
+            model,
+            [{"role": "system", "content": system}, {"role": "user", "content": text}],
+            deadline=self.budget.deadline,
+        )
         self.account(agent, completion)
         return completion.content
-
-    async def synthesize(self, agent: Agent, texts: list[str], focus: str | None) -> str:
-        ask = f"Focus: {focus}\n\n" if focus else ""
-        return await self.summarise(agent, prompts.SYNTHESIS, ask + "\n\n".join(texts),
-                                    self.config.model_for("synthesis"))
 
     async def spawn(self, parent: Agent, brief: str) -> dict[str, Any]:
         """call_subagent: run a child agent on `brief` in the pool for its depth and return its
@@ -510,25 +532,35 @@ class Run:
         partial."""
         depth = parent.depth + 1
         if depth > self.config.max_depth:
-            raise ToolError(f"sub-agents may not go deeper than {self.config.max_depth}; answer this yourself")
+            raise ToolError(
+                f"sub-agents may not go deeper than {self.config.max_depth}; answer this yourself"
+            )
         async with self.pools[depth]:
             child = Agent(self, depth=depth, parent=parent, parent_tool_call_id=_current_call.get())
             self.agents.append(child)
             error = None
             try:
-                answer = await self.telemetry.traced_agent(child, brief, child.run_to_end(
-                    [self.system_message(child, brief), {"role": "user", "content": brief}]))
+                answer = await self.telemetry.traced_agent(
+                    child,
+                    brief,
+                    child.run_to_end([self.system_message(child, brief), {"role": "user", "content": brief}]),
+                )
             except (LLMError, StoreError) as exc:
                 answer, error = _last_text(child), str(exc)
                 child.status = "failed"
             finally:
-                child.stats.finished = time.monotonic()
+                child.finished = time.monotonic()
         findings, problem = _findings_block(answer)
         result: dict[str, Any] = {
-            "agent_id": child.id, "status": child.status, "partial": child.status != "done",
-            "answer": answer or "(no answer)", "findings": [f.model_dump(exclude_defaults=True) for f in findings],
-            "turns": child.turns, "tool_calls": child.stats.tool_calls,
-            "tokens": child.stats.input_tokens + child.stats.output_tokens, "cost_usd": round(child.stats.cost, 6),
+            "agent_id": child.id,
+            "status": child.status,
+            "partial": child.status != "done",
+            "answer": answer or "(no answer)",
+            "findings": [f.model_dump(exclude_defaults=True) for f in findings],
+            "turns": child.turns,
+            "tool_calls": child.tool_calls,
+            "tokens": child.usage.tokens,
+            "cost_usd": round(child.usage.cost_usd or 0.0, 6),
         }
         if error:
             result["error"] = error
@@ -538,17 +570,28 @@ class Run:
 
     def system_message(self, agent: Agent, task: str) -> dict[str, str]:
         cfg = self.config
-        delegation = (prompts.DELEGATE.format(max_depth=cfg.max_depth, max_parallel=cfg.max_parallel)
-                      if agent.depth < cfg.max_depth else "")
+        delegation = (
+            prompts.DELEGATE.format(max_depth=cfg.max_depth, max_parallel=cfg.max_parallel)
+            if agent.depth < cfg.max_depth
+            else ""
+        )
         context = f"\n\nDataset context from the user:\n{cfg.dataset_context}" if cfg.dataset_context else ""
         shared = prompts.SHARED.format(repl=self.repl_section, repo=self.repo_section)
         budget = self.budget.describe(0, cfg.max_turns).replace("turn 1 of ", "") + " turns"
         if agent.is_root:
-            system = prompts.ROOT.format(shared=shared, task=task, delegation=delegation, budget=budget,
-                                         overview=self.overview_text, hypotheses=prompts.hypotheses_text(self.hypotheses),
-                                         context=context)
+            system = prompts.ROOT.format(
+                shared=shared,
+                task=task,
+                delegation=delegation,
+                budget=budget,
+                overview=self.overview_text,
+                hypotheses=prompts.hypotheses_text(self.hypotheses),
+                context=context,
+            )
         else:
-            system = prompts.SUBAGENT.format(shared=shared, delegation=delegation, budget=budget, context=context)
+            system = prompts.SUBAGENT.format(
+                shared=shared, delegation=delegation, budget=budget, context=context
+            )
         return {"role": "system", "content": system}
 
     repl_section = ""
@@ -557,7 +600,9 @@ class Run:
 
 
 def _last_text(agent: Agent) -> str:
-    return next((m["content"] for m in reversed(agent.messages) if m["role"] == "assistant" and m.get("content")), "")
+    return next(
+        (m["content"] for m in reversed(agent.messages) if m["role"] == "assistant" and m.get("content")), ""
+    )
 
 
 _FINDINGS_BLOCK = re.compile(r"```json\s*(\{.*?\})\s*```", re.DOTALL)
@@ -578,42 +623,79 @@ def _findings_block(answer: str) -> tuple[list[FindingInput], str | None]:
 # --- the report -----------------------------------------------------------------------------
 
 
-def build_report(run: Run, root: Agent, prompt: str, inputs: list[str], dataset: reports.DatasetSummary,
-                 answer: str) -> reports.Report:
+def build_report(
+    run: Run,
+    root: Agent,
+    prompt: str,
+    inputs: list[str],
+    dataset: reports.DatasetSummary,
+    answer: str,
+    store: TraceStore,
+) -> reports.Report:
+    """The run's report (in a worker thread, on a connection of its own: recounts query the store)."""
     final = root.final
-    findings = [to_finding(f, dataset, run) for f in (final.findings if final else [])]
+    findings = [to_finding(f, dataset, store) for f in (final.findings if final else [])]
     notes = list(run.notes)
     if final is None:
-        notes.insert(0, f"The run ended without final_answer ({root.status}); this report is built from the "
-                        f"root agent's last answer.")
+        notes.insert(
+            0,
+            f"The run ended without final_answer ({root.status}); this report is built from the "
+            f"root agent's last answer.",
+        )
     if not findings and run.detector_report is not None:
         findings = list(run.detector_report.findings)
         if final is not None:
-            notes.append("The model returned no structured findings; the detectors' findings are listed instead.")
-    usage = reports.Usage(
-        models=run.models, agents=len(run.agents), turns=sum(a.turns for a in run.agents),
-        tool_calls=sum(a.stats.tool_calls for a in run.agents), seconds=round(time.monotonic() - run.budget.started, 2),
-        per_agent=[reports.AgentUsage(
-            agent_id=a.id, name=a.name, depth=a.depth, parent_id=a.parent.id if a.parent else None, status=a.status,
-            calls=a.stats.calls, turns=a.turns, tool_calls=a.stats.tool_calls, input_tokens=a.stats.input_tokens,
-            output_tokens=a.stats.output_tokens, cached_tokens=a.stats.cached_tokens, cost_usd=round(a.stats.cost, 6),
-            seconds=round((a.stats.finished or time.monotonic()) - a.stats.started, 2)) for a in run.agents],
+            notes.append(
+                "The model returned no structured findings; the detectors' findings are listed instead."
+            )
+    usage = reports.RunUsage(
+        models=run.models,
+        agents=len(run.agents),
+        turns=sum(a.turns for a in run.agents),
+        tool_calls=sum(a.tool_calls for a in run.agents),
+        seconds=round(time.monotonic() - run.budget.started, 2),
+        per_agent=[
+            reports.AgentUsage(
+                **a.usage.model_dump(),
+                agent_id=a.id,
+                name=a.name,
+                depth=a.depth,
+                parent_id=a.parent_id,
+                status=a.status,
+                turns=a.turns,
+                tool_calls=a.tool_calls,
+                seconds=round((a.finished or time.monotonic()) - a.started, 2),
+            )
+            for a in run.agents
+        ],
     )
     cfg = run.config
     return reports.Report(
-        mode="llm", prompt=prompt, inputs=inputs, store=run.store.path, dataset=dataset,
-        findings=reports.rank(findings, dataset), answer=(final.answer if final else answer) or None,
-        models={"agents": cfg.model, "synthesis": cfg.synthesis_model or cfg.model,
-                "compaction": cfg.compaction_model or cfg.model},
-        usage=usage, notes=notes, telemetry=run.telemetry.destination,
+        mode="llm",
+        prompt=prompt,
+        inputs=inputs,
+        store=run.store.path,
+        dataset=dataset,
+        findings=reports.rank(findings, dataset),
+        answer=(final.answer if final else answer) or None,
+        models={
+            "agents": cfg.model,
+            "synthesis": cfg.synthesis_model or cfg.model,
+            "compaction": cfg.compaction_model or cfg.model,
+        },
+        usage=usage,
+        notes=notes,
+        telemetry=run.telemetry.destination,
     )
 
 
-def to_finding(given: FindingInput, dataset: reports.DatasetSummary, run: Run) -> reports.Finding:
+def to_finding(given: FindingInput, dataset: reports.DatasetSummary, store: TraceStore) -> reports.Finding:
+    """A finding as the model reported it, in the report's shape; a count it left out is recounted
+    from its query, else taken from its evidence."""
     affected = given.affected_traces
     if affected is None and given.query:
         try:
-            affected = int(run.store.sql(f"SELECT count(DISTINCT trace_id) FROM ({given.query.rstrip(';')})").rows[0][0])
+            affected = store.recount(given.query)
         except StoreError:
             affected = None
     if affected is None:
@@ -622,11 +704,21 @@ def to_finding(given: FindingInput, dataset: reports.DatasetSummary, run: Run) -
     slug = re.sub(r"[^a-z0-9]+", "-", (given.key or given.title).lower()).strip("-")[:50]
     impact = reports.Impact(**{k: v for k, v in given.impact.items() if k in reports.Impact.model_fields})
     return reports.Finding(
-        id=f"llm:{category(given.category)}:{slug}", title=given.title, category=category(given.category),
-        severity=severity, affected_traces=affected,  # type: ignore[arg-type]
-        affected_trace_share=min(1.0, affected / dataset.traces) if dataset.traces else 0.0, impact=impact,
-        evidence=[reports.Evidence(**e.model_dump()) for e in given.evidence], recommendation=given.recommendation,
-        confidence=given.confidence, source="llm", key=given.key, details=given.details, query=given.query,
+        id=f"llm:{reports.category(given.category)}:{slug}",
+        title=given.title,
+        category=reports.category(given.category),
+        severity=severity,
+        affected_traces=affected,  # type: ignore[arg-type]
+        affected_trace_share=min(1.0, affected / dataset.traces) if dataset.traces else 0.0,
+        impact=impact,
+        evidence=[reports.Evidence(**e.model_dump()) for e in given.evidence],
+        recommendation=given.recommendation,
+        confidence=given.confidence,
+        source="llm",
+        key=given.key,
+        details=given.details,
+        query=given.query,
+        query_dialect=store.dialect if given.query else None,
     )
 
 
@@ -649,7 +741,8 @@ async def stream_engine_async(
     config = engine_config if telemetry is None else engine_config.model_copy(update={"telemetry": telemetry})
     prompt, history = _split_messages(messages)
     trace_store, inputs, owned = _open_store(trace_paths, store)
-    llm = await asyncio.to_thread(LLM, config.provider, prices=Prices(config.prices))  # loads TLS certificates
+    # Made in a worker thread: it loads TLS certificates.
+    llm = await asyncio.to_thread(LLM, config.provider, prices=Prices(config.prices), retry=config.retry)
     queue: asyncio.Queue[Any] = asyncio.Queue()
     run = Run(config, trace_store, llm, queue)
     task = asyncio.create_task(_drive(run, prompt, history, inputs))
@@ -677,8 +770,16 @@ _DONE = object()
 
 async def _drive(run: Run, prompt: str, history: list[dict[str, Any]], inputs: list[str]) -> None:
     try:
-        run.telemetry = start_telemetry(run)
-        await run.telemetry.traced_run(prompt, _run(run, prompt, history, inputs))
+        run.telemetry, run.llm = start_telemetry(run.config, run.id, run.llm)
+        if run.telemetry.destination:
+            run.note(
+                f"Telemetry: HALO's own spans of this run (session.id {run.id}) go to {run.telemetry.destination}"
+            )
+        await run.telemetry.traced_run(
+            prompt,
+            _run(run, prompt, history, inputs),
+            lambda: RunTotals(run.budget.tokens, run.budget.cost, len(run.agents)),
+        )
         run.queue.put_nowait(_DONE)
     except asyncio.CancelledError:
         raise
@@ -691,16 +792,26 @@ async def _drive(run: Run, prompt: str, history: list[dict[str, Any]], inputs: l
 async def _run(run: Run, prompt: str, history: list[dict[str, Any]], inputs: list[str]) -> reports.Report:
     store = run.store
     if not run.config.provider.configured:
-        raise EngineError("no model provider is configured: set OPENAI_API_KEY (or --api-key), or --base-url for a "
-                          "local OpenAI-compatible server")
-    run.detector_report = await off_loop(store, detect.analyze)
+        raise EngineError(
+            "no model provider is configured: set OPENAI_API_KEY (or --api-key), or --base-url for a "
+            "local OpenAI-compatible server"
+        )
+    run.detector_report = await store.run(detect.analyze)
     dataset = run.detector_report.dataset
     if dataset.traces == 0:
         raise EngineError(f"{store.path}: the store holds no traces")
-    overview = await off_loop(store, lambda connection: connection.overview(top=15))
+    overview = await store.run(lambda connection: connection.overview(top=15))
     run.overview_text = prompts.overview_text(overview)
-    run.hypotheses = [{"id": f.id, "title": f.title, "category": f.category, "affected_traces": f.affected_traces,
-                       "evidence": [reports.cite(e) for e in f.evidence[:3]]} for f in run.detector_report.findings[:12]]
+    run.hypotheses = [
+        {
+            "id": f.id,
+            "title": f.title,
+            "category": f.category,
+            "affected_traces": f.affected_traces,
+            "evidence": [reports.cite(e) for e in f.evidence[:3]],
+        }
+        for f in run.detector_report.findings[:12]
+    ]
     _offer_code_and_repo(run)
     root = Agent(run, depth=0, parent=None, parent_tool_call_id=None)
     run.agents.append(root)
@@ -708,15 +819,25 @@ async def _run(run: Run, prompt: str, history: list[dict[str, Any]], inputs: lis
     try:
         answer = await run.telemetry.traced_agent(root, prompt, root.run_to_end(opening))
     finally:
-        root.stats.finished = time.monotonic()
+        root.finished = time.monotonic()
         # Every sandbox worker must be closed before the loop ends (see sandbox.Repl.aclose).
         await asyncio.gather(*(a.repl.aclose() for a in run.agents if a.repl is not None))
-    report = build_report(run, root, prompt, inputs, dataset, answer)
-    await off_loop(store, lambda connection: reports.verify(report, connection))
+    report = await store.run(
+        lambda connection: verify(
+            build_report(run, root, prompt, inputs, dataset, answer, connection), connection
+        )
+    )
     if run.config.out_dir is not None:
-        reports.write(report, run.config.out_dir)
-    run.emit(AgentOutputItem(sequence=0, item=AgentMessage(role="assistant", content=report.answer), final=True,
-                             report=report, **root.lineage()))
+        render.write(report, run.config.out_dir)
+    run.emit(
+        AgentOutputItem(
+            sequence=0,
+            item=AgentMessage(role="assistant", content=report.answer),
+            final=True,
+            report=report,
+            **root.lineage(),
+        )
+    )
     return report
 
 
@@ -725,8 +846,10 @@ def _offer_code_and_repo(run: Run) -> None:
     tools when a repo path is given."""
     reason = sandbox.available()
     if reason is None:
-        run.extra_tools.append(repl.RUN_CODE)
-        run.repl_section = prompts.REPL.format(environment=sandbox.describe_environment(run.code_limits.sandbox))
+        run.extra_tools.append(RUN_CODE)
+        run.repl_section = prompts.REPL.format(
+            environment=sandbox.describe_environment(CodeLimits.for_config(run.config).sandbox)
+        )
     else:
         run.note(f"run_code is not offered: {reason}")
     if run.config.repo_path is None:
@@ -737,8 +860,11 @@ def _offer_code_and_repo(run: Run) -> None:
         raise EngineError(f"--repo-path: {exc}") from exc
     run.extra_tools.extend(repo_tools(source))
     run.repo_section = prompts.REPO.format(
-        git=", and git_log, git_show, git_diff, git_blame, git_read_file for its history" if source.is_git else "",
-        commits=" and commits by their 12-character ids" if source.is_git else "")
+        git=", and git_log, git_show, git_diff, git_blame, git_read_file for its history"
+        if source.is_git
+        else "",
+        commits=" and commits by their 12-character ids" if source.is_git else "",
+    )
 
 
 def _split_messages(messages: Messages) -> tuple[str, list[dict[str, Any]]]:
@@ -753,18 +879,20 @@ def _split_messages(messages: Messages) -> tuple[str, list[dict[str, Any]]]:
     return task or DEFAULT_PROMPT, history
 
 
-def _open_store(trace_paths: Any, store: TraceStore | str | Path | None) -> tuple[TraceStore, list[str], bool]:
+def _open_store(
+    trace_paths: Any, store: TraceStore | str | Path | None
+) -> tuple[TraceStore, list[str], bool]:
     if isinstance(store, TraceStore):
         return store, [], False
     if store is not None:
         return TraceStore.open(store, read_only=True), [], True
     if trace_paths is None:
         raise EngineError("give trace files or a store")
-    paths = [str(p) for p in ([trace_paths] if isinstance(trace_paths, str | Path) else trace_paths)]
-    target = default_store_path(resolve(paths))
+    files = [str(p) for p in ([trace_paths] if isinstance(trace_paths, str | Path) else trace_paths)]
+    target = paths.for_inputs(resolve(files))
     with TraceStore.open(target) as writable:
-        writable.ingest(paths)
-    return TraceStore.open(target, read_only=True), paths, True
+        writable.ingest(files)
+    return TraceStore.open(target, read_only=True), files, True
 
 
 async def stream_engine_output_async(
@@ -776,25 +904,29 @@ async def stream_engine_output_async(
             yield event
 
 
-async def run_engine_async(messages: Messages, engine_config: EngineConfig, trace_paths: Any = None,
-                           **kwargs: Any) -> list[AgentOutputItem]:
+async def run_engine_async(
+    messages: Messages, engine_config: EngineConfig, trace_paths: Any = None, **kwargs: Any
+) -> list[AgentOutputItem]:
     """All completed items, once the run is over; the last one is final and carries the report."""
     return [item async for item in stream_engine_output_async(messages, engine_config, trace_paths, **kwargs)]
 
 
-def stream_engine(messages: Messages, engine_config: EngineConfig, trace_paths: Any = None,
-                  **kwargs: Any) -> Iterator[EngineEvent]:
+def stream_engine(
+    messages: Messages, engine_config: EngineConfig, trace_paths: Any = None, **kwargs: Any
+) -> Iterator[EngineEvent]:
     """The sync twin of `stream_engine_async`, driven on a private event loop."""
     yield from _sync(stream_engine_async(messages, engine_config, trace_paths, **kwargs))
 
 
-def stream_engine_output(messages: Messages, engine_config: EngineConfig, trace_paths: Any = None,
-                         **kwargs: Any) -> Iterator[AgentOutputItem]:
+def stream_engine_output(
+    messages: Messages, engine_config: EngineConfig, trace_paths: Any = None, **kwargs: Any
+) -> Iterator[AgentOutputItem]:
     yield from _sync(stream_engine_output_async(messages, engine_config, trace_paths, **kwargs))
 
 
-def run_engine(messages: Messages, engine_config: EngineConfig, trace_paths: Any = None,
-               **kwargs: Any) -> list[AgentOutputItem]:
+def run_engine(
+    messages: Messages, engine_config: EngineConfig, trace_paths: Any = None, **kwargs: Any
+) -> list[AgentOutputItem]:
     return asyncio.run(run_engine_async(messages, engine_config, trace_paths, **kwargs))
 
 
@@ -809,3 +941,7 @@ def _sync(agen: AsyncIterator[Any]) -> Iterator[Any]:
     finally:
         loop.run_until_complete(agen.aclose())  # type: ignore[attr-defined]
         loop.close()
+
+
+def _turn_usage(completion: Completion) -> TurnUsage:
+    return TurnUsage(**completion.usage.model_dump(), model=completion.model)

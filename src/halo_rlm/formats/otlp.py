@@ -22,9 +22,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from halo_rlm import decode
-from halo_rlm.decode import OTEL_KINDS, STATUS_CODES, Decoded, DecodeError
-from halo_rlm.models import ns_to_iso
+from halo_rlm.formats.decode import Decoded, decode_record, describe_non_span
+from halo_rlm.formats.spans import OTEL_KINDS, STATUS_CODES, DecodeError, attributes
+from halo_rlm.utils import ns_to_iso
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -69,7 +69,9 @@ def encode_response(rejected: int, message: str, media_type: str) -> bytes:
     spans were rejected and why."""
     response = ExportTraceServiceResponse()
     if rejected:
-        response.partial_success.CopyFrom(ExportTracePartialSuccess(rejected_spans=rejected, error_message=message))
+        response.partial_success.CopyFrom(
+            ExportTracePartialSuccess(rejected_spans=rejected, error_message=message)
+        )
     if media_type == PROTOBUF:
         return response.SerializeToString()
     if not rejected:
@@ -98,21 +100,25 @@ def _json(body: bytes) -> Decoded:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise DecodeError(f"invalid JSON: {exc}") from exc
-    resource_spans = (obj.get("resourceSpans") if "resourceSpans" in obj else obj.get("resource_spans")) \
-        if isinstance(obj, dict) else None
+    resource_spans = (
+        (obj.get("resourceSpans") if "resourceSpans" in obj else obj.get("resource_spans"))
+        if isinstance(obj, dict)
+        else None
+    )
     if obj == {} or resource_spans == []:
         return Decoded()  # proto3 JSON of an empty request
     if not isinstance(resource_spans, list):
-        raise DecodeError(f"not an OTLP ExportTraceServiceRequest: {decode.describe_non_span(obj)}")
+        raise DecodeError(f"not an OTLP ExportTraceServiceRequest: {describe_non_span(obj)}")
     try:
-        return decode.decode_record({"resourceSpans": resource_spans})
+        return decode_record({"resourceSpans": resource_spans})
     except DecodeError:
         return Decoded()  # resource spans without any span in them
 
 
-def _flat_span(span: Any, trace_id: str, span_id: str, resource: dict[str, Any], scope: dict[str, str]
-               ) -> dict[str, Any]:
-    # The same keys, in the same order, as `decode.flat_span` gives OTLP/JSON spans.
+def _flat_span(
+    span: Any, trace_id: str, span_id: str, resource: dict[str, Any], scope: dict[str, str]
+) -> dict[str, Any]:
+    # The same keys, in the same order, as `spans.flat_span` gives OTLP/JSON spans.
     out: dict[str, Any] = {
         "trace_id": trace_id,
         "span_id": span_id,
@@ -122,32 +128,47 @@ def _flat_span(span: Any, trace_id: str, span_id: str, resource: dict[str, Any],
         "kind": f"SPAN_KIND_{_name(OTEL_KINDS, span.kind, 'INTERNAL')}",
         "start_time": span.start_time_unix_nano or None,
         "end_time": span.end_time_unix_nano or None,
-        "status": {"code": f"STATUS_CODE_{_name(STATUS_CODES, span.status.code, 'UNSET')}",
-                   "message": span.status.message},
+        "status": {
+            "code": f"STATUS_CODE_{_name(STATUS_CODES, span.status.code, 'UNSET')}",
+            "message": span.status.message,
+        },
         "resource": resource,
         "scope": scope,
         "attributes": _attributes(span.attributes),
     }
     if span.events:
-        out["events"] = [{"name": e.name, "time": e.time_unix_nano or None, "attributes": _attributes(e.attributes)}
-                         for e in span.events]
+        out["events"] = [
+            {"name": e.name, "time": e.time_unix_nano or None, "attributes": _attributes(e.attributes)}
+            for e in span.events
+        ]
     if span.links:
-        out["links"] = [{"trace_id": _id(link.trace_id), "span_id": _id(link.span_id),
-                         "attributes": _attributes(link.attributes)} for link in span.links]
-    for key, value in (("droppedAttributesCount", span.dropped_attributes_count),
-                       ("droppedEventsCount", span.dropped_events_count), ("flags", span.flags)):
+        out["links"] = [
+            {
+                "trace_id": _id(link.trace_id),
+                "span_id": _id(link.span_id),
+                "attributes": _attributes(link.attributes),
+            }
+            for link in span.links
+        ]
+    for key, value in (
+        ("droppedAttributesCount", span.dropped_attributes_count),
+        ("droppedEventsCount", span.dropped_events_count),
+        ("flags", span.flags),
+    ):
         if value:
             out[key] = value
     return out
 
 
 def _attributes(key_values: Any) -> dict[str, Any]:
-    """Flat attributes; nested values get dotted keys exactly as in OTLP/JSON (`decode.attributes`)."""
+    """Flat attributes; nested values get dotted keys exactly as in OTLP/JSON (`spans.attributes`)."""
     out: dict[str, Any] = {}
     for kv in key_values:
         value = _value(kv.value)
-        if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(item, dict) for item in value)):
-            out.update(decode.attributes({kv.key: value}))
+        if isinstance(value, dict) or (
+            isinstance(value, list) and any(isinstance(item, dict) for item in value)
+        ):
+            out.update(attributes({kv.key: value}))
         else:
             out[kv.key] = value
     return out
@@ -167,7 +188,7 @@ def _value(value: AnyValue) -> Any:
 
 
 def _id(raw: bytes) -> str:
-    """Lowercase hex; empty or all-zero means none (as `decode.normalize_id`)."""
+    """Lowercase hex; empty or all-zero means none (as `spans.normalize_id`)."""
     text = raw.hex()
     return text if text.strip("0") else ""
 
@@ -180,5 +201,12 @@ def _iso(ns: Any) -> Any:
     return ns_to_iso(ns) if isinstance(ns, int) and 0 < ns < _LAST_ISO_NS else ns
 
 
-__all__ = ["JSON", "PROTOBUF", "decode_request", "encode_response", "encode_status", "request_spans",
-           "span_line"]
+__all__ = [
+    "JSON",
+    "PROTOBUF",
+    "decode_request",
+    "encode_response",
+    "encode_status",
+    "request_spans",
+    "span_line",
+]

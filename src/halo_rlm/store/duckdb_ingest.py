@@ -1,8 +1,8 @@
-"""Filling the store: files (`TraceStore.ingest`) and records a collector or importer has already
+"""Filling a DuckDB store: files (`TraceStore.ingest`) and records a collector or importer has already
 parsed (`TraceStore.ingest_records`). After each input, duplicate spans (same trace and span id) are
 merged, orphans flagged and the rollups of every trace it touched rebuilt.
 
-A file takes one of three roads, all ending in the same normalising SQL (`normalize.py`):
+A file takes one of three roads, all ending in the same normalising SQL (`duckdb_sql`):
 
 - a file of flat spans loads in one statement that DuckDB spreads over every core (`_bulk_load`);
 - a format only the Python decoders read (OTLP/JSON, Phoenix span JSON) is decoded line by line into
@@ -21,24 +21,30 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import numpy as np
 import orjson
 import pyarrow as pa
 
-from halo_rlm import decode, files, normalize
-from halo_rlm.store import StoreError, TraceStore
+from halo_rlm import files
+from halo_rlm.formats import decode
+from halo_rlm.store import duckdb_sql
+from halo_rlm.store.base import StrictError
+from halo_rlm.store.results import IngestReport, InputReport, Progress
+
+__all__ = ["Ingest"]
 
 DOCUMENT_LIMIT = 1 << 30  # a single JSON document (not JSONL) is parsed whole; refuse beyond this
 NOT_TRACE_DATA_AFTER = 1000  # stop reading a file whose first N records all fail
 EXCERPT_BYTES = 200
 WRITERS = 2  # batches loaded at once, each on its own connection (one batch is too small for DuckDB to split)
 
-# One row per touched trace, in the column order of `store.TRACE_COLUMNS`.
+# One row per touched trace, in the column order of `schema.TRACE_COLUMNS`.
 ROLLUP_SQL = """
 INSERT INTO traces
 SELECT
@@ -62,10 +68,6 @@ GROUP BY trace_id
 """
 
 
-class StrictError(StoreError):
-    """`--strict` met a bad record."""
-
-
 @dataclass
 class Reject:
     line_no: int
@@ -80,51 +82,46 @@ class BatchOutcome:
     python_first: bool  # most lines needed the Python decoders: skip the SQL attempt from now on
 
 
-@dataclass
-class InputReport:
+class Connection(Protocol):
+    """What an ingest needs of the store: its path and connections (the DuckDB store is one)."""
+
     path: str
-    status: str  # ingested | resumed | unchanged | failed
-    spans: int = 0
-    rejected: int = 0
-    repaired: int = 0
-    duplicates: int = 0  # spans already in the store (same trace and span id), merged into one
-    bytes: int = 0
-    seconds: float = 0.0
-    message: str | None = None
+    con: duckdb.DuckDBPyConnection
 
+    def transaction(self) -> AbstractContextManager[None]: ...
 
-@dataclass
-class IngestReport:
-    store: str
-    inputs: list[InputReport] = field(default_factory=list)
-    reject_reasons: dict[str, int] = field(default_factory=dict)
+    def cursor(self) -> Connection: ...
 
-    @property
-    def spans(self) -> int:
-        return sum(i.spans for i in self.inputs)
-
-    @property
-    def rejected(self) -> int:
-        return sum(i.rejected for i in self.inputs)
-
-    @property
-    def duplicates(self) -> int:
-        return sum(i.duplicates for i in self.inputs)
-
-
-Progress = Callable[[int, int], None]  # (bytes read in this input, spans added in this input)
+    def first_row(self, sql: str, params: Any = None) -> tuple[Any, ...] | None: ...
 
 
 class Ingest:
     """One ingest into a writable store, made by `TraceStore.ingest` and `TraceStore.ingest_records`.
-    Works on the store's own connection, plus connections of their own for bulk loads and writer threads."""
+    Works on the store's own connection, plus connections of their own for bulk loads and writer threads.
 
-    def __init__(self, store: TraceStore, *, strict: bool = False) -> None:
+    `strict` stops at the first bad record (StrictError) instead of keeping it as a reject;
+    `batch_bytes` sizes the batches of the streaming road, where a line over `max_line_bytes` is a
+    reject; `bulk=False` never loads a file in one statement."""
+
+    def __init__(
+        self,
+        store: Connection,
+        *,
+        strict: bool = False,
+        batch_bytes: int = files.BATCH_BYTES,
+        max_line_bytes: int = files.MAX_LINE_BYTES,
+        bulk: bool = True,
+    ) -> None:
         self.store = store
-        self.strict = strict  # stop at the first bad record (StrictError) instead of keeping it as a reject
+        self.strict = strict
+        self.batch_bytes = batch_bytes
+        self.max_line_bytes = max_line_bytes
+        self.bulk = bulk
 
     def load_files(
-        self, paths: Sequence[str | Path], progress: Callable[[files.InputFile], Progress | None] | None = None
+        self,
+        paths: Sequence[str | Path],
+        progress: Callable[[files.InputFile], Progress | None] | None = None,
     ) -> IngestReport:
         report = IngestReport(self.store.path)
         for inp in files.resolve(paths):
@@ -144,7 +141,9 @@ class Ingest:
         report.inputs.append(result)
         return report
 
-    def _ingest_input(self, inp: files.InputFile, progress: Progress | None, report: IngestReport) -> InputReport:
+    def _ingest_input(
+        self, inp: files.InputFile, progress: Progress | None, report: IngestReport
+    ) -> InputReport:
         result = InputReport(inp.path, "ingested")
         existing = None if inp.is_stdin else self._input_by_path(inp.path)
         start_offset = start_line = 0
@@ -157,12 +156,15 @@ class Ingest:
             if status == "partial" or (grown and self._is_append(inp, input_id)):
                 # A bulk-loaded file did not count its lines: count them now, to number the new ones.
                 start_offset = resume_offset
-                start_line = files.count_lines(inp.path, resume_offset) if resume_line is None else resume_line
+                start_line = (
+                    files.count_lines(inp.path, resume_offset) if resume_line is None else resume_line
+                )
                 result.status = "resumed"
                 with self.store.transaction():  # batches that committed after the first gap are read again
                     for table in ("spans", "rejects"):
-                        self.store.con.execute(f"DELETE FROM {table} WHERE input_id = ? AND line_no > ?",
-                                               [input_id, start_line])
+                        self.store.con.execute(
+                            f"DELETE FROM {table} WHERE input_id = ? AND line_no > ?", [input_id, start_line]
+                        )
             else:
                 self._forget_input(input_id)
             self.store.con.execute(
@@ -172,7 +174,9 @@ class Ingest:
             if result.status != "resumed":
                 self.store.con.execute(
                     "UPDATE inputs SET resume_offset = 0, resume_line = 0, spans = 0, rejected = 0, repaired = 0 "
-                    "WHERE input_id = ?", [input_id])
+                    "WHERE input_id = ?",
+                    [input_id],
+                )
         else:
             input_id = None
         stream, compression = files.open_input(inp)
@@ -189,8 +193,15 @@ class Ingest:
             if start_offset == 0 and _is_document(head):
                 self._ingest_document(input_id, chained, result, report)
                 end_offset, end_line = result.bytes, 0
-            elif (start_offset == 0 and compression is None and not inp.is_stdin and flat
-                  and _duckdb_reads_as_is(inp.path) and self._bulk_load(input_id, inp, result, progress)):
+            elif (
+                start_offset == 0
+                and compression is None
+                and not inp.is_stdin
+                and flat
+                and self.bulk
+                and _duckdb_reads_as_is(inp.path)
+                and self._bulk_load(input_id, inp, result, progress)
+            ):
                 end_offset, end_line = result.bytes, None
             elif start_offset == 0 and not flat and _duckdb_reads_as_is(self._staging_path(input_id)):
                 end_offset, end_line = self._ingest_decoded(input_id, chained, result, report, progress)
@@ -215,29 +226,41 @@ class Ingest:
             result.status, result.message = "failed", result.message or self._not_trace_data(input_id, head)
             self._forget_input(input_id)
             return result
-        result.duplicates = self._finish_inputs([input_id], status="complete", offset=end_offset, line=end_line)
+        result.duplicates = self._finish_inputs(
+            [input_id], status="complete", offset=end_offset, line=end_line
+        )
         if compression is None and not inp.is_stdin:
-            self.store.con.execute("UPDATE inputs SET tail_digest = ? WHERE input_id = ?",
-                                   [files.tail_digest(inp.path, end_offset), input_id])
+            self.store.con.execute(
+                "UPDATE inputs SET tail_digest = ? WHERE input_id = ?",
+                [files.tail_digest(inp.path, end_offset), input_id],
+            )
         return result
 
-    def _bulk_load(self, input_id: int, inp: files.InputFile, result: InputReport,
-                   progress: Progress | None) -> bool:
+    def _bulk_load(
+        self, input_id: int, inp: files.InputFile, result: InputReport, progress: Progress | None
+    ) -> bool:
         """Load a whole file of flat spans in one statement, which DuckDB spreads over every core.
         Anything unusual in the file (a line that is not a span, malformed JSON or UTF-8, a line over
-        `normalize.BULK_OBJECT_BYTES`) rolls the statement back and returns False: the caller then
+        `duckdb_sql.BULK_OBJECT_BYTES`) rolls the statement back and returns False: the caller then
         reads the file line by line, which keeps every good line and reports each bad one. Spans
         loaded this way have no `line_no`."""
-        def every_record_is_a_span(loader: TraceStore) -> bool:
-            found = loader.first_row("SELECT count(*) FROM spans WHERE input_id = ? AND (trace_id IS NULL OR "
-                                     "span_id IS NULL OR trace_id = '' OR span_id = '')", [input_id])
+
+        def every_record_is_a_span(loader: Connection) -> bool:
+            found = loader.first_row(
+                "SELECT count(*) FROM spans WHERE input_id = ? AND (trace_id IS NULL OR "
+                "span_id IS NULL OR trace_id = '' OR span_id = '')",
+                [input_id],
+            )
             return not (found and found[0])
 
         size = inp.size or 0
         try:
             spans = self._load_in_one_statement(
-                normalize.BULK_INSERT_SQL, {"input_id": input_id, "path": inp.path, "compression": "none"},
-                lambda share: progress(int(size * share), 0) if progress else None, every_record_is_a_span)
+                duckdb_sql.BULK_INSERT_SQL,
+                {"input_id": input_id, "path": inp.path, "compression": "none"},
+                lambda share: progress(int(size * share), 0) if progress else None,
+                every_record_is_a_span,
+            )
         except duckdb.Error:
             return False
         if spans is None:
@@ -247,8 +270,9 @@ class Ingest:
             progress(size, spans)
         return True
 
-    def _ingest_decoded(self, input_id: int, stream: Any, result: InputReport, report: IngestReport,
-                        progress: Progress | None) -> tuple[int, int]:
+    def _ingest_decoded(
+        self, input_id: int, stream: Any, result: InputReport, report: IngestReport, progress: Progress | None
+    ) -> tuple[int, int]:
         """Formats only the Python decoders read (OTLP/JSON, Phoenix span JSON, ...): decode line by
         line into a staging file of flat spans beside the store, then load it in one statement that
         DuckDB spreads over every core. Rejects are recorded as they are found; the spans commit
@@ -257,35 +281,53 @@ class Ingest:
         offset = line = staged = 0
         try:
             with staging.open("wb") as out:
-                for item in _stop_at_damage(files.read_lines(stream), result):
+                for item in _stop_at_damage(
+                    files.read_lines(
+                        stream, batch_bytes=self.batch_bytes, max_line_bytes=self.max_line_bytes
+                    ),
+                    result,
+                ):
                     if isinstance(item, files.OversizeLine):
-                        rejects = [_oversize_reject(item)]
+                        rejects = [_oversize_reject(item, self.max_line_bytes)]
                     else:
-                        numbers, spans, rejects = _decode(zip(_as_list(item.line_numbers), item.lines.to_pylist(),
-                                                              strict=True))
+                        numbers, spans, rejects = _decode(
+                            zip(_as_list(item.line_numbers), item.lines.to_pylist(), strict=True)
+                        )
                         for number, span in zip(numbers, spans, strict=True):
-                            if len(span) < normalize.BULK_OBJECT_BYTES - 100:
+                            if len(span) < duckdb_sql.BULK_OBJECT_BYTES - 100:
                                 out.write(b'{"line":%d,"span":%b}\n' % (number, span))
                                 staged += 1
                             else:  # too long for the staging file's reader: on its own, now
                                 with self.store.transaction():
-                                    result.spans += len(self._insert(pa.table({
-                                        "line_no": pa.array([number], pa.int64()),
-                                        "raw": pa.array([span.decode()], pa.large_string())}), input_id))
+                                    result.spans += len(
+                                        self._insert(
+                                            pa.table(
+                                                {
+                                                    "line_no": pa.array([number], pa.int64()),
+                                                    "raw": pa.array([span.decode()], pa.large_string()),
+                                                }
+                                            ),
+                                            input_id,
+                                        )
+                                    )
                         offset, line = item.end_offset, item.end_line
                         result.repaired += len(item.repaired_lines)
                     if rejects:
                         with self.store.transaction():
-                            self._apply(BatchOutcome(0, self._record_rejects(input_id, rejects, result.path),
-                                                     True), result, report)
+                            self._apply(
+                                BatchOutcome(0, self._record_rejects(input_id, rejects, result.path), True),
+                                result,
+                                report,
+                            )
                     result.bytes = offset
                     if progress:
                         progress(offset, staged)
                     if staged == 0 and result.rejected >= NOT_TRACE_DATA_AFTER:
                         raise _NotTraceData()
             if staged:
-                loaded = self._load_in_one_statement(normalize.STAGED_INSERT_SQL,
-                                                     {"input_id": input_id, "path": str(staging)})
+                loaded = self._load_in_one_statement(
+                    duckdb_sql.STAGED_INSERT_SQL, {"input_id": input_id, "path": str(staging)}
+                )
                 result.spans += loaded or 0
         finally:
             staging.unlink(missing_ok=True)
@@ -299,7 +341,7 @@ class Ingest:
         sql: str,
         params: dict[str, Any],
         on_progress: Callable[[float], None] | None = None,
-        acceptable: Callable[[TraceStore], bool] | None = None,
+        acceptable: Callable[[Connection], bool] | None = None,
     ) -> int | None:
         """Run one bulk INSERT in a transaction of its own, on a connection of its own so that it can
         report progress (`on_progress(share done)`) and stop at Ctrl-C. Returns the rows inserted, or
@@ -359,8 +401,11 @@ class Ingest:
             result.repaired += len(batch.repaired_lines)
             offset, line = batch.end_offset, batch.end_line
             result.bytes = offset
-            self.store.con.execute("UPDATE inputs SET resume_offset = ?, resume_line = ?, rejected = ?, repaired = ? "
-                                   "WHERE input_id = ?", [offset, line, result.rejected, result.repaired, input_id])
+            self.store.con.execute(
+                "UPDATE inputs SET resume_offset = ?, resume_line = ?, rejected = ?, repaired = ? "
+                "WHERE input_id = ?",
+                [offset, line, result.rejected, result.repaired, input_id],
+            )
             if progress:
                 progress(offset - start_offset, result.spans)
             if result.spans == 0 and result.rejected >= NOT_TRACE_DATA_AFTER:
@@ -368,18 +413,45 @@ class Ingest:
 
         with ThreadPoolExecutor(WRITERS, thread_name_prefix="halo-ingest") as pool:
             try:
-                for item in _stop_at_damage(files.read_lines(stream, start_offset=start_offset,  # type: ignore[arg-type]
-                                                             start_line=start_line), result):
+                for item in _stop_at_damage(
+                    files.read_lines(
+                        stream,
+                        start_offset=start_offset,  # type: ignore[arg-type]
+                        start_line=start_line,
+                        batch_bytes=self.batch_bytes,
+                        max_line_bytes=self.max_line_bytes,
+                    ),
+                    result,
+                ):
                     if isinstance(item, files.OversizeLine):
                         with self.store.transaction():
-                            self._apply(BatchOutcome(0, self._record_rejects(input_id, [_oversize_reject(item)],
-                                                                             result.path), python_first),
-                                        result, report)
+                            self._apply(
+                                BatchOutcome(
+                                    0,
+                                    self._record_rejects(
+                                        input_id, [_oversize_reject(item, self.max_line_bytes)], result.path
+                                    ),
+                                    python_first,
+                                ),
+                                result,
+                                report,
+                            )
                         continue
                     if len(in_flight) >= WRITERS:
                         settle_oldest()
-                    in_flight.append((pool.submit(self._write_batch, input_id, item.line_numbers, item.lines,
-                                                  result.path, python_first), item))
+                    in_flight.append(
+                        (
+                            pool.submit(
+                                self._write_batch,
+                                input_id,
+                                item.line_numbers,
+                                item.lines,
+                                result.path,
+                                python_first,
+                            ),
+                            item,
+                        )
+                    )
                 while in_flight:
                     settle_oldest()
             except BaseException:
@@ -388,14 +460,16 @@ class Ingest:
                 raise
         return offset, line
 
-    def _write_batch(self, input_id: int, line_numbers: Any, lines: pa.Array, path: str,
-                     python_first: bool) -> BatchOutcome:
+    def _write_batch(
+        self, input_id: int, line_numbers: Any, lines: pa.Array, path: str, python_first: bool
+    ) -> BatchOutcome:
         """One batch in one transaction, on a connection of its own (runs in a writer thread)."""
         writer = self.store.cursor()  # sees the message normaliser: DuckDB registers functions database-wide
         try:
             with writer.transaction():
-                return Ingest(writer, strict=self.strict)._load_batch(input_id, line_numbers, lines, path,
-                                                                      python_first)
+                return Ingest(writer, strict=self.strict)._load_batch(
+                    input_id, line_numbers, lines, path, python_first
+                )
         finally:
             writer.close()
 
@@ -419,7 +493,7 @@ class Ingest:
         for pair in numbered:
             batch.append(pair)
             size += len(pair[1])
-            if size >= files.BATCH_BYTES:
+            if size >= self.batch_bytes:
                 self._load_pairs(input_id, batch, result, report)
                 batch, size = [], 0
         if batch:
@@ -431,9 +505,12 @@ class Ingest:
         numbers = pa.array([n for n, _ in pairs], type=pa.int64())
         lines = pa.array([text.decode("utf-8", "replace") for _, text in pairs], type=pa.large_string())
         with self.store.transaction():
-            self._apply(self._load_batch(input_id, numbers, lines, result.path, python_first=False),
-                        result, report)
-            self.store.con.execute("UPDATE inputs SET rejected = ? WHERE input_id = ?", [result.rejected, input_id])
+            self._apply(
+                self._load_batch(input_id, numbers, lines, result.path, python_first=False), result, report
+            )
+            self.store.con.execute(
+                "UPDATE inputs SET rejected = ? WHERE input_id = ?", [result.rejected, input_id]
+            )
 
     def _ingest_document(
         self, input_id: int, stream: io.RawIOBase, result: InputReport, report: IngestReport
@@ -448,7 +525,9 @@ class Ingest:
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            raise _NotTraceData(f"not trace data: {files.file_kind(data[:4096])} that is not valid JSON ({exc})")
+            raise _NotTraceData(
+                f"not trace data: {files.file_kind(data[:4096])} that is not valid JSON ({exc})"
+            )
         try:
             decoded = decode.decode_record(obj)
         except decode.DecodeError as exc:
@@ -456,8 +535,11 @@ class Ingest:
         rejects = [Reject(1, error, b"") for error in decoded.errors]
         if rejects:
             with self.store.transaction():
-                self._apply(BatchOutcome(0, self._record_rejects(input_id, rejects, result.path), False),
-                            result, report)
+                self._apply(
+                    BatchOutcome(0, self._record_rejects(input_id, rejects, result.path), False),
+                    result,
+                    report,
+                )
         self._ingest_lines(input_id, ((1, orjson.dumps(span)) for span in decoded.spans), result, report)
 
     def _load_batch(
@@ -472,23 +554,40 @@ class Ingest:
             inserted = self._insert(pa.table({"line_no": line_numbers, "raw": lines}), input_id)
             spans += len(inserted)
             left = ~np.isin(np.asarray(line_numbers), inserted)
-            others = list(zip(np.asarray(line_numbers)[left].tolist(), lines.filter(pa.array(left)).to_pylist(),
-                              strict=True))
+            others = list(
+                zip(
+                    np.asarray(line_numbers)[left].tolist(),
+                    lines.filter(pa.array(left)).to_pylist(),
+                    strict=True,
+                )
+            )
         decoded_numbers, decoded_spans, rejects = _decode(others)
         if decoded_spans:
-            spans += len(self._insert(pa.table({
-                "line_no": pa.array(decoded_numbers, type=pa.int64()),
-                "raw": pa.array([span.decode() for span in decoded_spans], type=pa.large_string()),
-            }), input_id))
+            spans += len(
+                self._insert(
+                    pa.table(
+                        {
+                            "line_no": pa.array(decoded_numbers, type=pa.int64()),
+                            "raw": pa.array(
+                                [span.decode() for span in decoded_spans], type=pa.large_string()
+                            ),
+                        }
+                    ),
+                    input_id,
+                )
+            )
         # Most lines needing Python means a non-flat format (e.g. OTLP): skip the SQL attempt from now on.
-        return BatchOutcome(spans, self._record_rejects(input_id, rejects, path),
-                            python_first=len(others) > len(lines) // 2)
+        return BatchOutcome(
+            spans, self._record_rejects(input_id, rejects, path), python_first=len(others) > len(lines) // 2
+        )
 
     def _insert(self, batch: pa.Table, input_id: int) -> np.ndarray:
         """Normalise and insert the flat spans among `batch`'s lines; returns their line numbers."""
         self.store.con.register("batch", batch)
         try:
-            return self.store.con.execute(normalize.INSERT_SQL, {"input_id": input_id}).fetchnumpy()["line_no"]
+            return self.store.con.execute(duckdb_sql.INSERT_SQL, {"input_id": input_id}).fetchnumpy()[
+                "line_no"
+            ]
         finally:
             self.store.con.unregister("batch")
 
@@ -498,13 +597,15 @@ class Ingest:
         if self.strict:
             first = min(rejects, key=lambda r: r.line_no)
             raise StrictError(f"{path}:{first.line_no}: {first.reason}")
-        table = pa.table({
-            "input_id": pa.array([input_id] * len(rejects), pa.int32()),
-            "path": pa.array([path] * len(rejects), pa.string()),
-            "line_no": pa.array([r.line_no for r in rejects], pa.int64()),
-            "reason": pa.array([r.reason for r in rejects], pa.string()),
-            "excerpt": pa.array([_excerpt(r.excerpt) for r in rejects], pa.string()),
-        })
+        table = pa.table(
+            {
+                "input_id": pa.array([input_id] * len(rejects), pa.int32()),
+                "path": pa.array([path] * len(rejects), pa.string()),
+                "line_no": pa.array([r.line_no for r in rejects], pa.int64()),
+                "reason": pa.array([r.reason for r in rejects], pa.string()),
+                "excerpt": pa.array([_excerpt(r.excerpt) for r in rejects], pa.string()),
+            }
+        )
         self.store.con.register("new_rejects", table)
         try:
             self.store.con.execute("INSERT INTO rejects SELECT * FROM new_rejects")
@@ -518,20 +619,21 @@ class Ingest:
         """One message for a file with no spans at all: what it looks like, and why its first record
         is not a span."""
         first = self.store.first_row(
-            "SELECT line_no, reason FROM rejects WHERE input_id = ? ORDER BY line_no LIMIT 1", [input_id])
+            "SELECT line_no, reason FROM rejects WHERE input_id = ? ORDER BY line_no LIMIT 1", [input_id]
+        )
         reason = f"line {first[0]}: {first[1]}" if first else "no records"
         kind = files.file_kind(head)
         return f"not trace data: {reason}" if kind == "JSON" else f"not trace data: found {kind} ({reason})"
 
     def _input_by_path(self, path: str) -> tuple[Any, ...] | None:
         return self.store.first_row(
-            "SELECT input_id, identity, status, resume_offset, resume_line, size FROM inputs WHERE path = ?", [path]
+            "SELECT input_id, identity, status, resume_offset, resume_line, size FROM inputs WHERE path = ?",
+            [path],
         )
 
     def _new_input(self, inp: files.InputFile, compression: str | None) -> int:
         with self.store.transaction():
-            input_id = self.store.first_row(
-                "SELECT coalesce(max(input_id), 0) + 1 FROM inputs")[0]  # type: ignore[index]
+            input_id = self.store.first_row("SELECT coalesce(max(input_id), 0) + 1 FROM inputs")[0]  # type: ignore[index]
             self.store.con.execute(
                 "INSERT INTO inputs VALUES (?, ?, ?, ?, ?, ?, 'partial', 0, 0, NULL, 0, 0, 0, now(), NULL)",
                 [input_id, inp.path, inp.identity, inp.size, inp.mtime_ns, compression],
@@ -540,7 +642,9 @@ class Ingest:
 
     def _is_append(self, inp: files.InputFile, input_id: int) -> bool:
         """A file that only grew since it was ingested: the bytes before where it ended are unchanged."""
-        row = self.store.first_row("SELECT resume_offset, tail_digest FROM inputs WHERE input_id = ?", [input_id])
+        row = self.store.first_row(
+            "SELECT resume_offset, tail_digest FROM inputs WHERE input_id = ?", [input_id]
+        )
         return row is not None and row[1] is not None and files.tail_digest(inp.path, row[0]) == row[1]
 
     def _forget_input(self, input_id: int) -> None:
@@ -560,13 +664,15 @@ class Ingest:
         with self.store.transaction():
             self.store.con.execute(
                 f"CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT trace_id FROM spans "
-                f"WHERE input_id IN ({placeholders})", input_ids,
+                f"WHERE input_id IN ({placeholders})",
+                input_ids,
             )
             merged = self._refresh_touched()
             self.store.con.execute(
                 f"UPDATE inputs SET status = ?, resume_offset = ?, resume_line = ?, finished_at = now(), "
                 f"spans = (SELECT count(*) FROM spans WHERE spans.input_id = inputs.input_id) "
-                f"WHERE input_id IN ({placeholders})", [status, offset, line, *input_ids],
+                f"WHERE input_id IN ({placeholders})",
+                [status, offset, line, *input_ids],
             )
         return merged
 
@@ -640,7 +746,7 @@ class _Chain(io.RawIOBase):
         try:
             self.rest.seek(skip, 1)
         except (OSError, io.UnsupportedOperation, AttributeError):
-            files._skip(self.rest, skip)
+            files.skip(self.rest, skip)
         return offset
 
 
@@ -657,7 +763,11 @@ def _is_document(head: bytes) -> bool:
         return False
     except orjson.JSONDecodeError:
         # A first line that is not a whole object: a pretty-printed document, unless it is just long.
-        return b"\n" in text and len(first_line) < len(text) - 1 and first_line.rstrip().endswith((b"{", b"[", b","))
+        return (
+            b"\n" in text
+            and len(first_line) < len(text) - 1
+            and first_line.rstrip().endswith((b"{", b"[", b","))
+        )
 
 
 def _decode(lines: Iterable[tuple[int, str]]) -> tuple[list[int], list[bytes], list[Reject]]:
@@ -690,9 +800,10 @@ def _decode(lines: Iterable[tuple[int, str]]) -> tuple[list[int], list[bytes], l
     return numbers, spans, rejects
 
 
-def _oversize_reject(line: files.OversizeLine) -> Reject:
-    return Reject(line.line_number, f"line of {line.size:,} bytes exceeds the {files.MAX_LINE_BYTES:,}-byte limit",
-                  line.head)
+def _oversize_reject(line: files.OversizeLine, limit: int) -> Reject:
+    return Reject(
+        line.line_number, f"line of {line.size:,} bytes exceeds the {limit:,}-byte limit", line.head
+    )
 
 
 def _duckdb_reads_as_is(path: str) -> bool:
@@ -734,4 +845,3 @@ def _reason_key(reason: str) -> str:
     """Group reasons for the summary: drop positions and the specific keys found."""
     key = reason.split(" at character ")[0].split(" with keys ")[0]
     return key.split(": ", 1)[1] if key.startswith(("[", "resourceSpans", ".data")) and ": " in key else key
-

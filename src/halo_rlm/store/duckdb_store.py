@@ -1,14 +1,13 @@
-"""The trace store: one DuckDB file holding canonical spans (plus each span's raw record), per-trace
-rollups, rejected records and the inputs they came from.
+"""The DuckDB trace store: one DuckDB file holding canonical spans (plus each span's raw record),
+per-trace rollups, rejected records and the inputs they came from.
 
 This module opens the store (creating its schema, or locking a read-only one down for untrusted
 SQL), hands out connections, and answers questions about it: queries, views, search and read-only
-SQL. Filling it is `ingest.py`'s job; only these two modules speak SQL to DuckDB.
+SQL. Filling it is `duckdb_ingest`'s job; the SQL both use is here and in `duckdb_sql`.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -16,80 +15,57 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import duckdb
 import orjson
-import platformdirs
 import regex
 
-from halo_rlm import files, normalize
-from halo_rlm.decode import iso_to_ns
-from halo_rlm.models import (
+from halo_rlm import files
+from halo_rlm.store import duckdb_sql
+from halo_rlm.store.base import StoreError, TraceStore
+from halo_rlm.store.duckdb_ingest import Ingest
+from halo_rlm.store.results import (
     Count,
     ErrorGroup,
-    Match,
+    IngestReport,
     OversizedTrace,
     Overview,
+    Progress,
     SearchResult,
     SortKey,
-    SpanView,
     SqlResult,
     TraceFilters,
     TracePage,
     TraceSummary,
     TraceView,
-    ns_to_iso,
 )
+from halo_rlm.store.rows import clip_or_none, plain, scan, span_view, summary, tree_order
+from halo_rlm.store.schema import SCHEMA_VERSION, TABLES
+from halo_rlm.utils import first_line, iso_to_ns, ns_to_iso
 
-if TYPE_CHECKING:
-    from halo_rlm.ingest import IngestReport, Progress
+__all__ = ["DuckDBStore", "required_literals"]
 
-SCHEMA_VERSION = 2
 INGEST_MEMORY = "512MB"
 
-TRACE_COLUMNS = """
-  trace_id VARCHAR PRIMARY KEY, span_count INTEGER, llm_spans INTEGER, tool_spans INTEGER,
-  error_spans INTEGER, has_errors BOOLEAN, start_ns BIGINT, end_ns BIGINT, duration_ns BIGINT,
-  root_span_id VARCHAR, root_name VARCHAR, root_status_message VARCHAR,
-  services VARCHAR[], agents VARCHAR[], models VARCHAR[], tools VARCHAR[],
-  input_tokens BIGINT, output_tokens BIGINT, total_tokens BIGINT, cache_read_tokens BIGINT,
-  reasoning_tokens BIGINT, cost DOUBLE, session_id VARCHAR, user_id VARCHAR,
-  orphan_spans INTEGER, in_flight_spans INTEGER, raw_bytes BIGINT
-"""
 
-
-class StoreError(Exception):
-    """A problem with the store or its inputs; the message says what and where."""
-
-
-def default_store_path(inputs: Sequence[files.InputFile]) -> Path:
-    """Where the store for a set of inputs lives when no `--store` is given: the user cache,
-    keyed by the inputs' paths, sizes and mtimes, so a second run over the same files reuses it."""
-    return cache_dir() / "stores" / f"{files.inputs_key(inputs, SCHEMA_VERSION)}.duckdb"
-
-
-def cache_dir() -> Path:
-    """HALO's cache folder: `$HALO_CACHE_DIR`, else the platform's user cache (e.g. ~/.cache/halo-rlm)."""
-    override = os.environ.get("HALO_CACHE_DIR")
-    return Path(override).expanduser() if override else Path(platformdirs.user_cache_dir("halo-rlm"))
-
-
-class TraceStore:
+class DuckDBStore(TraceStore):
     """A DuckDB trace store. Open one with `TraceStore.open(path)`."""
+
+    dialect: ClassVar[str] = "duckdb"
+    schemes: ClassVar[tuple[str, ...]] = ("duckdb",)
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: str, read_only: bool) -> None:
         self.con = con
         self.path = path
         self.read_only = read_only
         self._udfs = False
-        self._idle: list[TraceStore] = []  # connections for `borrow`
+        self._idle: list[DuckDBStore] = []  # connections for `borrow`
 
     @classmethod
-    def open(cls, path: str | Path, *, read_only: bool = False, lock_timeout: float = 10.0) -> TraceStore:
+    def connect(cls, path: str, *, read_only: bool = False, lock_timeout: float = 10.0) -> DuckDBStore:
         """Open (or create) a store. DuckDB lets one process write a file at a time; while another
         holds it (e.g. `halo collect` flushing), wait up to `lock_timeout` seconds for it."""
-        path = str(path)
         if read_only and not Path(path).exists():
             raise StoreError(f"{path}: no such store")
         if not read_only:
@@ -97,8 +73,15 @@ class TraceStore:
         # A read-only store is the one handed to untrusted SQL (the `sql` tool, `halo sql`): DuckDB's
         # file functions (read_text, read_csv, glob, COPY, ATTACH, INSTALL) are switched off and the
         # configuration is locked so a query cannot switch them back on.
-        config = {"enable_external_access": False, "autoinstall_known_extensions": False,
-                  "autoload_known_extensions": False} if read_only else {}
+        config = (
+            {
+                "enable_external_access": False,
+                "autoinstall_known_extensions": False,
+                "autoload_known_extensions": False,
+            }
+            if read_only
+            else {}
+        )
         deadline = time.monotonic() + lock_timeout
         while True:
             try:
@@ -108,9 +91,9 @@ class TraceStore:
                 if "lock" in str(exc).lower() and time.monotonic() < deadline:
                     time.sleep(0.05)
                     continue
-                raise StoreError(f"{path}: cannot open the store ({_first_line(exc)})") from exc
+                raise StoreError(f"{path}: cannot open the store ({first_line(exc)})") from exc
             except duckdb.Error as exc:
-                raise StoreError(f"{path}: not a HALO store ({_first_line(exc)})") from exc
+                raise StoreError(f"{path}: not a HALO store ({first_line(exc)})") from exc
         # DuckDB's progress bar writes to stdout, which belongs to --json output; cursors inherit the
         # setting. Then a read-only store's configuration is locked.
         con.execute("SET enable_progress_bar = false")
@@ -125,15 +108,15 @@ class TraceStore:
             self._idle.pop().close()
         self.con.close()
 
-    def cursor(self) -> TraceStore:
+    def cursor(self) -> DuckDBStore:
         """Another connection to the same database, for use from another thread (a DuckDB
         connection must not be shared across threads). Same read-only lock-down."""
-        cursor = TraceStore(self.con.cursor(), self.path, self.read_only)
-        normalize.register_macros(cursor.con)
+        cursor = DuckDBStore(self.con.cursor(), self.path, self.read_only)
+        duckdb_sql.register_macros(cursor.con)
         return cursor
 
     @contextmanager
-    def borrow(self) -> Iterator[TraceStore]:
+    def borrow(self) -> Iterator[DuckDBStore]:
         """A connection for one piece of work in another thread, kept for the next one afterwards:
         opening a connection costs a few milliseconds, as much as a small query."""
         try:
@@ -155,20 +138,18 @@ class TraceStore:
         rows = self.con.execute(sql, params).fetchall()
         return rows[0] if rows else None
 
-    def __enter__(self) -> TraceStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _setup(self) -> None:
         if not self.read_only:
             self.con.execute("SET preserve_insertion_order = false")
             # Ingest streams: DuckDB need not cache what it wrote (the default allows 80% of RAM).
             self.con.execute(f"SET memory_limit = '{INGEST_MEMORY}'")
-        normalize.register_macros(self.con)
-        tables = {row[0] for row in self.con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()}
+        duckdb_sql.register_macros(self.con)
+        tables = {
+            row[0]
+            for row in self.con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+            ).fetchall()
+        }
         if "meta" not in tables:
             if tables or self.read_only:
                 raise StoreError(f"{self.path}: not a HALO store (a DuckDB file without HALO's tables)")
@@ -182,16 +163,9 @@ class TraceStore:
             )
 
     def _create_schema(self) -> None:
-        span_columns = ", ".join(f"{name} {kind}" for name, kind in normalize.SPAN_COLUMNS)
         with self.transaction():
-            self.con.execute(f"CREATE TABLE spans ({span_columns})")
-            self.con.execute(f"CREATE TABLE traces ({TRACE_COLUMNS})")
-            self.con.execute("""CREATE TABLE inputs (
-                input_id INTEGER PRIMARY KEY, path VARCHAR, identity VARCHAR, size BIGINT, mtime_ns BIGINT,
-                compression VARCHAR, status VARCHAR, resume_offset BIGINT, resume_line BIGINT, tail_digest VARCHAR,
-                spans BIGINT, rejected BIGINT, repaired BIGINT, started_at TIMESTAMP, finished_at TIMESTAMP)""")
-            self.con.execute("""CREATE TABLE rejects (
-                input_id INTEGER, path VARCHAR, line_no BIGINT, reason VARCHAR, excerpt VARCHAR)""")
+            for table in TABLES:
+                self.con.execute(duckdb_sql.create_table(table))
             self.con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
             self.con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
@@ -214,19 +188,23 @@ class TraceStore:
         *,
         strict: bool = False,
         progress: Callable[[files.InputFile], Progress | None] | None = None,
+        batch_bytes: int = files.BATCH_BYTES,
+        max_line_bytes: int = files.MAX_LINE_BYTES,
+        bulk: bool = True,
     ) -> IngestReport:
         """Ingest files, directories, globs or "-" (stdin). Files already ingested whole are skipped,
-        a file ingested part-way is finished, a file that grew is read from where it ended."""
-        from halo_rlm.ingest import Ingest  # imported here: ingest.py builds on this module
-
+        a file ingested part-way is finished, a file that grew is read from where it ended.
+        `batch_bytes` sizes the batches a file is read in when it cannot load in one statement (a
+        longer line than `max_line_bytes` is rejected); `bulk=False` reads every file that way."""
         self._writable()
-        return Ingest(self, strict=strict).load_files(paths, progress)
+        ingest = Ingest(
+            self, strict=strict, batch_bytes=batch_bytes, max_line_bytes=max_line_bytes, bulk=bulk
+        )
+        return ingest.load_files(paths, progress)
 
     def ingest_records(self, records: Iterable[Any], *, source: str) -> IngestReport:
         """Ingest already-parsed records (OTLP requests, span dicts, ...) from a collector or importer.
         `source` names them in the inputs table; each call is one input."""
-        from halo_rlm.ingest import Ingest  # imported here: ingest.py builds on this module
-
         self._writable()
         return Ingest(self).load_records(records, source)
 
@@ -236,7 +214,7 @@ class TraceStore:
         if self.read_only:
             raise StoreError(f"{self.path}: the store is open read-only")
         if not self._udfs:
-            normalize.register_udfs(self.con)
+            duckdb_sql.register_udfs(self.con)
             self._udfs = True
 
     # --- queries ------------------------------------------------------------------------------
@@ -262,25 +240,32 @@ class TraceStore:
         order = f"{SORT_COLUMNS[sort]} {'DESC' if descending else 'ASC'} NULLS LAST, t.trace_id"
         rows = self._rows(
             f"SELECT {SUMMARY_COLUMNS}, count(*) OVER () AS total FROM traces t WHERE {where} "
-            f"ORDER BY {order} LIMIT ? OFFSET ?", [*params, limit, offset],
+            f"ORDER BY {order} LIMIT ? OFFSET ?",
+            [*params, limit, offset],
         )
         total = rows[0]["total"] if rows else self.count_traces(filters)
         return TracePage(
-            traces=[_summary(row) for row in rows], total=total, offset=offset, limit=limit,
-            has_more=offset + len(rows) < total, sort=f"{sort} {'desc' if descending else 'asc'}",
+            traces=[summary(row) for row in rows],
+            total=total,
+            offset=offset,
+            limit=limit,
+            has_more=offset + len(rows) < total,
+            sort=f"{sort} {'desc' if descending else 'asc'}",
         )
 
     def trace_summary(self, trace_id: str) -> TraceSummary:
         rows = self._rows(f"SELECT {SUMMARY_COLUMNS} FROM traces t WHERE trace_id = ?", [trace_id])
         if not rows:
             raise StoreError(self._unknown_trace(trace_id))
-        return _summary(rows[0])
+        return summary(rows[0])
 
     def overview(self, filters: TraceFilters | None = None, *, top: int = 20) -> Overview:
         """Totals, the distinct services/agents/models/tools (most traces first) and the top error
         groups, over the traces that match `filters`. Counts are exact, not sampled."""
         where, params = self._where(filters)
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE selected AS SELECT * FROM traces t WHERE {where}", params)
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE selected AS SELECT * FROM traces t WHERE {where}", params
+        )
         totals = self._rows("""
             SELECT count(*) AS traces, coalesce(sum(span_count), 0) AS spans,
                    count(*) FILTER (has_errors) AS error_traces, coalesce(sum(error_spans), 0) AS error_spans,
@@ -290,46 +275,81 @@ class TraceStore:
                    coalesce(sum(in_flight_spans), 0) AS in_flight_spans, coalesce(sum(raw_bytes), 0) AS raw_bytes
             FROM selected""")[0]
         lists = {
-            column: [Count(**r) for r in self._rows(f"""
+            column: [
+                Count(**r)
+                for r in self._rows(
+                    f"""
                 SELECT name, count(*) AS traces, count(*) FILTER (has_errors) AS errors
                 FROM (SELECT unnest({column}) AS name, has_errors FROM selected)
-                GROUP BY name ORDER BY traces DESC, name LIMIT ?""", [top])]
+                GROUP BY name ORDER BY traces DESC, name LIMIT ?""",
+                    [top],
+                )
+            ]
             for column in ("services", "agents")
         }
         # Models and tools count calls (spans) and failed calls, besides traces.
         for column, name in (("models", "model"), ("tools", "tool_name")):
-            lists[column] = [Count(**r) for r in self._rows(f"""
+            lists[column] = [
+                Count(**r)
+                for r in self._rows(
+                    f"""
                 SELECT {name} AS name, count(DISTINCT trace_id) AS traces, count(*) AS spans,
                        count(*) FILTER (status = 'ERROR') AS errors
                 FROM spans SEMI JOIN selected USING (trace_id)
-                WHERE {name} IS NOT NULL GROUP BY 1 ORDER BY traces DESC, spans DESC, name LIMIT ?""", [top])]
-        kinds = {r["kind"]: r["spans"] for r in self._rows(
-            "SELECT kind, count(*) AS spans FROM spans SEMI JOIN selected USING (trace_id) GROUP BY kind "
-            "ORDER BY spans DESC")}
-        samples = [r["trace_id"] for r in self._rows(
-            "SELECT trace_id FROM selected ORDER BY has_errors DESC, start_ns DESC, trace_id LIMIT 10")]
+                WHERE {name} IS NOT NULL GROUP BY 1 ORDER BY traces DESC, spans DESC, name LIMIT ?""",
+                    [top],
+                )
+            ]
+        kinds = {
+            r["kind"]: r["spans"]
+            for r in self._rows(
+                "SELECT kind, count(*) AS spans FROM spans SEMI JOIN selected USING (trace_id) GROUP BY kind "
+                "ORDER BY spans DESC"
+            )
+        }
+        samples = [
+            r["trace_id"]
+            for r in self._rows(
+                "SELECT trace_id FROM selected ORDER BY has_errors DESC, start_ns DESC, trace_id LIMIT 10"
+            )
+        ]
         return Overview(
-            traces=totals["traces"], spans=totals["spans"], error_traces=totals["error_traces"],
-            error_spans=totals["error_spans"], start=ns_to_iso(totals["start_ns"]), end=ns_to_iso(totals["end_ns"]),
-            services=lists["services"], agents=lists["agents"], models=lists["models"], tools=lists["tools"],
-            kinds=kinds, input_tokens=totals["input_tokens"], output_tokens=totals["output_tokens"],
-            cost=round(totals["cost"], 6), orphan_spans=totals["orphan_spans"],
+            traces=totals["traces"],
+            spans=totals["spans"],
+            error_traces=totals["error_traces"],
+            error_spans=totals["error_spans"],
+            start=ns_to_iso(totals["start_ns"]),
+            end=ns_to_iso(totals["end_ns"]),
+            services=lists["services"],
+            agents=lists["agents"],
+            models=lists["models"],
+            tools=lists["tools"],
+            kinds=kinds,
+            input_tokens=totals["input_tokens"],
+            output_tokens=totals["output_tokens"],
+            cost=round(totals["cost"], 6),
+            orphan_spans=totals["orphan_spans"],
             in_flight_spans=totals["in_flight_spans"],
             rejected_records=int(self.first_row("SELECT count(*) FROM rejects")[0]),  # type: ignore[index]
             inputs=int(self.first_row("SELECT count(*) FROM inputs")[0]),  # type: ignore[index]
-            raw_bytes=totals["raw_bytes"], error_groups=self.error_groups(filters, top=top, _selected=True),
-            sample_trace_ids=samples, lists_capped_at=top,
+            raw_bytes=totals["raw_bytes"],
+            error_groups=self._error_groups(top),
+            sample_trace_ids=samples,
+            lists_capped_at=top,
         )
 
-    def error_groups(
-        self, filters: TraceFilters | None = None, *, top: int = 20, _selected: bool = False
-    ) -> list[ErrorGroup]:
+    def error_groups(self, filters: TraceFilters | None = None, *, top: int = 20) -> list[ErrorGroup]:
         """Error spans grouped by where they happened and by message template (ids, numbers, paths,
         URLs and quoted values masked), most traces first."""
-        if not _selected:
-            where, params = self._where(filters)
-            self.con.execute(f"CREATE OR REPLACE TEMP TABLE selected AS SELECT * FROM traces t WHERE {where}", params)
-        rows = self._rows("""
+        where, params = self._where(filters)
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE selected AS SELECT * FROM traces t WHERE {where}", params
+        )
+        return self._error_groups(top)
+
+    def _error_groups(self, top: int) -> list[ErrorGroup]:
+        rows = self._rows(
+            """
             SELECT coalesce(tool_name, name) AS source, kind, error_template AS template,
                    count(*) AS error_spans, count(DISTINCT trace_id) AS traces,
                    list_sort(list_distinct(list(trace_id)))[:3] AS example_trace_ids,
@@ -339,8 +359,10 @@ class TraceStore:
                            ELSE '' END, start_ns) AS example_message
             FROM spans SEMI JOIN selected USING (trace_id)
             WHERE status = 'ERROR'
-            GROUP BY ALL ORDER BY traces DESC, error_spans DESC, source, template LIMIT ?""", [top])
-        return [ErrorGroup(**{**r, "example_message": _clip(r["example_message"], 400)}) for r in rows]
+            GROUP BY ALL ORDER BY traces DESC, error_spans DESC, source, template LIMIT ?""",
+            [top],
+        )
+        return [ErrorGroup(**{**r, "example_message": clip_or_none(r["example_message"], 400)}) for r in rows]
 
     def view_trace(
         self, trace_id: str, *, budget_bytes: int = 150_000, value_chars: int = 4_096
@@ -350,17 +372,24 @@ class TraceStore:
         return self._view(trace_id, None, budget_bytes, value_chars)
 
     def view_spans(
-        self, trace_id: str, span_ids: Sequence[str], *, budget_bytes: int = 150_000, value_chars: int = 16_384
+        self,
+        trace_id: str,
+        span_ids: Sequence[str],
+        *,
+        budget_bytes: int = 150_000,
+        value_chars: int = 16_384,
     ) -> TraceView:
         """Chosen spans of a trace, with a larger per-value allowance than `view_trace`."""
         return self._view(trace_id, list(span_ids), budget_bytes, value_chars)
 
     def _view(self, trace_id: str, span_ids: list[str] | None, budget: int, value_chars: int) -> TraceView:
-        rows = self._rows(f"SELECT {VIEW_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns NULLS LAST, span_id",
-                          [trace_id])
+        rows = self._rows(
+            f"SELECT {VIEW_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns NULLS LAST, span_id",
+            [trace_id],
+        )
         if not rows:
             raise StoreError(self._unknown_trace(trace_id))
-        ordered = _tree_order(rows)
+        ordered = tree_order(rows)
         missing = None
         if span_ids is not None:
             wanted = set(span_ids)
@@ -369,11 +398,17 @@ class TraceStore:
         trace_start = min((r["start_ns"] for r in rows if r["start_ns"] is not None), default=None)
         views, cut = [], 0
         for depth, row in ordered:
-            view, n = _span_view(row, depth, trace_start, value_chars)
+            view, n = span_view(row, depth, trace_start, value_chars)
             views.append(view)
             cut += n
-        view = TraceView(trace_id=trace_id, spans=views, span_count=len(rows), shown=len(views),
-                         truncated_values=cut, missing_span_ids=missing)
+        view = TraceView(
+            trace_id=trace_id,
+            spans=views,
+            span_count=len(rows),
+            shown=len(views),
+            truncated_values=cut,
+            missing_span_ids=missing,
+        )
         if len(view.model_dump_json()) <= budget:
             if missing:
                 view.note = f"{len(missing)} requested span ids are not in this trace"
@@ -383,15 +418,26 @@ class TraceStore:
         for _, r in ordered:
             names[r["name"]] = names.get(r["name"], 0) + 1
         return TraceView(
-            trace_id=trace_id, spans=[], span_count=len(rows), shown=0, truncated_values=cut, missing_span_ids=missing,
+            trace_id=trace_id,
+            spans=[],
+            span_count=len(rows),
+            shown=0,
+            truncated_values=cut,
+            missing_span_ids=missing,
             oversized=OversizedTrace(
-                spans=len(ordered), raw_bytes=sum(sizes), budget_bytes=budget, span_bytes_min=sizes[0],
-                span_bytes_median=sizes[len(sizes) // 2], span_bytes_max=sizes[-1],
-                top_span_names=[Count(name=k, traces=1, spans=v) for k, v in
-                                sorted(names.items(), key=lambda kv: (-kv[1], kv[0]))[:10]],
+                spans=len(ordered),
+                raw_bytes=sum(sizes),
+                budget_bytes=budget,
+                span_bytes_min=sizes[0],
+                span_bytes_median=sizes[len(sizes) // 2],
+                span_bytes_max=sizes[-1],
+                top_span_names=[
+                    Count(name=k, traces=1, spans=v)
+                    for k, v in sorted(names.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+                ],
                 error_spans=[r["span_id"] for _, r in ordered if r["status"] == "ERROR"][:20],
                 recommendation="Too large to show whole. Use search_trace to find the spans that matter, "
-                               "then view_spans on a few span ids (or search_span inside one large span).",
+                "then view_spans on a few span ids (or search_span inside one large span).",
             ),
         )
 
@@ -417,15 +463,26 @@ class TraceStore:
         if span_id is not None:
             clauses.append("span_id = ?")
             params.append(span_id)
-        rows = self._rows(f"SELECT trace_id, span_id, name, kind, status, raw FROM spans WHERE {' AND '.join(clauses)} "
-                          "ORDER BY start_ns NULLS LAST, span_id", params)
+        rows = self._rows(
+            f"SELECT trace_id, span_id, name, kind, status, raw FROM spans WHERE {' AND '.join(clauses)} "
+            "ORDER BY start_ns NULLS LAST, span_id",
+            params,
+        )
         if not rows:
-            raise StoreError(self._unknown_trace(trace_id) if span_id is None else
-                             f"no span {span_id!r} in trace {trace_id!r}")
-        return _scan(pattern, compiled, rows, context_chars, max_matches, timeout)
+            raise StoreError(
+                self._unknown_trace(trace_id)
+                if span_id is None
+                else f"no span {span_id!r} in trace {trace_id!r}"
+            )
+        return scan(pattern, compiled, rows, context_chars, max_matches, timeout)
 
     def _search_dataset(
-        self, pattern: str, compiled: Any, filters: TraceFilters | None, context_chars: int, max_matches: int,
+        self,
+        pattern: str,
+        compiled: Any,
+        filters: TraceFilters | None,
+        context_chars: int,
+        max_matches: int,
         timeout: float,
     ) -> SearchResult:
         where, params = self._where(filters)
@@ -434,23 +491,36 @@ class TraceStore:
             counts = self._rows(
                 f"SELECT count(*) AS spans, count(DISTINCT trace_id) AS traces FROM spans "
                 f"WHERE trace_id IN (SELECT trace_id FROM traces t WHERE {where}) AND {matches}",
-                [*params, *match_params], timeout=timeout,
+                [*params, *match_params],
+                timeout=timeout,
             )[0]
         except _Timeout:
-            return SearchResult(pattern=pattern, matches=[], total_matches=0, spans_matched=0, has_more=True,
-                                timed_out=True, note=f"the scan took over {timeout:g}s; narrow it with filters")
+            return SearchResult(
+                pattern=pattern,
+                matches=[],
+                total_matches=0,
+                spans_matched=0,
+                has_more=True,
+                timed_out=True,
+                note=f"the scan took over {timeout:g}s; narrow it with filters",
+            )
         rows = self._rows(
             f"SELECT trace_id, span_id, name, kind, status, raw FROM spans "
             f"WHERE trace_id IN (SELECT trace_id FROM traces t WHERE {where}) AND {matches} "
-            f"ORDER BY start_ns NULLS LAST, trace_id, span_id LIMIT ?", [*params, *match_params, max_matches],
+            f"ORDER BY start_ns NULLS LAST, trace_id, span_id LIMIT ?",
+            [*params, *match_params, max_matches],
         )
-        result = _scan(pattern, compiled, rows, context_chars, max_matches, timeout)
+        result = scan(pattern, compiled, rows, context_chars, max_matches, timeout)
         result.spans_matched, result.traces_matched = counts["spans"], counts["traces"]
         result.has_more = counts["spans"] > len(rows) or result.has_more
-        result.note = "total_matches counts matches in the spans shown; spans_matched and traces_matched are exact"
+        result.note = (
+            "total_matches counts matches in the spans shown; spans_matched and traces_matched are exact"
+        )
         return result
 
-    def sql(self, query: str, *, max_rows: int = 200, max_bytes: int = 50_000, timeout: float = 10.0) -> SqlResult:
+    def sql(
+        self, query: str, *, max_rows: int = 200, max_bytes: int = 50_000, timeout: float = 10.0
+    ) -> SqlResult:
         """One read-only SELECT over the canonical tables (spans, traces, rejects, inputs), capped in
         rows, bytes and time. Only read-only stores run it: their file access is switched off."""
         if not self.read_only:
@@ -458,7 +528,7 @@ class TraceStore:
         try:
             statements = self.con.extract_statements(query)
         except duckdb.Error as exc:
-            raise StoreError(f"SQL error: {_first_line(exc)}") from exc
+            raise StoreError(f"SQL error: {first_line(exc)}") from exc
         if len(statements) != 1:
             raise StoreError(f"send exactly one statement (got {len(statements)})")
         if statements[0].type != duckdb.StatementType.SELECT:
@@ -469,11 +539,13 @@ class TraceStore:
             rows = cursor.fetchmany(max_rows + 1)
             cursor.fetchall()  # finish the result (DuckDB refuses new work while one is open)
         except _Timeout:
-            raise StoreError(f"the query took over {timeout:g}s and was stopped; add filters or a LIMIT") from None
+            raise StoreError(
+                f"the query took over {timeout:g}s and was stopped; add filters or a LIMIT"
+            ) from None
         except duckdb.Error as exc:
-            raise StoreError(f"SQL error: {_first_line(exc)}") from exc
+            raise StoreError(f"SQL error: {first_line(exc)}") from exc
         truncated, note = len(rows) > max_rows, None
-        rows = [[_plain(v) for v in row] for row in rows[:max_rows]]
+        rows = [[plain(v) for v in row] for row in rows[:max_rows]]
         size = len(orjson.dumps(rows, default=str))
         while rows and size > max_bytes:
             rows.pop()
@@ -501,8 +573,15 @@ class TraceStore:
         """Canonical span rows (no raw record) matching every given condition, oldest first; long
         text values keep head and tail."""
         clauses, params = [], []
-        for column, value in (("kind", kind), ("name", name), ("tool_name", tool), ("model", model),
-                              ("agent_name", agent), ("service", service), ("status", status)):
+        for column, value in (
+            ("kind", kind),
+            ("name", name),
+            ("tool_name", tool),
+            ("model", model),
+            ("agent_name", agent),
+            ("service", service),
+            ("status", status),
+        ):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value.upper() if column in ("kind", "status") else value)
@@ -514,23 +593,45 @@ class TraceStore:
             params.append(regex.escape(text))
         rows = self._rows(
             f"SELECT {SPAN_ROW_COLUMNS} FROM spans WHERE {' AND '.join(clauses) or 'true'} "
-            f"ORDER BY start_ns NULLS LAST, trace_id, span_id LIMIT ?", [*params, max(1, min(limit, 10_000))])
+            f"ORDER BY start_ns NULLS LAST, trace_id, span_id LIMIT ?",
+            [*params, max(1, min(limit, 10_000))],
+        )
         for row in rows:
             for key, value in row.items():
                 if isinstance(value, str):
-                    row[key] = _clip(value, value_chars)
+                    row[key] = clip_or_none(value, value_chars)
         return rows
 
     def query(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
         """Rows of SQL written by HALO itself (the detectors). Untrusted SQL goes through `sql()`."""
         return self._rows(sql, params)
 
+    def known_traces(self, trace_ids: Iterable[str]) -> set[str]:
+        ids = sorted(set(trace_ids))
+        rows = self.con.execute(
+            "SELECT trace_id FROM traces SEMI JOIN (SELECT unnest(?::VARCHAR[]) AS trace_id) USING (trace_id)",
+            [ids],
+        ).fetchall()
+        return {row[0] for row in rows}
+
+    def span_records(self, spans: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        pairs = sorted(set(spans))
+        rows = self.con.execute(
+            "SELECT trace_id, span_id, raw FROM spans SEMI JOIN (SELECT unnest(?::VARCHAR[]) AS trace_id, "
+            "unnest(?::VARCHAR[]) AS span_id) USING (trace_id, span_id)",
+            [[t for t, _ in pairs], [s for _, s in pairs]],
+        ).fetchall()
+        return {(t, s): raw for t, s, raw in rows}
+
     def rejects(self, *, limit: int = 100) -> list[dict[str, Any]]:
-        return self._rows("SELECT path, line_no, reason, excerpt FROM rejects ORDER BY input_id, line_no LIMIT ?",
-                          [limit])
+        return self._rows(
+            "SELECT path, line_no, reason, excerpt FROM rejects ORDER BY input_id, line_no LIMIT ?", [limit]
+        )
 
     def inputs(self) -> list[dict[str, Any]]:
-        return self._rows("SELECT path, status, spans, rejected, repaired, size FROM inputs ORDER BY input_id")
+        return self._rows(
+            "SELECT path, status, spans, rejected, repaired, size FROM inputs ORDER BY input_id"
+        )
 
     def _where(self, filters: TraceFilters | None) -> tuple[str, list[Any]]:
         if filters is None:
@@ -548,7 +649,11 @@ class TraceStore:
             values = getattr(filters, field)
             if values:
                 add(f"list_has_any(t.{field}, ?::VARCHAR[])", values)
-        for field, column in (("session_ids", "session_id"), ("user_ids", "user_id"), ("trace_ids", "trace_id")):
+        for field, column in (
+            ("session_ids", "session_id"),
+            ("user_ids", "user_id"),
+            ("trace_ids", "trace_id"),
+        ):
             values = getattr(filters, field)
             if values:
                 add(f"list_contains(?::VARCHAR[], t.{column})", values)
@@ -568,11 +673,16 @@ class TraceStore:
             add(f"t.trace_id IN (SELECT trace_id FROM spans WHERE {matches})", *match_params)
         for text in (filters.text, filters.project_id):
             if text:
-                add("t.trace_id IN (SELECT trace_id FROM spans WHERE regexp_matches(raw, ?, 'i'))", regex.escape(text))
+                add(
+                    "t.trace_id IN (SELECT trace_id FROM spans WHERE regexp_matches(raw, ?, 'i'))",
+                    regex.escape(text),
+                )
         return " AND ".join(clauses) or "true", params
 
     def _unknown_trace(self, trace_id: str) -> str:
-        similar = self._rows("SELECT trace_id FROM traces WHERE starts_with(trace_id, ?) LIMIT 3", [trace_id[:6]])
+        similar = self._rows(
+            "SELECT trace_id FROM traces WHERE starts_with(trace_id, ?) LIMIT 3", [trace_id[:6]]
+        )
         hint = f"; similar ids: {', '.join(r['trace_id'] for r in similar)}" if similar else ""
         return f"no trace {trace_id!r} in the store{hint}"
 
@@ -599,8 +709,12 @@ class _Timeout(Exception):
 
 
 SORT_COLUMNS = {
-    "start": "t.start_ns", "duration": "t.duration_ns", "cost": "t.cost", "spans": "t.span_count",
-    "tokens": "t.total_tokens", "errors": "t.error_spans",
+    "start": "t.start_ns",
+    "duration": "t.duration_ns",
+    "cost": "t.cost",
+    "spans": "t.span_count",
+    "tokens": "t.total_tokens",
+    "errors": "t.error_spans",
 }
 SUMMARY_COLUMNS = """t.trace_id, t.start_ns, t.duration_ns, t.span_count, t.error_spans, t.has_errors, t.root_name,
   t.root_status_message, t.services, t.agents, t.models, t.tools, t.input_tokens, t.output_tokens, t.cost,
@@ -611,111 +725,6 @@ VIEW_COLUMNS = """span_id, parent_id, name, kind, status, status_message, start_
 SPAN_ROW_COLUMNS = """trace_id, span_id, parent_id, name, kind, status, status_message, error_template, start_ns,
   duration_ns, service, agent_name, model, input_tokens, output_tokens, cost, tool_name, tool_args, tool_result,
   input_value, output_value, finish_reason, tool_calls, is_orphan"""
-# Attributes a view leaves out because canonical fields already show them, compactly.
-_FLATTENED = re.compile(r"^(llm\.(input|output)_messages\.\d+\.|llm\.tools\.\d+\.|mcp\.tools\.\d+\.|gen_ai\.(prompt|completion)\.\d+\.)")
-
-
-def _summary(row: dict[str, Any]) -> TraceSummary:
-    return TraceSummary(
-        trace_id=row["trace_id"], start=ns_to_iso(row["start_ns"]),
-        duration_ms=None if row["duration_ns"] is None else row["duration_ns"] / 1e6,
-        spans=row["span_count"], error_spans=row["error_spans"], has_errors=row["has_errors"],
-        root_name=row["root_name"], root_status_message=_clip(row["root_status_message"], 300),
-        services=row["services"] or [], agents=row["agents"] or [], models=row["models"] or [],
-        tools=row["tools"] or [], input_tokens=row["input_tokens"], output_tokens=row["output_tokens"],
-        cost=row["cost"], session_id=row["session_id"], raw_bytes=row["raw_bytes"] or 0,
-    )
-
-
-def _tree_order(rows: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
-    """Depth-first by start time; spans whose parent is missing start their own subtree."""
-    ids = {r["span_id"] for r in rows}
-    children: dict[str | None, list[dict[str, Any]]] = {}
-    for r in rows:
-        parent = r["parent_id"] if r["parent_id"] in ids and r["parent_id"] != r["span_id"] else None
-        children.setdefault(parent, []).append(r)
-    out: list[tuple[int, dict[str, Any]]] = []
-    seen: set[str] = set()
-    stack = [(0, r) for r in reversed(children.get(None, []))]
-    while stack:
-        depth, r = stack.pop()
-        if r["span_id"] in seen:
-            continue
-        seen.add(r["span_id"])
-        out.append((depth, r))
-        stack.extend((depth + 1, c) for c in reversed(children.get(r["span_id"], [])))
-    out.extend((0, r) for r in rows if r["span_id"] not in seen)  # cycles
-    return out
-
-
-def _span_view(row: dict[str, Any], depth: int, trace_start: int | None, value_chars: int) -> tuple[SpanView, int]:
-    raw = orjson.loads(row["raw"])
-    cut = 0
-    attributes: dict[str, Any] = {}
-    dropped = 0
-    for key, value in (raw.get("attributes") or {}).items():
-        if value is None or value == "":
-            continue
-        if _FLATTENED.match(key):
-            dropped += 1
-            continue
-        attributes[key], n = _cap(value, value_chars)
-        cut += n
-    if dropped:
-        attributes["halo.note"] = f"{dropped} flattened message/tool keys shown under `messages` instead"
-    attrs = raw.get("attributes")
-    messages = {key: value for key, value in normalize.normalize_messages(attrs).items()
-                if value and key != "finish_reason"} if isinstance(attrs, dict) and row["kind"] == "LLM" else {}
-    if row["tools_offered"]:
-        messages["tools_offered"] = row["tools_offered"]
-    if messages:
-        capped, n = _cap(messages, value_chars * 2)
-        messages, cut = capped, cut + n
-    events = None
-    if raw.get("events"):
-        events, n = _cap(raw["events"], value_chars)
-        cut += n
-    tokens = {k.removesuffix("_tokens"): row[k] for k in
-              ("input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens") if row[k] is not None}
-    return SpanView(
-        span_id=row["span_id"], parent_id=row["parent_id"], depth=depth, name=row["name"], kind=row["kind"],
-        status=row["status"], status_message=_clip(row["status_message"], value_chars),
-        start_offset_ms=None if row["start_ns"] is None or trace_start is None
-        else (row["start_ns"] - trace_start) / 1e6,
-        duration_ms=None if row["duration_ns"] is None else row["duration_ns"] / 1e6,
-        service=row["service"], agent=row["agent_name"], model=row["model"], tokens=tokens or None,
-        cost=row["cost"], tool=row["tool_name"], orphan=bool(row["is_orphan"]), attributes=attributes,
-        messages=messages or None, events=events, raw_bytes=row["raw_bytes"] or 0,
-    ), cut
-
-
-def _cap(value: Any, limit: int) -> tuple[Any, int]:
-    """Cut long strings (in nested values too) to head and tail; returns the value and how many were cut."""
-    if isinstance(value, str):
-        clipped = _clip(value, limit)
-        return clipped, int(clipped is not value)
-    if isinstance(value, list):
-        out, cut = [], 0
-        for item in value:
-            item, n = _cap(item, limit)
-            out.append(item)
-            cut += n
-        return out, cut
-    if isinstance(value, dict):
-        result, cut = {}, 0
-        for key, item in value.items():
-            result[key], n = _cap(item, limit)
-            cut += n
-        return result, cut
-    return value, 0
-
-
-def _clip(text: str | None, limit: int) -> str | None:
-    """Head and tail of a long text, with how much was cut in between."""
-    if text is None or len(text) <= limit:
-        return text
-    head, tail = limit * 3 // 4, limit // 4
-    return f"{text[:head]}\n…[halo: {len(text) - head - tail:,} characters cut]…\n{text[-tail:]}"
 
 
 def _compile(pattern: str) -> Any:
@@ -732,7 +741,10 @@ def _raw_matches(pattern: str) -> tuple[str, list[str]]:
     literals = required_literals(pattern)
     if not literals:
         return "regexp_matches(raw, ?)", [pattern]
-    return f"({' OR '.join('contains(raw, ?)' for _ in literals)}) AND regexp_matches(raw, ?)", [*literals, pattern]
+    return f"({' OR '.join('contains(raw, ?)' for _ in literals)}) AND regexp_matches(raw, ?)", [
+        *literals,
+        pattern,
+    ]
 
 
 def required_literals(pattern: str) -> list[str] | None:
@@ -767,8 +779,10 @@ def _literals_in(sequence: Any) -> set[str] | None:
         inner: set[str] | None = None
         if op is constants.SUBPATTERN and not value[1] & re.IGNORECASE:
             inner = _literals_in(value[3])
-        elif op in (constants.MAX_REPEAT, constants.MIN_REPEAT, getattr(constants, "POSSESSIVE_REPEAT", None)) \
-                and value[0] >= 1:
+        elif (
+            op in (constants.MAX_REPEAT, constants.MIN_REPEAT, getattr(constants, "POSSESSIVE_REPEAT", None))
+            and value[0] >= 1
+        ):
             inner = _literals_in(value[2])
         elif op is getattr(constants, "ATOMIC_GROUP", None):
             inner = _literals_in(value)
@@ -785,53 +799,7 @@ def _compile_re2(con: duckdb.DuckDBPyConnection, pattern: str) -> None:
     try:
         con.execute("SELECT regexp_matches('', ?)", [pattern]).fetchall()
     except duckdb.Error as exc:
-        raise StoreError(f"invalid regex {pattern!r} (dataset-wide filters use RE2 syntax: no lookarounds "
-                         f"or backreferences): {_first_line(exc)}") from exc
-
-
-def _scan(pattern: str, compiled: Any, rows: list[dict[str, Any]], context_chars: int, max_matches: int,
-          timeout: float) -> SearchResult:
-    deadline = time.monotonic() + timeout
-    matches: list[Match] = []
-    total = spans = 0
-    timed_out = False
-    for row in rows:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            timed_out = True
-            break
-        try:
-            found = list(compiled.finditer(row["raw"], timeout=remaining))
-        except TimeoutError:
-            timed_out = True
-            break
-        if not found:
-            continue
-        spans += 1
-        total += len(found)
-        for m in found[: max(0, max_matches - len(matches))]:
-            start, end = m.span()
-            matches.append(Match(
-                trace_id=row["trace_id"], span_id=row["span_id"], span_name=row["name"], kind=row["kind"],
-                status=row["status"], match=_clip(m.group(0), 500) or "",
-                context=row["raw"][max(0, start - context_chars): min(len(row["raw"]), end + context_chars)],
-                offset=start,
-            ))
-    note = f"stopped after {timeout:g}s; results are partial" if timed_out else None
-    return SearchResult(pattern=pattern, matches=matches, total_matches=total, spans_matched=spans,
-                        has_more=total > len(matches) or timed_out, timed_out=timed_out, note=note)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return str(value)
-
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(
+            f"invalid regex {pattern!r} (dataset-wide filters use RE2 syntax: no lookarounds "
+            f"or backreferences): {first_line(exc)}"
+        ) from exc

@@ -1,4 +1,4 @@
-"""Typed, self-describing results of trace store queries.
+"""Typed, self-describing results of trace store queries and ingests.
 
 Every result that can be cut says so (`truncated`, `has_more`, totals next to counts) and, where
 it helps, how to narrow the question; the engine hands these to the model as JSON.
@@ -6,15 +6,33 @@ it helps, how to narrow the question; the engine hands these to the model as JSO
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from functools import lru_cache
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from halo_rlm.decode import iso_to_ns
+from halo_rlm.defaults import SortKey
+from halo_rlm.utils import iso_to_ns
 
-SortKey = Literal["start", "duration", "cost", "spans", "tokens", "errors"]
+__all__ = [
+    "Count",
+    "ErrorGroup",
+    "IngestReport",
+    "InputReport",
+    "Match",
+    "OversizedTrace",
+    "Overview",
+    "Progress",
+    "SearchResult",
+    "SortKey",
+    "SpanView",
+    "SqlResult",
+    "TraceFilters",
+    "TracePage",
+    "TraceSummary",
+    "TraceView",
+]
 
 
 def _also(name: str, *aliases: str) -> AliasChoices:
@@ -28,27 +46,40 @@ class TraceFilters(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    has_errors: bool | None = Field(None, description="Only traces with (true) or without (false) an ERROR span")
-    services: list[str] | None = Field(None, description="Any of these service names",
-                                       validation_alias=_also("services", "service_names"))
-    agents: list[str] | None = Field(None, description="Any of these agent names",
-                                     validation_alias=_also("agents", "agent_names"))
-    models: list[str] | None = Field(None, description="Any of these model names",
-                                     validation_alias=_also("models", "model_names"))
-    tools: list[str] | None = Field(None, description="Any of these tool names",
-                                    validation_alias=_also("tools", "tool_names"))
+    has_errors: bool | None = Field(
+        None, description="Only traces with (true) or without (false) an ERROR span"
+    )
+    services: list[str] | None = Field(
+        None, description="Any of these service names", validation_alias=_also("services", "service_names")
+    )
+    agents: list[str] | None = Field(
+        None, description="Any of these agent names", validation_alias=_also("agents", "agent_names")
+    )
+    models: list[str] | None = Field(
+        None, description="Any of these model names", validation_alias=_also("models", "model_names")
+    )
+    tools: list[str] | None = Field(
+        None, description="Any of these tool names", validation_alias=_also("tools", "tool_names")
+    )
     session_ids: list[str] | None = None
     user_ids: list[str] | None = None
     trace_ids: list[str] | None = Field(None, description="Only these trace ids")
-    since: str | None = Field(None, description="Traces starting at or after this ISO-8601 time",
-                              validation_alias=_also("since", "start_time_gte"))
-    until: str | None = Field(None, description="Traces starting before this ISO-8601 time",
-                              validation_alias=_also("until", "end_time_lte"))
+    since: str | None = Field(
+        None,
+        description="Traces starting at or after this ISO-8601 time",
+        validation_alias=_also("since", "start_time_gte"),
+    )
+    until: str | None = Field(
+        None,
+        description="Traces starting before this ISO-8601 time",
+        validation_alias=_also("until", "end_time_lte"),
+    )
     min_duration_ms: float | None = None
     max_duration_ms: float | None = None
     min_cost: float | None = Field(None, description="Traces whose LLM cost (USD) is at least this")
     regex: str | None = Field(
-        None, description="RE2 regular expression matched against each span's raw JSON (quotes appear as \\\")",
+        None,
+        description="RE2 regular expression matched against each span's raw JSON (quotes appear as \\\")",
         validation_alias=_also("regex", "regex_pattern"),
     )
     text: str | None = Field(None, description="Case-insensitive text found in any span's raw JSON")
@@ -79,7 +110,9 @@ class TraceSummary(BaseModel):
     output_tokens: int | None
     cost: float | None
     session_id: str | None
-    raw_bytes: int = Field(description="Size of the trace's raw span records; views over ~150 KB are summarised")
+    raw_bytes: int = Field(
+        description="Size of the trace's raw span records; views over ~150 KB are summarised"
+    )
 
 
 class TracePage(BaseModel):
@@ -137,7 +170,9 @@ class Overview(BaseModel):
     raw_bytes: int
     error_groups: list[ErrorGroup]
     sample_trace_ids: list[str]
-    lists_capped_at: int = Field(description="Each list above shows at most this many entries, most traces first")
+    lists_capped_at: int = Field(
+        description="Each list above shows at most this many entries, most traces first"
+    )
 
 
 class SpanView(BaseModel):
@@ -148,7 +183,9 @@ class SpanView(BaseModel):
     kind: str
     status: str
     status_message: str | None = None
-    start_offset_ms: float | None = Field(None, description="Milliseconds after the trace's first span started")
+    start_offset_ms: float | None = Field(
+        None, description="Milliseconds after the trace's first span started"
+    )
     duration_ms: float | None = None
     service: str | None = None
     agent: str | None = None
@@ -218,14 +255,38 @@ class SqlResult(BaseModel):
     note: str | None = None
 
 
-def ns_to_iso(ns: int | None) -> str | None:
-    if ns is None:
-        return None
-    seconds, nanos = divmod(int(ns), 10**9)
-    return f"{_utc_second(seconds)}.{nanos:09d}Z"
+# --- ingest -------------------------------------------------------------------------------------
+
+Progress = Callable[[int, int], None]  # (bytes read in this input, spans added in this input)
 
 
-@lru_cache(maxsize=4096)
-def _utc_second(seconds: int) -> str:
-    # Spans written together mostly share their second; formatting it is most of the cost.
-    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+@dataclass
+class InputReport:
+    path: str
+    status: str  # ingested | resumed | unchanged | failed
+    spans: int = 0
+    rejected: int = 0
+    repaired: int = 0
+    duplicates: int = 0  # spans already in the store (same trace and span id), merged into one
+    bytes: int = 0
+    seconds: float = 0.0
+    message: str | None = None
+
+
+@dataclass
+class IngestReport:
+    store: str
+    inputs: list[InputReport] = field(default_factory=list)
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def spans(self) -> int:
+        return sum(i.spans for i in self.inputs)
+
+    @property
+    def rejected(self) -> int:
+        return sum(i.rejected for i in self.inputs)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(i.duplicates for i in self.inputs)

@@ -90,27 +90,41 @@ what remains to do. Drop raw payloads. Plain text, under 400 words."""
 
 def overview_text(overview: Any) -> str:
     """A compact rendering of the dataset overview for the system prompt."""
-    lines = [f"{overview.traces:,} traces, {overview.spans:,} spans, {overview.error_traces:,} traces with errors, "
-             f"from {overview.start} to {overview.end}; {overview.input_tokens + overview.output_tokens:,} tokens, "
-             f"${overview.cost:,.2f} of LLM cost."]
-    for title, items in (("services", overview.services), ("agents", overview.agents), ("models", overview.models)):
+    lines = [
+        f"{overview.traces:,} traces, {overview.spans:,} spans, {overview.error_traces:,} traces with errors, "
+        f"from {overview.start} to {overview.end}; {overview.input_tokens + overview.output_tokens:,} tokens, "
+        f"${overview.cost:,.2f} of LLM cost."
+    ]
+    for title, items in (
+        ("services", overview.services),
+        ("agents", overview.agents),
+        ("models", overview.models),
+    ):
         if items:
             lines.append(f"{title}: " + ", ".join(f"{c.name} ({c.traces})" for c in items[:10]))
     if overview.tools:
-        lines.append("tools (traces, calls, failed calls): " + ", ".join(
-            f"{c.name} ({c.traces}, {c.spans}, {c.errors})" for c in overview.tools[:15]))
+        lines.append(
+            "tools (traces, calls, failed calls): "
+            + ", ".join(f"{c.name} ({c.traces}, {c.spans}, {c.errors})" for c in overview.tools[:15])
+        )
     if overview.error_groups:
         lines.append("top error groups (where: template — traces):")
-        lines += [f"- {g.source}: {g.template[:160]} — {g.traces} traces (e.g. [span:{g.example_span}])"
-                  for g in overview.error_groups[:8]]
+        lines += [
+            f"- {g.source}: {g.template[:160]} — {g.traces} traces (e.g. [span:{g.example_span}])"
+            for g in overview.error_groups[:8]
+        ]
     return "\n".join(lines)
 
 
 def hypotheses_text(hypotheses: list[dict[str, Any]]) -> str:
     if not hypotheses:
         return ""
-    lines = ["\nThe deterministic detectors found these; treat them as hypotheses to confirm, explain and extend "
-             "(find root causes, and failures they cannot see):"]
-    lines += [f"- {h['title']} ({h['category']}, {h['affected_traces']} traces, e.g. {', '.join(h['evidence'][:2])})"
-              for h in hypotheses]
+    lines = [
+        "\nThe deterministic detectors found these; treat them as hypotheses to confirm, explain and extend "
+        "(find root causes, and failures they cannot see):"
+    ]
+    lines += [
+        f"- {h['title']} ({h['category']}, {h['affected_traces']} traces, e.g. {', '.join(h['evidence'][:2])})"
+        for h in hypotheses
+    ]
     return "\n".join(lines) + "\n"

@@ -2,7 +2,8 @@
 
 Every tool validates its arguments (a bad call comes back to the model as an error it can act on),
 runs off the event loop with a time limit (a slow regex or query cannot stall other agents), and
-returns JSON within a byte budget that says when it was cut and how to narrow the question.
+returns JSON within a byte budget that says when it was cut and how to narrow the question. Tools see
+the agent that calls them through `ToolContext`, never the engine's own classes.
 """
 
 from __future__ import annotations
@@ -12,19 +13,36 @@ import functools
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
-from halo_rlm.models import SortKey, TraceFilters
+from halo_rlm.engine.config import EngineConfig
 from halo_rlm.repo import Repo, RepoError, tool_specs
 from halo_rlm.repo import ToolSpec as RepoToolSpec
-from halo_rlm.report import CATEGORIES, Category
-from halo_rlm.store import StoreError, TraceStore
+from halo_rlm.report import CATEGORIES
+from halo_rlm.sandbox import Repl
+from halo_rlm.store import SortKey, StoreError, TraceFilters, TraceStore
+from halo_rlm.store.schema import sql_tool_description
 
-if TYPE_CHECKING:
-    from halo_rlm.engine import Agent
+__all__ = [
+    "FINAL_TOOL",
+    "SUBAGENT_TOOL",
+    "TRACE_TOOLS",
+    "Args",
+    "FinalAnswerArgs",
+    "FindingInput",
+    "Tool",
+    "ToolContext",
+    "ToolError",
+    "fit",
+    "repo_tools",
+    "unknown_tool",
+    "validate",
+]
+
+T = TypeVar("T")
 
 RESULT_BYTES = 24_000  # default budget for one tool result
 LIST_FIELDS = ("traces", "matches", "rows", "spans", "error_groups", "findings")
@@ -34,11 +52,13 @@ class ToolError(Exception):
     """A problem the model caused and can fix (bad id, bad regex, bad SQL...)."""
 
 
-class _Args(BaseModel):
+class Args(BaseModel):
+    """Arguments of a tool call: unknown fields are an error the model is told about."""
+
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class FiltersArgs(_Args):
+class FiltersArgs(Args):
     filters: TraceFilters | None = Field(None, description="Which traces; omit for all")
 
 
@@ -49,7 +69,7 @@ class QueryTracesArgs(FiltersArgs):
     descending: bool = True
 
 
-class TraceArgs(_Args):
+class TraceArgs(Args):
     trace_id: str
 
 
@@ -67,32 +87,34 @@ class SearchSpanArgs(SearchTraceArgs):
     span_id: str
 
 
-class SynthesizeArgs(_Args):
+class SynthesizeArgs(Args):
     trace_ids: list[str] = Field(min_length=1, max_length=20)
     focus: str | None = Field(None, description="What to look for, e.g. 'why lookup_order fails'")
 
 
-class ContextItemArgs(_Args):
+class ContextItemArgs(Args):
     item_id: str
 
 
-class SqlArgs(_Args):
+class SqlArgs(Args):
     query: str = Field(validation_alias=AliasChoices("query", "sql"), description="One SELECT statement")
 
 
-class SubagentArgs(_Args):
-    input: str = Field(validation_alias=AliasChoices("input", "question", "task", "brief"),
-                       description="A self-contained brief: the question, the trace ids and what is known")
+class SubagentArgs(Args):
+    input: str = Field(
+        validation_alias=AliasChoices("input", "question", "task", "brief"),
+        description="A self-contained brief: the question, the trace ids and what is known",
+    )
 
 
-class EvidenceInput(_Args):
+class EvidenceInput(Args):
     trace_id: str
     span_id: str | None = None
     excerpt: str = ""
     note: str = ""
 
 
-class FindingInput(_Args):
+class FindingInput(Args):
     """A finding as the model reports it; missing fields get sensible defaults."""
 
     title: str
@@ -104,13 +126,41 @@ class FindingInput(_Args):
     confidence: float = Field(0.6, ge=0, le=1)
     details: str = ""
     key: str | None = None
-    query: str | None = Field(None, description="SQL returning the affected traces' trace_id, to verify the count")
+    query: str | None = Field(
+        None, description="SQL returning the affected traces' trace_id, to verify the count"
+    )
     impact: dict[str, float] = {}
 
 
-class FinalAnswerArgs(_Args):
+class FinalAnswerArgs(Args):
     answer: str = Field(min_length=1, description="The full report in markdown")
     findings: list[FindingInput] = []
+
+
+class ToolContext(Protocol):
+    """What a tool sees of the agent calling it."""
+
+    depth: int
+    config: EngineConfig
+    store: TraceStore
+    hypotheses: list[dict[str, Any]]  # the detectors' findings, the root's starting points
+    context_items: dict[str, str]  # texts shortened in this agent's history, by id
+    repl: Repl | None  # the agent's run_code sandbox, once made
+
+    def finish(self, answer: FinalAnswerArgs) -> None:
+        """Record the root's final answer: the run ends after this turn."""
+
+    async def spawn(self, brief: str) -> dict[str, Any]:
+        """Run a sub-agent on `brief` and return its structured result."""
+
+    async def synthesize(self, texts: list[str], focus: str | None) -> str:
+        """A summary of `texts` by the synthesis model, looking for `focus`."""
+
+    async def ask(self, prompt: str) -> str:
+        """One plain call to the synthesis model, from code (budgeted, and shown in the events)."""
+
+    def spend_code_llm_calls(self, calls: int) -> None:
+        """Count LLM calls made from code; raises RuntimeError when none are left."""
 
 
 @dataclass
@@ -118,42 +168,29 @@ class Tool:
     name: str
     description: str
     args: type[BaseModel]
-    run: Callable[[Any, Agent], Awaitable[Any]]
+    run: Callable[[Any, ToolContext], Awaitable[Any]]
 
     @functools.cached_property
     def schema(self) -> dict[str, Any]:
         """The function definition sent to the model (every turn, so built once)."""
         parameters = self.args.model_json_schema()
         parameters.pop("title", None)
-        return {"type": "function", "function": {"name": self.name, "description": self.description,
-                                                 "parameters": parameters}}
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": parameters},
+        }
 
 
-async def off_loop(store: TraceStore, work: Callable[[TraceStore], Any], timeout: float | None = None) -> Any:
-    """Run store work in a worker thread on a pooled connection of its own; past `timeout` seconds
-    its query is interrupted and TimeoutError raised."""
-    connection: list[TraceStore] = []
-
-    def on_borrowed_connection() -> Any:
-        with store.borrow() as borrowed:
-            connection.append(borrowed)
-            return work(borrowed)
-
+async def store_call(ctx: ToolContext, work: Callable[[TraceStore], T]) -> T:
+    """Store work for a tool, off the event loop and stopped at the tool time limit; failures
+    become tool errors."""
     try:
-        return await asyncio.wait_for(asyncio.to_thread(on_borrowed_connection), timeout)
+        return await ctx.store.run(work, ctx.config.tool_timeout)
     except TimeoutError:
-        if connection:
-            connection[0].interrupt()
-        raise
-
-
-async def in_thread(agent: Agent, work: Callable[[TraceStore], Any]) -> Any:
-    """Store work for a tool, stopped at the tool time limit; failures become tool errors."""
-    try:
-        return await off_loop(agent.run.store, work, agent.run.config.tool_timeout)
-    except TimeoutError:
-        raise ToolError(f"the call took over {agent.run.config.tool_timeout:g}s and was stopped; narrow it "
-                        "(filters, a more specific regex, a LIMIT)") from None
+        raise ToolError(
+            f"the call took over {ctx.config.tool_timeout:g}s and was stopped; narrow it "
+            "(filters, a more specific regex, a LIMIT)"
+        ) from None
     except StoreError as exc:
         raise ToolError(str(exc)) from None
 
@@ -173,76 +210,111 @@ def fit(value: Any, budget: int) -> str:
                 while items and len(orjson.dumps(data)) > budget - 200:
                     items.pop()
                 data["truncated"] = True
-                data["note"] = (f"showing {len(items)} of {total} {field} to fit {budget:,} bytes; "
-                                f"ask for fewer (limit, filters) or page with offset")
+                data["note"] = (
+                    f"showing {len(items)} of {total} {field} to fit {budget:,} bytes; "
+                    f"ask for fewer (limit, filters) or page with offset"
+                )
                 text = orjson.dumps(data).decode()
                 if len(text.encode()) <= budget:
                     return text
     head = text.encode()[: budget - 300].decode("utf-8", "ignore")
-    return orjson.dumps({"truncated_json": head, "note": f"result cut at {budget:,} bytes of {len(text):,}; "
-                                                         "narrow the request"}).decode()
+    return orjson.dumps(
+        {
+            "truncated_json": head,
+            "note": f"result cut at {budget:,} bytes of {len(text):,}; narrow the request",
+        }
+    ).decode()
 
 
 # --- the tools ------------------------------------------------------------------------------
 
 
-async def get_dataset_overview(args: FiltersArgs, agent: Agent) -> Any:
-    overview = await in_thread(agent, lambda s: s.overview(args.filters, top=15))
+async def get_dataset_overview(args: FiltersArgs, ctx: ToolContext) -> Any:
+    overview = await store_call(ctx, lambda s: s.overview(args.filters, top=15))
     data = overview.model_dump(mode="json", exclude_none=True)
-    if args.filters is None and agent.run.hypotheses:
-        data["detector_findings"] = agent.run.hypotheses
+    if args.filters is None and ctx.hypotheses:
+        data["detector_findings"] = ctx.hypotheses
     return data
 
 
-async def query_traces(args: QueryTracesArgs, agent: Agent) -> Any:
-    return await in_thread(agent, lambda s: s.query_traces(args.filters, sort=args.sort, descending=args.descending,
-                                                           limit=args.limit, offset=args.offset))
+async def query_traces(args: QueryTracesArgs, ctx: ToolContext) -> Any:
+    return await store_call(
+        ctx,
+        lambda s: s.query_traces(
+            args.filters, sort=args.sort, descending=args.descending, limit=args.limit, offset=args.offset
+        ),
+    )
 
 
-async def count_traces(args: FiltersArgs, agent: Agent) -> Any:
-    return {"total": await in_thread(agent, lambda s: s.count_traces(args.filters))}
+async def count_traces(args: FiltersArgs, ctx: ToolContext) -> Any:
+    return {"total": await store_call(ctx, lambda s: s.count_traces(args.filters))}
 
 
-async def view_trace(args: TraceArgs, agent: Agent) -> Any:
-    budget = agent.run.config.tool_result_bytes
-    return await in_thread(agent, lambda s: s.view_trace(args.trace_id, budget_bytes=budget - 500, value_chars=2_000))
+async def view_trace(args: TraceArgs, ctx: ToolContext) -> Any:
+    budget = ctx.config.tool_result_bytes
+    return await store_call(
+        ctx, lambda s: s.view_trace(args.trace_id, budget_bytes=budget - 500, value_chars=2_000)
+    )
 
 
-async def view_spans(args: SpansArgs, agent: Agent) -> Any:
-    budget = agent.run.config.tool_result_bytes
-    return await in_thread(agent, lambda s: s.view_spans(args.trace_id, args.span_ids, budget_bytes=budget - 500,
-                                                         value_chars=8_000))
+async def view_spans(args: SpansArgs, ctx: ToolContext) -> Any:
+    budget = ctx.config.tool_result_bytes
+    return await store_call(
+        ctx,
+        lambda s: s.view_spans(args.trace_id, args.span_ids, budget_bytes=budget - 500, value_chars=8_000),
+    )
 
 
-async def search_trace(args: SearchTraceArgs, agent: Agent) -> Any:
-    return await in_thread(agent, lambda s: s.search(
-        args.regex_pattern, trace_id=args.trace_id, context_chars=args.context_buffer_chars,
-        max_matches=args.max_matches, timeout=agent.run.config.tool_timeout / 2))
+async def search_trace(args: SearchTraceArgs, ctx: ToolContext) -> Any:
+    return await store_call(
+        ctx,
+        lambda s: s.search(
+            args.regex_pattern,
+            trace_id=args.trace_id,
+            context_chars=args.context_buffer_chars,
+            max_matches=args.max_matches,
+            timeout=ctx.config.tool_timeout / 2,
+        ),
+    )
 
 
-async def search_span(args: SearchSpanArgs, agent: Agent) -> Any:
-    return await in_thread(agent, lambda s: s.search(
-        args.regex_pattern, trace_id=args.trace_id, span_id=args.span_id, context_chars=args.context_buffer_chars,
-        max_matches=args.max_matches, timeout=agent.run.config.tool_timeout / 2))
+async def search_span(args: SearchSpanArgs, ctx: ToolContext) -> Any:
+    return await store_call(
+        ctx,
+        lambda s: s.search(
+            args.regex_pattern,
+            trace_id=args.trace_id,
+            span_id=args.span_id,
+            context_chars=args.context_buffer_chars,
+            max_matches=args.max_matches,
+            timeout=ctx.config.tool_timeout / 2,
+        ),
+    )
 
 
-async def query_sql(args: SqlArgs, agent: Agent) -> Any:
-    return await in_thread(agent, lambda s: s.sql(args.query, max_rows=200,
-                                                  max_bytes=agent.run.config.tool_result_bytes - 1_000,
-                                                  timeout=agent.run.config.tool_timeout))
+async def query_sql(args: SqlArgs, ctx: ToolContext) -> Any:
+    return await store_call(
+        ctx,
+        lambda s: s.sql(
+            args.query,
+            max_rows=200,
+            max_bytes=ctx.config.tool_result_bytes - 1_000,
+            timeout=ctx.config.tool_timeout,
+        ),
+    )
 
 
-async def get_context_item(args: ContextItemArgs, agent: Agent) -> Any:
-    item = agent.context_items.get(args.item_id)
+async def get_context_item(args: ContextItemArgs, ctx: ToolContext) -> Any:
+    item = ctx.context_items.get(args.item_id)
     if item is None:
-        known = ", ".join(list(agent.context_items)[-10:]) or "none yet"
+        known = ", ".join(list(ctx.context_items)[-10:]) or "none yet"
         raise ToolError(f"no context item {args.item_id!r} in this agent's history (known: {known})")
     return {"item_id": args.item_id, "content": item}
 
 
-async def synthesize_traces(args: SynthesizeArgs, agent: Agent) -> Any:
+async def synthesize_traces(args: SynthesizeArgs, ctx: ToolContext) -> Any:
     """A synthesis-model summary over a few traces, rendered with payload excerpts and errors."""
-    limit = agent.run.config.tool_result_bytes * 2 // len(args.trace_ids)
+    limit = ctx.config.tool_result_bytes * 2 // len(args.trace_ids)
 
     def render(store: TraceStore) -> tuple[list[str], list[str]]:
         texts, missing = [], []
@@ -255,10 +327,10 @@ async def synthesize_traces(args: SynthesizeArgs, agent: Agent) -> Any:
             texts.append(render_trace(view, limit))
         return texts, missing
 
-    texts, missing = await in_thread(agent, render)
+    texts, missing = await store_call(ctx, render)
     if not texts:
         raise ToolError(f"none of these trace ids is in the store: {', '.join(missing)}")
-    summary = await agent.run.synthesize(agent, texts, args.focus)
+    summary = await ctx.synthesize(texts, args.focus)
     result: dict[str, Any] = {"summary": summary, "traces": len(texts)}
     if missing:
         result["missing_trace_ids"] = missing
@@ -291,73 +363,101 @@ def render_trace(view: Any, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 40] + "\n…[rest of trace cut]"
 
 
-async def call_subagent(args: SubagentArgs, agent: Agent) -> Any:
-    return await agent.run.spawn(agent, args.input)
+async def call_subagent(args: SubagentArgs, ctx: ToolContext) -> Any:
+    return await ctx.spawn(args.input)
 
 
-async def final_answer(args: FinalAnswerArgs, agent: Agent) -> Any:
+async def final_answer(args: FinalAnswerArgs, ctx: ToolContext) -> Any:
     unknown = sorted({f.category for f in args.findings} - set(CATEGORIES))
-    agent.final = args
+    ctx.finish(args)
     note = f"; unknown categories {unknown} will be filed as 'other'" if unknown else ""
     return {"acknowledged": True, "findings": len(args.findings), "note": "report received" + note}
 
 
 TRACE_TOOLS = [
-    Tool("get_dataset_overview",
-         "Totals, time range, services, agents, models and tools (with call and error counts), the top error "
-         "groups (same failure, ids masked; exact counts) and, unfiltered, the detectors' findings to start from. "
-         "Call it first.", FiltersArgs, get_dataset_overview),
-    Tool("query_traces",
-         "A page of trace summaries matching `filters` (each with raw_bytes: views over ~20 KB are summarised), "
-         "sortable, with the total. Page with offset.", QueryTracesArgs, query_traces),
+    Tool(
+        "get_dataset_overview",
+        "Totals, time range, services, agents, models and tools (with call and error counts), the top error "
+        "groups (same failure, ids masked; exact counts) and, unfiltered, the detectors' findings to start from. "
+        "Call it first.",
+        FiltersArgs,
+        get_dataset_overview,
+    ),
+    Tool(
+        "query_traces",
+        "A page of trace summaries matching `filters` (each with raw_bytes: views over ~20 KB are summarised), "
+        "sortable, with the total. Page with offset.",
+        QueryTracesArgs,
+        query_traces,
+    ),
     Tool("count_traces", "How many traces match `filters`.", FiltersArgs, count_traces),
-    Tool("view_trace",
-         "All spans of one trace as a tree, long values cut to head+tail. A trace too big for the budget comes "
-         "back as a summary: then use search_trace and view_spans.", TraceArgs, view_trace),
-    Tool("view_spans", "Chosen spans of one trace, with more of each value than view_trace.", SpansArgs, view_spans),
-    Tool("search_trace",
-         "Regex matches with context inside one trace's spans (raw JSON: quotes appear as \\\"). Exact counts.",
-         SearchTraceArgs, search_trace),
+    Tool(
+        "view_trace",
+        "All spans of one trace as a tree, long values cut to head+tail. A trace too big for the budget comes "
+        "back as a summary: then use search_trace and view_spans.",
+        TraceArgs,
+        view_trace,
+    ),
+    Tool(
+        "view_spans",
+        "Chosen spans of one trace, with more of each value than view_trace.",
+        SpansArgs,
+        view_spans,
+    ),
+    Tool(
+        "search_trace",
+        "Regex matches with context inside one trace's spans (raw JSON: quotes appear as \\\"). Exact counts.",
+        SearchTraceArgs,
+        search_trace,
+    ),
     Tool("search_span", "Regex matches with context inside one span.", SearchSpanArgs, search_span),
-    Tool("synthesize_traces",
-         "A summary, by a cheaper model, of up to 20 traces: span trees with tool inputs/outputs and errors. "
-         "Give `focus` to say what to look for.", SynthesizeArgs, synthesize_traces),
-    Tool("query_sql",
-         "One read-only SELECT over the tables spans (one row per span: trace_id, span_id, parent_id, name, kind, "
-         "status, status_message, error_template, start_ns, duration_ns, service, model, input_tokens, "
-         "output_tokens, cost, agent_name, tool_name, tool_args, tool_result, output_messages, "
-         "tool_calls, tools_offered, finish_reason, raw) and traces (one row per trace: span_count, error_spans, "
-         "has_errors, start_ns, duration_ns, root_name, services, agents, models, tools, input_tokens, "
-         "output_tokens, cost, session_id). Up to 200 rows; aggregate rather than list.", SqlArgs, query_sql),
-    Tool("get_context_item",
-         "The full text of an earlier tool result or message that was shortened to save context (its id was "
-         "given where it was shortened).", ContextItemArgs, get_context_item),
+    Tool(
+        "synthesize_traces",
+        "A summary, by a cheaper model, of up to 20 traces: span trees with tool inputs/outputs and errors. "
+        "Give `focus` to say what to look for.",
+        SynthesizeArgs,
+        synthesize_traces,
+    ),
+    Tool("query_sql", sql_tool_description(), SqlArgs, query_sql),
+    Tool(
+        "get_context_item",
+        "The full text of an earlier tool result or message that was shortened to save context (its id was "
+        "given where it was shortened).",
+        ContextItemArgs,
+        get_context_item,
+    ),
 ]
 SUBAGENT_TOOL = Tool(
     "call_subagent",
     "Delegate a focused question to a sub-agent with the same tools. It sees nothing of your conversation: "
     "write a self-contained brief with the question, the trace ids and what you already know. Several calls "
     "in one turn run in parallel. Returns its answer, findings with evidence, and what it used.",
-    SubagentArgs, call_subagent)
+    SubagentArgs,
+    call_subagent,
+)
 FINAL_TOOL = Tool(
     "final_answer",
     "Finish the analysis: `answer` is the full markdown report (cite traces as [trace:ID] and spans as "
     "[span:TRACE_ID:SPAN_ID]); `findings` are the systemic failures, ranked, each with category (one of: "
-    + ", ".join(CATEGORIES) + "), severity (critical/high/medium/low), affected_traces (ideally with `query`: SQL "
+    + ", ".join(CATEGORIES)
+    + "), severity (critical/high/medium/low), affected_traces (ideally with `query`: SQL "
     "returning the affected trace_ids, so the count can be verified), evidence (real trace/span ids and a "
     "verbatim excerpt), and a concrete recommendation (which prompt, tool schema, retry policy or limit to "
-    "change, and how). Call it once.", FinalAnswerArgs, final_answer)
+    "change, and how). Call it once.",
+    FinalAnswerArgs,
+    final_answer,
+)
 
 
 def repo_tools(repo: Repo) -> list[Tool]:
     """The read-only code and git tools over the agent's source, as engine tools."""
 
     def wrap(spec: RepoToolSpec) -> Tool:
-        async def run(args: Any, agent: Agent) -> Any:
+        async def run(args: Any, ctx: ToolContext) -> Any:
             try:
-                return await asyncio.wait_for(asyncio.to_thread(spec.call, args), agent.run.config.tool_timeout)
+                return await asyncio.wait_for(asyncio.to_thread(spec.call, args), ctx.config.tool_timeout)
             except TimeoutError:
-                raise ToolError(f"{spec.name} took over {agent.run.config.tool_timeout:g}s; narrow it") from None
+                raise ToolError(f"{spec.name} took over {ctx.config.tool_timeout:g}s; narrow it") from None
             except (RepoError, OSError) as exc:
                 raise ToolError(str(exc)) from None
 
@@ -366,23 +466,23 @@ def repo_tools(repo: Repo) -> list[Tool]:
     return [wrap(spec) for spec in tool_specs(repo)]
 
 
-def category(value: str) -> Category:
-    return value if value in CATEGORIES else "other"  # type: ignore[return-value]
-
-
 def validate(tool: Tool, raw_arguments: str) -> BaseModel:
     """Parse and check a tool call's arguments, with an error message the model can act on."""
     try:
         data = orjson.loads(raw_arguments or "{}")
     except orjson.JSONDecodeError as exc:
-        raise ToolError(f"the arguments are not valid JSON ({exc}); send one JSON object matching "
-                        f"{tool.name}'s parameters") from None
+        raise ToolError(
+            f"the arguments are not valid JSON ({exc}); send one JSON object matching "
+            f"{tool.name}'s parameters"
+        ) from None
     if not isinstance(data, dict):
         raise ToolError(f"the arguments must be a JSON object, not {type(data).__name__}")
     try:
         return tool.args.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()[:5])
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()[:5]
+        )
         fields = ", ".join(tool.args.model_fields)
         raise ToolError(f"invalid arguments for {tool.name}: {problems} (parameters: {fields})") from None
 

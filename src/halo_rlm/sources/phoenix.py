@@ -5,7 +5,7 @@
 newest first, paged by `cursor` from the previous page's `next_cursor` (null on the last page). Each
 span is Phoenix span JSON: `context.trace_id` / `context.span_id`, `parent_id`, `span_kind` (the
 OpenInference kind), ISO `start_time` / `end_time`, `status_code`, `status_message`, flat OpenInference
-`attributes` and `events` (`name`, ISO `timestamp`, `attributes`) — the shape `decode.flat_span` reads.
+`attributes` and `events` (`name`, ISO `timestamp`, `attributes`) — the shape `formats.decode.flat_span` reads.
 The API does not return resource attributes, so the project name stands in for `service.name`.
 With authentication on, an API key goes in `Authorization: Bearer`.
 """
@@ -16,10 +16,14 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
-from halo_rlm.decode import DecodeError, flat_span
-from halo_rlm.importers import Http, NotFound, Page, SourceError
+from halo_rlm.defaults import PHOENIX_PAGE
+from halo_rlm.formats.decode import DecodeError
+from halo_rlm.formats.spans import flat_span
+from halo_rlm.sources.http import Http, NotFound, SourceError
+from halo_rlm.sources.imports import Page
+from halo_rlm.utils import RetryPolicy
 
-PAGE = 1000  # the largest page Phoenix serves
+__all__ = ["PhoenixSource"]
 
 
 class PhoenixSource:
@@ -27,17 +31,29 @@ class PhoenixSource:
 
     kind = "phoenix"
 
-    def __init__(self, endpoint: str, project: str = "default", api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        project: str = "default",
+        api_key: str | None = None,
+        *,
+        page_size: int = PHOENIX_PAGE,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self.endpoint = endpoint.rstrip("/")
+        self.page_size = page_size
         self.project = project
         self.url = f"{self.endpoint}/projects/{project}"
         self.api = ""
         self.http = Http(
-            self.endpoint, headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
+            self.endpoint,
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
             secrets=(api_key or "",),
-            auth_hint="Phoenix wants an API key; pass --api-key (or set PHOENIX_API_KEY)" if not api_key
+            auth_hint="Phoenix wants an API key; pass --api-key (or set PHOENIX_API_KEY)"
+            if not api_key
             else "Phoenix refused the API key; check --api-key (or PHOENIX_API_KEY)",
             not_found_hint="is --endpoint Phoenix's base URL (e.g. http://localhost:6006)?",
+            retry=retry,
         )
 
     def close(self) -> None:
@@ -48,7 +64,7 @@ class PhoenixSource:
 
     def pages(self, since: str | None, until: str, resume: dict[str, Any] | None) -> Iterator[Page]:
         resource = {"service.name": self.project, "openinference.project.name": self.project}
-        params = {"limit": PAGE, "start_time": since, "end_time": until}
+        params = {"limit": self.page_size, "start_time": since, "end_time": until}
         cursor = resume.get("cursor") if resume else None
         while True:
             body = self._spans({**params, "cursor": cursor})

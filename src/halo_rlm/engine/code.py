@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import AliasChoices, Field, ValidationError
 
 from halo_rlm import sandbox
+from halo_rlm.engine.config import EngineConfig
+from halo_rlm.engine.tools import Args, Tool, ToolContext
 from halo_rlm.llm import LLMError
-from halo_rlm.models import TraceFilters
-from halo_rlm.store import StoreError
-from halo_rlm.tools import Tool, _Args
+from halo_rlm.store import StoreError, TraceFilters
 
-if TYPE_CHECKING:
-    from halo_rlm.engine import Agent
+__all__ = ["RUN_CODE", "CodeLimits", "HostFunctions"]
 
 
 @dataclass
@@ -35,15 +34,23 @@ class CodeLimits:
     llm_calls_per_run: int = 300  # llm_query + rlm_query calls from code, whole run
     rows_max: int = 5_000  # rows one query function returns
 
+    @classmethod
+    def for_config(cls, config: EngineConfig) -> CodeLimits:
+        return cls(
+            sandbox=sandbox.Limits(wall_seconds=config.code_timeout, max_host_calls=2_000),
+            llm_calls_per_run=config.max_code_llm_calls,
+        )
 
-class RunCodeArgs(_Args):
+
+class RunCodeArgs(Args):
     code: str = Field(validation_alias=AliasChoices("code", "source", "python"), min_length=1)
 
 
-async def run_code(args: RunCodeArgs, agent: Agent) -> Any:
-    repl = agent.repl
+async def run_code(args: RunCodeArgs, ctx: ToolContext) -> Any:
+    repl = ctx.repl
     if repl is None:
-        repl = agent.repl = sandbox.Repl(HostFunctions(agent).as_dict(), limits=agent.run.code_limits.sandbox)
+        limits = CodeLimits.for_config(ctx.config)
+        repl = ctx.repl = sandbox.Repl(HostFunctions(ctx, limits).as_dict(), limits=limits.sandbox)
     result = await repl.run(args.code)
     return result.model_dump(exclude_defaults=True) | {"ok": result.ok}
 
@@ -56,40 +63,55 @@ RUN_CODE = Tool(
     "text=None, limit=1000) -> span rows; search(regex, trace_id=None, span_id=None, max_matches=50) -> matches; "
     "sql(query) -> rows as dicts; llm_query(prompt) -> str; llm_query_batched(prompts) -> list of str (errors come "
     "back as 'ERROR: ...' items); rlm_query(question) -> a sub-agent's answer. Print what you want to see.",
-    RunCodeArgs, run_code,
+    RunCodeArgs,
+    run_code,
 )
 
 
 class HostFunctions:
     """The functions sandbox code may call, bound to one agent."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        self.run = agent.run
-        self.limits = agent.run.code_limits
+    def __init__(self, ctx: ToolContext, limits: CodeLimits) -> None:
+        self.ctx = ctx
+        self.limits = limits
 
     def as_dict(self) -> dict[str, Any]:
-        return {"traces": self.traces, "trace": self.trace, "spans": self.spans, "search": self.search,
-                "sql": self.sql, "llm_query": self.llm_query, "llm_query_batched": self.llm_query_batched,
-                "rlm_query": self.rlm_query}
+        return {
+            "traces": self.traces,
+            "trace": self.trace,
+            "spans": self.spans,
+            "search": self.search,
+            "sql": self.sql,
+            "llm_query": self.llm_query,
+            "llm_query_batched": self.llm_query_batched,
+            "rlm_query": self.rlm_query,
+        }
 
     # Store functions are synchronous: the sandbox runs them in worker threads, each on its own
     # connection to the store.
 
     def _with_store(self, work: Any) -> Any:
         try:
-            with self.run.store.borrow() as store:
+            with self.ctx.store.borrow() as store:
                 return work(store)
         except StoreError as exc:
             raise ValueError(str(exc)) from None
 
-    def traces(self, limit: int = 100, sort: str = "start", descending: bool = True, **filters: Any) -> list[dict]:
+    def traces(
+        self, limit: int = 100, sort: str = "start", descending: bool = True, **filters: Any
+    ) -> list[dict]:
         try:
             parsed = TraceFilters.model_validate(filters) if filters else None
         except ValidationError as exc:
             raise ValueError(f"bad filters: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
-        page = self._with_store(lambda s: s.query_traces(parsed, sort=sort, descending=descending,  # type: ignore[arg-type]
-                                                         limit=min(int(limit), self.limits.rows_max)))
+        page = self._with_store(
+            lambda s: s.query_traces(
+                parsed,
+                sort=sort,
+                descending=descending,  # type: ignore[arg-type]
+                limit=min(int(limit), self.limits.rows_max),
+            )
+        )
         return [t.model_dump(mode="json") for t in page.traces]
 
     def trace(self, trace_id: str) -> dict:
@@ -103,44 +125,47 @@ class HostFunctions:
             raise ValueError(f"spans() takes {', '.join(sorted(allowed))}, not {', '.join(sorted(unknown))}")
         return self._with_store(lambda s: s.spans(limit=min(int(limit), self.limits.rows_max), **conditions))
 
-    def search(self, regex: str, trace_id: str | None = None, span_id: str | None = None,
-               max_matches: int = 50) -> list[dict]:
-        result = self._with_store(lambda s: s.search(str(regex), trace_id=trace_id, span_id=span_id,
-                                                     max_matches=min(int(max_matches), 500), timeout=10))
+    def search(
+        self, regex: str, trace_id: str | None = None, span_id: str | None = None, max_matches: int = 50
+    ) -> list[dict]:
+        result = self._with_store(
+            lambda s: s.search(
+                str(regex),
+                trace_id=trace_id,
+                span_id=span_id,
+                max_matches=min(int(max_matches), 500),
+                timeout=10,
+            )
+        )
         return [m.model_dump(mode="json") for m in result.matches]
 
     def sql(self, query: str) -> list[dict]:
-        result = self._with_store(lambda s: s.sql(str(query), max_rows=self.limits.rows_max, max_bytes=5_000_000))
+        result = self._with_store(
+            lambda s: s.sql(str(query), max_rows=self.limits.rows_max, max_bytes=5_000_000)
+        )
         return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
 
     # LLM functions are coroutines: they run on the engine's event loop, in the run_code call's task.
 
-    def _spend(self, calls: int) -> None:
-        if self.run.code_llm_calls + calls > self.limits.llm_calls_per_run:
-            raise RuntimeError(f"LLM calls from code are capped at {self.limits.llm_calls_per_run} per run "
-                               f"({self.run.code_llm_calls} made); work with what you have")
-        stop = self.run.budget.exhausted()
-        if stop:
-            raise RuntimeError(f"no LLM calls left: {stop}")
-        self.run.code_llm_calls += calls
-
     async def llm_query(self, prompt: str) -> str:
-        self._spend(1)
-        return await self._ask(str(prompt))
+        self.ctx.spend_code_llm_calls(1)
+        return await self.ctx.ask(str(prompt))
 
     async def llm_query_batched(self, prompts: list[str]) -> list[str]:
         if not isinstance(prompts, list | tuple):
             raise TypeError("llm_query_batched takes a list of prompts")
         if len(prompts) > self.limits.batch_max:
-            raise ValueError(f"at most {self.limits.batch_max} prompts per llm_query_batched call "
-                             f"(got {len(prompts)}); merge related items into fewer, fuller prompts")
-        self._spend(len(prompts))
+            raise ValueError(
+                f"at most {self.limits.batch_max} prompts per llm_query_batched call "
+                f"(got {len(prompts)}); merge related items into fewer, fuller prompts"
+            )
+        self.ctx.spend_code_llm_calls(len(prompts))
         gate = asyncio.Semaphore(self.limits.batch_parallel)
 
         async def one(prompt: Any) -> str:
             async with gate:
                 try:
-                    return await self._ask(str(prompt))
+                    return await self.ctx.ask(str(prompt))
                 except LLMError as exc:
                     return f"ERROR: {exc}"
 
@@ -148,24 +173,8 @@ class HostFunctions:
 
     async def rlm_query(self, question: str) -> str:
         """A sub-agent on `question` when depth allows, else a plain llm_query."""
-        self._spend(1)
-        if self.agent.depth < self.run.config.max_depth:
-            result = await self.run.spawn(self.agent, str(question))
+        self.ctx.spend_code_llm_calls(1)
+        if self.ctx.depth < self.ctx.config.max_depth:
+            result = await self.ctx.spawn(str(question))
             return str(result["answer"])
-        return await self._ask(str(question))
-
-    async def _ask(self, prompt: str) -> str:
-        from halo_rlm.engine import AgentMessage, AgentOutputItem, TurnUsage
-
-        model = self.run.config.model_for("synthesis")
-        completion = await self.run.llm.complete(model, [{"role": "user", "content": prompt}],
-                                                 deadline=self.run.budget.deadline)
-        self.run.account(self.agent, completion)
-        usage = completion.usage
-        self.run.emit(AgentOutputItem(
-            sequence=0, item=AgentMessage(role="tool", name="llm_query", content=completion.content[:2_000]),
-            usage=TurnUsage(model=completion.model, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                            cached_tokens=usage.cached_tokens, cost_usd=usage.cost),
-            **self.agent.lineage()))
-        return completion.content
-
+        return await self.ctx.ask(str(question))

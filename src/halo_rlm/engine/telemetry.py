@@ -29,9 +29,10 @@ import os
 import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -43,13 +44,15 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-import halo_rlm
+from halo_rlm.__about__ import __version__
+from halo_rlm.engine.config import EngineConfig
+from halo_rlm.engine.events import FAILED, AgentStatus, EngineError, ToolOutcome
+from halo_rlm.llm import LLM, Completion, ModelConfig
+from halo_rlm.report import Report
 from halo_rlm.tracing import REDACTED, JsonlSpanExporter, ScrubbingExporter, scrub_text
+from halo_rlm.utils import clip
 
-if TYPE_CHECKING:
-    from halo_rlm.engine import Agent, EngineConfig, Run
-    from halo_rlm.llm import LLM, Completion, ModelConfig
-    from halo_rlm.report import Report
+__all__ = ["OFF", "Off", "RunTotals", "Telemetry", "TracedAgent", "start_telemetry"]
 
 T = TypeVar("T")
 PATH_VARIABLE = "HALO_TELEMETRY_PATH"
@@ -60,24 +63,51 @@ VALUE_CHARS = 4_000  # input.value and output.value
 ERROR_CHARS = 1_000  # status messages
 MIN_SECRET_CHARS = 6  # shorter "secrets" would redact ordinary words
 KIND = "openinference.span.kind"
-# Agents that ended like this failed at their task; "partial" (a budget or the turn limit ran out)
-# is left unset: the agent returned what it had, as asked.
-FAILED_AGENTS = frozenset({"failed", "refused", "no final answer"})
-CONFIG_FIELDS = ("model", "max_depth", "max_turns", "max_parallel", "max_cost", "max_tokens", "timeout",
-                 "context_tokens", "temperature", "reasoning_effort")
+CONFIG_FIELDS = (
+    "model",
+    "max_depth",
+    "max_turns",
+    "max_parallel",
+    "max_cost",
+    "max_tokens",
+    "timeout",
+    "context_tokens",
+    "temperature",
+    "reasoning_effort",
+)
 
 
-def start_telemetry(run: Run) -> Telemetry | Off:
-    """Start tracing `run` when its config asks for it (else `OFF`). Its model calls are traced by
-    wrapping `run.llm`, and a note in the report says where the spans go. Raises `EngineError` when
-    the spans cannot go where the environment says."""
-    if not run.config.telemetry:
-        return OFF
-    exporter, destination = _exporter(run.config, run.id)
-    telemetry = Telemetry(run, exporter, destination)
-    run.llm = TracedLLM(run.llm, telemetry)  # type: ignore[assignment]
-    run.note(f"Telemetry: HALO's own spans of this run (session.id {run.id}) go to {destination}")
-    return telemetry
+class TracedAgent(Protocol):
+    """What an agent span shows of the agent."""
+
+    id: str
+    name: str
+    depth: int
+    parent_id: str | None
+    status: AgentStatus
+    turns: int
+    tool_calls: int
+    final_answer: str | None
+
+
+@dataclass(frozen=True)
+class RunTotals:
+    """What the run span shows at the end, read when the run is over."""
+
+    tokens: int
+    cost: float
+    agents: int
+
+
+def start_telemetry(config: EngineConfig, run_id: str, llm: LLM) -> tuple[Telemetry | Off, LLM]:
+    """Start tracing a run when its config asks for it (else `OFF`), and the LLM client to use:
+    with telemetry on, one whose every model call is an LLM span. Raises `EngineError` when the
+    spans cannot go where the environment says."""
+    if not config.telemetry:
+        return OFF, llm
+    exporter, destination = _exporter(config, run_id)
+    telemetry = Telemetry(config, run_id, exporter, destination)
+    return telemetry, TracedLLM(llm, telemetry)  # type: ignore[return-value]
 
 
 class Off:
@@ -85,10 +115,10 @@ class Off:
 
     destination: str | None = None
 
-    def traced_run(self, prompt: str, work: Awaitable[T]) -> Awaitable[T]:
+    def traced_run(self, prompt: str, work: Awaitable[T], totals: Callable[[], RunTotals]) -> Awaitable[T]:
         return work
 
-    def traced_agent(self, agent: Agent, task: str, work: Awaitable[T]) -> Awaitable[T]:
+    def traced_agent(self, agent: TracedAgent, task: str, work: Awaitable[T]) -> Awaitable[T]:
         return work
 
     def traced_tool(self, call: dict[str, str], work: Awaitable[T]) -> Awaitable[T]:
@@ -105,80 +135,134 @@ class Telemetry:
     """The spans of one run. The hooks take the work to trace (an awaitable) and return it traced;
     spans nest through OpenTelemetry's context, which asyncio tasks inherit."""
 
-    def __init__(self, run: Run, exporter: SpanExporter, destination: str) -> None:
-        self.run = run
+    def __init__(self, config: EngineConfig, run_id: str, exporter: SpanExporter, destination: str) -> None:
+        self.config = config
+        self.run_id = run_id
         self.destination: str | None = destination
-        resource = Resource.create({"service.name": "halo", "service.version": halo_rlm.__version__,
-                                    "halo.run.id": run.id})
+        resource = Resource.create(
+            {"service.name": "halo", "service.version": __version__, "halo.run.id": run_id}
+        )
         # Always sampled (the user asked for this trace); no cap on attributes, as each message of a
         # conversation is several and the default cap (128) would drop the usage set at the end.
-        self.provider = TracerProvider(resource=resource, sampler=ALWAYS_ON, shutdown_on_exit=False,
-                                       span_limits=SpanLimits(max_span_attributes=SpanLimits.UNSET))
+        self.provider = TracerProvider(
+            resource=resource,
+            sampler=ALWAYS_ON,
+            shutdown_on_exit=False,
+            span_limits=SpanLimits(max_span_attributes=SpanLimits.UNSET),
+        )
         self.provider.add_span_processor(BatchSpanProcessor(exporter))
-        self.tracer = self.provider.get_tracer("halo_rlm.telemetry", halo_rlm.__version__)
-        self.llm_provider = urlsplit(run.config.provider.url).hostname or "unknown"  # never the URL: it may hold a key
+        self.tracer = self.provider.get_tracer("halo_rlm.telemetry", __version__)
+        self.llm_provider = (
+            urlsplit(config.provider.url).hostname or "unknown"
+        )  # never the URL: it may hold a key
         self._tool_schemas: dict[tuple[str, ...], dict[str, str]] = {}
 
-    async def traced_run(self, prompt: str, work: Awaitable[Report]) -> Report:
-        config = self.run.config
+    async def traced_run(
+        self, prompt: str, work: Awaitable[Report], totals: Callable[[], RunTotals]
+    ) -> Report:
+        config = self.config
         attributes: dict[str, Any] = {
-            KIND: "CHAIN", "input.value": _clip(prompt, VALUE_CHARS), "session.id": self.run.id,
-            "halo.run.id": self.run.id, "halo.config.synthesis_model": config.model_for("synthesis").name,
+            KIND: "CHAIN",
+            "input.value": clip(prompt, VALUE_CHARS),
+            "session.id": self.run_id,
+            "halo.run.id": self.run_id,
+            "halo.config.synthesis_model": config.model_for("synthesis").name,
             "halo.config.compaction_model": config.model_for("compaction").name,
         }
-        attributes |= {f"halo.config.{name}": value for name in CONFIG_FIELDS
-                       if (value := getattr(config, name)) is not None}
+        attributes |= {
+            f"halo.config.{name}": value
+            for name in CONFIG_FIELDS
+            if (value := getattr(config, name)) is not None
+        }
         # A trace of its own, even inside a span of the caller's: that span goes elsewhere, so here it
         # would be a parent that never arrives.
         with self._span("halo.run", attributes, parent=Context()) as span:
             try:
                 report = await work
             finally:
-                budget = self.run.budget
-                span.set_attributes({"halo.run.tokens": budget.tokens, "halo.run.cost_usd": round(budget.cost, 6),
-                                     "halo.run.agents": len(self.run.agents)})
-            span.set_attributes({"output.value": _clip(report.answer or "", VALUE_CHARS),
-                                 "halo.report.findings": len(report.findings)})
+                used = totals()
+                span.set_attributes(
+                    {
+                        "halo.run.tokens": used.tokens,
+                        "halo.run.cost_usd": round(used.cost, 6),
+                        "halo.run.agents": used.agents,
+                    }
+                )
+            span.set_attributes(
+                {
+                    "output.value": clip(report.answer or "", VALUE_CHARS),
+                    "halo.report.findings": len(report.findings),
+                }
+            )
             span.set_status(StatusCode.OK)
         return report
 
-    async def traced_agent(self, agent: Agent, task: str, work: Awaitable[str]) -> str:
-        attributes: dict[str, Any] = {KIND: "AGENT", "agent.name": agent.name, "halo.agent.id": agent.id,
-                                      "halo.agent.depth": agent.depth, "input.value": _clip(task, VALUE_CHARS)}
-        if agent.parent is not None:
-            attributes["halo.agent.parent_id"] = agent.parent.id
+    async def traced_agent(self, agent: TracedAgent, task: str, work: Awaitable[str]) -> str:
+        attributes: dict[str, Any] = {
+            KIND: "AGENT",
+            "agent.name": agent.name,
+            "halo.agent.id": agent.id,
+            "halo.agent.depth": agent.depth,
+            "input.value": clip(task, VALUE_CHARS),
+        }
+        if agent.parent_id is not None:
+            attributes["halo.agent.parent_id"] = agent.parent_id
         with self._span(f"halo.agent {agent.name}", attributes) as span:
             try:
                 answer = await work
             finally:
-                span.set_attributes({"halo.agent.status": agent.status, "halo.agent.turns": agent.turns,
-                                     "halo.agent.tool_calls": agent.stats.tool_calls})
-            final = agent.final.answer if agent.final is not None else answer
-            span.set_attribute("output.value", _clip(final or "", VALUE_CHARS))
+                span.set_attributes(
+                    {
+                        "halo.agent.status": agent.status,
+                        "halo.agent.turns": agent.turns,
+                        "halo.agent.tool_calls": agent.tool_calls,
+                    }
+                )
+            final = agent.final_answer if agent.final_answer is not None else answer
+            span.set_attribute("output.value", clip(final or "", VALUE_CHARS))
             if agent.status == "done":
                 span.set_status(StatusCode.OK)
-            elif agent.status in FAILED_AGENTS:
+            elif agent.status in FAILED:
                 span.set_status(Status(StatusCode.ERROR, f"{agent.name} ended: {agent.status}"))
         return answer
 
-    async def traced_tool(self, call: dict[str, str], work: Awaitable[str]) -> str:
-        attributes = {KIND: "TOOL", "tool.name": call["name"], "tool_call.id": call["id"],
-                      "input.value": _clip(call["arguments"], VALUE_CHARS), "input.mime_type": "application/json"}
+    async def traced_tool(self, call: dict[str, str], work: Awaitable[ToolOutcome]) -> ToolOutcome:
+        attributes = {
+            KIND: "TOOL",
+            "tool.name": call["name"],
+            "tool_call.id": call["id"],
+            "input.value": clip(call["arguments"], VALUE_CHARS),
+            "input.mime_type": "application/json",
+        }
         with self._span(f"halo.tool {call['name']}", attributes) as span:
-            result = await work
-            span.set_attributes({"output.value": _clip(result, VALUE_CHARS), "halo.tool.result_chars": len(result)})
-            if result.startswith("ERROR: "):  # how run_tool reports a failed call to the model
-                span.set_status(Status(StatusCode.ERROR, _clip(result.removeprefix("ERROR: "), ERROR_CHARS)))
+            outcome = await work
+            span.set_attributes(
+                {
+                    "output.value": clip(outcome.text, VALUE_CHARS),
+                    "halo.tool.result_chars": len(outcome.text),
+                }
+            )
+            if outcome.failed:
+                span.set_status(Status(StatusCode.ERROR, clip(outcome.content, ERROR_CHARS)))
             else:
                 span.set_status(StatusCode.OK)
-        return result
+        return outcome
 
-    async def traced_completion(self, model: ModelConfig, messages: list[dict[str, Any]],
-                                tools: list[dict[str, Any]] | None, tool_choice: Any,
-                                work: Awaitable[Completion]) -> Completion:
-        attributes = {KIND: "LLM", "llm.model_name": model.name, "llm.provider": self.llm_provider,
-                      "llm.invocation_parameters": _invocation_parameters(model, tools, tool_choice),
-                      **_messages("llm.input_messages", messages)}
+    async def traced_completion(
+        self,
+        model: ModelConfig,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        tool_choice: Any,
+        work: Awaitable[Completion],
+    ) -> Completion:
+        attributes = {
+            KIND: "LLM",
+            "llm.model_name": model.name,
+            "llm.provider": self.llm_provider,
+            "llm.invocation_parameters": _invocation_parameters(model, tools, tool_choice),
+            **_messages("llm.input_messages", messages),
+        }
         if tools:
             attributes |= self._tools(tools)
         with self._span(f"halo.llm {model.name}", attributes, kind=SpanKind.CLIENT) as span:
@@ -192,8 +276,13 @@ class Telemetry:
         await asyncio.to_thread(self.provider.shutdown)
 
     @contextmanager
-    def _span(self, name: str, attributes: dict[str, Any], kind: SpanKind = SpanKind.INTERNAL,
-              parent: Context | None = None) -> Iterator[Span]:
+    def _span(
+        self,
+        name: str,
+        attributes: dict[str, Any],
+        kind: SpanKind = SpanKind.INTERNAL,
+        parent: Context | None = None,
+    ) -> Iterator[Span]:
         span = self.tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
         with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
             try:
@@ -203,7 +292,7 @@ class Telemetry:
                 raise
             except Exception as exc:
                 span.record_exception(exc, escaped=True)
-                span.set_status(Status(StatusCode.ERROR, _clip(f"{type(exc).__name__}: {exc}", ERROR_CHARS)))
+                span.set_status(Status(StatusCode.ERROR, clip(f"{type(exc).__name__}: {exc}", ERROR_CHARS)))
                 raise
 
     def _tools(self, tools: list[dict[str, Any]]) -> dict[str, str]:
@@ -212,7 +301,8 @@ class Telemetry:
         encoded = self._tool_schemas.get(names)
         if encoded is None:
             encoded = self._tool_schemas[names] = {
-                f"llm.tools.{i}.tool.json_schema": orjson.dumps(tool).decode() for i, tool in enumerate(tools)}
+                f"llm.tools.{i}.tool.json_schema": orjson.dumps(tool).decode() for i, tool in enumerate(tools)
+            }
         return encoded
 
 
@@ -224,25 +314,28 @@ class TracedLLM:
         self.llm = llm
         self.telemetry = telemetry
 
-    async def complete(self, model: ModelConfig, messages: list[dict[str, Any]], *,
-                       tools: list[dict[str, Any]] | None = None, tool_choice: Any = None, **options: Any) -> Completion:
+    async def complete(
+        self,
+        model: ModelConfig,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        **options: Any,
+    ) -> Completion:
         return await self.telemetry.traced_completion(
-            model, messages, tools, tool_choice,
-            self.llm.complete(model, messages, tools=tools, tool_choice=tool_choice, **options))
+            model,
+            messages,
+            tools,
+            tool_choice,
+            self.llm.complete(model, messages, tools=tools, tool_choice=tool_choice, **options),
+        )
 
     def __getattr__(self, name: str) -> Any:  # the rest of LLM, untraced
         return getattr(self.llm, name)
 
 
 # --- attributes -----------------------------------------------------------------------------------
-
-
-def _clip(text: str, limit: int) -> str:
-    """Head and tail of a long text, cut before it goes into an attribute (an agent's errors are often at the end)."""
-    if len(text) <= limit:
-        return text
-    head, tail = limit * 3 // 4, limit // 4
-    return f"{text[:head]}\n…[halo: {len(text) - head - tail:,} characters cut]…\n{text[-tail:]}"
 
 
 def _messages(prefix: str, messages: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -253,8 +346,9 @@ def _messages(prefix: str, messages: Sequence[dict[str, Any]]) -> dict[str, Any]
         attributes[key + "role"] = message.get("role") or "unknown"
         content = message.get("content")
         if content:
-            attributes[key + "content"] = _clip(content if isinstance(content, str)
-                                                else orjson.dumps(content).decode(), MESSAGE_CHARS)
+            attributes[key + "content"] = clip(
+                content if isinstance(content, str) else orjson.dumps(content).decode(), MESSAGE_CHARS
+            )
         if message.get("tool_call_id"):
             attributes[key + "tool_call_id"] = message["tool_call_id"]
         for j, call in enumerate(message.get("tool_calls") or ()):
@@ -262,7 +356,7 @@ def _messages(prefix: str, messages: Sequence[dict[str, Any]]) -> dict[str, Any]
             call_key = f"{key}tool_calls.{j}.tool_call."
             attributes[call_key + "id"] = call.get("id") or ""
             attributes[call_key + "function.name"] = function.get("name") or ""
-            attributes[call_key + "function.arguments"] = _clip(function.get("arguments") or "", MESSAGE_CHARS)
+            attributes[call_key + "function.arguments"] = clip(function.get("arguments") or "", MESSAGE_CHARS)
     return attributes
 
 
@@ -270,20 +364,23 @@ def _completion(completion: Completion) -> dict[str, Any]:
     usage = completion.usage
     attributes: dict[str, Any] = {
         "llm.model_name": completion.model,  # as the provider reported it
-        **_messages("llm.output_messages", [{"role": "assistant", "content": completion.content,
-                                             "tool_calls": completion.tool_calls}]),
-        "llm.token_count.prompt": usage.input_tokens, "llm.token_count.completion": usage.output_tokens,
+        **_messages(
+            "llm.output_messages",
+            [{"role": "assistant", "content": completion.content, "tool_calls": completion.tool_calls}],
+        ),
+        "llm.token_count.prompt": usage.input_tokens,
+        "llm.token_count.completion": usage.output_tokens,
         "llm.token_count.total": usage.input_tokens + usage.output_tokens,
         "llm.token_count.prompt_details.cache_read": usage.cached_tokens,
         "llm.token_count.completion_details.reasoning": usage.reasoning_tokens,
         "halo.llm.retries": completion.retries,
     }
-    if usage.cost is not None:
-        attributes["llm.cost.total"] = usage.cost
+    if usage.cost_usd is not None:
+        attributes["llm.cost.total"] = usage.cost_usd
     if completion.finish_reason:
         attributes["llm.finish_reason"] = completion.finish_reason
     if completion.refusal:
-        attributes["halo.llm.refusal"] = _clip(completion.refusal, MESSAGE_CHARS)
+        attributes["halo.llm.refusal"] = clip(completion.refusal, MESSAGE_CHARS)
     return attributes
 
 
@@ -301,15 +398,19 @@ def _invocation_parameters(model: ModelConfig, tools: list[dict[str, Any]] | Non
 
 def _exporter(config: EngineConfig, run_id: str) -> tuple[SpanExporter, str]:
     """Where the spans go (see the module docstring), as an exporter and the words that say where."""
-    from halo_rlm.engine import EngineError
-
-    endpoint = next((os.environ[name].strip() for name in OTLP_ENDPOINTS if os.environ.get(name, "").strip()), None)
+    endpoint = next(
+        (os.environ[name].strip() for name in OTLP_ENDPOINTS if os.environ.get(name, "").strip()), None
+    )
     if endpoint is not None:
-        protocol = next((os.environ[name].strip() for name in OTLP_PROTOCOLS if os.environ.get(name, "").strip()),
-                        "http/protobuf")
+        protocol = next(
+            (os.environ[name].strip() for name in OTLP_PROTOCOLS if os.environ.get(name, "").strip()),
+            "http/protobuf",
+        )
         if protocol != "http/protobuf":
-            raise EngineError(f"--telemetry exports OTLP over HTTP (http/protobuf), not {protocol}: set "
-                              f"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf and an HTTP endpoint (port 4318)")
+            raise EngineError(
+                f"--telemetry exports OTLP over HTTP (http/protobuf), not {protocol}: set "
+                f"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf and an HTTP endpoint (port 4318)"
+            )
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         inner: SpanExporter = OTLPSpanExporter()  # endpoint, headers and the rest from the standard variables
@@ -317,15 +418,23 @@ def _exporter(config: EngineConfig, run_id: str) -> tuple[SpanExporter, str]:
             endpoint = endpoint.rstrip("/") + "/v1/traces"  # as the SDK does for the generic variable
         destination = f"OTLP endpoint {_shown(endpoint)}"
     else:
-        path = Path(os.environ.get(PATH_VARIABLE, "").strip()
-                    or Path(config.out_dir or ".") / f"halo-telemetry-{run_id}.jsonl").expanduser().absolute()
+        path = (
+            Path(
+                os.environ.get(PATH_VARIABLE, "").strip()
+                or Path(config.out_dir or ".") / f"halo-telemetry-{run_id}.jsonl"
+            )
+            .expanduser()
+            .absolute()
+        )
         try:
             inner = JsonlSpanExporter(path)
         except OSError as exc:
             raise EngineError(f"--telemetry: cannot write {path}: {exc.strerror or exc}") from exc
         destination = str(path)
     secrets = [config.provider.key, *(value.get_secret_value() for value in config.headers.values())]
-    return ScrubbingExporter(inner, _scrubber([s for s in secrets if s and len(s) >= MIN_SECRET_CHARS])), destination
+    return ScrubbingExporter(
+        inner, _scrubber([s for s in secrets if s and len(s) >= MIN_SECRET_CHARS])
+    ), destination
 
 
 def _scrubber(secrets: list[str]) -> Callable[[str], str]:

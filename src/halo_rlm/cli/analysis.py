@@ -1,0 +1,526 @@
+"""Commands that analyse traces and handle reports: `run` (the default: `halo TRACES -p PROMPT`),
+`analyze`, `demo`, `verify`, `report schema`, `simulate`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, get_args
+
+import click
+
+from halo_rlm.cli.base import (
+    cli,
+    emit_json,
+    err,
+    escape,
+    fail,
+    json_option,
+    open_read_only,
+    out,
+    resolve_store,
+    store_option,
+)
+from halo_rlm.defaults import DEFAULT_MODEL, DEFAULT_PROMPT, ReasoningEffort
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+    from rich.tree import Tree
+
+    from halo_rlm.engine import AgentOutputItem, EngineConfig, RunView
+    from halo_rlm.report import Report
+
+
+EXAMPLES = Path(__file__).parent.parent / "examples" / "traces.jsonl.gz"
+
+
+def threshold_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--min-share",
+        type=float,
+        default=0.005,
+        show_default=True,
+        help="…and at least this share of all traces.",
+    )(f)
+    return click.option(
+        "--min-traces",
+        type=int,
+        default=2,
+        show_default=True,
+        help="A finding needs at least this many affected traces…",
+    )(f)
+
+
+def run_detectors(
+    paths: Sequence[str],
+    store_path: Path | None,
+    out_dir: Path,
+    *,
+    min_traces: int,
+    min_share: float,
+    quiet: bool,
+) -> tuple[Report, dict[str, Path]]:
+    from halo_rlm.detect import Thresholds, analyze
+    from halo_rlm.render import write
+    from halo_rlm.verify import verify
+
+    target = resolve_store(paths, store_path, quiet=quiet)
+    with open_read_only(target) as store:
+        report = analyze(
+            store,
+            thresholds=Thresholds(min_traces=min_traces, min_share=min_share),
+            inputs=[str(p) for p in paths],
+        )
+        verify(report, store)
+    return report, write(report, out_dir)
+
+
+def print_findings(report: Report, paths: dict[str, Path], *, top: int = 10) -> None:
+    from rich.table import Table
+
+    from halo_rlm.report import cite
+
+    d = report.dataset
+    out.print(
+        f"[bold]{len(report.findings)} systemic findings[/] in {d.traces:,} traces "
+        f"({d.error_traces:,} with errors)"
+    )
+    if report.findings:
+        table = Table(show_edge=False)
+        for column, justify in (
+            ("#", "right"),
+            ("severity", "left"),
+            ("finding", "left"),
+            ("traces", "right"),
+            ("evidence", "left"),
+        ):
+            table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        colours = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "dim"}
+        for i, f in enumerate(report.findings[:top], 1):
+            ids = "\n".join(cite(ev) for ev in f.evidence[:2])
+            flag = "" if f.check is None or f.check.status == "verified" else f" [red]({f.check.status})[/]"
+            table.add_row(
+                str(i),
+                f"[{colours[f.severity]}]{f.severity}[/]",
+                f"{escape(f.title)}{flag}\n[dim]{f.category} · {f.id}[/]",
+                f"{f.affected_traces:,}\n[dim]{f.affected_trace_share:.1%}[/]",
+                escape(ids),
+            )
+        out.print(table)
+        if len(report.findings) > top:
+            out.print(f"[dim]… and {len(report.findings) - top} more in the report[/]")
+    out.print("Report: " + ", ".join(escape(str(p)) for p in paths.values()))
+
+
+@cli.command("analyze")
+@click.argument("paths", nargs=-1)
+@store_option
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("halo-report"),
+    show_default=True,
+    help="Folder for report.json, report.md and report.html.",
+)
+@threshold_options
+@json_option
+def analyze_command(
+    paths: tuple[str, ...],
+    store_path: Path | None,
+    out_dir: Path,
+    min_traces: int,
+    min_share: float,
+    as_json: bool,
+) -> None:
+    """Find systemic failures with deterministic detectors (no LLM needed) and write a ranked,
+    evidence-backed report: report.json, report.md (for people and coding agents) and report.html.
+
+    A finding needs a pattern across traces (see --min-traces and --min-share); one-off errors are
+    not reported. Every finding is re-checked against the store before it is written.
+    """
+    report, paths_written = run_detectors(
+        paths, store_path, out_dir, min_traces=min_traces, min_share=min_share, quiet=as_json
+    )
+    if as_json:
+        emit_json(report)
+    else:
+        print_findings(report, paths_written)
+
+
+@cli.command("verify")
+@click.argument("report_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@store_option
+@click.option("--write", is_flag=True, help="Write the checked report back (json, md and html).")
+@json_option
+def verify_command(report_file: Path, store_path: Path | None, write: bool, as_json: bool) -> None:
+    """Re-check a report against the trace store: cited traces and spans exist, excerpts are in
+    the spans they cite, and each finding's affected-trace count matches a recount of its query.
+
+    Exit code 0 when every finding checks out, 1 when any is flagged or cannot be checked.
+    """
+    from pydantic import ValidationError
+
+    from halo_rlm.render import write
+    from halo_rlm.report import Report
+    from halo_rlm.verify import verify
+
+    try:
+        report = Report.model_validate_json(report_file.read_bytes())
+    except ValidationError as exc:
+        fail(
+            f"{report_file}: not a HALO report ({exc.error_count()} problems, first: {exc.errors()[0]['msg']})"
+        )
+    target = str(store_path or report.store)
+    if not target or not Path(target).exists():
+        fail(f"the report's store {target or '(none)'} is not here; pass --store PATH")
+    with open_read_only(target) as store:
+        verify(report, store)
+    if write:
+        write(report, report_file.parent)
+    if as_json:
+        emit_json(
+            {
+                "verification": report.verification.model_dump() if report.verification else None,
+                "findings": [
+                    {"id": f.id, **(f.check.model_dump() if f.check else {})} for f in report.findings
+                ],
+            }
+        )
+    else:
+        for f in report.findings:
+            assert f.check is not None
+            mark = {"verified": "[green]✓[/]", "flagged": "[red]✗[/]", "unverifiable": "[yellow]?[/]"}[
+                f.check.status
+            ]
+            out.print(f"{mark} {escape(f.id)}: {escape(f.title)}")
+            for problem in f.check.problems:
+                out.print(f"    [red]{escape(problem)}[/]")
+        v = report.verification
+        assert v is not None
+        out.print(f"{v.verified} verified, {v.flagged} flagged, {v.unverifiable} unverifiable")
+    if any(f.check and f.check.status != "verified" for f in report.findings):
+        sys.exit(1)
+
+
+@cli.group("report")
+def report_group() -> None:
+    """About the report format."""
+
+
+@report_group.command("schema")
+def report_schema() -> None:
+    """Print the JSON schema of report.json."""
+    from halo_rlm.report import json_schema
+
+    emit_json(json_schema())
+
+
+@cli.command("simulate")
+@click.argument("out_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--traces", default=500, show_default=True, help="How many traces.")
+@click.option("--seed", default=7, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["halo", "otlp"]), default="halo", show_default=True)
+@click.option(
+    "--rate",
+    "rates",
+    multiple=True,
+    metavar="CATEGORY=SHARE",
+    help="Override a failure mode's rate, e.g. --rate refusal=0.1 (0 turns it off).",
+)
+@click.option(
+    "--distractors", type=float, default=0.02, show_default=True, help="Share of one-off error traces."
+)
+def simulate_command(
+    out_file: Path, traces: int, seed: int, fmt: str, rates: tuple[str, ...], distractors: float
+) -> None:
+    """Write simulated agent traces with planted systemic failures, and their ground truth
+    (OUT_FILE without .jsonl/.gz + .truth.json). Gzipped when OUT_FILE ends in .gz."""
+    from halo_rlm.simulate import simulate
+
+    overrides = {}
+    for item in rates:
+        name, _, value = item.partition("=")
+        try:
+            overrides[name] = float(value)
+        except ValueError:
+            fail(f"--rate {item!r}: expected CATEGORY=SHARE, e.g. refusal=0.1")
+    try:
+        truth = simulate(
+            out_file,
+            traces=traces,
+            seed=seed,
+            format=fmt,
+            rates=overrides or None,  # type: ignore[arg-type]
+            distractors=distractors,
+        )
+    except ValueError as exc:
+        fail(str(exc))
+    out.print(
+        f"Wrote {truth.corpus.traces:,} traces ({truth.corpus.spans:,} spans) to {escape(str(out_file))}; "
+        f"{len(truth.patterns)} planted patterns in {escape(str(truth.truth_path))}"
+    )
+
+
+def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """HALO's engine flags, plus budgets and context."""
+    options = [
+        click.option(
+            "-m",
+            "--model",
+            default=DEFAULT_MODEL,
+            show_default=True,
+            help="Model for the root and sub-agents.",
+        ),
+        click.option("--synthesis-model", help="Cheaper model for synthesize_traces (default: --model)."),
+        click.option("--compaction-model", help="Cheaper model for compacting context (default: --model)."),
+        click.option(
+            "--max-depth", type=click.IntRange(0), default=2, show_default=True, help="Sub-agent depth."
+        ),
+        click.option(
+            "--max-turns", type=click.IntRange(1), default=20, show_default=True, help="Turns per agent."
+        ),
+        click.option(
+            "--max-parallel",
+            type=click.IntRange(1),
+            default=4,
+            show_default=True,
+            help="Sub-agents at once, per depth.",
+        ),
+        click.option(
+            "--base-url", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL, else OpenAI)."
+        ),
+        click.option("--api-key", help="API key (default: OPENAI_API_KEY; keyless local servers need none)."),
+        click.option(
+            "-H",
+            "--header",
+            "headers",
+            multiple=True,
+            metavar='"NAME: VALUE"',
+            help="Extra HTTP header for the provider (repeatable).",
+        ),
+        click.option("--temperature", type=click.FloatRange(0, 2)),
+        click.option("--max-output-tokens", type=click.IntRange(1)),
+        click.option("--parallel-tool-calls/--no-parallel-tool-calls", default=True, show_default=True),
+        click.option("--refusal-retries", type=click.IntRange(0), default=1, show_default=True),
+        click.option("--reasoning-effort", type=click.Choice(get_args(ReasoningEffort))),
+        click.option(
+            "--telemetry",
+            is_flag=True,
+            help="Trace HALO's own run: over OTLP when OTEL_EXPORTER_OTLP_"
+            "[TRACES_]ENDPOINT is set, else to $HALO_TELEMETRY_PATH or halo-telemetry-<run id>.jsonl in the "
+            "report folder.",
+        ),
+        click.option("--max-cost", type=float, help="USD budget for the whole run."),
+        click.option("--max-tokens", type=click.IntRange(1), help="Token budget for the whole run."),
+        click.option("--timeout", type=float, help="Seconds for the whole run."),
+        click.option(
+            "--prices",
+            type=click.Path(exists=True, dir_okay=False),
+            help="JSON price table for models HALO does not know (USD per million tokens).",
+        ),
+        click.option("--dataset-context", metavar="TEXT|@FILE", help="What the traces are, for the agents."),
+        click.option(
+            "--repo-path",
+            type=click.Path(exists=True, file_okay=False, path_type=Path),
+            help="Source of the traced agent: read-only code and git tools, so fixes cite path:line.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def parse_headers(values: Sequence[str]) -> dict[str, str]:
+    headers = {}
+    for value in values:
+        name, sep, content = value.partition(":")
+        if not sep or not name.strip():
+            fail(f'--header {value!r}: expected "NAME: VALUE"')
+        headers[name.strip()] = content.strip()
+    return headers
+
+
+def read_context(value: str | None) -> str | None:
+    if value and value.startswith("@"):
+        try:
+            return Path(value[1:]).expanduser().read_text()
+        except OSError as exc:
+            fail(f"--dataset-context {value}: {exc.strerror or exc}")
+    return value
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-p", "--prompt", default=DEFAULT_PROMPT, show_default=True, help="What to find out.")
+@store_option
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("halo-report"),
+    show_default=True,
+    help="Folder for report.json, report.md and report.html.",
+)
+@engine_options
+@threshold_options
+@click.option(
+    "--json", "as_json", is_flag=True, help="Stream events as JSON lines (the report is the last one)."
+)
+def run(
+    paths: tuple[str, ...],
+    prompt: str,
+    store_path: Path | None,
+    out_dir: Path,
+    min_traces: int,
+    min_share: float,
+    as_json: bool,
+    **engine: Any,
+) -> None:
+    """Analyse traces and write a report (the default command: `halo TRACES -p PROMPT`).
+
+    With a model provider configured (OPENAI_API_KEY, --api-key or --base-url), a root LLM agent
+    explores the traces with tools, delegates to sub-agents, and writes the report; the
+    deterministic detectors' findings are its starting hypotheses. Without one, the detectors alone
+    write the report.
+    """
+    from pydantic import ValidationError
+    from rich.markdown import Markdown
+
+    from halo_rlm.engine import EngineConfig
+    from halo_rlm.pricing import PriceError
+    from halo_rlm.pricing import load as load_prices
+    from halo_rlm.render import to_markdown, write
+
+    try:
+        # The engine options are named as EngineConfig's fields; three need reading first.
+        config = EngineConfig.model_validate(
+            {
+                **engine,
+                "headers": parse_headers(engine["headers"]),
+                "dataset_context": read_context(engine["dataset_context"]),
+                "prices": load_prices(engine["prices"]) if engine["prices"] else {},
+                "out_dir": out_dir,
+            }
+        )
+    except (ValidationError, PriceError) as exc:
+        fail(_validation_text(exc) if isinstance(exc, ValidationError) else str(exc))
+    if not config.provider.configured:
+        report, written = run_detectors(
+            paths, store_path, out_dir, min_traces=min_traces, min_share=min_share, quiet=as_json
+        )
+        if config.telemetry:
+            report.notes.append(
+                "--telemetry traces LLM runs only; the detectors ran alone, so nothing was traced."
+            )
+        report.notes.append(
+            "LLM analysis was skipped: no model provider is configured. Set OPENAI_API_KEY "
+            "(or pass --api-key), or --base-url for a local OpenAI-compatible server, to add it."
+        )
+        written = write(report, out_dir)
+        if as_json:
+            emit_json(report)
+            return
+        print_findings(report, written)
+        err.print(f"[yellow]{escape(report.notes[-1])}[/]")
+        return
+    target = resolve_store(paths, store_path, quiet=as_json)
+    final = run_engine_live(prompt, config, target, as_json=as_json)
+    if final is None or final.report is None:
+        fail("the run ended without a report")
+    if not as_json:
+        out.print(Markdown(to_markdown(final.report)))
+        out.print(
+            "Report: "
+            + ", ".join(escape(str(out_dir / name)) for name in ("report.md", "report.json", "report.html"))
+        )
+        if final.report.telemetry:
+            out.print("Telemetry: " + escape(final.report.telemetry))
+
+
+def _validation_text(exc: ValidationError) -> str:
+    return "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+
+
+def run_engine_live(
+    prompt: str, config: EngineConfig, store_path: str, *, as_json: bool
+) -> AgentOutputItem | None:
+    """Run the engine, showing a live tree of agents (or JSON lines), and return the final item."""
+    import asyncio
+
+    from rich.live import Live
+
+    from halo_rlm.engine import AgentOutputItem, EngineError, RunView, stream_engine_async
+    from halo_rlm.llm import LLMError
+    from halo_rlm.store import StoreError, TraceStore
+
+    view = RunView()
+
+    async def consume() -> AgentOutputItem | None:
+        final = None
+        with TraceStore.open(store_path, read_only=True) as store:
+            async for event in stream_engine_async(prompt, config, store=store):
+                if as_json:
+                    sys.stdout.write(event.model_dump_json(exclude_none=True) + "\n")
+                    sys.stdout.flush()
+                else:
+                    view.update(event)
+                if isinstance(event, AgentOutputItem) and event.final:
+                    final = event
+        return final
+
+    live = (
+        Live(
+            get_renderable=lambda: agent_tree(view), console=err.console, refresh_per_second=8, transient=True
+        )
+        if err.is_terminal and not as_json
+        else None
+    )
+    try:
+        if live:
+            with live:
+                return asyncio.run(consume())
+        return asyncio.run(consume())
+    except (EngineError, LLMError, StoreError) as exc:
+        fail("\n".join([str(exc), *getattr(exc, "__notes__", ())]))
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
+    finally:
+        if not as_json and view.agents:
+            err.print(view.summary())
+
+
+def agent_tree(view: RunView) -> Tree:
+    """The run as a tree of agents: what each is doing, its turns, tokens and cost."""
+    from rich.tree import Tree
+
+    tree = Tree("[bold]HALO analysis[/]")
+    nodes: dict[str | None, Tree] = {None: tree}
+    for agent in view.agents.values():
+        parent = nodes.get(agent.parent_id, tree)
+        doing = f" → {agent.tool}" if agent.tool else ""
+        nodes[agent.agent_id] = parent.add(
+            f"[bold]{escape(agent.name)}[/] [dim]{agent.agent_id}[/] {agent.activity}{escape(doing)} · "
+            f"{agent.turns} turns · {agent.usage.tokens:,} tokens · ${agent.usage.cost_usd or 0:.4f}"
+        )
+    return tree
+
+
+@cli.command()
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("halo-report"),
+    show_default=True,
+)
+@click.pass_context
+def demo(ctx: click.Context, out_dir: Path) -> None:
+    """Run HALO on the example traces that ship with it (simulated support, research, billing,
+    coding and travel agents with planted failures)."""
+    err.print(f"[dim]Example traces: {escape(str(EXAMPLES))}[/]")
+    ctx.invoke(run, paths=(str(EXAMPLES),), out_dir=out_dir)

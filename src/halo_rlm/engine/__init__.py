@@ -1,0 +1,57 @@
+"""The RLM engine: a root agent explores a trace store far too large for its context through tools,
+delegates focused questions to sub-agents that recurse, and finishes with a ranked, evidence-backed
+report. HALO's six entry points, sync and async, streaming or not:
+
+    stream_engine_async / stream_engine        every event (items and text deltas)
+    stream_engine_output_async / stream_engine_output    completed items only
+    run_engine_async / run_engine              all items once the run is over
+
+Modules: `config` (EngineConfig), `events` (what a run streams, and `RunView`), `run` (the agent loop,
+budgets and entry points), `tools` and `code` (what agents call), `prompts`, `telemetry`.
+"""
+
+from halo_rlm.engine.config import DEFAULT_MODEL, DEFAULT_PROMPT, EngineConfig
+from halo_rlm.engine.events import (
+    AgentMessage,
+    AgentOutputItem,
+    AgentStatus,
+    AgentTextDelta,
+    AgentView,
+    EngineError,
+    EngineEvent,
+    RunView,
+    ToolCallItem,
+    TurnUsage,
+)
+from halo_rlm.engine.run import (
+    Messages,
+    run_engine,
+    run_engine_async,
+    stream_engine,
+    stream_engine_async,
+    stream_engine_output,
+    stream_engine_output_async,
+)
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_PROMPT",
+    "AgentMessage",
+    "AgentOutputItem",
+    "AgentStatus",
+    "AgentTextDelta",
+    "AgentView",
+    "EngineConfig",
+    "EngineError",
+    "EngineEvent",
+    "Messages",
+    "RunView",
+    "ToolCallItem",
+    "TurnUsage",
+    "run_engine",
+    "run_engine_async",
+    "stream_engine",
+    "stream_engine_async",
+    "stream_engine_output",
+    "stream_engine_output_async",
+]

@@ -1,0 +1,271 @@
+"""The trace store interface every backend implements (DuckDB today; ClickHouse next).
+
+A store holds canonical spans (each with its raw record), per-trace rollups, rejected records and
+the inputs they came from (`store.schema`). It has four faces:
+
+- the read API (`count_traces`, `query_traces`, `trace_summary`, `overview`, `error_groups`,
+  `view_trace`, `view_spans`, `search`, `spans`, `sql`, `rejects`, `inputs`), returning the typed
+  results of `store.results`;
+- the ingest API (`ingest` for files, `ingest_records` for records a collector or importer parsed);
+- `run`, which does store work off the event loop on a connection of its own, for the engine and
+  the web server;
+- its SQL `dialect`, in which HALO's own queries (detectors, recounts) are written: a report records
+  the dialect of each query it carries.
+
+`TraceStore.open(target)` picks the backend from the target: a file path is a DuckDB store;
+backends with a URL scheme (`chdb:`, `clickhouse://`) register themselves in `BACKENDS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
+
+from halo_rlm.store.results import (
+    ErrorGroup,
+    IngestReport,
+    Overview,
+    SearchResult,
+    SortKey,
+    SqlResult,
+    TraceFilters,
+    TracePage,
+    TraceSummary,
+    TraceView,
+)
+
+if TYPE_CHECKING:
+    from halo_rlm.files import InputFile
+
+__all__ = ["BACKENDS", "StoreError", "StrictError", "TraceStore", "backend_for"]
+
+T = TypeVar("T")
+
+# URL scheme -> module that defines the backend (imported on first use: backends may need extras).
+BACKENDS = {
+    "chdb": "halo_rlm.store.clickhouse_store",
+    "clickhouse": "halo_rlm.store.clickhouse_store",
+    "clickhouses": "halo_rlm.store.clickhouse_store",
+}
+
+
+class StoreError(Exception):
+    """A problem with the store or its inputs; the message says what and where."""
+
+
+class StrictError(StoreError):
+    """`--strict` met a bad record."""
+
+
+class TraceStore(ABC):
+    """A trace store. Open one with `TraceStore.open(path_or_url)`; use it as a context manager."""
+
+    path: str
+    read_only: bool
+    dialect: ClassVar[str]  # the SQL dialect of `sql()` and of HALO's own queries, e.g. "duckdb"
+    schemes: ClassVar[tuple[str, ...]] = ()
+    _registry: ClassVar[dict[str, type[TraceStore]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for scheme in cls.schemes:
+            TraceStore._registry[scheme] = cls
+
+    @classmethod
+    def open(cls, target: str | Path, *, read_only: bool = False, lock_timeout: float = 10.0) -> TraceStore:
+        """Open (or create) a store: a file path opens DuckDB; `chdb:PATH` or `clickhouse://…` a
+        ClickHouse store. A read-only store is the one untrusted SQL may run on."""
+        if cls is not TraceStore:
+            return cls.connect(str(target), read_only=read_only, lock_timeout=lock_timeout)
+        return backend_for(str(target)).connect(str(target), read_only=read_only, lock_timeout=lock_timeout)
+
+    @classmethod
+    @abstractmethod
+    def connect(cls, target: str, *, read_only: bool, lock_timeout: float) -> Self:
+        """Open this backend's store at `target`."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- working off the event loop ----------------------------------------------------------
+
+    @abstractmethod
+    def borrow(self) -> AbstractContextManager[Self]:
+        """A connection of its own for one piece of work in another thread, pooled for reuse."""
+
+    @abstractmethod
+    def interrupt(self) -> None:
+        """Stop the query running on this connection (from another thread)."""
+
+    async def run(self, work: Callable[[Self], T], timeout: float | None = None) -> T:
+        """Run store work in a worker thread on a pooled connection of its own, so the event loop
+        never waits on a query; past `timeout` seconds its query is interrupted and TimeoutError
+        raised."""
+        connection: list[Self] = []
+
+        def on_borrowed_connection() -> T:
+            with self.borrow() as borrowed:
+                connection.append(borrowed)
+                return work(borrowed)
+
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(on_borrowed_connection), timeout)
+        except TimeoutError:
+            if connection:
+                connection[0].interrupt()
+            raise
+
+    # --- ingest --------------------------------------------------------------------------------
+
+    @abstractmethod
+    def ingest(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        strict: bool = False,
+        progress: Callable[[InputFile], Callable[[int, int], None] | None] | None = None,
+    ) -> IngestReport:
+        """Ingest files, directories, globs or "-" (stdin). Files already ingested whole are skipped,
+        a file ingested part-way is finished, a file that grew is read from where it ended."""
+
+    @abstractmethod
+    def ingest_records(self, records: Iterable[Any], *, source: str) -> IngestReport:
+        """Ingest already-parsed records (OTLP requests, span dicts, ...) from a collector or
+        importer. `source` names them in the inputs table; each call is one input."""
+
+    # --- reading -------------------------------------------------------------------------------
+
+    @abstractmethod
+    def count_traces(self, filters: TraceFilters | None = None) -> int: ...
+
+    @abstractmethod
+    def query_traces(
+        self,
+        filters: TraceFilters | None = None,
+        *,
+        sort: SortKey = "start",
+        descending: bool = True,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> TracePage:
+        """A page of trace summaries, with the total number of matching traces."""
+
+    @abstractmethod
+    def trace_summary(self, trace_id: str) -> TraceSummary: ...
+
+    @abstractmethod
+    def overview(self, filters: TraceFilters | None = None, *, top: int = 20) -> Overview:
+        """Totals, the distinct services/agents/models/tools (most traces first) and the top error
+        groups, over the traces that match `filters`. Counts are exact, not sampled."""
+
+    @abstractmethod
+    def error_groups(self, filters: TraceFilters | None = None, *, top: int = 20) -> list[ErrorGroup]:
+        """Error spans grouped by where they happened and by message template, most traces first."""
+
+    @abstractmethod
+    def view_trace(
+        self, trace_id: str, *, budget_bytes: int = 150_000, value_chars: int = 4_096
+    ) -> TraceView:
+        """All spans of a trace in tree order, each value cut to `value_chars` (head and tail kept).
+        Over `budget_bytes`, a summary of the trace comes back instead of its spans."""
+
+    @abstractmethod
+    def view_spans(
+        self,
+        trace_id: str,
+        span_ids: Sequence[str],
+        *,
+        budget_bytes: int = 150_000,
+        value_chars: int = 16_384,
+    ) -> TraceView:
+        """Chosen spans of a trace, with a larger per-value allowance than `view_trace`."""
+
+    @abstractmethod
+    def search(
+        self,
+        pattern: str,
+        *,
+        trace_id: str | None = None,
+        span_id: str | None = None,
+        filters: TraceFilters | None = None,
+        context_chars: int = 100,
+        max_matches: int = 50,
+        timeout: float = 5.0,
+    ) -> SearchResult:
+        """Regex matches, with context, in the raw JSON of one span, one trace, or (with neither id)
+        the whole dataset narrowed by `filters`."""
+
+    @abstractmethod
+    def spans(
+        self,
+        *,
+        trace_ids: Sequence[str] | None = None,
+        kind: str | None = None,
+        name: str | None = None,
+        tool: str | None = None,
+        model: str | None = None,
+        agent: str | None = None,
+        service: str | None = None,
+        status: str | None = None,
+        text: str | None = None,
+        limit: int = 1_000,
+        value_chars: int = 2_000,
+    ) -> list[dict[str, Any]]:
+        """Canonical span rows (no raw record) matching every given condition, oldest first."""
+
+    @abstractmethod
+    def sql(
+        self, query: str, *, max_rows: int = 200, max_bytes: int = 50_000, timeout: float = 10.0
+    ) -> SqlResult:
+        """One read-only SELECT in `dialect`, capped in rows, bytes and time. Only a store opened
+        read-only runs it."""
+
+    @abstractmethod
+    def query(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
+        """Rows of SQL written by HALO itself in `dialect` (detectors). Untrusted SQL goes through `sql()`."""
+
+    @abstractmethod
+    def known_traces(self, trace_ids: Iterable[str]) -> set[str]:
+        """Which of these trace ids are in the store."""
+
+    @abstractmethod
+    def span_records(self, spans: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The raw record of each (trace id, span id) that is in the store."""
+
+    def recount(self, query: str) -> int:
+        """How many distinct traces a query's `trace_id` column holds: the check of a finding's count.
+        The query is untrusted (it may come from a report file), so it runs through `sql()`."""
+        result = self.sql(f"SELECT count(DISTINCT trace_id) FROM ({query.rstrip().rstrip(';')})", max_rows=1)
+        return int(result.rows[0][0])
+
+    @abstractmethod
+    def rejects(self, *, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def inputs(self) -> list[dict[str, Any]]: ...
+
+
+def backend_for(target: str) -> type[TraceStore]:
+    """The backend class for a store target: by URL scheme, else DuckDB (a file path)."""
+    scheme = target.split(":", 1)[0].lower() if ":" in target and not Path(target).exists() else ""
+    module = BACKENDS.get(scheme)
+    if module is not None:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise StoreError(
+                f"{scheme}: stores need HALO's clickhouse extra: pip install 'halo-rlm[clickhouse]' ({exc})"
+            ) from exc
+        return TraceStore._registry[scheme]
+    return TraceStore._registry["duckdb"]

@@ -1,0 +1,216 @@
+"""Building query results from rows, the same for every backend: trace summaries, spans in tree order
+with values cut to head and tail, and regex matches with context."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import orjson
+
+from halo_rlm.formats.conventions import normalize_messages
+from halo_rlm.store.results import Match, SearchResult, SpanView, TraceSummary
+from halo_rlm.utils import clip, ns_to_iso
+
+__all__ = ["cap", "clip_or_none", "plain", "scan", "span_view", "summary", "tree_order"]
+
+# Attributes a view leaves out because canonical fields already show them, compactly.
+_FLATTENED = re.compile(
+    r"^(llm\.(input|output)_messages\.\d+\.|llm\.tools\.\d+\.|mcp\.tools\.\d+\.|gen_ai\.(prompt|completion)\.\d+\.)"
+)
+
+
+def summary(row: dict[str, Any]) -> TraceSummary:
+    return TraceSummary(
+        trace_id=row["trace_id"],
+        start=ns_to_iso(row["start_ns"]),
+        duration_ms=None if row["duration_ns"] is None else row["duration_ns"] / 1e6,
+        spans=row["span_count"],
+        error_spans=row["error_spans"],
+        has_errors=row["has_errors"],
+        root_name=row["root_name"],
+        root_status_message=clip_or_none(row["root_status_message"], 300),
+        services=row["services"] or [],
+        agents=row["agents"] or [],
+        models=row["models"] or [],
+        tools=row["tools"] or [],
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        cost=row["cost"],
+        session_id=row["session_id"],
+        raw_bytes=row["raw_bytes"] or 0,
+    )
+
+
+def tree_order(rows: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """Depth-first by start time; spans whose parent is missing start their own subtree."""
+    ids = {r["span_id"] for r in rows}
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for r in rows:
+        parent = r["parent_id"] if r["parent_id"] in ids and r["parent_id"] != r["span_id"] else None
+        children.setdefault(parent, []).append(r)
+    out: list[tuple[int, dict[str, Any]]] = []
+    seen: set[str] = set()
+    stack = [(0, r) for r in reversed(children.get(None, []))]
+    while stack:
+        depth, r = stack.pop()
+        if r["span_id"] in seen:
+            continue
+        seen.add(r["span_id"])
+        out.append((depth, r))
+        stack.extend((depth + 1, c) for c in reversed(children.get(r["span_id"], [])))
+    out.extend((0, r) for r in rows if r["span_id"] not in seen)  # cycles
+    return out
+
+
+def span_view(
+    row: dict[str, Any], depth: int, trace_start: int | None, value_chars: int
+) -> tuple[SpanView, int]:
+    raw = orjson.loads(row["raw"])
+    cut = 0
+    attributes: dict[str, Any] = {}
+    dropped = 0
+    for key, value in (raw.get("attributes") or {}).items():
+        if value is None or value == "":
+            continue
+        if _FLATTENED.match(key):
+            dropped += 1
+            continue
+        attributes[key], n = cap(value, value_chars)
+        cut += n
+    if dropped:
+        attributes["halo.note"] = f"{dropped} flattened message/tool keys shown under `messages` instead"
+    attrs = raw.get("attributes")
+    messages = (
+        {key: value for key, value in normalize_messages(attrs).items() if value and key != "finish_reason"}
+        if isinstance(attrs, dict) and row["kind"] == "LLM"
+        else {}
+    )
+    if row["tools_offered"]:
+        messages["tools_offered"] = row["tools_offered"]
+    if messages:
+        capped, n = cap(messages, value_chars * 2)
+        messages, cut = capped, cut + n
+    events = None
+    if raw.get("events"):
+        events, n = cap(raw["events"], value_chars)
+        cut += n
+    tokens = {
+        k.removesuffix("_tokens"): row[k]
+        for k in ("input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens")
+        if row[k] is not None
+    }
+    return SpanView(
+        span_id=row["span_id"],
+        parent_id=row["parent_id"],
+        depth=depth,
+        name=row["name"],
+        kind=row["kind"],
+        status=row["status"],
+        status_message=clip_or_none(row["status_message"], value_chars),
+        start_offset_ms=None
+        if row["start_ns"] is None or trace_start is None
+        else (row["start_ns"] - trace_start) / 1e6,
+        duration_ms=None if row["duration_ns"] is None else row["duration_ns"] / 1e6,
+        service=row["service"],
+        agent=row["agent_name"],
+        model=row["model"],
+        tokens=tokens or None,
+        cost=row["cost"],
+        tool=row["tool_name"],
+        orphan=bool(row["is_orphan"]),
+        attributes=attributes,
+        messages=messages or None,
+        events=events,
+        raw_bytes=row["raw_bytes"] or 0,
+    ), cut
+
+
+def cap(value: Any, limit: int) -> tuple[Any, int]:
+    """Cut long strings (in nested values too) to head and tail; returns the value and how many were cut."""
+    if isinstance(value, str):
+        clipped = clip_or_none(value, limit)
+        return clipped, int(clipped is not value)
+    if isinstance(value, list):
+        out, cut = [], 0
+        for item in value:
+            item, n = cap(item, limit)
+            out.append(item)
+            cut += n
+        return out, cut
+    if isinstance(value, dict):
+        result, cut = {}, 0
+        for key, item in value.items():
+            result[key], n = cap(item, limit)
+            cut += n
+        return result, cut
+    return value, 0
+
+
+def clip_or_none(text: str | None, limit: int) -> str | None:
+    return None if text is None else clip(text, limit)
+
+
+def scan(
+    pattern: str,
+    compiled: Any,
+    rows: list[dict[str, Any]],
+    context_chars: int,
+    max_matches: int,
+    timeout: float,
+) -> SearchResult:
+    deadline = time.monotonic() + timeout
+    matches: list[Match] = []
+    total = spans = 0
+    timed_out = False
+    for row in rows:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            timed_out = True
+            break
+        try:
+            found = list(compiled.finditer(row["raw"], timeout=remaining))
+        except TimeoutError:
+            timed_out = True
+            break
+        if not found:
+            continue
+        spans += 1
+        total += len(found)
+        for m in found[: max(0, max_matches - len(matches))]:
+            start, end = m.span()
+            matches.append(
+                Match(
+                    trace_id=row["trace_id"],
+                    span_id=row["span_id"],
+                    span_name=row["name"],
+                    kind=row["kind"],
+                    status=row["status"],
+                    match=clip_or_none(m.group(0), 500) or "",
+                    context=row["raw"][
+                        max(0, start - context_chars) : min(len(row["raw"]), end + context_chars)
+                    ],
+                    offset=start,
+                )
+            )
+    note = f"stopped after {timeout:g}s; results are partial" if timed_out else None
+    return SearchResult(
+        pattern=pattern,
+        matches=matches,
+        total_matches=total,
+        spans_matched=spans,
+        has_more=total > len(matches) or timed_out,
+        timed_out=timed_out,
+        note=note,
+    )
+
+
+def plain(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    return str(value)
