@@ -9,6 +9,7 @@ mistakes, the fix.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -58,7 +59,11 @@ class Target:
         """The store as the user named it, without the password: for messages and reports."""
         query = f"?otel_table={self.otel_table}" if self.otel_table else ""
         if self.kind == "chdb":
-            database = "" if self.database == DEFAULT_DATABASE else f"{'&' if query else '?'}database={self.database}"
+            database = (
+                ""
+                if self.database == DEFAULT_DATABASE
+                else f"{'&' if query else '?'}database={self.database}"
+            )
             return f"chdb:{self.path}{query}{database}"
         scheme = "clickhouses" if self.secure else "clickhouse"
         return f"{scheme}://{self.user}@{self.host}:{self.port}/{self.database}{query}"
@@ -77,7 +82,9 @@ def parse_target(target: str) -> Target:
             raise StoreError(f"{target}: give the folder of the embedded store, e.g. chdb:./traces.chdb")
         unknown = set(options) - {"database", "otel_table"}
         if unknown:
-            raise StoreError(f"chdb:{location}: unknown option {sorted(unknown)[0]!r}; use database= or otel_table=")
+            raise StoreError(
+                f"chdb:{location}: unknown option {sorted(unknown)[0]!r}; use database= or otel_table="
+            )
         return Target(
             "chdb",
             database=_identifier(options.get("database", DEFAULT_DATABASE), target),
@@ -85,7 +92,9 @@ def parse_target(target: str) -> Target:
             otel_table=_otel_table(options.get("otel_table"), target),
         )
     if scheme not in ("clickhouse", "clickhouses"):
-        raise StoreError(f"{target}: not a ClickHouse store (use chdb:PATH or clickhouse://HOST:8123/DATABASE)")
+        raise StoreError(
+            f"{target}: not a ClickHouse store (use chdb:PATH or clickhouse://HOST:8123/DATABASE)"
+        )
     parts = urlsplit(target)
     options = dict(parse_qsl(parts.query))
     secure = scheme == "clickhouses" or options.get("secure", "").lower() in ("1", "true", "yes")
@@ -121,7 +130,9 @@ def _otel_table(name: str | None, target: str) -> str | None:
     if name is None:
         return None
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?", name):
-        raise StoreError(f"{target}: otel_table={name!r} is not a table name (e.g. otel_traces or otel.otel_traces)")
+        raise StoreError(
+            f"{target}: otel_table={name!r} is not a table name (e.g. otel_traces or otel.otel_traces)"
+        )
     return name
 
 
@@ -190,11 +201,15 @@ def explain(exc: BaseException, target: Target, doing: str = "") -> str:
     code_match = re.search(r"Code: (\d+)", text)
     code = int(code_match.group(1)) if code_match else None
     if code == 516 or "Authentication failed" in text:
-        return (f"user {target.user!r} cannot sign in (wrong user or password); put the password in the URL "
-                f"or in ${PASSWORD_ENV}")
+        return (
+            f"user {target.user!r} cannot sign in (wrong user or password); put the password in the URL "
+            f"or in ${PASSWORD_ENV}"
+        )
     if code == 81 or "UNKNOWN_DATABASE" in text:
-        return (f"no database {target.database!r}; create it first (CREATE DATABASE {target.database}) or name "
-                f"another in the URL")
+        return (
+            f"no database {target.database!r}; create it first (CREATE DATABASE {target.database}) or name "
+            f"another in the URL"
+        )
     if code == 164 or "READONLY" in text:
         return "the query tried to write or to read files or other servers, which the read-only store refuses"
     if code == 159 or "TIMEOUT_EXCEEDED" in text:
@@ -207,8 +222,10 @@ def explain(exc: BaseException, target: Target, doing: str = "") -> str:
 
 def _clickhouse_message(text: str) -> str:
     """The useful part of a ClickHouse exception: the DB::Exception sentence without the stack."""
-    found = re.search(r"DB::Exception: (?:[\w.-]+: )?(.*?)(?: \(([A-Z_]+)\))?(?:\s*\(version [^)]*\))?\s*$",
-                      first_line(Exception(text)))
+    found = re.search(
+        r"DB::Exception: (?:[\w.-]+: )?(.*?)(?: \(([A-Z_]+)\))?(?:\s*\(version [^)]*\))?\s*$",
+        first_line(Exception(text)),
+    )
     if found:
         # "In scope <the whole query>" repeats the query back; the message before it is the point.
         message = re.sub(r"[:.]? In scope .*$", "", found.group(1)).strip().rstrip(".:")
@@ -238,13 +255,17 @@ class ChdbConnection(Connection):
         with _chdb_lock:
             busy = [path for path, count in _chdb_open.items() if count and path != target.path]
             if busy:
-                raise StoreError(f"{target.label}: this process already has the chdb store {busy[0]} open, "
-                                 "and chdb serves one folder per process; close it first")
+                raise StoreError(
+                    f"{target.label}: this process already has the chdb store {busy[0]} open, "
+                    "and chdb serves one folder per process; close it first"
+                )
             Path(target.path).mkdir(parents=True, exist_ok=True)
             try:
                 self._session = session.Session(target.path)
-            except Exception as exc:  # noqa: BLE001 - chdb raises RuntimeError subclasses with the reason
-                raise StoreError(f"{target.label}: cannot open the embedded ClickHouse ({first_line(exc)})") from exc
+            except Exception as exc:
+                raise StoreError(
+                    f"{target.label}: cannot open the embedded ClickHouse ({first_line(exc)})"
+                ) from exc
             _chdb_open[target.path] = _chdb_open.get(target.path, 0) + 1
         self._closed = False
         for name, value in QUERY_SETTINGS.items():
@@ -258,7 +279,14 @@ class ChdbConnection(Connection):
         try:
             return self._session.query(sql, fmt)
         except Exception as exc:  # noqa: BLE001 - ChdbError/RuntimeError with ClickHouse's message
+            self._recover()
             raise self.error(exc) from None
+
+    def _recover(self) -> None:
+        """After a failed query, chdb returns the next Arrow result corrupted (chdb 4.4); a query
+        with no output in between clears that."""
+        with contextlib.suppress(Exception):  # best effort; the next query reports any real problem
+            self._session.query("SELECT 1", "Null")
 
     def arrow(self, sql: str, settings: Mapping[str, Any] | None = None) -> pa.Table:
         return self._run(sql, "ArrowTable", settings)
@@ -272,6 +300,7 @@ class ChdbConnection(Connection):
         try:
             self._session.query(f"INSERT INTO {table} SELECT * FROM Python(rows)", "Null")
         except Exception as exc:  # noqa: BLE001
+            self._recover()
             raise self.error(exc, f"insert into {table}") from None
 
     def another(self) -> Connection:
@@ -302,9 +331,15 @@ class HttpConnection(Connection):
 
         try:
             client = clickhouse_connect.get_client(
-                host=target.host, port=target.port, username=target.user, password=target.password,
-                database=database if database is not None else target.database, secure=target.secure,
-                connect_timeout=10, send_receive_timeout=300, autogenerate_session_id=False,
+                host=target.host,
+                port=target.port,
+                username=target.user,
+                password=target.password,
+                database=database if database is not None else target.database,
+                secure=target.secure,
+                connect_timeout=10,
+                send_receive_timeout=300,
+                autogenerate_session_id=False,
                 settings={k: v for k, v in QUERY_SETTINGS.items() if not k.startswith("output_format_arrow")},
             )
         except Exception as exc:  # noqa: BLE001 - clickhouse-connect raises several kinds
@@ -327,7 +362,9 @@ class HttpConnection(Connection):
         try:
             self._client.insert_arrow(table, data)
         except Exception as exc:  # noqa: BLE001
-            raise StoreError(f"{self.target.label}: {_http_problem(exc, self.target, f'insert into {table}')}") from None
+            raise StoreError(
+                f"{self.target.label}: {_http_problem(exc, self.target, f'insert into {table}')}"
+            ) from None
 
     def another(self) -> Connection:
         return HttpConnection.connect(self.target)
@@ -339,20 +376,37 @@ class HttpConnection(Connection):
 def _http_problem(exc: BaseException, target: Target, doing: str = "") -> str:
     text = str(exc)
     lowered = text.lower()
-    if any(s in lowered for s in ("connection refused", "failed to establish", "name or service not known",
-                                  "nodename nor servname", "max retries exceeded", "timed out")) \
-            and "Code:" not in text:
-        return (f"cannot reach the server ({_reason(text)}); is ClickHouse running and listening for HTTP on "
-                f"{target.host}:{target.port}?")
-    if "certificate" in lowered or "ssl" in lowered and "Code:" not in text:
+    if (
+        any(
+            s in lowered
+            for s in (
+                "connection refused",
+                "failed to establish",
+                "name or service not known",
+                "nodename nor servname",
+                "max retries exceeded",
+                "timed out",
+            )
+        )
+        and "Code:" not in text
+    ):
+        return (
+            f"cannot reach the server ({_reason(text)}); is ClickHouse running and listening for HTTP on "
+            f"{target.host}:{target.port}?"
+        )
+    if "certificate" in lowered or ("ssl" in lowered and "Code:" not in text):
         return f"TLS failed ({_reason(text)}); check the port (8443 for clickhouses://) and the certificate"
     return explain(exc, target, doing)
 
 
 def _reason(text: str) -> str:
-    for pattern in (r"Connection refused", r"Name or service not known", r"timed out", r"Temporary failure[^')\"]*"):
+    for pattern in (
+        r"Connection refused",
+        r"Name or service not known",
+        r"timed out",
+        r"Temporary failure[^')\"]*",
+    ):
         found = re.search(pattern, text)
         if found:
             return found.group(0)
     return first_line(Exception(text))[:120]
-

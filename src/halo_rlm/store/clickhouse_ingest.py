@@ -87,16 +87,22 @@ class Ingest:
             scratch.con.register("seed", table)
             scratch.con.execute(f"INSERT INTO inputs SELECT {', '.join(names)} FROM seed")
             scratch.con.unregister("seed")
-        return {row[0]: row for row in scratch.con.execute(f"SELECT {', '.join(names)} FROM inputs").fetchall()}
+        return {
+            row[0]: row for row in scratch.con.execute(f"SELECT {', '.join(names)} FROM inputs").fetchall()
+        }
 
     def _ship(self, scratch: DuckDBStore, before: dict[int, tuple[Any, ...]], report: IngestReport) -> None:
         names = [c.name for c in INPUT_COLUMNS]
-        after = {row[0]: row for row in scratch.con.execute(f"SELECT {', '.join(names)} FROM inputs").fetchall()}
+        after = {
+            row[0]: row for row in scratch.con.execute(f"SELECT {', '.join(names)} FROM inputs").fetchall()
+        }
         changed = sorted(i for i, row in after.items() if before.get(i) != row)
         if not changed:
             return
         keys = f"{self.db}.ingest_keys_{uuid.uuid4().hex[:12]}"
-        self.conn.command(f"CREATE TABLE {keys} (trace_id String, span_id String) ENGINE = MergeTree ORDER BY trace_id")
+        self.conn.command(
+            f"CREATE TABLE {keys} (trace_id String, span_id String) ENGINE = MergeTree ORDER BY trace_id"
+        )
         try:
             ids = ", ".join(str(i) for i in changed)
             # An input read again from the start replaces what it held.
@@ -104,7 +110,9 @@ class Ingest:
             replaced = [i for i in changed if i in before and after[i][1] not in continued]
             if replaced:
                 listed = ", ".join(str(i) for i in replaced)
-                self.conn.command(f"INSERT INTO {keys} SELECT trace_id, span_id FROM {self.db}.spans WHERE input_id IN ({listed})")
+                self.conn.command(
+                    f"INSERT INTO {keys} SELECT trace_id, span_id FROM {self.db}.spans WHERE input_id IN ({listed})"
+                )
                 self.conn.command(f"DELETE FROM {self.db}.spans_data WHERE input_id IN ({listed})")
                 self.conn.command(f"DELETE FROM {self.db}.rejects WHERE input_id IN ({listed})")
             merged = self._ship_spans(scratch, ids, keys)
@@ -128,11 +136,14 @@ class Ingest:
             self.conn.insert_arrow(keys, table.select(["trace_id", "span_id"]))
             self.conn.insert_arrow(f"{self.db}.spans_data", table)
         # Spans of these inputs that lost to a copy from another input are duplicates merged here.
-        held = int(self.conn.value(
-            f"SELECT count() FROM (SELECT DISTINCT trace_id, span_id FROM {keys}) k "
-            f"WHERE (k.trace_id, k.span_id) NOT IN (SELECT trace_id, span_id FROM {self.db}.spans "
-            f"WHERE input_id IN ({ids}) AND trace_id IN (SELECT trace_id FROM {keys}))"
-        ) or 0)
+        held = int(
+            self.conn.value(
+                f"SELECT count() FROM (SELECT DISTINCT trace_id, span_id FROM {keys}) k "
+                f"WHERE (k.trace_id, k.span_id) NOT IN (SELECT trace_id, span_id FROM {self.db}.spans "
+                f"WHERE input_id IN ({ids}) AND trace_id IN (SELECT trace_id FROM {keys}))"
+            )
+            or 0
+        )
         return held
 
     def _ship_rejects(self, scratch: DuckDBStore, ids: str) -> None:
@@ -144,10 +155,16 @@ class Ingest:
         """The inputs' bookkeeping rows, with span counts as ClickHouse now holds them (a grown file's
         scratch store counted only its new spans)."""
         columns = [c.name for c in INPUT_COLUMNS]
-        table = scratch.con.sql(f"SELECT {', '.join(columns)} FROM inputs WHERE input_id IN ({ids}) ORDER BY input_id")
+        table = scratch.con.sql(
+            f"SELECT {', '.join(columns)} FROM inputs WHERE input_id IN ({ids}) ORDER BY input_id"
+        )
         table = table.to_arrow_table()
-        counts = {r["input_id"]: r["n"] for r in self.conn.rows(
-            f"SELECT input_id, count() AS n FROM {self.db}.spans WHERE input_id IN ({ids}) GROUP BY input_id")}
+        counts = {
+            r["input_id"]: r["n"]
+            for r in self.conn.rows(
+                f"SELECT input_id, count() AS n FROM {self.db}.spans WHERE input_id IN ({ids}) GROUP BY input_id"
+            )
+        }
         spans = pa.array([counts.get(i, 0) for i in table.column("input_id").to_pylist()], pa.int64())
         table = table.set_column(columns.index("spans"), "spans", spans)
         table = table.append_column("updated", pa.array([time.time_ns()] * table.num_rows, pa.uint64()))
@@ -167,7 +184,8 @@ class Ingest:
 
 def _plain_strings(table: pa.Table) -> pa.Table:
     """DuckDB's JSON columns come as an Arrow extension type; ClickHouse stores them as strings."""
-    fields = [pa.field(f.name, pa.large_string()) if isinstance(f.type, pa.ExtensionType) else f for f in table.schema]
+    fields = [
+        pa.field(f.name, pa.large_string()) if isinstance(f.type, pa.ExtensionType) else f
+        for f in table.schema
+    ]
     return table.cast(pa.schema(fields))
-
-

@@ -19,9 +19,23 @@ from halo_rlm.store.schema import INPUT_COLUMNS, REJECT_COLUMNS, SPAN_COLUMNS, T
 
 __all__ = ["REQUIRED_COLUMNS", "map_otel_table", "spans_select"]
 
-REQUIRED_COLUMNS = ("Timestamp", "TraceId", "SpanId", "ParentSpanId", "SpanName", "SpanKind", "ServiceName",
-                    "ResourceAttributes", "SpanAttributes", "Duration", "StatusCode", "StatusMessage",
-                    "Events.Timestamp", "Events.Name", "Events.Attributes")
+REQUIRED_COLUMNS = (
+    "Timestamp",
+    "TraceId",
+    "SpanId",
+    "ParentSpanId",
+    "SpanName",
+    "SpanKind",
+    "ServiceName",
+    "ResourceAttributes",
+    "SpanAttributes",
+    "Duration",
+    "StatusCode",
+    "StatusMessage",
+    "Events.Timestamp",
+    "Events.Name",
+    "Events.Attributes",
+)
 
 
 def _attr(key: str) -> str:
@@ -56,7 +70,9 @@ def _is_kind(expr: str) -> str:
 
 _OP = f"lower({_attr('gen_ai.operation.name')})"
 _OI_KIND = f"upper({_attr('openinference.span.kind')})"
-_INFERENCE_KIND = f"upper(coalesce({_attr('inference.observation_kind')}, {_attr('inference.observation.kind')}))"
+_INFERENCE_KIND = (
+    f"upper(coalesce({_attr('inference.observation_kind')}, {_attr('inference.observation.kind')}))"
+)
 _LANGFUSE_KIND = f"upper({_attr('langfuse.observation.type')})"
 _TRACELOOP_KIND = f"lower({_attr('traceloop.span.kind')})"
 KIND = f"""multiIf(
@@ -74,8 +90,8 @@ KIND = f"""multiIf(
   {_TRACELOOP_KIND} = 'tool', 'TOOL',
   {_TRACELOOP_KIND} = 'agent', 'AGENT',
   {_TRACELOOP_KIND} IN ('workflow', 'task'), 'CHAIN',
-  {_coalesce('tool_name')} IS NOT NULL, 'TOOL',
-  {_coalesce('model')} IS NOT NULL AND {_count('input_tokens')} IS NOT NULL, 'LLM',
+  {_coalesce("tool_name")} IS NOT NULL, 'TOOL',
+  {_coalesce("model")} IS NOT NULL AND {_count("input_tokens")} IS NOT NULL, 'LLM',
   startsWith(SpanName, 'function.') OR startsWith(SpanName, 'execute_tool '), 'TOOL',
   startsWith(SpanName, 'agent.') OR startsWith(SpanName, 'invoke_agent '), 'AGENT',
   'SPAN')"""
@@ -142,7 +158,7 @@ TOOLS_OFFERED = f"""arrayDistinct(arrayFilter(n -> n != '', arrayMap(k -> coales
 FINISH_REASON = f"""coalesce(
   nullIf(SpanAttributes['llm.output_messages.0.message.finish_reason'], ''),
   nullIf(JSONExtractString(SpanAttributes['gen_ai.response.finish_reasons'], 1), ''),
-  {_attr('llm.finish_reason')})"""
+  {_attr("llm.finish_reason")})"""
 OUTPUT_MESSAGES = """if(SpanAttributes['llm.output_messages.0.message.role'] = '', NULL, toJSONString([CAST((
     nullIf(SpanAttributes['llm.output_messages.0.message.role'], ''),
     nullIf(SpanAttributes['llm.output_messages.0.message.content'], '')),
@@ -151,9 +167,11 @@ OUTPUT_MESSAGES = """if(SpanAttributes['llm.output_messages.0.message.role'] = '
 
 def _raw() -> str:
     """The span in HALO's flat JSON shape, as `halo export` would write it."""
-    events = ("toJSONString(arrayMap((t, n, a) -> CAST((toString(toUnixTimestamp64Nano(t)), n, a), "
-              "'Tuple(time String, name String, attributes Map(String, String))'), "
-              "`Events.Timestamp`, `Events.Name`, `Events.Attributes`))")
+    events = (
+        "toJSONString(arrayMap((t, n, a) -> CAST((toString(toUnixTimestamp64Nano(t)), n, a), "
+        "'Tuple(time String, name String, attributes Map(String, String))'), "
+        "`Events.Timestamp`, `Events.Name`, `Events.Attributes`))"
+    )
     return f"""concat(
   '{{"trace_id":', toJSONString(TraceId), ',"span_id":', toJSONString(SpanId),
   ',"parent_span_id":', toJSONString(ParentSpanId), ',"name":', toJSONString(SpanName),
@@ -167,39 +185,59 @@ def _raw() -> str:
 def spans_select(table: str) -> str:
     """A SELECT of HALO's span columns (in `store.schema.SPAN_COLUMNS` order) over an exporter table."""
     columns = {
-        "trace_id": "TraceId", "span_id": "SpanId", "parent_id": "nullIf(ParentSpanId, '')", "name": "SpanName",
-        "kind": "kind", "otel_kind": "upper(replaceOne(if(SpanKind = '', 'INTERNAL', SpanKind), 'SPAN_KIND_', ''))",
-        "service": "nullIf(ServiceName, '')", "scope": "nullIf(SpanAttributes['otel.scope.name'], '')",
-        "scope_version": "nullIf(SpanAttributes['otel.scope.version'], '')", "status": "status",
-        "status_message": STATUS_MESSAGE, "start_ns": "toUnixTimestamp64Nano(Timestamp)",
-        "end_ns": "toUnixTimestamp64Nano(Timestamp) + toInt64(Duration)", "duration_ns": "toInt64(Duration)",
-        "model": _coalesce("model"), "provider": _coalesce("provider"),
-        "input_tokens": "input_tokens", "output_tokens": "output_tokens",
+        "trace_id": "TraceId",
+        "span_id": "SpanId",
+        "parent_id": "nullIf(ParentSpanId, '')",
+        "name": "SpanName",
+        "kind": "kind",
+        "otel_kind": "upper(replaceOne(if(SpanKind = '', 'INTERNAL', SpanKind), 'SPAN_KIND_', ''))",
+        "service": "nullIf(ServiceName, '')",
+        "scope": "nullIf(SpanAttributes['otel.scope.name'], '')",
+        "scope_version": "nullIf(SpanAttributes['otel.scope.version'], '')",
+        "status": "status",
+        "status_message": STATUS_MESSAGE,
+        "start_ns": "toUnixTimestamp64Nano(Timestamp)",
+        "end_ns": "toUnixTimestamp64Nano(Timestamp) + toInt64(Duration)",
+        "duration_ns": "toInt64(Duration)",
+        "model": _coalesce("model"),
+        "provider": _coalesce("provider"),
+        "input_tokens": "input_tokens",
+        "output_tokens": "output_tokens",
         "total_tokens": "coalesce(total_tokens_given, if(input_tokens IS NOT NULL OR output_tokens IS NOT NULL, "
-                        "coalesce(input_tokens, 0) + coalesce(output_tokens, 0), NULL))",
-        "cache_read_tokens": _count("cache_read_tokens"), "cache_write_tokens": _count("cache_write_tokens"),
+        "coalesce(input_tokens, 0) + coalesce(output_tokens, 0), NULL))",
+        "cache_read_tokens": _count("cache_read_tokens"),
+        "cache_write_tokens": _count("cache_write_tokens"),
         "reasoning_tokens": _count("reasoning_tokens"),
         "cost": f"if(toFloat64OrNull({_coalesce('cost')}) >= 0 AND isFinite(toFloat64OrNull({_coalesce('cost')})), "
-                f"toFloat64OrNull({_coalesce('cost')}), NULL)",
-        "session_id": _coalesce("session_id"), "user_id": _coalesce("user_id"),
+        f"toFloat64OrNull({_coalesce('cost')}), NULL)",
+        "session_id": _coalesce("session_id"),
+        "user_id": _coalesce("user_id"),
         "agent_name": f"coalesce({_coalesce('agent_name')}, if(kind = 'AGENT', "
-                      "replaceRegexpOne(SpanName, '^(agent\\\\.|invoke_agent )', ''), NULL))",
-        "tool_name": "tool_name", "tool_call_id": _coalesce("tool_call_id"),
+        "replaceRegexpOne(SpanName, '^(agent\\\\.|invoke_agent )', ''), NULL))",
+        "tool_name": "tool_name",
+        "tool_call_id": _coalesce("tool_call_id"),
         "tool_args": f"if(kind = 'TOOL', {_capped(_coalesce('tool_args'))}, NULL)",
         "tool_result": "if(kind = 'TOOL', tool_result_full, NULL)",
-        "input_value": _capped(_coalesce("input_value")), "output_value": _capped(_coalesce("output_value")),
-        "output_messages": OUTPUT_MESSAGES, "tool_calls": TOOL_CALLS, "tools_offered": TOOLS_OFFERED,
+        "input_value": _capped(_coalesce("input_value")),
+        "output_value": _capped(_coalesce("output_value")),
+        "output_messages": OUTPUT_MESSAGES,
+        "tool_calls": TOOL_CALLS,
+        "tools_offered": TOOLS_OFFERED,
         "finish_reason": FINISH_REASON,
         "error_type": f"coalesce({_coalesce('error_type')}, if({_EXCEPTION_AT} > 0, "
-                      f"nullIf(`Events.Attributes`[{_EXCEPTION_AT}]['exception.type'], ''), NULL))",
+        f"nullIf(`Events.Attributes`[{_EXCEPTION_AT}]['exception.type'], ''), NULL))",
         "exceptions": EXCEPTIONS,
-        "error_template": "if(status = 'ERROR', " + template(
+        "error_template": "if(status = 'ERROR', "
+        + template(
             "concat(coalesce(status_message_value, error_type_value, '(no message)'), "
             "if(kind = 'TOOL' AND tool_result_full IS NOT NULL, concat(' | ', leftUTF8(tool_result_full, 300)), ''))"
-        ) + ", NULL)",
+        )
+        + ", NULL)",
         "is_orphan": "toBool(parent_id IS NOT NULL AND NOT has(groupArray(SpanId) OVER (PARTITION BY TraceId), parent_id))",
-        "input_id": "CAST(NULL, 'Nullable(Int64)')", "line_no": "CAST(NULL, 'Nullable(Int64)')",
-        "raw_bytes": "length(raw)", "raw": "raw",
+        "input_id": "CAST(NULL, 'Nullable(Int64)')",
+        "line_no": "CAST(NULL, 'Nullable(Int64)')",
+        "raw_bytes": "length(raw)",
+        "raw": "raw",
     }
     missing = [c.name for c in SPAN_COLUMNS if c.name not in columns]
     assert not missing, missing
@@ -208,12 +246,12 @@ def spans_select(table: str) -> str:
   {listed}
 FROM (
   SELECT *, {KIND} AS kind, {STATUS} AS status, {STATUS_MESSAGE} AS status_message_value,
-    coalesce({_coalesce('error_type')}, if({_EXCEPTION_AT} > 0,
+    coalesce({_coalesce("error_type")}, if({_EXCEPTION_AT} > 0,
       nullIf(`Events.Attributes`[{_EXCEPTION_AT}]['exception.type'], ''), NULL)) AS error_type_value,
-    {_count('input_tokens')} AS input_tokens, {_count('output_tokens')} AS output_tokens,
-    {_count('total_tokens')} AS total_tokens_given,
-    {_capped(_coalesce('tool_result'))} AS tool_result_full,
-    if(kind = 'TOOL', coalesce({_coalesce('tool_name')},
+    {_count("input_tokens")} AS input_tokens, {_count("output_tokens")} AS output_tokens,
+    {_count("total_tokens")} AS total_tokens_given,
+    {_capped(_coalesce("tool_result"))} AS tool_result_full,
+    if(kind = 'TOOL', coalesce({_coalesce("tool_name")},
       replaceRegexpOne(SpanName, '^(function\\\\.|execute_tool )', '')), NULL) AS tool_name,
     {_raw()} AS raw
   FROM {table}
@@ -231,13 +269,17 @@ def map_otel_table(conn: Connection, target: Target, *, create: bool) -> None:
         f"SELECT name, type FROM system.columns WHERE database = {literal(database)} AND table = {literal(name)}"
     )
     if not found:
-        raise StoreError(f"{target.label}: no table {database}.{name}; point otel_table at the table the "
-                         "OpenTelemetry Collector's ClickHouse exporter writes (traces_table_name, default otel_traces)")
+        raise StoreError(
+            f"{target.label}: no table {database}.{name}; point otel_table at the table the "
+            "OpenTelemetry Collector's ClickHouse exporter writes (traces_table_name, default otel_traces)"
+        )
     have = {r["name"] for r in found}
     missing = [c for c in REQUIRED_COLUMNS if c not in have]
     if missing:
-        raise StoreError(f"{target.label}: {database}.{name} is not an OpenTelemetry exporter traces table "
-                         f"(no column {', '.join(missing[:4])}{'…' if len(missing) > 4 else ''})")
+        raise StoreError(
+            f"{target.label}: {database}.{name} is not an OpenTelemetry exporter traces table "
+            f"(no column {', '.join(missing[:4])}{'…' if len(missing) > 4 else ''})"
+        )
     if not create:
         return
     db = target.database
@@ -245,7 +287,9 @@ def map_otel_table(conn: Connection, target: Target, *, create: bool) -> None:
         conn.command(f"CREATE DATABASE IF NOT EXISTS {db}")
     spans = spans_select(f"{database}.{name}")
     names = ", ".join(c.name for c in TRACE_COLUMNS)
-    trace_select = f"SELECT * FROM (SELECT {TRACE_AGGREGATES} FROM {db}.spans GROUP BY trace_id) AS t ({names})"
+    trace_select = (
+        f"SELECT * FROM (SELECT {TRACE_AGGREGATES} FROM {db}.spans GROUP BY trace_id) AS t ({names})"
+    )
     empty_inputs = ", ".join(f"CAST(NULL, 'Nullable(String)') AS {c.name}" for c in INPUT_COLUMNS)
     empty_rejects = ", ".join(f"CAST(NULL, 'Nullable(String)') AS {c.name}" for c in REJECT_COLUMNS)
     for statement in (

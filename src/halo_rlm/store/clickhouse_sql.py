@@ -13,23 +13,33 @@ so a re-sent span would be counted twice and the root span could not be chosen a
 from __future__ import annotations
 
 import re
+
 from halo_rlm.store.schema import INPUT_COLUMNS, REJECT_COLUMNS, SPAN_COLUMNS, TRACE_COLUMNS, Column
 
 __all__ = [
     "ALLOWED_TABLE_FUNCTIONS",
-    "TRACE_AGGREGATES",
     "DATA_TABLES",
+    "TRACE_AGGREGATES",
     "ast_problems",
     "create_statements",
     "orphan_fixes",
-    "rollup",
-    "version_expr",
     "regex_match",
+    "rollup",
     "table_problems",
+    "version_expr",
 ]
 
-LOW_CARDINALITY = {"kind", "otel_kind", "status", "service", "scope", "scope_version", "model", "provider",
-                   "finish_reason"}
+LOW_CARDINALITY = {
+    "kind",
+    "otel_kind",
+    "status",
+    "service",
+    "scope",
+    "scope_version",
+    "model",
+    "provider",
+    "finish_reason",
+}
 NOT_NULL = {"trace_id", "span_id", "raw"}
 TYPES = {
     "text": "Nullable(String)",
@@ -44,8 +54,16 @@ TYPES = {
 # Lists ClickHouse cannot hold as NULL come back empty; the DuckDB store has NULL there.
 EMPTY_IS_NULL = ("tool_calls", "tools_offered")
 # Table functions a model's query may use: they compute, they do not reach files or servers.
-ALLOWED_TABLE_FUNCTIONS = {"numbers", "numbers_mt", "zeros", "zeros_mt", "values", "generateSeries",
-                           "generate_series", "null"}
+ALLOWED_TABLE_FUNCTIONS = {
+    "numbers",
+    "numbers_mt",
+    "zeros",
+    "zeros_mt",
+    "values",
+    "generateSeries",
+    "generate_series",
+    "null",
+}
 DATA_TABLES = ("spans_data", "traces_data", "inputs_data", "rejects", "meta")
 
 
@@ -77,7 +95,7 @@ def create_statements(database: str) -> list[str]:
 ) ENGINE = ReplacingMergeTree(version) ORDER BY (trace_id, span_id)""",
         f"CREATE VIEW IF NOT EXISTS {db}.spans AS SELECT {span_names} FROM {db}.spans_data FINAL",
         f"""CREATE TABLE IF NOT EXISTS {db}.traces_data (
-  {_columns(TRACE_COLUMNS).replace('trace_id Nullable(String)', 'trace_id String')},
+  {_columns(TRACE_COLUMNS).replace("trace_id Nullable(String)", "trace_id String")},
   refreshed UInt64
 ) ENGINE = ReplacingMergeTree(refreshed) ORDER BY trace_id""",
         f"CREATE VIEW IF NOT EXISTS {db}.traces AS SELECT {trace_names} FROM {db}.traces_data FINAL",
@@ -96,8 +114,10 @@ def create_statements(database: str) -> list[str]:
 def version_expr() -> str:
     """`version` of a span row from its own columns (see the module docstring); even, so that a
     re-insert that only corrects `is_orphan` can take version + 1 and still lose to a better copy."""
-    return ("(toUInt64(end_ns IS NOT NULL) * pow(2, 62) + (1073741823 - least(coalesce(input_id, 0), 1073741823))"
-            " * 4294967296 + (4294967295 - least(coalesce(line_no, 0), 4294967295))) * 2")
+    return (
+        "(toUInt64(end_ns IS NOT NULL) * pow(2, 62) + (1073741823 - least(coalesce(input_id, 0), 1073741823))"
+        " * 4294967296 + (4294967295 - least(coalesce(line_no, 0), 4294967295))) * 2"
+    )
 
 
 # One row per trace, in `store.schema.TRACE_COLUMNS` order, like the DuckDB rollup. The root span is
@@ -150,32 +170,52 @@ def regex_match(expr: str, pattern_literal: str) -> str:
 
 # --- the model's SQL ----------------------------------------------------------------------------
 
+# Scalar functions that read files, dictionaries or other tables; `readonly` does not stop `file()`.
+_READING_FUNCTIONS = ("file", "joinget", "joingetornull", "catboostevaluate", "modelevaluate")
+_AST_LINE = re.compile(r"^( *)(\S+)(?: (\S+))?")
 _TABLE = re.compile(r"\btable_name: ([\w.]+)")
-_FUNCTION = re.compile(r"\btable_function_name: (\w+)")
 
 
-def table_problems(query_tree: str, database: str, readable: tuple[str, ...]) -> str | None:
-    """Why a query (as `EXPLAIN QUERY TREE` prints it) reads something a model may not: a table other
-    than HALO's, or a table function that reaches files, URLs or other servers."""
-    allowed = {f"{database}.{name}" for name in readable}
-    for name in _TABLE.findall(query_tree):
-        if name not in allowed:
-            return f"the query reads {name}; only {', '.join(readable)} can be queried"
-    for name in _FUNCTION.findall(query_tree):
-        if name not in ALLOWED_TABLE_FUNCTIONS and name.lower() not in ALLOWED_TABLE_FUNCTIONS:
-            return f"table function {name}() is not allowed (no files, URLs or other servers)"
-    return None
-
-
-def ast_problems(ast: str) -> str | None:
-    """Why a query (as `EXPLAIN AST` prints it) is not one plain SELECT."""
+def ast_problems(ast: str, database: str) -> str | None:
+    """Why a query (as `EXPLAIN AST` prints it: one node a line, children indented one space) is not
+    one plain SELECT over the tables of `database`: a FORMAT, INTO OUTFILE or SETTINGS clause, a table
+    of another database, a table function that reaches files, URLs or other servers, or a function
+    that reads files or dictionaries. Parsing runs nothing, so this is checked before ClickHouse
+    resolves any name (resolving runs scalar subqueries)."""
     lines = ast.splitlines()
     if not lines or not lines[0].startswith("SelectWithUnionQuery"):
         kind = lines[0].split(" ")[0] if lines else "nothing"
         return f"only SELECT queries are allowed (got {kind.removesuffix('Query') or kind})"
     if not lines[0].startswith("SelectWithUnionQuery (children 1)"):
         return "INTO OUTFILE, FORMAT and SETTINGS clauses are not allowed; send the SELECT alone"
-    if any(line.strip() == "Set" for line in lines):
-        return "SETTINGS clauses are not allowed"
+    parents: list[str] = []  # the node at each depth above the current line
+    for line in lines:
+        found = _AST_LINE.match(line)
+        if not found:
+            continue
+        depth, node, name = len(found.group(1)), found.group(2), found.group(3) or ""
+        del parents[depth:]
+        parent = parents[-1] if parents else ""
+        parents.append(node)
+        if node in ("Set", "SetQuery"):
+            return "SETTINGS clauses are not allowed"
+        if node == "TableIdentifier" and "." in name and name.split(".", 1)[0] != database:
+            return f"the query reads {name}; only this store's tables can be queried"
+        if node != "Function":
+            continue
+        if parent == "TableExpression":
+            if name not in ALLOWED_TABLE_FUNCTIONS:
+                return f"table function {name}() is not allowed (no files, URLs or other servers)"
+        elif name.lower() in _READING_FUNCTIONS or name.lower().startswith("dict"):
+            return f"function {name}() is not allowed (it reads files, dictionaries or other tables)"
     return None
 
+
+def table_problems(query_tree: str, database: str, readable: tuple[str, ...]) -> str | None:
+    """Why a query (as `EXPLAIN QUERY TREE` prints it, names resolved) reads a table a model may not:
+    anything but HALO's tables (and `system.one`, which a SELECT without FROM reads)."""
+    allowed = {f"{database}.{name}" for name in readable} | {"system.one"}
+    for name in _TABLE.findall(query_tree):
+        if name not in allowed:
+            return f"the query reads {name}; only {', '.join(readable)} can be queried"
+    return None

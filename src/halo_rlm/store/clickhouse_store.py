@@ -11,6 +11,7 @@ sure it is one SELECT over HALO's tables, and then with `readonly=1` and limits.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +46,7 @@ from halo_rlm.utils import iso_to_ns, ns_to_iso
 __all__ = ["ClickHouseStore"]
 
 READABLE = ("spans", "traces", "rejects", "inputs")
+MODEL_SQL_MEMORY = 2_000_000_000  # bytes one model query may use
 SORT_COLUMNS = {
     "start": "t.start_ns",
     "duration": "t.duration_ns",
@@ -129,18 +131,24 @@ class ClickHouseStore(TraceStore):
         if "meta" not in tables:
             halo_names = sorted(set(tables) & {*READABLE, *sql.DATA_TABLES})
             if halo_names:
-                raise StoreError(f"{self.path}: the database has a table {halo_names[0]!r} that is not HALO's "
-                                 "(no HALO meta table); use another database for HALO")
+                raise StoreError(
+                    f"{self.path}: the database has a table {halo_names[0]!r} that is not HALO's "
+                    "(no HALO meta table); use another database for HALO"
+                )
             if self.read_only:
                 raise StoreError(f"{self.path}: no HALO store in database {self.db!r}; ingest into it first")
             for statement in sql.create_statements(self.db):
                 self.conn.command(statement)
-            self.conn.command(f"INSERT INTO {self.db}.meta VALUES ('schema_version', {literal(str(SCHEMA_VERSION))})")
+            self.conn.command(
+                f"INSERT INTO {self.db}.meta VALUES ('schema_version', {literal(str(SCHEMA_VERSION))})"
+            )
             return
         found = self.conn.value(f"SELECT value FROM {self.db}.meta FINAL WHERE key = 'schema_version'")
         if found != str(SCHEMA_VERSION):
-            raise StoreError(f"{self.path}: store schema version {found} is not {SCHEMA_VERSION}; "
-                             "ingest into a new database")
+            raise StoreError(
+                f"{self.path}: store schema version {found} is not {SCHEMA_VERSION}; "
+                "ingest into a new database"
+            )
 
     # --- ingest -------------------------------------------------------------------------------
 
@@ -167,8 +175,10 @@ class ClickHouseStore(TraceStore):
         if self.read_only:
             raise StoreError(f"{self.path}: the store is open read-only")
         if self.target.otel_table:
-            raise StoreError(f"{self.path}: an OpenTelemetry exporter table is read through views; the "
-                             "collector writes it, HALO does not")
+            raise StoreError(
+                f"{self.path}: an OpenTelemetry exporter table is read through views; the "
+                "collector writes it, HALO does not"
+            )
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -211,7 +221,9 @@ class ClickHouseStore(TraceStore):
         )
 
     def trace_summary(self, trace_id: str) -> TraceSummary:
-        rows = self._rows(f"SELECT {SUMMARY_COLUMNS} FROM {self.db}.traces t WHERE trace_id = {literal(trace_id)}")
+        rows = self._rows(
+            f"SELECT {SUMMARY_COLUMNS} FROM {self.db}.traces t WHERE trace_id = {literal(trace_id)}"
+        )
         if not rows:
             raise StoreError(self._unknown_trace(trace_id))
         return summary(rows[0])
@@ -308,11 +320,18 @@ class ClickHouseStore(TraceStore):
             ORDER BY traces DESC, error_spans DESC, source, template LIMIT {int(top)}""")
         return [ErrorGroup(**{**r, "example_message": clip_or_none(r["example_message"], 400)}) for r in rows]
 
-    def view_trace(self, trace_id: str, *, budget_bytes: int = 150_000, value_chars: int = 4_096) -> TraceView:
+    def view_trace(
+        self, trace_id: str, *, budget_bytes: int = 150_000, value_chars: int = 4_096
+    ) -> TraceView:
         return self._view(trace_id, None, budget_bytes, value_chars)
 
     def view_spans(
-        self, trace_id: str, span_ids: Sequence[str], *, budget_bytes: int = 150_000, value_chars: int = 16_384
+        self,
+        trace_id: str,
+        span_ids: Sequence[str],
+        *,
+        budget_bytes: int = 150_000,
+        value_chars: int = 16_384,
     ) -> TraceView:
         return self._view(trace_id, list(span_ids), budget_bytes, value_chars)
 
@@ -350,12 +369,19 @@ class ClickHouseStore(TraceStore):
         )
         if not rows:
             raise StoreError(
-                self._unknown_trace(trace_id) if span_id is None else f"no span {span_id!r} in trace {trace_id!r}"
+                self._unknown_trace(trace_id)
+                if span_id is None
+                else f"no span {span_id!r} in trace {trace_id!r}"
             )
         return scan(pattern, compiled, rows, context_chars, max_matches, timeout)
 
     def _search_dataset(
-        self, pattern: str, compiled: Any, filters: TraceFilters | None, context_chars: int, max_matches: int,
+        self,
+        pattern: str,
+        compiled: Any,
+        filters: TraceFilters | None,
+        context_chars: int,
+        max_matches: int,
         timeout: float,
     ) -> SearchResult:
         _, spans_in = self._selected(filters)
@@ -371,7 +397,12 @@ class ClickHouseStore(TraceStore):
             if "took too long" not in str(exc):
                 raise
             return SearchResult(
-                pattern=pattern, matches=[], total_matches=0, spans_matched=0, has_more=True, timed_out=True,
+                pattern=pattern,
+                matches=[],
+                total_matches=0,
+                spans_matched=0,
+                has_more=True,
+                timed_out=True,
                 note=f"the scan took over {timeout:g}s; narrow it with filters",
             )
         rows = self._rows(
@@ -381,25 +412,29 @@ class ClickHouseStore(TraceStore):
         result = scan(pattern, compiled, rows, context_chars, max_matches, timeout)
         result.spans_matched, result.traces_matched = counts["spans"], counts["traces"]
         result.has_more = counts["spans"] > len(rows) or result.has_more
-        result.note = "total_matches counts matches in the spans shown; spans_matched and traces_matched are exact"
+        result.note = (
+            "total_matches counts matches in the spans shown; spans_matched and traces_matched are exact"
+        )
         return result
 
-    def sql(self, query: str, *, max_rows: int = 200, max_bytes: int = 50_000, timeout: float = 10.0) -> SqlResult:
+    def sql(
+        self, query: str, *, max_rows: int = 200, max_bytes: int = 50_000, timeout: float = 10.0
+    ) -> SqlResult:
         """One read-only SELECT over HALO's tables (spans, traces, rejects, inputs) in ClickHouse SQL,
         capped in rows, bytes, time and memory. Checked first (one statement, a SELECT, no SETTINGS,
         FORMAT or INTO OUTFILE, only HALO's tables, no table functions that reach files, URLs or other
         servers), then run with `readonly=1`."""
         if not self.read_only:
             raise StoreError("SQL runs only on a store opened read-only")
-        checked = self._checked(query)
         limits = {
-            "max_execution_time": max(1, int(timeout + 0.999)),
+            "max_execution_time": max(0.1, timeout),
             "max_result_rows": max_rows + 1,
             "result_overflow_mode": "break",
             "max_result_bytes": max(max_bytes * 20, 10_000_000),
-            "max_memory_usage": 2_000_000_000,
+            "max_memory_usage": MODEL_SQL_MEMORY,
             "readonly": 1,
         }
+        checked = self._checked(query, limits)
         try:
             table = self.conn.arrow(checked, limits)
         except StoreError as exc:
@@ -417,22 +452,30 @@ class ClickHouseStore(TraceStore):
             note = f"showing {len(rows)} rows; add LIMIT/OFFSET, aggregate, or select fewer columns"
         return SqlResult(columns=columns, rows=rows, row_count=len(rows), truncated=truncated, note=note)
 
-    def _checked(self, query: str) -> str:
+    def _checked(self, query: str, limits: dict[str, Any]) -> str:
         """The query normalised to one line, once it is known to be a single SELECT that reads only
-        HALO's tables (ClickHouse's own parser and analyzer decide, not a regex over the text)."""
+        HALO's tables: ClickHouse's own parser decides (`formatQuerySingleLine`, `EXPLAIN AST`), and
+        only then, with the same limits, its analyzer resolves which tables the names mean."""
         try:
-            text = self.conn.value(f"SELECT formatQuerySingleLine({literal(query.strip().rstrip(';'))})")
+            text = str(self.conn.value(f"SELECT formatQuerySingleLine({literal(query.strip().rstrip(';'))})"))
         except StoreError as exc:
+            if "Multi-statements" in str(exc):
+                raise StoreError("send exactly one statement (found more than one)") from None
             raise StoreError(f"SQL error: {str(exc).split(': ', 1)[-1]}") from None
-        problem = sql.ast_problems(self._explain("AST", text))
-        problem = problem or sql.table_problems(self._explain("QUERY TREE", text), self.db, READABLE)
+        # ClickHouse reads a bare expression as a SELECT ("DELETE FROM spans" selects a column
+        # DELETE), so the statement's own first word must say SELECT too.
+        for first in (_first_word(query), _first_word(text)):
+            if first not in ("SELECT", "WITH", "("):
+                raise StoreError(f"only SELECT queries are allowed (got {first or 'nothing'})")
+        problem = sql.ast_problems(self._explain("AST", text, None), self.db)
+        problem = problem or sql.table_problems(self._explain("QUERY TREE", text, limits), self.db, READABLE)
         if problem:
             raise StoreError(problem)
         return text
 
-    def _explain(self, kind: str, text: str) -> str:
+    def _explain(self, kind: str, text: str, limits: dict[str, Any] | None) -> str:
         try:
-            table = self.conn.arrow(f"EXPLAIN {kind} {text}")
+            table = self.conn.arrow(f"EXPLAIN {kind} {text}", limits)
         except StoreError as exc:
             raise StoreError(f"SQL error: {str(exc).split(': ', 1)[-1]}") from None
         return "\n".join(str(v) for v in table.column(0).to_pylist())
@@ -454,11 +497,18 @@ class ClickHouseStore(TraceStore):
     ) -> list[dict[str, Any]]:
         clauses = []
         for column, value in (
-            ("kind", kind), ("name", name), ("tool_name", tool), ("model", model), ("agent_name", agent),
-            ("service", service), ("status", status),
+            ("kind", kind),
+            ("name", name),
+            ("tool_name", tool),
+            ("model", model),
+            ("agent_name", agent),
+            ("service", service),
+            ("status", status),
         ):
             if value is not None:
-                clauses.append(f"{column} = {literal(value.upper() if column in ('kind', 'status') else value)}")
+                clauses.append(
+                    f"{column} = {literal(value.upper() if column in ('kind', 'status') else value)}"
+                )
         if trace_ids:
             clauses.append(f"trace_id IN {_tuple(trace_ids)}")
         if text:
@@ -501,7 +551,9 @@ class ClickHouseStore(TraceStore):
         )
 
     def inputs(self) -> list[dict[str, Any]]:
-        return self._rows(f"SELECT path, status, spans, rejected, repaired, size FROM {self.db}.inputs ORDER BY input_id")
+        return self._rows(
+            f"SELECT path, status, spans, rejected, repaired, size FROM {self.db}.inputs ORDER BY input_id"
+        )
 
     def _where(self, filters: TraceFilters | None) -> str:
         if filters is None:
@@ -513,7 +565,11 @@ class ClickHouseStore(TraceStore):
             values = getattr(filters, field)
             if values:
                 clauses.append(f"hasAny(t.{field}, {literal(list(values))}::Array(String))")
-        for field, column in (("session_ids", "session_id"), ("user_ids", "user_id"), ("trace_ids", "trace_id")):
+        for field, column in (
+            ("session_ids", "session_id"),
+            ("user_ids", "user_id"),
+            ("trace_ids", "trace_id"),
+        ):
             values = getattr(filters, field)
             if values:
                 clauses.append(f"t.{column} IN {_tuple(values)}")
@@ -529,20 +585,26 @@ class ClickHouseStore(TraceStore):
             clauses.append(f"t.cost >= {literal(float(filters.min_cost))}")
         if filters.regex:
             self._check_re2(filters.regex)
-            clauses.append(f"t.trace_id IN (SELECT trace_id FROM {self.db}.spans WHERE "
-                           f"{sql.regex_match('raw', literal(filters.regex))})")
-        for text in (filters.text, filters.project_id):
-            if text:
-                clauses.append(f"t.trace_id IN (SELECT trace_id FROM {self.db}.spans WHERE "
-                               f"{sql.regex_match('raw', literal('(?i)' + regex.escape(text)))})")
+            clauses.append(
+                f"t.trace_id IN (SELECT trace_id FROM {self.db}.spans WHERE "
+                f"{sql.regex_match('raw', literal(filters.regex))})"
+            )
+        clauses.extend(
+            f"t.trace_id IN (SELECT trace_id FROM {self.db}.spans WHERE "
+            f"{sql.regex_match('raw', literal('(?i)' + regex.escape(text)))})"
+            for text in (filters.text, filters.project_id)
+            if text
+        )
         return " AND ".join(clauses) or "true"
 
     def _check_re2(self, pattern: str) -> None:
         try:
             self.conn.value(f"SELECT {sql.regex_match(literal(''), literal(pattern))}")
         except StoreError as exc:
-            raise StoreError(f"invalid regex {pattern!r} (dataset-wide filters use RE2 syntax: no lookarounds "
-                             f"or backreferences): {str(exc).split(': ', 1)[-1]}") from None
+            raise StoreError(
+                f"invalid regex {pattern!r} (dataset-wide filters use RE2 syntax: no lookarounds "
+                f"or backreferences): {str(exc).split(': ', 1)[-1]}"
+            ) from None
 
     def _unknown_trace(self, trace_id: str) -> str:
         similar = self.conn.rows(
@@ -551,6 +613,15 @@ class ClickHouseStore(TraceStore):
         )
         hint = f"; similar ids: {', '.join(r['trace_id'] for r in similar)}" if similar else ""
         return f"no trace {trace_id!r} in the store{hint}"
+
+
+_LEADING_COMMENTS = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S)
+
+
+def _first_word(query: str) -> str:
+    """The first keyword of a statement (or its opening parenthesis), after comments."""
+    rest = query[_LEADING_COMMENTS.match(query).end() :]  # type: ignore[union-attr]
+    return "(" if rest.startswith("(") else rest.split(None, 1)[0].upper() if rest.strip() else ""
 
 
 def _tuple(values: Iterable[str]) -> str:
@@ -581,8 +652,14 @@ def trace_view(
         view, n = span_view(row, depth, trace_start, value_chars)
         views.append(view)
         cut += n
-    view = TraceView(trace_id=trace_id, spans=views, span_count=len(rows), shown=len(views), truncated_values=cut,
-                     missing_span_ids=missing)
+    view = TraceView(
+        trace_id=trace_id,
+        spans=views,
+        span_count=len(rows),
+        shown=len(views),
+        truncated_values=cut,
+        missing_span_ids=missing,
+    )
     if len(view.model_dump_json()) <= budget:
         if missing:
             view.note = f"{len(missing)} requested span ids are not in this trace"
@@ -592,12 +669,23 @@ def trace_view(
     for _, r in ordered:
         names[r["name"]] = names.get(r["name"], 0) + 1
     return TraceView(
-        trace_id=trace_id, spans=[], span_count=len(rows), shown=0, truncated_values=cut, missing_span_ids=missing,
+        trace_id=trace_id,
+        spans=[],
+        span_count=len(rows),
+        shown=0,
+        truncated_values=cut,
+        missing_span_ids=missing,
         oversized=OversizedTrace(
-            spans=len(ordered), raw_bytes=sum(sizes), budget_bytes=budget, span_bytes_min=sizes[0],
-            span_bytes_median=sizes[len(sizes) // 2], span_bytes_max=sizes[-1],
-            top_span_names=[Count(name=k, traces=1, spans=v)
-                            for k, v in sorted(names.items(), key=lambda kv: (-kv[1], kv[0]))[:10]],
+            spans=len(ordered),
+            raw_bytes=sum(sizes),
+            budget_bytes=budget,
+            span_bytes_min=sizes[0],
+            span_bytes_median=sizes[len(sizes) // 2],
+            span_bytes_max=sizes[-1],
+            top_span_names=[
+                Count(name=k, traces=1, spans=v)
+                for k, v in sorted(names.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+            ],
             error_spans=[r["span_id"] for _, r in ordered if r["status"] == "ERROR"][:20],
             recommendation="Too large to show whole. Use search_trace to find the spans that matter, "
             "then view_spans on a few span ids (or search_span inside one large span).",
