@@ -34,6 +34,7 @@ from halo_rlm.defaults import COLLECT_PORT
 from halo_rlm.formats import otlp
 from halo_rlm.formats.spans import DecodeError
 from halo_rlm.store import StoreError, TraceStore, paths
+from halo_rlm.utils import cache_dir
 
 TRACES_PATH = "/v1/traces"
 MAX_BODY_BYTES = 32 << 20  # per request, both as sent and decompressed
@@ -98,7 +99,7 @@ class Collector:
     def __init__(
         self,
         *,
-        store: Path | None,
+        store: Path | str | None,  # a DuckDB file, or a ClickHouse store's URL
         out: Path | None,
         host: str,
         port: int,
@@ -390,7 +391,11 @@ class Collector:
         output.error = f"{output.name}: {lost:,} spans could not be written ({why})"
         if output.name == "store" and self.store_path is not None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            rescue = self.store_path.with_name(f"{self.store_path.name}.unflushed-{stamp}.jsonl")
+            rescue = (
+                self.store_path.with_name(f"{self.store_path.name}.unflushed-{stamp}.jsonl")
+                if isinstance(self.store_path, Path)
+                else cache_dir() / f"collect-{self._server.server_address[1]}.unflushed-{stamp}.jsonl"
+            )
             try:
                 rescue.write_bytes(b"\n".join(output.queue) + b"\n")
                 output.error = (
@@ -437,7 +442,7 @@ def serve(
     if store is None and out is None:
         store = paths.for_collector(port)
     return Collector(
-        store=Path(store) if store is not None else None,
+        store=Path(store) if store is not None and not paths.is_url(str(store)) else store,
         out=Path(out) if out is not None else None,
         host=host,
         port=port,

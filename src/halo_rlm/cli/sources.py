@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from halo_rlm.cli.base import cli, emit_json, err, escape, fail, json_line, json_option, out
+from halo_rlm.cli.base import STORE_TARGET, cli, emit_json, err, escape, fail, json_line, json_option, out
 from halo_rlm.defaults import COLLECT_PORT, LANGFUSE_LEGACY_PAGE, LANGFUSE_PAGE, PHOENIX_PAGE
 
 if TYPE_CHECKING:
@@ -37,8 +37,9 @@ def import_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--store",
             "store_path",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="Store file to write (default: one per source and project in the user cache).",
+            type=STORE_TARGET,
+            help="Store to write: a DuckDB file (default: one per source and project in the user cache), "
+            "chdb:FOLDER or clickhouse://USER@HOST:8123/DATABASE.",
         ),
         click.option(
             "--out",
@@ -268,8 +269,9 @@ def _import_progress(show: bool, source: Source) -> Iterator[Callable[[int, int 
 @click.option(
     "--store",
     "store_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Store to add spans to (default: one per port in the user cache, unless --out is given).",
+    type=STORE_TARGET,
+    help="Store to add spans to: a DuckDB file (default: one per port in the user cache, unless --out "
+    "is given), chdb:FOLDER or clickhouse://USER@HOST:8123/DATABASE.",
 )
 @click.option(
     "--out",

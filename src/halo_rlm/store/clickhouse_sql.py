@@ -120,21 +120,25 @@ def version_expr() -> str:
     )
 
 
-# One row per trace, in `store.schema.TRACE_COLUMNS` order, like the DuckDB rollup. The root span is
-# the earliest span without a parent (then the earliest orphan), ties by span id. ClickHouse's argMin
-# skips rows whose argument is NULL, so a nullable argument goes in a tuple.
+# One row per trace, in `store.schema.TRACE_COLUMNS` order, as the DuckDB rollup computes it
+# (`duckdb_ingest.ROLLUP_SQL`): the root span is the earliest span without a parent (then the
+# earliest orphan; spans without a start last), ties by span id; like DuckDB's arg_min, argMin skips
+# rows whose value is NULL, so `root_status_message` is the first such span's message that is set.
+# Costs are rounded to 9 decimals, so that float sums in another order give the same number.
 _ROOT = "(parent_id IS NOT NULL, start_ns IS NULL, coalesce(start_ns, 0), span_id)"
+_FIRST = "(assumeNotNull(start_ns), span_id)"
 TRACE_AGGREGATES = f"""
   trace_id, count(), countIf(kind = 'LLM'), countIf(kind = 'TOOL'), countIf(status = 'ERROR'),
   countIf(status = 'ERROR') > 0,
   min(start_ns), max(coalesce(end_ns, start_ns)), max(coalesce(end_ns, start_ns)) - min(start_ns),
-  argMin(span_id, {_ROOT}), argMin(tuple(name), {_ROOT}).1, argMin(tuple(status_message), {_ROOT}).1,
+  argMin(span_id, {_ROOT}), argMin(name, {_ROOT}), argMin(status_message, {_ROOT}),
   arraySort(groupUniqArray(service)), arraySort(groupUniqArray(agent_name)),
   arraySort(groupUniqArray(model)), arraySort(groupUniqArray(tool_name)),
   sumIfOrNull(input_tokens, kind = 'LLM'), sumIfOrNull(output_tokens, kind = 'LLM'),
   sumIfOrNull(total_tokens, kind = 'LLM'), sumIfOrNull(cache_read_tokens, kind = 'LLM'),
-  sumIfOrNull(reasoning_tokens, kind = 'LLM'), sumIfOrNull(cost, kind = 'LLM'),
-  argMinIf(session_id, start_ns, session_id IS NOT NULL), argMinIf(user_id, start_ns, user_id IS NOT NULL),
+  sumIfOrNull(reasoning_tokens, kind = 'LLM'), round(sumIfOrNull(cost, kind = 'LLM'), 9),
+  argMinIf(session_id, {_FIRST}, session_id IS NOT NULL AND start_ns IS NOT NULL),
+  argMinIf(user_id, {_FIRST}, user_id IS NOT NULL AND start_ns IS NOT NULL),
   countIf(is_orphan), countIf(end_ns IS NULL), sum(raw_bytes)"""
 
 

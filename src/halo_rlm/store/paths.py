@@ -7,12 +7,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from halo_rlm import files
+from halo_rlm.store.base import BACKENDS
 from halo_rlm.store.schema import SCHEMA_VERSION
 from halo_rlm.utils import cache_dir
 
-__all__ = ["for_collector", "for_inputs", "for_source", "last", "remember"]
+__all__ = ["for_collector", "for_inputs", "for_source", "import_state", "is_url", "last", "remember"]
 
 
 def for_inputs(inputs: Sequence[files.InputFile]) -> Path:
@@ -32,23 +34,53 @@ def for_collector(port: int) -> Path:
     return _stores() / f"collect-{port}.duckdb"
 
 
+def import_state(store: str | Path) -> Path:
+    """Where imports into `store` keep their place: beside a DuckDB file; in the cache for a store
+    named by a URL (keyed by the URL without its password)."""
+    target = str(store)
+    if not is_url(target):
+        return Path(f"{target}.imports.json")
+    digest = hashlib.sha256(_absolute(target).encode()).hexdigest()[:12]
+    return _stores() / f"imports-{digest}.json"
+
+
 def remember(path: str | Path) -> None:
     """Remember the store an ingest or import wrote, for query commands given no store. Remembering is
-    a convenience: a failure to write it is ignored."""
+    a convenience: a failure to write it is ignored. A ClickHouse URL is kept without its password."""
     try:
         _last_file().parent.mkdir(parents=True, exist_ok=True)
-        _last_file().write_text(str(Path(path).resolve()))
+        _last_file().write_text(_absolute(str(path)))
     except OSError:
         pass
 
 
 def last() -> str | None:
-    """The remembered store, if it still exists."""
+    """The remembered store, if it still exists (a server's store is checked when it is opened)."""
     try:
         remembered = _last_file().read_text().strip()
     except OSError:
         return None
-    return remembered if remembered and Path(remembered).exists() else None
+    if remembered and (is_url(remembered) or Path(remembered).exists()):
+        return remembered
+    return None
+
+
+def is_url(target: str) -> bool:
+    """True for a store named by a URL (`chdb:…`, `clickhouse://…`), false for a DuckDB file path."""
+    scheme = target.split(":", 1)[0].lower() if ":" in target else ""
+    return scheme in BACKENDS and not Path(target).exists()
+
+
+def _absolute(target: str) -> str:
+    if not is_url(target):
+        return str(Path(target).resolve())
+    parts = urlsplit(target)
+    if parts.scheme.lower() == "chdb":
+        folder, _, options = target[len("chdb:") :].partition("?")
+        return f"chdb:{Path(folder).expanduser().resolve()}" + (f"?{options}" if options else "")
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit(parts._replace(netloc=user + host))
 
 
 def _stores() -> Path:
