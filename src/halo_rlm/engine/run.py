@@ -718,7 +718,7 @@ def to_finding(given: FindingInput, dataset: reports.DatasetSummary, store: Trac
         key=given.key,
         details=given.details,
         query=given.query,
-        query_dialect=store.dialect if given.query else None,
+        query_dialect=store.dialect.name if given.query else None,
     )
 
 

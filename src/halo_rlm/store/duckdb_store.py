@@ -24,6 +24,8 @@ import regex
 from halo_rlm import files
 from halo_rlm.store import duckdb_sql
 from halo_rlm.store.base import StoreError, TraceStore
+from halo_rlm.store.dialect import Dialect
+from halo_rlm.store.duckdb_dialect import DuckDBDialect
 from halo_rlm.store.duckdb_ingest import Ingest
 from halo_rlm.store.results import (
     Count,
@@ -52,7 +54,7 @@ INGEST_MEMORY = "512MB"
 class DuckDBStore(TraceStore):
     """A DuckDB trace store. Open one with `TraceStore.open(path)`."""
 
-    dialect: ClassVar[str] = "duckdb"
+    dialect: ClassVar[Dialect] = DuckDBDialect()
     schemes: ClassVar[tuple[str, ...]] = ("duckdb",)
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: str, read_only: bool) -> None:
