@@ -24,6 +24,8 @@ from halo_rlm import files
 from halo_rlm.store import clickhouse_sql as sql
 from halo_rlm.store.base import StoreError, TraceStore
 from halo_rlm.store.clickhouse_client import Connection, Target, literal, open_connection, parse_target
+from halo_rlm.store.clickhouse_dialect import ClickHouseDialect
+from halo_rlm.store.dialect import Dialect
 from halo_rlm.store.results import (
     Count,
     ErrorGroup,
@@ -70,7 +72,7 @@ class ClickHouseStore(TraceStore):
     """A trace store in ClickHouse. Open one with `TraceStore.open("chdb:PATH")` or
     `TraceStore.open("clickhouse://…")`."""
 
-    dialect: ClassVar[str] = "clickhouse"
+    dialect: ClassVar[Dialect] = ClickHouseDialect()
     schemes: ClassVar[tuple[str, ...]] = ("chdb", "clickhouse", "clickhouses")
 
     def __init__(self, conn: Connection, target: Target, read_only: bool) -> None:
