@@ -16,7 +16,8 @@ from __future__ import annotations
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,27 +58,34 @@ class Ingest:
         progress: Callable[[files.InputFile], Progress | None] | None = None,
         **options: Any,
     ) -> IngestReport:
-        with tempfile.TemporaryDirectory(prefix="halo-chingest-") as scratch_dir:
-            scratch = DuckDBStore.connect(str(Path(scratch_dir) / "scratch.duckdb"))
-            try:
-                before = self._seed_inputs(scratch)
-                report = scratch.ingest(paths, strict=strict, progress=progress, **options)
-                self._ship(scratch, before, report)
-            finally:
-                scratch.close()
+        with self._scratch() as scratch:
+            before = self._seed_inputs(scratch)
+            report = scratch.ingest(paths, strict=strict, progress=progress, **options)
+            self._ship(scratch, before, report)
         report.store = self.store.path
         return report
 
     def load_records(self, records: Iterable[Any], source: str) -> IngestReport:
-        scratch = DuckDBStore.connect(":memory:")
-        try:
+        """Records from a collector or importer, as one input. Returns only once ClickHouse has
+        confirmed every insert, so a caller that acknowledges afterwards never loses what it
+        acknowledged."""
+        with self._scratch() as scratch:
             before = self._seed_inputs(scratch)
             report = scratch.ingest_records(records, source=source)
             self._ship(scratch, before, report)
-        finally:
-            scratch.close()
         report.store = self.store.path
         return report
+
+    @contextmanager
+    def _scratch(self) -> Iterator[DuckDBStore]:
+        """A DuckDB store in memory (spilling to a temporary folder past its memory limit) that
+        normalises what is ingested, exactly as the DuckDB store does."""
+        with tempfile.TemporaryDirectory(prefix="halo-clickhouse-ingest-") as folder:
+            scratch = DuckDBStore.connect(folder, in_memory=True)
+            try:
+                yield scratch
+            finally:
+                scratch.close()
 
     def _seed_inputs(self, scratch: DuckDBStore) -> dict[int, tuple[Any, ...]]:
         """Copy the ClickHouse store's inputs into the scratch store; returns them by id."""

@@ -65,9 +65,20 @@ class DuckDBStore(TraceStore):
         self._idle: list[DuckDBStore] = []  # connections for `borrow`
 
     @classmethod
-    def connect(cls, path: str, *, read_only: bool = False, lock_timeout: float = 10.0) -> DuckDBStore:
+    def connect(
+        cls, path: str, *, read_only: bool = False, lock_timeout: float = 10.0, in_memory: bool = False
+    ) -> DuckDBStore:
         """Open (or create) a store. DuckDB lets one process write a file at a time; while another
-        holds it (e.g. `halo collect` flushing), wait up to `lock_timeout` seconds for it."""
+        holds it (e.g. `halo collect` flushing), wait up to `lock_timeout` seconds for it.
+        `in_memory` makes a new scratch store that is never saved (another backend's ingest
+        normalises through one): held in memory, spilling to the folder `path` past the memory limit."""
+        if in_memory:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            con = duckdb.connect(":memory:", config={"temp_directory": str(path)})
+            con.execute("SET enable_progress_bar = false")
+            store = cls(con, str(Path(path) / "scratch"), read_only=False)
+            store._setup()
+            return store
         if read_only and not Path(path).exists():
             raise StoreError(f"{path}: no such store")
         if not read_only:
