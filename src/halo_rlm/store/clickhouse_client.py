@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import pyarrow as pa
 
@@ -30,6 +30,7 @@ __all__ = ["Connection", "Target", "literal", "open_connection", "parse_target"]
 
 PASSWORD_ENV = "HALO_CLICKHOUSE_PASSWORD"
 DEFAULT_DATABASE = "halo"
+OTEL_DATABASE = "halo_otel"  # where the views over an exporter table go, by default
 # Settings every HALO query runs with, so ClickHouse answers like SQL (and like the DuckDB store):
 # outer joins give NULLs, not default values; count(DISTINCT) is exact.
 QUERY_SETTINGS: dict[str, Any] = {
@@ -45,34 +46,24 @@ class Target:
     """Where a ClickHouse store lives, parsed from `chdb:PATH[?…]` or `clickhouse[s]://…`."""
 
     kind: str  # "chdb" or "http"
-    database: str
+    database: str  # HALO's tables, or its views over an exporter table
+    label: str  # the store as the user named it, without the password: for messages and reports
     path: str = ""  # chdb folder
     host: str = ""
     port: int = 0
     user: str = "default"
     password: str = field(default="", repr=False)
     secure: bool = False
-    otel_table: str | None = None  # map an OpenTelemetry Collector exporter table instead of HALO's own
-
-    @property
-    def label(self) -> str:
-        """The store as the user named it, without the password: for messages and reports."""
-        query = f"?otel_table={self.otel_table}" if self.otel_table else ""
-        if self.kind == "chdb":
-            database = (
-                ""
-                if self.database == DEFAULT_DATABASE
-                else f"{'&' if query else '?'}database={self.database}"
-            )
-            return f"chdb:{self.path}{query}{database}"
-        scheme = "clickhouses" if self.secure else "clickhouse"
-        return f"{scheme}://{self.user}@{self.host}:{self.port}/{self.database}{query}"
+    otel_table: str | None = None  # DATABASE.TABLE of an OpenTelemetry Collector exporter's traces
 
 
 def parse_target(target: str) -> Target:
-    """`chdb:PATH` (options `?database=NAME&otel_table=T`) or
-    `clickhouse://USER:PASSWORD@HOST:PORT/DATABASE` (TLS with `clickhouses://` or `?secure=1`; the
-    password may instead come from $HALO_CLICKHOUSE_PASSWORD)."""
+    """`chdb:PATH` or `clickhouse://USER:PASSWORD@HOST:PORT/DATABASE` (TLS with `clickhouses://` or
+    `?secure=1`; the password may instead come from $HALO_CLICKHOUSE_PASSWORD).
+
+    `?otel_table=TABLE` reads an OpenTelemetry Collector exporter's table through views instead of
+    HALO's own tables: the table is in the URL's database (or `otel_table=DATABASE.TABLE`), the views
+    in `?database=NAME` (default `halo_otel`). For chdb, `?database=NAME` names HALO's database."""
     scheme, _, rest = target.partition(":")
     scheme = scheme.lower()
     if scheme == "chdb":
@@ -80,44 +71,58 @@ def parse_target(target: str) -> Target:
         options = dict(parse_qsl(query))
         if not location:
             raise StoreError(f"{target}: give the folder of the embedded store, e.g. chdb:./traces.chdb")
-        unknown = set(options) - {"database", "otel_table"}
-        if unknown:
-            raise StoreError(
-                f"chdb:{location}: unknown option {sorted(unknown)[0]!r}; use database= or otel_table="
-            )
+        _known(options, {"database", "otel_table"}, f"chdb:{location}")
+        otel_table = _otel_table(options.get("otel_table"), "default", target)
+        default = OTEL_DATABASE if otel_table else DEFAULT_DATABASE
         return Target(
             "chdb",
-            database=_identifier(options.get("database", DEFAULT_DATABASE), target),
+            database=_identifier(options.get("database", default), target),
+            label=target,
             path=str(Path(location).expanduser().resolve()),
-            otel_table=_otel_table(options.get("otel_table"), target),
+            otel_table=otel_table,
         )
     if scheme not in ("clickhouse", "clickhouses"):
         raise StoreError(
             f"{target}: not a ClickHouse store (use chdb:PATH or clickhouse://HOST:8123/DATABASE)"
         )
     parts = urlsplit(target)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = unquote(parts.username or "default")
+    label = urlunsplit(parts._replace(netloc=f"{user}@{host}"))
     options = dict(parse_qsl(parts.query))
+    _known(options, {"secure", "otel_table", "database"}, label)
     secure = scheme == "clickhouses" or options.get("secure", "").lower() in ("1", "true", "yes")
-    unknown = set(options) - {"secure", "otel_table"}
-    shown = f"{scheme}://{parts.hostname or ''}"
-    if unknown:
-        raise StoreError(f"{shown}: unknown option {sorted(unknown)[0]!r}; use secure=1 or otel_table=")
     if not parts.hostname:
-        raise StoreError(f"{shown}: no host; e.g. clickhouse://default@localhost:8123/halo")
+        raise StoreError(f"{label}: no host; e.g. clickhouse://default@localhost:8123/halo")
     try:
         port = parts.port or (8443 if secure else 8123)
     except ValueError:
-        raise StoreError(f"{shown}: the port is not a number") from None
+        raise StoreError(f"{label}: the port is not a number") from None
+    in_path = _identifier(unquote(parts.path.strip("/")) or DEFAULT_DATABASE, label)
+    otel_table = _otel_table(options.get("otel_table"), in_path, label)
+    if otel_table:
+        database = _identifier(options.get("database", OTEL_DATABASE), label)
+    elif "database" in options:
+        raise StoreError(f"{label}: name the database in the path (…:8123/DATABASE), not with database=")
+    else:
+        database = in_path
     return Target(
         "http",
-        database=_identifier(unquote(parts.path.strip("/")) or DEFAULT_DATABASE, shown),
+        database=database,
+        label=label,
         host=parts.hostname,
         port=port,
-        user=unquote(parts.username or "default"),
+        user=user,
         password=unquote(parts.password) if parts.password is not None else os.environ.get(PASSWORD_ENV, ""),
         secure=secure,
-        otel_table=_otel_table(options.get("otel_table"), shown),
+        otel_table=otel_table,
     )
+
+
+def _known(options: dict[str, str], known: set[str], shown: str) -> None:
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise StoreError(f"{shown}: unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}")
 
 
 def _identifier(name: str, target: str) -> str:
@@ -126,14 +131,15 @@ def _identifier(name: str, target: str) -> str:
     return name
 
 
-def _otel_table(name: str | None, target: str) -> str | None:
+def _otel_table(name: str | None, database: str, target: str) -> str | None:
+    """DATABASE.TABLE of the exporter table, the database defaulting to `database`."""
     if name is None:
         return None
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?", name):
         raise StoreError(
             f"{target}: otel_table={name!r} is not a table name (e.g. otel_traces or otel.otel_traces)"
         )
-    return name
+    return name if "." in name else f"{database}.{name}"
 
 
 def literal(value: Any) -> str:
@@ -180,6 +186,10 @@ class Connection(ABC):
     @abstractmethod
     def another(self) -> Connection:
         """A new connection to the same database, for another thread."""
+
+    @abstractmethod
+    def use(self, database: str) -> None:
+        """Make `database` the one unqualified table names mean."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -234,7 +244,10 @@ def _clickhouse_message(text: str) -> str:
 
 
 def open_connection(target: Target) -> Connection:
-    return ChdbConnection(target) if target.kind == "chdb" else HttpConnection.connect(target)
+    if target.kind == "chdb":
+        return ChdbConnection(target)
+    # Views over an exporter table may not exist yet: start in the exporter's database.
+    return HttpConnection.connect(target, target.otel_table.split(".")[0] if target.otel_table else None)
 
 
 # --- chdb ---------------------------------------------------------------------------------------
@@ -306,6 +319,9 @@ class ChdbConnection(Connection):
     def another(self) -> Connection:
         return ChdbConnection(self.target)
 
+    def use(self, database: str) -> None:
+        self.command(f"USE {database}")
+
     def close(self) -> None:
         if self._closed:
             return
@@ -368,6 +384,9 @@ class HttpConnection(Connection):
 
     def another(self) -> Connection:
         return HttpConnection.connect(self.target)
+
+    def use(self, database: str) -> None:
+        self._client.database = database
 
     def close(self) -> None:
         self._client.close()

@@ -182,8 +182,9 @@ def _raw() -> str:
   ',"attributes":', toJSONString(SpanAttributes), ',"events":', {events}, '}}')"""
 
 
-def spans_select(table: str) -> str:
-    """A SELECT of HALO's span columns (in `store.schema.SPAN_COLUMNS` order) over an exporter table."""
+def spans_select(table: str, scope_columns: bool = True) -> str:
+    """A SELECT of HALO's span columns (in `store.schema.SPAN_COLUMNS` order) over an exporter table.
+    Exporters before the ScopeName/ScopeVersion columns put the scope in the span's attributes."""
     columns = {
         "trace_id": "TraceId",
         "span_id": "SpanId",
@@ -192,8 +193,12 @@ def spans_select(table: str) -> str:
         "kind": "kind",
         "otel_kind": "upper(replaceOne(if(SpanKind = '', 'INTERNAL', SpanKind), 'SPAN_KIND_', ''))",
         "service": "nullIf(ServiceName, '')",
-        "scope": "nullIf(SpanAttributes['otel.scope.name'], '')",
-        "scope_version": "nullIf(SpanAttributes['otel.scope.version'], '')",
+        "scope": "nullIf(ScopeName, '')"
+        if scope_columns
+        else "nullIf(SpanAttributes['otel.scope.name'], '')",
+        "scope_version": "nullIf(ScopeVersion, '')"
+        if scope_columns
+        else "nullIf(SpanAttributes['otel.scope.version'], '')",
         "status": "status",
         "status_message": STATUS_MESSAGE,
         "start_ns": "toUnixTimestamp64Nano(Timestamp)",
@@ -259,43 +264,61 @@ FROM (
 )"""
 
 
-def map_otel_table(conn: Connection, target: Target, *, create: bool) -> None:
+def map_otel_table(conn: Connection, target: Target) -> None:
     """Create (or refresh) the views `spans`, `traces`, `inputs` and `rejects` in the store's database
-    over the exporter table; fail in one line when the table is missing or is not the exporter's."""
-    table = target.otel_table or ""
-    database, _, name = table.rpartition(".")
-    database = database or target.database
+    over the exporter table, and make that database the connection's; fail in one line when the
+    table is missing or is not the exporter's. A user that may not create views can use views made
+    before by one that may."""
+    database, _, name = (target.otel_table or "").partition(".")
+    table = f"{database}.{name}"
     found = conn.rows(
         f"SELECT name, type FROM system.columns WHERE database = {literal(database)} AND table = {literal(name)}"
     )
     if not found:
         raise StoreError(
-            f"{target.label}: no table {database}.{name}; point otel_table at the table the "
-            "OpenTelemetry Collector's ClickHouse exporter writes (traces_table_name, default otel_traces)"
+            f"{target.label}: no table {table}; point otel_table at the table the OpenTelemetry Collector's "
+            "ClickHouse exporter writes (its traces_table_name, default otel_traces)"
         )
     have = {r["name"] for r in found}
     missing = [c for c in REQUIRED_COLUMNS if c not in have]
     if missing:
         raise StoreError(
-            f"{target.label}: {database}.{name} is not an OpenTelemetry exporter traces table "
-            f"(no column {', '.join(missing[:4])}{'…' if len(missing) > 4 else ''})"
+            f"{target.label}: {table} is not an OpenTelemetry exporter traces table "
+            f"(no column {', '.join(missing[:4])}{'…' if len(missing) > 4 else ''}); "
+            "point otel_table at the exporter's traces table"
         )
-    if not create:
-        return
     db = target.database
-    if target.kind == "chdb":
-        conn.command(f"CREATE DATABASE IF NOT EXISTS {db}")
-    spans = spans_select(f"{database}.{name}")
+    views = {"spans", "traces", "inputs", "rejects"}
+    existing = {
+        r["name"]: r["engine"]
+        for r in conn.rows(f"SELECT name, engine FROM system.tables WHERE database = {literal(db)}")
+    }
+    if {"meta", "spans_data"} & set(existing) or any(existing.get(v, "View") != "View" for v in views):
+        raise StoreError(
+            f"{target.label}: database {db} holds tables of its own; name an empty one for HALO's views "
+            "with ?database=NAME"
+        )
+    spans = spans_select(table, scope_columns={"ScopeName", "ScopeVersion"} <= have)
     names = ", ".join(c.name for c in TRACE_COLUMNS)
     trace_select = (
         f"SELECT * FROM (SELECT {TRACE_AGGREGATES} FROM {db}.spans GROUP BY trace_id) AS t ({names})"
     )
     empty_inputs = ", ".join(f"CAST(NULL, 'Nullable(String)') AS {c.name}" for c in INPUT_COLUMNS)
     empty_rejects = ", ".join(f"CAST(NULL, 'Nullable(String)') AS {c.name}" for c in REJECT_COLUMNS)
-    for statement in (
-        f"CREATE OR REPLACE VIEW {db}.spans AS {spans}",
-        f"CREATE OR REPLACE VIEW {db}.traces AS {trace_select}",
-        f"CREATE OR REPLACE VIEW {db}.inputs AS SELECT {empty_inputs} WHERE false",
-        f"CREATE OR REPLACE VIEW {db}.rejects AS SELECT {empty_rejects} WHERE false",
-    ):
-        conn.command(statement)
+    try:
+        conn.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+        for statement in (
+            f"CREATE OR REPLACE VIEW {db}.spans AS {spans}",
+            f"CREATE OR REPLACE VIEW {db}.traces AS {trace_select}",
+            f"CREATE OR REPLACE VIEW {db}.inputs AS SELECT {empty_inputs} WHERE false",
+            f"CREATE OR REPLACE VIEW {db}.rejects AS SELECT {empty_rejects} WHERE false",
+        ):
+            conn.command(statement)
+    except StoreError as exc:
+        if not views <= set(existing):
+            reason = str(exc).removeprefix(f"{target.label}: ")
+            raise StoreError(
+                f"{target.label}: cannot create HALO's views over {table} in database {db} ({reason}); "
+                "let this user create views there, or create them once as a user who may"
+            ) from None
+    conn.use(db)

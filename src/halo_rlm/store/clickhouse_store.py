@@ -124,7 +124,7 @@ class ClickHouseStore(TraceStore):
         if self.target.otel_table:
             from halo_rlm.store.clickhouse_otel import map_otel_table
 
-            map_otel_table(self.conn, self.target, create=not self.read_only)
+            map_otel_table(self.conn, self.target)
             return
         if self.target.kind == "chdb" and not self.read_only:
             self.conn.command(f"CREATE DATABASE IF NOT EXISTS {self.db}")
