@@ -411,7 +411,7 @@ def test_a_table_that_is_not_the_exporter_s_is_one_clear_line(
         StoreError, match=r"is not an OpenTelemetry exporter traces table \(no column Timestamp"
     ):
         TraceStore.open(chdb_store(otel_table=f"{database}.otel_traces"))
-    with pytest.raises(StoreError, match="no table .*missing; point otel_table"):
+    with pytest.raises(StoreError, match=r"no table .*missing; point otel_table"):
         TraceStore.open(chdb_store(otel_table=f"{database}.missing"))
 
 
@@ -537,7 +537,7 @@ def test_server_ingest_queries_and_detectors_match_duckdb(
 @server
 def test_server_errors_are_one_line_with_the_fix() -> None:
     assert SERVER_URL
-    with pytest.raises(StoreError, match="no database 'halo_missing_db'.*CREATE DATABASE") as missing:
+    with pytest.raises(StoreError, match=r"no database 'halo_missing_db'.*CREATE DATABASE") as missing:
         TraceStore.open(_on_server("halo_missing_db"))
     assert "\n" not in str(missing.value)
     parts = SERVER_URL.split("://", 1)
