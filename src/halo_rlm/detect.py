@@ -20,6 +20,7 @@ traces (both configurable). One-off errors never qualify.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -519,7 +520,7 @@ def _histogram(
     counts = {r["b"]: r["n"] for r in store.query(store.dialect.histogram(column, scale, edges))}
     labels = (
         [f"< {label(edges[0])}"]
-        + [f"{label(lo)}–{label(hi)}" for lo, hi in zip(edges, edges[1:], strict=False)]
+        + [f"{label(lo)}–{label(hi)}" for lo, hi in itertools.pairwise(edges)]
         + [f"≥ {label(edges[-1])}"]
     )
     return [Bucket(label=text, count=counts.get(i, 0)) for i, text in enumerate(labels)] if counts else []

@@ -84,7 +84,7 @@ _STRUCT = {
             },
         }
     ],
-    "attributes": {key: "VARCHAR" for key in ATTRIBUTE_KEYS},
+    "attributes": dict.fromkeys(ATTRIBUTE_KEYS, "VARCHAR"),
 }
 PARSE_STRUCTURE = orjson.dumps(_STRUCT).decode()
 
