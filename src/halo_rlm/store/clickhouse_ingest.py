@@ -34,7 +34,14 @@ if TYPE_CHECKING:
 
 __all__ = ["Ingest"]
 
-SHIP_ROWS = 65_536  # spans per insert: large enough for few parts, small enough to bound memory
+SHIP_ROWS = 32_768  # spans per insert: large enough for few parts, small enough to bound memory
+BUCKET_SPANS = 2_000_000  # refresh the traces of about this many spans at a time
+# Limits for the refresh queries, so a large ingest spills to disk instead of growing.
+INGEST_SETTINGS = {
+    "max_memory_usage": 1_000_000_000,
+    "max_bytes_before_external_group_by": 300_000_000,
+    "max_bytes_before_external_sort": 300_000_000,
+}
 # The span's `version` in `spans_data` (see clickhouse_sql): finished first, then earlier input, then
 # earlier line; even, so that a correction of `is_orphan` can take version + 1.
 VERSION = (
@@ -123,9 +130,15 @@ class Ingest:
                 )
                 self.conn.command(f"DELETE FROM {self.db}.spans_data WHERE input_id IN ({listed})")
                 self.conn.command(f"DELETE FROM {self.db}.rejects WHERE input_id IN ({listed})")
-            merged = self._ship_spans(scratch, ids, keys)
+            shipped = self._ship_spans(scratch, ids, keys)
             self._ship_rejects(scratch, ids)
-            self._refresh(keys)
+            merged = 0
+            # Traces are refreshed in buckets of their ids, so memory stays bounded on any input size.
+            buckets = max(1, -(-shipped // BUCKET_SPANS))
+            for bucket in range(buckets):
+                part = f"cityHash64(trace_id) % {buckets} = {bucket}"
+                merged += self._held_elsewhere(keys, ids, part)
+                self._refresh(keys, part, forget_empty=bool(replaced))
             self._ship_inputs(scratch, ids)
             if merged and report.inputs:
                 report.inputs[-1].duplicates += merged
@@ -133,26 +146,31 @@ class Ingest:
             self.conn.command(f"DROP TABLE IF EXISTS {keys}")
 
     def _ship_spans(self, scratch: DuckDBStore, ids: str, keys: str) -> int:
-        """Insert the scratch store's spans of these inputs; returns how many of them the ClickHouse
-        store already held from another input (merged as duplicates)."""
+        """Insert the scratch store's spans of these inputs, batch by batch; returns how many."""
         columns = ", ".join(c.name for c in SPAN_COLUMNS)
         reader = scratch.con.sql(
             f"SELECT {columns}, {VERSION} AS version FROM spans WHERE input_id IN ({ids})"
         ).to_arrow_reader(SHIP_ROWS)
+        shipped = 0
         for batch in reader:
             table = _plain_strings(pa.Table.from_batches([batch]))
             self.conn.insert_arrow(keys, table.select(["trace_id", "span_id"]))
             self.conn.insert_arrow(f"{self.db}.spans_data", table)
-        # Spans of these inputs that lost to a copy from another input are duplicates merged here.
-        held = int(
+            shipped += table.num_rows
+        return shipped
+
+    def _held_elsewhere(self, keys: str, ids: str, part: str) -> int:
+        """Shipped spans (of the traces in `part`) that lost to a copy from another input: duplicates
+        merged here."""
+        return int(
             self.conn.value(
-                f"SELECT count() FROM (SELECT DISTINCT trace_id, span_id FROM {keys}) k "
+                f"SELECT count() FROM (SELECT DISTINCT trace_id, span_id FROM {keys} WHERE {part}) k "
                 f"WHERE (k.trace_id, k.span_id) NOT IN (SELECT trace_id, span_id FROM {self.db}.spans "
-                f"WHERE input_id IN ({ids}) AND trace_id IN (SELECT trace_id FROM {keys}))"
+                f"WHERE {part} AND input_id IN ({ids}) AND trace_id IN (SELECT trace_id FROM {keys} WHERE {part}))",
+                INGEST_SETTINGS,
             )
             or 0
         )
-        return held
 
     def _ship_rejects(self, scratch: DuckDBStore, ids: str) -> None:
         table = scratch.con.sql(f"SELECT * FROM rejects WHERE input_id IN ({ids})").to_arrow_table()
@@ -178,16 +196,17 @@ class Ingest:
         table = table.append_column("updated", pa.array([time.time_ns()] * table.num_rows, pa.uint64()))
         self.conn.insert_arrow(f"{self.db}.inputs_data", table)
 
-    def _refresh(self, keys: str) -> None:
-        """Orphan flags and rollups of the traces these spans belong to; traces left with no spans
-        (their only input was replaced) lose their rollup."""
-        touched = f"(SELECT DISTINCT trace_id FROM {keys})"
-        self.conn.command(sql.orphan_fixes(self.db, touched))
-        self.conn.command(sql.rollup(self.db, touched))
-        self.conn.command(
-            f"DELETE FROM {self.db}.traces_data WHERE trace_id IN {touched} "
-            f"AND trace_id NOT IN (SELECT trace_id FROM {self.db}.spans WHERE trace_id IN {touched})"
-        )
+    def _refresh(self, keys: str, part: str, *, forget_empty: bool) -> None:
+        """Orphan flags and rollups of the traces (in `part`) these spans belong to; with
+        `forget_empty`, traces left with no spans (their only input was replaced) lose their rollup."""
+        touched = f"(SELECT DISTINCT trace_id FROM {keys} WHERE {part})"
+        self.conn.command(sql.orphan_fixes(self.db, touched), INGEST_SETTINGS)
+        self.conn.command(sql.rollup(self.db, touched), INGEST_SETTINGS)
+        if forget_empty:
+            self.conn.command(
+                f"DELETE FROM {self.db}.traces_data WHERE trace_id IN {touched} "
+                f"AND trace_id NOT IN (SELECT trace_id FROM {self.db}.spans WHERE trace_id IN {touched})"
+            )
 
 
 def _plain_strings(table: pa.Table) -> pa.Table:

@@ -154,16 +154,20 @@ GROUP BY trace_id"""
 
 def orphan_fixes(db: str, touched: str) -> str:
     """Spans of the touched traces whose `is_orphan` is wrong now (a parent arrived, or left with a
-    forgotten input), re-inserted with the flag corrected and version + 1."""
-    span_names = ", ".join("NOT is_orphan" if c.name == "is_orphan" else f"s.{c.name}" for c in SPAN_COLUMNS)
+    forgotten input), re-inserted with the flag corrected and version + 1. Which spans is decided on
+    their ids alone; only those few are read whole."""
+    span_names = ", ".join("NOT is_orphan" if c.name == "is_orphan" else c.name for c in SPAN_COLUMNS)
+    in_touched = f"trace_id IN (SELECT trace_id FROM {touched})"
     return f"""
 INSERT INTO {db}.spans_data
-SELECT {span_names}, s.version + 1
-FROM (SELECT * FROM {db}.spans_data FINAL WHERE trace_id IN (SELECT trace_id FROM {touched})) s
-LEFT JOIN (SELECT DISTINCT trace_id, span_id FROM {db}.spans WHERE trace_id IN (SELECT trace_id FROM {touched})) p
-  ON p.trace_id = s.trace_id AND p.span_id = s.parent_id
-WHERE s.is_orphan != (s.parent_id IS NOT NULL AND p.span_id IS NULL)
-SETTINGS join_use_nulls = 1"""
+SELECT {span_names}, version + 1
+FROM {db}.spans_data FINAL
+WHERE {in_touched} AND (trace_id, span_id) IN (
+  SELECT s.trace_id, s.span_id
+  FROM (SELECT trace_id, span_id, parent_id, is_orphan FROM {db}.spans WHERE {in_touched}) s
+  LEFT JOIN (SELECT DISTINCT trace_id, span_id FROM {db}.spans WHERE {in_touched}) p
+    ON p.trace_id = s.trace_id AND p.span_id = s.parent_id
+  WHERE s.is_orphan != (s.parent_id IS NOT NULL AND p.span_id IS NULL))"""
 
 
 def regex_match(expr: str, pattern_literal: str) -> str:
