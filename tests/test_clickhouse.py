@@ -505,15 +505,28 @@ def _on_server(database: str, **options: str) -> str:
     return f"{base}/{database}" + (f"?{query}" if query else "")
 
 
+def _admin() -> Any:
+    """A plain clickhouse-connect client to the test server, to make and drop databases."""
+    import clickhouse_connect
+
+    server = parse_target(_on_server("default"))
+    return clickhouse_connect.get_client(
+        host=server.host,
+        port=server.port,
+        username=server.user,
+        password=server.password,
+        secure=server.secure,
+    )
+
+
 @server
 def test_server_ingest_queries_and_detectors_match_duckdb(
     tmp_path: Path, new_store: Callable[[str], str]
 ) -> None:
     traces = simulate(tmp_path / "sim.jsonl", traces=80, seed=4).traces_path
-    admin = TraceStore.open(_on_server("default"))  # creates HALO's tables in `default` if need be
     database = f"halo_test_{os.getpid()}"
-    admin.query(f"CREATE DATABASE IF NOT EXISTS {database}")
-    admin.close()
+    admin = _admin()
+    admin.command(f"CREATE DATABASE IF NOT EXISTS {database}")
     target, duck = _on_server(database), new_store("duckdb")
     try:
         for each in (target, duck):
@@ -529,9 +542,9 @@ def test_server_ingest_queries_and_detectors_match_duckdb(
             ]
             with pytest.raises(StoreError, match="table function file"):
                 remote.sql("SELECT * FROM file('/etc/passwd')")
+            assert remote.sql("SELECT count() FROM traces").rows == [[80]]
     finally:
-        with TraceStore.open(_on_server("default")) as admin:
-            admin.query(f"DROP DATABASE IF EXISTS {database}")
+        admin.command(f"DROP DATABASE IF EXISTS {database}")
 
 
 @server
