@@ -19,18 +19,25 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
 from halo_rlm import files
 from halo_rlm.store import clickhouse_sql as sql
+from halo_rlm.store.clickhouse_client import Connection
 from halo_rlm.store.duckdb_store import DuckDBStore
 from halo_rlm.store.results import IngestReport, Progress
 from halo_rlm.store.schema import INPUT_COLUMNS, SPAN_COLUMNS
 
-if TYPE_CHECKING:
-    from halo_rlm.store.clickhouse_store import ClickHouseStore
+
+class Destination(Protocol):
+    """What an ingest needs of the ClickHouse store: its connection, database and name."""
+
+    conn: Connection
+    db: str
+    path: str
+
 
 __all__ = ["Ingest"]
 
@@ -52,7 +59,7 @@ VERSION = (
 
 
 class Ingest:
-    def __init__(self, store: ClickHouseStore) -> None:
+    def __init__(self, store: Destination) -> None:
         self.store = store
         self.conn = store.conn
         self.db = store.db

@@ -25,6 +25,8 @@ from halo_rlm.store import clickhouse_sql as sql
 from halo_rlm.store.base import StoreError, TraceStore
 from halo_rlm.store.clickhouse_client import Connection, Target, literal, open_connection, parse_target
 from halo_rlm.store.clickhouse_dialect import ClickHouseDialect
+from halo_rlm.store.clickhouse_ingest import Ingest
+from halo_rlm.store.clickhouse_otel import map_otel_table
 from halo_rlm.store.dialect import Dialect
 from halo_rlm.store.results import (
     Count,
@@ -121,8 +123,6 @@ class ClickHouseStore(TraceStore):
 
     def _setup(self) -> None:
         if self.target.otel_table:
-            from halo_rlm.store.clickhouse_otel import map_otel_table
-
             map_otel_table(self.conn, self.target)
             return
         if self.target.kind == "chdb" and not self.read_only:
@@ -161,14 +161,10 @@ class ClickHouseStore(TraceStore):
         progress: Callable[[files.InputFile], Progress | None] | None = None,
         **options: Any,
     ) -> IngestReport:
-        from halo_rlm.store.clickhouse_ingest import Ingest
-
         self._writable()
         return Ingest(self).load_files(paths, strict=strict, progress=progress, **options)
 
     def ingest_records(self, records: Iterable[Any], *, source: str) -> IngestReport:
-        from halo_rlm.store.clickhouse_ingest import Ingest
-
         self._writable()
         return Ingest(self).load_records(records, source)
 
