@@ -299,6 +299,8 @@ REFUSED = {
         ("SELECT * FROM system.tables", "reads system.tables"),
         ("SELECT (SELECT count() FROM system.users)", "reads system.users"),
         ("SELECT * FROM spans_data", "spans_data"),
+        ("SELECT count() FROM spans WHERE trace_id IN system.tables", "reads system.tables"),
+        ("SELECT * FROM default.spans", "reads default.spans"),
     ],
 }
 
@@ -309,7 +311,7 @@ def test_sql_is_read_only_single_statement_and_capped(store: TraceStore) -> None
     assert "LIMIT" in (result.note or "")
     small = store.sql("SELECT raw FROM spans", max_bytes=5_000)
     assert small.truncated and len(orjson.dumps(small.rows)) <= 5_000
-    for query, message in [*REFUSED_EVERYWHERE, *REFUSED[store.dialect]]:
+    for query, message in [*REFUSED_EVERYWHERE, *REFUSED[store.dialect.name]]:
         with pytest.raises(StoreError, match=message):
             store.sql(query)
     assert store.sql("SELECT count(*) FROM spans").rows == [[91]]  # still healthy
@@ -321,14 +323,14 @@ def test_sql_needs_a_read_only_store(backend: str, new_store: Callable[[str], st
 
 
 def test_sql_allows_computing_table_functions_and_ctes(store: TraceStore) -> None:
-    numbers = "range(3)" if store.dialect == "duckdb" else "numbers(3)"
+    numbers = "range(3)" if store.dialect.name == "duckdb" else "numbers(3)"
     assert store.sql(f"SELECT count(*) FROM {numbers}").rows == [[3]]
     with_cte = store.sql("WITH e AS (SELECT trace_id FROM traces WHERE has_errors) SELECT count(*) FROM e")
     assert with_cte.rows == [[10]]
 
 
 def test_sql_time_limit(store: TraceStore) -> None:
-    numbers = "range(100000000000) a" if store.dialect == "duckdb" else "numbers(100000000000)"
+    numbers = "range(100000000000) a" if store.dialect.name == "duckdb" else "numbers(100000000000)"
     with pytest.raises(StoreError, match="stopped"):
         store.sql(f"SELECT count(*) FROM {numbers}", timeout=0.2)
     assert store.count_traces() == 31

@@ -32,10 +32,13 @@ PASSWORD_ENV = "HALO_CLICKHOUSE_PASSWORD"
 DEFAULT_DATABASE = "halo"
 OTEL_DATABASE = "halo_otel"  # where the views over an exporter table go, by default
 # Settings every HALO query runs with, so ClickHouse answers like SQL (and like the DuckDB store):
-# outer joins give NULLs, not default values; count(DISTINCT) is exact.
+# outer joins give NULLs, not default values; count(DISTINCT) is exact. Large GROUP BYs and sorts
+# spill to disk, so a query over tens of millions of spans stays within a bounded memory.
 QUERY_SETTINGS: dict[str, Any] = {
     "join_use_nulls": 1,
     "count_distinct_implementation": "uniqExact",
+    "max_bytes_before_external_group_by": 500_000_000,
+    "max_bytes_before_external_sort": 500_000_000,
     "output_format_arrow_string_as_string": 1,
     "output_format_arrow_low_cardinality_as_dictionary": 0,
 }

@@ -25,7 +25,6 @@ __all__ = [
     "orphan_fixes",
     "regex_match",
     "rollup",
-    "table_problems",
     "version_expr",
 ]
 
@@ -65,6 +64,8 @@ ALLOWED_TABLE_FUNCTIONS = {
     "null",
 }
 DATA_TABLES = ("spans_data", "traces_data", "inputs_data", "rejects", "meta")
+# HALO's tables behind the views a query reads (spans_data holds copies not yet merged away).
+INTERNAL_TABLES = {"spans_data", "traces_data", "inputs_data", "meta"}
 
 
 def column_type(column: Column) -> str:
@@ -179,23 +180,31 @@ def regex_match(expr: str, pattern_literal: str) -> str:
 # --- the model's SQL ----------------------------------------------------------------------------
 
 # Scalar functions that read files, dictionaries or other tables; `readonly` does not stop `file()`.
-_READING_FUNCTIONS = ("file", "joinget", "joingetornull", "catboostevaluate", "modelevaluate")
+_READING_FUNCTIONS = (
+    "file",
+    "joinget",
+    "joingetornull",
+    "catboostevaluate",
+    "modelevaluate",
+    "hascolumnintable",
+)
 _AST_LINE = re.compile(r"^( *)(\S+)(?: (\S+))?")
-_TABLE = re.compile(r"\btable_name: ([\w.]+)")
 
 
-def ast_problems(ast: str, database: str) -> str | None:
+def ast_problems(ast: str, database: str, databases: set[str]) -> str | None:
     """Why a query (as `EXPLAIN AST` prints it: one node a line, children indented one space) is not
     one plain SELECT over the tables of `database`: a FORMAT, INTO OUTFILE or SETTINGS clause, a table
-    of another database, a table function that reaches files, URLs or other servers, or a function
-    that reads files or dictionaries. Parsing runs nothing, so this is checked before ClickHouse
-    resolves any name (resolving runs scalar subqueries)."""
+    of another of the server's `databases` (also as `x IN db.table`), a table function that reaches
+    files, URLs or other servers, or a function that reads files or dictionaries. Parsing runs
+    nothing, so this is decided before ClickHouse resolves any name; unqualified names then resolve
+    in `database`."""
     lines = ast.splitlines()
     if not lines or not lines[0].startswith("SelectWithUnionQuery"):
         kind = lines[0].split(" ")[0] if lines else "nothing"
         return f"only SELECT queries are allowed (got {kind.removesuffix('Query') or kind})"
     if not lines[0].startswith("SelectWithUnionQuery (children 1)"):
         return "INTO OUTFILE, FORMAT and SETTINGS clauses are not allowed; send the SELECT alone"
+    others = {name.lower() for name in databases} - {database.lower()}
     parents: list[str] = []  # the node at each depth above the current line
     for line in lines:
         found = _AST_LINE.match(line)
@@ -207,8 +216,12 @@ def ast_problems(ast: str, database: str) -> str | None:
         parents.append(node)
         if node in ("Set", "SetQuery"):
             return "SETTINGS clauses are not allowed"
-        if node == "TableIdentifier" and "." in name and name.split(".", 1)[0] != database:
-            return f"the query reads {name}; only this store's tables can be queried"
+        if node == "TableIdentifier" and name.rsplit(".", 1)[-1].strip("`") in INTERNAL_TABLES:
+            return f"the query reads {name}; only this store's tables (spans, traces, rejects, inputs) can be queried"
+        if node in ("TableIdentifier", "Identifier") and "." in name:
+            qualifier = name.split(".", 1)[0].strip("`")
+            if qualifier.lower() in others or (node == "TableIdentifier" and qualifier != database):
+                return f"the query reads {name}; only this store's tables (spans, traces, rejects, inputs) can be queried"
         if node != "Function":
             continue
         if parent == "TableExpression":
@@ -216,14 +229,4 @@ def ast_problems(ast: str, database: str) -> str | None:
                 return f"table function {name}() is not allowed (no files, URLs or other servers)"
         elif name.lower() in _READING_FUNCTIONS or name.lower().startswith("dict"):
             return f"function {name}() is not allowed (it reads files, dictionaries or other tables)"
-    return None
-
-
-def table_problems(query_tree: str, database: str, readable: tuple[str, ...]) -> str | None:
-    """Why a query (as `EXPLAIN QUERY TREE` prints it, names resolved) reads a table a model may not:
-    anything but HALO's tables (and `system.one`, which a SELECT without FROM reads)."""
-    allowed = {f"{database}.{name}" for name in readable} | {"system.one"}
-    for name in _TABLE.findall(query_tree):
-        if name not in allowed:
-            return f"the query reads {name}; only {', '.join(readable)} can be queried"
     return None

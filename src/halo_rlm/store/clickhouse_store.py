@@ -28,6 +28,7 @@ from halo_rlm.store.clickhouse_dialect import ClickHouseDialect
 from halo_rlm.store.clickhouse_ingest import Ingest
 from halo_rlm.store.clickhouse_otel import map_otel_table
 from halo_rlm.store.dialect import Dialect
+from halo_rlm.store.duckdb_store import required_literals
 from halo_rlm.store.results import (
     Count,
     ErrorGroup,
@@ -83,6 +84,7 @@ class ClickHouseStore(TraceStore):
         self.read_only = read_only
         self.db = target.database
         self._idle: list[ClickHouseStore] = []
+        self._known_databases: set[str] | None = None
 
     @classmethod
     def connect(cls, target: str, *, read_only: bool = False, lock_timeout: float = 10.0) -> ClickHouseStore:
@@ -383,7 +385,7 @@ class ClickHouseStore(TraceStore):
     ) -> SearchResult:
         _, spans_in = self._selected(filters)
         self._check_re2(pattern)
-        matches = sql.regex_match("raw", literal(pattern))
+        matches = _raw_matches(pattern)
         try:
             counts = self._rows(
                 f"SELECT count() AS spans, uniqExact(trace_id) AS traces FROM {self.db}.spans "
@@ -431,7 +433,7 @@ class ClickHouseStore(TraceStore):
             "max_memory_usage": MODEL_SQL_MEMORY,
             "readonly": 1,
         }
-        checked = self._checked(query, limits)
+        checked = self._checked(query)
         try:
             table = self.conn.arrow(checked, limits)
         except StoreError as exc:
@@ -449,10 +451,11 @@ class ClickHouseStore(TraceStore):
             note = f"showing {len(rows)} rows; add LIMIT/OFFSET, aggregate, or select fewer columns"
         return SqlResult(columns=columns, rows=rows, row_count=len(rows), truncated=truncated, note=note)
 
-    def _checked(self, query: str, limits: dict[str, Any]) -> str:
+    def _checked(self, query: str) -> str:
         """The query normalised to one line, once it is known to be a single SELECT that reads only
-        HALO's tables: ClickHouse's own parser decides (`formatQuerySingleLine`, `EXPLAIN AST`), and
-        only then, with the same limits, its analyzer resolves which tables the names mean."""
+        HALO's tables. ClickHouse's own parser decides: `formatQuerySingleLine` (which parses a string
+        literal, so nothing in it runs) refuses more than one statement, and `EXPLAIN AST` of the
+        normalised text shows every table, table function and function it names."""
         try:
             text = str(self.conn.value(f"SELECT formatQuerySingleLine({literal(query.strip().rstrip(';'))})"))
         except StoreError as exc:
@@ -464,18 +467,20 @@ class ClickHouseStore(TraceStore):
         for first in (_first_word(query), _first_word(text)):
             if first not in ("SELECT", "WITH", "("):
                 raise StoreError(f"only SELECT queries are allowed (got {first or 'nothing'})")
-        problem = sql.ast_problems(self._explain("AST", text, None), self.db)
-        problem = problem or sql.table_problems(self._explain("QUERY TREE", text, limits), self.db, READABLE)
+        try:
+            ast = "\n".join(str(v) for v in self.conn.arrow(f"EXPLAIN AST {text}").column(0).to_pylist())
+        except StoreError as exc:
+            raise StoreError(f"SQL error: {str(exc).split(': ', 1)[-1]}") from None
+        problem = sql.ast_problems(ast, self.db, self._databases())
         if problem:
             raise StoreError(problem)
         return text
 
-    def _explain(self, kind: str, text: str, limits: dict[str, Any] | None) -> str:
-        try:
-            table = self.conn.arrow(f"EXPLAIN {kind} {text}", limits)
-        except StoreError as exc:
-            raise StoreError(f"SQL error: {str(exc).split(': ', 1)[-1]}") from None
-        return "\n".join(str(v) for v in table.column(0).to_pylist())
+    def _databases(self) -> set[str]:
+        """The server's databases (a name qualified with one of them is a table reference)."""
+        if self._known_databases is None:
+            self._known_databases = {r["name"] for r in self.conn.rows("SELECT name FROM system.databases")}
+        return self._known_databases
 
     def spans(
         self,
@@ -583,8 +588,7 @@ class ClickHouseStore(TraceStore):
         if filters.regex:
             self._check_re2(filters.regex)
             clauses.append(
-                f"t.trace_id IN (SELECT trace_id FROM {self.db}.spans WHERE "
-                f"{sql.regex_match('raw', literal(filters.regex))})"
+                f"t.trace_id IN (SELECT trace_id FROM {self.db}.spans WHERE {_raw_matches(filters.regex)})"
             )
         clauses.extend(
             f"t.trace_id IN (SELECT trace_id FROM {self.db}.spans WHERE "
@@ -619,6 +623,15 @@ def _first_word(query: str) -> str:
     """The first keyword of a statement (or its opening parenthesis), after comments."""
     rest = query[_LEADING_COMMENTS.match(query).end() :]  # type: ignore[union-attr]
     return "(" if rest.startswith("(") else rest.split(None, 1)[0].upper() if rest.strip() else ""
+
+
+def _raw_matches(pattern: str) -> str:
+    """SQL for "the raw span matches `pattern`": when every match must contain one of a few literal
+    strings, ClickHouse first looks for those (`multiSearchAny`, a vectorised substring search), so
+    the regex runs only on the spans that could match — as the DuckDB store does."""
+    matches = sql.regex_match("raw", literal(pattern))
+    literals = required_literals(pattern)
+    return f"multiSearchAny(raw, {literal(literals)}) AND {matches}" if literals else matches
 
 
 def _tuple(values: Iterable[str]) -> str:
