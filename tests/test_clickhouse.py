@@ -172,6 +172,23 @@ def test_collector_records_are_stored_when_the_call_returns(chdb_store: Callable
             writer.ingest_records(records[:1], source="collector:test")
 
 
+def test_halo_collect_writes_a_clickhouse_store(chdb_store: Callable[..., str]) -> None:
+    """The real OTLP exporter → `halo collect` → a chdb store: every span acknowledged is there."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from halo_rlm.collect import serve
+
+    spans = agent_runs(traces=4)
+    target = chdb_store()
+    with serve(store=target, port=0) as collector:
+        assert OTLPSpanExporter(endpoint=collector.traces_url).export(spans) == SpanExportResult.SUCCESS
+        stats = collector.stop()
+    assert (stats.spans, stats.pending_spans, stats.last_error) == (len(spans), 0, None)
+    with TraceStore.open(target, read_only=True) as store:
+        assert store.overview().spans == len(spans) and store.count_traces() == 4
+
+
 def test_schema_version_and_foreign_databases(chdb_folder: Path, chdb_store: Callable[..., str]) -> None:
     target = chdb_store()
     database = target.split("database=")[1]
