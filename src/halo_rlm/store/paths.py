@@ -14,7 +14,16 @@ from halo_rlm.store.base import BACKENDS
 from halo_rlm.store.schema import SCHEMA_VERSION
 from halo_rlm.utils import cache_dir
 
-__all__ = ["for_collector", "for_inputs", "for_source", "import_state", "is_url", "last", "remember"]
+__all__ = [
+    "for_collector",
+    "for_inputs",
+    "for_source",
+    "import_state",
+    "is_url",
+    "last",
+    "remember",
+    "runs_for",
+]
 
 
 def for_inputs(inputs: Sequence[files.InputFile]) -> Path:
@@ -42,6 +51,16 @@ def import_state(store: str | Path) -> Path:
         return Path(f"{target}.imports.json")
     digest = hashlib.sha256(_absolute(target).encode()).hexdigest()[:12]
     return _stores() / f"imports-{digest}.json"
+
+
+def runs_for(store: str | Path | None) -> Path:
+    """Where the runs on a store are recorded (`runs.RunRegistry`): beside a store the user placed
+    (`traces.duckdb` -> `traces.runs/`); one shared folder in the cache for the stores HALO placed
+    there itself, for stores named by a URL, and for runs on no one store (loops, evaluations)."""
+    if store is None or is_url(str(store)) or Path(store).resolve().parent == _stores().resolve():
+        return cache_dir() / "runs"
+    path = Path(store)
+    return path.with_name(path.stem + ".runs")
 
 
 def remember(path: str | Path) -> None:
