@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from halo_rlm.store.clickhouse_client import literal
+from halo_rlm.store.clickhouse_sql import json_text
 from halo_rlm.store.dialect import Detection, Dialect
 
 __all__ = ["ClickHouseDialect"]
@@ -92,13 +93,8 @@ OUTPUT_TEXT = (
 
 
 def _attribute(name: str) -> str:
-    """An attribute of the raw span as text (a string as itself, anything else as its JSON), NULL when
-    missing: DuckDB's `json_extract_string(raw, '$.attributes."name"')`."""
-    path = f"raw, 'attributes', {literal(name)}"
-    return (
-        f"multiIf(JSONType({path}) = 'String', JSONExtractString({path}), JSONType({path}) = 'Null', NULL, "
-        f"nullIf(JSONExtractRaw({path}), ''))"
-    )
+    """An attribute of the raw span as text: DuckDB's `json_extract_string(raw, '$.attributes."name"')`."""
+    return json_text("raw", "attributes", name)
 
 
 def _rounded(expr: str, digits: int) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 
+from halo_rlm.store.clickhouse_client import literal
 from halo_rlm.store.schema import INPUT_COLUMNS, REJECT_COLUMNS, SPAN_COLUMNS, TRACE_COLUMNS, Column
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "TRACE_AGGREGATES",
     "ast_problems",
     "create_statements",
+    "json_text",
     "orphan_fixes",
     "regex_match",
     "rollup",
@@ -169,6 +171,16 @@ WHERE {in_touched} AND (trace_id, span_id) IN (
   LEFT JOIN (SELECT DISTINCT trace_id, span_id FROM {db}.spans WHERE {in_touched}) p
     ON p.trace_id = s.trace_id AND p.span_id = s.parent_id
   WHERE s.is_orphan != (s.parent_id IS NOT NULL AND p.span_id IS NULL))"""
+
+
+def json_text(document: str, *path: str) -> str:
+    """The value at `path` in a JSON document as text, as DuckDB's `json_extract_string` gives it: a
+    string as itself, any other value as its JSON, NULL when missing or null."""
+    at = ", ".join([document, *(literal(key) for key in path)])
+    return (
+        f"multiIf(JSONType({at}) = 'String', JSONExtractString({at}), JSONType({at}) = 'Null', NULL, "
+        f"nullIf(JSONExtractRaw({at}), ''))"
+    )
 
 
 def regex_match(expr: str, pattern_literal: str) -> str:

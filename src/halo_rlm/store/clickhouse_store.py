@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import orjson
 import regex
 
@@ -28,7 +29,7 @@ from halo_rlm.store.clickhouse_dialect import ClickHouseDialect
 from halo_rlm.store.clickhouse_ingest import Ingest
 from halo_rlm.store.clickhouse_otel import map_otel_table
 from halo_rlm.store.dialect import Dialect
-from halo_rlm.store.duckdb_store import required_literals
+from halo_rlm.store.duckdb_store import ATTRIBUTE_NAME, required_literals
 from halo_rlm.store.results import (
     Count,
     ErrorGroup,
@@ -51,6 +52,13 @@ __all__ = ["ClickHouseStore"]
 
 READABLE = ("spans", "traces", "rejects", "inputs")
 MODEL_SQL_MEMORY = 2_000_000_000  # bytes one model query may use
+# Labels of a trace a comparison can group or stratify by (`trace_values`), as the DuckDB store has them.
+TRACE_LABELS = {
+    "service": "arrayStringConcat(arraySort(t.services), ',')",
+    "agent": "arrayStringConcat(arraySort(t.agents), ',')",
+    "root": "coalesce(t.root_name, '')",
+    "model": "arrayStringConcat(arraySort(t.models), ',')",
+}
 SORT_COLUMNS = {
     "start": "t.start_ns",
     "duration": "t.duration_ns",
@@ -529,6 +537,51 @@ class ClickHouseStore(TraceStore):
         if params:
             raise StoreError("ClickHouse queries take their values inlined (clickhouse_client.literal)")
         return self._rows(sql_text)
+
+    def trace_values(self, attributes: Sequence[str] = ()) -> dict[str, Any]:
+        named = [a for a in dict.fromkeys(attributes) if a not in TRACE_LABELS]
+        for name in named:
+            if not ATTRIBUTE_NAME.fullmatch(name):
+                raise StoreError(
+                    f"{name!r}: an attribute name is letters, digits and . _ - : / (e.g. support.resolved)"
+                )
+        columns = [
+            "t.trace_id AS trace_id",
+            "if(t.has_errors, 1.0, 0.0) AS error",
+            "t.duration_ns / 1e6 AS duration_ms",
+            "toFloat64(t.total_tokens) AS tokens",
+            "t.cost AS cost",
+            *(f"{expression} AS {label}" for label, expression in TRACE_LABELS.items()),
+        ]
+        joins = []
+        for i, name in enumerate(named):
+            # the first span carrying the attribute (root first, then by start), as the DuckDB store does
+            value = f"coalesce({sql.json_text('raw', 'attributes', name)}, {sql.json_text('raw', 'resource', 'attributes', name)})"
+            joins.append(
+                f"LEFT JOIN (SELECT trace_id, argMin(v, (parent_id IS NOT NULL, start_ns)) AS first_value FROM "
+                f"(SELECT trace_id, parent_id, start_ns, {value} AS v FROM {self.db}.spans "
+                f"WHERE position(raw, {literal(name)}) > 0) AS found WHERE v IS NOT NULL GROUP BY trace_id) a{i} "
+                f"ON a{i}.trace_id = t.trace_id"
+            )
+            columns.append(f"a{i}.first_value AS a{i}")
+        data = self.conn.arrow(
+            f"SELECT {', '.join(columns)} FROM {self.db}.traces t {' '.join(joins)} ORDER BY t.trace_id"
+        )
+
+        def floats(column: str) -> Any:
+            return np.asarray(data.column(column).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+        def strings(column: str) -> Any:
+            return np.array(["" if v is None else str(v) for v in data.column(column).to_pylist()], dtype=str)
+
+        values: dict[str, Any] = {
+            "trace_id": strings("trace_id"),
+            **{c: floats(c) for c in ("error", "duration_ms", "tokens", "cost")},
+            **{label: strings(label) for label in TRACE_LABELS},
+        }
+        for i, name in enumerate(named):
+            values[name] = np.asarray(data.column(f"a{i}").to_pylist(), dtype=object)
+        return values
 
     def known_traces(self, trace_ids: Iterable[str]) -> set[str]:
         ids = sorted(set(trace_ids))
