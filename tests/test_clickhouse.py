@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from click.testing import CliRunner
@@ -135,6 +136,27 @@ def test_ingest_gives_duckdb_s_rows_column_for_column(
             assert found[table] == expected[table], table
         orphan = c.query("SELECT is_orphan FROM spans WHERE span_id = 'orphan'")
         assert orphan == [{"is_orphan": False}]  # its parent arrived in a later file
+
+
+def test_trace_values_for_comparisons_match_duckdb(
+    tmp_path: Path, chdb_store: Callable[..., str], new_store: Callable[[str], str]
+) -> None:
+    traces = simulate(tmp_path / "sim.jsonl", traces=50, seed=8).traces_path
+    extra = write(tmp_path / "extra.jsonl", [flat("x1", "a", **{"support.resolved": True})])
+    values = []
+    for target in (new_store("duckdb"), chdb_store()):
+        with TraceStore.open(target) as store:
+            store.ingest([str(traces), str(extra)])
+            values.append(store.trace_values(["agent", "session.id", "support.resolved", "service.name"]))
+    duck, click = values
+    assert set(duck) == set(click)
+    for name in duck:
+        if duck[name].dtype.kind == "f":
+            assert np.allclose(duck[name], click[name], equal_nan=True), name
+        else:
+            assert list(duck[name]) == list(click[name]), name
+    resolved = list(duck["support.resolved"])
+    assert resolved.count("true") == 1 and resolved.count(None) == 50  # missing is None, not a placeholder
 
 
 def test_files_are_read_again_only_when_they_changed(tmp_path: Path, chdb_store: Callable[..., str]) -> None:

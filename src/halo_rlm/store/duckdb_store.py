@@ -608,8 +608,11 @@ class DuckDBStore(TraceStore):
             **{label: _strings(data[label]) for label in TRACE_LABELS},
         }
         for i, name in enumerate(named):
+            # NULL as None (np.ma.filled(…, None) would fill in the array's default, "?")
+            column = data[f"a{i}"]
+            missing = np.ma.getmaskarray(column)
             values[name] = np.asarray(
-                np.ma.filled(data[f"a{i}"], None) if np.ma.isMaskedArray(data[f"a{i}"]) else data[f"a{i}"],
+                [None if gone else value for value, gone in zip(np.ma.getdata(column), missing, strict=True)],
                 dtype=object,
             )
         return values
