@@ -358,7 +358,6 @@ class HttpConnection(Connection):
                 secure=target.secure,
                 connect_timeout=10,
                 send_receive_timeout=300,
-                autogenerate_session_id=False,
                 settings={k: v for k, v in QUERY_SETTINGS.items() if not k.startswith("output_format_arrow")},
             )
         except Exception as exc:  # noqa: BLE001 - clickhouse-connect raises several kinds

@@ -33,10 +33,16 @@ def _re(pattern: str) -> str:
     return literal("(?-s)" + pattern)
 
 
-# What an error says: its message, type, a tool's result and its exception events.
+# What an error says: its message, type, a tool's result and its exception events' types and messages
+# (not their stack traces, which quote the caller's code), as the DuckDB dialect's ERROR_TEXT.
+EXCEPTION_TEXT = (
+    "if(s.exceptions IS NULL, NULL, leftUTF8(arrayStringConcat(arrayMap(e -> arrayStringConcat(arrayFilter("
+    f"x -> x IS NOT NULL, [{json_text('e', 'type')}, {json_text('e', 'message')}]), ' | '), "
+    "JSONExtractArrayRaw(ifNull(s.exceptions, ''))), ' | '), 1000))"
+)
 ERROR_TEXT = (
     "arrayStringConcat(arrayFilter(x -> x IS NOT NULL, [s.status_message, s.error_type, "
-    "if(s.kind = 'TOOL', leftUTF8(s.tool_result, 1000), NULL), leftUTF8(s.exceptions, 1000)]), ' | ')"
+    f"if(s.kind = 'TOOL', leftUTF8(s.tool_result, 1000), NULL), {EXCEPTION_TEXT}]), ' | ')"
 )
 
 
@@ -63,7 +69,15 @@ def _extract(pattern: str) -> str:
 
 # The key a finding of each error category is about.
 ERROR_KEYS = {
+    # the tool's name: as a field (`{'tool_name': 'x'}`), in "Tool x not found", else after "tool"
     "hallucinated_tool": "coalesce("
+    + _extract(r"(?i)tool_?name['\"]?\s*[:=]\s*['\"`]?([A-Za-z_][\w.-]*)")
+    + ", "
+    + _extract(
+        r"(?i)(?:tool|function)\s+['\"`]?([A-Za-z_][\w.-]*)['\"`]?\s+"
+        r"(?:not found|does not exist|is not available|not registered)"
+    )
+    + ", "
     + _extract(r"(?i)(?:tool|function)[: ]+['\"`]?([A-Za-z_][\w-]*(?:\.[\w-]+)*)")
     + ", tool_name, name)",
     "invalid_tool_arguments": "coalesce(tool_name, name)",
@@ -137,12 +151,19 @@ class ClickHouseDialect(Dialect):
             FROM ({self.classified_errors(signatures)}) AS errors"""
         return Detection(
             occurrences=occurrences,
+            # The classified errors are kept for this session (on disk, not in memory) and read again
+            # for each finding's examples, instead of classifying every error span again.
+            setup=(
+                "DROP TEMPORARY TABLE IF EXISTS halo_errors",
+                f"CREATE TEMPORARY TABLE halo_errors ENGINE = MergeTree ORDER BY tuple() AS {occurrences}",
+            ),
+            scan="SELECT * FROM halo_errors",
             groups=f"""
                 SELECT category, key, template, uniqExact(trace_id) AS traces, count() AS errors,
                        coalesce(sum(duration_ns), 0) / 1e6 AS latency_ms,
                        lower(arrayStringConcat(arraySort(groupUniqArray(kind)), '/')) AS kinds,
                        count() - uniqExact(trace_id) AS extra
-                FROM ({occurrences}) AS errors GROUP BY category, key, template
+                FROM halo_errors GROUP BY category, key, template
                 HAVING uniqExact(trace_id) >= {minimum}
                 ORDER BY traces DESC, category, key, template""",
         )

@@ -534,8 +534,13 @@ class ClickHouseStore(TraceStore):
         return rows
 
     def query(self, sql_text: str, params: Any = None) -> list[dict[str, Any]]:
+        """Rows of SQL written by HALO itself (the detectors, with values inlined); a statement that
+        returns no rows (the detectors' setup) runs as a command. Untrusted SQL goes through `sql()`."""
         if params:
             raise StoreError("ClickHouse queries take their values inlined (clickhouse_client.literal)")
+        if _first_word(sql_text) not in ("SELECT", "WITH", "("):
+            self.conn.command(sql_text)
+            return []
         return self._rows(sql_text)
 
     def trace_values(self, attributes: Sequence[str] = ()) -> dict[str, Any]:
