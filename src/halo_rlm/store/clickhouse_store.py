@@ -447,7 +447,8 @@ class ClickHouseStore(TraceStore):
         except StoreError as exc:
             raise StoreError(f"SQL error: {str(exc).split(': ', 1)[-1]}") from None
         columns = table.column_names
-        rows = [list(row.values()) for row in table.slice(0, max_rows + 1).to_pylist()]
+        head = table.slice(0, max_rows + 1)  # by column: two columns may share a name
+        rows = [list(row) for row in zip(*(column.to_pylist() for column in head.columns), strict=True)]
         truncated, note = len(rows) > max_rows, None
         rows = [[plain(v) for v in row] for row in rows[:max_rows]]
         size = len(orjson.dumps(rows, default=str))
