@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from halo_rlm.store.clickhouse_client import literal
-from halo_rlm.store.clickhouse_sql import json_text
+from halo_rlm.store.clickhouse_sql import join_distinct, json_text
 from halo_rlm.store.dialect import Detection, Dialect
 
 __all__ = ["ClickHouseDialect"]
@@ -34,15 +34,15 @@ def _re(pattern: str) -> str:
 
 
 # What an error says: its message, type, a tool's result and its exception events' types and messages
-# (not their stack traces, which quote the caller's code), as the DuckDB dialect's ERROR_TEXT.
-EXCEPTION_TEXT = (
-    "if(s.exceptions IS NULL, NULL, leftUTF8(arrayStringConcat(arrayMap(e -> arrayStringConcat(arrayFilter("
-    f"x -> x IS NOT NULL, [{json_text('e', 'type')}, {json_text('e', 'message')}]), ' | '), "
-    "JSONExtractArrayRaw(ifNull(s.exceptions, ''))), ' | '), 1000))"
+# (not their stack traces, which quote the caller's code), each said once: the DuckDB dialect's
+# ERROR_TEXT.
+EXCEPTION_PARTS = (
+    f"arrayFlatten(arrayMap(e -> [{json_text('e', 'type')}, leftUTF8({json_text('e', 'message')}, 1000)], "
+    "JSONExtractArrayRaw(ifNull(s.exceptions, ''))))"
 )
-ERROR_TEXT = (
-    "arrayStringConcat(arrayFilter(x -> x IS NOT NULL, [s.status_message, s.error_type, "
-    f"if(s.kind = 'TOOL', leftUTF8(s.tool_result, 1000), NULL), {EXCEPTION_TEXT}]), ' | ')"
+ERROR_TEXT = join_distinct(
+    "arrayConcat([s.status_message, s.error_type, if(s.kind = 'TOOL', leftUTF8(s.tool_result, 1000), NULL)], "
+    f"{EXCEPTION_PARTS})"
 )
 
 

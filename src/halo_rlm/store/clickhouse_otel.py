@@ -14,7 +14,7 @@ from __future__ import annotations
 from halo_rlm.formats.conventions import KINDS, SOURCES, TEXT_CAP
 from halo_rlm.store.base import StoreError
 from halo_rlm.store.clickhouse_client import Connection, Target, literal
-from halo_rlm.store.clickhouse_sql import TRACE_AGGREGATES
+from halo_rlm.store.clickhouse_sql import TRACE_AGGREGATES, join_distinct
 from halo_rlm.store.schema import INPUT_COLUMNS, REJECT_COLUMNS, SPAN_COLUMNS, TRACE_COLUMNS
 
 __all__ = ["REQUIRED_COLUMNS", "map_otel_table", "spans_select"]
@@ -234,8 +234,12 @@ def spans_select(table: str, scope_columns: bool = True) -> str:
         "exceptions": EXCEPTIONS,
         "error_template": "if(status = 'ERROR', "
         + template(
-            "concat(coalesce(status_message_value, error_type_value, '(no message)'), "
-            "if(kind = 'TOOL' AND tool_result_full IS NOT NULL, concat(' | ', leftUTF8(tool_result_full, 300)), ''))"
+            "coalesce(nullIf("
+            + join_distinct(
+                "[coalesce(status_message_value, error_type_value), "
+                "if(kind = 'TOOL', leftUTF8(tool_result_full, 300), NULL)]"
+            )
+            + ", ''), '(no message)')"
         )
         + ", NULL)",
         "is_orphan": "toBool(parent_id IS NOT NULL AND NOT has(groupArray(SpanId) OVER (PARTITION BY TraceId), parent_id))",

@@ -23,6 +23,7 @@ __all__ = [
     "TRACE_AGGREGATES",
     "ast_problems",
     "create_statements",
+    "join_distinct",
     "json_text",
     "orphan_fixes",
     "regex_match",
@@ -180,6 +181,16 @@ def json_text(document: str, *path: str) -> str:
     return (
         f"multiIf(JSONType({at}) = 'String', JSONExtractString({at}), JSONType({at}) = 'Null', NULL, "
         f"nullIf(JSONExtractRaw({at}), ''))"
+    )
+
+
+def join_distinct(parts: str) -> str:
+    """The parts (an array of nullable texts) joined with " | ", each said once: a part another part
+    contains is left out, as the DuckDB store's `halo_join_distinct` macro does."""
+    return (
+        "arrayStringConcat(arrayFilter((p, i) -> p IS NOT NULL AND p != '' AND NOT arrayExists("
+        "(q, j) -> j != i AND q IS NOT NULL AND position(q, p) > 0 AND (q != p OR j < i), "
+        f"{parts}, arrayEnumerate({parts})), {parts}, arrayEnumerate({parts})), ' | ')"
     )
 
 

@@ -32,8 +32,10 @@ from halo_rlm.store.dialect import Dialect
 from halo_rlm.store.duckdb_store import ATTRIBUTE_NAME, required_literals
 from halo_rlm.store.results import (
     Count,
+    Durations,
     ErrorGroup,
     IngestReport,
+    ModelUsage,
     Overview,
     Progress,
     SearchResult,
@@ -309,6 +311,42 @@ class ClickHouseStore(TraceStore):
             lists_capped_at=top,
         )
 
+    def durations(self, filters: TraceFilters | None = None, *, top: int = 20) -> list[Durations]:
+        """p50, p95 and longest durations per agent (its AGENT spans), model (LLM spans) and tool
+        (TOOL spans) over the traces that match `filters`: the `top` names with the most spans each."""
+        _, spans_in = self._selected(filters)
+        rows = self._rows(f"""
+            SELECT of, name, count() AS spans, quantileExactInclusive(0.5)(duration_ns) / 1e6 AS p50_ms,
+                   quantileExactInclusive(0.95)(duration_ns) / 1e6 AS p95_ms, max(duration_ns) / 1e6 AS max_ms
+            FROM (
+              SELECT multiIf(kind = 'AGENT', 'agent', kind = 'LLM', 'model', 'tool') AS of,
+                     multiIf(kind = 'AGENT', agent_name, kind = 'LLM', model, tool_name) AS name, duration_ns
+              FROM {self.db}.spans
+              WHERE kind IN ('AGENT', 'LLM', 'TOOL') AND duration_ns IS NOT NULL AND {spans_in}) AS timed
+            WHERE name IS NOT NULL
+            GROUP BY of, name
+            ORDER BY of, spans DESC, name
+            LIMIT {int(top)} BY of""")
+        return [Durations(**row) for row in rows]
+
+    def model_usage(self, filters: TraceFilters | None = None) -> list[ModelUsage]:
+        """Per model, its LLM calls' tokens and reported cost, and the tokens of calls that reported
+        no cost, over the traces that match `filters`; most calls first."""
+        _, spans_in = self._selected(filters)
+        unpriced = "cost IS NULL AND (input_tokens > 0 OR output_tokens > 0)"
+        rows = self._rows(f"""
+            SELECT model, count() AS calls, coalesce(sum(input_tokens), 0) AS input_tokens,
+                   coalesce(sum(output_tokens), 0) AS output_tokens,
+                   coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens, coalesce(sum(cost), 0) AS cost,
+                   countIf({unpriced}) AS calls_without_cost,
+                   coalesce(sumIf(input_tokens, {unpriced}), 0) AS input_tokens_without_cost,
+                   coalesce(sumIf(output_tokens, {unpriced}), 0) AS output_tokens_without_cost,
+                   coalesce(sumIf(cache_read_tokens, {unpriced}), 0) AS cache_read_tokens_without_cost
+            FROM {self.db}.spans
+            WHERE kind = 'LLM' AND model IS NOT NULL AND {spans_in}
+            GROUP BY model ORDER BY calls DESC, model""")
+        return [ModelUsage(**row) for row in rows]
+
     def error_groups(self, filters: TraceFilters | None = None, *, top: int = 20) -> list[ErrorGroup]:
         return self._error_groups(self._selected(filters)[1], top)
 
@@ -318,9 +356,8 @@ class ClickHouseStore(TraceStore):
                    count() AS error_spans, uniqExact(trace_id) AS traces,
                    arraySlice(arraySort(groupUniqArray(trace_id)), 1, 3) AS example_trace_ids,
                    argMin(trace_id || ':' || span_id, start_ns) AS example_span,
-                   argMin(tuple(coalesce(status_message, '') ||
-                          if(kind = 'TOOL' AND tool_result IS NOT NULL, ' | ' || left(tool_result, 300), '')),
-                          start_ns).1 AS example_message
+                   argMin({sql.join_distinct("[status_message, if(kind = 'TOOL', leftUTF8(tool_result, 300), NULL)]")},
+                          start_ns) AS example_message
             FROM {self.db}.spans
             WHERE {spans_in} AND status = 'ERROR'
             GROUP BY source, kind, template
