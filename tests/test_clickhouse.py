@@ -138,16 +138,17 @@ def test_ingest_gives_duckdb_s_rows_column_for_column(
         assert orphan == [{"is_orphan": False}]  # its parent arrived in a later file
 
 
-def test_trace_values_for_comparisons_match_duckdb(
+def test_trace_values_durations_and_model_usage_match_duckdb(
     tmp_path: Path, chdb_store: Callable[..., str], new_store: Callable[[str], str]
 ) -> None:
     traces = simulate(tmp_path / "sim.jsonl", traces=50, seed=8).traces_path
     extra = write(tmp_path / "extra.jsonl", [flat("x1", "a", **{"support.resolved": True})])
-    values = []
+    values, summaries = [], []
     for target in (new_store("duckdb"), chdb_store()):
         with TraceStore.open(target) as store:
             store.ingest([str(traces), str(extra)])
             values.append(store.trace_values(["agent", "session.id", "support.resolved", "service.name"]))
+            summaries.append((store.durations(top=5), store.model_usage(), store.overview()))
     duck, click = values
     assert set(duck) == set(click)
     for name in duck:
@@ -157,6 +158,7 @@ def test_trace_values_for_comparisons_match_duckdb(
             assert list(duck[name]) == list(click[name]), name
     resolved = list(duck["support.resolved"])
     assert resolved.count("true") == 1 and resolved.count(None) == 50  # missing is None, not a placeholder
+    assert summaries[0] == summaries[1]  # durations (interpolated quantiles), model usage, overview
 
 
 def test_files_are_read_again_only_when_they_changed(tmp_path: Path, chdb_store: Callable[..., str]) -> None:

@@ -316,8 +316,8 @@ class ClickHouseStore(TraceStore):
         (TOOL spans) over the traces that match `filters`: the `top` names with the most spans each."""
         _, spans_in = self._selected(filters)
         rows = self._rows(f"""
-            SELECT of, name, count() AS spans, quantileExactInclusive(0.5)(duration_ns) / 1e6 AS p50_ms,
-                   quantileExactInclusive(0.95)(duration_ns) / 1e6 AS p95_ms, max(duration_ns) / 1e6 AS max_ms
+            SELECT of, name, count() AS spans, round(quantileExactInclusive(0.5)(duration_ns) / 1e6, 9) AS p50_ms,
+                   round(quantileExactInclusive(0.95)(duration_ns) / 1e6, 9) AS p95_ms, max(duration_ns) / 1e6 AS max_ms
             FROM (
               SELECT multiIf(kind = 'AGENT', 'agent', kind = 'LLM', 'model', 'tool') AS of,
                      multiIf(kind = 'AGENT', agent_name, kind = 'LLM', model, tool_name) AS name, duration_ns
@@ -333,17 +333,18 @@ class ClickHouseStore(TraceStore):
         """Per model, its LLM calls' tokens and reported cost, and the tokens of calls that reported
         no cost, over the traces that match `filters`; most calls first."""
         _, spans_in = self._selected(filters)
-        unpriced = "cost IS NULL AND (input_tokens > 0 OR output_tokens > 0)"
+        # Column names differ from the result's, which ClickHouse would read as the aggregates.
         rows = self._rows(f"""
-            SELECT model, count() AS calls, coalesce(sum(input_tokens), 0) AS input_tokens,
-                   coalesce(sum(output_tokens), 0) AS output_tokens,
-                   coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens, coalesce(sum(cost), 0) AS cost,
-                   countIf({unpriced}) AS calls_without_cost,
-                   coalesce(sumIf(input_tokens, {unpriced}), 0) AS input_tokens_without_cost,
-                   coalesce(sumIf(output_tokens, {unpriced}), 0) AS output_tokens_without_cost,
-                   coalesce(sumIf(cache_read_tokens, {unpriced}), 0) AS cache_read_tokens_without_cost
-            FROM {self.db}.spans
-            WHERE kind = 'LLM' AND model IS NOT NULL AND {spans_in}
+            SELECT model, count() AS calls, coalesce(sum(i), 0) AS input_tokens, coalesce(sum(o), 0) AS output_tokens,
+                   coalesce(sum(c), 0) AS cache_read_tokens, round(coalesce(sum(usd), 0), 9) AS cost,
+                   countIf(unpriced) AS calls_without_cost,
+                   coalesce(sumIf(i, unpriced), 0) AS input_tokens_without_cost,
+                   coalesce(sumIf(o, unpriced), 0) AS output_tokens_without_cost,
+                   coalesce(sumIf(c, unpriced), 0) AS cache_read_tokens_without_cost
+            FROM (SELECT model, input_tokens AS i, output_tokens AS o, cache_read_tokens AS c, cost AS usd,
+                         coalesce(cost IS NULL AND (input_tokens > 0 OR output_tokens > 0), false) AS unpriced
+                  FROM {self.db}.spans
+                  WHERE kind = 'LLM' AND model IS NOT NULL AND {spans_in}) AS calls
             GROUP BY model ORDER BY calls DESC, model""")
         return [ModelUsage(**row) for row in rows]
 

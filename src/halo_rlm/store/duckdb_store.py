@@ -363,12 +363,14 @@ class DuckDBStore(TraceStore):
 
     def durations(self, filters: TraceFilters | None = None, *, top: int = 20) -> list[Durations]:
         """p50, p95 and longest durations per agent (its AGENT spans), model (LLM spans) and tool
-        (TOOL spans) over the traces that match `filters`: the `top` names with the most spans each."""
+        (TOOL spans) over the traces that match `filters`: the `top` names with the most spans each.
+        Interpolated quantiles and summed costs are rounded to 9 decimals, so every backend gives the
+        same numbers whatever order its arithmetic took."""
         selected, params = self._selected_traces(filters)
         rows = self._rows(
             f"""
-            SELECT of, name, count(*) AS spans, quantile_cont(duration_ns, 0.5) / 1e6 AS p50_ms,
-                   quantile_cont(duration_ns, 0.95) / 1e6 AS p95_ms, max(duration_ns) / 1e6 AS max_ms
+            SELECT of, name, count(*) AS spans, round(quantile_cont(duration_ns, 0.5) / 1e6, 9) AS p50_ms,
+                   round(quantile_cont(duration_ns, 0.95) / 1e6, 9) AS p95_ms, max(duration_ns) / 1e6 AS max_ms
             FROM (
               SELECT CASE kind WHEN 'AGENT' THEN 'agent' WHEN 'LLM' THEN 'model' ELSE 'tool' END AS of,
                      CASE kind WHEN 'AGENT' THEN agent_name WHEN 'LLM' THEN model ELSE tool_name END AS name,
@@ -392,7 +394,7 @@ class DuckDBStore(TraceStore):
             f"""
             SELECT model, count(*) AS calls, coalesce(sum(input_tokens), 0) AS input_tokens,
                    coalesce(sum(output_tokens), 0) AS output_tokens,
-                   coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens, coalesce(sum(cost), 0) AS cost,
+                   coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens, round(coalesce(sum(cost), 0), 9) AS cost,
                    count(*) FILTER ({unpriced}) AS calls_without_cost,
                    coalesce(sum(input_tokens) FILTER ({unpriced}), 0) AS input_tokens_without_cost,
                    coalesce(sum(output_tokens) FILTER ({unpriced}), 0) AS output_tokens_without_cost,
