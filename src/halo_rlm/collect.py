@@ -166,11 +166,9 @@ class Collector:
         self.url = self.traces_url = ""  # set by listen()
         self.remote = False
         self._token = token.encode() if token else None
-        self._backlog_bytes, self._flush_seconds, self._lock_timeout = (
-            backlog_bytes,
-            flush_seconds,
-            lock_timeout,
-        )
+        self._backlog_bytes = backlog_bytes
+        self._flush_seconds = flush_seconds
+        self._lock_timeout = lock_timeout
         self._on_flush = on_flush
         self._lock = threading.Condition()
         self._report_lock = threading.Lock()  # one on_flush call at a time
@@ -188,10 +186,8 @@ class Collector:
         if self.out_path is not None:
             outputs.append(_FileOutput(self.out_path))
         if self.store_path is not None:
-            try:
-                TraceStore.open(
-                    self.store_path
-                ).close()  # fail now, not at the first write, if it is not a store
+            try:  # fail now, not at the first write, if it is not a store
+                TraceStore.open(self.store_path).close()
             except StoreError as exc:
                 raise CollectError(str(exc)) from exc
             outputs.append(_StoreOutput(self.store_path))
@@ -501,7 +497,9 @@ class Collector:
         with self._lock:
             output.behind_bytes -= size
             output.behind_spans -= data.count(b"\n")
-            output.error = None if saved else f"{output.name}: cannot record progress in {self.spool}"
+            output.error = None
+            if not saved:
+                self._spool_error = f"spool: cannot record the {output.name}'s progress in {self.spool}"
             self._counts["flushes"] += 1
             oldest = min(o.position[0] for o in self._outputs)
         self._log.trim(oldest)
