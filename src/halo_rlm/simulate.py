@@ -22,7 +22,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
@@ -30,15 +30,12 @@ from functools import cached_property
 from itertools import product
 from pathlib import Path
 from random import Random
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import orjson
 from pydantic import BaseModel, Field
 
 from halo_rlm.__about__ import __version__
-
-if TYPE_CHECKING:
-    from halo_rlm.report import Finding
 
 Category = Literal[
     "hallucinated_tool",
@@ -129,51 +126,6 @@ class GroundTruth(BaseModel):
         truth_path = Path(truth_path)
         data = orjson.loads(truth_path.read_bytes())
         return cls(**data, traces_path=truth_path.with_name(data["corpus"]["file"]), truth_path=truth_path)
-
-    def score(self, findings: Sequence[Finding], systemic_share: float = 0.02) -> Score:
-        """Score detector findings against what was planted. A finding matches a pattern by
-        `category` + `key`; a pattern counts towards recall when it is in at least `systemic_share`
-        of the traces, and a finding that matches no planted pattern is a false positive."""
-        planted = {(p.category, p.key): p for p in self.patterns}
-        found = {(f.category, f.key) for f in findings}
-        systemic = [p for p in self.patterns if p.affected_traces >= systemic_share * self.corpus.traces]
-        count_errors: dict[str, float] = {}
-        for f in findings:  # every finding, so two findings splitting one pattern's count both answer for it
-            p = planted.get((f.category, f.key))
-            if p is not None:
-                error = abs(f.affected_traces - p.affected_traces) / p.affected_traces
-                count_errors[p.id] = max(error, count_errors.get(p.id, 0.0))
-        return Score(
-            systemic=[p.id for p in systemic],
-            missed=[p.id for p in systemic if (p.category, p.key) not in found],
-            found=len(found),
-            false_positives=sorted(f"{c}:{k}" for c, k in found - planted.keys()),
-            count_errors=count_errors,
-        )
-
-
-@dataclass(frozen=True)
-class Score:
-    """How detector findings compare with the ground truth. Findings are counted by distinct
-    `category` + `key`, the unit a pattern is planted and matched by."""
-
-    systemic: list[str]  # ids of the planted patterns recall is measured on
-    missed: list[str]  # ...and those no finding matches
-    found: int  # distinct (category, key) among the findings
-    false_positives: list[str]  # "category:key" of findings matching no planted pattern
-    count_errors: dict[str, float]  # pattern id -> worst |found - planted| / planted of its findings
-
-    @property
-    def recall(self) -> float:
-        return (len(self.systemic) - len(self.missed)) / len(self.systemic) if self.systemic else 1.0
-
-    @property
-    def precision(self) -> float:
-        return (self.found - len(self.false_positives)) / self.found if self.found else 1.0
-
-    @property
-    def worst_count_error(self) -> float:
-        return max(self.count_errors.values(), default=0.0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import duckdb
+import numpy as np
 import orjson
 import regex
 
 from halo_rlm import files
 from halo_rlm.store import duckdb_sql
 from halo_rlm.store.base import StoreError, TraceStore
+from halo_rlm.store.dialect import Dialect
+from halo_rlm.store.duckdb_dialect import DuckDBDialect
 from halo_rlm.store.duckdb_ingest import Ingest
 from halo_rlm.store.results import (
     Count,
@@ -52,7 +55,7 @@ INGEST_MEMORY = "512MB"
 class DuckDBStore(TraceStore):
     """A DuckDB trace store. Open one with `TraceStore.open(path)`."""
 
-    dialect: ClassVar[str] = "duckdb"
+    dialect: ClassVar[Dialect] = DuckDBDialect()
     schemes: ClassVar[tuple[str, ...]] = ("duckdb",)
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: str, read_only: bool) -> None:
@@ -85,7 +88,7 @@ class DuckDBStore(TraceStore):
         deadline = time.monotonic() + lock_timeout
         while True:
             try:
-                con = duckdb.connect(path, read_only=read_only, config=config)
+                con = duckdb.connect(path, read_only=read_only, config=config)  # type: ignore[arg-type]
                 break
             except duckdb.IOException as exc:
                 if "lock" in str(exc).lower() and time.monotonic() < deadline:
@@ -398,8 +401,8 @@ class DuckDBStore(TraceStore):
         trace_start = min((r["start_ns"] for r in rows if r["start_ns"] is not None), default=None)
         views, cut = [], 0
         for depth, row in ordered:
-            view, n = span_view(row, depth, trace_start, value_chars)
-            views.append(view)
+            shown_span, n = span_view(row, depth, trace_start, value_chars)
+            views.append(shown_span)
             cut += n
         view = TraceView(
             trace_id=trace_id,
@@ -545,15 +548,15 @@ class DuckDBStore(TraceStore):
         except duckdb.Error as exc:
             raise StoreError(f"SQL error: {first_line(exc)}") from exc
         truncated, note = len(rows) > max_rows, None
-        rows = [[plain(v) for v in row] for row in rows[:max_rows]]
-        size = len(orjson.dumps(rows, default=str))
-        while rows and size > max_bytes:
-            rows.pop()
-            size = len(orjson.dumps(rows, default=str))
+        values = [[plain(v) for v in row] for row in rows[:max_rows]]
+        size = len(orjson.dumps(values, default=str))
+        while values and size > max_bytes:
+            values.pop()
+            size = len(orjson.dumps(values, default=str))
             truncated = True
         if truncated:
-            note = f"showing {len(rows)} rows; add LIMIT/OFFSET, aggregate, or select fewer columns"
-        return SqlResult(columns=columns, rows=rows, row_count=len(rows), truncated=truncated, note=note)
+            note = f"showing {len(values)} rows; add LIMIT/OFFSET, aggregate, or select fewer columns"
+        return SqlResult(columns=columns, rows=values, row_count=len(values), truncated=truncated, note=note)
 
     def spans(
         self,
@@ -572,7 +575,8 @@ class DuckDBStore(TraceStore):
     ) -> list[dict[str, Any]]:
         """Canonical span rows (no raw record) matching every given condition, oldest first; long
         text values keep head and tail."""
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         for column, value in (
             ("kind", kind),
             ("name", name),
@@ -605,6 +609,50 @@ class DuckDBStore(TraceStore):
     def query(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
         """Rows of SQL written by HALO itself (the detectors). Untrusted SQL goes through `sql()`."""
         return self._rows(sql, params)
+
+    def trace_values(self, attributes: Sequence[str] = ()) -> dict[str, Any]:
+        named = [a for a in dict.fromkeys(attributes) if a not in TRACE_LABELS]
+        for name in named:
+            if not ATTRIBUTE_NAME.fullmatch(name):
+                raise StoreError(
+                    f"{name!r}: an attribute name is letters, digits and . _ - : / (e.g. support.resolved)"
+                )
+        columns = [
+            "t.trace_id",
+            "CASE WHEN t.has_errors THEN 1.0 ELSE 0.0 END AS error",
+            "t.duration_ns / 1e6 AS duration_ms",
+            "t.total_tokens::DOUBLE AS tokens",
+            "t.cost AS cost",
+            *(f"{expression} AS {label}" for label, expression in TRACE_LABELS.items()),
+        ]
+        joins = []
+        for i, name in enumerate(named):
+            # the first span carrying the attribute (root first, then by start); the substring test
+            # skips the JSON parse for spans that cannot have it
+            value = (
+                f"coalesce(json_extract_string(raw, '$.attributes.\"{name}\"'), "
+                f"json_extract_string(raw, '$.resource.attributes.\"{name}\"'))"
+            )
+            joins.append(
+                f"LEFT JOIN (SELECT trace_id, arg_min(v, (parent_id IS NOT NULL, start_ns)) AS v FROM "
+                f"(SELECT trace_id, parent_id, start_ns, {value} AS v FROM spans WHERE contains(raw, '{name}')) "
+                f"WHERE v IS NOT NULL GROUP BY trace_id) a{i} USING (trace_id)"
+            )
+            columns.append(f"a{i}.v AS a{i}")
+        data = self.con.execute(
+            f"SELECT {', '.join(columns)} FROM traces t {' '.join(joins)} ORDER BY t.trace_id"
+        ).fetchnumpy()
+        values: dict[str, Any] = {
+            "trace_id": _strings(data["trace_id"]),
+            **{c: _floats(data[c]) for c in ("error", "duration_ms", "tokens", "cost")},
+            **{label: _strings(data[label]) for label in TRACE_LABELS},
+        }
+        for i, name in enumerate(named):
+            values[name] = np.asarray(
+                np.ma.filled(data[f"a{i}"], None) if np.ma.isMaskedArray(data[f"a{i}"]) else data[f"a{i}"],
+                dtype=object,
+            )
+        return values
 
     def known_traces(self, trace_ids: Iterable[str]) -> set[str]:
         ids = sorted(set(trace_ids))
@@ -706,6 +754,26 @@ class DuckDBStore(TraceStore):
 
 class _Timeout(Exception):
     pass
+
+
+# Labels of a trace a comparison can group or stratify by (`trace_values`).
+TRACE_LABELS = {
+    "service": "array_to_string(list_sort(t.services), ',')",
+    "agent": "array_to_string(list_sort(t.agents), ',')",
+    "root": "coalesce(t.root_name, '')",
+    "model": "array_to_string(list_sort(t.models), ',')",
+}
+ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,200}")
+
+
+def _floats(column: Any) -> Any:
+    """A fetched numeric column as float64, NULL as NaN (DuckDB hands nullable columns over masked)."""
+    return np.ma.filled(np.ma.asarray(column).astype(np.float64), np.nan)
+
+
+def _strings(column: Any) -> Any:
+    """A fetched text column as a numpy array of str (None as the empty string)."""
+    return np.array(["" if v is None else str(v) for v in np.asarray(column, dtype=object)], dtype=str)
 
 
 SORT_COLUMNS = {
