@@ -111,7 +111,7 @@ def lines_to_scrub(lines: Sequence[bytes]) -> list[int]:
         texts = pa.array(lines, pa.binary()).cast(pa.string())
     except pa.ArrowInvalid:  # not UTF-8: scrub them all the slow way
         return list(range(len(lines)))
-    return pc.indices_nonzero(pc.match_substring_regex(texts, _HINTS)).to_pylist()  # type: ignore[no-any-return]
+    return pc.indices_nonzero(pc.match_substring_regex(texts, _HINTS)).to_pylist()
 
 
 def _scrub_value(value: Any, scrub: Callable[[str], str]) -> Any:
