@@ -382,12 +382,16 @@ def trickle(connection: socket.socket, data: bytes, every: float = 0.1, seconds:
     for byte in data:
         try:
             connection.sendall(bytes([byte]))
-            return connection.recv(65536) or b"closed"
+            reply = connection.recv(65536)
         except TimeoutError:
-            pass
+            assert time.monotonic() < deadline
+            continue
         except OSError:
             return b"closed"
-        assert time.monotonic() < deadline
+        connection.settimeout(10)
+        while chunk := connection.recv(65536):  # the rest of the reply, up to the close
+            reply += chunk
+        return reply or b"closed"
     raise AssertionError("the slow client was never cut off")
 
 
@@ -896,6 +900,25 @@ def test_a_failing_disk_gets_503s_and_loses_no_acknowledged_span(tmp_path: Path,
         second = CollectorProcess(store=str(store), out=str(out), spool=str(spool)).stop()
         assert second["last_error"] is None
         assert_nothing_acknowledged_lost(sent, store, out)
+
+
+def test_a_full_spool_gets_503s_and_what_it_took_is_written(tmp_path: Path) -> None:
+    if not can_mount():
+        pytest.skip("needs a small tmpfs (root)")
+    spool, store = tmp_path / "spool", tmp_path / "c.duckdb"
+    with small_disk(spool, "1m"):
+        collector = serve(store=store, spool=spool, port=0, flush_seconds=3600)
+        exporter = OTLPSpanExporter(endpoint=collector.traces_url, timeout=2)
+        accepted: set[str] = set()
+        for _ in range(40):  # about 80 KB a request: the spool fills after a dozen
+            spans = agent_spans(30)
+            if exporter.export(spans) is SpanExportResult.SUCCESS:
+                accepted |= {f"{span.context.span_id:016x}" for span in spans}
+        busy = collector.stats
+        final = collector.stop()
+    assert accepted and busy.busy_requests > 0 and "cannot write" in (busy.last_error or "")
+    assert final.last_error is None  # once stopped, everything it took is in the store
+    assert set(stored(store)) == accepted
 
 
 _mountable: list[bool] = []

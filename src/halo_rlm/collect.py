@@ -350,6 +350,7 @@ class Collector:
         for thread in self._threads:
             thread.join()
         with self._lock:
+            self._spool_error = None  # from here on, last_error says what is still spooled
             behind = [o for o in self._outputs if o.behind_bytes > 0]
             if behind:
                 names = " and the ".join(o.name for o in behind)
@@ -708,6 +709,11 @@ class _Log:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, start)
+            if start == 0:  # it holds nothing acknowledged: do not leave an empty file per failure
+                with contextlib.suppress(OSError):
+                    (self.directory / f"wal-{self.active:012d}.jsonl").unlink()
+                with self._state:
+                    self.sizes.pop(self.active, None)
         self._close_file()
 
     def _next_file(self) -> None:
