@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import Status
 
 from halo_rlm.formats import otlp
-from halo_rlm.scrub import REDACTED, scrub_attributes, scrub_text
+from halo_rlm.scrub import scrub_attributes, scrub_text
 
 AGENTS_SCOPE, OPENAI_SCOPE = (
     "openinference.instrumentation.openai_agents",
@@ -230,5 +230,4 @@ def _installed(distribution: str) -> bool:
     return True
 
 
-# REDACTED, scrub_attributes and scrub_text live in halo_rlm.scrub; they stay importable from here.
-__all__ = ["REDACTED", "JsonlSpanExporter", "ScrubbingExporter", "scrub_attributes", "scrub_text", "setup"]
+__all__ = ["JsonlSpanExporter", "ScrubbingExporter", "setup"]
