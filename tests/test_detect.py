@@ -478,6 +478,7 @@ def test_simulated_corpus_recall_precision_and_counts(
     assert {f.query_dialect for f in report.findings} == {_dialect(backend)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["halo", "otlp"])
 def test_every_backend_finds_the_same(new_store: Callable[[str], str], tmp_path: Path, fmt: str) -> None:
     """DuckDB and ClickHouse (chdb) give the same report on the same traces: every finding with the
