@@ -171,6 +171,7 @@ def verify_command(report_file: Path, store_path: Path | None, write: bool, as_j
 
     from halo_rlm.render import write as write_report
     from halo_rlm.report import Report
+    from halo_rlm.store import paths as store_paths
     from halo_rlm.verify import verify
 
     try:
@@ -180,7 +181,7 @@ def verify_command(report_file: Path, store_path: Path | None, write: bool, as_j
             f"{report_file}: not a HALO report ({exc.error_count()} problems, first: {exc.errors()[0]['msg']})"
         )
     target = str(store_path or report.store)
-    if not target or not Path(target).exists():
+    if not target or not (store_paths.is_url(target) or Path(target).exists()):
         fail(f"the report's store {target or '(none)'} is not here; pass --store PATH")
     note_store(target, "given with --store" if store_path else "the report's")
     with open_read_only(target) as store:

@@ -88,12 +88,16 @@ will need: trace and span ids, counts, error messages, tool names, hypotheses co
 what remains to do. Drop raw payloads. Plain text, under 400 words."""
 
 
-def overview_text(overview: Any) -> str:
-    """A compact rendering of the dataset overview for the system prompt."""
+SQL_DIALECTS = {"duckdb": "DuckDB", "clickhouse": "ClickHouse"}
+
+
+def overview_text(overview: Any, dialect: str = "duckdb") -> str:
+    """A compact rendering of the dataset overview for the system prompt, with the SQL dialect the
+    store speaks (query_sql and sql() take it)."""
     lines = [
         f"{overview.traces:,} traces, {overview.spans:,} spans, {overview.error_traces:,} traces with errors, "
         f"from {overview.start} to {overview.end}; {overview.input_tokens + overview.output_tokens:,} tokens, "
-        f"${overview.cost:,.2f} of LLM cost."
+        f"${overview.cost:,.2f} of LLM cost. The store speaks {SQL_DIALECTS.get(dialect, dialect)} SQL."
     ]
     for title, items in (
         ("services", overview.services),

@@ -802,7 +802,7 @@ async def _run(run: Run, prompt: str, history: list[dict[str, Any]], inputs: lis
     if dataset.traces == 0:
         raise EngineError(f"{store.path}: the store holds no traces")
     overview = await store.run(lambda connection: connection.overview(top=15))
-    run.overview_text = prompts.overview_text(overview)
+    run.overview_text = prompts.overview_text(overview, store.dialect.name)
     run.hypotheses = [
         {
             "id": f.id,

@@ -44,30 +44,33 @@ NOT_TRACE_DATA_AFTER = 1000  # stop reading a file whose first N records all fai
 EXCERPT_BYTES = 200
 WRITERS = 2  # batches loaded at once, each on its own connection (one batch is too small for DuckDB to split)
 
-# One row per touched trace, in the column order of `schema.TRACE_COLUMNS`. Input and output previews
-# keep the first 400 characters.
-ROLLUP_SQL = """
+# One row per touched trace, in the column order of `schema.TRACE_COLUMNS`. The root span is the
+# earliest span without a parent (then the earliest orphan; spans without a start last), ties by span
+# id, so every backend picks the same one. Costs are rounded to 9 decimals: float sums added in another
+# order (another backend, another plan) then give the same number. Input and output previews keep
+# their first 400 characters.
+_ROOT = "{'orphan_or_child': parent_id IS NOT NULL, 'no_start': start_ns IS NULL, 'start': start_ns, 'span': span_id}"
+_FIRST = "{'start': start_ns, 'span': span_id}"
+ROLLUP_SQL = f"""
 INSERT INTO traces
 SELECT
   trace_id, count(*), count(*) FILTER (kind = 'LLM'), count(*) FILTER (kind = 'TOOL'),
   count(*) FILTER (status = 'ERROR'), bool_or(status = 'ERROR'),
   min(start_ns), max(coalesce(end_ns, start_ns)), max(coalesce(end_ns, start_ns)) - min(start_ns),
-  arg_min(span_id, {'orphan_or_child': parent_id IS NOT NULL, 'start': start_ns}),
-  arg_min(name, {'orphan_or_child': parent_id IS NOT NULL, 'start': start_ns}),
-  arg_min(status_message, {'orphan_or_child': parent_id IS NOT NULL, 'start': start_ns}),
+  arg_min(span_id, {_ROOT}), arg_min(name, {_ROOT}), arg_min(status_message, {_ROOT}),
   list_sort(list_distinct(list(service))), list_sort(list_distinct(list(agent_name))),
   list_sort(list_distinct(list(model))), list_sort(list_distinct(list(tool_name))),
   sum(input_tokens) FILTER (kind = 'LLM'), sum(output_tokens) FILTER (kind = 'LLM'),
   sum(total_tokens) FILTER (kind = 'LLM'), sum(cache_read_tokens) FILTER (kind = 'LLM'),
-  sum(reasoning_tokens) FILTER (kind = 'LLM'), sum(cost) FILTER (kind = 'LLM'),
-  arg_min(session_id, start_ns) FILTER (session_id IS NOT NULL),
-  arg_min(user_id, start_ns) FILTER (user_id IS NOT NULL),
+  sum(reasoning_tokens) FILTER (kind = 'LLM'), round(sum(cost) FILTER (kind = 'LLM'), 9),
+  arg_min(session_id, {_FIRST}) FILTER (session_id IS NOT NULL AND start_ns IS NOT NULL),
+  arg_min(user_id, {_FIRST}) FILTER (user_id IS NOT NULL AND start_ns IS NOT NULL),
   count(*) FILTER (is_orphan), count(*) FILTER (end_ns IS NULL), sum(raw_bytes),
-  left(coalesce(arg_min(input_value, start_ns) FILTER (parent_id IS NULL AND input_value IS NOT NULL),
-                arg_min(input_value, start_ns) FILTER (input_value IS NOT NULL)), 400),
-  left(coalesce(arg_max(output_value, start_ns) FILTER (parent_id IS NULL AND output_value IS NOT NULL),
-                arg_max(output_value, coalesce(end_ns, start_ns)) FILTER (output_value IS NOT NULL),
-                arg_max(output_messages ->> '$[#-1].content', coalesce(end_ns, start_ns))
+  left(coalesce(arg_min(input_value, {_FIRST}) FILTER (parent_id IS NULL AND input_value IS NOT NULL),
+                arg_min(input_value, {_FIRST}) FILTER (input_value IS NOT NULL)), 400),
+  left(coalesce(arg_max(output_value, {_FIRST}) FILTER (parent_id IS NULL AND output_value IS NOT NULL),
+                arg_max(output_value, {_FIRST}) FILTER (output_value IS NOT NULL),
+                arg_max(output_messages ->> '$[#-1].content', {_FIRST})
                   FILTER (kind = 'LLM' AND output_messages IS NOT NULL)), 400),
   list_sort(list_distinct(list(error_template) FILTER (status = 'ERROR' AND error_template IS NOT NULL)))
 FROM spans

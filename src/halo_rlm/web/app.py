@@ -18,7 +18,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from halo_rlm.collect import BODY_SECONDS, TRACES_PATH, Reply
+from halo_rlm.collect import BODY_SECONDS, TRACES_PATH, Collector, Reply
 from halo_rlm.store import StoreError, TraceStore
 from halo_rlm.web import run_pages, source_pages, traces
 from halo_rlm.web.format import json_response
@@ -48,34 +48,44 @@ async def home(request: Request) -> Response:
 
 
 async def receive_otlp(request: Request) -> Response:
-    """OTLP/HTTP export requests (protobuf or JSON), judged and queued by the collector's receiver."""
-    receiver = request.app.state.ui.receiver
-    admitted = receiver.admit(request.method, request.url.path, request.headers)
-    if isinstance(admitted, Reply):
-        return _otlp_response(admitted)
+    """OTLP/HTTP export requests (protobuf or JSON), judged and made durable by the collector."""
+    collector: Collector = request.app.state.ui.receiver
+    headers = {
+        name: request.headers.get(name) for name in ("content-type", "content-encoding", "authorization")
+    }
+    declared = request.headers.get("content-length", "")
+    refused = collector.refuse(
+        content_type=headers["content-type"],
+        content_encoding=headers["content-encoding"],
+        authorization=headers["authorization"],
+        length=int(declared) if declared.isdecimal() else None,
+    )
+    if refused is not None:
+        return _otlp_response(refused)
     body = bytearray()
     try:
         with anyio.fail_after(BODY_SECONDS):
             async for chunk in request.stream():
                 body += chunk
-                if len(body) > admitted.length:
-                    break
+                if len(body) > collector.max_body_bytes:
+                    break  # the collector refuses it by its length
     except TimeoutError:
-        return _otlp_response(
-            receiver.refuse(408, f"the body did not arrive within {BODY_SECONDS:g}s", admitted.media_type)
-        )
+        return Response(f"the body did not arrive within {BODY_SECONDS:g}s", status_code=408)
     except ClientDisconnect:
-        return _otlp_response(receiver.refuse(400, "the connection closed early", admitted.media_type))
-    if len(body) != admitted.length:
-        return _otlp_response(
-            receiver.refuse(400, "the body's length is not its Content-Length", admitted.media_type)
+        return Response(status_code=400)
+    reply = await anyio.to_thread.run_sync(
+        lambda: collector.receive(
+            bytes(body),
+            content_type=headers["content-type"],
+            content_encoding=headers["content-encoding"],
+            authorization=headers["authorization"],
         )
-    return _otlp_response(await anyio.to_thread.run_sync(receiver.receive, admitted, bytes(body)))
+    )
+    return _otlp_response(reply)
 
 
 def _otlp_response(reply: Reply) -> Response:
-    headers = {**(reply.headers or {}), **({"connection": "close"} if reply.close else {})}
-    return Response(reply.content(), status_code=reply.status, media_type=reply.media_type, headers=headers)
+    return Response(reply.body, status_code=reply.status, headers=reply.headers)
 
 
 async def compare(request: Request, as_json: bool) -> Response:

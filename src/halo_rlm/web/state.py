@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from halo_rlm import files
-from halo_rlm.collect import Receiver
+from halo_rlm.collect import Collector
 from halo_rlm.defaults import UI_PORT
 from halo_rlm.store import TraceFilters, TraceStore
 from halo_rlm.web import markdown
@@ -75,16 +75,13 @@ class Ui:
         self.templates.filters["markdown"] = markdown.render
         self.templates.globals["cite_url"] = markdown.citation_url
         self.runs = LiveRuns(self.store, self.hub, self.resolve_text)
-        # OTLP/HTTP at /v1/traces, by the collector's rules: what it acknowledges is written (or, if
-        # the store refuses it until shutdown, rescued to a file beside it).
-        self.receiver = Receiver(
-            store=Path(self.store.path),
-            out=None,
+        # OTLP/HTTP at /v1/traces, by the collector's rules: what it acknowledges is durable in its
+        # spool first, and written to the store from there.
+        self.receiver = Collector(
+            store=self.store.path,
             token=settings.exporter_token,
-            local_only=not settings.allow_remote,
             flush_seconds=OTLP_FLUSH_SECONDS,
             on_flush=lambda stats: self.changed(),
-            source=f"otlp:{base_url(settings)}/v1/traces",
         )
         self.jobs = Jobs(self.store, self.hub, on_write=self.changed)
         if settings.traces:  # given on the command line: ingested in the background
