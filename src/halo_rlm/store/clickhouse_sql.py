@@ -148,7 +148,7 @@ TRACE_AGGREGATES = f"""
                     argMinIf(input_value, {_FIRST}, input_value IS NOT NULL)), 400),
   leftUTF8(coalesce(argMaxIf(output_value, {_FIRST}, parent_id IS NULL AND output_value IS NOT NULL),
                     argMaxIf(output_value, {_FIRST}, output_value IS NOT NULL),
-                    argMaxIf(JSONExtractString(JSONExtractRaw(output_messages, -1), 'content'), {_FIRST},
+                    argMaxIf(nullIf(JSONExtractString(JSONExtractRaw(output_messages, -1), 'content'), ''), {_FIRST},
                              kind = 'LLM' AND output_messages IS NOT NULL)), 400),
   arraySort(groupUniqArrayIf(error_template, status = 'ERROR' AND error_template IS NOT NULL))"""
 

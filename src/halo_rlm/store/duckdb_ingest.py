@@ -72,7 +72,8 @@ SELECT
                 arg_max(output_value, {_FIRST}) FILTER (output_value IS NOT NULL),
                 arg_max(output_messages ->> '$[#-1].content', {_FIRST})
                   FILTER (kind = 'LLM' AND output_messages IS NOT NULL)), 400),
-  list_sort(list_distinct(list(error_template) FILTER (status = 'ERROR' AND error_template IS NOT NULL)))
+  coalesce(list_sort(list_distinct(list(error_template) FILTER (status = 'ERROR' AND error_template IS NOT NULL))),
+           []::VARCHAR[])
 FROM spans
 WHERE trace_id IN (SELECT trace_id FROM touched)
 GROUP BY trace_id
