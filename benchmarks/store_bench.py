@@ -131,7 +131,7 @@ def bench(corpus: Path, store: Path, repeats: int) -> dict[str, float]:
     queries = measure(f"""
         import statistics
         from halo_rlm.store import TraceStore
-        from halo_rlm.models import TraceFilters
+        from halo_rlm.store import TraceFilters
         t = time.perf_counter()
         s = TraceStore.open({str(store)!r}, read_only=True)
         result["reopen_s"] = time.perf_counter() - t

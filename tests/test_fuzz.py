@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from halo_rlm.formats.conventions import normalize_messages
-from halo_rlm.store.duckdb_sql import messages_udf
 from halo_rlm.formats.decode import DecodeError, decode_record
 from halo_rlm.store import TraceStore
+from halo_rlm.store.duckdb_sql import messages_udf
 
 VALID_LINES = [
     orjson.dumps(
@@ -121,6 +121,14 @@ def test_decoder_never_fails_with_anything_but_a_clear_decode_error(value: Any) 
         orjson.dumps(span)  # always serialisable into the store's raw column
 
 
+def parses(data: bytes) -> bool:
+    try:
+        orjson.loads(data)
+        return True
+    except orjson.JSONDecodeError:
+        return False
+
+
 def mutate(line: bytes, edits: list[tuple[int, int, int]]) -> bytes:
     data = bytearray(line)
     for op, position, byte in edits:
@@ -159,6 +167,10 @@ def test_every_line_is_ingested_or_rejected(records: list[bytes], newline: bytes
         for number, line in enumerate(data.split(b"\n"), start=1)
         if line.rstrip(b"\r").decode("utf-8", "replace").strip()
     }
+    # An unterminated last line that is not yet a whole value may still be being written: left unread.
+    pending = data.split(b"\n")[-1] if b"\n" in data else b""
+    if pending.strip() and not parses(pending):
+        expected.discard(data.count(b"\n") + 1)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "fuzz.jsonl"
         path.write_bytes(data)

@@ -8,6 +8,7 @@ SQL. Filling it is `duckdb_ingest`'s job; the SQL both use is here and in `duckd
 
 from __future__ import annotations
 
+import glob
 import re
 import threading
 import time
@@ -101,6 +102,8 @@ class DuckDBStore(TraceStore):
             con.execute("SET lock_configuration = true")
         store = cls(con, path, read_only)
         store._setup()
+        if not read_only:
+            _remove_staging_files(path)
         return store
 
     def close(self) -> None:
@@ -176,7 +179,10 @@ class DuckDBStore(TraceStore):
         try:
             yield
         except BaseException:
-            self.con.execute("ROLLBACK")
+            try:
+                self.con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass  # DuckDB already rolled back the transaction of a failed or interrupted statement
             raise
         self.con.execute("COMMIT")
 
@@ -332,6 +338,10 @@ class DuckDBStore(TraceStore):
             in_flight_spans=totals["in_flight_spans"],
             rejected_records=int(self.first_row("SELECT count(*) FROM rejects")[0]),  # type: ignore[index]
             inputs=int(self.first_row("SELECT count(*) FROM inputs")[0]),  # type: ignore[index]
+            unfinished_inputs=[
+                r["path"]
+                for r in self._rows("SELECT path FROM inputs WHERE status = 'partial' ORDER BY input_id")
+            ],
             raw_bytes=totals["raw_bytes"],
             error_groups=self._error_groups(top),
             sample_trace_ids=samples,
@@ -706,6 +716,15 @@ class DuckDBStore(TraceStore):
 
 class _Timeout(Exception):
     pass
+
+
+def _remove_staging_files(path: str) -> None:
+    """Staging files an ingest killed half-way left beside the store (older versions staged decoded
+    spans in `<store>.<input>.staging.jsonl`). Only the process holding the store open for writing
+    could be using one, and that is this one."""
+    store = Path(path)
+    for leftover in store.parent.glob(f"{glob.escape(store.name)}.*.staging.jsonl"):
+        leftover.unlink(missing_ok=True)
 
 
 SORT_COLUMNS = {
