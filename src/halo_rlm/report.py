@@ -250,7 +250,7 @@ def rank(findings: list[Finding], dataset: DatasetSummary) -> list[Finding]:
 
 def category(value: str) -> Category:
     """`value` as a category; anything unknown is `other`."""
-    return value if value in CATEGORIES else "other"  # type: ignore[return-value]
+    return next((c for c in CATEGORIES if c == value), "other")
 
 
 def cite(ev: Evidence) -> str:

@@ -94,7 +94,7 @@ def flat_span(
     """Build a flat span from any single-span shape (OTLP, HALO flat, OpenInference, TRAIL).
     `read_id` reads its ids (`otlp_id` inside OTLP requests, where ids may be base64)."""
     read_id = read_id or normalize_id
-    context = span.get("context") if isinstance(span.get("context"), dict) else {}
+    context: dict[str, Any] = span["context"] if isinstance(span.get("context"), dict) else {}
     trace_id = _required_id(
         first_key(span, "trace_id", "traceId") or first_key(context, "trace_id", "traceId"), "trace", read_id
     )

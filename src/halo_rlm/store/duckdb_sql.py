@@ -352,8 +352,3 @@ def register_udfs(con: Any) -> None:
 def messages_udf(column: pa.Array) -> pa.Array:
     """`conventions.output_messages_json` of each raw span line, as a vectorised DuckDB function."""
     return pa.array([output_messages_json(text) for text in column.to_pylist()], type=pa.string())
-
-
-def sql_literal(value: str) -> str:
-    """A string as a DuckDB SQL literal."""
-    return "'" + value.replace("'", "''") + "'"
