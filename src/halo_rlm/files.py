@@ -210,7 +210,7 @@ class InputStream:
 
     def seek(self, offset: int) -> int:
         """Move to `offset` from the start; only before anything was read."""
-        self._stream.seek(offset)  # type: ignore[call-arg]
+        self._stream.seek(offset)
         self._head = b""
         return offset
 

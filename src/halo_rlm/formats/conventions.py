@@ -375,7 +375,7 @@ def chat_messages(value: Any, role: str = "user") -> list[dict[str, Any]]:
 def _message_list(data: dict[str, Any]) -> list[Any] | None:
     """The messages a container object holds, or the object itself when it is one message."""
     if isinstance(data.get("messages"), list):
-        return data["messages"]  # type: ignore[no-any-return]
+        return data["messages"]
     if isinstance(data.get("choices"), list):  # an OpenAI chat completion
         return [
             {**c["message"], "finish_reason": c.get("finish_reason")}
@@ -387,7 +387,7 @@ def _message_list(data: dict[str, Any]) -> list[Any] | None:
     if isinstance(data.get("output"), list) and (
         data.get("object") == "response" or all(isinstance(i, dict) and "type" in i for i in data["output"])
     ):
-        return data["output"]  # type: ignore[no-any-return]  # an OpenAI Responses API response
+        return data["output"]  # an OpenAI Responses API response
     if isinstance(data.get("generations"), list):  # a LangChain LLMResult: [[generation, ...], ...]
         return [
             g.get("message") or {"role": "assistant", "content": g.get("text")}
@@ -470,7 +470,9 @@ def _role(item: dict[str, Any], default: str) -> str:
 def _tool_calls(item: dict[str, Any]) -> list[dict[str, Any]]:
     """OpenAI `tool_calls` (or LangChain's `{name, args, id}`), else LangChain's
     `additional_kwargs.tool_calls`, and a legacy `function_call`."""
-    extra = item.get("additional_kwargs") if isinstance(item.get("additional_kwargs"), dict) else {}
+    extra: dict[str, Any] = (
+        item["additional_kwargs"] if isinstance(item.get("additional_kwargs"), dict) else {}
+    )
     listed = item.get("tool_calls") or extra.get("tool_calls")
     calls = [
         _call_of(call) for call in (listed if isinstance(listed, list) else ()) if isinstance(call, dict)
@@ -497,7 +499,7 @@ def _distinct(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _call_of(data: dict[str, Any]) -> dict[str, Any]:
     """One tool call in any of its spellings: OpenAI `{id, function: {name, arguments}}`, LangChain
     `{id, name, args}`, Responses API `{call_id, name, arguments}`, Gemini `{name, args}`."""
-    function = data.get("function") if isinstance(data.get("function"), dict) else {}
+    function: dict[str, Any] = data["function"] if isinstance(data.get("function"), dict) else {}
     return _call({"id": data.get("call_id", data.get("id")), **data, **function})
 
 

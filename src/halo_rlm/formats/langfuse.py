@@ -143,7 +143,7 @@ def observation_span(obs: Any, trace: dict[str, Any] | None = None) -> dict[str,
     resource = _resource(otel.get("resourceAttributes"))
     service = _service_name(resource) or _service_name(_resource(_parse(trace.get("metadata")))) or trace_name
     resource["service.name"] = str(service or resource.get("service.name") or "langfuse")
-    scope = otel.get("scope") if isinstance(otel.get("scope"), dict) else {}
+    scope: dict[str, Any] = otel["scope"] if isinstance(otel.get("scope"), dict) else {}
     span: dict[str, Any] = {
         "trace_id": trace_id,
         "span_id": span_id,

@@ -198,9 +198,12 @@ def duration_ns(value: Any) -> int | None:
     if not match or not any(match.groups()) or text.upper().endswith("T"):
         return None
     seconds = sum(
-        Decimal(part.replace(",", ".")) * unit
-        for part, unit in zip(match.groups(), _DURATION_UNITS, strict=True)
-        if part
+        (
+            Decimal(part.replace(",", ".")) * unit
+            for part, unit in zip(match.groups(), _DURATION_UNITS, strict=True)
+            if part
+        ),
+        Decimal(0),
     )
     ns = int((seconds * 1_000_000_000).to_integral_value(rounding=ROUND_HALF_UP))
     return ns if ns < INT64_LIMIT else None

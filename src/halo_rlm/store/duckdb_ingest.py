@@ -408,6 +408,8 @@ class _Load:
 
     def _begin(self) -> None:
         con = self._db()
+        con.execute("SET enable_progress_bar = true")  # DuckDB tracks a statement's progress only when on
+        con.execute("SET enable_progress_bar_print = false")
         con.execute("BEGIN TRANSACTION")
         # The traces the input touched before this load (its old spans, when it is read again).
         con.execute(
@@ -774,7 +776,7 @@ class _Chain(io.RawIOBase):
             data = self.head if size < 0 or size >= len(self.head) else self.head[:size]
             self.head = self.head[len(data) :]
             return data
-        return self.rest.read(size)  # type: ignore[no-any-return]
+        return self.rest.read(size)
 
     def close(self) -> None:
         self.rest.close()
