@@ -141,7 +141,7 @@ def observation_span(obs: Any, trace: dict[str, Any] | None = None) -> dict[str,
     ):
         _put(attrs, key, value)
     resource = _resource(otel.get("resourceAttributes"))
-    service = _service_name(resource) or _service_name(_resource(_parse(trace.get("metadata")))) or trace_name
+    service = _service_name(resource) or _service_name(_trace_resource(trace)) or trace_name
     resource["service.name"] = str(service or resource.get("service.name") or "langfuse")
     scope: dict[str, Any] = otel["scope"] if isinstance(otel.get("scope"), dict) else {}
     span: dict[str, Any] = {
@@ -281,6 +281,11 @@ def _io(obs: dict[str, Any], kind: str) -> dict[str, Any]:
                     [{k: v for k, v in m.items() if v not in (None, "", [])} for m in messages]
                 )
     return out
+
+
+def _trace_resource(trace: dict[str, Any]) -> dict[str, Any]:
+    metadata = _parse(trace.get("metadata"))
+    return _resource(_parse(metadata.get("resourceAttributes"))) if isinstance(metadata, dict) else {}
 
 
 def _resource(value: Any) -> dict[str, Any]:

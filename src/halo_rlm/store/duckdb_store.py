@@ -23,6 +23,7 @@ import orjson
 import regex
 
 from halo_rlm import files
+from halo_rlm.formats.spans import normalize_id
 from halo_rlm.store import duckdb_sql
 from halo_rlm.store.base import StoreError, TraceStore
 from halo_rlm.store.dialect import Dialect
@@ -262,6 +263,7 @@ class DuckDBStore(TraceStore):
         )
 
     def trace_summary(self, trace_id: str) -> TraceSummary:
+        trace_id = self.resolve_trace_id(trace_id)
         rows = self._rows(f"SELECT {SUMMARY_COLUMNS} FROM traces t WHERE trace_id = ?", [trace_id])
         if not rows:
             raise StoreError(self._unknown_trace(trace_id))
@@ -365,10 +367,12 @@ class DuckDBStore(TraceStore):
             SELECT coalesce(tool_name, name) AS source, kind, error_template AS template,
                    count(*) AS error_spans, count(DISTINCT trace_id) AS traces,
                    list_sort(list_distinct(list(trace_id)))[:3] AS example_trace_ids,
-                   arg_min(trace_id || ':' || span_id, start_ns) AS example_span,
+                   -- the first by start time; a span without one (still a valid span) comes last, not never
+                   arg_min(trace_id || ':' || span_id, (start_ns IS NULL, start_ns, trace_id, span_id))
+                     AS example_span,
                    arg_min(coalesce(status_message, '') ||
                            CASE WHEN kind = 'TOOL' AND tool_result IS NOT NULL THEN ' | ' || left(tool_result, 300)
-                           ELSE '' END, start_ns) AS example_message
+                           ELSE '' END, (start_ns IS NULL, start_ns, trace_id, span_id)) AS example_message
             FROM spans SEMI JOIN selected USING (trace_id)
             WHERE status = 'ERROR'
             GROUP BY ALL ORDER BY traces DESC, error_spans DESC, source, template LIMIT ?""",
@@ -395,6 +399,9 @@ class DuckDBStore(TraceStore):
         return self._view(trace_id, list(span_ids), budget_bytes, value_chars)
 
     def _view(self, trace_id: str, span_ids: list[str] | None, budget: int, value_chars: int) -> TraceView:
+        trace_id = self.resolve_trace_id(trace_id)
+        if span_ids is not None:
+            span_ids = [normalize_id(span_id) or span_id for span_id in span_ids]
         rows = self._rows(
             f"SELECT {VIEW_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns NULLS LAST, span_id",
             [trace_id],
@@ -471,6 +478,9 @@ class DuckDBStore(TraceStore):
         max_matches = max(1, min(max_matches, 500))
         if trace_id is None:
             return self._search_dataset(pattern, compiled, filters, context_chars, max_matches, timeout)
+        trace_id = self.resolve_trace_id(trace_id)
+        if span_id is not None:
+            span_id = normalize_id(span_id) or span_id
         clauses, params = ["trace_id = ?"], [trace_id]
         if span_id is not None:
             clauses.append("span_id = ?")
@@ -691,6 +701,25 @@ class DuckDBStore(TraceStore):
                     regex.escape(text),
                 )
         return " AND ".join(clauses) or "true", params
+
+    def resolve_trace_id(self, text: str) -> str:
+        """The trace a user means: its id as stored, as the source wrote it (hex in any case, `0x`), or
+        any prefix that only one trace id starts with. Unknown and ambiguous ids are a `StoreError`."""
+        candidates = list(dict.fromkeys(c for c in (text, normalize_id(text)) if c))
+        for candidate in candidates:
+            if self.first_row("SELECT 1 FROM traces WHERE trace_id = ?", [candidate]):
+                return candidate
+        for candidate in candidates:
+            rows = self._rows(
+                "SELECT trace_id FROM traces WHERE starts_with(trace_id, ?) ORDER BY trace_id LIMIT 6", [candidate]
+            )
+            if len(rows) == 1:
+                return str(rows[0]["trace_id"])
+            if rows:
+                shown = ", ".join(r["trace_id"] for r in rows[:5])
+                more = " and more" if len(rows) > 5 else ""
+                raise StoreError(f"trace id {text!r} is ambiguous: it starts {shown}{more}; give more of it")
+        raise StoreError(self._unknown_trace(text))
 
     def _unknown_trace(self, trace_id: str) -> str:
         similar = self._rows(

@@ -83,7 +83,11 @@ def span_view(
         attributes["halo.note"] = f"{dropped} flattened message/tool keys shown under `messages` instead"
     attrs = raw.get("attributes")
     messages = (
-        {key: value for key, value in normalize_messages(attrs).items() if value and key != "finish_reason"}
+        {
+            key: value
+            for key, value in normalize_messages(attrs, events=raw.get("events")).items()
+            if value and key != "finish_reason"
+        }
         if isinstance(attrs, dict) and row["kind"] == "LLM"
         else {}
     )
