@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -252,3 +253,34 @@ def test_ctrl_c_while_decoding_otlp_then_rerun(tmp_path: Path) -> None:
     assert snapshot(broken) == snapshot(clean)
     with TraceStore.open(broken, read_only=True) as store:
         assert store.con.execute("SELECT count(*) FROM rejects").fetchall() == [(1,)]
+
+
+@pytest.mark.slow
+def test_ctrl_c_twice_in_a_row_ends_cleanly_and_leaves_a_consistent_store(tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path / "c.jsonl", 80_000)  # seconds of work even on a quiet machine
+    store = tmp_path / "s.duckdb"
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL)  # children of a backgrounded run inherit SIG_IGN
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "halo_rlm", "ingest", str(corpus), "--store", str(store), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(SRC)},
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    deadline = time.monotonic() + 120
+    while not store.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the ingest
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # a second one at once, while the first is being cleaned up
+    _, stderr = proc.communicate(timeout=120)
+    assert "Traceback" not in stderr and proc.returncode != 0, stderr
+    spans, traces, status = snapshot(store)
+    assert (spans, traces) == NOTHING and status == [("partial",)]
+    with TraceStore.open(store) as s:
+        assert s.ingest([str(corpus)]).spans == 4 * 79_999
+    assert not list(tmp_path.glob("*.staging.jsonl"))

@@ -163,18 +163,18 @@ def text_encoding(sample: bytes) -> str | None:
     for bom, encoding in _BOMS:
         if sample.startswith(bom):
             return encoding
-    if len(sample) < 4 or b"\0" not in sample[:4]:
+    if len(sample) < 8 or b"\0" not in sample[:8]:
         return None
-    even = len(sample) // 4 * 4
-    units = [sample[i : i + 4] for i in range(0, even, 4)]
-    if all(u[1:] == b"\0\0\0" for u in units if u[0]):
+    view = memoryview(sample)[: len(sample) // 4 * 4]
+    columns = [sum(b == 0 for b in view[i::4]) / (len(view) // 4) for i in range(4)]
+    if columns[1] > 0.9 and columns[2] > 0.9 and columns[3] > 0.9 and columns[0] < 0.1:
         return "utf-32-le"
-    if all(u[:3] == b"\0\0\0" for u in units if u[3]):
+    if columns[0] > 0.9 and columns[1] > 0.9 and columns[2] > 0.9 and columns[3] < 0.1:
         return "utf-32-be"
-    pairs = [sample[i : i + 2] for i in range(0, len(sample) // 2 * 2, 2)]
-    if all(p[1] == 0 for p in pairs if p[0]) and sum(p[1] == 0 for p in pairs) > len(pairs) // 2:
+    odd, even = (columns[1] + columns[3]) / 2, (columns[0] + columns[2]) / 2
+    if odd > 0.6 and even < 0.1:
         return "utf-16-le"
-    if all(p[0] == 0 for p in pairs if p[1]) and sum(p[0] == 0 for p in pairs) > len(pairs) // 2:
+    if even > 0.6 and odd < 0.1:
         return "utf-16-be"
     return None
 

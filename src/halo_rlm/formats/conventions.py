@@ -672,9 +672,11 @@ def _names_in_text(text: str) -> tuple[str, ...]:
     return tuple(_tool_names(_json(text)))
 
 
-def _tool_names(value: Any) -> list[str]:
+def _tool_names(value: Any, depth: int = 0) -> list[str]:
+    if depth > MAX_BLOCK_DEPTH:
+        return []
     if isinstance(value, list):
-        return [name for item in value for name in _tool_names(item)]
+        return [name for item in value for name in _tool_names(item, depth + 1)]
     if isinstance(value, str):
         return [value]
     if isinstance(value, dict):
@@ -686,7 +688,7 @@ def _tool_names(value: Any) -> list[str]:
             if isinstance(inner, str) and key == "name":
                 return [inner]
             if isinstance(inner, dict | str) and key != "name":
-                return _tool_names(_json(inner))
+                return _tool_names(_json(inner), depth + 1)
     return []
 
 

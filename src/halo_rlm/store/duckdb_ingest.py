@@ -921,12 +921,16 @@ def _duckdb_reads_as_is(path: str) -> bool:
 
 
 def _starts_with_flat_span(head: bytes) -> bool:
-    """True when the first record is a span in HALO's flat format, the one the bulk load reads."""
-    try:
-        first = orjson.loads(head.lstrip().split(b"\n", 1)[0])
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(first, dict) and "trace_id" in first and "span_id" in first
+    """True when the first record (the first whole line that is JSON) is a span in HALO's flat format,
+    the one the SQL reads."""
+    lines = head.split(b"\n")
+    for line in lines[:-1] if len(lines) > 1 else lines:
+        try:
+            first = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        return isinstance(first, dict) and "trace_id" in first and "span_id" in first
+    return False
 
 
 def _numbered(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:

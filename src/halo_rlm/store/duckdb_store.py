@@ -588,7 +588,9 @@ class DuckDBStore(TraceStore):
                     rows.append(values)
                     size += row_bytes
         except duckdb.InterruptException:
-            raise StoreError(f"the query took over {timeout:g}s and was stopped; add filters or a LIMIT") from None
+            raise StoreError(
+                f"the query took over {timeout:g}s and was stopped; add filters or a LIMIT"
+            ) from None
         except duckdb.OutOfMemoryException:
             raise StoreError(
                 f"the query needs more memory than the {QUERY_MEMORY} (and {QUERY_TEMP} on disk) a query "
@@ -616,7 +618,9 @@ class DuckDBStore(TraceStore):
             raise StoreError(f"send exactly one statement (got {len(statements)})")
         if statements[0].type != duckdb.StatementType.SELECT:
             raise StoreError(f"only SELECT queries are allowed (got {statements[0].type.name})")
-        tree = orjson.loads(self.con.execute("SELECT json_serialize_sql(?::VARCHAR)", [query]).fetchall()[0][0])
+        tree = orjson.loads(
+            self.con.execute("SELECT json_serialize_sql(?::VARCHAR)", [query]).fetchall()[0][0]
+        )
         refused = sorted(name for name in _function_names(tree) if not _allowed_function(name))
         if refused:
             raise StoreError(
@@ -764,7 +768,8 @@ class DuckDBStore(TraceStore):
                 return candidate
         for candidate in candidates:
             rows = self._rows(
-                "SELECT trace_id FROM traces WHERE starts_with(trace_id, ?) ORDER BY trace_id LIMIT 6", [candidate]
+                "SELECT trace_id FROM traces WHERE starts_with(trace_id, ?) ORDER BY trace_id LIMIT 6",
+                [candidate],
             )
             if len(rows) == 1:
                 return str(rows[0]["trace_id"])
