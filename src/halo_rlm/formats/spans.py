@@ -174,8 +174,8 @@ def _required_id(value: Any, what: str, read_id: Callable[[Any], str]) -> str:
 
 
 _ISO_DURATION = re.compile(
-    r"P(?:(\d+(?:[.,]\d+)?)W)?(?:(\d+(?:[.,]\d+)?)D)?"
-    r"(?:T(?:(\d+(?:[.,]\d+)?)H)?(?:(\d+(?:[.,]\d+)?)M)?(?:(\d+(?:[.,]\d+)?)S)?)?",
+    r"P(?:([0-9]+(?:[.,][0-9]+)?)W)?(?:([0-9]+(?:[.,][0-9]+)?)D)?"
+    r"(?:T(?:([0-9]+(?:[.,][0-9]+)?)H)?(?:([0-9]+(?:[.,][0-9]+)?)M)?(?:([0-9]+(?:[.,][0-9]+)?)S)?)?",
     re.IGNORECASE,
 )
 _DURATION_UNITS = (7 * 86_400, 86_400, 3_600, 60, 1)
@@ -190,7 +190,7 @@ def duration_ns(value: Any) -> int | None:
     if isinstance(value, int | float):
         return round(value) if math.isfinite(value) and 0 <= value < INT64_LIMIT else None
     text = str(value).strip()
-    if text.isdecimal():
+    if text.isascii() and text.isdecimal():  # ASCII digits only, as the SQL reads them
         return duration_ns(int(text))
     if _DECIMAL_NUMBER.fullmatch(text):
         return duration_ns(float(text))

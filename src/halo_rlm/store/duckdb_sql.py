@@ -113,7 +113,9 @@ def _count(field: str) -> str:
 def _capped(column: str) -> str:
     head, tail = TEXT_CAP * 3 // 4, TEXT_CAP // 4
     return (
-        f"CASE WHEN length({column}) > {TEXT_CAP} THEN left({column}, {head}) || '\n…[halo: ' || "
+        # strlen (bytes) first: it costs nothing, and length (characters) is never more
+        f"CASE WHEN strlen({column}) > {TEXT_CAP} AND length({column}) > {TEXT_CAP} "
+        f"THEN left({column}, {head}) || '\n…[halo: ' || "
         f"(length({column}) - {head + tail})::VARCHAR || ' characters cut]…\n' || right({column}, {tail}) "
         f"ELSE {column} END"
     )
@@ -295,14 +297,17 @@ MACROS = [
                   || ']', ''))""",
     # Ids as the source wrote them (formats.spans.normalize_id): hex, with or without `0x` or UUID dashes,
     # lower-cased (dashes kept); all-zero ids mean "none"; other ids kept as text.
-    """CREATE OR REPLACE TEMP MACRO halo_id_trimmed(t) AS CASE
-      WHEN t IS NULL THEN ''
-      WHEN ltrim(CASE WHEN regexp_full_match(t, '0[xX][0-9a-fA-F]+') THEN substr(t, 3) ELSE t END, '0-') = '' THEN ''
-      WHEN t = lower(t) THEN (CASE WHEN regexp_full_match(t, '0x[0-9a-f]+') THEN substr(t, 3) ELSE t END)
-      WHEN regexp_full_match(t, '0[xX][0-9a-fA-F]+') THEN lower(substr(t, 3))
-      WHEN regexp_full_match(t, '[0-9a-fA-F-]+') THEN lower(t)
-      ELSE t END""",
-    """CREATE OR REPLACE TEMP MACRO halo_id(x) AS halo_id_trimmed(trim(x, ' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)))""",
+    # Regular expressions only for the rare ids: `0x` prefixes and upper case.
+    """CREATE OR REPLACE TEMP MACRO halo_id_unprefixed(t) AS CASE
+      WHEN (starts_with(t, '0x') OR starts_with(t, '0X')) AND regexp_full_match(substr(t, 3), '[0-9a-fA-F]+')
+        THEN substr(t, 3) ELSE t END""",
+    """CREATE OR REPLACE TEMP MACRO halo_id_trimmed(h) AS CASE
+      WHEN h IS NULL OR ltrim(h, '0-') = '' THEN ''
+      WHEN h = lower(h) THEN h
+      WHEN regexp_full_match(h, '[0-9a-fA-F-]+') THEN lower(h)
+      ELSE h END""",
+    """CREATE OR REPLACE TEMP MACRO halo_id(x) AS halo_id_trimmed(halo_id_unprefixed(
+      trim(x, ' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13))))""",
     # Durations (formats.spans.duration_ns): nanoseconds, or ISO-8601 (`PT1M48.75533S`; weeks to seconds).
     r"""CREATE OR REPLACE TEMP MACRO halo_duration(x) AS CASE
       WHEN x IS NULL OR x = '' THEN NULL
@@ -322,6 +327,7 @@ MACROS = [
     # Times: ISO-8601 (with Z, an offset, or none = UTC), or numbers in ns, or s/ms/us by magnitude.
     """CREATE OR REPLACE TEMP MACRO halo_ns(x) AS CASE
       WHEN x IS NULL OR x = '' THEN NULL
+      WHEN ends_with(x, 'Z') AND substr(x, 5, 1) = '-' THEN epoch_ns(try_cast(x AS TIMESTAMP_NS))  -- the usual
       WHEN regexp_full_match(x, '[0-9]+') THEN halo_scale(try_cast(x AS HUGEINT))
       WHEN regexp_full_match(x, '[0-9]*\\.[0-9]+([eE][+-]?[0-9]+)?|[0-9]+[eE][+-]?[0-9]+')
         THEN halo_scale(try_cast(try_cast(x AS DOUBLE) * CASE WHEN try_cast(x AS DOUBLE) < 1e11 THEN 1e9 ELSE 1 END
