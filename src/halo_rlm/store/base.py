@@ -3,9 +3,9 @@
 A store holds canonical spans (each with its raw record), per-trace rollups, rejected records and
 the inputs they came from (`store.schema`). It has four faces:
 
-- the read API (`count_traces`, `query_traces`, `trace_summary`, `overview`, `error_groups`,
-  `view_trace`, `view_spans`, `search`, `spans`, `sql`, `rejects`, `inputs`), returning the typed
-  results of `store.results`;
+- the read API (`count_traces`, `query_traces`, `trace_summary`, `overview`, `durations`,
+  `model_usage`, `error_groups`, `view_trace`, `view_spans`, `search`, `spans`, `sql`, `rejects`,
+  `inputs`), returning the typed results of `store.results`;
 - the ingest API (`ingest` for files, `ingest_records` for records a collector or importer parsed);
 - `run`, which does store work off the event loop on a connection of its own, for the engine and
   the web server;
@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 from halo_rlm.store.dialect import Dialect
 from halo_rlm.store.results import (
+    Durations,
     ErrorGroup,
     IngestReport,
+    ModelUsage,
     Overview,
     SearchResult,
     SortKey,
@@ -171,6 +173,17 @@ class TraceStore(ABC):
         groups, over the traces that match `filters`. Counts are exact, not sampled."""
 
     @abstractmethod
+    def durations(self, filters: TraceFilters | None = None, *, top: int = 20) -> list[Durations]:
+        """p50, p95 and longest durations per agent (its AGENT spans), model (LLM spans) and tool
+        (TOOL spans) over the traces that match `filters`: for each, the `top` names with the most
+        spans, most first."""
+
+    @abstractmethod
+    def model_usage(self, filters: TraceFilters | None = None) -> list[ModelUsage]:
+        """Per model, its LLM calls' tokens and reported cost, and the tokens of calls that reported
+        no cost, over the traces that match `filters`; most calls first."""
+
+    @abstractmethod
     def error_groups(self, filters: TraceFilters | None = None, *, top: int = 20) -> list[ErrorGroup]:
         """Error spans grouped by where they happened and by message template, most traces first."""
 
@@ -249,6 +262,25 @@ class TraceStore(ABC):
         The query is untrusted (it may come from a report file), so it runs through `sql()`."""
         result = self.sql(f"SELECT count(DISTINCT trace_id) FROM ({query.rstrip().rstrip(';')})", max_rows=1)
         return int(result.rows[0][0])
+
+    def matching_traces(self, query: str, *, timeout: float = 120.0) -> set[str]:
+        """Every distinct trace id a query's `trace_id` column holds: which traces a finding's query
+        affects, for comparing two stores. Untrusted like `recount`, so it runs through `sql()`."""
+        result = self.sql(
+            f"SELECT DISTINCT trace_id FROM ({query.rstrip().rstrip(';')})",
+            max_rows=1 << 40,
+            max_bytes=1 << 62,
+            timeout=timeout,
+        )
+        return {str(row[0]) for row in result.rows}
+
+    @abstractmethod
+    def trace_values(self, attributes: Sequence[str] = ()) -> dict[str, Any]:
+        """One value per trace, as aligned numpy arrays, for comparing trace sets: `trace_id`, `error`
+        (1.0 when a span failed), `duration_ms`, `tokens` and `cost` (NaN when unknown), the labels
+        `service`, `agent`, `root` and `model`, and for each name in `attributes` (one of those labels,
+        or a span or resource attribute key, taken from the first span that has it, root first) its
+        value as text (None when no span has it)."""
 
     @abstractmethod
     def rejects(self, *, limit: int = 100) -> list[dict[str, Any]]: ...

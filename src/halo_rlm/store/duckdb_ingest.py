@@ -95,6 +95,7 @@ class Connection(Protocol):
 
     path: str
     con: duckdb.DuckDBPyConnection
+    tally: duckdb_sql.Tally  # what the normalising SQL has passed so far, per input
 
     def transaction(self) -> AbstractContextManager[None]: ...
 
@@ -110,7 +111,8 @@ class Ingest:
 
     `strict` stops at the first bad record (StrictError) instead of keeping it as a reject;
     `batch_bytes` sizes the batches of the batch roads, where a line over `max_line_bytes` is a
-    reject; `bulk=False` never loads a file in one statement."""
+    reject; `bulk=False` never loads a file in one statement; a load in one statement reports its
+    progress every `progress_every` seconds."""
 
     def __init__(
         self,
@@ -120,8 +122,10 @@ class Ingest:
         batch_bytes: int = files.BATCH_BYTES,
         max_line_bytes: int = files.MAX_LINE_BYTES,
         bulk: bool = True,
+        progress_every: float = 0.2,
     ) -> None:
         self.store = store
+        self.progress_every = progress_every
         self.strict = strict
         self.batch_bytes = batch_bytes
         self.max_line_bytes = max_line_bytes
@@ -408,8 +412,6 @@ class _Load:
 
     def _begin(self) -> None:
         con = self._db()
-        con.execute("SET enable_progress_bar = true")  # DuckDB tracks a statement's progress only when on
-        con.execute("SET enable_progress_bar_print = false")
         con.execute("BEGIN TRANSACTION")
         # The traces the input touched before this load (its old spans, when it is read again).
         con.execute(
@@ -484,18 +486,25 @@ class _Load:
         back, and the caller reads the file in batches. Spans loaded this way have no `line_no`."""
         self.result.road = "bulk"
         size = inp.size or 0
+        tally = self.ingest.store.tally
+        tally.reset(self.input_id)
         done = self._pool.submit(self._bulk_statement, inp.path)
         try:
             while True:
                 try:
-                    refused = done.result(timeout=0.2)
+                    refused = done.result(timeout=self.ingest.progress_every)
                     break
                 except TimeoutError:
-                    if self.progress and (share := self._db().query_progress()) > 0:
-                        self.progress(int(size * share / 100), 0)
+                    # DuckDB's own query progress moves in steps of a whole read buffer: the tally
+                    # counts the spans (and their bytes) the statement has normalised so far.
+                    if self.progress:
+                        spans, read = tally.read(self.input_id)
+                        self.progress(read, spans)
         except BaseException:
             self._db().interrupt()
             raise
+        finally:
+            tally.reset(self.input_id)
         if refused is None:
             self.result.bytes = size
             if self.progress:

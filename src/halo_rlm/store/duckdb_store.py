@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import duckdb
+import numpy as np
 import orjson
 import regex
 
@@ -31,8 +32,10 @@ from halo_rlm.store.duckdb_dialect import DuckDBDialect
 from halo_rlm.store.duckdb_ingest import Ingest
 from halo_rlm.store.results import (
     Count,
+    Durations,
     ErrorGroup,
     IngestReport,
+    ModelUsage,
     OversizedTrace,
     Overview,
     Progress,
@@ -66,6 +69,7 @@ class DuckDBStore(TraceStore):
         self.path = path
         self.read_only = read_only
         self._udfs = False
+        self.tally = duckdb_sql.Tally()  # spans a one-statement load has normalised so far
         self._idle: list[DuckDBStore] = []  # connections for `borrow`
 
     @classmethod
@@ -204,14 +208,21 @@ class DuckDBStore(TraceStore):
         batch_bytes: int = files.BATCH_BYTES,
         max_line_bytes: int = files.MAX_LINE_BYTES,
         bulk: bool = True,
+        progress_every: float = 0.2,
     ) -> IngestReport:
         """Ingest files, directories, globs or "-" (stdin). Files already ingested whole are skipped,
         a file ingested part-way is finished, a file that grew is read from where it ended.
         `batch_bytes` sizes the batches a file is read in when it cannot load in one statement (a
-        longer line than `max_line_bytes` is rejected); `bulk=False` reads every file that way."""
+        longer line than `max_line_bytes` is rejected); `bulk=False` reads every file that way.
+        A load in one statement reports its progress every `progress_every` seconds."""
         self._writable()
         ingest = Ingest(
-            self, strict=strict, batch_bytes=batch_bytes, max_line_bytes=max_line_bytes, bulk=bulk
+            self,
+            strict=strict,
+            batch_bytes=batch_bytes,
+            max_line_bytes=max_line_bytes,
+            bulk=bulk,
+            progress_every=progress_every,
         )
         return ingest.load_files(paths, progress)
 
@@ -227,7 +238,7 @@ class DuckDBStore(TraceStore):
         if self.read_only:
             raise StoreError(f"{self.path}: the store is open read-only")
         if not self._udfs:
-            duckdb_sql.register_udfs(self.con)
+            duckdb_sql.register_udfs(self.con, self.tally)
             self._udfs = True
 
     # --- queries ------------------------------------------------------------------------------
@@ -356,6 +367,49 @@ class DuckDBStore(TraceStore):
             lists_capped_at=top,
         )
 
+    def durations(self, filters: TraceFilters | None = None, *, top: int = 20) -> list[Durations]:
+        """p50, p95 and longest durations per agent (its AGENT spans), model (LLM spans) and tool
+        (TOOL spans) over the traces that match `filters`: the `top` names with the most spans each."""
+        selected, params = self._selected_traces(filters)
+        rows = self._rows(
+            f"""
+            SELECT of, name, count(*) AS spans, quantile_cont(duration_ns, 0.5) / 1e6 AS p50_ms,
+                   quantile_cont(duration_ns, 0.95) / 1e6 AS p95_ms, max(duration_ns) / 1e6 AS max_ms
+            FROM (
+              SELECT CASE kind WHEN 'AGENT' THEN 'agent' WHEN 'LLM' THEN 'model' ELSE 'tool' END AS of,
+                     CASE kind WHEN 'AGENT' THEN agent_name WHEN 'LLM' THEN model ELSE tool_name END AS name,
+                     duration_ns
+              FROM spans
+              WHERE kind IN ('AGENT', 'LLM', 'TOOL') AND duration_ns IS NOT NULL {selected})
+            WHERE name IS NOT NULL
+            GROUP BY of, name
+            QUALIFY row_number() OVER (PARTITION BY of ORDER BY count(*) DESC, name) <= ?
+            ORDER BY of, spans DESC, name""",
+            [*params, top],
+        )
+        return [Durations(**row) for row in rows]
+
+    def model_usage(self, filters: TraceFilters | None = None) -> list[ModelUsage]:
+        """Per model, its LLM calls' tokens and reported cost, and the tokens of calls that reported
+        no cost, over the traces that match `filters`; most calls first."""
+        selected, params = self._selected_traces(filters)
+        unpriced = "cost IS NULL AND (input_tokens > 0 OR output_tokens > 0)"
+        rows = self._rows(
+            f"""
+            SELECT model, count(*) AS calls, coalesce(sum(input_tokens), 0) AS input_tokens,
+                   coalesce(sum(output_tokens), 0) AS output_tokens,
+                   coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens, coalesce(sum(cost), 0) AS cost,
+                   count(*) FILTER ({unpriced}) AS calls_without_cost,
+                   coalesce(sum(input_tokens) FILTER ({unpriced}), 0) AS input_tokens_without_cost,
+                   coalesce(sum(output_tokens) FILTER ({unpriced}), 0) AS output_tokens_without_cost,
+                   coalesce(sum(cache_read_tokens) FILTER ({unpriced}), 0) AS cache_read_tokens_without_cost
+            FROM spans
+            WHERE kind = 'LLM' AND model IS NOT NULL {selected}
+            GROUP BY model ORDER BY calls DESC, model""",
+            params,
+        )
+        return [ModelUsage(**row) for row in rows]
+
     def error_groups(self, filters: TraceFilters | None = None, *, top: int = 20) -> list[ErrorGroup]:
         """Error spans grouped by where they happened and by message template (ids, numbers, paths,
         URLs and quoted values masked), most traces first."""
@@ -374,9 +428,9 @@ class DuckDBStore(TraceStore):
                    -- the first by start time; a span without one (still a valid span) comes last, not never
                    arg_min(trace_id || ':' || span_id, (start_ns IS NULL, start_ns, trace_id, span_id))
                      AS example_span,
-                   arg_min(coalesce(status_message, '') ||
-                           CASE WHEN kind = 'TOOL' AND tool_result IS NOT NULL THEN ' | ' || left(tool_result, 300)
-                           ELSE '' END, (start_ns IS NULL, start_ns, trace_id, span_id)) AS example_message
+                   arg_min(halo_join_distinct([status_message,
+                           CASE WHEN kind = 'TOOL' THEN left(tool_result, 300) END]),
+                           (start_ns IS NULL, start_ns, trace_id, span_id)) AS example_message
             FROM spans SEMI JOIN selected USING (trace_id)
             WHERE status = 'ERROR'
             GROUP BY ALL ORDER BY traces DESC, error_spans DESC, source, template LIMIT ?""",
@@ -686,6 +740,50 @@ class DuckDBStore(TraceStore):
         """Rows of SQL written by HALO itself (the detectors). Untrusted SQL goes through `sql()`."""
         return self._rows(sql, params)
 
+    def trace_values(self, attributes: Sequence[str] = ()) -> dict[str, Any]:
+        named = [a for a in dict.fromkeys(attributes) if a not in TRACE_LABELS]
+        for name in named:
+            if not ATTRIBUTE_NAME.fullmatch(name):
+                raise StoreError(
+                    f"{name!r}: an attribute name is letters, digits and . _ - : / (e.g. support.resolved)"
+                )
+        columns = [
+            "t.trace_id",
+            "CASE WHEN t.has_errors THEN 1.0 ELSE 0.0 END AS error",
+            "t.duration_ns / 1e6 AS duration_ms",
+            "t.total_tokens::DOUBLE AS tokens",
+            "t.cost AS cost",
+            *(f"{expression} AS {label}" for label, expression in TRACE_LABELS.items()),
+        ]
+        joins = []
+        for i, name in enumerate(named):
+            # the first span carrying the attribute (root first, then by start); the substring test
+            # skips the JSON parse for spans that cannot have it
+            value = (
+                f"coalesce(json_extract_string(raw, '$.attributes.\"{name}\"'), "
+                f"json_extract_string(raw, '$.resource.attributes.\"{name}\"'))"
+            )
+            joins.append(
+                f"LEFT JOIN (SELECT trace_id, arg_min(v, (parent_id IS NOT NULL, start_ns)) AS v FROM "
+                f"(SELECT trace_id, parent_id, start_ns, {value} AS v FROM spans WHERE contains(raw, '{name}')) "
+                f"WHERE v IS NOT NULL GROUP BY trace_id) a{i} USING (trace_id)"
+            )
+            columns.append(f"a{i}.v AS a{i}")
+        data = self.con.execute(
+            f"SELECT {', '.join(columns)} FROM traces t {' '.join(joins)} ORDER BY t.trace_id"
+        ).fetchnumpy()
+        values: dict[str, Any] = {
+            "trace_id": _strings(data["trace_id"]),
+            **{c: _floats(data[c]) for c in ("error", "duration_ms", "tokens", "cost")},
+            **{label: _strings(data[label]) for label in TRACE_LABELS},
+        }
+        for i, name in enumerate(named):
+            values[name] = np.asarray(
+                np.ma.filled(data[f"a{i}"], None) if np.ma.isMaskedArray(data[f"a{i}"]) else data[f"a{i}"],
+                dtype=object,
+            )
+        return values
+
     def known_traces(self, trace_ids: Iterable[str]) -> set[str]:
         ids = sorted(set(trace_ids))
         rows = self.con.execute(
@@ -778,6 +876,13 @@ class DuckDBStore(TraceStore):
                 more = " and more" if len(rows) > 5 else ""
                 raise StoreError(f"trace id {text!r} is ambiguous: it starts {shown}{more}; give more of it")
         raise StoreError(self._unknown_trace(text))
+
+    def _selected_traces(self, filters: TraceFilters | None) -> tuple[str, list[Any]]:
+        """`AND trace_id IN (the traces matching filters)` for a query over spans, or nothing."""
+        where, params = self._where(filters)
+        if where == "true":
+            return "", []
+        return f"AND trace_id IN (SELECT trace_id FROM traces t WHERE {where})", params
 
     def _unknown_trace(self, trace_id: str) -> str:
         similar = self._rows(
@@ -900,6 +1005,26 @@ def _remove_staging_files(path: str) -> None:
     store = Path(path)
     for leftover in store.parent.glob(f"{glob.escape(store.name)}.*.staging.jsonl"):
         leftover.unlink(missing_ok=True)
+
+
+# Labels of a trace a comparison can group or stratify by (`trace_values`).
+TRACE_LABELS = {
+    "service": "array_to_string(list_sort(t.services), ',')",
+    "agent": "array_to_string(list_sort(t.agents), ',')",
+    "root": "coalesce(t.root_name, '')",
+    "model": "array_to_string(list_sort(t.models), ',')",
+}
+ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,200}")
+
+
+def _floats(column: Any) -> Any:
+    """A fetched numeric column as float64, NULL as NaN (DuckDB hands nullable columns over masked)."""
+    return np.ma.filled(np.ma.asarray(column).astype(np.float64), np.nan)
+
+
+def _strings(column: Any) -> Any:
+    """A fetched text column as a numpy array of str (None as the empty string)."""
+    return np.array(["" if v is None else str(v) for v in np.asarray(column, dtype=object)], dtype=str)
 
 
 SORT_COLUMNS = {
