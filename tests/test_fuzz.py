@@ -373,7 +373,9 @@ def test_the_sql_and_python_readings_of_ids_and_durations_agree(ids: list[str], 
 
     con = duckdb.connect()
     duckdb_sql.register_macros(con)
-    sql_ids = [row[0] for row in con.execute("SELECT halo_id(unnest(?::VARCHAR[]))", [ids]).fetchall()]
+    sql_ids = [
+        row[0] for row in con.execute("SELECT halo_id(halo_trimmed(unnest(?::VARCHAR[])))", [ids]).fetchall()
+    ]
     assert sql_ids == [normalize_id(i) for i in ids]
     stripped = [d.strip() for d in durations]
     sql_durations = [

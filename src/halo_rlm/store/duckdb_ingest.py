@@ -563,36 +563,46 @@ class _Load:
             )
         if done is not None:
             self.result.bytes = done[0] - self.resume.offset if self.resume.offset else done[0]
-        self._queued(self._load_lines, table, python_first)
+        if python_first:
+            # Decoded here, on the reading thread, while the store's thread loads the batch before.
+            numbers = table.column("line_no").to_numpy()
+            decoded = _decode(zip(numbers.tolist(), table.column("raw").to_pylist(), strict=True))
+            self._queued(self._load_decoded, *decoded)
+        else:
+            self._queued(self._load_lines, table)
         if self.progress:
             self.progress(self.result.bytes, self._spans)
 
-    def _load_lines(self, table: pa.Table, python_first: bool) -> None:
+    def _load_lines(self, table: pa.Table) -> None:
+        """Normalise a batch in SQL; the lines it does not read as flat spans go to the Python decoders."""
         numbers = table.column("line_no").to_numpy()
-        lines = table.column("raw")
-        if python_first:
-            others = list(zip(numbers.tolist(), lines.to_pylist(), strict=True))
-        else:
-            inserted = self._insert(table)
-            if inserted == len(numbers):
-                others = []
-            else:
-                found = (
-                    self._db()
-                    .execute(
-                        "SELECT line_no FROM spans WHERE input_id = ? AND line_no BETWEEN ? AND ?",
-                        [self.input_id, int(numbers[0]), int(numbers[-1])],
-                    )
-                    .fetchnumpy()["line_no"]
+        others: list[tuple[int, str]] = []
+        if self._insert(table) < len(numbers):
+            found = (
+                self._db()
+                .execute(
+                    "SELECT line_no FROM spans WHERE input_id = ? AND line_no BETWEEN ? AND ?",
+                    [self.input_id, int(numbers[0]), int(numbers[-1])],
                 )
-                left = ~np.isin(numbers, found)
-                others = list(
-                    zip(numbers[left].tolist(), lines.filter(pa.array(left)).to_pylist(), strict=True)
+                .fetchnumpy()["line_no"]
+            )
+            left = ~np.isin(numbers, found)
+            others = list(
+                zip(
+                    numbers[left].tolist(),
+                    table.column("raw").filter(pa.array(left)).to_pylist(),
+                    strict=True,
                 )
-            # Most lines needing Python means a non-flat format (e.g. OTLP): skip the SQL attempt from now on.
-            with self._lock:
-                self.python_first = len(others) > len(numbers) // 2
-        decoded_numbers, decoded_spans, rejects = _decode(others)
+            )
+        # Most lines needing Python means a non-flat format (e.g. OTLP): skip the SQL attempt from now on.
+        with self._lock:
+            self.python_first = len(others) > len(numbers) // 2
+        self._load_decoded(*_decode(others))
+
+    def _load_decoded(
+        self, decoded_numbers: list[int], decoded_spans: list[bytes], rejects: list[Reject]
+    ) -> None:
+        """Insert the flat spans the Python decoders made, and record their rejects."""
         if decoded_spans:
             self._insert(
                 pa.table(

@@ -218,14 +218,12 @@ FROM (
     SELECT
       line_no, raw,
       trace_id, span_id,
-      nullif(halo_id(j.parent_span_id), '') AS parent_id,
+      parent_id,
       coalesce(j.name, '') AS name, {KIND_SQL} AS kind,
       upper(replace(coalesce(j.kind, 'INTERNAL'), 'SPAN_KIND_', '')) AS otel_kind,
       j.resource.attributes."service.name" AS service, j.scope.name AS scope, j.scope.version AS scope_version,
       {STATUS_SQL} AS status, {STATUS_MESSAGE_SQL} AS status_message,
-      halo_ns(j.start_time) AS start_ns,
-      coalesce(halo_ns(j.end_time), CASE WHEN halo_ns(j.start_time) + halo_duration(j.duration) > 0
-        THEN halo_ns(j.start_time) + halo_duration(j.duration) END) AS end_ns,
+      start_ns, end_ns,
       {_coalesce("model")} AS model, {_coalesce("provider")} AS provider,
       {_count("input_tokens")} AS input_tokens, {_count("output_tokens")} AS output_tokens,
       {_count("total_tokens")} AS total_tokens, {_count("cache_read_tokens")} AS cache_read_tokens,
@@ -244,16 +242,25 @@ FROM (
       ({" OR ".join(f'j.attributes."{k}" IS NOT NULL' for k in MESSAGE_MARKERS)}
         OR len(list_filter(j.events, lambda e: starts_with(e.name, 'gen_ai.'))) > 0) AS has_messages
     FROM (
-      SELECT line_no, raw, j,
-        CASE WHEN contains('|VARCHAR|BIGINT|UBIGINT|', '|' || json_type(j.trace_id) || '|')
-          THEN halo_id(j.trace_id ->> '$') END AS trace_id,
-        CASE WHEN contains('|VARCHAR|BIGINT|UBIGINT|', '|' || json_type(j.span_id) || '|')
-          THEN halo_id(j.span_id ->> '$') END AS span_id
+      -- Each step reads columns the step before made: a macro given an expression repeats it.
+      SELECT line_no, raw, j, halo_id(trace_text) AS trace_id, halo_id(span_text) AS span_id,
+        nullif(halo_id(parent_text), '') AS parent_id, start_ns,
+        coalesce(end_given, CASE WHEN duration < 9223372036854775807 - start_ns THEN start_ns + duration END)
+          AS end_ns
       FROM (
-        SELECT line_no, raw,
-          -- try() turns malformed JSON into NULL: one parse per line instead of json_valid + transform.
-          CASE WHEN starts_with(raw, '{{') THEN try(json_transform(raw, '{PARSE_STRUCTURE}')) END AS j
-        FROM {source}
+        SELECT line_no, raw, j,
+          CASE WHEN contains('|VARCHAR|BIGINT|UBIGINT|', '|' || json_type(j.trace_id) || '|')
+            THEN halo_trimmed(j.trace_id ->> '$') END AS trace_text,
+          CASE WHEN contains('|VARCHAR|BIGINT|UBIGINT|', '|' || json_type(j.span_id) || '|')
+            THEN halo_trimmed(j.span_id ->> '$') END AS span_text,
+          halo_trimmed(j.parent_span_id) AS parent_text,
+          halo_ns(j.start_time) AS start_ns, halo_ns(j.end_time) AS end_given, halo_duration(j.duration) AS duration
+        FROM (
+          SELECT line_no, raw,
+            -- try() turns malformed JSON into NULL: one parse per line instead of json_valid + transform.
+            CASE WHEN starts_with(raw, '{{') THEN try(json_transform(raw, '{PARSE_STRUCTURE}')) END AS j
+          FROM {source}
+        )
       )
     )
     {span_filter}
@@ -279,6 +286,7 @@ BULK_INSERT_SQL = _insert_sql(
     tallied=True,
 )
 
+ID_SPACE = " \t\n\v\f\r"  # what ids are trimmed of (as formats.spans.normalize_id does)
 MACROS = [
     # Parts of an error (message, type, a tool's result...) joined with " | ", each said once: a part
     # another part contains (a tool's result that repeats the message) is left out.
@@ -306,17 +314,19 @@ MACROS = [
                   || ']', ''))""",
     # Ids as the source wrote them (formats.spans.normalize_id): hex, with or without `0x` or UUID dashes,
     # lower-cased (dashes kept); all-zero ids mean "none"; other ids kept as text.
-    # Regular expressions only for the rare ids: `0x` prefixes and upper case.
-    """CREATE OR REPLACE TEMP MACRO halo_id_unprefixed(t) AS CASE
-      WHEN (starts_with(t, '0x') OR starts_with(t, '0X')) AND regexp_full_match(substr(t, 3), '[0-9a-fA-F]+')
-        THEN substr(t, 3) ELSE t END""",
-    """CREATE OR REPLACE TEMP MACRO halo_id_trimmed(h) AS CASE
-      WHEN h IS NULL OR ltrim(h, '0-') = '' THEN ''
-      WHEN h = lower(h) THEN h
-      WHEN regexp_full_match(h, '[0-9a-fA-F-]+') THEN lower(h)
-      ELSE h END""",
-    """CREATE OR REPLACE TEMP MACRO halo_id(x) AS halo_id_trimmed(halo_id_unprefixed(
-      trim(x, ' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13))))""",
+    # Ids as the source wrote them (formats.spans.normalize_id), from text already trimmed (`halo_trimmed`):
+    # hex, with or without `0x`, lower-cased (UUID dashes kept); all-zero ids mean "none"; others as text.
+    # One flat CASE over a column: a macro nested in another would repeat its argument's expression.
+    """CREATE OR REPLACE TEMP MACRO halo_id(t) AS CASE
+      WHEN t IS NULL OR ltrim(t, '0-') = '' THEN ''
+      WHEN starts_with(t, '0x') OR starts_with(t, '0X') THEN
+        CASE WHEN NOT regexp_full_match(substr(t, 3), '[0-9a-fA-F]+') THEN t
+             WHEN ltrim(substr(t, 3), '0') = '' THEN ''
+             ELSE lower(substr(t, 3)) END
+      WHEN t = lower(t) THEN t
+      WHEN regexp_full_match(t, '[0-9a-fA-F-]+') THEN lower(t)
+      ELSE t END""",
+    f"""CREATE OR REPLACE TEMP MACRO halo_trimmed(x) AS trim(x, '{ID_SPACE}')""",
     # Durations (formats.spans.duration_ns): nanoseconds, or ISO-8601 (`PT1M48.75533S`; weeks to seconds).
     r"""CREATE OR REPLACE TEMP MACRO halo_duration(x) AS CASE
       WHEN x IS NULL OR x = '' THEN NULL
