@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -286,8 +287,19 @@ def attributes(value: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if isinstance(value, list):
         for kv in value:
-            if isinstance(kv, dict) and isinstance(kv.get("key"), str):
-                _flatten_into(out, kv["key"], any_value(kv.get("value")), 1)
+            if not isinstance(kv, dict) or not isinstance(key := kv.get("key"), str):
+                continue
+            typed = kv.get("value")
+            # The usual attribute is one string, number or bool: read it directly (a third of OTLP decoding).
+            if type(typed) is dict and len(typed) == 1:
+                kind, item = next(iter(typed.items()))
+                if kind == "stringValue" and type(item) is str:
+                    out[key] = item
+                    continue
+                if kind == "boolValue" and type(item) is bool:
+                    out[key] = item
+                    continue
+            _flatten_into(out, key, any_value(typed), 1)
     elif isinstance(value, dict):
         for key, item in value.items():
             _flatten_into(out, str(key), _unwrap(item), 1)
@@ -372,14 +384,18 @@ def any_value(value: Any, depth: int = 0) -> Any:
 def normalize_id(value: Any) -> str:
     """An id as the source wrote it, with hex (any case, `0x`, UUID dashes kept) in lower case: ids are
     opaque strings outside OTLP's protobuf-JSON mapping (`otlp_id`). Empty and all-zero ids mean 'none'."""
+    if type(value) is str:
+        return _text_id(value)
     if value is None or isinstance(value, bool | dict | list):
         return ""
     if isinstance(value, bytes):
-        text = value.hex()
-    elif isinstance(value, int):
-        text = str(value)
-    else:
-        text = str(value).strip(_ASCII_SPACE)
+        return _text_id(value.hex())
+    return _text_id(str(value))
+
+
+@functools.lru_cache(maxsize=65536)  # the spans of a trace repeat its ids
+def _text_id(value: str) -> str:
+    text = value.strip(_ASCII_SPACE)
     if text.startswith(("0x", "0X")) and _HEX.fullmatch(text[2:]):
         text = text[2:]
     if _HEX_OR_DASH.fullmatch(text):
