@@ -8,6 +8,7 @@ SQL. Filling it is `duckdb_ingest`'s job; the SQL both use is here and in `duckd
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import re
 import threading
@@ -611,7 +612,8 @@ class DuckDBStore(TraceStore):
             raise StoreError("SQL runs only on a store opened read-only (its file access is locked off)")
         query = query.strip().rstrip(";").strip()
         self._check_select(query)
-        cursor = self.con.cursor()
+        # On this connection itself: the query may read temporary tables HALO made on it (detectors').
+        cursor = self.con
         timer = threading.Timer(timeout, cursor.interrupt)
         timer.start()
         try:
@@ -654,7 +656,8 @@ class DuckDBStore(TraceStore):
             raise StoreError(f"SQL error: {first_line(exc)}") from exc
         finally:
             timer.cancel()
-            cursor.close()  # drops whatever of the result was not fetched
+            with contextlib.suppress(duckdb.Error):
+                cursor.execute("SELECT NULL").fetchall()  # drops whatever of the result was not fetched
         note = None
         if truncated:
             note = f"showing {len(rows)} rows; add LIMIT/OFFSET, aggregate, or select fewer columns"
