@@ -55,7 +55,7 @@ DOCUMENT_LIMIT = 1 << 30  # a single JSON document (not JSONL) is parsed whole; 
 NOT_TRACE_DATA_AFTER = 1000  # stop reading a file whose first N records all fail
 EXCERPT_BYTES = 200
 BATCHES_PER_STATEMENT = 4  # batches normalised by one statement: DuckDB spreads them over its threads
-IN_FLIGHT = 2  # statements queued for the store while the next batch is read
+IN_FLIGHT = 1  # statements queued for the store while the next batch is read (more only costs memory)
 HEAD_BYTES = 65536
 
 # One row per touched trace, in the column order of `schema.TRACE_COLUMNS`.
