@@ -102,7 +102,7 @@ def test_budgets_hold_with_sub_agents_spending_in_parallel(
     words = "cost budget" if name == "cost_usd" else "token budget"
     markdown = to_markdown(report)
     assert f"**The {words} ended the run.**" in markdown and " Cut: " in markdown
-    assert ("$0.2000" if name == "cost_usd" else "of 20,000 tokens") in markdown
+    assert ("of $0.2000" if name == "cost_usd" else "of 20,000") in markdown
 
 
 def test_a_provider_that_ignores_max_tokens_overshoots_by_at_most_one_reply(store: TraceStore) -> None:

@@ -415,3 +415,37 @@ def test_the_events_carry_the_report_as_json(store: TraceStore) -> None:
         report = run(llm, store)
     data = json.loads(report.model_dump_json())
     assert data["budgets"]["limits"][0] == {"budget": "turns", "limit": 20.0, "used": 1.0}
+
+
+def test_the_cli_takes_the_window_and_the_report_states_the_budgets(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from halo_rlm.cli import cli
+
+    truth = simulate(tmp_path / "t.jsonl", traces=40, seed=5)
+    out = tmp_path / "report"
+    with ScriptedLLM(lambda request: finish(), server=Server("llama-server", context_window=32_768)) as llm:
+        result = CliRunner().invoke(
+            cli,
+            [
+                "run",
+                str(truth.traces_path),
+                "--base-url",
+                llm.base_url,
+                "-m",
+                "scripted-model",
+                "--context-window",
+                "9000",
+                "--max-tokens",
+                "50000",
+                "-o",
+                str(out),
+                "--json",
+            ],
+        )
+        request = llm.chat_requests[0]
+    assert result.exit_code == 0, result.output
+    assert set(request.tool_names) <= COMPACT_TOOLS and request.max_tokens is not None
+    markdown = (out / "report.md").read_text()
+    assert "Context window: 9,000 tokens (--context-window). Compact mode" in markdown
+    assert "Budgets: root's turns 1 of 20 · tokens " in markdown and " of 50,000." in markdown

@@ -69,12 +69,15 @@ def _evidence_text(ev: Evidence) -> str:
 def _budgets_text(budgets: Budgets) -> str:
     """One line: each budget's use against its limit, which one ended the run and what was cut."""
     shown = {
-        "tokens": lambda n: f"{n:,.0f} tokens",
+        "tokens": lambda n: f"{n:,.0f}",
         "cost_usd": lambda n: f"${n:,.4f}",
         "seconds": lambda n: f"{n:,.0f} s",
-        "turns": lambda n: f"{n:,.0f} turns",
+        "turns": lambda n: f"{n:,.0f}",
     }
-    parts = [f"{shown[b.budget](b.used)} of {shown[b.budget](b.limit)}" for b in budgets.limits]
+    label = {"tokens": "tokens", "cost_usd": "cost", "seconds": "time", "turns": "root's turns"}
+    parts = [
+        f"{label[b.budget]} {shown[b.budget](b.used)} of {shown[b.budget](b.limit)}" for b in budgets.limits
+    ]
     line = "Budgets: " + " · ".join(parts) + "."
     if budgets.ended_by:
         ended = {"tokens": "token budget", "cost_usd": "cost budget", "seconds": "time budget"}
