@@ -172,7 +172,7 @@ def test_a_large_window_keeps_the_full_tools_and_a_given_window_asks_the_server_
         report = run(llm, store)
         request = llm.chat_requests[0]
     assert "view_spans" in request.tool_names and "$defs" in orjson.dumps(request.tools).decode()
-    assert request.max_tokens == 8_192
+    assert request.max_tokens == 16_384
     assert "Context window: 131,072 tokens (/v1/models (max_model_len)). Full prompts" in notes(report)
 
     with ScriptedLLM(lambda r: finish(), server=Server("llama-server", context_window=8_192)) as llm:
@@ -335,6 +335,23 @@ def test_the_budget_note_ends_the_last_message_and_is_worded_right(store: TraceS
     assert "(HALO:" not in third.tool_results[0]["content"]
     assert "Budget: up to 6 turns; 600 s for the whole run." in first.system_text
     assert "left turns" not in first.system_text
+
+
+def test_a_model_that_echoes_the_budget_note_is_told_so_and_the_echo_is_no_answer(store: TraceStore) -> None:
+    def responder(request: ChatRequest) -> Any:
+        if "budget note instead of answering" in request.last_user_text:
+            return finish()
+        return Text(request.last_user_text.split("\n\n")[-1])  # what small models did, every turn
+
+    with ScriptedLLM(responder) as llm:
+        report = run(llm, store)
+        echoed = llm.chat_requests[0].last_user_text.split("\n\n")[-1]
+    assert echoed.startswith("(HALO: this is turn 1 of 20")
+    assert report.answer == "# Report\n\nlookup_order fails in most traces."
+
+    with ScriptedLLM(lambda request: Text(request.last_user_text.split("\n\n")[-1])) as llm:
+        report = run(llm, store, max_turns=6)
+    assert report.answer is None or "(HALO:" not in report.answer
 
 
 # --- finishing --------------------------------------------------------------------------------------

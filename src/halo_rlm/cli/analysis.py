@@ -305,7 +305,8 @@ def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--max-output-tokens",
             type=click.IntRange(1),
-            help="Tokens one reply may take (default: 8,192, or a quarter of a small context window).",
+            help="Tokens one reply may take (default: 16,384, or 32,768 with --reasoning-effort high or "
+            "xhigh; at most a quarter of the context window).",
         ),
         click.option(
             "--context-window",

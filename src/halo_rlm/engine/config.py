@@ -35,7 +35,10 @@ class EngineConfig(BaseModel):
     headers: dict[str, SecretStr] = {}
     temperature: float | None = Field(None, ge=0, le=2)
     max_output_tokens: int | None = Field(
-        None, ge=1, description="Tokens one reply may take (default: 8,192, or a quarter of a small window)"
+        None,
+        ge=1,
+        description="Tokens one reply may take (default: 16,384, 32,768 with high reasoning effort; at "
+        "most a quarter of a known window)",
     )
     parallel_tool_calls: bool = True
     refusal_retries: int = Field(1, ge=0)

@@ -139,6 +139,7 @@ class Agent:
         self.final: FinalAnswerArgs | None = None  # set by the final_answer tool
         self.repl: sandbox.Repl | None = None  # made on the first run_code call
         self.must_finish: str | None = None  # why the agent was told to finish early
+        self.text = ""  # its last reply usable as an answer (not cut, not one line repeated)
         self.text_calls = 0
         tools = list(TRACE_TOOLS) + run.extra_tools
         if depth < run.config.max_depth:
@@ -245,19 +246,18 @@ class Agent:
     # --- the loop ----------------------------------------------------------------------------
 
     async def run_to_end(self, messages: list[dict[str, Any]]) -> str:
-        """The agent loop. Returns the agent's last usable text; the root's report arrives in
-        `self.final`."""
+        """The agent loop. Returns the agent's last usable text (`self.text`); the root's report
+        arrives in `self.final`."""
         self.messages = messages
         run, cfg, budget = self.run, self.run.config, self.run.budget
         refusals_left, overflows_left = cfg.refusal_retries, 2
         corrections_left, nudged = CORRECTIONS, False
-        text = ""
         while True:
             stop = budget.exhausted() or (
                 f"the turn limit ({cfg.max_turns}) is reached" if self.turns >= cfg.max_turns else None
             )
             if stop:
-                return self.stop(stop, text, turn_limit=self.turns >= cfg.max_turns)
+                return self.stop(stop, turn_limit=self.turns >= cfg.max_turns)
             finishing = self.finishing()
             await self.manage_context()
             try:
@@ -271,7 +271,7 @@ class Agent:
                         "the agent was told to finish instead"
                     )
                     continue
-                return self.stop(str(exc), text)
+                return self.stop(str(exc))
             except ContextOverflow as exc:
                 if overflows_left and (run.learn_window(exc) or await self.manage_context(force=True)):
                     overflows_left -= 1
@@ -282,7 +282,7 @@ class Agent:
                 raise
             except Timeout as exc:
                 budget.stopped_by("seconds")
-                return self.stop(str(exc), text)
+                return self.stop(str(exc))
             refusal = completion.refusal or (
                 completion.content
                 if not completion.tool_calls
@@ -302,22 +302,21 @@ class Agent:
                     )
                     continue
                 self.status = "refused"
-                return text
+                return self.text
             self.emit_turn(completion)
-            cut = completion.finish_reason == "length"
-            problem = degenerate(completion.content) if cut or not completion.tool_calls else None
-            if cut:
+            problem = None if completion.tool_calls else _not_an_answer(completion.content)
+            if completion.finish_reason == "length":
                 run.note_once(
                     f"cut:{self.id}",
                     f"{self.name}: a reply was cut at the output limit ({completion.max_tokens or 0:,} tokens)"
-                    + (f"; it {problem}" if problem else ""),
+                    + (f"; it {problem}" if problem and completion.content.strip() else ""),
                 )
             if completion.tool_calls:
                 self.messages.append(completion.message())
                 await self.run_tools(completion.tool_calls)
                 if self.final is not None:
                     self.status = "done"
-                    return text
+                    return self.text
                 continue
             written = read_text_calls(completion.content, self.tools)
             if written.calls:
@@ -325,7 +324,7 @@ class Agent:
                 await self.run_text_calls(written.calls)
                 if self.final is not None:
                     self.status = "done"
-                    return text
+                    return self.text
                 continue
             unusable = self.correction(completion, written.problem, problem)
             if unusable:
@@ -338,16 +337,16 @@ class Agent:
                     f"{self.name}: its last reply was not used as an answer ({written.problem or problem})"
                 )
                 self.status = "no final answer" if self.is_root else "partial"
-                return text
+                return self.text
             self.messages.append(completion.message())
-            text = completion.content or text
+            self.text = completion.content or self.text
             if not self.is_root:
                 self.status = "done"
-                return text
+                return self.text
             if finishing is not None and self.must_finish is not None:
                 # Asked to finish, forced to call final_answer, and still no report: give up.
                 self.status = "no final answer"
-                return text
+                return self.text
             if not nudged:
                 nudged = True
                 self.messages.append({"role": "user", "content": prompts.NO_CALL_ROOT})
@@ -382,7 +381,7 @@ class Agent:
             return f"turn {self.run.config.max_turns} is the last of your turns"
         return self.run.budget.nearly_exhausted()
 
-    def stop(self, reason: str, text: str, *, turn_limit: bool = False) -> str:
+    def stop(self, reason: str, *, turn_limit: bool = False) -> str:
         """End the loop early: note why and what was cut, and return what the agent has."""
         self.run.note(f"{self.label} stopped: {reason}")
         if turn_limit and not self.is_root:
@@ -394,7 +393,7 @@ class Agent:
                 f"{self.label}: stopped after {self.turns} of {self.run.config.max_turns} turns ({reason})"
             )
         self.status = "partial"
-        return text
+        return self.text
 
     async def call_model(self, finishing: str | None) -> Completion:
         """One turn: the conversation with a budget note at its end; when `finishing`, the root is
@@ -629,6 +628,14 @@ class Agent:
             {"role": "user", "content": f"[halo: summary of your earlier work{where}]\n{summary}"}
         ]
         return True
+
+
+def _not_an_answer(text: str) -> str | None:
+    """Why a text reply cannot be an answer: empty, one line repeated, or HALO's own budget note
+    echoed back (small models answered a note they took for the question)."""
+    if "(HALO: this is turn" in text or "(HALO: last turn" in text:
+        return "repeats HALO's budget note instead of answering"
+    return degenerate(text)
 
 
 def _shortened(completion: Completion) -> dict[str, Any]:
@@ -982,9 +989,9 @@ class Run:
 
 
 def _last_text(agent: Agent) -> str:
-    return next(
-        (m["content"] for m in reversed(agent.messages) if m["role"] == "assistant" and m.get("content")), ""
-    )
+    """The agent's last reply usable as an answer; replies cut at the output limit, repeating one
+    line or attempting a tool call are never one."""
+    return agent.text
 
 
 _FINDINGS_BLOCK = re.compile(r"```json\s*(\{.*?\})\s*```", re.DOTALL)

@@ -15,9 +15,10 @@ from halo_rlm.engine.config import EngineConfig
 from halo_rlm.engine.events import EngineError
 from halo_rlm.llm import CHARS_PER_TOKEN
 
-__all__ = ["CONTEXT_TOKENS", "DEFAULT_REPLY_TOKENS", "Overhead", "Window", "plan"]
+__all__ = ["CONTEXT_TOKENS", "DEFAULT_REPLY_TOKENS", "Overhead", "Window", "plan", "reply_tokens"]
 
-DEFAULT_REPLY_TOKENS = 8_192  # a reply's cap when nothing smaller is asked for or needed
+DEFAULT_REPLY_TOKENS = 16_384  # a reply's cap when nothing smaller is asked for or needed
+REASONING_REPLY_TOKENS = 32_768  # the same with high reasoning effort: reasoning tokens count as output
 CONTEXT_TOKENS = 96_000  # conversation tokens before compaction, when the window leaves more
 COMPACT_SHARE = 0.2  # full prompts and tools taking more of the window than this: compact mode
 SAFETY_SHARE = 0.05  # of the window, kept free for estimation error and the chat template's tokens
@@ -67,6 +68,15 @@ class Window:
         )
 
 
+def reply_tokens(config: EngineConfig, window: int | None) -> int:
+    """A reply's cap: --max-output-tokens, else a default (larger with high reasoning effort, whose
+    reasoning counts as output), at most a quarter of a known window."""
+    if config.max_output_tokens:
+        return config.max_output_tokens
+    ceiling = REASONING_REPLY_TOKENS if config.reasoning_effort in ("high", "xhigh") else DEFAULT_REPLY_TOKENS
+    return ceiling if window is None else min(ceiling, max(512, window // 4))
+
+
 def plan(
     config: EngineConfig, tokens: int | None, source: str, *, full: Overhead, compact: Overhead
 ) -> Window:
@@ -77,13 +87,13 @@ def plan(
             None,
             "",
             bool(config.compact),
-            config.max_output_tokens or DEFAULT_REPLY_TOKENS,
+            reply_tokens(config, None),
             config.context_tokens or CONTEXT_TOKENS,
             config.tool_result_bytes,
         )
     use_compact = config.compact if config.compact is not None else full.total > COMPACT_SHARE * tokens
     overhead = compact if use_compact else full
-    reply = config.max_output_tokens or min(DEFAULT_REPLY_TOKENS, max(512, tokens // 4))
+    reply = reply_tokens(config, tokens)
     room = tokens - reply - overhead.tools - int(tokens * SAFETY_SHARE)
     if room - overhead.system < MIN_CONVERSATION:
         needed = overhead.total + reply + MIN_CONVERSATION * 4
