@@ -28,7 +28,7 @@ from scripted_llm import (
     text_call,
 )
 
-from halo_rlm.engine import AgentOutputItem, EngineConfig, stream_engine_async
+from halo_rlm.engine import AgentOutputItem, EngineConfig, EngineError, stream_engine_async
 from halo_rlm.engine.tools import COMPACT_TOOLS
 from halo_rlm.llm import LLM, ContextOverflow, ToolsUnsupported
 from halo_rlm.providers import ModelConfig, Provider
@@ -466,3 +466,20 @@ def test_the_cli_takes_the_window_and_the_report_states_the_budgets(tmp_path: Pa
     markdown = (out / "report.md").read_text()
     assert "Context window: 9,000 tokens (--context-window). Compact mode" in markdown
     assert "Budgets: root's turns 1 of 20 · tokens " in markdown and " of 50,000." in markdown
+
+
+def test_ollamas_default_window_is_assumed_and_a_window_too_small_is_a_clear_error(store: TraceStore) -> None:
+    # Not loaded, no num_ctx: Ollama's default of 4,096 tokens is assumed, and the report says what to set.
+    server = Server("ollama", context_window=4_096, loaded=False)
+    with ScriptedLLM(lambda request: finish(), server=server) as llm:
+        report = run(llm, store)
+        request = llm.chat_requests[0]
+    assert "Ollama's default context (4,096 tokens)" in notes(report) and "OLLAMA_CONTEXT_LENGTH" in notes(
+        report
+    )
+    assert server.prompt_tokens(request) + (request.max_tokens or 0) <= 4_096
+
+    with ScriptedLLM(lambda request: finish(), server=Server("llama-server", context_window=2_048)) as llm:
+        with pytest.raises(EngineError, match=r"context window \(2,048 tokens.*too small.*llama-server -c"):
+            run(llm, store)
+        assert llm.chat_requests == []

@@ -98,7 +98,16 @@ class Budget:
         return used
 
     def exhausted(self) -> str | None:
-        """Why no call can be made any more, or None."""
+        """Why the budgets allow no more work: a limit reached, or a run-wide budget that already
+        refused a call (what is left covers no useful one); None while work can go on."""
+        if reason := self.used_up():
+            return reason
+        if self.ended_by in ("tokens", "cost_usd", "seconds"):
+            return f"the {WORDS[self.ended_by]} does not cover another model call"
+        return None
+
+    def used_up(self) -> str | None:
+        """Which limit is reached, in words, or None."""
         if self.max_tokens and self.tokens >= self.max_tokens:
             self.stopped_by("tokens")
             return f"the token budget ({self.max_tokens:,}) is used up"
@@ -132,7 +141,10 @@ class Budget:
             parts.append(f"{max(0, self.max_tokens - self.tokens):,} tokens")
         if self.max_cost:
             parts.append(f"${max(0.0, self.max_cost - self.cost):.4f}")
-        return " and ".join(parts) + " left for the whole run" if parts else ""
+        if not parts:
+            return ""
+        listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+        return f"{listed} left for the whole run"
 
     def summary(self, max_turns: int) -> str:
         """The budgets as a system prompt states them."""

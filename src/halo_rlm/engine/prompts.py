@@ -153,7 +153,8 @@ CUT_REPLY = "Your reply was cut off at the output limit ({limit:,} tokens){why}.
 
 def overview_text(overview: Any, *, compact: bool = False) -> str:
     """A rendering of the dataset overview for the system prompt (shorter when `compact`)."""
-    top, groups, template = (5, 4, 100) if compact else (10, 8, 160)
+    if compact:
+        return _compact_overview(overview)
     lines = [
         f"{overview.traces:,} traces, {overview.spans:,} spans, {overview.error_traces:,} traces with errors, "
         f"from {overview.start} to {overview.end}; {overview.input_tokens + overview.output_tokens:,} tokens, "
@@ -165,26 +166,51 @@ def overview_text(overview: Any, *, compact: bool = False) -> str:
         ("models", overview.models),
     ):
         if items:
-            lines.append(f"{title}: " + ", ".join(f"{c.name} ({c.traces})" for c in items[:top]))
+            lines.append(f"{title}: " + ", ".join(f"{c.name} ({c.traces})" for c in items[:10]))
     if overview.tools:
         lines.append(
             "tools (traces, calls, failed calls): "
-            + ", ".join(f"{c.name} ({c.traces}, {c.spans}, {c.errors})" for c in overview.tools[: top + 5])
+            + ", ".join(f"{c.name} ({c.traces}, {c.spans}, {c.errors})" for c in overview.tools[:15])
         )
     if overview.error_groups:
         lines.append("top error groups (where: template — traces):")
         lines += [
-            f"- {g.source}: {g.template[:template]} — {g.traces} traces (e.g. [span:{g.example_span}])"
-            for g in overview.error_groups[:groups]
+            f"- {g.source}: {g.template[:160]} — {g.traces} traces (e.g. [span:{g.example_span}])"
+            for g in overview.error_groups[:8]
         ]
     return "\n".join(lines)
 
 
+def _compact_overview(overview: Any) -> str:
+    lines = [
+        f"{overview.traces:,} traces ({overview.error_traces:,} with errors), {overview.spans:,} spans, "
+        f"${overview.cost:,.2f} of LLM cost."
+    ]
+    for title, items in (("agents", overview.agents), ("models", overview.models)):
+        if items:
+            lines.append(f"{title}: " + ", ".join(c.name for c in items[:5]))
+    if overview.tools:
+        lines.append(
+            "tools (calls/failed): "
+            + ", ".join(f"{c.name} ({c.spans}/{c.errors})" for c in overview.tools[:8])
+        )
+    lines += [
+        f"- error: {g.source}: {g.template[:80]} — {g.traces} traces" for g in overview.error_groups[:3]
+    ]
+    return "\n".join(lines)
+
+
 def hypotheses_text(hypotheses: list[dict[str, Any]], *, compact: bool = False) -> str:
-    if compact:
-        hypotheses = hypotheses[:5]
     if not hypotheses:
         return ""
+    if compact:
+        lines = ["\nThe detectors found (hypotheses to confirm and explain):"]
+        lines += [
+            f"- {h['title']} ({h['category']}, {h['affected_traces']} traces"
+            + (f", e.g. {h['evidence'][0]})" if h["evidence"] else ")")
+            for h in hypotheses[:5]
+        ]
+        return "\n".join(lines) + "\n"
     lines = [
         "\nThe deterministic detectors found these; treat them as hypotheses to confirm, explain and extend "
         "(find root causes, and failures they cannot see):"

@@ -253,7 +253,7 @@ class Agent:
         refusals_left, overflows_left = cfg.refusal_retries, 2
         corrections_left, nudged = CORRECTIONS, False
         while True:
-            stop = budget.exhausted() or (
+            stop = budget.used_up() or (
                 f"the turn limit ({cfg.max_turns}) is reached" if self.turns >= cfg.max_turns else None
             )
             if stop:

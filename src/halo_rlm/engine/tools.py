@@ -268,14 +268,14 @@ def _type_name(annotation: Any) -> str:
 
 
 def filters_text() -> str:
-    """Trace filters, described once (compact mode puts this in the system message)."""
-    fields = []
-    for name, info in TraceFilters.model_fields.items():
-        hint = f" — {info.description}" if info.description else ""
-        fields.append(f"{name} ({_type_name(info.annotation)}){hint}")
+    """Trace filters, described once (compact mode puts this in the system message instead of
+    repeating their schema in every tool that takes them)."""
+    fields = ", ".join(
+        f"{name} ({_type_name(info.annotation)})" for name, info in TraceFilters.model_fields.items()
+    )
     return (
-        "FILTERS (the `filters` argument): a JSON object; every field optional, combined with AND, lists "
-        "match any: " + "; ".join(fields) + "."
+        "FILTERS (the `filters` argument): a JSON object, every field optional, combined with AND, lists "
+        f"match any: {fields}. since/until are ISO-8601 times; regex (RE2) and text match a span's raw JSON."
     )
 
 
@@ -559,9 +559,7 @@ FINAL_TOOL = Tool(
     "change, and how). Call it once.",
     FinalAnswerArgs,
     final_answer,
-    brief="Finish: `answer` is the markdown report; `findings` the failures (title, category: one of "
-    + ", ".join(CATEGORIES)
-    + "; severity, affected_traces, evidence with trace_id and excerpt, recommendation).",
+    brief="Finish: `answer` is the markdown report; `findings` the failures, each with evidence and a fix.",
 )
 
 
