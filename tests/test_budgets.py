@@ -96,7 +96,7 @@ def test_budgets_hold_with_sub_agents_spending_in_parallel(
     used = next(b for b in report.budgets.limits if b.budget == name)
     assert (used.limit, used.used) == (pytest.approx(limit), pytest.approx(spent, rel=1e-3))
     assert report.budgets.ended_by == name
-    assert any("was not made" in line and "told to finish" in line for line in report.budgets.cut)
+    assert any("was not made" in line and "told to finish instead" in line for line in report.budgets.cut)
     # The root was left room to write its report, forced, after the sub-agents were cut short.
     assert requests[-1].tool_choice == "required" and report.answer == "# Report\n\nWithin budget."
     words = "cost budget" if name == "cost_usd" else "token budget"
@@ -128,7 +128,10 @@ def test_a_budget_too_small_for_any_call_makes_none_and_says_so(store: TraceStor
         assert llm.chat_requests == []
     assert report.usage is not None and report.usage.tokens == 0
     assert report.budgets is not None and report.budgets.ended_by == "tokens"
-    assert any("root" in line and "stopped after 0 of 20 turns" in line for line in report.budgets.cut)
+    assert any(
+        "root" in line and "stopped after 0 of 20 turns, as the token budget" in line
+        for line in report.budgets.cut
+    )
 
 
 def test_an_unpriced_model_says_the_cost_budget_cannot_be_held(store: TraceStore) -> None:

@@ -267,8 +267,8 @@ class Agent:
                 if finishing is None:
                     self.must_finish = f"the {WORDS[exc.budget]} is nearly spent"
                     budget.record_cut(
-                        f"{self.label}: a model call on turn {self.turns + 1} was not made ({exc}); "
-                        "the agent was told to finish instead"
+                        f"{self.label}: turn {self.turns + 1} was not made, as {exc}; the agent was told to "
+                        "finish instead"
                     )
                     continue
                 return self.stop(str(exc))
@@ -390,7 +390,7 @@ class Agent:
             )
         elif not turn_limit:
             self.run.budget.record_cut(
-                f"{self.label}: stopped after {self.turns} of {self.run.config.max_turns} turns ({reason})"
+                f"{self.label}: stopped after {self.turns} of {self.run.config.max_turns} turns, as {reason}"
             )
         self.status = "partial"
         return self.text
@@ -735,8 +735,9 @@ class Run:
         if room is not None and limiting is not None:
             if room < MIN_REPLY_TOKENS:
                 raise OverBudget(
-                    f"the {WORDS[limiting]} does not cover a {purpose} call of about {estimate:,} input "
-                    "tokens and a reply" + ("" if finishing else " while keeping enough to finish with"),
+                    f"the {WORDS[limiting]} left is too little for this {purpose} call of about {estimate:,} "
+                    "input tokens and a reply"
+                    + ("" if then == (0, 0) else ", plus room for the final replies"),
                     budget=limiting,
                 )
             wanted = min(wanted, room)
