@@ -3,7 +3,7 @@
 For each size (in traces) and format, `simulate` writes a corpus with planted systemic patterns,
 one-off distractor errors and its ground truth. The corpus is ingested, `detect.analyze` (what
 `halo analyze` runs) reads the store, and the findings are scored against the truth with
-`GroundTruth.score`, the scoring tests/test_detect.py uses:
+`evaluate.score_planted`, the scoring tests/test_detect.py and `halo eval` use:
 
   recall             planted patterns in >= 2% of the traces that a finding matches   >= 0.9
   precision          findings (distinct category + key) that match a planted pattern  >= 0.9
@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from store_bench import ingest, measure
 
+from halo_rlm.evaluate import score_planted
 from halo_rlm.report import Finding, Report
 from halo_rlm.simulate import GroundTruth, simulate
 from halo_rlm.store import TraceStore
@@ -113,7 +114,7 @@ def bench(work: Path, truth: GroundTruth) -> dict[str, Any]:
     loaded = ingest(truth.traces_path, store)
     analysed = analysis(store, report_path)
     findings = Report.model_validate_json(report_path.read_bytes()).findings
-    score = truth.score(findings)
+    score = score_planted(truth, findings)
     return {
         "traces": traces,
         "format": fmt,

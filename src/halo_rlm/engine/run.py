@@ -1227,6 +1227,7 @@ async def _run(run: Run, prompt: str, history: list[dict[str, Any]], inputs: lis
             item=AgentMessage(role="assistant", content=report.answer),
             final=True,
             report=report,
+            conversation=[dict(m) for m in root.messages],
             **root.lineage(),
         )
     )
