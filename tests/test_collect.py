@@ -545,14 +545,14 @@ def test_halo_collect_json_lines_while_halo_stats_reads_the_store(tmp_path: Path
     collector = halo("collect", "--port", "0", "--store", str(store), "--out", str(out), "--json")
     try:
         listening = orjson.loads(collector.stdout.readline())
-        assert listening["event"] == "listening" and listening["store"] == str(store)
+        assert listening["type"] == "listening" and listening["store"] == str(store)
         exporter = OTLPSpanExporter(endpoint=listening["traces_url"])
         for batch in range(1, 4):
             assert exporter.export(agent_spans()) is SpanExportResult.SUCCESS
             flush = orjson.loads(collector.stdout.readline())
             while flush["pending_spans"]:
                 flush = orjson.loads(collector.stdout.readline())
-            assert (flush["event"], flush["spans"], flush["traces"]) == ("flush", 9 * batch, 3 * batch)
+            assert (flush["type"], flush["spans"], flush["traces"]) == ("flush", 9 * batch, 3 * batch)
             # another process reads the store between flushes, as a user would while collecting
             stats = halo("stats", "--store", str(store), "--json")
             assert stats.wait(timeout=60) == 0, stats.stderr.read()
@@ -561,7 +561,7 @@ def test_halo_collect_json_lines_while_halo_stats_reads_the_store(tmp_path: Path
         collector.send_signal(stop_signal)
         assert collector.wait(timeout=60) == 0, collector.stderr.read()
         *_, stopped = [orjson.loads(line) for line in collector.stdout.read().splitlines()]
-        assert (stopped["event"], stopped["spans"], stopped["pending_spans"]) == ("stopped", 36, 0)
+        assert (stopped["type"], stopped["spans"], stopped["pending_spans"]) == ("stopped", 36, 0)
     finally:
         collector.kill()
         collector.wait()

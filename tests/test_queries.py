@@ -115,7 +115,7 @@ def test_counts_and_filters(store: TraceStore) -> None:
 
 
 def test_bad_filter_values_are_clear() -> None:
-    with pytest.raises(ValueError, match="not an ISO-8601 time"):
+    with pytest.raises(ValueError, match="not a time: 'last tuesday'.*or 30m, 24h, 7d"):
         TraceFilters(since="last tuesday")
     with pytest.raises(ValueError, match="Extra inputs"):
         TraceFilters(colour="red")  # type: ignore[call-arg]

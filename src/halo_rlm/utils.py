@@ -29,6 +29,7 @@ __all__ = [
     "one_line",
     "parse_time",
     "retry_after",
+    "terminal_safe",
     "to_ns",
 ]
 
@@ -170,6 +171,31 @@ def one_line(text: str, limit: int) -> str:
     if " " in tail[: keep_tail // 2]:
         tail = tail[tail.index(" ") + 1 :]
     return f"{head} … {tail}" if tail else f"{head} …"
+
+
+# What a terminal would act on instead of showing: C0 controls but tab and newline (ESC starts colour,
+# title (OSC), hyperlink (OSC 8), clear-screen and hidden-text sequences; CR overwrites a line), DEL,
+# C1 controls (0x9b is a one-byte CSI), bidi overrides and isolates (they reorder what is shown),
+# zero-width and invisible format characters, and Unicode tag characters (invisible text).
+_UNSAFE_ON_TERMINALS = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f"
+    "\ufeff\ufff9-\ufffb\U000e0000-\U000e007f]"
+)
+
+
+def terminal_safe(text: str) -> str:
+    """`text` (trace text, model output) made safe to print on a terminal: every character a
+    terminal would act on or hide instead of showing becomes a visible stand-in — C0 controls their
+    control picture (ESC is ␛), everything else `<U+XXXX>` — so nothing it holds can retitle, clear,
+    link, hide or reorder what is on the screen. Tab and newline are kept."""
+    return _UNSAFE_ON_TERMINALS.sub(_stand_in, text)
+
+
+def _stand_in(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x20:
+        return chr(0x2400 + code)
+    return "␡" if code == 0x7F else f"<U+{code:04X}>"
 
 
 def first_line(exc: BaseException) -> str:

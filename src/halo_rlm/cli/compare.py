@@ -37,7 +37,8 @@ def resolve_side(ref: str, *, quiet: bool) -> tuple[str, Report | None, str]:
         ingest_with_progress(target, [ref], strict=False, quiet=quiet)
         return target, None, ref
     if 1 <= len(ref) <= ID_LENGTH and set(ref.lower()) <= set(ID_ALPHABET):
-        registries = [RunRegistry.beside(store_paths.last()), RunRegistry.beside(None)]
+        remembered = store_paths.last()
+        registries = [RunRegistry.beside(remembered.store if remembered else None), RunRegistry.beside(None)]
         for registry in registries:
             try:
                 run = registry.get(ref)

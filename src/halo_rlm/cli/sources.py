@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from halo_rlm.cli.base import cli, emit_json, err, escape, fail, json_line, json_option, out
+from halo_rlm.cli.base import Moment, cli, emit_json, err, escape, fail, json_line, json_option, out
 from halo_rlm.defaults import COLLECT_PORT, LANGFUSE_LEGACY_PAGE, LANGFUSE_PAGE, PHOENIX_PAGE
 
 if TYPE_CHECKING:
@@ -47,9 +47,13 @@ def import_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Also append the spans to this JSONL file (flat spans; `halo ingest` reads it).",
         ),
         click.option(
-            "--since", help="Only spans starting at or after this time: ISO-8601, or 30m, 24h, 7d, 2w ago."
+            "--since",
+            type=Moment(),
+            help="Only spans starting at or after this time: ISO-8601, or 30m, 24h, 7d, 2w ago.",
         ),
-        click.option("--until", help="Only spans starting before this time (default: now)."),
+        click.option(
+            "--until", type=Moment(), help="Only spans starting before this time (default: now; same forms)."
+        ),
         click.option(
             "--limit",
             type=click.IntRange(min=1),
@@ -186,12 +190,7 @@ def run_import_command(
     from halo_rlm.sources import SourceError, run_import
     from halo_rlm.store import StoreError
     from halo_rlm.store import paths as store_paths
-    from halo_rlm.utils import parse_time
 
-    try:
-        since, until = parse_time(since), parse_time(until)
-    except ValueError as exc:
-        fail(str(exc))
     target = str(store_path or default_store)
     try:
         with _import_progress(err.is_terminal and not as_json, source) as on_progress:
@@ -295,7 +294,8 @@ def _import_progress(show: bool, source: Source) -> Iterator[Callable[[int, int 
     "--json",
     "as_json",
     is_flag=True,
-    help="Print one JSON line when listening, after each write, and when stopped.",
+    help="Print one JSON line (its `type`: listening, flush, stopped) when listening, after each write, "
+    "and when stopped.",
 )
 def collect(
     store_path: Path | None,
@@ -321,7 +321,7 @@ def collect(
     from halo_rlm.collect import CollectError, serve
     from halo_rlm.store import paths as store_paths
 
-    on_flush = (lambda stats: json_line({"event": "flush", **vars(stats)})) if as_json else None
+    on_flush = (lambda stats: json_line("flush", vars(stats))) if as_json else None
     try:
         running = serve(
             store=store_path,
@@ -338,13 +338,13 @@ def collect(
         store_paths.remember(running.store_path)
     if as_json:
         json_line(
+            "listening",
             {
-                "event": "listening",
                 "url": running.url,
                 "traces_url": running.traces_url,
                 "store": running.store_path and str(running.store_path),
                 "out": running.out_path and str(running.out_path),
-            }
+            },
         )
     else:
         _print_collect_banner(running, token)
@@ -363,7 +363,7 @@ def collect(
         err.print(f"[dim]Stopping: writing {running.stats.pending_spans:,} spans still in memory…[/]")
     final = running.stop()
     if as_json:
-        json_line({"event": "stopped", **vars(final)})
+        json_line("stopped", vars(final))
     else:
         err.print(
             f"Received {final.spans:,} spans in {final.traces:,} traces"

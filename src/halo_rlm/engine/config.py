@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from halo_rlm.defaults import DEFAULT_MODEL, DEFAULT_PROMPT
 from halo_rlm.pricing import Price
-from halo_rlm.providers import ModelConfig, Provider, ReasoningEffort
+from halo_rlm.providers import ModelConfig, Provider, ReasoningEffort, check_url
 from halo_rlm.utils import RetryPolicy
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_PROMPT", "EngineConfig"]
@@ -77,6 +77,11 @@ class EngineConfig(BaseModel):
     retry: RetryPolicy = Field(
         default_factory=RetryPolicy, exclude=True, description="How provider errors are retried"
     )
+
+    @field_validator("base_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else check_url(value)
 
     def model_for(self, role: Literal["agent", "synthesis", "compaction"]) -> ModelConfig:
         name = {

@@ -87,6 +87,7 @@ class Connection(Protocol):
 
     path: str
     con: duckdb.DuckDBPyConnection
+    tally: duckdb_sql.Tally  # what the normalising SQL has passed so far, per input
 
     def transaction(self) -> AbstractContextManager[None]: ...
 
@@ -105,7 +106,8 @@ class Ingest:
 
     `strict` stops at the first bad record (StrictError) instead of keeping it as a reject;
     `batch_bytes` sizes the batches of the streaming road, where a line over `max_line_bytes` is a
-    reject; `bulk=False` never loads a file in one statement."""
+    reject; `bulk=False` never loads a file in one statement; a load in one statement reports its
+    progress every `progress_every` seconds."""
 
     def __init__(
         self,
@@ -115,8 +117,10 @@ class Ingest:
         batch_bytes: int = files.BATCH_BYTES,
         max_line_bytes: int = files.MAX_LINE_BYTES,
         bulk: bool = True,
+        progress_every: float = 0.2,
     ) -> None:
         self.store = store
+        self.progress_every = progress_every
         self.strict = strict
         self.batch_bytes = batch_bytes
         self.max_line_bytes = max_line_bytes
@@ -262,7 +266,8 @@ class Ingest:
             spans = self._load_in_one_statement(
                 duckdb_sql.BULK_INSERT_SQL,
                 {"input_id": input_id, "path": inp.path, "compression": "none"},
-                lambda share: progress(int(size * share), 0) if progress else None,
+                input_id,
+                progress,
                 every_record_is_a_span,
             )
         except duckdb.Error:
@@ -330,7 +335,7 @@ class Ingest:
                         raise _NotTraceData()
             if staged:
                 loaded = self._load_in_one_statement(
-                    duckdb_sql.STAGED_INSERT_SQL, {"input_id": input_id, "path": str(staging)}
+                    duckdb_sql.STAGED_INSERT_SQL, {"input_id": input_id, "path": str(staging)}, input_id
                 )
                 result.spans += loaded or 0
         finally:
@@ -344,27 +349,30 @@ class Ingest:
         self,
         sql: str,
         params: dict[str, Any],
-        on_progress: Callable[[float], None] | None = None,
+        input_id: int,
+        progress: Progress | None = None,
         acceptable: Callable[[Connection], bool] | None = None,
     ) -> int | None:
         """Run one bulk INSERT in a transaction of its own, on a connection of its own so that it can
-        report progress (`on_progress(share done)`) and stop at Ctrl-C. Returns the rows inserted, or
-        None when `acceptable` turned the result down and it was rolled back."""
+        report progress (`progress(bytes, spans)` of the lines normalised so far, read from the
+        store's tally: DuckDB's own query progress moves in steps of a whole read buffer) and stop at
+        Ctrl-C. Returns the rows inserted, or None when `acceptable` turned the result down and it
+        was rolled back."""
         loader = self.store.cursor()
+        self.store.tally.reset(input_id)
         try:
-            loader.con.execute("SET enable_progress_bar = true")  # DuckDB tracks progress only when on
-            loader.con.execute("SET enable_progress_bar_print = false")
             loader.con.execute("BEGIN TRANSACTION")
             with ThreadPoolExecutor(1, thread_name_prefix="halo-bulk") as pool:
                 done = pool.submit(loader.first_row, sql, params)
                 try:
                     while True:
                         try:
-                            rows = int(done.result(timeout=0.2)[0])  # type: ignore[index]
+                            rows = int(done.result(timeout=self.progress_every)[0])  # type: ignore[index]
                             break
                         except TimeoutError:
-                            if on_progress and (share := loader.con.query_progress()) > 0:
-                                on_progress(share / 100)
+                            if progress:
+                                spans, size = self.store.tally.read(input_id)
+                                progress(size, spans)
                 except BaseException:
                     loader.interrupt()
                     raise
@@ -377,6 +385,7 @@ class Ingest:
             loader.con.execute("ROLLBACK")
             raise
         finally:
+            self.store.tally.reset(input_id)
             loader.close()
 
     def _ingest_stream(

@@ -30,8 +30,10 @@ from halo_rlm.store.duckdb_dialect import DuckDBDialect
 from halo_rlm.store.duckdb_ingest import Ingest
 from halo_rlm.store.results import (
     Count,
+    Durations,
     ErrorGroup,
     IngestReport,
+    ModelUsage,
     OversizedTrace,
     Overview,
     Progress,
@@ -63,6 +65,7 @@ class DuckDBStore(TraceStore):
         self.path = path
         self.read_only = read_only
         self._udfs = False
+        self.tally = duckdb_sql.Tally()  # spans a one-statement load has normalised so far
         self._idle: list[DuckDBStore] = []  # connections for `borrow`
 
     @classmethod
@@ -194,14 +197,21 @@ class DuckDBStore(TraceStore):
         batch_bytes: int = files.BATCH_BYTES,
         max_line_bytes: int = files.MAX_LINE_BYTES,
         bulk: bool = True,
+        progress_every: float = 0.2,
     ) -> IngestReport:
         """Ingest files, directories, globs or "-" (stdin). Files already ingested whole are skipped,
         a file ingested part-way is finished, a file that grew is read from where it ended.
         `batch_bytes` sizes the batches a file is read in when it cannot load in one statement (a
-        longer line than `max_line_bytes` is rejected); `bulk=False` reads every file that way."""
+        longer line than `max_line_bytes` is rejected); `bulk=False` reads every file that way.
+        A load in one statement reports its progress every `progress_every` seconds."""
         self._writable()
         ingest = Ingest(
-            self, strict=strict, batch_bytes=batch_bytes, max_line_bytes=max_line_bytes, bulk=bulk
+            self,
+            strict=strict,
+            batch_bytes=batch_bytes,
+            max_line_bytes=max_line_bytes,
+            bulk=bulk,
+            progress_every=progress_every,
         )
         return ingest.load_files(paths, progress)
 
@@ -217,7 +227,7 @@ class DuckDBStore(TraceStore):
         if self.read_only:
             raise StoreError(f"{self.path}: the store is open read-only")
         if not self._udfs:
-            duckdb_sql.register_udfs(self.con)
+            duckdb_sql.register_udfs(self.con, self.tally)
             self._udfs = True
 
     # --- queries ------------------------------------------------------------------------------
@@ -341,6 +351,49 @@ class DuckDBStore(TraceStore):
             lists_capped_at=top,
         )
 
+    def durations(self, filters: TraceFilters | None = None, *, top: int = 20) -> list[Durations]:
+        """p50, p95 and longest durations per agent (its AGENT spans), model (LLM spans) and tool
+        (TOOL spans) over the traces that match `filters`: the `top` names with the most spans each."""
+        selected, params = self._selected_traces(filters)
+        rows = self._rows(
+            f"""
+            SELECT of, name, count(*) AS spans, quantile_cont(duration_ns, 0.5) / 1e6 AS p50_ms,
+                   quantile_cont(duration_ns, 0.95) / 1e6 AS p95_ms, max(duration_ns) / 1e6 AS max_ms
+            FROM (
+              SELECT CASE kind WHEN 'AGENT' THEN 'agent' WHEN 'LLM' THEN 'model' ELSE 'tool' END AS of,
+                     CASE kind WHEN 'AGENT' THEN agent_name WHEN 'LLM' THEN model ELSE tool_name END AS name,
+                     duration_ns
+              FROM spans
+              WHERE kind IN ('AGENT', 'LLM', 'TOOL') AND duration_ns IS NOT NULL {selected})
+            WHERE name IS NOT NULL
+            GROUP BY of, name
+            QUALIFY row_number() OVER (PARTITION BY of ORDER BY count(*) DESC, name) <= ?
+            ORDER BY of, spans DESC, name""",
+            [*params, top],
+        )
+        return [Durations(**row) for row in rows]
+
+    def model_usage(self, filters: TraceFilters | None = None) -> list[ModelUsage]:
+        """Per model, its LLM calls' tokens and reported cost, and the tokens of calls that reported
+        no cost, over the traces that match `filters`; most calls first."""
+        selected, params = self._selected_traces(filters)
+        unpriced = "cost IS NULL AND (input_tokens > 0 OR output_tokens > 0)"
+        rows = self._rows(
+            f"""
+            SELECT model, count(*) AS calls, coalesce(sum(input_tokens), 0) AS input_tokens,
+                   coalesce(sum(output_tokens), 0) AS output_tokens,
+                   coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens, coalesce(sum(cost), 0) AS cost,
+                   count(*) FILTER ({unpriced}) AS calls_without_cost,
+                   coalesce(sum(input_tokens) FILTER ({unpriced}), 0) AS input_tokens_without_cost,
+                   coalesce(sum(output_tokens) FILTER ({unpriced}), 0) AS output_tokens_without_cost,
+                   coalesce(sum(cache_read_tokens) FILTER ({unpriced}), 0) AS cache_read_tokens_without_cost
+            FROM spans
+            WHERE kind = 'LLM' AND model IS NOT NULL {selected}
+            GROUP BY model ORDER BY calls DESC, model""",
+            params,
+        )
+        return [ModelUsage(**row) for row in rows]
+
     def error_groups(self, filters: TraceFilters | None = None, *, top: int = 20) -> list[ErrorGroup]:
         """Error spans grouped by where they happened and by message template (ids, numbers, paths,
         URLs and quoted values masked), most traces first."""
@@ -357,9 +410,8 @@ class DuckDBStore(TraceStore):
                    count(*) AS error_spans, count(DISTINCT trace_id) AS traces,
                    list_sort(list_distinct(list(trace_id)))[:3] AS example_trace_ids,
                    arg_min(trace_id || ':' || span_id, start_ns) AS example_span,
-                   arg_min(coalesce(status_message, '') ||
-                           CASE WHEN kind = 'TOOL' AND tool_result IS NOT NULL THEN ' | ' || left(tool_result, 300)
-                           ELSE '' END, start_ns) AS example_message
+                   arg_min(halo_join_distinct([status_message,
+                           CASE WHEN kind = 'TOOL' THEN left(tool_result, 300) END]), start_ns) AS example_message
             FROM spans SEMI JOIN selected USING (trace_id)
             WHERE status = 'ERROR'
             GROUP BY ALL ORDER BY traces DESC, error_spans DESC, source, template LIMIT ?""",
@@ -726,6 +778,13 @@ class DuckDBStore(TraceStore):
                     regex.escape(text),
                 )
         return " AND ".join(clauses) or "true", params
+
+    def _selected_traces(self, filters: TraceFilters | None) -> tuple[str, list[Any]]:
+        """`AND trace_id IN (the traces matching filters)` for a query over spans, or nothing."""
+        where, params = self._where(filters)
+        if where == "true":
+            return "", []
+        return f"AND trace_id IN (SELECT trace_id FROM traces t WHERE {where})", params
 
     def _unknown_trace(self, trace_id: str) -> str:
         similar = self._rows(
