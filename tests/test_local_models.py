@@ -182,6 +182,15 @@ def test_a_large_window_keeps_the_full_tools_and_a_given_window_asks_the_server_
     assert asked == [] and request.max_tokens == 1_000
     assert "Context window: 12,000 tokens (--context-window). Compact mode" in notes(report)
 
+    with ScriptedLLM(lambda r: finish()) as llm:  # a server that does not say, and compact asked for
+        report = run(llm, store, compact=True)
+        request = llm.chat_requests[0]
+    assert set(request.tool_names) <= COMPACT_TOOLS
+    assert (
+        "Context window: unknown (the server does not say; --context-window sets it). Compact mode"
+        in notes(report)
+    )
+
 
 # --- overflow, in the words real servers use --------------------------------------------------------
 

@@ -878,7 +878,7 @@ class Run:
             compact=self.overhead(compact=True),
         )
         self.config = self.config.model_copy(update={"tool_result_bytes": self.window.result_bytes})
-        if tokens is not None:
+        if tokens is not None or self.window.compact:
             probe = Agent(self, depth=0, parent=None, parent_tool_call_id=None)
             self.note(self.window.describe(len(probe.tools), len(probe.known_tools)))
         if self.window.compact != was_compact:

@@ -55,7 +55,11 @@ class Window:
 
     def describe(self, tools_offered: int, tools_known: int) -> str:
         """What the report says about the window and how the run was fitted into it."""
-        head = f"Context window: {self.tokens:,} tokens ({self.source})."
+        head = (
+            f"Context window: {self.tokens:,} tokens ({self.source})."
+            if self.tokens is not None
+            else "Context window: unknown (the server does not say; --context-window sets it)."
+        )
         sizes = (
             f"replies up to {self.reply_tokens:,} tokens, tool results up to {self.result_bytes:,} bytes, "
             f"conversations compacted past {self.context_tokens:,} tokens"
