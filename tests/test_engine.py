@@ -15,7 +15,6 @@ from scripted_llm import (
     Call,
     ChatRequest,
     CutStream,
-    Delay,
     HTTPError,
     RateLimited,
     RawChunks,
@@ -550,14 +549,18 @@ def looping(request: ChatRequest) -> Any:
 
 def test_turn_limit_forces_a_final_answer(store: TraceStore) -> None:
     def responder(request: ChatRequest) -> Any:
-        if isinstance(request.tool_choice, dict):
+        # Forced the way every server takes: only final_answer offered, tool_choice "required".
+        if request.tool_choice == "required" and request.tool_names == ["final_answer"]:
             return finish("# Forced report")
         return looping(request)
 
     with ScriptedLLM(responder) as llm:
         report = final_report(run(llm, store, max_turns=3))
         assert len(llm.chat_requests) == 3
+        last_turn = llm.chat_requests[-1].tool_results[-1]["content"]
     assert report.answer == "# Forced report"
+    assert "last turn" in last_turn and "call final_answer now" in last_turn.lower()
+    assert report.budgets is not None and report.budgets.ended_by == "turns"
 
 
 def test_turn_limit_without_a_final_answer_still_yields_a_flagged_report(store: TraceStore) -> None:
@@ -569,29 +572,6 @@ def test_turn_limit_without_a_final_answer_still_yields_a_flagged_report(store: 
     assert report.answer == "I think lookup_order is the main problem."
     assert "ended without final_answer" in report.notes[0]
     assert report.findings  # the detectors' findings stand in
-
-
-@pytest.mark.parametrize("budget", [{"max_tokens": 2_500}, {"max_cost": 0.001}])
-def test_token_and_cost_budgets_stop_the_run(store: TraceStore, budget: dict[str, Any]) -> None:
-    with ScriptedLLM(looping) as llm:
-        report = final_report(
-            run(llm, store, prices={"scripted-model": {"input": 0.5, "output": 1.0}}, **budget)
-        )
-        calls = len(llm.chat_requests)
-    assert calls <= 3
-    assert any("used up" in note for note in report.notes)
-    spent = report.usage.tokens if "max_tokens" in budget else report.usage.cost_usd  # type: ignore[union-attr]
-    limit = budget.get("max_tokens") or budget["max_cost"]
-    assert spent <= limit * 1.5  # stopped within one call of the limit
-
-
-def test_wall_clock_budget_stops_slow_calls(store: TraceStore) -> None:
-    def responder(request: ChatRequest) -> Any:
-        return Delay(5, then=finish()) if request.turn else ToolCalls([Call("count_traces", {})])
-
-    with ScriptedLLM(responder, strict=False) as llm:
-        report = final_report(run(llm, store, timeout=1.5))
-    assert any("time budget ran out" in note for note in report.notes)
 
 
 def test_a_failing_subagent_returns_a_partial_result(store: TraceStore) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import jinja2
 import markupsafe
 
-from halo_rlm.report import Evidence, Impact, Report, cite
+from halo_rlm.report import Budgets, Evidence, Impact, Report, cite
 from halo_rlm.utils import one_line
 
 __all__ = ["to_html", "to_markdown", "write"]
@@ -66,6 +66,27 @@ def _evidence_text(ev: Evidence) -> str:
     return (" — " + "; ".join(parts)) if parts else ""
 
 
+def _budgets_text(budgets: Budgets) -> str:
+    """One line: each budget's use against its limit, which one ended the run and what was cut."""
+    shown = {
+        "tokens": lambda n: f"{n:,.0f}",
+        "cost_usd": lambda n: f"${n:,.4f}",
+        "seconds": lambda n: f"{n:,.0f} s",
+        "turns": lambda n: f"{n:,.0f}",
+    }
+    label = {"tokens": "tokens", "cost_usd": "cost", "seconds": "time", "turns": "root's turns"}
+    parts = [
+        f"{label[b.budget]} {shown[b.budget](b.used)} of {shown[b.budget](b.limit)}" for b in budgets.limits
+    ]
+    line = "Budgets: " + " · ".join(parts) + "."
+    if budgets.ended_by:
+        ended = {"tokens": "token budget", "cost_usd": "cost budget", "seconds": "time budget"}
+        line += f" **The {ended.get(budgets.ended_by, 'turn limit')} ended the run.**"
+    if budgets.cut:
+        line += " Cut: " + "; ".join(one_line(c, 300) for c in budgets.cut) + "."
+    return line
+
+
 def to_markdown(report: Report) -> str:
     d = report.dataset
     lines = [f"# {report.title}", ""]
@@ -83,6 +104,8 @@ def to_markdown(report: Report) -> str:
             f"Analysis used {u.tokens:,} tokens (${u.cost_usd:.4f}) in {u.seconds:.0f}s across "
             f"{u.agents} agents and {u.turns} model turns.",
         ]
+    if report.budgets:
+        lines += ["", _budgets_text(report.budgets)]
     if report.verification:
         v = report.verification
         lines += [

@@ -20,6 +20,9 @@ __all__ = [
     "SEVERITY_WEIGHT",
     "AgentUsage",
     "Bucket",
+    "BudgetName",
+    "BudgetUse",
+    "Budgets",
     "Category",
     "Check",
     "DatasetSummary",
@@ -196,6 +199,28 @@ class RunUsage(BaseModel):
         return self.total.tokens
 
 
+BudgetName = Literal["tokens", "cost_usd", "seconds", "turns"]
+
+
+class BudgetUse(BaseModel):
+    """One limit of an LLM run and what the run used of it."""
+
+    budget: BudgetName
+    limit: float = Field(description="The limit given (turns: per agent; the others: the whole run)")
+    used: float = Field(description="What was used (turns: the root agent's)")
+
+
+class Budgets(BaseModel):
+    """The run's budgets: each limit with what was used, which one ended the run, and what was cut
+    because of it (model calls not made, agents stopped early)."""
+
+    limits: list[BudgetUse] = Field(default_factory=list)
+    ended_by: BudgetName | None = Field(
+        None, description="The budget that ended the run (None: the run finished within its budgets)"
+    )
+    cut: list[str] = Field(default_factory=list, description="What was not done because a budget ran out")
+
+
 class Verification(BaseModel):
     verified: int = 0
     flagged: int = 0
@@ -218,6 +243,7 @@ class Report(BaseModel):
         None, description="Models used by role (root, synthesis, compaction)"
     )
     usage: RunUsage | None = None
+    budgets: Budgets | None = Field(None, description="An LLM run's budgets, what was used and what was cut")
     dataset: DatasetSummary
     findings: list[Finding] = Field(default_factory=list)
     answer: str | None = Field(None, description="The LLM's own markdown analysis, when an LLM ran")

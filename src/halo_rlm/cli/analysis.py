@@ -324,7 +324,24 @@ def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Extra HTTP header for the provider (repeatable).",
         ),
         click.option("--temperature", type=click.FloatRange(0, 2)),
-        click.option("--max-output-tokens", type=click.IntRange(1)),
+        click.option(
+            "--max-output-tokens",
+            type=click.IntRange(1),
+            help="Tokens one reply may take (default: 16,384, or 32,768 with --reasoning-effort high or "
+            "xhigh; at most a quarter of the context window).",
+        ),
+        click.option(
+            "--context-window",
+            type=click.IntRange(1024),
+            help="The model's context window in tokens (default: asked of the server — vLLM, llama-server, "
+            "Ollama); every request is sized to fit it.",
+        ),
+        click.option(
+            "--compact/--no-compact",
+            default=None,
+            help="Compact prompts and fewer, shorter tools for small windows (default: when the full ones "
+            "would take over a fifth of the window).",
+        ),
         click.option("--parallel-tool-calls/--no-parallel-tool-calls", default=True, show_default=True),
         click.option("--refusal-retries", type=click.IntRange(0), default=1, show_default=True),
         click.option("--reasoning-effort", type=click.Choice(get_args(ReasoningEffort))),
