@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import sys
 import threading
 import warnings
@@ -33,39 +32,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import Status
 
 from halo_rlm.formats import otlp
+from halo_rlm.redact import REDACTED, SECRET_KEY, scrub_text
 
-REDACTED = "[REDACTED]"
-# Attribute keys whose whole value is a credential.
-SECRET_KEY = re.compile(
-    r"(?i)(api[-_.]?key|authorization|(auth|access|refresh|id|session)[-_.]?token|bearer|secret|passw(or)?d|"
-    r"cookie|credential|private[-_.]?key)"
-)
-# Credentials inside text, and what replaces them.
-SECRETS_IN_TEXT = [
-    (
-        re.compile(r"(?i)\bbearer\s+(?=[a-z._~+/-]*\d)[a-z0-9._~+/-]{8,}=*"),
-        "Bearer " + REDACTED,
-    ),  # has a digit
-    (
-        re.compile(
-            r"(?i)\bsk-[a-z0-9_-]{16,}"  # OpenAI and Anthropic keys (sk-..., sk-proj-..., sk-ant-...)
-            r"|\b(?:ghp|gho|ghs|ghu|github_pat)_[a-z0-9_]{20,}"
-            r"|\bxox[abprs]-[a-z0-9-]{10,}"
-            r"|\bAIza[0-9a-z_-]{35}"
-            r"|(?-i:\bAKIA[0-9A-Z]{16}\b)"
-        ),
-        REDACTED,
-    ),
-    # `api_key=...`, `"password": "..."`, `?access_token=...`, `Authorization: Basic ...`
-    (
-        re.compile(
-            r"(?i)(\b(?:api[-_]?key|access[-_]?token|auth[-_]?token|client[-_]?secret|secret|password|"
-            r"authorization)[\"']?\s*[:=]\s*[\"']?(?:(?:basic|bearer|token)\s+)?)[^\s\"',;&]{4,}"
-        ),
-        r"\1" + REDACTED,
-    ),
-    (re.compile(r"(://)[^/\s:@]+:[^/\s@]+@"), r"\1" + REDACTED + "@"),  # user:password@ in URLs
-]
 AGENTS_SCOPE, OPENAI_SCOPE = (
     "openinference.instrumentation.openai_agents",
     "openinference.instrumentation.openai",
@@ -187,13 +155,6 @@ class ScrubbingExporter(SpanExporter):
 
     def shutdown(self) -> None:
         self.inner.shutdown()
-
-
-def scrub_text(text: str) -> str:
-    """`text` with anything that looks like a credential replaced by `[REDACTED]`."""
-    for pattern, replacement in SECRETS_IN_TEXT:
-        text = pattern.sub(replacement, text)
-    return text
 
 
 def scrub_attributes(

@@ -28,6 +28,7 @@ __all__ = [
     "ns_to_iso",
     "one_line",
     "parse_time",
+    "printable",
     "retry_after",
     "to_ns",
 ]
@@ -170,6 +171,23 @@ def one_line(text: str, limit: int) -> str:
     if " " in tail[: keep_tail // 2]:
         tail = tail[tail.index(" ") + 1 :]
     return f"{head} … {tail}" if tail else f"{head} …"
+
+
+# C0 and C1 controls (ESC starts terminal sequences), DEL, and the Unicode controls that reorder or
+# break text where it is shown: bidi embeddings, overrides and isolates, line and paragraph separators.
+_CONTROLS = {
+    **dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0)], " "),
+    **dict.fromkeys([*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C], ""),
+    0x2028: " ",
+    0x2029: " ",
+}
+_CONTROLS_KEEP_LINES = {k: v for k, v in _CONTROLS.items() if k not in (0x09, 0x0A)}
+
+
+def printable(text: str, *, lines: bool = False) -> str:
+    """`text` without control characters (ESC, bidi overrides, ...): each becomes a space, or nothing
+    for the invisible reordering marks. With `lines`, newlines and tabs stay (CR goes)."""
+    return text.translate(_CONTROLS_KEEP_LINES if lines else _CONTROLS)
 
 
 def first_line(exc: BaseException) -> str:
