@@ -467,7 +467,7 @@ def _completion_json(
                     "type": "function",
                     "function": {"name": call.name, "arguments": _arguments_json(call)},
                 }
-                for call, call_id in zip(reply.calls, _call_ids(reply, number))
+                for call, call_id in zip(reply.calls, _call_ids(reply, number), strict=True)
             ]
             finish_reason = reply.finish_reason
     return {
@@ -507,7 +507,7 @@ def _tool_call_deltas(reply: ToolCalls, call_ids: list[str]) -> list[dict[str, A
                 }
             ]
         }
-        for index, (call, call_id) in enumerate(zip(reply.calls, call_ids))
+        for index, (call, call_id) in enumerate(zip(reply.calls, call_ids, strict=True))
     ]
     argument_deltas = [
         [
@@ -517,7 +517,11 @@ def _tool_call_deltas(reply: ToolCalls, call_ids: list[str]) -> list[dict[str, A
         for index, call in enumerate(reply.calls)
     ]
     if not reply.interleave:
-        return [delta for opening, rest in zip(openings, argument_deltas) for delta in (opening, *rest)]
+        return [
+            delta
+            for opening, rest in zip(openings, argument_deltas, strict=True)
+            for delta in (opening, *rest)
+        ]
     # Open calls in index order (the SDK's accumulator inserts by index), then alternate pieces.
     alternating = [delta for round_ in zip_longest(*argument_deltas) for delta in round_ if delta is not None]
     return openings + alternating

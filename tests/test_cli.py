@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -9,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from halo_rlm.cli import cli
+from halo_rlm.simulate import simulate
 
 
 @pytest.fixture
@@ -103,3 +107,50 @@ def test_demo_runs_the_detectors_on_the_shipped_examples_without_a_provider(
     assert "14 systemic findings in 300 traces" in out and "LLM analysis was skipped" in err
     assert {p.name for p in (tmp_path / "report").iterdir()} == {"report.json", "report.md", "report.html"}
     assert "LLM analysis was skipped" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_help_and_version_load_only_click(tmp_path: Path) -> None:
+    """`halo --help` and `--version` start instantly: no rich, pydantic, DuckDB or model client."""
+    script = (
+        "import sys\n"
+        "from halo_rlm.cli import cli\n"
+        "for args in (['--help'], ['--version'], ['traces', '--help']):\n"
+        "    try:\n"
+        "        cli.main(args, prog_name='halo')\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'rich', 'pydantic', 'duckdb', 'openai', 'orjson'})\n"
+        "print('HEAVY', heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in result.stdout, result.stdout[-500:]
+
+
+def test_commands_without_a_model_import_neither_openai_nor_the_engine(tmp_path: Path) -> None:
+    truth = simulate(tmp_path / "t.jsonl", traces=30, seed=2)
+    store = tmp_path / "s.duckdb"
+    script = (
+        "import sys\n"
+        "from halo_rlm.cli import cli\n"
+        f"store, traces, out = {str(store)!r}, {str(truth.traces_path)!r}, {str(tmp_path / 'report')!r}\n"
+        "def run(*args):\n"
+        "    try:\n"
+        "        cli.main(list(args), prog_name='halo', standalone_mode=False)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "run('ingest', traces, '--store', store)\n"
+        "from halo_rlm.store import TraceStore\n"
+        "with TraceStore.open(store, read_only=True) as s:\n"
+        "    trace_id = s.query_traces(None, limit=1).traces[0].trace_id\n"
+        "for args in (['stats'], ['traces'], ['show', trace_id], ['sql', 'SELECT count(*) FROM spans'],\n"
+        "             ['analyze', '-o', out]):\n"
+        "    run(*args, '--store', store)\n"
+        "loaded = sorted(m for m in sys.modules if m == 'openai' or m.startswith(('openai.', 'halo_rlm.engine')))\n"
+        "print('LOADED', loaded)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+    )
+    assert "LOADED []" in result.stdout, result.stdout[-800:] + result.stderr[-800:]
+    assert (tmp_path / "report" / "report.json").exists()

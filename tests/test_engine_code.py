@@ -116,7 +116,7 @@ def test_host_functions_reach_the_store_and_state_persists(store: TraceStore) ->
 
 
 def test_llm_calls_from_code_are_batched_capped_accounted_and_streamed(store: TraceStore) -> None:
-    events, llm = run(
+    events, _ = run(
         scripted_code(
             "answers = llm_query_batched([f'trace {i}' for i in range(12)] + ['this one will fail'])\n"
             "[a.startswith('ERROR') for a in answers].count(True), answers[3]",
@@ -237,7 +237,7 @@ def test_repo_tools_let_the_report_cite_path_and_line(
             f"# Report\n\n`lookup_order` raises on missing orders at {cite}; return found=false instead."
         )
 
-    events, llm = run(responder, store, repo_path=agent_repo, out_dir=tmp_path / "out")
+    _, llm = run(responder, store, repo_path=agent_repo, out_dir=tmp_path / "out")
     tools_offered = llm.chat_requests[0].tool_names
     assert {"view_repo_tree", "glob_files", "grep_files", "read_file", "git_log", "git_blame"} <= set(
         tools_offered

@@ -13,9 +13,8 @@ import zstandard
 
 import halo_rlm
 from halo_rlm import files
-from halo_rlm.store import StrictError
+from halo_rlm.store import StrictError, TraceStore
 from halo_rlm.store.schema import SPAN_COLUMNS
-from halo_rlm.store import TraceStore
 
 
 def ingest(store_path: Path, *paths: Path | str, **kwargs: Any) -> tuple[TraceStore, Any]:

@@ -78,7 +78,9 @@ def test_exception_mid_file_then_resume(tmp_path: Path) -> None:
 
     def interrupt_at_the_third_batch(inp: files.InputFile) -> Any:
         def report(done: int, spans: int) -> None:
-            calls["n"] += bool(spans)  # a batch committed (the bulk load, which fails on trace 0, reports none)
+            calls["n"] += bool(
+                spans
+            )  # a batch committed (the bulk load, which fails on trace 0, reports none)
             if calls["n"] == 3:
                 raise KeyboardInterrupt
 

@@ -26,10 +26,10 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from halo_rlm.sources.http import Http
 from halo_rlm.cli import cli
-from halo_rlm.utils import iso_to_ns
+from halo_rlm.sources.http import Http
 from halo_rlm.store import TraceStore
+from halo_rlm.utils import iso_to_ns
 
 
 def _installed(distribution: str) -> bool:

@@ -13,8 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from halo_rlm.store import TraceFilters
-from halo_rlm.store import StoreError, TraceStore
+from halo_rlm.store import StoreError, TraceFilters, TraceStore
 from halo_rlm.store.duckdb_store import required_literals
 
 

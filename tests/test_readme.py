@@ -57,11 +57,27 @@ def test_the_engine_example(traces: Path) -> None:
     with ScriptedLLM(responder) as llm:
         code = python_block("### From Python").replace("http://localhost:8000/v1", llm.base_url)
         namespace: dict[str, Any] = {}
-        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+        exec(compile(code, "README.md", "exec"), namespace)
         assert namespace["report"].findings[0].title == "Refunds fail"
         asyncio.run(namespace["watch"]())
     assert (traces / "halo-report" / "report.md").exists()
 
 
 def test_the_store_example(traces: Path) -> None:
-    exec(compile(python_block("## The store from Python"), "README.md", "exec"), {})  # noqa: S102
+    exec(compile(python_block("## The store from Python"), "README.md", "exec"), {})
+
+
+def test_the_store_table_matches_the_schema() -> None:
+    """The README's table of store columns is the one `store.schema` generates."""
+    from halo_rlm.store.schema import markdown_table
+
+    assert markdown_table() in README.read_text()
+
+
+def test_the_sql_tool_describes_the_schema() -> None:
+    from halo_rlm.engine.tools import TRACE_TOOLS
+    from halo_rlm.store.schema import SPAN_COLUMNS, sql_tool_description
+
+    [tool] = [t for t in TRACE_TOOLS if t.name == "query_sql"]
+    assert tool.description == sql_tool_description()
+    assert all(c.name in tool.description for c in SPAN_COLUMNS if c.notable)

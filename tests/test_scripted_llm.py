@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx2  # the HTTP library openai 3.x is built on; its errors are the `__cause__` of connection errors
 import openai
 import pytest
-
 from scripted_llm import (
     Call,
     ChatRequest,
@@ -449,7 +448,7 @@ def run_agent(client: openai.OpenAI, task: str, tools: dict) -> str:
             )
             messages += [
                 {"role": "tool", "tool_call_id": call.id, "content": result}
-                for call, result in zip(message.tool_calls, results)
+                for call, result in zip(message.tool_calls, results, strict=True)
             ]
 
 

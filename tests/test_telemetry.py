@@ -15,9 +15,8 @@ from click.testing import CliRunner
 from scripted_llm import Call, ChatRequest, Hang, HTTPError, ScriptedLLM, Text, ToolCalls, Usage
 
 from halo_rlm import collect, sandbox
-from halo_rlm.engine import telemetry
 from halo_rlm.cli import cli
-from halo_rlm.engine import AgentOutputItem, EngineConfig, EngineError, stream_engine_async
+from halo_rlm.engine import AgentOutputItem, EngineConfig, EngineError, stream_engine_async, telemetry
 from halo_rlm.llm import LLMError
 from halo_rlm.pricing import Price
 from halo_rlm.report import Report

@@ -338,7 +338,7 @@ class Collector:
             if any(written) and self._on_flush is not None:
                 try:
                     self._on_flush(self.stats)
-                except Exception:  # noqa: BLE001, S110  (a failing observer must not stop the writing)
+                except Exception:  # noqa: BLE001  (a failing observer must not stop the writing)
                     pass
 
     def _wait_for_flush(self, last_cycle: float) -> bool:

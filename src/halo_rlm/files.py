@@ -119,8 +119,8 @@ def open_input(inp: InputFile) -> tuple[BinaryIO, str | None]:
             raw = open(inp.path, "rb")  # noqa: SIM115 - the caller owns the stream
         except OSError as exc:
             raise InputError(f"{inp.path}: {exc.strerror or exc}") from exc
-    buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw)  # type: ignore[arg-type]
-    head = buffered.peek(4)[:4]  # type: ignore[attr-defined]
+    buffered: Any = raw if hasattr(raw, "peek") else io.BufferedReader(raw)
+    head = buffered.peek(4)[:4]
     if head.startswith(GZIP_MAGIC):
         gzip_member = partial(zlib.decompressobj, wbits=16 + zlib.MAX_WBITS)
         return _Decompressed(buffered, gzip_member, "gzip"), "gzip"  # type: ignore[return-value]

@@ -198,7 +198,7 @@ class LLM:
             nonlocal finish, usage, reported_model
             # Chunks come as plain JSON (`AsyncStream[object]`): building the SDK's models for every
             # chunk cost more than the rest of a turn. Provider output is untrusted, hence the checks.
-            stream = await next(self._next_client).post(
+            stream = await next(self._next_client).post(  # type: ignore[call-overload]
                 "/chat/completions",
                 content=orjson.dumps(params),
                 cast_to=object,

@@ -1304,7 +1304,7 @@ class _Process:
     @property
     def stdout(self) -> BinaryIO:
         assert self._proc.stdout is not None
-        return self._proc.stdout
+        return self._proc.stdout  # type: ignore[return-value]
 
     def _kill_at_deadline(self) -> None:
         self.timed_out = True
@@ -1679,7 +1679,8 @@ def _parse_blame(out: bytes) -> tuple[dict[str, BlameCommit], list[BlameLine]]:
     """Parse `git blame --line-porcelain`; ids may be SHA-1 (40) or SHA-256 (64) hex digits."""
     commits: dict[str, BlameCommit] = {}
     lines: list[BlameLine] = []
-    sha, number, info = "", 0, {}
+    sha, number = "", 0
+    info: dict[str, Any] = {}
     for raw in out.split(b"\n"):
         if raw.startswith(b"\t"):
             text, _ = _line_text(raw[1:], b"", 0, limit=MATCH_LINE_CHARS, first=number == 1)

@@ -353,7 +353,7 @@ def code(text: str, limit: int = 80) -> str:
 
 def category(value: str) -> Category:
     """`value` as a category; anything unknown is `other`."""
-    return value if value in CATEGORIES else "other"  # type: ignore[return-value]
+    return next((c for c in CATEGORIES if c == value), "other")
 
 
 def cite(ev: Evidence) -> str:

@@ -71,7 +71,7 @@ from pydantic import BaseModel, ConfigDict, Field
 try:
     import pydantic_monty as monty
 except ImportError:  # reported by available()
-    monty = None
+    monty = None  # type: ignore[assignment]
 
 # Monty refuses to disable its suspension cap; this one never binds (ours is per run).
 _UNLIMITED_SUSPENSIONS = 2**63 - 1
@@ -345,7 +345,7 @@ class Repl:
             elif isinstance(snapshot, monty.AsyncFunctionSnapshot) and snapshot.is_os_function:
                 snapshot = await snapshot.resume_not_handled()
             elif isinstance(snapshot, monty.AsyncFunctionSnapshot):
-                snapshot = await snapshot.resume(await self._call_host(snapshot))
+                snapshot = await snapshot.resume(await self._call_host(snapshot))  # type: ignore[arg-type]
             else:
                 # Futures only exist if a call is answered with one, which _call_host never does.
                 raise AssertionError(f"unexpected Monty snapshot {snapshot!r}")
@@ -599,6 +599,7 @@ def _show_trailing_expression(code: str, limit: int) -> str | None:
     for line in source.splitlines(keepends=True):
         line_starts.append(line_starts[-1] + len(line))
     # ast columns are UTF-8 byte offsets.
+    assert node.end_lineno is not None and node.end_col_offset is not None  # parsed from source: set
     start = line_starts[node.lineno - 1] + node.col_offset
     end = line_starts[node.end_lineno - 1] + node.end_col_offset
     head = limit // 2
@@ -630,8 +631,8 @@ def _render_value(output: Any, *, from_sandbox_repr: bool, limit: int) -> tuple[
         return None, False
     if len(text) <= limit:
         return text, False
-    head = limit // 2
+    half = limit // 2
     return (
-        f"{text[:head]}\n... [{len(text) - limit:,} characters dropped] ...\n{text[-(limit - head) :]}",
+        f"{text[:half]}\n... [{len(text) - limit:,} characters dropped] ...\n{text[-(limit - half) :]}",
         True,
     )

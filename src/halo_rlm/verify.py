@@ -68,8 +68,8 @@ def verify(report: Report, store: TraceStore, *, recheck: bool = True) -> Report
             ):
                 problems.append(f"excerpt not found in span {ev.trace_id}:{ev.span_id}")
         recount = None
-        if f.query and f.query_dialect not in (None, store.dialect):
-            problems.append(f"its query is {f.query_dialect} SQL; this store speaks {store.dialect}")
+        if f.query and f.query_dialect not in (None, store.dialect.name):
+            problems.append(f"its query is {f.query_dialect} SQL; this store speaks {store.dialect.name}")
         elif f.query:
             try:
                 recount = store.recount(f.query)

@@ -163,7 +163,7 @@ def verify_command(report_file: Path, store_path: Path | None, write: bool, as_j
     """
     from pydantic import ValidationError
 
-    from halo_rlm.render import write
+    from halo_rlm.render import write as write_report
     from halo_rlm.report import Report
     from halo_rlm.verify import verify
 
@@ -179,7 +179,7 @@ def verify_command(report_file: Path, store_path: Path | None, write: bool, as_j
     with open_read_only(target) as store:
         verify(report, store)
     if write:
-        write(report, report_file.parent)
+        write_report(report, report_file.parent)
     if as_json:
         emit_json(
             {
@@ -252,8 +252,8 @@ def simulate_command(
             out_file,
             traces=traces,
             seed=seed,
-            format=fmt,
-            rates=overrides or None,  # type: ignore[arg-type]
+            format=fmt,  # type: ignore[arg-type]  # click.Choice(["halo", "otlp"])
+            rates=overrides or None,
             distractors=distractors,
         )
     except ValueError as exc:

@@ -33,7 +33,7 @@ def import_group() -> None:
 
 
 def import_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         click.option(
             "--store",
             "store_path",

@@ -10,7 +10,7 @@ per run, and appear in the event stream under the agent that ran the code.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import AliasChoices, Field, ValidationError
@@ -28,7 +28,9 @@ __all__ = ["RUN_CODE", "CodeLimits", "HostFunctions"]
 class CodeLimits:
     """How much code may do: per `run_code` call (the sandbox's limits) and LLM use from code."""
 
-    sandbox: sandbox.Limits = sandbox.Limits(wall_seconds=60, max_host_calls=2_000)
+    sandbox: sandbox.Limits = field(
+        default_factory=lambda: sandbox.Limits(wall_seconds=60, max_host_calls=2_000)
+    )
     batch_max: int = 50  # prompts in one llm_query_batched call
     batch_parallel: int = 8  # of them running at once
     llm_calls_per_run: int = 300  # llm_query + rlm_query calls from code, whole run
@@ -108,7 +110,7 @@ class HostFunctions:
             lambda s: s.query_traces(
                 parsed,
                 sort=sort,
-                descending=descending,  # type: ignore[arg-type]
+                descending=descending,
                 limit=min(int(limit), self.limits.rows_max),
             )
         )

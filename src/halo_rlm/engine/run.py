@@ -145,7 +145,8 @@ class Agent:
         self.turns = 0
         self.usage = Usage()
         self.tool_calls = 0
-        self.started, self.finished = time.monotonic(), None
+        self.started = time.monotonic()
+        self.finished: float | None = None
         self.status: AgentStatus = "running"
         self.messages: list[dict[str, Any]] = []
         self.context_items: dict[str, str] = {}
@@ -310,7 +311,7 @@ class Agent:
     async def call_model(self, finishing: bool) -> Any:
         cfg, budget = self.run.config, self.run.budget
         status = f"[halo] {budget.describe(self.turns, cfg.max_turns)}."
-        tool_choice = None
+        tool_choice: Any = None
         if finishing:
             if self.is_root:
                 status += " This is your last turn: call final_answer now with what you have."
@@ -799,7 +800,7 @@ def to_finding(given: FindingInput, dataset: reports.DatasetSummary, store: Trac
         title=given.title,
         category=reports.category(given.category),
         severity=severity,
-        affected_traces=affected,  # type: ignore[arg-type]
+        affected_traces=affected,
         affected_trace_share=min(1.0, affected / dataset.traces) if dataset.traces else 0.0,
         impact=impact,
         evidence=[reports.Evidence(**e.model_dump()) for e in given.evidence],
@@ -809,7 +810,7 @@ def to_finding(given: FindingInput, dataset: reports.DatasetSummary, store: Trac
         key=given.key,
         details=given.details,
         query=given.query,
-        query_dialect=store.dialect if given.query else None,
+        query_dialect=store.dialect.name if given.query else None,
         locations=list(given.locations),
     )
 
@@ -877,7 +878,7 @@ async def _drive(run: Run, prompt: str, history: list[dict[str, Any]], inputs: l
         run.queue.put_nowait(_DONE)
     except asyncio.CancelledError:
         raise
-    except BaseException as exc:  # surfaced to the consumer, after every item emitted so far
+    except BaseException as exc:  # noqa: BLE001 - surfaced to the consumer, after every item emitted so far
         if run.telemetry.destination:  # a failed run is the one whose trace is most wanted
             exc.add_note(f"Telemetry of this run: {run.telemetry.destination}")
         run.queue.put_nowait(exc)

@@ -83,11 +83,15 @@ class TracedAgent(Protocol):
     id: str
     name: str
     depth: int
-    parent_id: str | None
     status: AgentStatus
     turns: int
     tool_calls: int
-    final_answer: str | None
+
+    @property
+    def parent_id(self) -> str | None: ...
+
+    @property
+    def final_answer(self) -> str | None: ...
 
 
 @dataclass(frozen=True)

@@ -144,11 +144,18 @@ class ToolContext(Protocol):
     """What a tool sees of the agent calling it."""
 
     depth: int
-    config: EngineConfig
-    store: TraceStore
-    hypotheses: list[dict[str, Any]]  # the detectors' findings, the root's starting points
     context_items: dict[str, str]  # texts shortened in this agent's history, by id
     repl: Repl | None  # the agent's run_code sandbox, once made
+
+    @property
+    def config(self) -> EngineConfig: ...
+
+    @property
+    def store(self) -> TraceStore: ...
+
+    @property
+    def hypotheses(self) -> list[dict[str, Any]]:
+        """The detectors' findings, the root's starting points."""
 
     def finish(self, answer: FinalAnswerArgs) -> None:
         """Record the root's final answer: the run ends after this turn."""

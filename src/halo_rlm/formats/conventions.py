@@ -372,7 +372,7 @@ def _anthropic_blocks(content: Any) -> tuple[str | None, list[dict[str, Any]], s
 def _genai(value: Any, system: Any) -> list[dict[str, Any]]:
     """OTel GenAI messages: `{role, parts: [{type: text|tool_call|tool_call_response, ...}]}`."""
     data = _json(value)
-    messages = []
+    messages: list[dict[str, Any]] = []
     system_parts = _json(system)
     if isinstance(system_parts, list):
         text = "\n".join(str(p.get("content", "")) for p in system_parts if isinstance(p, dict))
@@ -384,7 +384,9 @@ def _genai(value: Any, system: Any) -> list[dict[str, Any]]:
     for item in data:
         if not isinstance(item, dict):
             continue
-        texts, calls, tool_call_id = [], [], None
+        texts: list[str] = []
+        calls: list[dict[str, Any]] = []
+        tool_call_id: str | None = None
         for part in item.get("parts") or ():
             if not isinstance(part, dict):
                 continue

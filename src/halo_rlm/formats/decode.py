@@ -117,7 +117,13 @@ def _otlp(resource_spans: Any, out: Decoded, where: str) -> None:
                 if not isinstance(span, dict):
                     out.errors.append(f"{path}: not an object")
                     continue
-                _collect(out, path, lambda span=span: flat_span(span, resource_attrs, scope))
+                _collect(
+                    out,
+                    path,
+                    lambda span=span, resource_attrs=resource_attrs, scope=scope: flat_span(
+                        span, resource_attrs, scope
+                    ),
+                )
 
 
 def _tree(spans: list[Any], trace_id: str, parent: str, out: Decoded, where: str) -> None:

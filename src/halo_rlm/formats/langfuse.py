@@ -166,7 +166,7 @@ def _tokens(obs: dict[str, Any]) -> dict[str, Any]:
     plus every usage key as it came under `langfuse.observation.usage_details.*`."""
     details = obs.get("usageDetails")
     if not isinstance(details, dict) or not details:
-        usage = obs.get("usage") if isinstance(obs.get("usage"), dict) else {}
+        usage: dict[str, Any] = obs["usage"] if isinstance(obs.get("usage"), dict) else {}
         details = {k: usage.get(k) for k in ("input", "output", "total")}
         details.update({k: obs[k] for k in ("promptTokens", "completionTokens", "totalTokens") if k in obs})
         if not any(isinstance(v, int | float) and v > 0 for v in details.values()):
@@ -195,7 +195,7 @@ def _usage_detail(key: str) -> str | None:
 
 
 def _costs(obs: dict[str, Any]) -> dict[str, Any]:
-    details = obs.get("costDetails") if isinstance(obs.get("costDetails"), dict) else {}
+    details: dict[str, Any] = obs["costDetails"] if isinstance(obs.get("costDetails"), dict) else {}
     out: dict[str, Any] = {}
     for key, value in details.items():
         if isinstance(value, int | float) and not isinstance(value, bool):

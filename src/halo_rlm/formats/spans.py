@@ -80,7 +80,7 @@ def flat_span(
     span: dict[str, Any], resource_attrs: dict[str, Any] | None = None, scope: Any = None
 ) -> dict[str, Any]:
     """Build a flat span from any single-span shape (OTLP, HALO flat, OpenInference, TRAIL)."""
-    context = span.get("context") if isinstance(span.get("context"), dict) else {}
+    context: dict[str, Any] = span["context"] if isinstance(span.get("context"), dict) else {}
     trace_id = _required_id(
         first_key(span, "trace_id", "traceId") or first_key(context, "trace_id", "traceId"), "trace"
     )

@@ -59,7 +59,7 @@ class Http:
         attempts = self.retry.attempts
         for attempt in range(attempts):
             try:
-                response = self.client.get(path, params=_query(params))
+                response = self.client.get(path, params=_query(params))  # type: ignore[arg-type]
             except httpx.ConnectError as exc:
                 raise SourceError(f"cannot connect to {self.base_url}: {self._clean(_reason(exc))}") from exc
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:

@@ -240,10 +240,11 @@ def _page_parts(body: Any, url: str) -> tuple[list[Any], dict[str, Any]]:
 def _map(
     observations: list[Any], traces: dict[str, dict[str, Any]] | None
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    spans, skipped = [], []
+    spans: list[dict[str, Any]] = []
+    skipped: list[str] = []
     for obs in observations:
         try:
-            trace = traces.get(obs.get("traceId")) if traces and isinstance(obs, dict) else None
+            trace = traces.get(str(obs.get("traceId"))) if traces and isinstance(obs, dict) else None
             spans.append(observation_span(obs, trace))
         except DecodeError as exc:
             skipped.append(str(exc))

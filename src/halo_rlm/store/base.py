@@ -26,6 +26,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
+from halo_rlm.store.dialect import Dialect
 from halo_rlm.store.results import (
     ErrorGroup,
     IngestReport,
@@ -67,7 +68,7 @@ class TraceStore(ABC):
 
     path: str
     read_only: bool
-    dialect: ClassVar[str]  # the SQL dialect of `sql()` and of HALO's own queries, e.g. "duckdb"
+    dialect: ClassVar[Dialect]  # the SQL of `sql()` and of HALO's own queries (detectors, recounts)
     schemes: ClassVar[tuple[str, ...]] = ()
     _registry: ClassVar[dict[str, type[TraceStore]]] = {}
 

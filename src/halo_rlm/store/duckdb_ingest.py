@@ -94,6 +94,10 @@ class Connection(Protocol):
 
     def first_row(self, sql: str, params: Any = None) -> tuple[Any, ...] | None: ...
 
+    def interrupt(self) -> None: ...
+
+    def close(self) -> None: ...
+
 
 class Ingest:
     """One ingest into a writable store, made by `TraceStore.ingest` and `TraceStore.ingest_records`.
@@ -415,8 +419,8 @@ class Ingest:
             try:
                 for item in _stop_at_damage(
                     files.read_lines(
-                        stream,
-                        start_offset=start_offset,  # type: ignore[arg-type]
+                        stream,  # type: ignore[arg-type]  # a readable binary stream
+                        start_offset=start_offset,
                         start_line=start_line,
                         batch_bytes=self.batch_bytes,
                         max_line_bytes=self.max_line_bytes,
@@ -527,7 +531,7 @@ class Ingest:
         except orjson.JSONDecodeError as exc:
             raise _NotTraceData(
                 f"not trace data: {files.file_kind(data[:4096])} that is not valid JSON ({exc})"
-            )
+            ) from None
         try:
             decoded = decode.decode_record(obj)
         except decode.DecodeError as exc:
@@ -657,7 +661,7 @@ class Ingest:
             self.store.con.execute("DELETE FROM rejects WHERE input_id = ?", [input_id])
             self._refresh_touched()
 
-    def _finish_inputs(self, input_ids: list[int], *, status: str, offset: int, line: int) -> int:
+    def _finish_inputs(self, input_ids: list[int], *, status: str, offset: int, line: int | None) -> int:
         """Dedupe, flag orphans and rebuild rollups for every trace the inputs touched; returns how
         many duplicate spans were merged."""
         placeholders = ", ".join("?" for _ in input_ids)

@@ -84,7 +84,7 @@ _STRUCT = {
             },
         }
     ],
-    "attributes": {key: "VARCHAR" for key in ATTRIBUTE_KEYS},
+    "attributes": dict.fromkeys(ATTRIBUTE_KEYS, "VARCHAR"),
 }
 PARSE_STRUCTURE = orjson.dumps(_STRUCT).decode()
 
@@ -327,8 +327,3 @@ def register_udfs(con: Any) -> None:
 def messages_udf(column: pa.Array) -> pa.Array:
     """`conventions.output_messages_json` of each raw span line, as a vectorised DuckDB function."""
     return pa.array([output_messages_json(text) for text in column.to_pylist()], type=pa.string())
-
-
-def sql_literal(value: str) -> str:
-    """A string as a DuckDB SQL literal."""
-    return "'" + value.replace("'", "''") + "'"

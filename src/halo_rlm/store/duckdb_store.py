@@ -24,6 +24,8 @@ import regex
 from halo_rlm import files
 from halo_rlm.store import duckdb_sql
 from halo_rlm.store.base import StoreError, TraceStore
+from halo_rlm.store.dialect import Dialect
+from halo_rlm.store.duckdb_dialect import DuckDBDialect
 from halo_rlm.store.duckdb_ingest import Ingest
 from halo_rlm.store.results import (
     Count,
@@ -52,7 +54,7 @@ INGEST_MEMORY = "512MB"
 class DuckDBStore(TraceStore):
     """A DuckDB trace store. Open one with `TraceStore.open(path)`."""
 
-    dialect: ClassVar[str] = "duckdb"
+    dialect: ClassVar[Dialect] = DuckDBDialect()
     schemes: ClassVar[tuple[str, ...]] = ("duckdb",)
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: str, read_only: bool) -> None:
@@ -85,7 +87,7 @@ class DuckDBStore(TraceStore):
         deadline = time.monotonic() + lock_timeout
         while True:
             try:
-                con = duckdb.connect(path, read_only=read_only, config=config)
+                con = duckdb.connect(path, read_only=read_only, config=config)  # type: ignore[arg-type]
                 break
             except duckdb.IOException as exc:
                 if "lock" in str(exc).lower() and time.monotonic() < deadline:
@@ -398,8 +400,8 @@ class DuckDBStore(TraceStore):
         trace_start = min((r["start_ns"] for r in rows if r["start_ns"] is not None), default=None)
         views, cut = [], 0
         for depth, row in ordered:
-            view, n = span_view(row, depth, trace_start, value_chars)
-            views.append(view)
+            shown_span, n = span_view(row, depth, trace_start, value_chars)
+            views.append(shown_span)
             cut += n
         view = TraceView(
             trace_id=trace_id,
@@ -545,15 +547,15 @@ class DuckDBStore(TraceStore):
         except duckdb.Error as exc:
             raise StoreError(f"SQL error: {first_line(exc)}") from exc
         truncated, note = len(rows) > max_rows, None
-        rows = [[plain(v) for v in row] for row in rows[:max_rows]]
-        size = len(orjson.dumps(rows, default=str))
-        while rows and size > max_bytes:
-            rows.pop()
-            size = len(orjson.dumps(rows, default=str))
+        values = [[plain(v) for v in row] for row in rows[:max_rows]]
+        size = len(orjson.dumps(values, default=str))
+        while values and size > max_bytes:
+            values.pop()
+            size = len(orjson.dumps(values, default=str))
             truncated = True
         if truncated:
-            note = f"showing {len(rows)} rows; add LIMIT/OFFSET, aggregate, or select fewer columns"
-        return SqlResult(columns=columns, rows=rows, row_count=len(rows), truncated=truncated, note=note)
+            note = f"showing {len(values)} rows; add LIMIT/OFFSET, aggregate, or select fewer columns"
+        return SqlResult(columns=columns, rows=values, row_count=len(values), truncated=truncated, note=note)
 
     def spans(
         self,
@@ -572,7 +574,8 @@ class DuckDBStore(TraceStore):
     ) -> list[dict[str, Any]]:
         """Canonical span rows (no raw record) matching every given condition, oldest first; long
         text values keep head and tail."""
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         for column, value in (
             ("kind", kind),
             ("name", name),
