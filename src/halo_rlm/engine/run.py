@@ -894,7 +894,7 @@ async def _run(run: Run, prompt: str, history: list[dict[str, Any]], inputs: lis
             "no model provider is configured: set OPENAI_API_KEY (or --api-key), or --base-url for a "
             "local OpenAI-compatible server"
         )
-    run.detector_report = await store.run(lambda connection: verify(detect.analyze(connection), connection))
+    run.detector_report = await store.run(detect.analyze)
     if run.detector_report.dataset.traces == 0:
         raise EngineError(f"{store.path}: the store holds no traces")
     answer = ""
@@ -974,7 +974,7 @@ async def _finish_after(stopped: BaseException, run: Run, prompt: str, inputs: l
     """`_finish` for a run that failed; if even the report cannot be made, the error says so."""
     try:
         await _finish(run, prompt, inputs, "", stopped)
-    except Exception as exc:  # the run's own error is the one to raise
+    except Exception as exc:  # noqa: BLE001 - the run's own error is the one to raise
         stopped.add_note(f"No report could be written: {type(exc).__name__}: {first_line(exc)}")
 
 

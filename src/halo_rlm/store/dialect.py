@@ -5,8 +5,9 @@ writes SQL itself.
 
 Every detector's *occurrences* query returns one row per thing found, with the columns `trace_id`,
 `span_id`, `start_ns`, `key` (what a finding is about: a tool, a model, an agent), `template` (an
-error's message template, else NULL), `excerpt` (verbatim text of the span) and `note` (words),
-plus columns of its own. Its *groups* query returns one row per finding: `key`, `template`,
+error's message template, else NULL), `excerpt` (verbatim text of the span: the offending arguments,
+message or output) and `note` (HALO's words about it, never text from the trace: reports show notes
+as their own words and excerpts as quoted data), plus columns of its own. Its *groups* query returns one row per finding: `key`, `template`,
 `traces`, and the numbers its wording uses, for groups in at least `minimum` traces.
 """
 

@@ -16,8 +16,8 @@ ERROR_TEXT = (
 )
 # A leaf error: an ERROR span none of whose children is an ERROR span.
 LEAF_ERRORS = f"""
-SELECT s.trace_id, s.span_id, s.kind, s.name, s.tool_name, s.model, s.duration_ns, s.start_ns, s.error_template,
-       coalesce(s.agent_name, t.agents[1]) AS agent, {ERROR_TEXT} AS error_text
+SELECT s.trace_id, s.span_id, s.kind, s.name, s.tool_name, s.tool_args, s.model, s.duration_ns, s.start_ns,
+       s.error_template, coalesce(s.agent_name, t.agents[1]) AS agent, {ERROR_TEXT} AS error_text
 FROM spans s JOIN traces t USING (trace_id)
 WHERE s.status = 'ERROR'
   AND NOT EXISTS (SELECT 1 FROM spans c WHERE c.trace_id = s.trace_id AND c.parent_id = s.span_id
@@ -65,7 +65,10 @@ class DuckDBDialect(Dialect):
 
     def errors(self, signatures: Sequence[tuple[str, str]], minimum: int) -> Detection:
         occurrences = f"""
-            SELECT trace_id, span_id, start_ns, key, template, error_text AS excerpt, '' AS note,
+            SELECT trace_id, span_id, start_ns, key, template,
+                   concat_ws(' | ', CASE WHEN kind = 'TOOL' THEN left(tool_args, 300) END, error_text) AS excerpt,
+                   CASE WHEN kind = 'TOOL' AND tool_args IS NOT NULL THEN 'the call''s arguments, then its error'
+                        ELSE '' END AS note,
                    category, kind, duration_ns
             FROM ({self.classified_errors(signatures)})"""
         return Detection(
@@ -91,9 +94,9 @@ class DuckDBDialect(Dialect):
                   WHERE tools_offered IS NOT NULL GROUP BY trace_id) o USING (trace_id)
             WHERE len(o.tools) > 0 AND c.tool IS NOT NULL AND NOT list_contains(coalesce(c.own, o.tools), c.tool)"""
         occurrences = f"""
-            SELECT trace_id, span_id, start_ns, tool AS key, NULL::VARCHAR AS template, tool AS excerpt,
-                   'the model calls ' || tool || '(' || coalesce(arguments, '') || '), a tool it was not offered'
-                     AS note, 'call' AS source
+            SELECT trace_id, span_id, start_ns, tool AS key, NULL::VARCHAR AS template,
+                   tool || '(' || coalesce(arguments, '') || ')' AS excerpt,
+                   'a call to a tool the model was not offered' AS note, 'call' AS source
             FROM ({calls})
             UNION ALL
             SELECT trace_id, span_id, start_ns, key, NULL, error_text, '', 'error'
@@ -128,7 +131,7 @@ class DuckDBDialect(Dialect):
             WHERE tool IS NOT NULL GROUP BY trace_id, tool, args HAVING count(*) >= {min_calls}"""
         occurrences = f"""
             SELECT trace_id, span_id, start_ns, tool AS key, NULL::VARCHAR AS template, args AS excerpt,
-                   calls || ' identical ' || tool || ' calls' AS note, calls
+                   calls || ' identical calls with these arguments' AS note, calls
             FROM ({repeats})"""
         return Detection(
             occurrences=occurrences,
@@ -157,9 +160,9 @@ class DuckDBDialect(Dialect):
     def truncated_outputs(self, minimum: int) -> Detection:
         occurrences = f"""
             SELECT trace_id, span_id, start_ns, coalesce(model, 'unknown') AS key, NULL::VARCHAR AS template,
-                   '' AS excerpt,
+                   CASE WHEN lower(finish_reason) IN {LENGTH_REASONS} THEN finish_reason ELSE '' END AS excerpt,
                    CASE WHEN lower(finish_reason) IN {LENGTH_REASONS}
-                        THEN 'cut at the output limit (finish_reason ' || finish_reason || ')'
+                        THEN 'cut at the output limit (its finish reason is quoted)'
                         ELSE 'empty output' END || coalesce(', ' || output_tokens || ' output tokens', '') AS note,
                    output_tokens
             FROM spans
@@ -180,7 +183,7 @@ class DuckDBDialect(Dialect):
     def guardrail_trips(self, minimum: int) -> Detection:
         occurrences = """
             SELECT trace_id, span_id, start_ns, guardrail AS key, NULL::VARCHAR AS template, '' AS excerpt,
-                   'guardrail ' || guardrail || ' triggered' AS note
+                   'the guardrail reported a trip' AS note
             FROM (SELECT trace_id, span_id, start_ns,
                          coalesce(json_extract_string(raw, '$.attributes."guardrail.name"'),
                                   regexp_replace(name, '^guardrail[._ ]', '')) AS guardrail
@@ -197,7 +200,7 @@ class DuckDBDialect(Dialect):
     def slow_calls(self, factor: float, min_ms: float, minimum: int) -> Detection:
         occurrences = f"""
             SELECT s.trace_id, s.span_id, s.start_ns, s.name_key AS key, NULL::VARCHAR AS template, '' AS excerpt,
-                   s.name_key || ' took ' || round(s.duration_ns / 1e9, 1) || ' s of a '
+                   'the call took ' || round(s.duration_ns / 1e9, 1) || ' s of a '
                      || round(tr.duration_ns / 1e9, 1) || ' s run' AS note,
                    s.duration_ns, m.median_ns, tr.duration_ns AS run_ns
             FROM (SELECT *, coalesce(tool_name, name) AS name_key FROM spans
@@ -220,8 +223,8 @@ class DuckDBDialect(Dialect):
     def oversized_prompts(self, factor: float, min_tokens: int, minimum: int) -> Detection:
         occurrences = f"""
             SELECT s.trace_id, s.span_id, s.start_ns, coalesce(s.agent_name, tr.agents[1], s.service, 'unknown') AS key,
-                   NULL::VARCHAR AS template, '' AS excerpt,
-                   s.model || ' call with ' || s.input_tokens || ' prompt tokens' AS note,
+                   NULL::VARCHAR AS template, coalesce(s.model, '') AS excerpt,
+                   'a call to this model with ' || s.input_tokens || ' prompt tokens' AS note,
                    s.input_tokens, s.cost, m.median_tokens
             FROM spans s JOIN traces tr USING (trace_id)
             CROSS JOIN (SELECT median(input_tokens) AS median_tokens FROM spans
