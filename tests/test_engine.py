@@ -197,7 +197,9 @@ def test_recursive_run_with_parallel_subagents_at_depth_two(store: TraceStore, t
     # written with the same renderers as `halo analyze`.
     assert report.mode == "llm" and all(f.source.startswith("detector:") for f in report.findings)
     (finding,) = [f for f in report.findings if f.enriched_by == ["llm:tool_error:lookup-order"]]
-    assert finding.key == "lookup_order" and finding.recommendation == "Return found=false instead of raising."
+    assert (
+        finding.key == "lookup_order" and finding.recommendation == "Return found=false instead of raising."
+    )
     assert all(
         f.check and f.check.status == "verified" and f.affected_traces == f.check.recount > 0
         for f in report.findings
@@ -205,9 +207,9 @@ def test_recursive_run_with_parallel_subagents_at_depth_two(store: TraceStore, t
     assert report.verification and report.verification.missing_citations == []
     assert report.usage and report.usage.agents == 5 and len(report.usage.per_agent) == 5
     assert {"report.json", "report.md", "report.html"} <= {p.name for p in (tmp_path / "report").iterdir()}
-    assert [f.id for f in Report.model_validate_json((tmp_path / "report" / "report.json").read_text()).findings] == [
-        f.id for f in report.findings
-    ]
+    assert [
+        f.id for f in Report.model_validate_json((tmp_path / "report" / "report.json").read_text()).findings
+    ] == [f.id for f in report.findings]
 
 
 def test_detector_findings_are_offered_as_hypotheses(store: TraceStore) -> None:

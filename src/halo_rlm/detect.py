@@ -293,7 +293,7 @@ DETECTORS: list[Detector] = [
         "The agent calls {key_code} with the same arguments over and over",
         "{extra:,} redundant {key_code} calls: the same arguments {repeat_calls} or more times in one run.",
         "The agent repeats identical {key_code} calls. Keep a record of calls already made in the loop and return "
-        "the cached result (or an explicit 'you already ran this; it returned …') for a repeat; tell the agent "
+        "the cached result (or an explicit 'you already ran this, with the same result') for a repeat; tell the agent "
         "in its prompt to change the query or answer when a call brings nothing new; and stop the run after "
         "{repeat_calls} identical calls.",
         {"extra_turns": "extra"},

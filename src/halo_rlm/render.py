@@ -69,7 +69,7 @@ def write(
     """Write NAME.json, NAME.md and NAME.html into `out_dir`; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shown = report if keep_secrets else report.scrubbed()
+    shown = report.cleaned(keep_secrets=keep_secrets)
     paths = {"json": out / f"{name}.json", "markdown": out / f"{name}.md", "html": out / f"{name}.html"}
     paths["json"].write_text(to_json(shown, keep_secrets=True), encoding="utf-8")
     paths["markdown"].write_text(to_markdown(shown, keep_secrets=True), encoding="utf-8")
@@ -78,7 +78,24 @@ def write(
 
 
 def to_json(report: Report, *, keep_secrets: bool = False) -> str:
-    return (report if keep_secrets else report.scrubbed()).model_dump_json(indent=2) + "\n"
+    text = report.cleaned(keep_secrets=keep_secrets).model_dump_json(indent=2) + "\n"
+    # Ids and queries keep their exact text; what would reorder or hide text is written escaped.
+    return text.translate(_JSON_ESCAPES)
+
+
+_JSON_ESCAPES = {
+    c: f"\\u{c:04x}"
+    for c in (
+        *range(0x7F, 0xA0),
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+        0x200E,
+        0x200F,
+        0x061C,
+        0x2028,
+        0x2029,
+    )
+}
 
 
 # --- words ------------------------------------------------------------------------------------------
@@ -240,7 +257,7 @@ def _fenced(text: str, info: str = "text", indent: str = "") -> list[str]:
 
 
 def to_markdown(report: Report, *, keep_secrets: bool = False) -> str:
-    r = report if keep_secrets else report.scrubbed()
+    r = report.cleaned(keep_secrets=keep_secrets)
     d = r.dataset
     lines = [DATA_NOT_INSTRUCTIONS, "", f"# {safe_markdown(r.title, 200)}", ""]
     mode = "LLM analysis" if r.mode == "llm" else "deterministic detectors (no LLM)"
@@ -387,7 +404,7 @@ def anchor_id(trace_id: str, span_id: str | None) -> str:
 
 
 def markdown_html(text: str, citation_href: Callable[[str, str | None], str | None]) -> markupsafe.Markup:
-    """The model's markdown as safe HTML: raw HTML escaped, no images, links only to http(s) or
+    """The model's markdown as safe HTML: raw HTML escaped, images as their alt text, links only to http(s) or
     in-page anchors, and each `[trace:…]`/`[span:…:…]` citation a link to `citation_href(trace,
     span)` (plain text when it gives None)."""
     env = {"href": citation_href}
@@ -442,13 +459,20 @@ def _render_link_open(
 def _markdown_parser() -> MarkdownIt:
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
     md.enable(["table", "strikethrough"])
-    md.disable("image")
     md.validateLink = lambda url: bool(_SAFE_URL.fullmatch(url.strip()))  # type: ignore[method-assign]
     md.inline.ruler.before("link", "citation", _citation_rule)
     md.core.ruler.push("code_citations", _code_citations)
     md.add_render_rule("citation", _render_citation)
     md.add_render_rule("link_open", _render_link_open)
+    md.add_render_rule("image", _render_image)
     return md
+
+
+def _render_image(
+    self: RendererHTML, tokens: list[Token], idx: int, options: OptionsDict, env: EnvType
+) -> str:
+    """An image as its alt text: a report loads nothing from anywhere."""
+    return str(markupsafe.escape(tokens[idx].content))
 
 
 _MARKDOWN = _markdown_parser()
@@ -502,7 +526,7 @@ class _Anchors:
 
 
 def to_html(report: Report, *, keep_secrets: bool = False) -> str:
-    r = report if keep_secrets else report.scrubbed()
+    r = report.cleaned(keep_secrets=keep_secrets)
     asserted, claims = _asserted(r)
     anchors = _Anchors(r)
     in_findings = {(ev.trace_id, ev.span_id) for f in r.findings for ev in f.evidence}

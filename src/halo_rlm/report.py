@@ -260,9 +260,25 @@ class Report(BaseModel):
         default_factory=list, description="Spans the answer cites, with excerpts (filled by verify)"
     )
 
-    def scrubbed(self) -> Report:
-        """This report with credentials found in it replaced by `[REDACTED]` (see `halo_rlm.redact`)."""
-        return Report.model_validate(scrub(self.model_dump()))
+    def cleaned(self, *, keep_secrets: bool = False) -> Report:
+        """This report as it may be shown or written: its text without control characters (terminal
+        escapes, bidi overrides), and unless `keep_secrets`, credentials replaced by `[REDACTED]`
+        (see `halo_rlm.redact`)."""
+        data = _printable(self.model_dump())
+        return Report.model_validate(data if keep_secrets else scrub(data))
+
+
+EXACT_FIELDS = frozenset({"query", "trace_id", "span_id"})  # ids and SQL must stay as they are to be checked
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value, lines=True)
+    if isinstance(value, dict):
+        return {k: v if k in EXACT_FIELDS else _printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    return value
 
 
 def json_schema() -> dict[str, Any]:

@@ -16,7 +16,7 @@ import orjson
 from halo_rlm.redact import REDACTED
 from halo_rlm.report import Check, Evidence, Report, Verification, cite
 from halo_rlm.store import StoreError, TraceStore
-from halo_rlm.utils import now_iso, one_line
+from halo_rlm.utils import now_iso, one_line, printable
 
 __all__ = ["CITATION", "verify"]
 
@@ -70,6 +70,8 @@ def verify(report: Report, store: TraceStore, *, recheck: bool = True) -> Report
         recount = None
         if f.query and f.query_dialect not in (None, store.dialect.name):
             problems.append(f"its query is {f.query_dialect} SQL; this store speaks {store.dialect.name}")
+        elif f.query and REDACTED in f.query:
+            pass  # a credential was taken out of it: it no longer finds what it found
         elif f.query:
             try:
                 recount = store.recount(f.query)
@@ -83,7 +85,12 @@ def verify(report: Report, store: TraceStore, *, recheck: bool = True) -> Report
         elif recount is None:
             status = "unverifiable"
             problems = [
-                f"no query to recount its {f.affected_traces:,} affected traces"
+                (
+                    "its query held a credential, redacted from this report, so it cannot be recounted "
+                    "(`halo analyze --keep-secrets` keeps it)"
+                    if f.query and REDACTED in f.query
+                    else f"no query to recount its {f.affected_traces:,} affected traces"
+                )
                 + ("; its evidence checks out" if f.evidence else " and no evidence to check")
             ]
         else:
@@ -98,7 +105,7 @@ def _excerpt_found(raw: str, excerpt: str) -> bool:
     """An excerpt is backed when a stretch of it (8+ characters) appears in one of the span's text
     values, JSON escapes decoded and whitespace collapsed. "…" and " | " mark where an excerpt was
     cut or joined, and `[REDACTED]` where a credential was taken out."""
-    haystack = _collapse("\n".join(_strings(_loads(raw))))
+    haystack = _collapse(printable("\n".join(_strings(_loads(raw)))))
     pieces = [_collapse(p) for p in re.split(r"…|\.\.\.| \| |" + re.escape(REDACTED), excerpt)]
     pieces = [p for p in pieces if len(p) >= 8]
     return not pieces or any(p[:120] in haystack for p in pieces)

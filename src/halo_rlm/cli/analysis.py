@@ -79,8 +79,7 @@ def run_detectors(
         )
         verify(report, store)
     report.notes.extend(notes)
-    if not keep_secrets:
-        report = report.scrubbed()
+    report = report.cleaned(keep_secrets=keep_secrets)
     return report, write(report, out_dir, keep_secrets=True)
 
 

@@ -126,7 +126,8 @@ def hypotheses_text(hypotheses: list[dict[str, Any]]) -> str:
         "(find root causes, and failures they cannot see):"
     ]
     lines += [
-        f"- {h['title']} ({h['category']}, {h['affected_traces']} traces, e.g. {', '.join(h['evidence'][:2])})"
+        f"- {h['title']} ({h['category']}, key {h.get('key') or '-'}, {h['affected_traces']} traces, "
+        f"e.g. {', '.join(h['evidence'][:2])})"
         for h in hypotheses
     ]
     return "\n".join(lines) + "\n"

@@ -680,7 +680,7 @@ def build_report(
         outcome=outcome,
     )
     verify(report, store, recheck=False)
-    return report if run.config.keep_secrets else report.scrubbed()
+    return report.cleaned(keep_secrets=run.config.keep_secrets)
 
 
 def _run_usage(run: Run) -> reports.RunUsage:

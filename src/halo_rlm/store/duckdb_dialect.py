@@ -66,8 +66,8 @@ class DuckDBDialect(Dialect):
     def errors(self, signatures: Sequence[tuple[str, str]], minimum: int) -> Detection:
         occurrences = f"""
             SELECT trace_id, span_id, start_ns, key, template,
-                   concat_ws(' | ', CASE WHEN kind = 'TOOL' THEN left(tool_args, 300) END, error_text) AS excerpt,
-                   CASE WHEN kind = 'TOOL' AND tool_args IS NOT NULL THEN 'the call''s arguments, then its error'
+                   concat_ws(' | ', error_text, CASE WHEN kind = 'TOOL' THEN left(tool_args, 300) END) AS excerpt,
+                   CASE WHEN kind = 'TOOL' AND tool_args IS NOT NULL THEN 'the error, then the call''s arguments'
                         ELSE '' END AS note,
                    category, kind, duration_ns
             FROM ({self.classified_errors(signatures)})"""
@@ -95,8 +95,8 @@ class DuckDBDialect(Dialect):
             WHERE len(o.tools) > 0 AND c.tool IS NOT NULL AND NOT list_contains(coalesce(c.own, o.tools), c.tool)"""
         occurrences = f"""
             SELECT trace_id, span_id, start_ns, tool AS key, NULL::VARCHAR AS template,
-                   tool || '(' || coalesce(arguments, '') || ')' AS excerpt,
-                   'a call to a tool the model was not offered' AS note, 'call' AS source
+                   coalesce(arguments, '') AS excerpt,
+                   'a call to a tool the model was not offered, with these arguments' AS note, 'call' AS source
             FROM ({calls})
             UNION ALL
             SELECT trace_id, span_id, start_ns, key, NULL, error_text, '', 'error'
