@@ -55,6 +55,8 @@ class Thresholds:
     repeat_calls: int = 3  # identical tool calls in one run that make a loop
     slow_factor: float = 3.0  # a call is slow when it takes this many times its kind's median...
     slow_ms: float = 5_000  # ...and at least this long
+    bottleneck_share: float = 0.4  # a step is a bottleneck when it takes this share of the median run...
+    bottleneck_ms: float = 2_000  # ...and its median call at least this long, however consistently
     token_factor: float = 10.0  # a call is a token outlier at this many times the median prompt...
     min_outlier_tokens: int = 10_000  # ...and at least this many prompt tokens
 
@@ -143,6 +145,7 @@ DETECTIONS: dict[str, Callable[[Dialect, Thresholds, int], Detection]] = {
     "truncated_outputs": lambda d, t, minimum: d.truncated_outputs(minimum),
     "guardrail_trips": lambda d, t, minimum: d.guardrail_trips(minimum),
     "slow_calls": lambda d, t, minimum: d.slow_calls(t.slow_factor, t.slow_ms, minimum),
+    "bottlenecks": lambda d, t, minimum: d.bottlenecks(t.bottleneck_share, t.bottleneck_ms, minimum),
     "oversized_prompts": lambda d, t, minimum: d.oversized_prompts(
         t.token_factor, t.min_outlier_tokens, minimum
     ),
@@ -352,6 +355,25 @@ DETECTORS: list[Detector] = [
         "with independent calls; if it is inherently slow, tell the agent (in the tool description) to call it "
         "once with precise arguments.",
         {"latency_ms": "excess_ms"},
+    ),
+    Detector(
+        "bottleneck",
+        "bottlenecks",
+        "latency",
+        "medium",
+        0.8,
+        "{key_code} takes most of the time of the runs that call it",
+        "{key_code} is slow every time, not now and then: its calls take {run_share:.0%} of the time of the "
+        "{affected:,} runs that call it ({median_share:.0%} in the median run), {total_share:.1%} of all run "
+        "time. Its calls take p50 {p50_s:.1f} s / p95 {p95_s:.1f} s, against p50 {other_p50_s:.1f} s / p95 "
+        "{other_p95_s:.1f} s for the other tool and model calls of those runs.",
+        "{key_code} is the bottleneck of every run that calls it (p50 {p50_s:.0f} s a call). Make the call "
+        "itself cheaper (cache or precompute its results, index or paginate what it reads, return less), "
+        "run it once per session rather than per run, start it in the background or concurrently with the "
+        "steps that do not need its result, and give it a timeout with a fast fallback; if it must stay "
+        "slow, say so in its tool description so the agent calls it only when the answer needs it.",
+        {"latency_ms": "tool_ms"},
+        supersedes="latency",
     ),
     Detector(
         "cost",

@@ -14,14 +14,14 @@ ERROR_TEXT = (
     "concat_ws(' | ', s.status_message, s.error_type, "
     "CASE WHEN s.kind = 'TOOL' THEN left(s.tool_result, 1000) END, left(s.exceptions::VARCHAR, 1000))"
 )
-# A leaf error: an ERROR span none of whose children is an ERROR span.
-LEAF_ERRORS = f"""
-SELECT s.trace_id, s.span_id, s.kind, s.name, s.tool_name, s.tool_args, s.model, s.duration_ns, s.start_ns,
-       s.error_template, coalesce(s.agent_name, t.agents[1]) AS agent, {ERROR_TEXT} AS error_text
+# Every error span, with what it says.
+ERROR_SPANS = f"""
+SELECT s.trace_id, s.span_id, s.parent_id, s.kind, s.name, s.tool_name, s.tool_args, s.model, s.duration_ns,
+       s.start_ns, s.error_template, coalesce(s.agent_name, t.agents[1]) AS agent, {ERROR_TEXT} AS error_text
 FROM spans s JOIN traces t USING (trace_id)
-WHERE s.status = 'ERROR'
-  AND NOT EXISTS (SELECT 1 FROM spans c WHERE c.trace_id = s.trace_id AND c.parent_id = s.span_id
-                  AND c.status = 'ERROR')"""
+WHERE s.status = 'ERROR'"""
+# The categories an error gets only from where it happened, not from what it says.
+FALLBACKS = "('tool_error', 'other')"
 # The key a finding of each error category is about.
 ERROR_KEYS = {
     "hallucinated_tool": r"coalesce(nullif(regexp_extract(error_text, "
@@ -58,10 +58,16 @@ class DuckDBDialect(Dialect):
             + " WHEN kind = 'TOOL' THEN 'tool_error' ELSE 'other' END"
         )
         keys = " ".join(f"WHEN '{c}' THEN {k}" for c, k in ERROR_KEYS.items())
+        # An error counts where it happened: not where it merely propagated to (a parent whose failed
+        # child has its category), but an error with its own signature counts even when a child failed
+        # another way (a run that hits its turn limit after a tool error is both).
         return f"""
+            WITH errors AS MATERIALIZED (SELECT *, {classify} AS category FROM ({ERROR_SPANS}))
             SELECT *, CASE category {keys} END AS key,
-                   CASE WHEN category IN ('tool_error', 'other') THEN error_template END AS template
-            FROM (SELECT *, {classify} AS category FROM ({LEAF_ERRORS}))"""
+                   CASE WHEN category IN {FALLBACKS} THEN error_template END AS template
+            FROM errors e
+            WHERE NOT EXISTS (SELECT 1 FROM errors c WHERE c.trace_id = e.trace_id AND c.parent_id = e.span_id
+                              AND (c.category = e.category OR e.category IN {FALLBACKS}))"""
 
     def errors(self, signatures: Sequence[tuple[str, str]], minimum: int) -> Detection:
         occurrences = f"""
@@ -118,11 +124,15 @@ class DuckDBDialect(Dialect):
         )
 
     def repeated_calls(self, min_calls: int, minimum: int) -> Detection:
+        # A call that repeats a failed identical call is a retry of that failure, not a loop.
         repeats = f"""
-            SELECT trace_id, tool_name AS tool, tool_args AS args, count(*) AS calls, min(span_id) AS span_id,
-                   min(start_ns) AS start_ns
-            FROM spans WHERE kind = 'TOOL' AND tool_name IS NOT NULL AND tool_args IS NOT NULL
-            GROUP BY trace_id, tool_name, tool_args HAVING count(*) >= {min_calls}
+            SELECT trace_id, tool, args, count(*) AS calls, min(span_id) AS span_id, min(start_ns) AS start_ns
+            FROM (SELECT trace_id, span_id, start_ns, tool_name AS tool, tool_args AS args,
+                         lag(status) OVER (PARTITION BY trace_id, tool_name, tool_args
+                                           ORDER BY start_ns, span_id) = 'ERROR' AS retry
+                  FROM spans WHERE kind = 'TOOL' AND tool_name IS NOT NULL AND tool_args IS NOT NULL)
+            WHERE retry IS NOT TRUE
+            GROUP BY trace_id, tool, args HAVING count(*) >= {min_calls}
             UNION ALL
             SELECT trace_id, tool, args, count(*), min(span_id), min(start_ns) FROM (
               SELECT trace_id, span_id, start_ns, unnest(tool_calls).name AS tool, unnest(tool_calls).arguments AS args
@@ -218,6 +228,48 @@ class DuckDBDialect(Dialect):
                        sum(duration_ns - median_ns) / 1e6 AS excess_ms, median(duration_ns) / 1e9 AS slow_s,
                        any_value(median_ns) / 1e9 AS usual_s, avg(duration_ns / run_ns) AS run_share
                 FROM ({occurrences}) GROUP BY key HAVING count(DISTINCT trace_id) >= {minimum} ORDER BY key""",
+        )
+
+    def bottlenecks(self, share: float, min_ms: float, minimum: int) -> Detection:
+        runs = f"""
+            SELECT s.trace_id, coalesce(s.tool_name, s.name) AS key, sum(s.duration_ns) AS tool_ns, count(*) AS calls,
+                   min(s.span_id) AS span_id, min(s.start_ns) AS start_ns, any_value(t.duration_ns) AS run_ns
+            FROM spans s JOIN traces t USING (trace_id)
+            WHERE s.kind IN {TOOL_KINDS} AND t.duration_ns > 0
+            GROUP BY s.trace_id, coalesce(s.tool_name, s.name)"""
+        tools = f"""
+            SELECT r.key FROM ({runs}) r
+            JOIN (SELECT coalesce(tool_name, name) AS key, median(duration_ns) AS p50 FROM spans
+                  WHERE kind IN {TOOL_KINDS} GROUP BY 1) m USING (key)
+            GROUP BY r.key
+            HAVING median(r.tool_ns / r.run_ns) >= {float(share)!r} AND any_value(m.p50) >= {int(min_ms * 1e6)}"""
+        occurrences = f"""
+            SELECT r.trace_id, r.span_id, r.start_ns, r.key, NULL::VARCHAR AS template, '' AS excerpt,
+                   'its calls took ' || round(r.tool_ns / 1e9, 1) || ' s of a ' || round(r.run_ns / 1e9, 1)
+                     || ' s run' AS note,
+                   r.tool_ns, r.run_ns, r.calls
+            FROM ({runs}) r JOIN ({tools}) USING (key)"""
+        return Detection(
+            occurrences=occurrences,
+            groups=f"""
+                WITH found AS ({occurrences}),
+                steps AS (
+                  SELECT f.key, coalesce(s.tool_name, s.name) = f.key AS own, s.duration_ns
+                  FROM (SELECT DISTINCT key, trace_id FROM found) f JOIN spans s USING (trace_id)
+                  WHERE s.kind IN {TOOL_KINDS} OR s.kind = 'LLM')
+                SELECT key, NULL AS template, count(DISTINCT trace_id) AS traces, sum(calls) AS calls,
+                       sum(tool_ns) / 1e6 AS tool_ms, sum(tool_ns) / sum(run_ns) AS run_share,
+                       median(tool_ns / run_ns) AS median_share,
+                       sum(tool_ns) / (SELECT sum(duration_ns) FROM traces) AS total_share,
+                       any_value(p.p50) / 1e9 AS p50_s, any_value(p.p95) / 1e9 AS p95_s,
+                       any_value(p.other_p50) / 1e9 AS other_p50_s, any_value(p.other_p95) / 1e9 AS other_p95_s
+                FROM found JOIN (
+                  SELECT key, quantile_cont(duration_ns, 0.5) FILTER (own) AS p50,
+                         quantile_cont(duration_ns, 0.95) FILTER (own) AS p95,
+                         quantile_cont(duration_ns, 0.5) FILTER (NOT own) AS other_p50,
+                         quantile_cont(duration_ns, 0.95) FILTER (NOT own) AS other_p95
+                  FROM steps GROUP BY key) p USING (key)
+                GROUP BY key HAVING count(DISTINCT trace_id) >= {minimum} ORDER BY key""",
         )
 
     def oversized_prompts(self, factor: float, min_tokens: int, minimum: int) -> Detection:
