@@ -54,7 +54,8 @@ class Thresholds:
     max_evidence: int = 5
     repeat_calls: int = 3  # identical tool calls in one run that make a loop
     slow_factor: float = 3.0  # a call is slow when it takes this many times its kind's median...
-    slow_ms: float = 5_000  # ...and at least this long
+    slow_ms: float = 5_000  # ...and at least this long...
+    slow_share: float = 0.1  # ...and at least this share of its run
     bottleneck_share: float = 0.4  # a step is a bottleneck when it takes this share of the median run...
     bottleneck_ms: float = 2_000  # ...and its median call at least this long, however consistently
     token_factor: float = 10.0  # a call is a token outlier at this many times the median prompt...
@@ -144,7 +145,7 @@ DETECTIONS: dict[str, Callable[[Dialect, Thresholds, int], Detection]] = {
     "refusals": lambda d, t, minimum: d.refusals(REFUSAL, minimum),
     "truncated_outputs": lambda d, t, minimum: d.truncated_outputs(minimum),
     "guardrail_trips": lambda d, t, minimum: d.guardrail_trips(minimum),
-    "slow_calls": lambda d, t, minimum: d.slow_calls(t.slow_factor, t.slow_ms, minimum),
+    "slow_calls": lambda d, t, minimum: d.slow_calls(t.slow_factor, t.slow_ms, t.slow_share, minimum),
     "bottlenecks": lambda d, t, minimum: d.bottlenecks(t.bottleneck_share, t.bottleneck_ms, minimum),
     "oversized_prompts": lambda d, t, minimum: d.oversized_prompts(
         t.token_factor, t.min_outlier_tokens, minimum
@@ -347,10 +348,10 @@ DETECTORS: list[Detector] = [
         "latency",
         "medium",
         0.75,
-        "{key_code} is slow and dominates its runs",
+        "{key_code} is now and then far slower than usual, holding up its runs",
         "{calls:,} {key_code} calls took {slow_s:.1f} s (median of the slow ones) against a usual {usual_s:.1f} s, "
         "{run_share:.0%} of their runs on average.",
-        "{key_code} sometimes takes {slow_s:.0f}+ s and dominates its runs. Profile it for the slow inputs in the "
+        "{key_code} sometimes takes {slow_s:.0f}+ s instead of {usual_s:.1f} s and holds up its runs. Profile it for the slow inputs in the "
         "evidence; add caching or pagination, a per-call timeout with a fast fallback, and run it concurrently "
         "with independent calls; if it is inherently slow, tell the agent (in the tool description) to call it "
         "once with precise arguments.",

@@ -262,8 +262,9 @@ def report_schema() -> None:
     "--rate",
     "rates",
     multiple=True,
-    metavar="CATEGORY=SHARE",
-    help="Override a failure mode's rate, e.g. --rate refusal=0.1 (0 turns it off).",
+    metavar="PATTERN=SHARE",
+    help="Override a planted pattern's rate, e.g. --rate refusal=0.1 (0 turns it off). Patterns are named "
+    "by category, plus bottleneck (a tool slow every time) and tool_rate_limit (a tool's 429s, retried).",
 )
 @click.option(
     "--distractors", type=float, default=0.02, show_default=True, help="Share of one-off error traces."
@@ -281,7 +282,7 @@ def simulate_command(
         try:
             overrides[name] = float(value)
         except ValueError:
-            fail(f"--rate {item!r}: expected CATEGORY=SHARE, e.g. refusal=0.1")
+            fail(f"--rate {item!r}: expected PATTERN=SHARE, e.g. refusal=0.1")
     try:
         truth = simulate(
             out_file,

@@ -84,9 +84,9 @@ class Dialect(ABC):
         """Guardrail spans that report tripping without an error, keyed by guardrail."""
 
     @abstractmethod
-    def slow_calls(self, factor: float, min_ms: float, minimum: int) -> Detection:
-        """Tool-like calls over `factor` × their usual time and over `min_ms` that take a third or more
-        of their run. Groups: `calls`, `excess_ms`, `slow_ms`, `usual_ms`, `run_share`."""
+    def slow_calls(self, factor: float, min_ms: float, min_share: float, minimum: int) -> Detection:
+        """Tool-like calls over `factor` × their usual time and over `min_ms` that take at least
+        `min_share` of their run. Groups: `calls`, `excess_ms`, `slow_s`, `usual_s`, `run_share`."""
 
     @abstractmethod
     def bottlenecks(self, share: float, min_ms: float, minimum: int) -> Detection:

@@ -207,7 +207,7 @@ class DuckDBDialect(Dialect):
                 FROM ({occurrences}) GROUP BY key HAVING count(DISTINCT trace_id) >= {minimum} ORDER BY key""",
         )
 
-    def slow_calls(self, factor: float, min_ms: float, minimum: int) -> Detection:
+    def slow_calls(self, factor: float, min_ms: float, min_share: float, minimum: int) -> Detection:
         occurrences = f"""
             SELECT s.trace_id, s.span_id, s.start_ns, s.name_key AS key, NULL::VARCHAR AS template, '' AS excerpt,
                    'the call took ' || round(s.duration_ns / 1e9, 1) || ' s of a '
@@ -220,7 +220,7 @@ class DuckDBDialect(Dialect):
               USING (name_key)
             JOIN traces tr USING (trace_id)
             WHERE s.duration_ns > {factor} * m.median_ns AND s.duration_ns >= {int(min_ms * 1e6)}
-              AND s.duration_ns * 3 >= tr.duration_ns"""
+              AND s.duration_ns >= {float(min_share)!r} * tr.duration_ns"""
         return Detection(
             occurrences=occurrences,
             groups=f"""
