@@ -156,7 +156,10 @@ EVIDENCE = {
     "repetition_loop": lambda spans, key: _repeated_calls(spans, key) >= 3,
     "latency": lambda spans, key: any(tool(s) == key and seconds(s) > 5 for s in spans),
     "rate_limit": lambda spans, key: any(
-        key in (model(s), tool(s)) and s["error"] and "429" in s["message"] for s in spans
+        key in (model(s), tool(s))
+        and s["error"]
+        and "429" in s["message"] + (s["attrs"].get("output.value") or "")
+        for s in spans
     ),
     "context_overflow": lambda spans, key: any(
         model(s) == key and "context_length_exceeded" in s["message"] for s in spans

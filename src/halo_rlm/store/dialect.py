@@ -91,8 +91,8 @@ class Dialect(ABC):
     @abstractmethod
     def bottlenecks(self, share: float, min_ms: float, minimum: int) -> Detection:
         """Tool-like steps that take most of the runs that use them, however consistently: those
-        whose calls take at least `share` of their run's time in the median run and `min_ms` in the
-        median call. Occurrences are the runs that call them (one row per run and step). Groups:
+        whose successful calls (failures are their own findings) take at least `share` of their run's
+        time in the median run and `min_ms` in the median call. Occurrences are the runs that call them (one row per run and step). Groups:
         `calls`, `tool_ms`, `run_share` (of the time of those runs), `median_share`, `total_share`
         (of all run time), `p50_s`/`p95_s` of its calls and `other_p50_s`/`other_p95_s` of the other
         tool and model calls in those runs."""

@@ -235,12 +235,12 @@ class DuckDBDialect(Dialect):
             SELECT s.trace_id, coalesce(s.tool_name, s.name) AS key, sum(s.duration_ns) AS tool_ns, count(*) AS calls,
                    min(s.span_id) AS span_id, min(s.start_ns) AS start_ns, any_value(t.duration_ns) AS run_ns
             FROM spans s JOIN traces t USING (trace_id)
-            WHERE s.kind IN {TOOL_KINDS} AND t.duration_ns > 0
+            WHERE s.kind IN {TOOL_KINDS} AND s.status <> 'ERROR' AND t.duration_ns > 0
             GROUP BY s.trace_id, coalesce(s.tool_name, s.name)"""
         tools = f"""
             SELECT r.key FROM ({runs}) r
             JOIN (SELECT coalesce(tool_name, name) AS key, median(duration_ns) AS p50 FROM spans
-                  WHERE kind IN {TOOL_KINDS} GROUP BY 1) m USING (key)
+                  WHERE kind IN {TOOL_KINDS} AND status <> 'ERROR' GROUP BY 1) m USING (key)
             GROUP BY r.key
             HAVING median(r.tool_ns / r.run_ns) >= {float(share)!r} AND any_value(m.p50) >= {int(min_ms * 1e6)}"""
         occurrences = f"""
