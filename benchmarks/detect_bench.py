@@ -3,7 +3,7 @@
 For each size (in traces) and format, `simulate` writes a corpus with planted systemic patterns,
 one-off distractor errors and its ground truth. The corpus is ingested, `detect.analyze` (what
 `halo analyze` runs) reads the store, and the findings are scored against the truth with
-`GroundTruth.score`, the scoring tests/test_detect.py uses:
+`evaluate.score_planted`, the scoring tests/test_detect.py and `halo eval` use:
 
   recall             planted patterns in >= 2% of the traces that a finding matches   >= 0.95
   precision          findings (distinct category + key) that match a planted pattern  >= 0.95
@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from store_bench import ingest, measure
 
+from halo_rlm.evaluate import score_planted
 from halo_rlm.report import Finding, Report
 from halo_rlm.simulate import GroundTruth, simulate
 from halo_rlm.store import TraceStore
@@ -134,8 +135,8 @@ def bench(work: Path, truth: GroundTruth, *, llm: bool = False) -> dict[str, Any
     loaded = ingest(truth.traces_path, store)
     analysed = analysis(store, report_path)
     findings = Report.model_validate_json(report_path.read_bytes()).findings
-    score = truth.score(findings)
-    llm_score = truth.score(llm_mode(store)) if llm else None
+    score = score_planted(truth, findings)
+    llm_score = score_planted(truth, llm_mode(store)) if llm else None
     not_recounted = [
         f.id
         for f in findings

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from halo_rlm.detect import Thresholds, analyze
+from halo_rlm.evaluate import score_planted
 from halo_rlm.report import Report
 from halo_rlm.simulate import simulate
 from halo_rlm.store import TraceStore
@@ -213,6 +214,51 @@ def test_hallucinated_tools_from_offered_lists_and_errors(tmp_path: Path) -> Non
     }
 
 
+def test_openai_agents_sdk_unknown_tools_and_stack_traces(tmp_path: Path) -> None:
+    """The Agents SDK's ways of saying a tool does not exist (its span error with the name as data, and
+    ModelBehaviorError), and a recorded exception whose stack trace quotes the caller's code: the error is
+    about the tool, not about `max_turns` in that code."""
+    runs = []
+    for i in range(4):
+        run = healthy(f"sdk{i}")
+        run.spans.append(
+            span(
+                f"sdk{i}",
+                "CHAIN",
+                "turn",
+                parent=run.root["span_id"],
+                error="Tool not found: {'tool_name': 'check_warranty'}",
+            )
+        )
+        runs.append(run)
+    for i in range(3):
+        run = healthy(f"mbe{i}")
+        task = span(
+            f"mbe{i}",
+            "CHAIN",
+            "support.task",
+            parent=run.root["span_id"],
+            error="ModelBehaviorError: Tool check_stock_level not found in agent SupportAgent",
+        )
+        task["events"] = [
+            {
+                "name": "exception",
+                "timestamp": T0,
+                "attributes": {
+                    "exception.type": "agents.exceptions.ModelBehaviorError",
+                    "exception.message": "Tool check_stock_level not found in agent SupportAgent",
+                    "exception.stacktrace": 'File "run.py", line 50\n    await Runner.run(agent, task, max_turns=6)',
+                },
+            }
+        ]
+        run.spans.append(task)
+        runs.append(run)
+    assert keyed(findings_of(tmp_path, runs)) == {
+        ("hallucinated_tool", "check_warranty"): 4,
+        ("hallucinated_tool", "check_stock_level"): 3,
+    }
+
+
 def test_invalid_arguments_timeouts_rate_limits_context_and_max_turns(tmp_path: Path) -> None:
     runs = []
     for i in range(3):
@@ -395,7 +441,7 @@ def test_simulated_corpus_recall_precision_and_counts(tmp_path: Path, fmt: str) 
         store.ingest([str(truth.traces_path)])
     with TraceStore.open(tmp_path / "sim.duckdb", read_only=True) as store:
         report = analyze(store)
-    score = truth.score(report.findings)  # patterns in 2% or more of the traces count towards recall
+    score = score_planted(truth, report.findings)  # patterns in 2% or more of the traces count towards recall
     assert score.systemic, truth.patterns
     assert score.recall >= 0.9, score
     assert score.precision >= 0.9, score  # no finding made of distractors

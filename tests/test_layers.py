@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("halo_rlm.store", "halo_rlm.llm", "halo_rlm.tracing", "halo_rlm.simulate"),
     ("halo_rlm.sources", "halo_rlm.collect", "halo_rlm.detect", "halo_rlm.verify", "halo_rlm.render"),
     ("halo_rlm.engine",),
-    ("halo_rlm.runs", "halo_rlm.compare", "halo_rlm.evaluate"),
+    ("halo_rlm.runs", "halo_rlm.analyses", "halo_rlm.compare", "halo_rlm.evaluate", "halo_rlm.trail"),
     ("halo_rlm.loop",),
     ("halo_rlm.cli", "halo_rlm.web"),
     ("halo_rlm", "halo_rlm.__main__"),  # the public API facade and `python -m halo_rlm`

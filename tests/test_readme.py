@@ -82,3 +82,15 @@ def test_the_sql_tool_describes_the_schema() -> None:
     [tool] = [t for t in TRACE_TOOLS if t.name == "query_sql"]
     assert tool.description == sql_tool_description()
     assert all(c.name in tool.description for c in SPAN_COLUMNS if c.notable)
+
+
+def test_the_compare_example(traces: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from halo_rlm.store import TraceStore
+
+    for name, seed, rates in (("before", 4, {}), ("after", 5, {"tool_error": 0.0})):
+        made = simulate(traces / f"{name}.jsonl", traces=600, seed=seed, rates=rates)
+        with TraceStore.open(traces / f"{name}.duckdb") as store:
+            store.ingest([str(made.traces_path)])
+    exec(compile(python_block("### Did the fix work?"), "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "fixed tool_error:lookup_order" in printed and "→ 0.0%" in printed

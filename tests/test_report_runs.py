@@ -36,6 +36,7 @@ from scripted_llm import (
 from halo_rlm.cli import cli
 from halo_rlm.detect import analyze
 from halo_rlm.engine import AgentOutputItem, EngineConfig, stream_engine_async
+from halo_rlm.evaluate import score_planted
 from halo_rlm.llm import LLMError
 from halo_rlm.report import Report
 from halo_rlm.simulate import GroundTruth, simulate
@@ -117,7 +118,7 @@ def test_llm_mode_keeps_every_detector_finding_and_scores_at_least_as_well(
     assert set(claims) == {"made_up_tool", "gpt-imaginary"}  # kept, and marked
     assert claims["made_up_tool"].check and claims["made_up_tool"].check.status == "flagged"
     assert claims["gpt-imaginary"].check and claims["gpt-imaginary"].check.status == "unverifiable"
-    before, after = truth.score(detector_report.findings), truth.score(asserted(report))
+    before, after = score_planted(truth, detector_report.findings), score_planted(truth, asserted(report))
     assert after.recall >= before.recall and after.precision >= before.precision
     assert after.recall >= 0.95 and after.precision >= 0.95
     markdown = (tmp_path / "r" / "report.md").read_text()

@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from halo_rlm import simulate as sim
+from halo_rlm.evaluate import score_planted
 from halo_rlm.simulate import DEFAULT_DISTRACTOR_RATE, DEFAULT_RATES, GroundTruth, simulate
 
 HALO_KEYS = [
@@ -253,7 +254,7 @@ def test_score_matches_findings_to_patterns_by_category_and_key(corpora):
         SimpleNamespace(category="repetition_loop", key="web_search", affected_traces=loop - loop // 2),
         SimpleNamespace(category="tool_error", key="export_calendar", affected_traces=3),
     ]
-    score = truth.score(findings)
+    score = score_planted(truth, findings)
     systemic = [pid for pid, n in planted.items() if n >= 0.02 * 2_000]
     assert score.systemic == systemic and {"tool_error:lookup_order", "repetition_loop:web_search"} <= set(
         systemic

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +67,7 @@ ERROR_SIGNATURES: list[tuple[Category, str]] = [
     (
         "hallucinated_tool",
         r"(unknown|invalid|unsupported|unrecognized|non-?existent|undefined) (tool|function)|"
-        r"(tool|function) (not found|does not exist|is not available|not available|not registered)|"
+        r"(tool|function) ([\w.-]+ )?(not found|does not exist|is not available|not available|not registered)|"
         r"no (such )?(tool|function) (named|called)|toolnotfound|functionnotfound|model tried to call unknown",
     ),
     ("handoff", r"hand-?off|transfer_to_|transfer to [\w.-]+ failed"),
@@ -418,6 +418,27 @@ def analyze(
             f"min_share={t.min_share:g} of {dataset.traces:,} traces); one-off errors are not reported."
         ],
     )
+
+
+def prepared_queries(
+    store: TraceStore, queries: Sequence[str], *, thresholds: Thresholds | None = None
+) -> list[str]:
+    """`queries` (findings' recount queries) ready to run many times over on this store connection. A
+    detection whose occurrences are slow to compute has a `setup` that materialises them and a `scan`
+    that reads them; a query that embeds those occurrences is rewritten to read the scan instead, after
+    the setup ran once. The scan holds the same rows, so each query finds the same traces. Queries that
+    embed nothing prepared are returned unchanged."""
+    t = thresholds or Thresholds()
+    prepared = list(queries)
+    for make in DETECTIONS.values():
+        detection = make(store.dialect, t, 1)
+        embedded = f"({detection.occurrences})"
+        if detection.scan is None or not any(embedded in q for q in prepared):
+            continue
+        for statement in detection.setup:
+            store.query(statement)
+        prepared = [q.replace(embedded, f"({detection.scan})") for q in prepared]
+    return prepared
 
 
 def _groups(store: TraceStore, t: Thresholds, minimum: int) -> list[tuple[Detector, dict[str, Any]]]:

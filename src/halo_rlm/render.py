@@ -36,6 +36,7 @@ from halo_rlm.verify import CITATION
 __all__ = [
     "DATA_NOT_INSTRUCTIONS",
     "anchor_id",
+    "follow_up_markdown",
     "markdown_html",
     "safe_markdown",
     "to_html",
@@ -348,6 +349,13 @@ def to_markdown(report: Report, *, keep_secrets: bool = False) -> str:
 
 def _numbered(findings: list[Finding], prefix: str) -> list[tuple[str, Finding]]:
     return [(f"{prefix}{i}.", f) for i, f in enumerate(findings, 1)]
+
+
+def follow_up_markdown(question: str, answer: str) -> str:
+    """A follow-up question and the model's answer, to append to a report.md: the question on one
+    line, the answer quoted like the analysis."""
+    lines = ["", "", "---", "", f"## Follow-up: {safe_markdown(question, 500)}", ""]
+    return "\n".join([*lines, *_quoted_block(answer or "(no answer)"), ""])
 
 
 def _finding_markdown(number: str, f: Finding, r: Report) -> list[str]:

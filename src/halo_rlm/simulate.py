@@ -30,15 +30,12 @@ from functools import cached_property
 from itertools import product
 from pathlib import Path
 from random import Random
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, Field
 
 from halo_rlm.__about__ import __version__
-
-if TYPE_CHECKING:
-    from halo_rlm.report import Finding
 
 Category = Literal[
     "hallucinated_tool",
@@ -132,51 +129,6 @@ class GroundTruth(BaseModel):
         truth_path = Path(truth_path)
         data = orjson.loads(truth_path.read_bytes())
         return cls(**data, traces_path=truth_path.with_name(data["corpus"]["file"]), truth_path=truth_path)
-
-    def score(self, findings: Sequence[Finding], systemic_share: float = 0.02) -> Score:
-        """Score detector findings against what was planted. A finding matches a pattern by
-        `category` + `key`; a pattern counts towards recall when it is in at least `systemic_share`
-        of the traces, and a finding that matches no planted pattern is a false positive."""
-        planted = {(p.category, p.key): p for p in self.patterns}
-        found = {(f.category, f.key) for f in findings}
-        systemic = [p for p in self.patterns if p.affected_traces >= systemic_share * self.corpus.traces]
-        count_errors: dict[str, float] = {}
-        for f in findings:  # every finding, so two findings splitting one pattern's count both answer for it
-            p = planted.get((f.category, f.key))
-            if p is not None:
-                error = abs(f.affected_traces - p.affected_traces) / p.affected_traces
-                count_errors[p.id] = max(error, count_errors.get(p.id, 0.0))
-        return Score(
-            systemic=[p.id for p in systemic],
-            missed=[p.id for p in systemic if (p.category, p.key) not in found],
-            found=len(found),
-            false_positives=sorted(f"{c}:{k}" for c, k in found - planted.keys()),
-            count_errors=count_errors,
-        )
-
-
-@dataclass(frozen=True)
-class Score:
-    """How detector findings compare with the ground truth. Findings are counted by distinct
-    `category` + `key`, the unit a pattern is planted and matched by."""
-
-    systemic: list[str]  # ids of the planted patterns recall is measured on
-    missed: list[str]  # ...and those no finding matches
-    found: int  # distinct (category, key) among the findings
-    false_positives: list[str]  # "category:key" of findings matching no planted pattern
-    count_errors: dict[str, float]  # pattern id -> worst |found - planted| / planted of its findings
-
-    @property
-    def recall(self) -> float:
-        return (len(self.systemic) - len(self.missed)) / len(self.systemic) if self.systemic else 1.0
-
-    @property
-    def precision(self) -> float:
-        return (self.found - len(self.false_positives)) / self.found if self.found else 1.0
-
-    @property
-    def worst_count_error(self) -> float:
-        return max(self.count_errors.values(), default=0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1502,7 +1454,7 @@ def _plan(run: _Run, rng: Random) -> None:
         return out
 
     answer = _say(run, run.scenario.answer)
-    run.steps = turns(run.scenario.turns)
+    run.steps = [*turns(run.scenario.turns)]
     if run.scenario.handoff:
         target, spec = run.scenario.handoff
         run.steps.append(_Handoff(target, [*turns(spec), _Turn([], text=answer)]))
@@ -1718,11 +1670,13 @@ def _context_overflow(run: _Run, rng: Random) -> None:
 
 def _empty_or_truncated_output(run: _Run, rng: Random) -> None:
     final = run.steps[-1]
+    assert isinstance(final, _Turn)  # a run ends with its answer
     final.finish, final.completion_tokens = "length", MAX_OUTPUT_TOKENS
+    text = final.text or ""
     if rng.random() < 0.4:  # thinking used the whole output budget
         final.text = ""
     else:
-        final.text = final.text[: rng.randint(len(final.text) // 3, 2 * len(final.text) // 3)]
+        final.text = text[: rng.randint(len(text) // 3, 2 * len(text) // 3)]
 
 
 def _guardrail(run: _Run, rng: Random) -> None:
@@ -2080,7 +2034,8 @@ class _Recorder:
     """Walks one run's plan with a clock, keeping the conversation the model sees at each call."""
 
     def __init__(self, run: _Run, rng: Random):
-        self.run, self.rng, self.conv = run, rng, run.service.convention
+        self.run, self.rng = run, rng
+        self.conv: Any = run.service.convention  # each convention writes the spans it has
         self.now = run.start
         self.spans: list[_Span] = []  # in the order they end
         self.history: list[dict] = []  # OpenAI chat messages, system first
@@ -2099,10 +2054,10 @@ class _Recorder:
             self._close(g)
         self._wait(1, 5)
         self.conv.agent(root, run, run.agent, run.question, None if run.error else answer)
-        self._close(root, run.error and ("agent", run.error.message, run.error.exc))
+        self._close(root, ("agent", run.error.message, run.error.exc) if run.error else None)
         return self.spans
 
-    def _agent_turns(self, agent: _Agent, steps: list[_Turn | _Handoff], parent: _Span) -> str | None:
+    def _agent_turns(self, agent: _Agent, steps: Sequence[_Turn | _Handoff], parent: _Span) -> str | None:
         run, answer = self.run, None
         self._set_system(agent.instructions + (run.context_note if agent is run.agent else ""))
         if len(self.history) == 1:
@@ -2124,7 +2079,7 @@ class _Recorder:
         if chain:
             self.conv.turn(chain, self.run, agent, n, usage or _Usage(0, 0))
             # a failed model call fails its turn too: the exception passes through
-            self._close(chain, turn.fail and ("llm", turn.fail.message, turn.fail.exc))
+            self._close(chain, ("llm", turn.fail.message, turn.fail.exc) if turn.fail else None)
 
     def _respond(self, agent: _Agent, turn: _Turn, extra_tools: list[dict], parent: _Span) -> _Usage | None:
         """The model calls of one turn (failed attempts, then the answer) and the tools it asked for."""
@@ -2185,7 +2140,7 @@ class _Recorder:
             running.append((s, call, True))
         for s, call, answered in sorted(running, key=lambda sc: sc[0].end):
             self.conv.tool(s, self.run, agent, call)
-            self._close(s, call.error and ("tool", call.error, call.exc), at=s.end)
+            self._close(s, ("tool", call.error, call.exc) if call.error else None, at=s.end)
             if answered:  # the model sees the last attempt's result only
                 self._remember(
                     {"role": "tool", "tool_call_id": call.id, "content": call.error or call.result}
@@ -2196,7 +2151,7 @@ class _Recorder:
         s = self._open(parent)
         self._wait(1, 4)
         self.conv.handoff(s, self.run, source, handoff.target)
-        self._close(s, handoff.error and ("handoff", handoff.error, "HandoffError"))
+        self._close(s, ("handoff", handoff.error, "HandoffError") if handoff.error else None)
         if handoff.error:
             return None
         target = AGENTS[handoff.target]
@@ -2245,7 +2200,7 @@ class _Recorder:
         self.now += int(self.rng.uniform(low_ms, high_ms) * 1e6)
 
     def _open(self, parent: _Span | None) -> _Span:
-        return _Span(self.rng.getrandbits(96), parent and parent.span_id, self.now)
+        return _Span(self.rng.getrandbits(96), parent.span_id if parent else None, self.now)
 
     def _close(self, s: _Span, error: tuple[Failing, str, str] | None = None, at: int | None = None) -> None:
         s.end = self.now if at is None else at
@@ -2283,7 +2238,7 @@ def _halo_lines(trace_id: str, service: _Service, spans: list[_Span]) -> bytes:
     resource, scope = {"attributes": service.resource}, {"name": name, "version": version}
     lines = []
     for s in spans:
-        line = {
+        line: dict[str, Any] = {
             "trace_id": trace_id,
             "span_id": f"{s.span_id & mask:0{width}x}",
             "parent_span_id": "" if s.parent_id is None else f"{s.parent_id & mask:0{width}x}",
@@ -2314,6 +2269,7 @@ def _any_value(v: object) -> dict:
         return {"intValue": str(v)}
     if isinstance(v, float):
         return {"doubleValue": v}
+    assert isinstance(v, list | tuple), v
     return {"arrayValue": {"values": [_any_value(x) for x in v]}}
 
 
@@ -2604,7 +2560,7 @@ def simulate(
         raise ValueError(f"format must be 'halo' or 'otlp', not {format!r}")
     if traces < 1:
         raise ValueError("traces must be at least 1")
-    rates = {**DEFAULT_RATES, **(rates or {})}
+    rates = {**{str(category): rate for category, rate in DEFAULT_RATES.items()}, **(rates or {})}
     affected: dict[str, list[str]] = {m.id: [] for m in MODES}
     distractor_ids: list[str] = []
     spans = healthy = 0

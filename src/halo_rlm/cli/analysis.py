@@ -64,20 +64,25 @@ def run_detectors(
     keep_secrets: bool = False,
     notes: Sequence[str] = (),
 ) -> tuple[Report, dict[str, Path]]:
-    """The detectors' report, verified and written to `out_dir` (with `notes` added); credentials in
-    it are redacted unless `keep_secrets`."""
-    from halo_rlm.detect import Thresholds, analyze
+    """The detectors' report, verified, recorded as a run and written to `out_dir` (with `notes`
+    added); credentials in it are redacted unless `keep_secrets`."""
+    from halo_rlm.analyses import analyze_with_detectors
+    from halo_rlm.detect import Thresholds
     from halo_rlm.render import write
-    from halo_rlm.verify import verify
+    from halo_rlm.store import StoreError
 
     target = resolve_store(paths, store_path, quiet=quiet)
-    with open_read_only(target) as store:
-        report = analyze(
-            store,
-            thresholds=Thresholds(min_traces=min_traces, min_share=min_share),
+    try:
+        run, report = analyze_with_detectors(
+            target,
             inputs=[str(p) for p in paths],
+            thresholds=Thresholds(min_traces=min_traces, min_share=min_share),
+            source="cli",
         )
-        verify(report, store)
+    except StoreError as exc:
+        fail(str(exc))
+    if not quiet:
+        err.print(f"[dim]Recorded as run {run.id} (halo runs show {run.id})[/]")
     report.notes.extend(notes)
     report = report.cleaned(keep_secrets=keep_secrets)
     return report, write(report, out_dir, keep_secrets=True)
@@ -424,25 +429,8 @@ def run(
     deterministic detectors' findings are its starting hypotheses. Without one, the detectors alone
     write the report.
     """
-    from pydantic import ValidationError
 
-    from halo_rlm.engine import EngineConfig
-    from halo_rlm.pricing import PriceError
-    from halo_rlm.pricing import load as load_prices
-
-    try:
-        # The engine options are named as EngineConfig's fields; three need reading first.
-        config = EngineConfig.model_validate(
-            {
-                **engine,
-                "headers": parse_headers(engine["headers"]),
-                "dataset_context": read_context(engine["dataset_context"]),
-                "prices": load_prices(engine["prices"]) if engine["prices"] else {},
-                "out_dir": out_dir,
-            }
-        )
-    except (ValidationError, PriceError) as exc:
-        fail(_validation_text(exc) if isinstance(exc, ValidationError) else str(exc))
+    config = engine_config(engine, out_dir)
     if not config.provider.configured:
         notes = [
             "LLM analysis was skipped: no model provider is configured. Set OPENAI_API_KEY "
@@ -469,7 +457,7 @@ def run(
         err.print(f"[yellow]{escape(report.notes[-1])}[/]")
         return
     target = resolve_store(paths, store_path, quiet=as_json)
-    made, error = run_engine_live(prompt, config, target, as_json=as_json)
+    made, error = run_engine_live(prompt, config, target, as_json=as_json, inputs=[str(p) for p in paths])
     if made is None:
         fail(
             "\n".join([first_line(error), *getattr(error, "__notes__", ())])
@@ -494,40 +482,68 @@ def run(
 REPORT_FILES = (("markdown", "md"), ("json", "json"), ("html", "html"))
 
 
+def engine_config(engine: dict[str, Any], out_dir: Path | None) -> EngineConfig:
+    """The EngineConfig of the `engine_options` a command was given (named as its fields; three need
+    reading first)."""
+    from pydantic import ValidationError
+
+    from halo_rlm.engine import EngineConfig
+    from halo_rlm.pricing import PriceError
+    from halo_rlm.pricing import load as load_prices
+
+    try:
+        return EngineConfig.model_validate(
+            {
+                **engine,
+                "headers": parse_headers(engine["headers"]),
+                "dataset_context": read_context(engine["dataset_context"]),
+                "prices": load_prices(engine["prices"]) if engine["prices"] else {},
+                "out_dir": out_dir,
+            }
+        )
+    except (ValidationError, PriceError) as exc:
+        fail(_validation_text(exc) if isinstance(exc, ValidationError) else str(exc))
+
+
 def _validation_text(exc: ValidationError) -> str:
     return "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
 
 
 def run_engine_live(
-    prompt: str, config: EngineConfig, store_path: str, *, as_json: bool
+    prompt: str, config: EngineConfig, store_path: str, *, as_json: bool, inputs: Sequence[str] = ()
 ) -> tuple[Report | None, BaseException | None]:
-    """Run the engine, showing a live tree of agents (or JSON lines); return its report and the
-    error that stopped it, if any. The engine writes a report whatever stops it: the first Ctrl-C
-    stops the run and lets it write one with what is verified so far (the process then exits 130),
-    a second Ctrl-C exits at once."""
+    """Run the engine (recorded as a run), showing a live tree of agents (or JSON lines); return its
+    report and the error that stopped it, if any. The engine writes a report whatever stops it: the
+    first Ctrl-C stops the run and lets it write one with what is verified so far (the process then
+    exits 130), a second Ctrl-C exits at once."""
     import asyncio
     import time
 
     from rich.live import Live
 
-    from halo_rlm.engine import AgentOutputItem, EngineError, RunView, stream_engine_async
+    from halo_rlm.analyses import stream_recorded
+    from halo_rlm.engine import AgentOutputItem, EngineError, RunView
     from halo_rlm.llm import LLMError
-    from halo_rlm.store import StoreError, TraceStore
+    from halo_rlm.runs import Run
+    from halo_rlm.store import StoreError
 
     view = RunView()
     final: list[Report] = []
     started = time.time()
 
     async def consume() -> None:
-        with TraceStore.open(store_path, read_only=True) as store:
-            async for event in stream_engine_async(prompt, config, store=store):
-                if as_json:
-                    sys.stdout.write(event.model_dump_json(exclude_none=True) + "\n")
-                    sys.stdout.flush()
-                else:
-                    view.update(event)
-                if isinstance(event, AgentOutputItem) and event.final and event.report is not None:
-                    final.append(event.report)
+        async for event in stream_recorded(prompt, config, store_path, inputs=inputs, source="cli"):
+            if isinstance(event, Run):
+                if not as_json:
+                    err.print(f"[dim]Recording as run {event.id} (halo runs show {event.id})[/]")
+                continue
+            if as_json:
+                sys.stdout.write(event.model_dump_json(exclude_none=True, exclude={"conversation"}) + "\n")
+                sys.stdout.flush()
+            else:
+                view.update(event)
+            if isinstance(event, AgentOutputItem) and event.final and event.report is not None:
+                final.append(event.report)
 
     live = (
         Live(

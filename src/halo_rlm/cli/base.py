@@ -85,6 +85,10 @@ def cli() -> None:
       halo sql "SELECT ..."             ask the store anything (read-only SQL)
       halo import langfuse --since 7d   bring traces in from Langfuse (or: halo import phoenix)
       halo collect                      receive traces from running agents (OTLP/HTTP)
+      halo runs                         analyses recorded so far; halo ask RUN "..." follows one up
+      halo compare BEFORE AFTER         did the fix work? failure rates and outcomes, with statistics
+      halo loop --run CMD --fix CMD     run, analyse, let a coding agent fix, re-run, keep what helped
+      halo eval --simulate 2000         how good is the analysis? scored against planted failures
 
     Trace files can be HALO/OpenInference JSONL, OTLP/JSON (one request per line or one document),
     Phoenix span JSON, gzip- or zstd-compressed; give files, directories, globs or - for stdin.

@@ -6,7 +6,7 @@ tokens, cost) — the model the terminal's live view and the web app both render
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -77,6 +77,9 @@ class AgentOutputItem(Lineage):
     final: bool = False
     usage: TurnUsage | None = None
     report: Report | None = None
+    # On the final item: the root agent's whole conversation (Chat Completions messages), so a follow-up
+    # question can continue it (`halo ask`).
+    conversation: list[dict[str, Any]] | None = None
 
 
 class AgentTextDelta(Lineage):

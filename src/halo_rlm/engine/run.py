@@ -964,6 +964,7 @@ async def _finish(
             item=AgentMessage(role="assistant", content=report.answer),
             final=True,
             report=report,
+            conversation=[dict(m) for m in root.messages] if root is not None else [],
             **lineage,
         )
     )

@@ -250,6 +250,25 @@ class TraceStore(ABC):
         result = self.sql(f"SELECT count(DISTINCT trace_id) FROM ({query.rstrip().rstrip(';')})", max_rows=1)
         return int(result.rows[0][0])
 
+    def matching_traces(self, query: str, *, timeout: float = 120.0) -> set[str]:
+        """Every distinct trace id a query's `trace_id` column holds: which traces a finding's query
+        affects, for comparing two stores. Untrusted like `recount`, so it runs through `sql()`."""
+        result = self.sql(
+            f"SELECT DISTINCT trace_id FROM ({query.rstrip().rstrip(';')})",
+            max_rows=1 << 40,
+            max_bytes=1 << 62,
+            timeout=timeout,
+        )
+        return {str(row[0]) for row in result.rows}
+
+    @abstractmethod
+    def trace_values(self, attributes: Sequence[str] = ()) -> dict[str, Any]:
+        """One value per trace, as aligned numpy arrays, for comparing trace sets: `trace_id`, `error`
+        (1.0 when a span failed), `duration_ms`, `tokens` and `cost` (NaN when unknown), the labels
+        `service`, `agent`, `root` and `model`, and for each name in `attributes` (one of those labels,
+        or a span or resource attribute key, taken from the first span that has it, root first) its
+        value as text (None when no span has it)."""
+
     @abstractmethod
     def rejects(self, *, limit: int = 100) -> list[dict[str, Any]]: ...
 

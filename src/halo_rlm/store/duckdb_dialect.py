@@ -9,10 +9,14 @@ from halo_rlm.store.dialect import Detection, Dialect
 
 __all__ = ["DuckDBDialect"]
 
-# What an error says: its message, type, a tool's result and its exception events.
+# What an error says: its message, type, a tool's result and its exception events' types and messages.
+# Not their stack traces: those quote the caller's code (`Runner.run(agent, max_turns=6)`), whose words
+# would claim errors for the wrong category.
 ERROR_TEXT = (
     "concat_ws(' | ', s.status_message, s.error_type, "
-    "CASE WHEN s.kind = 'TOOL' THEN left(s.tool_result, 1000) END, left(s.exceptions::VARCHAR, 1000))"
+    "CASE WHEN s.kind = 'TOOL' THEN left(s.tool_result, 1000) END, "
+    'left(array_to_string(list_transform(from_json(s.exceptions, \'[{"type": "VARCHAR", "message": "VARCHAR"}]\'), '
+    "lambda e: concat_ws(' | ', e.type, e.message)), ' | '), 1000))"
 )
 # Every error span, with what it says.
 ERROR_SPANS = f"""
@@ -24,7 +28,12 @@ WHERE s.status = 'ERROR'"""
 FALLBACKS = "('tool_error', 'other')"
 # The key a finding of each error category is about.
 ERROR_KEYS = {
+    # the tool's name: as a field (`{'tool_name': 'x'}`), in "Tool x not found", else after "tool"
     "hallucinated_tool": r"coalesce(nullif(regexp_extract(error_text, "
+    r"'(?i)tool_?name[''\"]?\s*[:=]\s*[''\"`]?([A-Za-z_][\w.-]*)', 1), ''), "
+    r"nullif(regexp_extract(error_text, '(?i)(?:tool|function)\s+[''\"`]?([A-Za-z_][\w.-]*)[''\"`]?\s+"
+    r"(?:not found|does not exist|is not available|not registered)', 1), ''), "
+    r"nullif(regexp_extract(error_text, "
     r"'(?i)(?:tool|function)[: ]+[''\"`]?([A-Za-z_][\w-]*(?:\.[\w-]+)*)', 1), ''), tool_name, name)",
     "invalid_tool_arguments": "coalesce(tool_name, name)",
     "context_overflow": "coalesce(model, agent, name)",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import duckdb
+import numpy as np
 import orjson
 import regex
 
@@ -609,6 +610,50 @@ class DuckDBStore(TraceStore):
         """Rows of SQL written by HALO itself (the detectors). Untrusted SQL goes through `sql()`."""
         return self._rows(sql, params)
 
+    def trace_values(self, attributes: Sequence[str] = ()) -> dict[str, Any]:
+        named = [a for a in dict.fromkeys(attributes) if a not in TRACE_LABELS]
+        for name in named:
+            if not ATTRIBUTE_NAME.fullmatch(name):
+                raise StoreError(
+                    f"{name!r}: an attribute name is letters, digits and . _ - : / (e.g. support.resolved)"
+                )
+        columns = [
+            "t.trace_id",
+            "CASE WHEN t.has_errors THEN 1.0 ELSE 0.0 END AS error",
+            "t.duration_ns / 1e6 AS duration_ms",
+            "t.total_tokens::DOUBLE AS tokens",
+            "t.cost AS cost",
+            *(f"{expression} AS {label}" for label, expression in TRACE_LABELS.items()),
+        ]
+        joins = []
+        for i, name in enumerate(named):
+            # the first span carrying the attribute (root first, then by start); the substring test
+            # skips the JSON parse for spans that cannot have it
+            value = (
+                f"coalesce(json_extract_string(raw, '$.attributes.\"{name}\"'), "
+                f"json_extract_string(raw, '$.resource.attributes.\"{name}\"'))"
+            )
+            joins.append(
+                f"LEFT JOIN (SELECT trace_id, arg_min(v, (parent_id IS NOT NULL, start_ns)) AS v FROM "
+                f"(SELECT trace_id, parent_id, start_ns, {value} AS v FROM spans WHERE contains(raw, '{name}')) "
+                f"WHERE v IS NOT NULL GROUP BY trace_id) a{i} USING (trace_id)"
+            )
+            columns.append(f"a{i}.v AS a{i}")
+        data = self.con.execute(
+            f"SELECT {', '.join(columns)} FROM traces t {' '.join(joins)} ORDER BY t.trace_id"
+        ).fetchnumpy()
+        values: dict[str, Any] = {
+            "trace_id": _strings(data["trace_id"]),
+            **{c: _floats(data[c]) for c in ("error", "duration_ms", "tokens", "cost")},
+            **{label: _strings(data[label]) for label in TRACE_LABELS},
+        }
+        for i, name in enumerate(named):
+            values[name] = np.asarray(
+                np.ma.filled(data[f"a{i}"], None) if np.ma.isMaskedArray(data[f"a{i}"]) else data[f"a{i}"],
+                dtype=object,
+            )
+        return values
+
     def known_traces(self, trace_ids: Iterable[str]) -> set[str]:
         ids = sorted(set(trace_ids))
         rows = self.con.execute(
@@ -709,6 +754,26 @@ class DuckDBStore(TraceStore):
 
 class _Timeout(Exception):
     pass
+
+
+# Labels of a trace a comparison can group or stratify by (`trace_values`).
+TRACE_LABELS = {
+    "service": "array_to_string(list_sort(t.services), ',')",
+    "agent": "array_to_string(list_sort(t.agents), ',')",
+    "root": "coalesce(t.root_name, '')",
+    "model": "array_to_string(list_sort(t.models), ',')",
+}
+ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,200}")
+
+
+def _floats(column: Any) -> Any:
+    """A fetched numeric column as float64, NULL as NaN (DuckDB hands nullable columns over masked)."""
+    return np.ma.filled(np.ma.asarray(column).astype(np.float64), np.nan)
+
+
+def _strings(column: Any) -> Any:
+    """A fetched text column as a numpy array of str (None as the empty string)."""
+    return np.array(["" if v is None else str(v) for v in np.asarray(column, dtype=object)], dtype=str)
 
 
 SORT_COLUMNS = {

@@ -12,7 +12,7 @@ from halo_rlm import files
 from halo_rlm.store.schema import SCHEMA_VERSION
 from halo_rlm.utils import cache_dir
 
-__all__ = ["for_collector", "for_inputs", "for_source", "last", "remember"]
+__all__ = ["for_collector", "for_inputs", "for_source", "last", "remember", "runs_for"]
 
 
 def for_inputs(inputs: Sequence[files.InputFile]) -> Path:
@@ -30,6 +30,16 @@ def for_source(kind: str, *identity: str) -> Path:
 def for_collector(port: int) -> Path:
     """The store a collector on `port` writes to."""
     return _stores() / f"collect-{port}.duckdb"
+
+
+def runs_for(store: str | Path | None) -> Path:
+    """Where the runs on a store are recorded (`runs.RunRegistry`): beside a store the user placed
+    (`traces.duckdb` -> `traces.runs/`); one shared folder in the cache for the stores HALO placed
+    there itself, and for runs on no one store (loops, evaluations)."""
+    if store is None or Path(store).resolve().parent == _stores().resolve():
+        return cache_dir() / "runs"
+    path = Path(store)
+    return path.with_name(path.stem + ".runs")
 
 
 def remember(path: str | Path) -> None:
