@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from click.testing import CliRunner
 from scripted_analyst import analyst
@@ -363,3 +364,36 @@ def test_demo_never_starts_a_paid_run_unasked(tmp_path: Path, monkeypatch: pytes
         assert llm.chat_requests
     report = Report.model_validate_json((tmp_path / "m" / "report.json").read_bytes())
     assert report.mode == "llm" and report.outcome.complete
+
+
+# --- credentials never reach the model ----------------------------------------------------------
+
+
+def test_credentials_in_traces_never_reach_the_model_unless_kept(tmp_path: Path) -> None:
+    from test_detect import build
+    from test_report import OPENAI_KEY, PASSWORD, hostile_runs
+
+    build(tmp_path, hostile_runs()).close()
+
+    def explorer(request: ChatRequest) -> Any:
+        if not request.tool_results:
+            return ToolCalls(
+                [
+                    Call("view_trace", {"trace_id": "err0"}),
+                    Call("query_sql", {"query": "SELECT raw FROM spans WHERE trace_id = 'err1'"}),
+                    Call("search_trace", {"trace_id": "err2", "regex_pattern": "api_key|password"}),
+                ]
+            )
+        return ToolCalls([Call("final_answer", {"answer": "# Done"})])
+
+    with TraceStore.open(tmp_path / "s.duckdb", read_only=True) as store:
+        for keep in (False, True):
+            with ScriptedLLM(explorer) as llm:
+                report, error, _ = engine(llm.base_url, store, tmp_path / f"r{keep}", keep_secrets=keep)
+                sent = b"".join(orjson.dumps(r.body) for r in llm.requests)
+            assert error is None and report is not None
+            leaked = OPENAI_KEY.encode() in sent or PASSWORD.encode() in sent
+            assert leaked == keep, keep
+            assert (b"[REDACTED]" in sent) != keep
+            written = b"".join(p.read_bytes() for p in (tmp_path / f"r{keep}").iterdir())
+            assert (OPENAI_KEY.encode() in written) == keep

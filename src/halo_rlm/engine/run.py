@@ -750,7 +750,9 @@ def _outcome(run: Run, root: Agent | None, stopped: BaseException | None) -> rep
         kind: Any = "timeout" if "time" in budget else "budget"
         return reports.Outcome(complete=False, stopped_by=kind, reason=f"{budget}.", not_done=not_done)
     if root.status == "partial" and root.turns >= cfg.max_turns:
-        reason = f"the root agent used its {cfg.max_turns} turns (--max-turns) without a final answer."
+        reason = (
+            f"the root agent reached its turn limit ({cfg.max_turns}, --max-turns) without a final answer."
+        )
         return reports.Outcome(complete=False, stopped_by="turn_limit", reason=reason, not_done=not_done)
     if root.status == "partial":
         return reports.Outcome(
