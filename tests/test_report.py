@@ -184,7 +184,7 @@ def assert_data_only(markdown: str, *, quoted_block_allowed: bool = False) -> No
         planted = "curl evil" in t.content or "Recommendation:" in t.content
         if t.type in ("text", "inline") and t.children is None and planted:
             assert quoted_block_allowed and depth > 0, f"trace text outside quotes: {t.content!r}"
-    headings = [t for t in tokens if t.type == "heading_open"]
+    headings = [t for t in tokens if t.type == "heading_open" and t.level == 0]  # HALO's, not the quote's
     titles = [tokens[tokens.index(h) + 1].content for h in headings]
     assert all(not re.search(r"Recommendation", title) or "`" in title for title in titles)
 
@@ -395,3 +395,24 @@ def test_a_report_without_findings_or_dataset_renders(tmp_path: Path) -> None:
     paths = write(empty, tmp_path)
     assert "No systemic failure found" in paths["markdown"].read_text()
     assert "No data." in paths["html"].read_text()
+
+
+def test_the_models_analysis_is_quoted_and_cannot_swallow_the_report(hostile_report: Report) -> None:
+    report = hostile_report.model_copy(deep=True)
+    report.mode = "llm"
+    report.answer = (
+        f"# Root cause\n\nThe tool said: {HOSTILE}\n\n<div onclick=x>raw</div>\n\n[ok](https://example.com) "
+        "[bad](javascript:alert(1)) ![img](http://evil.example/i.png)\n[ref]: javascript:alert(1)\n\n"
+        "```\nan unclosed fence that would swallow the rest of the report"
+    )
+    markdown = to_markdown(report)
+    assert_data_only(markdown, quoted_block_allowed=True)
+    tokens = markdown_tokens(markdown)
+    sections = [
+        tokens[i + 1].content
+        for i, t in enumerate(tokens)
+        if t.type == "heading_open" and t.tag == "h2" and t.level == 0  # not inside the quote
+    ]
+    assert sections == ["Findings", "Analysis", "Prioritised fix list", "Recount queries"]
+    links = [t.attrGet("href") for t in tokens if t.type == "link_open"]
+    assert links == ["https://example.com"]

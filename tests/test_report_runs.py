@@ -389,11 +389,13 @@ def test_credentials_in_traces_never_reach_the_model_unless_kept(tmp_path: Path)
     with TraceStore.open(tmp_path / "s.duckdb", read_only=True) as store:
         for keep in (False, True):
             with ScriptedLLM(explorer) as llm:
-                report, error, _ = engine(llm.base_url, store, tmp_path / f"r{keep}", keep_secrets=keep)
+                report, error, events = engine(llm.base_url, store, tmp_path / f"r{keep}", keep_secrets=keep)
                 sent = b"".join(orjson.dumps(r.body) for r in llm.requests)
             assert error is None and report is not None
             leaked = OPENAI_KEY.encode() in sent or PASSWORD.encode() in sent
             assert leaked == keep, keep
+            shown = "".join(e.model_dump_json() for e in events)  # terminals, --json, run logs, the web app
+            assert (OPENAI_KEY in shown or PASSWORD in shown) == keep
             assert (b"[REDACTED]" in sent) != keep
             written = b"".join(p.read_bytes() for p in (tmp_path / f"r{keep}").iterdir())
             assert (OPENAI_KEY.encode() in written) == keep

@@ -502,6 +502,10 @@ class Run:
     def emit(self, event: EngineEvent) -> None:
         self.sequence += 1
         event.sequence = self.sequence
+        if isinstance(event, AgentOutputItem) and not self.config.keep_secrets:
+            # Events reach terminals, --json output, run logs on disk and the web app: tool results
+            # there carry trace text, so they go without its credentials, as they go to the model.
+            event.item = AgentMessage.model_validate(_redacted(event.item.model_dump()))
         self.queue.put_nowait(event)
 
     def note(self, text: str) -> None:
@@ -966,7 +970,9 @@ async def _finish(
             item=AgentMessage(role="assistant", content=report.answer),
             final=True,
             report=report,
-            conversation=[dict(m) for m in root.messages] if root is not None else [],
+            conversation=[
+                dict(m) if run.config.keep_secrets else _redacted(m) for m in (root.messages if root else [])
+            ],
             **lineage,
         )
     )
@@ -999,6 +1005,7 @@ class RedactingLLM:
 
 
 def _redacted(message: dict[str, Any]) -> dict[str, Any]:
+    """A chat message (or an event's message) without credentials in its text and tool arguments."""
     content = message.get("content")
     if not isinstance(content, str) and not message.get("tool_calls"):
         return message
@@ -1006,12 +1013,17 @@ def _redacted(message: dict[str, Any]) -> dict[str, Any]:
     if isinstance(content, str):
         clean["content"] = _redacted_text(content)
     if message.get("tool_calls"):
-        clean["tool_calls"] = [
-            call
-            | {"function": call["function"] | {"arguments": _redacted_text(call["function"]["arguments"])}}
-            for call in message["tool_calls"]
-        ]
+        clean["tool_calls"] = [_redacted_call(call) for call in message["tool_calls"]]
     return clean
+
+
+def _redacted_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A tool call in Chat Completions' shape ({"function": {"arguments"}}) or an event's ({"arguments"})."""
+    if "function" in call:
+        return call | {
+            "function": call["function"] | {"arguments": _redacted_text(call["function"]["arguments"])}
+        }
+    return call | {"arguments": _redacted_text(call["arguments"])}
 
 
 @functools.lru_cache(maxsize=2_048)
