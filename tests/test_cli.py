@@ -9,10 +9,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from agent_traces import write_agent_traces
 from click.testing import CliRunner
 
 from halo_rlm.cli import cli
 from halo_rlm.simulate import simulate
+from halo_rlm.store import paths as store_paths
 
 
 @pytest.fixture
@@ -38,7 +40,7 @@ def test_ingest_then_query_without_paths(run: CliRunner, fixtures: Path) -> None
     code, out, _ = invoke(run, "ingest", fixtures)
     assert code == 0 and "Ingested 0 spans from 0 files (4 already in the store)" in out
     code, out, err = invoke(run, "stats")
-    assert code == 0 and "Using the store of the last ingest" in err
+    assert code == 0 and "(of the last ingest in " in err
     assert "list_files" in out and "Top error groups" in out and "HaloCodeHelper" in out
     code, out, _ = invoke(run, "traces", "--errors", "--sort", "duration")
     assert code == 0 and "301d90d19c94485992997d1cd96bacfd" in out and "of 4 traces" in out
@@ -94,7 +96,7 @@ def test_errors_are_one_clear_line(run: CliRunner, tmp_path: Path, fixtures: Pat
     code, _, err = invoke(run, "sql", "DROP TABLE spans", "--store", store)
     assert code == 1 and "only SELECT" in err
     code, _, err = invoke(run, "traces", "--store", store, "--since", "yesterday")
-    assert code == 1 and "--since: not an ISO-8601 time" in err
+    assert code == 2 and "'--since': not a time: 'yesterday'" in err and "7d" in err
 
 
 def test_demo_runs_the_detectors_on_the_shipped_examples_without_a_provider(
@@ -154,3 +156,130 @@ def test_commands_without_a_model_import_neither_openai_nor_the_engine(tmp_path:
     )
     assert "LOADED []" in result.stdout, result.stdout[-800:] + result.stderr[-800:]
     assert (tmp_path / "report" / "report.json").exists()
+
+
+# --- which store a query command reads --------------------------------------------------------------
+
+
+def test_the_last_store_is_remembered_per_working_directory(
+    run: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project_a, project_b = tmp_path / "a", tmp_path / "b"
+    (project_a / "sub").mkdir(parents=True)
+    project_b.mkdir()
+    traces_a = write_agent_traces(project_a / "a.jsonl", traces=2)
+    traces_b = write_agent_traces(project_b / "b.jsonl", traces=5)
+    monkeypatch.chdir(project_a)
+    assert invoke(run, "ingest", traces_a, "--store", project_a / "a.duckdb")[0] == 0
+    monkeypatch.chdir(project_b)
+    assert invoke(run, "ingest", traces_b, "--store", project_b / "b.duckdb")[0] == 0
+    # Another project's ingest does not change what this one reads, nor does a subfolder lose it.
+    monkeypatch.chdir(project_a / "sub")
+    code, out, err = invoke(run, "stats", "--json")
+    assert code == 0 and orjson.loads(out)["traces"] == 2
+    assert f"Using the store {project_a / 'a.duckdb'} (of the last ingest in {project_a})" in err
+    monkeypatch.chdir(project_b)
+    code, out, _ = invoke(run, "stats", "--json")
+    assert code == 0 and orjson.loads(out)["traces"] == 5
+    monkeypatch.chdir(tmp_path)
+    code, _, err = invoke(run, "stats")
+    assert code == 1 and "no traces given" in err
+
+
+def test_a_failed_ingest_is_not_remembered(
+    run: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    good = write_agent_traces(tmp_path / "good.jsonl", traces=3)
+    assert invoke(run, "ingest", good, "--store", tmp_path / "good.duckdb")[0] == 0
+    csv = tmp_path / "data.csv"
+    csv.write_text("a,b,c\n1,2,3\n")
+    code, out, _ = invoke(run, "ingest", csv, "--store", tmp_path / "csv.duckdb")
+    assert code == 1 and "not trace data" in out
+    code, _, err = invoke(run, "stats", csv)  # files given to a query command: the same rule
+    assert code == 1 and "none of the files given holds traces" in err
+    remembered = store_paths.last(cwd=tmp_path)
+    assert remembered is not None and remembered.store == str(tmp_path / "good.duckdb")
+    code, out, err = invoke(run, "traces", "--json")
+    assert code == 0 and orjson.loads(out)["total"] == 3 and "good.duckdb" in err
+
+
+def test_every_query_command_says_which_store_it_reads(run: CliRunner, tmp_path: Path) -> None:
+    store = tmp_path / "s.duckdb"
+    traces = write_agent_traces(tmp_path / "t.jsonl", traces=3)
+    assert invoke(run, "ingest", traces, "--store", store)[0] == 0
+    for args in (
+        ["stats"],
+        ["traces"],
+        ["show", "trace-0001"],
+        ["sql", "SELECT count(*) AS n FROM spans"],
+        ["analyze", "-o", tmp_path / "report"],
+    ):
+        for json in ([], ["--json"]):
+            code, out, err = invoke(run, *args, "--store", store, *json)
+            assert code == 0, err
+            assert f"Using the store {store} (given with --store)" in err, args
+            assert "Using the store" not in out
+            if json:
+                orjson.loads(out)  # stdout is the JSON alone
+    code, out, err = invoke(run, "stats", traces, "--json")
+    assert code == 0 and "(of the trace files given)" in err and orjson.loads(out)["traces"] == 3
+
+
+# --- validation: one clear error, the same on every command ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["traces", "--errors", "--ok"], "--errors and --ok exclude each other"),
+        (["traces", "--limit", "-1"], "'--limit': -1 is not in the range 1<=x<=1000"),
+        (["traces", "--offset", "-5"], "'--offset': -5 is not in the range x>=0"),
+        (["stats", "--top", "0"], "'--top': 0 is not in the range x>=1"),
+        (["sql", "SELECT 1", "--max-rows", "0"], "'--max-rows': 0 is not in the range x>=1"),
+        (
+            ["analyze", "--min-share", "5"],
+            "'--min-share': '5' is not between 0 and 1 (for five percent write 0.05 or 5%)",
+        ),
+        (["analyze", "--min-share", "lots"], "'--min-share': 'lots' is not a share"),
+        (["analyze", "--min-traces", "0"], "'--min-traces': 0 is not in the range x>=1"),
+        (["traces", "--until", "tomorrow"], "'--until': not a time: 'tomorrow'"),
+        (["import", "phoenix", "--since", "last week"], "'--since': not a time: 'last week'"),
+        (["simulate", "x.jsonl", "--distractors", "2"], "'--distractors': '2' is not between 0 and 1"),
+    ],
+)
+def test_bad_option_values_are_refused_before_anything_runs(
+    run: CliRunner, args: list[str], message: str
+) -> None:
+    code, out, err = invoke(run, *args)
+    assert code == 2 and message in err and "Traceback" not in err + out
+
+
+def test_relative_times_work_wherever_times_are_taken(run: CliRunner, tmp_path: Path) -> None:
+    store = tmp_path / "s.duckdb"
+    assert invoke(run, "ingest", write_agent_traces(tmp_path / "t.jsonl", traces=3), "--store", store)[0] == 0
+    # The traces start in 2026: none started in the last 30 minutes, all in the last 1000 weeks.
+    code, out, _ = invoke(run, "traces", "--store", store, "--since", "30m", "--json")
+    assert code == 0 and orjson.loads(out)["total"] == 0
+    code, out, _ = invoke(run, "traces", "--store", store, "--since", "1000w", "--until", "0m", "--json")
+    assert code == 0 and orjson.loads(out)["total"] == 3
+    code, out, _ = invoke(run, "traces", "--store", store, "--since", "2026-04-24T03:06:40Z", "--json")
+    assert code == 0 and orjson.loads(out)["total"] == 3
+
+
+def test_min_share_takes_a_fraction_or_a_percentage(run: CliRunner, tmp_path: Path) -> None:
+    traces = write_agent_traces(tmp_path / "t.jsonl", traces=6)
+    code, out, _ = invoke(run, "analyze", traces, "--min-share", "50%", "-o", tmp_path / "a", "--json")
+    assert code == 0 and orjson.loads(out)["findings"]
+    code, out, _ = invoke(
+        run, "analyze", traces, "--min-share", "100%", "--min-traces", "7", "-o", tmp_path / "b", "--json"
+    )
+    assert code == 0 and orjson.loads(out)["findings"] == []
+
+
+def test_simulate_makes_a_missing_folder_and_says_why_it_cannot(run: CliRunner, tmp_path: Path) -> None:
+    code, out, err = invoke(run, "simulate", tmp_path / "new" / "deeper" / "t.jsonl", "--traces", "3")
+    assert code == 0 and (tmp_path / "new" / "deeper" / "t.jsonl").exists(), err
+    (tmp_path / "file").write_text("")
+    code, out, err = invoke(run, "simulate", tmp_path / "file" / "t.jsonl", "--traces", "3")
+    assert code == 1 and "cannot create the folder" in err and "Traceback" not in err + out

@@ -78,9 +78,7 @@ def test_exception_mid_file_then_resume(tmp_path: Path) -> None:
 
     def interrupt_at_the_third_batch(inp: files.InputFile) -> Any:
         def report(done: int, spans: int) -> None:
-            calls["n"] += bool(
-                spans
-            )  # a batch committed (the bulk load, which fails on trace 0, reports none)
+            calls["n"] += bool(spans)  # a batch committed (bulk=False: no one-statement load reports first)
             if calls["n"] == 3:
                 raise KeyboardInterrupt
 
@@ -88,7 +86,7 @@ def test_exception_mid_file_then_resume(tmp_path: Path) -> None:
 
     broken = tmp_path / "broken.duckdb"
     with TraceStore.open(broken) as store, pytest.raises(KeyboardInterrupt):
-        store.ingest([str(corpus)], batch_bytes=200_000, progress=interrupt_at_the_third_batch)
+        store.ingest([str(corpus)], batch_bytes=200_000, progress=interrupt_at_the_third_batch, bulk=False)
 
     # Consistent after the interruption: marked partial, and everything up to the resume point is in.
     # (A batch after it may have committed too: batches load two at a time; the re-run re-reads it.)
@@ -124,11 +122,11 @@ def test_killed_process_then_rerun(tmp_path: Path) -> None:
         from halo_rlm.store import TraceStore
         def progress(inp):
             def report(done, spans):
-                if spans:  # a batch committed (the bulk load, which fails on trace 0, reports none)
+                if spans:  # a batch committed (bulk=False: no one-statement load reports first)
                     print(spans, flush=True)
             return report
         with TraceStore.open({str(killed)!r}) as store:
-            store.ingest([{str(corpus)!r}], progress=progress, batch_bytes=250_000)
+            store.ingest([{str(corpus)!r}], progress=progress, batch_bytes=250_000, bulk=False)
         print("finished", flush=True)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)

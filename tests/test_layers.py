@@ -13,10 +13,11 @@ ROOT = Path(halo_rlm.__file__).parent
 
 # Lowest first. A module belongs to the layer of the longest name here that is it or contains it.
 LAYERS: list[tuple[str, ...]] = [
-    ("halo_rlm.__about__", "halo_rlm.defaults", "halo_rlm.utils", "halo_rlm.usage", "halo_rlm.redact"),
+    ("halo_rlm.__about__", "halo_rlm.defaults", "halo_rlm.utils", "halo_rlm.usage"),
     (
         "halo_rlm.files",
         "halo_rlm.formats",
+        "halo_rlm.scrub",
         "halo_rlm.pricing",
         "halo_rlm.providers",
         "halo_rlm.report",

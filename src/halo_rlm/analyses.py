@@ -25,7 +25,7 @@ from halo_rlm import render
 from halo_rlm.detect import Thresholds, analyze
 from halo_rlm.report import Report
 from halo_rlm.runs import Run, RunRegistry, Turn, now
-from halo_rlm.store import StoreError, TraceStore
+from halo_rlm.store import StoreError, TraceStore, paths
 from halo_rlm.verify import verify
 
 if TYPE_CHECKING:  # the engine (and the openai client) load only for analyses with a model
@@ -119,7 +119,7 @@ async def ask(run: Run, question: str, config: EngineConfig) -> AsyncIterator[An
             f"run {run.id} has no saved conversation to continue (only LLM analyses that "
             f"finished have one); start a new analysis instead"
         )
-    if run.record.store is None or not Path(run.record.store).exists():
+    if run.record.store is None or not (paths.is_url(run.record.store) or Path(run.record.store).exists()):
         raise EngineError(f"run {run.id}: its store {run.record.store or '(none)'} is not here any more")
     conversation = orjson.loads(path.read_bytes())
     turn = Turn(question=question, at=now())

@@ -4,14 +4,27 @@ and a model's settings. Plain settings, so configuring a run imports no HTTP cli
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
 from halo_rlm.defaults import ReasoningEffort
 
-__all__ = ["OPENAI_URL", "ModelConfig", "Provider", "ReasoningEffort"]
+__all__ = ["OPENAI_URL", "ModelConfig", "Provider", "ReasoningEffort", "check_url"]
 
 OPENAI_URL = "https://api.openai.com/v1"
+
+
+def check_url(url: str) -> str:
+    """An endpoint's URL, or ValueError saying how to write it: a request to a URL without a scheme
+    or host fails only after every retry, so it is refused before the first."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(
+            f"{url!r} is not an endpoint URL: it needs http:// or https:// and a host, "
+            "e.g. http://localhost:8080/v1"
+        )
+    return url.strip()
 
 
 class ModelConfig(BaseModel):
@@ -32,6 +45,11 @@ class Provider(BaseModel):
     base_url: str | None = None
     api_key: SecretStr | None = None
     headers: dict[str, SecretStr] = {}
+
+    @field_validator("base_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else check_url(value)
 
     @property
     def url(self) -> str:

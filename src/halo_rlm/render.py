@@ -29,8 +29,8 @@ from markdown_it.rules_inline import StateInline
 from markdown_it.token import Token
 from markdown_it.utils import EnvType, OptionsDict
 
-from halo_rlm.report import Evidence, Finding, Impact, Report, cite, code
-from halo_rlm.utils import one_line, printable
+from halo_rlm.report import Budgets, Evidence, Finding, Impact, Report, cite, code
+from halo_rlm.utils import one_line, terminal_safe
 from halo_rlm.verify import CITATION
 
 __all__ = [
@@ -216,7 +216,7 @@ def safe_markdown(text: str, limit: int = INLINE_CHARS) -> str:
     """HALO's or the model's words on one line for markdown: code spans kept (their content is
     inert), everything else escaped so it cannot open a link, an image or HTML; no control
     characters; at most `limit` characters."""
-    flat = one_line(printable(text), limit)
+    flat = one_line(terminal_safe(text), limit)
     return "".join(
         piece if is_code else _escape_md(piece, links=False) for is_code, piece in _code_spans(flat)
     )
@@ -226,9 +226,7 @@ def _quoted_block(text: str) -> list[str]:
     """The model's markdown as a block quote: fenced code left as is (inert), other lines with their
     code spans kept and links only to http(s) or anchors, no images, HTML or control characters."""
     lines, fence = [], None
-    for line in (
-        printable(_clip_chars(text.strip(), ANSWER_CHARS), lines=True).replace("\t", "    ").split("\n")
-    ):
+    for line in terminal_safe(_clip_chars(text.strip(), ANSWER_CHARS)).replace("\t", "    ").split("\n"):
         opening = _FENCE.match(line)
         if fence is not None:
             if opening and opening.group(1)[0] == fence[0] and len(opening.group(1)) >= len(fence):
@@ -257,6 +255,27 @@ def _fenced(text: str, info: str = "text", indent: str = "") -> list[str]:
     return [f"{indent}{fence}{info}", *(f"{indent}{line}" for line in text.split("\n")), f"{indent}{fence}"]
 
 
+def _budgets_text(budgets: Budgets) -> str:
+    """One line: each budget's use against its limit, which one ended the run and what was cut."""
+    shown = {
+        "tokens": lambda n: f"{n:,.0f}",
+        "cost_usd": lambda n: f"${n:,.4f}",
+        "seconds": lambda n: f"{n:,.0f} s",
+        "turns": lambda n: f"{n:,.0f}",
+    }
+    label = {"tokens": "tokens", "cost_usd": "cost", "seconds": "time", "turns": "root's turns"}
+    parts = [
+        f"{label[b.budget]} {shown[b.budget](b.used)} of {shown[b.budget](b.limit)}" for b in budgets.limits
+    ]
+    line = "Budgets: " + " · ".join(parts) + "."
+    if budgets.ended_by:
+        ended = {"tokens": "token budget", "cost_usd": "cost budget", "seconds": "time budget"}
+        line += f" **The {ended.get(budgets.ended_by, 'turn limit')} ended the run.**"
+    if budgets.cut:
+        line += " Cut: " + "; ".join(one_line(c, 300) for c in budgets.cut) + "."
+    return line
+
+
 def to_markdown(report: Report, *, keep_secrets: bool = False) -> str:
     r = report.cleaned(keep_secrets=keep_secrets)
     d = r.dataset
@@ -278,6 +297,8 @@ def to_markdown(report: Report, *, keep_secrets: bool = False) -> str:
             f"Analysis used {u.tokens:,} tokens (${u.cost_usd:.4f}) in {u.seconds:.0f}s across "
             f"{u.agents} agents and {u.turns} model turns.",
         ]
+    if r.budgets:
+        lines += ["", safe_markdown(_budgets_text(r.budgets), 3_000)]
     if r.verification:
         v = r.verification
         lines += [
@@ -340,7 +361,7 @@ def to_markdown(report: Report, *, keep_secrets: bool = False) -> str:
             lines += [
                 f"{number} {code(f.id, 120)}:",
                 "",
-                *_fenced(printable(f.query or "", lines=True).strip(), "sql"),
+                *_fenced(terminal_safe(f.query or "").strip(), "sql"),
                 "",
             ]
     lines += ["---", "", f"Ranking: {r.ranking}", ""]
@@ -380,7 +401,7 @@ def _finding_markdown(number: str, f: Finding, r: Report) -> list[str]:
         for ev in shown:
             lines.append(f"- {code(cite(ev), 200)}" + (f" {safe_markdown(ev.note, 400)}" if ev.note else ""))
             if ev.excerpt:
-                lines += _fenced(one_line(printable(ev.excerpt), EXCERPT_CHARS), indent="  ")
+                lines += _fenced(one_line(terminal_safe(ev.excerpt), EXCERPT_CHARS), indent="  ")
             lines.append(f"  Look further: {code(_show_command(ev, r.store), 400)}")
         if more:
             lines.append(f"- … {more} more in report.json and report.html")
@@ -416,7 +437,7 @@ def markdown_html(text: str, citation_href: Callable[[str, str | None], str | No
     in-page anchors, and each `[trace:…]`/`[span:…:…]` citation a link to `citation_href(trace,
     span)` (plain text when it gives None)."""
     env = {"href": citation_href}
-    return markupsafe.Markup(_MARKDOWN.render(printable(text, lines=True), env))
+    return markupsafe.Markup(_MARKDOWN.render(terminal_safe(text), env))
 
 
 def _citation_rule(state: StateInline, silent: bool) -> bool:
@@ -488,7 +509,7 @@ _MARKDOWN = _markdown_parser()
 
 def _inline_html(text: str, limit: int = INLINE_CHARS) -> markupsafe.Markup:
     """HALO's or the model's words on one line as HTML: escaped, with `code spans` shown as code."""
-    flat = one_line(printable(text), limit)
+    flat = one_line(terminal_safe(text), limit)
     return markupsafe.Markup("").join(
         markupsafe.Markup("<code>{}</code>").format(piece.strip("`").strip() or piece)
         if is_code
@@ -500,7 +521,7 @@ def _inline_html(text: str, limit: int = INLINE_CHARS) -> markupsafe.Markup:
 def _clipped(text: str, limit: int = HTML_CLIP_CHARS) -> markupsafe.Markup:
     """A value that may be long: whole when short, else its head and tail with the rest (up to
     HTML_FULL_CHARS) behind a <details> to expand. Printed without control characters."""
-    text = printable(text, lines=True)
+    text = terminal_safe(text)
     if len(text) <= limit:
         return markupsafe.Markup('<span class="val">{}</span>').format(text)
     return markupsafe.Markup(
@@ -539,7 +560,7 @@ def to_html(report: Report, *, keep_secrets: bool = False) -> str:
     anchors = _Anchors(r)
     in_findings = {(ev.trace_id, ev.span_id) for f in r.findings for ev in f.evidence}
     chart_rows = [
-        (f"{i}. {one_line(printable(f.title), 80)}", f.affected_traces)
+        (f"{i}. {one_line(terminal_safe(f.title), 80)}", f.affected_traces)
         for i, f in enumerate(asserted[:15], 1)
     ]
     return _TEMPLATES.get_template("report.html").render(

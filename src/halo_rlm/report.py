@@ -9,19 +9,23 @@ categories are defined here, once.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field
 
-from halo_rlm.redact import scrub
+from halo_rlm.scrub import scrub_text
 from halo_rlm.usage import Usage
-from halo_rlm.utils import now_iso, one_line, printable
+from halo_rlm.utils import now_iso, one_line, terminal_safe
 
 __all__ = [
     "CATEGORIES",
     "SEVERITY_WEIGHT",
     "AgentUsage",
     "Bucket",
+    "BudgetName",
+    "BudgetUse",
+    "Budgets",
     "Category",
     "Check",
     "DatasetSummary",
@@ -209,6 +213,28 @@ class RunUsage(BaseModel):
         return self.total.tokens
 
 
+BudgetName = Literal["tokens", "cost_usd", "seconds", "turns"]
+
+
+class BudgetUse(BaseModel):
+    """One limit of an LLM run and what the run used of it."""
+
+    budget: BudgetName
+    limit: float = Field(description="The limit given (turns: per agent; the others: the whole run)")
+    used: float = Field(description="What was used (turns: the root agent's)")
+
+
+class Budgets(BaseModel):
+    """The run's budgets: each limit with what was used, which one ended the run, and what was cut
+    because of it (model calls not made, agents stopped early)."""
+
+    limits: list[BudgetUse] = Field(default_factory=list)
+    ended_by: BudgetName | None = Field(
+        None, description="The budget that ended the run (None: the run finished within its budgets)"
+    )
+    cut: list[str] = Field(default_factory=list, description="What was not done because a budget ran out")
+
+
 class Verification(BaseModel):
     verified: int = 0
     flagged: int = 0
@@ -244,6 +270,7 @@ class Report(BaseModel):
         None, description="Models used by role (root, synthesis, compaction)"
     )
     usage: RunUsage | None = None
+    budgets: Budgets | None = Field(None, description="An LLM run's budgets, what was used and what was cut")
     dataset: DatasetSummary
     findings: list[Finding] = Field(default_factory=list)
     answer: str | None = Field(None, description="The LLM's own markdown analysis, when an LLM ran")
@@ -261,23 +288,24 @@ class Report(BaseModel):
     )
 
     def cleaned(self, *, keep_secrets: bool = False) -> Report:
-        """This report as it may be shown or written: its text without control characters (terminal
-        escapes, bidi overrides), and unless `keep_secrets`, credentials replaced by `[REDACTED]`
-        (see `halo_rlm.redact`)."""
-        data = _printable(self.model_dump())
-        return Report.model_validate(data if keep_secrets else scrub(data))
+        """This report as it may be shown or written: what a terminal or a viewer would act on in its
+        text made visible (`utils.terminal_safe`), and unless `keep_secrets`, credentials replaced by
+        `[REDACTED]` (`halo_rlm.scrub`). Ids and queries keep their text: they are checked against
+        the store."""
+        return Report.model_validate(_cleaned(self.model_dump(), None if keep_secrets else scrub_text))
 
 
-EXACT_FIELDS = frozenset({"query", "trace_id", "span_id"})  # ids and SQL must stay as they are to be checked
+EXACT_FIELDS = frozenset({"query", "trace_id", "span_id"})
 
 
-def _printable(value: Any) -> Any:
+def _cleaned(value: Any, scrub: Callable[[str], str] | None, exact: bool = False) -> Any:
     if isinstance(value, str):
-        return printable(value, lines=True)
+        text = value if exact else terminal_safe(value)
+        return scrub(text) if scrub else text
     if isinstance(value, dict):
-        return {k: v if k in EXACT_FIELDS else _printable(v) for k, v in value.items()}
+        return {k: _cleaned(v, scrub, k in EXACT_FIELDS) for k, v in value.items()}
     if isinstance(value, list):
-        return [_printable(v) for v in value]
+        return [_cleaned(v, scrub, exact) for v in value]
     return value
 
 
@@ -361,7 +389,7 @@ def code(text: str, limit: int = 80) -> str:
     """Trace text (a tool, model or agent name, a message template) as a markdown code span: one line,
     at most `limit` characters, no control characters, and fenced with more backticks than it holds,
     so it shows as quoted data and cannot start a heading, a link, an image or HTML."""
-    flat = one_line(printable(text), limit) or " "
+    flat = one_line(terminal_safe(text), limit) or " "
     fence = "`" * (max((len(run) for run in re.findall(r"`+", flat)), default=0) + 1)
     pad = " " if flat[0] == "`" or flat[-1] == "`" else ""
     return f"{fence}{pad}{flat}{pad}{fence}"

@@ -7,7 +7,7 @@
 `setup` makes an OpenTelemetry `TracerProvider` the global one and turns on OpenInference
 instrumentation for the OpenAI Agents SDK and the OpenAI client when they are installed. Spans
 are written in HALO's flat JSONL format through the same code `halo collect` uses, so both paths give
-the same lines. Credentials are scrubbed from every span before it leaves the process.
+the same lines. Credentials are scrubbed from every span before it leaves the process (`halo_rlm.scrub`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
@@ -32,7 +31,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import Status
 
 from halo_rlm.formats import otlp
-from halo_rlm.redact import REDACTED, SECRET_KEY, scrub_text
+from halo_rlm.scrub import scrub_attributes, scrub_text
 
 AGENTS_SCOPE, OPENAI_SCOPE = (
     "openinference.instrumentation.openai_agents",
@@ -157,22 +156,6 @@ class ScrubbingExporter(SpanExporter):
         self.inner.shutdown()
 
 
-def scrub_attributes(
-    attributes: Mapping[str, Any] | None, scrub: Callable[[str], str] = scrub_text
-) -> dict[str, Any]:
-    scrubbed: dict[str, Any] = {}
-    for key, value in (attributes or {}).items():
-        if SECRET_KEY.search(key):
-            scrubbed[key] = REDACTED
-        elif isinstance(value, str):
-            scrubbed[key] = scrub(value)
-        elif isinstance(value, Sequence) and not isinstance(value, bytes):
-            scrubbed[key] = [scrub(item) if isinstance(item, str) else item for item in value]
-        else:
-            scrubbed[key] = value
-    return scrubbed
-
-
 def _scrubbed(span: ReadableSpan, scrub: Callable[[str], str]) -> ReadableSpan:
     status = span.status
     return ReadableSpan(
@@ -247,4 +230,4 @@ def _installed(distribution: str) -> bool:
     return True
 
 
-__all__ = ["JsonlSpanExporter", "ScrubbingExporter", "scrub_attributes", "scrub_text", "setup"]
+__all__ = ["JsonlSpanExporter", "ScrubbingExporter", "setup"]

@@ -28,8 +28,8 @@ __all__ = [
     "ns_to_iso",
     "one_line",
     "parse_time",
-    "printable",
     "retry_after",
+    "terminal_safe",
     "to_ns",
 ]
 
@@ -173,21 +173,29 @@ def one_line(text: str, limit: int) -> str:
     return f"{head} … {tail}" if tail else f"{head} …"
 
 
-# C0 and C1 controls (ESC starts terminal sequences), DEL, and the Unicode controls that reorder or
-# break text where it is shown: bidi embeddings, overrides and isolates, line and paragraph separators.
-_CONTROLS = {
-    **dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0)], " "),
-    **dict.fromkeys([*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C], ""),
-    0x2028: " ",
-    0x2029: " ",
-}
-_CONTROLS_KEEP_LINES = {k: v for k, v in _CONTROLS.items() if k not in (0x09, 0x0A)}
+# What a terminal would act on instead of showing: C0 controls but tab and newline (ESC starts colour,
+# title (OSC), hyperlink (OSC 8), clear-screen and hidden-text sequences; CR overwrites a line), DEL,
+# C1 controls (0x9b is a one-byte CSI), bidi overrides and isolates (they reorder what is shown),
+# zero-width and invisible format characters, and Unicode tag characters (invisible text).
+_UNSAFE_ON_TERMINALS = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f"
+    "\ufeff\ufff9-\ufffb\U000e0000-\U000e007f]"
+)
 
 
-def printable(text: str, *, lines: bool = False) -> str:
-    """`text` without control characters (ESC, bidi overrides, ...): each becomes a space, or nothing
-    for the invisible reordering marks. With `lines`, newlines and tabs stay (CR goes)."""
-    return text.translate(_CONTROLS_KEEP_LINES if lines else _CONTROLS)
+def terminal_safe(text: str) -> str:
+    """`text` (trace text, model output) made safe to print on a terminal: every character a
+    terminal would act on or hide instead of showing becomes a visible stand-in — C0 controls their
+    control picture (ESC is ␛), everything else `<U+XXXX>` — so nothing it holds can retitle, clear,
+    link, hide or reorder what is on the screen. Tab and newline are kept."""
+    return _UNSAFE_ON_TERMINALS.sub(_stand_in, text)
+
+
+def _stand_in(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x20:
+        return chr(0x2400 + code)
+    return "␡" if code == 0x7F else f"<U+{code:04X}>"
 
 
 def first_line(exc: BaseException) -> str:

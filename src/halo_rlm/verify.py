@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 
-from halo_rlm.redact import REDACTED
 from halo_rlm.report import Check, Evidence, Report, Verification, cite
+from halo_rlm.scrub import REDACTED
 from halo_rlm.store import StoreError, TraceStore
-from halo_rlm.utils import now_iso, one_line, printable
+from halo_rlm.utils import now_iso, one_line, terminal_safe
 
 __all__ = ["CITATION", "verify"]
 
@@ -105,7 +105,7 @@ def _excerpt_found(raw: str, excerpt: str) -> bool:
     """An excerpt is backed when a stretch of it (8+ characters) appears in one of the span's text
     values, JSON escapes decoded and whitespace collapsed. "…" and " | " mark where an excerpt was
     cut or joined, and `[REDACTED]` where a credential was taken out."""
-    haystack = _collapse(printable("\n".join(_strings(_loads(raw)))))
+    haystack = _collapse(terminal_safe("\n".join(_strings(_loads(raw)))))
     pieces = [_collapse(p) for p in re.split(r"…|\.\.\.| \| |" + re.escape(REDACTED), excerpt)]
     pieces = [p for p in pieces if len(p) >= 8]
     return not pieces or any(p[:120] in haystack for p in pieces)

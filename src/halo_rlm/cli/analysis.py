@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -11,12 +12,15 @@ from typing import TYPE_CHECKING, Any, get_args
 import click
 
 from halo_rlm.cli.base import (
+    Share,
     cli,
     emit_json,
     err,
     escape,
     fail,
+    json_line,
     json_option,
+    note_store,
     open_read_only,
     out,
     resolve_store,
@@ -29,7 +33,7 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
     from rich.tree import Tree
 
-    from halo_rlm.engine import EngineConfig, RunView
+    from halo_rlm.engine import AgentOutputItem, AgentView, EngineConfig, RunView
     from halo_rlm.report import Report
 
 
@@ -39,14 +43,14 @@ EXAMPLES = Path(__file__).parent.parent / "examples" / "traces.jsonl.gz"
 def threshold_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
         "--min-share",
-        type=float,
+        type=Share(),
         default=0.005,
         show_default=True,
-        help="…and at least this share of all traces.",
+        help="…and at least this share of all traces (a fraction like 0.005, or 0.5%).",
     )(f)
     return click.option(
         "--min-traces",
-        type=int,
+        type=click.IntRange(min=1),
         default=2,
         show_default=True,
         help="A finding needs at least this many affected traces…",
@@ -123,7 +127,7 @@ def print_findings(report: Report, paths: dict[str, Path], *, top: int = 10) -> 
             table.add_row(
                 str(i),
                 f"[{colours[f.severity]}]{f.severity}[/]",
-                f"{escape(f.title)}{flag}\n[dim]{f.category} · {f.id}[/]",
+                f"{escape(f.title)}{flag}\n[dim]{f.category} · {escape(f.id)}[/]",
                 f"{f.affected_traces:,}\n[dim]{f.affected_trace_share:.1%}[/]",
                 escape(ids),
             )
@@ -201,6 +205,7 @@ def verify_command(
 
     from halo_rlm.render import write as write_report
     from halo_rlm.report import Report
+    from halo_rlm.store import paths as store_paths
     from halo_rlm.verify import verify
 
     if write and report_file.suffix != ".json":
@@ -212,8 +217,9 @@ def verify_command(
             f"{report_file}: not a HALO report ({exc.error_count()} problems, first: {exc.errors()[0]['msg']})"
         )
     target = str(store_path or report.store)
-    if not target or not Path(target).exists():
+    if not target or not (store_paths.is_url(target) or Path(target).exists()):
         fail(f"the report's store {target or '(none)'} is not here; pass --store PATH")
+    note_store(target, "given with --store" if store_path else "the report's")
     with open_read_only(target) as store:
         verify(report, store)
     if write:
@@ -260,7 +266,7 @@ def report_schema() -> None:
 
 @cli.command("simulate")
 @click.argument("out_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--traces", default=500, show_default=True, help="How many traces.")
+@click.option("--traces", type=click.IntRange(min=1), default=500, show_default=True, help="How many traces.")
 @click.option("--seed", default=7, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["halo", "otlp"]), default="halo", show_default=True)
 @click.option(
@@ -272,22 +278,31 @@ def report_schema() -> None:
     "by category, plus bottleneck (a tool slow every time) and tool_rate_limit (a tool's 429s, retried).",
 )
 @click.option(
-    "--distractors", type=float, default=0.02, show_default=True, help="Share of one-off error traces."
+    "--distractors",
+    type=Share(),
+    default=0.02,
+    show_default=True,
+    help="Share of one-off error traces (0.02 or 2%).",
 )
 def simulate_command(
     out_file: Path, traces: int, seed: int, fmt: str, rates: tuple[str, ...], distractors: float
 ) -> None:
     """Write simulated agent traces with planted systemic failures, and their ground truth
-    (OUT_FILE without .jsonl/.gz + .truth.json). Gzipped when OUT_FILE ends in .gz."""
+    (OUT_FILE without .jsonl/.gz + .truth.json). Gzipped when OUT_FILE ends in .gz. A missing
+    folder is created, as for a report's -o."""
     from halo_rlm.simulate import simulate
 
     overrides = {}
     for item in rates:
         name, _, value = item.partition("=")
         try:
-            overrides[name] = float(value)
-        except ValueError:
-            fail(f"--rate {item!r}: expected PATTERN=SHARE, e.g. refusal=0.1")
+            overrides[name] = Share().convert(value, None, None)
+        except click.BadParameter as exc:
+            fail(f"--rate {item!r}: expected PATTERN=SHARE, e.g. refusal=0.1 ({exc.message})")
+    try:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"{out_file.parent}: cannot create the folder ({exc.strerror or exc})")
     try:
         truth = simulate(
             out_file,
@@ -299,6 +314,8 @@ def simulate_command(
         )
     except ValueError as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(f"{exc.filename or out_file}: {exc.strerror or exc}")
     out.print(
         f"Wrote {truth.corpus.traces:,} traces ({truth.corpus.spans:,} spans) to {escape(str(out_file))}; "
         f"{len(truth.patterns)} planted patterns in {escape(str(truth.truth_path))}"
@@ -343,7 +360,24 @@ def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Extra HTTP header for the provider (repeatable).",
         ),
         click.option("--temperature", type=click.FloatRange(0, 2)),
-        click.option("--max-output-tokens", type=click.IntRange(1)),
+        click.option(
+            "--max-output-tokens",
+            type=click.IntRange(1),
+            help="Tokens one reply may take (default: 16,384, or 32,768 with --reasoning-effort high or "
+            "xhigh; at most a quarter of the context window).",
+        ),
+        click.option(
+            "--context-window",
+            type=click.IntRange(1024),
+            help="The model's context window in tokens (default: asked of the server — vLLM, llama-server, "
+            "Ollama); every request is sized to fit it.",
+        ),
+        click.option(
+            "--compact/--no-compact",
+            default=None,
+            help="Compact prompts and fewer, shorter tools for small windows (default: when the full ones "
+            "would take over a fifth of the window).",
+        ),
         click.option("--parallel-tool-calls/--no-parallel-tool-calls", default=True, show_default=True),
         click.option("--refusal-retries", type=click.IntRange(0), default=1, show_default=True),
         click.option("--reasoning-effort", type=click.Choice(get_args(ReasoningEffort))),
@@ -451,7 +485,7 @@ def run(
             notes=notes,
         )
         if as_json:
-            emit_json(report)
+            json_line("report", {"report": report.model_dump(mode="json", exclude_none=True)})
             return
         print_findings(report, written)
         err.print(f"[yellow]{escape(report.notes[-1])}[/]")
@@ -490,9 +524,10 @@ def engine_config(engine: dict[str, Any], out_dir: Path | None) -> EngineConfig:
     from halo_rlm.engine import EngineConfig
     from halo_rlm.pricing import PriceError
     from halo_rlm.pricing import load as load_prices
+    from halo_rlm.providers import check_url
 
     try:
-        return EngineConfig.model_validate(
+        config = EngineConfig.model_validate(
             {
                 **engine,
                 "headers": parse_headers(engine["headers"]),
@@ -503,45 +538,64 @@ def engine_config(engine: dict[str, Any], out_dir: Path | None) -> EngineConfig:
         )
     except (ValidationError, PriceError) as exc:
         fail(_validation_text(exc) if isinstance(exc, ValidationError) else str(exc))
+    if config.base_url is None and os.environ.get("OPENAI_BASE_URL"):
+        try:  # --base-url is checked by EngineConfig; the variable it falls back to, here
+            check_url(os.environ["OPENAI_BASE_URL"])
+        except ValueError as exc:
+            fail(f"$OPENAI_BASE_URL: {exc}")
+    return config
 
 
 def _validation_text(exc: ValidationError) -> str:
-    return "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+    return "; ".join(
+        f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg'].removeprefix('Value error, ')}"
+        for e in exc.errors()
+    )
 
 
 def run_engine_live(
     prompt: str, config: EngineConfig, store_path: str, *, as_json: bool, inputs: Sequence[str] = ()
 ) -> tuple[Report | None, BaseException | None]:
-    """Run the engine (recorded as a run), showing a live tree of agents (or JSON lines); return its
-    report and the error that stopped it, if any. The engine writes a report whatever stops it: the
-    first Ctrl-C stops the run and lets it write one with what is verified so far (the process then
-    exits 130), a second Ctrl-C exits at once."""
+    """Run the engine (recorded as a run), showing a live tree of agents on a terminal, plain progress
+    lines when stderr is not one (a log, a pipe, CI), or JSON lines with `--json`; return its report
+    and the error that stopped it, if any. The engine writes a report whatever stops it: the first
+    Ctrl-C stops the run and lets it write one with what is verified so far (the process then exits
+    130), a second Ctrl-C exits at once."""
     import asyncio
     import time
 
     from rich.live import Live
 
     from halo_rlm.analyses import stream_recorded
-    from halo_rlm.engine import AgentOutputItem, EngineError, RunView
+    from halo_rlm.engine import AgentOutputItem, AgentTextDelta, EngineError, RunView
     from halo_rlm.llm import LLMError
     from halo_rlm.runs import Run
     from halo_rlm.store import StoreError
 
     view = RunView()
     final: list[Report] = []
-    started = time.time()
+    started = time.monotonic()
+    wall_started = time.time()
 
     async def consume() -> None:
         async for event in stream_recorded(prompt, config, store_path, inputs=inputs, source="cli"):
             if isinstance(event, Run):
-                if not as_json:
+                if as_json:
+                    json_line("run", {"id": event.id})
+                else:
                     err.print(f"[dim]Recording as run {event.id} (halo runs show {event.id})[/]")
                 continue
             if as_json:
-                sys.stdout.write(event.model_dump_json(exclude_none=True, exclude={"conversation"}) + "\n")
-                sys.stdout.flush()
+                kind = (
+                    "text_delta" if isinstance(event, AgentTextDelta) else "report" if event.final else "item"
+                )
+                json_line(kind, event.model_dump(mode="json", exclude_none=True, exclude={"conversation"}))
             else:
-                view.update(event)
+                agent = view.update(event)
+                if live is None and isinstance(event, AgentOutputItem):
+                    line = progress_line(agent, event)
+                    if line:
+                        err.print(f"[{time.monotonic() - started:6.1f}s] {escape(line)}", highlight=False)
             if isinstance(event, AgentOutputItem) and event.final and event.report is not None:
                 final.append(event.report)
 
@@ -564,11 +618,13 @@ def run_engine_live(
     except (asyncio.CancelledError, KeyboardInterrupt) as exc:
         error = exc
         written = config.out_dir / "report.json" if config.out_dir is not None else None
-        if not final and written is not None and written.exists() and written.stat().st_mtime >= started:
+        if not final and written is not None and written.exists() and written.stat().st_mtime >= wall_started:
             from halo_rlm.report import Report
 
             # The engine wrote it on its way out; the event carrying it was not read.
             final.append(Report.model_validate_json(written.read_bytes()))
+    except Exception as exc:  # noqa: BLE001 - a crash (in a tool, say): its report was written, say it in one line
+        error = exc
     finally:
         if not as_json and view.agents:
             err.print(view.summary())
@@ -612,6 +668,22 @@ def interruptible(work: Coroutine[Any, Any, None]) -> None:
             signal.signal(signal.SIGINT, previous)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+def progress_line(agent: AgentView, event: AgentOutputItem) -> str | None:
+    """What a step of the run did, as one plain line (for logs, where no live view is drawn); None
+    for steps not worth a line (tool results, user messages)."""
+    who = f"{agent.name} {agent.agent_id}"
+    used = f"{agent.usage.tokens:,} tokens, ${agent.usage.cost_usd or 0:.4f}"
+    item = event.item
+    if event.final:
+        return f"{who}: wrote the report ({used})"
+    if item.tool_calls:
+        calls = ", ".join(call.name for call in item.tool_calls)
+        return f"{who}: turn {agent.turns} calls {calls} ({used})"
+    if item.role == "assistant":
+        return f"{who}: turn {agent.turns} answered ({used})"
+    return None
 
 
 def agent_tree(view: RunView) -> Tree:

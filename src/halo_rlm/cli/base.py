@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -48,10 +48,14 @@ err = LazyConsole(stderr=True)
 
 
 def escape(text: str) -> str:
-    """Text as literal rich markup."""
+    """Text from outside HALO (traces, model output, file names, errors) as literal rich markup that
+    is safe on a terminal: every command prints such text only through this function, which turns
+    escape sequences, C1 controls and bidi overrides into visible stand-ins (`utils.terminal_safe`)."""
     from rich.markup import escape as rich_escape
 
-    return rich_escape(text)
+    from halo_rlm.utils import terminal_safe
+
+    return rich_escape(terminal_safe(text))
 
 
 class DefaultGroup(click.Group):
@@ -99,12 +103,54 @@ def cli() -> None:
 # --- shared options and helpers -----------------------------------------------------------------
 
 
+PASSWORD_ENV = "HALO_CLICKHOUSE_PASSWORD"
+_SERVER_SCHEMES = ("clickhouse://", "clickhouses://")
+
+
+class StoreTarget(click.ParamType):
+    """A store: a DuckDB file path, `chdb:FOLDER`, or `clickhouse[s]://USER:PASSWORD@HOST:PORT/DB`.
+
+    A password in the URL is moved to $HALO_CLICKHOUSE_PASSWORD (where the ClickHouse store reads it)
+    and the URL kept without it, so no message, log or remembered store can show it."""
+
+    name = "PATH|URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if text.lower().startswith(_SERVER_SCHEMES):
+            return _without_password(text)
+        if text.lower().startswith("chdb:"):
+            return text
+        path = Path(text).expanduser()
+        if path.is_dir():
+            self.fail(f"{text} is a directory; give a store file (or chdb:FOLDER for an embedded ClickHouse)")
+        return str(path)
+
+
+STORE_TARGET = StoreTarget()
+
+
+def _without_password(url: str) -> str:
+    import os
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    os.environ[PASSWORD_ENV] = unquote(parts.password)
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))
+
+
 def store_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--store",
         "store_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="Store file to use (default: one per set of inputs in the user cache, reused on later runs).",
+        type=STORE_TARGET,
+        help="Store to use: a DuckDB file (default: one per set of inputs in the user cache, reused on "
+        "later runs), chdb:FOLDER (ClickHouse embedded), or clickhouse://USER@HOST:8123/DATABASE "
+        f"(clickhouses:// for TLS; the password in the URL or in ${PASSWORD_ENV}).",
     )(f)
 
 
@@ -112,8 +158,42 @@ def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")(f)
 
 
+class Share(click.ParamType):
+    """A share of a whole, as a fraction (0.05) or a percentage (5%)."""
+
+    name = "share"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip()
+        try:
+            share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            self.fail(
+                f"{value!r} is not a share: write a fraction like 0.05 or a percentage like 5%", param, ctx
+            )
+        if not 0 <= share <= 1:
+            self.fail(f"{value!r} is not between 0 and 1 (for five percent write 0.05 or 5%)", param, ctx)
+        return share
+
+
+class Moment(click.ParamType):
+    """A time: ISO-8601, or relative to now (30m, 24h, 7d, 2w ago); converted to ISO-8601 UTC."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from halo_rlm.utils import parse_time
+
+        try:
+            return parse_time(str(value)) or ""
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]Error:[/] {escape(message)}")
+    err.print(f"[bold red]Error:[/] {escape(message)}", soft_wrap=True)  # one line, however long
     sys.exit(code)
 
 
@@ -124,15 +204,24 @@ def emit_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def json_line(value: dict[str, Any]) -> None:
+def json_line(kind: str, value: Mapping[str, Any]) -> None:
+    """One line of a JSON-lines stream (`--json` on commands that run on): every line says what it is
+    in `type`, first."""
     import orjson
 
-    sys.stdout.write(orjson.dumps(value).decode() + "\n")
+    sys.stdout.write(orjson.dumps({"type": kind, **value}).decode() + "\n")
     sys.stdout.flush()
 
 
-def resolve_store(paths: Sequence[str], store_path: Path | None, *, quiet: bool, strict: bool = False) -> str:
-    """Ingest `paths` (if any) and return the store path to query."""
+def note_store(target: str, why: str) -> None:
+    """Say which store a query command reads (on stderr, so `--json` output stays pure)."""
+    err.print(f"[dim]Using the store {escape(target)} ({escape(why)})[/]", soft_wrap=True)
+
+
+def resolve_store(
+    paths: Sequence[str], store_path: str | Path | None, *, quiet: bool, strict: bool = False
+) -> str:
+    """Ingest `paths` (if any) and return the store (path or URL) to query, saying which it is."""
     from halo_rlm import files
     from halo_rlm.store import paths as store_paths
 
@@ -145,20 +234,30 @@ def resolve_store(paths: Sequence[str], store_path: Path | None, *, quiet: bool,
         report = ingest_with_progress(target, paths, strict=strict, quiet=quiet)
         if not quiet:
             print_ingest_summary(report, brief=True)
+        if all(item.status == "failed" for item in report.inputs):
+            first = report.inputs[0] if report.inputs else None
+            fail(
+                "none of the files given holds traces"
+                + (f" ({first.path}: {first.message})" if quiet and first and first.message else "")
+            )
+        note_store(target, "of the trace files given")
         return target
     if store_path is not None:
-        if not store_path.exists():
+        # A ClickHouse store says itself, on opening, whether it holds HALO's tables.
+        if not store_paths.is_url(str(store_path)) and not Path(store_path).exists():
             fail(f"{store_path}: no such store; ingest into it first: halo ingest FILES --store {store_path}")
+        note_store(str(store_path), "given with --store")
         return str(store_path)
     remembered = store_paths.last()
     if remembered is None:
         fail("no traces given: pass trace files (or --store PATH), e.g. halo stats traces.jsonl")
-    if not quiet:
-        err.print(f"[dim]Using the store of the last ingest: {escape(remembered)}[/]")
-    return remembered
+    note_store(remembered.store, f"of the last ingest in {remembered.directory}")
+    return remembered.store
 
 
 def ingest_with_progress(target: str, paths: Sequence[str], *, strict: bool, quiet: bool) -> IngestReport:
+    """Ingest `paths` into the store at `target` with a progress bar on a terminal, and remember the
+    store for later query commands unless the ingest failed."""
     from halo_rlm import files
     from halo_rlm.store import StoreError, StrictError, TraceStore
     from halo_rlm.store import paths as store_paths
@@ -171,7 +270,7 @@ def ingest_with_progress(target: str, paths: Sequence[str], *, strict: bool, qui
         fail(str(exc), code=2)
     except (StoreError, files.InputError) as exc:
         fail(str(exc))
-    store_paths.remember(target)
+    store_paths.remember_ingest(report)
     return report
 
 

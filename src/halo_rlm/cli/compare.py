@@ -37,13 +37,16 @@ def resolve_side(ref: str, *, quiet: bool) -> tuple[str, Report | None, str]:
         ingest_with_progress(target, [ref], strict=False, quiet=quiet)
         return target, None, ref
     if 1 <= len(ref) <= ID_LENGTH and set(ref.lower()) <= set(ID_ALPHABET):
-        registries = [RunRegistry.beside(store_paths.last()), RunRegistry.beside(None)]
+        remembered = store_paths.last()
+        registries = [RunRegistry.beside(remembered.store if remembered else None), RunRegistry.beside(None)]
         for registry in registries:
             try:
                 run = registry.get(ref)
             except RunError:
                 continue
-            if not run.record.store or not Path(run.record.store).exists():
+            if not run.record.store or not (
+                store_paths.is_url(run.record.store) or Path(run.record.store).exists()
+            ):
                 fail(f"run {run.id}: its store {run.record.store or '(none)'} is not here any more")
             report = run.file("report.json")
             return (

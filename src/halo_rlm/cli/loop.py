@@ -103,7 +103,7 @@ def loop_command(
     config = engine_config(engine, None)
     analysis_engine = config if config.provider.configured else None
     progress: Callable[[Mapping[str, Any]], None] = (
-        (lambda e: json_line(dict(e))) if as_json else _print_event
+        (lambda e: json_line(str(e["type"]), e)) if as_json else _print_event
     )
     registry = RunRegistry.beside(None)
     try:
@@ -141,7 +141,7 @@ def loop_command(
         )
         sys.exit(130)
     if as_json:
-        json_line(run.record.model_dump(mode="json"))
+        json_line("result", run.record.model_dump(mode="json"))
         return
     summary = run.record.summary
     print_rounds(summary.get("rounds", []), baseline=summary.get("baseline_score"))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from halo_rlm.cli.analysis import agent_tree, engine_config, engine_options
-from halo_rlm.cli.base import cli, emit_json, err, escape, fail, json_option, out
+from halo_rlm.cli.base import STORE_TARGET, cli, emit_json, err, escape, fail, json_line, json_option, out
 
 if TYPE_CHECKING:
     from halo_rlm.runs import Run, RunRegistry
@@ -19,7 +18,7 @@ def runs_option(f: Any) -> Any:
     return click.option(
         "--store",
         "store_path",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=STORE_TARGET,
         help="Runs on this store (default: those on the store of the last ingest, and on the stores HALO keeps "
         "in its cache).",
     )(f)
@@ -30,7 +29,8 @@ def registry_for(store_path: Path | None) -> RunRegistry:
     from halo_rlm.runs import RunRegistry
     from halo_rlm.store import paths
 
-    return RunRegistry.beside(store_path or paths.last())
+    remembered = paths.last()
+    return RunRegistry.beside(store_path or (remembered.store if remembered else None))
 
 
 def find_run(ref: str, store_path: Path | None) -> Run:
@@ -225,7 +225,7 @@ def ask_command(run_id: str, question: str, store_path: Path | None, as_json: bo
     from rich.markdown import Markdown
 
     from halo_rlm.analyses import ask
-    from halo_rlm.engine import AgentOutputItem, EngineError, RunView
+    from halo_rlm.engine import AgentOutputItem, AgentTextDelta, EngineError, RunView
     from halo_rlm.llm import LLMError
     from halo_rlm.store import StoreError
 
@@ -241,8 +241,10 @@ def ask_command(run_id: str, question: str, store_path: Path | None, as_json: bo
         final = None
         async for event in ask(run, question, config):
             if as_json:
-                sys.stdout.write(event.model_dump_json(exclude_none=True, exclude={"conversation"}) + "\n")
-                sys.stdout.flush()
+                kind = (
+                    "text_delta" if isinstance(event, AgentTextDelta) else "report" if event.final else "item"
+                )
+                json_line(kind, event.model_dump(mode="json", exclude_none=True, exclude={"conversation"}))
             else:
                 view.update(event)
             if isinstance(event, AgentOutputItem) and event.final:

@@ -6,10 +6,12 @@ from halo_rlm.store.base import StoreError, StrictError, TraceStore
 from halo_rlm.store.duckdb_store import DuckDBStore
 from halo_rlm.store.results import (
     Count,
+    Durations,
     ErrorGroup,
     IngestReport,
     InputReport,
     Match,
+    ModelUsage,
     OversizedTrace,
     Overview,
     SearchResult,
@@ -25,10 +27,12 @@ from halo_rlm.store.results import (
 __all__ = [
     "Count",
     "DuckDBStore",
+    "Durations",
     "ErrorGroup",
     "IngestReport",
     "InputReport",
     "Match",
+    "ModelUsage",
     "OversizedTrace",
     "Overview",
     "SearchResult",

@@ -3,9 +3,9 @@
 A store holds canonical spans (each with its raw record), per-trace rollups, rejected records and
 the inputs they came from (`store.schema`). It has four faces:
 
-- the read API (`count_traces`, `query_traces`, `trace_summary`, `overview`, `error_groups`,
-  `view_trace`, `view_spans`, `search`, `spans`, `sql`, `rejects`, `inputs`), returning the typed
-  results of `store.results`;
+- the read API (`count_traces`, `query_traces`, `trace_summary`, `overview`, `durations`,
+  `model_usage`, `error_groups`, `view_trace`, `view_spans`, `search`, `spans`, `sql`, `rejects`,
+  `inputs`), returning the typed results of `store.results`;
 - the ingest API (`ingest` for files, `ingest_records` for records a collector or importer parsed);
 - `run`, which does store work off the event loop on a connection of its own, for the engine and
   the web server;
@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 from halo_rlm.store.dialect import Dialect
 from halo_rlm.store.results import (
+    Durations,
     ErrorGroup,
     IngestReport,
+    ModelUsage,
     Overview,
     SearchResult,
     SortKey,
@@ -169,6 +171,17 @@ class TraceStore(ABC):
     def overview(self, filters: TraceFilters | None = None, *, top: int = 20) -> Overview:
         """Totals, the distinct services/agents/models/tools (most traces first) and the top error
         groups, over the traces that match `filters`. Counts are exact, not sampled."""
+
+    @abstractmethod
+    def durations(self, filters: TraceFilters | None = None, *, top: int = 20) -> list[Durations]:
+        """p50, p95 and longest durations per agent (its AGENT spans), model (LLM spans) and tool
+        (TOOL spans) over the traces that match `filters`: for each, the `top` names with the most
+        spans, most first."""
+
+    @abstractmethod
+    def model_usage(self, filters: TraceFilters | None = None) -> list[ModelUsage]:
+        """Per model, its LLM calls' tokens and reported cost, and the tokens of calls that reported
+        no cost, over the traces that match `filters`; most calls first."""
 
     @abstractmethod
     def error_groups(self, filters: TraceFilters | None = None, *, top: int = 20) -> list[ErrorGroup]:

@@ -9,14 +9,15 @@ from halo_rlm.store.dialect import Detection, Dialect
 
 __all__ = ["DuckDBDialect"]
 
-# What an error says: its message, type, a tool's result and its exception events' types and messages.
+# What an error says: its message, type, a tool's result and its exception events' types and messages,
+# each said once (a part another part contains is left out: `halo_join_distinct`).
 # Not their stack traces: those quote the caller's code (`Runner.run(agent, max_turns=6)`), whose words
 # would claim errors for the wrong category.
 ERROR_TEXT = (
-    "concat_ws(' | ', s.status_message, s.error_type, "
-    "CASE WHEN s.kind = 'TOOL' THEN left(s.tool_result, 1000) END, "
-    'left(array_to_string(list_transform(from_json(s.exceptions, \'[{"type": "VARCHAR", "message": "VARCHAR"}]\'), '
-    "lambda e: concat_ws(' | ', e.type, e.message)), ' | '), 1000))"
+    "halo_join_distinct(list_concat([s.status_message, s.error_type, "
+    "CASE WHEN s.kind = 'TOOL' THEN left(s.tool_result, 1000) END], "
+    'coalesce(flatten(list_transform(from_json(s.exceptions, \'[{"type": "VARCHAR", "message": "VARCHAR"}]\'), '
+    "lambda e: [e.type, left(e.message, 1000)])), [])))"
 )
 # Every error span, with what it says.
 ERROR_SPANS = f"""

@@ -44,23 +44,26 @@ NOT_TRACE_DATA_AFTER = 1000  # stop reading a file whose first N records all fai
 EXCERPT_BYTES = 200
 WRITERS = 2  # batches loaded at once, each on its own connection (one batch is too small for DuckDB to split)
 
-# One row per touched trace, in the column order of `schema.TRACE_COLUMNS`.
-ROLLUP_SQL = """
+# One row per touched trace, in the column order of `schema.TRACE_COLUMNS`. The root span is the
+# earliest span without a parent (then the earliest orphan; spans without a start last), ties by span
+# id, so every backend picks the same one. Costs are rounded to 9 decimals: float sums added in another
+# order (another backend, another plan) then give the same number.
+_ROOT = "{'orphan_or_child': parent_id IS NOT NULL, 'no_start': start_ns IS NULL, 'start': start_ns, 'span': span_id}"
+_FIRST = "{'start': start_ns, 'span': span_id}"
+ROLLUP_SQL = f"""
 INSERT INTO traces
 SELECT
   trace_id, count(*), count(*) FILTER (kind = 'LLM'), count(*) FILTER (kind = 'TOOL'),
   count(*) FILTER (status = 'ERROR'), bool_or(status = 'ERROR'),
   min(start_ns), max(coalesce(end_ns, start_ns)), max(coalesce(end_ns, start_ns)) - min(start_ns),
-  arg_min(span_id, {'orphan_or_child': parent_id IS NOT NULL, 'start': start_ns}),
-  arg_min(name, {'orphan_or_child': parent_id IS NOT NULL, 'start': start_ns}),
-  arg_min(status_message, {'orphan_or_child': parent_id IS NOT NULL, 'start': start_ns}),
+  arg_min(span_id, {_ROOT}), arg_min(name, {_ROOT}), arg_min(status_message, {_ROOT}),
   list_sort(list_distinct(list(service))), list_sort(list_distinct(list(agent_name))),
   list_sort(list_distinct(list(model))), list_sort(list_distinct(list(tool_name))),
   sum(input_tokens) FILTER (kind = 'LLM'), sum(output_tokens) FILTER (kind = 'LLM'),
   sum(total_tokens) FILTER (kind = 'LLM'), sum(cache_read_tokens) FILTER (kind = 'LLM'),
-  sum(reasoning_tokens) FILTER (kind = 'LLM'), sum(cost) FILTER (kind = 'LLM'),
-  arg_min(session_id, start_ns) FILTER (session_id IS NOT NULL),
-  arg_min(user_id, start_ns) FILTER (user_id IS NOT NULL),
+  sum(reasoning_tokens) FILTER (kind = 'LLM'), round(sum(cost) FILTER (kind = 'LLM'), 9),
+  arg_min(session_id, {_FIRST}) FILTER (session_id IS NOT NULL AND start_ns IS NOT NULL),
+  arg_min(user_id, {_FIRST}) FILTER (user_id IS NOT NULL AND start_ns IS NOT NULL),
   count(*) FILTER (is_orphan), count(*) FILTER (end_ns IS NULL), sum(raw_bytes)
 FROM spans
 WHERE trace_id IN (SELECT trace_id FROM touched)
@@ -87,6 +90,7 @@ class Connection(Protocol):
 
     path: str
     con: duckdb.DuckDBPyConnection
+    tally: duckdb_sql.Tally  # what the normalising SQL has passed so far, per input
 
     def transaction(self) -> AbstractContextManager[None]: ...
 
@@ -105,7 +109,8 @@ class Ingest:
 
     `strict` stops at the first bad record (StrictError) instead of keeping it as a reject;
     `batch_bytes` sizes the batches of the streaming road, where a line over `max_line_bytes` is a
-    reject; `bulk=False` never loads a file in one statement."""
+    reject; `bulk=False` never loads a file in one statement; a load in one statement reports its
+    progress every `progress_every` seconds."""
 
     def __init__(
         self,
@@ -115,8 +120,10 @@ class Ingest:
         batch_bytes: int = files.BATCH_BYTES,
         max_line_bytes: int = files.MAX_LINE_BYTES,
         bulk: bool = True,
+        progress_every: float = 0.2,
     ) -> None:
         self.store = store
+        self.progress_every = progress_every
         self.strict = strict
         self.batch_bytes = batch_bytes
         self.max_line_bytes = max_line_bytes
@@ -262,7 +269,8 @@ class Ingest:
             spans = self._load_in_one_statement(
                 duckdb_sql.BULK_INSERT_SQL,
                 {"input_id": input_id, "path": inp.path, "compression": "none"},
-                lambda share: progress(int(size * share), 0) if progress else None,
+                input_id,
+                progress,
                 every_record_is_a_span,
             )
         except duckdb.Error:
@@ -330,7 +338,7 @@ class Ingest:
                         raise _NotTraceData()
             if staged:
                 loaded = self._load_in_one_statement(
-                    duckdb_sql.STAGED_INSERT_SQL, {"input_id": input_id, "path": str(staging)}
+                    duckdb_sql.STAGED_INSERT_SQL, {"input_id": input_id, "path": str(staging)}, input_id
                 )
                 result.spans += loaded or 0
         finally:
@@ -344,27 +352,30 @@ class Ingest:
         self,
         sql: str,
         params: dict[str, Any],
-        on_progress: Callable[[float], None] | None = None,
+        input_id: int,
+        progress: Progress | None = None,
         acceptable: Callable[[Connection], bool] | None = None,
     ) -> int | None:
         """Run one bulk INSERT in a transaction of its own, on a connection of its own so that it can
-        report progress (`on_progress(share done)`) and stop at Ctrl-C. Returns the rows inserted, or
-        None when `acceptable` turned the result down and it was rolled back."""
+        report progress (`progress(bytes, spans)` of the lines normalised so far, read from the
+        store's tally: DuckDB's own query progress moves in steps of a whole read buffer) and stop at
+        Ctrl-C. Returns the rows inserted, or None when `acceptable` turned the result down and it
+        was rolled back."""
         loader = self.store.cursor()
+        self.store.tally.reset(input_id)
         try:
-            loader.con.execute("SET enable_progress_bar = true")  # DuckDB tracks progress only when on
-            loader.con.execute("SET enable_progress_bar_print = false")
             loader.con.execute("BEGIN TRANSACTION")
             with ThreadPoolExecutor(1, thread_name_prefix="halo-bulk") as pool:
                 done = pool.submit(loader.first_row, sql, params)
                 try:
                     while True:
                         try:
-                            rows = int(done.result(timeout=0.2)[0])  # type: ignore[index]
+                            rows = int(done.result(timeout=self.progress_every)[0])  # type: ignore[index]
                             break
                         except TimeoutError:
-                            if on_progress and (share := loader.con.query_progress()) > 0:
-                                on_progress(share / 100)
+                            if progress:
+                                spans, size = self.store.tally.read(input_id)
+                                progress(size, spans)
                 except BaseException:
                     loader.interrupt()
                     raise
@@ -377,6 +388,7 @@ class Ingest:
             loader.con.execute("ROLLBACK")
             raise
         finally:
+            self.store.tally.reset(input_id)
             loader.close()
 
     def _ingest_stream(

@@ -1,18 +1,43 @@
 """Where stores live when no `--store` is given, in one place: the user cache (`utils.cache_dir`),
 one store per set of input files, per imported source and project, and per collector port; and the
-memory of the store the last ingest wrote, which query commands use when given nothing."""
+memory of the store last written from a working directory, which query commands use when given
+nothing.
+
+The memory is kept per working directory, so an ingest in one project never changes what `halo stats`
+shows in another; a directory without one uses the nearest parent directory's (as git finds its
+repository). Only an ingest that stored something is remembered: a failed one leaves the memory as
+it was.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
 
 from halo_rlm import files
+from halo_rlm.store.base import BACKENDS
+from halo_rlm.store.results import IngestReport
 from halo_rlm.store.schema import SCHEMA_VERSION
 from halo_rlm.utils import cache_dir
 
-__all__ = ["for_collector", "for_inputs", "for_source", "last", "remember", "runs_for"]
+__all__ = [
+    "Remembered",
+    "for_collector",
+    "for_inputs",
+    "for_source",
+    "import_state",
+    "is_url",
+    "last",
+    "remember",
+    "remember_ingest",
+    "runs_for",
+]
 
 
 def for_inputs(inputs: Sequence[files.InputFile]) -> Path:
@@ -35,35 +60,102 @@ def for_collector(port: int) -> Path:
 def runs_for(store: str | Path | None) -> Path:
     """Where the runs on a store are recorded (`runs.RunRegistry`): beside a store the user placed
     (`traces.duckdb` -> `traces.runs/`); one shared folder in the cache for the stores HALO placed
-    there itself, and for runs on no one store (loops, evaluations)."""
-    if store is None or Path(store).resolve().parent == _stores().resolve():
+    there itself, for stores named by a URL, and for runs on no one store (loops, evaluations)."""
+    if store is None or is_url(str(store)) or Path(store).resolve().parent == _stores().resolve():
         return cache_dir() / "runs"
     path = Path(store)
     return path.with_name(path.stem + ".runs")
 
 
-def remember(path: str | Path) -> None:
-    """Remember the store an ingest or import wrote, for query commands given no store. Remembering is
-    a convenience: a failure to write it is ignored."""
+@dataclass(frozen=True)
+class Remembered:
+    """The store query commands read when given nothing, and the directory whose memory it is."""
+
+    store: str
+    directory: str
+
+
+def remember(store: str | Path, *, cwd: str | Path | None = None) -> None:
+    """Remember `store` for query commands run in `cwd` (default: the working directory) or below
+    it. Remembering is a convenience: a failure to write it is ignored. A ClickHouse URL is kept
+    without its password."""
     try:
-        _last_file().parent.mkdir(parents=True, exist_ok=True)
-        _last_file().write_text(str(Path(path).resolve()))
+        directory = _directory(cwd)
+        memory = _memory_file(directory)
+        memory.parent.mkdir(parents=True, exist_ok=True)
+        record = {"directory": str(directory), "store": _absolute(str(store))}
+        scratch = memory.with_name(f"{memory.name}.{os.getpid()}")
+        scratch.write_bytes(orjson.dumps(record))
+        scratch.replace(memory)  # atomic: a concurrent reader sees the old memory or the new one
     except OSError:
         pass
 
 
-def last() -> str | None:
-    """The remembered store, if it still exists."""
+def remember_ingest(report: IngestReport, *, cwd: str | Path | None = None) -> bool:
+    """Remember the store an ingest wrote, unless the ingest failed (every input refused, or none
+    given): a failed ingest must not change what query commands read. True when remembered."""
+    if not report.inputs or all(item.status == "failed" for item in report.inputs):
+        return False
+    remember(report.store, cwd=cwd)
+    return True
+
+
+def last(*, cwd: str | Path | None = None) -> Remembered | None:
+    """The store remembered for `cwd` (default: the working directory), else for its nearest parent
+    that has one; None when there is none or the remembered store is gone (a store named by a URL is
+    checked when it is opened)."""
     try:
-        remembered = _last_file().read_text().strip()
-    except OSError:
+        directory = _directory(cwd)
+    except OSError:  # the working directory was deleted
         return None
-    return remembered if remembered and Path(remembered).exists() else None
+    for folder in (directory, *directory.parents):
+        try:
+            record = orjson.loads(_memory_file(folder).read_bytes())
+            store, remembered_for = str(record["store"]), str(record["directory"])
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+            continue
+        if remembered_for == str(folder) and (is_url(store) or Path(store).exists()):
+            return Remembered(store=store, directory=remembered_for)
+    return None
+
+
+def import_state(store: str | Path) -> Path:
+    """Where imports into `store` keep their place: beside a DuckDB file; in the cache for a store
+    named by a URL (keyed by the URL without its password)."""
+    target = str(store)
+    if not is_url(target):
+        return Path(f"{target}.imports.json")
+    digest = hashlib.sha256(_absolute(target).encode()).hexdigest()[:12]
+    return _stores() / f"imports-{digest}.json"
+
+
+def is_url(target: str) -> bool:
+    """True for a store named by a URL (`chdb:…`, `clickhouse://…`), false for a DuckDB file path."""
+    scheme = target.split(":", 1)[0].lower() if ":" in target else ""
+    return scheme in BACKENDS and not Path(target).exists()
+
+
+def _absolute(target: str) -> str:
+    """A store as remembered: a file path made absolute; a URL without its password (a chdb folder
+    made absolute)."""
+    if not is_url(target):
+        return str(Path(target).resolve())
+    parts = urlsplit(target)
+    if parts.scheme.lower() == "chdb":
+        folder, _, options = target[len("chdb:") :].partition("?")
+        return f"chdb:{Path(folder).expanduser().resolve()}" + (f"?{options}" if options else "")
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit(parts._replace(netloc=user + host))
+
+
+def _directory(cwd: str | Path | None) -> Path:
+    return Path(cwd if cwd is not None else Path.cwd()).resolve()
+
+
+def _memory_file(directory: Path) -> Path:
+    return cache_dir() / "last-stores" / hashlib.sha256(str(directory).encode()).hexdigest()[:32]
 
 
 def _stores() -> Path:
     return cache_dir() / "stores"
-
-
-def _last_file() -> Path:
-    return cache_dir() / "last-store"

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from halo_rlm.defaults import SortKey
-from halo_rlm.utils import iso_to_ns
+from halo_rlm.utils import iso_to_ns, parse_time
 
 __all__ = [
     "Count",
+    "Durations",
     "ErrorGroup",
     "IngestReport",
     "InputReport",
     "Match",
+    "ModelUsage",
     "OversizedTrace",
     "Overview",
     "Progress",
@@ -66,12 +68,12 @@ class TraceFilters(BaseModel):
     trace_ids: list[str] | None = Field(None, description="Only these trace ids")
     since: str | None = Field(
         None,
-        description="Traces starting at or after this ISO-8601 time",
+        description="Traces starting at or after this time: ISO-8601, or 30m, 24h, 7d, 2w ago",
         validation_alias=_also("since", "start_time_gte"),
     )
     until: str | None = Field(
         None,
-        description="Traces starting before this ISO-8601 time",
+        description="Traces starting before this time: ISO-8601, or 30m, 24h, 7d, 2w ago",
         validation_alias=_also("until", "end_time_lte"),
     )
     min_duration_ms: float | None = None
@@ -87,10 +89,12 @@ class TraceFilters(BaseModel):
 
     @field_validator("since", "until")
     @classmethod
-    def _iso(cls, value: str | None) -> str | None:
-        if value is not None and iso_to_ns(value) is None:
-            raise ValueError(f"not an ISO-8601 time: {value!r} (e.g. 2026-04-24T18:00:00Z)")
-        return value
+    def _time(cls, value: str | None) -> str | None:
+        """An ISO-8601 time as given; a relative one (30m, 24h, 7d, 2w ago) as the ISO time it means
+        now, the same times `halo import --since` takes."""
+        if value is None or iso_to_ns(value) is not None:
+            return value
+        return parse_time(value)
 
 
 class TraceSummary(BaseModel):
@@ -133,6 +137,34 @@ class Count(BaseModel):
     traces: int
     spans: int | None = None
     errors: int | None = None
+
+
+class Durations(BaseModel):
+    """How long an agent's runs (its AGENT spans), a model's calls (LLM spans) or a tool's calls
+    (TOOL spans) took, over the spans that have a duration."""
+
+    of: Literal["agent", "model", "tool"]
+    name: str
+    spans: int
+    p50_ms: float
+    p95_ms: float
+    max_ms: float
+
+
+class ModelUsage(BaseModel):
+    """One model's LLM calls: their tokens and the cost the spans reported, and the tokens of the
+    calls that reported none (which a price table can put a cost on)."""
+
+    model: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cost: float = Field(description="USD the spans reported")
+    calls_without_cost: int = Field(description="Calls with tokens but no reported cost")
+    input_tokens_without_cost: int
+    output_tokens_without_cost: int
+    cache_read_tokens_without_cost: int
 
 
 class ErrorGroup(BaseModel):
