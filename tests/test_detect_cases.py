@@ -1,20 +1,19 @@
 """Detectors on hand-made traces, for what they got wrong before: a tool slow every time is a
 bottleneck; a retry after a failed call belongs to that failure, not to a loop; and a failure is
-counted in every trace it happened in, so the count is a recount of the finding's own query."""
+counted in every trace it happened in, so the count is a recount of the finding's own query. Each
+test runs on every store backend (DuckDB and ClickHouse's chdb)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from test_detect import Run, build, healthy
+from test_detect import Run, StoreAt, build, healthy, stores  # noqa: F401 - stores: the fixture
 
 from halo_rlm.detect import analyze
 from halo_rlm.report import Report
 from halo_rlm.verify import verify
 
 
-def report_of(tmp_path: Path, special: list[Run], healthy_runs: int = 30) -> Report:
-    with build(tmp_path, special + [healthy(f"h{i:03d}") for i in range(healthy_runs)]) as store:
+def report_of(stores: StoreAt, special: list[Run], healthy_runs: int = 30) -> Report:
+    with build(stores, special + [healthy(f"h{i:03d}") for i in range(healthy_runs)]) as store:
         return verify(analyze(store), store)
 
 
@@ -22,7 +21,7 @@ def keyed(report: Report) -> dict[tuple[str, str | None], int]:
     return {(f.category, f.key): f.affected_traces for f in report.findings}
 
 
-def test_a_tool_slow_every_time_is_a_bottleneck_with_its_share_and_percentiles(tmp_path: Path) -> None:
+def test_a_tool_slow_every_time_is_a_bottleneck_with_its_share_and_percentiles(stores: StoreAt) -> None:
     runs = []
     for i in range(10):  # every call takes 30-39 s of a 60 s run: consistent, so never an outlier
         run = Run(f"slow{i}", tools=("render_pdf",))
@@ -30,7 +29,7 @@ def test_a_tool_slow_every_time_is_a_bottleneck_with_its_share_and_percentiles(t
         run.tool("render_pdf", {"doc": i}, result="ok", seconds=30 + i)
         run.llm(text="Here is your PDF.")
         runs.append(run)
-    report = report_of(tmp_path, runs)
+    report = report_of(stores, runs)
     assert keyed(report) == {("latency", "render_pdf"): 10}
     (finding,) = report.findings
     assert finding.source == "detector:bottleneck" and finding.check and finding.check.status == "verified"
@@ -41,7 +40,7 @@ def test_a_tool_slow_every_time_is_a_bottleneck_with_its_share_and_percentiles(t
     assert len(finding.evidence) == 5 and "of a 60.0 s run" in finding.evidence[0].note
 
 
-def test_a_tool_slow_now_and_then_is_still_an_outlier_not_a_bottleneck(tmp_path: Path) -> None:
+def test_a_tool_slow_now_and_then_is_still_an_outlier_not_a_bottleneck(stores: StoreAt) -> None:
     runs = []
     for i in range(40):
         run = Run(f"r{i}")
@@ -49,12 +48,12 @@ def test_a_tool_slow_now_and_then_is_still_an_outlier_not_a_bottleneck(tmp_path:
         run.tool("search", {"q": i}, result="3 results", seconds=25 if i < 6 else 0.5)
         run.llm(text="Done.")
         runs.append(run)
-    report = report_of(tmp_path, runs, healthy_runs=0)
+    report = report_of(stores, runs, healthy_runs=0)
     assert keyed(report) == {("latency", "search"): 6}
     assert report.findings[0].source == "detector:latency"
 
 
-def test_retries_after_a_rate_limit_belong_to_the_rate_limit_not_a_loop(tmp_path: Path) -> None:
+def test_retries_after_a_rate_limit_belong_to_the_rate_limit_not_a_loop(stores: StoreAt) -> None:
     runs = []
     for i in range(6):  # the harness retries a 429 with identical arguments until it passes
         run = Run(f"retry{i}", tools=("get_weather",))
@@ -69,13 +68,13 @@ def test_retries_after_a_rate_limit_belong_to_the_rate_limit_not_a_loop(tmp_path
         for _ in range(3):
             run.tool("search", {"q": "same"}, result="3 results")
         runs.append(run)
-    report = report_of(tmp_path, runs)
+    report = report_of(stores, runs)
     assert keyed(report) == {("rate_limit", "get_weather"): 6, ("repetition_loop", "search"): 4}
     (rate,) = [f for f in report.findings if f.category == "rate_limit"]
     assert rate.impact.errors == 12 and rate.impact.extra_turns == 12  # the retries are its cost
 
 
-def test_a_failure_counts_in_every_trace_even_when_a_child_failed_another_way(tmp_path: Path) -> None:
+def test_a_failure_counts_in_every_trace_even_when_a_child_failed_another_way(stores: StoreAt) -> None:
     runs = []
     for i in range(8):  # every run ends at its turn limit; in three a tool also failed on the way
         run = healthy(f"turns{i}")
@@ -88,7 +87,7 @@ def test_a_failure_counts_in_every_trace_even_when_a_child_failed_another_way(tm
         run.llm(error="Error code: 429 - rate_limit_error", model="claude")
         run.root["status"] = {"code": "STATUS_CODE_ERROR", "message": "Error code: 429 - rate_limit_error"}
         runs.append(run)
-    report = report_of(tmp_path, runs)
+    report = report_of(stores, runs)
     found = keyed(report)
     assert found[("max_turns", "Support")] == 8 and found[("rate_limit", "claude")] == 5
     (rate,) = [f for f in report.findings if f.category == "rate_limit"]

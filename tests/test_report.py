@@ -67,9 +67,9 @@ def hostile_runs() -> list[Run]:
 
 @pytest.fixture(scope="module")
 def hostile_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    folder = tmp_path_factory.mktemp("hostile")
-    build(folder, hostile_runs()).close()
-    yield folder / "s.duckdb"
+    path = tmp_path_factory.mktemp("hostile") / "s.duckdb"
+    build(lambda: str(path), hostile_runs()).close()
+    yield path
 
 
 @pytest.fixture(scope="module")

@@ -373,7 +373,7 @@ def test_credentials_in_traces_never_reach_the_model_unless_kept(tmp_path: Path)
     from test_detect import build
     from test_report import OPENAI_KEY, PASSWORD, hostile_runs
 
-    build(tmp_path, hostile_runs()).close()
+    build(lambda: str(tmp_path / "s.duckdb"), hostile_runs()).close()
 
     def explorer(request: ChatRequest) -> Any:
         if not request.tool_results:
