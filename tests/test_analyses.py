@@ -115,7 +115,9 @@ def test_an_llm_analysis_is_recorded_and_followed_up(store_path: Path, tmp_path:
     )
     report = again.file("report.md").read_text()
     assert (
-        report.index("Refunds fail.") < report.index(f"## Follow-up: {QUESTION}") < report.index("7 traces")
+        report.index("Refunds fail.")
+        < report.index(f"## Follow-up: {QUESTION}")
+        < report.index("> Only the refusals did: 7 traces.")
     )
 
 

@@ -185,7 +185,8 @@ def test_eval_scores_the_detectors_and_a_model_on_planted_failures(tmp_path: Pat
     )
     assert code == 0, err
     scored = json.loads(out)["planted"]
-    assert scored["found"] == 1 and scored["precision"] == 1.0  # the model's one finding is a planted pattern
+    # the model's one finding, about a planted pattern, is merged into the detectors' findings
+    assert scored["found"] > 1 and scored["precision"] == 1.0 and scored["recall"] == 1.0
     code, _, err = invoke("eval")
     assert code == 1 and "give one of" in err
 

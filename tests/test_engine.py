@@ -212,21 +212,23 @@ def test_recursive_run_with_parallel_subagents_at_depth_two(store: TraceStore, t
     assert all(
         r["findings"] == [{"title": "x", "category": "tool_error", "affected_traces": 3}] for r in results
     )
-    # The report: verified, and written with the same renderers as `halo analyze`.
-    assert report.mode == "llm" and [f.source for f in report.findings] == ["llm"]
-    finding = report.findings[0]
+    # The report: the model's finding enriches the detectors' about the same tool, all verified, and
+    # written with the same renderers as `halo analyze`.
+    assert report.mode == "llm" and all(f.source.startswith("detector:") for f in report.findings)
+    (finding,) = [f for f in report.findings if f.enriched_by == ["llm:tool_error:lookup-order"]]
     assert (
-        finding.check
-        and finding.check.status == "verified"
-        and finding.affected_traces == finding.check.recount > 0
+        finding.key == "lookup_order" and finding.recommendation == "Return found=false instead of raising."
+    )
+    assert all(
+        f.check and f.check.status == "verified" and f.affected_traces == f.check.recount > 0
+        for f in report.findings
     )
     assert report.verification and report.verification.missing_citations == []
     assert report.usage and report.usage.agents == 5 and len(report.usage.per_agent) == 5
     assert {"report.json", "report.md", "report.html"} <= {p.name for p in (tmp_path / "report").iterdir()}
-    assert (
-        Report.model_validate_json((tmp_path / "report" / "report.json").read_text()).findings[0].id
-        == finding.id
-    )
+    assert [
+        f.id for f in Report.model_validate_json((tmp_path / "report" / "report.json").read_text()).findings
+    ] == [f.id for f in report.findings]
 
 
 def test_detector_findings_are_offered_as_hypotheses(any_store: TraceStore) -> None:
@@ -241,7 +243,6 @@ def test_detector_findings_are_offered_as_hypotheses(any_store: TraceStore) -> N
         report = final_report(run(llm, store))
     assert "The deterministic detectors found these" in seen[0] and "lookup_order" in seen[0]
     assert report.findings and all(f.source.startswith("detector:") for f in report.findings)
-    assert any("no structured findings" in note for note in report.notes)
 
 
 def test_text_deltas_stream_and_items_are_not_duplicated(store: TraceStore) -> None:

@@ -74,6 +74,11 @@ class EngineConfig(BaseModel):
         300, ge=0, description="LLM calls code may make (llm_query...), whole run"
     )
     repo_path: Path | None = None
+    keep_secrets: bool = Field(
+        False,
+        description="Send trace text to the model and write it to reports with its credentials; by "
+        "default API keys, tokens and passwords are replaced by [REDACTED]",
+    )
     retry: RetryPolicy = Field(
         default_factory=RetryPolicy, exclude=True, description="How provider errors are retried"
     )

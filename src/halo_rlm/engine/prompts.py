@@ -36,8 +36,10 @@ for each, say what happens, how many traces it affects (and what share), the evi
 fix (which prompt, tool schema, retry policy or limit to change, and how). Cite traces as [trace:ID] and \
 spans as [span:TRACE_ID:SPAN_ID], with ids you have actually seen.
 - `findings`: the same failures as structured data (category, severity, affected_traces with a `query` \
-that returns the affected trace_ids when you can, evidence with verbatim excerpts, recommendation). \
-Every claim is checked against the store afterwards; unsupported ones are flagged in the report.
+that returns the affected trace_ids when you can, evidence with verbatim excerpts, `details` with the root \
+cause, recommendation, and `locations` as path:line when you read the code). For a failure the detectors \
+found, use its category and key: your finding is merged into theirs. Every claim is checked against the \
+store afterwards; unsupported ones are flagged in the report.
 
 Budget: {budget}. Plan on your first turn; finish with margin.
 
@@ -220,7 +222,8 @@ def hypotheses_text(hypotheses: list[dict[str, Any]], *, compact: bool = False) 
         "(find root causes, and failures they cannot see):"
     ]
     lines += [
-        f"- {h['title']} ({h['category']}, {h['affected_traces']} traces, e.g. {', '.join(h['evidence'][:2])})"
+        f"- {h['title']} ({h['category']}, key {h.get('key') or '-'}, {h['affected_traces']} traces, "
+        f"e.g. {', '.join(h['evidence'][:2])})"
         for h in hypotheses
     ]
     return "\n".join(lines) + "\n"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import re
 import time
 import uuid
@@ -78,8 +79,10 @@ from halo_rlm.llm import (
 from halo_rlm.pricing import Prices
 from halo_rlm.repo import Repo, RepoError
 from halo_rlm.report import BudgetName
+from halo_rlm.scrub import scrub_attributes, scrub_text
 from halo_rlm.store import StoreError, TraceStore, paths
 from halo_rlm.usage import Usage
+from halo_rlm.utils import first_line
 from halo_rlm.verify import verify
 
 __all__ = [
@@ -687,6 +690,10 @@ class Run:
     def emit(self, event: EngineEvent) -> None:
         self.sequence += 1
         event.sequence = self.sequence
+        if isinstance(event, AgentOutputItem) and not self.config.keep_secrets:
+            # Events reach terminals, --json output, run logs on disk and the web app: tool results
+            # there carry trace text, so they go without its credentials, as they go to the model.
+            event.item = AgentMessage.model_validate(_redacted(event.item.model_dump()))
         self.queue.put_nowait(event)
 
     def note(self, text: str) -> None:
@@ -1017,30 +1024,66 @@ def _findings_block(answer: str) -> tuple[list[FindingInput], str | None]:
 
 def build_report(
     run: Run,
-    root: Agent,
+    root: Agent | None,
     prompt: str,
     inputs: list[str],
-    dataset: reports.DatasetSummary,
     answer: str,
     store: TraceStore,
+    *,
+    stopped: BaseException | None = None,
 ) -> reports.Report:
-    """The run's report (in a worker thread, on a connection of its own: recounts query the store)."""
-    final = root.final
-    findings = [to_finding(f, dataset, store) for f in (final.findings if final else [])]
+    """The run's report: the detectors' verified findings merged with the model's (`report.merge`),
+    verified against the store, and how the run ended. Built in a worker thread on a connection of
+    its own (verification queries the store); `stopped` is what ended the run early, if anything."""
+    assert run.detector_report is not None
+    dataset = run.detector_report.dataset
+    final = root.final if root is not None else None
+    proposed = [to_finding(f, dataset, store) for f in (final.findings if final else [])]
+    if proposed:  # their checks decide what they may add to a detector finding
+        verify(reports.Report(mode="llm", dataset=dataset, findings=proposed), store)
     notes = list(run.notes)
-    if final is None:
+    for f in proposed:
+        dropped = [loc for loc in f.locations if not _is_line_of(run.config.repo_path, loc)]
+        if dropped:
+            where = "are not lines of files in --repo-path" if run.config.repo_path else "need --repo-path"
+            notes.append(f"{f.id}: dropped code locations that {where}: {', '.join(dropped)}")
+            f.locations = [loc for loc in f.locations if loc not in dropped]
+    outcome = _outcome(run, root, stopped)
+    usage = _run_usage(run)
+    if final is None and root is not None and root.status != "running":
         notes.insert(
             0,
-            f"The run ended without final_answer ({root.status}); this report is built from the "
-            f"root agent's last answer.",
+            f"The run ended without final_answer ({root.status}); the analysis is the root agent's last "
+            "answer and the findings are the detectors'.",
         )
-    if not findings and run.detector_report is not None:
-        findings = list(run.detector_report.findings)
-        if final is not None:
-            notes.append(
-                "The model returned no structured findings; the detectors' findings are listed instead."
-            )
-    usage = reports.RunUsage(
+    report = reports.Report(
+        mode="llm",
+        prompt=prompt,
+        inputs=inputs,
+        store=run.store.path,
+        dataset=dataset,
+        findings=reports.rank(reports.merge(run.detector_report.findings, proposed), dataset),
+        answer=(final.answer if final else answer) or None,
+        models={
+            "agents": run.config.model,
+            "synthesis": run.config.synthesis_model or run.config.model,
+            "compaction": run.config.compaction_model or run.config.model,
+        },
+        usage=usage,
+        budgets=run.budget.report(
+            max_turns=run.config.max_turns, root_turns=root.turns if root else 0, seconds=usage.seconds
+        ),
+        thresholds=run.detector_report.thresholds,
+        notes=notes + run.detector_report.notes,
+        telemetry=run.telemetry.destination,
+        outcome=outcome,
+    )
+    verify(report, store, recheck=False)
+    return report.cleaned(keep_secrets=run.config.keep_secrets)
+
+
+def _run_usage(run: Run) -> reports.RunUsage:
+    return reports.RunUsage(
         models=run.models,
         agents=len(run.agents),
         turns=sum(a.turns for a in run.agents),
@@ -1061,25 +1104,82 @@ def build_report(
             for a in run.agents
         ],
     )
+
+
+def _outcome(run: Run, root: Agent | None, stopped: BaseException | None) -> reports.Outcome:
+    """What ended the run, and what it did not get to do."""
+    unfinished = [a for a in run.agents if not a.is_root and a.status == "running"]
+    not_done = []
+    if root is None or root.final is None:
+        not_done.append(
+            "the model's final answer and findings (the findings here are the detectors', verified)"
+            if root is not None and root.turns
+            else "the LLM analysis (the findings here are the detectors', verified)"
+        )
+    if unfinished:
+        not_done.append(f"{len(unfinished)} sub-agent(s) did not finish; their findings are not included")
     cfg = run.config
-    return reports.Report(
-        mode="llm",
-        prompt=prompt,
-        inputs=inputs,
-        store=run.store.path,
-        dataset=dataset,
-        findings=reports.rank(findings, dataset),
-        answer=(final.answer if final else answer) or None,
-        models={
-            "agents": cfg.model,
-            "synthesis": cfg.synthesis_model or cfg.model,
-            "compaction": cfg.compaction_model or cfg.model,
-        },
-        usage=usage,
-        budgets=run.budget.report(max_turns=cfg.max_turns, root_turns=root.turns, seconds=usage.seconds),
-        notes=notes,
-        telemetry=run.telemetry.destination,
+    if isinstance(stopped, asyncio.CancelledError | KeyboardInterrupt):
+        return reports.Outcome(
+            complete=False, stopped_by="interrupted", reason="interrupted (Ctrl-C).", not_done=not_done
+        )
+    if isinstance(stopped, Timeout):
+        return reports.Outcome(
+            complete=False, stopped_by="timeout", reason=first_line(stopped), not_done=not_done
+        )
+    if isinstance(stopped, LLMError):
+        return reports.Outcome(
+            complete=False,
+            stopped_by="provider_error",
+            reason=f"the model provider failed: {first_line(stopped)}",
+            not_done=not_done,
+        )
+    if stopped is not None:
+        return reports.Outcome(
+            complete=False,
+            stopped_by="crash",
+            reason=f"{type(stopped).__name__}: {first_line(stopped)}",
+            not_done=not_done,
+        )
+    assert root is not None
+    if root.final is not None:
+        return reports.Outcome()
+    budget = run.budget.exhausted()
+    if root.status == "partial" and budget:
+        kind: Any = "timeout" if "time" in budget else "budget"
+        return reports.Outcome(complete=False, stopped_by=kind, reason=f"{budget}.", not_done=not_done)
+    if root.status == "partial" and root.turns >= cfg.max_turns:
+        reason = (
+            f"the root agent reached its turn limit ({cfg.max_turns}, --max-turns) without a final answer."
+        )
+        return reports.Outcome(complete=False, stopped_by="turn_limit", reason=reason, not_done=not_done)
+    if root.status == "partial":
+        return reports.Outcome(
+            complete=False, stopped_by="timeout", reason="a model call ran out of time.", not_done=not_done
+        )
+    return reports.Outcome(
+        complete=False,
+        stopped_by="no_answer",
+        reason=f"the model ended without a final answer ({root.status}).",
+        not_done=not_done,
     )
+
+
+def _is_line_of(repo_path: Path | None, location: str) -> bool:
+    """Whether `path:line` (or `path:first-last`) names a line of a file inside the repository."""
+    match = re.fullmatch(r"\s*`?([^`:\s][^`:]*?):(\d+)(?:-\d+)?`?\s*", location)
+    if repo_path is None or match is None:
+        return False
+    root = repo_path.resolve()
+    path = (root / match[1]).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        return False
+    try:
+        with path.open("rb") as f:
+            lines = sum(1 for _ in f)
+    except OSError:
+        return False
+    return 1 <= int(match[2]) <= lines
 
 
 def to_finding(given: FindingInput, dataset: reports.DatasetSummary, store: TraceStore) -> reports.Finding:
@@ -1112,6 +1212,7 @@ def to_finding(given: FindingInput, dataset: reports.DatasetSummary, store: Trac
         details=given.details,
         query=given.query,
         query_dialect=store.dialect.name if given.query else None,
+        locations=list(given.locations),
     )
 
 
@@ -1164,6 +1265,8 @@ _DONE = object()
 async def _drive(run: Run, prompt: str, history: list[dict[str, Any]], inputs: list[str]) -> None:
     try:
         run.telemetry, run.llm = start_telemetry(run.config, run.id, run.llm)
+        if not run.config.keep_secrets:
+            run.llm = RedactingLLM(run.llm)  # type: ignore[assignment]
         if run.telemetry.destination:
             run.note(
                 f"Telemetry: HALO's own spans of this run (session.id {run.id}) go to {run.telemetry.destination}"
@@ -1183,6 +1286,9 @@ async def _drive(run: Run, prompt: str, history: list[dict[str, Any]], inputs: l
 
 
 async def _run(run: Run, prompt: str, history: list[dict[str, Any]], inputs: list[str]) -> reports.Report:
+    """The detectors, then the agents, then the report. Whatever stops the agents — a provider error,
+    a crash, Ctrl-C (cancellation) — the report is still built from everything verified so far and
+    written, then the error goes on to the caller."""
     store = run.store
     if not run.config.provider.configured:
         raise EngineError(
@@ -1190,16 +1296,33 @@ async def _run(run: Run, prompt: str, history: list[dict[str, Any]], inputs: lis
             "local OpenAI-compatible server"
         )
     run.detector_report = await store.run(detect.analyze)
-    dataset = run.detector_report.dataset
-    if dataset.traces == 0:
+    if run.detector_report.dataset.traces == 0:
         raise EngineError(f"{store.path}: the store holds no traces")
-    overview = await store.run(lambda connection: connection.overview(top=15))
-    run.overview = overview
+    answer = ""
+    try:
+        answer = await _explore(run, prompt, history)
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # long enough to write the report; a second Ctrl-C ends the process
+        await _finish_after(exc, run, prompt, inputs)
+        raise
+    except Exception as exc:
+        await _finish_after(exc, run, prompt, inputs)
+        raise
+    return await _finish(run, prompt, inputs, answer)
+
+
+async def _explore(run: Run, prompt: str, history: list[dict[str, Any]]) -> str:
+    """The root agent's run; returns its last text (its report arrives in `root.final`)."""
+    run.overview = await run.store.run(lambda connection: connection.overview(top=15))
+    assert run.detector_report is not None
     run.hypotheses = [
         {
             "id": f.id,
             "title": f.title,
             "category": f.category,
+            "key": f.key,
             "affected_traces": f.affected_traces,
             "evidence": [reports.cite(e) for e in f.evidence[:3]],
         }
@@ -1211,29 +1334,102 @@ async def _run(run: Run, prompt: str, history: list[dict[str, Any]], inputs: lis
     run.agents.append(root)
     opening = history if history[0]["role"] == "system" else [run.system_message(root, prompt), *history]
     try:
-        answer = await run.telemetry.traced_agent(root, prompt, root.run_to_end(opening))
+        return await run.telemetry.traced_agent(root, prompt, root.run_to_end(opening))
     finally:
         root.finished = time.monotonic()
         # Every sandbox worker must be closed before the loop ends (see sandbox.Repl.aclose).
         await asyncio.gather(*(a.repl.aclose() for a in run.agents if a.repl is not None))
-    report = await store.run(
-        lambda connection: verify(
-            build_report(run, root, prompt, inputs, dataset, answer, connection), connection
-        )
+
+
+async def _finish(
+    run: Run, prompt: str, inputs: list[str], answer: str, stopped: BaseException | None = None
+) -> reports.Report:
+    """Build, write and emit the report (the final item)."""
+    root = run.agents[0] if run.agents else None
+    if root is not None and not answer:
+        answer = _last_text(root)
+    report = await run.store.run(
+        lambda connection: build_report(run, root, prompt, inputs, answer, connection, stopped=stopped)
     )
     if run.config.out_dir is not None:
-        render.write(report, run.config.out_dir)
+        render.write(report, run.config.out_dir, keep_secrets=run.config.keep_secrets)
+    lineage = (
+        root.lineage()
+        if root is not None
+        else {"agent_id": f"root-{run.id[:8]}", "parent_agent_id": None, "parent_tool_call_id": None}
+        | {"agent_name": "root", "depth": 0}
+    )
     run.emit(
         AgentOutputItem(
             sequence=0,
             item=AgentMessage(role="assistant", content=report.answer),
             final=True,
             report=report,
-            conversation=[dict(m) for m in root.messages],
-            **root.lineage(),
+            conversation=[
+                dict(m) if run.config.keep_secrets else _redacted(m) for m in (root.messages if root else [])
+            ],
+            **lineage,
         )
     )
     return report
+
+
+async def _finish_after(stopped: BaseException, run: Run, prompt: str, inputs: list[str]) -> None:
+    """`_finish` for a run that failed; if even the report cannot be made, the error says so."""
+    try:
+        await _finish(run, prompt, inputs, "", stopped)
+    except Exception as exc:  # noqa: BLE001 - the run's own error is the one to raise
+        stopped.add_note(f"No report could be written: {type(exc).__name__}: {first_line(exc)}")
+
+
+class RedactingLLM:
+    """`run.llm` unless --keep-secrets: every message goes to the model with its credentials replaced
+    by `[REDACTED]` (`halo_rlm.scrub`), whichever agent, tool or code sent it. Tool results are JSON:
+    the whole value of a secret-looking key goes too."""
+
+    def __init__(self, llm: LLM) -> None:
+        self.llm = llm
+
+    async def complete(
+        self, model: ModelConfig, messages: list[dict[str, Any]], **options: Any
+    ) -> Completion:
+        return await self.llm.complete(model, [_redacted(m) for m in messages], **options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.llm, name)
+
+
+def _redacted(message: dict[str, Any]) -> dict[str, Any]:
+    """A chat message (or an event's message) without credentials in its text and tool arguments."""
+    content = message.get("content")
+    if not isinstance(content, str) and not message.get("tool_calls"):
+        return message
+    clean = dict(message)
+    if isinstance(content, str):
+        clean["content"] = _redacted_text(content)
+    if message.get("tool_calls"):
+        clean["tool_calls"] = [_redacted_call(call) for call in message["tool_calls"]]
+    return clean
+
+
+def _redacted_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A tool call in Chat Completions' shape ({"function": {"arguments"}}) or an event's ({"arguments"})."""
+    if "function" in call:
+        return call | {
+            "function": call["function"] | {"arguments": _redacted_text(call["function"]["arguments"])}
+        }
+    return call | {"arguments": _redacted_text(call["arguments"])}
+
+
+@functools.lru_cache(maxsize=2_048)
+def _redacted_text(text: str) -> str:
+    """Credentials out of a message: JSON by its keys and strings (a tool result), else as text."""
+    if text[:1] in ("{", "["):
+        try:
+            return orjson.dumps(scrub_attributes({"": orjson.loads(text)})[""]).decode()
+        except orjson.JSONDecodeError:
+            pass
+    return scrub_text(text)
 
 
 def _offer_code_and_repo(run: Run) -> None:

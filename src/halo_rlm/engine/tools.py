@@ -144,6 +144,9 @@ class FindingInput(Args):
         None, description="SQL returning the affected traces' trace_id, to verify the count"
     )
     impact: dict[str, float] = {}
+    locations: list[str] = Field(
+        [], description="path:line in the agent's repository that the fix changes (with the repository tools)"
+    )
 
 
 class FinalAnswerArgs(Args):
