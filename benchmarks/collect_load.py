@@ -1,13 +1,18 @@
 """Load test for `halo collect`: concurrent OpenTelemetry SDK exporters against one collector.
 
-    python benchmarks/collect_load.py --spans 100000 --exporters 4
+    python benchmarks/collect_load.py --spans 100000 --exporters 8
 
 Each exporter is its own process: it makes agent-like traces (an AGENT root with LLM and TOOL
 children, ten spans per trace) as the SDK's `ReadableSpan`s and sends them with the SDK's OTLP/HTTP
 protobuf exporter in batches of 512, as a `BatchSpanProcessor` would (without its queue, which drops
-spans when full). The collector runs in this process and writes a fresh store. Prints spans sent and
+spans when full). The collector runs in this process and writes a fresh store (and, with --out, a
+JSONL file); every request is fsynced to its spool before it is answered. Prints spans sent and
 stored, the rate from the first export to the last span committed to the store, and the collector's
 own CPU time (all its threads, DuckDB's included), which does not depend on what else the machine runs.
+
+The exporter mode (`--export-to URL`) is also what the collector's crash and full-disk tests run:
+with `--acked FILE` it appends the span ids of every batch that got 200 to FILE and carries on past
+failed batches, so a test can check that each acknowledged span was kept.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ BATCH = 512
 SPANS_PER_TRACE = 10
 
 
-def export(url: str, spans: int) -> None:
-    """One exporter process: make `spans` spans and send them to `url`; exit 1 if any batch fails."""
+def export(url: str, spans: int, acked: Path | None = None, timeout: float | None = None) -> None:
+    """One exporter process: make `spans` spans and send them to `url`. Without `acked`, exit 1 at the
+    first batch that fails; with it, append the span ids of each batch that succeeded there."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import ReadableSpan
@@ -39,7 +45,8 @@ def export(url: str, spans: int) -> None:
 
     resource = Resource.create({"service.name": f"load-{os.getpid()}"})
     scope = InstrumentationScope("halo.benchmark", "1")
-    exporter = OTLPSpanExporter(endpoint=url)
+    exporter = OTLPSpanExporter(endpoint=url, timeout=timeout)
+    record = open(acked, "a") if acked else None  # noqa: SIM115  (closed at the end)
     batch: list[ReadableSpan] = []
     start = time.time_ns()
     for n in range(spans):
@@ -89,14 +96,20 @@ def export(url: str, spans: int) -> None:
             )
         )
         if len(batch) == BATCH or n == spans - 1:
-            if exporter.export(batch) is not SpanExportResult.SUCCESS:
+            succeeded = exporter.export(batch) is SpanExportResult.SUCCESS
+            if record is not None and succeeded:
+                record.write("".join(f"{span.context.span_id:016x}\n" for span in batch))
+                record.flush()
+            elif not succeeded and record is None:
                 sys.exit(1)
             batch = []
     exporter.shutdown()
+    if record is not None:
+        record.close()
 
 
-def run(spans: int, exporters: int, store: Path) -> dict:
-    """Start a collector writing `store`, run the exporters, stop, and count what was stored."""
+def run(spans: int, exporters: int, store: Path, out: Path | None, spool: Path) -> dict:
+    """Start a collector writing `store` (and `out`), run the exporters, stop, and count what was stored."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from halo_rlm.collect import serve
     from halo_rlm.store import TraceStore
@@ -108,7 +121,7 @@ def run(spans: int, exporters: int, store: Path) -> dict:
             filter(None, [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH")])
         ),
     }
-    collector = serve(store=store, port=0)
+    collector = serve(store=store, out=out, spool=spool, port=0)
     started, cpu_started = time.perf_counter(), time.process_time()
     workers = [
         subprocess.Popen(
@@ -129,7 +142,9 @@ def run(spans: int, exporters: int, store: Path) -> dict:
         "exporters": exporters,
         "failed_exporters": failed,
         "spans_accepted": stats.spans,
+        "busy_replies": stats.busy_requests,
         "spans_stored": stored,
+        "spans_in_out_file": sum(1 for _ in open(out, "rb")) if out else None,
         "traces_stored": traces,
         "lost": spans - stored,
         "seconds_to_accept": round(sent - started, 2),
@@ -146,16 +161,20 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--spans", type=int, default=100_000)
-    parser.add_argument("--exporters", type=int, default=4)
+    parser.add_argument("--exporters", type=int, default=8)
     parser.add_argument("--store", type=Path, help="Store to create (default: a temporary file).")
-    parser.add_argument("--export-to", help=argparse.SUPPRESS)  # internal: run as one exporter process
+    parser.add_argument("--out", type=Path, help="Also append the spans to this JSONL file.")
+    parser.add_argument("--spool", type=Path, help="The collector's spool (default: a temporary folder).")
+    parser.add_argument("--export-to", help="Run as one exporter process sending to this URL.")
+    parser.add_argument("--acked", type=Path, help="(exporter) Append acknowledged span ids here.")
+    parser.add_argument("--timeout", type=float, help="(exporter) Seconds per export, retries included.")
     args = parser.parse_args()
     if args.export_to:
-        export(args.export_to, args.spans)
+        export(args.export_to, args.spans, args.acked, args.timeout)
         return
     with tempfile.TemporaryDirectory() as scratch:
         store = args.store or Path(scratch) / "load.duckdb"
-        result = run(args.spans, args.exporters, store)
+        result = run(args.spans, args.exporters, store, args.out, args.spool or Path(scratch) / "spool")
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
     sys.exit(1 if result["lost"] or result["failed_exporters"] else 0)
 

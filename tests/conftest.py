@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,39 @@ def child_processes():
         return children
 
     return list_children
+
+
+# --- store backends -----------------------------------------------------------------------------
+# Store tests run on every backend: DuckDB, and ClickHouse embedded in this process (chdb). chdb
+# serves one folder per process, so the test session shares one folder and each store is a database
+# of its own in it.
+
+BACKENDS = ["duckdb", "chdb"]
+
+
+@pytest.fixture(scope="session")
+def chdb_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("chdb", reason="the clickhouse extra is not installed")
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture(scope="session")
+def new_store(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Callable[[str], str]:
+    """Makes the target of a fresh, empty store on a backend: a DuckDB file, or a chdb database."""
+    databases = itertools.count()
+
+    def make(backend: str) -> str:
+        if backend == "duckdb":
+            return str(tmp_path_factory.mktemp("store") / "store.duckdb")
+        folder = request.getfixturevalue("chdb_folder")
+        return f"chdb:{folder}?database=test_{next(databases)}"
+
+    return make
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store backend a test runs on (each test that asks for it runs on every backend)."""
+    return request.param

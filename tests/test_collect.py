@@ -8,9 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -340,6 +342,200 @@ def test_keep_alive_connection_serves_many_requests(collector: Collector) -> Non
     assert collector.stop().spans == 60
 
 
+def raw_exchange(collector: Collector, request: bytes) -> bytes:
+    """Send bytes as they are and read the reply until the collector closes or goes quiet."""
+    host, port = collector.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(request)
+        reply = b""
+        try:
+            while chunk := connection.recv(65536):
+                reply += chunk
+                if b"\r\n\r\n" in reply and reply.startswith(b"HTTP/1.1 200"):
+                    break
+        except TimeoutError:
+            pass
+    return reply
+
+
+def test_ambiguous_body_lengths_are_refused(collector: Collector) -> None:
+    body = b"{}" + b" " * 8  # ten bytes of a valid (empty) OTLP/JSON request
+    head = b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    for lengths in (
+        b"Content-Length: 10\r\nContent-Length: 12\r\n",
+        b"Content-Length: 10, 2\r\n",
+        b"Transfer-Encoding: chunked\r\nContent-Length: 10\r\n",
+        b"Content-Length: 10\r\nTransfer-Encoding: identity\r\n",
+        b"Content-Length: +10\r\n",
+    ):
+        reply = raw_exchange(collector, head + lengths + b"\r\n" + body)
+        assert reply.startswith(b"HTTP/1.1 400"), (lengths, reply[:200])
+    same_twice = raw_exchange(collector, head + b"Content-Length: 10\r\nContent-Length: 10\r\n\r\n" + body)
+    assert same_twice.startswith(b"HTTP/1.1 200")
+    assert (collector.stats.failed_requests, collector.stats.requests) == (5, 1)
+
+
+def trickle(connection: socket.socket, data: bytes, every: float = 0.1, seconds: float = 20) -> bytes:
+    """Send `data` a byte at a time (for at most `seconds`); what the server said when it cut us off."""
+    connection.settimeout(every)
+    deadline = time.monotonic() + seconds
+    for byte in data:
+        try:
+            connection.sendall(bytes([byte]))
+            reply = connection.recv(65536)
+        except TimeoutError:
+            assert time.monotonic() < deadline
+            continue
+        except OSError:
+            return b"closed"
+        connection.settimeout(10)
+        while chunk := connection.recv(65536):  # the rest of the reply, up to the close
+            reply += chunk
+        return reply or b"closed"
+    raise AssertionError("the slow client was never cut off")
+
+
+def test_slow_headers_and_slow_bodies_are_cut_at_the_time_limit(tmp_path: Path) -> None:
+    good = encode_spans(agent_spans(1)).SerializeToString()
+    with serve(store=tmp_path / "c.duckdb", port=0, header_seconds=1, body_seconds=1) as collector:
+        host, port = collector.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as slow_headers:
+            slow_headers.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            reply = trickle(slow_headers, b"X-Slow: " + b"a" * 1000)  # a byte every 0.1 s: 100 s in all
+            assert reply.startswith(b"HTTP/1.1 408") and b"headers did not arrive within 1s" in reply
+        with socket.create_connection((host, int(port))) as slow_body:
+            slow_body.sendall(
+                b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-protobuf\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(good)
+            )
+            reply = trickle(slow_body, good)
+            assert reply.startswith(b"HTTP/1.1 408") and b"body did not arrive within 1s" in reply
+        assert httpx.post(collector.traces_url, content=good, headers=PROTOBUF).status_code == 200
+    assert collector.stats.spans == 3
+
+
+def test_receive_is_the_same_rules_without_http(tmp_path: Path) -> None:
+    """What another transport (the web app's route) calls: body and headers in, a reply out."""
+    good = encode_spans(agent_spans(1)).SerializeToString()
+    collector = Collector(store=tmp_path / "c.duckdb", token="s3cret")
+    try:
+        answer = collector.receive(good, content_type="application/x-protobuf", authorization="Bearer s3cret")
+        assert answer.status == 200 and answer.headers == {"Content-Type": "application/x-protobuf"}
+        assert not ExportTraceServiceResponse.FromString(answer.body).HasField("partial_success")
+        unauthorised = collector.receive(good, content_type="application/x-protobuf")
+        assert unauthorised.status == 401 and "WWW-Authenticate" in unauthorised.headers
+        json_body = gzip.compress(
+            otlp_json(json_span("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174"))
+        )
+        answer = collector.receive(
+            json_body,
+            content_type="application/json; charset=utf-8",
+            content_encoding="gzip",
+            authorization="Bearer s3cret",
+        )
+        assert (answer.status, answer.body, answer.headers["Content-Type"]) == (
+            200,
+            b"{}",
+            "application/json",
+        )
+        assert (
+            collector.receive(b"{}", content_type="text/plain", authorization="Bearer s3cret").status == 415
+        )
+        too_long = collector.refuse(
+            content_type="application/json",
+            authorization="Bearer s3cret",
+            length=collector.max_body_bytes + 1,
+        )
+        assert too_long is not None and too_long.status == 413  # refused before the body is read
+        assert collector.url == ""  # no HTTP server was started
+    finally:
+        stats = collector.stop()
+    assert (stats.requests, stats.failed_requests, stats.spans) == (2, 2, 4)
+    assert len(stored(tmp_path / "c.duckdb")) == 4
+
+
+# --- credentials --------------------------------------------------------------------------------
+
+OPENAI_KEY = "sk-proj-" + "Zx9" * 16
+
+
+def spans_with_credentials() -> list:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import Status, StatusCode
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "agent", "openai.api_key": OPENAI_KEY})
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("t").start_as_current_span(f"call {OPENAI_KEY}") as span:
+        span.set_attribute("http.request.header.authorization", "Bearer abc123def456ghi789")
+        span.set_attribute("input.value", '{"password": "hunter22", "question": "where is my order?"}')
+        span.set_attribute("llm.token_count.prompt", 1200)
+        span.add_event("retry", {"url": "https://bob:pa55word@db.example.com/orders"})
+        span.set_status(Status(StatusCode.ERROR, f"401: invalid key {OPENAI_KEY}"))
+    provider.shutdown()
+    return list(exporter.get_finished_spans())
+
+
+CREDENTIALS = (OPENAI_KEY, "abc123def456", "hunter22", "pa55word")
+
+
+@pytest.mark.parametrize("keep_secrets", [False, True], ids=["scrubbed", "kept"])
+def test_credentials_in_received_spans_are_scrubbed_before_anything_is_written(
+    tmp_path: Path, keep_secrets: bool
+) -> None:
+    store, out, spool = tmp_path / "c.duckdb", tmp_path / "c.jsonl", tmp_path / "spool"
+    with serve(
+        store=store, out=out, spool=spool, port=0, flush_seconds=3600, keep_secrets=keep_secrets
+    ) as collector:
+        exporter = OTLPSpanExporter(endpoint=collector.traces_url)
+        assert exporter.export(spans_with_credentials()) is SpanExportResult.SUCCESS
+        logged = b"".join(log.read_bytes() for log in spool.glob("wal-*.jsonl"))
+        assert logged
+    written = {"spool": logged, "out": out.read_bytes()}
+    with TraceStore.open(store, read_only=True) as opened:
+        written["store"] = orjson.dumps(opened.con.execute("SELECT * FROM spans").fetchall(), default=str)
+    for where, data in written.items():
+        for secret in CREDENTIALS:
+            assert (secret.encode() in data) is keep_secrets, (where, secret)
+    if not keep_secrets:
+        (row,) = stored(store).values()
+        assert row["raw"]["attributes"]["llm.token_count.prompt"] == 1200
+        assert "where is my order?" in row["raw"]["attributes"]["input.value"]
+        assert row["raw"]["attributes"]["http.request.header.authorization"] == "[REDACTED]"
+
+
+# --- the spool ----------------------------------------------------------------------------------
+
+
+def test_the_collector_refuses_to_start_without_a_writable_spool(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("x")
+    with pytest.raises(CollectError, match=r"cannot use the spool .*--spool"):
+        serve(store=tmp_path / "c.duckdb", spool=not_a_folder / "spool", port=0)
+    read_only = tmp_path / "read-only"
+    with read_only_folder(read_only), pytest.raises(CollectError, match="spool"):
+        serve(store=tmp_path / "c.duckdb", spool=read_only, port=0)
+
+
+def test_one_collector_per_spool_and_a_spool_keeps_to_its_outputs(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    first = serve(store=tmp_path / "a.duckdb", spool=spool, port=0, flush_seconds=3600, lock_timeout=0.2)
+    with pytest.raises(CollectError, match="another collector is using the spool"):
+        serve(store=tmp_path / "a.duckdb", spool=spool, port=0)
+    assert OTLPSpanExporter(endpoint=first.traces_url).export(agent_spans()) is SpanExportResult.SUCCESS
+    with store_held_by_another_process(tmp_path / "a.duckdb"):
+        first.stop(timeout=0)
+    with pytest.raises(CollectError, match=r"holds spans for the store .*a\.duckdb"):
+        serve(store=tmp_path / "b.duckdb", spool=spool, port=0)
+    serve(store=tmp_path / "a.duckdb", spool=spool, port=0).stop()
+    assert len(stored(tmp_path / "a.duckdb")) == 9
+    serve(store=tmp_path / "b.duckdb", spool=spool, port=0).stop()  # nothing left in it: any outputs
+
+
 # --- binding ----------------------------------------------------------------------------------
 
 
@@ -365,7 +561,7 @@ def test_a_port_in_use_or_a_file_that_is_not_a_store_is_a_clear_error(
         serve(store=tmp_path / "other.duckdb", port=port)
     not_a_store = tmp_path / "notes.txt"
     not_a_store.write_text("hello")
-    with pytest.raises(CollectError, match="notes.txt"):
+    with pytest.raises(CollectError, match=r"notes\.txt"):
         serve(store=not_a_store, port=0)
 
 
@@ -427,28 +623,47 @@ def test_the_store_is_readable_while_the_collector_runs(collector: Collector) ->
             assert store.count_traces() == expected // 3
 
 
-def test_a_busy_store_holds_spans_in_memory_then_refuses_with_retry_after(tmp_path: Path) -> None:
+@contextmanager
+def store_held_by_another_process(path: Path) -> Iterator[None]:
+    """Another process holds the store open (as a long `halo sql` would), so no write can happen."""
+    hold = (
+        "import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=True); print('open', flush=True); "
+        "sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        yield
+    finally:
+        holder.communicate("")
+
+
+def wait_for(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_store_another_process_holds_too_long_gets_503_with_retry_after_then_all_is_written(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "c.duckdb"
     body, later = (encode_spans(agent_spans(1)).SerializeToString() for _ in range(2))
-    with serve(store=path, port=0, buffer_bytes=1) as collector:
-        # Another process holds the store (as a long `halo sql` would), so no flush can happen.
-        hold = (
-            "import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=True); print('open', flush=True); "
-            "sys.stdin.read()"
-        )
-        holder = subprocess.Popen(
-            [sys.executable, "-c", hold, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        try:
-            assert holder.stdout.readline().strip() == "open"
+    with serve(store=path, port=0, lock_timeout=0.2) as collector:
+        with store_held_by_another_process(path):
+            # durable in the spool, so acknowledged; the store gets it when it is free
             assert httpx.post(collector.traces_url, content=body, headers=PROTOBUF).status_code == 200
-            refused = httpx.post(collector.traces_url, content=body, headers=PROTOBUF)
+            wait_for(lambda: collector.stats.last_error)  # the store is failing: nothing more is taken
+            refused = httpx.post(collector.traces_url, content=later, headers=PROTOBUF)
             assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
-            assert collector.stats.pending_spans == 3
-        finally:
-            holder.communicate("")
-        wait_until_written(collector)  # the lock is gone: the next flush writes the buffer
+            assert "store is failing" in refused.text and "lock" in collector.stats.last_error
+            assert (collector.stats.pending_spans, collector.stats.busy_requests) == (3, 1)
+        wait_until_written(collector)  # the lock is gone: the next cycle writes what was accepted
         assert httpx.post(collector.traces_url, content=later, headers=PROTOBUF).status_code == 200
+        assert collector.stats.last_error is None
     assert len(stored(path)) == 6
 
 
@@ -474,21 +689,320 @@ def test_stop_writes_everything_received(tmp_path: Path) -> None:
         httpx.post(collector.traces_url, content=b"{}", headers=JSON)
 
 
-def test_a_store_busy_past_shutdown_leaves_a_rescue_file(tmp_path: Path) -> None:
-    path = tmp_path / "c.duckdb"
-    collector = serve(store=path, port=0, flush_seconds=3600)
+def test_spans_a_store_will_not_take_by_shutdown_stay_spooled_for_the_next_start(tmp_path: Path) -> None:
+    path, spool = tmp_path / "c.duckdb", tmp_path / "spool"
+    collector = serve(store=path, spool=spool, port=0, flush_seconds=3600, lock_timeout=0.2)
     assert OTLPSpanExporter(endpoint=collector.traces_url).export(agent_spans()) is SpanExportResult.SUCCESS
+    with store_held_by_another_process(path):
+        stats = collector.stop(timeout=0.5)
+    assert stats.pending_spans == 9 and f"kept in the spool {spool}" in stats.last_error
+    assert sum(len(log.read_bytes().splitlines()) for log in spool.glob("wal-*.jsonl")) == 9
+    assert not path.exists() or not stored(path)
+    with serve(store=path, spool=spool, port=0) as again:
+        assert again.stats.replayed_spans == 9
+    assert again.stats.last_error is None and len(stored(path)) == 9
+    assert not list(spool.glob("wal-*.jsonl"))  # written everywhere: the log is gone
 
-    def busy(lines: list[bytes]) -> None:
-        raise OSError("store is locked")  # what waiting out TraceStore.open's lock timeout ends in
 
-    (store_output,) = collector._outputs  # white box: waiting for a real lock to time out takes 10 s
-    store_output.write = busy
-    stats = collector.stop(timeout=0)
-    assert stats.pending_spans == 0 and "unflushed" in stats.last_error
-    rescue = next(tmp_path.glob("c.duckdb.unflushed-*.jsonl"))
-    with TraceStore.open(path) as store:
-        assert store.ingest([str(rescue)]).spans == 9
+def test_the_log_keeps_only_what_an_output_has_not_confirmed(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    with serve(
+        store=tmp_path / "c.duckdb", out=tmp_path / "c.jsonl", spool=spool, port=0, segment_bytes=4096
+    ) as collector:
+        exporter = OTLPSpanExporter(endpoint=collector.traces_url)
+        for _ in range(6):
+            assert exporter.export(agent_spans()) is SpanExportResult.SUCCESS
+            wait_until_written(collector)
+            logs = sorted(spool.glob("wal-*.jsonl"))
+            assert len(logs) <= 2  # files both outputs passed are deleted as they go
+            cursors = {p.name: orjson.loads(p.read_bytes()) for p in spool.glob("cursor-*.json")}
+            assert set(cursors) == {"cursor-store.json", "cursor-file.json"}
+    assert not list(spool.glob("wal-*.jsonl"))
+    assert len(stored(tmp_path / "c.duckdb")) == 54
+
+
+# --- crashes and failing disks -------------------------------------------------------------------
+
+COLLECTOR_CHILD = """
+import json, resource, signal, sys
+from halo_rlm.collect import serve
+settings = json.loads(sys.argv[1])
+limit = settings.pop("file_size_limit", None)
+if limit:  # a disk that is full past this size, for every file the collector writes
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+stop_timeout = settings.pop("stop_timeout", 30)
+collector = serve(port=0, **settings)
+print(json.dumps({"url": collector.traces_url, **vars(collector.stats)}), flush=True)
+sys.stdin.read()
+print(json.dumps(vars(collector.stop(timeout=stop_timeout))), flush=True)
+"""
+
+
+class CollectorProcess:
+    """A collector in a process of its own (`serve()` with `settings`), to kill or starve."""
+
+    def __init__(self, **settings: object) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", COLLECTOR_CHILD, orjson.dumps(settings).decode()],
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.started = orjson.loads(self.process.stdout.readline())
+        self.url = self.started["url"]
+
+    def stop(self) -> dict:
+        final, _ = self.process.communicate("", timeout=120)
+        assert self.process.returncode == 0
+        return orjson.loads(final)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def exporters(url: str, acked: Path, count: int = 8, spans: int = 2048, timeout: float = 3) -> list:
+    """`count` processes each sending `spans` spans through the SDK exporter (batches of 512), writing
+    the ids of every span acknowledged with 200 to files `acked`-<n>."""
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "collect_load.py"),
+                "--export-to",
+                url,
+                "--spans",
+                str(spans),
+                "--acked",
+                f"{acked}-{n}",
+                "--timeout",
+                str(timeout),
+            ],
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+            stderr=subprocess.DEVNULL,  # the SDK logs each failed export
+        )
+        for n in range(count)
+    ]
+
+
+def acknowledged(acked: Path) -> set[str]:
+    return {line for path in acked.parent.glob(acked.name + "-*") for line in path.read_text().split()}
+
+
+def span_ids_in(out: Path) -> list[str]:
+    return [orjson.loads(line)["span_id"] for line in out.read_bytes().splitlines()]
+
+
+def assert_nothing_acknowledged_lost(acked: set[str], store: Path, out: Path) -> None:
+    assert acked, "no span was acknowledged: the test proves nothing"
+    in_store = set(stored(store))
+    assert acked <= in_store, f"{len(acked - in_store)} of {len(acked)} acknowledged spans not in the store"
+    in_file = span_ids_in(out)  # every line parses: no torn line was left
+    assert acked <= set(in_file), f"{len(acked - set(in_file))} acknowledged spans not in --out"
+    assert len(in_file) == len(set(in_file)), "lines written twice to --out"
+
+
+@pytest.mark.slow
+def test_sigkill_mid_flood_from_8_exporters_loses_no_acknowledged_span(tmp_path: Path) -> None:
+    store, out, spool, acked = (
+        tmp_path / "c.duckdb",
+        tmp_path / "c.jsonl",
+        tmp_path / "spool",
+        tmp_path / "acked",
+    )
+    args = (
+        "collect",
+        "--port",
+        "0",
+        "--store",
+        str(store),
+        "--out",
+        str(out),
+        "--spool",
+        str(spool),
+        "--json",
+    )
+    collector = halo(*args)
+    url = orjson.loads(collector.stdout.readline())["traces_url"]
+    flood = exporters(url, acked, spans=4096)
+    try:
+        wait_for(lambda: len(acknowledged(acked)) >= 4 * 512)
+        collector.send_signal(signal.SIGKILL)
+        collector.wait()
+        assert all(exporter.wait(timeout=120) == 0 for exporter in flood)
+    finally:
+        for process in (collector, *flood):
+            process.kill()
+            process.wait()
+    sent = acknowledged(acked)
+    assert len(sent) < 8 * 4096  # the kill came mid-flood: some batches were never acknowledged
+    restarted = halo(*args)
+    try:
+        listening = orjson.loads(restarted.stdout.readline())
+        assert listening["replayed_spans"] > 0
+        restarted.send_signal(signal.SIGINT)
+        assert restarted.wait(timeout=120) == 0, restarted.stderr.read()
+    finally:
+        restarted.kill()
+        restarted.wait()
+    assert_nothing_acknowledged_lost(sent, store, out)
+
+
+def test_a_torn_write_to_the_out_file_is_finished_without_duplicates_after_a_kill(tmp_path: Path) -> None:
+    out, spool = tmp_path / "c.jsonl", tmp_path / "spool"
+    with serve(out=out, spool=spool, port=0) as first:
+        assert OTLPSpanExporter(endpoint=first.traces_url).export(agent_spans()) is SpanExportResult.SUCCESS
+    killed = CollectorProcess(out=str(out), spool=str(spool), flush_seconds=3600)
+    assert OTLPSpanExporter(endpoint=killed.url).export(agent_spans()) is SpanExportResult.SUCCESS
+    killed.kill()
+    (log,) = spool.glob("wal-*.jsonl")
+    logged = log.read_bytes().splitlines(keepends=True)
+    assert len(logged) == 9
+    # Killed while writing --out: four lines made it, the fifth only half.
+    with open(out, "ab") as file:
+        file.write(b"".join(logged[:4]) + logged[4][:100])
+    with serve(out=out, spool=spool, port=0) as again:
+        assert again.stats.replayed_spans == 5  # the four whole lines are recognised as written
+    ids = span_ids_in(out)
+    assert len(ids) == len(set(ids)) == 18
+    assert set(ids[9:]) == {orjson.loads(line)["span_id"] for line in logged}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failure", ["full", "read-only"])
+def test_a_failing_disk_gets_503s_and_loses_no_acknowledged_span(tmp_path: Path, failure: str) -> None:
+    disk, spool, acked = tmp_path / "disk", tmp_path / "spool", tmp_path / "acked"
+    store, out = disk / "c.duckdb", disk / "c.jsonl"
+    with small_disk(disk, "3m") as mounted:
+        if failure == "read-only" and not mounted and os.geteuid() == 0:
+            pytest.skip("root without mount: no folder is read-only to this process")
+        settings: dict = {"store": str(store), "out": str(out), "spool": str(spool), "lock_timeout": 1}
+        if failure == "full" and not mounted:
+            settings["file_size_limit"] = 3 << 20
+        collector = CollectorProcess(**settings, stop_timeout=3)
+        flood = exporters(collector.url, acked, spans=2048)
+        try:
+            if failure == "read-only":
+                wait_for(lambda: len(acknowledged(acked)) >= 4 * 512)
+                make_read_only(disk, mounted)
+            assert all(exporter.wait(timeout=300) == 0 for exporter in flood)
+        finally:
+            for exporter in flood:
+                exporter.kill()
+                exporter.wait()
+        first = collector.stop()
+        assert first["busy_requests"] > 0 and "kept in the spool" in first["last_error"]
+        sent = acknowledged(acked)
+        assert len(sent) < 8 * 2048
+        repair(disk, mounted, failure)
+        second = CollectorProcess(store=str(store), out=str(out), spool=str(spool)).stop()
+        assert second["last_error"] is None
+        assert_nothing_acknowledged_lost(sent, store, out)
+
+
+def test_a_full_spool_gets_503s_and_what_it_took_is_written(tmp_path: Path) -> None:
+    if not can_mount():
+        pytest.skip("needs a small tmpfs (root)")
+    spool, store = tmp_path / "spool", tmp_path / "c.duckdb"
+    with small_disk(spool, "1m"):
+        collector = serve(store=store, spool=spool, port=0, flush_seconds=3600)
+        exporter = OTLPSpanExporter(endpoint=collector.traces_url, timeout=2)
+        accepted: set[str] = set()
+        for _ in range(40):  # about 80 KB a request: the spool fills after a dozen
+            spans = agent_spans(30)
+            if exporter.export(spans) is SpanExportResult.SUCCESS:
+                accepted |= {f"{span.context.span_id:016x}" for span in spans}
+        busy = collector.stats
+        final = collector.stop()
+    assert accepted and busy.busy_requests > 0 and "cannot write" in (busy.last_error or "")
+    assert final.last_error is None  # once stopped, everything it took is in the store
+    assert set(stored(store)) == accepted
+
+
+_mountable: list[bool] = []
+
+
+def can_mount() -> bool:
+    """Whether this process can mount a small tmpfs (root, and a system that allows it)."""
+    if not _mountable:
+        ok = False
+        if os.geteuid() == 0:
+            with tempfile.TemporaryDirectory() as probe:
+                ok = (
+                    subprocess.run(
+                        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", probe], capture_output=True
+                    ).returncode
+                    == 0
+                )
+                if ok:
+                    subprocess.run(["umount", probe], check=True)
+        _mountable.append(ok)
+    return _mountable[0]
+
+
+@contextmanager
+def small_disk(path: Path, size: str) -> Iterator[bool]:
+    """A folder on a tmpfs of `size` when this process may mount one (yields True), else a plain
+    folder (False: the test then starves the collector with a file size limit or permissions)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if not can_mount():
+        try:
+            yield False
+        finally:
+            path.chmod(0o755)
+        return
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield True
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def remount(path: Path, options: str) -> None:
+    """`mount -o remount,<options>`, retried while a file there is open for writing (EBUSY)."""
+    deadline = time.monotonic() + 60
+    while subprocess.run(["mount", "-o", f"remount,{options}", str(path)], capture_output=True).returncode:
+        assert time.monotonic() < deadline, f"could not remount {path} {options}"
+        time.sleep(0.02)
+
+
+def make_read_only(disk: Path, mounted: bool) -> None:
+    if mounted:
+        remount(disk, "ro")
+    else:
+        disk.chmod(0o555)
+        for path in disk.iterdir():
+            path.chmod(0o444)
+
+
+def repair(disk: Path, mounted: bool, failure: str) -> None:
+    if mounted:
+        remount(disk, "rw,size=256m")
+    elif failure == "read-only":
+        disk.chmod(0o755)
+        for path in disk.iterdir():
+            path.chmod(0o644)
+
+
+@contextmanager
+def read_only_folder(path: Path) -> Iterator[None]:
+    path.mkdir()
+    if can_mount():
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["umount", "-l", str(path)], check=True)
+    elif os.geteuid() != 0:
+        path.chmod(0o555)
+        try:
+            yield
+        finally:
+            path.chmod(0o755)
+    else:
+        pytest.skip("root without mount: no folder is read-only to this process")
 
 
 # --- load -------------------------------------------------------------------------------------
@@ -524,8 +1038,8 @@ def test_load_100k_spans_from_four_concurrent_exporters_none_lost(tmp_path: Path
 # --- the command line -------------------------------------------------------------------------
 
 
-def halo(*args: str, **options) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+def halo(*args: str, env: dict[str, str] | None = None, **options) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})}
     # A test run started in the background inherits SIGINT ignored, and so would the child; Ctrl-C
     # is what these tests send, so the child gets the default disposition back.
     return subprocess.Popen(
@@ -572,7 +1086,9 @@ def test_halo_collect_json_lines_while_halo_stats_reads_the_store(tmp_path: Path
 def test_halo_collect_prints_the_settings_to_paste_and_remembers_its_store(tmp_path: Path) -> None:
     collector = halo("collect", "--port", "0", "--token", "s3cret")
     try:
-        banner = [collector.stdout.readline() for _ in range(8)]
+        banner = []
+        while not banner or "halo_rlm.tracing.setup" not in banner[-1]:
+            banner.append(collector.stdout.readline())
         url = banner[0].split("listening on ")[1].split()[0]
         text = "".join(banner)
         assert f"export OTEL_EXPORTER_OTLP_TRACES_ENDPOINT={url}/v1/traces" in text
@@ -590,6 +1106,30 @@ def test_halo_collect_prints_the_settings_to_paste_and_remembers_its_store(tmp_p
         collector.wait()
     stats = halo("stats", "--json")  # no --store: the collector's store is the one remembered
     assert stats.wait(timeout=60) == 0 and orjson.loads(stats.stdout.read())["spans"] == 9
+
+
+def test_halo_collect_does_not_print_a_token_that_came_from_the_environment(tmp_path: Path) -> None:
+    token = "env-token-7f3a9c"
+    collector = halo(
+        "collect", "--port", "0", "--store", str(tmp_path / "c.duckdb"), env={"HALO_COLLECT_TOKEN": token}
+    )
+    try:
+        banner = []
+        while not banner or "halo_rlm.tracing.setup" not in banner[-1]:
+            banner.append(collector.stdout.readline())
+        text = "".join(banner)
+        assert token not in text
+        assert 'export OTEL_EXPORTER_OTLP_HEADERS="Authorization=Bearer%20$HALO_COLLECT_TOKEN"' in text
+        url = text.split("listening on ")[1].split()[0]
+        assert httpx.post(url + "/v1/traces", content=b"{}", headers=JSON).status_code == 401
+        authorised = {**JSON, "Authorization": f"Bearer {token}"}
+        assert httpx.post(url + "/v1/traces", content=b"{}", headers=authorised).status_code == 200
+        collector.send_signal(signal.SIGINT)
+        assert collector.wait(timeout=60) == 0
+        assert token not in collector.stdout.read() + collector.stderr.read()
+    finally:
+        collector.kill()
+        collector.wait()
 
 
 def test_halo_collect_refuses_a_public_address_without_allow_remote() -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from halo_rlm.evaluate import score_planted
 from halo_rlm.report import Report
 from halo_rlm.simulate import simulate
 from halo_rlm.store import TraceStore
+from halo_rlm.verify import verify
 
 T0 = 1_777_852_800 * 10**9
 _ids = itertools.count()
@@ -135,17 +137,28 @@ def healthy(trace: str) -> Run:
     return run
 
 
-def build(tmp_path: Path, runs: list[Run], name: str = "s") -> Iterator[TraceStore]:
-    path = tmp_path / f"{name}.jsonl"
-    path.write_bytes(b"\n".join(orjson.dumps(s) for run in runs for s in run.spans))
-    with TraceStore.open(tmp_path / f"{name}.duckdb") as store:
-        store.ingest([str(path)])
-    return TraceStore.open(tmp_path / f"{name}.duckdb", read_only=True)
+StoreAt = Callable[[], str]
 
 
-def findings_of(tmp_path: Path, special: list[Run], *, healthy_runs: int = 40, **thresholds: Any) -> Report:
+@pytest.fixture
+def stores(backend: str, new_store: Callable[[str], str]) -> StoreAt:
+    """Makes fresh stores on the backend under test (each test runs on DuckDB and on chdb)."""
+    return lambda: new_store(backend)
+
+
+def build(stores: StoreAt, runs: list[Run]) -> TraceStore:
+    target = stores()
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "runs.jsonl"
+        path.write_bytes(b"\n".join(orjson.dumps(s) for run in runs for s in run.spans))
+        with TraceStore.open(target) as store:
+            store.ingest([str(path)])
+    return TraceStore.open(target, read_only=True)
+
+
+def findings_of(stores: StoreAt, special: list[Run], *, healthy_runs: int = 40, **thresholds: Any) -> Report:
     runs = special + [healthy(f"h{i:03d}") for i in range(healthy_runs)]
-    with build(tmp_path, runs) as store:
+    with build(stores, runs) as store:
         return analyze(store, thresholds=Thresholds(**thresholds))
 
 
@@ -153,11 +166,11 @@ def keyed(report: Report) -> dict[tuple[str, str | None], int]:
     return {(f.category, f.key): f.affected_traces for f in report.findings}
 
 
-def test_healthy_traces_give_no_findings(tmp_path: Path) -> None:
-    assert findings_of(tmp_path, []).findings == []
+def test_healthy_traces_give_no_findings(stores: StoreAt) -> None:
+    assert findings_of(stores, []).findings == []
 
 
-def test_one_off_errors_are_not_systemic(tmp_path: Path) -> None:
+def test_one_off_errors_are_not_systemic(stores: StoreAt) -> None:
     runs = []
     for i, (tool, message) in enumerate(
         [
@@ -169,16 +182,16 @@ def test_one_off_errors_are_not_systemic(tmp_path: Path) -> None:
         run = healthy(f"odd{i}")
         run.tool(tool, {"x": i}, error=message)
         runs.append(run)
-    assert findings_of(tmp_path, runs).findings == []
+    assert findings_of(stores, runs).findings == []
 
 
-def test_tool_error_grouped_by_template_across_ids(tmp_path: Path) -> None:
+def test_tool_error_grouped_by_template_across_ids(stores: StoreAt) -> None:
     runs = []
     for i in range(6):
         run = healthy(f"t{i}")
         run.tool("lookup", {"order": 1000 + i}, error=f"Order {1000 + i} not found in region eu-west-{i % 3}")
         runs.append(run)
-    report = findings_of(tmp_path, runs)
+    report = findings_of(stores, runs)
     assert keyed(report) == {("tool_error", "lookup"): 6}
     finding = report.findings[0]
     assert "Order <n> not found in region <n>" in finding.details
@@ -186,18 +199,18 @@ def test_tool_error_grouped_by_template_across_ids(tmp_path: Path) -> None:
     assert "Order 100" in finding.evidence[0].excerpt
 
 
-def test_thresholds_are_configurable(tmp_path: Path) -> None:
+def test_thresholds_are_configurable(stores: StoreAt) -> None:
     runs = []
     for i in range(3):
         run = healthy(f"t{i}")
         run.tool("lookup", {"order": i}, error=f"Order {i} not found")
         runs.append(run)
-    assert keyed(findings_of(tmp_path, runs)) == {("tool_error", "lookup"): 3}
-    assert findings_of(tmp_path, runs, min_traces=4).findings == []
-    assert findings_of(tmp_path, runs, min_share=0.1).findings == []  # 3 of 43 traces is 7%
+    assert keyed(findings_of(stores, runs)) == {("tool_error", "lookup"): 3}
+    assert findings_of(stores, runs, min_traces=4).findings == []
+    assert findings_of(stores, runs, min_share=0.1).findings == []  # 3 of 43 traces is 7%
 
 
-def test_hallucinated_tools_from_offered_lists_and_errors(tmp_path: Path) -> None:
+def test_hallucinated_tools_from_offered_lists_and_errors(stores: StoreAt) -> None:
     runs = []
     for i in range(4):
         run = healthy(f"h{i}x")
@@ -207,14 +220,14 @@ def test_hallucinated_tools_from_offered_lists_and_errors(tmp_path: Path) -> Non
         run = healthy(f"u{i}x")
         run.tool("delete_user", {"id": i}, error=f"Unknown tool: delete_user (call {i})")
         runs.append(run)
-    report = findings_of(tmp_path, runs)
+    report = findings_of(stores, runs)
     assert keyed(report) == {
         ("hallucinated_tool", "refund_order"): 4,
         ("hallucinated_tool", "delete_user"): 3,
     }
 
 
-def test_openai_agents_sdk_unknown_tools_and_stack_traces(tmp_path: Path) -> None:
+def test_openai_agents_sdk_unknown_tools_and_stack_traces(stores: StoreAt) -> None:
     """The Agents SDK's ways of saying a tool does not exist (its span error with the name as data, and
     ModelBehaviorError), and a recorded exception whose stack trace quotes the caller's code: the error is
     about the tool, not about `max_turns` in that code."""
@@ -253,13 +266,13 @@ def test_openai_agents_sdk_unknown_tools_and_stack_traces(tmp_path: Path) -> Non
         ]
         run.spans.append(task)
         runs.append(run)
-    assert keyed(findings_of(tmp_path, runs)) == {
+    assert keyed(findings_of(stores, runs)) == {
         ("hallucinated_tool", "check_warranty"): 4,
         ("hallucinated_tool", "check_stock_level"): 3,
     }
 
 
-def test_invalid_arguments_timeouts_rate_limits_context_and_max_turns(tmp_path: Path) -> None:
+def test_invalid_arguments_timeouts_rate_limits_context_and_max_turns(stores: StoreAt) -> None:
     runs = []
     for i in range(3):
         run = healthy(f"a{i}")
@@ -290,7 +303,7 @@ def test_invalid_arguments_timeouts_rate_limits_context_and_max_turns(tmp_path: 
         run = healthy(f"e{i}")
         run.root["status"] = {"code": "STATUS_CODE_ERROR", "message": f"Max turns ({10 + i}) exceeded"}
         runs.append(run)
-    report = findings_of(tmp_path, runs)
+    report = findings_of(stores, runs)
     assert keyed(report) == {
         ("invalid_tool_arguments", "book"): 3,
         ("timeout", "fetch"): 3,
@@ -302,18 +315,18 @@ def test_invalid_arguments_timeouts_rate_limits_context_and_max_turns(tmp_path: 
     assert rate_limit.impact.errors == 6 and rate_limit.impact.extra_turns == 6
 
 
-def test_errors_propagated_to_parents_count_once_where_they_happened(tmp_path: Path) -> None:
+def test_errors_propagated_to_parents_count_once_where_they_happened(stores: StoreAt) -> None:
     runs = []
     for i in range(3):
         run = healthy(f"p{i}")
         run.tool("lookup", {"order": i}, error=f"Order {i} not found")
         run.root["status"] = {"code": "STATUS_CODE_ERROR", "message": f"Order {i} not found"}
         runs.append(run)
-    report = findings_of(tmp_path, runs)
+    report = findings_of(stores, runs)
     assert keyed(report) == {("tool_error", "lookup"): 3}
 
 
-def test_repetition_loops(tmp_path: Path) -> None:
+def test_repetition_loops(stores: StoreAt) -> None:
     runs = []
     for i in range(3):
         run = healthy(f"r{i}")
@@ -323,7 +336,7 @@ def test_repetition_loops(tmp_path: Path) -> None:
     slightly_different = healthy("ok1")
     for q in ("a", "b", "c", "d"):
         slightly_different.tool("search", {"q": q})
-    report = findings_of(tmp_path, runs + [slightly_different])
+    report = findings_of(stores, runs + [slightly_different])
     assert keyed(report) == {("repetition_loop", "search"): 3}
     assert report.findings[0].impact.extra_turns == 9
 
@@ -339,7 +352,7 @@ def test_repetition_loops(tmp_path: Path) -> None:
         "申し訳ありませんが、お手伝いできません。",
     ],
 )
-def test_refusals_in_several_languages(tmp_path: Path, refusal: str) -> None:
+def test_refusals_in_several_languages(stores: StoreAt, refusal: str) -> None:
     runs = []
     for i in range(3):
         run = Run(f"x{i}")
@@ -347,10 +360,10 @@ def test_refusals_in_several_languages(tmp_path: Path, refusal: str) -> None:
         runs.append(run)
     not_a_refusal = Run("y")
     not_a_refusal.llm(text="I'm sorry, but I can't find order 123; could you check the number?")
-    assert keyed(findings_of(tmp_path, runs + [not_a_refusal])) == {("refusal", "Support"): 3}
+    assert keyed(findings_of(stores, runs + [not_a_refusal])) == {("refusal", "Support"): 3}
 
 
-def test_truncated_and_empty_outputs(tmp_path: Path) -> None:
+def test_truncated_and_empty_outputs(stores: StoreAt) -> None:
     runs = []
     for i in range(4):
         run = healthy(f"t{i}")
@@ -358,32 +371,32 @@ def test_truncated_and_empty_outputs(tmp_path: Path) -> None:
             text="The answer is that the" if i % 2 else "", finish="length" if i % 2 else None, model="flash"
         )
         runs.append(run)
-    assert keyed(findings_of(tmp_path, runs)) == {("empty_or_truncated_output", "flash"): 4}
+    assert keyed(findings_of(stores, runs)) == {("empty_or_truncated_output", "flash"): 4}
 
 
-def test_slow_tools_that_dominate_their_runs(tmp_path: Path) -> None:
+def test_slow_tools_that_dominate_their_runs(stores: StoreAt) -> None:
     runs = []
     for i in range(4):
         run = healthy(f"s{i}")
         run.tool("search", {"q": f"slow {i}"}, seconds=20 + i)
         runs.append(run)
-    report = findings_of(tmp_path, runs)
+    report = findings_of(stores, runs)
     assert keyed(report) == {("latency", "search"): 4}
     assert report.findings[0].impact.latency_ms > 70_000
 
 
-def test_oversized_prompts(tmp_path: Path) -> None:
+def test_oversized_prompts(stores: StoreAt) -> None:
     runs = []
     for i in range(3):
         run = Run(f"c{i}", agent="Billing")
         run.llm(prompt_tokens=120_000 + i)
         runs.append(run)
-    report = findings_of(tmp_path, runs)
+    report = findings_of(stores, runs)
     assert keyed(report) == {("cost", "Billing"): 3}
     assert report.findings[0].impact.tokens > 300_000
 
 
-def test_guardrails_and_handoffs(tmp_path: Path) -> None:
+def test_guardrails_and_handoffs(stores: StoreAt) -> None:
     runs = []
     for i in range(3):
         run = healthy(f"g{i}")
@@ -408,10 +421,10 @@ def test_guardrails_and_handoffs(tmp_path: Path) -> None:
             )
         )
         runs.append(run)
-    assert keyed(findings_of(tmp_path, runs)) == {("guardrail", "pii"): 3, ("handoff", "Refunds"): 3}
+    assert keyed(findings_of(stores, runs)) == {("guardrail", "pii"): 3, ("handoff", "Refunds"): 3}
 
 
-def test_every_finding_is_ranked_verified_and_carries_a_recountable_query(tmp_path: Path) -> None:
+def test_every_finding_is_ranked_verified_and_carries_a_recountable_query(stores: StoreAt) -> None:
     runs = []
     for i in range(8):
         run = healthy(f"t{i}")
@@ -421,10 +434,8 @@ def test_every_finding_is_ranked_verified_and_carries_a_recountable_query(tmp_pa
         run = healthy(f"d{i}")
         run.tool("fetch", {"u": i}, error=f"timed out ({i})")
         runs.append(run)
-    with build(tmp_path, runs + [healthy(f"h{i}") for i in range(30)]) as store:
+    with build(stores, runs + [healthy(f"h{i}") for i in range(30)]) as store:
         report = analyze(store)
-        from halo_rlm.verify import verify
-
         verify(report, store)
     assert [f.key for f in report.findings] == ["lookup", "fetch"]  # more traces, same severity: first
     assert all(
@@ -434,15 +445,52 @@ def test_every_finding_is_ranked_verified_and_carries_a_recountable_query(tmp_pa
     assert report.findings[0].affected_trace_share == pytest.approx(8 / 41)
 
 
+_SIMULATED: dict[tuple[str, str], tuple[Any, Report]] = {}
+
+
+def simulated_report(
+    backend: str, fmt: str, new_store: Callable[[str], str], folder: Path
+) -> tuple[Any, Report]:
+    """The simulated corpus of `fmt` analysed on `backend`, made once per test session."""
+    if (backend, fmt) not in _SIMULATED:
+        truth = simulate(folder / f"sim.{fmt}.jsonl", traces=1200, seed=11, format=fmt)  # type: ignore[arg-type]
+        target = new_store(backend)
+        with TraceStore.open(target) as store:
+            store.ingest([str(truth.traces_path)])
+        with TraceStore.open(target, read_only=True) as store:
+            report = analyze(store)
+            verify(report, store)
+        _SIMULATED[backend, fmt] = truth, report
+    return _SIMULATED[backend, fmt]
+
+
 @pytest.mark.parametrize("fmt", ["halo", "otlp"])
-def test_simulated_corpus_recall_precision_and_counts(tmp_path: Path, fmt: str) -> None:
-    truth = simulate(tmp_path / f"sim.{fmt}.jsonl", traces=1200, seed=11, format=fmt)  # type: ignore[arg-type]
-    with TraceStore.open(tmp_path / "sim.duckdb") as store:
-        store.ingest([str(truth.traces_path)])
-    with TraceStore.open(tmp_path / "sim.duckdb", read_only=True) as store:
-        report = analyze(store)
+def test_simulated_corpus_recall_precision_and_counts(
+    backend: str, new_store: Callable[[str], str], tmp_path: Path, fmt: str
+) -> None:
+    truth, report = simulated_report(backend, fmt, new_store, tmp_path)
     score = score_planted(truth, report.findings)  # patterns in 2% or more of the traces count towards recall
     assert score.systemic, truth.patterns
     assert score.recall >= 0.9, score
     assert score.precision >= 0.9, score  # no finding made of distractors
     assert score.worst_count_error <= 0.1, score
+    assert all(f.check and f.check.status == "verified" for f in report.findings)
+    assert {f.query_dialect for f in report.findings} == {_dialect(backend)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["halo", "otlp"])
+def test_every_backend_finds_the_same(new_store: Callable[[str], str], tmp_path: Path, fmt: str) -> None:
+    """DuckDB and ClickHouse (chdb) give the same report on the same traces: every finding with the
+    same counts, impact, evidence and wording, and the same dataset summary; only the queries'
+    dialect differs."""
+    pytest.importorskip("chdb")
+    reports = [simulated_report(backend, fmt, new_store, tmp_path)[1] for backend in ("duckdb", "chdb")]
+    ignored = {"query", "query_dialect"}
+    found = [[f.model_dump(mode="json", exclude=ignored) for f in report.findings] for report in reports]
+    assert found[0] == found[1]
+    assert reports[0].dataset == reports[1].dataset
+
+
+def _dialect(backend: str) -> str:
+    return "duckdb" if backend == "duckdb" else "clickhouse"

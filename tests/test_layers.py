@@ -17,6 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     (
         "halo_rlm.files",
         "halo_rlm.formats",
+        "halo_rlm.scrub",
         "halo_rlm.pricing",
         "halo_rlm.providers",
         "halo_rlm.report",

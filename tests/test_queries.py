@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,13 +85,15 @@ def corpus() -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TraceStore]:
-    folder = tmp_path_factory.mktemp("q")
-    path = folder / "t.jsonl"
+def store(
+    tmp_path_factory: pytest.TempPathFactory, backend: str, new_store: Callable[[str], str]
+) -> Iterator[TraceStore]:
+    path = tmp_path_factory.mktemp("q") / "t.jsonl"
     path.write_bytes(b"\n".join(orjson.dumps(r) for r in corpus()))
-    with TraceStore.open(folder / "s.duckdb") as writable:
+    target = new_store(backend)
+    with TraceStore.open(target) as writable:
         writable.ingest([str(path)])
-    with TraceStore.open(folder / "s.duckdb", read_only=True) as read_only:
+    with TraceStore.open(target, read_only=True) as read_only:
         yield read_only
 
 
@@ -242,25 +244,25 @@ def test_search_in_trace_span_and_dataset(store: TraceStore) -> None:
         store.search("x", trace_id="trace-03", span_id="nope")
 
 
-def test_search_gives_up_on_catastrophic_patterns(store: TraceStore, tmp_path: Path) -> None:
+def test_search_gives_up_on_catastrophic_patterns(
+    backend: str, new_store: Callable[[str], str], tmp_path: Path
+) -> None:
     path = tmp_path / "evil.jsonl"
     path.write_bytes(orjson.dumps(span("evil", "s", **{"output.value": "a" * 40_000 + "!"})))
-    with TraceStore.open(tmp_path / "e.duckdb") as writable:
+    with TraceStore.open(new_store(backend)) as writable:
         writable.ingest([str(path)])
         result = writable.search(r"(a+)+$", trace_id="evil", timeout=0.5)
     assert result.timed_out and result.has_more and "partial" in (result.note or "")
 
 
-def test_sql_is_read_only_single_statement_and_capped(store: TraceStore) -> None:
-    result = store.sql("SELECT trace_id, cost FROM traces ORDER BY cost DESC NULLS LAST", max_rows=3)
-    assert result.columns == ["trace_id", "cost"] and result.row_count == 3 and result.truncated
-    assert "LIMIT" in (result.note or "")
-    small = store.sql("SELECT raw FROM spans", max_bytes=5_000)
-    assert small.truncated and len(orjson.dumps(small.rows)) <= 5_000
-    for query, message in [
-        ("DELETE FROM spans", "only SELECT"),
-        ("DROP TABLE spans", "only SELECT"),
-        ("SELECT 1; SELECT 2", "exactly one"),
+REFUSED_EVERYWHERE = [
+    ("DELETE FROM spans", "only SELECT"),
+    ("DROP TABLE spans", "only SELECT"),
+    ("SELECT 1; SELECT 2", "exactly one"),
+    ("SELECT nonsense FROM", "SQL error"),
+]
+REFUSED = {
+    "duckdb": [
         ("COPY spans TO '/tmp/x.csv'", "only SELECT"),
         ("ATTACH '/tmp/x.db'", "only SELECT"),
         ("INSTALL httpfs", "only SELECT"),
@@ -272,8 +274,44 @@ def test_sql_is_read_only_single_statement_and_capped(store: TraceStore) -> None
         ("SELECT * FROM glob('/etc/*')", "disabled"),
         ("SELECT * FROM read_json('/etc/hosts')", "disabled"),
         ("SELECT * FROM 'https://example.com/x.parquet'", "disabled"),
-        ("SELECT nonsense FROM", "SQL error"),
-    ]:
+    ],
+    "clickhouse": [
+        ("INSERT INTO spans SELECT * FROM spans", "only SELECT"),
+        ("ALTER TABLE spans_data DELETE WHERE 1", "only SELECT"),
+        ("-- a comment\nOPTIMIZE TABLE spans_data FINAL", "only SELECT"),
+        ("SET readonly = 0", "only SELECT"),
+        ("SELECT 1 SETTINGS readonly = 0", "SETTINGS"),
+        ("SELECT count() FROM spans SETTINGS max_execution_time = 1000", "SETTINGS"),
+        ("SELECT 1 INTO OUTFILE '/tmp/halo-test-outfile'", "INTO OUTFILE"),
+        ("SELECT 1 FORMAT CSV", "FORMAT"),
+        ("SELECT * FROM file('/etc/passwd')", "table function file"),
+        ("SELECT file('/etc/hostname')", "function file"),
+        ("SELECT * FROM url('http://127.0.0.1:9/x.csv', 'CSV', 'a String')", "table function url"),
+        ("SELECT * FROM s3('http://127.0.0.1:9/x.csv')", "table function s3"),
+        ("SELECT * FROM remote('127.0.0.1:9', system.one)", "table function remote"),
+        ("SELECT * FROM mysql('127.0.0.1:9', 'd', 't', 'u', 'p')", "table function mysql"),
+        ("SELECT * FROM executable('cat /etc/passwd', 'TSV', 'x String')", "table function executable"),
+        (
+            "SELECT * FROM spans WHERE trace_id IN (SELECT a FROM url('http://127.0.0.1:9/', 'CSV', 'a String'))",
+            "table function url",
+        ),
+        ("SELECT dictGet('d', 'x', 1)", "function dictGet"),
+        ("SELECT * FROM system.tables", "reads system.tables"),
+        ("SELECT (SELECT count() FROM system.users)", "reads system.users"),
+        ("SELECT * FROM spans_data", "spans_data"),
+        ("SELECT count() FROM spans WHERE trace_id IN system.tables", "reads system.tables"),
+        ("SELECT * FROM default.spans", "reads default.spans"),
+    ],
+}
+
+
+def test_sql_is_read_only_single_statement_and_capped(store: TraceStore) -> None:
+    result = store.sql("SELECT trace_id, cost FROM traces ORDER BY cost DESC NULLS LAST", max_rows=3)
+    assert result.columns == ["trace_id", "cost"] and result.row_count == 3 and result.truncated
+    assert "LIMIT" in (result.note or "")
+    small = store.sql("SELECT raw FROM spans", max_bytes=5_000)
+    assert small.truncated and len(orjson.dumps(small.rows)) <= 5_000
+    for query, message in [*REFUSED_EVERYWHERE, *REFUSED[store.dialect.name]]:
         with pytest.raises(StoreError, match=message):
             store.sql(query)
     assert store.sql("SELECT count(*) FROM spans").rows == [[91]]  # still healthy
@@ -281,6 +319,9 @@ def test_sql_is_read_only_single_statement_and_capped(store: TraceStore) -> None
 
 def test_sql_is_bounded_while_it_runs_and_is_fetched(store: TraceStore) -> None:
     import time
+
+    if store.dialect.name != "duckdb":
+        pytest.skip("DuckDB's range() and hash(); ClickHouse's bounds are tested in test_clickhouse")
 
     started = time.monotonic()
     huge = store.sql("SELECT * FROM range(1000000000000)")  # rows are made only as far as the cap
@@ -319,19 +360,29 @@ def test_sql_is_bounded_while_it_runs_and_is_fetched(store: TraceStore) -> None:
     ],
 )
 def test_sql_cannot_read_the_store_paths_or_settings(store: TraceStore, query: str) -> None:
+    if store.dialect.name != "duckdb":
+        pytest.skip("DuckDB's own catalogue functions; ClickHouse's system tables are in REFUSED")
     with pytest.raises(StoreError, match="not available here"):
         store.sql(query)
     assert store.sql("SELECT count(*) FROM duckdb_columns() WHERE table_name = 'spans'").rows[0][0] > 10
 
 
-def test_sql_needs_a_read_only_store(tmp_path: Path) -> None:
-    with TraceStore.open(tmp_path / "w.duckdb") as writable, pytest.raises(StoreError, match="read-only"):
+def test_sql_needs_a_read_only_store(backend: str, new_store: Callable[[str], str]) -> None:
+    with TraceStore.open(new_store(backend)) as writable, pytest.raises(StoreError, match="read-only"):
         writable.sql("SELECT 1")
 
 
+def test_sql_allows_computing_table_functions_and_ctes(store: TraceStore) -> None:
+    numbers = "range(3)" if store.dialect.name == "duckdb" else "numbers(3)"
+    assert store.sql(f"SELECT count(*) FROM {numbers}").rows == [[3]]
+    with_cte = store.sql("WITH e AS (SELECT trace_id FROM traces WHERE has_errors) SELECT count(*) FROM e")
+    assert with_cte.rows == [[10]]
+
+
 def test_sql_time_limit(store: TraceStore) -> None:
+    numbers = "range(100000000000) a" if store.dialect.name == "duckdb" else "numbers(100000000000)"
     with pytest.raises(StoreError, match="stopped"):
-        store.sql("SELECT count(*) FROM range(100000000000) a", timeout=0.2)
+        store.sql(f"SELECT count(*) FROM {numbers}", timeout=0.2)
     assert store.count_traces() == 31
 
 

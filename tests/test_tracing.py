@@ -21,8 +21,9 @@ from sdk_spans import agent_spans, assert_same_as_sent, stored
 
 from halo_rlm import tracing
 from halo_rlm.collect import serve
+from halo_rlm.scrub import scrub_attributes, scrub_text
 from halo_rlm.store import TraceStore
-from halo_rlm.tracing import JsonlSpanExporter, scrub_attributes, scrub_text
+from halo_rlm.tracing import JsonlSpanExporter
 
 ROOT = Path(__file__).resolve().parents[1]
 ISO_NS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z")

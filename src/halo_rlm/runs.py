@@ -26,8 +26,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, Field
 
+from halo_rlm.scrub import SECRET_KEY, scrub_text
 from halo_rlm.store import paths
-from halo_rlm.tracing import SECRET_KEY, scrub_text
 
 Kind = Literal["analysis", "compare", "loop", "eval"]
 Status = Literal["running", "completed", "incomplete", "failed", "cancelled", "interrupted"]

@@ -7,21 +7,19 @@
 `setup` makes an OpenTelemetry `TracerProvider` the global one and turns on OpenInference
 instrumentation for the OpenAI Agents SDK and the OpenAI client when they are installed. Spans
 are written in HALO's flat JSONL format through the same code `halo collect` uses, so both paths give
-the same lines. Credentials are scrubbed from every span before it leaves the process.
+the same lines. Credentials are scrubbed from every span before it leaves the process (`halo_rlm.scrub`).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-import re
 import sys
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
@@ -33,39 +31,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import Status
 
 from halo_rlm.formats import otlp
+from halo_rlm.scrub import scrub_attributes, scrub_text
 
-REDACTED = "[REDACTED]"
-# Attribute keys whose whole value is a credential.
-SECRET_KEY = re.compile(
-    r"(?i)(api[-_.]?key|authorization|(auth|access|refresh|id|session)[-_.]?token|bearer|secret|passw(or)?d|"
-    r"cookie|credential|private[-_.]?key)"
-)
-# Credentials inside text, and what replaces them.
-SECRETS_IN_TEXT = [
-    (
-        re.compile(r"(?i)\bbearer\s+(?=[a-z._~+/-]*\d)[a-z0-9._~+/-]{8,}=*"),
-        "Bearer " + REDACTED,
-    ),  # has a digit
-    (
-        re.compile(
-            r"(?i)\bsk-[a-z0-9_-]{16,}"  # OpenAI and Anthropic keys (sk-..., sk-proj-..., sk-ant-...)
-            r"|\b(?:ghp|gho|ghs|ghu|github_pat)_[a-z0-9_]{20,}"
-            r"|\bxox[abprs]-[a-z0-9-]{10,}"
-            r"|\bAIza[0-9a-z_-]{35}"
-            r"|(?-i:\bAKIA[0-9A-Z]{16}\b)"
-        ),
-        REDACTED,
-    ),
-    # `api_key=...`, `"password": "..."`, `?access_token=...`, `Authorization: Basic ...`
-    (
-        re.compile(
-            r"(?i)(\b(?:api[-_]?key|access[-_]?token|auth[-_]?token|client[-_]?secret|secret|password|"
-            r"authorization)[\"']?\s*[:=]\s*[\"']?(?:(?:basic|bearer|token)\s+)?)[^\s\"',;&]{4,}"
-        ),
-        r"\1" + REDACTED,
-    ),
-    (re.compile(r"(://)[^/\s:@]+:[^/\s@]+@"), r"\1" + REDACTED + "@"),  # user:password@ in URLs
-]
 AGENTS_SCOPE, OPENAI_SCOPE = (
     "openinference.instrumentation.openai_agents",
     "openinference.instrumentation.openai",
@@ -189,29 +156,6 @@ class ScrubbingExporter(SpanExporter):
         self.inner.shutdown()
 
 
-def scrub_text(text: str) -> str:
-    """`text` with anything that looks like a credential replaced by `[REDACTED]`."""
-    for pattern, replacement in SECRETS_IN_TEXT:
-        text = pattern.sub(replacement, text)
-    return text
-
-
-def scrub_attributes(
-    attributes: Mapping[str, Any] | None, scrub: Callable[[str], str] = scrub_text
-) -> dict[str, Any]:
-    scrubbed: dict[str, Any] = {}
-    for key, value in (attributes or {}).items():
-        if SECRET_KEY.search(key):
-            scrubbed[key] = REDACTED
-        elif isinstance(value, str):
-            scrubbed[key] = scrub(value)
-        elif isinstance(value, Sequence) and not isinstance(value, bytes):
-            scrubbed[key] = [scrub(item) if isinstance(item, str) else item for item in value]
-        else:
-            scrubbed[key] = value
-    return scrubbed
-
-
 def _scrubbed(span: ReadableSpan, scrub: Callable[[str], str]) -> ReadableSpan:
     status = span.status
     return ReadableSpan(
@@ -286,4 +230,4 @@ def _installed(distribution: str) -> bool:
     return True
 
 
-__all__ = ["JsonlSpanExporter", "ScrubbingExporter", "scrub_attributes", "scrub_text", "setup"]
+__all__ = ["JsonlSpanExporter", "ScrubbingExporter", "setup"]

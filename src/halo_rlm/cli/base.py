@@ -103,12 +103,54 @@ def cli() -> None:
 # --- shared options and helpers -----------------------------------------------------------------
 
 
+PASSWORD_ENV = "HALO_CLICKHOUSE_PASSWORD"
+_SERVER_SCHEMES = ("clickhouse://", "clickhouses://")
+
+
+class StoreTarget(click.ParamType):
+    """A store: a DuckDB file path, `chdb:FOLDER`, or `clickhouse[s]://USER:PASSWORD@HOST:PORT/DB`.
+
+    A password in the URL is moved to $HALO_CLICKHOUSE_PASSWORD (where the ClickHouse store reads it)
+    and the URL kept without it, so no message, log or remembered store can show it."""
+
+    name = "PATH|URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if text.lower().startswith(_SERVER_SCHEMES):
+            return _without_password(text)
+        if text.lower().startswith("chdb:"):
+            return text
+        path = Path(text).expanduser()
+        if path.is_dir():
+            self.fail(f"{text} is a directory; give a store file (or chdb:FOLDER for an embedded ClickHouse)")
+        return str(path)
+
+
+STORE_TARGET = StoreTarget()
+
+
+def _without_password(url: str) -> str:
+    import os
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    os.environ[PASSWORD_ENV] = unquote(parts.password)
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))
+
+
 def store_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--store",
         "store_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="Store file to use (default: one per set of inputs in the user cache, reused on later runs).",
+        type=STORE_TARGET,
+        help="Store to use: a DuckDB file (default: one per set of inputs in the user cache, reused on "
+        "later runs), chdb:FOLDER (ClickHouse embedded), or clickhouse://USER@HOST:8123/DATABASE "
+        f"(clickhouses:// for TLS; the password in the URL or in ${PASSWORD_ENV}).",
     )(f)
 
 
@@ -176,8 +218,10 @@ def note_store(target: str, why: str) -> None:
     err.print(f"[dim]Using the store {escape(target)} ({escape(why)})[/]", soft_wrap=True)
 
 
-def resolve_store(paths: Sequence[str], store_path: Path | None, *, quiet: bool, strict: bool = False) -> str:
-    """Ingest `paths` (if any) and return the store path to query, saying which it is."""
+def resolve_store(
+    paths: Sequence[str], store_path: str | Path | None, *, quiet: bool, strict: bool = False
+) -> str:
+    """Ingest `paths` (if any) and return the store (path or URL) to query, saying which it is."""
     from halo_rlm import files
     from halo_rlm.store import paths as store_paths
 
@@ -199,7 +243,8 @@ def resolve_store(paths: Sequence[str], store_path: Path | None, *, quiet: bool,
         note_store(target, "of the trace files given")
         return target
     if store_path is not None:
-        if not store_path.exists():
+        # A ClickHouse store says itself, on opening, whether it holds HALO's tables.
+        if not store_paths.is_url(str(store_path)) and not Path(store_path).exists():
             fail(f"{store_path}: no such store; ingest into it first: halo ingest FILES --store {store_path}")
         note_store(str(store_path), "given with --store")
         return str(store_path)

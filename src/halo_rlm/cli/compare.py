@@ -44,7 +44,9 @@ def resolve_side(ref: str, *, quiet: bool) -> tuple[str, Report | None, str]:
                 run = registry.get(ref)
             except RunError:
                 continue
-            if not run.record.store or not Path(run.record.store).exists():
+            if not run.record.store or not (
+                store_paths.is_url(run.record.store) or Path(run.record.store).exists()
+            ):
                 fail(f"run {run.id}: its store {run.record.store or '(none)'} is not here any more")
             report = run.file("report.json")
             return (

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from halo_rlm.cli.analysis import agent_tree, engine_config, engine_options
-from halo_rlm.cli.base import cli, emit_json, err, escape, fail, json_line, json_option, out
+from halo_rlm.cli.base import STORE_TARGET, cli, emit_json, err, escape, fail, json_line, json_option, out
 
 if TYPE_CHECKING:
     from halo_rlm.runs import Run, RunRegistry
@@ -18,7 +18,7 @@ def runs_option(f: Any) -> Any:
     return click.option(
         "--store",
         "store_path",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=STORE_TARGET,
         help="Runs on this store (default: those on the store of the last ingest, and on the stores HALO keeps "
         "in its cache).",
     )(f)

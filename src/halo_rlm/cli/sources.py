@@ -10,8 +10,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
-from halo_rlm.cli.base import Moment, cli, emit_json, err, escape, fail, json_line, json_option, out
+from halo_rlm.cli.base import (
+    STORE_TARGET,
+    Moment,
+    cli,
+    emit_json,
+    err,
+    escape,
+    fail,
+    json_line,
+    json_option,
+    out,
+)
 from halo_rlm.defaults import COLLECT_PORT, LANGFUSE_LEGACY_PAGE, LANGFUSE_PAGE, PHOENIX_PAGE
 
 if TYPE_CHECKING:
@@ -37,8 +49,9 @@ def import_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--store",
             "store_path",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="Store file to write (default: one per source and project in the user cache).",
+            type=STORE_TARGET,
+            help="Store to write: a DuckDB file (default: one per source and project in the user cache), "
+            "chdb:FOLDER or clickhouse://USER@HOST:8123/DATABASE.",
         ),
         click.option(
             "--out",
@@ -267,14 +280,22 @@ def _import_progress(show: bool, source: Source) -> Iterator[Callable[[int, int 
 @click.option(
     "--store",
     "store_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Store to add spans to (default: one per port in the user cache, unless --out is given).",
+    type=STORE_TARGET,
+    help="Store to add spans to: a DuckDB file (default: one per port in the user cache, unless --out "
+    "is given), chdb:FOLDER or clickhouse://USER@HOST:8123/DATABASE.",
 )
 @click.option(
     "--out",
     "out_path",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Append spans to this JSONL file (HALO's one-span-per-line format), with or without a store.",
+)
+@click.option(
+    "--spool",
+    "spool_path",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the write-ahead log of accepted spans, ideally on another disk than the store "
+    "(default: one per --store/--out pair in the user cache). It must be writable.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
@@ -291,6 +312,12 @@ def _import_progress(show: bool, source: Source) -> Iterator[Callable[[int, int 
 )
 @click.option("--allow-remote", is_flag=True, help="Allow a --host that other machines can reach.")
 @click.option(
+    "--keep-secrets",
+    is_flag=True,
+    help="Keep credentials found in spans (API keys, tokens, passwords) instead of replacing them "
+    "with [REDACTED] before anything is written.",
+)
+@click.option(
     "--json",
     "as_json",
     is_flag=True,
@@ -300,10 +327,12 @@ def _import_progress(show: bool, source: Source) -> Iterator[Callable[[int, int 
 def collect(
     store_path: Path | None,
     out_path: Path | None,
+    spool_path: Path | None,
     host: str,
     port: int,
     token: str | None,
     allow_remote: bool,
+    keep_secrets: bool,
     as_json: bool,
 ) -> None:
     """Receive traces from running agents over OTLP/HTTP and store them.
@@ -312,8 +341,15 @@ def collect(
     Accepts POST /v1/traces as protobuf or JSON, gzip or deflate, from any OpenTelemetry exporter:
       export OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://127.0.0.1:4318/v1/traces
     or, in Python, halo_rlm.tracing.setup("http://127.0.0.1:4318").
-    While it runs, `halo stats`, `halo traces` and `halo show` read what has arrived. Ctrl-C (or
-    SIGTERM) stops it after writing everything received.
+    While it runs, `halo stats`, `halo traces` and `halo show` read what has arrived.
+
+    \b
+    A request gets 200 only once its spans are on disk in the spool (--spool), and 503 with
+    Retry-After (exporters retry) while the store or --out file cannot be written. Ctrl-C (or
+    SIGTERM) stops it after writing everything received; spans an output would not take stay in
+    the spool and are written when the collector next starts with the same --store/--out.
+    Credentials in spans are replaced by [REDACTED] unless --keep-secrets. Headers and body must
+    each arrive within 30 s.
     """
     import signal
     import threading
@@ -322,14 +358,21 @@ def collect(
     from halo_rlm.store import paths as store_paths
 
     on_flush = (lambda stats: json_line("flush", vars(stats))) if as_json else None
+    # Ctrl-C and SIGTERM ask for a clean stop (from now on, so one arriving while the banner prints
+    # is not lost); a second Ctrl-C while stopping leaves at once, the spool keeping what is unwritten.
+    stopping = threading.Event()
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, lambda *_: stopping.set())
     try:
         running = serve(
             store=store_path,
             out=out_path,
+            spool=spool_path,
             host=host,
             port=port,
             token=token,
             allow_remote=allow_remote,
+            keep_secrets=keep_secrets,
             on_flush=on_flush,
         )
     except CollectError as exc:
@@ -344,24 +387,29 @@ def collect(
                 "traces_url": running.traces_url,
                 "store": running.store_path and str(running.store_path),
                 "out": running.out_path and str(running.out_path),
+                "spool": str(running.spool),
+                "replayed_spans": running.stats.replayed_spans,
             },
         )
     else:
-        _print_collect_banner(running, token)
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    try:
-        if err.is_terminal and not as_json:
-            with err.status(_collect_status(running.stats)) as status:
-                while not stopping.wait(0.25):
-                    status.update(_collect_status(running.stats))
-        else:
-            stopping.wait()
-    except KeyboardInterrupt:
-        pass
+        from_environment = click.get_current_context().get_parameter_source("token")
+        _print_collect_banner(running, token, token_shown=from_environment is not ParameterSource.ENVIRONMENT)
+    if err.is_terminal and not as_json:
+        with err.status(_collect_status(running.stats)) as status:
+            while not stopping.wait(0.25):
+                status.update(_collect_status(running.stats))
+    else:
+        stopping.wait()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if not as_json:
-        err.print(f"[dim]Stopping: writing {running.stats.pending_spans:,} spans still in memory…[/]")
-    final = running.stop()
+        err.print(f"[dim]Stopping: writing {running.stats.pending_spans:,} spans not yet written…[/]")
+    try:
+        final = running.stop()
+    except KeyboardInterrupt:
+        fail(
+            f"stopped at once: spans not yet written wait in the spool {running.spool} and are "
+            "written when the collector next starts with the same outputs"
+        )
     if as_json:
         json_line("stopped", vars(final))
     else:
@@ -375,7 +423,9 @@ def collect(
         fail(final.last_error)
 
 
-def _print_collect_banner(running: Collector, token: str | None) -> None:
+def _print_collect_banner(running: Collector, token: str | None, *, token_shown: bool) -> None:
+    """What to paste into the agent's shell. A token that came from $HALO_COLLECT_TOKEN is not
+    printed (terminals get recorded and shared): the line refers to the variable instead."""
     out.print(f"[bold]HALO collector[/] listening on {running.url} (OTLP/HTTP, protobuf or JSON)")
     if running.remote:
         err.print(
@@ -389,14 +439,20 @@ def _print_collect_banner(running: Collector, token: str | None) -> None:
     for label, path in (("store", running.store_path), ("file", running.out_path)):
         if path is not None:
             out.print(f"Spans go to the {label} {escape(str(path))}")
+    out.print(f"[dim]Accepted spans wait in the spool {escape(str(running.spool))}[/]")
+    replayed = running.stats.replayed_spans
+    if replayed:
+        out.print(f"Writing {replayed:,} spans an earlier run accepted but had not written")
     out.print("Point your agent at it:")
     out.print(f"  export OTEL_EXPORTER_OTLP_TRACES_ENDPOINT={running.traces_url}")
     out.print(
         f"  export OTEL_EXPORTER_OTLP_ENDPOINT={running.url}  [dim]# base URL form (traces only here)[/]"
     )
     out.print("  export OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf")
-    if token:
+    if token and token_shown:
         out.print(f"  export OTEL_EXPORTER_OTLP_HEADERS=Authorization=Bearer%20{escape(token)}")
+    elif token:
+        out.print('  export OTEL_EXPORTER_OTLP_HEADERS="Authorization=Bearer%20$HALO_COLLECT_TOKEN"')
     out.print(f"  [dim]# or in Python:[/] halo_rlm.tracing.setup({running.url!r})")
     if running.store_path is not None:
         out.print(f"[dim]Meanwhile: halo stats --store {escape(str(running.store_path))}[/]")
@@ -408,6 +464,8 @@ def _collect_status(stats: CollectorStats) -> str:
         parts.append(f"[yellow]{stats.rejected_spans:,} rejected[/]")
     if stats.failed_requests:
         parts.append(f"[yellow]{stats.failed_requests:,} failed requests[/]")
+    if stats.busy_requests:
+        parts.append(f"[yellow]{stats.busy_requests:,} told to retry[/]")
     if stats.pending_spans:
         parts.append(f"{stats.pending_spans:,} not yet written")
     if stats.last_error:

@@ -49,7 +49,8 @@ from halo_rlm.engine.config import EngineConfig
 from halo_rlm.engine.events import FAILED, AgentStatus, EngineError, ToolOutcome
 from halo_rlm.llm import LLM, Completion, ModelConfig
 from halo_rlm.report import Report
-from halo_rlm.tracing import REDACTED, JsonlSpanExporter, ScrubbingExporter, scrub_text
+from halo_rlm.scrub import REDACTED, scrub_text
+from halo_rlm.tracing import JsonlSpanExporter, ScrubbingExporter
 from halo_rlm.utils import clip
 
 __all__ = ["OFF", "Off", "RunTotals", "Telemetry", "TracedAgent", "start_telemetry"]
@@ -442,7 +443,7 @@ def _exporter(config: EngineConfig, run_id: str) -> tuple[SpanExporter, str]:
 
 
 def _scrubber(secrets: list[str]) -> Callable[[str], str]:
-    """`tracing.scrub_text`, after redacting `secrets` word for word (longest first, so a secret that
+    """`scrub.scrub_text`, after redacting `secrets` word for word (longest first, so a secret that
     holds another goes whole). Memoised: an agent resends its whole conversation with every model
     call, so most texts recur, and they are already cut to a few KB."""
     known = re.compile("|".join(map(re.escape, sorted(secrets, key=len, reverse=True)))) if secrets else None

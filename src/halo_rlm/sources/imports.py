@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from halo_rlm.store import TraceStore
+from halo_rlm.store import TraceStore, paths
 from halo_rlm.utils import iso_ms, iso_to_ns
 
 __all__ = ["ImportReport", "Page", "Source", "run_import"]
@@ -97,7 +97,10 @@ def run_import(
     `until` defaults to now, fixed when the run starts, so pages do not shift while new spans arrive.
     `limit` caps the spans written in this run; the next run carries on from there. `progress` is
     called after every page with the spans written so far and the source's total, when known."""
-    state = ResumeState(Path(f"{store_path}.imports.json"), store_exists=Path(store_path).exists())
+    state = ResumeState(
+        paths.import_state(store_path),
+        store_exists=paths.is_url(str(store_path)) or Path(store_path).exists(),
+    )
     key = state.key(source, since, until)
     entry = {} if fresh else state.get(key)
     report = ImportReport(str(store_path), source.kind, source.url, out=str(out) if out else None)

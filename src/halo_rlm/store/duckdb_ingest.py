@@ -58,24 +58,26 @@ BATCHES_PER_STATEMENT = 4  # batches normalised by one statement: DuckDB spreads
 IN_FLIGHT = 1  # statements queued for the store while the next batch is read (more only costs memory)
 HEAD_BYTES = 65536
 
-# One row per touched trace, in the column order of `schema.TRACE_COLUMNS`.
-ROLLUP_SQL = """
+# One row per touched trace, in the column order of `schema.TRACE_COLUMNS`. The root span is the
+# earliest span without a parent (then the earliest orphan; spans without a start last), ties by span
+# id, so every backend picks the same one. Costs are rounded to 9 decimals: float sums added in another
+# order (another backend, another plan) then give the same number.
+_ROOT = "{'orphan_or_child': parent_id IS NOT NULL, 'no_start': start_ns IS NULL, 'start': start_ns, 'span': span_id}"
+_FIRST = "{'start': start_ns, 'span': span_id}"
+ROLLUP_SQL = f"""
 INSERT INTO traces
 SELECT
   trace_id, count(*), count(*) FILTER (kind = 'LLM'), count(*) FILTER (kind = 'TOOL'),
   count(*) FILTER (status = 'ERROR'), bool_or(status = 'ERROR'),
   min(start_ns), max(coalesce(end_ns, start_ns)), max(coalesce(end_ns, start_ns)) - min(start_ns),
-  arg_min(span_id, {'orphan_or_child': parent_id IS NOT NULL, 'start': coalesce(start_ns, 9223372036854775807)}),
-  arg_min(name, {'orphan_or_child': parent_id IS NOT NULL, 'start': coalesce(start_ns, 9223372036854775807)}),
-  arg_min(status_message,
-          {'orphan_or_child': parent_id IS NOT NULL, 'start': coalesce(start_ns, 9223372036854775807)}),
+  arg_min(span_id, {_ROOT}), arg_min(name, {_ROOT}), arg_min(status_message, {_ROOT}),
   list_sort(list_distinct(list(service))), list_sort(list_distinct(list(agent_name))),
   list_sort(list_distinct(list(model))), list_sort(list_distinct(list(tool_name))),
   sum(input_tokens) FILTER (kind = 'LLM'), sum(output_tokens) FILTER (kind = 'LLM'),
   sum(total_tokens) FILTER (kind = 'LLM'), sum(cache_read_tokens) FILTER (kind = 'LLM'),
-  sum(reasoning_tokens) FILTER (kind = 'LLM'), sum(cost) FILTER (kind = 'LLM'),
-  arg_min(session_id, coalesce(start_ns, 9223372036854775807)) FILTER (session_id IS NOT NULL),
-  arg_min(user_id, coalesce(start_ns, 9223372036854775807)) FILTER (user_id IS NOT NULL),
+  sum(reasoning_tokens) FILTER (kind = 'LLM'), round(sum(cost) FILTER (kind = 'LLM'), 9),
+  arg_min(session_id, {_FIRST}) FILTER (session_id IS NOT NULL AND start_ns IS NOT NULL),
+  arg_min(user_id, {_FIRST}) FILTER (user_id IS NOT NULL AND start_ns IS NOT NULL),
   count(*) FILTER (is_orphan), count(*) FILTER (end_ns IS NULL), sum(raw_bytes)
 FROM spans
 WHERE trace_id IN (SELECT trace_id FROM touched)

@@ -37,7 +37,6 @@ from halo_rlm.store.results import (
     ErrorGroup,
     IngestReport,
     ModelUsage,
-    OversizedTrace,
     Overview,
     Progress,
     SearchResult,
@@ -48,7 +47,7 @@ from halo_rlm.store.results import (
     TraceSummary,
     TraceView,
 )
-from halo_rlm.store.rows import clip_or_none, plain, scan, span_view, summary, tree_order
+from halo_rlm.store.rows import clip_or_none, plain, scan, summary, trace_view
 from halo_rlm.store.schema import SCHEMA_VERSION, TABLES
 from halo_rlm.utils import first_line, iso_to_ns, ns_to_iso
 
@@ -74,9 +73,20 @@ class DuckDBStore(TraceStore):
         self._idle: list[DuckDBStore] = []  # connections for `borrow`
 
     @classmethod
-    def connect(cls, path: str, *, read_only: bool = False, lock_timeout: float = 10.0) -> DuckDBStore:
+    def connect(
+        cls, path: str, *, read_only: bool = False, lock_timeout: float = 10.0, in_memory: bool = False
+    ) -> DuckDBStore:
         """Open (or create) a store. DuckDB lets one process write a file at a time; while another
-        holds it (e.g. `halo collect` flushing), wait up to `lock_timeout` seconds for it."""
+        holds it (e.g. `halo collect` flushing), wait up to `lock_timeout` seconds for it.
+        `in_memory` makes a new scratch store that is never saved (another backend's ingest
+        normalises through one): held in memory, spilling to the folder `path` past the memory limit."""
+        if in_memory:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            con = duckdb.connect(":memory:", config={"temp_directory": str(path)})
+            con.execute("SET enable_progress_bar = false")
+            store = cls(con, str(Path(path) / "scratch"), read_only=False)
+            store._setup()
+            return store
         if read_only and not Path(path).exists():
             raise StoreError(f"{path}: no such store")
         if not read_only:
@@ -370,12 +380,14 @@ class DuckDBStore(TraceStore):
 
     def durations(self, filters: TraceFilters | None = None, *, top: int = 20) -> list[Durations]:
         """p50, p95 and longest durations per agent (its AGENT spans), model (LLM spans) and tool
-        (TOOL spans) over the traces that match `filters`: the `top` names with the most spans each."""
+        (TOOL spans) over the traces that match `filters`: the `top` names with the most spans each.
+        Interpolated quantiles and summed costs are rounded to 9 decimals, so every backend gives the
+        same numbers whatever order its arithmetic took."""
         selected, params = self._selected_traces(filters)
         rows = self._rows(
             f"""
-            SELECT of, name, count(*) AS spans, quantile_cont(duration_ns, 0.5) / 1e6 AS p50_ms,
-                   quantile_cont(duration_ns, 0.95) / 1e6 AS p95_ms, max(duration_ns) / 1e6 AS max_ms
+            SELECT of, name, count(*) AS spans, round(quantile_cont(duration_ns, 0.5) / 1e6, 9) AS p50_ms,
+                   round(quantile_cont(duration_ns, 0.95) / 1e6, 9) AS p95_ms, max(duration_ns) / 1e6 AS max_ms
             FROM (
               SELECT CASE kind WHEN 'AGENT' THEN 'agent' WHEN 'LLM' THEN 'model' ELSE 'tool' END AS of,
                      CASE kind WHEN 'AGENT' THEN agent_name WHEN 'LLM' THEN model ELSE tool_name END AS name,
@@ -399,7 +411,7 @@ class DuckDBStore(TraceStore):
             f"""
             SELECT model, count(*) AS calls, coalesce(sum(input_tokens), 0) AS input_tokens,
                    coalesce(sum(output_tokens), 0) AS output_tokens,
-                   coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens, coalesce(sum(cost), 0) AS cost,
+                   coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens, round(coalesce(sum(cost), 0), 9) AS cost,
                    count(*) FILTER ({unpriced}) AS calls_without_cost,
                    coalesce(sum(input_tokens) FILTER ({unpriced}), 0) AS input_tokens_without_cost,
                    coalesce(sum(output_tokens) FILTER ({unpriced}), 0) AS output_tokens_without_cost,
@@ -467,57 +479,7 @@ class DuckDBStore(TraceStore):
         )
         if not rows:
             raise StoreError(self._unknown_trace(trace_id))
-        ordered = tree_order(rows)
-        missing = None
-        if span_ids is not None:
-            wanted = set(span_ids)
-            missing = sorted(wanted - {r["span_id"] for r in rows}) or None
-            ordered = [(depth, r) for depth, r in ordered if r["span_id"] in wanted]
-        trace_start = min((r["start_ns"] for r in rows if r["start_ns"] is not None), default=None)
-        views, cut = [], 0
-        for depth, row in ordered:
-            shown_span, n = span_view(row, depth, trace_start, value_chars)
-            views.append(shown_span)
-            cut += n
-        view = TraceView(
-            trace_id=trace_id,
-            spans=views,
-            span_count=len(rows),
-            shown=len(views),
-            truncated_values=cut,
-            missing_span_ids=missing,
-        )
-        if len(view.model_dump_json()) <= budget:
-            if missing:
-                view.note = f"{len(missing)} requested span ids are not in this trace"
-            return view
-        sizes = sorted(r["raw_bytes"] or 0 for _, r in ordered)
-        names: dict[str, int] = {}
-        for _, r in ordered:
-            names[r["name"]] = names.get(r["name"], 0) + 1
-        return TraceView(
-            trace_id=trace_id,
-            spans=[],
-            span_count=len(rows),
-            shown=0,
-            truncated_values=cut,
-            missing_span_ids=missing,
-            oversized=OversizedTrace(
-                spans=len(ordered),
-                raw_bytes=sum(sizes),
-                budget_bytes=budget,
-                span_bytes_min=sizes[0],
-                span_bytes_median=sizes[len(sizes) // 2],
-                span_bytes_max=sizes[-1],
-                top_span_names=[
-                    Count(name=k, traces=1, spans=v)
-                    for k, v in sorted(names.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
-                ],
-                error_spans=[r["span_id"] for _, r in ordered if r["status"] == "ERROR"][:20],
-                recommendation="Too large to show whole. Use search_trace to find the spans that matter, "
-                "then view_spans on a few span ids (or search_span inside one large span).",
-            ),
-        )
+        return trace_view(trace_id, rows, span_ids, budget, value_chars)
 
     def search(
         self,
@@ -781,8 +743,11 @@ class DuckDBStore(TraceStore):
             **{label: _strings(data[label]) for label in TRACE_LABELS},
         }
         for i, name in enumerate(named):
+            # NULL as None (np.ma.filled(…, None) would fill in the array's default, "?")
+            column = data[f"a{i}"]
+            missing = np.ma.getmaskarray(column)
             values[name] = np.asarray(
-                np.ma.filled(data[f"a{i}"], None) if np.ma.isMaskedArray(data[f"a{i}"]) else data[f"a{i}"],
+                [None if gone else value for value, gone in zip(np.ma.getdata(column), missing, strict=True)],
                 dtype=object,
             )
         return values

@@ -16,10 +16,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
 from halo_rlm import files
+from halo_rlm.store.base import BACKENDS
 from halo_rlm.store.results import IngestReport
 from halo_rlm.store.schema import SCHEMA_VERSION
 from halo_rlm.utils import cache_dir
@@ -29,6 +31,8 @@ __all__ = [
     "for_collector",
     "for_inputs",
     "for_source",
+    "import_state",
+    "is_url",
     "last",
     "remember",
     "remember_ingest",
@@ -56,8 +60,8 @@ def for_collector(port: int) -> Path:
 def runs_for(store: str | Path | None) -> Path:
     """Where the runs on a store are recorded (`runs.RunRegistry`): beside a store the user placed
     (`traces.duckdb` -> `traces.runs/`); one shared folder in the cache for the stores HALO placed
-    there itself, and for runs on no one store (loops, evaluations)."""
-    if store is None or Path(store).resolve().parent == _stores().resolve():
+    there itself, for stores named by a URL, and for runs on no one store (loops, evaluations)."""
+    if store is None or is_url(str(store)) or Path(store).resolve().parent == _stores().resolve():
         return cache_dir() / "runs"
     path = Path(store)
     return path.with_name(path.stem + ".runs")
@@ -73,12 +77,13 @@ class Remembered:
 
 def remember(store: str | Path, *, cwd: str | Path | None = None) -> None:
     """Remember `store` for query commands run in `cwd` (default: the working directory) or below
-    it. Remembering is a convenience: a failure to write it is ignored."""
+    it. Remembering is a convenience: a failure to write it is ignored. A ClickHouse URL is kept
+    without its password."""
     try:
         directory = _directory(cwd)
         memory = _memory_file(directory)
         memory.parent.mkdir(parents=True, exist_ok=True)
-        record = {"directory": str(directory), "store": str(Path(store).resolve())}
+        record = {"directory": str(directory), "store": _absolute(str(store))}
         scratch = memory.with_name(f"{memory.name}.{os.getpid()}")
         scratch.write_bytes(orjson.dumps(record))
         scratch.replace(memory)  # atomic: a concurrent reader sees the old memory or the new one
@@ -97,7 +102,8 @@ def remember_ingest(report: IngestReport, *, cwd: str | Path | None = None) -> b
 
 def last(*, cwd: str | Path | None = None) -> Remembered | None:
     """The store remembered for `cwd` (default: the working directory), else for its nearest parent
-    that has one; None when there is none or the remembered store is gone."""
+    that has one; None when there is none or the remembered store is gone (a store named by a URL is
+    checked when it is opened)."""
     try:
         directory = _directory(cwd)
     except OSError:  # the working directory was deleted
@@ -108,9 +114,39 @@ def last(*, cwd: str | Path | None = None) -> Remembered | None:
             store, remembered_for = str(record["store"]), str(record["directory"])
         except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
             continue
-        if remembered_for == str(folder) and Path(store).exists():
+        if remembered_for == str(folder) and (is_url(store) or Path(store).exists()):
             return Remembered(store=store, directory=remembered_for)
     return None
+
+
+def import_state(store: str | Path) -> Path:
+    """Where imports into `store` keep their place: beside a DuckDB file; in the cache for a store
+    named by a URL (keyed by the URL without its password)."""
+    target = str(store)
+    if not is_url(target):
+        return Path(f"{target}.imports.json")
+    digest = hashlib.sha256(_absolute(target).encode()).hexdigest()[:12]
+    return _stores() / f"imports-{digest}.json"
+
+
+def is_url(target: str) -> bool:
+    """True for a store named by a URL (`chdb:…`, `clickhouse://…`), false for a DuckDB file path."""
+    scheme = target.split(":", 1)[0].lower() if ":" in target else ""
+    return scheme in BACKENDS and not Path(target).exists()
+
+
+def _absolute(target: str) -> str:
+    """A store as remembered: a file path made absolute; a URL without its password (a chdb folder
+    made absolute)."""
+    if not is_url(target):
+        return str(Path(target).resolve())
+    parts = urlsplit(target)
+    if parts.scheme.lower() == "chdb":
+        folder, _, options = target[len("chdb:") :].partition("?")
+        return f"chdb:{Path(folder).expanduser().resolve()}" + (f"?{options}" if options else "")
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit(parts._replace(netloc=user + host))
 
 
 def _directory(cwd: str | Path | None) -> Path:

@@ -1,5 +1,6 @@
 """Building query results from rows, the same for every backend: trace summaries, spans in tree order
-with values cut to head and tail, and regex matches with context."""
+with values cut to head and tail (or a trace's summary when it is too large), and regex matches with
+context."""
 
 from __future__ import annotations
 
@@ -10,10 +11,18 @@ from typing import Any
 import orjson
 
 from halo_rlm.formats.conventions import TEXT_CAP, normalize_messages, orjson_text
-from halo_rlm.store.results import Match, SearchResult, SpanView, TraceSummary
+from halo_rlm.store.results import (
+    Count,
+    Match,
+    OversizedTrace,
+    SearchResult,
+    SpanView,
+    TraceSummary,
+    TraceView,
+)
 from halo_rlm.utils import clip, ns_to_iso
 
-__all__ = ["cap", "clip_or_none", "plain", "scan", "span_view", "summary", "tree_order"]
+__all__ = ["cap", "clip_or_none", "plain", "scan", "span_view", "summary", "trace_view", "tree_order"]
 
 MAX_VIEW_DEPTH = 32  # nesting shown as structure; deeper values are shown as JSON text
 
@@ -131,6 +140,64 @@ def span_view(
         events=events,
         raw_bytes=row["raw_bytes"] or 0,
     ), cut
+
+
+def trace_view(
+    trace_id: str, rows: list[dict[str, Any]], span_ids: list[str] | None, budget: int, value_chars: int
+) -> TraceView:
+    """A trace's spans (`rows`, in start order) in tree order, only `span_ids` when given; over `budget`
+    bytes, a summary of the trace instead."""
+    ordered = tree_order(rows)
+    missing = None
+    if span_ids is not None:
+        wanted = set(span_ids)
+        missing = sorted(wanted - {r["span_id"] for r in rows}) or None
+        ordered = [(depth, r) for depth, r in ordered if r["span_id"] in wanted]
+    trace_start = min((r["start_ns"] for r in rows if r["start_ns"] is not None), default=None)
+    views, cut = [], 0
+    for depth, row in ordered:
+        shown_span, n = span_view(row, depth, trace_start, value_chars)
+        views.append(shown_span)
+        cut += n
+    view = TraceView(
+        trace_id=trace_id,
+        spans=views,
+        span_count=len(rows),
+        shown=len(views),
+        truncated_values=cut,
+        missing_span_ids=missing,
+    )
+    if len(view.model_dump_json()) <= budget:
+        if missing:
+            view.note = f"{len(missing)} requested span ids are not in this trace"
+        return view
+    sizes = sorted(r["raw_bytes"] or 0 for _, r in ordered)
+    names: dict[str, int] = {}
+    for _, r in ordered:
+        names[r["name"]] = names.get(r["name"], 0) + 1
+    return TraceView(
+        trace_id=trace_id,
+        spans=[],
+        span_count=len(rows),
+        shown=0,
+        truncated_values=cut,
+        missing_span_ids=missing,
+        oversized=OversizedTrace(
+            spans=len(ordered),
+            raw_bytes=sum(sizes),
+            budget_bytes=budget,
+            span_bytes_min=sizes[0],
+            span_bytes_median=sizes[len(sizes) // 2],
+            span_bytes_max=sizes[-1],
+            top_span_names=[
+                Count(name=k, traces=1, spans=v)
+                for k, v in sorted(names.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+            ],
+            error_spans=[r["span_id"] for _, r in ordered if r["status"] == "ERROR"][:20],
+            recommendation="Too large to show whole. Use search_trace to find the spans that matter, "
+            "then view_spans on a few span ids (or search_span inside one large span).",
+        ),
+    )
 
 
 def _record(raw: str) -> dict[str, Any]:

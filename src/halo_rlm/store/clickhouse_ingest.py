@@ -1,0 +1,225 @@
+"""Filling a ClickHouse store. Spans are read, decoded and normalised exactly as the DuckDB store does
+it — by the DuckDB store itself, on a scratch database of its own (a temporary file, so memory stays
+bounded on any input size) — and the canonical rows it produces are then shipped to ClickHouse in
+Arrow batches. One normaliser for every backend means the same columns, bit for bit.
+
+The scratch store is seeded with the ClickHouse store's `inputs`, so its bookkeeping decides as it
+would on its own file: an unchanged file is skipped, a grown one is read from where it ended, a
+changed one is read again (its old spans are deleted from ClickHouse first). After the spans of an
+input are shipped, the orphan flags and rollups of every trace it touched are refreshed in ClickHouse.
+A run interrupted before an input is shipped reads that input again next time; spans shipped twice
+are one row (`spans_data` is a ReplacingMergeTree on the span's ids).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from halo_rlm import files
+from halo_rlm.store import clickhouse_sql as sql
+from halo_rlm.store.clickhouse_client import Connection
+from halo_rlm.store.duckdb_store import DuckDBStore
+from halo_rlm.store.results import IngestReport, Progress
+from halo_rlm.store.schema import INPUT_COLUMNS, SPAN_COLUMNS
+
+
+class Destination(Protocol):
+    """What an ingest needs of the ClickHouse store: its connection, database and name."""
+
+    conn: Connection
+    db: str
+    path: str
+
+
+__all__ = ["Ingest"]
+
+SHIP_ROWS = 32_768  # spans per insert: large enough for few parts, small enough to bound memory
+BUCKET_SPANS = 2_000_000  # refresh the traces of about this many spans at a time
+# Limits for the refresh queries, so a large ingest spills to disk instead of growing.
+INGEST_SETTINGS = {
+    "max_memory_usage": 1_000_000_000,
+    "max_bytes_before_external_group_by": 300_000_000,
+    "max_bytes_before_external_sort": 300_000_000,
+}
+# The span's `version` in `spans_data` (see clickhouse_sql): finished first, then earlier input, then
+# earlier line; even, so that a correction of `is_orphan` can take version + 1.
+VERSION = (
+    "((CAST(end_ns IS NOT NULL AS UBIGINT) << 61)"
+    " + (CAST(536870911 - least(coalesce(input_id, 0), 536870911) AS UBIGINT) << 31)"
+    " + CAST(2147483647 - least(coalesce(line_no, 0), 2147483647) AS UBIGINT)) * 2"
+)
+
+
+class Ingest:
+    def __init__(self, store: Destination) -> None:
+        self.store = store
+        self.conn = store.conn
+        self.db = store.db
+
+    def load_files(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        strict: bool = False,
+        progress: Callable[[files.InputFile], Progress | None] | None = None,
+        **options: Any,
+    ) -> IngestReport:
+        with self._scratch() as scratch:
+            before = self._seed_inputs(scratch)
+            report = scratch.ingest(paths, strict=strict, progress=progress, **options)
+            self._ship(scratch, before, report)
+        report.store = self.store.path
+        return report
+
+    def load_records(self, records: Iterable[Any], source: str) -> IngestReport:
+        """Records from a collector or importer, as one input. Returns only once ClickHouse has
+        confirmed every insert, so a caller that acknowledges afterwards never loses what it
+        acknowledged."""
+        with self._scratch() as scratch:
+            before = self._seed_inputs(scratch)
+            report = scratch.ingest_records(records, source=source)
+            self._ship(scratch, before, report)
+        report.store = self.store.path
+        return report
+
+    @contextmanager
+    def _scratch(self) -> Iterator[DuckDBStore]:
+        """A DuckDB store in memory (spilling to a temporary folder past its memory limit) that
+        normalises what is ingested, exactly as the DuckDB store does."""
+        with tempfile.TemporaryDirectory(prefix="halo-clickhouse-ingest-") as folder:
+            scratch = DuckDBStore.connect(folder, in_memory=True)
+            try:
+                yield scratch
+            finally:
+                scratch.close()
+
+    def _seed_inputs(self, scratch: DuckDBStore) -> dict[int, tuple[Any, ...]]:
+        """Copy the ClickHouse store's inputs into the scratch store; returns them by id."""
+        names = [c.name for c in INPUT_COLUMNS]
+        table = self.conn.arrow(f"SELECT {', '.join(names)} FROM {self.db}.inputs ORDER BY input_id")
+        if table.num_rows:
+            scratch.con.register("seed", table)
+            scratch.con.execute(f"INSERT INTO inputs SELECT {', '.join(names)} FROM seed")
+            scratch.con.unregister("seed")
+        return {
+            row[0]: row for row in scratch.con.execute(f"SELECT {', '.join(names)} FROM inputs").fetchall()
+        }
+
+    def _ship(self, scratch: DuckDBStore, before: dict[int, tuple[Any, ...]], report: IngestReport) -> None:
+        names = [c.name for c in INPUT_COLUMNS]
+        after = {
+            row[0]: row for row in scratch.con.execute(f"SELECT {', '.join(names)} FROM inputs").fetchall()
+        }
+        changed = sorted(i for i, row in after.items() if before.get(i) != row)
+        if not changed:
+            return
+        keys = f"{self.db}.ingest_keys_{uuid.uuid4().hex[:12]}"
+        self.conn.command(
+            f"CREATE TABLE {keys} (trace_id String, span_id String) ENGINE = MergeTree ORDER BY trace_id"
+        )
+        try:
+            ids = ", ".join(str(i) for i in changed)
+            # An input read again from the start replaces what it held.
+            continued = {r.path for r in report.inputs if r.status in ("resumed", "unchanged")}
+            replaced = [i for i in changed if i in before and after[i][1] not in continued]
+            if replaced:
+                listed = ", ".join(str(i) for i in replaced)
+                self.conn.command(
+                    f"INSERT INTO {keys} SELECT trace_id, span_id FROM {self.db}.spans WHERE input_id IN ({listed})"
+                )
+                self.conn.command(f"DELETE FROM {self.db}.spans_data WHERE input_id IN ({listed})")
+                self.conn.command(f"DELETE FROM {self.db}.rejects WHERE input_id IN ({listed})")
+            shipped = self._ship_spans(scratch, ids, keys)
+            self._ship_rejects(scratch, ids)
+            merged = 0
+            # Traces are refreshed in buckets of their ids, so memory stays bounded on any input size.
+            buckets = max(1, -(-shipped // BUCKET_SPANS))
+            for bucket in range(buckets):
+                part = f"cityHash64(trace_id) % {buckets} = {bucket}"
+                merged += self._held_elsewhere(keys, ids, part)
+                self._refresh(keys, part, forget_empty=bool(replaced))
+            self._ship_inputs(scratch, ids)
+            if merged and report.inputs:
+                report.inputs[-1].duplicates += merged
+        finally:
+            self.conn.command(f"DROP TABLE IF EXISTS {keys}")
+
+    def _ship_spans(self, scratch: DuckDBStore, ids: str, keys: str) -> int:
+        """Insert the scratch store's spans of these inputs, batch by batch; returns how many."""
+        columns = ", ".join(c.name for c in SPAN_COLUMNS)
+        reader = scratch.con.sql(
+            f"SELECT {columns}, {VERSION} AS version FROM spans WHERE input_id IN ({ids})"
+        ).to_arrow_reader(SHIP_ROWS)
+        shipped = 0
+        for batch in reader:
+            table = _plain_strings(pa.Table.from_batches([batch]))
+            self.conn.insert_arrow(keys, table.select(["trace_id", "span_id"]))
+            self.conn.insert_arrow(f"{self.db}.spans_data", table)
+            shipped += table.num_rows
+        return shipped
+
+    def _held_elsewhere(self, keys: str, ids: str, part: str) -> int:
+        """Shipped spans (of the traces in `part`) that lost to a copy from another input: duplicates
+        merged here."""
+        return int(
+            self.conn.value(
+                f"SELECT count() FROM (SELECT DISTINCT trace_id, span_id FROM {keys} WHERE {part}) k "
+                f"WHERE (k.trace_id, k.span_id) NOT IN (SELECT trace_id, span_id FROM {self.db}.spans "
+                f"WHERE {part} AND input_id IN ({ids}) AND trace_id IN (SELECT trace_id FROM {keys} WHERE {part}))",
+                INGEST_SETTINGS,
+            )
+            or 0
+        )
+
+    def _ship_rejects(self, scratch: DuckDBStore, ids: str) -> None:
+        table = scratch.con.sql(f"SELECT * FROM rejects WHERE input_id IN ({ids})").to_arrow_table()
+        if table.num_rows:
+            self.conn.insert_arrow(f"{self.db}.rejects", table)
+
+    def _ship_inputs(self, scratch: DuckDBStore, ids: str) -> None:
+        """The inputs' bookkeeping rows, with span counts as ClickHouse now holds them (a grown file's
+        scratch store counted only its new spans)."""
+        columns = [c.name for c in INPUT_COLUMNS]
+        table = scratch.con.sql(
+            f"SELECT {', '.join(columns)} FROM inputs WHERE input_id IN ({ids}) ORDER BY input_id"
+        )
+        table = table.to_arrow_table()
+        counts = {
+            r["input_id"]: r["n"]
+            for r in self.conn.rows(
+                f"SELECT input_id, count() AS n FROM {self.db}.spans WHERE input_id IN ({ids}) GROUP BY input_id"
+            )
+        }
+        spans = pa.array([counts.get(i, 0) for i in table.column("input_id").to_pylist()], pa.int64())
+        table = table.set_column(columns.index("spans"), "spans", spans)
+        table = table.append_column("updated", pa.array([time.time_ns()] * table.num_rows, pa.uint64()))
+        self.conn.insert_arrow(f"{self.db}.inputs_data", table)
+
+    def _refresh(self, keys: str, part: str, *, forget_empty: bool) -> None:
+        """Orphan flags and rollups of the traces (in `part`) these spans belong to; with
+        `forget_empty`, traces left with no spans (their only input was replaced) lose their rollup."""
+        touched = f"(SELECT DISTINCT trace_id FROM {keys} WHERE {part})"
+        self.conn.command(sql.orphan_fixes(self.db, touched), INGEST_SETTINGS)
+        self.conn.command(sql.rollup(self.db, touched), INGEST_SETTINGS)
+        if forget_empty:
+            self.conn.command(
+                f"DELETE FROM {self.db}.traces_data WHERE trace_id IN {touched} "
+                f"AND trace_id NOT IN (SELECT trace_id FROM {self.db}.spans WHERE trace_id IN {touched})"
+            )
+
+
+def _plain_strings(table: pa.Table) -> pa.Table:
+    """DuckDB's JSON columns come as an Arrow extension type; ClickHouse stores them as strings."""
+    fields = [
+        pa.field(f.name, pa.large_string()) if isinstance(f.type, pa.ExtensionType) else f
+        for f in table.schema
+    ]
+    return table.cast(pa.schema(fields))
