@@ -6,6 +6,10 @@ present, HALO's own fixture traces. Every measurement
 runs in a fresh Python process so peak RSS is that step's alone.
 
     python benchmarks/store_bench.py --sizes 100 1000 --out benchmarks/results/store.json
+
+Each ingest row says which road the file took (`road`: bulk, lines, decoded) and why it was not the
+one-statement load (`road_reason`); flat corpora are ingested a second time in batches (`bulk=False`,
+the road of compressed, grown or bad-lined files) unless `--no-batched`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -97,7 +102,7 @@ def build_otlp(target_mb: int, out: Path, work: Path) -> dict[str, int]:
     return {"bytes": written, "spans": spans}
 
 
-def measure(code: str) -> dict[str, float]:
+def measure(code: str) -> dict[str, Any]:
     """Run `code` in a fresh interpreter; it prints a JSON dict. Adds its peak RSS in MB."""
     script = textwrap.dedent(f"""
         import json, resource, sys, time
@@ -111,27 +116,33 @@ def measure(code: str) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def ingest(corpus: Path, store: Path) -> dict[str, float]:
-    """Ingest `corpus` into a fresh `store`, in a process of its own."""
+def ingest(corpus: Path, store: Path, *, bulk: bool = True) -> dict[str, Any]:
+    """Ingest `corpus` into a fresh `store`, in a process of its own; with the road the file took
+    (bulk, lines, decoded or document) and why, when it was not the first choice."""
     for leftover in (store, Path(f"{store}.wal")):
         leftover.unlink(missing_ok=True)
     return measure(f"""
+        import os
         from halo_rlm.store import TraceStore
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), os.times()
         with TraceStore.open({str(store)!r}) as s:
-            r = s.ingest([{str(corpus)!r}])
+            r = s.ingest([{str(corpus)!r}], bulk={bulk!r})
         result["ingest_s"] = time.perf_counter() - t
+        done = os.times()
+        result["ingest_cpu_s"] = done.user + done.system - cpu.user - cpu.system
         result["spans"] = r.spans
         result["rejected"] = r.rejected
+        result["road"] = r.inputs[0].road
+        result["road_reason"] = r.inputs[0].road_reason
     """)
 
 
-def bench(corpus: Path, store: Path, repeats: int) -> dict[str, float]:
+def bench(corpus: Path, store: Path, repeats: int) -> dict[str, Any]:
     loaded = ingest(corpus, store)
     queries = measure(f"""
         import statistics
         from halo_rlm.store import TraceStore
-        from halo_rlm.models import TraceFilters
+        from halo_rlm.store import TraceFilters
         t = time.perf_counter()
         s = TraceStore.open({str(store)!r}, read_only=True)
         result["reopen_s"] = time.perf_counter() - t
@@ -171,6 +182,13 @@ def main() -> None:
         "there); otlp: the shipped examples as OTLP/JSON",
     )
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--no-batched",
+        dest="batched",
+        action="store_false",
+        help="skip ingesting each flat corpus a second time in batches (bulk=False), the road of "
+        "compressed, grown or bad-lined files",
+    )
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "halo-bench")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -198,6 +216,15 @@ def main() -> None:
             }
             results.append(row)
             print(json.dumps(row), flush=True)
+            if args.batched and fmt != "otlp":  # the road a compressed, grown or bad-lined file takes
+                batched = {
+                    "size_mb": size,
+                    "format": fmt,
+                    "bytes": corpus.stat().st_size,
+                    **ingest(corpus, args.work / f"store-{size}mb.{fmt}.lines.duckdb", bulk=False),
+                }
+                results.append(batched)
+                print(json.dumps(batched), flush=True)
     machine = {
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],

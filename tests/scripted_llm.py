@@ -5,6 +5,14 @@ No LLM provider is reachable from test machines, so every LLM code path is drive
 JSON and SSE streaming), `GET /v1/models`, and OpenAI's error bodies, and it can misbehave on demand
 (rate limits, server errors, cut streams, stalls).
 
+`Server` makes it behave as a whole like the local servers HALO meets — llama.cpp's llama-server,
+llama-cpp-python, vLLM, Ollama — with a context window enforced the way each enforces it (an error
+in its own words, an empty stream, or silent truncation), the endpoints each answers about itself
+(`/props`, `/api/ps`, `/api/show`, `max_model_len`), tool definitions dropped or refused, and no
+usage reported:
+
+    ScriptedLLM(responder, server=Server("llama-server", context_window=8192, drops_tools=True))
+
     with ScriptedLLM(Script({"Find the bug": [ToolCalls([Call("grep", {"q": "x"})]), Text("Done")]})) as llm:
         client = openai.OpenAI(base_url=llm.base_url, api_key="test")
 
@@ -24,11 +32,11 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import zip_longest
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import orjson
 import pytest
@@ -103,6 +111,8 @@ class HTTPError:
     type: str = "invalid_request_error"
     param: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)  # more fields of the error object, or
+    # replacements: llama-server and vLLM send the HTTP status as the numeric `code`
 
     @classmethod
     def invalid_api_key(cls) -> HTTPError:
@@ -137,6 +147,64 @@ class HTTPError:
             "your messages resulted in 131072 tokens. Please reduce the length of the messages.",
             param="messages",
         )
+
+    @classmethod
+    def llama_server_overflow(cls, prompt_tokens: int, window: int) -> HTTPError:
+        """llama-server's answer to a prompt longer than its context (`-c`)."""
+        return cls(
+            400,
+            None,
+            f"request ({prompt_tokens} tokens) exceeds the available context size ({window} tokens), "
+            "try increasing it",
+            type="exceed_context_size_error",
+            extra={"code": 400, "n_prompt_tokens": prompt_tokens, "n_ctx": window},
+        )
+
+    @classmethod
+    def requested_too_many_tokens(cls, prompt_tokens: int, completion_tokens: int, window: int) -> HTTPError:
+        """llama-cpp-python's (non-streamed) answer to a request that does not fit its `n_ctx`."""
+        return cls(
+            400,
+            "context_length_exceeded",
+            f"This model's maximum context length is {window} tokens. However, you requested "
+            f"{prompt_tokens + completion_tokens} tokens ({prompt_tokens} in the messages, "
+            f"{completion_tokens} in the completion). Please reduce the length of the messages or completion.",
+            param="messages",
+        )
+
+    @classmethod
+    def vllm_overflow(cls, prompt_tokens: int, completion_tokens: int, window: int) -> HTTPError:
+        """vLLM's answer to a request longer than `max_model_len` (its code is the HTTP status)."""
+        return cls(
+            400,
+            None,
+            f"This model's maximum context length is {window} tokens. However, you requested "
+            f"{prompt_tokens + completion_tokens} tokens ({prompt_tokens} in the messages, "
+            f"{completion_tokens} in the completion). Please reduce the length of the messages or completion.",
+            type="BadRequestError",
+            extra={"code": 400},
+        )
+
+    @classmethod
+    def tools_refused(cls, kind: str, model: str = "scripted-model") -> HTTPError:
+        """How each server refuses the `tools` field when tool calling is off."""
+        if kind == "llama-server":  # started without --jinja: a 500, not a 400
+            return cls(
+                500, None, "tools param requires --jinja flag", type="server_error", extra={"code": 500}
+            )
+        if kind == "ollama":
+            return cls(
+                400, None, f"registry.ollama.ai/library/{model} does not support tools", type="api_error"
+            )
+        if kind == "vllm":
+            return cls(
+                400,
+                None,
+                '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
+                type="BadRequestError",
+                extra={"code": 400},
+            )
+        return cls(400, "tools_not_supported", "tools are not supported by this model")
 
 
 @dataclass(frozen=True)
@@ -211,8 +279,36 @@ class RawChunks:
     chunks: Sequence[Any]
 
 
+@dataclass(frozen=True)
+class EmptyStream:
+    """A 200 stream that carries nothing but (with `role_chunk`) an opening chunk, then ends without
+    `[DONE]`: what llama-cpp-python sends when a streamed request fails inside the model (an
+    over-long prompt). A non-streamed request gets a 200 JSON body without choices."""
+
+    role_chunk: bool = True
+
+
+@dataclass(frozen=True)
+class StreamError:
+    """A 200 stream whose first event is `data: {"error": {...}}`: how llama-server reports an error
+    that happens once the stream has begun."""
+
+    error: HTTPError
+
+
 Reply: TypeAlias = (
-    Text | ToolCalls | Refusal | HTTPError | RateLimited | ServerError | CutStream | Delay | Hang | RawChunks
+    Text
+    | ToolCalls
+    | Refusal
+    | HTTPError
+    | RateLimited
+    | ServerError
+    | CutStream
+    | Delay
+    | Hang
+    | RawChunks
+    | EmptyStream
+    | StreamError
 )
 # A responder may also answer with a plain string (a Text) or with a list of message parts: strings
 # (joined into the content) and Calls (made parallel tool calls).
@@ -230,6 +326,22 @@ def as_reply(result: ResponderResult) -> Reply:
         calls = [part for part in result if isinstance(part, Call)]
         return ToolCalls(calls, content=text or None) if calls else Text(text)
     return result
+
+
+def text_call(
+    name: str, arguments: Mapping[str, Any] | str, *, style: str = "fenced", prose: str = "", **text: Any
+) -> Text:
+    """A tool call written as text, the way small models write one when their chat template has no
+    tool support (or they ignore it): `fenced` in a ```json block, `bare` JSON after some prose, or
+    `qwen`/Hermes `<tool_call>` tags. `arguments` as a string is sent verbatim (malformed on purpose)."""
+    args = arguments if isinstance(arguments, str) else orjson.dumps(dict(arguments)).decode()
+    call = f'{{"name": "{name}", "arguments": {args}}}'
+    body = {
+        "fenced": f"```json\n{call}\n```",
+        "bare": call,
+        "qwen": f"<tool_call>\n{call}\n</tool_call>",
+    }[style]
+    return Text(f"{prose}\n{body}" if prose else body, **text)
 
 
 def _header_number(value: float) -> str:
@@ -411,6 +523,129 @@ class Script:
 
 
 # --------------------------------------------------------------------------------------------------
+# Servers: the whole server's behaviour, as the local servers HALO meets behave
+
+
+ServerKind = Literal["openai", "llama-server", "llama-cpp-python", "vllm", "ollama"]
+_OWNERS = {
+    "openai": "scripted",
+    "llama-server": "llamacpp",
+    "llama-cpp-python": "me",
+    "vllm": "vllm",
+    "ollama": "library",
+}
+
+
+@dataclass(frozen=True)
+class Server:
+    """How the scripted server behaves beyond each reply.
+
+    `context_window` (tokens, counted as four characters each) is enforced as `kind` enforces it,
+    before the responder is asked (an over-long request uses no scripted reply): llama-server answers
+    400 `exceed_context_size_error` when the prompt is longer; llama-cpp-python and vLLM count the
+    prompt plus `max_tokens`, llama-cpp-python answering a streamed request with an `EmptyStream`
+    and a plain one with 400 `context_length_exceeded`; Ollama truncates the prompt silently (the
+    reported `prompt_tokens` never exceed the window); OpenAI answers 400 `context_length_exceeded`.
+
+    The server also describes itself as `kind` does: llama-server's `GET /props` (`n_ctx`), vLLM's
+    `max_model_len` in `/v1/models`, Ollama's `GET /api/ps` (the loaded model's `context_length`,
+    when `loaded`) and `POST /api/show` (`num_ctx` among the parameters when `num_ctx_set`).
+
+    `drops_tools`: the chat template has no place for tools, so they are left out of the prompt (and
+    of the reported `prompt_tokens`) without a word. `refuses_tools`: a request with tools fails the
+    way `kind` fails it (llama-server without `--jinja`, an Ollama model without tool support, vLLM
+    without `--enable-auto-tool-choice`). `reports_usage=False`: no usage, streamed or not.
+    `honours_max_tokens`: replies longer than the request's `max_tokens` are cut there
+    (`finish_reason: length`).
+    """
+
+    kind: ServerKind = "openai"
+    context_window: int | None = None
+    drops_tools: bool = False
+    refuses_tools: bool = False
+    reports_usage: bool = True
+    honours_max_tokens: bool = True
+    loaded: bool = True
+    num_ctx_set: bool = False
+
+    def prompt_tokens(self, request: ChatRequest) -> int:
+        """The prompt as this server counts it: four characters a token, tools included unless dropped."""
+        chars = sum(len(content_text(m.get("content"))) for m in request.messages)
+        chars += sum(len(orjson.dumps(m["tool_calls"])) for m in request.messages if m.get("tool_calls"))
+        if request.tools and not self.drops_tools:
+            chars += len(orjson.dumps(request.tools))
+        tokens = max(1, chars // 4)
+        if self.kind == "ollama" and self.context_window:
+            return min(tokens, self.context_window)  # Ollama keeps the tail and says nothing
+        return tokens
+
+    def refusal(self, request: ChatRequest) -> Reply | None:
+        """The error this server answers `request` with before any reply is scripted, if any."""
+        if self.refuses_tools and request.tools:
+            return HTTPError.tools_refused(self.kind, request.model)
+        window = self.context_window
+        if window is None or self.kind == "ollama":
+            return None
+        prompt, completion = self.prompt_tokens(request), request.max_tokens or 0
+        match self.kind:
+            case "llama-server" if prompt > window:
+                return HTTPError.llama_server_overflow(prompt, window)
+            case "llama-cpp-python" if prompt + completion > window:
+                return (
+                    EmptyStream()
+                    if request.stream
+                    else HTTPError.requested_too_many_tokens(prompt, completion, window)
+                )
+            case "vllm" if prompt + completion > window:
+                return HTTPError.vllm_overflow(prompt, completion, window)
+            case "openai" if prompt > window:
+                return HTTPError(
+                    400,
+                    "context_length_exceeded",
+                    f"This model's maximum context length is {window} tokens. However, your messages "
+                    f"resulted in {prompt} tokens. Please reduce the length of the messages.",
+                    param="messages",
+                )
+        return None
+
+    def model_entry(self, model: str) -> dict[str, Any]:
+        entry: dict[str, Any] = {"id": model, "object": "model", "created": 0, "owned_by": _OWNERS[self.kind]}
+        if self.kind == "vllm" and self.context_window:
+            entry["max_model_len"] = self.context_window
+        if self.kind == "llama-server":
+            entry["meta"] = {"n_ctx_train": 32_768, "n_params": 494_032_768}
+        return entry
+
+    def about(self, method: str, path: str, body: Any, models: Sequence[str]) -> Any:
+        """The answer to a request about the server itself (None: this server has no such endpoint)."""
+        window = self.context_window or 4_096
+        match (self.kind, method, path):
+            case ("llama-server", "GET", "/props"):
+                return {
+                    "default_generation_settings": {"id": 0, "n_ctx": window, "params": {"n_predict": -1}},
+                    "total_slots": 1,
+                    "model_path": f"/models/{models[0]}.gguf",
+                    "chat_template": "{% for message in messages %}...{% endfor %}",
+                }
+            case ("ollama", "GET", "/api/ps"):
+                loaded = [{"name": m, "model": m, "context_length": window} for m in models]
+                return {"models": loaded if self.loaded else []}
+            case ("ollama", "POST", "/api/show"):
+                parameters = (
+                    f'num_ctx                        {window}\nstop "<|im_end|>"'
+                    if self.num_ctx_set
+                    else 'stop "<|im_end|>"'
+                )
+                name = body.get("model") if isinstance(body, dict) else None
+                return {
+                    "modelfile": f"FROM {name}",
+                    "parameters": parameters,
+                    "model_info": {"general.architecture": "qwen2", "qwen2.context_length": 32_768},
+                }
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
 # Wire format: replies rendered as OpenAI's JSON objects
 
 
@@ -424,17 +659,44 @@ def _usage_json(usage: Usage) -> dict[str, Any]:
     }
 
 
-def _estimated_usage(request: ChatRequest, reply: Text | ToolCalls | Refusal) -> Usage:
-    """About four characters per token, so usage-tracking code sees plausible non-zero counts."""
-    prompt_chars = sum(len(content_text(m.get("content"))) for m in request.messages)
+def _output_text(reply: Text | ToolCalls | Refusal) -> str:
     match reply:
         case Text():
-            output = "".join(reply.content)
+            return "".join(reply.content)
         case Refusal():
-            output = reply.text
+            return reply.text
         case ToolCalls():
-            output = (reply.content or "") + "".join(c.name + _arguments_json(c) for c in reply.calls)
-    return Usage(prompt=max(1, prompt_chars // 4), completion=max(1, len(output) // 4))
+            return (reply.content or "") + "".join(c.name + _arguments_json(c) for c in reply.calls)
+
+
+def _reported_usage(server: Server, request: ChatRequest, reply: Text | ToolCalls | Refusal) -> Usage | None:
+    """The usage the server reports for `reply`: as scripted, else estimated at about four characters
+    a token (so usage-tracking code sees plausible non-zero counts); None when it reports none."""
+    if not server.reports_usage:
+        return None
+    if reply.usage is not None:
+        window = server.context_window
+        if server.kind == "ollama" and window and reply.usage.prompt > window:
+            return replace(reply.usage, prompt=window)
+        return reply.usage
+    return Usage(prompt=server.prompt_tokens(request), completion=max(1, len(_output_text(reply)) // 4))
+
+
+def _within_max_tokens(reply: Text | ToolCalls | Refusal, request: ChatRequest) -> Text | ToolCalls | Refusal:
+    """`reply` as a server sends it when the request caps the reply at `max_tokens`: text cut at the
+    cap (four characters a token) with `finish_reason: length`, and the usage capped."""
+    cap = request.max_tokens
+    if not isinstance(cap, int) or cap <= 0:
+        return reply
+    scripted = reply.usage.completion if reply.usage is not None else len(_output_text(reply)) // 4
+    if scripted <= cap:
+        return reply
+    usage = replace(reply.usage, completion=cap) if reply.usage is not None else None
+    if isinstance(reply, Text):
+        return replace(reply, content="".join(reply.content)[: cap * 4], finish_reason="length", usage=usage)
+    if isinstance(reply, ToolCalls):
+        return replace(reply, usage=usage, finish_reason="length")
+    return replace(reply, usage=usage)
 
 
 def _arguments_json(call: Call) -> str:
@@ -448,7 +710,7 @@ def _call_ids(reply: ToolCalls, completion_number: int) -> list[str]:
 
 
 def _completion_json(
-    reply: Text | ToolCalls | Refusal, *, request: ChatRequest, number: int
+    reply: Text | ToolCalls | Refusal, *, request: ChatRequest, number: int, usage: Usage | None
 ) -> dict[str, Any]:
     """A non-streamed `chat.completion` object."""
     message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None, "annotations": []}
@@ -470,15 +732,17 @@ def _completion_json(
                 for call, call_id in zip(reply.calls, _call_ids(reply, number), strict=True)
             ]
             finish_reason = reply.finish_reason
-    return {
+    completion = {
         "id": f"chatcmpl-scripted-{number}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": request.model,
         "system_fingerprint": None,
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
-        "usage": _usage_json(reply.usage or _estimated_usage(request, reply)),
     }
+    if usage is not None:
+        completion["usage"] = _usage_json(usage)
+    return completion
 
 
 def _words(text: str) -> list[str]:
@@ -528,9 +792,10 @@ def _tool_call_deltas(reply: ToolCalls, call_ids: list[str]) -> list[dict[str, A
 
 
 def _stream_chunks(
-    reply: Text | ToolCalls | Refusal, *, request: ChatRequest, number: int
+    reply: Text | ToolCalls | Refusal, *, request: ChatRequest, number: int, usage: Usage | None
 ) -> list[dict[str, Any]]:
-    """The `chat.completion.chunk` objects of a streamed reply, usage chunk included when asked for."""
+    """The `chat.completion.chunk` objects of a streamed reply, usage chunk included when asked for
+    (and the server reports usage)."""
     match reply:
         case Text():
             pieces = _words(reply.content) if isinstance(reply.content, str) else reply.content
@@ -554,7 +819,8 @@ def _stream_chunks(
         "model": request.model,
         "system_fingerprint": None,
     }
-    if request.include_usage:
+    with_usage = request.include_usage and usage is not None
+    if with_usage:
         envelope["usage"] = None  # OpenAI sends null usage on every chunk but the last
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -564,15 +830,14 @@ def _stream_chunks(
         }
 
     chunks = [chunk(delta) for delta in deltas] + [chunk({}, finish_reason)]
-    if request.include_usage:
-        chunks.append(
-            {**envelope, "choices": [], "usage": _usage_json(reply.usage or _estimated_usage(request, reply))}
-        )
+    if with_usage and usage is not None:
+        chunks.append({**envelope, "choices": [], "usage": _usage_json(usage)})
     return chunks
 
 
 def _error_json(error: HTTPError) -> dict[str, Any]:
-    return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
+    body = {"message": error.message, "type": error.type, "param": error.param, "code": error.code}
+    return {"error": {**body, **error.extra}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -634,17 +899,18 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             self._answer_chat(ChatRequest(body, headers), number)
         elif (self.command, path) == ("GET", "/v1/models"):
-            models = [
-                {"id": model, "object": "model", "created": 0, "owned_by": "scripted"} for model in llm.models
-            ]
+            models = [llm.server.model_entry(model) for model in llm.models]
             self._send_json(200, {"object": "list", "data": models}, headers={})
+        elif (about := llm.server.about(self.command, path, body, llm.models)) is not None:
+            self._send_json(200, about, headers={})
         else:
             self._send_error(HTTPError(404, None, f"Invalid URL ({self.command} {path})"))
 
     def _answer_chat(self, request: ChatRequest, number: int) -> None:
         llm = self.server.llm
+        server = llm.server
         try:
-            reply = as_reply(llm._responder(request))
+            reply = server.refusal(request) or as_reply(llm._responder(request))
         except Exception as error:
             problem = (
                 str(error)
@@ -667,14 +933,19 @@ class _Handler(BaseHTTPRequestHandler):
             case RateLimited() | ServerError():
                 self._send_error(reply.as_http_error())
             case CutStream() if request.stream:
+                usage = _reported_usage(server, request, reply.reply)
                 events = [
-                    _sse(chunk) for chunk in _stream_chunks(reply.reply, request=request, number=number)
+                    _sse(chunk)
+                    for chunk in _stream_chunks(reply.reply, request=request, number=number, usage=usage)
                 ]
                 self._send_stream(events[: reply.after_chunks], end_body=not reply.abrupt)
                 if reply.abrupt:
                     self._drop_connection()
             case CutStream():
-                body = orjson.dumps(_completion_json(reply.reply, request=request, number=number))
+                usage = _reported_usage(server, request, reply.reply)
+                body = orjson.dumps(
+                    _completion_json(reply.reply, request=request, number=number, usage=usage)
+                )
                 self.wfile.write(
                     self._head(200, "application/json", {"content-length": str(len(body))})
                     + body[: len(body) // 2]
@@ -682,11 +953,32 @@ class _Handler(BaseHTTPRequestHandler):
                 self._drop_connection()
             case RawChunks():
                 self._send_stream([*(_sse(chunk) for chunk in reply.chunks), _SSE_DONE], end_body=True)
-            case Text() | ToolCalls() | Refusal() if request.stream:
-                events = [_sse(chunk) for chunk in _stream_chunks(reply, request=request, number=number)]
-                self._send_stream([*events, _SSE_DONE], end_body=True)
+            case EmptyStream() if request.stream:
+                opening = {
+                    "id": f"chatcmpl-scripted-{number}",
+                    "object": "chat.completion.chunk",
+                    "created": int(time.time()),
+                    "model": request.model,
+                    "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}],
+                }
+                self._send_stream([_sse(opening)] if reply.role_chunk else [], end_body=True)
+            case EmptyStream():
+                self._send_json(
+                    200, {"id": f"chatcmpl-scripted-{number}", "object": "chat.completion"}, headers={}
+                )
+            case StreamError():
+                self._send_stream([_sse(_error_json(reply.error)), _SSE_DONE], end_body=True)
             case Text() | ToolCalls() | Refusal():
-                self._send_json(200, _completion_json(reply, request=request, number=number), headers={})
+                if server.honours_max_tokens:
+                    reply = _within_max_tokens(reply, request)
+                usage = _reported_usage(server, request, reply)
+                if request.stream:
+                    chunks = _stream_chunks(reply, request=request, number=number, usage=usage)
+                    self._send_stream([*(_sse(chunk) for chunk in chunks), _SSE_DONE], end_body=True)
+                else:
+                    self._send_json(
+                        200, _completion_json(reply, request=request, number=number, usage=usage), headers={}
+                    )
             case _:
                 self._fail(f"responder returned {reply!r}, which is not a reply")
 
@@ -781,9 +1073,9 @@ class ScriptedLLM:
 
     `responder` decides each chat completion reply: a callable taking a `ChatRequest` (a `Script` is
     one), or a fixed reply sent to every request. `chunk_delay` seconds are waited before each SSE
-    chunk (default none). With `strict`, leaving the `with` block raises if any request could not be
-    answered as scripted (dry script, responder exception), even if the code under test swallowed
-    the HTTP 500 it got.
+    chunk (default none). `server` makes it behave as a local server does (see `Server`). With
+    `strict`, leaving the `with` block raises if any request could not be answered as scripted (dry
+    script, responder exception), even if the code under test swallowed the HTTP 500 it got.
     """
 
     def __init__(
@@ -793,8 +1085,10 @@ class ScriptedLLM:
         chunk_delay: float = 0.0,
         models: Sequence[str] = ("scripted-model",),
         strict: bool = True,
+        server: Server | None = None,
     ) -> None:
         self._responder = responder if callable(responder) else lambda request: responder
+        self.server = server or Server()
         self.chunk_delay = chunk_delay
         self.models = list(models)
         self.strict = strict

@@ -34,7 +34,8 @@ def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def analyst(request: ChatRequest) -> Any:
     """The root agent: counts traces, then answers; asked a follow-up, answers that."""
-    if any(m.get("content") == QUESTION for m in request.messages):  # (the last is HALO's turn status)
+    # (HALO's budget note ends the last message, so the question is the start of it)
+    if any((m.get("content") or "").startswith(QUESTION) for m in request.messages):
         return ToolCalls(
             [Call("final_answer", {"answer": "Only the refusals did: 7 traces.", "findings": []})]
         )
@@ -103,7 +104,8 @@ def test_an_llm_analysis_is_recorded_and_followed_up(store_path: Path, tmp_path:
     assert final and final[0].report.answer == "Only the refusals did: 7 traces."
     # the root agent saw its whole earlier conversation: the system prompt, its tool call and result, its answer
     roles = [m["role"] for m in followed.messages]
-    assert roles[0] == "system" and roles.count("tool") == 2 and followed.messages[-2]["content"] == QUESTION
+    assert roles[0] == "system" and roles.count("tool") == 2
+    assert followed.messages[-1]["content"].startswith(QUESTION + "\n\n(HALO: this is turn 1 of 5")
     again = registry.get(run.id)
     (turn,) = again.record.turns
     assert (turn.question, turn.answer, turn.status) == (
@@ -113,7 +115,9 @@ def test_an_llm_analysis_is_recorded_and_followed_up(store_path: Path, tmp_path:
     )
     report = again.file("report.md").read_text()
     assert (
-        report.index("Refunds fail.") < report.index(f"## Follow-up: {QUESTION}") < report.index("7 traces")
+        report.index("Refunds fail.")
+        < report.index(f"## Follow-up: {QUESTION}")
+        < report.index("> Only the refusals did: 7 traces.")
     )
 
 

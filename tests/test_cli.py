@@ -106,9 +106,9 @@ def test_demo_runs_the_detectors_on_the_shipped_examples_without_a_provider(
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     code, out, err = invoke(run, "demo", "-o", tmp_path / "report")
     assert code == 0, err
-    assert "14 systemic findings in 300 traces" in out and "LLM analysis was skipped" in err
+    assert "14 systemic findings in 300 traces" in out and "This demo ran the detectors alone" in err
     assert {p.name for p in (tmp_path / "report").iterdir()} == {"report.json", "report.md", "report.html"}
-    assert "LLM analysis was skipped" in (tmp_path / "report" / "report.md").read_text()
+    assert "halo demo --llm" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_help_and_version_load_only_click(tmp_path: Path) -> None:

@@ -94,7 +94,8 @@ def test_compare_warns_about_a_mix_shift_and_gates_ci(corpora: tuple[Path, Path]
 
 
 def analyst(request: ChatRequest) -> Any:
-    if any(m.get("content") == "Which agent?" for m in request.messages):
+    # (HALO's budget note ends the last message, so the question is the start of it)
+    if any((m.get("content") or "").startswith("Which agent?") for m in request.messages):
         return ToolCalls([Call("final_answer", {"answer": "The SupportAgent.", "findings": []})])
     if not request.tool_results:
         return ToolCalls([Call("count_traces", {})])
@@ -184,7 +185,8 @@ def test_eval_scores_the_detectors_and_a_model_on_planted_failures(tmp_path: Pat
     )
     assert code == 0, err
     scored = json.loads(out)["planted"]
-    assert scored["found"] == 1 and scored["precision"] == 1.0  # the model's one finding is a planted pattern
+    # the model's one finding, about a planted pattern, is merged into the detectors' findings
+    assert scored["found"] > 1 and scored["precision"] == 1.0 and scored["recall"] == 1.0
     code, _, err = invoke("eval")
     assert code == 1 and "give one of" in err
 

@@ -15,7 +15,6 @@ from scripted_llm import (
     Call,
     ChatRequest,
     CutStream,
-    Delay,
     HTTPError,
     RateLimited,
     RawChunks,
@@ -213,21 +212,23 @@ def test_recursive_run_with_parallel_subagents_at_depth_two(store: TraceStore, t
     assert all(
         r["findings"] == [{"title": "x", "category": "tool_error", "affected_traces": 3}] for r in results
     )
-    # The report: verified, and written with the same renderers as `halo analyze`.
-    assert report.mode == "llm" and [f.source for f in report.findings] == ["llm"]
-    finding = report.findings[0]
+    # The report: the model's finding enriches the detectors' about the same tool, all verified, and
+    # written with the same renderers as `halo analyze`.
+    assert report.mode == "llm" and all(f.source.startswith("detector:") for f in report.findings)
+    (finding,) = [f for f in report.findings if f.enriched_by == ["llm:tool_error:lookup-order"]]
     assert (
-        finding.check
-        and finding.check.status == "verified"
-        and finding.affected_traces == finding.check.recount > 0
+        finding.key == "lookup_order" and finding.recommendation == "Return found=false instead of raising."
+    )
+    assert all(
+        f.check and f.check.status == "verified" and f.affected_traces == f.check.recount > 0
+        for f in report.findings
     )
     assert report.verification and report.verification.missing_citations == []
     assert report.usage and report.usage.agents == 5 and len(report.usage.per_agent) == 5
     assert {"report.json", "report.md", "report.html"} <= {p.name for p in (tmp_path / "report").iterdir()}
-    assert (
-        Report.model_validate_json((tmp_path / "report" / "report.json").read_text()).findings[0].id
-        == finding.id
-    )
+    assert [
+        f.id for f in Report.model_validate_json((tmp_path / "report" / "report.json").read_text()).findings
+    ] == [f.id for f in report.findings]
 
 
 def test_detector_findings_are_offered_as_hypotheses(any_store: TraceStore) -> None:
@@ -242,7 +243,6 @@ def test_detector_findings_are_offered_as_hypotheses(any_store: TraceStore) -> N
         report = final_report(run(llm, store))
     assert "The deterministic detectors found these" in seen[0] and "lookup_order" in seen[0]
     assert report.findings and all(f.source.startswith("detector:") for f in report.findings)
-    assert any("no structured findings" in note for note in report.notes)
 
 
 def test_text_deltas_stream_and_items_are_not_duplicated(store: TraceStore) -> None:
@@ -550,14 +550,18 @@ def looping(request: ChatRequest) -> Any:
 
 def test_turn_limit_forces_a_final_answer(store: TraceStore) -> None:
     def responder(request: ChatRequest) -> Any:
-        if isinstance(request.tool_choice, dict):
+        # Forced the way every server takes: only final_answer offered, tool_choice "required".
+        if request.tool_choice == "required" and request.tool_names == ["final_answer"]:
             return finish("# Forced report")
         return looping(request)
 
     with ScriptedLLM(responder) as llm:
         report = final_report(run(llm, store, max_turns=3))
         assert len(llm.chat_requests) == 3
+        last_turn = llm.chat_requests[-1].tool_results[-1]["content"]
     assert report.answer == "# Forced report"
+    assert "last turn" in last_turn and "call final_answer now" in last_turn.lower()
+    assert report.budgets is not None and report.budgets.ended_by == "turns"
 
 
 def test_turn_limit_without_a_final_answer_still_yields_a_flagged_report(store: TraceStore) -> None:
@@ -569,29 +573,6 @@ def test_turn_limit_without_a_final_answer_still_yields_a_flagged_report(store: 
     assert report.answer == "I think lookup_order is the main problem."
     assert "ended without final_answer" in report.notes[0]
     assert report.findings  # the detectors' findings stand in
-
-
-@pytest.mark.parametrize("budget", [{"max_tokens": 2_500}, {"max_cost": 0.001}])
-def test_token_and_cost_budgets_stop_the_run(store: TraceStore, budget: dict[str, Any]) -> None:
-    with ScriptedLLM(looping) as llm:
-        report = final_report(
-            run(llm, store, prices={"scripted-model": {"input": 0.5, "output": 1.0}}, **budget)
-        )
-        calls = len(llm.chat_requests)
-    assert calls <= 3
-    assert any("used up" in note for note in report.notes)
-    spent = report.usage.tokens if "max_tokens" in budget else report.usage.cost_usd  # type: ignore[union-attr]
-    limit = budget.get("max_tokens") or budget["max_cost"]
-    assert spent <= limit * 1.5  # stopped within one call of the limit
-
-
-def test_wall_clock_budget_stops_slow_calls(store: TraceStore) -> None:
-    def responder(request: ChatRequest) -> Any:
-        return Delay(5, then=finish()) if request.turn else ToolCalls([Call("count_traces", {})])
-
-    with ScriptedLLM(responder, strict=False) as llm:
-        report = final_report(run(llm, store, timeout=1.5))
-    assert any("time budget ran out" in note for note in report.notes)
 
 
 def test_a_failing_subagent_returns_a_partial_result(store: TraceStore) -> None:

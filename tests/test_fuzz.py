@@ -121,6 +121,14 @@ def test_decoder_never_fails_with_anything_but_a_clear_decode_error(value: Any) 
         orjson.dumps(span)  # always serialisable into the store's raw column
 
 
+def parses(data: bytes) -> bool:
+    try:
+        orjson.loads(data)
+        return True
+    except orjson.JSONDecodeError:
+        return False
+
+
 def mutate(line: bytes, edits: list[tuple[int, int, int]]) -> bytes:
     data = bytearray(line)
     for op, position, byte in edits:
@@ -159,6 +167,10 @@ def test_every_line_is_ingested_or_rejected(records: list[bytes], newline: bytes
         for number, line in enumerate(data.split(b"\n"), start=1)
         if line.rstrip(b"\r").decode("utf-8", "replace").strip()
     }
+    # An unterminated last line that is not yet a whole value may still be being written: left unread.
+    pending = data.split(b"\n")[-1] if b"\n" in data else b""
+    if pending.strip() and not parses(pending):
+        expected.discard(data.count(b"\n") + 1)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "fuzz.jsonl"
         path.write_bytes(data)
@@ -337,3 +349,36 @@ def test_otlp_spans_with_hostile_values_decode_or_fail_clearly(span: dict[str, A
         return
     for flat in decoded.spans:
         orjson.dumps(flat)  # storable
+
+
+id_text = st.text(alphabet="0123456789abcdefABCDEFxX- \t\u00a0zé_/", max_size=14) | st.sampled_from(
+    ["0x", "0X1", "00000000-0000-0000-0000-000000000000", "0B9A0C3D-5664-4F42-9FAB-31999DA9E2F1"]
+)
+duration_text = st.from_regex(
+    r"\s*(P(\d{1,3}([.,]\d{1,12})?W)?(\d{1,3}D)?(T(\d{1,2}H)?(\d{1,3}M)?(\d{1,4}([.,]\d{1,12})?S)?)?"
+    r"|\d{1,12}|\d{0,6}\.\d{1,6}|-\d{1,3}|[a-z]{0,3})\s*",
+    fullmatch=True,
+)
+
+
+@given(st.lists(id_text, min_size=1, max_size=20), st.lists(duration_text, min_size=1, max_size=20))
+@settings(max_examples=60, deadline=None)
+def test_the_sql_and_python_readings_of_ids_and_durations_agree(ids: list[str], durations: list[str]) -> None:
+    """A flat span's ids and duration are read by DuckDB on the one-statement roads and by the Python
+    decoders elsewhere: both must read every value the same way."""
+    import duckdb
+
+    from halo_rlm.formats.spans import duration_ns, normalize_id
+    from halo_rlm.store import duckdb_sql
+
+    con = duckdb.connect()
+    duckdb_sql.register_macros(con)
+    sql_ids = [
+        row[0] for row in con.execute("SELECT halo_id(halo_trimmed(unnest(?::VARCHAR[])))", [ids]).fetchall()
+    ]
+    assert sql_ids == [normalize_id(i) for i in ids]
+    stripped = [d.strip() for d in durations]
+    sql_durations = [
+        row[0] for row in con.execute("SELECT halo_duration(unnest(?::VARCHAR[]))", [stripped]).fetchall()
+    ]
+    assert sql_durations == [duration_ns(d) for d in stripped]

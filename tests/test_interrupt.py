@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,45 +69,68 @@ def snapshot(store_path: Path) -> tuple:
         )
 
 
-def test_exception_mid_file_then_resume(tmp_path: Path) -> None:
-    corpus = make_corpus(tmp_path / "c.jsonl", 2_000)
-    clean = tmp_path / "clean.duckdb"
-    with TraceStore.open(clean) as store:
-        store.ingest([str(corpus)])
+NOTHING = ([(0, 0, None)], [(0, None, None, None)])  # no span, no trace row
 
+
+def interrupt_after(batches: int) -> Any:
+    """A progress callback that presses Ctrl-C once `batches` batches with spans went to the store."""
     calls = {"n": 0}
 
-    def interrupt_at_the_third_batch(inp: files.InputFile) -> Any:
+    def for_input(inp: files.InputFile) -> Any:
         def report(done: int, spans: int) -> None:
-            calls["n"] += bool(spans)  # a batch committed (bulk=False: no one-statement load reports first)
-            if calls["n"] == 3:
+            calls["n"] += bool(spans)
+            if calls["n"] == batches:
                 raise KeyboardInterrupt
 
         return report
 
+    return for_input
+
+
+def test_an_interrupted_ingest_leaves_the_store_as_it_was_then_reruns(tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path / "c.jsonl", 2_000)  # read in batches (trace 0 has no ids)
+    clean = tmp_path / "clean.duckdb"
+    with TraceStore.open(clean) as store:
+        store.ingest([str(corpus)])
+
     broken = tmp_path / "broken.duckdb"
     with TraceStore.open(broken) as store, pytest.raises(KeyboardInterrupt):
-        store.ingest([str(corpus)], batch_bytes=200_000, progress=interrupt_at_the_third_batch, bulk=False)
-
-    # Consistent after the interruption: marked partial, and everything up to the resume point is in.
-    # (A batch after it may have committed too: batches load two at a time; the re-run re-reads it.)
+        store.ingest([str(corpus)], batch_bytes=200_000, progress=interrupt_after(3))
+    # Spans and their rollups commit together: none of the input is in, and the input says it is unfinished.
+    assert snapshot(broken)[:2] == NOTHING and snapshot(broken)[2] == [("partial",)]
     with TraceStore.open(broken, read_only=True) as store:
-        spans, resume_line, status = store.con.execute(
-            "SELECT (SELECT count(*) FROM spans), resume_line, status FROM inputs"
-        ).fetchall()[0]
-        assert status == "partial" and 0 < spans < 8_000 and resume_line > 0
-        committed = store.con.execute(
-            "SELECT count(*) FROM spans WHERE line_no <= ?", [resume_line]
-        ).fetchall()
-    with TraceStore.open(clean, read_only=True) as store:
-        assert (
-            store.con.execute("SELECT count(*) FROM spans WHERE line_no <= ?", [resume_line]).fetchall()
-            == committed
-        )
+        assert store.overview().unfinished_inputs == [str(corpus)]
+        assert store.con.execute("SELECT count(*) FROM rejects").fetchall() == [(0,)]
     with TraceStore.open(broken) as store:
         report = store.ingest([str(corpus)])
-    assert report.inputs[0].status == "resumed"
+    assert report.inputs[0].status == "ingested" and report.rejected == 4
     assert snapshot(broken) == snapshot(clean)
+    with TraceStore.open(broken, read_only=True) as store:
+        assert store.overview().unfinished_inputs == []
+
+
+def test_an_interrupted_append_keeps_what_was_there_with_its_rollups(tmp_path: Path) -> None:
+    first = make_corpus(tmp_path / "first.jsonl", 300, first=1).read_bytes()
+    more = make_corpus(tmp_path / "more.jsonl", 1_500, first=301).read_bytes()
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_bytes(first + more)
+    clean = tmp_path / "clean.duckdb"
+    with TraceStore.open(clean) as store:
+        store.ingest([str(corpus)])
+
+    corpus.write_bytes(first)
+    store_path = tmp_path / "s.duckdb"
+    with TraceStore.open(store_path) as store:
+        store.ingest([str(corpus)])
+    before = snapshot(store_path)
+    with corpus.open("ab") as f:
+        f.write(more)
+    with TraceStore.open(store_path) as store, pytest.raises(KeyboardInterrupt):
+        store.ingest([str(corpus)], batch_bytes=100_000, progress=interrupt_after(2))
+    assert snapshot(store_path)[:2] == before[:2] and snapshot(store_path)[2] == [("partial",)]
+    with TraceStore.open(store_path) as store:
+        assert store.ingest([str(corpus)]).inputs[0].status == "resumed"
+    assert snapshot(store_path) == snapshot(clean)
 
 
 def test_killed_process_then_rerun(tmp_path: Path) -> None:
@@ -122,11 +146,11 @@ def test_killed_process_then_rerun(tmp_path: Path) -> None:
         from halo_rlm.store import TraceStore
         def progress(inp):
             def report(done, spans):
-                if spans:  # a batch committed (bulk=False: no one-statement load reports first)
+                if spans:  # batches went to the store (the bulk load, which fails on trace 0, reports none)
                     print(spans, flush=True)
             return report
         with TraceStore.open({str(killed)!r}) as store:
-            store.ingest([{str(corpus)!r}], progress=progress, batch_bytes=250_000, bulk=False)
+            store.ingest([{str(corpus)!r}], progress=progress, batch_bytes=250_000)
         print("finished", flush=True)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -137,7 +161,7 @@ def test_killed_process_then_rerun(tmp_path: Path) -> None:
     assert all(line.strip().isdigit() for line in progress_lines), progress_lines  # killed mid-ingest
 
     before = snapshot(killed)
-    assert before[2] == [("partial",)] and 0 < before[0][0][0] < 24_000
+    assert before[:2] == NOTHING and before[2] == [("partial",)]
     with TraceStore.open(killed) as store:
         store.ingest([str(corpus)])
     assert snapshot(killed) == snapshot(clean)
@@ -213,20 +237,50 @@ def test_ctrl_c_while_decoding_otlp_then_rerun(tmp_path: Path) -> None:
     def progress(inp: files.InputFile) -> Any:
         def report(done: int, spans: int) -> None:
             calls["n"] += 1
-            if calls["n"] == len(lines) // 8:  # past the bad record, before the staged spans load
+            if calls["n"] == 3:
                 raise KeyboardInterrupt
 
         return report
 
     broken = tmp_path / "broken.duckdb"
     with TraceStore.open(broken) as store, pytest.raises(KeyboardInterrupt):
-        store.ingest([str(corpus)], progress=progress, batch_bytes=100_000)
-    assert not list(tmp_path.glob("*.staging.jsonl"))  # the staging file is removed
-    assert snapshot(broken)[0] == [(0, 0, None)] and snapshot(broken)[2] == [("partial",)]
-    with TraceStore.open(broken, read_only=True) as store:  # the reject found before the stop is kept
-        assert store.con.execute("SELECT count(*) FROM rejects").fetchall() == [(1,)]
+        store.ingest([str(corpus)], progress=progress, batch_bytes=20_000)
+    assert snapshot(broken)[:2] == NOTHING and snapshot(broken)[2] == [("partial",)]
+    with TraceStore.open(broken, read_only=True) as store:  # the reject found before the stop went too
+        assert store.con.execute("SELECT count(*) FROM rejects").fetchall() == [(0,)]
     with TraceStore.open(broken) as store:
         assert store.ingest([str(corpus)]).rejected == 1
     assert snapshot(broken) == snapshot(clean)
     with TraceStore.open(broken, read_only=True) as store:
         assert store.con.execute("SELECT count(*) FROM rejects").fetchall() == [(1,)]
+
+
+@pytest.mark.slow
+def test_ctrl_c_twice_in_a_row_ends_cleanly_and_leaves_a_consistent_store(tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path / "c.jsonl", 80_000)  # seconds of work even on a quiet machine
+    store = tmp_path / "s.duckdb"
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL)  # children of a backgrounded run inherit SIG_IGN
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "halo_rlm", "ingest", str(corpus), "--store", str(store), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(SRC)},
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    deadline = time.monotonic() + 120
+    while not store.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the ingest
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # a second one at once, while the first is being cleaned up
+    _, stderr = proc.communicate(timeout=120)
+    assert "Traceback" not in stderr and proc.returncode != 0, stderr
+    spans, traces, status = snapshot(store)
+    assert (spans, traces) == NOTHING and status == [("partial",)]
+    with TraceStore.open(store) as s:
+        assert s.ingest([str(corpus)]).spans == 4 * 79_999
+    assert not list(tmp_path.glob("*.staging.jsonl"))

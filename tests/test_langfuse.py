@@ -163,9 +163,11 @@ def project() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
                     }
                 ],
             },
+            # Langfuse's contract: input and output are the sums of the keys naming them, so the
+            # cached and reasoning tokens are not in `input` / `output` (120 in, 30 out).
             usageDetails={
-                "input": 120,
-                "output": 30,
+                "input": 20,
+                "output": 18,
                 "total": 150,
                 "input_cached_tokens": 100,
                 "output_reasoning_tokens": 12,

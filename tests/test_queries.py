@@ -317,6 +317,56 @@ def test_sql_is_read_only_single_statement_and_capped(store: TraceStore) -> None
     assert store.sql("SELECT count(*) FROM spans").rows == [[91]]  # still healthy
 
 
+def test_sql_is_bounded_while_it_runs_and_is_fetched(store: TraceStore) -> None:
+    import time
+
+    if store.dialect.name != "duckdb":
+        pytest.skip("DuckDB's range() and hash(); ClickHouse's bounds are tested in test_clickhouse")
+
+    started = time.monotonic()
+    huge = store.sql("SELECT * FROM range(1000000000000)")  # rows are made only as far as the cap
+    assert huge.row_count == 200 and huge.truncated
+    cross = store.sql("SELECT * FROM spans a, spans b, spans c, spans d", max_rows=3_000_000)
+    assert cross.truncated and len(orjson.dumps(cross.rows)) <= 50_000  # the byte cap, applied while fetching
+    big = store.sql("SELECT repeat('x', 20000000) AS big, 1 AS n", max_bytes=1_000)
+    assert len(big.rows[0][0]) < 1_100 and big.rows[0][1] == 1 and "cut" in (big.note or "")
+    nested = store.sql("SELECT list(raw) AS all_raw FROM spans", max_bytes=2_000)
+    assert isinstance(nested.rows[0][0], str) and nested.rows[0][0].endswith("…[cut]")
+    nested_small = store.sql("SELECT [1, 2] AS l, {'a': 'b'} AS s, services FROM traces LIMIT 1")
+    assert nested_small.rows[0][:2] == [[1, 2], {"a": "b"}]  # nested values that fit stay nested
+    assert isinstance(nested_small.rows[0][2], list)
+    assert time.monotonic() - started < 60
+    # The time limit holds while rows are fetched, not only while the query starts.
+    with pytest.raises(StoreError, match="stopped"):
+        store.sql("SELECT range FROM range(100000000000) WHERE hash(range) % 10000000000 = 0", timeout=1)
+    # Errors are one line.
+    with pytest.raises(StoreError) as error:
+        store.sql("SELECT trace_idd FROM spans")
+    assert "\n" not in str(error.value)
+    assert store.count_traces() == 31
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT * FROM duckdb_settings()",
+        "SELECT current_setting('temp_directory')",
+        "SELECT path FROM duckdb_databases()",
+        "SELECT * FROM duckdb_temporary_files()",
+        "SELECT * FROM pragma_database_list()",
+        "SELECT * FROM duckdb_extensions()",
+        "FROM query('SELECT * FROM duckdb_settings()')",
+        "SELECT * FROM query_table('spans')",
+    ],
+)
+def test_sql_cannot_read_the_store_paths_or_settings(store: TraceStore, query: str) -> None:
+    if store.dialect.name != "duckdb":
+        pytest.skip("DuckDB's own catalogue functions; ClickHouse's system tables are in REFUSED")
+    with pytest.raises(StoreError, match="not available here"):
+        store.sql(query)
+    assert store.sql("SELECT count(*) FROM duckdb_columns() WHERE table_name = 'spans'").rows[0][0] > 10
+
+
 def test_sql_needs_a_read_only_store(backend: str, new_store: Callable[[str], str]) -> None:
     with TraceStore.open(new_store(backend)) as writable, pytest.raises(StoreError, match="read-only"):
         writable.sql("SELECT 1")

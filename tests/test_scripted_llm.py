@@ -14,17 +14,21 @@ from scripted_llm import (
     ChatRequest,
     CutStream,
     Delay,
+    EmptyStream,
     Hang,
     HTTPError,
     RateLimited,
     Refusal,
     Script,
     ScriptedLLM,
+    Server,
     ServerError,
+    StreamError,
     Text,
     ToolCalls,
     Usage,
     scripted_llm,  # noqa: F401  (a fixture)
+    text_call,
 )
 
 HI = [{"role": "user", "content": "hi"}]
@@ -603,3 +607,89 @@ def test_chat_request_exposes_what_the_engine_sent(scripted_llm):
     assert request.has_tool("query") and not request.has_tool("delete")
     assert request.headers["x-agent"] == "root"
     assert llm.chat_requests[0].body == request.body
+
+
+# --- local servers: windows, self-description, dropped tools, no usage
+
+LONG = [{"role": "user", "content": "x" * 4_000}]  # 1,000 tokens at four characters a token
+TOOL = {"type": "function", "function": {"name": "count", "parameters": {"type": "object", "properties": {}}}}
+
+
+def test_llama_server_refuses_a_long_prompt_with_its_own_error_and_describes_itself(scripted_llm):
+    llm = scripted_llm(Text("unused"), server=Server("llama-server", context_window=512))
+    with sync_client(llm, max_retries=0) as client:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="m", messages=LONG, stream=True)
+        props = client.get("/../props", cast_to=object)
+        models = client.models.list()
+    assert caught.value.body["type"] == "exceed_context_size_error"
+    assert (caught.value.body["n_prompt_tokens"], caught.value.body["n_ctx"]) == (1_000, 512)
+    assert props["default_generation_settings"]["n_ctx"] == 512
+    assert models.data[0].owned_by == "llamacpp"
+    assert llm.errors == []  # an over-long request uses no scripted reply
+
+
+def test_llama_cpp_python_streams_nothing_then_explains_without_streaming(scripted_llm):
+    llm = scripted_llm(Text("unused"), server=Server("llama-cpp-python", context_window=1_100))
+    with sync_client(llm, max_retries=0) as client:
+        chunks = list(client.chat.completions.create(model="m", messages=LONG, stream=True, max_tokens=200))
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="m", messages=LONG, max_tokens=200)
+    assert [c.choices[0].delta.content for c in chunks] == [None] and chunks[0].choices[
+        0
+    ].finish_reason is None
+    assert caught.value.code == "context_length_exceeded"
+    assert "maximum context length is 1100 tokens. However, you requested 1200 tokens" in caught.value.message
+
+
+def test_vllm_and_ollama_say_their_windows(scripted_llm):
+    vllm = scripted_llm(Text("unused"), server=Server("vllm", context_window=2_048))
+    ollama = scripted_llm(Text("ok"), server=Server("ollama", context_window=300, num_ctx_set=True))
+    with sync_client(vllm, max_retries=0) as client:
+        assert client.models.list().data[0].max_model_len == 2_048  # type: ignore[attr-defined]
+        with pytest.raises(openai.BadRequestError, match="maximum context length is 2048 tokens"):
+            client.chat.completions.create(model="m", messages=LONG, max_tokens=1_500)
+    with sync_client(ollama) as client:
+        loaded = client.get("/../api/ps", cast_to=object)
+        shown = client.post("/../api/show", body={"model": "m"}, cast_to=object)
+        usage = client.chat.completions.create(model="m", messages=LONG).usage
+    assert loaded["models"][0]["context_length"] == 300 and "num_ctx" in shown["parameters"]
+    assert usage.prompt_tokens == 300  # Ollama cuts the prompt and says nothing
+
+
+def test_dropped_tools_are_not_counted_and_refused_tools_fail_as_the_server_fails(scripted_llm):
+    counts = {}
+    for drops in (False, True):
+        llm = scripted_llm(Text("ok"), server=Server(drops_tools=drops))
+        with sync_client(llm) as client:
+            counts[drops] = client.chat.completions.create(
+                model="m", messages=HI, tools=[TOOL]
+            ).usage.prompt_tokens
+    assert counts[True] < counts[False]
+    llm = scripted_llm(Text("unused"), server=Server("llama-server", refuses_tools=True))
+    with sync_client(llm, max_retries=0) as client, pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model="m", messages=HI, tools=[TOOL])
+    assert caught.value.message.endswith("tools param requires --jinja flag")
+
+
+def test_no_usage_and_replies_cut_at_max_tokens(scripted_llm):
+    llm = scripted_llm(Text("word " * 100), server=Server(reports_usage=False))
+    chunks = stream_chunks(llm, stream_options=WITH_USAGE, max_tokens=10)
+    assert all(c.usage is None for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ("word " * 100)[:40]
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_empty_streams_error_events_and_text_calls(scripted_llm):
+    llm = scripted_llm(EmptyStream(role_chunk=False))
+    assert stream_chunks(llm) == []
+    llm = scripted_llm(StreamError(HTTPError.llama_server_overflow(900, 512)))
+    with pytest.raises(openai.APIError) as caught:
+        stream_chunks(llm)
+    assert caught.value.body["n_ctx"] == 512
+    fenced, bare, qwen = (
+        text_call("count", {"a": 1}, style=style).content for style in ("fenced", "bare", "qwen")
+    )
+    assert fenced == '```json\n{"name": "count", "arguments": {"a":1}}\n```'
+    assert bare == '{"name": "count", "arguments": {"a":1}}'
+    assert qwen == '<tool_call>\n{"name": "count", "arguments": {"a":1}}\n</tool_call>'

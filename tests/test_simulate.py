@@ -157,7 +157,10 @@ EVIDENCE = {
     "repetition_loop": lambda spans, key: _repeated_calls(spans, key) >= 3,
     "latency": lambda spans, key: any(tool(s) == key and seconds(s) > 5 for s in spans),
     "rate_limit": lambda spans, key: any(
-        model(s) == key and s["error"] and "429" in s["message"] for s in spans
+        key in (model(s), tool(s))
+        and s["error"]
+        and "429" in s["message"] + (s["attrs"].get("output.value") or "")
+        for s in spans
     ),
     "context_overflow": lambda spans, key: any(
         model(s) == key and "context_length_exceeded" in s["message"] for s in spans
@@ -361,7 +364,7 @@ def test_every_trace_is_one_tree_written_children_first(corpus):
 def test_each_pattern_is_in_exactly_its_listed_traces(corpus):
     truth, spans = corpus
     traces = by_trace(spans)
-    assert {p.category for p in truth.patterns} == set(DEFAULT_RATES)
+    assert sorted(p.id for p in truth.patterns) == sorted(m.id for m in sim.MODES)
     for pattern in truth.patterns:
         found = sorted(t for t, trace in traces.items() if EVIDENCE[pattern.category](trace, pattern.key))
         assert found == pattern.affected_trace_ids, pattern.id
@@ -405,10 +408,11 @@ def test_one_off_errors_stay_distinct_at_scale():
 def test_rates_are_respected(corpora):
     truth, _ = corpora["halo"]
     n = truth.corpus.traces
-    counts = {p.category: p.affected_traces for p in truth.patterns}
-    for category, rate in {**DEFAULT_RATES, "distractors": DEFAULT_DISTRACTOR_RATE}.items():
-        count = counts.get(category, len(truth.distractor_trace_ids))
-        assert abs(count - rate * n) <= 4 * math.sqrt(n * rate * (1 - rate)) + 3, (category, count, rate * n)
+    planted = {p.id: p.affected_traces for p in truth.patterns}
+    counts = {m.rate_name: planted.get(m.id, 0) for m in sim.MODES}
+    for name, rate in {**DEFAULT_RATES, "distractors": DEFAULT_DISTRACTOR_RATE}.items():
+        count = counts.get(name, len(truth.distractor_trace_ids))
+        assert abs(count - rate * n) <= 4 * math.sqrt(n * rate * (1 - rate)) + 3, (name, count, rate * n)
 
 
 def test_rates_can_be_changed_and_turned_off(tmp_path):
@@ -418,7 +422,7 @@ def test_rates_can_be_changed_and_turned_off(tmp_path):
     counts = {p.category: p.affected_traces for p in truth.patterns}
     assert "tool_error" not in counts and not truth.distractor_trace_ids
     assert 0.1 * 400 <= counts["guardrail"] <= 0.2 * 400
-    with pytest.raises(ValueError, match="unknown failure categories"):
+    with pytest.raises(ValueError, match="unknown failure patterns"):
         simulate(tmp_path / "u.jsonl", rates={"hallucination": 0.1})
 
 

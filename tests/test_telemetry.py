@@ -249,8 +249,8 @@ def test_llm_spans_carry_the_conversation_cut_to_size(store: TraceStore, tmp_pat
     events = run(responder, store, traced=True)
     lines = [orjson.loads(line) for line in Path(report_of(events).telemetry or "").read_bytes().splitlines()]
     second = [s for s in lines if s["name"] == "halo.llm scripted-model"][1]["attributes"]
-    roles = [second[f"llm.input_messages.{i}.message.role"] for i in range(5)]
-    assert roles == ["system", "user", "assistant", "tool", "user"]
+    roles = [second[f"llm.input_messages.{i}.message.role"] for i in range(4)]
+    assert roles == ["system", "user", "assistant", "tool"]  # the budget note ends the tool result
     kept = second["llm.input_messages.2.message.content"]
     assert kept.startswith("start x") and kept.endswith("x end") and "characters cut" in kept
     assert len(kept) < telemetry.MESSAGE_CHARS + 100

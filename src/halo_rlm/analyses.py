@@ -34,7 +34,6 @@ if TYPE_CHECKING:  # the engine (and the openai client) load only for analyses w
 __all__ = ["analyze_with_detectors", "ask", "budgets_of", "models_of", "stream_recorded"]
 
 CONVERSATION = "conversation.json"
-UNFINISHED = "The run ended without final_answer"  # the engine's note when the root never called it
 
 
 def models_of(config: EngineConfig) -> dict[str, str]:
@@ -161,6 +160,11 @@ async def _recorded(
             status, reason = _keep_final(run, final, turn)
     except (EngineError, LLMError, StoreError) as exc:
         status, reason = "failed", "\n".join([str(exc), *getattr(exc, "__notes__", ())])
+        _keep_partial(run, final, turn)
+        raise
+    except Exception as exc:  # a crash: the engine still made its report of what was verified
+        status, reason = "failed", f"{type(exc).__name__}: {exc}"
+        _keep_partial(run, final, turn)
         raise
     finally:
         if turn is None:
@@ -170,17 +174,20 @@ async def _recorded(
             run.update(turns=run.record.turns)
 
 
+def _keep_partial(run: Run, final: AgentOutputItem | None, turn: Turn | None) -> None:
+    """The report of a run that failed (the engine makes one with what it verified before it stopped)."""
+    if turn is None and final is not None and final.report is not None:
+        _keep_report(run, final.report)
+
+
 def _keep_final(run: Run, final: AgentOutputItem, turn: Turn | None) -> tuple[str, str]:
     report = final.report
     assert report is not None
     if final.conversation:
         (run.folder / CONVERSATION).write_bytes(orjson.dumps(final.conversation))
         run.add_file(CONVERSATION, run.folder / CONVERSATION)
-    unfinished = [n for n in report.notes if n.startswith(UNFINISHED)]
-    stopped = [n for n in report.notes if " stopped: " in n]
-    status, reason = (
-        ("incomplete", "; ".join(stopped or unfinished)) if unfinished else ("completed", "final answer")
-    )
+    outcome = report.outcome
+    status, reason = ("completed", "final answer") if outcome.complete else ("incomplete", outcome.reason)
     if turn is None:
         _keep_report(run, report)
         return status, reason
@@ -188,7 +195,7 @@ def _keep_final(run: Run, final: AgentOutputItem, turn: Turn | None) -> tuple[st
     markdown = run.file("report.md")
     if markdown is not None and markdown.exists():
         with open(markdown, "a", encoding="utf-8") as out:
-            out.write(f"\n\n---\n\n## Follow-up: {' '.join(turn.question.split())}\n\n{turn.answer}\n")
+            out.write(render.follow_up_markdown(turn.question, turn.answer))
     return status, reason
 
 

@@ -35,6 +35,7 @@ from halo_rlm.report import (
     Impact,
     Report,
     Severity,
+    code,
     rank,
 )
 from halo_rlm.store import TraceStore
@@ -53,7 +54,10 @@ class Thresholds:
     max_evidence: int = 5
     repeat_calls: int = 3  # identical tool calls in one run that make a loop
     slow_factor: float = 3.0  # a call is slow when it takes this many times its kind's median...
-    slow_ms: float = 5_000  # ...and at least this long
+    slow_ms: float = 5_000  # ...and at least this long...
+    slow_share: float = 0.1  # ...and at least this share of its run
+    bottleneck_share: float = 0.4  # a step is a bottleneck when it takes this share of the median run...
+    bottleneck_ms: float = 2_000  # ...and its median call at least this long, however consistently
     token_factor: float = 10.0  # a call is a token outlier at this many times the median prompt...
     min_outlier_tokens: int = 10_000  # ...and at least this many prompt tokens
 
@@ -115,8 +119,10 @@ REFUSAL = (
 class Detector:
     """One kind of finding, as data. `detection` picks the dialect's query (see `DETECTIONS`);
     `category` also filters the error detection's groups. The templates are `str.format`ted with
-    the group's columns plus `key`, `affected`, `quote` (the first example, quoted) and the
-    thresholds; `impact` maps Impact fields to group columns. A finding of `supersedes` for the
+    the group's columns plus `affected`, the thresholds, and trace text only as markdown code spans
+    (`report.code`): `key_code`, `template_code`, `template_note`, `offered_list`. Examples never
+    enter a title, details or recommendation: they are the finding's quoted evidence. `impact` maps
+    Impact fields to group columns. A finding of `supersedes` for the
     same key is dropped when this detector reports one (two views of one failure)."""
 
     name: str
@@ -139,7 +145,8 @@ DETECTIONS: dict[str, Callable[[Dialect, Thresholds, int], Detection]] = {
     "refusals": lambda d, t, minimum: d.refusals(REFUSAL, minimum),
     "truncated_outputs": lambda d, t, minimum: d.truncated_outputs(minimum),
     "guardrail_trips": lambda d, t, minimum: d.guardrail_trips(minimum),
-    "slow_calls": lambda d, t, minimum: d.slow_calls(t.slow_factor, t.slow_ms, minimum),
+    "slow_calls": lambda d, t, minimum: d.slow_calls(t.slow_factor, t.slow_ms, t.slow_share, minimum),
+    "bottlenecks": lambda d, t, minimum: d.bottlenecks(t.bottleneck_share, t.bottleneck_ms, minimum),
     "oversized_prompts": lambda d, t, minimum: d.oversized_prompts(
         t.token_factor, t.min_outlier_tokens, minimum
     ),
@@ -172,9 +179,9 @@ DETECTORS: list[Detector] = [
         "hallucinated_tool",
         "high",
         0.9,
-        "The model calls `{key}`, a tool that does not exist",
-        "The agent calls `{key}`, which is not among its tools ({quote}). If the capability is needed, add "
-        "`{key}` as a real tool with a schema; otherwise list the available tools and what to do instead in "
+        "The model calls {key_code}, a tool that does not exist",
+        "The agent calls {key_code}, which is not among its tools. If the capability is needed, add "
+        "{key_code} as a real tool with a schema; otherwise list the available tools and what to do instead in "
         "the agent's system prompt, and make the unknown-tool error name the valid tools so the model can "
         "recover in one step.",
         RETRIED,
@@ -183,8 +190,8 @@ DETECTORS: list[Detector] = [
         "invalid_tool_arguments",
         "medium",
         0.9,
-        "`{key}` is called with invalid arguments",
-        "Calls to `{key}` fail argument validation ({quote}). Tighten the tool's JSON schema (mark required "
+        "{key_code} is called with invalid arguments",
+        "Calls to {key_code} fail argument validation. Tighten the tool's JSON schema (mark required "
         "fields `required`, give formats and enums, add one example in the description), return the "
         "validation message to the model so it can fix the call, and coerce harmless variations (date "
         "formats, string numbers) in the tool itself.",
@@ -194,8 +201,8 @@ DETECTORS: list[Detector] = [
         "context_overflow",
         "high",
         0.9,
-        "Requests to `{key}` exceed its context window",
-        "Calls to `{key}` fail with a context-length error ({quote}). Cap tool outputs before they enter the "
+        "Requests to {key_code} exceed its context window",
+        "Calls to {key_code} fail with a context-length error. Cap tool outputs before they enter the "
         "conversation (truncate or summarise large results), trim or summarise old turns against a token "
         "budget below the model's window, and catch `context_length_exceeded` to compact and retry instead "
         "of ending the run.",
@@ -204,8 +211,8 @@ DETECTORS: list[Detector] = [
         "rate_limit",
         "medium",
         0.9,
-        "Rate limits on `{key}` cause retry storms",
-        "`{key}` calls are rejected with rate-limit errors ({quote}), often several times per run. Honour "
+        "Rate limits on {key_code} cause retry storms",
+        "{key_code} calls are rejected with rate-limit errors, often several times per run. Honour "
         "`Retry-After` with full-jitter exponential backoff, cap concurrent requests per provider with a "
         "shared limiter, raise the provider quota or spread load to a fallback model, and count retries "
         "against the run's budget.",
@@ -215,8 +222,8 @@ DETECTORS: list[Detector] = [
         "timeout",
         "medium",
         0.85,
-        "`{key}` times out",
-        "`{key}` calls time out ({quote}). Set an explicit, shorter per-call timeout with one retry, return a "
+        "{key_code} times out",
+        "{key_code} calls time out. Set an explicit, shorter per-call timeout with one retry, return a "
         "clear timeout result to the model (so it can try another source) instead of hanging the run, and "
         "check the dependency's latency and capacity.",
     ),
@@ -224,8 +231,8 @@ DETECTORS: list[Detector] = [
         "guardrail",
         "medium",
         0.85,
-        "The `{key}` guardrail trips and stops runs",
-        "The `{key}` guardrail stops runs ({quote}). Fix what triggers it at the source: tell the agent in its "
+        "The {key_code} guardrail trips and stops runs",
+        "The {key_code} guardrail stops runs. Fix what triggers it at the source: tell the agent in its "
         "system prompt what it must not output (and how to redact), and let the guardrail ask for a corrected "
         "answer instead of failing the whole run.",
         supersedes="guardrail_trips",
@@ -234,8 +241,8 @@ DETECTORS: list[Detector] = [
         "handoff",
         "high",
         0.85,
-        "Handoffs to `{key}` fail",
-        "Handoffs to `{key}` fail ({quote}). Make the handoff's input schema match what the calling agent "
+        "Handoffs to {key_code} fail",
+        "Handoffs to {key_code} fail. Make the handoff's input schema match what the calling agent "
         "provides (or describe the required fields in the handoff tool's description), validate before "
         "handing off, and give the caller a fallback when the handoff is rejected.",
     ),
@@ -243,8 +250,8 @@ DETECTORS: list[Detector] = [
         "max_turns",
         "high",
         0.9,
-        "`{key}` runs out of turns without answering",
-        "`{key}` hits its turn limit ({quote}). Tell it in the system prompt how many turns it has and when to "
+        "{key_code} runs out of turns without answering",
+        "{key_code} hits its turn limit. Tell it in the system prompt how many turns it has and when to "
         "stop searching and answer with what it found, add a progress check (e.g. after N tool calls without "
         "new information, answer), and make the last turn force a final answer rather than fail.",
     ),
@@ -252,8 +259,8 @@ DETECTORS: list[Detector] = [
         "tool_error",
         "medium",
         0.8,
-        "`{key}` fails: {short_template}",
-        "`{key}` keeps failing the same way ({quote}). Handle this case inside the tool: return a structured "
+        "{key_code} fails: {template_code}",
+        "{key_code} keeps failing the same way. Handle this case inside the tool: return a structured "
         "result the model can act on (e.g. `found: false` with a reason) instead of an error, document the "
         "case in the tool description, and tell the agent in its prompt what to do next (ask the user, try an "
         "alternative) so it does not retry blindly.",
@@ -262,8 +269,8 @@ DETECTORS: list[Detector] = [
         "other",
         "medium",
         0.75,
-        "`{key}` fails: {short_template}",
-        "`{key}` fails repeatedly with the same error ({quote}). Find where this span's code raises it, handle "
+        "{key_code} fails: {template_code}",
+        "{key_code} fails repeatedly with the same error. Find where this span's code raises it, handle "
         "that case, and surface a clear message to the agent.",
     ),
     Detector(
@@ -272,11 +279,11 @@ DETECTORS: list[Detector] = [
         "hallucinated_tool",
         "high",
         0.9,
-        "The model calls `{key}`, a tool that does not exist",
-        "The model called `{key}` {calls:,} times although it was offered only: {offered_list}.",
-        "The model calls `{key}`, which it was not offered (it has {offered_list}). If the capability is "
-        "needed, add `{key}` as a real tool with a schema; otherwise state in the agent's system prompt which "
-        "tools exist and how to handle this request without `{key}`, and make the unknown-tool error list the "
+        "The model calls {key_code}, a tool that does not exist",
+        "The model called {key_code} {calls:,} times although it was offered only: {offered_list}.",
+        "The model calls {key_code}, which it was not offered (it has {offered_list}). If the capability is "
+        "needed, add {key_code} as a real tool with a schema; otherwise state in the agent's system prompt which "
+        "tools exist and how to handle this request without {key_code}, and make the unknown-tool error list the "
         "valid tools so the model recovers in one step.",
         {"extra_turns": "calls"},
         supersedes="hallucinated_tool",
@@ -287,10 +294,10 @@ DETECTORS: list[Detector] = [
         "repetition_loop",
         "medium",
         0.85,
-        "The agent calls `{key}` with the same arguments over and over",
-        "{extra:,} redundant `{key}` calls: the same arguments {repeat_calls} or more times in one run.",
-        "The agent repeats identical `{key}` calls. Keep a record of calls already made in the loop and return "
-        "the cached result (or an explicit 'you already ran this; it returned …') for a repeat; tell the agent "
+        "The agent calls {key_code} with the same arguments over and over",
+        "{extra:,} redundant {key_code} calls: the same arguments {repeat_calls} or more times in one run.",
+        "The agent repeats identical {key_code} calls. Keep a record of calls already made in the loop and return "
+        "the cached result (or an explicit 'you already ran this, with the same result') for a repeat; tell the agent "
         "in its prompt to change the query or answer when a call brings nothing new; and stop the run after "
         "{repeat_calls} identical calls.",
         {"extra_turns": "extra"},
@@ -301,9 +308,9 @@ DETECTORS: list[Detector] = [
         "refusal",
         "high",
         0.8,
-        "`{key}` refuses ordinary requests",
+        "{key_code} refuses ordinary requests",
         "{calls:,} model answers that refuse, in {traces:,} runs.",
-        "`{key}` refuses requests it should handle. State plainly in its system prompt what it is allowed and "
+        "{key_code} refuses requests it should handle. State plainly in its system prompt what it is allowed and "
         "expected to do (with examples of these requests), remove or narrow over-broad safety wording, and "
         "retry once with a clarifying instruction when the model refuses; review the refused requests in the "
         "evidence for a common trigger.",
@@ -315,9 +322,9 @@ DETECTORS: list[Detector] = [
         "empty_or_truncated_output",
         "high",
         0.85,
-        "`{key}` returns empty or truncated answers",
-        "{calls:,} `{key}` answers were empty or cut off{cap_note}.",
-        "`{key}` answers are cut by the output-token limit or come back empty. Raise `max_tokens` for the final "
+        "{key_code} returns empty or truncated answers",
+        "{calls:,} {key_code} answers were empty or cut off{cap_note}.",
+        "{key_code} answers are cut by the output-token limit or come back empty. Raise `max_tokens` for the final "
         "answer (reasoning models spend output tokens on thinking), ask for a shorter answer format in the "
         "prompt, and detect `finish_reason == 'length'` or an empty answer to continue or retry instead of "
         "returning it to the user.",
@@ -329,9 +336,9 @@ DETECTORS: list[Detector] = [
         "guardrail",
         "medium",
         0.85,
-        "The `{key}` guardrail trips",
-        "The `{key}` guardrail reported a trip in {traces:,} runs.",
-        "The `{key}` guardrail stops runs. Fix what triggers it at the source: tell the agent in its system "
+        "The {key_code} guardrail trips",
+        "The {key_code} guardrail reported a trip in {traces:,} runs.",
+        "The {key_code} guardrail stops runs. Fix what triggers it at the source: tell the agent in its system "
         "prompt what it must not output (and how to redact), and let the guardrail ask for a corrected answer "
         "instead of failing the whole run.",
     ),
@@ -341,14 +348,33 @@ DETECTORS: list[Detector] = [
         "latency",
         "medium",
         0.75,
-        "`{key}` is slow and dominates its runs",
-        "{calls:,} `{key}` calls took {slow_s:.1f} s (median of the slow ones) against a usual {usual_s:.1f} s, "
+        "{key_code} is now and then far slower than usual, holding up its runs",
+        "{calls:,} {key_code} calls took {slow_s:.1f} s (median of the slow ones) against a usual {usual_s:.1f} s, "
         "{run_share:.0%} of their runs on average.",
-        "`{key}` sometimes takes {slow_s:.0f}+ s and dominates its runs. Profile it for the slow inputs in the "
+        "{key_code} sometimes takes {slow_s:.0f}+ s instead of {usual_s:.1f} s and holds up its runs. Profile it for the slow inputs in the "
         "evidence; add caching or pagination, a per-call timeout with a fast fallback, and run it concurrently "
         "with independent calls; if it is inherently slow, tell the agent (in the tool description) to call it "
         "once with precise arguments.",
         {"latency_ms": "excess_ms"},
+    ),
+    Detector(
+        "bottleneck",
+        "bottlenecks",
+        "latency",
+        "medium",
+        0.8,
+        "{key_code} takes most of the time of the runs that call it",
+        "{key_code} is slow every time, not now and then: its calls take {run_share:.0%} of the time of the "
+        "{affected:,} runs that call it ({median_share:.0%} in the median run), {total_share:.1%} of all run "
+        "time. Its calls take p50 {p50_s:.1f} s / p95 {p95_s:.1f} s, against p50 {other_p50_s:.1f} s / p95 "
+        "{other_p95_s:.1f} s for the other tool and model calls of those runs.",
+        "{key_code} is the bottleneck of every run that calls it (p50 {p50_s:.0f} s a call). Make the call "
+        "itself cheaper (cache or precompute its results, index or paginate what it reads, return less), "
+        "run it once per session rather than per run, start it in the background or concurrently with the "
+        "steps that do not need its result, and give it a timeout with a fast fallback; if it must stay "
+        "slow, say so in its tool description so the agent calls it only when the answer needs it.",
+        {"latency_ms": "tool_ms"},
+        supersedes="latency",
     ),
     Detector(
         "cost",
@@ -356,10 +382,10 @@ DETECTORS: list[Detector] = [
         "cost",
         "medium",
         0.75,
-        "`{key}` sends oversized prompts",
-        "{calls:,} `{key}` LLM calls carried a median {typical:,} prompt tokens against a usual {usual:,}: "
+        "{key_code} sends oversized prompts",
+        "{calls:,} {key_code} LLM calls carried a median {typical:,} prompt tokens against a usual {usual:,}: "
         "{excess:,} extra tokens.",
-        "`{key}` puts far more context than needed into its prompts. Find what is injected wholesale (history, "
+        "{key_code} puts far more context than needed into its prompts. Find what is injected wholesale (history, "
         "documents, tool results) and retrieve or summarise only what the current step needs, cap each tool "
         "result's size, enable prompt caching for the stable prefix, and set a per-call prompt-token budget "
         "with an alert.",
@@ -457,11 +483,11 @@ def _finding(store: TraceStore, t: Thresholds, detector: Detector, group: dict[s
         **group,
         "key": key,
         "affected": affected,
-        "quote": f"“{one_line(evidence[0].excerpt, 160)}”" if evidence and evidence[0].excerpt else "",
+        "key_code": code(key or "unknown"),
         "repeat_calls": t.repeat_calls,
-        "short_template": one_line(template or "error", 90),
-        "template_note": f"; message template: “{template}”" if template else "",
-        "offered_list": ", ".join(f"`{name}`" for name in group.get("offered") or []) or "none recorded",
+        "template_code": code(template or "error", 90),
+        "template_note": f"; message template: {code(template, 300)}" if template else "",
+        "offered_list": ", ".join(code(name) for name in group.get("offered") or []) or "none recorded",
         "cap_note": f" (outputs stop at about {group['cap']:,} tokens)" if group.get("cap") else "",
     }
     impact = Impact(**{name: _number(group[column]) for name, column in detector.impact.items()})

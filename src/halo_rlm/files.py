@@ -6,6 +6,7 @@ the cost in Python is per batch, not per line; DuckDB does the per-line work.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import hashlib
 import io
@@ -110,8 +111,9 @@ def inputs_key(inputs: Sequence[InputFile], schema_version: int) -> str:
     return digest.hexdigest()[:20]
 
 
-def open_input(inp: InputFile) -> tuple[BinaryIO, str | None]:
-    """Open an input for reading, decompressed; returns the stream and the compression found."""
+def open_input(inp: InputFile) -> tuple[InputStream, str | None]:
+    """Open an input for reading, decompressed and as UTF-8 text with `\n` line breaks (UTF-16 and
+    UTF-32 are transcoded, CR-only line breaks translated); returns the stream and the compression found."""
     if inp.is_stdin:
         raw: BinaryIO = sys.stdin.buffer
     else:
@@ -121,13 +123,129 @@ def open_input(inp: InputFile) -> tuple[BinaryIO, str | None]:
             raise InputError(f"{inp.path}: {exc.strerror or exc}") from exc
     buffered: Any = raw if hasattr(raw, "peek") else io.BufferedReader(raw)
     head = buffered.peek(4)[:4]
+    stream: BinaryIO = buffered
+    compression = None
     if head.startswith(GZIP_MAGIC):
         gzip_member = partial(zlib.decompressobj, wbits=16 + zlib.MAX_WBITS)
-        return _Decompressed(buffered, gzip_member, "gzip"), "gzip"  # type: ignore[return-value]
-    if head.startswith(ZSTD_MAGIC):
+        stream, compression = _Decompressed(buffered, gzip_member, "gzip"), "gzip"  # type: ignore[assignment]
+    elif head.startswith(ZSTD_MAGIC):
         zstd_frame = zstandard.ZstdDecompressor().decompressobj
-        return _Decompressed(buffered, zstd_frame, "zstd"), "zstd"  # type: ignore[return-value]
-    return buffered, None
+        stream, compression = _Decompressed(buffered, zstd_frame, "zstd"), "zstd"  # type: ignore[assignment]
+    return _as_utf8_lines(stream), compression
+
+
+def _as_utf8_lines(stream: BinaryIO) -> InputStream:
+    """`stream`, or a reader transcoding it when its start shows UTF-16/32 or CR-only line breaks."""
+    head = InputStream(stream)
+    sample = head.sample(SNIFF_BYTES)
+    encoding = text_encoding(sample)
+    if encoding is not None:
+        return InputStream(_Transcoded(head, encoding), transcoded=encoding)  # type: ignore[arg-type]
+    body = sample[len(UTF8_BOM) :] if sample.startswith(UTF8_BOM) else sample
+    if b"\r" in body and b"\n" not in body and b"\0" not in body:
+        return InputStream(_Transcoded(head, None), transcoded="CR line breaks")  # type: ignore[arg-type]
+    return head
+
+
+SNIFF_BYTES = 4096
+UTF8_BOM = b"\xef\xbb\xbf"
+_BOMS = (
+    (b"\x00\x00\xfe\xff", "utf-32-be"),
+    (b"\xff\xfe\x00\x00", "utf-32-le"),
+    (b"\xfe\xff", "utf-16-be"),
+    (b"\xff\xfe", "utf-16-le"),
+)
+
+
+def text_encoding(sample: bytes) -> str | None:
+    """The UTF-16/32 encoding of text starting with `sample` (by its byte order mark, or by the zero
+    bytes ASCII characters have in it), or None for UTF-8 (and anything else)."""
+    for bom, encoding in _BOMS:
+        if sample.startswith(bom):
+            return encoding
+    if len(sample) < 8 or b"\0" not in sample[:8]:
+        return None
+    view = memoryview(sample)[: len(sample) // 4 * 4]
+    columns = [sum(b == 0 for b in view[i::4]) / (len(view) // 4) for i in range(4)]
+    if columns[1] > 0.9 and columns[2] > 0.9 and columns[3] > 0.9 and columns[0] < 0.1:
+        return "utf-32-le"
+    if columns[0] > 0.9 and columns[1] > 0.9 and columns[2] > 0.9 and columns[3] < 0.1:
+        return "utf-32-be"
+    odd, even = (columns[1] + columns[3]) / 2, (columns[0] + columns[2]) / 2
+    if odd > 0.6 and even < 0.1:
+        return "utf-16-le"
+    if even > 0.6 and odd < 0.1:
+        return "utf-16-be"
+    return None
+
+
+class InputStream:
+    """An input as UTF-8 bytes with `\n` line breaks, whose first bytes can be looked at before they
+    are read (`sample`). `transcoded` names what was converted (an encoding, or CR line breaks)."""
+
+    def __init__(self, stream: BinaryIO, transcoded: str | None = None) -> None:
+        self._stream = stream
+        self._head = b""
+        self.transcoded = transcoded
+        self.damage: CorruptInput | None = None  # compressed data that broke within the sample
+
+    def sample(self, size: int) -> bytes:
+        while len(self._head) < size and self.damage is None:
+            try:
+                chunk = self._stream.read(size - len(self._head))
+            except CorruptInput as exc:
+                self.damage = exc  # the reader meets it again after the sample
+                break
+            if not chunk:
+                break
+            self._head += chunk
+        return self._head
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            data = self._head if size < 0 or size >= len(self._head) else self._head[:size]
+            self._head = self._head[len(data) :]
+            return data  # a short read; the caller reads again for more
+        return self._stream.read(size)
+
+    def seek(self, offset: int) -> int:
+        """Move to `offset` from the start; only before anything was read."""
+        self._stream.seek(offset)
+        self._head = b""
+        return offset
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class _Transcoded:
+    """UTF-16/32 text read as UTF-8 (undecodable units become U+FFFD), or UTF-8 with CR-only line
+    breaks read with `\n` ones (`encoding` None)."""
+
+    def __init__(self, stream: InputStream, encoding: str | None) -> None:
+        self._stream = stream
+        self._decoder = codecs.getincrementaldecoder(encoding)("replace") if encoding else None
+        self._pending = b""
+        self._done = False
+        self._bom = encoding is not None  # a decoded BOM is dropped
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._done and (size < 0 or len(self._pending) < size):
+            chunk = self._stream.read(1 << 20 if size < 0 else max(size, 4096))
+            if self._decoder is None:
+                self._pending += chunk.replace(b"\r", b"\n")
+            else:
+                text = self._decoder.decode(chunk, final=not chunk)
+                if self._bom and text:
+                    text, self._bom = text.removeprefix("\ufeff"), False
+                self._pending += text.encode("utf-8", "replace")
+            self._done = not chunk
+        count = len(self._pending) if size < 0 else min(size, len(self._pending))
+        data, self._pending = self._pending[:count], self._pending[count:]
+        return data
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 class _Decompressed:
@@ -169,6 +287,9 @@ class _Decompressed:
             return
         while chunk:
             if self._decompressor is None:
+                if not chunk.strip(b"\0"):
+                    return  # zero padding after a member (tape blocks, fixed-size writes) is not data
+                chunk = chunk.lstrip(b"\0")
                 self._decompressor = self._new_decompressor()
             self._pending += self._decompressor.decompress(chunk)
             if not self._decompressor.eof:
@@ -206,27 +327,49 @@ class OversizeLine:
     head: bytes
 
 
+@dataclass
+class UnterminatedLine:
+    """The last line of an input that may still be growing, not yet ended by a line break: the
+    reader leaves it to its caller, who reads it when it is whole or leaves it for next time."""
+
+    line_number: int
+    offset: int  # where it starts
+    data: bytes
+
+
 def read_lines(
-    stream: BinaryIO,
+    stream: Any,
     *,
     start_offset: int = 0,
     start_line: int = 0,
     batch_bytes: int | None = None,
     max_line_bytes: int | None = None,
-) -> Iterator[LineBatch | OversizeLine]:
+    final: bool = True,
+    mid_line: bool = False,
+) -> Iterator[LineBatch | OversizeLine | UnterminatedLine]:
     """Read newline-delimited records in batches of about `batch_bytes`, resuming at `start_offset`
     (a byte offset in the decompressed stream, at a line boundary) as line `start_line + 1`.
 
     A line longer than `max_line_bytes` is skipped without being held in memory and reported as an
-    `OversizeLine`."""
+    `OversizeLine`. A UTF-8 byte order mark at the start is not part of the first line. A last line
+    without a line break ends the batches as a line when the input is `final` (compressed data,
+    stdin), else as an `UnterminatedLine`. `mid_line` resumes just after an unterminated line that was
+    read whole: a line break right there ends that line rather than starting one."""
     batch_bytes = batch_bytes or BATCH_BYTES
     max_line_bytes = max_line_bytes or MAX_LINE_BYTES
     skip(stream, start_offset)
     offset, line_no = start_offset, start_line  # offset: where `carry` starts in the stream
     carry = b""
     oversize: OversizeLine | None = None
+    first = True
     while True:
         block = stream.read(batch_bytes)
+        if first and block:
+            first = False
+            if start_offset == 0 and block.startswith(UTF8_BOM):
+                block, offset = block[len(UTF8_BOM) :], offset + len(UTF8_BOM)
+            elif mid_line and block.startswith(b"\n"):
+                block, offset = block[1:], offset + 1
         if oversize is not None:
             cut = block.find(b"\n")
             if cut < 0:
@@ -246,6 +389,9 @@ def read_lines(
         if not block and not data:
             return
         if not block:  # a last line without a line break
+            if not final and data.strip():
+                yield UnterminatedLine(line_no + 1, offset, data)
+                return
             yield from _with_oversize(
                 _batch(data + b"\n", offset, line_no, max_line_bytes, real_size=len(data))
             )
@@ -262,6 +408,19 @@ def read_lines(
         yield from _with_oversize(batch)
         offset, line_no = batch.end_offset, batch.end_line
         carry = data[cut:]
+
+
+def line_ended_before(path: str, offset: int) -> bool:
+    """Whether the byte before `offset` in a file is a line break (or `offset` is its start): where a
+    resumed read begins a fresh line."""
+    if offset <= 0:
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset - 1)
+            return f.read(1) == b"\n"
+    except OSError:
+        return True
 
 
 def tail_digest(path: str, end: int, size: int = 4096) -> str | None:

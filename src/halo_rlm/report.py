@@ -8,31 +8,40 @@ categories are defined here, once.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field
 
+from halo_rlm.scrub import scrub_text
 from halo_rlm.usage import Usage
-from halo_rlm.utils import now_iso
+from halo_rlm.utils import now_iso, one_line, terminal_safe
 
 __all__ = [
     "CATEGORIES",
     "SEVERITY_WEIGHT",
     "AgentUsage",
     "Bucket",
+    "BudgetName",
+    "BudgetUse",
+    "Budgets",
     "Category",
     "Check",
     "DatasetSummary",
     "Evidence",
     "Finding",
     "Impact",
+    "Outcome",
     "Report",
     "RunUsage",
     "Severity",
     "Verification",
     "category",
     "cite",
+    "code",
     "json_schema",
+    "merge",
     "rank",
 ]
 
@@ -131,6 +140,14 @@ class Finding(BaseModel):
         None, description="SQL returning the affected traces' trace_id; verify recounts it"
     )
     query_dialect: str | None = Field(None, description="The SQL dialect `query` is written in (e.g. duckdb)")
+    root_cause: str = Field("", description="Why it happens, in the model's words (LLM analysis)")
+    locations: list[str] = Field(
+        default_factory=list,
+        description="`path:line` in the agent's source (--repo-path) that the fix changes",
+    )
+    enriched_by: list[str] = Field(
+        default_factory=list, description="Ids of the model's findings merged into this detector finding"
+    )
     score: float = 0.0
     check: Check | None = None
 
@@ -196,6 +213,28 @@ class RunUsage(BaseModel):
         return self.total.tokens
 
 
+BudgetName = Literal["tokens", "cost_usd", "seconds", "turns"]
+
+
+class BudgetUse(BaseModel):
+    """One limit of an LLM run and what the run used of it."""
+
+    budget: BudgetName
+    limit: float = Field(description="The limit given (turns: per agent; the others: the whole run)")
+    used: float = Field(description="What was used (turns: the root agent's)")
+
+
+class Budgets(BaseModel):
+    """The run's budgets: each limit with what was used, which one ended the run, and what was cut
+    because of it (model calls not made, agents stopped early)."""
+
+    limits: list[BudgetUse] = Field(default_factory=list)
+    ended_by: BudgetName | None = Field(
+        None, description="The budget that ended the run (None: the run finished within its budgets)"
+    )
+    cut: list[str] = Field(default_factory=list, description="What was not done because a budget ran out")
+
+
 class Verification(BaseModel):
     verified: int = 0
     flagged: int = 0
@@ -204,6 +243,19 @@ class Verification(BaseModel):
         default_factory=list, description="[trace:…]/[span:…] cited in the answer but not in the store"
     )
     checked_at: str | None = None
+
+
+class Outcome(BaseModel):
+    """How the analysis ended. A report of a run that stopped early still holds everything verified
+    before it stopped, and says what stopped it and what was not done."""
+
+    complete: bool = True
+    stopped_by: (
+        Literal["provider_error", "timeout", "budget", "turn_limit", "no_answer", "interrupted", "crash"]
+        | None
+    ) = None
+    reason: str = Field("", description="What stopped the run, in one line")
+    not_done: list[str] = Field(default_factory=list, description="What the run did not get to do")
 
 
 class Report(BaseModel):
@@ -218,6 +270,7 @@ class Report(BaseModel):
         None, description="Models used by role (root, synthesis, compaction)"
     )
     usage: RunUsage | None = None
+    budgets: Budgets | None = Field(None, description="An LLM run's budgets, what was used and what was cut")
     dataset: DatasetSummary
     findings: list[Finding] = Field(default_factory=list)
     answer: str | None = Field(None, description="The LLM's own markdown analysis, when an LLM ran")
@@ -229,6 +282,31 @@ class Report(BaseModel):
         None,
         description="Where HALO's own spans of this run went (--telemetry): a JSONL file or an OTLP endpoint",
     )
+    outcome: Outcome = Field(default_factory=Outcome)
+    cited: list[Evidence] = Field(
+        default_factory=list, description="Spans the answer cites, with excerpts (filled by verify)"
+    )
+
+    def cleaned(self, *, keep_secrets: bool = False) -> Report:
+        """This report as it may be shown or written: what a terminal or a viewer would act on in its
+        text made visible (`utils.terminal_safe`), and unless `keep_secrets`, credentials replaced by
+        `[REDACTED]` (`halo_rlm.scrub`). Ids and queries keep their text: they are checked against
+        the store."""
+        return Report.model_validate(_cleaned(self.model_dump(), None if keep_secrets else scrub_text))
+
+
+EXACT_FIELDS = frozenset({"query", "trace_id", "span_id"})
+
+
+def _cleaned(value: Any, scrub: Callable[[str], str] | None, exact: bool = False) -> Any:
+    if isinstance(value, str):
+        text = value if exact else terminal_safe(value)
+        return scrub(text) if scrub else text
+    if isinstance(value, dict):
+        return {k: _cleaned(v, scrub, k in EXACT_FIELDS) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cleaned(v, scrub, exact) for v in value]
+    return value
 
 
 def json_schema() -> dict[str, Any]:
@@ -246,6 +324,75 @@ def rank(findings: list[Finding], dataset: DatasetSummary) -> list[Finding]:
             100 * f.affected_trace_share * SEVERITY_WEIGHT[f.severity] + 25 * time_share + 25 * cost_share, 3
         )
     return sorted(findings, key=lambda f: (-f.score, f.category, f.id))
+
+
+def merge(detected: list[Finding], proposed: list[Finding]) -> list[Finding]:
+    """The detectors' findings, each enriched by the model's findings about the same failure, then
+    the model's findings that match none of them. Never worse than the detectors alone: every
+    detector finding stays, with its own count, query and evidence.
+
+    A model finding is about a detector finding when both have the same category and key, or cite
+    the same span, or have the same category and cite the same trace (the strongest match wins). It
+    adds its root cause, its fix (the model read the traces, and the code with --repo-path) and
+    its code locations; its evidence joins the detector's unless `verify` flagged it. Model
+    findings are expected to carry their `check` (verify them first); unmatched ones are kept as
+    they are, marked by that check."""
+    merged = [f.model_copy(deep=True) for f in detected]
+    added: list[Finding] = []
+    for p in proposed:
+        target = _best_match(p, merged)
+        if target is None:
+            added.append(p)
+        else:
+            _enrich(target, p)
+    return merged + added
+
+
+def _best_match(p: Finding, candidates: list[Finding]) -> Finding | None:
+    spans = {(e.trace_id, e.span_id) for e in p.evidence if e.span_id}
+    traces = {e.trace_id for e in p.evidence}
+    best, best_score = None, 0
+    for f in candidates:
+        same_category = f.category == p.category
+        score = 0
+        if same_category and p.key and f.key and _norm(p.key) == _norm(f.key):
+            score = 1_000_000
+        shared_spans = len(spans & {(e.trace_id, e.span_id) for e in f.evidence if e.span_id})
+        if shared_spans:
+            score = max(score, 1_000 * shared_spans + (500 if same_category else 0))
+        if same_category:
+            score = max(score, len(traces & {e.trace_id for e in f.evidence}))
+        if score > best_score:
+            best, best_score = f, score
+    return best
+
+
+def _norm(key: str) -> str:
+    return re.sub(r"[\s`'\"“”]+", "", key).lower()
+
+
+def _enrich(target: Finding, p: Finding) -> None:
+    first = not target.enriched_by
+    target.enriched_by.append(p.id)
+    if p.details and p.details not in target.root_cause:
+        target.root_cause = f"{target.root_cause}\n\n{p.details}".strip()
+    if p.recommendation and first:
+        target.recommendation = p.recommendation
+    target.locations += [loc for loc in p.locations if loc not in target.locations]
+    if p.check is None or p.check.status != "flagged":
+        have = {(e.trace_id, e.span_id) for e in target.evidence}
+        target.evidence += [e for e in p.evidence if (e.trace_id, e.span_id) not in have]
+    target.confidence = max(target.confidence, p.confidence)
+
+
+def code(text: str, limit: int = 80) -> str:
+    """Trace text (a tool, model or agent name, a message template) as a markdown code span: one line,
+    at most `limit` characters, no control characters, and fenced with more backticks than it holds,
+    so it shows as quoted data and cannot start a heading, a link, an image or HTML."""
+    flat = one_line(terminal_safe(text), limit) or " "
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", flat)), default=0) + 1)
+    pad = " " if flat[0] == "`" or flat[-1] == "`" else ""
+    return f"{fence}{pad}{flat}{pad}{fence}"
 
 
 def category(value: str) -> Category:

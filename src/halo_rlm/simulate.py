@@ -54,9 +54,10 @@ Category = Literal[
     "handoff",
 ]
 
-# Share of traces carrying each planted pattern. All fourteen are on, so the default corpus is a
-# full evaluation set; about 60% of traces stay healthy.
-DEFAULT_RATES: dict[Category, float] = {
+# Share of traces carrying each planted pattern, by its name (the category, or a name of its own when a
+# category has two). All sixteen are on, so the default corpus is a full evaluation set; about 55% of
+# traces stay healthy.
+DEFAULT_RATES: dict[str, float] = {
     "tool_error": 0.06,
     "rate_limit": 0.05,
     "latency": 0.04,
@@ -71,6 +72,8 @@ DEFAULT_RATES: dict[Category, float] = {
     "context_overflow": 0.02,
     "guardrail": 0.02,
     "handoff": 0.02,
+    "bottleneck": 0.03,  # latency: a tool that is slow every time
+    "tool_rate_limit": 0.03,  # rate_limit: a tool's 429s, retried by the harness with identical arguments
 }
 DEFAULT_DISTRACTOR_RATE = 0.02
 
@@ -511,6 +514,16 @@ TOOLS = {
             70,
         ),
         _Tool(
+            "index_repository",
+            "Build the code index the other tools search (slow: it reads the whole repository).",
+            {"root": "string"},
+            lambda f, i: {"root": "."},
+            lambda f, i: (
+                f"indexed 4,812 files and 61,233 symbols; {f['module']} is in module {f['module'].split('/')[0]}"
+            ),
+            24_000,
+        ),
+        _Tool(
             "run_tests",
             "Run pytest on a target.",
             {"target": "string"},
@@ -812,7 +825,7 @@ AGENTS = {
             "CodeHelper",
             "You are a coding assistant with read access to the repository. Find the cause before proposing "
             "a fix.",
-            ("list_files", "read_file", "grep", "run_tests"),
+            ("list_files", "read_file", "grep", "run_tests", "index_repository"),
             (("gemini-3-flash", 0.5), ("gpt-5.4-mini", 0.5)),
             (
                 _Scenario(
@@ -1348,6 +1361,9 @@ class _Call:
     id: str = ""
     error: str | None = None
     exc: str = "ToolError"
+    retries: list[_Failure] = field(
+        default_factory=list
+    )  # failed attempts the harness retried, same arguments
 
 
 @dataclass
@@ -1467,6 +1483,11 @@ class _Mode:
     tool: str | None = None  # the run's scenario must call this tool
     ends_run: bool = False  # rewrites how the run ends, so two of these cannot share a trace
     template: str | None = None
+    name: str = ""  # what `rates` calls it: its category unless the category has another mode
+
+    @property
+    def rate_name(self) -> str:
+        return self.name or self.category
 
     @property
     def id(self) -> str:
@@ -1592,6 +1613,26 @@ def _rate_limit(run: _Run, rng: Random) -> None:
 def _latency(run: _Run, rng: Random) -> None:
     for _, call in run.calls("search_hotels"):
         call.ms = min(max(12_000 * rng.lognormvariate(0, 0.35), 6_000), 28_000)
+
+
+def _bottleneck(run: _Run, rng: Random) -> None:
+    call = _make_call(rng, run, "index_repository", 0)
+    call.ms = min(max(call.ms * rng.lognormvariate(0, 0.15), 15_000), 40_000)
+    run.steps.insert(0, _Turn([call]))
+
+
+def _tool_rate_limit(run: _Run, rng: Random) -> None:
+    _, call = next(run.calls("get_weather"))
+    call.retries = [
+        _Failure(
+            "HTTP 429 Too Many Requests from api.weatherapi.example: rate limit of 60 requests per minute "
+            "exceeded",
+            "httpx.HTTPStatusError",
+            rng.uniform(40, 120),
+            1000 * 2**n * rng.uniform(0.8, 1.25),
+        )
+        for n in range(rng.randint(2, 4))
+    ]
 
 
 def _cost(run: _Run, rng: Random) -> None:
@@ -1784,6 +1825,27 @@ MODES: tuple[_Mode, ...] = (
         template="Output guardrail tripwire triggered: pii_filter",
     ),
     _Mode(
+        "latency",
+        "index_repository",
+        "CodeHelper starts every run it is used in by building the code index: 15-40 s every time (not "
+        "now and then), most of the run.",
+        _bottleneck,
+        frozenset({"CodeHelper"}),
+        name="bottleneck",
+    ),
+    _Mode(
+        "rate_limit",
+        "get_weather",
+        "TravelPlanner's weather API answers 429 to 2-4 attempts of a get_weather call; the harness "
+        "retries with identical arguments and backoff until one succeeds.",
+        _tool_rate_limit,
+        frozenset({"TravelPlanner"}),
+        tool="get_weather",
+        template="HTTP 429 Too Many Requests from api.weatherapi.example: rate limit of <n> requests per "
+        "minute exceeded",
+        name="tool_rate_limit",
+    ),
+    _Mode(
         "handoff",
         "RefundAgent",
         "SupportAgent's handoff to RefundAgent fails validation, so refund requests are never processed.",
@@ -1795,7 +1857,7 @@ MODES: tuple[_Mode, ...] = (
         "field 'reason' is required",
     ),
 )
-assert {m.category for m in MODES} == set(DEFAULT_RATES)
+assert sorted(m.rate_name for m in MODES) == sorted(DEFAULT_RATES), "every mode needs a rate"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2068,14 +2130,22 @@ class _Recorder:
                 self._remember({"role": "tool", "tool_call_id": call.id, "content": call.result})
                 continue
             self.now = start + int(self.rng.uniform(0.2, 3) * 1e6)
+            for failure in call.retries:  # each failed attempt, then the backoff, then the next
+                s = self._open(parent)
+                s.end = s.start + int(failure.ms * 1e6)
+                running.append((s, replace(call, error=failure.message, exc=failure.exc, retries=[]), False))
+                self.now = s.end + int(failure.backoff_ms * 1e6)
             s = self._open(parent)
             s.end = s.start + int(call.ms * 1e6)
-            running.append((s, call))
-        for s, call in sorted(running, key=lambda sc: sc[0].end):
+            running.append((s, call, True))
+        for s, call, answered in sorted(running, key=lambda sc: sc[0].end):
             self.conv.tool(s, self.run, agent, call)
             self._close(s, ("tool", call.error, call.exc) if call.error else None, at=s.end)
-            self._remember({"role": "tool", "tool_call_id": call.id, "content": call.error or call.result})
-        self.now = max([start, *(s.end for s, _ in running)]) + int(self.rng.uniform(0.5, 4) * 1e6)
+            if answered:  # the model sees the last attempt's result only
+                self._remember(
+                    {"role": "tool", "tool_call_id": call.id, "content": call.error or call.result}
+                )
+        self.now = max([start, *(s.end for s, _, _ in running)]) + int(self.rng.uniform(0.5, 4) * 1e6)
 
     def _handoff(self, source: _Agent, handoff: _Handoff, parent: _Span) -> str | None:
         s = self._open(parent)
@@ -2266,7 +2336,7 @@ class _Traffic:
         self, rng: Random, seed: int, traces: int, rates: Mapping[str, float], distractor_rate: float
     ):
         self.rng, self.seed = rng, seed
-        self.modes = [(m, rates.get(m.category, 0.0)) for m in MODES]
+        self.modes = [(m, rates.get(m.rate_name, 0.0)) for m in MODES]
         self.owed = {m.id: 0 for m in MODES}  # planted on a later trace when the drawn one could not take it
         self.distractor_rate, self.distractors_owed = distractor_rate, 0
         self.profiles = [
@@ -2478,14 +2548,14 @@ def simulate(
 ) -> GroundTruth:
     """Write `traces` simulated agent traces to `out` and the ground truth next to it.
 
-    `rates` overrides `DEFAULT_RATES` per category (0 turns a pattern off); `distractors` is the share of
+    `rates` overrides `DEFAULT_RATES` per pattern name (0 turns a pattern off); `distractors` is the share of
     traces carrying a unique one-off error. `compress` defaults to "does `out` end with .gz".
     """
     out = Path(out)
     compress = out.name.endswith(".gz") if compress is None else compress
     unknown = set(rates or ()) - set(DEFAULT_RATES)
     if unknown:
-        raise ValueError(f"unknown failure categories: {sorted(unknown)}")
+        raise ValueError(f"unknown failure patterns: {sorted(unknown)} (known: {', '.join(DEFAULT_RATES)})")
     if format not in ("halo", "otlp"):
         raise ValueError(f"format must be 'halo' or 'otlp', not {format!r}")
     if traces < 1:

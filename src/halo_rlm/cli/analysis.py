@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -27,6 +27,7 @@ from halo_rlm.cli.base import (
     store_option,
 )
 from halo_rlm.defaults import DEFAULT_MODEL, DEFAULT_PROMPT, EXAMPLE_TRACES, ReasoningEffort
+from halo_rlm.utils import first_line
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -61,7 +62,11 @@ def run_detectors(
     min_traces: int,
     min_share: float,
     quiet: bool,
+    keep_secrets: bool = False,
+    notes: Sequence[str] = (),
 ) -> tuple[Report, dict[str, Path]]:
+    """The detectors' report, verified, recorded as a run and written to `out_dir` (with `notes`
+    added); credentials in it are redacted unless `keep_secrets`."""
     from halo_rlm.analyses import analyze_with_detectors
     from halo_rlm.detect import Thresholds
     from halo_rlm.render import write
@@ -79,7 +84,17 @@ def run_detectors(
         fail(str(exc))
     if not quiet:
         err.print(f"[dim]Recorded as run {run.id} (halo runs show {run.id})[/]")
-    return report, write(report, out_dir)
+    report.notes.extend(notes)
+    report = report.cleaned(keep_secrets=keep_secrets)
+    return report, write(report, out_dir, keep_secrets=True)
+
+
+keep_secrets_option = click.option(
+    "--keep-secrets",
+    is_flag=True,
+    help="Keep credentials found in traces (API keys, tokens, passwords) in what is sent to the model "
+    "and written to reports; by default they are replaced by [REDACTED].",
+)
 
 
 def print_findings(report: Report, paths: dict[str, Path], *, top: int = 10) -> None:
@@ -132,6 +147,7 @@ def print_findings(report: Report, paths: dict[str, Path], *, top: int = 10) -> 
     help="Folder for report.json, report.md and report.html.",
 )
 @threshold_options
+@keep_secrets_option
 @json_option
 def analyze_command(
     paths: tuple[str, ...],
@@ -139,6 +155,7 @@ def analyze_command(
     out_dir: Path,
     min_traces: int,
     min_share: float,
+    keep_secrets: bool,
     as_json: bool,
 ) -> None:
     """Find systemic failures with deterministic detectors (no LLM needed) and write a ranked,
@@ -148,7 +165,13 @@ def analyze_command(
     not reported. Every finding is re-checked against the store before it is written.
     """
     report, paths_written = run_detectors(
-        paths, store_path, out_dir, min_traces=min_traces, min_share=min_share, quiet=as_json
+        paths,
+        store_path,
+        out_dir,
+        min_traces=min_traces,
+        min_share=min_share,
+        quiet=as_json,
+        keep_secrets=keep_secrets,
     )
     if as_json:
         emit_json(report)
@@ -159,9 +182,17 @@ def analyze_command(
 @cli.command("verify")
 @click.argument("report_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @store_option
-@click.option("--write", is_flag=True, help="Write the checked report back (json, md and html).")
+@click.option(
+    "--write",
+    is_flag=True,
+    help="Write the checked report back: REPORT_FILE itself, and its .md and .html beside it "
+    "(e.g. other.json, other.md, other.html). Nothing else is written.",
+)
+@keep_secrets_option
 @json_option
-def verify_command(report_file: Path, store_path: Path | None, write: bool, as_json: bool) -> None:
+def verify_command(
+    report_file: Path, store_path: Path | None, write: bool, keep_secrets: bool, as_json: bool
+) -> None:
     """Re-check a report against the trace store: cited traces and spans exist, excerpts are in
     the spans they cite, and each finding's affected-trace count matches a recount of its query.
 
@@ -174,6 +205,8 @@ def verify_command(report_file: Path, store_path: Path | None, write: bool, as_j
     from halo_rlm.store import paths as store_paths
     from halo_rlm.verify import verify
 
+    if write and report_file.suffix != ".json":
+        fail(f"{report_file}: --write writes a report back to its own .json file; give a .json file")
     try:
         report = Report.model_validate_json(report_file.read_bytes())
     except ValidationError as exc:
@@ -187,7 +220,9 @@ def verify_command(report_file: Path, store_path: Path | None, write: bool, as_j
     with open_read_only(target) as store:
         verify(report, store)
     if write:
-        write_report(report, report_file.parent)
+        written = write_report(report, report_file.parent, name=report_file.stem, keep_secrets=keep_secrets)
+        if not as_json:
+            err.print("Wrote " + ", ".join(escape(str(p)) for p in written.values()))
     if as_json:
         emit_json(
             {
@@ -235,8 +270,9 @@ def report_schema() -> None:
     "--rate",
     "rates",
     multiple=True,
-    metavar="CATEGORY=SHARE",
-    help="Override a failure mode's rate, e.g. --rate refusal=0.1 (0 turns it off).",
+    metavar="PATTERN=SHARE",
+    help="Override a planted pattern's rate, e.g. --rate refusal=0.1 (0 turns it off). Patterns are named "
+    "by category, plus bottleneck (a tool slow every time) and tool_rate_limit (a tool's 429s, retried).",
 )
 @click.option(
     "--distractors",
@@ -259,7 +295,7 @@ def simulate_command(
         try:
             overrides[name] = Share().convert(value, None, None)
         except click.BadParameter as exc:
-            fail(f"--rate {item!r}: expected CATEGORY=SHARE, e.g. refusal=0.1 ({exc.message})")
+            fail(f"--rate {item!r}: expected PATTERN=SHARE, e.g. refusal=0.1 ({exc.message})")
     try:
         out_file.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -321,7 +357,24 @@ def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Extra HTTP header for the provider (repeatable).",
         ),
         click.option("--temperature", type=click.FloatRange(0, 2)),
-        click.option("--max-output-tokens", type=click.IntRange(1)),
+        click.option(
+            "--max-output-tokens",
+            type=click.IntRange(1),
+            help="Tokens one reply may take (default: 16,384, or 32,768 with --reasoning-effort high or "
+            "xhigh; at most a quarter of the context window).",
+        ),
+        click.option(
+            "--context-window",
+            type=click.IntRange(1024),
+            help="The model's context window in tokens (default: asked of the server — vLLM, llama-server, "
+            "Ollama); every request is sized to fit it.",
+        ),
+        click.option(
+            "--compact/--no-compact",
+            default=None,
+            help="Compact prompts and fewer, shorter tools for small windows (default: when the full ones "
+            "would take over a fifth of the window).",
+        ),
         click.option("--parallel-tool-calls/--no-parallel-tool-calls", default=True, show_default=True),
         click.option("--refusal-retries", type=click.IntRange(0), default=1, show_default=True),
         click.option("--reasoning-effort", type=click.Choice(get_args(ReasoningEffort))),
@@ -341,6 +394,7 @@ def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="JSON price table for models HALO does not know (USD per million tokens).",
         ),
         click.option("--dataset-context", metavar="TEXT|@FILE", help="What the traces are, for the agents."),
+        keep_secrets_option,
         click.option(
             "--repo-path",
             type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -406,25 +460,27 @@ def run(
     deterministic detectors' findings are its starting hypotheses. Without one, the detectors alone
     write the report.
     """
-    from rich.markdown import Markdown
-
-    from halo_rlm.render import to_markdown, write
-    from halo_rlm.utils import terminal_safe
 
     config = engine_config(engine, out_dir)
     if not config.provider.configured:
-        report, written = run_detectors(
-            paths, store_path, out_dir, min_traces=min_traces, min_share=min_share, quiet=as_json
-        )
-        if config.telemetry:
-            report.notes.append(
-                "--telemetry traces LLM runs only; the detectors ran alone, so nothing was traced."
-            )
-        report.notes.append(
+        notes = [
             "LLM analysis was skipped: no model provider is configured. Set OPENAI_API_KEY "
             "(or pass --api-key), or --base-url for a local OpenAI-compatible server, to add it."
+        ]
+        if config.telemetry:
+            notes.insert(
+                0, "--telemetry traces LLM runs only; the detectors ran alone, so nothing was traced."
+            )
+        report, written = run_detectors(
+            paths,
+            store_path,
+            out_dir,
+            min_traces=min_traces,
+            min_share=min_share,
+            quiet=as_json,
+            keep_secrets=config.keep_secrets,
+            notes=notes,
         )
-        written = write(report, out_dir)
         if as_json:
             json_line("report", {"report": report.model_dump(mode="json", exclude_none=True)})
             return
@@ -432,17 +488,29 @@ def run(
         err.print(f"[yellow]{escape(report.notes[-1])}[/]")
         return
     target = resolve_store(paths, store_path, quiet=as_json)
-    final = run_engine_live(prompt, config, target, as_json=as_json, inputs=[str(p) for p in paths])
-    if final is None or final.report is None:
-        fail("the run ended without a report")
-    if not as_json:
-        out.print(Markdown(terminal_safe(to_markdown(final.report))))
-        out.print(
-            "Report: "
-            + ", ".join(escape(str(out_dir / name)) for name in ("report.md", "report.json", "report.html"))
+    made, error = run_engine_live(prompt, config, target, as_json=as_json, inputs=[str(p) for p in paths])
+    if made is None:
+        fail(
+            "\n".join([first_line(error), *getattr(error, "__notes__", ())])
+            if error
+            else "no report was made"
         )
-        if final.report.telemetry:
-            out.print("Telemetry: " + escape(final.report.telemetry))
+    if not as_json:
+        print_findings(made, {name: out_dir / f"report.{suffix}" for name, suffix in REPORT_FILES})
+        if made.telemetry:
+            out.print("Telemetry: " + escape(made.telemetry))
+    if not made.outcome.complete:
+        err.print(
+            f"[bold red]The run did not complete[/] ({escape(made.outcome.stopped_by or '')}): "
+            f"{escape(made.outcome.reason)}"
+        )
+        for item in made.outcome.not_done:
+            err.print(f"  not done: {escape(item)}")
+        err.print("The report holds everything verified before the run stopped.")
+        sys.exit(130 if made.outcome.stopped_by == "interrupted" else 1)
+
+
+REPORT_FILES = (("markdown", "md"), ("json", "json"), ("html", "html"))
 
 
 def engine_config(engine: dict[str, Any], out_dir: Path | None) -> EngineConfig:
@@ -484,9 +552,12 @@ def _validation_text(exc: ValidationError) -> str:
 
 def run_engine_live(
     prompt: str, config: EngineConfig, store_path: str, *, as_json: bool, inputs: Sequence[str] = ()
-) -> AgentOutputItem | None:
-    """Run the engine, showing a live tree of agents on a terminal, plain progress lines when stderr
-    is not one (a log, a pipe, CI), or JSON lines with `--json`; return the final item."""
+) -> tuple[Report | None, BaseException | None]:
+    """Run the engine (recorded as a run), showing a live tree of agents on a terminal, plain progress
+    lines when stderr is not one (a log, a pipe, CI), or JSON lines with `--json`; return its report
+    and the error that stopped it, if any. The engine writes a report whatever stops it: the first
+    Ctrl-C stops the run and lets it write one with what is verified so far (the process then exits
+    130), a second Ctrl-C exits at once."""
     import asyncio
     import time
 
@@ -499,10 +570,11 @@ def run_engine_live(
     from halo_rlm.store import StoreError
 
     view = RunView()
+    final: list[Report] = []
     started = time.monotonic()
+    wall_started = time.time()
 
-    async def consume() -> AgentOutputItem | None:
-        final = None
+    async def consume() -> None:
         async for event in stream_recorded(prompt, config, store_path, inputs=inputs, source="cli"):
             if isinstance(event, Run):
                 if as_json:
@@ -521,9 +593,8 @@ def run_engine_live(
                     line = progress_line(agent, event)
                     if line:
                         err.print(f"[{time.monotonic() - started:6.1f}s] {escape(line)}", highlight=False)
-            if isinstance(event, AgentOutputItem) and event.final:
-                final = event
-        return final
+            if isinstance(event, AgentOutputItem) and event.final and event.report is not None:
+                final.append(event.report)
 
     live = (
         Live(
@@ -532,18 +603,68 @@ def run_engine_live(
         if err.is_terminal and not as_json
         else None
     )
+    error: BaseException | None = None
     try:
         if live:
             with live:
-                return asyncio.run(consume())
-        return asyncio.run(consume())
+                interruptible(consume())
+        else:
+            interruptible(consume())
     except (EngineError, LLMError, StoreError) as exc:
-        fail("\n".join([str(exc), *getattr(exc, "__notes__", ())]))
-    except KeyboardInterrupt:
-        fail("interrupted", code=130)
+        error = exc
+    except (asyncio.CancelledError, KeyboardInterrupt) as exc:
+        error = exc
+        written = config.out_dir / "report.json" if config.out_dir is not None else None
+        if not final and written is not None and written.exists() and written.stat().st_mtime >= wall_started:
+            from halo_rlm.report import Report
+
+            # The engine wrote it on its way out; the event carrying it was not read.
+            final.append(Report.model_validate_json(written.read_bytes()))
+    except Exception as exc:  # noqa: BLE001 - a crash (in a tool, say): its report was written, say it in one line
+        error = exc
     finally:
         if not as_json and view.agents:
             err.print(view.summary())
+    if error is not None and not as_json:
+        err.print(f"[bold red]Error:[/] {escape(first_line(error))}")
+        for note in getattr(error, "__notes__", ()):
+            err.print(escape(note))
+    return (final[-1] if final else None), error
+
+
+def interruptible(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` on a new event loop. The first Ctrl-C cancels it (the engine then writes its report
+    with what it has); a second ends the process at once, exit code 130."""
+    import asyncio
+    import os
+    import signal
+
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(work)
+    presses = 0
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        nonlocal presses
+        presses += 1
+        if presses > 1:
+            os.write(2, b"\nInterrupted again: exiting now.\n")
+            os._exit(130)
+        os.write(
+            2, b"\nStopping: writing the report with what is verified so far (Ctrl-C again to quit now)\n"
+        )
+        loop.call_soon_threadsafe(task.cancel)
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+    except ValueError:  # not the main thread: Ctrl-C is not ours to handle
+        previous = None
+    try:
+        loop.run_until_complete(task)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 def progress_line(agent: AgentView, event: AgentOutputItem) -> str | None:
@@ -578,6 +699,9 @@ def agent_tree(view: RunView) -> Tree:
     return tree
 
 
+DEMO_MAX_COST = 0.50  # USD: `halo demo --llm` never spends more unless told
+
+
 @cli.command()
 @click.option(
     "-o",
@@ -587,9 +711,64 @@ def agent_tree(view: RunView) -> Tree:
     default=Path("halo-report"),
     show_default=True,
 )
+@click.option(
+    "--llm",
+    "with_model",
+    is_flag=True,
+    help="Add the LLM analysis (a paid run on your provider: OPENAI_API_KEY, --api-key or --base-url).",
+)
+@click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEMO_MAX_COST,
+    show_default=True,
+    help="USD cap for the --llm run.",
+)
+@click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, help="Model for --llm.")
+@click.option(
+    "--base-url", help="OpenAI-compatible endpoint for --llm (default: OPENAI_BASE_URL, else OpenAI)."
+)
+@click.option("--api-key", help="API key for --llm (default: OPENAI_API_KEY).")
 @click.pass_context
-def demo(ctx: click.Context, out_dir: Path) -> None:
+def demo(
+    ctx: click.Context,
+    out_dir: Path,
+    with_model: bool,
+    max_cost: float,
+    model: str,
+    base_url: str | None,
+    api_key: str | None,
+) -> None:
     """Run HALO on the example traces that ship with it (simulated support, research, billing,
-    coding and travel agents with planted failures)."""
+    coding and travel agents with planted failures).
+
+    By default only the deterministic detectors run: no model, no cost. --llm adds the LLM analysis,
+    capped at --max-cost.
+    """
     err.print(f"[dim]Example traces: {escape(str(EXAMPLE_TRACES))}[/]")
-    ctx.invoke(run, paths=(str(EXAMPLE_TRACES),), out_dir=out_dir)
+    if not with_model:
+        report, written = run_detectors(
+            (str(EXAMPLE_TRACES),),
+            None,
+            out_dir,
+            min_traces=2,
+            min_share=0.005,
+            quiet=False,
+            notes=[
+                f"This demo ran the detectors alone (no model, no cost). Add the LLM analysis with "
+                f"`halo demo --llm` (a paid run, capped at ${DEMO_MAX_COST:.2f} by --max-cost; it uses "
+                "OPENAI_API_KEY, or --base-url for a local OpenAI-compatible server)."
+            ],
+        )
+        print_findings(report, written)
+        err.print(f"[yellow]{escape(report.notes[-1])}[/]")
+        return
+    ctx.invoke(
+        run,
+        paths=(str(EXAMPLE_TRACES),),
+        out_dir=out_dir,
+        max_cost=max_cost,
+        model=model,
+        base_url=base_url,
+        api_key=api_key,
+    )

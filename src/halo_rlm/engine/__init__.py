@@ -6,8 +6,10 @@ report. HALO's six entry points, sync and async, streaming or not:
     stream_engine_output_async / stream_engine_output    completed items only
     run_engine_async / run_engine              all items once the run is over
 
-Modules: `config` (EngineConfig), `events` (what a run streams, and `RunView`), `run` (the agent loop,
-budgets and entry points), `tools` and `code` (what agents call), `prompts`, `telemetry`.
+Modules: `config` (EngineConfig), `events` (what a run streams, and `RunView`), `run` (the agent loop
+and entry points), `budget` (tokens, cost, time and turns, held before each call), `window` (fitting
+requests into the model's context window), `tools` and `code` (what agents call), `prompts`,
+`telemetry`.
 """
 
 from halo_rlm.engine.config import DEFAULT_MODEL, DEFAULT_PROMPT, EngineConfig

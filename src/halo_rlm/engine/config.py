@@ -34,7 +34,12 @@ class EngineConfig(BaseModel):
     api_key: SecretStr | None = None
     headers: dict[str, SecretStr] = {}
     temperature: float | None = Field(None, ge=0, le=2)
-    max_output_tokens: int | None = Field(None, ge=1)
+    max_output_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens one reply may take (default: 16,384, 32,768 with high reasoning effort; at "
+        "most a quarter of a known window)",
+    )
     parallel_tool_calls: bool = True
     refusal_retries: int = Field(1, ge=0)
     reasoning_effort: ReasoningEffort | None = None
@@ -45,14 +50,35 @@ class EngineConfig(BaseModel):
     dataset_context: str | None = None
     out_dir: Path | None = Field(None, description="Write report.json/.md/.html here")
     prices: dict[str, Price] = {}
-    context_tokens: int = Field(96_000, ge=4_000, description="Per-agent context budget before compaction")
-    tool_result_bytes: int = Field(24_000, ge=2_000)
+    context_window: int | None = Field(
+        None,
+        ge=1_024,
+        description="The model's context window in tokens (default: asked of the server; unknown if it "
+        "does not say)",
+    )
+    compact: bool | None = Field(
+        None,
+        description="Compact tools and prompts for small windows (default: when the full ones would take "
+        "over a fifth of the window)",
+    )
+    context_tokens: int | None = Field(
+        None,
+        ge=1_000,
+        description="Conversation tokens per agent before old turns are compacted (default: what the "
+        "window leaves, at most 96,000)",
+    )
+    tool_result_bytes: int = Field(24_000, ge=1_000, description="Most bytes one tool result may take")
     tool_timeout: float = Field(30.0, gt=0)
     code_timeout: float = Field(60.0, gt=0, description="Seconds for one run_code call")
     max_code_llm_calls: int = Field(
         300, ge=0, description="LLM calls code may make (llm_query...), whole run"
     )
     repo_path: Path | None = None
+    keep_secrets: bool = Field(
+        False,
+        description="Send trace text to the model and write it to reports with its credentials; by "
+        "default API keys, tokens and passwords are replaced by [REDACTED]",
+    )
     retry: RetryPolicy = Field(
         default_factory=RetryPolicy, exclude=True, description="How provider errors are retried"
     )

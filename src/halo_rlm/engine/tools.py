@@ -4,16 +4,24 @@ Every tool validates its arguments (a bad call comes back to the model as an err
 runs off the event loop with a time limit (a slow regex or query cannot stall other agents), and
 returns JSON within a byte budget that says when it was cut and how to narrow the question. Tools see
 the agent that calls them through `ToolContext`, never the engine's own classes.
+
+For small context windows each tool has a compact form (`Tool.compact_schema`: a short description,
+no field descriptions, and the trace filters described once in the system message — `filters_text`
+— instead of in every tool that takes them), and `COMPACT_TOOLS` names the few offered then. Models
+that write their tool calls as text instead of calling them are read by `read_text_calls`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+import zlib
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar, get_args, get_origin
 
 import orjson
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
@@ -27,17 +35,23 @@ from halo_rlm.store import SortKey, StoreError, TraceFilters, TraceStore
 from halo_rlm.store.schema import sql_tool_description
 
 __all__ = [
+    "COMPACT_TOOLS",
     "FINAL_TOOL",
     "SUBAGENT_TOOL",
     "TRACE_TOOLS",
     "Args",
     "FinalAnswerArgs",
     "FindingInput",
+    "TextCalls",
     "Tool",
     "ToolContext",
     "ToolError",
+    "degenerate",
+    "filters_text",
     "fit",
+    "read_text_calls",
     "repo_tools",
+    "tools_text",
     "unknown_tool",
     "validate",
 ]
@@ -130,6 +144,9 @@ class FindingInput(Args):
         None, description="SQL returning the affected traces' trace_id, to verify the count"
     )
     impact: dict[str, float] = {}
+    locations: list[str] = Field(
+        [], description="path:line in the agent's repository that the fix changes (with the repository tools)"
+    )
 
 
 class FinalAnswerArgs(Args):
@@ -176,6 +193,9 @@ class Tool:
     description: str
     args: type[BaseModel]
     run: Callable[[Any, ToolContext], Awaitable[Any]]
+    brief: str = field(
+        default="", kw_only=True
+    )  # the description in compact mode (default: its first sentence)
 
     @functools.cached_property
     def schema(self) -> dict[str, Any]:
@@ -186,6 +206,85 @@ class Tool:
             "type": "function",
             "function": {"name": self.name, "description": self.description, "parameters": parameters},
         }
+
+    @functools.cached_property
+    def compact_schema(self) -> dict[str, Any]:
+        """The definition for small windows: a short description, no field descriptions or titles,
+        and `filters` pointing at the one description of trace filters in the system message."""
+        parameters = _compact(self.args.model_json_schema())
+        properties = parameters.get("properties", {})
+        if "filters" in properties:
+            properties["filters"] = {"type": "object", "description": "trace filters (see FILTERS)"}
+            definitions = parameters.get("$defs", {})
+            definitions.pop(TraceFilters.__name__, None)
+            if not definitions:
+                parameters.pop("$defs", None)
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.short, "parameters": parameters},
+        }
+
+    @property
+    def short(self) -> str:
+        return self.brief or self.description.split(". ")[0].rstrip(".") + "."
+
+    def signature(self) -> str:
+        """`name(arg: type, ...)`: how the tool is listed when the server takes no tool definitions."""
+        fields = ", ".join(
+            f"{name}{'' if info.is_required() else '?'}: {_type_name(info.annotation)}"
+            for name, info in self.args.model_fields.items()
+        )
+        return f"{self.name}({fields})"
+
+
+def _compact(schema: Any) -> Any:
+    """A JSON schema without descriptions, titles and defaults, `X | None` written as X."""
+    if isinstance(schema, list):
+        return [_compact(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    options = schema.get("anyOf")
+    if isinstance(options, list):
+        kept = [o for o in options if o != {"type": "null"}]
+        if len(kept) == 1:
+            return _compact({**{k: v for k, v in schema.items() if k != "anyOf"}, **kept[0]})
+    return {
+        key: _compact(value)
+        for key, value in schema.items()
+        if key not in ("description", "title", "default", "examples")
+    }
+
+
+def _type_name(annotation: Any) -> str:
+    """A short name for a field's type: str, int, number, bool, list[str], object."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return "|".join(str(a) for a in get_args(annotation))
+    if origin is list:
+        (item,) = get_args(annotation) or (Any,)
+        return f"list[{_type_name(item)}]"
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if args and origin is not None and origin is not dict:
+        return _type_name(args[0]) if len(args) == 1 else " | ".join(_type_name(a) for a in args)
+    names = {str: "str", int: "int", float: "number", bool: "bool"}
+    return names.get(annotation, "object")
+
+
+def filters_text() -> str:
+    """Trace filters, described once (compact mode puts this in the system message instead of
+    repeating their schema in every tool that takes them)."""
+    fields = ", ".join(
+        f"{name} ({_type_name(info.annotation)})" for name, info in TraceFilters.model_fields.items()
+    )
+    return (
+        "FILTERS (the `filters` argument): a JSON object, every field optional, combined with AND, lists "
+        f"match any: {fields}. since/until are ISO-8601 times; regex (RE2) and text match a span's raw JSON."
+    )
+
+
+def tools_text(tools: Collection[Tool]) -> str:
+    """The tools as text, for servers that take no tool definitions: one signature a line."""
+    return "\n".join(f"- {tool.signature()}: {tool.short}" for tool in tools)
 
 
 async def store_call(ctx: ToolContext, work: Callable[[TraceStore], T]) -> T:
@@ -375,6 +474,12 @@ async def call_subagent(args: SubagentArgs, ctx: ToolContext) -> Any:
 
 
 async def final_answer(args: FinalAnswerArgs, ctx: ToolContext) -> Any:
+    problem = degenerate(args.answer)
+    if problem:
+        raise ToolError(
+            f"the answer was not accepted: it {problem}. Write the report itself: each failure, how many "
+            "traces it affects, evidence and a fix"
+        )
     unknown = sorted({f.category for f in args.findings} - set(CATEGORIES))
     ctx.finish(args)
     note = f"; unknown categories {unknown} will be filed as 'other'" if unknown else ""
@@ -389,6 +494,7 @@ TRACE_TOOLS = [
         "Call it first.",
         FiltersArgs,
         get_dataset_overview,
+        brief="Totals, agents, models, tools, top error groups and the detectors' findings. Call it first.",
     ),
     Tool(
         "query_traces",
@@ -396,6 +502,7 @@ TRACE_TOOLS = [
         "sortable, with the total. Page with offset.",
         QueryTracesArgs,
         query_traces,
+        brief="A page of trace summaries matching filters, sortable; page with offset.",
     ),
     Tool("count_traces", "How many traces match `filters`.", FiltersArgs, count_traces),
     Tool(
@@ -404,6 +511,7 @@ TRACE_TOOLS = [
         "back as a summary: then use search_trace and view_spans.",
         TraceArgs,
         view_trace,
+        brief="All spans of one trace as a tree (a big trace comes back summarised).",
     ),
     Tool(
         "view_spans",
@@ -425,7 +533,7 @@ TRACE_TOOLS = [
         SynthesizeArgs,
         synthesize_traces,
     ),
-    Tool("query_sql", sql_tool_description(), SqlArgs, query_sql),
+    Tool("query_sql", sql_tool_description(), SqlArgs, query_sql, brief=sql_tool_description()),
     Tool(
         "get_context_item",
         "The full text of an earlier tool result or message that was shortened to save context (its id was "
@@ -441,6 +549,7 @@ SUBAGENT_TOOL = Tool(
     "in one turn run in parallel. Returns its answer, findings with evidence, and what it used.",
     SubagentArgs,
     call_subagent,
+    brief="Delegate a focused question to a sub-agent: a self-contained brief with the trace ids.",
 )
 FINAL_TOOL = Tool(
     "final_answer",
@@ -453,6 +562,22 @@ FINAL_TOOL = Tool(
     "change, and how). Call it once.",
     FinalAnswerArgs,
     final_answer,
+    brief="Finish: `answer` is the markdown report; `findings` the failures, each with evidence and a fix.",
+)
+
+
+# What small windows get: the tools that answer most questions, one of each kind.
+COMPACT_TOOLS = frozenset(
+    {
+        "get_dataset_overview",
+        "query_traces",
+        "count_traces",
+        "view_trace",
+        "search_trace",
+        "query_sql",
+        "call_subagent",
+        "final_answer",
+    }
 )
 
 
@@ -498,3 +623,119 @@ def unknown_tool(name: str, tools: dict[str, Tool]) -> str:
     close = [t for t in tools if re.sub(r"[^a-z]", "", t) == re.sub(r"[^a-z]", "", name.lower())]
     hint = f" Did you mean {close[0]}?" if close else ""
     return f"There is no tool named {name!r}.{hint} Available tools: {', '.join(tools)}."
+
+
+# --- replies that are not what they should be --------------------------------------------------------
+
+
+def degenerate(text: str) -> str | None:
+    """Why `text` cannot be an analysis (None when it may be one): it is empty, repeats one line,
+    or compresses to almost nothing (a model stuck repeating itself until its output limit)."""
+    stripped = text.strip()
+    if not stripped:
+        return "is empty"
+    lines = [line.strip() for line in stripped.splitlines() if line.strip()]
+    if len(lines) >= 6:
+        line, count = Counter(lines).most_common(1)[0]
+        if count * 2 >= len(lines):
+            return f"repeats one line {count} times ({line[:60]!r})"
+    if len(stripped) >= 600 and len(zlib.compress(stripped.encode())) < 0.08 * len(stripped):
+        return "repeats the same text over and over"
+    return None
+
+
+@dataclass
+class TextCalls:
+    """Tool calls a model wrote as text. `problem`: it tried to call a tool but the call cannot be
+    made (unknown name, malformed JSON); say so to the model."""
+
+    calls: list[dict[str, str]]  # {name, arguments (JSON text)}
+    problem: str | None = None
+
+
+# Where models put calls they write as text: fenced blocks, Hermes/Qwen <tool_call> tags, or bare JSON.
+_BLOCKS = re.compile(
+    r"```[a-z_]*[ \t]*\n?(.*?)```|<tool_call>(.*?)(?:</tool_call>|$)|<function_call>(.*?)(?:</function_call>|$)",
+    re.DOTALL,
+)
+_NAME_KEYS = ("name", "tool", "tool_name", "function")
+_ARGUMENT_KEYS = ("arguments", "parameters", "args", "input")
+_DECODER = json.JSONDecoder(strict=False)  # small models write raw newlines inside strings
+
+
+def read_text_calls(text: str, names: Collection[str]) -> TextCalls:
+    """The tool calls in a model's text: JSON objects naming one of `names` (`{"name": ...,
+    "arguments": {...}}`, also `parameters`/`args`, or OpenAI's `{"function": {...}}`), in fenced
+    blocks, `<tool_call>` tags or bare. Text that is mostly an attempted call which cannot be made
+    (an unknown tool, malformed JSON, arguments that are no object) gives a `problem` instead; JSON
+    quoted inside prose (evidence from a trace) is left alone."""
+    blocks = [next(g for g in m.groups() if g is not None) for m in _BLOCKS.finditer(text)]
+    total = max(1, len(text.strip()))
+    problems: list[str] = []
+    for sources in (blocks, [text]):
+        calls: list[dict[str, str]] = []
+        for source in sources:
+            objects, error = _json_objects(source)
+            for value, span in objects:
+                call, problem = _as_call(value, names)
+                if call is not None:
+                    calls.append(call)
+                elif problem and span >= 0.6 * total:
+                    problems.append(problem)
+            mostly = len(source.strip()) >= 0.6 * total
+            if not objects and error and mostly and _mentions_call(source, names):
+                problems.append(f"its JSON could not be read ({error})")
+        if calls:
+            return TextCalls(calls)
+    return TextCalls([], problems[0] if problems else None)
+
+
+def _json_objects(source: str) -> tuple[list[tuple[Any, int]], str | None]:
+    """Every top-level JSON object in `source` with its length, and the first parse error."""
+    found: list[tuple[Any, int]] = []
+    error = None
+    position = source.find("{")
+    while position != -1:
+        try:
+            value, end = _DECODER.raw_decode(source, position)
+        except ValueError as exc:
+            error = error or str(exc)
+            position = source.find("{", position + 1)
+            continue
+        found.append((value, end - position))
+        position = source.find("{", end)
+    return found, error
+
+
+def _mentions_call(source: str, names: Collection[str]) -> bool:
+    return '"name"' in source or any(f'"{name}"' in source for name in names)
+
+
+def _as_call(value: Any, names: Collection[str]) -> tuple[dict[str, str] | None, str | None]:
+    """(call, None) when `value` is a call of an offered tool, (None, problem) when it is a call
+    that cannot be made, (None, None) when it is no call at all."""
+    if not isinstance(value, dict):
+        return None, None
+    function = value.get("function")
+    if isinstance(function, dict):
+        name, arguments = function.get("name"), function.get("arguments", function.get("parameters"))
+    else:
+        name = next((value[k] for k in _NAME_KEYS if isinstance(value.get(k), str)), None)
+        arguments = next((value[k] for k in _ARGUMENT_KEYS if k in value), None)
+    if not isinstance(name, str):
+        return None, None
+    name = name.strip().removeprefix("functions.")
+    if name not in names:
+        if arguments is None:
+            return None, None  # a JSON object with a `name`, not a call
+        return None, f"there is no tool named {name!r}"
+    if isinstance(arguments, str):
+        try:
+            arguments = _DECODER.decode(arguments) if arguments.strip() else {}
+        except ValueError as exc:
+            return None, f"the arguments of {name} are not valid JSON ({exc})"
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        return None, f"the arguments of {name} must be a JSON object, not {type(arguments).__name__}"
+    return {"name": name, "arguments": json.dumps(arguments)}, None

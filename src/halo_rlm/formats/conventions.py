@@ -25,7 +25,9 @@ __all__ = [
     "MESSAGE_MARKERS",
     "SOURCES",
     "TEXT_CAP",
+    "chat_messages",
     "normalize_messages",
+    "orjson_text",
     "output_messages_json",
 ]
 
@@ -171,6 +173,7 @@ SOURCES: dict[str, list[str]] = {
         "gen_ai.completion",
         "langfuse.observation.output",
         "ai.response.text",
+        "ai.response.object",  # the answer of the Vercel AI SDK's generateObject
     ],
     "error_type": ["error.type", "exception.type"],
 }
@@ -185,6 +188,8 @@ CLASSIFIERS = [
     "langfuse.observation.status_message",
     "traceloop.span.kind",
     "llm.finish_reason",
+    "ai.operationId",
+    "ai.telemetry.functionId",
 ]
 # Any of these present means the span carries model output or tool definitions to normalise.
 MESSAGE_MARKERS = [
@@ -210,11 +215,13 @@ ATTRIBUTE_KEYS = sorted(
 
 _FLAT_KEY = re.compile(r"^(?:message\.)?(.+)$")
 _TOOL_CALL_KEY = re.compile(r"^tool_calls\.(\d+)\.(?:tool_call\.)?(.+)$")
+MAX_BLOCK_DEPTH = 8  # content nested deeper than this is not message structure; it is kept as JSON text
 
 
-def normalize_messages(attrs: dict[str, Any], *, inputs: bool = True) -> dict[str, Any]:
+def normalize_messages(attrs: dict[str, Any], *, inputs: bool = True, events: Any = None) -> dict[str, Any]:
     """Messages, tool calls and offered tools in one shape, whatever convention the span used
-    (without the input messages when `inputs` is false).
+    (without the input messages when `inputs` is false). `events` are the span's events, where
+    OTel GenAI instrumentations may put the content instead of attributes.
 
     A message is `{role, content, tool_calls: [{id, name, arguments}], tool_call_id, name}` with
     empty parts left out; `content` is text (multi-part content is joined)."""
@@ -227,22 +234,25 @@ def normalize_messages(attrs: dict[str, Any], *, inputs: bool = True) -> dict[st
             grouped = _group_indexed(attrs, _INDEXED if inputs else _OUTPUT_INDEXED)
         return grouped.get(prefix)
 
+    carried = _event_content(events)
     result: dict[str, Any] = {}
     if inputs:
         messages = (
-            _blob(attrs.get("llm.input_messages"))
+            chat_messages(attrs.get("llm.input_messages"), "user")
             or _from_indexed(indexed("llm.input_messages"))
-            or _genai(attrs.get("gen_ai.input.messages"), attrs.get("gen_ai.system_instructions"))
+            or _with_system(attrs.get("gen_ai.input.messages"), attrs.get("gen_ai.system_instructions"))
             or _from_indexed(indexed("gen_ai.prompt"))
-            or _blob(attrs.get("ai.prompt.messages"))
+            or chat_messages(attrs.get("ai.prompt.messages"), "user")
+            or carried.inputs
         )
         result["input_messages"] = [_public(m) for m in messages] or None
     outputs = (
-        _blob(attrs.get("llm.output_messages"))
-        or _genai(attrs.get("gen_ai.output.messages"), None)
+        chat_messages(attrs.get("llm.output_messages"), "assistant")
+        or chat_messages(attrs.get("gen_ai.output.messages"), "assistant")
         or _vercel_output(attrs)
         or _from_indexed(indexed("llm.output_messages"))
         or _from_indexed(indexed("gen_ai.completion"))
+        or carried.outputs
     )
     tool_calls = [call for message in outputs for call in message.get("tool_calls", ())]
     finish = next((m["finish_reason"] for m in reversed(outputs) if m.get("finish_reason")), None)
@@ -253,7 +263,7 @@ def normalize_messages(attrs: dict[str, Any], *, inputs: bool = True) -> dict[st
         "output_messages": [_public(m) for m in outputs] or None,
         "tool_calls": tool_calls or None,
         "tools_offered": _tools_offered(attrs, indexed) or None,
-        "finish_reason": finish,
+        "finish_reason": finish or carried.finish_reason,
     }
 
 
@@ -317,98 +327,226 @@ def _from_indexed(items: dict[int, dict[str, Any]] | None) -> list[dict[str, Any
     return messages
 
 
-def _blob(value: Any) -> list[dict[str, Any]]:
-    """OpenAI-chat-shaped messages stored as one JSON string (or list), possibly `{message: ...}`-wrapped."""
+# --- chat messages in every shape ---------------------------------------------------------------
+
+# LangChain message types (`type`, or the class name of a serialised message) -> chat roles.
+_ROLES = {
+    "ai": "assistant",
+    "aimessage": "assistant",
+    "aimessagechunk": "assistant",
+    "model": "assistant",  # Gemini
+    "human": "user",
+    "humanmessage": "user",
+    "humanmessagechunk": "user",
+    "system": "system",
+    "systemmessage": "system",
+    "tool": "tool",
+    "toolmessage": "tool",
+    "function": "function",
+    "functionmessage": "function",
+    "chat": "user",
+}
+
+
+def chat_messages(value: Any, role: str = "user") -> list[dict[str, Any]]:
+    """Chat messages from every shape producers log, as one list of
+    `{role, content, tool_calls, tool_call_id, name, finish_reason}`: OpenAI messages (`tool_calls`,
+    legacy `function_call`, `{message: ...}`-wrapped as OpenInference writes them), OpenAI completions
+    (`choices`) and Responses API output items (`function_call`, `function_call_output`), OTel GenAI
+    `parts`, Anthropic content blocks (`tool_use`, `tool_result`), Gemini candidates and parts
+    (`function_call`), LangChain messages (`additional_kwargs.tool_calls`, `tool_calls` with `args`,
+    serialised `lc` objects), `{messages: [...]}`, or plain text (one message in `role`).
+    Anything else gives no messages."""
     data = _json(value)
+    if isinstance(data, str):
+        return [_message(role, data, [], None, None, None)] if data else []
     if isinstance(data, dict):
-        data = data.get("messages") or ([data] if "role" in data else None)
-    if isinstance(data, str) and data:
-        return [{"role": "user", "content": data}]
+        data = _message_list(data)
     if not isinstance(data, list):
         return []
     messages = []
     for item in data:
-        if isinstance(item, dict) and isinstance(item.get("message"), dict):
-            item = item["message"]
-        if not isinstance(item, dict):
-            continue
-        content, calls, tool_call_id = _anthropic_blocks(item.get("content"))
-        for call in item.get("tool_calls") or ():
-            if isinstance(call, dict):
-                calls.append(_call({**call, **(call.get("function") or {})}))
-        messages.append(
-            {
-                "role": _text(item.get("role")),
-                "content": content,
-                "tool_calls": calls,
-                "tool_call_id": _text(item.get("tool_call_id")) or tool_call_id,
-                "name": _text(item.get("name")),
-                "finish_reason": _text(item.get("finish_reason")),
-            }
-        )
+        message = _one_message(item, role)
+        if message is not None:
+            messages.append(message)
     return messages
 
 
-def _anthropic_blocks(content: Any) -> tuple[str | None, list[dict[str, Any]], str | None]:
-    """Content as text; `tool_use` blocks become tool calls and `tool_result` blocks a tool reply."""
-    if not isinstance(content, list):
+def _message_list(data: dict[str, Any]) -> list[Any] | None:
+    """The messages a container object holds, or the object itself when it is one message."""
+    if isinstance(data.get("messages"), list):
+        return data["messages"]
+    if isinstance(data.get("choices"), list):  # an OpenAI chat completion
+        return [
+            {**c["message"], "finish_reason": c.get("finish_reason")}
+            for c in data["choices"]
+            if isinstance(c, dict) and isinstance(c.get("message"), dict)
+        ]
+    if isinstance(data.get("candidates"), list):  # a Gemini response
+        return [c for c in data["candidates"] if isinstance(c, dict)]
+    if isinstance(data.get("output"), list) and (
+        data.get("object") == "response" or all(isinstance(i, dict) and "type" in i for i in data["output"])
+    ):
+        return data["output"]  # an OpenAI Responses API response
+    if isinstance(data.get("generations"), list):  # a LangChain LLMResult: [[generation, ...], ...]
+        return [
+            g.get("message") or {"role": "assistant", "content": g.get("text")}
+            for group in data["generations"]
+            for g in (group if isinstance(group, list) else [group])
+            if isinstance(g, dict)
+        ]
+    keys = ("role", "parts", "content", "tool_calls", "additional_kwargs", "lc", "function_call")
+    return [data] if any(k in data for k in keys) else None
+
+
+def _one_message(item: Any, role: str) -> dict[str, Any] | None:
+    if isinstance(item, str):
+        return _message(role, item, [], None, None, None) if item else None
+    if not isinstance(item, dict):
+        return None
+    if isinstance(item.get("message"), dict) and "role" not in item:  # OpenInference `{message: {...}}`
+        item = item["message"]
+    if isinstance(item.get("kwargs"), dict) and "lc" in item:  # a serialised LangChain message
+        ids = item.get("id")
+        kind = ids[-1] if isinstance(ids, list) and ids else None
+        item = {"type": kind, **item["kwargs"]}
+    kind = item.get("type")
+    if kind == "function_call":  # Responses API output item
+        return _message("assistant", None, [_call_of(item)], None, None, None)
+    if kind == "function_call_output":
+        return _message("tool", _content(item.get("output")), [], _text(item.get("call_id")), None, None)
+    if kind == "reasoning" and "role" not in item:
+        return None
+    finish = _text(item.get("finish_reason", item.get("finishReason")))
+    content = item.get("content")
+    if isinstance(content, dict) and isinstance(content.get("parts"), list):  # a Gemini candidate
+        item = {**content, "finish_reason": finish}
+        content = None
+    text, calls, tool_call_id = _content_parts(item.get("parts")) if "parts" in item else (None, [], None)
+    if content is not None or not text:
+        more_text, more_calls, more_id = _content_parts(content)
+        text = "\n".join(t for t in (text, more_text) if t) or None
+        calls += more_calls
+        tool_call_id = tool_call_id or more_id
+    calls += _tool_calls(item)
+    return _message(
+        _role(item, role),
+        text,
+        _distinct(calls),
+        _text(item.get("tool_call_id")) or tool_call_id,
+        _text(item.get("name")),
+        finish,
+    )
+
+
+def _message(
+    role: str | None,
+    content: str | None,
+    calls: list[dict[str, Any]],
+    tool_call_id: str | None,
+    name: str | None,
+    finish: str | None,
+) -> dict[str, Any]:
+    return {
+        "role": role,
+        "content": content,
+        "tool_calls": calls,
+        "tool_call_id": tool_call_id,
+        "name": name,
+        "finish_reason": finish,
+    }
+
+
+def _role(item: dict[str, Any], default: str) -> str:
+    role = item.get("role")
+    if isinstance(role, str) and role:
+        return "assistant" if role.lower() == "model" else role  # Gemini's name for the assistant
+    kind = item.get("type")
+    if isinstance(kind, str) and kind.lower() in _ROLES:
+        return _ROLES[kind.lower()]
+    return default
+
+
+def _tool_calls(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """OpenAI `tool_calls` (or LangChain's `{name, args, id}`), else LangChain's
+    `additional_kwargs.tool_calls`, and a legacy `function_call`."""
+    extra: dict[str, Any] = (
+        item["additional_kwargs"] if isinstance(item.get("additional_kwargs"), dict) else {}
+    )
+    listed = item.get("tool_calls") or extra.get("tool_calls")
+    calls = [
+        _call_of(call) for call in (listed if isinstance(listed, list) else ()) if isinstance(call, dict)
+    ]
+    legacy = item.get("function_call") or extra.get("function_call")
+    if isinstance(legacy, dict) and not calls:
+        calls.append(_call_of(legacy))
+    return calls
+
+
+def _distinct(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A call listed twice (LangChain keeps Anthropic's `tool_use` blocks beside `tool_calls`) once."""
+    seen: set[str] = set()
+    kept = []
+    for call in calls:
+        if call["id"] is not None:
+            if call["id"] in seen:
+                continue
+            seen.add(call["id"])
+        kept.append(call)
+    return kept
+
+
+def _call_of(data: dict[str, Any]) -> dict[str, Any]:
+    """One tool call in any of its spellings: OpenAI `{id, function: {name, arguments}}`, LangChain
+    `{id, name, args}`, Responses API `{call_id, name, arguments}`, Gemini `{name, args}`."""
+    function: dict[str, Any] = data["function"] if isinstance(data.get("function"), dict) else {}
+    return _call({"id": data.get("call_id", data.get("id")), **data, **function})
+
+
+def _content_parts(content: Any, depth: int = 0) -> tuple[str | None, list[dict[str, Any]], str | None]:
+    """Text, tool calls and the id of the call answered, from message content: a string, or a list of
+    blocks and parts (OpenAI, Anthropic, OTel GenAI, Gemini, Responses API)."""
+    if content is None or isinstance(content, str):
+        return content or None, [], None
+    if isinstance(content, dict):
+        content = content["parts"] if isinstance(content.get("parts"), list) else [content]
+    if not isinstance(content, list) or depth > MAX_BLOCK_DEPTH:
         return _content(content), [], None
-    texts, calls, tool_call_id = [], [], None
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    tool_call_id = None
     for block in content:
         if not isinstance(block, dict):
-            texts.append(str(block))
-        elif block.get("type") == "tool_use":
-            calls.append(
-                _call({"id": block.get("id"), "name": block.get("name"), "arguments": block.get("input")})
-            )
-        elif block.get("type") == "tool_result":
-            tool_call_id = _text(block.get("tool_use_id"))
-            texts.append(_content(block.get("content")) or "")
+            texts.append(block if isinstance(block, str) else orjson_text(block))
+            continue
+        kind = block.get("type")
+        gemini_call = block.get("function_call") or block.get("functionCall")
+        if kind in ("tool_use", "tool_call", "function_call") or (kind == "function" and "function" in block):
+            calls.append(_call_of({**block, "arguments": block.get("arguments", block.get("input"))}))
+        elif isinstance(gemini_call, dict):
+            calls.append(_call_of(gemini_call))
+        elif kind in ("tool_result", "tool_call_response", "function_call_output"):
+            tool_call_id = _text(block.get("tool_use_id", block.get("id", block.get("call_id"))))
+            answer = block.get("content", block.get("response", block.get("result", block.get("output"))))
+            texts.append(_content_parts(answer, depth + 1)[0] or "")
+        elif isinstance(block.get("function_response") or block.get("functionResponse"), dict):
+            texts.append(orjson_text(block.get("function_response") or block.get("functionResponse")))
         elif isinstance(block.get("text"), str):
             texts.append(block["text"])
+        elif isinstance(block.get("content"), str):
+            texts.append(block["content"])
     return "\n".join(t for t in texts if t) or None, calls, tool_call_id
 
 
-def _genai(value: Any, system: Any) -> list[dict[str, Any]]:
-    """OTel GenAI messages: `{role, parts: [{type: text|tool_call|tool_call_response, ...}]}`."""
-    data = _json(value)
-    messages: list[dict[str, Any]] = []
-    system_parts = _json(system)
-    if isinstance(system_parts, list):
-        text = "\n".join(str(p.get("content", "")) for p in system_parts if isinstance(p, dict))
-        messages.append({"role": "system", "content": text or None, "tool_calls": []})
-    elif isinstance(system_parts, str) and system_parts:
-        messages.append({"role": "system", "content": system_parts, "tool_calls": []})
-    if not isinstance(data, list):
-        return messages
-    for item in data:
-        if not isinstance(item, dict):
-            continue
-        texts: list[str] = []
-        calls: list[dict[str, Any]] = []
-        tool_call_id: str | None = None
-        for part in item.get("parts") or ():
-            if not isinstance(part, dict):
-                continue
-            kind = part.get("type")
-            if kind == "tool_call":
-                calls.append(_call(part))
-            elif kind == "tool_call_response":
-                tool_call_id = _text(part.get("id"))
-                texts.append(_content(part.get("response", part.get("result"))) or "")
-            elif "content" in part:
-                texts.append(_content(part.get("content")) or "")
-        if "content" in item and not texts:
-            texts.append(_content(item["content"]) or "")
-        messages.append(
-            {
-                "role": _text(item.get("role")),
-                "content": "\n".join(t for t in texts if t) or None,
-                "tool_calls": calls,
-                "tool_call_id": tool_call_id,
-                "finish_reason": _text(item.get("finish_reason")),
-            }
-        )
+def _with_system(value: Any, system: Any) -> list[dict[str, Any]]:
+    """OTel GenAI input messages, after the system instructions kept apart from them."""
+    messages = chat_messages(value, "user")
+    instructions = _json(system)
+    if isinstance(instructions, list):
+        text = _content_parts(instructions)[0]
+        messages.insert(0, _message("system", text, [], None, None, None))
+    elif isinstance(instructions, str) and instructions:
+        messages.insert(0, _message("system", instructions, [], None, None, None))
     return messages
 
 
@@ -417,16 +555,89 @@ def _vercel_output(attrs: dict[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(calls, list) or not calls:
         return []
     return [
-        {
-            "role": "assistant",
-            "content": _content(attrs.get("ai.response.text")),
-            "tool_calls": [
-                _call({"id": c.get("toolCallId"), "name": c.get("toolName"), "arguments": c.get("args")})
+        _message(
+            "assistant",
+            _content(attrs.get("ai.response.text")),
+            [
+                _call(
+                    {
+                        "id": c.get("toolCallId"),
+                        "name": c.get("toolName"),
+                        "arguments": c.get("args", c.get("input")),
+                    }
+                )
                 for c in calls
                 if isinstance(c, dict)
             ],
-        }
+            None,
+            None,
+            None,
+        )
     ]
+
+
+class _Carried:
+    """Messages carried in span events rather than attributes."""
+
+    def __init__(self) -> None:
+        self.inputs: list[dict[str, Any]] = []
+        self.outputs: list[dict[str, Any]] = []
+        self.finish_reason: str | None = None
+
+
+_EVENT_ROLES = {
+    "gen_ai.system.message": "system",
+    "gen_ai.user.message": "user",
+    "gen_ai.assistant.message": "assistant",
+    "gen_ai.tool.message": "tool",
+}
+
+
+def _event_content(events: Any) -> _Carried:
+    """OTel GenAI content in span events: `gen_ai.content.prompt` / `gen_ai.content.completion`
+    (attributes `gen_ai.prompt` / `gen_ai.completion`), the per-message events
+    (`gen_ai.{system,user,assistant,tool}.message`, `gen_ai.choice`), and
+    `gen_ai.client.inference.operation.details` (`gen_ai.input.messages` / `gen_ai.output.messages`)."""
+    carried = _Carried()
+    if not isinstance(events, list):
+        return carried
+    for event in events:
+        if not isinstance(event, dict) or not isinstance(event.get("attributes"), dict):
+            continue
+        name, attrs = event.get("name"), event["attributes"]
+        if name == "gen_ai.content.prompt":
+            carried.inputs += chat_messages(attrs.get("gen_ai.prompt"), "user")
+        elif name == "gen_ai.content.completion":
+            carried.outputs += chat_messages(attrs.get("gen_ai.completion"), "assistant")
+        elif name == "gen_ai.client.inference.operation.details":
+            carried.inputs += _with_system(
+                attrs.get("gen_ai.input.messages"), attrs.get("gen_ai.system_instructions")
+            )
+            carried.outputs += chat_messages(attrs.get("gen_ai.output.messages"), "assistant")
+        elif name in _EVENT_ROLES:
+            carried.inputs += _event_message(attrs, _EVENT_ROLES[name])
+        elif name == "gen_ai.choice":
+            body = _json(attrs.get("message", attrs.get("gen_ai.event.content", attrs.get("body"))))
+            messages = _event_message(body if isinstance(body, dict) else attrs, "assistant")
+            finish = _text(attrs.get("finish_reason"))
+            for message in messages:
+                message["finish_reason"] = message["finish_reason"] or finish
+            carried.outputs += messages
+            carried.finish_reason = carried.finish_reason or finish
+    return carried
+
+
+def _event_message(attrs: dict[str, Any], role: str) -> list[dict[str, Any]]:
+    """One message from a per-message event: its content (text or JSON) and tool calls in attributes."""
+    body = _json(attrs.get("gen_ai.event.content", attrs.get("body")))
+    fields = {**attrs, **body} if isinstance(body, dict) else dict(attrs)
+    if isinstance(fields.get("message"), dict | str) and "content" not in fields:
+        fields = {**fields, **(m if isinstance(m := _json(fields["message"]), dict) else {"content": m})}
+    fields["content"] = _json(fields.get("content"))
+    fields["tool_calls"] = _json(fields.get("tool_calls"))
+    fields.setdefault("tool_call_id", fields.get("id") if role == "tool" else None)
+    message = _one_message({k: v for k, v in fields.items() if k != "message"}, role)
+    return [message] if message is not None else []
 
 
 def _tools_offered(
@@ -461,9 +672,11 @@ def _names_in_text(text: str) -> tuple[str, ...]:
     return tuple(_tool_names(_json(text)))
 
 
-def _tool_names(value: Any) -> list[str]:
+def _tool_names(value: Any, depth: int = 0) -> list[str]:
+    if depth > MAX_BLOCK_DEPTH:
+        return []
     if isinstance(value, list):
-        return [name for item in value for name in _tool_names(item)]
+        return [name for item in value for name in _tool_names(item, depth + 1)]
     if isinstance(value, str):
         return [value]
     if isinstance(value, dict):
@@ -475,14 +688,16 @@ def _tool_names(value: Any) -> list[str]:
             if isinstance(inner, str) and key == "name":
                 return [inner]
             if isinstance(inner, dict | str) and key != "name":
-                return _tool_names(_json(inner))
+                return _tool_names(_json(inner), depth + 1)
     return []
 
 
 def _call(data: dict[str, Any]) -> dict[str, Any]:
-    arguments = data.get("arguments", data.get("args", data.get("input")))
+    arguments = data.get("arguments")
+    if arguments is None:
+        arguments = data.get("args", data.get("input"))
     if arguments is not None and not isinstance(arguments, str):
-        arguments = orjson.dumps(arguments).decode()
+        arguments = orjson_text(arguments)
     return {"id": _text(data.get("id")), "name": _text(data.get("name")), "arguments": arguments}
 
 
@@ -492,7 +707,16 @@ def _content(value: Any) -> str | None:
     if isinstance(value, list):
         texts = [p.get("text") if isinstance(p, dict) else str(p) for p in value]
         return "\n".join(t for t in texts if isinstance(t, str) and t) or None
-    return orjson.dumps(value).decode()
+    return orjson_text(value)
+
+
+def orjson_text(value: Any) -> str:
+    """A value as JSON text; what JSON cannot hold (an integer past 64 bits, nesting past orjson's
+    limit) becomes its Python text."""
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except TypeError:
+        return str(value)[:TEXT_CAP]
 
 
 def _text(value: Any) -> str | None:
@@ -518,9 +742,10 @@ def output_messages_json(line: str) -> str:
     input side). Never raises: it runs inside the store's ingest statement, where an exception would
     abort the whole statement; a line it cannot read gets no messages, and its raw record keeps all."""
     try:
-        attrs = orjson.loads(line).get("attributes")
+        span = orjson.loads(line)
+        attrs = span.get("attributes")
         if isinstance(attrs, dict):
-            return orjson.dumps(normalize_messages(attrs, inputs=False)).decode()
+            return orjson.dumps(normalize_messages(attrs, inputs=False, events=span.get("events"))).decode()
     except Exception:  # noqa: BLE001 - untrusted input; see above
         pass
     return _NO_MESSAGES

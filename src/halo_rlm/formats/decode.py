@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from halo_rlm.formats import langfuse
-from halo_rlm.formats.spans import DecodeError, as_list, attributes, first_key, flat_span
+from halo_rlm.formats.spans import (
+    MAX_DEPTH,
+    DecodeError,
+    as_list,
+    attributes,
+    first_key,
+    flat_span,
+    otlp_id,
+)
 
 __all__ = ["DecodeError", "Decoded", "decode_record", "describe_non_span"]
 
@@ -29,20 +37,24 @@ def decode_record(obj: Any) -> Decoded:
     Bad spans inside a good container become `errors` while their siblings are kept; a value that
     holds no spans at all raises `DecodeError`."""
     out = Decoded()
-    _decode_into(obj, out, where="")
+    _decode_into(obj, out, where="", depth=0)
     if not out.spans and not out.errors:
         raise DecodeError(describe_non_span(obj))
     return out
 
 
-def _decode_into(obj: Any, out: Decoded, where: str) -> None:
+def _decode_into(obj: Any, out: Decoded, where: str, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise DecodeError(f"not a span: JSON nested deeper than {MAX_DEPTH} levels")
     if isinstance(obj, list) and not any(isinstance(item, dict | list) for item in obj):
         raise DecodeError(describe_non_span(obj))
     if isinstance(obj, list):
         for i, item in enumerate(obj):
             try:
-                _decode_into(item, out, f"{where}[{i}]")
+                _decode_into(item, out, f"{where}[{i}]", depth + 1)
             except DecodeError as exc:
+                if depth + 1 > MAX_DEPTH:
+                    raise  # one reason for the whole record, not one per level
                 out.errors.append(f"{where}[{i}]: {exc}")
         return
     if not isinstance(obj, dict):
@@ -51,24 +63,31 @@ def _decode_into(obj: Any, out: Decoded, where: str) -> None:
     if resource_spans is not None:
         _otlp(resource_spans, out, where)
     elif isinstance(obj.get("data"), list) and "trace_id" not in obj:
-        _decode_into(obj["data"], out, f"{where}.data")  # a Phoenix REST page: {"data": [spans], ...}
+        # a Phoenix REST page: {"data": [spans], ...}
+        _decode_into(obj["data"], out, f"{where}.data", depth + 1)
     elif isinstance(obj.get("spans"), list) and first_key(obj, "trace_id", "traceId") is not None:
-        _tree(obj["spans"], str(first_key(obj, "trace_id", "traceId")), "", out, f"{where}.spans")
+        _tree(obj["spans"], str(first_key(obj, "trace_id", "traceId")), "", out, f"{where}.spans", 0)
     elif _looks_like_span(obj):
         _collect(out, where, lambda: flat_span(obj))
     elif langfuse.looks_like_observation(obj):
         _collect(out, where, lambda: langfuse.observation_span(obj))
+    elif isinstance(obj.get("trace"), dict) and isinstance(obj.get("observations"), list):
+        # Langfuse's download of a trace (UI and its framework fixtures): {"trace": {...}, "observations": [...]}
+        _langfuse_trace(obj["trace"], obj["observations"], out, f"{where}.observations")
     elif isinstance(obj.get("observations"), list) and "timestamp" in obj and "id" in obj:
-        _langfuse_trace(obj, out, where)  # a Langfuse trace with its observations (GET /traces/{id})
+        # a Langfuse trace with its observations (GET /api/public/traces/{id})
+        _langfuse_trace(obj, obj["observations"], out, f"{where}.observations")
     else:
         raise DecodeError(describe_non_span(obj))
 
 
-def _langfuse_trace(trace: dict[str, Any], out: Decoded, where: str) -> None:
-    for i, obs in enumerate(trace["observations"]):
-        if isinstance(obs, dict):
+def _langfuse_trace(trace: dict[str, Any], observations: list[Any], out: Decoded, where: str) -> None:
+    if not observations:
+        out.errors.append(f"{where}: a Langfuse trace without observations (nothing to store)")
+    for i, obs in enumerate(observations):
+        if isinstance(obs, dict) and "id" in trace:
             obs = {"traceId": trace["id"], **obs}
-        _collect(out, f"{where}.observations[{i}]", lambda obs=obs: langfuse.observation_span(obs, trace))
+        _collect(out, f"{where}[{i}]", lambda obs=obs: langfuse.observation_span(obs, trace))
 
 
 def _collect(out: Decoded, where: str, build: Any) -> None:
@@ -121,13 +140,16 @@ def _otlp(resource_spans: Any, out: Decoded, where: str) -> None:
                     out,
                     path,
                     lambda span=span, resource_attrs=resource_attrs, scope=scope: flat_span(
-                        span, resource_attrs, scope
+                        span, resource_attrs, scope, read_id=otlp_id
                     ),
                 )
 
 
-def _tree(spans: list[Any], trace_id: str, parent: str, out: Decoded, where: str) -> None:
+def _tree(spans: list[Any], trace_id: str, parent: str, out: Decoded, where: str, depth: int) -> None:
     """TRAIL-style nested trees: each span may hold `child_spans`."""
+    if depth > MAX_DEPTH:
+        out.errors.append(f"{where}: spans nested deeper than {MAX_DEPTH} levels")
+        return
     for i, span in enumerate(spans):
         path = f"{where}[{i}]"
         if not isinstance(span, dict):
@@ -141,4 +163,4 @@ def _tree(spans: list[Any], trace_id: str, parent: str, out: Decoded, where: str
         out.spans.append(built)
         children = span.get("child_spans") or span.get("children")
         if isinstance(children, list):
-            _tree(children, trace_id, built["span_id"], out, f"{path}.child_spans")
+            _tree(children, trace_id, built["span_id"], out, f"{path}.child_spans", depth + 1)

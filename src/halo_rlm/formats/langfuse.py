@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from halo_rlm.formats.conventions import chat_messages
 from halo_rlm.formats.spans import DecodeError, attributes, normalize_id
 from halo_rlm.utils import to_ns
 
@@ -44,24 +45,6 @@ KINDS = {
 }
 METADATA_CUT = 200  # Langfuse's v2 API cuts longer metadata values to this many characters and appends "..."
 
-# usageDetails keys seen across SDKs and integrations -> OpenInference token count names.
-_USAGE = {
-    "input": "prompt",
-    "prompt": "prompt",
-    "input_tokens": "prompt",
-    "prompt_tokens": "prompt",
-    "inputTokens": "prompt",
-    "promptTokens": "prompt",
-    "output": "completion",
-    "completion": "completion",
-    "output_tokens": "completion",
-    "completion_tokens": "completion",
-    "outputTokens": "completion",
-    "completionTokens": "completion",
-    "total": "total",
-    "total_tokens": "total",
-    "totalTokens": "total",
-}
 _COST = {
     "input": "prompt",
     "output": "completion",
@@ -89,7 +72,9 @@ def observation_span(obs: Any, trace: dict[str, Any] | None = None) -> dict[str,
 
     `trace` adds trace-level fields that legacy observations lack (user, session, tags, name, ...).
     Level ERROR makes the span an error with the status message; WARNING is kept as the level and
-    message attributes only, since a warning is not a failure."""
+    message attributes only, since a warning is not a failure. Observations that came to Langfuse
+    over OpenTelemetry keep their original span attributes, resource and scope in `metadata`: those
+    become the span's own again."""
     if not isinstance(obs, dict):
         raise DecodeError(f"not a Langfuse observation: a JSON {type(obs).__name__}")
     trace = trace or {}
@@ -101,8 +86,17 @@ def observation_span(obs: Any, trace: dict[str, Any] | None = None) -> dict[str,
     start, end = to_ns(obs.get("startTime")), to_ns(obs.get("endTime"))
     if end is None and kind == "EVENT":
         end = start  # events are points in time, not spans still running
-    metadata = obs.get("metadata")
-    attrs: dict[str, Any] = {"langfuse.observation.type": kind}
+    metadata = _parse(obs.get("metadata"))
+    # The v2 API returns each metadata value as a JSON string.
+    otel = (
+        {k: _parse(metadata[k]) for k in _OTEL_METADATA if k in metadata}
+        if isinstance(metadata, dict)
+        else {}
+    )
+    attrs: dict[str, Any] = (
+        attributes(otel.get("attributes")) if isinstance(otel.get("attributes"), dict) else {}
+    )
+    attrs["langfuse.observation.type"] = kind
     if kind in KINDS:
         attrs["openinference.span.kind"] = KINDS[kind]
     _put(attrs, "langfuse.observation.level", level or None)
@@ -117,18 +111,23 @@ def observation_span(obs: Any, trace: dict[str, Any] | None = None) -> dict[str,
     tags = obs.get("tags") or trace.get("tags")
     if isinstance(tags, list) and tags:
         attrs["tag.tags"] = [str(t) for t in tags]
-    if isinstance(metadata, dict) and metadata:
-        attrs["metadata"] = _json_text(metadata)
-        attrs.update(attributes({"langfuse.observation.metadata": metadata}))
+    rest = (
+        {k: v for k, v in metadata.items() if k not in _OTEL_METADATA}
+        if isinstance(metadata, dict)
+        else metadata
+    )
+    if isinstance(rest, dict) and rest:
+        attrs["metadata"] = _json_text(rest)
+        attrs.update(attributes({"langfuse.observation.metadata": rest}))
         cut = [
             k
-            for k, v in metadata.items()
+            for k, v in rest.items()
             if isinstance(v, str) and len(v) == METADATA_CUT + 3 and v.endswith("...")
         ]
         if cut:
             attrs["langfuse.observation.metadata_truncated"] = cut
-    elif metadata not in (None, "", {}):
-        attrs["metadata"] = _json_text(metadata)
+    elif rest not in (None, "", {}):
+        attrs["metadata"] = _json_text(rest)
     trace_name = obs.get("traceName") or trace.get("name")
     for key, value in (
         ("langfuse.environment", obs.get("environment") or trace.get("environment")),
@@ -141,7 +140,10 @@ def observation_span(obs: Any, trace: dict[str, Any] | None = None) -> dict[str,
         ("langfuse.observation.completion_start_time", obs.get("completionStartTime")),
     ):
         _put(attrs, key, value)
-    service = _service_name(metadata) or _service_name(trace.get("metadata")) or trace_name or "langfuse"
+    resource = _resource(otel.get("resourceAttributes"))
+    service = _service_name(resource) or _service_name(_trace_resource(trace)) or trace_name
+    resource["service.name"] = str(service or resource.get("service.name") or "langfuse")
+    scope: dict[str, Any] = otel["scope"] if isinstance(otel.get("scope"), dict) else {}
     span: dict[str, Any] = {
         "trace_id": trace_id,
         "span_id": span_id,
@@ -154,32 +156,76 @@ def observation_span(obs: Any, trace: dict[str, Any] | None = None) -> dict[str,
         "status": {"code": "STATUS_CODE_ERROR", "message": str(obs.get("statusMessage") or "")}
         if level == "ERROR"
         else {"code": "STATUS_CODE_UNSET", "message": ""},
-        "resource": {"attributes": {"service.name": str(service)}},
-        "scope": {"name": "langfuse", "version": ""},
+        "resource": {"attributes": resource},
+        "scope": {"name": str(scope.get("name") or "langfuse"), "version": str(scope.get("version") or "")},
         "attributes": attrs,
     }
     return span
 
 
+# Metadata keys where Langfuse keeps what an OpenTelemetry span carried.
+_OTEL_METADATA = frozenset({"attributes", "resourceAttributes", "scope"})
+_INPUT_KEYS = frozenset({"prompt", "prompt_tokens", "promptTokens"})
+_OUTPUT_KEYS = frozenset({"completion", "completion_tokens", "completionTokens"})
+_TOTAL_KEYS = ("total", "total_tokens", "totalTokens")
+
+
 def _tokens(obs: dict[str, Any]) -> dict[str, Any]:
-    """usageDetails (or the deprecated `usage` / prompt-completion counts) as OpenInference token counts,
-    plus every usage key as it came under `langfuse.observation.usage_details.*`."""
+    """Token counts the way Langfuse counts them: input is the sum of the usage details whose key
+    names input (`input`, `input_cached_tokens`, `input_audio`, ...), output of those naming output
+    (`output`, `output_reasoning`, ...); dotted breakdowns (`completion_details.reasoning`) are parts of
+    those, not additions. Without usage details, `inputUsage` / `outputUsage` / `totalUsage` (or the
+    deprecated `usage` and prompt/completion counts). Every detail is kept under
+    `langfuse.observation.usage_details.*`."""
     details = obs.get("usageDetails")
-    if not isinstance(details, dict) or not details:
+    if not isinstance(details, dict) or not any(v > 0 for v in _counts(details).values()):
         usage: dict[str, Any] = obs["usage"] if isinstance(obs.get("usage"), dict) else {}
         details = {k: usage.get(k) for k in ("input", "output", "total")}
-        details.update({k: obs[k] for k in ("promptTokens", "completionTokens", "totalTokens") if k in obs})
-        if not any(isinstance(v, int | float) and v > 0 for v in details.values()):
+        for keys, name in (
+            (("inputUsage", "promptTokens"), "input"),
+            (("outputUsage", "completionTokens"), "output"),
+            (("totalUsage", "totalTokens"), "total"),
+        ):
+            for key in keys:
+                if details.get(name) is None and _count(obs.get(key)) is not None:
+                    details[name] = obs[key]
+        if not any(v > 0 for v in _counts(details).values()):
             return {}  # old APIs put zeros on every observation; zeros there mean "not an LLM call"
-    out: dict[str, Any] = {}
-    for key, value in details.items():
-        if not isinstance(value, int | float) or isinstance(value, bool):
+    counts = _counts(details)
+    out: dict[str, Any] = {f"langfuse.observation.usage_details.{k}": v for k, v in counts.items()}
+    sides: dict[str, list[float]] = {"prompt": [], "completion": []}
+    for key, value in counts.items():
+        lowered = key.lower()
+        if "." in key and not lowered.startswith(("input", "output")):
+            detail = _usage_detail(lowered)  # an OpenInference-style breakdown
+            if detail:
+                out.setdefault(f"llm.token_count.{detail}", value)
             continue
-        out[f"langfuse.observation.usage_details.{key}"] = value
-        name = _USAGE.get(key) or _usage_detail(key.lower())
-        if name:
-            out.setdefault(f"llm.token_count.{name}", value)
+        if "input" in key or key in _INPUT_KEYS:
+            sides["prompt"].append(value)
+        elif "output" in key or key in _OUTPUT_KEYS:
+            sides["completion"].append(value)
+        if key not in ("input", "output") and (detail := _usage_detail(lowered)):
+            out.setdefault(f"llm.token_count.{detail}", value)
+    for name, values in sides.items():
+        if values:
+            out[f"llm.token_count.{name}"] = _whole(sum(values))
+    total = next((counts[k] for k in _TOTAL_KEYS if k in counts), None)
+    if total is not None:
+        out["llm.token_count.total"] = total
     return out
+
+
+def _counts(details: dict[str, Any]) -> dict[str, float]:
+    return {str(k): n for k, v in details.items() if (n := _count(v)) is not None}
+
+
+def _count(value: Any) -> float | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _whole(value: float) -> float:
+    return int(value) if float(value).is_integer() else value
 
 
 def _usage_detail(key: str) -> str | None:
@@ -216,7 +262,8 @@ def _costs(obs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _io(obs: dict[str, Any], kind: str) -> dict[str, Any]:
-    """Input and output as text, and as chat messages for generations that hold them."""
+    """Input and output as text, and as chat messages for generations that hold them (in any of the
+    shapes SDKs log, read by the one message normaliser, `conventions.chat_messages`)."""
     out: dict[str, Any] = {}
     for side in ("input", "output"):
         value = obs.get(side)
@@ -228,39 +275,27 @@ def _io(obs: dict[str, Any], kind: str) -> dict[str, Any]:
         if not isinstance(parsed, str):
             out[f"{side}.mime_type"] = "application/json"
         if kind == "GENERATION":
-            messages = _messages(parsed, "user" if side == "input" else "assistant")
+            messages = chat_messages(parsed, "user" if side == "input" else "assistant")
             if messages:
-                out[f"llm.{side}_messages"] = _json_text(messages)
+                out[f"llm.{side}_messages"] = _json_text(
+                    [{k: v for k, v in m.items() if v not in (None, "", [])} for m in messages]
+                )
     return out
 
 
-def _messages(value: Any, role: str) -> list[dict[str, Any]] | None:
-    """Chat messages from the shapes SDKs log: a message list, `{messages: [...]}`, one message, an
-    OpenAI completion (`choices[].message`), or plain text (one message in the given role)."""
-    if isinstance(value, str):
-        return [{"role": role, "content": value}] if value else None
-    if isinstance(value, dict):
-        if isinstance(value.get("messages"), list):
-            value = value["messages"]
-        elif isinstance(value.get("choices"), list):
-            value = [
-                c["message"]
-                for c in value["choices"]
-                if isinstance(c, dict) and isinstance(c.get("message"), dict)
-            ]
-        elif "role" in value:
-            value = [value]
-    if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):
-        return value
-    return None
+def _trace_resource(trace: dict[str, Any]) -> dict[str, Any]:
+    metadata = _parse(trace.get("metadata"))
+    return _resource(_parse(metadata.get("resourceAttributes"))) if isinstance(metadata, dict) else {}
 
 
-def _service_name(metadata: Any) -> str | None:
-    if not isinstance(metadata, dict):
-        return None
-    resource = _parse(metadata.get("resourceAttributes"))
-    name = resource.get("service.name") if isinstance(resource, dict) else None
-    return name if isinstance(name, str) and name else None
+def _resource(value: Any) -> dict[str, Any]:
+    return attributes(value) if isinstance(value, dict) else {}
+
+
+def _service_name(resource: dict[str, Any]) -> str | None:
+    """The service name an OpenTelemetry resource gave, unless it is the SDK's 'not set' default."""
+    name = resource.get("service.name")
+    return name if isinstance(name, str) and name and not name.startswith("unknown_service") else None
 
 
 def _parse(value: Any) -> Any:

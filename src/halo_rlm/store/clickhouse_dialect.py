@@ -51,16 +51,17 @@ def _first_agent(traces: str) -> str:
     return f"if(empty({traces}.agents), NULL, {traces}.agents[1])"
 
 
-# A leaf error: an ERROR span none of whose children is an ERROR span.
-LEAF_ERRORS = f"""
-SELECT s.trace_id AS trace_id, s.span_id AS span_id, s.kind AS kind, s.name AS name, s.tool_name AS tool_name,
-       s.model AS model, s.duration_ns AS duration_ns, s.start_ns AS start_ns, s.error_template AS error_template,
+# Every error span, with what it says.
+ERROR_SPANS = f"""
+SELECT s.trace_id AS trace_id, s.span_id AS span_id, s.parent_id AS parent_id, s.kind AS kind, s.name AS name,
+       s.tool_name AS tool_name, s.tool_args AS tool_args, s.model AS model, s.duration_ns AS duration_ns,
+       s.start_ns AS start_ns, s.error_template AS error_template,
        coalesce(s.agent_name, {_first_agent("t")}) AS agent, {ERROR_TEXT} AS error_text
 FROM spans s
 JOIN traces t ON t.trace_id = s.trace_id
-LEFT ANTI JOIN (SELECT DISTINCT trace_id, parent_id FROM spans WHERE status = 'ERROR' AND parent_id IS NOT NULL) c
-  ON c.trace_id = s.trace_id AND c.parent_id = s.span_id
 WHERE s.status = 'ERROR'"""
+# The categories an error gets only from where it happened, not from what it says.
+FALLBACKS = "('tool_error', 'other')"
 
 
 def _extract(pattern: str) -> str:
@@ -139,14 +140,32 @@ class ClickHouseDialect(Dialect):
             + ", kind = 'TOOL', 'tool_error', 'other')"
         )
         keys = " ".join(f"WHEN '{c}' THEN {k}" for c, k in ERROR_KEYS.items())
+        # Where an error happened (the DuckDB dialect's rule): not where it merely propagated to (a
+        # parent whose failed child has its category, or any failed child for the categories an error
+        # gets from where it happened), as two anti-joins.
+        failed_children = (
+            "SELECT DISTINCT trace_id, parent_id, category FROM errors WHERE parent_id IS NOT NULL"
+        )
         return f"""
+            WITH errors AS (SELECT *, {classify} AS category FROM ({ERROR_SPANS}) AS spans)
             SELECT *, CASE category {keys} END AS key,
-                   if(category IN ('tool_error', 'other'), error_template, NULL) AS template
-            FROM (SELECT *, {classify} AS category FROM ({LEAF_ERRORS}) AS leaf) AS classified"""
+                   if(category IN {FALLBACKS}, error_template, NULL) AS template
+            FROM (
+              SELECT e.* FROM errors e
+              LEFT ANTI JOIN ({failed_children}) c
+                ON c.trace_id = e.trace_id AND c.parent_id = e.span_id AND c.category = e.category
+              WHERE e.category NOT IN {FALLBACKS}
+              UNION ALL
+              SELECT e.* FROM errors e
+              LEFT ANTI JOIN ({failed_children}) c ON c.trace_id = e.trace_id AND c.parent_id = e.span_id
+              WHERE e.category IN {FALLBACKS}) AS counted"""
 
     def errors(self, signatures: Sequence[tuple[str, str]], minimum: int) -> Detection:
         occurrences = f"""
-            SELECT trace_id, span_id, start_ns, key, template, error_text AS excerpt, '' AS note,
+            SELECT trace_id, span_id, start_ns, key, template,
+                   arrayStringConcat(arrayFilter(x -> x IS NOT NULL,
+                     [error_text, if(kind = 'TOOL', leftUTF8(tool_args, 300), NULL)]), ' | ') AS excerpt,
+                   if(kind = 'TOOL' AND tool_args IS NOT NULL, 'the error, then the call''s arguments', '') AS note,
                    category, kind, duration_ns
             FROM ({self.classified_errors(signatures)}) AS errors"""
         return Detection(
@@ -180,9 +199,8 @@ class ClickHouseDialect(Dialect):
             WHERE notEmpty(o.tools) AND c.tool IS NOT NULL AND NOT has(if(empty(c.own), o.tools, c.own), c.tool)"""
         occurrences = f"""
             SELECT trace_id, span_id, start_ns, tool AS key, CAST(NULL, 'Nullable(String)') AS template,
-                   tool AS excerpt,
-                   'the model calls ' || tool || '(' || coalesce(arguments, '') || '), a tool it was not offered'
-                     AS note, 'call' AS source
+                   coalesce(arguments, '') AS excerpt,
+                   'a call to a tool the model was not offered, with these arguments' AS note, 'call' AS source
             FROM ({calls}) AS calls
             UNION ALL
             SELECT trace_id, span_id, start_ns, key, NULL, error_text, '', 'error'
@@ -205,11 +223,15 @@ class ClickHouseDialect(Dialect):
         )
 
     def repeated_calls(self, min_calls: int, minimum: int) -> Detection:
+        # A call that repeats a failed identical call is a retry of that failure, not a loop.
         repeats = f"""
-            SELECT trace_id, tool_name AS tool, tool_args AS args, count() AS calls, min(span_id) AS span_id,
-                   min(start_ns) AS start_ns
-            FROM spans WHERE kind = 'TOOL' AND tool_name IS NOT NULL AND tool_args IS NOT NULL
-            GROUP BY trace_id, tool_name, tool_args HAVING count() >= {min_calls}
+            SELECT trace_id, tool, args, count() AS calls, min(span_id) AS span_id, min(start_ns) AS start_ns
+            FROM (SELECT trace_id, span_id, start_ns, tool_name AS tool, tool_args AS args,
+                         lagInFrame(status) OVER (PARTITION BY trace_id, tool_name, tool_args ORDER BY start_ns, span_id
+                                                  ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) = 'ERROR' AS retry
+                  FROM spans WHERE kind = 'TOOL' AND tool_name IS NOT NULL AND tool_args IS NOT NULL) AS calls
+            WHERE NOT ifNull(retry, false)
+            GROUP BY trace_id, tool, args HAVING count() >= {min_calls}
             UNION ALL
             SELECT trace_id, tool, args, count(), min(span_id), min(start_ns) FROM (
               SELECT trace_id, span_id, start_ns, call.name AS tool, call.arguments AS args
@@ -218,7 +240,7 @@ class ClickHouseDialect(Dialect):
             WHERE tool IS NOT NULL GROUP BY trace_id, tool, args HAVING count() >= {min_calls}"""
         occurrences = f"""
             SELECT trace_id, span_id, start_ns, tool AS key, CAST(NULL, 'Nullable(String)') AS template,
-                   args AS excerpt, toString(calls) || ' identical ' || tool || ' calls' AS note, calls
+                   args AS excerpt, toString(calls) || ' identical calls with these arguments' AS note, calls
             FROM ({repeats}) AS repeats"""
         return Detection(
             occurrences=occurrences,
@@ -249,9 +271,10 @@ class ClickHouseDialect(Dialect):
     def truncated_outputs(self, minimum: int) -> Detection:
         occurrences = f"""
             SELECT trace_id, span_id, start_ns, coalesce(model, 'unknown') AS key,
-                   CAST(NULL, 'Nullable(String)') AS template, '' AS excerpt,
+                   CAST(NULL, 'Nullable(String)') AS template,
+                   if(lower(finish_reason) IN {LENGTH_REASONS}, finish_reason, '') AS excerpt,
                    if(lower(finish_reason) IN {LENGTH_REASONS},
-                      'cut at the output limit (finish_reason ' || finish_reason || ')', 'empty output')
+                      'cut at the output limit (its finish reason is quoted)', 'empty output')
                      || if(output_tokens IS NULL, '', ', ' || toString(output_tokens) || ' output tokens') AS note,
                    output_tokens
             FROM spans
@@ -272,7 +295,7 @@ class ClickHouseDialect(Dialect):
     def guardrail_trips(self, minimum: int) -> Detection:
         occurrences = f"""
             SELECT trace_id, span_id, start_ns, guardrail AS key, CAST(NULL, 'Nullable(String)') AS template,
-                   '' AS excerpt, 'guardrail ' || guardrail || ' triggered' AS note
+                   '' AS excerpt, 'the guardrail reported a trip' AS note
             FROM (SELECT trace_id, span_id, start_ns,
                          coalesce({_attribute("guardrail.name")},
                                   replaceRegexpOne(name, {_re("^guardrail[._ ]")}, '')) AS guardrail
@@ -286,11 +309,11 @@ class ClickHouseDialect(Dialect):
                 ORDER BY key""",
         )
 
-    def slow_calls(self, factor: float, min_ms: float, minimum: int) -> Detection:
+    def slow_calls(self, factor: float, min_ms: float, min_share: float, minimum: int) -> Detection:
         occurrences = f"""
             SELECT s.trace_id AS trace_id, s.span_id AS span_id, s.start_ns AS start_ns, s.name_key AS key,
                    CAST(NULL, 'Nullable(String)') AS template, '' AS excerpt,
-                   s.name_key || ' took ' || {_rounded("s.duration_ns / 1e9", 1)} || ' s of a '
+                   'the call took ' || {_rounded("s.duration_ns / 1e9", 1)} || ' s of a '
                      || {_rounded("tr.duration_ns / 1e9", 1)} || ' s run' AS note,
                    s.duration_ns AS duration_ns, m.median_ns AS median_ns, tr.duration_ns AS run_ns
             FROM (SELECT *, coalesce(tool_name, name) AS name_key FROM spans
@@ -300,7 +323,7 @@ class ClickHouseDialect(Dialect):
               ON m.name_key = s.name_key
             JOIN traces tr ON tr.trace_id = s.trace_id
             WHERE s.duration_ns > {factor} * m.median_ns AND s.duration_ns >= {int(min_ms * 1e6)}
-              AND s.duration_ns * 3 >= tr.duration_ns"""
+              AND s.duration_ns >= {float(min_share)!r} * tr.duration_ns"""
         return Detection(
             occurrences=occurrences,
             groups=f"""
@@ -311,12 +334,57 @@ class ClickHouseDialect(Dialect):
                 ORDER BY key""",
         )
 
+    def bottlenecks(self, share: float, min_ms: float, minimum: int) -> Detection:
+        runs = f"""
+            SELECT s.trace_id AS trace_id, coalesce(s.tool_name, s.name) AS key, sum(s.duration_ns) AS tool_ns,
+                   count() AS calls, min(s.span_id) AS span_id, min(s.start_ns) AS start_ns,
+                   any(t.duration_ns) AS run_ns
+            FROM spans s JOIN traces t ON t.trace_id = s.trace_id
+            WHERE s.kind IN {TOOL_KINDS} AND s.status != 'ERROR' AND t.duration_ns > 0
+            GROUP BY s.trace_id, key"""
+        tools = f"""
+            SELECT r.key AS key FROM ({runs}) r
+            JOIN (SELECT coalesce(tool_name, name) AS key, {_median("duration_ns")} AS p50 FROM spans
+                  WHERE kind IN {TOOL_KINDS} AND status != 'ERROR' GROUP BY key) m ON m.key = r.key
+            GROUP BY r.key
+            HAVING {_median("r.tool_ns / r.run_ns")} >= {float(share)!r} AND any(m.p50) >= {int(min_ms * 1e6)}"""
+        occurrences = f"""
+            SELECT r.trace_id AS trace_id, r.span_id AS span_id, r.start_ns AS start_ns, r.key AS key,
+                   CAST(NULL, 'Nullable(String)') AS template, '' AS excerpt,
+                   'its calls took ' || {_rounded("r.tool_ns / 1e9", 1)} || ' s of a '
+                     || {_rounded("r.run_ns / 1e9", 1)} || ' s run' AS note,
+                   r.tool_ns AS tool_ns, r.run_ns AS run_ns, r.calls AS calls
+            FROM ({runs}) r JOIN ({tools}) b ON b.key = r.key"""
+        return Detection(
+            occurrences=occurrences,
+            groups=f"""
+                WITH found AS ({occurrences}),
+                steps AS (
+                  SELECT f.key AS key, coalesce(s.tool_name, s.name) = f.key AS own, s.duration_ns AS duration_ns
+                  FROM (SELECT DISTINCT key, trace_id FROM found) f JOIN spans s ON s.trace_id = f.trace_id
+                  WHERE s.kind IN {TOOL_KINDS} OR s.kind = 'LLM'),
+                percentiles AS (
+                  SELECT key, quantileExactInclusiveIf(0.5)(duration_ns, own) AS p50,
+                         quantileExactInclusiveIf(0.95)(duration_ns, own) AS p95,
+                         quantileExactInclusiveIf(0.5)(duration_ns, NOT own) AS other_p50,
+                         quantileExactInclusiveIf(0.95)(duration_ns, NOT own) AS other_p95
+                  FROM steps GROUP BY key)
+                SELECT f.key AS key, NULL AS template, uniqExact(f.trace_id) AS traces, sum(f.calls) AS calls,
+                       sum(f.tool_ns) / 1e6 AS tool_ms, sum(f.tool_ns) / sum(f.run_ns) AS run_share,
+                       {_median("f.tool_ns / f.run_ns")} AS median_share,
+                       sum(f.tool_ns) / (SELECT sum(duration_ns) FROM traces) AS total_share,
+                       any(p.p50) / 1e9 AS p50_s, any(p.p95) / 1e9 AS p95_s,
+                       any(p.other_p50) / 1e9 AS other_p50_s, any(p.other_p95) / 1e9 AS other_p95_s
+                FROM found f JOIN percentiles p ON p.key = f.key
+                GROUP BY f.key HAVING uniqExact(f.trace_id) >= {minimum} ORDER BY key""",
+        )
+
     def oversized_prompts(self, factor: float, min_tokens: int, minimum: int) -> Detection:
         occurrences = f"""
             SELECT s.trace_id AS trace_id, s.span_id AS span_id, s.start_ns AS start_ns,
                    coalesce(s.agent_name, {_first_agent("tr")}, s.service, 'unknown') AS key,
-                   CAST(NULL, 'Nullable(String)') AS template, '' AS excerpt,
-                   s.model || ' call with ' || toString(s.input_tokens) || ' prompt tokens' AS note,
+                   CAST(NULL, 'Nullable(String)') AS template, coalesce(s.model, '') AS excerpt,
+                   'a call to this model with ' || toString(s.input_tokens) || ' prompt tokens' AS note,
                    s.input_tokens AS input_tokens, s.cost AS cost, m.median_tokens AS median_tokens
             FROM spans s JOIN traces tr ON tr.trace_id = s.trace_id
             CROSS JOIN (SELECT {_median("input_tokens")} AS median_tokens FROM spans

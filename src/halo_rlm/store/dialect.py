@@ -5,8 +5,9 @@ writes SQL itself.
 
 Every detector's *occurrences* query returns one row per thing found, with the columns `trace_id`,
 `span_id`, `start_ns`, `key` (what a finding is about: a tool, a model, an agent), `template` (an
-error's message template, else NULL), `excerpt` (verbatim text of the span) and `note` (words),
-plus columns of its own. Its *groups* query returns one row per finding: `key`, `template`,
+error's message template, else NULL), `excerpt` (verbatim text of the span: the offending arguments,
+message or output) and `note` (HALO's words about it, never text from the trace: reports show notes
+as their own words and excerpts as quoted data), plus columns of its own. Its *groups* query returns one row per finding: `key`, `template`,
 `traces`, and the numbers its wording uses, for groups in at least `minimum` traces.
 """
 
@@ -46,9 +47,12 @@ class Dialect(ABC):
 
     @abstractmethod
     def errors(self, signatures: Sequence[tuple[str, str]], minimum: int) -> Detection:
-        """Leaf errors (ERROR spans none of whose children failed), each given the first category
-        whose signature (a case-insensitive regex) its text matches, else `tool_error` for tools and
-        `other`; extra columns `category`, `kind`, `duration_ns`. Groups per (category, key), and per
+        """Errors where they happened, each given the first category whose signature (a
+        case-insensitive regex) its text matches, else `tool_error` for tools and `other`. An error
+        span whose failed child has its category only passed that failure on, and one without a
+        signature of its own whose child failed is passed on too; one with a signature of its own
+        counts even when a child failed another way (a run ends at its turn limit after a tool
+        error). extra columns `category`, `kind`, `duration_ns`. Groups per (category, key), and per
         message template for `tool_error` and `other`: `category`, `errors`, `latency_ms`, `kinds`,
         `extra` (errors beyond one per trace)."""
 
@@ -61,8 +65,9 @@ class Dialect(ABC):
 
     @abstractmethod
     def repeated_calls(self, min_calls: int, minimum: int) -> Detection:
-        """The same tool with the same arguments `min_calls` or more times in one run. Groups: `extra`
-        (redundant calls)."""
+        """The same tool with the same arguments `min_calls` or more times in one run, not counting
+        retries (a call right after an identical call that failed). Groups: `extra` (redundant
+        calls)."""
 
     @abstractmethod
     def refusals(self, pattern: str, minimum: int) -> Detection:
@@ -79,9 +84,18 @@ class Dialect(ABC):
         """Guardrail spans that report tripping without an error, keyed by guardrail."""
 
     @abstractmethod
-    def slow_calls(self, factor: float, min_ms: float, minimum: int) -> Detection:
-        """Tool-like calls over `factor` × their usual time and over `min_ms` that take a third or more
-        of their run. Groups: `calls`, `excess_ms`, `slow_ms`, `usual_ms`, `run_share`."""
+    def slow_calls(self, factor: float, min_ms: float, min_share: float, minimum: int) -> Detection:
+        """Tool-like calls over `factor` × their usual time and over `min_ms` that take at least
+        `min_share` of their run. Groups: `calls`, `excess_ms`, `slow_s`, `usual_s`, `run_share`."""
+
+    @abstractmethod
+    def bottlenecks(self, share: float, min_ms: float, minimum: int) -> Detection:
+        """Tool-like steps that take most of the runs that use them, however consistently: those
+        whose successful calls (failures are their own findings) take at least `share` of their run's
+        time in the median run and `min_ms` in the median call. Occurrences are the runs that call them (one row per run and step). Groups:
+        `calls`, `tool_ms`, `run_share` (of the time of those runs), `median_share`, `total_share`
+        (of all run time), `p50_s`/`p95_s` of its calls and `other_p50_s`/`other_p95_s` of the other
+        tool and model calls in those runs."""
 
     @abstractmethod
     def oversized_prompts(self, factor: float, min_tokens: int, minimum: int) -> Detection:

@@ -19,14 +19,14 @@ ERROR_TEXT = (
     'coalesce(flatten(list_transform(from_json(s.exceptions, \'[{"type": "VARCHAR", "message": "VARCHAR"}]\'), '
     "lambda e: [e.type, left(e.message, 1000)])), [])))"
 )
-# A leaf error: an ERROR span none of whose children is an ERROR span.
-LEAF_ERRORS = f"""
-SELECT s.trace_id, s.span_id, s.kind, s.name, s.tool_name, s.model, s.duration_ns, s.start_ns, s.error_template,
-       coalesce(s.agent_name, t.agents[1]) AS agent, {ERROR_TEXT} AS error_text
+# Every error span, with what it says.
+ERROR_SPANS = f"""
+SELECT s.trace_id, s.span_id, s.parent_id, s.kind, s.name, s.tool_name, s.tool_args, s.model, s.duration_ns,
+       s.start_ns, s.error_template, coalesce(s.agent_name, t.agents[1]) AS agent, {ERROR_TEXT} AS error_text
 FROM spans s JOIN traces t USING (trace_id)
-WHERE s.status = 'ERROR'
-  AND NOT EXISTS (SELECT 1 FROM spans c WHERE c.trace_id = s.trace_id AND c.parent_id = s.span_id
-                  AND c.status = 'ERROR')"""
+WHERE s.status = 'ERROR'"""
+# The categories an error gets only from where it happened, not from what it says.
+FALLBACKS = "('tool_error', 'other')"
 # The key a finding of each error category is about.
 ERROR_KEYS = {
     # the tool's name: as a field (`{'tool_name': 'x'}`), in "Tool x not found", else after "tool"
@@ -68,14 +68,23 @@ class DuckDBDialect(Dialect):
             + " WHEN kind = 'TOOL' THEN 'tool_error' ELSE 'other' END"
         )
         keys = " ".join(f"WHEN '{c}' THEN {k}" for c, k in ERROR_KEYS.items())
+        # An error counts where it happened: not where it merely propagated to (a parent whose failed
+        # child has its category), but an error with its own signature counts even when a child failed
+        # another way (a run that hits its turn limit after a tool error is both).
         return f"""
+            WITH errors AS MATERIALIZED (SELECT *, {classify} AS category FROM ({ERROR_SPANS}))
             SELECT *, CASE category {keys} END AS key,
-                   CASE WHEN category IN ('tool_error', 'other') THEN error_template END AS template
-            FROM (SELECT *, {classify} AS category FROM ({LEAF_ERRORS}))"""
+                   CASE WHEN category IN {FALLBACKS} THEN error_template END AS template
+            FROM errors e
+            WHERE NOT EXISTS (SELECT 1 FROM errors c WHERE c.trace_id = e.trace_id AND c.parent_id = e.span_id
+                              AND (c.category = e.category OR e.category IN {FALLBACKS}))"""
 
     def errors(self, signatures: Sequence[tuple[str, str]], minimum: int) -> Detection:
         occurrences = f"""
-            SELECT trace_id, span_id, start_ns, key, template, error_text AS excerpt, '' AS note,
+            SELECT trace_id, span_id, start_ns, key, template,
+                   concat_ws(' | ', error_text, CASE WHEN kind = 'TOOL' THEN left(tool_args, 300) END) AS excerpt,
+                   CASE WHEN kind = 'TOOL' AND tool_args IS NOT NULL THEN 'the error, then the call''s arguments'
+                        ELSE '' END AS note,
                    category, kind, duration_ns
             FROM ({self.classified_errors(signatures)})"""
         return Detection(
@@ -101,9 +110,9 @@ class DuckDBDialect(Dialect):
                   WHERE tools_offered IS NOT NULL GROUP BY trace_id) o USING (trace_id)
             WHERE len(o.tools) > 0 AND c.tool IS NOT NULL AND NOT list_contains(coalesce(c.own, o.tools), c.tool)"""
         occurrences = f"""
-            SELECT trace_id, span_id, start_ns, tool AS key, NULL::VARCHAR AS template, tool AS excerpt,
-                   'the model calls ' || tool || '(' || coalesce(arguments, '') || '), a tool it was not offered'
-                     AS note, 'call' AS source
+            SELECT trace_id, span_id, start_ns, tool AS key, NULL::VARCHAR AS template,
+                   coalesce(arguments, '') AS excerpt,
+                   'a call to a tool the model was not offered, with these arguments' AS note, 'call' AS source
             FROM ({calls})
             UNION ALL
             SELECT trace_id, span_id, start_ns, key, NULL, error_text, '', 'error'
@@ -125,11 +134,15 @@ class DuckDBDialect(Dialect):
         )
 
     def repeated_calls(self, min_calls: int, minimum: int) -> Detection:
+        # A call that repeats a failed identical call is a retry of that failure, not a loop.
         repeats = f"""
-            SELECT trace_id, tool_name AS tool, tool_args AS args, count(*) AS calls, min(span_id) AS span_id,
-                   min(start_ns) AS start_ns
-            FROM spans WHERE kind = 'TOOL' AND tool_name IS NOT NULL AND tool_args IS NOT NULL
-            GROUP BY trace_id, tool_name, tool_args HAVING count(*) >= {min_calls}
+            SELECT trace_id, tool, args, count(*) AS calls, min(span_id) AS span_id, min(start_ns) AS start_ns
+            FROM (SELECT trace_id, span_id, start_ns, tool_name AS tool, tool_args AS args,
+                         lag(status) OVER (PARTITION BY trace_id, tool_name, tool_args
+                                           ORDER BY start_ns, span_id) = 'ERROR' AS retry
+                  FROM spans WHERE kind = 'TOOL' AND tool_name IS NOT NULL AND tool_args IS NOT NULL)
+            WHERE retry IS NOT TRUE
+            GROUP BY trace_id, tool, args HAVING count(*) >= {min_calls}
             UNION ALL
             SELECT trace_id, tool, args, count(*), min(span_id), min(start_ns) FROM (
               SELECT trace_id, span_id, start_ns, unnest(tool_calls).name AS tool, unnest(tool_calls).arguments AS args
@@ -138,7 +151,7 @@ class DuckDBDialect(Dialect):
             WHERE tool IS NOT NULL GROUP BY trace_id, tool, args HAVING count(*) >= {min_calls}"""
         occurrences = f"""
             SELECT trace_id, span_id, start_ns, tool AS key, NULL::VARCHAR AS template, args AS excerpt,
-                   calls || ' identical ' || tool || ' calls' AS note, calls
+                   calls || ' identical calls with these arguments' AS note, calls
             FROM ({repeats})"""
         return Detection(
             occurrences=occurrences,
@@ -167,9 +180,9 @@ class DuckDBDialect(Dialect):
     def truncated_outputs(self, minimum: int) -> Detection:
         occurrences = f"""
             SELECT trace_id, span_id, start_ns, coalesce(model, 'unknown') AS key, NULL::VARCHAR AS template,
-                   '' AS excerpt,
+                   CASE WHEN lower(finish_reason) IN {LENGTH_REASONS} THEN finish_reason ELSE '' END AS excerpt,
                    CASE WHEN lower(finish_reason) IN {LENGTH_REASONS}
-                        THEN 'cut at the output limit (finish_reason ' || finish_reason || ')'
+                        THEN 'cut at the output limit (its finish reason is quoted)'
                         ELSE 'empty output' END || coalesce(', ' || output_tokens || ' output tokens', '') AS note,
                    output_tokens
             FROM spans
@@ -190,7 +203,7 @@ class DuckDBDialect(Dialect):
     def guardrail_trips(self, minimum: int) -> Detection:
         occurrences = """
             SELECT trace_id, span_id, start_ns, guardrail AS key, NULL::VARCHAR AS template, '' AS excerpt,
-                   'guardrail ' || guardrail || ' triggered' AS note
+                   'the guardrail reported a trip' AS note
             FROM (SELECT trace_id, span_id, start_ns,
                          coalesce(json_extract_string(raw, '$.attributes."guardrail.name"'),
                                   regexp_replace(name, '^guardrail[._ ]', '')) AS guardrail
@@ -204,10 +217,10 @@ class DuckDBDialect(Dialect):
                 FROM ({occurrences}) GROUP BY key HAVING count(DISTINCT trace_id) >= {minimum} ORDER BY key""",
         )
 
-    def slow_calls(self, factor: float, min_ms: float, minimum: int) -> Detection:
+    def slow_calls(self, factor: float, min_ms: float, min_share: float, minimum: int) -> Detection:
         occurrences = f"""
             SELECT s.trace_id, s.span_id, s.start_ns, s.name_key AS key, NULL::VARCHAR AS template, '' AS excerpt,
-                   s.name_key || ' took ' || round(s.duration_ns / 1e9, 1) || ' s of a '
+                   'the call took ' || round(s.duration_ns / 1e9, 1) || ' s of a '
                      || round(tr.duration_ns / 1e9, 1) || ' s run' AS note,
                    s.duration_ns, m.median_ns, tr.duration_ns AS run_ns
             FROM (SELECT *, coalesce(tool_name, name) AS name_key FROM spans
@@ -217,7 +230,7 @@ class DuckDBDialect(Dialect):
               USING (name_key)
             JOIN traces tr USING (trace_id)
             WHERE s.duration_ns > {factor} * m.median_ns AND s.duration_ns >= {int(min_ms * 1e6)}
-              AND s.duration_ns * 3 >= tr.duration_ns"""
+              AND s.duration_ns >= {float(min_share)!r} * tr.duration_ns"""
         return Detection(
             occurrences=occurrences,
             groups=f"""
@@ -227,11 +240,53 @@ class DuckDBDialect(Dialect):
                 FROM ({occurrences}) GROUP BY key HAVING count(DISTINCT trace_id) >= {minimum} ORDER BY key""",
         )
 
+    def bottlenecks(self, share: float, min_ms: float, minimum: int) -> Detection:
+        runs = f"""
+            SELECT s.trace_id, coalesce(s.tool_name, s.name) AS key, sum(s.duration_ns) AS tool_ns, count(*) AS calls,
+                   min(s.span_id) AS span_id, min(s.start_ns) AS start_ns, any_value(t.duration_ns) AS run_ns
+            FROM spans s JOIN traces t USING (trace_id)
+            WHERE s.kind IN {TOOL_KINDS} AND s.status <> 'ERROR' AND t.duration_ns > 0
+            GROUP BY s.trace_id, coalesce(s.tool_name, s.name)"""
+        tools = f"""
+            SELECT r.key FROM ({runs}) r
+            JOIN (SELECT coalesce(tool_name, name) AS key, median(duration_ns) AS p50 FROM spans
+                  WHERE kind IN {TOOL_KINDS} AND status <> 'ERROR' GROUP BY 1) m USING (key)
+            GROUP BY r.key
+            HAVING median(r.tool_ns / r.run_ns) >= {float(share)!r} AND any_value(m.p50) >= {int(min_ms * 1e6)}"""
+        occurrences = f"""
+            SELECT r.trace_id, r.span_id, r.start_ns, r.key, NULL::VARCHAR AS template, '' AS excerpt,
+                   'its calls took ' || round(r.tool_ns / 1e9, 1) || ' s of a ' || round(r.run_ns / 1e9, 1)
+                     || ' s run' AS note,
+                   r.tool_ns, r.run_ns, r.calls
+            FROM ({runs}) r JOIN ({tools}) USING (key)"""
+        return Detection(
+            occurrences=occurrences,
+            groups=f"""
+                WITH found AS ({occurrences}),
+                steps AS (
+                  SELECT f.key, coalesce(s.tool_name, s.name) = f.key AS own, s.duration_ns
+                  FROM (SELECT DISTINCT key, trace_id FROM found) f JOIN spans s USING (trace_id)
+                  WHERE s.kind IN {TOOL_KINDS} OR s.kind = 'LLM')
+                SELECT key, NULL AS template, count(DISTINCT trace_id) AS traces, sum(calls) AS calls,
+                       sum(tool_ns) / 1e6 AS tool_ms, sum(tool_ns) / sum(run_ns) AS run_share,
+                       median(tool_ns / run_ns) AS median_share,
+                       sum(tool_ns) / (SELECT sum(duration_ns) FROM traces) AS total_share,
+                       any_value(p.p50) / 1e9 AS p50_s, any_value(p.p95) / 1e9 AS p95_s,
+                       any_value(p.other_p50) / 1e9 AS other_p50_s, any_value(p.other_p95) / 1e9 AS other_p95_s
+                FROM found JOIN (
+                  SELECT key, quantile_cont(duration_ns, 0.5) FILTER (own) AS p50,
+                         quantile_cont(duration_ns, 0.95) FILTER (own) AS p95,
+                         quantile_cont(duration_ns, 0.5) FILTER (NOT own) AS other_p50,
+                         quantile_cont(duration_ns, 0.95) FILTER (NOT own) AS other_p95
+                  FROM steps GROUP BY key) p USING (key)
+                GROUP BY key HAVING count(DISTINCT trace_id) >= {minimum} ORDER BY key""",
+        )
+
     def oversized_prompts(self, factor: float, min_tokens: int, minimum: int) -> Detection:
         occurrences = f"""
             SELECT s.trace_id, s.span_id, s.start_ns, coalesce(s.agent_name, tr.agents[1], s.service, 'unknown') AS key,
-                   NULL::VARCHAR AS template, '' AS excerpt,
-                   s.model || ' call with ' || s.input_tokens || ' prompt tokens' AS note,
+                   NULL::VARCHAR AS template, coalesce(s.model, '') AS excerpt,
+                   'a call to this model with ' || s.input_tokens || ' prompt tokens' AS note,
                    s.input_tokens, s.cost, m.median_tokens
             FROM spans s JOIN traces tr USING (trace_id)
             CROSS JOIN (SELECT median(input_tokens) AS median_tokens FROM spans

@@ -1,27 +1,38 @@
 """Filling a DuckDB store: files (`TraceStore.ingest`) and records a collector or importer has already
-parsed (`TraceStore.ingest_records`). After each input, duplicate spans (same trace and span id) are
-merged, orphans flagged and the rollups of every trace it touched rebuilt.
+parsed (`TraceStore.ingest_records`).
 
-A file takes one of three roads, all ending in the same normalising SQL (`duckdb_sql`):
+Each input loads in ONE transaction: its spans, its rejects, the merging of duplicate spans (same trace
+and span id), the orphan flags and rollups of every trace it touched, and its row in `inputs` commit
+together or not at all. A reader never sees spans without their traces, and an interrupted ingest
+leaves the store as it was, with the input marked `partial` until an ingest reads it again.
 
-- a file of flat spans loads in one statement that DuckDB spreads over every core (`_bulk_load`);
-- a format only the Python decoders read (OTLP/JSON, Phoenix span JSON) is decoded line by line into
-  a staging file of flat spans, which then loads the same way (`_ingest_decoded`);
-- any other flat file (compressed, on stdin, grown since last time, or with bad lines) streams in
-  batches, each committed with the input's resume offset (`_ingest_stream`), so every good line is
-  kept, every bad one is reported with its line number, and a killed run carries on where it stopped.
+An input takes one of four roads (`InputReport.road`, and `road_reason` when it is not the first
+choice), all ending in the same normalising SQL (`duckdb_sql`):
 
-The one-statement roads commit whole or not at all: an interrupted run reads the file again.
+- `bulk`: a file of flat spans on disk loads in one statement that DuckDB spreads over every core;
+- `lines`: flat spans HALO reads itself, in batches (compressed, stdin, UTF-16/32, the new tail of a
+  grown file, or a file the bulk statement refused, e.g. for a bad line); lines the SQL does not read
+  as flat spans go through the Python decoders, so every good line is kept and every bad one becomes a
+  reject with its line number;
+- `decoded`: formats only the Python decoders read (OTLP/JSON, OpenInference span JSON, Langfuse,
+  TRAIL): decoded line by line, the flat spans then normalised by the same SQL;
+- `document`: a file that is one JSON document (a pretty-printed OTLP request, a JSON array of spans,
+  a Langfuse trace download).
+
+On the batch roads the store works on one batch on a thread of its own while the next is read.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,13 +47,16 @@ from halo_rlm.formats import decode
 from halo_rlm.store import duckdb_sql
 from halo_rlm.store.base import StrictError
 from halo_rlm.store.results import IngestReport, InputReport, Progress
+from halo_rlm.utils import first_line
 
-__all__ = ["Ingest"]
+__all__ = ["Ingest", "Reject"]
 
 DOCUMENT_LIMIT = 1 << 30  # a single JSON document (not JSONL) is parsed whole; refuse beyond this
 NOT_TRACE_DATA_AFTER = 1000  # stop reading a file whose first N records all fail
 EXCERPT_BYTES = 200
-WRITERS = 2  # batches loaded at once, each on its own connection (one batch is too small for DuckDB to split)
+BATCHES_PER_STATEMENT = 4  # batches normalised by one statement: DuckDB spreads them over its threads
+IN_FLIGHT = 1  # statements queued for the store while the next batch is read (more only costs memory)
+HEAD_BYTES = 65536
 
 # One row per touched trace, in the column order of `schema.TRACE_COLUMNS`. The root span is the
 # earliest span without a parent (then the earliest orphan; spans without a start last), ties by span
@@ -87,13 +101,6 @@ class Reject:
     excerpt: bytes | str
 
 
-@dataclass
-class BatchOutcome:
-    spans: int
-    rejects: list[Reject]
-    python_first: bool  # most lines needed the Python decoders: skip the SQL attempt from now on
-
-
 class Connection(Protocol):
     """What an ingest needs of the store: its path and connections (the DuckDB store is one)."""
 
@@ -107,17 +114,14 @@ class Connection(Protocol):
 
     def first_row(self, sql: str, params: Any = None) -> tuple[Any, ...] | None: ...
 
-    def interrupt(self) -> None: ...
-
     def close(self) -> None: ...
 
 
 class Ingest:
     """One ingest into a writable store, made by `TraceStore.ingest` and `TraceStore.ingest_records`.
-    Works on the store's own connection, plus connections of their own for bulk loads and writer threads.
 
     `strict` stops at the first bad record (StrictError) instead of keeping it as a reject;
-    `batch_bytes` sizes the batches of the streaming road, where a line over `max_line_bytes` is a
+    `batch_bytes` sizes the batches of the batch roads, where a line over `max_line_bytes` is a
     reject; `bulk=False` never loads a file in one statement; a load in one statement reports its
     progress every `progress_every` seconds."""
 
@@ -153,502 +157,181 @@ class Ingest:
 
     def load_records(self, records: Iterable[Any], source: str) -> IngestReport:
         report = IngestReport(self.store.path)
+        result = InputReport(source, "ingested", road="lines")
         input_id = self._new_input(files.InputFile(source), compression=None)
         lines = (orjson.dumps(record) for record in records)
-        result = InputReport(source, "ingested")
-        self._ingest_lines(input_id, _numbered(lines), result, report)
-        result.duplicates = self._finish_inputs([input_id], status="complete", offset=0, line=0)
+        with _Load(self, input_id, result, report, None) as load:
+            for chunk in _chunks(_numbered(lines), self.batch_bytes):
+                load.lines(chunk)
+            load.finish("complete", offset=0, line=0)
         report.inputs.append(result)
         return report
+
+    # --- one input --------------------------------------------------------------------------
 
     def _ingest_input(
         self, inp: files.InputFile, progress: Progress | None, report: IngestReport
     ) -> InputReport:
         result = InputReport(inp.path, "ingested")
+        resume = _Resume()
         existing = None if inp.is_stdin else self._input_by_path(inp.path)
-        start_offset = start_line = 0
         if existing is not None:
             input_id, identity, status, resume_offset, resume_line, old_size = existing
             if identity == inp.identity and status == "complete":
                 result.status = "unchanged"
                 return result
             grown = inp.size is not None and old_size is not None and inp.size >= old_size
-            if status == "partial" or (grown and self._is_append(inp, input_id)):
-                # A bulk-loaded file did not count its lines: count them now, to number the new ones.
-                start_offset = resume_offset
-                start_line = (
-                    files.count_lines(inp.path, resume_offset) if resume_line is None else resume_line
-                )
+            if grown and resume_offset and self._is_append(inp, input_id):
                 result.status = "resumed"
-                with self.store.transaction():  # batches that committed after the first gap are read again
-                    for table in ("spans", "rejects"):
-                        self.store.con.execute(
-                            f"DELETE FROM {table} WHERE input_id = ? AND line_no > ?", [input_id, start_line]
-                        )
-            else:
-                self._forget_input(input_id)
+                mid_line = not files.line_ended_before(inp.path, resume_offset)
+                counted = files.count_lines(inp.path, resume_offset) + mid_line
+                resume = _Resume(
+                    resume_offset, counted if resume_line is None else resume_line, mid_line, forget=False
+                )
             self.store.con.execute(
                 "UPDATE inputs SET identity = ?, size = ?, mtime_ns = ?, status = 'partial' WHERE input_id = ?",
                 [inp.identity, inp.size, inp.mtime_ns, input_id],
             )
-            if result.status != "resumed":
-                self.store.con.execute(
-                    "UPDATE inputs SET resume_offset = 0, resume_line = 0, spans = 0, rejected = 0, repaired = 0 "
-                    "WHERE input_id = ?",
-                    [input_id],
-                )
         else:
             input_id = None
-        stream, compression = files.open_input(inp)
+        try:
+            stream, compression = files.open_input(inp)
+        except files.InputError:
+            raise
         if input_id is None:
             input_id = self._new_input(inp, compression)
+        final = compression is not None or inp.is_stdin
         try:
-            head = stream.read(65536)
-            if start_offset == 0 and not head.strip():
-                result.status, result.message = "failed", f"not trace data: {files.file_kind(head)}"
-                self._finish_inputs([input_id], status="complete", offset=0, line=0)
-                return result
-            chained = _Chain(head, stream)
-            flat = _starts_with_flat_span(head)
-            if start_offset == 0 and _is_document(head):
-                self._ingest_document(input_id, chained, result, report)
-                end_offset, end_line = result.bytes, 0
-            elif (
-                start_offset == 0
-                and compression is None
-                and not inp.is_stdin
-                and flat
-                and self.bulk
-                and _duckdb_reads_as_is(inp.path)
-                and self._bulk_load(input_id, inp, result, progress)
-            ):
-                end_offset, end_line = result.bytes, None
-            elif start_offset == 0 and not flat and _duckdb_reads_as_is(self._staging_path(input_id)):
-                end_offset, end_line = self._ingest_decoded(input_id, chained, result, report, progress)
-            else:
-                end_offset, end_line = self._ingest_stream(
-                    input_id, chained, start_offset, start_line, result, report, progress
-                )
-        except StrictError:
-            raise
-        except files.CorruptInput as exc:  # before any span was read
-            result.status, result.message = "failed", str(exc)
-            self._forget_input(input_id)
-            return result
-        except _NotTraceData as exc:
-            result.status, result.message = "failed", str(exc) or self._not_trace_data(input_id, head)
-            self._forget_input(input_id)
-            return result
+            with _Load(self, input_id, result, report, progress, resume) as load:
+                self._read(inp, stream, compression, final, resume, load)
         finally:
             if not inp.is_stdin:
                 stream.close()
-        if result.spans == 0 and (result.rejected or result.message) and start_offset == 0:
-            result.status, result.message = "failed", result.message or self._not_trace_data(input_id, head)
-            self._forget_input(input_id)
-            return result
-        result.duplicates = self._finish_inputs(
-            [input_id], status="complete", offset=end_offset, line=end_line
-        )
-        if compression is None and not inp.is_stdin:
-            self.store.con.execute(
-                "UPDATE inputs SET tail_digest = ? WHERE input_id = ?",
-                [files.tail_digest(inp.path, end_offset), input_id],
-            )
         return result
 
-    def _bulk_load(
-        self, input_id: int, inp: files.InputFile, result: InputReport, progress: Progress | None
-    ) -> bool:
-        """Load a whole file of flat spans in one statement, which DuckDB spreads over every core.
-        Anything unusual in the file (a line that is not a span, malformed JSON or UTF-8, a line over
-        `duckdb_sql.BULK_OBJECT_BYTES`) rolls the statement back and returns False: the caller then
-        reads the file line by line, which keeps every good line and reports each bad one. Spans
-        loaded this way have no `line_no`."""
-
-        def every_record_is_a_span(loader: Connection) -> bool:
-            found = loader.first_row(
-                "SELECT count(*) FROM spans WHERE input_id = ? AND (trace_id IS NULL OR "
-                "span_id IS NULL OR trace_id = '' OR span_id = '')",
-                [input_id],
-            )
-            return not (found and found[0])
-
-        size = inp.size or 0
-        try:
-            spans = self._load_in_one_statement(
-                duckdb_sql.BULK_INSERT_SQL,
-                {"input_id": input_id, "path": inp.path, "compression": "none"},
-                input_id,
-                progress,
-                every_record_is_a_span,
-            )
-        except duckdb.Error:
-            return False
-        if spans is None:
-            return False
-        result.spans, result.bytes = spans, size
-        if progress:
-            progress(size, spans)
-        return True
-
-    def _ingest_decoded(
-        self, input_id: int, stream: Any, result: InputReport, report: IngestReport, progress: Progress | None
-    ) -> tuple[int, int]:
-        """Formats only the Python decoders read (OTLP/JSON, Phoenix span JSON, ...): decode line by
-        line into a staging file of flat spans beside the store, then load it in one statement that
-        DuckDB spreads over every core. Rejects are recorded as they are found; the spans commit
-        together at the end, so an interrupted run reads the file again."""
-        staging = Path(self._staging_path(input_id))
-        offset = line = staged = 0
-        try:
-            with staging.open("wb") as out:
-                for item in _stop_at_damage(
-                    files.read_lines(
-                        stream, batch_bytes=self.batch_bytes, max_line_bytes=self.max_line_bytes
-                    ),
-                    result,
-                ):
-                    if isinstance(item, files.OversizeLine):
-                        rejects = [_oversize_reject(item, self.max_line_bytes)]
-                    else:
-                        numbers, spans, rejects = _decode(
-                            zip(_as_list(item.line_numbers), item.lines.to_pylist(), strict=True)
-                        )
-                        for number, span in zip(numbers, spans, strict=True):
-                            if len(span) < duckdb_sql.BULK_OBJECT_BYTES - 100:
-                                out.write(b'{"line":%d,"span":%b}\n' % (number, span))
-                                staged += 1
-                            else:  # too long for the staging file's reader: on its own, now
-                                with self.store.transaction():
-                                    result.spans += len(
-                                        self._insert(
-                                            pa.table(
-                                                {
-                                                    "line_no": pa.array([number], pa.int64()),
-                                                    "raw": pa.array([span.decode()], pa.large_string()),
-                                                }
-                                            ),
-                                            input_id,
-                                        )
-                                    )
-                        offset, line = item.end_offset, item.end_line
-                        result.repaired += len(item.repaired_lines)
-                    if rejects:
-                        with self.store.transaction():
-                            self._apply(
-                                BatchOutcome(0, self._record_rejects(input_id, rejects, result.path), True),
-                                result,
-                                report,
-                            )
-                    result.bytes = offset
-                    if progress:
-                        progress(offset, staged)
-                    if staged == 0 and result.rejected >= NOT_TRACE_DATA_AFTER:
-                        raise _NotTraceData()
-            if staged:
-                loaded = self._load_in_one_statement(
-                    duckdb_sql.STAGED_INSERT_SQL, {"input_id": input_id, "path": str(staging)}, input_id
-                )
-                result.spans += loaded or 0
-        finally:
-            staging.unlink(missing_ok=True)
-        return offset, line
-
-    def _staging_path(self, input_id: int) -> str:
-        return f"{self.store.path}.{input_id}.staging.jsonl"
-
-    def _load_in_one_statement(
+    def _read(
         self,
-        sql: str,
-        params: dict[str, Any],
-        input_id: int,
-        progress: Progress | None = None,
-        acceptable: Callable[[Connection], bool] | None = None,
-    ) -> int | None:
-        """Run one bulk INSERT in a transaction of its own, on a connection of its own so that it can
-        report progress (`progress(bytes, spans)` of the lines normalised so far, read from the
-        store's tally: DuckDB's own query progress moves in steps of a whole read buffer) and stop at
-        Ctrl-C. Returns the rows inserted, or None when `acceptable` turned the result down and it
-        was rolled back."""
-        loader = self.store.cursor()
-        self.store.tally.reset(input_id)
-        try:
-            loader.con.execute("BEGIN TRANSACTION")
-            with ThreadPoolExecutor(1, thread_name_prefix="halo-bulk") as pool:
-                done = pool.submit(loader.first_row, sql, params)
-                try:
-                    while True:
-                        try:
-                            rows = int(done.result(timeout=self.progress_every)[0])  # type: ignore[index]
-                            break
-                        except TimeoutError:
-                            if progress:
-                                spans, size = self.store.tally.read(input_id)
-                                progress(size, spans)
-                except BaseException:
-                    loader.interrupt()
-                    raise
-            if acceptable is not None and not acceptable(loader):
-                loader.con.execute("ROLLBACK")
-                return None
-            loader.con.execute("COMMIT")
-            return rows
-        except BaseException:
-            loader.con.execute("ROLLBACK")
-            raise
-        finally:
-            self.store.tally.reset(input_id)
-            loader.close()
-
-    def _ingest_stream(
-        self,
-        input_id: int,
-        stream: io.RawIOBase,
-        start_offset: int,
-        start_line: int,
-        result: InputReport,
-        report: IngestReport,
-        progress: Progress | None,
-    ) -> tuple[int, int]:
-        """Load batches on `WRITERS` connections at once. Each batch commits on its own; the resume
-        offset moves past a batch only once every batch before it has committed, so after a crash
-        the next run re-reads from the first gap (spans read twice merge as duplicates)."""
-        offset, line = start_offset, start_line
-        python_first = False
-        in_flight: deque[tuple[Future[BatchOutcome], files.LineBatch]] = deque()
-
-        def settle_oldest() -> None:
-            nonlocal offset, line, python_first
-            future, batch = in_flight.popleft()
-            outcome = future.result()
-            python_first = outcome.python_first
-            self._apply(outcome, result, report)
-            result.repaired += len(batch.repaired_lines)
-            offset, line = batch.end_offset, batch.end_line
-            result.bytes = offset
-            self.store.con.execute(
-                "UPDATE inputs SET resume_offset = ?, resume_line = ?, rejected = ?, repaired = ? "
-                "WHERE input_id = ?",
-                [offset, line, result.rejected, result.repaired, input_id],
-            )
-            if progress:
-                progress(offset - start_offset, result.spans)
-            if result.spans == 0 and result.rejected >= NOT_TRACE_DATA_AFTER:
-                raise _NotTraceData()
-
-        with ThreadPoolExecutor(WRITERS, thread_name_prefix="halo-ingest") as pool:
-            try:
-                for item in _stop_at_damage(
-                    files.read_lines(
-                        stream,  # type: ignore[arg-type]  # a readable binary stream
-                        start_offset=start_offset,
-                        start_line=start_line,
-                        batch_bytes=self.batch_bytes,
-                        max_line_bytes=self.max_line_bytes,
-                    ),
-                    result,
-                ):
-                    if isinstance(item, files.OversizeLine):
-                        with self.store.transaction():
-                            self._apply(
-                                BatchOutcome(
-                                    0,
-                                    self._record_rejects(
-                                        input_id, [_oversize_reject(item, self.max_line_bytes)], result.path
-                                    ),
-                                    python_first,
-                                ),
-                                result,
-                                report,
-                            )
-                        continue
-                    if len(in_flight) >= WRITERS:
-                        settle_oldest()
-                    in_flight.append(
-                        (
-                            pool.submit(
-                                self._write_batch,
-                                input_id,
-                                item.line_numbers,
-                                item.lines,
-                                result.path,
-                                python_first,
-                            ),
-                            item,
-                        )
-                    )
-                while in_flight:
-                    settle_oldest()
-            except BaseException:
-                for future, _ in in_flight:
-                    future.cancel()
-                raise
-        return offset, line
-
-    def _write_batch(
-        self, input_id: int, line_numbers: Any, lines: pa.Array, path: str, python_first: bool
-    ) -> BatchOutcome:
-        """One batch in one transaction, on a connection of its own (runs in a writer thread)."""
-        writer = self.store.cursor()  # sees the message normaliser: DuckDB registers functions database-wide
-        try:
-            with writer.transaction():
-                return Ingest(writer, strict=self.strict)._load_batch(
-                    input_id, line_numbers, lines, path, python_first
-                )
-        finally:
-            writer.close()
-
-    def _apply(self, outcome: BatchOutcome, result: InputReport, report: IngestReport) -> None:
-        result.spans += outcome.spans
-        result.rejected += len(outcome.rejects)
-        for reject in outcome.rejects:
-            reason = _reason_key(reject.reason)
-            report.reject_reasons[reason] = report.reject_reasons.get(reason, 0) + 1
-
-    def _ingest_lines(
-        self,
-        input_id: int,
-        numbered: Iterator[tuple[int, bytes]],
-        result: InputReport,
-        report: IngestReport,
+        inp: files.InputFile,
+        stream: files.InputStream,
+        compression: str | None,
+        final: bool,
+        resume: _Resume,
+        load: _Load,
     ) -> None:
-        """Ingest (line number, JSON bytes) pairs in batches; used for decoded documents and records."""
-        batch: list[tuple[int, bytes]] = []
+        """Choose the road for one input and load it; `load.finish` or `load.fail` ends it."""
+        result = load.result
+        head = stream.sample(HEAD_BYTES)
+        load.kind = files.file_kind(head)
+        text = head.removeprefix(files.UTF8_BOM)
+        if resume.offset == 0 and not text.strip():
+            load.fail(str(stream.damage) if stream.damage else f"not trace data: {files.file_kind(head)}")
+            return
+        try:
+            if resume.offset == 0 and _may_be_document(text):
+                data = _read_up_to(stream, DOCUMENT_LIMIT)
+                document = _parse_document(data)
+                if document is not None:
+                    result.road = "document"
+                    self._load_document(document, len(data), load)
+                    return
+                result.road_reason = (
+                    "the file starts like one JSON document but is not one: read line by line"
+                )
+                stream = _Chain(data, stream)  # type: ignore[assignment]
+            flat = _starts_with_flat_span(text)
+            if flat and resume.offset == 0:
+                why_not = self._why_not_bulk(inp, compression, stream)
+                if why_not is None:
+                    refused = load.bulk(inp)
+                    if refused is None:
+                        return
+                    result.road_reason = refused
+                else:
+                    result.road_reason = why_not
+            result.road = "lines" if flat else "decoded"
+            self._load_lines(stream, final, resume, load, python_first=not flat)
+        except files.CorruptInput as exc:  # before any span was read
+            load.fail(str(exc))
+        except _NotTraceData:
+            load.fail(None)
+
+    def _why_not_bulk(
+        self, inp: files.InputFile, compression: str | None, stream: files.InputStream
+    ) -> str | None:
+        """Why a file of flat spans cannot load in one statement (None when it can)."""
+        if not self.bulk:
+            return "one-statement loads are off (bulk=False)"
+        if inp.is_stdin:
+            return "standard input is read in batches"
+        if compression is not None:
+            return f"{compression}-compressed: read in batches"
+        if stream.transcoded is not None:
+            return f"{stream.transcoded}: read in batches"
+        if not _duckdb_reads_as_is(inp.path):
+            return "the path looks like a glob pattern or URL to DuckDB: read in batches"
+        return None
+
+    def _load_lines(
+        self, stream: Any, final: bool, resume: _Resume, load: _Load, *, python_first: bool
+    ) -> None:
+        result = load.result
+        offset, line = resume.offset, resume.line
+        pending: list[files.LineBatch] = []
         size = 0
-        for pair in numbered:
-            batch.append(pair)
-            size += len(pair[1])
-            if size >= self.batch_bytes:
-                self._load_pairs(input_id, batch, result, report)
-                batch, size = [], 0
-        if batch:
-            self._load_pairs(input_id, batch, result, report)
+        reader = files.read_lines(
+            stream,
+            start_offset=resume.offset,
+            start_line=resume.line,
+            batch_bytes=self.batch_bytes,
+            max_line_bytes=self.max_line_bytes,
+            final=final,
+            mid_line=resume.mid_line,
+        )
+        try:
+            for item in reader:
+                if isinstance(item, files.OversizeLine):
+                    load.rejects([_oversize_reject(item, self.max_line_bytes)])
+                    continue
+                if isinstance(item, files.UnterminatedLine):
+                    # A file without a single line break is not being written line by line: read it as it is.
+                    batch = _whole_line(item, force=item.offset == 0)
+                    if batch is None:
+                        result.message = (
+                            f"line {item.line_number} is not terminated yet (the file may still be being "
+                            "written): left unread until it is"
+                        )
+                        break
+                    item = batch
+                pending.append(item)
+                size += int(item.lines.nbytes)
+                offset, line = item.end_offset, item.end_line
+                if len(pending) >= BATCHES_PER_STATEMENT or size >= self.batch_bytes * BATCHES_PER_STATEMENT:
+                    load.lines(pending, python_first=python_first, done=(offset, line))
+                    python_first = load.python_first
+                    pending, size = [], 0
+        except files.CorruptInput as exc:
+            result.message = str(exc)  # the lines before the damage are kept
+            if not pending and load.spans_so_far() == 0 and result.rejected == 0:
+                raise
+        if pending:
+            load.lines(pending, python_first=python_first, done=(offset, line))
+        load.finish("complete", offset=offset, line=line)
 
-    def _load_pairs(
-        self, input_id: int, pairs: list[tuple[int, bytes]], result: InputReport, report: IngestReport
-    ) -> None:
-        numbers = pa.array([n for n, _ in pairs], type=pa.int64())
-        lines = pa.array([text.decode("utf-8", "replace") for _, text in pairs], type=pa.large_string())
-        with self.store.transaction():
-            self._apply(
-                self._load_batch(input_id, numbers, lines, result.path, python_first=False), result, report
-            )
-            self.store.con.execute(
-                "UPDATE inputs SET rejected = ? WHERE input_id = ?", [result.rejected, input_id]
-            )
-
-    def _ingest_document(
-        self, input_id: int, stream: io.RawIOBase, result: InputReport, report: IngestReport
-    ) -> None:
+    def _load_document(self, document: Any, size: int, load: _Load) -> None:
         """A file holding one JSON document (a pretty-printed OTLP request, a JSON array of spans)."""
-        data = stream.read(DOCUMENT_LIMIT + 1)
-        result.bytes = len(data)
-        if len(data) > DOCUMENT_LIMIT:
-            raise _NotTraceData(
-                f"a single JSON document over {DOCUMENT_LIMIT >> 30} GiB; write one record per line (JSONL)"
-            )
+        load.result.bytes = size
         try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise _NotTraceData(
-                f"not trace data: {files.file_kind(data[:4096])} that is not valid JSON ({exc})"
-            ) from None
-        try:
-            decoded = decode.decode_record(obj)
+            decoded = decode.decode_record(document)
         except decode.DecodeError as exc:
-            raise _NotTraceData(str(exc)) from exc
-        rejects = [Reject(1, error, b"") for error in decoded.errors]
-        if rejects:
-            with self.store.transaction():
-                self._apply(
-                    BatchOutcome(0, self._record_rejects(input_id, rejects, result.path), False),
-                    result,
-                    report,
-                )
-        self._ingest_lines(input_id, ((1, orjson.dumps(span)) for span in decoded.spans), result, report)
-
-    def _load_batch(
-        self, input_id: int, line_numbers: Any, lines: pa.Array, path: str, python_first: bool
-    ) -> BatchOutcome:
-        """Normalise and insert one batch of lines, in the caller's transaction. Lines DuckDB cannot
-        read as flat spans go through the Python decoders."""
-        spans = 0
-        if python_first:
-            others = list(zip(_as_list(line_numbers), lines.to_pylist(), strict=True))
-        else:
-            inserted = self._insert(pa.table({"line_no": line_numbers, "raw": lines}), input_id)
-            spans += len(inserted)
-            left = ~np.isin(np.asarray(line_numbers), inserted)
-            others = list(
-                zip(
-                    np.asarray(line_numbers)[left].tolist(),
-                    lines.filter(pa.array(left)).to_pylist(),
-                    strict=True,
-                )
-            )
-        decoded_numbers, decoded_spans, rejects = _decode(others)
-        if decoded_spans:
-            spans += len(
-                self._insert(
-                    pa.table(
-                        {
-                            "line_no": pa.array(decoded_numbers, type=pa.int64()),
-                            "raw": pa.array(
-                                [span.decode() for span in decoded_spans], type=pa.large_string()
-                            ),
-                        }
-                    ),
-                    input_id,
-                )
-            )
-        # Most lines needing Python means a non-flat format (e.g. OTLP): skip the SQL attempt from now on.
-        return BatchOutcome(
-            spans, self._record_rejects(input_id, rejects, path), python_first=len(others) > len(lines) // 2
-        )
-
-    def _insert(self, batch: pa.Table, input_id: int) -> np.ndarray:
-        """Normalise and insert the flat spans among `batch`'s lines; returns their line numbers."""
-        self.store.con.register("batch", batch)
-        try:
-            return self.store.con.execute(duckdb_sql.INSERT_SQL, {"input_id": input_id}).fetchnumpy()[
-                "line_no"
-            ]
-        finally:
-            self.store.con.unregister("batch")
-
-    def _record_rejects(self, input_id: int, rejects: list[Reject], path: str) -> list[Reject]:
-        if not rejects:
-            return rejects
-        if self.strict:
-            first = min(rejects, key=lambda r: r.line_no)
-            raise StrictError(f"{path}:{first.line_no}: {first.reason}")
-        table = pa.table(
-            {
-                "input_id": pa.array([input_id] * len(rejects), pa.int32()),
-                "path": pa.array([path] * len(rejects), pa.string()),
-                "line_no": pa.array([r.line_no for r in rejects], pa.int64()),
-                "reason": pa.array([r.reason for r in rejects], pa.string()),
-                "excerpt": pa.array([_excerpt(r.excerpt) for r in rejects], pa.string()),
-            }
-        )
-        self.store.con.register("new_rejects", table)
-        try:
-            self.store.con.execute("INSERT INTO rejects SELECT * FROM new_rejects")
-        finally:
-            self.store.con.unregister("new_rejects")
-        return rejects
+            load.fail(str(exc))
+            return
+        load.rejects([Reject(1, error, b"") for error in decoded.errors])
+        spans = [(1, line) for line in _dumped(decoded.spans, 1, load)]
+        for chunk in _chunks(iter(spans), self.batch_bytes):
+            load.lines(chunk, python_first=False, done=(size, 0))
+        load.finish("complete", offset=size, line=0)
 
     # --- inputs bookkeeping -------------------------------------------------------------------
-
-    def _not_trace_data(self, input_id: int, head: bytes) -> str:
-        """One message for a file with no spans at all: what it looks like, and why its first record
-        is not a span."""
-        first = self.store.first_row(
-            "SELECT line_no, reason FROM rejects WHERE input_id = ? ORDER BY line_no LIMIT 1", [input_id]
-        )
-        reason = f"line {first[0]}: {first[1]}" if first else "no records"
-        kind = files.file_kind(head)
-        return f"not trace data: {reason}" if kind == "JSON" else f"not trace data: found {kind} ({reason})"
 
     def _input_by_path(self, path: str) -> tuple[Any, ...] | None:
         return self.store.first_row(
@@ -657,6 +340,7 @@ class Ingest:
         )
 
     def _new_input(self, inp: files.InputFile, compression: str | None) -> int:
+        """The input's row, committed at once: an interrupted ingest leaves it `partial`, which says so."""
         with self.store.transaction():
             input_id = self.store.first_row("SELECT coalesce(max(input_id), 0) + 1 FROM inputs")[0]  # type: ignore[index]
             self.store.con.execute(
@@ -672,76 +356,445 @@ class Ingest:
         )
         return row is not None and row[1] is not None and files.tail_digest(inp.path, row[0]) == row[1]
 
-    def _forget_input(self, input_id: int) -> None:
-        with self.store.transaction():
-            self.store.con.execute(
-                "CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT trace_id FROM spans WHERE input_id = ?",
-                [input_id],
-            )
-            self.store.con.execute("DELETE FROM spans WHERE input_id = ?", [input_id])
-            self.store.con.execute("DELETE FROM rejects WHERE input_id = ?", [input_id])
-            self._refresh_touched()
 
-    def _finish_inputs(self, input_ids: list[int], *, status: str, offset: int, line: int | None) -> int:
-        """Dedupe, flag orphans and rebuild rollups for every trace the inputs touched; returns how
-        many duplicate spans were merged."""
-        placeholders = ", ".join("?" for _ in input_ids)
-        with self.store.transaction():
-            self.store.con.execute(
-                f"CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT trace_id FROM spans "
-                f"WHERE input_id IN ({placeholders})",
-                input_ids,
-            )
-            merged = self._refresh_touched()
-            self.store.con.execute(
-                f"UPDATE inputs SET status = ?, resume_offset = ?, resume_line = ?, finished_at = now(), "
-                f"spans = (SELECT count(*) FROM spans WHERE spans.input_id = inputs.input_id) "
-                f"WHERE input_id IN ({placeholders})",
-                [status, offset, line, *input_ids],
-            )
-        return merged
+@dataclass
+class _Resume:
+    """Where reading starts: a byte offset at a line boundary (or just after an unterminated line that
+    was read whole), the lines before it, and whether the input's earlier spans are dropped first."""
 
-    def _refresh_touched(self) -> int:
-        # Duplicates: keep a finished copy over an in-flight one, then the first ingested (a bulk-loaded
-        # file has no line numbers: the raw record decides, so the choice does not vary between runs).
-        merged = self.store.first_row("""
-            DELETE FROM spans WHERE rowid IN (
-              SELECT rid FROM (
-                SELECT s.rowid AS rid, row_number() OVER (
-                  PARTITION BY s.trace_id, s.span_id ORDER BY s.end_ns IS NULL, s.input_id, s.line_no, s.raw) AS rn
-                FROM spans s
-                SEMI JOIN (SELECT trace_id, span_id FROM spans WHERE trace_id IN (SELECT trace_id FROM touched)
-                           GROUP BY ALL HAVING count(*) > 1) d
-                  ON s.trace_id = d.trace_id AND s.span_id = d.span_id)
-              WHERE rn > 1)""")
-        self.store.con.execute("""
-            UPDATE spans SET is_orphan = o.orphan
-            FROM (SELECT s.rowid AS rid, s.parent_id IS NOT NULL AND p.span_id IS NULL AS orphan, s.is_orphan
-                  FROM spans s
-                  LEFT JOIN (SELECT trace_id, span_id FROM spans WHERE trace_id IN (SELECT trace_id FROM touched)) p
-                    ON p.trace_id = s.trace_id AND p.span_id = s.parent_id
-                  WHERE s.trace_id IN (SELECT trace_id FROM touched)) o
-            WHERE spans.rowid = o.rid AND o.orphan IS DISTINCT FROM o.is_orphan""")
-        self.store.con.execute("DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM touched)")
-        self.store.con.execute(ROLLUP_SQL)
-        return int(merged[0]) if merged else 0
+    offset: int = 0
+    line: int = 0
+    mid_line: bool = False
+    forget: bool = True
 
 
 class _NotTraceData(Exception):
     pass
 
 
-def _stop_at_damage(batches: Iterator[Any], result: InputReport) -> Iterator[Any]:
-    """Yield batches until the compressed data breaks; the lines before the damage are kept and the
-    input's message says where it broke."""
+class _Load:
+    """The one transaction an input loads in, on a connection of its own. Its statements run on a
+    thread of their own, in order, while the caller reads the next batch; `finish` (or `fail`) ends
+    the input inside the transaction and commits. Leaving the `with` block any other way (an error,
+    Ctrl-C, `StrictError`) stops the running statement and rolls everything back."""
+
+    def __init__(
+        self,
+        ingest: Ingest,
+        input_id: int,
+        result: InputReport,
+        report: IngestReport,
+        progress: Progress | None,
+        resume: _Resume | None = None,
+    ) -> None:
+        self.ingest = ingest
+        self.input_id = input_id
+        self.result = result
+        self.report = report
+        self.progress = progress
+        self.resume = resume or _Resume()
+        self.python_first = False
+        self.finished = False
+        self.kind = "JSON"  # what the input looks like (`files.file_kind`), for a refusal's message
+        self._spans = 0  # spans inserted so far (counted on the store's thread)
+        self._con: Connection | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="halo-ingest")
+        self._queue: deque[Future[Any]] = deque()
+        self._lock = threading.Lock()
+
+    # --- the transaction --------------------------------------------------------------------
+
+    def __enter__(self) -> _Load:
+        self._con = self.ingest.store.cursor()
+        self._call(self._begin)
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        try:
+            if kind is None and not self.finished:
+                raise RuntimeError("an ingest ended without finishing its input")  # a bug, not input
+        finally:
+            if kind is not None or not self.finished:
+                with _interrupts_deferred():
+                    self._abort()
+            self._pool.shutdown(wait=True)
+            assert self._con is not None
+            self._con.close()
+
+    def _begin(self) -> None:
+        con = self._db()
+        con.execute("BEGIN TRANSACTION")
+        # The traces the input touched before this load (its old spans, when it is read again).
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT trace_id FROM spans WHERE input_id = ?",
+            [self.input_id],
+        )
+        if self.resume.forget:
+            for table in ("spans", "rejects"):
+                con.execute(f"DELETE FROM {table} WHERE input_id = ?", [self.input_id])
+        else:  # a grown file read from where it ended: lines past that point are read again
+            for table in ("spans", "rejects"):
+                con.execute(
+                    f"DELETE FROM {table} WHERE input_id = ? AND line_no > ?",
+                    [self.input_id, self.resume.line],
+                )
+
+    def _restart(self) -> None:
+        """Roll back what a failed bulk statement left and start the transaction again."""
+        self._db().execute("ROLLBACK")
+        self._spans = 0
+        self._begin()
+
+    def _abort(self) -> None:
+        """Stop the running statement and roll back, whatever state the transaction is in."""
+        if self._con is not None:
+            self._con.con.interrupt()
+        for future in self._queue:
+            future.cancel()
+        self._queue.clear()
+        try:
+            self._pool.submit(self._rollback).result()
+        except Exception:  # noqa: BLE001 - the connection is closed next; nothing was committed
+            pass
+
+    def _rollback(self) -> None:
+        try:
+            self._db().execute("ROLLBACK")
+        except duckdb.Error:
+            pass  # DuckDB has already rolled back a transaction whose statement failed or was interrupted
+
+    # --- work on the store's thread -----------------------------------------------------------
+
+    def _db(self) -> duckdb.DuckDBPyConnection:
+        assert self._con is not None
+        return self._con.con
+
+    def _call(self, work: Callable[..., Any], *args: Any) -> Any:
+        """Run `work` on the store's thread after everything queued, and wait for it."""
+        self._drain()
+        return self._pool.submit(work, *args).result()
+
+    def _queued(self, work: Callable[..., Any], *args: Any) -> None:
+        """Queue `work` on the store's thread; wait only when `IN_FLIGHT` statements are already queued."""
+        while len(self._queue) >= IN_FLIGHT:
+            self._queue.popleft().result()
+        self._queue.append(self._pool.submit(work, *args))
+
+    def _drain(self) -> None:
+        while self._queue:
+            self._queue.popleft().result()
+
+    def spans_so_far(self) -> int:
+        self._drain()
+        return self._spans
+
+    # --- what the roads load ------------------------------------------------------------------
+
+    def bulk(self, inp: files.InputFile) -> str | None:
+        """Load a whole file of flat spans in one statement, which DuckDB spreads over every core.
+        Returns None when it loaded, else why not: anything unusual in the file (a line that is not a
+        span, malformed JSON or UTF-8, a line over `duckdb_sql.BULK_OBJECT_BYTES`) rolls the statement
+        back, and the caller reads the file in batches. Spans loaded this way have no `line_no`."""
+        self.result.road = "bulk"
+        size = inp.size or 0
+        tally = self.ingest.store.tally
+        tally.reset(self.input_id)
+        done = self._pool.submit(self._bulk_statement, inp.path)
+        try:
+            while True:
+                try:
+                    refused = done.result(timeout=self.ingest.progress_every)
+                    break
+                except TimeoutError:
+                    # DuckDB's own query progress moves in steps of a whole read buffer: the tally
+                    # counts the spans (and their bytes) the statement has normalised so far.
+                    if self.progress:
+                        spans, read = tally.read(self.input_id)
+                        self.progress(read, spans)
+        except BaseException:
+            self._db().interrupt()
+            raise
+        finally:
+            tally.reset(self.input_id)
+        if refused is None:
+            self.result.bytes = size
+            if self.progress:
+                self.progress(size, self._spans)
+            self.finish("complete", offset=size, line=None)
+            return None
+        self._call(self._restart)
+        return refused
+
+    def _bulk_statement(self, path: str) -> str | None:
+        con = self._db()
+        try:
+            found = con.execute(
+                duckdb_sql.BULK_INSERT_SQL, {"input_id": self.input_id, "path": path, "compression": "none"}
+            ).fetchall()
+        except duckdb.InterruptException:
+            raise
+        except duckdb.Error as exc:
+            return f"the one-statement load stopped ({first_line(exc)}): read in batches"
+        missing = con.execute(
+            "SELECT count(*) FROM spans WHERE input_id = ? AND (trace_id IS NULL OR span_id IS NULL "
+            "OR trace_id = '' OR span_id = '')",
+            [self.input_id],
+        ).fetchall()[0][0]
+        if missing:
+            return f"{missing:,} records are not flat spans: read in batches to find them"
+        self._spans = int(found[0][0])
+        self.result.spans = self._spans
+        return None
+
+    def lines(
+        self,
+        batches: Sequence[files.LineBatch] | Sequence[tuple[int, bytes]],
+        *,
+        python_first: bool = False,
+        done: tuple[int, int | None] | None = None,
+    ) -> None:
+        """Queue batches of lines (or (line number, JSON bytes) pairs) for normalising; lines the SQL
+        does not read as flat spans go through the Python decoders, whose rejects are recorded."""
+        if batches and isinstance(batches[0], files.LineBatch):
+            line_batches: Sequence[files.LineBatch] = batches  # type: ignore[assignment]
+            # One record batch each: DuckDB scans them on several threads.
+            table = pa.Table.from_batches(
+                [pa.record_batch({"line_no": pa.array(b.line_numbers), "raw": b.lines}) for b in line_batches]
+            )
+            self.result.repaired += sum(len(b.repaired_lines) for b in line_batches)
+        else:
+            pairs: Sequence[tuple[int, bytes]] = batches  # type: ignore[assignment]
+            table = pa.table(
+                {
+                    "line_no": pa.array([n for n, _ in pairs], type=pa.int64()),
+                    "raw": pa.array(
+                        [text.decode("utf-8", "replace") for _, text in pairs], type=pa.large_string()
+                    ),
+                }
+            )
+        if done is not None:
+            self.result.bytes = done[0] - self.resume.offset if self.resume.offset else done[0]
+        if python_first:
+            # Decoded here, on the reading thread, while the store's thread loads the batch before.
+            numbers = table.column("line_no").to_numpy()
+            decoded = _decode(zip(numbers.tolist(), table.column("raw").to_pylist(), strict=True))
+            self._queued(self._load_decoded, *decoded)
+        else:
+            self._queued(self._load_lines, table)
+        if self.progress:
+            self.progress(self.result.bytes, self._spans)
+
+    def _load_lines(self, table: pa.Table) -> None:
+        """Normalise a batch in SQL; the lines it does not read as flat spans go to the Python decoders."""
+        numbers = table.column("line_no").to_numpy()
+        others: list[tuple[int, str]] = []
+        if self._insert(table) < len(numbers):
+            found = (
+                self._db()
+                .execute(
+                    "SELECT line_no FROM spans WHERE input_id = ? AND line_no BETWEEN ? AND ?",
+                    [self.input_id, int(numbers[0]), int(numbers[-1])],
+                )
+                .fetchnumpy()["line_no"]
+            )
+            left = ~np.isin(numbers, found)
+            others = list(
+                zip(
+                    numbers[left].tolist(),
+                    table.column("raw").filter(pa.array(left)).to_pylist(),
+                    strict=True,
+                )
+            )
+        # Most lines needing Python means a non-flat format (e.g. OTLP): skip the SQL attempt from now on.
+        with self._lock:
+            self.python_first = len(others) > len(numbers) // 2
+        self._load_decoded(*_decode(others))
+
+    def _load_decoded(
+        self, decoded_numbers: list[int], decoded_spans: list[bytes], rejects: list[Reject]
+    ) -> None:
+        """Insert the flat spans the Python decoders made, and record their rejects."""
+        if decoded_spans:
+            self._insert(
+                pa.table(
+                    {
+                        "line_no": pa.array(decoded_numbers, type=pa.int64()),
+                        "raw": pa.array([span.decode() for span in decoded_spans], type=pa.large_string()),
+                    }
+                )
+            )
+        self._record_rejects(rejects)
+        if self._spans == 0 and self.result.rejected >= NOT_TRACE_DATA_AFTER:
+            raise _NotTraceData()
+
+    def _insert(self, batch: pa.Table) -> int:
+        """Normalise and insert the flat spans among `batch`'s lines; returns how many there were."""
+        con = self._db()
+        con.register("batch", batch)
+        try:
+            inserted = int(con.execute(duckdb_sql.INSERT_SQL, {"input_id": self.input_id}).fetchall()[0][0])
+        finally:
+            con.unregister("batch")
+        self._spans += inserted
+        self.result.spans = self._spans
+        return inserted
+
+    def rejects(self, rejects: list[Reject]) -> None:
+        if rejects:
+            self._queued(self._record_rejects, rejects)
+
+    def _record_rejects(self, rejects: list[Reject]) -> None:
+        if not rejects:
+            return
+        if self.ingest.strict:
+            first = min(rejects, key=lambda r: r.line_no)
+            raise StrictError(f"{self.result.path}:{first.line_no}: {first.reason}")
+        table = pa.table(
+            {
+                "input_id": pa.array([self.input_id] * len(rejects), pa.int32()),
+                "path": pa.array([self.result.path] * len(rejects), pa.string()),
+                "line_no": pa.array([r.line_no for r in rejects], pa.int64()),
+                "reason": pa.array([r.reason for r in rejects], pa.string()),
+                "excerpt": pa.array([_excerpt(r.excerpt) for r in rejects], pa.string()),
+            }
+        )
+        con = self._db()
+        con.register("new_rejects", table)
+        try:
+            con.execute("INSERT INTO rejects SELECT * FROM new_rejects")
+        finally:
+            con.unregister("new_rejects")
+        with self._lock:
+            self.result.rejected += len(rejects)
+            for reject in rejects:
+                reason = _reason_key(reject.reason)
+                self.report.reject_reasons[reason] = self.report.reject_reasons.get(reason, 0) + 1
+
+    # --- ending the input ---------------------------------------------------------------------
+
+    def finish(self, status: str, *, offset: int, line: int | None) -> None:
+        """End the input: merge duplicates, flag orphans, rebuild the rollups of every trace it
+        touched, record where it ended, and commit, all in its transaction. An input with no span and
+        something wrong (rejects, a message) fails instead."""
+        try:
+            self._drain()
+        except _NotTraceData:
+            self._call(self._fail_in_transaction, None)
+            return
+        if self._spans == 0 and (self.result.rejected or self.result.message) and self.resume.offset == 0:
+            self._call(self._fail_in_transaction, self.result.message)
+            return
+        path = self.result.path
+        digest = files.tail_digest(path, offset) if Path(path).is_file() and path != "-" else None
+        self.result.duplicates = self._call(self._finish_in_transaction, status, offset, line, digest)
+        self.finished = True
+        if self.progress:
+            self.progress(self.result.bytes, self._spans)
+
+    def fail(self, message: str | None) -> None:
+        """End the input as refused whole: what it holds is not trace data. The refusal is kept in
+        `rejects` (line 0 stands for the whole file) unless its lines were rejected one by one."""
+        try:
+            self._drain()
+        except _NotTraceData:
+            pass
+        self._call(self._fail_in_transaction, message)
+
+    def _fail_in_transaction(self, message: str | None) -> None:
+        con = self._db()
+        if message is None:
+            first = con.execute(
+                "SELECT line_no, reason FROM rejects WHERE input_id = ? ORDER BY line_no LIMIT 1",
+                [self.input_id],
+            ).fetchall()
+            reason = f"line {first[0][0]}: {first[0][1]}" if first else "no records"
+            message = (
+                f"not trace data: {reason}"
+                if self.kind == "JSON"
+                else f"not trace data: found {self.kind} ({reason})"
+            )
+        self.result.status, self.result.message = "failed", message
+        con.execute("DELETE FROM spans WHERE input_id = ?", [self.input_id])
+        self._spans = self.result.spans = 0
+        if not self.result.rejected:
+            self._record_rejects([Reject(0, message, b"")])
+        _refresh_touched(con, self.input_id)
+        con.execute(
+            "UPDATE inputs SET status = 'failed', resume_offset = 0, resume_line = 0, spans = 0, rejected = ?, "
+            "repaired = ?, finished_at = now() WHERE input_id = ?",
+            [self.result.rejected, self.result.repaired, self.input_id],
+        )
+        con.execute("COMMIT")
+        self.finished = True
+
+    def _finish_in_transaction(self, status: str, offset: int, line: int | None, digest: str | None) -> int:
+        con = self._db()
+        merged = _refresh_touched(con, self.input_id)
+        con.execute(
+            "UPDATE inputs SET status = ?, resume_offset = ?, resume_line = ?, tail_digest = ?, finished_at = now(), "
+            "spans = (SELECT count(*) FROM spans WHERE spans.input_id = inputs.input_id), "
+            "rejected = (SELECT count(*) FROM rejects WHERE rejects.input_id = inputs.input_id), repaired = ? "
+            "WHERE input_id = ?",
+            [status, offset, line, digest, self.result.repaired, self.input_id],
+        )
+        con.execute("COMMIT")
+        return merged
+
+
+def _refresh_touched(con: duckdb.DuckDBPyConnection, input_id: int) -> int:
+    """Merge duplicates, flag orphans and rebuild the rollups of the traces in `touched` and those the
+    input's spans belong to; returns how many duplicate spans were merged."""
+    con.execute(
+        "INSERT INTO touched SELECT DISTINCT trace_id FROM spans WHERE input_id = ? "
+        "EXCEPT SELECT trace_id FROM touched",
+        [input_id],
+    )
+    # Duplicates: keep a finished copy over an in-flight one, then the first ingested (a bulk-loaded
+    # file has no line numbers: the raw record decides, so the choice does not vary between runs).
+    merged = con.execute("""
+        DELETE FROM spans WHERE rowid IN (
+          SELECT rid FROM (
+            SELECT s.rowid AS rid, row_number() OVER (
+              PARTITION BY s.trace_id, s.span_id ORDER BY s.end_ns IS NULL, s.input_id, s.line_no, s.raw) AS rn
+            FROM spans s
+            SEMI JOIN (SELECT trace_id, span_id FROM spans WHERE trace_id IN (SELECT trace_id FROM touched)
+                       GROUP BY ALL HAVING count(*) > 1) d
+              ON s.trace_id = d.trace_id AND s.span_id = d.span_id)
+          WHERE rn > 1)""").fetchall()
+    con.execute("""
+        UPDATE spans SET is_orphan = o.orphan
+        FROM (SELECT s.rowid AS rid, s.parent_id IS NOT NULL AND p.span_id IS NULL AS orphan, s.is_orphan
+              FROM spans s
+              LEFT JOIN (SELECT trace_id, span_id FROM spans WHERE trace_id IN (SELECT trace_id FROM touched)) p
+                ON p.trace_id = s.trace_id AND p.span_id = s.parent_id
+              WHERE s.trace_id IN (SELECT trace_id FROM touched)) o
+        WHERE spans.rowid = o.rid AND o.orphan IS DISTINCT FROM o.is_orphan""")
+    con.execute("DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM touched)")
+    con.execute(ROLLUP_SQL)
+    return int(merged[0][0]) if merged else 0
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Cleaning up after Ctrl-C takes a moment; a second Ctrl-C meanwhile waits for it to end rather
+    than breaking it off half-way (the first one is already on its way up)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed: list[int] = []
     try:
-        yield from batches
-    except files.CorruptInput as exc:
-        result.message = str(exc)
+        previous = signal.signal(signal.SIGINT, lambda number, frame: pressed.append(number))
+    except ValueError:  # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class _Chain(io.RawIOBase):
-    """A stream that first returns `head` (already read, for sniffing) and then the rest."""
+    """A stream that first returns `head` (already read) and then the rest."""
 
     def __init__(self, head: bytes, rest: Any) -> None:
         self.head, self.rest = head, rest
@@ -750,50 +803,87 @@ class _Chain(io.RawIOBase):
         return True
 
     def read(self, size: int = -1) -> bytes:
-        if self.head:
-            if size < 0:
-                data, self.head = self.head + self.rest.read(), b""
-                return data
-            data, self.head = self.head[:size], self.head[size:]
-            if len(data) < size:
-                data += self.rest.read(size - len(data))
+        if self.head:  # a short read: the head first, on its own
+            data = self.head if size < 0 or size >= len(self.head) else self.head[:size]
+            self.head = self.head[len(data) :]
             return data
         return self.rest.read(size)
 
-    def seek(self, offset: int, whence: int = 0) -> int:
-        # Used only to resume at a byte offset from the start.
-        if whence != 0 or self.head == b"":
-            raise io.UnsupportedOperation("seek")
-        if offset <= len(self.head):
-            self.head = self.head[offset:]
-            return offset
-        skip = offset - len(self.head)
-        self.head = b""
-        try:
-            self.rest.seek(skip, 1)
-        except (OSError, io.UnsupportedOperation, AttributeError):
-            files.skip(self.rest, skip)
-        return offset
+    def close(self) -> None:
+        self.rest.close()
 
 
-def _is_document(head: bytes) -> bool:
-    """True when the input is one JSON document rather than one record per line."""
-    text = head.lstrip()
-    if text.startswith(b"["):
-        return True
-    if not text.startswith(b"{"):
+def _may_be_document(text: bytes) -> bool:
+    """The start of an input that may be one JSON document: it opens an object or array, and neither
+    its first line nor any other whole line in it is a JSON value of its own (in JSON Lines, they are)."""
+    text = text.lstrip()
+    if not text.startswith((b"{", b"[")):
         return False
-    first_line = text.split(b"\n", 1)[0]
+    lines = text.split(b"\n")
+    whole = lines[:-1] if len(lines) > 1 else lines  # the last one may be cut by the sample
+    for line in whole:
+        stripped = line.strip()
+        if stripped.startswith((b"{", b"[")) and _parses(stripped):
+            return False
+    return True
+
+
+def _parses(data: bytes) -> bool:
     try:
-        orjson.loads(first_line)
-        return False
+        orjson.loads(data)
+        return True
     except orjson.JSONDecodeError:
-        # A first line that is not a whole object: a pretty-printed document, unless it is just long.
-        return (
-            b"\n" in text
-            and len(first_line) < len(text) - 1
-            and first_line.rstrip().endswith((b"{", b"[", b","))
-        )
+        return False
+
+
+def _read_up_to(stream: Any, limit: int) -> bytes:
+    chunks, size = [], 0
+    while size <= limit:
+        chunk = stream.read(min(16 << 20, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _parse_document(data: bytes) -> Any:
+    """The whole input as one JSON value, or None when it is not one (or is over `DOCUMENT_LIMIT`)."""
+    if len(data) > DOCUMENT_LIMIT:
+        return None
+    try:
+        return loads(data.removeprefix(files.UTF8_BOM))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _whole_line(line: files.UnterminatedLine, *, force: bool = False) -> files.LineBatch | None:
+    """An unterminated last line that is already a whole JSON value (or any, when `force`), as a batch
+    of one: a writer that is still writing a line has not finished a value yet. None when it is not whole."""
+    text = line.data.rstrip(b"\r")
+    if not force and not _parses(text):
+        return None
+    value = pa.array([text.decode("utf-8", "replace")], type=pa.large_string())
+    return files.LineBatch(
+        value, np.array([line.line_number]), line.offset + len(line.data), line.line_number, [], []
+    )
+
+
+def loads(raw: bytes | str) -> Any:
+    """Parse one JSON record. A record whose keys include `trace_id` and `span_id` at the top is a flat
+    span, which the store's SQL reads too: its duplicate keys, if any, are read the way the SQL reads
+    them (the first occurrence wins), so a record means the same whichever road it takes."""
+    value = orjson.loads(raw)
+    if isinstance(value, dict) and "trace_id" in value and "span_id" in value:
+        return json.loads(raw, object_pairs_hook=_first_wins)
+    return value
+
+
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        out.setdefault(key, value)
+    return out
 
 
 def _decode(lines: Iterable[tuple[int, str]]) -> tuple[list[int], list[bytes], list[Reject]]:
@@ -806,8 +896,8 @@ def _decode(lines: Iterable[tuple[int, str]]) -> tuple[list[int], list[bytes], l
         if not raw.strip():
             continue
         try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+            obj = loads(raw)
+        except (orjson.JSONDecodeError, json.JSONDecodeError, RecursionError) as exc:
             rejects.append(Reject(line_no, _json_error(exc, raw), raw))
             continue
         try:
@@ -826,6 +916,29 @@ def _decode(lines: Iterable[tuple[int, str]]) -> tuple[list[int], list[bytes], l
     return numbers, spans, rejects
 
 
+def _dumped(spans: list[dict[str, Any]], line_no: int, load: _Load) -> list[bytes]:
+    out = []
+    for span in spans:
+        try:
+            out.append(orjson.dumps(span))
+        except TypeError as exc:
+            load.rejects([Reject(line_no, f"span {span.get('span_id')!r} cannot be stored: {exc}", b"")])
+    return out
+
+
+def _chunks(pairs: Iterator[tuple[int, bytes]], batch_bytes: int) -> Iterator[list[tuple[int, bytes]]]:
+    chunk: list[tuple[int, bytes]] = []
+    size = 0
+    for pair in pairs:
+        chunk.append(pair)
+        size += len(pair[1])
+        if size >= batch_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
 def _oversize_reject(line: files.OversizeLine, limit: int) -> Reject:
     return Reject(
         line.line_number, f"line of {line.size:,} bytes exceeds the {limit:,}-byte limit", line.head
@@ -839,27 +952,30 @@ def _duckdb_reads_as_is(path: str) -> bool:
 
 
 def _starts_with_flat_span(head: bytes) -> bool:
-    """True when the first record is a span in HALO's flat format, the one the bulk load reads."""
-    try:
-        first = orjson.loads(head.lstrip().split(b"\n", 1)[0])
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(first, dict) and "trace_id" in first and "span_id" in first
+    """True when the first record (the first whole line that is JSON) is a span in HALO's flat format,
+    the one the SQL reads."""
+    lines = head.split(b"\n")
+    for line in lines[:-1] if len(lines) > 1 else lines:
+        try:
+            first = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        return isinstance(first, dict) and "trace_id" in first and "span_id" in first
+    return False
 
 
 def _numbered(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
     return ((i, line) for i, line in enumerate(lines, start=1))
 
 
-def _as_list(values: Any) -> list[int]:
-    return values.tolist() if hasattr(values, "tolist") else list(values)
-
-
-def _json_error(exc: orjson.JSONDecodeError, raw: str) -> str:
+def _json_error(exc: Exception, raw: str) -> str:
+    if isinstance(exc, RecursionError):
+        return "invalid JSON: nested too deeply"
     message = str(exc).split(":", 1)[0]
-    if exc.pos >= len(raw.encode()) - 1 or "unexpected end" in str(exc):
+    position = getattr(exc, "pos", 0)
+    if position >= len(raw.encode()) - 1 or "unexpected end" in str(exc):
         return f"invalid JSON: {message} (truncated line?)"
-    return f"invalid JSON: {message} at character {exc.pos}"
+    return f"invalid JSON: {message} at character {position}"
 
 
 def _excerpt(value: bytes | str) -> str:

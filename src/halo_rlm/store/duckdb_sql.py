@@ -75,6 +75,7 @@ _STRUCT = {
     "kind": "VARCHAR",
     "start_time": "VARCHAR",
     "end_time": "VARCHAR",
+    "duration": "VARCHAR",
     "status": {"code": "VARCHAR", "message": "VARCHAR"},
     "resource": {"attributes": {"service.name": "VARCHAR"}},
     "scope": {"name": "VARCHAR", "version": "VARCHAR"},
@@ -116,7 +117,9 @@ def _count(field: str) -> str:
 def _capped(column: str) -> str:
     head, tail = TEXT_CAP * 3 // 4, TEXT_CAP // 4
     return (
-        f"CASE WHEN length({column}) > {TEXT_CAP} THEN left({column}, {head}) || '\n…[halo: ' || "
+        # strlen (bytes) first: it costs nothing, and length (characters) is never more
+        f"CASE WHEN strlen({column}) > {TEXT_CAP} AND length({column}) > {TEXT_CAP} "
+        f"THEN left({column}, {head}) || '\n…[halo: ' || "
         f"(length({column}) - {head + tail})::VARCHAR || ' characters cut]…\n' || right({column}, {tail}) "
         f"ELSE {column} END"
     )
@@ -131,9 +134,19 @@ def _is_kind(expr: str) -> str:
     return f"contains({KIND_SET}, '|' || {expr} || '|')"
 
 
+# The Vercel AI SDK: `ai.generateText` / `ai.streamText` / `ai.generateObject` / `ai.streamObject` wrap
+# the model calls (`.doGenerate` / `.doStream`) and repeat their usage, so only the inner spans are LLM.
+_VERCEL = "coalesce(j.attributes.\"ai.operationId\", CASE WHEN starts_with(j.name, 'ai.') THEN j.name END)"
 KIND_SQL = f"""CASE
   WHEN {_is_kind('upper(j.attributes."openinference.span.kind")')} THEN upper(j.attributes."openinference.span.kind")
   WHEN {_is_kind("upper(j.kind)")} THEN upper(j.kind)
+  WHEN regexp_full_match({_VERCEL}, 'ai[.](generateText|streamText|generateObject|streamObject)[.]do(Generate|Stream)')
+    THEN 'LLM'
+  WHEN regexp_full_match({_VERCEL}, 'ai[.](embed|embedMany)[.]doEmbed') THEN 'EMBEDDING'
+  WHEN {_VERCEL} = 'ai.toolCall' THEN 'TOOL'
+  WHEN regexp_full_match({_VERCEL}, 'ai[.](generateText|streamText|generateObject|streamObject)')
+    THEN CASE WHEN nullif(j.attributes."ai.telemetry.functionId", '') IS NOT NULL THEN 'AGENT' ELSE 'CHAIN' END
+  WHEN regexp_full_match({_VERCEL}, 'ai[.](embed|embedMany)') THEN 'CHAIN'
   WHEN contains('|chat|text_completion|generate_content|completion|',
     '|' || lower(j.attributes."gen_ai.operation.name") || '|')
     THEN 'LLM'
@@ -207,12 +220,12 @@ FROM (
     SELECT
       line_no, raw,
       trace_id, span_id,
-      nullif(halo_id(j.parent_span_id), '') AS parent_id,
+      parent_id,
       coalesce(j.name, '') AS name, {KIND_SQL} AS kind,
       upper(replace(coalesce(j.kind, 'INTERNAL'), 'SPAN_KIND_', '')) AS otel_kind,
       j.resource.attributes."service.name" AS service, j.scope.name AS scope, j.scope.version AS scope_version,
       {STATUS_SQL} AS status, {STATUS_MESSAGE_SQL} AS status_message,
-      halo_ns(j.start_time) AS start_ns, halo_ns(j.end_time) AS end_ns,
+      start_ns, end_ns,
       {_coalesce("model")} AS model, {_coalesce("provider")} AS provider,
       {_count("input_tokens")} AS input_tokens, {_count("output_tokens")} AS output_tokens,
       {_count("total_tokens")} AS total_tokens, {_count("cache_read_tokens")} AS cache_read_tokens,
@@ -228,18 +241,28 @@ FROM (
         'type': e.attributes."exception.type", 'message': e.attributes."exception.message",
         'stacktrace': e.attributes."exception.stacktrace"}})) END AS exceptions,
       nullif(j.attributes."llm.finish_reason", '') AS finish_reason,
-      ({" OR ".join(f'j.attributes."{k}" IS NOT NULL' for k in MESSAGE_MARKERS)}) AS has_messages
+      ({" OR ".join(f'j.attributes."{k}" IS NOT NULL' for k in MESSAGE_MARKERS)}
+        OR len(list_filter(j.events, lambda e: starts_with(e.name, 'gen_ai.'))) > 0) AS has_messages
     FROM (
-      SELECT line_no, raw, j,
-        CASE WHEN contains('|VARCHAR|BIGINT|UBIGINT|', '|' || json_type(j.trace_id) || '|')
-          THEN halo_id(j.trace_id ->> '$') END AS trace_id,
-        CASE WHEN contains('|VARCHAR|BIGINT|UBIGINT|', '|' || json_type(j.span_id) || '|')
-          THEN halo_id(j.span_id ->> '$') END AS span_id
+      -- Each step reads columns the step before made: a macro given an expression repeats it.
+      SELECT line_no, raw, j, halo_id(trace_text) AS trace_id, halo_id(span_text) AS span_id,
+        nullif(halo_id(parent_text), '') AS parent_id, start_ns,
+        coalesce(end_given, CASE WHEN duration < 9223372036854775807 - start_ns THEN start_ns + duration END)
+          AS end_ns
       FROM (
-        SELECT line_no, raw,
-          -- try() turns malformed JSON into NULL: one parse per line instead of json_valid + transform.
-          CASE WHEN starts_with(raw, '{{') THEN try(json_transform(raw, '{PARSE_STRUCTURE}')) END AS j
-        FROM {source}
+        SELECT line_no, raw, j,
+          CASE WHEN contains('|VARCHAR|BIGINT|UBIGINT|', '|' || json_type(j.trace_id) || '|')
+            THEN halo_trimmed(j.trace_id ->> '$') END AS trace_text,
+          CASE WHEN contains('|VARCHAR|BIGINT|UBIGINT|', '|' || json_type(j.span_id) || '|')
+            THEN halo_trimmed(j.span_id ->> '$') END AS span_text,
+          halo_trimmed(j.parent_span_id) AS parent_text,
+          halo_ns(j.start_time) AS start_ns, halo_ns(j.end_time) AS end_given, halo_duration(j.duration) AS duration
+        FROM (
+          SELECT line_no, raw,
+            -- try() turns malformed JSON into NULL: one parse per line instead of json_valid + transform.
+            CASE WHEN starts_with(raw, '{{') THEN try(json_transform(raw, '{PARSE_STRUCTURE}')) END AS j
+          FROM {source}
+        )
       )
     )
     {span_filter}
@@ -249,8 +272,9 @@ FROM (
 """
 
 
-# A batch of lines registered as `batch`; lines that are not flat spans are left for the Python decoders.
-INSERT_SQL = _insert_sql("batch", "WHERE trace_id <> '' AND span_id <> ''", "RETURNING line_no")
+# A batch of lines registered as `batch`; lines that are not flat spans are left for the Python decoders
+# (the statement returns how many it inserted; the ingest finds which ones were left by their line numbers).
+INSERT_SQL = _insert_sql("batch", "WHERE trace_id <> '' AND span_id <> ''", "")
 
 # A whole file of flat spans in one statement, which DuckDB spreads over every core. Every record
 # goes in: a caller finding a record without ids rolls back and reads the file line by line.
@@ -264,15 +288,7 @@ BULK_INSERT_SQL = _insert_sql(
     tallied=True,
 )
 
-# Spans the Python decoders wrote to a staging file, one `{"line": N, "span": {...}}` per line.
-STAGED_INSERT_SQL = _insert_sql(
-    f"""(SELECT line AS line_no, span::VARCHAR AS raw FROM read_json(
-          $path, format = 'newline_delimited', columns = {{'line': 'BIGINT', 'span': 'JSON'}},
-          maximum_object_size = {BULK_OBJECT_BYTES}))""",
-    "WHERE trace_id <> '' AND span_id <> ''",
-    "",
-)
-
+ID_SPACE = " \t\n\v\f\r"  # what ids are trimmed of (as formats.spans.normalize_id does)
 MACROS = [
     # Parts of an error (message, type, a tool's result...) joined with " | ", each said once: a part
     # another part contains (a tool's result that repeats the message) is left out.
@@ -298,16 +314,41 @@ MACROS = [
         '(?:<n>[.:,/-]?)+<n>', '<n>', 'g')
       || coalesce(' [HTTP ' || nullif(regexp_extract(m, '(?i)(?:code|status|http)[ :=/]*([1-5][0-9][0-9])\b', 1), '')
                   || ']', ''))""",
-    # Ids: hex ids lowercased (without `0x` or UUID dashes); all-zero ids mean "none"; others kept as text.
-    """CREATE OR REPLACE TEMP MACRO halo_id(x) AS CASE
-      WHEN x IS NULL OR regexp_full_match(x, '\\s*0*\\s*') THEN ''
-      WHEN regexp_full_match(x, '\\s*(0[xX])?[0-9a-fA-F]+\\s*') THEN lower(regexp_replace(trim(x), '^0[xX]', ''))
-      WHEN regexp_full_match(x, '\\s*[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\\s*')
-        THEN lower(replace(trim(x), '-', ''))
-      ELSE trim(x) END""",
+    # Ids as the source wrote them (formats.spans.normalize_id): hex, with or without `0x` or UUID dashes,
+    # lower-cased (dashes kept); all-zero ids mean "none"; other ids kept as text.
+    # Ids as the source wrote them (formats.spans.normalize_id), from text already trimmed (`halo_trimmed`):
+    # hex, with or without `0x`, lower-cased (UUID dashes kept); all-zero ids mean "none"; others as text.
+    # One flat CASE over a column: a macro nested in another would repeat its argument's expression.
+    """CREATE OR REPLACE TEMP MACRO halo_id(t) AS CASE
+      WHEN t IS NULL OR ltrim(t, '0-') = '' THEN ''
+      WHEN starts_with(t, '0x') OR starts_with(t, '0X') THEN
+        CASE WHEN NOT regexp_full_match(substr(t, 3), '[0-9a-fA-F]+') THEN t
+             WHEN ltrim(substr(t, 3), '0') = '' THEN ''
+             ELSE lower(substr(t, 3)) END
+      WHEN t = lower(t) THEN t
+      WHEN regexp_full_match(t, '[0-9a-fA-F-]+') THEN lower(t)
+      ELSE t END""",
+    f"""CREATE OR REPLACE TEMP MACRO halo_trimmed(x) AS trim(x, '{ID_SPACE}')""",
+    # Durations (formats.spans.duration_ns): nanoseconds, or ISO-8601 (`PT1M48.75533S`; weeks to seconds).
+    r"""CREATE OR REPLACE TEMP MACRO halo_duration(x) AS CASE
+      WHEN x IS NULL OR x = '' THEN NULL
+      WHEN regexp_full_match(x, '[0-9]+') THEN try_cast(x AS BIGINT)
+      WHEN regexp_full_match(x, '[0-9]*\.[0-9]+([eE][+-]?[0-9]+)?|[0-9]+[eE][+-]?[0-9]+')
+        THEN try_cast(try_cast(x AS DOUBLE) AS BIGINT)
+      WHEN regexp_full_match(x, '(?i)P(?:[0-9]+(?:[.,][0-9]+)?W)?(?:[0-9]+(?:[.,][0-9]+)?D)?(?:T(?:[0-9]+(?:[.,][0-9]+)?H)?(?:[0-9]+(?:[.,][0-9]+)?M)?(?:[0-9]+(?:[.,][0-9]+)?S)?)?')
+        AND regexp_matches(x, '[0-9]') AND NOT regexp_matches(x, '(?i)T$')
+        THEN try_cast(round((
+          coalesce(try_cast(replace(regexp_extract(x, '(?i)([0-9.,]+)W', 1), ',', '.') AS DECIMAL(38, 9)), 0) * 604800
+          + coalesce(try_cast(replace(regexp_extract(x, '(?i)([0-9.,]+)D', 1), ',', '.') AS DECIMAL(38, 9)), 0) * 86400
+          + coalesce(try_cast(replace(regexp_extract(x, '(?i)([0-9.,]+)H', 1), ',', '.') AS DECIMAL(38, 9)), 0) * 3600
+          + coalesce(try_cast(replace(regexp_extract(x, '(?i)T.*?([0-9.,]+)M', 1), ',', '.') AS DECIMAL(38, 9)), 0) * 60
+          + coalesce(try_cast(replace(regexp_extract(x, '(?i)([0-9.,]+)S', 1), ',', '.') AS DECIMAL(38, 9)), 0)
+        ) * 1000000000) AS BIGINT)
+      END""",
     # Times: ISO-8601 (with Z, an offset, or none = UTC), or numbers in ns, or s/ms/us by magnitude.
     """CREATE OR REPLACE TEMP MACRO halo_ns(x) AS CASE
       WHEN x IS NULL OR x = '' THEN NULL
+      WHEN ends_with(x, 'Z') AND substr(x, 5, 1) = '-' THEN epoch_ns(try_cast(x AS TIMESTAMP_NS))  -- the usual
       WHEN regexp_full_match(x, '[0-9]+') THEN halo_scale(try_cast(x AS HUGEINT))
       WHEN regexp_full_match(x, '[0-9]*\\.[0-9]+([eE][+-]?[0-9]+)?|[0-9]+[eE][+-]?[0-9]+')
         THEN halo_scale(try_cast(try_cast(x AS DOUBLE) * CASE WHEN try_cast(x AS DOUBLE) < 1e11 THEN 1e9 ELSE 1 END

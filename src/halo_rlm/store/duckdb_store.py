@@ -8,6 +8,8 @@ SQL. Filling it is `duckdb_ingest`'s job; the SQL both use is here and in `duckd
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import re
 import threading
 import time
@@ -23,6 +25,7 @@ import orjson
 import regex
 
 from halo_rlm import files
+from halo_rlm.formats.spans import normalize_id
 from halo_rlm.store import duckdb_sql
 from halo_rlm.store.base import StoreError, TraceStore
 from halo_rlm.store.dialect import Dialect
@@ -70,6 +73,8 @@ from halo_rlm.utils import first_line, iso_to_ns, ns_to_iso
 __all__ = ["DuckDBStore", "required_literals"]
 
 INGEST_MEMORY = "512MB"
+QUERY_MEMORY = "2GB"  # what a read-only store (the one untrusted SQL runs on) may hold in memory...
+QUERY_TEMP = "8GB"  # ...and spill to disk beyond that
 
 
 class DuckDBStore(TraceStore):
@@ -111,6 +116,8 @@ class DuckDBStore(TraceStore):
         config = (
             {
                 "enable_external_access": False,
+                "memory_limit": QUERY_MEMORY,
+                "max_temp_directory_size": QUERY_TEMP,
                 "autoinstall_known_extensions": False,
                 "autoload_known_extensions": False,
             }
@@ -139,6 +146,8 @@ class DuckDBStore(TraceStore):
                 con.execute("SET lock_configuration = true")
         store = cls(con, path, read_only)
         store._setup()
+        if not read_only:
+            _remove_staging_files(path)
         return store
 
     def close(self) -> None:
@@ -214,7 +223,10 @@ class DuckDBStore(TraceStore):
         try:
             yield
         except BaseException:
-            self.con.execute("ROLLBACK")
+            try:
+                self.con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass  # DuckDB already rolled back the transaction of a failed or interrupted statement
             raise
         self.con.execute("COMMIT")
 
@@ -299,6 +311,7 @@ class DuckDBStore(TraceStore):
         )
 
     def trace_summary(self, trace_id: str) -> TraceSummary:
+        trace_id = self.resolve_trace_id(trace_id)
         rows = self._rows(f"SELECT {SUMMARY_COLUMNS} FROM traces t WHERE trace_id = ?", [trace_id])
         if not rows:
             raise StoreError(self._unknown_trace(trace_id))
@@ -377,6 +390,10 @@ class DuckDBStore(TraceStore):
             in_flight_spans=totals["in_flight_spans"],
             rejected_records=int(self.first_row("SELECT count(*) FROM rejects")[0]),  # type: ignore[index]
             inputs=int(self.first_row("SELECT count(*) FROM inputs")[0]),  # type: ignore[index]
+            unfinished_inputs=[
+                r["path"]
+                for r in self._rows("SELECT path FROM inputs WHERE status = 'partial' ORDER BY input_id")
+            ],
             raw_bytes=totals["raw_bytes"],
             error_groups=self._error_groups(top),
             sample_trace_ids=samples,
@@ -443,9 +460,12 @@ class DuckDBStore(TraceStore):
             SELECT coalesce(tool_name, name) AS source, kind, error_template AS template,
                    count(*) AS error_spans, count(DISTINCT trace_id) AS traces,
                    list_sort(list_distinct(list(trace_id)))[:3] AS example_trace_ids,
-                   arg_min(trace_id || ':' || span_id, start_ns) AS example_span,
+                   -- the first by start time; a span without one (still a valid span) comes last, not never
+                   arg_min(trace_id || ':' || span_id, (start_ns IS NULL, start_ns, trace_id, span_id))
+                     AS example_span,
                    arg_min(halo_join_distinct([status_message,
-                           CASE WHEN kind = 'TOOL' THEN left(tool_result, 300) END]), start_ns) AS example_message
+                           CASE WHEN kind = 'TOOL' THEN left(tool_result, 300) END]),
+                           (start_ns IS NULL, start_ns, trace_id, span_id)) AS example_message
             FROM spans SEMI JOIN selected USING (trace_id)
             WHERE status = 'ERROR'
             GROUP BY ALL ORDER BY traces DESC, error_spans DESC, source, template LIMIT ?""",
@@ -472,6 +492,9 @@ class DuckDBStore(TraceStore):
         return self._view(trace_id, list(span_ids), budget_bytes, value_chars)
 
     def _view(self, trace_id: str, span_ids: list[str] | None, budget: int, value_chars: int) -> TraceView:
+        trace_id = self.resolve_trace_id(trace_id)
+        if span_ids is not None:
+            span_ids = [normalize_id(span_id) or span_id for span_id in span_ids]
         rows = self._rows(
             f"SELECT {VIEW_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns NULLS LAST, span_id",
             [trace_id],
@@ -498,6 +521,9 @@ class DuckDBStore(TraceStore):
         max_matches = max(1, min(max_matches, 500))
         if trace_id is None:
             return self._search_dataset(pattern, compiled, filters, context_chars, max_matches, timeout)
+        trace_id = self.resolve_trace_id(trace_id)
+        if span_id is not None:
+            span_id = normalize_id(span_id) or span_id
         clauses, params = ["trace_id = ?"], [trace_id]
         if span_id is not None:
             clauses.append("span_id = ?")
@@ -560,10 +586,71 @@ class DuckDBStore(TraceStore):
     def sql(
         self, query: str, *, max_rows: int = 200, max_bytes: int = 50_000, timeout: float = 10.0
     ) -> SqlResult:
-        """One read-only SELECT over the canonical tables (spans, traces, rejects, inputs), capped in
-        rows, bytes and time. Only read-only stores run it: their file access is switched off."""
+        """One read-only SELECT over the canonical tables (spans, traces, rejects, inputs), bounded
+        while it runs: at most `max_rows` rows are made, values are cut to `max_bytes` inside the
+        database, rows are fetched only until `max_bytes` of them are in, and the query is stopped at
+        `timeout` seconds wherever it is (running or being fetched). The store's own memory limit
+        (`QUERY_MEMORY`, then `QUERY_TEMP` on disk) bounds what it may hold. Only read-only stores run
+        it: their file access and settings are locked. Every error is one line."""
         if not self.read_only:
             raise StoreError("SQL runs only on a store opened read-only (its file access is locked off)")
+        query = query.strip().rstrip(";").strip()
+        self._check_select(query)
+        # On this connection itself: the query may read temporary tables HALO made on it (detectors').
+        cursor = self.con
+        timer = threading.Timer(timeout, cursor.interrupt)
+        timer.start()
+        try:
+            columns, kinds = self._describe(cursor, query)
+            cut = max(64, max_bytes)
+            wrapped = (
+                "SELECT "
+                + ", ".join(_capped_column(i + 1, kind, cut) for i, kind in enumerate(kinds))
+                + f" FROM ({query}) LIMIT {max(0, max_rows) + 1}"
+            )
+            result = cursor.execute(wrapped)
+            rows: list[list[Any]] = []
+            size, truncated, clipped = 2, False, 0
+            while not truncated:
+                chunk = result.fetchmany(64)
+                if not chunk:
+                    break
+                for row in chunk:
+                    if len(rows) == max_rows:
+                        truncated = True
+                        break
+                    values = [_value(value, kind) for value, kind in zip(row, kinds, strict=True)]
+                    clipped += sum(isinstance(v, str) and v.endswith(CUT_MARK) for v in values)
+                    row_bytes = len(orjson.dumps(values, default=str)) + 1
+                    if rows and size + row_bytes > max_bytes:
+                        truncated = True
+                        break
+                    rows.append(values)
+                    size += row_bytes
+        except duckdb.InterruptException:
+            raise StoreError(
+                f"the query took over {timeout:g}s and was stopped; add filters or a LIMIT"
+            ) from None
+        except duckdb.OutOfMemoryException:
+            raise StoreError(
+                f"the query needs more memory than the {QUERY_MEMORY} (and {QUERY_TEMP} on disk) a query "
+                "may use; filter, aggregate or add a LIMIT"
+            ) from None
+        except duckdb.Error as exc:
+            raise StoreError(f"SQL error: {first_line(exc)}") from exc
+        finally:
+            timer.cancel()
+            with contextlib.suppress(duckdb.Error):
+                cursor.execute("SELECT NULL").fetchall()  # drops whatever of the result was not fetched
+        note = None
+        if truncated:
+            note = f"showing {len(rows)} rows; add LIMIT/OFFSET, aggregate, or select fewer columns"
+        if clipped:
+            note = (note + "; " if note else "") + f"{clipped} long values were cut to {cut:,} characters"
+        return SqlResult(columns=columns, rows=rows, row_count=len(rows), truncated=truncated, note=note)
+
+    def _check_select(self, query: str) -> None:
+        """Exactly one SELECT, calling none of the functions that show the store's files or settings."""
         try:
             statements = self.con.extract_statements(query)
         except duckdb.Error as exc:
@@ -572,27 +659,21 @@ class DuckDBStore(TraceStore):
             raise StoreError(f"send exactly one statement (got {len(statements)})")
         if statements[0].type != duckdb.StatementType.SELECT:
             raise StoreError(f"only SELECT queries are allowed (got {statements[0].type.name})")
-        try:
-            cursor = self._execute(query, None, timeout)
-            columns = [d[0] for d in cursor.description or ()]
-            rows = cursor.fetchmany(max_rows + 1)
-            cursor.fetchall()  # finish the result (DuckDB refuses new work while one is open)
-        except _Timeout:
+        tree = orjson.loads(
+            self.con.execute("SELECT json_serialize_sql(?::VARCHAR)", [query]).fetchall()[0][0]
+        )
+        refused = sorted(name for name in _function_names(tree) if not _allowed_function(name))
+        if refused:
             raise StoreError(
-                f"the query took over {timeout:g}s and was stopped; add filters or a LIMIT"
-            ) from None
-        except duckdb.Error as exc:
-            raise StoreError(f"SQL error: {first_line(exc)}") from exc
-        truncated, note = len(rows) > max_rows, None
-        values = [[plain(v) for v in row] for row in rows[:max_rows]]
-        size = len(orjson.dumps(values, default=str))
-        while values and size > max_bytes:
-            values.pop()
-            size = len(orjson.dumps(values, default=str))
-            truncated = True
-        if truncated:
-            note = f"showing {len(values)} rows; add LIMIT/OFFSET, aggregate, or select fewer columns"
-        return SqlResult(columns=columns, rows=values, row_count=len(values), truncated=truncated, note=note)
+                f"{', '.join(refused)}: not available here (it shows the store's files or settings, or runs "
+                "other SQL); query the tables spans, traces, rejects and inputs"
+            )
+
+    @staticmethod
+    def _describe(cursor: duckdb.DuckDBPyConnection, query: str) -> tuple[list[str], list[str]]:
+        """The query's column names and types, from binding it (nothing runs)."""
+        described = cursor.execute(f"DESCRIBE {query}").fetchall()
+        return [str(row[0]) for row in described], [str(row[1]) for row in described]
 
     def spans(
         self,
@@ -1030,6 +1111,26 @@ class DuckDBStore(TraceStore):
                 )
         return " AND ".join(clauses) or "true", params
 
+    def resolve_trace_id(self, text: str) -> str:
+        """The trace a user means: its id as stored, as the source wrote it (hex in any case, `0x`), or
+        any prefix that only one trace id starts with. Unknown and ambiguous ids are a `StoreError`."""
+        candidates = list(dict.fromkeys(c for c in (text, normalize_id(text)) if c))
+        for candidate in candidates:
+            if self.first_row("SELECT 1 FROM traces WHERE trace_id = ?", [candidate]):
+                return candidate
+        for candidate in candidates:
+            rows = self._rows(
+                "SELECT trace_id FROM traces WHERE starts_with(trace_id, ?) ORDER BY trace_id LIMIT 6",
+                [candidate],
+            )
+            if len(rows) == 1:
+                return str(rows[0]["trace_id"])
+            if rows:
+                shown = ", ".join(r["trace_id"] for r in rows[:5])
+                more = " and more" if len(rows) > 5 else ""
+                raise StoreError(f"trace id {text!r} is ambiguous: it starts {shown}{more}; give more of it")
+        raise StoreError(self._unknown_trace(text))
+
     def _selected_traces(self, filters: TraceFilters | None) -> tuple[str, list[Any]]:
         """`AND trace_id IN (the traces matching filters)` for a query over spans, or nothing."""
         where, params = self._where(filters)
@@ -1110,6 +1211,100 @@ def _after(expr: str, key: str, cursor: str | None, descending: bool) -> tuple[s
 
 def _ms(ns: float | None) -> float | None:
     return None if ns is None else ns / 1e6
+
+
+CUT_MARK = "…[cut]"
+# Functions untrusted SQL may not call: they show the store's path, files or settings, or run SQL
+# given as text (which would get past this check).
+_REFUSED_FUNCTIONS = frozenset(
+    {
+        "current_setting",
+        "getenv",
+        "query",
+        "query_table",
+        "json_execute_serialized_sql",
+        "which_secret",
+        "checkpoint",
+        "force_checkpoint",
+    }
+)
+# System table functions that only describe the tables and SQL, not the store's files.
+_ALLOWED_SYSTEM = frozenset(
+    {
+        "duckdb_tables",
+        "duckdb_columns",
+        "duckdb_views",
+        "duckdb_functions",
+        "duckdb_types",
+        "duckdb_keywords",
+        "duckdb_schemas",
+        "duckdb_constraints",
+        "duckdb_indexes",
+        "pragma_table_info",
+        "pragma_show",
+    }
+)
+
+
+def _allowed_function(name: str) -> bool:
+    lowered = name.lower()
+    if lowered in _REFUSED_FUNCTIONS:
+        return False
+    return not lowered.startswith(("duckdb_", "pragma_")) or lowered in _ALLOWED_SYSTEM
+
+
+def _function_names(tree: Any) -> set[str]:
+    """Every function a serialised parse tree calls (walked without recursion: trees can be deep)."""
+    names: set[str] = set()
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            name = node.get("function_name")
+            if isinstance(name, str):
+                names.add(name)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return names
+
+
+def _capped_column(position: int, kind: str, cut: int) -> str:
+    """Column `position` of the query with long values cut inside the database, so a huge value is
+    never fetched: text and blobs to `cut` characters, nested values as JSON text."""
+    column = f"#{position}"
+    upper = kind.upper()
+    if upper in ("VARCHAR", "JSON"):
+        text = f"{column}::VARCHAR"
+    elif upper == "BLOB":
+        return f"CASE WHEN octet_length({column}) > {cut} THEN {column}[1:{cut}] ELSE {column} END"
+    elif upper.endswith("]") or upper.startswith(("STRUCT", "MAP", "UNION")):
+        text = f"to_json({column})::VARCHAR"
+    else:
+        return column
+    return f"CASE WHEN strlen({text}) > {cut} THEN left({text}, {cut}) || '{CUT_MARK}' ELSE {text} END"
+
+
+def _value(value: Any, kind: str) -> Any:
+    """A fetched value as plain JSON-able data; nested values come back from their JSON text."""
+    upper = kind.upper()
+    if isinstance(value, str) and (upper.endswith("]") or upper.startswith(("STRUCT", "MAP", "UNION"))):
+        if value.endswith(CUT_MARK):
+            return value
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+    return plain(value)
+
+
+def _remove_staging_files(path: str) -> None:
+    """Staging files an ingest killed half-way left beside the store (older versions staged decoded
+    spans in `<store>.<input>.staging.jsonl`). Only the process holding the store open for writing
+    could be using one, and that is this one."""
+    store = Path(path)
+    for leftover in store.parent.glob(f"{glob.escape(store.name)}.*.staging.jsonl"):
+        leftover.unlink(missing_ok=True)
 
 
 # Labels of a trace a comparison can group or stratify by (`trace_values`).

@@ -215,6 +215,10 @@ class Overview(BaseModel):
     in_flight_spans: int
     rejected_records: int
     inputs: int
+    unfinished_inputs: list[str] = Field(
+        default_factory=list,
+        description="Inputs whose ingest was interrupted: none of their spans are in; ingest them again",
+    )
     raw_bytes: int
     error_groups: list[ErrorGroup]
     sample_trace_ids: list[str]
@@ -439,6 +443,10 @@ class InputReport:
     bytes: int = 0
     seconds: float = 0.0
     message: str | None = None
+    # How it was read: bulk (one statement) | lines (batches of flat spans) | decoded (batches the
+    # Python decoders read) | document (one JSON document); `road_reason` says why, when it is not bulk.
+    road: str | None = None
+    road_reason: str | None = None
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from halo_rlm.formats.conventions import normalize_messages
+from halo_rlm.formats.conventions import TEXT_CAP, normalize_messages, orjson_text
 from halo_rlm.store.base import StoreError
 from halo_rlm.store.results import (
     Count,
@@ -38,6 +38,8 @@ __all__ = [
     "trace_view",
     "tree_order",
 ]
+
+MAX_VIEW_DEPTH = 32  # nesting shown as structure; deeper values are shown as JSON text
 
 # Attributes a view leaves out because canonical fields already show them, compactly.
 _FLATTENED = re.compile(
@@ -91,7 +93,7 @@ def tree_order(rows: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
 def span_view(
     row: dict[str, Any], depth: int, trace_start: int | None, value_chars: int
 ) -> tuple[SpanView, int]:
-    raw = orjson.loads(row["raw"])
+    raw = _record(row["raw"])
     cut = 0
     attributes: dict[str, Any] = {}
     dropped = 0
@@ -107,7 +109,11 @@ def span_view(
         attributes["halo.note"] = f"{dropped} flattened message/tool keys shown under `messages` instead"
     attrs = raw.get("attributes")
     messages = (
-        {key: value for key, value in normalize_messages(attrs).items() if value and key != "finish_reason"}
+        {
+            key: value
+            for key, value in normalize_messages(attrs, events=raw.get("events")).items()
+            if value and key != "finish_reason"
+        }
         if isinstance(attrs, dict) and row["kind"] == "LLM"
         else {}
     )
@@ -209,22 +215,34 @@ def trace_view(
     )
 
 
-def cap(value: Any, limit: int) -> tuple[Any, int]:
-    """Cut long strings (in nested values too) to head and tail; returns the value and how many were cut."""
+def _record(raw: str) -> dict[str, Any]:
+    """A span's raw record, parsed; one the parser refuses (nested past its limit) is shown as text."""
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return {"attributes": {"halo.note": f"the raw record cannot be shown as JSON ({exc})", "raw": raw}}
+    return record if isinstance(record, dict) else {"attributes": {"raw": raw}}
+
+
+def cap(value: Any, limit: int, depth: int = 0) -> tuple[Any, int]:
+    """Cut long strings (in nested values too) to head and tail; returns the value and how many were
+    cut. Values nested deeper than `MAX_VIEW_DEPTH` are shown as (cut) JSON text."""
     if isinstance(value, str):
         clipped = clip_or_none(value, limit)
         return clipped, int(clipped is not value)
+    if isinstance(value, list | dict) and depth >= MAX_VIEW_DEPTH:
+        return clip(orjson_text(value), limit), 1
     if isinstance(value, list):
         out, cut = [], 0
         for item in value:
-            item, n = cap(item, limit)
+            item, n = cap(item, limit, depth + 1)
             out.append(item)
             cut += n
         return out, cut
     if isinstance(value, dict):
         result, cut = {}, 0
         for key, item in value.items():
-            result[key], n = cap(item, limit)
+            result[key], n = cap(item, limit, depth + 1)
             cut += n
         return result, cut
     return value, 0
@@ -288,13 +306,16 @@ def scan(
     )
 
 
-def plain(value: Any) -> Any:
+def plain(value: Any, depth: int = 0) -> Any:
+    """A database value as plain JSON-able data (values nested deeper than `MAX_VIEW_DEPTH` as text)."""
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
+    if isinstance(value, (list, tuple, dict)) and depth >= MAX_VIEW_DEPTH:
+        return str(value)[:TEXT_CAP]
     if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
+        return [plain(v, depth + 1) for v in value]
     if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): plain(v, depth + 1) for k, v in value.items()}
     return str(value)
 
 
