@@ -29,7 +29,7 @@ from halo_rlm.store.clickhouse_dialect import ClickHouseDialect
 from halo_rlm.store.clickhouse_ingest import Ingest
 from halo_rlm.store.clickhouse_otel import map_otel_table
 from halo_rlm.store.dialect import Dialect
-from halo_rlm.store.duckdb_store import ATTRIBUTE_NAME, required_literals
+from halo_rlm.store.duckdb_store import ATTRIBUTE_NAME, CUT_MARK, required_literals
 from halo_rlm.store.results import (
     Count,
     Durations,
@@ -481,21 +481,44 @@ class ClickHouseStore(TraceStore):
         }
         checked = self._checked(query)
         try:
-            table = self.conn.arrow(checked, limits)
+            described = self.conn.rows(f"DESCRIBE TABLE ({checked})", {"readonly": 1})
+            columns = [str(r["name"]) for r in described]
+            kinds = [str(r["type"]) for r in described]
+            cut = max(64, max_bytes)
+            # Long values are cut inside ClickHouse and only max_rows + 1 rows are made, so neither a
+            # huge value nor a huge result is ever fetched whole.
+            wrapped = (
+                "SELECT "
+                + ", ".join(
+                    _capped_column(name, kind, cut) for name, kind in zip(columns, kinds, strict=True)
+                )
+                + f" FROM ({checked}) LIMIT {max(0, max_rows) + 1}"
+            )
+            table = self.conn.arrow(wrapped, limits)
         except StoreError as exc:
             raise StoreError(f"SQL error: {str(exc).split(': ', 1)[-1]}") from None
-        columns = table.column_names
-        head = table.slice(0, max_rows + 1)  # by column: two columns may share a name
-        rows = [list(row) for row in zip(*(column.to_pylist() for column in head.columns), strict=True)]
-        truncated, note = len(rows) > max_rows, None
-        rows = [[plain(v) for v in row] for row in rows[:max_rows]]
-        size = len(orjson.dumps(rows, default=str))
-        while rows and size > max_bytes:
-            rows.pop()
-            size = len(orjson.dumps(rows, default=str))
-            truncated = True
+        rows: list[list[Any]] = []
+        size, truncated, clipped = 2, False, 0
+        for batch in table.to_batches(max_chunksize=64):  # converted only as far as the byte cap
+            for row in zip(*(column.to_pylist() for column in batch.columns), strict=True):
+                if len(rows) == max_rows:
+                    truncated = True
+                    break
+                values = [_value(value, kind) for value, kind in zip(row, kinds, strict=True)]
+                clipped += sum(isinstance(v, str) and v.endswith(CUT_MARK) for v in values)
+                row_bytes = len(orjson.dumps(values, default=str)) + 1
+                if rows and size + row_bytes > max_bytes:
+                    truncated = True
+                    break
+                rows.append(values)
+                size += row_bytes
+            if truncated:
+                break
+        note = None
         if truncated:
             note = f"showing {len(rows)} rows; add LIMIT/OFFSET, aggregate, or select fewer columns"
+        if clipped:
+            note = (note + "; " if note else "") + f"{clipped} long values were cut to {cut:,} characters"
         return SqlResult(columns=columns, rows=rows, row_count=len(rows), truncated=truncated, note=note)
 
     def _checked(self, query: str) -> str:
@@ -741,3 +764,42 @@ def _compile(pattern: str) -> Any:
         return regex.compile(pattern)
     except regex.error as exc:
         raise StoreError(f"invalid regex {pattern!r}: {exc}") from exc
+
+
+_NESTED = ("Array(", "Map(", "Tuple(", "Nested(", "Object(", "JSON")
+
+
+def _unwrapped(kind: str) -> str:
+    """A column type without its Nullable(...)/LowCardinality(...) wrappers."""
+    while kind.startswith(("Nullable(", "LowCardinality(")):
+        kind = kind[kind.index("(") + 1 : -1]
+    return kind
+
+
+def _capped_column(name: str, kind: str, cut: int) -> str:
+    """A result column with long values cut inside ClickHouse: text to `cut` characters, nested values
+    as (cut) JSON text; other types as they are."""
+    column = "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+    base = _unwrapped(kind)
+    if base.startswith(_NESTED):
+        text = f"toJSONString({column})"
+    elif base.startswith(("String", "FixedString")):
+        text = column
+    else:
+        return column
+    return (
+        f"if(lengthUTF8({text}) > {cut}, concat(substringUTF8({text}, 1, {cut}), '{CUT_MARK}'), {text}) "
+        f"AS {column}"
+    )
+
+
+def _value(value: Any, kind: str) -> Any:
+    """A fetched value as plain JSON-able data; nested values come back from their JSON text."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str) and _unwrapped(kind).startswith(_NESTED) and not value.endswith(CUT_MARK):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+    return plain(value)
