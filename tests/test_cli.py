@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import orjson
 import pytest
 from agent_traces import write_agent_traces
 from click.testing import CliRunner
+from halo_runs import jsonl, runs, write_runs
 
 from halo_rlm.cli import cli
 from halo_rlm.simulate import simulate
@@ -34,39 +36,70 @@ def test_help_teaches(run: CliRunner) -> None:
     assert code == 0 and "--errors" in out and "--sort" in out
 
 
-def test_ingest_then_query_without_paths(run: CliRunner, fixtures: Path) -> None:
-    code, out, _ = invoke(run, "ingest", fixtures)
-    assert code == 0 and "Ingested 73 spans from 4 files" in out
-    code, out, _ = invoke(run, "ingest", fixtures)
-    assert code == 0 and "Ingested 0 spans from 0 files (4 already in the store)" in out
+def test_ingest_then_query_without_paths(run: CliRunner, tmp_path: Path) -> None:
+    # A folder of trace files, one plain, one gzip-compressed in a subfolder, beside a file that is not one.
+    folder = tmp_path / "traces"
+    (folder / "more").mkdir(parents=True)
+    parts = [runs(4), runs(4, first=4)]
+    write_runs(folder / "a.jsonl", parts[0])
+    (folder / "more" / "b.jsonl.gz").write_bytes(gzip.compress(jsonl(parts[1])))
+    (folder / "notes.txt").write_text("not traces\n")
+    generated = parts[0] + parts[1]
+    spans = sum(len(r.steps) for r in generated)
+    code, out, _ = invoke(run, "ingest", folder)
+    assert code == 0 and f"Ingested {spans} spans from 2 files" in out
+    code, out, _ = invoke(run, "ingest", folder)
+    assert code == 0 and "Ingested 0 spans from 0 files (2 already in the store)" in out
     code, out, err = invoke(run, "stats")
     assert code == 0 and "(of the last ingest in " in err
-    assert "list_files" in out and "Top error groups" in out and "HaloCodeHelper" in out
+    assert "Top error groups" in out and "FileNotFoundError" in out
+    for name in {n for r in generated for n in (r.agent, r.model, r.tool, r.service)}:
+        assert name in out, name
+    failing = sorted((r for r in generated if r.tool_error), key=lambda r: r.duration_ms, reverse=True)
+    assert len(failing) == 2 and failing[0].start_ns < failing[1].start_ns  # not the default order
     code, out, _ = invoke(run, "traces", "--errors", "--sort", "duration")
-    assert code == 0 and "301d90d19c94485992997d1cd96bacfd" in out and "of 4 traces" in out
-    code, out, _ = invoke(run, "show", "301d90d19c94485992997d1cd96bacfd", "--width", "200")
-    assert code == 0 and "function.list_files" in out and "No such file" in out
-    code, out, _ = invoke(run, "sql", "SELECT count(*) AS n FROM spans")
-    assert code == 0 and "73" in out
+    assert code == 0 and f"of {len(failing)} traces" in out
+    assert [out.index(r.trace_id) for r in failing] == sorted(out.index(r.trace_id) for r in failing)
+    assert not [r.trace_id for r in generated if not r.tool_error and r.trace_id in out]
+    code, out, _ = invoke(run, "show", failing[0].trace_id, "--width", "200")
+    assert code == 0 and all(step.name in out for step in failing[0].steps)
+    assert f"function.{failing[0].tool}" in out and str(failing[0].tool_error) in out
+    code, out, _ = invoke(
+        run, "sql", "SELECT count(*) AS n, count(DISTINCT trace_id) AS t FROM spans", "--json"
+    )
+    assert code == 0 and orjson.loads(out)["rows"] == [[spans, len(generated)]]
 
 
-def test_json_output(run: CliRunner, fixtures: Path, tmp_path: Path) -> None:
+def test_json_output(run: CliRunner, tmp_path: Path) -> None:
+    generated = runs(6)
     store = tmp_path / "s.duckdb"
-    code, out, _ = invoke(run, "ingest", fixtures / "tiny_traces.jsonl", "--store", store, "--json")
-    assert code == 0 and orjson.loads(out)["spans"] == 6
+    code, out, _ = invoke(
+        run, "ingest", write_runs(tmp_path / "t.jsonl", generated), "--store", store, "--json"
+    )
+    assert code == 0 and orjson.loads(out)["spans"] == sum(len(r.steps) for r in generated)
     code, out, _ = invoke(run, "stats", "--store", store, "--json")
-    assert orjson.loads(out)["traces"] == 3
+    stats = orjson.loads(out)
+    assert (stats["traces"], stats["error_traces"]) == (
+        len(generated),
+        sum(bool(r.tool_error) for r in generated),
+    )
     code, out, _ = invoke(run, "traces", "--store", store, "--json", "--model", "gpt-5.4")
-    assert [t["trace_id"] for t in orjson.loads(out)["traces"]] == ["t-bbbb"]
-    code, out, _ = invoke(run, "show", "t-bbbb", "--store", store, "--json")
-    assert [s["span_id"] for s in orjson.loads(out)["spans"]] == ["s-bbbb-1", "s-bbbb-2"]
+    on_gpt = [r for r in generated if r.model == "gpt-5.4"]
+    assert 0 < len(on_gpt) < len(generated)
+    by_start = sorted(on_gpt, key=lambda r: r.start_ns, reverse=True)  # the default order
+    assert [t["trace_id"] for t in orjson.loads(out)["traces"]] == [r.trace_id for r in by_start]
+    two_calls = next(r for r in generated if r.llm_calls == 2)
+    code, out, _ = invoke(run, "show", two_calls.trace_id, "--store", store, "--json")
+    assert [s["span_id"] for s in orjson.loads(out)["spans"]] == two_calls.span_ids
     code, out, _ = invoke(run, "sql", "SELECT trace_id FROM traces ORDER BY 1", "--store", store, "--json")
-    assert orjson.loads(out)["rows"] == [["t-aaaa"], ["t-bbbb"], ["t-cccc"]]
+    assert orjson.loads(out)["rows"] == [[r.trace_id] for r in sorted(generated, key=lambda r: r.trace_id)]
 
 
-def test_query_commands_take_trace_files_directly(run: CliRunner, fixtures: Path) -> None:
-    code, out, err = invoke(run, "stats", fixtures / "tiny_traces.jsonl")
-    assert code == 0 and "Ingested 6 spans" in err and "claude-sonnet-4-5" in out
+def test_query_commands_take_trace_files_directly(run: CliRunner, tmp_path: Path) -> None:
+    generated = runs(3)
+    code, out, err = invoke(run, "stats", write_runs(tmp_path / "t.jsonl", generated))
+    assert code == 0 and f"Ingested {sum(len(r.steps) for r in generated)} spans" in err
+    assert all(r.model in out for r in generated)
 
 
 def test_bad_input_and_strict(run: CliRunner, tmp_path: Path) -> None:
@@ -82,7 +115,7 @@ def test_bad_input_and_strict(run: CliRunner, tmp_path: Path) -> None:
     assert code == 1 and "not trace data: found CSV/TSV text" in out
 
 
-def test_errors_are_one_clear_line(run: CliRunner, tmp_path: Path, fixtures: Path) -> None:
+def test_errors_are_one_clear_line(run: CliRunner, tmp_path: Path) -> None:
     code, _, err = invoke(run, "ingest", tmp_path / "missing.jsonl")
     assert code == 1 and "no such file or directory" in err and "Traceback" not in err
     code, _, err = invoke(run, "stats")
@@ -90,7 +123,7 @@ def test_errors_are_one_clear_line(run: CliRunner, tmp_path: Path, fixtures: Pat
     code, _, err = invoke(run, "stats", "--store", tmp_path / "nope.duckdb")
     assert code == 1 and "no such store" in err
     store = tmp_path / "s.duckdb"
-    invoke(run, "ingest", fixtures / "tiny_traces.jsonl", "--store", store)
+    assert invoke(run, "ingest", write_runs(tmp_path / "t.jsonl", runs(2)), "--store", store)[0] == 0
     code, _, err = invoke(run, "show", "t-zzzz", "--store", store)
     assert code == 1 and "no trace 't-zzzz'" in err
     code, _, err = invoke(run, "sql", "DROP TABLE spans", "--store", store)

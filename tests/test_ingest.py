@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import gzip
 import io
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import zstandard
+from halo_runs import jsonl, runs, write_runs
 
 import halo_rlm
 from halo_rlm import files
+from halo_rlm.formats.conventions import TEXT_CAP
+from halo_rlm.simulate import simulate
 from halo_rlm.store import StrictError, TraceStore
 from halo_rlm.store.schema import SPAN_COLUMNS
 
@@ -51,10 +55,12 @@ def flat_span(trace: str, span: str, parent: str = "", **extra: Any) -> dict[str
     return span_record
 
 
-# --- HALO's fixtures ------------------------------------------------------------------------
+# --- HALO's own span format ---------------------------------------------------------------
 
 
 def test_fixture_counts_match_the_reference_inventory(fixtures: Path, store_path: Path) -> None:
+    """The real trace files beside the repository give the reference numbers (skipped without them:
+    the format's coverage is the generated corpora below)."""
     store, report = ingest(store_path, fixtures)
     per_file = {Path(i.path).name: (i.spans, i.rejected) for i in report.inputs}
     assert per_file == {
@@ -83,45 +89,108 @@ def test_fixture_counts_match_the_reference_inventory(fixtures: Path, store_path
     ) == [(24,)]
 
 
-def test_tiny_fixture_canonical_columns(fixtures: Path, store_path: Path) -> None:
-    store, _ = ingest(store_path, fixtures / "tiny_traces.jsonl")
-    llm = rows(
+def test_canonical_columns_of_halo_spans(store_path: Path, tmp_path: Path) -> None:
+    generated = runs(4)  # three models, one and two LLM calls, a failing tool
+    store, report = ingest(store_path, write_runs(tmp_path / "t.jsonl", generated))
+    assert report.rejected == 0
+    assert rows(
         store,
-        """SELECT trace_id, model, provider, input_tokens, output_tokens, total_tokens, cost, service,
-        agent_name, status, status_message, duration_ns FROM spans WHERE kind = 'LLM' ORDER BY trace_id""",
-    )
-    assert llm[0] == (
-        "t-aaaa",
-        "claude-sonnet-4-5",
-        "anthropic",
-        100,
-        50,
-        150,
-        0.0012,
-        "agent-a",
-        "agent-a",
-        "OK",
-        None,
-        800_000_000,
-    )
-    assert llm[1][0] == "t-bbbb" and llm[1][9:11] == ("ERROR", "tool failure")
+        """SELECT trace_id, span_id, parent_id, name, kind, otel_kind, service, scope, scope_version, status,
+        status_message, start_ns, duration_ns, agent_name FROM spans ORDER BY trace_id, start_ns""",
+    ) == [
+        (
+            r.trace_id,
+            step.span_id,
+            step.parent,
+            step.name,
+            step.kind,
+            step.otel_kind,
+            r.service,
+            "@test/scope",
+            "0.0.1",
+            "ERROR" if step.error else "OK",
+            step.error,  # an empty message is no message
+            r.start_ns + step.start_ms * 10**6,
+            step.duration_ns,
+            r.agent,
+        )
+        for r in generated
+        for step in r.steps
+    ]
+    # The cost comes from HALO's `inference.llm.cost.total`, a decimal string.
+    assert rows(
+        store,
+        """SELECT trace_id, model, provider, input_tokens, output_tokens, total_tokens, cost FROM spans
+        WHERE kind = 'LLM' ORDER BY trace_id, start_ns""",
+    ) == [
+        (
+            r.trace_id,
+            r.model,
+            r.provider,
+            r.input_tokens,
+            r.output_tokens,
+            r.input_tokens + r.output_tokens,
+            float(r.cost),
+        )
+        for r in generated
+        for _ in range(r.llm_calls)
+    ]
+    assert rows(
+        store,
+        "SELECT trace_id, tool_name, tool_args, tool_result, model FROM spans WHERE kind = 'TOOL' ORDER BY 1",
+    ) == [(r.trace_id, r.tool, r.tool_args, r.tool_output, None) for r in generated]
     # Trace rollups count tokens from LLM spans only (the AGENT root carries none here, but must not add).
     traces = rows(
         store,
-        "SELECT trace_id, span_count, has_errors, input_tokens, output_tokens, root_name, agents, models "
-        "FROM traces ORDER BY trace_id",
+        """SELECT trace_id, span_count, llm_spans, tool_spans, error_spans, has_errors, start_ns, duration_ns,
+        input_tokens, output_tokens, round(cost, 8), root_name, services, agents, models, tools
+        FROM traces ORDER BY trace_id""",
     )
-    assert traces[0] == ("t-aaaa", 2, False, 100, 50, "root", ["agent-a"], ["claude-sonnet-4-5"])
-    assert traces[1][:3] == ("t-bbbb", 2, True)
+    assert traces == [
+        (
+            r.trace_id,
+            len(r.steps),
+            r.llm_calls,
+            1,
+            int(bool(r.tool_error)),
+            bool(r.tool_error),
+            r.start_ns,
+            r.duration_ms * 10**6,
+            r.llm_calls * r.input_tokens,
+            r.llm_calls * r.output_tokens,
+            round(r.llm_calls * float(r.cost), 8),
+            r.steps[0].name,
+            [r.service],
+            [r.agent],
+            [r.model],
+            [r.tool],
+        )
+        for r in generated
+    ]
 
 
-def test_demo_sample_with_a_422_kb_span(fixtures: Path, store_path: Path) -> None:
-    store, _ = ingest(store_path, fixtures / "demo_sample_traces.jsonl")
-    biggest = rows(
-        store, "SELECT raw_bytes, length(tool_result), length(raw) FROM spans ORDER BY raw_bytes DESC LIMIT 1"
+def test_a_422_kb_tool_result_among_ordinary_spans(store_path: Path, tmp_path: Path) -> None:
+    # As in HALO's demo sample: a list_files call whose result is 422 KB, in a file of ordinary spans.
+    result = "[" + ", ".join(f"'./src/pkg_{i // 100:03d}/module_{i:05d}.py'" for i in range(12_800)) + "]"
+    ordinary = runs(2)
+    big = replace(runs(1, first=2)[0], tool_output=result)
+    path = write_runs(tmp_path / "demo.jsonl", [*ordinary, big])
+    line = next(line for line in path.read_bytes().splitlines() if result.encode() in line)
+    assert len(line) > 422_000
+    store, report = ingest(store_path, path)
+    assert report.spans == sum(len(r.steps) for r in [*ordinary, big]) and report.rejected == 0
+    raw_bytes, raw, tool_result = rows(
+        store, "SELECT raw_bytes, raw, tool_result FROM spans WHERE span_id = ?", [f"{big.trace_id}.tool"]
     )[0]
-    assert biggest[0] > 420_000 and biggest[2] > 420_000  # raw keeps everything
-    assert biggest[1] < 40_000  # the canonical column keeps head and tail only
+    assert raw_bytes == len(line) and raw == line.decode()  # raw keeps everything
+    head, tail = TEXT_CAP * 3 // 4, TEXT_CAP // 4  # the canonical column keeps head and tail only
+    cut = len(result) - head - tail
+    assert tool_result == f"{result[:head]}\n…[halo: {cut} characters cut]…\n{result[-tail:]}"
+    assert rows(
+        store,
+        "SELECT trace_id, tool_result FROM spans WHERE kind = 'TOOL' AND trace_id <> ? ORDER BY 1",
+        [big.trace_id],
+    ) == [(r.trace_id, r.tool_output) for r in ordinary]
 
 
 def test_tokens_are_not_double_counted_through_agent_parents(store_path: Path, tmp_path: Path) -> None:
@@ -393,12 +462,16 @@ def test_trail_nested_trees(store_path: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("compress", ["gzip", "zstd"])
-def test_compressed_inputs(fixtures: Path, store_path: Path, tmp_path: Path, compress: str) -> None:
-    data = (fixtures / "realistic_traces.jsonl").read_bytes()
+def test_compressed_inputs(store_path: Path, tmp_path: Path, compress: str) -> None:
+    truth = simulate(tmp_path / "simulated.jsonl", traces=6, seed=3)
+    data = truth.traces_path.read_bytes()
     path = tmp_path / f"t.jsonl.{compress[:2]}"
     path.write_bytes(gzip.compress(data) if compress == "gzip" else zstandard.ZstdCompressor().compress(data))
     store, report = ingest(store_path, path)
-    assert report.spans == 58
+    assert report.spans == truth.corpus.spans and report.rejected == 0
+    assert rows(store, "SELECT count(DISTINCT trace_id) FROM spans") == [(truth.corpus.traces,)]
+    written = sorted((s["trace_id"], s["span_id"]) for s in map(orjson.loads, data.splitlines()))
+    assert rows(store, "SELECT trace_id, span_id FROM spans ORDER BY ALL") == written
     assert rows(store, "SELECT compression FROM inputs") == [(compress,)]
 
 
@@ -464,19 +537,40 @@ def test_a_file_name_that_looks_like_a_glob_is_read_as_itself(store_path: Path, 
     assert rows(store, "SELECT name FROM spans ORDER BY name") == [("right file",), ("right otlp",)]
 
 
-def test_stdin(fixtures: Path, store_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = (fixtures / "tiny_traces.jsonl").read_bytes()
-    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
-    _, report = ingest(store_path, "-")
-    assert report.spans == 6
+def test_stdin(store_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    generated = runs(3)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(jsonl(generated))))
+    store, report = ingest(store_path, "-")
+    assert report.spans == sum(len(r.steps) for r in generated) and report.rejected == 0
+    assert rows(store, "SELECT trace_id, span_id FROM spans ORDER BY ALL") == sorted(
+        (r.trace_id, span_id) for r in generated for span_id in r.span_ids
+    )
+    assert rows(store, "SELECT path FROM inputs") == [("-",)]
 
 
-def test_directories_and_globs(fixtures: Path, tmp_path: Path) -> None:
-    assert [Path(i.path).name for i in files.resolve([str(fixtures / "tiny*.jsonl")])] == [
-        "tiny_traces.jsonl",
-        "tiny_traces_second_file.jsonl",
+def test_directories_and_globs(tmp_path: Path) -> None:
+    folder = tmp_path / "traces"
+    (folder / "deeper").mkdir(parents=True)
+    (folder / ".cache").mkdir()
+    write_runs(folder / "tiny.jsonl", runs(1))
+    write_runs(folder / "tiny_second.jsonl", runs(1, first=1))
+    (folder / "big.jsonl.gz").write_bytes(gzip.compress(jsonl(runs(2, first=2))))
+    write_runs(folder / "deeper" / "more.ndjson", runs(1, first=4))
+    write_runs(folder / ".cache" / "hidden.jsonl", runs(1, first=5))  # hidden: not read
+    (folder / "notes.txt").write_text("not a trace file\n")
+    (folder / "deeper" / "table.csv").write_text("a,b\n1,2\n")
+    assert [Path(i.path).name for i in files.resolve([str(folder / "tiny*.jsonl")])] == [
+        "tiny.jsonl",
+        "tiny_second.jsonl",
     ]
-    assert len(files.resolve([fixtures])) == 4
+    found = files.resolve([folder])
+    assert [Path(i.path).relative_to(folder.resolve()).as_posix() for i in found] == [
+        "big.jsonl.gz",
+        "deeper/more.ndjson",
+        "tiny.jsonl",
+        "tiny_second.jsonl",
+    ]
+    assert [i.size for i in found] == [Path(i.path).stat().st_size for i in found]
     with pytest.raises(files.InputError, match="matches no files"):
         files.resolve([str(tmp_path / "*.jsonl")])
     with pytest.raises(files.InputError, match="no such file"):
@@ -514,15 +608,17 @@ def test_duplicates_orphans_in_flight_and_traces_split_across_files(store_path: 
     ]
 
 
-def test_second_run_reuses_and_new_files_are_added_alone(
-    fixtures: Path, store_path: Path, tmp_path: Path
-) -> None:
-    store, _ = ingest(store_path, fixtures / "tiny_traces.jsonl")
-    again = store.ingest(
-        [str(fixtures / "tiny_traces.jsonl"), str(fixtures / "tiny_traces_second_file.jsonl")]
-    )
+def test_second_run_reuses_and_new_files_are_added_alone(store_path: Path, tmp_path: Path) -> None:
+    first_runs, second_runs = runs(3), runs(2, first=3)
+    first = write_runs(tmp_path / "first.jsonl", first_runs)
+    second = write_runs(tmp_path / "second.jsonl", second_runs)
+    store, _ = ingest(store_path, first)
+    again = store.ingest([str(first), str(second)])
     assert [i.status for i in again.inputs] == ["unchanged", "ingested"]
-    assert rows(store, "SELECT count(*) FROM spans") == [(8,)]
+    assert again.spans == sum(len(r.steps) for r in second_runs)
+    assert rows(store, "SELECT count(*), count(DISTINCT trace_id) FROM spans") == [
+        (sum(len(r.steps) for r in first_runs + second_runs), len(first_runs + second_runs))
+    ]
 
 
 def test_appended_file_ingests_only_the_new_tail(store_path: Path, tmp_path: Path) -> None:
