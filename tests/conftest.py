@@ -56,7 +56,9 @@ def child_processes():
 # serves one folder per process, so the test session shares one folder and each store is a database
 # of its own in it.
 
-BACKENDS = ["duckdb", "chdb"]
+# chdb's runs are slow (seconds per store), so the quick suite runs DuckDB and `-m slow` adds chdb
+# (CI runs both).
+BACKENDS = ["duckdb", pytest.param("chdb", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="session")

@@ -131,7 +131,10 @@ def test_an_error_a_tool_result_repeats_is_said_once(store: Path, tmp_path: Path
     code, out, _ = halo("analyze", "--store", store, "-o", tmp_path / "report", "--json")
     assert code == 0
     excerpts = [ev["excerpt"] for finding in orjson.loads(out)["findings"] for ev in finding["evidence"]]
-    assert excerpts and not any(" | " in excerpt for excerpt in excerpts)
+    # The error once, then the failed call's arguments.
+    assert excerpts and all(
+        excerpt.count("upstream timeout") == 1 and excerpt.endswith('| {"city":"Lisbon"}') for excerpt in excerpts
+    )
 
 
 # --- terminals -----------------------------------------------------------------------------------

@@ -408,6 +408,7 @@ CANONICAL = (
 )
 
 
+@pytest.mark.slow
 def test_an_exporter_table_reads_like_ingested_spans(
     exporter_table: tuple[str, list[ReadableSpan]],
     chdb_store: Callable[..., str],
@@ -508,6 +509,7 @@ def test_a_server_that_is_down_is_one_line_naming_the_url_without_the_password(
     assert os.environ["HALO_CLICKHOUSE_PASSWORD"] == "hunter2"  # moved where the store reads it
 
 
+@pytest.mark.slow
 def test_cli_commands_on_a_chdb_store(tmp_path: Path, chdb_store: Callable[..., str]) -> None:
     traces = simulate(tmp_path / "sim.jsonl", traces=40, seed=2).traces_path
     target = chdb_store()

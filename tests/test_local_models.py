@@ -423,10 +423,10 @@ def test_without_reported_usage_tokens_are_estimated_and_the_token_budget_holds(
         return ToolCalls([Call("query_traces", {"limit": 50})])
 
     with ScriptedLLM(responder, server=Server(reports_usage=False)) as llm:
-        report = run(llm, store, max_tokens=40_000, max_depth=0)
+        report = run(llm, store, max_tokens=60_000, max_depth=0)
         sent = llm.chat_requests
     assert report.usage is not None and report.usage.tokens > 10_000
-    assert report.usage.tokens <= 40_000
+    assert report.usage.tokens <= 60_000
     assert "reported no token usage" in notes(report)
     assert report.budgets is not None and report.budgets.ended_by == "tokens"
     assert (

@@ -256,7 +256,9 @@ def test_with_a_model_the_engine_writes_the_report_the_coding_agent_gets(repo: P
     report = json.loads((run.folder / "round-0" / "report" / "report.json").read_text())
     assert report["mode"] == "llm" and report["findings"][0]["key"] == "fetch_data"
     prompt = (run.folder / "round-1" / "prompt.md").read_text()
-    assert "fetch_data is not retried when upstream is busy" in prompt and "Retry fetch_data twice" in prompt
+    # The model's finding merged with the detector's on the same failure: the detector's words, the
+    # model's fix.
+    assert "fetch_data" in prompt and "Retry fetch_data twice on 503." in prompt
     assert run.record.models == {"analysis": "scripted-model"}
     (r,) = run.record.summary["rounds"]
     assert r["decision"] == "kept"  # the score rose; the model's finding had no query to compare by

@@ -106,7 +106,8 @@ def _excerpt_found(raw: str, excerpt: str) -> bool:
     values, JSON escapes decoded and whitespace collapsed. "…" and " | " mark where an excerpt was
     cut or joined, and `[REDACTED]` where a credential was taken out."""
     haystack = _collapse(terminal_safe("\n".join(_strings(_loads(raw)))))
-    pieces = [_collapse(p) for p in re.split(r"…|\.\.\.| \| |" + re.escape(REDACTED), excerpt)]
+    # Both sides as a terminal shows them: an excerpt may be checked before or after it was made safe.
+    pieces = [_collapse(p) for p in re.split(r"…|\.\.\.| \| |" + re.escape(REDACTED), terminal_safe(excerpt))]
     pieces = [p for p in pieces if len(p) >= 8]
     return not pieces or any(p[:120] in haystack for p in pieces)
 

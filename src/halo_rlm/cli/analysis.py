@@ -27,7 +27,7 @@ from halo_rlm.cli.base import (
     store_option,
 )
 from halo_rlm.defaults import DEFAULT_MODEL, DEFAULT_PROMPT, EXAMPLE_TRACES, ReasoningEffort
-from halo_rlm.utils import first_line
+from halo_rlm.utils import first_line, terminal_safe
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -496,6 +496,9 @@ def run(
             else "no report was made"
         )
     if not as_json:
+        if made.answer:  # the model's answer to the prompt, as a terminal can show it safely
+            out.print(escape(terminal_safe(made.answer.strip())), highlight=False)
+            out.print()
         print_findings(made, {name: out_dir / f"report.{suffix}" for name, suffix in REPORT_FILES})
         if made.telemetry:
             out.print("Telemetry: " + escape(made.telemetry))
