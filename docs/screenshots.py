@@ -4,7 +4,8 @@
 
 It fills a temporary store with the simulated example agents, starts the app, runs one analysis
 against the tests' scripted OpenAI-compatible server (no provider needed), and photographs each page
-in Debian's Chromium (or $HALO_CHROMIUM) through Playwright.
+in Debian's Chromium (or $HALO_CHROMIUM) through Playwright. The compare pages compare a detectors-only
+analysis of the store with simulated traces of the same agents without tool errors.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from playwright.sync_api import Error as PlaywrightError  # noqa: E402 - after t
 from playwright.sync_api import sync_playwright  # noqa: E402 - after the path set-up above
 from scripted_llm import Call, ChatRequest, ScriptedLLM, Text, ToolCalls  # noqa: E402 - after the path set-up above
 
+from halo_rlm.analyses import analyze_with_detectors  # noqa: E402 - after the path set-up above
+from halo_rlm.runs import RunRegistry  # noqa: E402 - after the path set-up above
 from halo_rlm.simulate import simulate  # noqa: E402 - after the path set-up above
 from halo_rlm.store import TraceStore  # noqa: E402 - after the path set-up above
 from halo_rlm.web import Server, Settings  # noqa: E402 - after the path set-up above
@@ -89,6 +92,9 @@ def main() -> None:
             "SELECT trace_id, span_id FROM spans WHERE status = 'ERROR' AND kind = 'TOOL' "
             "AND trace_id IN (SELECT trace_id FROM traces WHERE span_count BETWEEN 6 AND 12) LIMIT 1"
         )[0].values()
+    # a detectors-only analysis of the store (BEFORE), and the same agents after a fix (AFTER) to compare
+    detectors_run = analyze_with_detectors(store, registry=RunRegistry.beside(store))[0].id
+    after = simulate(work / "after.jsonl", traces=400, seed=8, rates={"tool_error": 0.0}).traces_path
     empty = work / "empty.duckdb"
     with ScriptedLLM(analyst(trace_id, span_id)) as llm, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -126,7 +132,14 @@ def main() -> None:
             page.goto(f"{server.url}/runs")
             shoot(page, "analyses")
             page.goto(f"{server.url}/compare")
+            page.check(f"input[name=before][value='{detectors_run}']")
+            page.fill("input[name=after_path]", str(after))
             shoot(page, "compare")
+            page.click("#compare-form button[type=submit]")
+            page.wait_for_selector("#start")
+            page.click("#start button[type=submit]")
+            page.wait_for_selector("#compare-status[data-status=completed]", timeout=120_000)
+            shoot(page, "compare-result")
         browser.close()
     shutil.rmtree(work, ignore_errors=True)
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,9 +53,11 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, Field
 from scipy import stats  # type: ignore[import-untyped]
 
-from halo_rlm import detect
+from halo_rlm import detect, files
 from halo_rlm.report import Finding, Report
+from halo_rlm.runs import ID_ALPHABET, ID_LENGTH, RunError, RunRegistry
 from halo_rlm.store import TraceStore
+from halo_rlm.store import paths as store_paths
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
@@ -1108,6 +1111,89 @@ def compare_stores(
     return comparison
 
 
+# --- the two sides ----------------------------------------------------------------------------
+
+
+class SideError(Exception):
+    """A side of a comparison that names no trace file, store or run here; the message says why."""
+
+
+class Side(BaseModel):
+    """One side of a comparison, resolved: what `ref` names and what comparing it will read. A run's side is
+    its report and its store (for a run of the web app, its own copy of the traces it analysed)."""
+
+    ref: str = Field(description="As given: a trace file, a store, or a run id (or a prefix of one)")
+    kind: Literal["run", "store", "files"]
+    label: str
+    store: str = Field(description="The store compared; for trace files, the store they are ingested into")
+    files: list[str] = Field(default_factory=list, description="The trace files, resolved")
+    bytes: int = Field(0, description="Their total size")
+    run_id: str | None = None
+    report: str | None = Field(None, description="The run's report.json, when it has one")
+
+    def read_report(self) -> Report | None:
+        """The run's report; None for a side the detectors must analyse first."""
+        return load_report(Path(self.report)) if self.report else None
+
+
+def looks_like_run_id(ref: str) -> bool:
+    return 1 <= len(ref) <= ID_LENGTH and set(ref.lower()) <= set(ID_ALPHABET)
+
+
+def is_store_file(path: Path) -> bool:
+    """A DuckDB store (by its file header), not a trace file."""
+    with open(path, "rb") as f:
+        return f.read(16)[8:12] == b"DUCK"
+
+
+def resolve_side(ref: str, registries: Sequence[RunRegistry] | None = None) -> Side:
+    """What `ref` names: an existing path is a store file or trace files (a directory of them), else a run
+    id looked up in `registries` (by default the one beside the store remembered for the working
+    directory, then HALO's shared one). Only names, sizes and a file's first bytes are read: nothing is
+    ingested or analysed. Raises SideError."""
+    path = Path(os.path.expanduser(ref))
+    if ref.strip() and path.exists():
+        if path.is_file() and is_store_file(path):
+            return Side(ref=ref, kind="store", label=ref, store=str(path.resolve()))
+        try:
+            inputs = files.resolve([str(path)])
+        except files.InputError as exc:
+            raise SideError(str(exc)) from exc
+        return Side(
+            ref=ref,
+            kind="files",
+            label=ref,
+            store=str(store_paths.for_inputs(inputs)),
+            files=[i.path for i in inputs],
+            bytes=sum(i.size or 0 for i in inputs),
+        )
+    if looks_like_run_id(ref):
+        if registries is None:
+            remembered = store_paths.last()
+            registries = [
+                RunRegistry.beside(remembered.store if remembered else None),
+                RunRegistry.beside(None),
+            ]
+        for registry in registries:
+            try:
+                run = registry.get(ref)
+            except RunError:
+                continue
+            store = run.record.store
+            if not store or not (store_paths.is_url(store) or Path(store).exists()):
+                raise SideError(f"run {run.id}: its store {store or '(none)'} is not here any more")
+            report = run.file("report.json")
+            return Side(
+                ref=ref,
+                kind="run",
+                label=f"run {run.id}",
+                store=store,
+                run_id=run.id,
+                report=str(report) if report is not None and report.exists() else None,
+            )
+    raise SideError(f"{ref}: not a trace file, a store or a run id (halo runs lists the runs)")
+
+
 # --- rendering --------------------------------------------------------------------------------
 
 _TEMPLATES = jinja2.Environment(
@@ -1272,6 +1358,8 @@ __all__ = [
     "MixShift",
     "OutcomeRow",
     "RateEstimate",
+    "Side",
+    "SideError",
     "TraceSample",
     "Verdict",
     "as_float",
@@ -1289,5 +1377,6 @@ __all__ = [
     "outcome_metric",
     "proportion_test",
     "ratio_interval",
+    "resolve_side",
     "wilson_interval",
 ]

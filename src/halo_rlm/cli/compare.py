@@ -19,47 +19,18 @@ REGRESSION_EXIT = 3  # --fail-on tripped: distinct from errors (1) and usage mis
 
 def resolve_side(ref: str, *, quiet: bool) -> tuple[str, Report | None, str]:
     """A side of the comparison as (store path, its report if known, label): a run id (its store and
-    report), a store file, or trace files (ingested into their store)."""
-    from halo_rlm import files
-    from halo_rlm.compare import load_report
-    from halo_rlm.runs import ID_ALPHABET, ID_LENGTH, RunError, RunRegistry
-    from halo_rlm.store import paths as store_paths
+    report), a store file, or trace files (ingested into their store). The resolution is the library's
+    (`halo_rlm.compare.resolve_side`), which the web app's compare page uses too."""
+    from halo_rlm.compare import SideError
+    from halo_rlm.compare import resolve_side as resolve
 
-    path = Path(ref)
-    if path.exists():
-        if path.is_file() and _is_store(path):
-            return str(path), None, ref
-        try:
-            inputs = files.resolve([ref])
-        except files.InputError as exc:
-            fail(str(exc))
-        target = str(store_paths.for_inputs(inputs))
-        ingest_with_progress(target, [ref], strict=False, quiet=quiet)
-        return target, None, ref
-    if 1 <= len(ref) <= ID_LENGTH and set(ref.lower()) <= set(ID_ALPHABET):
-        remembered = store_paths.last()
-        registries = [RunRegistry.beside(remembered.store if remembered else None), RunRegistry.beside(None)]
-        for registry in registries:
-            try:
-                run = registry.get(ref)
-            except RunError:
-                continue
-            if not run.record.store or not (
-                store_paths.is_url(run.record.store) or Path(run.record.store).exists()
-            ):
-                fail(f"run {run.id}: its store {run.record.store or '(none)'} is not here any more")
-            report = run.file("report.json")
-            return (
-                run.record.store,
-                load_report(report) if report and report.exists() else None,
-                f"run {run.id}",
-            )
-    fail(f"{ref}: not a trace file, a store or a run id (halo runs lists the runs)")
-
-
-def _is_store(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(16)[8:12] == b"DUCK"  # DuckDB's file header; anything else is a trace file
+    try:
+        side = resolve(ref)
+        if side.kind == "files":
+            ingest_with_progress(side.store, side.files, strict=False, quiet=quiet)
+        return side.store, side.read_report(), side.label
+    except SideError as exc:
+        fail(str(exc))
 
 
 @cli.command("compare")

@@ -20,8 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from halo_rlm.collect import BODY_SECONDS, TRACES_PATH, Collector, Reply
 from halo_rlm.store import StoreError, TraceStore
-from halo_rlm.web import run_pages, source_pages, traces
-from halo_rlm.web.format import json_response
+from halo_rlm.web import compare_pages, run_pages, source_pages, traces
 from halo_rlm.web.security import Guard
 from halo_rlm.web.state import DEFAULT_PORT, HERE, Settings, Ui, base_url
 
@@ -88,14 +87,6 @@ def _otlp_response(reply: Reply) -> Response:
     return Response(reply.body, status_code=reply.status, headers=reply.headers)
 
 
-async def compare(request: Request, as_json: bool) -> Response:
-    """The before/after comparison; filled in by the compare feature when it lands."""
-    ui: Ui = request.app.state.ui
-    if as_json:
-        return json_response({"available": False, "note": "halo compare is not part of this version yet"})
-    return ui.render(request, "compare.html")
-
-
 async def live(request: Request) -> Response:
     ui: Ui = request.app.state.ui
     topics = set(request.query_params.getlist("topic")) or None
@@ -130,7 +121,9 @@ def routes() -> list[BaseRoute]:
         Route("/sources/langfuse", source_pages.add_langfuse, methods=["POST"]),
         Route("/sources/phoenix", source_pages.add_phoenix, methods=["POST"]),
         Route("/sources/jobs/{job_id}/{action}", source_pages.job_action, methods=["POST"]),
-        *twin("/compare", compare),
+        *twin("/compare", compare_pages.compare_page),
+        Route("/compare", compare_pages.start, methods=["POST"]),
+        Route("/compare/{run_id}/{name}", compare_pages.result_file),
         Route("/live", live),
         Route(TRACES_PATH, receive_otlp, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
@@ -149,6 +142,7 @@ def create_app(settings: Settings) -> Starlette:
             yield
         finally:
             await ui.runs.close()
+            await ui.comparisons.close()
             ui.close()
 
     guard = Middleware(

@@ -27,6 +27,7 @@ from halo_rlm.collect import Collector
 from halo_rlm.defaults import UI_PORT
 from halo_rlm.store import TraceFilters, TraceStore
 from halo_rlm.web import markdown
+from halo_rlm.web.comparisons import Comparisons
 from halo_rlm.web.format import FILTERS, json_response, script_json
 from halo_rlm.web.jobs import Jobs
 from halo_rlm.web.live import Hub
@@ -75,6 +76,7 @@ class Ui:
         self.templates.filters["markdown"] = markdown.render
         self.templates.globals["cite_url"] = markdown.citation_url
         self.runs = LiveRuns(self.store, self.hub, self.resolve_text)
+        self.comparisons = Comparisons(self.store, self.runs.registry, self.hub)
         # OTLP/HTTP at /v1/traces, by the collector's rules: what it acknowledges is durable in its
         # spool first, and written to the store from there.
         self.receiver = Collector(

@@ -27,7 +27,7 @@ halo.live = (function () {
     source = new EventSource(since ? `/live?last_event_id=${encodeURIComponent(since)}` : "/live");
     source.onopen = () => status() && status().classList.remove("off");
     source.onerror = () => status() && status().classList.add("off");
-    for (const topic of ["store", "job", "run"]) {
+    for (const topic of ["store", "job", "run", "compare"]) {
       source.addEventListener(topic, (event) => {
         let data = null;
         try { data = JSON.parse(event.data); } catch (e) { return; }
