@@ -133,7 +133,8 @@ def test_an_error_a_tool_result_repeats_is_said_once(store: Path, tmp_path: Path
     excerpts = [ev["excerpt"] for finding in orjson.loads(out)["findings"] for ev in finding["evidence"]]
     # The error once, then the failed call's arguments.
     assert excerpts and all(
-        excerpt.count("upstream timeout") == 1 and excerpt.endswith('| {"city":"Lisbon"}') for excerpt in excerpts
+        excerpt.count("upstream timeout") == 1 and excerpt.endswith('| {"city":"Lisbon"}')
+        for excerpt in excerpts
     )
 
 
