@@ -316,3 +316,14 @@ def test_simulate_makes_a_missing_folder_and_says_why_it_cannot(run: CliRunner, 
     (tmp_path / "file").write_text("")
     code, out, err = invoke(run, "simulate", tmp_path / "file" / "t.jsonl", "--traces", "3")
     assert code == 1 and "cannot create the folder" in err and "Traceback" not in err + out
+
+
+@pytest.mark.parametrize("target", ["chdb:./traces.chdb", "clickhouse://halo@localhost:8123/halo"])
+def test_halo_ui_on_a_clickhouse_store_is_one_clear_line(tmp_path: Path, target: str) -> None:
+    result = CliRunner().invoke(cli, ["ui", "--no-browser", "--store", target])
+    assert result.exit_code != 0
+    assert (
+        "halo ui browses DuckDB stores only for now" in result.stderr
+        and target.split(":")[0] in result.stderr
+    )
+    assert not (tmp_path / "traces.chdb").exists()

@@ -57,8 +57,15 @@ def ui(
 
     from halo_rlm import files
     from halo_rlm.store import paths
+    from halo_rlm.store.base import store_scheme
     from halo_rlm.web import Server, Settings, UiError
 
+    scheme = store_scheme(str(store_path)) if store_path is not None else ""
+    if scheme:
+        fail(
+            f"halo ui browses DuckDB stores only for now; {scheme}: stores work with every other "
+            "command (ingest, collect, stats, traces, show, sql, analyze, the run command, compare)"
+        )
     if store_path is None:
         if traces:
             try:

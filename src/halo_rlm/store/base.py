@@ -56,7 +56,7 @@ from halo_rlm.store.results import (
 if TYPE_CHECKING:
     from halo_rlm.files import InputFile
 
-__all__ = ["BACKENDS", "StoreError", "StrictError", "TraceStore", "backend_for"]
+__all__ = ["BACKENDS", "StoreError", "StrictError", "TraceStore", "backend_for", "store_scheme"]
 
 T = TypeVar("T")
 
@@ -366,9 +366,15 @@ class TraceStore(ABC):
         raise self._unsupported()
 
 
+def store_scheme(target: str) -> str:
+    """The backend scheme a store target names (`chdb`, `clickhouse`, ...), or "" for a DuckDB file."""
+    scheme = target.split(":", 1)[0].lower() if ":" in target and not Path(target).exists() else ""
+    return scheme if scheme in BACKENDS else ""
+
+
 def backend_for(target: str) -> type[TraceStore]:
     """The backend class for a store target: by URL scheme, else DuckDB (a file path)."""
-    scheme = target.split(":", 1)[0].lower() if ":" in target and not Path(target).exists() else ""
+    scheme = store_scheme(target)
     module = BACKENDS.get(scheme)
     if module is not None:
         try:
