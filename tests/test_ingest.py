@@ -492,6 +492,20 @@ def test_bulk_load_matches_reading_line_by_line(store_path: Path, tmp_path: Path
     )
 
 
+def test_rollups_made_in_buckets_are_the_rollups_made_at_once(
+    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from halo_rlm.store import duckdb_ingest
+
+    truth = simulate(tmp_path / "sim.jsonl", traces=60, seed=5)
+    whole, _ = ingest(store_path, truth.traces_path)
+    monkeypatch.setattr(duckdb_ingest, "ROLLUP_SPANS", 50)  # a few traces per statement
+    bucketed, _ = ingest(tmp_path / "bucketed.duckdb", truth.traces_path)
+    everything = "SELECT * FROM traces ORDER BY trace_id"
+    assert len(rows(whole, everything)) == 60
+    assert rows(bucketed, everything) == rows(whole, everything)
+
+
 def test_a_bad_line_deep_in_a_flat_file_keeps_every_good_line_numbered(
     store_path: Path, tmp_path: Path
 ) -> None:

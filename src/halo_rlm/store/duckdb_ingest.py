@@ -62,7 +62,8 @@ HEAD_BYTES = 65536
 # earliest span without a parent (then the earliest orphan; spans without a start last), ties by span
 # id, so every backend picks the same one. Costs are rounded to 9 decimals: float sums added in another
 # order (another backend, another plan) then give the same number. Input and output previews keep
-# their first 400 characters.
+# their first 400 characters, cut before they are aggregated: a whole value in every group's state
+# ran a 100,000-trace ingest out of its memory limit.
 _ROOT = "{'orphan_or_child': parent_id IS NOT NULL, 'no_start': start_ns IS NULL, 'start': start_ns, 'span': span_id}"
 _FIRST = "{'start': start_ns, 'span': span_id}"
 ROLLUP_SQL = f"""
@@ -80,18 +81,22 @@ SELECT
   arg_min(session_id, {_FIRST}) FILTER (session_id IS NOT NULL AND start_ns IS NOT NULL),
   arg_min(user_id, {_FIRST}) FILTER (user_id IS NOT NULL AND start_ns IS NOT NULL),
   count(*) FILTER (is_orphan), count(*) FILTER (end_ns IS NULL), sum(raw_bytes),
-  left(coalesce(arg_min(input_value, {_FIRST}) FILTER (parent_id IS NULL AND input_value IS NOT NULL),
-                arg_min(input_value, {_FIRST}) FILTER (input_value IS NOT NULL)), 400),
-  left(coalesce(arg_max(output_value, {_FIRST}) FILTER (parent_id IS NULL AND output_value IS NOT NULL),
-                arg_max(output_value, {_FIRST}) FILTER (output_value IS NOT NULL),
-                arg_max(output_messages ->> '$[#-1].content', {_FIRST})
-                  FILTER (kind = 'LLM' AND output_messages IS NOT NULL)), 400),
+  coalesce(arg_min(left(input_value, 400), {_FIRST}) FILTER (parent_id IS NULL AND input_value IS NOT NULL),
+           arg_min(left(input_value, 400), {_FIRST}) FILTER (input_value IS NOT NULL)),
+  coalesce(arg_max(left(output_value, 400), {_FIRST}) FILTER (parent_id IS NULL AND output_value IS NOT NULL),
+           arg_max(left(output_value, 400), {_FIRST}) FILTER (output_value IS NOT NULL),
+           arg_max(left(output_messages ->> '$[#-1].content', 400), {_FIRST})
+             FILTER (kind = 'LLM' AND output_messages IS NOT NULL)),
   coalesce(list_sort(list_distinct(list(error_template) FILTER (status = 'ERROR' AND error_template IS NOT NULL))),
            []::VARCHAR[])
 FROM spans
-WHERE trace_id IN (SELECT trace_id FROM touched)
+WHERE trace_id IN (SELECT trace_id FROM touched WHERE hash(trace_id) % $buckets = $bucket)
 GROUP BY trace_id
 """
+# Spans per rollup statement at most: the touched traces are rolled up in buckets of about this many
+# spans, so the aggregate's state (lists, texts) fits the ingest's memory limit beside the input's
+# uncommitted rows (100,000 traces in one statement ran out of it).
+ROLLUP_SPANS = 200_000
 
 
 @dataclass
@@ -770,7 +775,12 @@ def _refresh_touched(con: duckdb.DuckDBPyConnection, input_id: int) -> int:
               WHERE s.trace_id IN (SELECT trace_id FROM touched)) o
         WHERE spans.rowid = o.rid AND o.orphan IS DISTINCT FROM o.is_orphan""")
     con.execute("DELETE FROM traces WHERE trace_id IN (SELECT trace_id FROM touched)")
-    con.execute(ROLLUP_SQL)
+    spans = con.execute(
+        "SELECT count(*) FROM spans WHERE trace_id IN (SELECT trace_id FROM touched)"
+    ).fetchall()
+    buckets = max(1, -(-int(spans[0][0]) // ROLLUP_SPANS))
+    for bucket in range(buckets):
+        con.execute(ROLLUP_SQL, {"buckets": buckets, "bucket": bucket})
     return int(merged[0][0]) if merged else 0
 
 
