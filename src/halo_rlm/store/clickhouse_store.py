@@ -29,7 +29,7 @@ from halo_rlm.store.clickhouse_dialect import ClickHouseDialect
 from halo_rlm.store.clickhouse_ingest import Ingest
 from halo_rlm.store.clickhouse_otel import map_otel_table
 from halo_rlm.store.dialect import Dialect
-from halo_rlm.store.duckdb_store import ATTRIBUTE_NAME, CUT_MARK, required_literals
+from halo_rlm.store.duckdb_store import ATTRIBUTE_NAME, required_literals
 from halo_rlm.store.results import (
     Count,
     Durations,
@@ -46,7 +46,20 @@ from halo_rlm.store.results import (
     TraceSummary,
     TraceView,
 )
-from halo_rlm.store.rows import clip_or_none, plain, scan, summary, trace_view
+from halo_rlm.store.rows import (
+    CUT_MARK,
+    SORT_COLUMNS,
+    SPAN_ROW_COLUMNS,
+    SUMMARY_COLUMNS,
+    VIEW_COLUMNS,
+    clip_or_none,
+    plain,
+    scan,
+    sql_note,
+    summary,
+    take_rows,
+    trace_view,
+)
 from halo_rlm.store.schema import SCHEMA_VERSION
 from halo_rlm.utils import iso_to_ns, ns_to_iso
 
@@ -61,23 +74,6 @@ TRACE_LABELS = {
     "root": "coalesce(t.root_name, '')",
     "model": "arrayStringConcat(arraySort(t.models), ',')",
 }
-SORT_COLUMNS = {
-    "start": "t.start_ns",
-    "duration": "t.duration_ns",
-    "cost": "t.cost",
-    "spans": "t.span_count",
-    "tokens": "t.total_tokens",
-    "errors": "t.error_spans",
-}
-SUMMARY_COLUMNS = """t.trace_id, t.start_ns, t.duration_ns, t.span_count, t.error_spans, t.has_errors, t.root_name,
-  t.root_status_message, t.services, t.agents, t.models, t.tools, t.input_tokens, t.output_tokens, t.cost,
-  t.session_id, t.raw_bytes"""
-VIEW_COLUMNS = """span_id, parent_id, name, kind, status, status_message, start_ns, duration_ns, service, agent_name,
-  model, input_tokens, output_tokens, total_tokens, cache_read_tokens, reasoning_tokens, cost, tool_name, is_orphan,
-  tool_calls, tools_offered, raw_bytes, raw"""
-SPAN_ROW_COLUMNS = """trace_id, span_id, parent_id, name, kind, status, status_message, error_template, start_ns,
-  duration_ns, service, agent_name, model, input_tokens, output_tokens, cost, tool_name, tool_args, tool_result,
-  input_value, output_value, finish_reason, tool_calls, is_orphan"""
 
 
 class ClickHouseStore(TraceStore):
@@ -497,28 +493,17 @@ class ClickHouseStore(TraceStore):
             table = self.conn.arrow(wrapped, limits)
         except StoreError as exc:
             raise StoreError(f"SQL error: {str(exc).split(': ', 1)[-1]}") from None
-        rows: list[list[Any]] = []
-        size, truncated, clipped = 2, False, 0
-        for batch in table.to_batches(max_chunksize=64):  # converted only as far as the byte cap
-            for row in zip(*(column.to_pylist() for column in batch.columns), strict=True):
-                if len(rows) == max_rows:
-                    truncated = True
-                    break
-                values = [_value(value, kind) for value, kind in zip(row, kinds, strict=True)]
-                clipped += sum(isinstance(v, str) and v.endswith(CUT_MARK) for v in values)
-                row_bytes = len(orjson.dumps(values, default=str)) + 1
-                if rows and size + row_bytes > max_bytes:
-                    truncated = True
-                    break
-                rows.append(values)
-                size += row_bytes
-            if truncated:
-                break
-        note = None
-        if truncated:
-            note = f"showing {len(rows)} rows; add LIMIT/OFFSET, aggregate, or select fewer columns"
-        if clipped:
-            note = (note + "; " if note else "") + f"{clipped} long values were cut to {cut:,} characters"
+        rows, truncated, clipped = take_rows(
+            # converted batch by batch, only as far as the caps
+            (
+                zip(*(column.to_pylist() for column in batch.columns), strict=True)
+                for batch in table.to_batches(64)
+            ),
+            lambda row: [_value(value, kind) for value, kind in zip(row, kinds, strict=True)],
+            max_rows=max_rows,
+            max_bytes=max_bytes,
+        )
+        note = sql_note(len(rows), truncated, clipped, cut)
         return SqlResult(columns=columns, rows=rows, row_count=len(rows), truncated=truncated, note=note)
 
     def _checked(self, query: str) -> str:

@@ -58,13 +58,20 @@ from halo_rlm.store.results import (
     TraceView,
 )
 from halo_rlm.store.rows import (
+    CUT_MARK,
+    SORT_COLUMNS,
+    SPAN_ROW_COLUMNS,
+    SUMMARY_COLUMNS,
+    VIEW_COLUMNS,
     clip_or_none,
     decode_cursor,
     encode_cursor,
     plain,
     preview,
     scan,
+    sql_note,
     summary,
+    take_rows,
     trace_view,
 )
 from halo_rlm.store.schema import SCHEMA_VERSION, TABLES
@@ -609,24 +616,12 @@ class DuckDBStore(TraceStore):
                 + f" FROM ({query}) LIMIT {max(0, max_rows) + 1}"
             )
             result = cursor.execute(wrapped)
-            rows: list[list[Any]] = []
-            size, truncated, clipped = 2, False, 0
-            while not truncated:
-                chunk = result.fetchmany(64)
-                if not chunk:
-                    break
-                for row in chunk:
-                    if len(rows) == max_rows:
-                        truncated = True
-                        break
-                    values = [_value(value, kind) for value, kind in zip(row, kinds, strict=True)]
-                    clipped += sum(isinstance(v, str) and v.endswith(CUT_MARK) for v in values)
-                    row_bytes = len(orjson.dumps(values, default=str)) + 1
-                    if rows and size + row_bytes > max_bytes:
-                        truncated = True
-                        break
-                    rows.append(values)
-                    size += row_bytes
+            rows, truncated, clipped = take_rows(
+                iter(lambda: result.fetchmany(64), []),
+                lambda row: [_value(value, kind) for value, kind in zip(row, kinds, strict=True)],
+                max_rows=max_rows,
+                max_bytes=max_bytes,
+            )
         except duckdb.InterruptException:
             raise StoreError(
                 f"the query took over {timeout:g}s and was stopped; add filters or a LIMIT"
@@ -642,11 +637,7 @@ class DuckDBStore(TraceStore):
             timer.cancel()
             with contextlib.suppress(duckdb.Error):
                 cursor.execute("SELECT NULL").fetchall()  # drops whatever of the result was not fetched
-        note = None
-        if truncated:
-            note = f"showing {len(rows)} rows; add LIMIT/OFFSET, aggregate, or select fewer columns"
-        if clipped:
-            note = (note + "; " if note else "") + f"{clipped} long values were cut to {cut:,} characters"
+        note = sql_note(len(rows), truncated, clipped, cut)
         return SqlResult(columns=columns, rows=rows, row_count=len(rows), truncated=truncated, note=note)
 
     def _check_select(self, query: str) -> None:
@@ -1213,7 +1204,6 @@ def _ms(ns: float | None) -> float | None:
     return None if ns is None else ns / 1e6
 
 
-CUT_MARK = "…[cut]"
 # Functions untrusted SQL may not call: they show the store's path, files or settings, or run SQL
 # given as text (which would get past this check).
 _REFUSED_FUNCTIONS = frozenset(
@@ -1325,25 +1315,6 @@ def _floats(column: Any) -> Any:
 def _strings(column: Any) -> Any:
     """A fetched text column as a numpy array of str (None as the empty string)."""
     return np.array(["" if v is None else str(v) for v in np.asarray(column, dtype=object)], dtype=str)
-
-
-SORT_COLUMNS = {
-    "start": "t.start_ns",
-    "duration": "t.duration_ns",
-    "cost": "t.cost",
-    "spans": "t.span_count",
-    "tokens": "t.total_tokens",
-    "errors": "t.error_spans",
-}
-SUMMARY_COLUMNS = """t.trace_id, t.start_ns, t.duration_ns, t.span_count, t.error_spans, t.has_errors, t.root_name,
-  t.root_status_message, t.services, t.agents, t.models, t.tools, t.input_tokens, t.output_tokens, t.cost,
-  t.session_id, t.raw_bytes"""
-VIEW_COLUMNS = """span_id, parent_id, name, kind, status, status_message, start_ns, duration_ns, service, agent_name,
-  model, input_tokens, output_tokens, total_tokens, cache_read_tokens, reasoning_tokens, cost, tool_name, is_orphan,
-  tool_calls, tools_offered, raw_bytes, raw"""
-SPAN_ROW_COLUMNS = """trace_id, span_id, parent_id, name, kind, status, status_message, error_template, start_ns,
-  duration_ns, service, agent_name, model, input_tokens, output_tokens, cost, tool_name, tool_args, tool_result,
-  input_value, output_value, finish_reason, tool_calls, is_orphan"""
 
 
 def _compile(pattern: str) -> Any:

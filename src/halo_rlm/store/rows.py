@@ -8,6 +8,7 @@ import base64
 import binascii
 import re
 import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -26,6 +27,11 @@ from halo_rlm.store.results import (
 from halo_rlm.utils import clip, ns_to_iso, one_line
 
 __all__ = [
+    "CUT_MARK",
+    "SORT_COLUMNS",
+    "SPAN_ROW_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "VIEW_COLUMNS",
     "cap",
     "clip_or_none",
     "decode_cursor",
@@ -34,10 +40,35 @@ __all__ = [
     "preview",
     "scan",
     "span_view",
+    "sql_note",
     "summary",
+    "take_rows",
     "trace_view",
     "tree_order",
 ]
+
+# The same columns on every backend: list sorts, and the columns a summary, a trace view and a span
+# row read.
+SORT_COLUMNS = {
+    "start": "t.start_ns",
+    "duration": "t.duration_ns",
+    "cost": "t.cost",
+    "spans": "t.span_count",
+    "tokens": "t.total_tokens",
+    "errors": "t.error_spans",
+}
+SUMMARY_COLUMNS = """t.trace_id, t.start_ns, t.duration_ns, t.span_count, t.error_spans, t.has_errors, t.root_name,
+  t.root_status_message, t.services, t.agents, t.models, t.tools, t.input_tokens, t.output_tokens, t.cost,
+  t.session_id, t.raw_bytes"""
+VIEW_COLUMNS = """span_id, parent_id, name, kind, status, status_message, start_ns, duration_ns, service, agent_name,
+  model, input_tokens, output_tokens, total_tokens, cache_read_tokens, reasoning_tokens, cost, tool_name, is_orphan,
+  tool_calls, tools_offered, raw_bytes, raw"""
+SPAN_ROW_COLUMNS = """trace_id, span_id, parent_id, name, kind, status, status_message, error_template, start_ns,
+  duration_ns, service, agent_name, model, input_tokens, output_tokens, cost, tool_name, tool_args, tool_result,
+  input_value, output_value, finish_reason, tool_calls, is_orphan"""
+
+
+CUT_MARK = "…[cut]"  # ends a value a query result cut to size
 
 MAX_VIEW_DEPTH = 32  # nesting shown as structure; deeper values are shown as JSON text
 
@@ -338,3 +369,39 @@ def decode_cursor(cursor: str) -> tuple[Any, str]:
 def preview(text: str | None, limit: int = 200) -> str | None:
     """A value as one line for a list's preview column."""
     return one_line(text[: limit * 8], limit) if text else None
+
+
+def take_rows(
+    chunks: Iterable[Iterable[Sequence[Any]]],
+    convert: Callable[[Sequence[Any]], list[Any]],
+    *,
+    max_rows: int,
+    max_bytes: int,
+) -> tuple[list[list[Any]], bool, int]:
+    """A query result's rows, converted one by one and taken only until `max_rows` rows or `max_bytes`
+    of their JSON are in (the first row always). Returns the rows, whether more were left, and how
+    many values the database had cut (they end with `CUT_MARK`)."""
+    rows: list[list[Any]] = []
+    size, clipped = 2, 0
+    for chunk in chunks:
+        for row in chunk:
+            if len(rows) == max_rows:
+                return rows, True, clipped
+            values = convert(row)
+            clipped += sum(isinstance(v, str) and v.endswith(CUT_MARK) for v in values)
+            row_bytes = len(orjson.dumps(values, default=str)) + 1
+            if rows and size + row_bytes > max_bytes:
+                return rows, True, clipped
+            rows.append(values)
+            size += row_bytes
+    return rows, False, clipped
+
+
+def sql_note(shown: int, truncated: bool, clipped: int, cut: int) -> str | None:
+    """What a capped SQL result left out, in words for whoever reads it."""
+    note = None
+    if truncated:
+        note = f"showing {shown} rows; add LIMIT/OFFSET, aggregate, or select fewer columns"
+    if clipped:
+        note = (note + "; " if note else "") + f"{clipped} long values were cut to {cut:,} characters"
+    return note
