@@ -1,10 +1,16 @@
 """Filling a DuckDB store: files (`TraceStore.ingest`) and records a collector or importer has already
 parsed (`TraceStore.ingest_records`).
 
-Each input loads in ONE transaction: its spans, its rejects, the merging of duplicate spans (same trace
-and span id), the orphan flags and rollups of every trace it touched, and its row in `inputs` commit
-together or not at all. A reader never sees spans without their traces, and an interrupted ingest
-leaves the store as it was, with the input marked `partial` until an ingest reads it again.
+An input loads in transactions (one, unless it is read in batches and longer than `commit_bytes`):
+each commits its spans, its rejects, the merging of duplicate spans (same trace and span id), the
+orphan flags and rollups of every trace its spans belong to, and the input's row in `inputs`
+together or not at all. A reader never sees spans without their traces. Until its last commit the
+input is marked `partial` with the offset and line its committed spans end at: an interrupted ingest
+leaves the store as its last commit left it, and the next ingest reads on from there (or, for a file
+that changed, compressed data or stdin, reads it again whole), so no span is lost or doubled.
+One transaction per input would be simpler, but DuckDB holds an open transaction's appended rows
+partly outside its memory limit: on the batch roads peak memory grew with the input (1.6 GB for
+1 GB of flat spans, 2.3 GB of OTLP); chunks of `commit_bytes` bound it.
 
 An input takes one of four roads (`InputReport.road`, and `road_reason` when it is not the first
 choice), all ending in the same normalising SQL (`duckdb_sql`):
@@ -49,7 +55,7 @@ from halo_rlm.store.base import StrictError
 from halo_rlm.store.results import IngestReport, InputReport, Progress
 from halo_rlm.utils import first_line
 
-__all__ = ["Ingest", "Reject"]
+__all__ = ["COMMIT_BYTES", "Ingest", "Reject"]
 
 DOCUMENT_LIMIT = 1 << 30  # a single JSON document (not JSONL) is parsed whole; refuse beyond this
 NOT_TRACE_DATA_AFTER = 1000  # stop reading a file whose first N records all fail
@@ -57,6 +63,9 @@ EXCERPT_BYTES = 200
 BATCHES_PER_STATEMENT = 4  # batches normalised by one statement: DuckDB spreads them over its threads
 IN_FLIGHT = 1  # statements queued for the store while the next batch is read (more only costs memory)
 HEAD_BYTES = 65536
+# Input read in batches between two commits: memory held by the open transaction grows with it, the
+# per-commit cost (rollups of the traces that straddle two chunks, a checkpoint) shrinks with it.
+COMMIT_BYTES = 128 << 20
 
 # One row per touched trace, in the column order of `schema.TRACE_COLUMNS`. The root span is the
 # earliest span without a parent (then the earliest orphan; spans without a start last), ties by span
@@ -127,7 +136,8 @@ class Ingest:
 
     `strict` stops at the first bad record (StrictError) instead of keeping it as a reject;
     `batch_bytes` sizes the batches of the batch roads, where a line over `max_line_bytes` is a
-    reject; `bulk=False` never loads a file in one statement; a load in one statement reports its
+    reject, and the input read that way commits every `commit_bytes` (what came before a stop stays
+    committed); `bulk=False` never loads a file in one statement; a load in one statement reports its
     progress every `progress_every` seconds."""
 
     def __init__(
@@ -139,11 +149,13 @@ class Ingest:
         max_line_bytes: int = files.MAX_LINE_BYTES,
         bulk: bool = True,
         progress_every: float = 0.2,
+        commit_bytes: int = COMMIT_BYTES,
     ) -> None:
         self.store = store
         self.progress_every = progress_every
         self.strict = strict
         self.batch_bytes = batch_bytes
+        self.commit_bytes = commit_bytes
         self.max_line_bytes = max_line_bytes
         self.bulk = bulk
 
@@ -206,8 +218,11 @@ class Ingest:
         if input_id is None:
             input_id = self._new_input(inp, compression)
         final = compression is not None or inp.is_stdin
+        # Where a chunk ended is a place to resume only in a plain file, whose byte offsets the next
+        # ingest can check (`_is_append`); other inputs interrupted between chunks are read again whole.
+        resumable = not final and stream.transcoded is None
         try:
-            with _Load(self, input_id, result, report, progress, resume) as load:
+            with _Load(self, input_id, result, report, progress, resume, resumable=resumable) as load:
                 self._read(inp, stream, compression, final, resume, load)
         finally:
             if not inp.is_stdin:
@@ -314,6 +329,7 @@ class Ingest:
                     load.lines(pending, python_first=python_first, done=(offset, line))
                     python_first = load.python_first
                     pending, size = [], 0
+                    load.commit_if_due(offset, line)
         except files.CorruptInput as exc:
             result.message = str(exc)  # the lines before the damage are kept
             if not pending and load.spans_so_far() == 0 and result.rejected == 0:
@@ -378,10 +394,12 @@ class _NotTraceData(Exception):
 
 
 class _Load:
-    """The one transaction an input loads in, on a connection of its own. Its statements run on a
-    thread of their own, in order, while the caller reads the next batch; `finish` (or `fail`) ends
-    the input inside the transaction and commits. Leaving the `with` block any other way (an error,
-    Ctrl-C, `StrictError`) stops the running statement and rolls everything back."""
+    """The transactions an input loads in, on a connection of its own. Its statements run on a
+    thread of their own, in order, while the caller reads the next batch; `commit_if_due` commits
+    what was read so far once it is `commit_bytes` of input, with the input still `partial`;
+    `finish` (or `fail`) ends the input inside the last transaction and commits. Leaving the `with`
+    block any other way (an error, Ctrl-C, `StrictError`) stops the running statement and rolls back
+    what the last commit did not cover."""
 
     def __init__(
         self,
@@ -391,6 +409,8 @@ class _Load:
         report: IngestReport,
         progress: Progress | None,
         resume: _Resume | None = None,
+        *,
+        resumable: bool = False,
     ) -> None:
         self.ingest = ingest
         self.input_id = input_id
@@ -402,6 +422,13 @@ class _Load:
         self.finished = False
         self.kind = "JSON"  # what the input looks like (`files.file_kind`), for a refusal's message
         self._spans = 0  # spans inserted so far (counted on the store's thread)
+        self.resumable = resumable
+        # Where the last commit ended (the input's first byte before one): the next chunk's spans
+        # are those after its line (all the input's spans while that is None: nothing was kept).
+        self._committed_offset = self.resume.offset
+        self._committed_line: int | None = None if self.resume.forget else self.resume.line
+        self._committed_repaired = 0
+        self._merged = 0  # duplicate spans merged by the commits so far
         self._con: Connection | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="halo-ingest")
         self._queue: deque[Future[Any]] = deque()
@@ -429,20 +456,18 @@ class _Load:
     def _begin(self) -> None:
         con = self._db()
         con.execute("BEGIN TRANSACTION")
-        # The traces the input touched before this load (its old spans, when it is read again).
+        # The traces of the spans this load replaces: the input's old spans when it is read again
+        # whole, those past where it ended when a grown (or interrupted) file is read on from there.
+        after = "" if self.resume.forget else "AND line_no > ?"
+        params = [self.input_id] if self.resume.forget else [self.input_id, self.resume.line]
         con.execute(
-            "CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT trace_id FROM spans WHERE input_id = ?",
-            [self.input_id],
+            f"CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT trace_id FROM spans WHERE input_id = ? {after}",
+            params,
         )
+        for table in ("spans", "rejects"):
+            con.execute(f"DELETE FROM {table} WHERE input_id = ? {after}", params)
         if self.resume.forget:
-            for table in ("spans", "rejects"):
-                con.execute(f"DELETE FROM {table} WHERE input_id = ?", [self.input_id])
-        else:  # a grown file read from where it ended: lines past that point are read again
-            for table in ("spans", "rejects"):
-                con.execute(
-                    f"DELETE FROM {table} WHERE input_id = ? AND line_no > ?",
-                    [self.input_id, self.resume.line],
-                )
+            con.execute("UPDATE inputs SET repaired = 0 WHERE input_id = ?", [self.input_id])
 
     def _restart(self) -> None:
         """Roll back what a failed bulk statement left and start the transaction again."""
@@ -467,6 +492,39 @@ class _Load:
             self._db().execute("ROLLBACK")
         except duckdb.Error:
             pass  # DuckDB has already rolled back a transaction whose statement failed or was interrupted
+
+    def commit_if_due(self, offset: int, line: int) -> None:
+        """Commit the input up to `offset` (the end of line `line`, the last one queued) once that is
+        `commit_bytes` past the last commit; the input stays `partial`, resumable from there."""
+        if offset - self._committed_offset < self.ingest.commit_bytes:
+            return
+        self._committed_offset = offset
+        path = self.result.path
+        digest = files.tail_digest(path, offset) if self.resumable else None
+        self._queued(self._commit_chunk, offset, line, digest)
+
+    def _commit_chunk(self, offset: int, line: int, digest: str | None) -> None:
+        con = self._db()
+        self._merged += _refresh_touched(con, self.input_id, self._committed_line)
+        con.execute("DELETE FROM touched")
+        self._record_end("partial", offset, line, digest)
+        con.execute("COMMIT")
+        self._committed_line = line
+        con.execute("BEGIN TRANSACTION")
+
+    def _record_end(self, status: str, offset: int, line: int | None, digest: str | None) -> None:
+        """Where the input's committed spans end, and its counts, in its row of `inputs`. Without a
+        digest, the next ingest cannot check the input only grew, and reads it again whole."""
+        repaired = self.result.repaired - self._committed_repaired
+        self._committed_repaired = self.result.repaired
+        self._db().execute(
+            "UPDATE inputs SET status = ?, resume_offset = ?, resume_line = ?, tail_digest = ?, "
+            "finished_at = CASE WHEN ? = 'partial' THEN NULL ELSE now() END, "
+            "spans = (SELECT count(*) FROM spans WHERE spans.input_id = inputs.input_id), "
+            "rejected = (SELECT count(*) FROM rejects WHERE rejects.input_id = inputs.input_id), "
+            "repaired = repaired + ? WHERE input_id = ?",
+            [status, offset, line, digest, status, repaired, self.input_id],
+        )
 
     # --- work on the store's thread -----------------------------------------------------------
 
@@ -691,7 +749,9 @@ class _Load:
             return
         path = self.result.path
         digest = files.tail_digest(path, offset) if Path(path).is_file() and path != "-" else None
-        self.result.duplicates = self._call(self._finish_in_transaction, status, offset, line, digest)
+        self.result.duplicates = self._merged + self._call(
+            self._finish_in_transaction, status, offset, line, digest
+        )
         self.finished = True
         if self.progress:
             self.progress(self.result.bytes, self._spans)
@@ -723,7 +783,7 @@ class _Load:
         self._spans = self.result.spans = 0
         if not self.result.rejected:
             self._record_rejects([Reject(0, message, b"")])
-        _refresh_touched(con, self.input_id)
+        _refresh_touched(con, self.input_id, None)
         con.execute(
             "UPDATE inputs SET status = 'failed', resume_offset = 0, resume_line = 0, spans = 0, rejected = ?, "
             "repaired = ?, finished_at = now() WHERE input_id = ?",
@@ -734,25 +794,21 @@ class _Load:
 
     def _finish_in_transaction(self, status: str, offset: int, line: int | None, digest: str | None) -> int:
         con = self._db()
-        merged = _refresh_touched(con, self.input_id)
-        con.execute(
-            "UPDATE inputs SET status = ?, resume_offset = ?, resume_line = ?, tail_digest = ?, finished_at = now(), "
-            "spans = (SELECT count(*) FROM spans WHERE spans.input_id = inputs.input_id), "
-            "rejected = (SELECT count(*) FROM rejects WHERE rejects.input_id = inputs.input_id), repaired = ? "
-            "WHERE input_id = ?",
-            [status, offset, line, digest, self.result.repaired, self.input_id],
-        )
+        merged = _refresh_touched(con, self.input_id, self._committed_line)
+        self._record_end(status, offset, line, digest)
         con.execute("COMMIT")
         return merged
 
 
-def _refresh_touched(con: duckdb.DuckDBPyConnection, input_id: int) -> int:
+def _refresh_touched(con: duckdb.DuckDBPyConnection, input_id: int, after_line: int | None) -> int:
     """Merge duplicates, flag orphans and rebuild the rollups of the traces in `touched` and those the
-    input's spans belong to; returns how many duplicate spans were merged."""
+    input's spans after line `after_line` (all its spans when None) belong to; returns how many
+    duplicate spans were merged."""
+    after = "" if after_line is None else "AND line_no > ?"
     con.execute(
-        "INSERT INTO touched SELECT DISTINCT trace_id FROM spans WHERE input_id = ? "
+        f"INSERT INTO touched SELECT DISTINCT trace_id FROM spans WHERE input_id = ? {after} "
         "EXCEPT SELECT trace_id FROM touched",
-        [input_id],
+        [input_id] if after_line is None else [input_id, after_line],
     )
     # Duplicates: keep a finished copy over an in-flight one, then the first ingested (a bulk-loaded
     # file has no line numbers: the raw record decides, so the choice does not vary between runs).

@@ -30,7 +30,7 @@ from halo_rlm.store import duckdb_sql
 from halo_rlm.store.base import StoreError, TraceStore
 from halo_rlm.store.dialect import Dialect
 from halo_rlm.store.duckdb_dialect import DuckDBDialect
-from halo_rlm.store.duckdb_ingest import Ingest
+from halo_rlm.store.duckdb_ingest import COMMIT_BYTES, Ingest
 from halo_rlm.store.results import (
     ConversationRecords,
     Count,
@@ -249,12 +249,14 @@ class DuckDBStore(TraceStore):
         max_line_bytes: int = files.MAX_LINE_BYTES,
         bulk: bool = True,
         progress_every: float = 0.2,
+        commit_bytes: int = COMMIT_BYTES,
     ) -> IngestReport:
         """Ingest files, directories, globs or "-" (stdin). Files already ingested whole are skipped,
         a file ingested part-way is finished, a file that grew is read from where it ended.
         `batch_bytes` sizes the batches a file is read in when it cannot load in one statement (a
-        longer line than `max_line_bytes` is rejected); `bulk=False` reads every file that way.
-        A load in one statement reports its progress every `progress_every` seconds."""
+        longer line than `max_line_bytes` is rejected), committed every `commit_bytes` of input;
+        `bulk=False` reads every file that way. A load in one statement reports its progress every
+        `progress_every` seconds."""
         self._writable()
         ingest = Ingest(
             self,
@@ -263,6 +265,7 @@ class DuckDBStore(TraceStore):
             max_line_bytes=max_line_bytes,
             bulk=bulk,
             progress_every=progress_every,
+            commit_bytes=commit_bytes,
         )
         return ingest.load_files(paths, progress)
 
