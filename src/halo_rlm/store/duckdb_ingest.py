@@ -65,7 +65,7 @@ IN_FLIGHT = 1  # statements queued for the store while the next batch is read (m
 HEAD_BYTES = 65536
 # Input read in batches between two commits: memory held by the open transaction grows with it, the
 # per-commit cost (rollups of the traces that straddle two chunks, a checkpoint) shrinks with it.
-COMMIT_BYTES = 128 << 20
+COMMIT_BYTES = 64 << 20
 
 # One row per touched trace, in the column order of `schema.TRACE_COLUMNS`. The root span is the
 # earliest span without a parent (then the earliest orphan; spans without a start last), ties by span
@@ -638,10 +638,15 @@ class _Load:
         if done is not None:
             self.result.bytes = done[0] - self.resume.offset if self.resume.offset else done[0]
         if python_first:
-            # Decoded here, on the reading thread, while the store's thread loads the batch before.
-            numbers = table.column("line_no").to_numpy()
-            decoded = _decode(zip(numbers.tolist(), table.column("raw").to_pylist(), strict=True))
-            self._queued(self._load_decoded, *decoded)
+            # Decoded here, on the reading thread, while the store's thread loads the batch before;
+            # a record batch at a time, so that only one batch's lines are Python objects at once.
+            decoded = [_decode_batch(batch) for batch in table.to_batches()]
+            del table
+            self._queued(
+                self._load_decoded,
+                pa.concat_tables([spans for spans, _ in decoded]),
+                [reject for _, rejects in decoded for reject in rejects],
+            )
         else:
             self._queued(self._load_lines, table)
         if self.progress:
@@ -650,7 +655,7 @@ class _Load:
     def _load_lines(self, table: pa.Table) -> None:
         """Normalise a batch in SQL; the lines it does not read as flat spans go to the Python decoders."""
         numbers = table.column("line_no").to_numpy()
-        others: list[tuple[int, str]] = []
+        others = table.slice(0, 0)
         if self._insert(table) < len(numbers):
             found = (
                 self._db()
@@ -660,32 +665,16 @@ class _Load:
                 )
                 .fetchnumpy()["line_no"]
             )
-            left = ~np.isin(numbers, found)
-            others = list(
-                zip(
-                    numbers[left].tolist(),
-                    table.column("raw").filter(pa.array(left)).to_pylist(),
-                    strict=True,
-                )
-            )
+            others = table.filter(pa.array(~np.isin(numbers, found)))
         # Most lines needing Python means a non-flat format (e.g. OTLP): skip the SQL attempt from now on.
         with self._lock:
-            self.python_first = len(others) > len(numbers) // 2
-        self._load_decoded(*_decode(others))
+            self.python_first = others.num_rows > len(numbers) // 2
+        self._load_decoded(*_decode_batch(others.combine_chunks()))
 
-    def _load_decoded(
-        self, decoded_numbers: list[int], decoded_spans: list[bytes], rejects: list[Reject]
-    ) -> None:
+    def _load_decoded(self, spans: pa.Table, rejects: list[Reject]) -> None:
         """Insert the flat spans the Python decoders made, and record their rejects."""
-        if decoded_spans:
-            self._insert(
-                pa.table(
-                    {
-                        "line_no": pa.array(decoded_numbers, type=pa.int64()),
-                        "raw": pa.array([span.decode() for span in decoded_spans], type=pa.large_string()),
-                    }
-                )
-            )
+        if spans.num_rows:
+            self._insert(spans)
         self._record_rejects(rejects)
         if self._spans == 0 and self.result.rejected >= NOT_TRACE_DATA_AFTER:
             raise _NotTraceData()
@@ -950,6 +939,22 @@ def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     for key, value in pairs:
         out.setdefault(key, value)
     return out
+
+
+def _decode_batch(batch: pa.RecordBatch | pa.Table) -> tuple[pa.Table, list[Reject]]:
+    """`_decode` over a batch of lines (`line_no`, `raw`): the spans as a batch of the same shape.
+    The flat JSON goes to Arrow as bytes: orjson writes valid UTF-8, so the cast to text is a check,
+    not a copy (a Python str of each would be one more copy of the batch)."""
+    numbers, spans, rejects = _decode(
+        zip(batch.column("line_no").to_pylist(), batch.column("raw").to_pylist(), strict=True)
+    )
+    table = pa.table(
+        {
+            "line_no": pa.array(numbers, type=pa.int64()),
+            "raw": pa.array(spans, type=pa.large_binary()).cast(pa.large_string()),
+        }
+    )
+    return table, rejects
 
 
 def _decode(lines: Iterable[tuple[int, str]]) -> tuple[list[int], list[bytes], list[Reject]]:
