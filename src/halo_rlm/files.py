@@ -474,6 +474,7 @@ def _batch(
 ) -> LineBatch:
     """Split `data` (ending in a newline) into lines without line breaks; drop blank lines and set
     aside lines over `max_line_bytes`."""
+    size = len(data) if real_size is None else real_size  # in the input: a repair changes the length
     lines, numbers, nonblank, oversize = _split(data, line_no, max_line_bytes)
     repaired: list[int] = []
     try:
@@ -481,7 +482,6 @@ def _batch(
     except pa.ArrowInvalid:
         data, repaired = _repair_utf8(data, line_no)
         lines, numbers, nonblank, oversize = _split(data, line_no, max_line_bytes)
-    size = len(data) if real_size is None else real_size
     return LineBatch(lines, numbers[nonblank], offset + size, line_no + len(numbers), repaired, oversize)
 
 
