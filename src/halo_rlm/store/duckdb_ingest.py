@@ -61,6 +61,9 @@ DOCUMENT_LIMIT = 1 << 30  # a single JSON document (not JSONL) is parsed whole; 
 NOT_TRACE_DATA_AFTER = 1000  # stop reading a file whose first N records all fail
 EXCERPT_BYTES = 200
 BATCHES_PER_STATEMENT = 4  # batches normalised by one statement: DuckDB spreads them over its threads
+# On the decoded road Python's decoding, not the statement, sets the pace, and decoded batches are
+# what the process holds most of: half as many per statement kept 1 GB of OTLP under 1 GB of memory.
+DECODED_BATCHES_PER_STATEMENT = 2
 IN_FLIGHT = 1  # statements queued for the store while the next batch is read (more only costs memory)
 HEAD_BYTES = 65536
 # Input read in batches between two commits: memory held by the open transaction grows with it, the
@@ -325,7 +328,8 @@ class Ingest:
                 pending.append(item)
                 size += int(item.lines.nbytes)
                 offset, line = item.end_offset, item.end_line
-                if len(pending) >= BATCHES_PER_STATEMENT or size >= self.batch_bytes * BATCHES_PER_STATEMENT:
+                per_statement = DECODED_BATCHES_PER_STATEMENT if python_first else BATCHES_PER_STATEMENT
+                if len(pending) >= per_statement or size >= self.batch_bytes * per_statement:
                     load.lines(pending, python_first=python_first, done=(offset, line))
                     python_first = load.python_first
                     pending, size = [], 0
@@ -501,29 +505,33 @@ class _Load:
         self._committed_offset = offset
         path = self.result.path
         digest = files.tail_digest(path, offset) if self.resumable else None
-        self._queued(self._commit_chunk, offset, line, digest)
+        # The repairs counted so far are those of the lines up to `line`: by the time the store's
+        # thread commits, the reading thread may have counted the next statement's.
+        self._queued(self._commit_chunk, offset, line, digest, self.result.repaired)
 
-    def _commit_chunk(self, offset: int, line: int, digest: str | None) -> None:
+    def _commit_chunk(self, offset: int, line: int, digest: str | None, repaired: int) -> None:
         con = self._db()
         self._merged += _refresh_touched(con, self.input_id, self._committed_line)
         con.execute("DELETE FROM touched")
-        self._record_end("partial", offset, line, digest)
+        self._record_end("partial", offset, line, digest, repaired)
         con.execute("COMMIT")
         self._committed_line = line
         con.execute("BEGIN TRANSACTION")
 
-    def _record_end(self, status: str, offset: int, line: int | None, digest: str | None) -> None:
-        """Where the input's committed spans end, and its counts, in its row of `inputs`. Without a
-        digest, the next ingest cannot check the input only grew, and reads it again whole."""
-        repaired = self.result.repaired - self._committed_repaired
-        self._committed_repaired = self.result.repaired
+    def _record_end(
+        self, status: str, offset: int, line: int | None, digest: str | None, repaired: int
+    ) -> None:
+        """Where the input's committed spans end, and its counts (`repaired`: this load's repaired
+        lines up to `line`), in its row of `inputs`. Without a digest, the next ingest cannot check
+        the input only grew, and reads it again whole."""
+        added, self._committed_repaired = repaired - self._committed_repaired, repaired
         self._db().execute(
             "UPDATE inputs SET status = ?, resume_offset = ?, resume_line = ?, tail_digest = ?, "
             "finished_at = CASE WHEN ? = 'partial' THEN NULL ELSE now() END, "
             "spans = (SELECT count(*) FROM spans WHERE spans.input_id = inputs.input_id), "
             "rejected = (SELECT count(*) FROM rejects WHERE rejects.input_id = inputs.input_id), "
             "repaired = repaired + ? WHERE input_id = ?",
-            [status, offset, line, digest, status, repaired, self.input_id],
+            [status, offset, line, digest, status, added, self.input_id],
         )
 
     # --- work on the store's thread -----------------------------------------------------------
@@ -784,7 +792,7 @@ class _Load:
     def _finish_in_transaction(self, status: str, offset: int, line: int | None, digest: str | None) -> int:
         con = self._db()
         merged = _refresh_touched(con, self.input_id, self._committed_line)
-        self._record_end(status, offset, line, digest)
+        self._record_end(status, offset, line, digest, self.result.repaired)
         con.execute("COMMIT")
         return merged
 
