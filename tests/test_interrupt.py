@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import subprocess
@@ -284,3 +285,177 @@ def test_ctrl_c_twice_in_a_row_ends_cleanly_and_leaves_a_consistent_store(tmp_pa
     with TraceStore.open(store) as s:
         assert s.ingest([str(corpus)]).spans == 4 * 79_999
     assert not list(tmp_path.glob("*.staging.jsonl"))
+
+
+# --- inputs committed in chunks ---------------------------------------------------------------
+
+# Commits every two or three statements (each costs a good part of a second on a busy machine).
+CHUNKED = {"bulk": False, "batch_bytes": 30_000, "commit_bytes": 150_000}
+OTLP_CHUNKED = {"batch_bytes": 60_000, "commit_bytes": 200_000}
+
+
+def store_rows(store_path: Path) -> dict[str, list[tuple]]:
+    """Every stored row but the ingest's clock times, in a fixed order."""
+    with TraceStore.open(store_path, read_only=True) as store:
+        return {
+            table: store.con.execute(f"SELECT * {excluded} FROM {table} ORDER BY ALL").fetchall()
+            for table, excluded in [
+                ("spans", ""),
+                ("traces", ""),
+                ("rejects", ""),
+                ("inputs", "EXCLUDE (started_at, finished_at)"),
+            ]
+        }
+
+
+def mixed_corpus(path: Path, traces: int) -> Path:
+    """Flat spans with what a chunk boundary could break: a parent far after its children (an orphan
+    until a later chunk), a span repeated near the end (finished there, in flight first), bad lines
+    and, a quarter in, a line with invalid UTF-8 (its repair makes it longer than it is in the file:
+    where a later chunk ends is counted in the file's bytes)."""
+    lines = make_corpus(path, traces, first=1).read_bytes().splitlines()
+    late_parent = lines.pop(8)  # trace 3's root
+    finished = lines[20]
+    in_flight = orjson.loads(finished)
+    del in_flight["end_time"]
+    lines[20] = orjson.dumps(in_flight)
+    lines.insert(len(lines) // 3, b'{"trace_id": "broken')
+    lines[len(lines) // 4] = lines[len(lines) // 4].replace(b'"step-', b'"st\xe9p-')
+    lines.insert(2 * len(lines) // 3, b"[1, 2]")
+    lines += [finished, late_parent]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_an_input_committed_in_chunks_is_the_input_committed_at_once(tmp_path: Path) -> None:
+    corpus = mixed_corpus(tmp_path / "c.jsonl", 300)
+    whole, chunked = tmp_path / "whole.duckdb", tmp_path / "chunked.duckdb"
+    with TraceStore.open(whole) as store:
+        one = store.ingest([str(corpus)], bulk=False, batch_bytes=CHUNKED["batch_bytes"])
+    with TraceStore.open(chunked) as store:
+        many = store.ingest([str(corpus)], **CHUNKED)
+    assert (one.spans, one.rejected, one.inputs[0].repaired, one.duplicates) == (1_201, 2, 1, 1)
+    assert (many.spans, many.rejected, many.inputs[0].repaired, many.duplicates) == (1_201, 2, 1, 1)
+    assert store_rows(chunked) == store_rows(whole)
+    with TraceStore.open(whole, read_only=True) as store:  # what the corpus was made to hold
+        assert store.con.execute(
+            "SELECT span_count, orphan_spans, in_flight_spans FROM traces WHERE trace_id = ?", [f"{3:032x}"]
+        ).fetchall() == [(4, 0, 0)]
+        assert store.con.execute("SELECT sum(in_flight_spans) FROM traces").fetchall() == [(0,)]
+
+
+def test_otlp_committed_in_chunks_is_otlp_committed_at_once(tmp_path: Path) -> None:
+    truth = simulate(tmp_path / "t.otlp.jsonl", traces=60, seed=3, format="otlp")
+    lines = truth.traces_path.read_bytes().splitlines()
+    lines.insert(len(lines) // 2, b'{"resourceSpans": 7}')
+    corpus = tmp_path / "c.otlp.jsonl"
+    corpus.write_bytes(b"\n".join(lines) + b"\n")
+    whole, chunked = tmp_path / "whole.duckdb", tmp_path / "chunked.duckdb"
+    with TraceStore.open(whole) as store:
+        store.ingest([str(corpus)])
+    with TraceStore.open(chunked) as store:
+        report = store.ingest([str(corpus)], **OTLP_CHUNKED)
+    assert report.inputs[0].road == "decoded" and report.rejected == 1
+    assert store_rows(chunked) == store_rows(whole)
+
+
+def partial_state(store_path: Path) -> tuple[int, int, str, int]:
+    """A store an ingest left part-way: its spans agree with their rollups (checked here); returns the
+    spans, the traces, the input's status and where it is to resume."""
+    with TraceStore.open(store_path, read_only=True) as store:
+        spans, traces = store.con.execute("SELECT count(*), count(DISTINCT trace_id) FROM spans").fetchall()[
+            0
+        ]
+        assert (
+            store.con.execute("""
+            SELECT count(*) FROM traces t
+            FULL JOIN (SELECT trace_id, count(*) AS n, count(*) FILTER (is_orphan) AS orphans
+                       FROM spans GROUP BY trace_id) s ON s.trace_id = t.trace_id
+            WHERE t.span_count IS DISTINCT FROM s.n OR t.orphan_spans IS DISTINCT FROM s.orphans""").fetchall()
+            == [(0,)]
+        )
+        status, resume_offset, counted = store.con.execute(
+            "SELECT status, resume_offset, spans FROM inputs"
+        ).fetchall()[0]
+        assert counted == spans
+        return spans, traces, status, resume_offset
+
+
+@pytest.mark.parametrize("fmt", ["flat", "otlp"])
+def test_killed_between_chunk_commits_then_rerun_loses_and_doubles_nothing(tmp_path: Path, fmt: str) -> None:
+    if fmt == "flat":
+        corpus, options = mixed_corpus(tmp_path / "c.jsonl", 600), CHUNKED
+    else:
+        corpus = simulate(tmp_path / "c.otlp.jsonl", traces=100, seed=4, format="otlp").traces_path
+        options = OTLP_CHUNKED
+    clean = tmp_path / "clean.duckdb"
+    with TraceStore.open(clean) as store:
+        total = store.ingest([str(corpus)], **options).spans
+
+    # A real process, killed while it reads on: it stops reading (the callback sleeps) once the
+    # store has committed well past one chunk, so the kill lands between two commits.
+    killed = tmp_path / "killed.duckdb"
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(SRC)!r})
+        from halo_rlm.store import TraceStore
+        def progress(inp):
+            def report(done, spans):
+                if done > {corpus.stat().st_size // 2}:
+                    print(spans, flush=True)
+                    time.sleep(60)
+            return report
+        with TraceStore.open({str(killed)!r}) as store:
+            store.ingest([{str(corpus)!r}], progress=progress, **{options!r})
+        print("finished", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    said = proc.stdout.readline()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert said.strip().isdigit(), said  # killed mid-ingest
+
+    spans, traces, status, resume_offset = partial_state(killed)
+    assert 0 < spans < total and traces > 0 and status == "partial"
+    assert 0 < resume_offset < corpus.stat().st_size
+    with TraceStore.open(killed, read_only=True) as store:
+        assert store.overview().unfinished_inputs == [str(corpus)]
+    with TraceStore.open(killed) as store:
+        report = store.ingest([str(corpus)], **options)
+    assert report.inputs[0].status == "resumed" and 0 < report.spans < total
+    assert store_rows(killed) == store_rows(clean)
+
+
+def test_ctrl_c_between_chunk_commits_then_a_changed_file_is_read_again_whole(tmp_path: Path) -> None:
+    corpus = mixed_corpus(tmp_path / "c.jsonl", 600)
+    store_path = tmp_path / "s.duckdb"
+    with TraceStore.open(store_path) as store, pytest.raises(KeyboardInterrupt):
+        store.ingest([str(corpus)], progress=interrupt_after(8), **CHUNKED)
+    spans, _, status, _ = partial_state(store_path)
+    assert spans > 0 and status == "partial"
+
+    # Rewritten before the next ingest: what the chunks committed is replaced, not kept beside it.
+    make_corpus(corpus, 500, first=1_000)
+    clean = tmp_path / "clean.duckdb"
+    with TraceStore.open(clean) as store:
+        store.ingest([str(corpus)], **CHUNKED)
+    with TraceStore.open(store_path) as store:
+        assert store.ingest([str(corpus)], **CHUNKED).inputs[0].status == "ingested"
+    assert store_rows(store_path) == store_rows(clean)
+
+
+def test_compressed_input_interrupted_between_chunks_is_read_again_whole(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.jsonl.gz"
+    corpus.write_bytes(gzip.compress(mixed_corpus(tmp_path / "c.jsonl", 600).read_bytes()))
+    clean = tmp_path / "clean.duckdb"
+    with TraceStore.open(clean) as store:
+        store.ingest([str(corpus)], **CHUNKED)
+    store_path = tmp_path / "s.duckdb"
+    with TraceStore.open(store_path) as store, pytest.raises(KeyboardInterrupt):
+        store.ingest([str(corpus)], progress=interrupt_after(8), **CHUNKED)
+    spans, _, status, _ = partial_state(store_path)
+    assert spans > 0 and status == "partial"
+    with TraceStore.open(store_path) as store:
+        assert store.ingest([str(corpus)], **CHUNKED).inputs[0].status == "ingested"
+    assert store_rows(store_path) == store_rows(clean)
