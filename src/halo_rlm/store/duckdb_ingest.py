@@ -331,7 +331,10 @@ class Ingest:
                 per_statement = DECODED_BATCHES_PER_STATEMENT if python_first else BATCHES_PER_STATEMENT
                 if len(pending) >= per_statement or size >= self.batch_bytes * per_statement:
                     load.lines(pending, python_first=python_first, done=(offset, line))
-                    python_first = load.python_first
+                    # Once Python reads most lines, it reads them from then on. (The load's verdict lags
+                    # a statement behind: taken alone, it sent a decoded input's next statements
+                    # through the SQL attempt, 64 MB of OTLP parsed for nothing at ~1 GB of memory.)
+                    python_first = python_first or load.python_first
                     pending, size = [], 0
                     load.commit_if_due(offset, line)
         except files.CorruptInput as exc:
