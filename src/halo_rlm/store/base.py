@@ -300,11 +300,8 @@ class TraceStore(ABC):
     def inputs(self) -> list[dict[str, Any]]: ...
 
     # --- lists and views for people (the web app) ----------------------------------------------
-    # A backend without them serves HALO's commands and the engine, but not `halo ui`.
 
-    def _unsupported(self) -> StoreError:
-        return StoreError(f"{type(self).__name__} stores do not serve the web app's lists and views yet")
-
+    @abstractmethod
     def trace_list(
         self,
         filters: TraceFilters | None = None,
@@ -316,8 +313,8 @@ class TraceStore(ABC):
     ) -> KeysetPage[TraceRow]:
         """One page of traces in `sort` order (ties by trace id), after `cursor`, with each trace's
         input and output previews. Pages never shift when traces arrive, and none is capped."""
-        raise self._unsupported()
 
+    @abstractmethod
     def session_list(
         self,
         filters: TraceFilters | None = None,
@@ -328,42 +325,41 @@ class TraceStore(ABC):
         limit: int = 75,
     ) -> KeysetPage[SessionRow]:
         """One page of sessions: the matching traces grouped by session id."""
-        raise self._unsupported()
 
+    @abstractmethod
     def trace_stats(self, filters: TraceFilters | None = None) -> TraceStats:
         """Totals over every matching trace: traces, sessions, spans, errors, tokens, cost, p50/p95."""
-        raise self._unsupported()
 
+    @abstractmethod
     def facet(self, filters: TraceFilters | None, name: FacetName, *, top: int = 50) -> list[FacetValue]:
         """The most common values of one facet, counted over the traces the filters match *without*
         the facet's own selection, so a list can offer "this value too" with what it would add."""
-        raise self._unsupported()
 
+    @abstractmethod
     def traces_containing(self, text: str) -> list[str]:
         """The ids of traces with a span whose record contains `text`, in any case (messages,
         inputs, outputs, errors, attributes)."""
-        raise self._unsupported()
 
+    @abstractmethod
     def latest_trace(self, filters: TraceFilters | None = None) -> str | None:
         """The matching trace that started last."""
-        raise self._unsupported()
 
+    @abstractmethod
     def trace_spans(self, trace_id: str) -> TraceSpans:
         """Every span of a trace, without records, in start order: what a tree and a waterfall draw."""
-        raise self._unsupported()
 
+    @abstractmethod
     def span_record(self, trace_id: str, span_id: str) -> dict[str, Any]:
         """One span's canonical columns and its raw record (`raw`)."""
-        raise self._unsupported()
 
+    @abstractmethod
     def conversation_records(self, trace_id: str) -> ConversationRecords:
         """The spans a trace's conversation is rebuilt from."""
-        raise self._unsupported()
 
+    @abstractmethod
     def copy_traces(self, filters: TraceFilters | None, target: Path, *, note: str) -> int:
         """Copy the matching traces into a new DuckDB store file at `target` (an analysis's own,
         unchanging copy); returns how many. `note` is recorded as the copy's input."""
-        raise self._unsupported()
 
 
 def store_scheme(target: str) -> str:
