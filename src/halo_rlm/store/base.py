@@ -1,4 +1,4 @@
-"""The trace store interface every backend implements (DuckDB today; ClickHouse next).
+"""The trace store interface every backend implements (DuckDB and ClickHouse).
 
 A store holds canonical spans (each with its raw record), per-trace rollups, rejected records and
 the inputs they came from (`store.schema`). It has four faces:
@@ -6,8 +6,9 @@ the inputs they came from (`store.schema`). It has four faces:
 - the read API (`count_traces`, `query_traces`, `trace_summary`, `overview`, `durations`,
   `model_usage`, `error_groups`, `view_trace`, `view_spans`, `search`, `spans`, `sql`, `rejects`,
   `inputs`), returning the typed results of `store.results`, and the lists and views people page
-  through (`trace_list`, `session_list`, `trace_stats`, `facet`, `trace_spans`, `span_record`,
-  `conversation_records`...);
+  through (`trace_list`, `session_list`, `trace_stats`, `facet`, `traces_containing`,
+  `latest_trace`, `trace_spans`, `span_record`, `conversation_records`, `copy_traces`), which the web
+  app serves on every backend;
 - the ingest API (`ingest` for files, `ingest_records` for records a collector or importer parsed);
 - `run`, which does store work off the event loop on a connection of its own, for the engine and
   the web server;
