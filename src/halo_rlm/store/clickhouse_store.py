@@ -59,7 +59,6 @@ from halo_rlm.store.rows import (
     CUT_MARK,
     FACET_FILTERS,
     LIST_COLUMNS,
-    LIST_PAGE_LIMIT,
     LIST_SORTS,
     SESSION_SORTS,
     SORT_COLUMNS,
@@ -67,8 +66,7 @@ from halo_rlm.store.rows import (
     SUMMARY_COLUMNS,
     VIEW_COLUMNS,
     clip_or_none,
-    keyset_after,
-    keyset_page,
+    keyset,
     plain,
     scan,
     session_row,
@@ -695,17 +693,14 @@ class ClickHouseStore(TraceStore):
         cursor: str | None = None,
         limit: int = 75,
     ) -> KeysetPage[TraceRow]:
-        expr = LIST_SORTS.get(sort)
-        if expr is None:
-            raise StoreError(f"unknown sort {sort!r}; use one of {', '.join(LIST_SORTS)}")
-        limit = max(1, min(limit, LIST_PAGE_LIMIT))
-        after = keyset_after(expr, "t.trace_id", cursor, descending, literal)
-        rows = self._rows(
-            f"""SELECT {LIST_COLUMNS}, {expr} AS sort_value
-            FROM {self.db}.traces t WHERE {self._where(filters)} AND {after}
-            ORDER BY {expr} {"DESC" if descending else "ASC"} NULLS LAST, t.trace_id LIMIT {limit + 1}"""
+        page = keyset(
+            LIST_SORTS, sort, "t.trace_id", cursor=cursor, descending=descending, limit=limit, bind=literal
         )
-        return keyset_page(rows, limit, trace_row, "trace_id", sort=sort, descending=descending)
+        rows = self._rows(
+            f"SELECT {LIST_COLUMNS}, {page.expr} AS sort_value FROM {self.db}.traces t "
+            f"WHERE {self._where(filters)} AND {page.after} {page.order}"
+        )
+        return page.page(rows, trace_row)
 
     def session_list(
         self,
@@ -716,11 +711,15 @@ class ClickHouseStore(TraceStore):
         cursor: str | None = None,
         limit: int = 75,
     ) -> KeysetPage[SessionRow]:
-        expr = SESSION_SORTS.get(sort)
-        if expr is None:
-            raise StoreError(f"unknown sort {sort!r}; use one of {', '.join(SESSION_SORTS)}")
-        limit = max(1, min(limit, LIST_PAGE_LIMIT))
-        after = keyset_after(expr, "s.session_id", cursor, descending, literal)
+        page = keyset(
+            SESSION_SORTS,
+            sort,
+            "s.session_id",
+            cursor=cursor,
+            descending=descending,
+            limit=limit,
+            bind=literal,
+        )
         # First and last by start time, ties by trace id, over traces that have a start (as DuckDB's
         # arg_min/arg_max, argMin/argMax skip a NULL value).
         by, started = "(assumeNotNull(t.start_ns), t.trace_id)", "t.start_ns IS NOT NULL"
@@ -737,10 +736,9 @@ class ClickHouseStore(TraceStore):
                      argMaxIf(t.output_preview, {by}, {started}) AS output_preview
               FROM {self.db}.traces t WHERE {self._where(filters)} AND t.session_id IS NOT NULL
               GROUP BY t.session_id)
-            SELECT s.*, {expr} AS sort_value FROM s WHERE {after}
-            ORDER BY {expr} {"DESC" if descending else "ASC"} NULLS LAST, s.session_id LIMIT {limit + 1}"""
+            SELECT s.*, {page.expr} AS sort_value FROM s WHERE {page.after} {page.order}"""
         )
-        return keyset_page(rows, limit, session_row, "session_id", sort=sort, descending=descending)
+        return page.page(rows, session_row)
 
     def trace_stats(self, filters: TraceFilters | None = None) -> TraceStats:
         row = self._rows(

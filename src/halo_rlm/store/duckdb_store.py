@@ -60,7 +60,6 @@ from halo_rlm.store.rows import (
     CUT_MARK,
     FACET_FILTERS,
     LIST_COLUMNS,
-    LIST_PAGE_LIMIT,
     LIST_SORTS,
     SESSION_SORTS,
     SORT_COLUMNS,
@@ -68,8 +67,7 @@ from halo_rlm.store.rows import (
     SUMMARY_COLUMNS,
     VIEW_COLUMNS,
     clip_or_none,
-    keyset_after,
-    keyset_page,
+    keyset,
     plain,
     scan,
     session_row,
@@ -815,19 +813,22 @@ class DuckDBStore(TraceStore):
         cursor: str | None = None,
         limit: int = 75,
     ) -> KeysetPage[TraceRow]:
-        expr = LIST_SORTS.get(sort)
-        if expr is None:
-            raise StoreError(f"unknown sort {sort!r}; use one of {', '.join(LIST_SORTS)}")
-        limit = max(1, min(limit, LIST_PAGE_LIMIT))
         where, params = self._where(filters)
-        after = keyset_after(expr, "t.trace_id", cursor, descending, _binder(params))
-        rows = self._rows(
-            f"""SELECT {LIST_COLUMNS}, {expr} AS sort_value
-            FROM traces t WHERE {where} AND {after}
-            ORDER BY {expr} {"DESC" if descending else "ASC"} NULLS LAST, t.trace_id LIMIT ?""",
-            [*params, limit + 1],
+        page = keyset(
+            LIST_SORTS,
+            sort,
+            "t.trace_id",
+            cursor=cursor,
+            descending=descending,
+            limit=limit,
+            bind=_binder(params),
         )
-        return keyset_page(rows, limit, trace_row, "trace_id", sort=sort, descending=descending)
+        rows = self._rows(
+            f"SELECT {LIST_COLUMNS}, {page.expr} AS sort_value FROM traces t WHERE {where} AND {page.after} "
+            f"{page.order}",
+            params,
+        )
+        return page.page(rows, trace_row)
 
     def session_list(
         self,
@@ -838,12 +839,16 @@ class DuckDBStore(TraceStore):
         cursor: str | None = None,
         limit: int = 75,
     ) -> KeysetPage[SessionRow]:
-        expr = SESSION_SORTS.get(sort)
-        if expr is None:
-            raise StoreError(f"unknown sort {sort!r}; use one of {', '.join(SESSION_SORTS)}")
-        limit = max(1, min(limit, LIST_PAGE_LIMIT))
         where, params = self._where(filters)
-        after = keyset_after(expr, "s.session_id", cursor, descending, _binder(params))
+        page = keyset(
+            SESSION_SORTS,
+            sort,
+            "s.session_id",
+            cursor=cursor,
+            descending=descending,
+            limit=limit,
+            bind=_binder(params),
+        )
         # A session's first and last traces are by start time, ties by trace id; its cost is rounded
         # as each trace's is, so that sums in any order give the same number.
         by = "(t.start_ns, t.trace_id)"
@@ -859,11 +864,10 @@ class DuckDBStore(TraceStore):
                      arg_min(t.input_preview, {by}) FILTER (t.start_ns IS NOT NULL) AS input_preview,
                      arg_max(t.output_preview, {by}) FILTER (t.start_ns IS NOT NULL) AS output_preview
               FROM traces t WHERE {where} AND t.session_id IS NOT NULL GROUP BY t.session_id)
-            SELECT s.*, {expr} AS sort_value FROM s WHERE {after}
-            ORDER BY {expr} {"DESC" if descending else "ASC"} NULLS LAST, s.session_id LIMIT ?""",
-            [*params, limit + 1],
+            SELECT s.*, {page.expr} AS sort_value FROM s WHERE {page.after} {page.order}""",
+            params,
         )
-        return keyset_page(rows, limit, session_row, "session_id", sort=sort, descending=descending)
+        return page.page(rows, session_row)
 
     def trace_stats(self, filters: TraceFilters | None = None) -> TraceStats:
         where, params = self._where(filters)

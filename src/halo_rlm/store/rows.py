@@ -9,6 +9,7 @@ import binascii
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
@@ -44,12 +45,12 @@ __all__ = [
     "SPAN_ROW_COLUMNS",
     "SUMMARY_COLUMNS",
     "VIEW_COLUMNS",
+    "Keyset",
     "cap",
     "clip_or_none",
     "decode_cursor",
     "encode_cursor",
-    "keyset_after",
-    "keyset_page",
+    "keyset",
     "ms",
     "plain",
     "preview",
@@ -418,42 +419,63 @@ def decode_cursor(cursor: str) -> tuple[Any, str]:
     return value, key
 
 
-def keyset_after(
-    expr: str, key: str, cursor: str | None, descending: bool, bind: Callable[[Any], str]
-) -> str:
-    """The condition "after the cursor" in `ORDER BY expr (DESC|ASC) NULLS LAST, key`; `bind` turns
-    each value into the backend's SQL (a placeholder it remembers the value for, or a literal)."""
-    if cursor is None:
-        return "true"
-    value, last_key = decode_cursor(cursor)
-    if value is None:
-        return f"({expr} IS NULL AND {key} > {bind(last_key)})"
-    beyond = "<" if descending else ">"
-    return (
-        f"({expr} {beyond} {bind(value)} OR ({expr} = {bind(value)} AND {key} > {bind(last_key)}) "
-        f"OR {expr} IS NULL)"
-    )
+@dataclass(frozen=True)
+class Keyset:
+    """One page of a list in keyset order, `ORDER BY sort DESC|ASC NULLS LAST, key`, as SQL for any
+    backend: the sort's expression (select it `AS sort_value`), the condition for the rows after the
+    cursor, and the ORDER BY and LIMIT (one row more than the page, to tell whether another follows)."""
+
+    expr: str
+    after: str
+    order: str
+    key: str
+    limit: int
+    sort: str
+    descending: bool
+
+    def page(self, rows: list[dict[str, Any]], build: Callable[[dict[str, Any]], Row]) -> KeysetPage[Row]:
+        """The page from the fetched rows; its cursor is the last shown row's sort value and key."""
+        more, rows = len(rows) > self.limit, rows[: self.limit]
+        last = rows[-1] if rows and more else None
+        column = self.key.rsplit(".", 1)[-1]  # the key as the row names it, without its table alias
+        return KeysetPage[Row](
+            rows=[build(r) for r in rows],
+            sort=self.sort,
+            descending=self.descending,
+            next_cursor=encode_cursor(last["sort_value"], last[column]) if last else None,
+        )
 
 
-def keyset_page(
-    rows: list[dict[str, Any]],
-    limit: int,
-    build: Callable[[dict[str, Any]], Row],
+def keyset(
+    sorts: dict[str, str],
+    sort: str,
     key: str,
     *,
-    sort: str,
+    cursor: str | None,
     descending: bool,
-) -> KeysetPage[Row]:
-    """A page from `limit + 1` fetched rows (each with its `sort_value`): the extra row only says
-    there is a next page, whose cursor is the last shown row's sort value and `key`."""
-    more, rows = len(rows) > limit, rows[:limit]
-    last = rows[-1] if rows and more else None
-    return KeysetPage[Row](
-        rows=[build(r) for r in rows],
-        sort=sort,
-        descending=descending,
-        next_cursor=encode_cursor(last["sort_value"], last[key]) if last else None,
-    )
+    limit: int,
+    bind: Callable[[Any], str],
+) -> Keyset:
+    """The keyset SQL of a page sorted by `sorts[sort]` then `key`, after `cursor`; `bind` turns each
+    value into the backend's SQL (a placeholder that remembers the value, or a literal)."""
+    expr = sorts.get(sort)
+    if expr is None:
+        raise StoreError(f"unknown sort {sort!r}; use one of {', '.join(sorts)}")
+    limit = max(1, min(limit, LIST_PAGE_LIMIT))
+    if cursor is None:
+        after = "true"
+    else:
+        value, last_key = decode_cursor(cursor)
+        if value is None:
+            after = f"({expr} IS NULL AND {key} > {bind(last_key)})"
+        else:
+            beyond = "<" if descending else ">"
+            after = (
+                f"({expr} {beyond} {bind(value)} OR ({expr} = {bind(value)} AND {key} > {bind(last_key)}) "
+                f"OR {expr} IS NULL)"
+            )
+    order = f"ORDER BY {expr} {'DESC' if descending else 'ASC'} NULLS LAST, {key} LIMIT {limit + 1}"
+    return Keyset(expr, after, order, key, limit, sort, descending)
 
 
 def trace_row(r: dict[str, Any]) -> TraceRow:
