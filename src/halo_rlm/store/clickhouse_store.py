@@ -27,6 +27,7 @@ from halo_rlm.store.base import StoreError, TraceStore
 from halo_rlm.store.clickhouse_client import Connection, Target, literal, open_connection, parse_target
 from halo_rlm.store.clickhouse_dialect import ClickHouseDialect
 from halo_rlm.store.clickhouse_ingest import Ingest
+from halo_rlm.store.clickhouse_lease import WriterLease
 from halo_rlm.store.clickhouse_otel import map_otel_table
 from halo_rlm.store.dialect import Dialect
 from halo_rlm.store.duckdb_store import ATTRIBUTE_NAME, DuckDBStore, required_literals
@@ -102,8 +103,9 @@ class ClickHouseStore(TraceStore):
     dialect: ClassVar[Dialect] = ClickHouseDialect()
     schemes: ClassVar[tuple[str, ...]] = ("chdb", "clickhouse", "clickhouses")
 
-    def __init__(self, conn: Connection, target: Target, read_only: bool) -> None:
+    def __init__(self, conn: Connection, target: Target, read_only: bool, lock_timeout: float = 10.0) -> None:
         self.conn = conn
+        self.lock_timeout = lock_timeout  # how long an ingest waits for another writer's lease
         self.target = target
         self.path = target.label
         self.read_only = read_only
@@ -115,7 +117,7 @@ class ClickHouseStore(TraceStore):
     def connect(cls, target: str, *, read_only: bool = False, lock_timeout: float = 10.0) -> ClickHouseStore:
         parsed = parse_target(target)
         conn = open_connection(parsed)
-        store = cls(conn, parsed, read_only)
+        store = cls(conn, parsed, read_only, lock_timeout)
         try:
             store._setup()
         except BaseException:
@@ -133,7 +135,7 @@ class ClickHouseStore(TraceStore):
         try:
             borrowed = self._idle.pop()
         except IndexError:
-            borrowed = ClickHouseStore(self.conn.another(), self.target, self.read_only)
+            borrowed = ClickHouseStore(self.conn.another(), self.target, self.read_only, self.lock_timeout)
         try:
             yield borrowed
         finally:
@@ -188,12 +190,19 @@ class ClickHouseStore(TraceStore):
         progress: Callable[[files.InputFile], Progress | None] | None = None,
         **options: Any,
     ) -> IngestReport:
-        self._writable()
-        return Ingest(self).load_files(paths, strict=strict, progress=progress, **options)
+        with self._writer():
+            return Ingest(self).load_files(paths, strict=strict, progress=progress, **options)
 
     def ingest_records(self, records: Iterable[Any], *, source: str) -> IngestReport:
+        with self._writer():
+            return Ingest(self).load_records(records, source)
+
+    @contextmanager
+    def _writer(self) -> Iterator[None]:
+        """The database's one-writer lease (`clickhouse_lease`) for one ingest, on a writable store."""
         self._writable()
-        return Ingest(self).load_records(records, source)
+        with WriterLease(self.conn, self.db, self.path).held(self.lock_timeout):
+            yield
 
     def _writable(self) -> None:
         if self.read_only:
