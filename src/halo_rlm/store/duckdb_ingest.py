@@ -49,13 +49,15 @@ import orjson
 import pyarrow as pa
 
 from halo_rlm import files
+from halo_rlm.defaults import COMMIT_BYTES
 from halo_rlm.formats import decode
 from halo_rlm.store import duckdb_sql
 from halo_rlm.store.base import StrictError
+from halo_rlm.store.duckdb_udfs import Tally
 from halo_rlm.store.results import IngestReport, InputReport, Progress
 from halo_rlm.utils import first_line
 
-__all__ = ["COMMIT_BYTES", "Ingest", "Reject"]
+__all__ = ["Ingest", "Reject"]
 
 DOCUMENT_LIMIT = 1 << 30  # a single JSON document (not JSONL) is parsed whole; refuse beyond this
 NOT_TRACE_DATA_AFTER = 1000  # stop reading a file whose first N records all fail
@@ -66,9 +68,6 @@ BATCHES_PER_STATEMENT = 4  # batches normalised by one statement: DuckDB spreads
 DECODED_BATCHES_PER_STATEMENT = 2
 IN_FLIGHT = 1  # statements queued for the store while the next batch is read (more only costs memory)
 HEAD_BYTES = 65536
-# Input read in batches between two commits: memory held by the open transaction grows with it, the
-# per-commit cost (rollups of the traces that straddle two chunks, a checkpoint) shrinks with it.
-COMMIT_BYTES = 64 << 20
 
 # One row per touched trace, in the column order of `schema.TRACE_COLUMNS`. The root span is the
 # earliest span without a parent (then the earliest orphan; spans without a start last), ties by span
@@ -123,7 +122,9 @@ class Connection(Protocol):
 
     path: str
     con: duckdb.DuckDBPyConnection
-    tally: duckdb_sql.Tally  # what the normalising SQL has passed so far, per input
+
+    @property
+    def tally(self) -> Tally: ...  # what the normalising SQL has passed so far, per input
 
     def transaction(self) -> AbstractContextManager[None]: ...
 

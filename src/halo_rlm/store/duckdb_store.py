@@ -17,20 +17,18 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import duckdb
-import numpy as np
 import orjson
 import regex
 
-from halo_rlm import files
+from halo_rlm.defaults import BATCH_BYTES, COMMIT_BYTES, MAX_LINE_BYTES
 from halo_rlm.formats.spans import normalize_id
 from halo_rlm.store import duckdb_sql
 from halo_rlm.store.base import StoreError, TraceStore
 from halo_rlm.store.dialect import Dialect
 from halo_rlm.store.duckdb_dialect import DuckDBDialect
-from halo_rlm.store.duckdb_ingest import COMMIT_BYTES, Ingest
 from halo_rlm.store.results import (
     ConversationRecords,
     Count,
@@ -47,7 +45,6 @@ from halo_rlm.store.results import (
     SessionRow,
     SessionSortKey,
     SortKey,
-    SpanRow,
     SqlResult,
     TraceFilters,
     TracePage,
@@ -59,29 +56,44 @@ from halo_rlm.store.results import (
 )
 from halo_rlm.store.rows import (
     CUT_MARK,
+    FACET_FILTERS,
+    LIST_COLUMNS,
+    LIST_SORTS,
+    SESSION_SORTS,
     SORT_COLUMNS,
     SPAN_ROW_COLUMNS,
     SUMMARY_COLUMNS,
     VIEW_COLUMNS,
     clip_or_none,
-    decode_cursor,
-    encode_cursor,
+    keyset,
     plain,
-    preview,
     scan,
+    session_row,
     sql_note,
     summary,
     take_rows,
+    trace_row,
+    trace_spans,
+    trace_stats,
     trace_view,
 )
-from halo_rlm.store.schema import SCHEMA_VERSION, TABLES
+from halo_rlm.store.schema import SCHEMA_VERSION, SPAN_COLUMNS, TABLES, TRACE_COLUMNS
 from halo_rlm.utils import first_line, iso_to_ns, ns_to_iso
+
+if TYPE_CHECKING:  # the file reader and the ingest functions load pyarrow: ingest imports them itself
+    from halo_rlm import files
+    from halo_rlm.store.duckdb_udfs import Tally
 
 __all__ = ["DuckDBStore", "required_literals"]
 
 INGEST_MEMORY = "512MB"
 QUERY_MEMORY = "2GB"  # what a read-only store (the one untrusted SQL runs on) may hold in memory...
 QUERY_TEMP = "8GB"  # ...and spill to disk beyond that
+# The one input of an analysis's copy of some traces: what it was copied from.
+COPY_INPUT = (
+    "INSERT INTO {prefix}inputs (input_id, path, status, spans, started_at, finished_at) "
+    "SELECT 1, ?, 'complete', count(*), now(), now() FROM {prefix}spans"
+)
 
 
 class DuckDBStore(TraceStore):
@@ -95,7 +107,6 @@ class DuckDBStore(TraceStore):
         self.path = path
         self.read_only = read_only
         self._udfs = False
-        self.tally = duckdb_sql.tally_for(path)  # spans a one-statement load has normalised so far
         self._idle: list[DuckDBStore] = []  # connections for `borrow`
 
     @classmethod
@@ -156,6 +167,13 @@ class DuckDBStore(TraceStore):
         if not read_only:
             _remove_staging_files(path)
         return store
+
+    @property
+    def tally(self) -> Tally:
+        """Spans a one-statement load has normalised so far (ingest only)."""
+        from halo_rlm.store.duckdb_udfs import tally_for  # pyarrow: only an ingest loads it
+
+        return tally_for(self.path)
 
     def close(self) -> None:
         while self._idle:
@@ -245,8 +263,8 @@ class DuckDBStore(TraceStore):
         *,
         strict: bool = False,
         progress: Callable[[files.InputFile], Progress | None] | None = None,
-        batch_bytes: int = files.BATCH_BYTES,
-        max_line_bytes: int = files.MAX_LINE_BYTES,
+        batch_bytes: int = BATCH_BYTES,
+        max_line_bytes: int = MAX_LINE_BYTES,
         bulk: bool = True,
         progress_every: float = 0.2,
         commit_bytes: int = COMMIT_BYTES,
@@ -258,6 +276,8 @@ class DuckDBStore(TraceStore):
         `bulk=False` reads every file that way. A load in one statement reports its progress every
         `progress_every` seconds."""
         self._writable()
+        from halo_rlm.store.duckdb_ingest import Ingest  # pyarrow and the decoders: ingest only
+
         ingest = Ingest(
             self,
             strict=strict,
@@ -273,6 +293,8 @@ class DuckDBStore(TraceStore):
         """Ingest already-parsed records (OTLP requests, span dicts, ...) from a collector or importer.
         `source` names them in the inputs table; each call is one input."""
         self._writable()
+        from halo_rlm.store.duckdb_ingest import Ingest  # pyarrow and the decoders: ingest only
+
         return Ingest(self).load_records(records, source)
 
     def _writable(self) -> None:
@@ -281,7 +303,9 @@ class DuckDBStore(TraceStore):
         if self.read_only:
             raise StoreError(f"{self.path}: the store is open read-only")
         if not self._udfs:
-            duckdb_sql.register_udfs(self.con, self.tally)
+            from halo_rlm.store.duckdb_udfs import register_udfs  # pyarrow: only an ingest loads it
+
+            register_udfs(self.con, self.tally)
             self._udfs = True
 
     # --- queries ------------------------------------------------------------------------------
@@ -330,25 +354,22 @@ class DuckDBStore(TraceStore):
     def overview(self, filters: TraceFilters | None = None, *, top: int = 20) -> Overview:
         """Totals, the distinct services/agents/models/tools (most traces first) and the top error
         groups, over the traces that match `filters`. Counts are exact, not sampled."""
-        where, params = self._where(filters)
-        self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE selected AS SELECT * FROM traces t WHERE {where}", params
-        )
-        totals = self._rows("""
+        selected, of_selected = self._select(filters)
+        totals = self._rows(f"""
             SELECT count(*) AS traces, coalesce(sum(span_count), 0) AS spans,
                    count(*) FILTER (has_errors) AS error_traces, coalesce(sum(error_spans), 0) AS error_spans,
                    min(start_ns) AS start_ns, max(end_ns) AS end_ns,
                    coalesce(sum(input_tokens), 0) AS input_tokens, coalesce(sum(output_tokens), 0) AS output_tokens,
                    coalesce(sum(cost), 0) AS cost, coalesce(sum(orphan_spans), 0) AS orphan_spans,
                    coalesce(sum(in_flight_spans), 0) AS in_flight_spans, coalesce(sum(raw_bytes), 0) AS raw_bytes
-            FROM selected""")[0]
+            FROM {selected}""")[0]
         lists = {
             column: [
                 Count(**r)
                 for r in self._rows(
                     f"""
                 SELECT name, count(*) AS traces, count(*) FILTER (has_errors) AS errors
-                FROM (SELECT unnest({column}) AS name, has_errors FROM selected)
+                FROM (SELECT unnest({column}) AS name, has_errors FROM {selected})
                 GROUP BY name ORDER BY traces DESC, name LIMIT ?""",
                     [top],
                 )
@@ -363,7 +384,7 @@ class DuckDBStore(TraceStore):
                     f"""
                 SELECT {name} AS name, count(DISTINCT trace_id) AS traces, count(*) AS spans,
                        count(*) FILTER (status = 'ERROR') AS errors
-                FROM spans SEMI JOIN selected USING (trace_id)
+                FROM spans {of_selected}
                 WHERE {name} IS NOT NULL GROUP BY 1 ORDER BY traces DESC, spans DESC, name LIMIT ?""",
                     [top],
                 )
@@ -371,14 +392,13 @@ class DuckDBStore(TraceStore):
         kinds = {
             r["kind"]: r["spans"]
             for r in self._rows(
-                "SELECT kind, count(*) AS spans FROM spans SEMI JOIN selected USING (trace_id) GROUP BY kind "
-                "ORDER BY spans DESC"
+                f"SELECT kind, count(*) AS spans FROM spans {of_selected} GROUP BY kind ORDER BY spans DESC"
             )
         }
         samples = [
             r["trace_id"]
             for r in self._rows(
-                "SELECT trace_id FROM selected ORDER BY has_errors DESC, start_ns DESC, trace_id LIMIT 10"
+                f"SELECT trace_id FROM {selected} ORDER BY has_errors DESC, start_ns DESC, trace_id LIMIT 10"
             )
         ]
         return Overview(
@@ -405,7 +425,7 @@ class DuckDBStore(TraceStore):
                 for r in self._rows("SELECT path FROM inputs WHERE status = 'partial' ORDER BY input_id")
             ],
             raw_bytes=totals["raw_bytes"],
-            error_groups=self._error_groups(top),
+            error_groups=self._error_groups(of_selected, top),
             sample_trace_ids=samples,
             lists_capped_at=top,
         )
@@ -458,27 +478,28 @@ class DuckDBStore(TraceStore):
     def error_groups(self, filters: TraceFilters | None = None, *, top: int = 20) -> list[ErrorGroup]:
         """Error spans grouped by where they happened and by message template (ids, numbers, paths,
         URLs and quoted values masked), most traces first."""
-        where, params = self._where(filters)
-        self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE selected AS SELECT * FROM traces t WHERE {where}", params
-        )
-        return self._error_groups(top)
+        return self._error_groups(self._select(filters)[1], top)
 
-    def _error_groups(self, top: int) -> list[ErrorGroup]:
+    def _error_groups(self, of_selected: str, top: int) -> list[ErrorGroup]:
+        # The example message is made for each group's first span only, after grouping: making it
+        # for every error span first took most of `halo stats`' time on a large store.
         rows = self._rows(
-            """
-            SELECT coalesce(tool_name, name) AS source, kind, error_template AS template,
-                   count(*) AS error_spans, count(DISTINCT trace_id) AS traces,
-                   list_sort(list_distinct(list(trace_id)))[:3] AS example_trace_ids,
-                   -- the first by start time; a span without one (still a valid span) comes last, not never
-                   arg_min(trace_id || ':' || span_id, (start_ns IS NULL, start_ns, trace_id, span_id))
-                     AS example_span,
-                   arg_min(halo_join_distinct([status_message,
-                           CASE WHEN kind = 'TOOL' THEN left(tool_result, 300) END]),
-                           (start_ns IS NULL, start_ns, trace_id, span_id)) AS example_message
-            FROM spans SEMI JOIN selected USING (trace_id)
-            WHERE status = 'ERROR'
-            GROUP BY ALL ORDER BY traces DESC, error_spans DESC, source, template LIMIT ?""",
+            f"""
+            WITH grouped AS (
+              SELECT coalesce(tool_name, name) AS source, kind, error_template AS template,
+                     count(*) AS error_spans, count(DISTINCT trace_id) AS traces,
+                     min(DISTINCT trace_id, 3) AS example_trace_ids,
+                     -- the first by start time; a span without one (still a valid span) comes last, not never
+                     arg_min((trace_id, span_id), (start_ns IS NULL, start_ns, trace_id, span_id)) AS first_span
+              FROM spans {of_selected}
+              WHERE status = 'ERROR'
+              GROUP BY ALL ORDER BY traces DESC, error_spans DESC, source, template LIMIT ?)
+            SELECT g.source, g.kind, g.template, g.error_spans, g.traces, g.example_trace_ids,
+                   g.first_span[1] || ':' || g.first_span[2] AS example_span,
+                   halo_join_distinct([s.status_message,
+                     CASE WHEN s.kind = 'TOOL' THEN left(s.tool_result, 300) END]) AS example_message
+            FROM grouped g JOIN spans s ON s.trace_id = g.first_span[1] AND s.span_id = g.first_span[2]
+            ORDER BY g.traces DESC, g.error_spans DESC, g.source, g.template""",
             [top],
         )
         return [ErrorGroup(**{**r, "example_message": clip_or_none(r["example_message"], 400)}) for r in rows]
@@ -750,6 +771,8 @@ class DuckDBStore(TraceStore):
                 f"WHERE v IS NOT NULL GROUP BY trace_id) a{i} USING (trace_id)"
             )
             columns.append(f"a{i}.v AS a{i}")
+        import numpy as np  # only comparisons want columns as arrays
+
         data = self.con.execute(
             f"SELECT {', '.join(columns)} FROM traces t {' '.join(joins)} ORDER BY t.trace_id"
         ).fetchnumpy()
@@ -806,49 +829,22 @@ class DuckDBStore(TraceStore):
         cursor: str | None = None,
         limit: int = 75,
     ) -> KeysetPage[TraceRow]:
-        expr = LIST_SORTS.get(sort)
-        if expr is None:
-            raise StoreError(f"unknown sort {sort!r}; use one of {', '.join(LIST_SORTS)}")
-        limit = max(1, min(limit, LIST_PAGE_LIMIT))
         where, params = self._where(filters)
-        after, after_params = _after(expr, "t.trace_id", cursor, descending)
-        rows = self._rows(
-            f"""SELECT t.trace_id, t.start_ns, t.duration_ns, t.root_name, t.has_errors, t.in_flight_spans,
-                   t.span_count, t.error_spans, t.llm_spans, {LIST_SORTS["tokens"]} AS tokens, t.cost, t.session_id,
-                   t.services, t.agents, t.models, t.input_preview, t.output_preview, {expr} AS sort_value
-            FROM traces t WHERE {where} AND {after}
-            ORDER BY {expr} {"DESC" if descending else "ASC"} NULLS LAST, t.trace_id LIMIT ?""",
-            [*params, *after_params, limit + 1],
-        )
-        more, rows = len(rows) > limit, rows[:limit]
-        page = [
-            TraceRow(
-                trace_id=r["trace_id"],
-                start=ns_to_iso(r["start_ns"]),
-                duration_ms=_ms(r["duration_ns"]),
-                root_name=r["root_name"],
-                status="error" if r["has_errors"] else "running" if r["in_flight_spans"] else "ok",
-                spans=r["span_count"],
-                error_spans=r["error_spans"],
-                llm_spans=r["llm_spans"] or 0,
-                tokens=r["tokens"],
-                cost=r["cost"],
-                session_id=r["session_id"],
-                services=r["services"] or [],
-                agents=r["agents"] or [],
-                models=r["models"] or [],
-                input_preview=preview(r["input_preview"]),
-                output_preview=preview(r["output_preview"]),
-            )
-            for r in rows
-        ]
-        last = rows[-1] if rows and more else None
-        return KeysetPage[TraceRow](
-            rows=page,
-            sort=sort,
+        page = keyset(
+            LIST_SORTS,
+            sort,
+            "t.trace_id",
+            cursor=cursor,
             descending=descending,
-            next_cursor=encode_cursor(last["sort_value"], last["trace_id"]) if last else None,
+            limit=limit,
+            bind=_binder(params),
         )
+        rows = self._rows(
+            f"SELECT {LIST_COLUMNS}, {page.expr} AS sort_value FROM traces t WHERE {where} AND {page.after} "
+            f"{page.order}",
+            params,
+        )
+        return page.page(rows, trace_row)
 
     def session_list(
         self,
@@ -859,54 +855,35 @@ class DuckDBStore(TraceStore):
         cursor: str | None = None,
         limit: int = 75,
     ) -> KeysetPage[SessionRow]:
-        expr = SESSION_SORTS.get(sort)
-        if expr is None:
-            raise StoreError(f"unknown sort {sort!r}; use one of {', '.join(SESSION_SORTS)}")
-        limit = max(1, min(limit, LIST_PAGE_LIMIT))
         where, params = self._where(filters)
-        after, after_params = _after(expr, "s.session_id", cursor, descending)
+        page = keyset(
+            SESSION_SORTS,
+            sort,
+            "s.session_id",
+            cursor=cursor,
+            descending=descending,
+            limit=limit,
+            bind=_binder(params),
+        )
+        # A session's first and last traces are by start time, ties by trace id; its cost is rounded
+        # as each trace's is, so that sums in any order give the same number.
+        by = "(t.start_ns, t.trace_id)"
         rows = self._rows(
             f"""WITH s AS (
               SELECT t.session_id, min(t.start_ns) AS start_ns, max(t.end_ns) AS end_ns,
                      max(t.end_ns) - min(t.start_ns) AS duration_ns, count(*) AS traces,
                      sum(t.span_count) AS spans, count(*) FILTER (t.has_errors) AS error_traces,
-                     sum({LIST_SORTS["tokens"]}) AS tokens, sum(t.cost) AS cost,
-                     arg_min(t.trace_id, t.start_ns) AS first_trace_id, arg_max(t.trace_id, t.start_ns) AS last_trace_id,
-                     arg_max(t.root_name, t.start_ns) AS name,
-                     arg_min(t.input_preview, t.start_ns) AS input_preview,
-                     arg_max(t.output_preview, t.start_ns) AS output_preview
+                     sum({LIST_SORTS["tokens"]}) AS tokens, round(sum(t.cost), 9) AS cost,
+                     arg_min(t.trace_id, {by}) FILTER (t.start_ns IS NOT NULL) AS first_trace_id,
+                     arg_max(t.trace_id, {by}) FILTER (t.start_ns IS NOT NULL) AS last_trace_id,
+                     arg_max(t.root_name, {by}) FILTER (t.start_ns IS NOT NULL) AS name,
+                     arg_min(t.input_preview, {by}) FILTER (t.start_ns IS NOT NULL) AS input_preview,
+                     arg_max(t.output_preview, {by}) FILTER (t.start_ns IS NOT NULL) AS output_preview
               FROM traces t WHERE {where} AND t.session_id IS NOT NULL GROUP BY t.session_id)
-            SELECT s.*, {expr} AS sort_value FROM s WHERE {after}
-            ORDER BY {expr} {"DESC" if descending else "ASC"} NULLS LAST, s.session_id LIMIT ?""",
-            [*params, *after_params, limit + 1],
+            SELECT s.*, {page.expr} AS sort_value FROM s WHERE {page.after} {page.order}""",
+            params,
         )
-        more, rows = len(rows) > limit, rows[:limit]
-        page = [
-            SessionRow(
-                session_id=r["session_id"],
-                start=ns_to_iso(r["start_ns"]),
-                last_activity=ns_to_iso(r["end_ns"]),
-                duration_ms=_ms(r["duration_ns"]),
-                traces=r["traces"],
-                spans=int(r["spans"] or 0),
-                error_traces=r["error_traces"],
-                tokens=None if r["tokens"] is None else int(r["tokens"]),
-                cost=r["cost"],
-                first_trace_id=r["first_trace_id"],
-                last_trace_id=r["last_trace_id"],
-                name=r["name"],
-                input_preview=preview(r["input_preview"]),
-                output_preview=preview(r["output_preview"]),
-            )
-            for r in rows
-        ]
-        last = rows[-1] if rows and more else None
-        return KeysetPage[SessionRow](
-            rows=page,
-            sort=sort,
-            descending=descending,
-            next_cursor=encode_cursor(last["sort_value"], last["session_id"]) if last else None,
-        )
+        return page.page(rows, session_row)
 
     def trace_stats(self, filters: TraceFilters | None = None) -> TraceStats:
         where, params = self._where(filters)
@@ -920,18 +897,7 @@ class DuckDBStore(TraceStore):
             FROM traces t WHERE {where}""",
             params,
         )[0]
-        return TraceStats(
-            traces=row["traces"],
-            sessions=row["sessions"],
-            spans=int(row["spans"]),
-            llm_spans=int(row["llm_spans"]),
-            error_traces=row["error_traces"],
-            running_traces=row["running_traces"],
-            tokens=int(row["tokens"]),
-            cost=round(float(row["cost"]), 6),
-            p50_duration_ms=_ms(row["p50"]),
-            p95_duration_ms=_ms(row["p95"]),
-        )
+        return trace_stats(row)
 
     def facet(self, filters: TraceFilters | None, name: FacetName, *, top: int = 50) -> list[FacetValue]:
         own = FACET_FILTERS.get(name)
@@ -980,20 +946,7 @@ class DuckDBStore(TraceStore):
         )
         if not rows:
             raise StoreError(self._unknown_trace(trace_id))
-        start = rows[0]["start_ms"]  # in ns until made relative below; start order puts the first first
-        for row in rows:
-            row["start_ms"] = (
-                None if row["start_ms"] is None or start is None else (row["start_ms"] - start) / 1e6
-            )
-        now = None if start is None else (time.time_ns() - start) / 1e6
-        # Built without validation: the rows come straight from the typed columns above.
-        return TraceSpans.model_construct(
-            trace_id=trace_id,
-            start=ns_to_iso(start),
-            start_ns=start,
-            now_ms=now,
-            spans=cast(list[SpanRow], rows),
-        )
+        return trace_spans(trace_id, rows)
 
     def span_record(self, trace_id: str, span_id: str) -> dict[str, Any]:
         rows = self._rows(
@@ -1017,7 +970,7 @@ class DuckDBStore(TraceStore):
         )
         roots = self._rows(
             """SELECT span_id, name, kind, status, status_message, input_value, output_value
-            FROM spans WHERE trace_id = ? AND (parent_id IS NULL OR is_orphan) ORDER BY start_ns NULLS LAST""",
+            FROM spans WHERE trace_id = ? AND (parent_id IS NULL OR is_orphan) ORDER BY start_ns NULLS LAST, span_id""",
             [trace_id],
         )
         if not (llm or tools or roots):
@@ -1042,11 +995,7 @@ class DuckDBStore(TraceStore):
                     con.execute(
                         f"INSERT INTO halo_copy.{table} SELECT * FROM {table} SEMI JOIN halo_selected USING (trace_id)"
                     )
-                con.execute(
-                    "INSERT INTO halo_copy.inputs (input_id, path, status, spans, started_at, finished_at) "
-                    "SELECT 1, ?, 'complete', count(*), now(), now() FROM halo_copy.spans",
-                    [note],
-                )
+                con.execute(COPY_INPUT.format(prefix="halo_copy."), [note])
                 copied = int(con.execute("SELECT count(*) FROM halo_selected").fetchall()[0][0])
                 con.execute("DROP TABLE halo_selected")
                 con.execute("COMMIT")
@@ -1058,6 +1007,27 @@ class DuckDBStore(TraceStore):
         finally:
             con.close()
         return copied
+
+    def fill_copy(self, batches: Iterable[tuple[str, Any]], *, note: str) -> None:
+        """Fill this new store with another backend's copy of some traces: `batches` of (table, Arrow
+        table of its rows) for `traces` and `spans`, then `note` as its one input, in one transaction.
+        Lists the other backend holds empty where DuckDB has NULL come in as NULL."""
+        with self.transaction():
+            for table, data in batches:
+                columns = {"traces": TRACE_COLUMNS, "spans": SPAN_COLUMNS}[table]
+                names = ", ".join(c.name for c in columns)
+                values = ", ".join(
+                    f"CASE WHEN len({c.name}) = 0 THEN NULL ELSE {c.name} END"
+                    if c.type in ("text[]", "tool_calls")
+                    else c.name
+                    for c in columns
+                )
+                self.con.register("halo_copied", data)
+                try:
+                    self.con.execute(f"INSERT INTO {table} ({names}) SELECT {values} FROM halo_copied")
+                finally:
+                    self.con.unregister("halo_copied")
+            self.con.execute(COPY_INPUT.format(prefix=""), [note])
 
     def _where(self, filters: TraceFilters | None) -> tuple[str, list[Any]]:
         if filters is None:
@@ -1125,6 +1095,23 @@ class DuckDBStore(TraceStore):
                 raise StoreError(f"trace id {text!r} is ambiguous: it starts {shown}{more}; give more of it")
         raise StoreError(self._unknown_trace(text))
 
+    def _select(self, filters: TraceFilters | None) -> tuple[str, str]:
+        """The traces that match `filters` as a table name for queries over traces, and a clause that
+        keeps a query over spans to them. Unfiltered, that is `traces` itself and no clause; else
+        a temporary table of the few columns the overview reads (copying every rollup column of
+        every trace cost more than the queries that read it)."""
+        where, params = self._where(filters)
+        if where == "true":
+            return "traces", ""
+        self.con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE selected AS
+            SELECT trace_id, span_count, has_errors, error_spans, start_ns, end_ns, input_tokens, output_tokens,
+                   cost, orphan_spans, in_flight_spans, raw_bytes, services, agents
+            FROM traces t WHERE {where}""",
+            params,
+        )
+        return "selected", "SEMI JOIN selected USING (trace_id)"
+
     def _selected_traces(self, filters: TraceFilters | None) -> tuple[str, list[Any]]:
         """`AND trace_id IN (the traces matching filters)` for a query over spans, or nothing."""
         where, params = self._where(filters)
@@ -1161,50 +1148,14 @@ class _Timeout(Exception):
     pass
 
 
-LIST_PAGE_LIMIT = 500  # rows per page of a list at most; lists are paged, never capped in total
-LIST_SORTS = {
-    "start": "t.start_ns",
-    "duration": "t.duration_ns",
-    "cost": "t.cost",
-    "tokens": "coalesce(t.total_tokens, t.input_tokens + t.output_tokens)",
-    "spans": "t.span_count",
-    "errors": "t.error_spans",
-}
-SESSION_SORTS = {
-    "last": "s.end_ns",
-    "start": "s.start_ns",
-    "duration": "s.duration_ns",
-    "cost": "s.cost",
-    "tokens": "s.tokens",
-    "traces": "s.traces",
-    "spans": "s.spans",
-    "errors": "s.error_traces",
-}
-# A facet's own selection, which its counts leave out; list facets count the values of their column.
-FACET_FILTERS: dict[str, str] = {
-    "status": "has_errors",
-    "services": "services",
-    "agents": "agents",
-    "models": "models",
-    "tools": "tools",
-    "sessions": "session_ids",
-    "error_groups": "error_templates",
-}
+def _binder(params: list[Any]) -> Callable[[Any], str]:
+    """Binds a value as a `?` placeholder, appending it to `params`."""
 
+    def bind(value: Any) -> str:
+        params.append(value)
+        return "?"
 
-def _after(expr: str, key: str, cursor: str | None, descending: bool) -> tuple[str, list[Any]]:
-    """Rows after the cursor in `ORDER BY expr (DESC|ASC) NULLS LAST, key`."""
-    if cursor is None:
-        return "true", []
-    value, last_key = decode_cursor(cursor)
-    if value is None:
-        return f"({expr} IS NULL AND {key} > ?)", [last_key]
-    beyond = "<" if descending else ">"
-    return f"({expr} {beyond} ? OR ({expr} = ? AND {key} > ?) OR {expr} IS NULL)", [value, value, last_key]
-
-
-def _ms(ns: float | None) -> float | None:
-    return None if ns is None else ns / 1e6
+    return bind
 
 
 # Functions untrusted SQL may not call: they show the store's path, files or settings, or run SQL
@@ -1312,11 +1263,15 @@ ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,200}")
 
 def _floats(column: Any) -> Any:
     """A fetched numeric column as float64, NULL as NaN (DuckDB hands nullable columns over masked)."""
+    import numpy as np
+
     return np.ma.filled(np.ma.asarray(column).astype(np.float64), np.nan)
 
 
 def _strings(column: Any) -> Any:
     """A fetched text column as a numpy array of str (None as the empty string)."""
+    import numpy as np
+
     return np.array(["" if v is None else str(v) for v in np.asarray(column, dtype=object)], dtype=str)
 
 
