@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from halo_rlm.formats.conventions import normalize_messages
 from halo_rlm.formats.decode import DecodeError, decode_record
 from halo_rlm.store import TraceStore
-from halo_rlm.store.duckdb_sql import messages_udf
+from halo_rlm.store.duckdb_udfs import messages_udf
 
 VALID_LINES = [
     orjson.dumps(

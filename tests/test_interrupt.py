@@ -183,8 +183,8 @@ def test_killed_during_a_bulk_load_then_rerun(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {str(SRC)!r})
-        from halo_rlm.store import TraceStore, duckdb_sql
-        duckdb_sql.messages_udf = lambda column: os.kill(os.getpid(), signal.SIGKILL)
+        from halo_rlm.store import TraceStore, duckdb_udfs
+        duckdb_udfs.messages_udf = lambda column: os.kill(os.getpid(), signal.SIGKILL)
         with TraceStore.open({str(killed)!r}) as store:
             store.ingest([{str(corpus)!r}])
         print("finished", flush=True)
@@ -204,11 +204,11 @@ def test_ctrl_c_during_a_bulk_load_rolls_it_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     corpus = make_corpus(tmp_path / "c.jsonl", 500, first=1)
-    from halo_rlm.store import duckdb_sql
+    from halo_rlm.store import duckdb_udfs
 
-    real = duckdb_sql.messages_udf
+    real = duckdb_udfs.messages_udf
     monkeypatch.setattr(
-        duckdb_sql, "messages_udf", lambda column: (signal.raise_signal(signal.SIGINT), real(column))[1]
+        duckdb_udfs, "messages_udf", lambda column: (signal.raise_signal(signal.SIGINT), real(column))[1]
     )
     # Ctrl-C raises KeyboardInterrupt even when this test run was started in the background (SIGINT ignored).
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -216,7 +216,7 @@ def test_ctrl_c_during_a_bulk_load_rolls_it_back(
     store_path = tmp_path / "s.duckdb"
     with TraceStore.open(store_path) as store, pytest.raises(KeyboardInterrupt):
         store.ingest([str(corpus)])
-    monkeypatch.setattr(duckdb_sql, "messages_udf", real)
+    monkeypatch.setattr(duckdb_udfs, "messages_udf", real)
     assert snapshot(store_path)[0] == [(0, 0, None)]
     with TraceStore.open(store_path) as store:
         report = store.ingest([str(corpus)])
