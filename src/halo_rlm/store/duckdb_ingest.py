@@ -651,8 +651,9 @@ class _Load:
             self.result.bytes = done[0] - self.resume.offset if self.resume.offset else done[0]
         if python_first:
             # Decoded here, on the reading thread, while the store's thread loads the batch before;
-            # a record batch at a time, so that only one batch's lines are Python objects at once.
-            decoded = [_decode_batch(batch) for batch in table.to_batches()]
+            # a record batch at a time, so that only one batch's lines are Python objects at once (a
+            # table of no rows may have no batch: decoded whole, it gives the empty table).
+            decoded = [_decode_batch(batch) for batch in table.to_batches()] or [_decode_batch(table)]
             del table
             self._queued(
                 self._load_decoded,
