@@ -818,6 +818,7 @@ class _Output:
         self.position: Position = (0, 0)
         self.behind_bytes = self.behind_spans = 0
         self.error: str | None = None  # why the last write failed
+        self.write_seconds = 0.0  # how long the last successful write took
 
     def write(self, data: bytes, lock_timeout: float) -> None:
         """Write these whole lines durably, or raise."""

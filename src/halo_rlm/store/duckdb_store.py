@@ -272,6 +272,12 @@ class DuckDBStore(TraceStore):
         self._writable()
         return Ingest(self).load_records(records, source)
 
+    def ingest_lines(self, data: bytes, *, source: str) -> IngestReport:
+        """Ingest JSON lines held in memory (each ending in a line break) as one input named `source`:
+        the same rows as `ingest_records` of their records, read as a file's lines are."""
+        self._writable()
+        return Ingest(self).load_lines(data, source)
+
     def _writable(self) -> None:
         """Ingest needs a writable store, and on its connection the message normaliser its SQL calls
         (registered once: DuckDB refuses a second function of the same name)."""
