@@ -74,7 +74,13 @@ TRACES_PATH = "/v1/traces"
 MAX_BODY_BYTES = 32 << 20  # per request, both as sent and decompressed
 BACKLOG_BYTES = 256 << 20  # accepted spans an output has not taken yet (they wait in the log); beyond, 503
 FLUSH_SECONDS = 1.0  # how long accepted spans wait for an output when few arrive
-FLUSH_BYTES = 16 << 20  # write sooner than FLUSH_SECONDS once an output is this far behind...
+# A write to the store costs about half a CPU-second however few spans it carries (opening the store,
+# planning the normalising statement, the rollups, the checkpoint at close): written every second, a
+# busy collector spent more CPU on that than on the spans. The log already holds them durably, so an
+# output rests at least this many times as long as its last write took, and its writes grow with the
+# load: it is at work a quarter of the time at most, unless it falls FLUSH_BYTES behind.
+REST_PER_WRITE = 3.0
+FLUSH_BYTES = 48 << 20  # write sooner once an output is this far behind...
 REST_SECONDS = 0.25  # ...but always leave the store closed this long between cycles, for readers
 CYCLE_BYTES = 64 << 20  # the most one cycle copies from the log to an output
 SEGMENT_BYTES = 64 << 20  # the log starts a new file past this size, so passed files can be deleted
@@ -463,8 +469,10 @@ class Collector:
                 self._lock.wait()
                 continue
             since = time.monotonic() - last_cycle
-            soon = output.behind_bytes >= FLUSH_BYTES or self._closing
-            due_after = REST_SECONDS if soon else self._flush_seconds
+            if self._closing or output.behind_bytes >= FLUSH_BYTES:
+                due_after = REST_SECONDS
+            else:
+                due_after = max(self._flush_seconds, REST_PER_WRITE * output.write_seconds)
             if since >= due_after:
                 return True
             self._lock.wait(due_after - since)
@@ -485,12 +493,14 @@ class Collector:
             lock_timeout = self._lock_timeout
             if self._closing:
                 lock_timeout = max(0.0, min(lock_timeout, self._final_deadline - time.monotonic()))
+        started = time.monotonic()
         try:
             output.write(data, lock_timeout)
         except Exception as exc:  # noqa: BLE001  (whatever went wrong, the log keeps the spans: try again)
             with self._lock:
                 output.error = f"{output.name}: {first_line(exc)}"
             return False
+        output.write_seconds = time.monotonic() - started
         output.position = position
         saved = output.save(self.spool)  # if it cannot be saved, a restart writes these again
         with self._lock:
@@ -860,7 +870,7 @@ class _StoreOutput(_Output):
     def write(self, data: bytes, lock_timeout: float) -> None:
         # A span the store gets twice (a replay after a crash) is merged with the first copy.
         with TraceStore.open(self.path, lock_timeout=lock_timeout) as store:
-            store.ingest_records(map(orjson.Fragment, data[:-1].split(b"\n")), source=self.source)
+            store.ingest_lines(data, source=self.source)
 
 
 class _FileOutput(_Output):
