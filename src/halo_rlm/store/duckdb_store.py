@@ -278,14 +278,14 @@ class DuckDBStore(TraceStore):
         DuckDB's threads: these are a collector's writes, which come again and again while its HTTP
         threads (and the exporters, often on the same machine) compete for the cores, and one thread
         normalises them with a quarter less CPU than several (measured on 50,000 agent spans). The
-        setting is the database's: other connections to it in this process have one thread meanwhile."""
+        setting is the database's: other connections to it in this process (the web app's, when it
+        runs the collector) have one thread meanwhile, and DuckDB's default again afterwards."""
         self._writable()
-        threads = self.first_row("SELECT current_setting('threads')")[0]  # type: ignore[index]
         self.con.execute("SET threads = 1")
         try:
             return Ingest(self).load_lines(data, source)
         finally:
-            self.con.execute(f"SET threads = {int(threads)}")
+            self.con.execute("RESET threads")
 
     def _writable(self) -> None:
         """Ingest needs a writable store, and on its connection the message normaliser its SQL calls
