@@ -2,11 +2,12 @@
 5,000 spans served and first painted in Chromium, a span exported over OTLP until it is visible in an
 open list, and the server's peak RSS.
 
-The corpus replicates the shipped example traces with fresh ids up to the size asked (as
-store_bench.py does), plus one trace of 5,000 spans. The app runs in a process of its own; times are
+The corpus replicates the shipped example traces (`--format halo`) or HALO's fixture traces
+(`--format fixtures`: many small traces, the shape of the issue's 1 GB store) with fresh ids up to the
+size asked (as store_bench.py does), plus one trace of 5,000 spans. The app runs in a process of its own; times are
 measured by the client on loopback (an upper bound on server time), medians of `--repeats`.
 
-    python benchmarks/web_bench.py --size 1000 --out benchmarks/results/web.json
+    python benchmarks/web_bench.py --size 1000 --format fixtures --out benchmarks/results/web.json
 
 Needs Debian's chromium (or HALO_CHROMIUM) for the browser measurements.
 """
@@ -46,6 +47,7 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 BIG_TRACE = "b" * 32
+SEARCH = {"halo": "refund", "fixtures": "no such file"}  # text some of each corpus's spans hold
 
 
 def big_trace_lines(spans: int) -> bytes:
@@ -94,13 +96,13 @@ def big_trace_lines(spans: int) -> bytes:
     return b"\n".join(out) + b"\n"
 
 
-def build_store(size_mb: int, work: Path) -> Path:
-    store = work / f"web-{size_mb}mb.duckdb"
+def build_store(size_mb: int, shape: str, work: Path) -> Path:
+    store = work / f"web-{size_mb}mb.{shape}.duckdb"
     if store.exists():
         return store
-    corpus = work / f"web-corpus-{size_mb}mb.jsonl"
+    corpus = work / f"web-corpus-{size_mb}mb.{shape}.jsonl"
     if not corpus.exists():
-        build_flat(size_mb, corpus, flat_lines("halo"))
+        build_flat(size_mb, corpus, flat_lines(shape))
     big = work / "web-big-trace.jsonl"
     big.write_bytes(big_trace_lines(5_000))
     code = f"""
@@ -148,7 +150,7 @@ def timed(client: httpx.Client, path: str, repeats: int) -> dict[str, float]:
     return {"first_ms": times[0] * 1000, "median_ms": statistics.median(times) * 1000}
 
 
-def list_queries(client: httpx.Client) -> dict[str, str]:
+def list_queries(client: httpx.Client, search: str) -> dict[str, str]:
     data = client.get("/traces.json").json()
     facet = data["facets"]
 
@@ -165,7 +167,7 @@ def list_queries(client: httpx.Client) -> dict[str, str]:
         "error group": "/traces.json?" + httpx.QueryParams({"error_group": group}).__str__(),
         "window 7d": "/traces.json?window=7d",
         "sessions": "/traces.json?view=sessions",
-        "text search": "/traces.json?q=refund",
+        "text search": "/traces.json?" + str(httpx.QueryParams({"q": search})),
         "page 2 (cursor)": "/traces.json?part=rows&cursor=" + (data["page"]["next_cursor"] or ""),
     }
 
@@ -217,24 +219,27 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size", type=int, default=100, help="corpus size in MB")
+    parser.add_argument("--format", choices=["halo", "fixtures"], default="fixtures", help="corpus shape")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "halo-bench")
     parser.add_argument("--no-browser", action="store_true", help="skip the Chromium measurements")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    store = build_store(args.size, args.work)
+    store = build_store(args.size, args.format, args.work)
     child, url, token = start_app(store)
     try:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as client:
             traces = client.get("/traces.json?part=strip").json()["stats"]
             results: dict[str, Any] = {
                 "size_mb": args.size,
+                "format": args.format,
                 "traces": traces["traces"],
                 "spans": traces["spans"],
             }
             results["list_and_strip"] = {
-                name: timed(client, path, args.repeats) for name, path in list_queries(client).items()
+                name: timed(client, path, args.repeats)
+                for name, path in list_queries(client, SEARCH[args.format]).items()
             }
             results["big_trace_json"] = timed(client, f"/traces/{BIG_TRACE}.json", args.repeats)
             results["big_trace_page"] = timed(client, f"/traces/{BIG_TRACE}", args.repeats)

@@ -16,6 +16,7 @@ from halo_runs import jsonl, runs, write_runs
 
 from halo_rlm.cli import cli
 from halo_rlm.simulate import simulate
+from halo_rlm.store import TraceStore
 from halo_rlm.store import paths as store_paths
 
 
@@ -189,6 +190,35 @@ def test_commands_without_a_model_import_neither_openai_nor_the_engine(tmp_path:
     )
     assert "LOADED []" in result.stdout, result.stdout[-800:] + result.stderr[-800:]
     assert (tmp_path / "report" / "report.json").exists()
+
+
+def test_reading_a_store_loads_no_ingest_machinery(tmp_path: Path) -> None:
+    """`halo stats` and `halo show` start in a fraction of a second: the file reader's numpy and
+    pyarrow, the ingest and asyncio load only for the commands that need them."""
+    truth = simulate(tmp_path / "t.jsonl", traces=20, seed=3)
+    store = tmp_path / "s.duckdb"
+    subprocess.run(
+        [sys.executable, "-m", "halo_rlm", "ingest", str(truth.traces_path), "--store", str(store)],
+        capture_output=True,
+        check=True,
+    )
+    with TraceStore.open(str(store), read_only=True) as s:
+        trace_id = s.query_traces(None, limit=1).traces[0].trace_id
+    for args in (["stats"], ["show", trace_id]):
+        script = (
+            "import sys\n"
+            "from halo_rlm.cli import cli\n"
+            "try:\n"
+            f"    cli.main({[*args, '--store', str(store)]!r}, prog_name='halo', standalone_mode=False)\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'pyarrow', 'asyncio', 'openai'})\n"
+            "ingest = sorted(m for m in sys.modules if m.startswith(('halo_rlm.store.duckdb_ingest', "
+            "'halo_rlm.store.duckdb_udfs', 'halo_rlm.formats.decode')))\n"
+            "print('HEAVY', heavy, ingest)\n"
+        )
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        assert "HEAVY [] []" in result.stdout, args + [result.stdout[-800:], result.stderr[-800:]]
 
 
 # --- which store a query command reads --------------------------------------------------------------

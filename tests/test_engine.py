@@ -38,7 +38,7 @@ from halo_rlm.engine import (
     stream_engine_output,
     stream_engine_output_async,
 )
-from halo_rlm.llm import LLMError
+from halo_rlm.llm import LLMError, MessageMemo
 from halo_rlm.report import Report
 from halo_rlm.simulate import simulate
 from halo_rlm.store import TraceFilters, TraceStore
@@ -624,3 +624,28 @@ def test_trace_files_are_ingested_for_the_run(tmp_path: Path) -> None:
     with ScriptedLLM(lambda r: finish()) as llm:
         items = run_engine("go", config(llm), [truth.traces_path])
     assert items[-1].report is not None and items[-1].report.dataset.traces == 60
+
+
+def test_a_message_memo_recomputes_whatever_changed_in_a_message() -> None:
+    """The scrubbed copy of each message is kept between turns: a message shortened in place (its
+    content replaced) or given other tool calls must be scrubbed again, never sent as it was."""
+    seen: list[Any] = []
+
+    def compute(message: dict[str, Any]) -> str:
+        seen.append(message.get("content"))
+        return f"scrubbed {message.get('content')}"
+
+    memo = MessageMemo(compute, size=2)
+    message: dict[str, Any] = {"role": "tool", "content": "key sk-1"}
+    assert memo(message) == memo(message) == "scrubbed key sk-1"
+    assert seen == ["key sk-1"]
+    message["content"] = "[shortened] key sk-1"
+    assert memo(message) == "scrubbed [shortened] key sk-1"
+    message["tool_calls"] = [{"id": "c1"}]
+    memo(message)
+    assert memo({"role": "tool", "content": "[shortened] key sk-1"}) == "scrubbed [shortened] key sk-1"
+    assert len(seen) == 4  # an equal message in another dict is a message of its own
+    for other in ({"content": "a"}, {"content": "b"}):
+        memo(other)
+    memo(message)  # forgotten past `size`, so computed again
+    assert len(seen) == 7

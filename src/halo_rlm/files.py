@@ -16,17 +16,19 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import numpy as np
-import pyarrow as pa
 import zstandard
+
+from halo_rlm.defaults import BATCH_BYTES, MAX_LINE_BYTES
+
+if TYPE_CHECKING:  # loaded by the batching functions only: resolving paths must not pay for them
+    import numpy as np
+    import pyarrow as pa
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 TRACE_SUFFIXES = (".jsonl", ".json", ".ndjson", ".gz", ".zst", ".zstd")
-BATCH_BYTES = 16 << 20
-MAX_LINE_BYTES = 512 << 20
 
 
 class InputError(Exception):
@@ -474,6 +476,8 @@ def _batch(
 ) -> LineBatch:
     """Split `data` (ending in a newline) into lines without line breaks; drop blank lines and set
     aside lines over `max_line_bytes`."""
+    import pyarrow as pa
+
     lines, numbers, nonblank, oversize = _split(data, line_no, max_line_bytes)
     repaired: list[int] = []
     try:
@@ -488,6 +492,9 @@ def _batch(
 def _split(
     data: bytes, line_no: int, max_line_bytes: int
 ) -> tuple[pa.LargeStringArray, np.ndarray, np.ndarray, list[OversizeLine]]:
+    import numpy as np
+    import pyarrow as pa
+
     arr = np.frombuffer(data, dtype=np.uint8)
     newlines = np.flatnonzero(arr == 10)
     starts = np.empty(len(newlines), dtype=np.int64)

@@ -23,9 +23,10 @@ import json
 import math
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx2
 import openai
@@ -42,6 +43,7 @@ __all__ = [
     "Completion",
     "ContextOverflow",
     "LLMError",
+    "MessageMemo",
     "ServerInfo",
     "Timeout",
     "ToolChoiceRejected",
@@ -129,20 +131,51 @@ class ServerInfo:
     advice: str | None = None  # what to set when the window is a guess
 
 
+def message_chars(message: dict[str, Any]) -> int:
+    """Characters one chat message sends: its content and tool calls, plus a little for the chat
+    template's role markers."""
+    chars = 16
+    content = message.get("content")
+    if isinstance(content, str):
+        chars += len(content)
+    elif content:
+        chars += len(orjson.dumps(content))
+    if message.get("tool_calls"):
+        chars += len(orjson.dumps(message["tool_calls"]))
+    return chars
+
+
+V = TypeVar("V")
+
+
+class MessageMemo(Generic[V]):
+    """A value computed from a chat message, kept while the message is unchanged. A conversation
+    grows by a message or two a turn while every turn sends all of it again (scrubbed of
+    credentials), so without this a long run scrubs in quadratic time. A message is unchanged while it is
+    the same dict holding the same content and tool calls: the engine replaces a shortened result's
+    content with a new string and never edits one in place. The memo holds the messages it has seen
+    (so their ids stay theirs) and forgets the oldest past `size`."""
+
+    def __init__(self, compute: Callable[[dict[str, Any]], V], size: int = 65_536) -> None:
+        self._compute = compute
+        self._size = size
+        self._seen: OrderedDict[int, tuple[dict[str, Any], Any, Any, V]] = OrderedDict()
+
+    def __call__(self, message: dict[str, Any]) -> V:
+        content, calls = message.get("content"), message.get("tool_calls")
+        seen = self._seen.get(id(message))
+        if seen is not None and seen[0] is message and seen[1] is content and seen[2] is calls:
+            return seen[3]
+        value = self._compute(message)
+        self._seen[id(message)] = (message, content, calls, value)
+        if len(self._seen) > self._size:
+            self._seen.popitem(last=False)
+        return value
+
+
 def request_chars(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> int:
-    """Characters a request sends to the model: message contents, tool calls and tool definitions,
-    plus a little per message for the chat template's role markers."""
-    chars = 0
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-        elif content:
-            chars += len(orjson.dumps(content))
-        if message.get("tool_calls"):
-            chars += len(orjson.dumps(message["tool_calls"]))
-        chars += 16
-    return chars + (len(orjson.dumps(tools)) if tools else 0)
+    """Characters a request sends to the model: its messages and tool definitions."""
+    return sum(map(message_chars, messages)) + (len(orjson.dumps(tools)) if tools else 0)
 
 
 CONNECTION_POOLS = 8

@@ -69,6 +69,7 @@ from halo_rlm.llm import (
     Completion,
     ContextOverflow,
     LLMError,
+    MessageMemo,
     ModelConfig,
     ServerInfo,
     Timeout,
@@ -1389,11 +1390,12 @@ class RedactingLLM:
 
     def __init__(self, llm: LLM) -> None:
         self.llm = llm
+        self._redacted = MessageMemo(_redacted)  # every turn sends the whole conversation again
 
     async def complete(
         self, model: ModelConfig, messages: list[dict[str, Any]], **options: Any
     ) -> Completion:
-        return await self.llm.complete(model, [_redacted(m) for m in messages], **options)
+        return await self.llm.complete(model, [self._redacted(m) for m in messages], **options)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.llm, name)

@@ -21,7 +21,6 @@ backends with a URL scheme (`chdb:`, `clickhouse://`) register themselves in `BA
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -129,6 +128,8 @@ class TraceStore(ABC):
         """Run store work in a worker thread on a pooled connection of its own, so the event loop
         never waits on a query; past `timeout` seconds its query is interrupted and TimeoutError
         raised."""
+        import asyncio  # only async callers (the engine, the web app) pay for loading it
+
         connection: list[Self] = []
 
         def on_borrowed_connection() -> T:

@@ -46,6 +46,7 @@ from halo_rlm import files
 from halo_rlm.formats import decode
 from halo_rlm.store import duckdb_sql
 from halo_rlm.store.base import StrictError
+from halo_rlm.store.duckdb_udfs import Tally
 from halo_rlm.store.results import IngestReport, InputReport, Progress
 from halo_rlm.utils import first_line
 
@@ -111,7 +112,9 @@ class Connection(Protocol):
 
     path: str
     con: duckdb.DuckDBPyConnection
-    tally: duckdb_sql.Tally  # what the normalising SQL has passed so far, per input
+
+    @property
+    def tally(self) -> Tally: ...  # what the normalising SQL has passed so far, per input
 
     def transaction(self) -> AbstractContextManager[None]: ...
 

@@ -17,20 +17,18 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import duckdb
-import numpy as np
 import orjson
 import regex
 
-from halo_rlm import files
+from halo_rlm.defaults import BATCH_BYTES, MAX_LINE_BYTES
 from halo_rlm.formats.spans import normalize_id
 from halo_rlm.store import duckdb_sql
 from halo_rlm.store.base import StoreError, TraceStore
 from halo_rlm.store.dialect import Dialect
 from halo_rlm.store.duckdb_dialect import DuckDBDialect
-from halo_rlm.store.duckdb_ingest import Ingest
 from halo_rlm.store.results import (
     ConversationRecords,
     Count,
@@ -77,6 +75,10 @@ from halo_rlm.store.rows import (
 from halo_rlm.store.schema import SCHEMA_VERSION, TABLES
 from halo_rlm.utils import first_line, iso_to_ns, ns_to_iso
 
+if TYPE_CHECKING:  # the file reader and the ingest functions load pyarrow: ingest imports them itself
+    from halo_rlm import files
+    from halo_rlm.store.duckdb_udfs import Tally
+
 __all__ = ["DuckDBStore", "required_literals"]
 
 INGEST_MEMORY = "512MB"
@@ -95,7 +97,6 @@ class DuckDBStore(TraceStore):
         self.path = path
         self.read_only = read_only
         self._udfs = False
-        self.tally = duckdb_sql.tally_for(path)  # spans a one-statement load has normalised so far
         self._idle: list[DuckDBStore] = []  # connections for `borrow`
 
     @classmethod
@@ -156,6 +157,13 @@ class DuckDBStore(TraceStore):
         if not read_only:
             _remove_staging_files(path)
         return store
+
+    @property
+    def tally(self) -> Tally:
+        """Spans a one-statement load has normalised so far (ingest only)."""
+        from halo_rlm.store.duckdb_udfs import tally_for  # pyarrow: only an ingest loads it
+
+        return tally_for(self.path)
 
     def close(self) -> None:
         while self._idle:
@@ -245,8 +253,8 @@ class DuckDBStore(TraceStore):
         *,
         strict: bool = False,
         progress: Callable[[files.InputFile], Progress | None] | None = None,
-        batch_bytes: int = files.BATCH_BYTES,
-        max_line_bytes: int = files.MAX_LINE_BYTES,
+        batch_bytes: int = BATCH_BYTES,
+        max_line_bytes: int = MAX_LINE_BYTES,
         bulk: bool = True,
         progress_every: float = 0.2,
     ) -> IngestReport:
@@ -256,6 +264,8 @@ class DuckDBStore(TraceStore):
         longer line than `max_line_bytes` is rejected); `bulk=False` reads every file that way.
         A load in one statement reports its progress every `progress_every` seconds."""
         self._writable()
+        from halo_rlm.store.duckdb_ingest import Ingest  # pyarrow and the decoders: ingest only
+
         ingest = Ingest(
             self,
             strict=strict,
@@ -270,6 +280,8 @@ class DuckDBStore(TraceStore):
         """Ingest already-parsed records (OTLP requests, span dicts, ...) from a collector or importer.
         `source` names them in the inputs table; each call is one input."""
         self._writable()
+        from halo_rlm.store.duckdb_ingest import Ingest  # pyarrow and the decoders: ingest only
+
         return Ingest(self).load_records(records, source)
 
     def ingest_lines(self, data: bytes, *, source: str) -> IngestReport:
@@ -293,7 +305,9 @@ class DuckDBStore(TraceStore):
         if self.read_only:
             raise StoreError(f"{self.path}: the store is open read-only")
         if not self._udfs:
-            duckdb_sql.register_udfs(self.con, self.tally)
+            from halo_rlm.store.duckdb_udfs import register_udfs  # pyarrow: only an ingest loads it
+
+            register_udfs(self.con, self.tally)
             self._udfs = True
 
     # --- queries ------------------------------------------------------------------------------
@@ -342,25 +356,22 @@ class DuckDBStore(TraceStore):
     def overview(self, filters: TraceFilters | None = None, *, top: int = 20) -> Overview:
         """Totals, the distinct services/agents/models/tools (most traces first) and the top error
         groups, over the traces that match `filters`. Counts are exact, not sampled."""
-        where, params = self._where(filters)
-        self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE selected AS SELECT * FROM traces t WHERE {where}", params
-        )
-        totals = self._rows("""
+        selected, of_selected = self._select(filters)
+        totals = self._rows(f"""
             SELECT count(*) AS traces, coalesce(sum(span_count), 0) AS spans,
                    count(*) FILTER (has_errors) AS error_traces, coalesce(sum(error_spans), 0) AS error_spans,
                    min(start_ns) AS start_ns, max(end_ns) AS end_ns,
                    coalesce(sum(input_tokens), 0) AS input_tokens, coalesce(sum(output_tokens), 0) AS output_tokens,
                    coalesce(sum(cost), 0) AS cost, coalesce(sum(orphan_spans), 0) AS orphan_spans,
                    coalesce(sum(in_flight_spans), 0) AS in_flight_spans, coalesce(sum(raw_bytes), 0) AS raw_bytes
-            FROM selected""")[0]
+            FROM {selected}""")[0]
         lists = {
             column: [
                 Count(**r)
                 for r in self._rows(
                     f"""
                 SELECT name, count(*) AS traces, count(*) FILTER (has_errors) AS errors
-                FROM (SELECT unnest({column}) AS name, has_errors FROM selected)
+                FROM (SELECT unnest({column}) AS name, has_errors FROM {selected})
                 GROUP BY name ORDER BY traces DESC, name LIMIT ?""",
                     [top],
                 )
@@ -375,7 +386,7 @@ class DuckDBStore(TraceStore):
                     f"""
                 SELECT {name} AS name, count(DISTINCT trace_id) AS traces, count(*) AS spans,
                        count(*) FILTER (status = 'ERROR') AS errors
-                FROM spans SEMI JOIN selected USING (trace_id)
+                FROM spans {of_selected}
                 WHERE {name} IS NOT NULL GROUP BY 1 ORDER BY traces DESC, spans DESC, name LIMIT ?""",
                     [top],
                 )
@@ -383,14 +394,13 @@ class DuckDBStore(TraceStore):
         kinds = {
             r["kind"]: r["spans"]
             for r in self._rows(
-                "SELECT kind, count(*) AS spans FROM spans SEMI JOIN selected USING (trace_id) GROUP BY kind "
-                "ORDER BY spans DESC"
+                f"SELECT kind, count(*) AS spans FROM spans {of_selected} GROUP BY kind ORDER BY spans DESC"
             )
         }
         samples = [
             r["trace_id"]
             for r in self._rows(
-                "SELECT trace_id FROM selected ORDER BY has_errors DESC, start_ns DESC, trace_id LIMIT 10"
+                f"SELECT trace_id FROM {selected} ORDER BY has_errors DESC, start_ns DESC, trace_id LIMIT 10"
             )
         ]
         return Overview(
@@ -417,7 +427,7 @@ class DuckDBStore(TraceStore):
                 for r in self._rows("SELECT path FROM inputs WHERE status = 'partial' ORDER BY input_id")
             ],
             raw_bytes=totals["raw_bytes"],
-            error_groups=self._error_groups(top),
+            error_groups=self._error_groups(of_selected, top),
             sample_trace_ids=samples,
             lists_capped_at=top,
         )
@@ -470,27 +480,28 @@ class DuckDBStore(TraceStore):
     def error_groups(self, filters: TraceFilters | None = None, *, top: int = 20) -> list[ErrorGroup]:
         """Error spans grouped by where they happened and by message template (ids, numbers, paths,
         URLs and quoted values masked), most traces first."""
-        where, params = self._where(filters)
-        self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE selected AS SELECT * FROM traces t WHERE {where}", params
-        )
-        return self._error_groups(top)
+        return self._error_groups(self._select(filters)[1], top)
 
-    def _error_groups(self, top: int) -> list[ErrorGroup]:
+    def _error_groups(self, of_selected: str, top: int) -> list[ErrorGroup]:
+        # The example message is made for each group's first span only, after grouping: making it
+        # for every error span first took most of `halo stats`' time on a large store.
         rows = self._rows(
-            """
-            SELECT coalesce(tool_name, name) AS source, kind, error_template AS template,
-                   count(*) AS error_spans, count(DISTINCT trace_id) AS traces,
-                   list_sort(list_distinct(list(trace_id)))[:3] AS example_trace_ids,
-                   -- the first by start time; a span without one (still a valid span) comes last, not never
-                   arg_min(trace_id || ':' || span_id, (start_ns IS NULL, start_ns, trace_id, span_id))
-                     AS example_span,
-                   arg_min(halo_join_distinct([status_message,
-                           CASE WHEN kind = 'TOOL' THEN left(tool_result, 300) END]),
-                           (start_ns IS NULL, start_ns, trace_id, span_id)) AS example_message
-            FROM spans SEMI JOIN selected USING (trace_id)
-            WHERE status = 'ERROR'
-            GROUP BY ALL ORDER BY traces DESC, error_spans DESC, source, template LIMIT ?""",
+            f"""
+            WITH grouped AS (
+              SELECT coalesce(tool_name, name) AS source, kind, error_template AS template,
+                     count(*) AS error_spans, count(DISTINCT trace_id) AS traces,
+                     min(DISTINCT trace_id, 3) AS example_trace_ids,
+                     -- the first by start time; a span without one (still a valid span) comes last, not never
+                     arg_min((trace_id, span_id), (start_ns IS NULL, start_ns, trace_id, span_id)) AS first_span
+              FROM spans {of_selected}
+              WHERE status = 'ERROR'
+              GROUP BY ALL ORDER BY traces DESC, error_spans DESC, source, template LIMIT ?)
+            SELECT g.source, g.kind, g.template, g.error_spans, g.traces, g.example_trace_ids,
+                   g.first_span[1] || ':' || g.first_span[2] AS example_span,
+                   halo_join_distinct([s.status_message,
+                     CASE WHEN s.kind = 'TOOL' THEN left(s.tool_result, 300) END]) AS example_message
+            FROM grouped g JOIN spans s ON s.trace_id = g.first_span[1] AND s.span_id = g.first_span[2]
+            ORDER BY g.traces DESC, g.error_spans DESC, g.source, g.template""",
             [top],
         )
         return [ErrorGroup(**{**r, "example_message": clip_or_none(r["example_message"], 400)}) for r in rows]
@@ -762,6 +773,8 @@ class DuckDBStore(TraceStore):
                 f"WHERE v IS NOT NULL GROUP BY trace_id) a{i} USING (trace_id)"
             )
             columns.append(f"a{i}.v AS a{i}")
+        import numpy as np  # only comparisons want columns as arrays
+
         data = self.con.execute(
             f"SELECT {', '.join(columns)} FROM traces t {' '.join(joins)} ORDER BY t.trace_id"
         ).fetchnumpy()
@@ -1137,6 +1150,23 @@ class DuckDBStore(TraceStore):
                 raise StoreError(f"trace id {text!r} is ambiguous: it starts {shown}{more}; give more of it")
         raise StoreError(self._unknown_trace(text))
 
+    def _select(self, filters: TraceFilters | None) -> tuple[str, str]:
+        """The traces that match `filters` as a table name for queries over traces, and a clause that
+        keeps a query over spans to them. Unfiltered, that is `traces` itself and no clause; else
+        a temporary table of the few columns the overview reads (copying every rollup column of
+        every trace cost more than the queries that read it)."""
+        where, params = self._where(filters)
+        if where == "true":
+            return "traces", ""
+        self.con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE selected AS
+            SELECT trace_id, span_count, has_errors, error_spans, start_ns, end_ns, input_tokens, output_tokens,
+                   cost, orphan_spans, in_flight_spans, raw_bytes, services, agents
+            FROM traces t WHERE {where}""",
+            params,
+        )
+        return "selected", "SEMI JOIN selected USING (trace_id)"
+
     def _selected_traces(self, filters: TraceFilters | None) -> tuple[str, list[Any]]:
         """`AND trace_id IN (the traces matching filters)` for a query over spans, or nothing."""
         where, params = self._where(filters)
@@ -1324,11 +1354,15 @@ ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,200}")
 
 def _floats(column: Any) -> Any:
     """A fetched numeric column as float64, NULL as NaN (DuckDB hands nullable columns over masked)."""
+    import numpy as np
+
     return np.ma.filled(np.ma.asarray(column).astype(np.float64), np.nan)
 
 
 def _strings(column: Any) -> Any:
     """A fetched text column as a numpy array of str (None as the empty string)."""
+    import numpy as np
+
     return np.array(["" if v is None else str(v) for v in np.asarray(column, dtype=object)], dtype=str)
 
 

@@ -49,11 +49,19 @@ __all__ = [
 ]
 
 
+class Result(BaseModel):
+    """The base of the store's result models. Their validators are built when a model is first used,
+    not when this module loads: a command uses a handful of the models, and building all of them
+    is a tenth of a second of every command's start."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
 def _also(name: str, *aliases: str) -> AliasChoices:
     return AliasChoices(name, *aliases)
 
 
-class TraceFilters(BaseModel):
+class TraceFilters(Result):
     """Which traces to look at. All fields are optional and combined with AND; lists match any.
     HALO's original names (`model_names`, `service_names`, `agent_names`, `start_time_gte`,
     `end_time_lte`, `regex_pattern`, `project_id`) are accepted too."""
@@ -113,7 +121,7 @@ class TraceFilters(BaseModel):
         return parse_time(value)
 
 
-class TraceSummary(BaseModel):
+class TraceSummary(Result):
     trace_id: str
     start: str | None
     duration_ms: float | None
@@ -135,7 +143,7 @@ class TraceSummary(BaseModel):
     )
 
 
-class TracePage(BaseModel):
+class TracePage(Result):
     traces: list[TraceSummary]
     total: int
     offset: int
@@ -145,7 +153,7 @@ class TracePage(BaseModel):
     note: str | None = None
 
 
-class Count(BaseModel):
+class Count(Result):
     """How often a name occurs: in how many traces and, where it applies, how many spans (calls), and
     how many of those failed (error traces for services and agents, error spans for models and tools)."""
 
@@ -155,7 +163,7 @@ class Count(BaseModel):
     errors: int | None = None
 
 
-class Durations(BaseModel):
+class Durations(Result):
     """How long an agent's runs (its AGENT spans), a model's calls (LLM spans) or a tool's calls
     (TOOL spans) took, over the spans that have a duration."""
 
@@ -167,7 +175,7 @@ class Durations(BaseModel):
     max_ms: float
 
 
-class ModelUsage(BaseModel):
+class ModelUsage(Result):
     """One model's LLM calls: their tokens and the cost the spans reported, and the tokens of the
     calls that reported none (which a price table can put a cost on)."""
 
@@ -183,7 +191,7 @@ class ModelUsage(BaseModel):
     cache_read_tokens_without_cost: int
 
 
-class ErrorGroup(BaseModel):
+class ErrorGroup(Result):
     """Errors that are the same failure with different ids/numbers/paths/quoted values."""
 
     source: str = Field(description="Tool name, or span name for non-tool spans")
@@ -196,7 +204,7 @@ class ErrorGroup(BaseModel):
     example_message: str
 
 
-class Overview(BaseModel):
+class Overview(Result):
     traces: int
     spans: int
     error_traces: int
@@ -227,7 +235,7 @@ class Overview(BaseModel):
     )
 
 
-class SpanView(BaseModel):
+class SpanView(Result):
     span_id: str
     parent_id: str | None
     depth: int
@@ -252,7 +260,7 @@ class SpanView(BaseModel):
     raw_bytes: int
 
 
-class OversizedTrace(BaseModel):
+class OversizedTrace(Result):
     """Returned instead of spans when a trace does not fit the byte budget."""
 
     spans: int
@@ -266,7 +274,7 @@ class OversizedTrace(BaseModel):
     recommendation: str
 
 
-class TraceView(BaseModel):
+class TraceView(Result):
     trace_id: str
     spans: list[SpanView]
     span_count: int
@@ -277,7 +285,7 @@ class TraceView(BaseModel):
     note: str | None = None
 
 
-class Match(BaseModel):
+class Match(Result):
     trace_id: str
     span_id: str
     span_name: str
@@ -288,7 +296,7 @@ class Match(BaseModel):
     offset: int = Field(description="Character offset of the match in the span's raw JSON")
 
 
-class SearchResult(BaseModel):
+class SearchResult(Result):
     pattern: str
     matches: list[Match]
     total_matches: int
@@ -299,7 +307,7 @@ class SearchResult(BaseModel):
     note: str | None = None
 
 
-class SqlResult(BaseModel):
+class SqlResult(Result):
     columns: list[str]
     rows: list[list[Any]]
     row_count: int
@@ -320,7 +328,7 @@ FACETS: tuple[FacetName, ...] = get_args(FacetName)
 Row = TypeVar("Row", bound=BaseModel)
 
 
-class TraceRow(BaseModel):
+class TraceRow(Result):
     """A trace as a list shows it: a summary plus what its root span (or, failing that, its first and
     last spans with text) received and answered, in one line each."""
 
@@ -342,7 +350,7 @@ class TraceRow(BaseModel):
     output_preview: str | None = None
 
 
-class SessionRow(BaseModel):
+class SessionRow(Result):
     """The traces of one session (one per turn of a conversation), taken together."""
 
     session_id: str
@@ -361,7 +369,7 @@ class SessionRow(BaseModel):
     output_preview: str | None = Field(None, description="What its last trace answered")
 
 
-class KeysetPage(BaseModel, Generic[Row]):
+class KeysetPage(Result, Generic[Row]):
     """One page of a list in a stable order. The cursor holds the last row's sort value and key, so a
     page costs the same deep in a list as at its start, and rows arriving meanwhile shift nothing."""
 
@@ -371,7 +379,7 @@ class KeysetPage(BaseModel, Generic[Row]):
     descending: bool
 
 
-class TraceStats(BaseModel):
+class TraceStats(Result):
     """Totals over every trace a filter matches (not only the rows loaded)."""
 
     traces: int
@@ -386,7 +394,7 @@ class TraceStats(BaseModel):
     p95_duration_ms: float | None
 
 
-class FacetValue(BaseModel):
+class FacetValue(Result):
     value: str
     traces: int
 
@@ -410,7 +418,7 @@ class SpanRow(TypedDict):
     cost: float | None
 
 
-class TraceSpans(BaseModel):
+class TraceSpans(Result):
     """Every span of one trace, without their records (no cap: 10,000 spans is a few hundred KB)."""
 
     trace_id: str
