@@ -293,6 +293,8 @@ class DuckDBStore(TraceStore):
         setting is the database's: other connections to it in this process (the web app's, when it
         runs the collector) have one thread meanwhile, and DuckDB's default again afterwards."""
         self._writable()
+        from halo_rlm.store.duckdb_ingest import Ingest  # pyarrow and the decoders: ingest only
+
         self.con.execute("SET threads = 1")
         try:
             return Ingest(self).load_lines(data, source)
