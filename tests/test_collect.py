@@ -840,6 +840,23 @@ def test_stop_writes_everything_received(tmp_path: Path) -> None:
         httpx.post(collector.traces_url, content=b"{}", headers=JSON)
 
 
+def test_after_a_write_the_store_rests_in_proportion_to_what_it_cost(tmp_path: Path) -> None:
+    """A write to the store takes a good part of a second however few spans it carries, so the next
+    waits `rest_per_write` times as long (here far longer than the test); stop writes what waits."""
+    collector = serve(
+        store=tmp_path / "c.duckdb", spool=tmp_path / "spool", port=0, flush_seconds=0.05, rest_per_write=1e6
+    )
+    exporter = OTLPSpanExporter(endpoint=collector.traces_url)
+    assert exporter.export(agent_spans(1)) is SpanExportResult.SUCCESS
+    wait_until_written(collector)
+    assert exporter.export(agent_spans(2)) is SpanExportResult.SUCCESS
+    time.sleep(1.0)  # twenty times flush_seconds: without the rest, written by now
+    assert collector.stats.pending_spans == 6 and collector.stats.flushes == 1
+    stats = collector.stop()
+    assert (stats.pending_spans, stats.flushes) == (0, 2)
+    assert len(stored(tmp_path / "c.duckdb")) == 9
+
+
 def test_spans_a_store_will_not_take_by_shutdown_stay_spooled_for_the_next_start(tmp_path: Path) -> None:
     path, spool = tmp_path / "c.duckdb", tmp_path / "spool"
     collector = serve(store=path, spool=spool, port=0, flush_seconds=3600, lock_timeout=0.2)

@@ -79,6 +79,7 @@ FLUSH_SECONDS = 1.0  # how long accepted spans wait for an output when few arriv
 # which a store written every second pays every second. The log already holds the spans durably, so
 # an output rests at least this many times as long as its last write took, and its writes grow with
 # the load: it is at work a quarter of the time at most, unless it falls FLUSH_BYTES behind.
+# (`rest_per_write=0` writes every `flush_seconds` whatever a write costs: spans show sooner.)
 REST_PER_WRITE = 3.0
 FLUSH_BYTES = 48 << 20  # write sooner once an output is this far behind...
 REST_SECONDS = 0.25  # ...but always leave the store closed this long between cycles, for readers
@@ -144,7 +145,8 @@ class Collector:
     through a write-ahead log in `spool`. `listen()` (or `serve()`) adds an HTTP server; `stop()` (or
     leaving a `with` block) stops accepting, finishes the requests under way and writes everything
     accepted that the outputs will take within its timeout; the rest stays in the spool for the next
-    start."""
+    start. An output is written `flush_seconds` after its last write, or, when that write took long,
+    `rest_per_write` times as long after it."""
 
     def __init__(
         self,
@@ -157,6 +159,7 @@ class Collector:
         max_body_bytes: int = MAX_BODY_BYTES,
         backlog_bytes: int = BACKLOG_BYTES,
         flush_seconds: float = FLUSH_SECONDS,
+        rest_per_write: float = REST_PER_WRITE,
         lock_timeout: float = LOCK_SECONDS,
         segment_bytes: int = SEGMENT_BYTES,
         on_flush: Callable[[CollectorStats], None] | None = None,
@@ -176,7 +179,7 @@ class Collector:
         self.remote = False
         self._token = token.encode() if token else None
         self._backlog_bytes = backlog_bytes
-        self._flush_seconds = flush_seconds
+        self._flush_seconds, self._rest_per_write = flush_seconds, rest_per_write
         self._lock_timeout = lock_timeout
         self._on_flush = on_flush
         self._lock = threading.Condition()
@@ -472,7 +475,7 @@ class Collector:
             if self._closing or output.behind_bytes >= FLUSH_BYTES:
                 due_after = REST_SECONDS
             else:
-                due_after = max(self._flush_seconds, REST_PER_WRITE * output.write_seconds)
+                due_after = max(self._flush_seconds, self._rest_per_write * output.write_seconds)
             if since >= due_after:
                 return True
             self._lock.wait(due_after - since)
@@ -585,6 +588,7 @@ def serve(
     max_body_bytes: int = MAX_BODY_BYTES,
     backlog_bytes: int = BACKLOG_BYTES,
     flush_seconds: float = FLUSH_SECONDS,
+    rest_per_write: float = REST_PER_WRITE,
     lock_timeout: float = LOCK_SECONDS,
     segment_bytes: int = SEGMENT_BYTES,
     header_seconds: float = HEADER_SECONDS,
@@ -609,6 +613,7 @@ def serve(
         max_body_bytes=max_body_bytes,
         backlog_bytes=backlog_bytes,
         flush_seconds=flush_seconds,
+        rest_per_write=rest_per_write,
         lock_timeout=lock_timeout,
         segment_bytes=segment_bytes,
         on_flush=on_flush,
