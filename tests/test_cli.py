@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 from agent_traces import write_agent_traces
@@ -348,12 +353,46 @@ def test_simulate_makes_a_missing_folder_and_says_why_it_cannot(run: CliRunner, 
     assert code == 1 and "cannot create the folder" in err and "Traceback" not in err + out
 
 
-@pytest.mark.parametrize("target", ["chdb:./traces.chdb", "clickhouse://halo@localhost:8123/halo"])
-def test_halo_ui_on_a_clickhouse_store_is_one_clear_line(tmp_path: Path, target: str) -> None:
-    result = CliRunner().invoke(cli, ["ui", "--no-browser", "--store", target])
-    assert result.exit_code != 0
-    assert (
-        "halo ui browses DuckDB stores only for now" in result.stderr
-        and target.split(":")[0] in result.stderr
+@pytest.mark.slow
+def test_halo_ui_serves_a_chdb_store(tmp_path: Path) -> None:
+    """`halo ui FILES --store chdb:FOLDER`: the files are ingested into the ClickHouse store in the
+    background, and the list and a trace are served over HTTP from it."""
+    pytest.importorskip("chdb", reason="the clickhouse extra is not installed")
+    made = runs(6)
+    traces = write_runs(tmp_path / "runs.jsonl", made)
+    env = {**os.environ, "BROWSER": "true"}  # the test's own cache folder ($HALO_CACHE_DIR)
+    command = [sys.executable, "-m", "halo_rlm", "ui", str(traces), "--no-browser", "--port", "0"]
+    child = subprocess.Popen(
+        [*command, "--store", f"chdb:{tmp_path / 'traces.chdb'}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
     )
-    assert not (tmp_path / "traces.chdb").exists()
+    try:
+        line = child.stdout.readline()  # type: ignore[union-attr]
+        found = re.search(r"(http://127\.0\.0\.1:\d+)/traces\?token=([\w-]+)", line)
+        assert found, line + child.stderr.read()  # type: ignore[union-attr]
+        base, token = found.groups()
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+            deadline = time.monotonic() + 60
+            while True:  # the server starts, then the background ingest finishes
+                with contextlib.suppress(httpx.ConnectError):
+                    listed = client.get("/traces.json", params={"sort": "start", "dir": "asc"}).json()
+                    if listed["store_traces"] == len(made):
+                        break
+                assert time.monotonic() < deadline, "the traces did not arrive"
+                time.sleep(0.2)
+            assert [row["trace_id"] for row in listed["page"]["rows"]] == [run.trace_id for run in made]
+            assert listed["stats"]["spans"] == sum(len(run.steps) for run in made)
+            trace = client.get(f"/traces/{made[1].trace_id}.json").json()
+            assert [span["span_id"] for span in trace["spans"]["spans"]] == made[1].span_ids
+            assert trace["trace"]["status"] == "error"  # the second run's tool call fails
+        child.send_signal(signal.SIGINT)
+        assert child.wait(30) == 0, child.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if child.poll() is None:
+            child.kill()
+    remembered = store_paths.last(cwd=tmp_path)  # for later commands run there
+    assert remembered is not None and remembered.store == f"chdb:{tmp_path / 'traces.chdb'}"

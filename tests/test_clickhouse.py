@@ -8,7 +8,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import numpy as np
 import orjson
 import pytest
 from click.testing import CliRunner
+from halo_runs import runs, write_runs
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -30,6 +34,7 @@ from halo_rlm.formats import otlp
 from halo_rlm.simulate import simulate
 from halo_rlm.store import StoreError, TraceStore
 from halo_rlm.store.clickhouse_client import literal, parse_target
+from halo_rlm.store.clickhouse_lease import WriterLease
 
 chdb = pytest.importorskip("chdb", reason="the clickhouse extra is not installed")
 
@@ -194,6 +199,52 @@ def test_collector_records_are_stored_when_the_call_returns(chdb_store: Callable
         writer.query(f"DROP TABLE {database}.spans_data SYNC")
         with pytest.raises(StoreError, match="spans_data"):
             writer.ingest_records(records[:1], source="collector:test")
+
+
+def test_one_writer_at_a_time_on_a_database(tmp_path: Path, chdb_store: Callable[..., str]) -> None:
+    """Two writers on one database: while one holds the lease, the other waits for it up to its
+    lock_timeout, then fails in one line naming the holder; a released lease is free at once, and
+    the lease of a writer that died (no heartbeat) is taken over once it is stale."""
+    traces = write_runs(tmp_path / "runs.jsonl", runs(4))
+    target = chdb_store()
+    with TraceStore.open(target) as first, TraceStore.open(target, lock_timeout=0.3) as second:
+        lease = WriterLease(first.conn, first.db, first.path)
+        with lease.held(timeout=1):
+            with pytest.raises(StoreError) as refused:
+                second.ingest([str(traces)])
+            message = str(refused.value)
+            assert "another HALO writer is ingesting" in message and lease.writer in message
+            assert "\n" not in message
+            with pytest.raises(StoreError, match="another HALO writer"):
+                second.ingest_records([flat("c1", "a")], source="collector:test")
+            assert second.count_traces() == 0
+        assert second.ingest([str(traces)]).spans == sum(len(run.steps) for run in runs(4))
+
+        holding = threading.Event()
+
+        def hold_briefly() -> None:
+            with WriterLease(first.conn, first.db, first.path).held(timeout=1):
+                holding.set()
+                time.sleep(0.5)
+
+        other = threading.Thread(target=hold_briefly)
+        other.start()
+        holding.wait(5)
+        with TraceStore.open(target, lock_timeout=30) as patient:
+            patient.ingest_records([flat("c2", "a")], source="collector:test")  # waits, then writes
+            assert patient.count_traces() == 5
+        other.join()
+
+        dead = WriterLease(first.conn, first.db, first.path)
+        dead.acquire(timeout=1)  # never beats, never released: as if its process was killed
+        with pytest.raises(StoreError, match=re.escape(dead.writer)):  # 30 s: it may yet beat
+            WriterLease(second.conn, second.db, second.path).acquire(timeout=0.1)
+        time.sleep(0.6)  # to a writer that waits 0.5 s for a heartbeat, it has died
+        taker = WriterLease(second.conn, second.db, second.path, stale_after=0.5)
+        taker.acquire(timeout=0)
+        assert (taker.holder(second.conn) or {}).get("writer") == taker.writer
+    with TraceStore.open(target, read_only=True) as reader, pytest.raises(StoreError, match="halo_writers"):
+        reader.sql("SELECT writer FROM halo_writers")  # hosts and process ids are not the model's to read
 
 
 def test_halo_collect_writes_a_clickhouse_store(chdb_store: Callable[..., str]) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from halo_rlm.cli.base import cli, err, escape, fail
+from halo_rlm.cli.base import STORE_TARGET, cli, err, escape, fail
 from halo_rlm.defaults import UI_PORT
 
 
@@ -16,9 +16,10 @@ from halo_rlm.defaults import UI_PORT
 @click.option(
     "--store",
     "store_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Store to browse and fill (created if missing; default: the store of the given trace files, "
-    "else the last one used).",
+    type=STORE_TARGET,
+    help="Store to browse and fill (created if missing): a DuckDB file, chdb:FOLDER or "
+    "clickhouse://USER@HOST:8123/DATABASE (default: the store of the given trace files, else the last "
+    "one used).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
@@ -38,7 +39,7 @@ from halo_rlm.defaults import UI_PORT
 )
 def ui(
     traces: tuple[str, ...],
-    store_path: Path | None,
+    store_path: str | Path | None,
     host: str,
     port: int,
     no_browser: bool,
@@ -57,15 +58,8 @@ def ui(
 
     from halo_rlm import files
     from halo_rlm.store import paths
-    from halo_rlm.store.base import store_scheme
     from halo_rlm.web import Server, Settings, UiError
 
-    scheme = store_scheme(str(store_path)) if store_path is not None else ""
-    if scheme:
-        fail(
-            f"halo ui browses DuckDB stores only for now; {scheme}: stores work with every other "
-            "command (ingest, collect, stats, traces, show, sql, analyze, the run command, compare)"
-        )
     if store_path is None:
         if traces:
             try:
@@ -74,7 +68,7 @@ def ui(
                 fail(str(exc))
         else:
             remembered = paths.last()
-            store_path = Path(remembered.store) if remembered else paths.for_app()
+            store_path = remembered.store if remembered else paths.for_app()
     try:
         server = Server(
             Settings(

@@ -98,7 +98,7 @@ def run_import(
     `limit` caps the spans written in this run; the next run carries on from there. `progress` is
     called after every page with the spans written so far and the source's total, when known."""
     state = ResumeState(
-        paths.import_state(store_path),
+        paths.beside(store_path, ".imports.json"),
         store_exists=paths.is_url(str(store_path)) or Path(store_path).exists(),
     )
     key = state.key(source, since, until)

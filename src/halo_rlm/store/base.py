@@ -1,4 +1,4 @@
-"""The trace store interface every backend implements (DuckDB today; ClickHouse next).
+"""The trace store interface every backend implements (DuckDB and ClickHouse).
 
 A store holds canonical spans (each with its raw record), per-trace rollups, rejected records and
 the inputs they came from (`store.schema`). It has four faces:
@@ -6,8 +6,9 @@ the inputs they came from (`store.schema`). It has four faces:
 - the read API (`count_traces`, `query_traces`, `trace_summary`, `overview`, `durations`,
   `model_usage`, `error_groups`, `view_trace`, `view_spans`, `search`, `spans`, `sql`, `rejects`,
   `inputs`), returning the typed results of `store.results`, and the lists and views people page
-  through (`trace_list`, `session_list`, `trace_stats`, `facet`, `trace_spans`, `span_record`,
-  `conversation_records`...);
+  through (`trace_list`, `session_list`, `trace_stats`, `facet`, `traces_containing`,
+  `latest_trace`, `trace_spans`, `span_record`, `conversation_records`, `copy_traces`), which the web
+  app serves on every backend;
 - the ingest API (`ingest` for files, `ingest_records` for records a collector or importer parsed,
   `ingest_lines` for JSON lines in memory);
 - `run`, which does store work off the event loop on a connection of its own, for the engine and
@@ -312,11 +313,8 @@ class TraceStore(ABC):
     def inputs(self) -> list[dict[str, Any]]: ...
 
     # --- lists and views for people (the web app) ----------------------------------------------
-    # A backend without them serves HALO's commands and the engine, but not `halo ui`.
 
-    def _unsupported(self) -> StoreError:
-        return StoreError(f"{type(self).__name__} stores do not serve the web app's lists and views yet")
-
+    @abstractmethod
     def trace_list(
         self,
         filters: TraceFilters | None = None,
@@ -328,8 +326,8 @@ class TraceStore(ABC):
     ) -> KeysetPage[TraceRow]:
         """One page of traces in `sort` order (ties by trace id), after `cursor`, with each trace's
         input and output previews. Pages never shift when traces arrive, and none is capped."""
-        raise self._unsupported()
 
+    @abstractmethod
     def session_list(
         self,
         filters: TraceFilters | None = None,
@@ -340,42 +338,41 @@ class TraceStore(ABC):
         limit: int = 75,
     ) -> KeysetPage[SessionRow]:
         """One page of sessions: the matching traces grouped by session id."""
-        raise self._unsupported()
 
+    @abstractmethod
     def trace_stats(self, filters: TraceFilters | None = None) -> TraceStats:
         """Totals over every matching trace: traces, sessions, spans, errors, tokens, cost, p50/p95."""
-        raise self._unsupported()
 
+    @abstractmethod
     def facet(self, filters: TraceFilters | None, name: FacetName, *, top: int = 50) -> list[FacetValue]:
         """The most common values of one facet, counted over the traces the filters match *without*
         the facet's own selection, so a list can offer "this value too" with what it would add."""
-        raise self._unsupported()
 
+    @abstractmethod
     def traces_containing(self, text: str) -> list[str]:
         """The ids of traces with a span whose record contains `text`, in any case (messages,
         inputs, outputs, errors, attributes)."""
-        raise self._unsupported()
 
+    @abstractmethod
     def latest_trace(self, filters: TraceFilters | None = None) -> str | None:
         """The matching trace that started last."""
-        raise self._unsupported()
 
+    @abstractmethod
     def trace_spans(self, trace_id: str) -> TraceSpans:
         """Every span of a trace, without records, in start order: what a tree and a waterfall draw."""
-        raise self._unsupported()
 
+    @abstractmethod
     def span_record(self, trace_id: str, span_id: str) -> dict[str, Any]:
         """One span's canonical columns and its raw record (`raw`)."""
-        raise self._unsupported()
 
+    @abstractmethod
     def conversation_records(self, trace_id: str) -> ConversationRecords:
         """The spans a trace's conversation is rebuilt from."""
-        raise self._unsupported()
 
+    @abstractmethod
     def copy_traces(self, filters: TraceFilters | None, target: Path, *, note: str) -> int:
         """Copy the matching traces into a new DuckDB store file at `target` (an analysis's own,
         unchanging copy); returns how many. `note` is recorded as the copy's input."""
-        raise self._unsupported()
 
 
 def store_scheme(target: str) -> str:

@@ -33,8 +33,10 @@ DEFAULT_DATABASE = "halo"
 OTEL_DATABASE = "halo_otel"  # where the views over an exporter table go, by default
 # Settings every HALO query runs with, so ClickHouse answers like SQL (and like the DuckDB store):
 # outer joins give NULLs, not default values; count(DISTINCT) is exact. Large GROUP BYs and sorts
-# spill to disk, so a query over tens of millions of spans stays within a bounded memory.
+# spill to disk, so a query over tens of millions of spans stays within a bounded memory. A query may
+# carry the ids of every trace a text search matched (the web app's lists), so it may be long.
 QUERY_SETTINGS: dict[str, Any] = {
+    "max_query_size": 1 << 30,
     "join_use_nulls": 1,
     "count_distinct_implementation": "uniqExact",
     "max_bytes_before_external_group_by": 500_000_000,

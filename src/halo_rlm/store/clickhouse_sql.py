@@ -20,6 +20,7 @@ from halo_rlm.store.schema import INPUT_COLUMNS, REJECT_COLUMNS, SPAN_COLUMNS, T
 __all__ = [
     "ALLOWED_TABLE_FUNCTIONS",
     "DATA_TABLES",
+    "LEASE_TABLE",
     "TRACE_AGGREGATES",
     "ast_problems",
     "create_statements",
@@ -68,7 +69,9 @@ ALLOWED_TABLE_FUNCTIONS = {
 }
 DATA_TABLES = ("spans_data", "traces_data", "inputs_data", "rejects", "meta")
 # HALO's tables behind the views a query reads (spans_data holds copies not yet merged away).
-INTERNAL_TABLES = {"spans_data", "traces_data", "inputs_data", "meta"}
+# `halo_writers` holds the one-writer lease (`clickhouse_lease`): hosts and process ids, not traces.
+LEASE_TABLE = "halo_writers"
+INTERNAL_TABLES = {"spans_data", "traces_data", "inputs_data", "meta", LEASE_TABLE}
 
 
 def column_type(column: Column) -> str:

@@ -27,45 +27,65 @@ from halo_rlm.store.base import StoreError, TraceStore
 from halo_rlm.store.clickhouse_client import Connection, Target, literal, open_connection, parse_target
 from halo_rlm.store.clickhouse_dialect import ClickHouseDialect
 from halo_rlm.store.clickhouse_ingest import Ingest
+from halo_rlm.store.clickhouse_lease import WriterLease
 from halo_rlm.store.clickhouse_otel import map_otel_table
 from halo_rlm.store.dialect import Dialect
-from halo_rlm.store.duckdb_store import ATTRIBUTE_NAME, required_literals
+from halo_rlm.store.duckdb_store import ATTRIBUTE_NAME, DuckDBStore, required_literals
 from halo_rlm.store.results import (
+    ConversationRecords,
     Count,
     Durations,
     ErrorGroup,
+    FacetName,
+    FacetValue,
     IngestReport,
+    KeysetPage,
     ModelUsage,
     Overview,
     Progress,
     SearchResult,
+    SessionRow,
+    SessionSortKey,
     SortKey,
     SqlResult,
     TraceFilters,
     TracePage,
+    TraceRow,
+    TraceSpans,
+    TraceStats,
     TraceSummary,
     TraceView,
 )
 from halo_rlm.store.rows import (
     CUT_MARK,
+    FACET_FILTERS,
+    LIST_COLUMNS,
+    LIST_SORTS,
+    SESSION_SORTS,
     SORT_COLUMNS,
     SPAN_ROW_COLUMNS,
     SUMMARY_COLUMNS,
     VIEW_COLUMNS,
     clip_or_none,
+    keyset,
     plain,
     scan,
+    session_row,
     sql_note,
     summary,
     take_rows,
+    trace_row,
+    trace_spans,
+    trace_stats,
     trace_view,
 )
-from halo_rlm.store.schema import SCHEMA_VERSION
+from halo_rlm.store.schema import SCHEMA_VERSION, SPAN_COLUMNS, TRACE_COLUMNS
 from halo_rlm.utils import iso_to_ns, ns_to_iso
 
 __all__ = ["ClickHouseStore"]
 
 READABLE = ("spans", "traces", "rejects", "inputs")
+COPY_TRACES = 2_000  # traces an analysis copy moves to its DuckDB file at a time
 MODEL_SQL_MEMORY = 2_000_000_000  # bytes one model query may use
 # Labels of a trace a comparison can group or stratify by (`trace_values`), as the DuckDB store has them.
 TRACE_LABELS = {
@@ -83,8 +103,9 @@ class ClickHouseStore(TraceStore):
     dialect: ClassVar[Dialect] = ClickHouseDialect()
     schemes: ClassVar[tuple[str, ...]] = ("chdb", "clickhouse", "clickhouses")
 
-    def __init__(self, conn: Connection, target: Target, read_only: bool) -> None:
+    def __init__(self, conn: Connection, target: Target, read_only: bool, lock_timeout: float = 10.0) -> None:
         self.conn = conn
+        self.lock_timeout = lock_timeout  # how long an ingest waits for another writer's lease
         self.target = target
         self.path = target.label
         self.read_only = read_only
@@ -96,7 +117,7 @@ class ClickHouseStore(TraceStore):
     def connect(cls, target: str, *, read_only: bool = False, lock_timeout: float = 10.0) -> ClickHouseStore:
         parsed = parse_target(target)
         conn = open_connection(parsed)
-        store = cls(conn, parsed, read_only)
+        store = cls(conn, parsed, read_only, lock_timeout)
         try:
             store._setup()
         except BaseException:
@@ -114,7 +135,7 @@ class ClickHouseStore(TraceStore):
         try:
             borrowed = self._idle.pop()
         except IndexError:
-            borrowed = ClickHouseStore(self.conn.another(), self.target, self.read_only)
+            borrowed = ClickHouseStore(self.conn.another(), self.target, self.read_only, self.lock_timeout)
         try:
             yield borrowed
         finally:
@@ -169,12 +190,19 @@ class ClickHouseStore(TraceStore):
         progress: Callable[[files.InputFile], Progress | None] | None = None,
         **options: Any,
     ) -> IngestReport:
-        self._writable()
-        return Ingest(self).load_files(paths, strict=strict, progress=progress, **options)
+        with self._writer():
+            return Ingest(self).load_files(paths, strict=strict, progress=progress, **options)
 
     def ingest_records(self, records: Iterable[Any], *, source: str) -> IngestReport:
+        with self._writer():
+            return Ingest(self).load_records(records, source)
+
+    @contextmanager
+    def _writer(self) -> Iterator[None]:
+        """The database's one-writer lease (`clickhouse_lease`) for one ingest, on a writable store."""
         self._writable()
-        return Ingest(self).load_records(records, source)
+        with WriterLease(self.conn, self.db, self.path).held(self.lock_timeout):
+            yield
 
     def _writable(self) -> None:
         if self.read_only:
@@ -662,6 +690,177 @@ class ClickHouseStore(TraceStore):
             f"SELECT path, status, spans, rejected, repaired, size FROM {self.db}.inputs ORDER BY input_id"
         )
 
+    # --- lists and views for people (the web app) ----------------------------------------------
+    # The DuckDB store's queries said in ClickHouse, built into results by the same `store.rows`.
+
+    def trace_list(
+        self,
+        filters: TraceFilters | None = None,
+        *,
+        sort: SortKey = "start",
+        descending: bool = True,
+        cursor: str | None = None,
+        limit: int = 75,
+    ) -> KeysetPage[TraceRow]:
+        page = keyset(
+            LIST_SORTS, sort, "t.trace_id", cursor=cursor, descending=descending, limit=limit, bind=literal
+        )
+        rows = self._rows(
+            f"SELECT {LIST_COLUMNS}, {page.expr} AS sort_value FROM {self.db}.traces t "
+            f"WHERE {self._where(filters)} AND {page.after} {page.order}"
+        )
+        return page.page(rows, trace_row)
+
+    def session_list(
+        self,
+        filters: TraceFilters | None = None,
+        *,
+        sort: SessionSortKey = "last",
+        descending: bool = True,
+        cursor: str | None = None,
+        limit: int = 75,
+    ) -> KeysetPage[SessionRow]:
+        page = keyset(
+            SESSION_SORTS,
+            sort,
+            "s.session_id",
+            cursor=cursor,
+            descending=descending,
+            limit=limit,
+            bind=literal,
+        )
+        # First and last by start time, ties by trace id, over traces that have a start (as DuckDB's
+        # arg_min/arg_max, argMin/argMax skip a NULL value).
+        by, started = "(assumeNotNull(t.start_ns), t.trace_id)", "t.start_ns IS NOT NULL"
+        rows = self._rows(
+            f"""WITH s AS (
+              SELECT t.session_id AS session_id, min(t.start_ns) AS start_ns, max(t.end_ns) AS end_ns,
+                     max(t.end_ns) - min(t.start_ns) AS duration_ns, count() AS traces,
+                     sum(t.span_count) AS spans, countIf(t.has_errors) AS error_traces,
+                     sum({LIST_SORTS["tokens"]}) AS tokens, round(sum(t.cost), 9) AS cost,
+                     argMinIf(t.trace_id, {by}, {started}) AS first_trace_id,
+                     argMaxIf(t.trace_id, {by}, {started}) AS last_trace_id,
+                     argMaxIf(t.root_name, {by}, {started}) AS name,
+                     argMinIf(t.input_preview, {by}, {started}) AS input_preview,
+                     argMaxIf(t.output_preview, {by}, {started}) AS output_preview
+              FROM {self.db}.traces t WHERE {self._where(filters)} AND t.session_id IS NOT NULL
+              GROUP BY t.session_id)
+            SELECT s.*, {page.expr} AS sort_value FROM s WHERE {page.after} {page.order}"""
+        )
+        return page.page(rows, session_row)
+
+    def trace_stats(self, filters: TraceFilters | None = None) -> TraceStats:
+        row = self._rows(
+            f"""SELECT count() AS traces, uniqExact(t.session_id) AS sessions,
+                   coalesce(sum(t.span_count), 0) AS spans, coalesce(sum(t.llm_spans), 0) AS llm_spans,
+                   countIf(t.has_errors) AS error_traces, countIf(t.in_flight_spans > 0) AS running_traces,
+                   coalesce(sum({LIST_SORTS["tokens"]}), 0) AS tokens, coalesce(sum(t.cost), 0) AS cost,
+                   quantileExactInclusive(0.5)(t.duration_ns) AS p50,
+                   quantileExactInclusive(0.95)(t.duration_ns) AS p95
+            FROM {self.db}.traces t WHERE {self._where(filters)}"""
+        )[0]
+        return trace_stats(row)
+
+    def facet(self, filters: TraceFilters | None, name: FacetName, *, top: int = 50) -> list[FacetValue]:
+        own = FACET_FILTERS.get(name)
+        if own is None:
+            raise StoreError(f"unknown facet {name!r}; use one of {', '.join(FACET_FILTERS)}")
+        where = self._where(filters.model_copy(update={own: None}) if filters else None)
+        if name == "status":
+            query = (
+                f"SELECT if(t.has_errors, 'error', 'ok') AS value, count() AS traces "
+                f"FROM {self.db}.traces t WHERE {where} GROUP BY value"
+            )
+        elif name == "sessions":
+            query = (
+                f"SELECT t.session_id AS value, count() AS traces FROM {self.db}.traces t "
+                f"WHERE {where} AND t.session_id IS NOT NULL GROUP BY value"
+            )
+        else:
+            query = (
+                f"SELECT value, count() AS traces FROM (SELECT arrayJoin(t.{own}) AS value "
+                f"FROM {self.db}.traces t WHERE {where}) GROUP BY value"
+            )
+        rows = self._rows(f"{query} ORDER BY traces DESC, value LIMIT {max(1, int(top))}")
+        return [FacetValue(value=str(r["value"]), traces=r["traces"]) for r in rows]
+
+    def traces_containing(self, text: str) -> list[str]:
+        rows = self._rows(
+            f"SELECT DISTINCT trace_id FROM {self.db}.spans "
+            f"WHERE {sql.regex_match('raw', literal('(?i)' + regex.escape(text)))}"
+        )
+        return [r["trace_id"] for r in rows]
+
+    def latest_trace(self, filters: TraceFilters | None = None) -> str | None:
+        rows = self._rows(
+            f"SELECT t.trace_id FROM {self.db}.traces t WHERE {self._where(filters)} "
+            "ORDER BY t.start_ns DESC NULLS LAST, t.trace_id LIMIT 1"
+        )
+        return rows[0]["trace_id"] if rows else None
+
+    def trace_spans(self, trace_id: str) -> TraceSpans:
+        rows = self._rows(
+            f"""SELECT span_id, parent_id, name, kind, status, leftUTF8(status_message, 300) AS status_message,
+                   start_ns AS start_ms, duration_ns / 1e6 AS duration_ms, model, agent_name AS agent,
+                   tool_name AS tool, coalesce(total_tokens, input_tokens + output_tokens) AS tokens, cost
+            FROM {self.db}.spans WHERE trace_id = {literal(trace_id)} ORDER BY start_ns NULLS LAST, span_id"""
+        )
+        if not rows:
+            raise StoreError(self._unknown_trace(trace_id))
+        return trace_spans(trace_id, rows)
+
+    def span_record(self, trace_id: str, span_id: str) -> dict[str, Any]:
+        rows = self._rows(
+            f"SELECT * EXCEPT (input_id, line_no) FROM {self.db}.spans "
+            f"WHERE trace_id = {literal(trace_id)} AND span_id = {literal(span_id)} LIMIT 1"
+        )
+        if not rows:
+            raise StoreError(f"no span {span_id!r} in trace {trace_id!r}")
+        return rows[0]
+
+    def conversation_records(self, trace_id: str) -> ConversationRecords:
+        in_trace = f"FROM {self.db}.spans WHERE trace_id = {literal(trace_id)}"
+        llm = self._rows(
+            "SELECT span_id, parent_id, name, status, status_message, start_ns, model, finish_reason, cost, "
+            f"raw {in_trace} AND kind = 'LLM' ORDER BY start_ns NULLS LAST, span_id"
+        )
+        tools = self._rows(
+            "SELECT span_id, tool_name, tool_call_id, status, status_message, tool_result "
+            f"{in_trace} AND kind = 'TOOL' ORDER BY start_ns NULLS LAST, span_id"
+        )
+        roots = self._rows(
+            "SELECT span_id, name, kind, status, status_message, input_value, output_value "
+            f"{in_trace} AND (parent_id IS NULL OR is_orphan) ORDER BY start_ns NULLS LAST, span_id"
+        )
+        if not (llm or tools or roots):
+            raise StoreError(self._unknown_trace(trace_id))
+        return ConversationRecords(llm=llm, tools=tools, roots=roots)
+
+    def copy_traces(self, filters: TraceFilters | None, target: Path, *, note: str) -> int:
+        """Copy the matching traces into a new DuckDB store at `target`, a few thousand at a time."""
+        if target.exists():
+            raise StoreError(f"{target}: already exists")
+        ids = [
+            r["trace_id"]
+            for r in self.conn.rows(
+                f"SELECT t.trace_id FROM {self.db}.traces t WHERE {self._where(filters)} ORDER BY t.trace_id"
+            )
+        ]
+
+        def batches() -> Iterator[tuple[str, Any]]:
+            for start in range(0, len(ids), COPY_TRACES):
+                chosen = _tuple(ids[start : start + COPY_TRACES])
+                for table, columns in (("traces", TRACE_COLUMNS), ("spans", SPAN_COLUMNS)):
+                    names = ", ".join(c.name for c in columns)
+                    yield (
+                        table,
+                        self.conn.arrow(f"SELECT {names} FROM {self.db}.{table} WHERE trace_id IN {chosen}"),
+                    )
+
+        with DuckDBStore.connect(str(target)) as copy:
+            copy.fill_copy(batches(), note=note)
+        return len(ids)
+
     def _where(self, filters: TraceFilters | None) -> str:
         if filters is None:
             return "true"
@@ -672,14 +871,16 @@ class ClickHouseStore(TraceStore):
             values = getattr(filters, field)
             if values:
                 clauses.append(f"hasAny(t.{field}, {literal(list(values))}::Array(String))")
-        for field, column in (
-            ("session_ids", "session_id"),
-            ("user_ids", "user_id"),
-            ("trace_ids", "trace_id"),
-        ):
+        for field, column in (("session_ids", "session_id"), ("user_ids", "user_id")):
             values = getattr(filters, field)
             if values:
                 clauses.append(f"t.{column} IN {_tuple(values)}")
+        if filters.trace_ids is not None:  # an empty list matches none (a text search that found nothing)
+            clauses.append(f"t.trace_id IN {_tuple(filters.trace_ids)}")
+        if filters.error_templates:
+            clauses.append(
+                f"hasAny(t.error_templates, {literal(list(filters.error_templates))}::Array(String))"
+            )
         if filters.since:
             clauses.append(f"t.start_ns >= {iso_to_ns(filters.since)}")
         if filters.until:

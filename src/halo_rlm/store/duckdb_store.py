@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import duckdb
 import orjson
@@ -45,7 +45,6 @@ from halo_rlm.store.results import (
     SessionRow,
     SessionSortKey,
     SortKey,
-    SpanRow,
     SqlResult,
     TraceFilters,
     TracePage,
@@ -57,22 +56,28 @@ from halo_rlm.store.results import (
 )
 from halo_rlm.store.rows import (
     CUT_MARK,
+    FACET_FILTERS,
+    LIST_COLUMNS,
+    LIST_SORTS,
+    SESSION_SORTS,
     SORT_COLUMNS,
     SPAN_ROW_COLUMNS,
     SUMMARY_COLUMNS,
     VIEW_COLUMNS,
     clip_or_none,
-    decode_cursor,
-    encode_cursor,
+    keyset,
     plain,
-    preview,
     scan,
+    session_row,
     sql_note,
     summary,
     take_rows,
+    trace_row,
+    trace_spans,
+    trace_stats,
     trace_view,
 )
-from halo_rlm.store.schema import SCHEMA_VERSION, TABLES
+from halo_rlm.store.schema import SCHEMA_VERSION, SPAN_COLUMNS, TABLES, TRACE_COLUMNS
 from halo_rlm.utils import first_line, iso_to_ns, ns_to_iso
 
 if TYPE_CHECKING:  # the file reader and the ingest functions load pyarrow: ingest imports them itself
@@ -84,6 +89,11 @@ __all__ = ["DuckDBStore", "required_literals"]
 INGEST_MEMORY = "512MB"
 QUERY_MEMORY = "2GB"  # what a read-only store (the one untrusted SQL runs on) may hold in memory...
 QUERY_TEMP = "8GB"  # ...and spill to disk beyond that
+# The one input of an analysis's copy of some traces: what it was copied from.
+COPY_INPUT = (
+    "INSERT INTO {prefix}inputs (input_id, path, status, spans, started_at, finished_at) "
+    "SELECT 1, ?, 'complete', count(*), now(), now() FROM {prefix}spans"
+)
 
 
 class DuckDBStore(TraceStore):
@@ -833,49 +843,22 @@ class DuckDBStore(TraceStore):
         cursor: str | None = None,
         limit: int = 75,
     ) -> KeysetPage[TraceRow]:
-        expr = LIST_SORTS.get(sort)
-        if expr is None:
-            raise StoreError(f"unknown sort {sort!r}; use one of {', '.join(LIST_SORTS)}")
-        limit = max(1, min(limit, LIST_PAGE_LIMIT))
         where, params = self._where(filters)
-        after, after_params = _after(expr, "t.trace_id", cursor, descending)
-        rows = self._rows(
-            f"""SELECT t.trace_id, t.start_ns, t.duration_ns, t.root_name, t.has_errors, t.in_flight_spans,
-                   t.span_count, t.error_spans, t.llm_spans, {LIST_SORTS["tokens"]} AS tokens, t.cost, t.session_id,
-                   t.services, t.agents, t.models, t.input_preview, t.output_preview, {expr} AS sort_value
-            FROM traces t WHERE {where} AND {after}
-            ORDER BY {expr} {"DESC" if descending else "ASC"} NULLS LAST, t.trace_id LIMIT ?""",
-            [*params, *after_params, limit + 1],
-        )
-        more, rows = len(rows) > limit, rows[:limit]
-        page = [
-            TraceRow(
-                trace_id=r["trace_id"],
-                start=ns_to_iso(r["start_ns"]),
-                duration_ms=_ms(r["duration_ns"]),
-                root_name=r["root_name"],
-                status="error" if r["has_errors"] else "running" if r["in_flight_spans"] else "ok",
-                spans=r["span_count"],
-                error_spans=r["error_spans"],
-                llm_spans=r["llm_spans"] or 0,
-                tokens=r["tokens"],
-                cost=r["cost"],
-                session_id=r["session_id"],
-                services=r["services"] or [],
-                agents=r["agents"] or [],
-                models=r["models"] or [],
-                input_preview=preview(r["input_preview"]),
-                output_preview=preview(r["output_preview"]),
-            )
-            for r in rows
-        ]
-        last = rows[-1] if rows and more else None
-        return KeysetPage[TraceRow](
-            rows=page,
-            sort=sort,
+        page = keyset(
+            LIST_SORTS,
+            sort,
+            "t.trace_id",
+            cursor=cursor,
             descending=descending,
-            next_cursor=encode_cursor(last["sort_value"], last["trace_id"]) if last else None,
+            limit=limit,
+            bind=_binder(params),
         )
+        rows = self._rows(
+            f"SELECT {LIST_COLUMNS}, {page.expr} AS sort_value FROM traces t WHERE {where} AND {page.after} "
+            f"{page.order}",
+            params,
+        )
+        return page.page(rows, trace_row)
 
     def session_list(
         self,
@@ -886,54 +869,35 @@ class DuckDBStore(TraceStore):
         cursor: str | None = None,
         limit: int = 75,
     ) -> KeysetPage[SessionRow]:
-        expr = SESSION_SORTS.get(sort)
-        if expr is None:
-            raise StoreError(f"unknown sort {sort!r}; use one of {', '.join(SESSION_SORTS)}")
-        limit = max(1, min(limit, LIST_PAGE_LIMIT))
         where, params = self._where(filters)
-        after, after_params = _after(expr, "s.session_id", cursor, descending)
+        page = keyset(
+            SESSION_SORTS,
+            sort,
+            "s.session_id",
+            cursor=cursor,
+            descending=descending,
+            limit=limit,
+            bind=_binder(params),
+        )
+        # A session's first and last traces are by start time, ties by trace id; its cost is rounded
+        # as each trace's is, so that sums in any order give the same number.
+        by = "(t.start_ns, t.trace_id)"
         rows = self._rows(
             f"""WITH s AS (
               SELECT t.session_id, min(t.start_ns) AS start_ns, max(t.end_ns) AS end_ns,
                      max(t.end_ns) - min(t.start_ns) AS duration_ns, count(*) AS traces,
                      sum(t.span_count) AS spans, count(*) FILTER (t.has_errors) AS error_traces,
-                     sum({LIST_SORTS["tokens"]}) AS tokens, sum(t.cost) AS cost,
-                     arg_min(t.trace_id, t.start_ns) AS first_trace_id, arg_max(t.trace_id, t.start_ns) AS last_trace_id,
-                     arg_max(t.root_name, t.start_ns) AS name,
-                     arg_min(t.input_preview, t.start_ns) AS input_preview,
-                     arg_max(t.output_preview, t.start_ns) AS output_preview
+                     sum({LIST_SORTS["tokens"]}) AS tokens, round(sum(t.cost), 9) AS cost,
+                     arg_min(t.trace_id, {by}) FILTER (t.start_ns IS NOT NULL) AS first_trace_id,
+                     arg_max(t.trace_id, {by}) FILTER (t.start_ns IS NOT NULL) AS last_trace_id,
+                     arg_max(t.root_name, {by}) FILTER (t.start_ns IS NOT NULL) AS name,
+                     arg_min(t.input_preview, {by}) FILTER (t.start_ns IS NOT NULL) AS input_preview,
+                     arg_max(t.output_preview, {by}) FILTER (t.start_ns IS NOT NULL) AS output_preview
               FROM traces t WHERE {where} AND t.session_id IS NOT NULL GROUP BY t.session_id)
-            SELECT s.*, {expr} AS sort_value FROM s WHERE {after}
-            ORDER BY {expr} {"DESC" if descending else "ASC"} NULLS LAST, s.session_id LIMIT ?""",
-            [*params, *after_params, limit + 1],
+            SELECT s.*, {page.expr} AS sort_value FROM s WHERE {page.after} {page.order}""",
+            params,
         )
-        more, rows = len(rows) > limit, rows[:limit]
-        page = [
-            SessionRow(
-                session_id=r["session_id"],
-                start=ns_to_iso(r["start_ns"]),
-                last_activity=ns_to_iso(r["end_ns"]),
-                duration_ms=_ms(r["duration_ns"]),
-                traces=r["traces"],
-                spans=int(r["spans"] or 0),
-                error_traces=r["error_traces"],
-                tokens=None if r["tokens"] is None else int(r["tokens"]),
-                cost=r["cost"],
-                first_trace_id=r["first_trace_id"],
-                last_trace_id=r["last_trace_id"],
-                name=r["name"],
-                input_preview=preview(r["input_preview"]),
-                output_preview=preview(r["output_preview"]),
-            )
-            for r in rows
-        ]
-        last = rows[-1] if rows and more else None
-        return KeysetPage[SessionRow](
-            rows=page,
-            sort=sort,
-            descending=descending,
-            next_cursor=encode_cursor(last["sort_value"], last["session_id"]) if last else None,
-        )
+        return page.page(rows, session_row)
 
     def trace_stats(self, filters: TraceFilters | None = None) -> TraceStats:
         where, params = self._where(filters)
@@ -947,18 +911,7 @@ class DuckDBStore(TraceStore):
             FROM traces t WHERE {where}""",
             params,
         )[0]
-        return TraceStats(
-            traces=row["traces"],
-            sessions=row["sessions"],
-            spans=int(row["spans"]),
-            llm_spans=int(row["llm_spans"]),
-            error_traces=row["error_traces"],
-            running_traces=row["running_traces"],
-            tokens=int(row["tokens"]),
-            cost=round(float(row["cost"]), 6),
-            p50_duration_ms=_ms(row["p50"]),
-            p95_duration_ms=_ms(row["p95"]),
-        )
+        return trace_stats(row)
 
     def facet(self, filters: TraceFilters | None, name: FacetName, *, top: int = 50) -> list[FacetValue]:
         own = FACET_FILTERS.get(name)
@@ -1007,20 +960,7 @@ class DuckDBStore(TraceStore):
         )
         if not rows:
             raise StoreError(self._unknown_trace(trace_id))
-        start = rows[0]["start_ms"]  # in ns until made relative below; start order puts the first first
-        for row in rows:
-            row["start_ms"] = (
-                None if row["start_ms"] is None or start is None else (row["start_ms"] - start) / 1e6
-            )
-        now = None if start is None else (time.time_ns() - start) / 1e6
-        # Built without validation: the rows come straight from the typed columns above.
-        return TraceSpans.model_construct(
-            trace_id=trace_id,
-            start=ns_to_iso(start),
-            start_ns=start,
-            now_ms=now,
-            spans=cast(list[SpanRow], rows),
-        )
+        return trace_spans(trace_id, rows)
 
     def span_record(self, trace_id: str, span_id: str) -> dict[str, Any]:
         rows = self._rows(
@@ -1044,7 +984,7 @@ class DuckDBStore(TraceStore):
         )
         roots = self._rows(
             """SELECT span_id, name, kind, status, status_message, input_value, output_value
-            FROM spans WHERE trace_id = ? AND (parent_id IS NULL OR is_orphan) ORDER BY start_ns NULLS LAST""",
+            FROM spans WHERE trace_id = ? AND (parent_id IS NULL OR is_orphan) ORDER BY start_ns NULLS LAST, span_id""",
             [trace_id],
         )
         if not (llm or tools or roots):
@@ -1069,11 +1009,7 @@ class DuckDBStore(TraceStore):
                     con.execute(
                         f"INSERT INTO halo_copy.{table} SELECT * FROM {table} SEMI JOIN halo_selected USING (trace_id)"
                     )
-                con.execute(
-                    "INSERT INTO halo_copy.inputs (input_id, path, status, spans, started_at, finished_at) "
-                    "SELECT 1, ?, 'complete', count(*), now(), now() FROM halo_copy.spans",
-                    [note],
-                )
+                con.execute(COPY_INPUT.format(prefix="halo_copy."), [note])
                 copied = int(con.execute("SELECT count(*) FROM halo_selected").fetchall()[0][0])
                 con.execute("DROP TABLE halo_selected")
                 con.execute("COMMIT")
@@ -1085,6 +1021,27 @@ class DuckDBStore(TraceStore):
         finally:
             con.close()
         return copied
+
+    def fill_copy(self, batches: Iterable[tuple[str, Any]], *, note: str) -> None:
+        """Fill this new store with another backend's copy of some traces: `batches` of (table, Arrow
+        table of its rows) for `traces` and `spans`, then `note` as its one input, in one transaction.
+        Lists the other backend holds empty where DuckDB has NULL come in as NULL."""
+        with self.transaction():
+            for table, data in batches:
+                columns = {"traces": TRACE_COLUMNS, "spans": SPAN_COLUMNS}[table]
+                names = ", ".join(c.name for c in columns)
+                values = ", ".join(
+                    f"CASE WHEN len({c.name}) = 0 THEN NULL ELSE {c.name} END"
+                    if c.type in ("text[]", "tool_calls")
+                    else c.name
+                    for c in columns
+                )
+                self.con.register("halo_copied", data)
+                try:
+                    self.con.execute(f"INSERT INTO {table} ({names}) SELECT {values} FROM halo_copied")
+                finally:
+                    self.con.unregister("halo_copied")
+            self.con.execute(COPY_INPUT.format(prefix=""), [note])
 
     def _where(self, filters: TraceFilters | None) -> tuple[str, list[Any]]:
         if filters is None:
@@ -1205,50 +1162,14 @@ class _Timeout(Exception):
     pass
 
 
-LIST_PAGE_LIMIT = 500  # rows per page of a list at most; lists are paged, never capped in total
-LIST_SORTS = {
-    "start": "t.start_ns",
-    "duration": "t.duration_ns",
-    "cost": "t.cost",
-    "tokens": "coalesce(t.total_tokens, t.input_tokens + t.output_tokens)",
-    "spans": "t.span_count",
-    "errors": "t.error_spans",
-}
-SESSION_SORTS = {
-    "last": "s.end_ns",
-    "start": "s.start_ns",
-    "duration": "s.duration_ns",
-    "cost": "s.cost",
-    "tokens": "s.tokens",
-    "traces": "s.traces",
-    "spans": "s.spans",
-    "errors": "s.error_traces",
-}
-# A facet's own selection, which its counts leave out; list facets count the values of their column.
-FACET_FILTERS: dict[str, str] = {
-    "status": "has_errors",
-    "services": "services",
-    "agents": "agents",
-    "models": "models",
-    "tools": "tools",
-    "sessions": "session_ids",
-    "error_groups": "error_templates",
-}
+def _binder(params: list[Any]) -> Callable[[Any], str]:
+    """Binds a value as a `?` placeholder, appending it to `params`."""
 
+    def bind(value: Any) -> str:
+        params.append(value)
+        return "?"
 
-def _after(expr: str, key: str, cursor: str | None, descending: bool) -> tuple[str, list[Any]]:
-    """Rows after the cursor in `ORDER BY expr (DESC|ASC) NULLS LAST, key`."""
-    if cursor is None:
-        return "true", []
-    value, last_key = decode_cursor(cursor)
-    if value is None:
-        return f"({expr} IS NULL AND {key} > ?)", [last_key]
-    beyond = "<" if descending else ">"
-    return f"({expr} {beyond} ? OR ({expr} = ? AND {key} > ?) OR {expr} IS NULL)", [value, value, last_key]
-
-
-def _ms(ns: float | None) -> float | None:
-    return None if ns is None else ns / 1e6
+    return bind
 
 
 # Functions untrusted SQL may not call: they show the store's path, files or settings, or run SQL

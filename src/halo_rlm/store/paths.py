@@ -28,11 +28,11 @@ from halo_rlm.utils import cache_dir
 
 __all__ = [
     "Remembered",
+    "beside",
     "for_app",
     "for_collector",
     "for_inputs",
     "for_source",
-    "import_state",
     "is_url",
     "last",
     "remember",
@@ -125,14 +125,15 @@ def last(*, cwd: str | Path | None = None) -> Remembered | None:
     return None
 
 
-def import_state(store: str | Path) -> Path:
-    """Where imports into `store` keep their place: beside a DuckDB file; in the cache for a store
-    named by a URL (keyed by the URL without its password)."""
+def beside(store: str | Path, suffix: str) -> Path:
+    """A file or folder that belongs to `store` (`.imports.json`: where imports into it keep their
+    place; `.jobs.json`, `.uploads`: the app's jobs and uploaded files): beside a DuckDB file; in the
+    cache for a store named by a URL (keyed by the URL without its password)."""
     target = str(store)
     if not is_url(target):
-        return Path(f"{target}.imports.json")
+        return Path(f"{target}{suffix}")
     digest = hashlib.sha256(_absolute(target).encode()).hexdigest()[:12]
-    return _stores() / f"imports-{digest}.json"
+    return _stores() / f"{digest}{suffix}"
 
 
 def is_url(target: str) -> bool:

@@ -9,7 +9,8 @@ import binascii
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import orjson
 
@@ -17,10 +18,17 @@ from halo_rlm.formats.conventions import TEXT_CAP, normalize_messages, orjson_te
 from halo_rlm.store.base import StoreError
 from halo_rlm.store.results import (
     Count,
+    KeysetPage,
     Match,
     OversizedTrace,
+    Row,
     SearchResult,
+    SessionRow,
+    SpanRow,
     SpanView,
+    TraceRow,
+    TraceSpans,
+    TraceStats,
     TraceSummary,
     TraceView,
 )
@@ -28,21 +36,33 @@ from halo_rlm.utils import clip, ns_to_iso, one_line
 
 __all__ = [
     "CUT_MARK",
+    "FACET_FILTERS",
+    "LIST_COLUMNS",
+    "LIST_PAGE_LIMIT",
+    "LIST_SORTS",
+    "SESSION_SORTS",
     "SORT_COLUMNS",
     "SPAN_ROW_COLUMNS",
     "SUMMARY_COLUMNS",
     "VIEW_COLUMNS",
+    "Keyset",
     "cap",
     "clip_or_none",
     "decode_cursor",
     "encode_cursor",
+    "keyset",
+    "ms",
     "plain",
     "preview",
     "scan",
+    "session_row",
     "span_view",
     "sql_note",
     "summary",
     "take_rows",
+    "trace_row",
+    "trace_spans",
+    "trace_stats",
     "trace_view",
     "tree_order",
 ]
@@ -67,6 +87,39 @@ SPAN_ROW_COLUMNS = """trace_id, span_id, parent_id, name, kind, status, status_m
   duration_ns, service, agent_name, model, input_tokens, output_tokens, cost, tool_name, tool_args, tool_result,
   input_value, output_value, finish_reason, tool_calls, is_orphan"""
 
+# The lists people page through (the web app): their sorts, the columns of a trace row, and each
+# facet's own selection, which its counts leave out (list facets count the values of their column).
+LIST_PAGE_LIMIT = 500  # rows per page of a list at most; lists are paged, never capped in total
+LIST_SORTS = {
+    "start": "t.start_ns",
+    "duration": "t.duration_ns",
+    "cost": "t.cost",
+    "tokens": "coalesce(t.total_tokens, t.input_tokens + t.output_tokens)",
+    "spans": "t.span_count",
+    "errors": "t.error_spans",
+}
+LIST_COLUMNS = f"""t.trace_id, t.start_ns, t.duration_ns, t.root_name, t.has_errors, t.in_flight_spans,
+  t.span_count, t.error_spans, t.llm_spans, {LIST_SORTS["tokens"]} AS tokens, t.cost, t.session_id,
+  t.services, t.agents, t.models, t.input_preview, t.output_preview"""
+SESSION_SORTS = {
+    "last": "s.end_ns",
+    "start": "s.start_ns",
+    "duration": "s.duration_ns",
+    "cost": "s.cost",
+    "tokens": "s.tokens",
+    "traces": "s.traces",
+    "spans": "s.spans",
+    "errors": "s.error_traces",
+}
+FACET_FILTERS: dict[str, str] = {
+    "status": "has_errors",
+    "services": "services",
+    "agents": "agents",
+    "models": "models",
+    "tools": "tools",
+    "sessions": "session_ids",
+    "error_groups": "error_templates",
+}
 
 CUT_MARK = "…[cut]"  # ends a value a query result cut to size
 
@@ -364,6 +417,148 @@ def decode_cursor(cursor: str) -> tuple[Any, str]:
     if not isinstance(key, str) or not (value is None or isinstance(value, int | float)):
         raise refused
     return value, key
+
+
+@dataclass(frozen=True)
+class Keyset:
+    """One page of a list in keyset order, `ORDER BY sort DESC|ASC NULLS LAST, key`, as SQL for any
+    backend: the sort's expression (select it `AS sort_value`), the condition for the rows after the
+    cursor, and the ORDER BY and LIMIT (one row more than the page, to tell whether another follows)."""
+
+    expr: str
+    after: str
+    order: str
+    key: str
+    limit: int
+    sort: str
+    descending: bool
+
+    def page(self, rows: list[dict[str, Any]], build: Callable[[dict[str, Any]], Row]) -> KeysetPage[Row]:
+        """The page from the fetched rows; its cursor is the last shown row's sort value and key."""
+        more, rows = len(rows) > self.limit, rows[: self.limit]
+        last = rows[-1] if rows and more else None
+        column = self.key.rsplit(".", 1)[-1]  # the key as the row names it, without its table alias
+        return KeysetPage[Row](
+            rows=[build(r) for r in rows],
+            sort=self.sort,
+            descending=self.descending,
+            next_cursor=encode_cursor(last["sort_value"], last[column]) if last else None,
+        )
+
+
+def keyset(
+    sorts: dict[str, str],
+    sort: str,
+    key: str,
+    *,
+    cursor: str | None,
+    descending: bool,
+    limit: int,
+    bind: Callable[[Any], str],
+) -> Keyset:
+    """The keyset SQL of a page sorted by `sorts[sort]` then `key`, after `cursor`; `bind` turns each
+    value into the backend's SQL (a placeholder that remembers the value, or a literal)."""
+    expr = sorts.get(sort)
+    if expr is None:
+        raise StoreError(f"unknown sort {sort!r}; use one of {', '.join(sorts)}")
+    limit = max(1, min(limit, LIST_PAGE_LIMIT))
+    if cursor is None:
+        after = "true"
+    else:
+        value, last_key = decode_cursor(cursor)
+        if value is None:
+            after = f"({expr} IS NULL AND {key} > {bind(last_key)})"
+        else:
+            beyond = "<" if descending else ">"
+            after = (
+                f"({expr} {beyond} {bind(value)} OR ({expr} = {bind(value)} AND {key} > {bind(last_key)}) "
+                f"OR {expr} IS NULL)"
+            )
+    order = f"ORDER BY {expr} {'DESC' if descending else 'ASC'} NULLS LAST, {key} LIMIT {limit + 1}"
+    return Keyset(expr, after, order, key, limit, sort, descending)
+
+
+def trace_row(r: dict[str, Any]) -> TraceRow:
+    """A row of `LIST_COLUMNS` as the trace list shows it."""
+    return TraceRow(
+        trace_id=r["trace_id"],
+        start=ns_to_iso(r["start_ns"]),
+        duration_ms=ms(r["duration_ns"]),
+        root_name=r["root_name"],
+        status="error" if r["has_errors"] else "running" if r["in_flight_spans"] else "ok",
+        spans=r["span_count"],
+        error_spans=r["error_spans"],
+        llm_spans=r["llm_spans"] or 0,
+        tokens=r["tokens"],
+        cost=r["cost"],
+        session_id=r["session_id"],
+        services=r["services"] or [],
+        agents=r["agents"] or [],
+        models=r["models"] or [],
+        input_preview=preview(r["input_preview"]),
+        output_preview=preview(r["output_preview"]),
+    )
+
+
+def session_row(r: dict[str, Any]) -> SessionRow:
+    """A session's aggregates as the session list shows them."""
+    return SessionRow(
+        session_id=r["session_id"],
+        start=ns_to_iso(r["start_ns"]),
+        last_activity=ns_to_iso(r["end_ns"]),
+        duration_ms=ms(r["duration_ns"]),
+        traces=r["traces"],
+        spans=int(r["spans"] or 0),
+        error_traces=r["error_traces"],
+        tokens=None if r["tokens"] is None else int(r["tokens"]),
+        cost=r["cost"],
+        first_trace_id=r["first_trace_id"],
+        last_trace_id=r["last_trace_id"],
+        name=r["name"],
+        input_preview=preview(r["input_preview"]),
+        output_preview=preview(r["output_preview"]),
+    )
+
+
+def trace_stats(row: dict[str, Any]) -> TraceStats:
+    """The stat strip from its totals (durations in ns)."""
+    return TraceStats(
+        traces=row["traces"],
+        sessions=row["sessions"],
+        spans=int(row["spans"]),
+        llm_spans=int(row["llm_spans"]),
+        error_traces=row["error_traces"],
+        running_traces=row["running_traces"],
+        tokens=int(row["tokens"]),
+        cost=round(float(row["cost"]), 6),
+        # Interpolated quantiles, rounded as `durations` are: each backend's float steps differ in the
+        # last bits (6.924304599994 ms against 6.92430459999 ms).
+        p50_duration_ms=None if row["p50"] is None else round(row["p50"] / 1e6, 9),
+        p95_duration_ms=None if row["p95"] is None else round(row["p95"] / 1e6, 9),
+    )
+
+
+def trace_spans(trace_id: str, rows: list[dict[str, Any]]) -> TraceSpans:
+    """A trace's spans (rows in start order, `start_ms` still in ns) with times made relative to its
+    first span."""
+    start = rows[0]["start_ms"]  # start order puts the first first
+    for row in rows:
+        row["start_ms"] = (
+            None if row["start_ms"] is None or start is None else (row["start_ms"] - start) / 1e6
+        )
+    now = None if start is None else (time.time_ns() - start) / 1e6
+    # Built without validation: the rows come straight from typed columns.
+    return TraceSpans.model_construct(
+        trace_id=trace_id,
+        start=ns_to_iso(start),
+        start_ns=start,
+        now_ms=now,
+        spans=cast(list[SpanRow], rows),
+    )
+
+
+def ms(ns: float | None) -> float | None:
+    return None if ns is None else ns / 1e6
 
 
 def preview(text: str | None, limit: int = 200) -> str | None:

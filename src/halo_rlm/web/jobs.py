@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from halo_rlm import files
 from halo_rlm.sources import LangfuseFilters, LangfuseSource, PhoenixSource, SourceError, run_import
-from halo_rlm.store import IngestReport, StoreError, TraceStore
+from halo_rlm.store import IngestReport, StoreError, TraceStore, paths
 from halo_rlm.utils import now_iso, parse_time
 from halo_rlm.web.live import Hub
 
@@ -108,8 +108,8 @@ class Jobs:
 
     def __init__(self, store: TraceStore, hub: Hub, on_write: Callable[[], None]) -> None:
         self.store, self.hub, self.on_write = store, hub, on_write
-        self.path = Path(f"{store.path}.jobs.json")
-        self.uploads = Path(f"{store.path}.uploads")
+        self.path = paths.beside(store.path, ".jobs.json")
+        self.uploads = paths.beside(store.path, ".uploads")
         self.jobs: dict[str, Job] = {}
         self._secrets: dict[str, Secrets] = {}
         self._cancel: dict[str, threading.Event] = {}

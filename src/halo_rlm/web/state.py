@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, Response
 from halo_rlm import files
 from halo_rlm.collect import Collector
 from halo_rlm.defaults import UI_PORT
-from halo_rlm.store import TraceFilters, TraceStore
+from halo_rlm.store import TraceFilters, TraceStore, paths
 from halo_rlm.web import markdown
 from halo_rlm.web.comparisons import Comparisons
 from halo_rlm.web.format import FILTERS, json_response, script_json
@@ -43,13 +43,18 @@ OTLP_FLUSH_SECONDS = 0.25  # received spans reach the store (and the open pages)
 
 @dataclass
 class Settings:
-    store: Path
+    store: Path | str  # a DuckDB file, or a ClickHouse store's URL (`chdb:FOLDER`, `clickhouse://…`)
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     allow_remote: bool = False
     exporter_token: str | None = None  # --token: what OTLP exporters must send to /v1/traces
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))  # the pages' per-launch token
     traces: Sequence[str] = ()  # files to ingest at start
+
+    @property
+    def store_name(self) -> str:
+        """The store as the page header shows it: a file's name, or a ClickHouse store's URL."""
+        return str(self.store) if paths.is_url(str(self.store)) else Path(self.store).name
 
 
 class Ui:
