@@ -1038,6 +1038,25 @@ def test_a_torn_write_to_the_out_file_is_finished_without_duplicates_after_a_kil
     assert set(ids[9:]) == {orjson.loads(line)["span_id"] for line in logged}
 
 
+def test_a_first_write_to_the_out_file_a_kill_left_unrecorded_is_not_written_again(tmp_path: Path) -> None:
+    """Killed after its first write to --out but before recording it: the next start recognises those
+    lines (the file's end was recorded at start), and leaves what was in the file before alone."""
+    out, spool = tmp_path / "c.jsonl", tmp_path / "spool"
+    out.write_bytes(b'{"someone": "else"}\n')
+    killed = CollectorProcess(out=str(out), spool=str(spool), flush_seconds=3600)
+    assert OTLPSpanExporter(endpoint=killed.url).export(agent_spans()) is SpanExportResult.SUCCESS
+    killed.kill()
+    (log,) = spool.glob("wal-*.jsonl")
+    with open(out, "ab") as file:  # what its first write put there before the kill
+        file.write(log.read_bytes())
+    with serve(out=out, spool=spool, port=0) as again:
+        assert again.stats.replayed_spans == 0  # all nine recognised as written
+    lines = out.read_bytes().splitlines()
+    assert lines[0] == b'{"someone": "else"}'
+    ids = [orjson.loads(line)["span_id"] for line in lines[1:]]
+    assert len(ids) == len(set(ids)) == 9
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("failure", ["full", "read-only"])
 def test_a_failing_disk_gets_503s_and_loses_no_acknowledged_span(tmp_path: Path, failure: str) -> None:

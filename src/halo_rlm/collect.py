@@ -552,6 +552,7 @@ class Collector:
             ) from exc
         for output in outputs:
             output.resume(log)
+            output.save(self.spool)  # where it starts, before it writes (`_FileOutput.resume`)
             output.behind_bytes, output.behind_spans = log.count_after(output.position)
         return log, outputs
 
@@ -913,6 +914,15 @@ class _FileOutput(_Output):
         recorded size that are the log's next lines are skipped, and a torn one is cut. Anything
         else there was written by someone else and is left alone."""
         if self.size is None:
+            # Nothing recorded yet: the file's end now is where this spool's lines start. The caller
+            # records it before the first write, so a run killed after that write but before recording
+            # it is recognised too (without it, the next start wrote those lines a second time).
+            try:
+                self.size = self.path.stat().st_size
+            except FileNotFoundError:
+                self.size = 0
+            except OSError:
+                pass  # the first write will tell
             return
         try:
             with open(self.path, "rb") as file:
