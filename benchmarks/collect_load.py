@@ -143,6 +143,7 @@ def run(spans: int, exporters: int, store: Path, out: Path | None, spool: Path) 
         "failed_exporters": failed,
         "spans_accepted": stats.spans,
         "busy_replies": stats.busy_requests,
+        "output_writes": stats.flushes,
         "spans_stored": stored,
         "spans_in_out_file": sum(1 for _ in open(out, "rb")) if out else None,
         "traces_stored": traces,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,15 +19,22 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from google.protobuf.json_format import MessageToDict, MessageToJson
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
 from sdk_spans import agent_spans, assert_same_as_sent, stored
 
 from halo_rlm.collect import CollectError, Collector, serve
+from halo_rlm.formats import decode, otlp
+from halo_rlm.scrub import scrub_span
 from halo_rlm.store import TraceStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,13 +158,156 @@ def test_json_bodies_plain_gzip_and_deflate_answer_in_json(collector: Collector)
 
 
 def test_json_with_base64_ids_from_protobuf_tools(collector: Collector) -> None:
-    from google.protobuf.json_format import MessageToJson
-
     spans = agent_spans(1)
     body = MessageToJson(encode_spans(spans)).encode()  # protobuf's JSON mapping writes ids as base64
     assert httpx.post(collector.traces_url, content=body, headers=JSON).status_code == 200
     collector.stop()
     assert_same_as_sent(spans, stored(collector.store_path))
+
+
+def varied_request(seed: int) -> ExportTraceServiceRequest:
+    """A protobuf request using what OTLP spans can carry: every kind and status (and unknown ones),
+    each attribute value type (nested lists and key-value lists, bytes, NaN, unset), events and links,
+    dropped counts and flags, a span without a time, spans missing an id, and credentials to scrub."""
+    rng = random.Random(seed)
+
+    def value(v: object) -> AnyValue:
+        if isinstance(v, bool):
+            return AnyValue(bool_value=v)
+        if isinstance(v, int):
+            return AnyValue(int_value=v)
+        if isinstance(v, float):
+            return AnyValue(double_value=v)
+        if isinstance(v, bytes):
+            return AnyValue(bytes_value=v)
+        if isinstance(v, list):
+            return AnyValue(array_value=ArrayValue(values=[value(x) for x in v]))
+        if isinstance(v, dict):
+            return AnyValue(kvlist_value=KeyValueList(values=attrs(v)))
+        return AnyValue() if v is None else AnyValue(string_value=str(v))
+
+    def attrs(values: dict) -> list[KeyValue]:
+        return [KeyValue(key=k, value=value(v)) for k, v in values.items()]
+
+    request = ExportTraceServiceRequest()
+    for r in range(2):
+        resource = request.resource_spans.add()
+        resource.resource.attributes.extend(attrs({"service.name": f"svc-{r}", "host.cores": 8}))
+        for sc in range(2):
+            scope = resource.scope_spans.add()
+            scope.scope.name, scope.scope.version = f"scope-{sc}", "1.0" if sc else ""
+            trace_id = rng.randbytes(16)
+            root = rng.randbytes(8)
+            for i in range(12):
+                span = scope.spans.add()
+                span.trace_id = trace_id if i != 10 else b""
+                span.span_id = (root if i == 0 else rng.randbytes(8)) if i != 11 else bytes(8)
+                span.parent_span_id = b"" if i == 0 else root
+                span.trace_state = "vendor=1" if i == 3 else ""
+                span.name = ["invoke_agent planner", "chat gpt-4o", "execute_tool search", "step"][i % 4]
+                # (not 0, UNSPECIFIED: protobuf's JSON mapping leaves it out, and then it reads as INTERNAL)
+                span.kind = [1, 2, 3, 4, 5, 9][i % 6]
+                span.start_time_unix_nano = 0 if i == 5 else 1_776_924_720_000_000_000 + i * 1_000_123
+                span.end_time_unix_nano = 0 if i in (5, 6) else span.start_time_unix_nano + 999_999_999
+                span.status.code = [0, 1, 2, 7][i % 4]
+                span.status.message = "rate limited (429)" if span.status.code == 2 else ""
+                span.attributes.extend(
+                    attrs(
+                        {
+                            "openinference.span.kind": ["AGENT", "LLM", "TOOL", "CHAIN"][i % 4],
+                            "llm.model_name": "gpt-4o",
+                            "llm.token_count.prompt": 1200 + i,
+                            "llm.token_count.completion": -1 if i == 7 else 80,
+                            "llm.cost": 0.0125 * i,
+                            "odd.nan": float("nan") if i == 2 else 1.5,
+                            "tool.name": "search",
+                            "input.value": '{"order_id": "ORD-1001"}' if i != 4 else "key " + OPENAI_KEY,
+                            "output.value": "shipped \u00e9\u2028 \U0001f680",
+                            "tags": ["a", "b"],
+                            "matrix": [[1, 2], [3]],
+                            "blob": b"\x00\xffbytes",
+                            "unset": None,
+                            "flag": i % 2 == 0,
+                            "llm.input_messages": [
+                                {"message": {"role": "user", "content": "where is my order?"}},
+                                {"message": {"role": "assistant", "content": "checking"}},
+                            ],
+                            "nested": {"a": {"b": 1, "c": [1, 2]}, "empty": {}},
+                            "session.id": f"session-{seed}",
+                        }
+                    )
+                )
+                if i == 4:
+                    span.attributes.extend(attrs({"openai.api_key": "not-for-the-store"}))
+                if i % 3 == 0:
+                    event = span.events.add(name="exception", time_unix_nano=span.start_time_unix_nano + 5)
+                    event.attributes.extend(
+                        attrs({"exception.type": "TimeoutError", "exception.message": "timed out after 30s"})
+                    )
+                    span.events.add(name="no time")
+                if i % 5 == 1:
+                    link = span.links.add(trace_id=rng.randbytes(16), span_id=rng.randbytes(8))
+                    link.attributes.extend(attrs({"why": "retry of", "n": 2}))
+                span.dropped_attributes_count = 3 if i == 8 else 0
+                span.dropped_events_count = 1 if i == 9 else 0
+                span.flags = 257 if i % 2 else 0
+    return request
+
+
+def lines_of(request: dict) -> tuple[list[bytes], int]:
+    """The reference: a JSON request's spans through the generic OTLP/JSON decoder, scrubbed, as
+    HALO's lines; and how many spans it refused."""
+    decoded = decode.decode_record(request)
+    return [otlp.span_line(scrub_span(span)) for span in decoded.spans], len(decoded.errors)
+
+
+def test_protobuf_requests_become_the_lines_their_json_mapping_decodes_to() -> None:
+    for seed in range(3):
+        request = varied_request(seed)
+        expected, refused = lines_of(MessageToDict(request))
+        assert refused == 8 and len(expected) == 40
+        body, as_json = request.SerializeToString(), MessageToJson(request).encode()
+        for media_type, data in ((otlp.PROTOBUF, body), (otlp.JSON, as_json)):
+            got = otlp.request_lines(data, media_type)
+            assert len(got.errors) == refused
+            assert [orjson.dumps(scrub_span(orjson.loads(line))) for line in got.lines] == expected
+            assert got.trace_ids == [orjson.loads(line)["trace_id"] for line in expected]
+        flat = otlp.decode_request(body, otlp.PROTOBUF)  # the flat spans `tracing` writes
+        assert [otlp.span_line(span) for span in flat.spans] == otlp.request_lines(body, otlp.PROTOBUF).lines
+
+
+def test_the_collector_stores_the_rows_a_direct_ingest_of_the_same_spans_stores(tmp_path: Path) -> None:
+    """Protobuf and JSON requests through HTTP, the credential check, the log and the collector's
+    store writes give every span and trace the columns the store gives the same spans decoded by the
+    generic decoder, scrubbed and ingested as records (which line of which write a span came in
+    aside)."""
+    requests = [varied_request(seed) for seed in range(4)]
+    with serve(store=tmp_path / "collected.duckdb", spool=tmp_path / "spool", port=0) as collector:
+        for n, request in enumerate(requests):
+            headers = PROTOBUF if n % 2 else JSON
+            body = request.SerializeToString() if n % 2 else MessageToJson(request).encode()
+            reply = httpx.post(collector.traces_url, content=body, headers=headers)
+            assert reply.status_code == 200
+            if n == 1:
+                wait_until_written(collector)  # two writes to the store
+    assert collector.stats.spans == 4 * 40 and collector.stats.rejected_spans == 4 * 8
+    with TraceStore.open(tmp_path / "direct.duckdb") as direct:
+        lines = [line for request in requests for line in lines_of(MessageToDict(request))[0]]
+        direct.ingest_records(map(orjson.Fragment, lines), source="direct")
+
+    def rows(path: Path) -> tuple[list, list]:
+        with TraceStore.open(path, read_only=True) as store:
+            spans = store.con.execute(
+                "SELECT * EXCLUDE (input_id, line_no) FROM spans ORDER BY trace_id, span_id"
+            ).fetchall()
+            traces = store.con.execute("SELECT * FROM traces ORDER BY trace_id").fetchall()
+        return spans, traces
+
+    collected, direct_rows = rows(tmp_path / "collected.duckdb"), rows(tmp_path / "direct.duckdb")
+    assert len(collected[0]) == 4 * 40 and len(collected[1]) == 16
+    assert collected == direct_rows
+    assert b"not-for-the-store" not in orjson.dumps(collected, default=str)
+    assert OPENAI_KEY.encode() not in orjson.dumps(collected, default=str)
 
 
 def test_empty_requests_are_fine(collector: Collector) -> None:
@@ -689,6 +840,23 @@ def test_stop_writes_everything_received(tmp_path: Path) -> None:
         httpx.post(collector.traces_url, content=b"{}", headers=JSON)
 
 
+def test_after_a_write_the_store_rests_in_proportion_to_what_it_cost(tmp_path: Path) -> None:
+    """A write to the store takes a good part of a second however few spans it carries, so the next
+    waits `rest_per_write` times as long (here far longer than the test); stop writes what waits."""
+    collector = serve(
+        store=tmp_path / "c.duckdb", spool=tmp_path / "spool", port=0, flush_seconds=0.05, rest_per_write=1e6
+    )
+    exporter = OTLPSpanExporter(endpoint=collector.traces_url)
+    assert exporter.export(agent_spans(1)) is SpanExportResult.SUCCESS
+    wait_until_written(collector)
+    assert exporter.export(agent_spans(2)) is SpanExportResult.SUCCESS
+    time.sleep(1.0)  # twenty times flush_seconds: without the rest, written by now
+    assert collector.stats.pending_spans == 6 and collector.stats.flushes == 1
+    stats = collector.stop()
+    assert (stats.pending_spans, stats.flushes) == (0, 2)
+    assert len(stored(tmp_path / "c.duckdb")) == 9
+
+
 def test_spans_a_store_will_not_take_by_shutdown_stay_spooled_for_the_next_start(tmp_path: Path) -> None:
     path, spool = tmp_path / "c.duckdb", tmp_path / "spool"
     collector = serve(store=path, spool=spool, port=0, flush_seconds=3600, lock_timeout=0.2)
@@ -868,6 +1036,25 @@ def test_a_torn_write_to_the_out_file_is_finished_without_duplicates_after_a_kil
     ids = span_ids_in(out)
     assert len(ids) == len(set(ids)) == 18
     assert set(ids[9:]) == {orjson.loads(line)["span_id"] for line in logged}
+
+
+def test_a_first_write_to_the_out_file_a_kill_left_unrecorded_is_not_written_again(tmp_path: Path) -> None:
+    """Killed after its first write to --out but before recording it: the next start recognises those
+    lines (the file's end was recorded at start), and leaves what was in the file before alone."""
+    out, spool = tmp_path / "c.jsonl", tmp_path / "spool"
+    out.write_bytes(b'{"someone": "else"}\n')
+    killed = CollectorProcess(out=str(out), spool=str(spool), flush_seconds=3600)
+    assert OTLPSpanExporter(endpoint=killed.url).export(agent_spans()) is SpanExportResult.SUCCESS
+    killed.kill()
+    (log,) = spool.glob("wal-*.jsonl")
+    with open(out, "ab") as file:  # what its first write put there before the kill
+        file.write(log.read_bytes())
+    with serve(out=out, spool=spool, port=0) as again:
+        assert again.stats.replayed_spans == 0  # all nine recognised as written
+    lines = out.read_bytes().splitlines()
+    assert lines[0] == b'{"someone": "else"}'
+    ids = [orjson.loads(line)["span_id"] for line in lines[1:]]
+    assert len(ids) == len(set(ids)) == 9
 
 
 @pytest.mark.slow

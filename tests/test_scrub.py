@@ -81,6 +81,8 @@ def test_lines_without_credentials_skip_the_slow_scrub() -> None:
     lines = [otlp.span_line(ordinary), otlp.span_line(secret), otlp.span_line(ordinary)]
     assert lines_to_scrub(lines) == [1]
     assert lines_to_scrub([]) == []
+    assert lines_to_scrub([lines[0], lines[2]]) == []
+    assert lines_to_scrub([lines[0], b"\xff not UTF-8"]) == [0, 1]  # scrubbed the slow way
 
 
 HARMLESS = ["a", " ", "=", ": ", '"', "'", "@", "://", "/", "_", "-", ".", "1", "x" * 20, "0123456789abcdefABCDEF",

@@ -74,7 +74,14 @@ TRACES_PATH = "/v1/traces"
 MAX_BODY_BYTES = 32 << 20  # per request, both as sent and decompressed
 BACKLOG_BYTES = 256 << 20  # accepted spans an output has not taken yet (they wait in the log); beyond, 503
 FLUSH_SECONDS = 1.0  # how long accepted spans wait for an output when few arrive
-FLUSH_BYTES = 16 << 20  # write sooner than FLUSH_SECONDS once an output is this far behind...
+# A write to the store costs 0.3-0.4 CPU-seconds however few spans it carries (10 spans, on a busy
+# 2-core machine: opening the store, planning the normalising statement, the rollups, the checkpoint),
+# which a store written every second pays every second. The log already holds the spans durably, so
+# an output rests at least this many times as long as its last write took, and its writes grow with
+# the load: it is at work a quarter of the time at most, unless it falls FLUSH_BYTES behind.
+# (`rest_per_write=0` writes every `flush_seconds` whatever a write costs: spans show sooner.)
+REST_PER_WRITE = 3.0
+FLUSH_BYTES = 48 << 20  # write sooner once an output is this far behind...
 REST_SECONDS = 0.25  # ...but always leave the store closed this long between cycles, for readers
 CYCLE_BYTES = 64 << 20  # the most one cycle copies from the log to an output
 SEGMENT_BYTES = 64 << 20  # the log starts a new file past this size, so passed files can be deleted
@@ -138,7 +145,8 @@ class Collector:
     through a write-ahead log in `spool`. `listen()` (or `serve()`) adds an HTTP server; `stop()` (or
     leaving a `with` block) stops accepting, finishes the requests under way and writes everything
     accepted that the outputs will take within its timeout; the rest stays in the spool for the next
-    start."""
+    start. An output is written `flush_seconds` after its last write, or, when that write took long,
+    `rest_per_write` times as long after it."""
 
     def __init__(
         self,
@@ -151,6 +159,7 @@ class Collector:
         max_body_bytes: int = MAX_BODY_BYTES,
         backlog_bytes: int = BACKLOG_BYTES,
         flush_seconds: float = FLUSH_SECONDS,
+        rest_per_write: float = REST_PER_WRITE,
         lock_timeout: float = LOCK_SECONDS,
         segment_bytes: int = SEGMENT_BYTES,
         on_flush: Callable[[CollectorStats], None] | None = None,
@@ -170,7 +179,7 @@ class Collector:
         self.remote = False
         self._token = token.encode() if token else None
         self._backlog_bytes = backlog_bytes
-        self._flush_seconds = flush_seconds
+        self._flush_seconds, self._rest_per_write = flush_seconds, rest_per_write
         self._lock_timeout = lock_timeout
         self._on_flush = on_flush
         self._lock = threading.Condition()
@@ -385,23 +394,18 @@ class Collector:
         except zlib.error as exc:
             return _failure(400, f"the body is not valid {encoding} data ({exc})", media_type)
         try:
-            decoded = otlp.decode_request(body, media_type)
+            decoded = otlp.request_lines(body, media_type)
         except DecodeError as exc:
             return _failure(400, str(exc), media_type)
         except RecursionError:
             return _failure(400, "the request nests values too deeply", media_type)
-        spans, lines, errors = [], [], decoded.errors
-        for span in decoded.spans:
-            try:
-                lines.append(otlp.span_line(span))
-            except orjson.JSONEncodeError as exc:
-                errors.append(f"span {span['span_id']}: {exc}")
-                continue
-            spans.append(span)
+        lines, errors = decoded.lines, decoded.errors
         if not self.keep_secrets:
+            # Rarely any: the line is read back rather than every span kept as a dict for this. Times
+            # are text in it, which the scrubber leaves alone as it does the numbers they were.
             for i in lines_to_scrub(lines):
-                lines[i] = otlp.span_line(scrub_span(spans[i]))
-        data = b"".join(line + b"\n" for line in lines)
+                lines[i] = orjson.dumps(scrub_span(orjson.loads(lines[i])))
+        data = b"\n".join(lines) + b"\n" if lines else b""
         busy = self._busy(len(data))
         if busy:
             return _busy(busy, media_type)
@@ -416,7 +420,7 @@ class Collector:
             self._spool_error = None
             self._counts["spans"] += len(lines)
             self._counts["rejected_spans"] += len(errors)
-            self._trace_ids.update(span["trace_id"] for span in spans)
+            self._trace_ids.update(decoded.trace_ids)
         message = ""
         if errors:
             shown = "; ".join(errors[:3])
@@ -468,8 +472,10 @@ class Collector:
                 self._lock.wait()
                 continue
             since = time.monotonic() - last_cycle
-            soon = output.behind_bytes >= FLUSH_BYTES or self._closing
-            due_after = REST_SECONDS if soon else self._flush_seconds
+            if self._closing or output.behind_bytes >= FLUSH_BYTES:
+                due_after = REST_SECONDS
+            else:
+                due_after = max(self._flush_seconds, self._rest_per_write * output.write_seconds)
             if since >= due_after:
                 return True
             self._lock.wait(due_after - since)
@@ -490,12 +496,14 @@ class Collector:
             lock_timeout = self._lock_timeout
             if self._closing:
                 lock_timeout = max(0.0, min(lock_timeout, self._final_deadline - time.monotonic()))
+        started = time.monotonic()
         try:
             output.write(data, lock_timeout)
         except Exception as exc:  # noqa: BLE001  (whatever went wrong, the log keeps the spans: try again)
             with self._lock:
                 output.error = f"{output.name}: {first_line(exc)}"
             return False
+        output.write_seconds = time.monotonic() - started
         output.position = position
         saved = output.save(self.spool)  # if it cannot be saved, a restart writes these again
         with self._lock:
@@ -544,6 +552,7 @@ class Collector:
             ) from exc
         for output in outputs:
             output.resume(log)
+            output.save(self.spool)  # where it starts, before it writes (`_FileOutput.resume`)
             output.behind_bytes, output.behind_spans = log.count_after(output.position)
         return log, outputs
 
@@ -580,6 +589,7 @@ def serve(
     max_body_bytes: int = MAX_BODY_BYTES,
     backlog_bytes: int = BACKLOG_BYTES,
     flush_seconds: float = FLUSH_SECONDS,
+    rest_per_write: float = REST_PER_WRITE,
     lock_timeout: float = LOCK_SECONDS,
     segment_bytes: int = SEGMENT_BYTES,
     header_seconds: float = HEADER_SECONDS,
@@ -604,6 +614,7 @@ def serve(
         max_body_bytes=max_body_bytes,
         backlog_bytes=backlog_bytes,
         flush_seconds=flush_seconds,
+        rest_per_write=rest_per_write,
         lock_timeout=lock_timeout,
         segment_bytes=segment_bytes,
         on_flush=on_flush,
@@ -823,6 +834,7 @@ class _Output:
         self.position: Position = (0, 0)
         self.behind_bytes = self.behind_spans = 0
         self.error: str | None = None  # why the last write failed
+        self.write_seconds = 0.0  # how long the last successful write took
 
     def write(self, data: bytes, lock_timeout: float) -> None:
         """Write these whole lines durably, or raise."""
@@ -864,7 +876,7 @@ class _StoreOutput(_Output):
     def write(self, data: bytes, lock_timeout: float) -> None:
         # A span the store gets twice (a replay after a crash) is merged with the first copy.
         with TraceStore.open(self.path, lock_timeout=lock_timeout) as store:
-            store.ingest_records(map(orjson.Fragment, data[:-1].split(b"\n")), source=self.source)
+            store.ingest_lines(data, source=self.source)
 
 
 class _FileOutput(_Output):
@@ -902,6 +914,15 @@ class _FileOutput(_Output):
         recorded size that are the log's next lines are skipped, and a torn one is cut. Anything
         else there was written by someone else and is left alone."""
         if self.size is None:
+            # Nothing recorded yet: the file's end now is where this spool's lines start. The caller
+            # records it before the first write, so a run killed after that write but before recording
+            # it is recognised too (without it, the next start wrote those lines a second time).
+            try:
+                self.size = self.path.stat().st_size
+            except FileNotFoundError:
+                self.size = 0
+            except OSError:
+                pass  # the first write will tell
             return
         try:
             with open(self.path, "rb") as file:

@@ -9,7 +9,8 @@ receives.
 
 Running the patterns over every string of every span is slow, so `lines_to_scrub` first asks, for a
 batch of JSON lines at once, which contain any of the words the patterns need (with RE2, through
-pyarrow). Lines it clears are left as they are; the others are scrubbed properly.
+pyarrow): one search over all of them, and one per line only when that finds a word. Lines it clears
+are left as they are; the others are scrubbed properly.
 """
 
 from __future__ import annotations
@@ -107,10 +108,15 @@ def lines_to_scrub(lines: Sequence[bytes]) -> list[int]:
     import pyarrow as pa  # here: heavy, and only the collector needs it
     import pyarrow.compute as pc
 
+    # Most batches hold no credential at all, and one search over all of them says so (a line's match
+    # is a match in the joined text) in a third of the time of a search per line.
     try:
-        texts = pa.array(lines, pa.binary()).cast(pa.string())
+        joined = pa.array([b"\n".join(lines)], pa.large_binary()).cast(pa.large_string())
     except pa.ArrowInvalid:  # not UTF-8: scrub them all the slow way
         return list(range(len(lines)))
+    if not pc.any(pc.match_substring_regex(joined, _HINTS)).as_py():
+        return []
+    texts = pa.array(lines, pa.large_binary()).cast(pa.large_string())
     return pc.indices_nonzero(pc.match_substring_regex(texts, _HINTS)).to_pylist()
 
 

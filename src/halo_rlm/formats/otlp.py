@@ -4,12 +4,16 @@ the responses an OTLP/HTTP receiver sends back.
 `halo collect` decodes what exporters send with these functions, and `halo_rlm.tracing` writes its
 file through the same ones, so a span looks the same whichever way it reached HALO. Protobuf spans
 become flat spans directly (ids via `bytes.hex()`); going through protobuf's JSON mapping instead
-would turn ids into base64 and cost several times as much.
+would turn ids into base64 and cost several times as much. `request_lines` goes straight on to the
+JSONL lines, with the times as text from the start, rather than making each flat span and then a
+copy of it for its line.
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -32,26 +36,56 @@ _LAST_ISO_NS = 253402300799 * 10**9  # 9999-12-31T23:59:59Z: later times stay nu
 _SCALARS = frozenset({"string_value", "int_value", "double_value", "bool_value"})
 
 
+@dataclass
+class Lines:
+    """A request's spans as lines of HALO's JSONL (`span_line`), each line's trace id, and why the
+    spans left out were left out."""
+
+    lines: list[bytes] = field(default_factory=list)
+    trace_ids: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
 def decode_request(body: bytes, media_type: str) -> Decoded:
     """Flat spans from an `ExportTraceServiceRequest` body (`PROTOBUF` or `JSON`). Bad spans in a good
     request become `errors`; a body that is not such a request raises `DecodeError`."""
-    return _protobuf(body) if media_type == PROTOBUF else _json(body)
+    return request_spans(_parse(body)) if media_type == PROTOBUF else _json(body)
+
+
+def request_lines(body: bytes, media_type: str) -> Lines:
+    """`span_line` of each span `decode_request` finds in a request body, and its errors, then those of
+    spans that cannot be written as JSON (a value nested too deeply, an integer past 64 bits)."""
+    out = Lines()
+    unwritable: list[str] = []
+    if media_type == PROTOBUF:
+        for span, trace_id, span_id, resource, scope in _request_spans(_parse(body), out.errors):
+            try:
+                out.lines.append(
+                    orjson.dumps(_flat_span(span, trace_id, span_id, resource, scope, _line_time))
+                )
+            except orjson.JSONEncodeError as exc:
+                unwritable.append(f"span {span_id}: {exc}")
+                continue
+            out.trace_ids.append(trace_id)
+    else:
+        decoded = _json(body)
+        out.errors = decoded.errors
+        for flat in decoded.spans:
+            try:
+                out.lines.append(span_line(flat))
+            except orjson.JSONEncodeError as exc:
+                unwritable.append(f"span {flat['span_id']}: {exc}")
+                continue
+            out.trace_ids.append(flat["trace_id"])
+    out.errors += unwritable
+    return out
 
 
 def request_spans(request: ExportTraceServiceRequest) -> Decoded:
     """Flat spans from a parsed protobuf request."""
     out = Decoded()
-    for r, resource_spans in enumerate(request.resource_spans):
-        resource = {"attributes": _attributes(resource_spans.resource.attributes)}
-        for s, scope_spans in enumerate(resource_spans.scope_spans):
-            scope = {"name": scope_spans.scope.name, "version": scope_spans.scope.version}
-            for i, span in enumerate(scope_spans.spans):
-                trace_id, span_id = _id(span.trace_id), _id(span.span_id)
-                missing = "trace" if not trace_id else "span" if not span_id else None
-                if missing:
-                    out.errors.append(f"resourceSpans[{r}].scopeSpans[{s}].spans[{i}]: missing {missing} id")
-                    continue
-                out.spans.append(_flat_span(span, trace_id, span_id, resource, scope))
+    for span, trace_id, span_id, resource, scope in _request_spans(request, out.errors):
+        out.spans.append(_flat_span(span, trace_id, span_id, resource, scope, _flat_time))
     return out
 
 
@@ -87,12 +121,29 @@ def encode_status(message: str, media_type: str) -> bytes:
     return orjson.dumps({"message": message})
 
 
-def _protobuf(body: bytes) -> Decoded:
+def _parse(body: bytes) -> ExportTraceServiceRequest:
     try:
-        request = ExportTraceServiceRequest.FromString(body)
+        return ExportTraceServiceRequest.FromString(body)
     except ProtobufDecodeError as exc:
         raise DecodeError(f"not an OTLP protobuf ExportTraceServiceRequest ({exc})") from exc
-    return request_spans(request)
+
+
+def _request_spans(
+    request: ExportTraceServiceRequest, errors: list[str]
+) -> Iterator[tuple[Any, str, str, dict[str, Any], dict[str, str]]]:
+    """Each span of a parsed request with its hex ids and its resource and scope (made once for all
+    their spans); a span without an id goes to `errors` instead."""
+    for r, resource_spans in enumerate(request.resource_spans):
+        resource = {"attributes": _attributes(resource_spans.resource.attributes)}
+        for s, scope_spans in enumerate(resource_spans.scope_spans):
+            scope = {"name": scope_spans.scope.name, "version": scope_spans.scope.version}
+            for i, span in enumerate(scope_spans.spans):
+                trace_id, span_id = _id(span.trace_id), _id(span.span_id)
+                missing = "trace" if not trace_id else "span" if not span_id else None
+                if missing:
+                    errors.append(f"resourceSpans[{r}].scopeSpans[{s}].spans[{i}]: missing {missing} id")
+                    continue
+                yield span, trace_id, span_id, resource, scope
 
 
 def _json(body: bytes) -> Decoded:
@@ -116,29 +167,33 @@ def _json(body: bytes) -> Decoded:
 
 
 def _flat_span(
-    span: Any, trace_id: str, span_id: str, resource: dict[str, Any], scope: dict[str, str]
+    span: Any,
+    trace_id: str,
+    span_id: str,
+    resource: dict[str, Any],
+    scope: dict[str, str],
+    time: Callable[[int], Any],
 ) -> dict[str, Any]:
+    """The flat span, its times as `time` gives them (numbers for a flat span, text for a line)."""
     # The same keys, in the same order, as `spans.flat_span` gives OTLP/JSON spans.
+    status = span.status
     out: dict[str, Any] = {
         "trace_id": trace_id,
         "span_id": span_id,
         "parent_span_id": _id(span.parent_span_id),
         "trace_state": span.trace_state,
         "name": span.name,
-        "kind": f"SPAN_KIND_{_name(OTEL_KINDS, span.kind, 'INTERNAL')}",
-        "start_time": span.start_time_unix_nano or None,
-        "end_time": span.end_time_unix_nano or None,
-        "status": {
-            "code": f"STATUS_CODE_{_name(STATUS_CODES, span.status.code, 'UNSET')}",
-            "message": span.status.message,
-        },
+        "kind": _name(_KIND_NAMES, span.kind, "SPAN_KIND_INTERNAL"),
+        "start_time": time(span.start_time_unix_nano),
+        "end_time": time(span.end_time_unix_nano),
+        "status": {"code": _name(_STATUS_NAMES, status.code, "STATUS_CODE_UNSET"), "message": status.message},
         "resource": resource,
         "scope": scope,
         "attributes": _attributes(span.attributes),
     }
     if span.events:
         out["events"] = [
-            {"name": e.name, "time": e.time_unix_nano or None, "attributes": _attributes(e.attributes)}
+            {"name": e.name, "time": time(e.time_unix_nano), "attributes": _attributes(e.attributes)}
             for e in span.events
         ]
     if span.links:
@@ -164,7 +219,12 @@ def _attributes(key_values: Any) -> dict[str, Any]:
     """Flat attributes; nested values get dotted keys exactly as in OTLP/JSON (`spans.attributes`)."""
     out: dict[str, Any] = {}
     for kv in key_values:
-        value = _value(kv.value)
+        typed = kv.value
+        kind = typed.WhichOneof("value")
+        if kind in _SCALARS:  # most attributes: read here, without the calls below
+            out[kv.key] = getattr(typed, kind)
+            continue
+        value = _value(typed)
         if isinstance(value, dict) or (
             isinstance(value, list) and any(isinstance(item, dict) for item in value)
         ):
@@ -197,16 +257,30 @@ def _name(names: tuple[str, ...], value: int, unknown: str) -> str:
     return names[value] if 0 <= value < len(names) else unknown
 
 
+_KIND_NAMES = tuple(f"SPAN_KIND_{name}" for name in OTEL_KINDS)
+_STATUS_NAMES = tuple(f"STATUS_CODE_{name}" for name in STATUS_CODES)
+
+
 def _iso(ns: Any) -> Any:
     return ns_to_iso(ns) if isinstance(ns, int) and 0 < ns < _LAST_ISO_NS else ns
+
+
+def _flat_time(ns: int) -> int | None:
+    return ns or None  # proto3 has no "unset": 0 means no time
+
+
+def _line_time(ns: int) -> Any:
+    return ns_to_iso(ns) if 0 < ns < _LAST_ISO_NS else ns or None  # as `span_line` writes `_flat_time`
 
 
 __all__ = [
     "JSON",
     "PROTOBUF",
+    "Lines",
     "decode_request",
     "encode_response",
     "encode_status",
+    "request_lines",
     "request_spans",
     "span_line",
 ]

@@ -9,7 +9,8 @@ the inputs they came from (`store.schema`). It has four faces:
   through (`trace_list`, `session_list`, `trace_stats`, `facet`, `traces_containing`,
   `latest_trace`, `trace_spans`, `span_record`, `conversation_records`, `copy_traces`), which the web
   app serves on every backend;
-- the ingest API (`ingest` for files, `ingest_records` for records a collector or importer parsed);
+- the ingest API (`ingest` for files, `ingest_records` for records a collector or importer parsed,
+  `ingest_lines` for JSON lines in memory);
 - `run`, which does store work off the event loop on a connection of its own, for the engine and
   the web server;
 - its SQL `dialect`, in which HALO's own queries (detectors, recounts) are written: a report records
@@ -27,6 +28,8 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
+
+import orjson
 
 from halo_rlm.store.dialect import Dialect
 from halo_rlm.store.results import (
@@ -159,6 +162,14 @@ class TraceStore(ABC):
     def ingest_records(self, records: Iterable[Any], *, source: str) -> IngestReport:
         """Ingest already-parsed records (OTLP requests, span dicts, ...) from a collector or
         importer. `source` names them in the inputs table; each call is one input."""
+
+    def ingest_lines(self, data: bytes, *, source: str) -> IngestReport:
+        """Ingest JSON lines held in memory (each ending in a line break; the collector's log), as
+        `ingest_records` would ingest each line's record. A backend may read them without parsing
+        each line in Python first."""
+        return self.ingest_records(
+            (orjson.Fragment(line) for line in data.split(b"\n") if line), source=source
+        )
 
     # --- reading -------------------------------------------------------------------------------
 

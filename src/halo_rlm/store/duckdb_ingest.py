@@ -188,6 +188,19 @@ class Ingest:
         report.inputs.append(result)
         return report
 
+    def load_lines(self, data: bytes, source: str) -> IngestReport:
+        """JSON lines in memory, read as a file's lines are (Arrow arrays cut from the buffer, a
+        statement per `BATCHES_PER_STATEMENT` batches) rather than record by record; the input's row
+        is the one `load_records` makes."""
+        report = IngestReport(self.store.path)
+        result = InputReport(source, "ingested", road="lines")
+        input_id = self._new_input(files.InputFile(source), compression=None)
+        with _Load(self, input_id, result, report, None) as load:
+            self._load_lines(io.BytesIO(data), True, _Resume(), load, python_first=False)
+            load.finish("complete", offset=0, line=0)
+        report.inputs.append(result)
+        return report
+
     # --- one input --------------------------------------------------------------------------
 
     def _ingest_input(
@@ -273,7 +286,8 @@ class Ingest:
                 else:
                     result.road_reason = why_not
             result.road = "lines" if flat else "decoded"
-            self._load_lines(stream, final, resume, load, python_first=not flat)
+            offset, line = self._load_lines(stream, final, resume, load, python_first=not flat)
+            load.finish("complete", offset=offset, line=line)
         except files.CorruptInput as exc:  # before any span was read
             load.fail(str(exc))
         except _NotTraceData:
@@ -297,7 +311,8 @@ class Ingest:
 
     def _load_lines(
         self, stream: Any, final: bool, resume: _Resume, load: _Load, *, python_first: bool
-    ) -> None:
+    ) -> tuple[int, int]:
+        """Queue the lines of `stream` for `load`; returns where reading ended (byte offset, line)."""
         result = load.result
         offset, line = resume.offset, resume.line
         pending: list[files.LineBatch] = []
@@ -344,7 +359,7 @@ class Ingest:
                 raise
         if pending:
             load.lines(pending, python_first=python_first, done=(offset, line))
-        load.finish("complete", offset=offset, line=line)
+        return offset, line
 
     def _load_document(self, document: Any, size: int, load: _Load) -> None:
         """A file holding one JSON document (a pretty-printed OTLP request, a JSON array of spans)."""

@@ -88,6 +88,7 @@ class Ui:
             store=self.store.path,
             token=settings.exporter_token,
             flush_seconds=OTLP_FLUSH_SECONDS,
+            rest_per_write=0.0,  # an open page shows a span soon, whatever each write costs the CPU
             on_flush=lambda stats: self.changed(),
         )
         self.jobs = Jobs(self.store, self.hub, on_write=self.changed)
