@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,7 +39,8 @@ from halo_rlm.engine import (
     stream_engine_output,
     stream_engine_output_async,
 )
-from halo_rlm.llm import LLMError, MessageMemo
+from halo_rlm.llm import LLM, LLMError, MessageMemo, request_chars
+from halo_rlm.providers import Provider
 from halo_rlm.report import Report
 from halo_rlm.simulate import simulate
 from halo_rlm.store import TraceFilters, TraceStore
@@ -649,3 +651,20 @@ def test_a_message_memo_recomputes_whatever_changed_in_a_message() -> None:
         memo(other)
     memo(message)  # forgotten past `size`, so computed again
     assert len(seen) == 7
+
+
+def test_an_estimate_counts_a_request_as_serialising_it_would() -> None:
+    """Tool definitions are sized once each, not serialised every turn; the sum must stay exact."""
+    llm = LLM(Provider(base_url="http://127.0.0.1:9/v1"))
+    tools = [
+        {"type": "function", "function": {"name": f"tool_{i}", "parameters": {"n": i}}} for i in range(5)
+    ]
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "find the failures"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "function": {"name": "x"}}]},
+    ]
+    for offered in (tools, tools[:1], None):
+        for _ in range(2):  # sized, then remembered
+            assert llm.estimate(messages, offered) == math.ceil(
+                request_chars(messages, offered) * llm.tokens_per_char
+            )

@@ -260,6 +260,8 @@ def test_ctrl_c_while_decoding_otlp_then_rerun(tmp_path: Path) -> None:
 def test_ctrl_c_twice_in_a_row_ends_cleanly_and_leaves_a_consistent_store(tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path / "c.jsonl", 80_000)  # seconds of work even on a quiet machine
     store = tmp_path / "s.duckdb"
+    TraceStore.open(store).close()  # the schema, checkpointed: the ingest's first commit makes the WAL
+    wal = Path(f"{store}.wal")
     previous = signal.signal(signal.SIGINT, signal.SIG_DFL)  # children of a backgrounded run inherit SIG_IGN
     try:
         proc = subprocess.Popen(
@@ -272,9 +274,11 @@ def test_ctrl_c_twice_in_a_row_ends_cleanly_and_leaves_a_consistent_store(tmp_pa
     finally:
         signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 120
-    while not store.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.5)  # into the ingest
+    # The input's row is committed (the WAL appears) before its spans load: wait for that, not for
+    # the store file, so a slow start (imports on a busy machine) cannot put Ctrl-C before the ingest.
+    while not wal.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.3)  # into the load
     proc.send_signal(signal.SIGINT)
     time.sleep(0.02)
     proc.send_signal(signal.SIGINT)  # a second one at once, while the first is being cleaned up

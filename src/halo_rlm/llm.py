@@ -17,11 +17,13 @@ no usage gets estimated counts, so token budgets still hold.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import itertools
 import json
 import math
 import re
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -181,6 +183,13 @@ def request_chars(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | 
 CONNECTION_POOLS = 8
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The process's one TLS context for model servers. Making one loads the CA bundle (0.1-0.25 s
+    here), which held up the event loop at the start of every run; contexts are safe to share."""
+    return httpx2.create_ssl_context()
+
+
 class LLM:
     """An async client for one provider, shared by every agent of a run."""
 
@@ -196,6 +205,9 @@ class LLM:
         self.prices = prices or Prices()
         self.retry = retry or RetryPolicy()
         self.tokens_per_char = 1 / CHARS_PER_TOKEN
+        # Tool definitions are the same dicts every turn; serialising them to count their size was
+        # a tenth of a turn's own work.
+        self._tool_chars = MessageMemo(lambda tool: len(orjson.dumps(tool)))
         key = provider.key
         # A keyless local server: send no Authorization header at all, not a placeholder key.
         self._request_options: dict[str, Any] = (
@@ -203,8 +215,8 @@ class LLM:
         )
         # Several connection pools: on every request and response the HTTP client checks each
         # connection in its pool, which with dozens of agents streaming at once held up the event
-        # loop. One TLS context serves them all (making one takes tens of milliseconds).
-        tls = httpx2.create_ssl_context()
+        # loop. One TLS context serves them all.
+        tls = tls_context()
         self._clients = [
             openai.AsyncOpenAI(
                 base_url=provider.url,
@@ -226,7 +238,14 @@ class LLM:
 
     def estimate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> int:
         """Tokens this request will take, at the rate the server's own counts have shown so far."""
-        return math.ceil(request_chars(messages, tools) * self.tokens_per_char)
+        return math.ceil((self._chars(messages) + self._chars_of_tools(tools)) * self.tokens_per_char)
+
+    def _chars(self, messages: list[dict[str, Any]]) -> int:
+        return sum(map(message_chars, messages))
+
+    def _chars_of_tools(self, tools: list[dict[str, Any]] | None) -> int:
+        """`len(orjson.dumps(tools))`, from each definition's size: "[", the definitions, commas, "]"."""
+        return sum(map(self._tool_chars, tools)) + len(tools) + 1 if tools else 0
 
     def estimate_text(self, text: str) -> int:
         return math.ceil(len(text) * self.tokens_per_char)
@@ -326,7 +345,8 @@ class LLM:
         attempt streams again under a new attempt number. Retries end at `deadline` (monotonic).
         `max_tokens` caps the reply (else the model's `max_output_tokens`, else the server's default)."""
         params = self._params(model, messages, tools, tool_choice, max_tokens)
-        chars, tool_chars = request_chars(messages, tools), request_chars([], tools)
+        tool_chars = self._chars_of_tools(tools)
+        chars = self._chars(messages) + tool_chars
         estimate = math.ceil(chars * self.tokens_per_char)
         started = time.monotonic()
         asked_plainly = False
