@@ -133,30 +133,17 @@ class ServerInfo:
     advice: str | None = None  # what to set when the window is a guess
 
 
-def message_chars(message: dict[str, Any]) -> int:
-    """Characters one chat message sends: its content and tool calls, plus a little for the chat
-    template's role markers."""
-    chars = 16
-    content = message.get("content")
-    if isinstance(content, str):
-        chars += len(content)
-    elif content:
-        chars += len(orjson.dumps(content))
-    if message.get("tool_calls"):
-        chars += len(orjson.dumps(message["tool_calls"]))
-    return chars
-
-
 V = TypeVar("V")
 
 
 class MessageMemo(Generic[V]):
-    """A value computed from a chat message, kept while the message is unchanged. A conversation
-    grows by a message or two a turn while every turn sends all of it again (scrubbed of
-    credentials), so without this a long run scrubs in quadratic time. A message is unchanged while it is
-    the same dict holding the same content and tool calls: the engine replaces a shortened result's
-    content with a new string and never edits one in place. The memo holds the messages it has seen
-    (so their ids stay theirs) and forgets the oldest past `size`."""
+    """A value computed from a chat message (or a tool definition), kept while the message is
+    unchanged. A conversation grows by a message or two a turn while every turn sends all of it
+    again (scrubbed of credentials, its tools sized), so without this a long run does quadratic
+    work. A message is unchanged while it is the same dict holding the same content and tool calls:
+    the engine replaces a shortened result's content with a new string and never edits one in
+    place. The memo holds the messages it has seen (so their ids stay theirs) and forgets the oldest
+    past `size`."""
 
     def __init__(self, compute: Callable[[dict[str, Any]], V], size: int = 65_536) -> None:
         self._compute = compute
@@ -176,8 +163,19 @@ class MessageMemo(Generic[V]):
 
 
 def request_chars(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> int:
-    """Characters a request sends to the model: its messages and tool definitions."""
-    return sum(map(message_chars, messages)) + (len(orjson.dumps(tools)) if tools else 0)
+    """Characters a request sends to the model: message contents, tool calls and tool definitions,
+    plus a little per message for the chat template's role markers."""
+    chars = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif content:
+            chars += len(orjson.dumps(content))
+        if message.get("tool_calls"):
+            chars += len(orjson.dumps(message["tool_calls"]))
+        chars += 16
+    return chars + (len(orjson.dumps(tools)) if tools else 0)
 
 
 CONNECTION_POOLS = 8
@@ -238,10 +236,7 @@ class LLM:
 
     def estimate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> int:
         """Tokens this request will take, at the rate the server's own counts have shown so far."""
-        return math.ceil((self._chars(messages) + self._chars_of_tools(tools)) * self.tokens_per_char)
-
-    def _chars(self, messages: list[dict[str, Any]]) -> int:
-        return sum(map(message_chars, messages))
+        return math.ceil((request_chars(messages) + self._chars_of_tools(tools)) * self.tokens_per_char)
 
     def _chars_of_tools(self, tools: list[dict[str, Any]] | None) -> int:
         """`len(orjson.dumps(tools))`, from each definition's size: "[", the definitions, commas, "]"."""
@@ -346,7 +341,7 @@ class LLM:
         `max_tokens` caps the reply (else the model's `max_output_tokens`, else the server's default)."""
         params = self._params(model, messages, tools, tool_choice, max_tokens)
         tool_chars = self._chars_of_tools(tools)
-        chars = self._chars(messages) + tool_chars
+        chars = request_chars(messages) + tool_chars
         estimate = math.ceil(chars * self.tokens_per_char)
         started = time.monotonic()
         asked_plainly = False
