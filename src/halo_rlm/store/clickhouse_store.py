@@ -68,6 +68,7 @@ from halo_rlm.store.rows import (
     VIEW_COLUMNS,
     clip_or_none,
     keyset,
+    overview_of,
     plain,
     scan,
     session_row,
@@ -80,7 +81,7 @@ from halo_rlm.store.rows import (
     trace_view,
 )
 from halo_rlm.store.schema import SCHEMA_VERSION, SPAN_COLUMNS, TRACE_COLUMNS
-from halo_rlm.utils import iso_to_ns, ns_to_iso
+from halo_rlm.utils import iso_to_ns
 
 __all__ = ["ClickHouseStore"]
 
@@ -310,29 +311,16 @@ class ClickHouseStore(TraceStore):
                 f"SELECT trace_id FROM {selected} ORDER BY has_errors DESC, start_ns DESC NULLS LAST, trace_id LIMIT 10"
             )
         ]
-        return Overview(
-            traces=totals["traces"],
-            spans=totals["spans"],
-            error_traces=totals["error_traces"],
-            error_spans=totals["error_spans"],
-            start=ns_to_iso(totals["start_ns"]),
-            end=ns_to_iso(totals["end_ns"]),
-            services=lists["services"],
-            agents=lists["agents"],
-            models=lists["models"],
-            tools=lists["tools"],
-            kinds=kinds,
-            input_tokens=totals["input_tokens"],
-            output_tokens=totals["output_tokens"],
-            cost=round(totals["cost"], 6),
-            orphan_spans=totals["orphan_spans"],
-            in_flight_spans=totals["in_flight_spans"],
-            rejected_records=int(self.conn.value(f"SELECT count() FROM {self.db}.rejects")),
+        return overview_of(
+            totals,
+            lists,
+            kinds,
+            rejected=int(self.conn.value(f"SELECT count() FROM {self.db}.rejects")),
             inputs=int(self.conn.value(f"SELECT count() FROM {self.db}.inputs")),
-            raw_bytes=totals["raw_bytes"],
+            unfinished=[],
             error_groups=self._error_groups(spans_in, top),
-            sample_trace_ids=samples,
-            lists_capped_at=top,
+            samples=samples,
+            top=top,
         )
 
     def durations(self, filters: TraceFilters | None = None, *, top: int = 20) -> list[Durations]:

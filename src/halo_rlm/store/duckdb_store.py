@@ -66,6 +66,7 @@ from halo_rlm.store.rows import (
     VIEW_COLUMNS,
     clip_or_none,
     keyset,
+    overview_of,
     plain,
     scan,
     session_row,
@@ -78,7 +79,7 @@ from halo_rlm.store.rows import (
     trace_view,
 )
 from halo_rlm.store.schema import SCHEMA_VERSION, SPAN_COLUMNS, TABLES, TRACE_COLUMNS
-from halo_rlm.utils import first_line, iso_to_ns, ns_to_iso
+from halo_rlm.utils import first_line, iso_to_ns
 
 if TYPE_CHECKING:  # the file reader and the ingest functions load pyarrow: ingest imports them itself
     from halo_rlm import files
@@ -418,33 +419,19 @@ class DuckDBStore(TraceStore):
                 f"SELECT trace_id FROM {selected} ORDER BY has_errors DESC, start_ns DESC, trace_id LIMIT 10"
             )
         ]
-        return Overview(
-            traces=totals["traces"],
-            spans=totals["spans"],
-            error_traces=totals["error_traces"],
-            error_spans=totals["error_spans"],
-            start=ns_to_iso(totals["start_ns"]),
-            end=ns_to_iso(totals["end_ns"]),
-            services=lists["services"],
-            agents=lists["agents"],
-            models=lists["models"],
-            tools=lists["tools"],
-            kinds=kinds,
-            input_tokens=totals["input_tokens"],
-            output_tokens=totals["output_tokens"],
-            cost=round(totals["cost"], 6),
-            orphan_spans=totals["orphan_spans"],
-            in_flight_spans=totals["in_flight_spans"],
-            rejected_records=int(self.first_row("SELECT count(*) FROM rejects")[0]),  # type: ignore[index]
+        return overview_of(
+            totals,
+            lists,
+            kinds,
+            rejected=int(self.first_row("SELECT count(*) FROM rejects")[0]),  # type: ignore[index]
             inputs=int(self.first_row("SELECT count(*) FROM inputs")[0]),  # type: ignore[index]
-            unfinished_inputs=[
+            unfinished=[
                 r["path"]
                 for r in self._rows("SELECT path FROM inputs WHERE status = 'partial' ORDER BY input_id")
             ],
-            raw_bytes=totals["raw_bytes"],
             error_groups=self._error_groups(of_selected, top),
-            sample_trace_ids=samples,
-            lists_capped_at=top,
+            samples=samples,
+            top=top,
         )
 
     def durations(self, filters: TraceFilters | None = None, *, top: int = 20) -> list[Durations]:

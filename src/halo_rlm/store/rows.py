@@ -18,9 +18,11 @@ from halo_rlm.formats.conventions import TEXT_CAP, normalize_messages, orjson_te
 from halo_rlm.store.base import StoreError
 from halo_rlm.store.results import (
     Count,
+    ErrorGroup,
     KeysetPage,
     Match,
     OversizedTrace,
+    Overview,
     Row,
     SearchResult,
     SessionRow,
@@ -52,6 +54,7 @@ __all__ = [
     "encode_cursor",
     "keyset",
     "ms",
+    "overview_of",
     "plain",
     "preview",
     "scan",
@@ -150,6 +153,46 @@ def summary(row: dict[str, Any]) -> TraceSummary:
         cost=row["cost"],
         session_id=row["session_id"],
         raw_bytes=row["raw_bytes"] or 0,
+    )
+
+
+def overview_of(
+    totals: dict[str, Any],
+    lists: dict[str, list[Count]],
+    kinds: dict[str, int],
+    *,
+    rejected: int,
+    inputs: int,
+    unfinished: list[str],
+    error_groups: list[ErrorGroup],
+    samples: list[str],
+    top: int,
+) -> Overview:
+    """The overview from its totals over the selected traces (times in ns) and its lists."""
+    return Overview(
+        traces=totals["traces"],
+        spans=totals["spans"],
+        error_traces=totals["error_traces"],
+        error_spans=totals["error_spans"],
+        start=ns_to_iso(totals["start_ns"]),
+        end=ns_to_iso(totals["end_ns"]),
+        services=lists["services"],
+        agents=lists["agents"],
+        models=lists["models"],
+        tools=lists["tools"],
+        kinds=kinds,
+        input_tokens=totals["input_tokens"],
+        output_tokens=totals["output_tokens"],
+        cost=round(totals["cost"], 6),
+        orphan_spans=totals["orphan_spans"],
+        in_flight_spans=totals["in_flight_spans"],
+        rejected_records=rejected,
+        inputs=inputs,
+        unfinished_inputs=unfinished,
+        raw_bytes=totals["raw_bytes"],
+        error_groups=error_groups,
+        sample_trace_ids=samples,
+        lists_capped_at=top,
     )
 
 
