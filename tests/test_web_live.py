@@ -77,7 +77,8 @@ def test_exported_spans_appear_in_the_open_list_and_follow_latest_moves_to_them(
         assert "fresh" in page.get_attribute(f"#rows tr[data-key='{trace_id}']", "class")
         wait_until(page, "n => document.querySelector('[data-stat=traces]').innerText === String(n)", 9)
         # follow latest: opens the newest trace, then each new one as it arrives
-        page.check("#follow-latest")
+        # A click, not page.check: ticking the box leaves the page, so there is no box left to see ticked.
+        page.click("#follow-latest")
         page.wait_for_url(re.compile(rf"/traces/{trace_id}\?follow=1"))
         page.wait_for_selector("body[data-ready='1']")
         second = send_trace(f"{server.url}/v1/traces", "live-root-two", children=3)
