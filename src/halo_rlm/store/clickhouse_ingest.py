@@ -28,7 +28,7 @@ from halo_rlm.store import clickhouse_sql as sql
 from halo_rlm.store.clickhouse_client import Connection
 from halo_rlm.store.duckdb_store import DuckDBStore
 from halo_rlm.store.results import IngestReport, Progress
-from halo_rlm.store.schema import INPUT_COLUMNS, SPAN_COLUMNS
+from halo_rlm.store.schema import INPUT_COLUMNS, SPAN_COLUMNS, TRACE_COLUMNS
 
 
 class Destination(Protocol):
@@ -75,7 +75,11 @@ class Ingest:
         with self._scratch() as scratch:
             before = self._seed_inputs(scratch)
             report = scratch.ingest(paths, strict=strict, progress=progress, **options)
-            self._ship(scratch, before, report)
+            if self._ship(scratch, before, report):
+                # The rollups went in as several parts, which every `traces` query would merge (FINAL)
+                # until a background merge does: merged now, they are read as they are. A collector's
+                # frequent small writes (`load_records`) leave this to the background merges.
+                self.conn.command(f"OPTIMIZE TABLE {self.db}.traces_data FINAL")
         report.store = self.store.path
         return report
 
@@ -113,18 +117,21 @@ class Ingest:
             row[0]: row for row in scratch.con.execute(f"SELECT {', '.join(names)} FROM inputs").fetchall()
         }
 
-    def _ship(self, scratch: DuckDBStore, before: dict[int, tuple[Any, ...]], report: IngestReport) -> None:
+    def _ship(self, scratch: DuckDBStore, before: dict[int, tuple[Any, ...]], report: IngestReport) -> bool:
+        """Ship what the scratch store read (spans, rejects, rollups, inputs); False when nothing changed."""
         names = [c.name for c in INPUT_COLUMNS]
         after = {
             row[0]: row for row in scratch.con.execute(f"SELECT {', '.join(names)} FROM inputs").fetchall()
         }
         changed = sorted(i for i, row in after.items() if before.get(i) != row)
         if not changed:
-            return
-        keys = f"{self.db}.ingest_keys_{uuid.uuid4().hex[:12]}"
+            return False
+        scratch_tables = f"{self.db}.ingest_{uuid.uuid4().hex[:12]}"
+        keys, earlier = f"{scratch_tables}_keys", f"{scratch_tables}_earlier"
         self.conn.command(
             f"CREATE TABLE {keys} (trace_id String, span_id String) ENGINE = MergeTree ORDER BY trace_id"
         )
+        self.conn.command(f"CREATE TABLE {earlier} (trace_id String) ENGINE = MergeTree ORDER BY trace_id")
         try:
             ids = ", ".join(str(i) for i in changed)
             # An input read again from the start replaces what it held.
@@ -137,43 +144,86 @@ class Ingest:
                 )
                 self.conn.command(f"DELETE FROM {self.db}.spans_data WHERE input_id IN ({listed})")
                 self.conn.command(f"DELETE FROM {self.db}.rejects WHERE input_id IN ({listed})")
-            shipped = self._ship_spans(scratch, ids, keys)
+            for batch in self._scratch_rows(
+                scratch, f"SELECT trace_id, span_id FROM spans WHERE input_id IN ({ids})"
+            ):
+                self.conn.insert_arrow(keys, batch)
+            # Traces ClickHouse already holds spans of (an earlier input's, a collector's earlier flush,
+            # a replaced input's trace) are refreshed there; every other trace is whole in the scratch
+            # store, whose rollups and orphan flags are then the DuckDB store's own and are shipped as
+            # they are.
+            self.conn.command(
+                f"INSERT INTO {earlier} SELECT DISTINCT trace_id FROM {self.db}.spans_data "
+                f"WHERE trace_id IN (SELECT trace_id FROM {keys})",
+                INGEST_SETTINGS,
+            )
+            shipped = self._ship_spans(scratch, ids)
             self._ship_rejects(scratch, ids)
+            self._ship_rollups(scratch, earlier)
             merged = 0
             # Traces are refreshed in buckets of their ids, so memory stays bounded on any input size.
-            buckets = max(1, -(-shipped // BUCKET_SPANS))
-            for bucket in range(buckets):
-                part = f"cityHash64(trace_id) % {buckets} = {bucket}"
-                merged += self._held_elsewhere(keys, ids, part)
-                self._refresh(keys, part, forget_empty=bool(replaced))
+            if self.conn.value(f"SELECT count() FROM {earlier}"):
+                buckets = max(1, -(-shipped // BUCKET_SPANS))
+                for bucket in range(buckets):
+                    part = f"cityHash64(trace_id) % {buckets} = {bucket}"
+                    merged += self._held_elsewhere(keys, earlier, ids, part)
+                    self._refresh(earlier, part)
+            if replaced:
+                # Traces left with no spans (their only input was replaced) lose their rollup.
+                touched = f"(SELECT DISTINCT trace_id FROM {keys})"
+                self.conn.command(
+                    f"DELETE FROM {self.db}.traces_data WHERE trace_id IN {touched} "
+                    f"AND trace_id NOT IN (SELECT trace_id FROM {self.db}.spans WHERE trace_id IN {touched})"
+                )
             self._ship_inputs(scratch, ids)
             if merged and report.inputs:
                 report.inputs[-1].duplicates += merged
+            return True
         finally:
             self.conn.command(f"DROP TABLE IF EXISTS {keys}")
+            self.conn.command(f"DROP TABLE IF EXISTS {earlier}")
 
-    def _ship_spans(self, scratch: DuckDBStore, ids: str, keys: str) -> int:
+    def _scratch_rows(self, scratch: DuckDBStore, query: str) -> Iterator[pa.Table]:
+        """A scratch store query's rows in batches, as ClickHouse takes them."""
+        for batch in scratch.con.sql(query).to_arrow_reader(SHIP_ROWS):
+            yield _plain_strings(pa.Table.from_batches([batch]))
+
+    def _ship_spans(self, scratch: DuckDBStore, ids: str) -> int:
         """Insert the scratch store's spans of these inputs, batch by batch; returns how many."""
         columns = ", ".join(c.name for c in SPAN_COLUMNS)
-        reader = scratch.con.sql(
-            f"SELECT {columns}, {VERSION} AS version FROM spans WHERE input_id IN ({ids})"
-        ).to_arrow_reader(SHIP_ROWS)
         shipped = 0
-        for batch in reader:
-            table = _plain_strings(pa.Table.from_batches([batch]))
-            self.conn.insert_arrow(keys, table.select(["trace_id", "span_id"]))
+        for table in self._scratch_rows(
+            scratch, f"SELECT {columns}, {VERSION} AS version FROM spans WHERE input_id IN ({ids})"
+        ):
             self.conn.insert_arrow(f"{self.db}.spans_data", table)
             shipped += table.num_rows
         return shipped
 
-    def _held_elsewhere(self, keys: str, ids: str, part: str) -> int:
-        """Shipped spans (of the traces in `part`) that lost to a copy from another input: duplicates
-        merged here."""
+    def _ship_rollups(self, scratch: DuckDBStore, earlier: str) -> None:
+        """The scratch store's rollups of the traces ClickHouse held no spans of before."""
+        held = self.conn.arrow(f"SELECT trace_id FROM {earlier}")
+        scratch.con.register("held_before", held)
+        try:
+            columns = ", ".join(c.name for c in TRACE_COLUMNS)
+            refreshed = time.time_ns()
+            for table in self._scratch_rows(
+                scratch,
+                f"SELECT {columns}, {refreshed}::UBIGINT AS refreshed FROM traces "
+                "WHERE trace_id NOT IN (SELECT trace_id FROM held_before)",
+            ):
+                self.conn.insert_arrow(f"{self.db}.traces_data", table)
+        finally:
+            scratch.con.unregister("held_before")
+
+    def _held_elsewhere(self, keys: str, earlier: str, ids: str, part: str) -> int:
+        """Shipped spans (of the earlier-held traces in `part`) that lost to a copy from another
+        input: duplicates merged here. Only a trace ClickHouse held before can hold such a copy."""
+        traces = f"(SELECT trace_id FROM {earlier} WHERE {part})"
         return int(
             self.conn.value(
-                f"SELECT count() FROM (SELECT DISTINCT trace_id, span_id FROM {keys} WHERE {part}) k "
+                f"SELECT count() FROM (SELECT DISTINCT trace_id, span_id FROM {keys} WHERE trace_id IN {traces}) k "
                 f"WHERE (k.trace_id, k.span_id) NOT IN (SELECT trace_id, span_id FROM {self.db}.spans "
-                f"WHERE {part} AND input_id IN ({ids}) AND trace_id IN (SELECT trace_id FROM {keys} WHERE {part}))",
+                f"WHERE input_id IN ({ids}) AND trace_id IN {traces})",
                 INGEST_SETTINGS,
             )
             or 0
@@ -203,17 +253,11 @@ class Ingest:
         table = table.append_column("updated", pa.array([time.time_ns()] * table.num_rows, pa.uint64()))
         self.conn.insert_arrow(f"{self.db}.inputs_data", table)
 
-    def _refresh(self, keys: str, part: str, *, forget_empty: bool) -> None:
-        """Orphan flags and rollups of the traces (in `part`) these spans belong to; with
-        `forget_empty`, traces left with no spans (their only input was replaced) lose their rollup."""
-        touched = f"(SELECT DISTINCT trace_id FROM {keys} WHERE {part})"
+    def _refresh(self, earlier: str, part: str) -> None:
+        """Orphan flags and rollups of the earlier-held traces in `part`, from all their spans."""
+        touched = f"(SELECT trace_id FROM {earlier} WHERE {part})"
         self.conn.command(sql.orphan_fixes(self.db, touched), INGEST_SETTINGS)
         self.conn.command(sql.rollup(self.db, touched), INGEST_SETTINGS)
-        if forget_empty:
-            self.conn.command(
-                f"DELETE FROM {self.db}.traces_data WHERE trace_id IN {touched} "
-                f"AND trace_id NOT IN (SELECT trace_id FROM {self.db}.spans WHERE trace_id IN {touched})"
-            )
 
 
 def _plain_strings(table: pa.Table) -> pa.Table:
