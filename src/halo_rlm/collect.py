@@ -875,7 +875,7 @@ class _StoreOutput(_Output):
 
     def write(self, data: bytes, lock_timeout: float) -> None:
         # A span the store gets twice (a replay after a crash) is merged with the first copy.
-        with TraceStore.open(self.path, lock_timeout=lock_timeout) as store:
+        with TraceStore.open(self.path, lock_timeout=lock_timeout, appends=True) as store:
             store.ingest_lines(data, source=self.source)
 
 

@@ -94,16 +94,19 @@ class TraceStore(ABC):
             TraceStore._registry[scheme] = cls
 
     @classmethod
-    def open(cls, target: str | Path, *, read_only: bool = False, lock_timeout: float = 10.0) -> TraceStore:
+    def open(
+        cls, target: str | Path, *, read_only: bool = False, lock_timeout: float = 10.0, appends: bool = False
+    ) -> TraceStore:
         """Open (or create) a store: a file path opens DuckDB; `chdb:PATH` or `clickhouse://…` a
-        ClickHouse store. A read-only store is the one untrusted SQL may run on."""
-        if cls is not TraceStore:
-            return cls.connect(str(target), read_only=read_only, lock_timeout=lock_timeout)
-        return backend_for(str(target)).connect(str(target), read_only=read_only, lock_timeout=lock_timeout)
+        ClickHouse store. A read-only store is the one untrusted SQL may run on. `appends` says the
+        store is opened for one of a stream of small ingests (a collector's writes), which a backend
+        may lay out for that."""
+        backend = cls if cls is not TraceStore else backend_for(str(target))
+        return backend.connect(str(target), read_only=read_only, lock_timeout=lock_timeout, appends=appends)
 
     @classmethod
     @abstractmethod
-    def connect(cls, target: str, *, read_only: bool, lock_timeout: float) -> Self:
+    def connect(cls, target: str, *, read_only: bool, lock_timeout: float, appends: bool) -> Self:
         """Open this backend's store at `target`."""
 
     @abstractmethod

@@ -115,7 +115,9 @@ class ClickHouseStore(TraceStore):
         self._known_databases: set[str] | None = None
 
     @classmethod
-    def connect(cls, target: str, *, read_only: bool = False, lock_timeout: float = 10.0) -> ClickHouseStore:
+    def connect(
+        cls, target: str, *, read_only: bool = False, lock_timeout: float = 10.0, appends: bool = False
+    ) -> ClickHouseStore:
         parsed = parse_target(target)
         conn = open_connection(parsed)
         store = cls(conn, parsed, read_only, lock_timeout)
