@@ -81,9 +81,12 @@ FLUSH_SECONDS = 1.0  # how long accepted spans wait for an output when few arriv
 # the load: it is at work a quarter of the time at most, unless it falls FLUSH_BYTES behind.
 # (`rest_per_write=0` writes every `flush_seconds` whatever a write costs: spans show sooner.)
 REST_PER_WRITE = 3.0
-FLUSH_BYTES = 48 << 20  # write sooner once an output is this far behind...
+# Write sooner once an output is this far behind (about 130,000 agent spans: the 0.3-0.4 CPU-seconds a
+# write costs whatever it carries, most of it DuckDB planning the normalising statement, are then
+# 3 us a span or less)...
+FLUSH_BYTES = 96 << 20
 REST_SECONDS = 0.25  # ...but always leave the store closed this long between cycles, for readers
-CYCLE_BYTES = 64 << 20  # the most one cycle copies from the log to an output
+CYCLE_BYTES = 128 << 20  # the most one cycle copies from the log to an output
 SEGMENT_BYTES = 64 << 20  # the log starts a new file past this size, so passed files can be deleted
 LOCK_SECONDS = 5.0  # how long a cycle waits for a store another process holds; then the store is failing
 HEADER_SECONDS = 30.0  # a request's headers must arrive within this of its first byte
