@@ -163,12 +163,11 @@ class DuckDBStore(TraceStore):
             else {}
         )
         deadline = time.monotonic() + lock_timeout
-        attached = appends and not read_only
         while True:
             try:
-                shared = _attached_for_appends(path) if attached else None
-                attached = shared is not None
-                con = shared or duckdb.connect(path, read_only=read_only, config=config)  # type: ignore[arg-type]
+                attached_con = _attached_for_appends(path) if appends and not read_only else None
+                attached = attached_con is not None
+                con = attached_con or duckdb.connect(path, read_only=read_only, config=config)  # type: ignore[arg-type]
                 break
             except (duckdb.IOException, duckdb.ResourceInUseException) as exc:
                 # Another process holds the file's lock, or this one has it attached for appends.
@@ -1266,15 +1265,15 @@ def _value(value: Any, kind: str) -> Any:
 
 def _attached_for_appends(path: str) -> duckdb.DuckDBPyConnection | None:
     """The store attached with row groups of `APPEND_ROW_GROUP_ROWS` (a setting of an attached
-    database only), or None when this process already has it open: then its connection is shared."""
+    database only), or None when this process already has it open: then the caller connects as any
+    opener does, which shares that database (the web app's store), or waits while another append
+    connection holds it."""
     con = duckdb.connect(":memory:", config={"temp_directory": f"{path}.tmp"})
     try:
         con.execute(f"ATTACH ? AS {APPEND_DATABASE} (ROW_GROUP_SIZE {APPEND_ROW_GROUP_ROWS})", [path])
         con.execute(f"USE {APPEND_DATABASE}")
-    except duckdb.ResourceInUseException as exc:
+    except duckdb.ResourceInUseException:
         con.close()
-        if f'attached by database "{APPEND_DATABASE}"' in str(exc):
-            raise  # another append connection of this process: wait for it like for another process
         return None
     except BaseException:
         con.close()
