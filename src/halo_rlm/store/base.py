@@ -349,9 +349,9 @@ class TraceStore(ABC):
         the facet's own selection, so a list can offer "this value too" with what it would add."""
 
     @abstractmethod
-    def traces_containing(self, text: str) -> list[str]:
+    def traces_containing(self, text: str, among: Sequence[str] | None = None) -> list[str]:
         """The ids of traces with a span whose record contains `text`, in any case (messages,
-        inputs, outputs, errors, attributes)."""
+        inputs, outputs, errors, attributes); only those of `among` when given."""
 
     @abstractmethod
     def latest_trace(self, filters: TraceFilters | None = None) -> str | None:

@@ -199,8 +199,11 @@ async def list_page(request: Request, as_json: bool) -> Response:
             )
         if view.part == "strip":
             strip = await ui.read(stats)
+            search = ui.search_info(view.filters)
             return (
-                json_response({"stats": strip}) if as_json else ui.render(request, "strip.html", stats=strip)
+                json_response({"stats": strip, "search": search})
+                if as_json
+                else ui.render(request, "strip.html", stats=strip, search=search)
             )
         facet_tasks = [asyncio.ensure_future(ui.read(facet(name))) for name in FACETS]
         try:
@@ -220,6 +223,7 @@ async def list_page(request: Request, as_json: bool) -> Response:
         "stats": strip,
         "facets": dict(zip(FACETS, facets, strict=True)),
         "store_traces": total,
+        "search": ui.search_info(view.filters),
     }
     if as_json:
         return json_response(data)
