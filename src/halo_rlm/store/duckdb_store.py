@@ -444,7 +444,7 @@ class DuckDBStore(TraceStore):
         (TOOL spans) over the traces that match `filters`: the `top` names with the most spans each.
         Interpolated quantiles and summed costs are rounded to 9 decimals, so every backend gives the
         same numbers whatever order its arithmetic took."""
-        selected, params = self._selected_traces(filters)
+        of_selected = self._select(filters)[1]
         rows = self._rows(
             f"""
             SELECT of, name, count(*) AS spans, round(quantile_cont(duration_ns, 0.5) / 1e6, 9) AS p50_ms,
@@ -453,20 +453,20 @@ class DuckDBStore(TraceStore):
               SELECT CASE kind WHEN 'AGENT' THEN 'agent' WHEN 'LLM' THEN 'model' ELSE 'tool' END AS of,
                      CASE kind WHEN 'AGENT' THEN agent_name WHEN 'LLM' THEN model ELSE tool_name END AS name,
                      duration_ns
-              FROM spans
-              WHERE kind IN ('AGENT', 'LLM', 'TOOL') AND duration_ns IS NOT NULL {selected})
+              FROM spans {of_selected}
+              WHERE kind IN ('AGENT', 'LLM', 'TOOL') AND duration_ns IS NOT NULL)
             WHERE name IS NOT NULL
             GROUP BY of, name
             QUALIFY row_number() OVER (PARTITION BY of ORDER BY count(*) DESC, name) <= ?
             ORDER BY of, spans DESC, name""",
-            [*params, top],
+            [top],
         )
         return [Durations(**row) for row in rows]
 
     def model_usage(self, filters: TraceFilters | None = None) -> list[ModelUsage]:
         """Per model, its LLM calls' tokens and reported cost, and the tokens of calls that reported
         no cost, over the traces that match `filters`; most calls first."""
-        selected, params = self._selected_traces(filters)
+        of_selected = self._select(filters)[1]
         unpriced = "cost IS NULL AND (input_tokens > 0 OR output_tokens > 0)"
         rows = self._rows(
             f"""
@@ -477,10 +477,9 @@ class DuckDBStore(TraceStore):
                    coalesce(sum(input_tokens) FILTER ({unpriced}), 0) AS input_tokens_without_cost,
                    coalesce(sum(output_tokens) FILTER ({unpriced}), 0) AS output_tokens_without_cost,
                    coalesce(sum(cache_read_tokens) FILTER ({unpriced}), 0) AS cache_read_tokens_without_cost
-            FROM spans
-            WHERE kind = 'LLM' AND model IS NOT NULL {selected}
-            GROUP BY model ORDER BY calls DESC, model""",
-            params,
+            FROM spans {of_selected}
+            WHERE kind = 'LLM' AND model IS NOT NULL
+            GROUP BY model ORDER BY calls DESC, model"""
         )
         return [ModelUsage(**row) for row in rows]
 
@@ -1123,8 +1122,8 @@ class DuckDBStore(TraceStore):
         raise StoreError(self._unknown_trace(text))
 
     def _select(self, filters: TraceFilters | None) -> tuple[str, str]:
-        """The traces that match `filters` as a table name for queries over traces, and a clause that
-        keeps a query over spans to them. Unfiltered, that is `traces` itself and no clause; else
+        """The traces that match `filters` as a table name for queries over traces, and a clause after
+        `FROM spans` that keeps a query to them. Unfiltered, that is `traces` itself and no clause; else
         a temporary table of the few columns the overview reads (copying every rollup column of
         every trace cost more than the queries that read it)."""
         where, params = self._where(filters)
@@ -1138,13 +1137,6 @@ class DuckDBStore(TraceStore):
             params,
         )
         return "selected", "SEMI JOIN selected USING (trace_id)"
-
-    def _selected_traces(self, filters: TraceFilters | None) -> tuple[str, list[Any]]:
-        """`AND trace_id IN (the traces matching filters)` for a query over spans, or nothing."""
-        where, params = self._where(filters)
-        if where == "true":
-            return "", []
-        return f"AND trace_id IN (SELECT trace_id FROM traces t WHERE {where})", params
 
     def _unknown_trace(self, trace_id: str) -> str:
         similar = self._rows(
