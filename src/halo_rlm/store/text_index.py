@@ -212,6 +212,7 @@ class TextIndex:
         self._done = 0.0
         self._message: str | None = None
         self.version = 0  # bumped whenever what searches see changes
+        self._diffed = False  # every trace's rollup compared with the index since this process began
         self._load()
 
     # --- searching ----------------------------------------------------------------------------
@@ -312,11 +313,23 @@ class TextIndex:
                 total = int(con.execute("SELECT coalesce(sum(raw_bytes), 0) FROM traces").fetchall()[0][0])
                 rows = con.execute(_SPANS_SQL)
             else:
-                changed = [int(i) for i, h in inputs.items() if seen.get(i) != h]
+                new = [int(i) for i in inputs if i not in seen]
+                changed = [int(i) for i, h in inputs.items() if i in seen and seen[i] != h]
                 changed += [int(i) for i in seen if i not in inputs]
                 small = [s for s in segments if s.raw_bytes < self.segment_bytes // 8]
                 merge = small if len(small) >= SMALL_SEGMENTS else []
-                stale, gone = self._stale(con, segments, changed)
+                if changed or not self._diffed:
+                    # an input read again (or the first catch-up of this process): compare every trace
+                    stale, gone = self._stale(con, segments, changed + new)
+                    self._diffed = True
+                else:  # only new inputs (new files, a collector's writes): only their traces changed
+                    stale = _strings(
+                        con.execute(
+                            "SELECT DISTINCT trace_id FROM spans WHERE input_id IN (SELECT unnest(?::BIGINT[]))",
+                            [new],
+                        ).fetchnumpy()["trace_id"]
+                    )
+                    gone = pa.array([], type=pa.large_string())
                 reindex = pc.unique(
                     pa.concat_arrays([stale, *(s.docs.filter(pa.array(s.live)) for s in merge)])
                 )
