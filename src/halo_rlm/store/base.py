@@ -351,10 +351,17 @@ class TraceStore(ABC):
         """The most common values of one facet, counted over the traces the filters match *without*
         the facet's own selection, so a list can offer "this value too" with what it would add."""
 
+    def facets(
+        self, filters: TraceFilters | None, names: Sequence[FacetName], *, top: int = 50
+    ) -> dict[FacetName, list[FacetValue]]:
+        """Several facets at once, each as `facet` counts it; a backend may count those whose own
+        selection is empty (so whose traces are the same) over one pass of the filters."""
+        return {name: self.facet(filters, name, top=top) for name in names}
+
     @abstractmethod
-    def traces_containing(self, text: str) -> list[str]:
+    def traces_containing(self, text: str, among: Sequence[str] | None = None) -> list[str]:
         """The ids of traces with a span whose record contains `text`, in any case (messages,
-        inputs, outputs, errors, attributes)."""
+        inputs, outputs, errors, attributes); only those of `among` when given."""
 
     @abstractmethod
     def latest_trace(self, filters: TraceFilters | None = None) -> str | None:

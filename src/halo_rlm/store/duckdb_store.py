@@ -95,6 +95,7 @@ INGEST_MEMORY = "512MB"
 # 0.4-0.9 s against 0.2 s, on the 2-core benchmark machine).
 APPEND_ROW_GROUP_ROWS = 32_768
 APPEND_DATABASE = "halo_store"  # what the store is attached as when opened for appends
+FLUSH_ALLOCATOR = "16MB"
 QUERY_MEMORY = "2GB"  # what a read-only store (the one untrusted SQL runs on) may hold in memory...
 QUERY_TEMP = "8GB"  # ...and spill to disk beyond that
 # The one input of an analysis's copy of some traces: what it was copied from.
@@ -119,6 +120,7 @@ class DuckDBStore(TraceStore):
         self.attached = attached  # the store is `APPEND_DATABASE` in an in-memory database (appends)
         self._udfs = False
         self._idle: list[DuckDBStore] = []  # connections for `borrow`
+        self._registered = ""  # the Arrow table of trace ids registered on this connection
 
     @classmethod
     def connect(
@@ -241,6 +243,9 @@ class DuckDBStore(TraceStore):
             self.con.execute("SET preserve_insertion_order = false")
             # Ingest streams: DuckDB need not cache what it wrote (the default allows 80% of RAM).
             self.con.execute(f"SET memory_limit = '{INGEST_MEMORY}'")
+            # A long-running writer (the web app) answers many queries: DuckDB's allocator returns
+            # what a query used once it passes this, not only past its 128 MB default.
+            self.con.execute(f"SET allocator_flush_threshold = '{FLUSH_ALLOCATOR}'")
         duckdb_sql.register_macros(self.con)
         tables = {
             row[0]
@@ -950,11 +955,64 @@ class DuckDBStore(TraceStore):
         rows = self._rows(f"{sql} ORDER BY traces DESC, value LIMIT ?", [*params, max(1, top)])
         return [FacetValue(value=str(r["value"]), traces=r["traces"]) for r in rows]
 
-    def traces_containing(self, text: str) -> list[str]:
-        rows = self.con.execute(
-            "SELECT DISTINCT trace_id FROM spans WHERE regexp_matches(raw, ?, 'i')", [regex.escape(text)]
-        ).fetchall()
-        return [row[0] for row in rows]
+    def facets(
+        self, filters: TraceFilters | None, names: Sequence[FacetName], *, top: int = 50
+    ) -> dict[FacetName, list[FacetValue]]:
+        """The facets with no selection of their own count the same traces: one query finds those
+        traces once (a text search hands over tens of thousands of ids, and each join costs more
+        than the counting) and counts each facet over them."""
+        for name in names:
+            if name not in FACET_FILTERS:
+                raise StoreError(f"unknown facet {name!r}; use one of {', '.join(FACET_FILTERS)}")
+        shared = [n for n in names if filters is None or _unset(getattr(filters, FACET_FILTERS[n]))]
+        found = {n: self.facet(filters, n, top=top) for n in names if n not in shared or len(shared) < 2}
+        if len(shared) < 2:
+            return {n: found[n] for n in names}
+        where, params = self._where(filters)
+        limit = max(1, int(top))
+        branches = []
+        for name in shared:
+            if name == "status":
+                counted = "SELECT CASE WHEN has_errors THEN 'error' ELSE 'ok' END AS value FROM hit"
+            elif name == "sessions":
+                counted = "SELECT session_id AS value FROM hit"
+            else:
+                counted = f"SELECT unnest({FACET_FILTERS[name]}) AS value FROM hit"
+            branches.append(
+                f"(SELECT '{name}' AS facet, value, count(*) AS traces FROM ({counted}) "
+                f"WHERE value IS NOT NULL GROUP BY value ORDER BY traces DESC, value LIMIT {limit})"
+            )
+        rows = self._rows(
+            "WITH hit AS MATERIALIZED (SELECT t.has_errors, t.session_id, t.services, t.agents, t.models, "
+            f"t.tools, t.error_templates FROM traces t WHERE {where}) {' UNION ALL '.join(branches)}",
+            params,
+        )
+        for name in shared:
+            values = [(r["traces"], str(r["value"])) for r in rows if r["facet"] == name]
+            values.sort(key=lambda v: (-v[0], v[1]))
+            found[name] = [FacetValue(value=value, traces=traces) for traces, value in values]
+        return {n: found[n] for n in names}
+
+    def traces_containing(self, text: str, among: Sequence[str] | None = None) -> list[str]:
+        where = "regexp_matches(raw, ?, 'i')"
+        if among is not None:
+            where += f" AND trace_id IN (SELECT trace_id FROM {self._id_table(among)})"
+        rows = self.con.execute(f"SELECT DISTINCT trace_id FROM spans WHERE {where}", [regex.escape(text)])
+        return [row[0] for row in rows.fetchall()]
+
+    def _id_table(self, ids: Sequence[str]) -> str:
+        """The name of a table of `ids` on this connection: a list this long is faster joined as an
+        Arrow table than bound as a parameter (a text search can hand over tens of thousands), and
+        the table of a list is made once while the list lives (the app hands the same list to each
+        query of a page)."""
+        table = _ID_TABLES.get(ids)
+        name = f"halo_ids_{id(table):x}"
+        if self._registered != name:  # one at a time: a connection runs one query at a time
+            if self._registered:
+                self.con.unregister(self._registered)
+            self.con.register(name, table)
+            self._registered = name
+        return name
 
     def latest_trace(self, filters: TraceFilters | None = None) -> str | None:
         where, params = self._where(filters)
@@ -1078,7 +1136,10 @@ class DuckDBStore(TraceStore):
             if values:
                 add(f"t.{column} IN (SELECT unnest(?::VARCHAR[]))", values)
         if filters.trace_ids is not None:  # as a join: a text search can hand over thousands of ids
-            add("t.trace_id IN (SELECT unnest(?::VARCHAR[]))", filters.trace_ids)
+            if len(filters.trace_ids) > _ID_TABLES.threshold:
+                add(f"t.trace_id IN (SELECT trace_id FROM {self._id_table(filters.trace_ids)})")
+            else:
+                add("t.trace_id IN (SELECT unnest(?::VARCHAR[]))", filters.trace_ids)
         if filters.error_templates:
             add("list_has_any(t.error_templates, ?::VARCHAR[])", filters.error_templates)
         if filters.since:
@@ -1390,3 +1451,37 @@ def _compile_re2(con: duckdb.DuckDBPyConnection, pattern: str) -> None:
             f"invalid regex {pattern!r} (dataset-wide filters use RE2 syntax: no lookarounds "
             f"or backreferences): {first_line(exc)}"
         ) from exc
+
+
+def _unset(value: Any) -> bool:
+    """A filter field that selects nothing (None, or an empty list, which `_where` skips)."""
+    return value is None or (isinstance(value, list) and not value)
+
+
+class _IdTables:
+    """Arrow tables of the long trace-id lists queries filter by, one per list while it is among the
+    last few used (keyed by the list itself: the app hands one list to every query of a page)."""
+
+    threshold = 1_000  # shorter lists are bound as a parameter
+    size = 4
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tables: list[tuple[Sequence[str], Any]] = []
+
+    def get(self, ids: Sequence[str]) -> Any:
+        import pyarrow as pa  # only long id lists (the app's text searches) need it
+
+        with self._lock:
+            for i, (known, table) in enumerate(self._tables):
+                if known is ids:
+                    self._tables.append(self._tables.pop(i))
+                    return table
+        table = pa.table({"trace_id": pa.array(ids, type=pa.string())})
+        with self._lock:
+            self._tables.append((ids, table))
+            del self._tables[: -self.size]
+        return table
+
+
+_ID_TABLES = _IdTables()
