@@ -48,6 +48,7 @@ CHROMIUM_ARGS = [
 ]
 BIG_TRACE = "b" * 32
 SEARCH = {"halo": "refund", "fixtures": "no such file"}  # text some of each corpus's spans hold
+COMMON = ("error", "e")  # a word in about half the traces, and a letter in all of them
 
 
 def big_trace_lines(spans: int) -> bytes:
@@ -168,8 +169,22 @@ def list_queries(client: httpx.Client, search: str) -> dict[str, str]:
         "window 7d": "/traces.json?window=7d",
         "sessions": "/traces.json?view=sessions",
         "text search": "/traces.json?" + str(httpx.QueryParams({"q": search})),
+        # a fragment of one trace's id (rare), then a word and a letter (common)
+        "text: id fragment": "/traces.json?"
+        + str(httpx.QueryParams({"q": data["page"]["rows"][0]["trace_id"][5:13]})),
+        **{f"text: {word!r}": "/traces.json?" + str(httpx.QueryParams({"q": word})) for word in COMMON},
         "page 2 (cursor)": "/traces.json?part=rows&cursor=" + (data["page"]["next_cursor"] or ""),
     }
+
+
+def wait_for_search_index(client: httpx.Client, timeout: float = 1800) -> float:
+    """Seconds until the app's search index answers searches (built, or caught up with the store)."""
+    started = time.perf_counter()
+    while client.get("/traces.json?part=strip&q=x").json()["search"]["by"] != "index":
+        if time.perf_counter() - started > timeout:
+            raise TimeoutError("the search index was not ready in time")
+        time.sleep(0.5)
+    return time.perf_counter() - started
 
 
 def browser_numbers(url: str, token: str) -> dict[str, float]:
@@ -207,6 +222,11 @@ def browser_numbers(url: str, token: str) -> dict[str, float]:
     return results
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -223,10 +243,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "halo-bench")
     parser.add_argument("--no-browser", action="store_true", help="skip the Chromium measurements")
+    parser.add_argument(
+        "--rebuild-index", action="store_true", help="delete the store's search index first (times its build)"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     store = build_store(args.size, args.format, args.work)
+    index = Path(f"{store}.search")
+    if args.rebuild_index:
+        shutil.rmtree(index, ignore_errors=True)
     child, url, token = start_app(store)
     try:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as client:
@@ -236,6 +262,12 @@ def main() -> None:
                 "format": args.format,
                 "traces": traces["traces"],
                 "spans": traces["spans"],
+            }
+            results["search_index"] = {
+                "ready_after_s": wait_for_search_index(client),
+                "rebuilt": args.rebuild_index,
+                "cpu_s": cpu_seconds(child.pid),  # the app's, index build included
+                "size_mb": sum(f.stat().st_size for f in index.rglob("*") if f.is_file()) / 1e6,
             }
             results["list_and_strip"] = {
                 name: timed(client, path, args.repeats)

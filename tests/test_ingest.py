@@ -839,3 +839,47 @@ def test_huge_lines(store_path: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     report = store.ingest([str(path2)], max_line_bytes=1 << 20)
     assert report.inputs[0].spans == 1 and report.inputs[0].rejected == 1
     assert "exceeds" in rows(store, "SELECT reason FROM rejects")[0][0]
+
+
+def _span_lines(first: int, count: int) -> bytes:
+    return b"".join(
+        orjson.dumps({"trace_id": f"{n // 10 + 1:032x}", "span_id": f"{n + 1:016x}", "name": f"s{n}"}) + b"\n"
+        for n in range(first, first + count)
+    )
+
+
+def test_a_store_opened_for_appends_keeps_its_writes_in_small_row_groups(tmp_path: Path) -> None:
+    """A collector's write adds its rows in row groups of their own size instead of rewriting the
+    table's last (default, 122,880-row) row group at every checkpoint; readers see the same rows."""
+    from halo_rlm.store.duckdb_store import APPEND_ROW_GROUP_ROWS
+
+    path = tmp_path / "appends.duckdb"
+    rows = APPEND_ROW_GROUP_ROWS + 100
+    for first in (0, rows):
+        with TraceStore.open(path, appends=True) as store:
+            store.ingest_lines(_span_lines(first, rows), source="otlp:test")
+    with TraceStore.open(path, read_only=True) as store:
+        spans, largest = store.first_row(  # type: ignore[misc]
+            "SELECT (SELECT count(*) FROM spans), max(rows) FROM (SELECT row_group_id, sum(count) AS rows "
+            "FROM pragma_storage_info('spans') WHERE column_path = '[0, 0]' GROUP BY row_group_id)"
+        )
+        assert spans == 2 * rows
+        assert largest == APPEND_ROW_GROUP_ROWS  # by default, one row group holds them all
+        assert store.first_row("SELECT count(*) FROM traces")[0] == -(-2 * rows // 10)  # type: ignore[index]
+
+
+def test_opening_for_appends_shares_a_store_this_process_has_open(tmp_path: Path) -> None:
+    """The web app holds its store open and runs the collector in the same process: the collector's
+    writes go through that database rather than attaching the file a second time."""
+    path = tmp_path / "shared.duckdb"
+    with TraceStore.open(path) as held:
+        with TraceStore.open(path, appends=True, lock_timeout=0.5) as store:
+            store.ingest_lines(_span_lines(0, 20), source="otlp:test")
+        assert held.first_row("SELECT count(*) FROM spans")[0] == 20  # type: ignore[index]
+    # and an append connection holding it makes another opener in this process wait, not fail
+    with TraceStore.open(path, appends=True) as store:
+        with pytest.raises(halo_rlm.store.StoreError, match="cannot open the store"):
+            TraceStore.open(path, lock_timeout=0.2)
+        store.ingest_lines(_span_lines(20, 20), source="otlp:test")
+    with TraceStore.open(path, read_only=True) as store:
+        assert store.first_row("SELECT count(*) FROM spans")[0] == 40  # type: ignore[index]

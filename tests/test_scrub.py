@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from halo_rlm.formats import otlp
-from halo_rlm.scrub import REDACTED, lines_to_scrub, scrub_span, scrub_text
+from halo_rlm.scrub import REDACTED, lines_to_scrub, may_hold_secrets, scrub_span, scrub_text
 
 OPENAI_KEY = "sk-proj-" + "a1B2c3D4" * 6
 
@@ -155,6 +155,82 @@ def test_every_span_the_scrubber_changes_is_picked_by_the_fast_check(
     span = span_with(text, place, filler)
     if scrub_span(span) != span:
         assert lines_to_scrub([otlp.span_line(span)]) == [0]
+
+
+def request_with(text: str, place: str, filler: str) -> bytes:
+    """A protobuf export request with `text` in one place of its one span, `filler` elsewhere."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
+
+    def kv(key: str, value: AnyValue) -> KeyValue:
+        return KeyValue(key=key, value=value)
+
+    def string(value: str) -> AnyValue:
+        return AnyValue(string_value=value)
+
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.extend(
+        [kv("service.name", string(text if place == "resource" else filler))]
+    )
+    scope_spans = resource_spans.scope_spans.add()
+    scope_spans.scope.name = text if place == "scope" else "s"
+    span = scope_spans.spans.add(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name=filler)
+    span.trace_state = text if place == "trace_state" else ""
+    span.name = text if place == "name" else filler
+    span.status.code, span.status.message = 2, (text if place == "status" else filler)
+    value = {
+        "value": string(text),
+        "key": string(filler),
+        "list": AnyValue(array_value=ArrayValue(values=[string(filler), string(text)])),
+        "nested": AnyValue(kvlist_value=KeyValueList(values=[kv(text, string(filler))])),
+        "bytes": AnyValue(bytes_value=text.encode()),
+    }.get(place, string(filler))
+    span.attributes.extend([kv(text if place == "key" else "k", value), kv("n", AnyValue(int_value=7))])
+    if place == "event":
+        span.events.add(name="e", time_unix_nano=1).attributes.extend([kv("m", string(text))])
+    if place == "link":
+        span.links.add(trace_id=b"\x03" * 16, span_id=b"\x04" * 8).attributes.extend([kv("m", string(text))])
+    return request.SerializeToString()
+
+
+BODY_PLACES = ["name", "status", "key", "value", "resource", "scope", "trace_state", "event", "link", "list",
+               "nested", "bytes"]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=one_word, place=st.sampled_from(BODY_PLACES), filler=harmless)
+def test_every_protobuf_request_the_scrubber_changes_is_picked_by_the_search_of_its_body(
+    text: str, place: str, filler: str
+) -> None:
+    """The collector searches a protobuf request's body instead of its lines when the lines hold no
+    text the body does not (`Lines.verbatim`); whatever the scrubber would change, one of the two says so."""
+    body = request_with(text, place, filler)
+    decoded = otlp.request_lines(body, otlp.PROTOBUF)
+    spans = [orjson.loads(line) for line in decoded.lines]
+    if [scrub_span(span) for span in spans] != spans:
+        assert not decoded.verbatim or may_hold_secrets(body)
+
+
+def test_a_secret_key_made_of_nested_keys_is_not_missed_by_the_body_search() -> None:
+    """`{"api": {"key": ...}}` is the attribute `api.key`, a secret whose name the body never holds
+    whole: such a request is searched line by line."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue, KeyValueList
+
+    request = ExportTraceServiceRequest()
+    span = (
+        request.resource_spans.add().scope_spans.add().spans.add(trace_id=b"\x01" * 16, span_id=b"\x02" * 8)
+    )
+    inner = KeyValueList(values=[KeyValue(key="key", value=AnyValue(string_value="x9y8z7w6"))])
+    span.attributes.extend([KeyValue(key="api", value=AnyValue(kvlist_value=inner))])
+    body = request.SerializeToString()
+    decoded = otlp.request_lines(body, otlp.PROTOBUF)
+    assert not may_hold_secrets(body)
+    assert not decoded.verbatim and lines_to_scrub(decoded.lines) == [0]
+    assert scrub_span(orjson.loads(decoded.lines[0]))["attributes"]["api.key"] == REDACTED
+    plain = otlp.request_lines(request_with("x", "value", "y"), otlp.PROTOBUF)
+    assert plain.verbatim and plain.lines
 
 
 def test_scrub_text_unchanged_on_ordinary_text() -> None:

@@ -55,10 +55,15 @@ def clients(
 
 
 def both(clients: tuple[httpx.Client, httpx.Client], path: str, **params: Any) -> Any:
-    """The JSON of one request to both apps, after checking they are the same."""
+    """The JSON of one request to both apps, after checking they are the same (but for how a text
+    search was answered: DuckDB's app keeps a search index, ClickHouse's scans)."""
     found, expected = (client.get(path, params=params) for client in clients)
     assert found.status_code == expected.status_code == 200, (path, params, found.text[:300])
-    assert found.json() == expected.json(), (path, params)
+    answers = [
+        {k: v for k, v in r.json().items() if k != "search"} if isinstance(r.json(), dict) else r.json()
+        for r in (found, expected)
+    ]
+    assert answers[0] == answers[1], (path, params)
     return found.json()
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -150,6 +151,60 @@ def test_text_search_reads_span_content_not_only_names(
     page.press("input[name=q]", "Enter")
     page.wait_for_selector("p.empty")
     assert strip(page)["traces"] == "0"
+
+
+def test_text_search_is_answered_by_the_index_once_it_is_built(page: Any, server: Server) -> None:
+    """The app builds its search index beside the store; then a search is answered from it, with the
+    scan's answer; a search without a letter or digit still scans, and the page says so."""
+    index = server.ui.search
+    assert index is not None
+    deadline = time.monotonic() + 60
+    while not index.ready:
+        assert time.monotonic() < deadline, index.status()
+        time.sleep(0.1)
+    assert Path(f"{server.ui.store.path}.search", "manifest.json").exists()
+    for text, by in (("Needle-Tool", "index"), ("exploded: needle", "index"), ('":"', "scan")):
+        expected = sql(
+            server,
+            "SELECT count(DISTINCT trace_id) FROM spans WHERE contains(lower(raw), lower(?))",
+            [text],
+        )[0][0]
+        twin = page.context.request.get(f"{server.url}/traces.json?{urlencode({'q': text})}").json()
+        assert twin["search"]["by"] == by and twin["stats"]["traces"] == expected > 0, text
+        page.fill("input[name=q]", text)
+        page.press("input[name=q]", "Enter")
+        page.wait_for_url(re.compile(r"q="))
+        assert strip(page)["traces"] == f"{expected:,}", text
+        note = page.query_selector(".search-note")
+        if by == "index":
+            assert note is None, text
+        else:
+            assert note is not None and "without a letter or digit" in note.inner_text()
+
+
+def test_a_search_index_that_cannot_be_built_is_reported(browser: Any, tmp_path: Path) -> None:
+    simulate(tmp_path / "sim.jsonl", traces=20, seed=3)
+    store = tmp_path / "store.duckdb"
+    with TraceStore.open(store) as writable:
+        writable.ingest([str(tmp_path / "sim.jsonl")])
+    Path(f"{store}.search").write_text("in the way")  # a file where the index's folder belongs
+    with Server(Settings(store=store, port=0)) as running:
+        index = running.ui.search
+        assert index is not None
+        deadline = time.monotonic() + 30
+        while index.status().state != "failed":
+            assert time.monotonic() < deadline, index.status()
+            time.sleep(0.05)
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.goto(running.login_url)
+            page.goto(f"{running.url}/traces?q=e")
+            note = page.wait_for_selector(".search-note")
+            assert "search index could not be built" in note.inner_text()
+            assert strip(page)["traces"] == "20"  # the scan answers meanwhile
+        finally:
+            context.close()
 
 
 def test_sessions_mode_groups_traces_by_session(page: Any, server: Server) -> None:

@@ -501,27 +501,34 @@ def _split(
     starts[0] = 0
     starts[1:] = newlines[:-1] + 1
     ends = newlines.copy()
-    has_cr = (ends > starts) & (arr[np.maximum(ends - 1, 0)] == 13)  # CRLF line breaks
-    ends -= has_cr
+    crlf = b"\r" in data
+    if crlf:
+        has_cr = (ends > starts) & (arr[np.maximum(ends - 1, 0)] == 13)  # CRLF line breaks
+        ends -= has_cr
     lengths = ends - starts
-    keep = np.ones(len(arr), dtype=bool)
-    keep[newlines] = False
-    keep[ends[has_cr]] = False
     numbers = np.arange(line_no + 1, line_no + 1 + len(newlines), dtype=np.int64)
     oversize = [
         OversizeLine(int(numbers[i]), int(lengths[i]), data[starts[i] : starts[i] + 200])
         for i in np.flatnonzero(lengths > max_line_bytes)
     ]
-    if oversize:
+    if crlf or oversize:
+        keep = np.ones(len(arr), dtype=bool)
+        keep[newlines] = False
+        if crlf:
+            keep[ends[has_cr]] = False
         for i in np.flatnonzero(lengths > max_line_bytes):
             keep[starts[i] : ends[i]] = False
         lengths = np.where(lengths > max_line_bytes, 0, lengths)
+        text: Any = arr[keep]
+    else:
+        # Only line breaks lie between the lines: dropping them is one copy, not a mask of every byte.
+        text = data.replace(b"\n", b"")
     # With line breaks removed, line i starts where lines 0..i-1 end; blank lines take no bytes.
     nonblank = lengths > 0
     offsets = np.zeros(int(nonblank.sum()) + 1, dtype=np.int64)
     np.cumsum(lengths[nonblank], out=offsets[1:])
     lines = pa.Array.from_buffers(
-        pa.large_string(), len(offsets) - 1, [None, pa.py_buffer(offsets), pa.py_buffer(arr[keep])]
+        pa.large_string(), len(offsets) - 1, [None, pa.py_buffer(offsets), pa.py_buffer(text)]
     )
     return lines, numbers, nonblank, oversize
 

@@ -39,11 +39,15 @@ _SCALARS = frozenset({"string_value", "int_value", "double_value", "bool_value"}
 @dataclass
 class Lines:
     """A request's spans as lines of HALO's JSONL (`span_line`), each line's trace id, and why the
-    spans left out were left out."""
+    spans left out were left out. `verbatim`: every text in the lines is one the request body holds
+    byte for byte (HALO's own keys, hex ids, times and enum names aside), as in a protobuf request
+    without array, key-value-list or bytes values (their lines join keys, or write base64): a
+    search of the body then finds whatever a search of the lines would."""
 
     lines: list[bytes] = field(default_factory=list)
     trace_ids: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    verbatim: bool = False
 
 
 def decode_request(body: bytes, media_type: str) -> Decoded:
@@ -58,15 +62,17 @@ def request_lines(body: bytes, media_type: str) -> Lines:
     out = Lines()
     unwritable: list[str] = []
     if media_type == PROTOBUF:
-        for span, trace_id, span_id, resource, scope in _request_spans(_parse(body), out.errors):
+        composite: list[str] = []
+        for span, trace_id, span_id, resource, scope in _request_spans(_parse(body), out.errors, composite):
             try:
                 out.lines.append(
-                    orjson.dumps(_flat_span(span, trace_id, span_id, resource, scope, _line_time))
+                    orjson.dumps(_flat_span(span, trace_id, span_id, resource, scope, _line_time, composite))
                 )
             except orjson.JSONEncodeError as exc:
                 unwritable.append(f"span {span_id}: {exc}")
                 continue
             out.trace_ids.append(trace_id)
+        out.verbatim = not composite
     else:
         decoded = _json(body)
         out.errors = decoded.errors
@@ -84,8 +90,9 @@ def request_lines(body: bytes, media_type: str) -> Lines:
 def request_spans(request: ExportTraceServiceRequest) -> Decoded:
     """Flat spans from a parsed protobuf request."""
     out = Decoded()
-    for span, trace_id, span_id, resource, scope in _request_spans(request, out.errors):
-        out.spans.append(_flat_span(span, trace_id, span_id, resource, scope, _flat_time))
+    composite: list[str] = []
+    for span, trace_id, span_id, resource, scope in _request_spans(request, out.errors, composite):
+        out.spans.append(_flat_span(span, trace_id, span_id, resource, scope, _flat_time, composite))
     return out
 
 
@@ -129,12 +136,12 @@ def _parse(body: bytes) -> ExportTraceServiceRequest:
 
 
 def _request_spans(
-    request: ExportTraceServiceRequest, errors: list[str]
+    request: ExportTraceServiceRequest, errors: list[str], composite: list[str]
 ) -> Iterator[tuple[Any, str, str, dict[str, Any], dict[str, str]]]:
     """Each span of a parsed request with its hex ids and its resource and scope (made once for all
-    their spans); a span without an id goes to `errors` instead."""
+    their spans); a span without an id goes to `errors` instead (`composite`: as `_attributes`)."""
     for r, resource_spans in enumerate(request.resource_spans):
-        resource = {"attributes": _attributes(resource_spans.resource.attributes)}
+        resource = {"attributes": _attributes(resource_spans.resource.attributes, composite)}
         for s, scope_spans in enumerate(resource_spans.scope_spans):
             scope = {"name": scope_spans.scope.name, "version": scope_spans.scope.version}
             for i, span in enumerate(scope_spans.spans):
@@ -173,8 +180,10 @@ def _flat_span(
     resource: dict[str, Any],
     scope: dict[str, str],
     time: Callable[[int], Any],
+    composite: list[str],
 ) -> dict[str, Any]:
-    """The flat span, its times as `time` gives them (numbers for a flat span, text for a line)."""
+    """The flat span, its times as `time` gives them (numbers for a flat span, text for a line);
+    `composite` as `_attributes`."""
     # The same keys, in the same order, as `spans.flat_span` gives OTLP/JSON spans.
     status = span.status
     out: dict[str, Any] = {
@@ -189,11 +198,15 @@ def _flat_span(
         "status": {"code": _name(_STATUS_NAMES, status.code, "STATUS_CODE_UNSET"), "message": status.message},
         "resource": resource,
         "scope": scope,
-        "attributes": _attributes(span.attributes),
+        "attributes": _attributes(span.attributes, composite),
     }
     if span.events:
         out["events"] = [
-            {"name": e.name, "time": time(e.time_unix_nano), "attributes": _attributes(e.attributes)}
+            {
+                "name": e.name,
+                "time": time(e.time_unix_nano),
+                "attributes": _attributes(e.attributes, composite),
+            }
             for e in span.events
         ]
     if span.links:
@@ -201,7 +214,7 @@ def _flat_span(
             {
                 "trace_id": _id(link.trace_id),
                 "span_id": _id(link.span_id),
-                "attributes": _attributes(link.attributes),
+                "attributes": _attributes(link.attributes, composite),
             }
             for link in span.links
         ]
@@ -215,8 +228,9 @@ def _flat_span(
     return out
 
 
-def _attributes(key_values: Any) -> dict[str, Any]:
-    """Flat attributes; nested values get dotted keys exactly as in OTLP/JSON (`spans.attributes`)."""
+def _attributes(key_values: Any, composite: list[str]) -> dict[str, Any]:
+    """Flat attributes; nested values get dotted keys exactly as in OTLP/JSON (`spans.attributes`).
+    The kind of each value that is not a string, number or boolean is added to `composite`."""
     out: dict[str, Any] = {}
     for kv in key_values:
         typed = kv.value
@@ -224,6 +238,7 @@ def _attributes(key_values: Any) -> dict[str, Any]:
         if kind in _SCALARS:  # most attributes: read here, without the calls below
             out[kv.key] = getattr(typed, kind)
             continue
+        composite.append(kind or "unset")
         value = _value(typed)
         if isinstance(value, dict) or (
             isinstance(value, list) and any(isinstance(item, dict) for item in value)

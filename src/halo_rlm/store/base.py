@@ -94,16 +94,19 @@ class TraceStore(ABC):
             TraceStore._registry[scheme] = cls
 
     @classmethod
-    def open(cls, target: str | Path, *, read_only: bool = False, lock_timeout: float = 10.0) -> TraceStore:
+    def open(
+        cls, target: str | Path, *, read_only: bool = False, lock_timeout: float = 10.0, appends: bool = False
+    ) -> TraceStore:
         """Open (or create) a store: a file path opens DuckDB; `chdb:PATH` or `clickhouse://…` a
-        ClickHouse store. A read-only store is the one untrusted SQL may run on."""
-        if cls is not TraceStore:
-            return cls.connect(str(target), read_only=read_only, lock_timeout=lock_timeout)
-        return backend_for(str(target)).connect(str(target), read_only=read_only, lock_timeout=lock_timeout)
+        ClickHouse store. A read-only store is the one untrusted SQL may run on. `appends` says the
+        store is opened for one of a stream of small ingests (a collector's writes), which a backend
+        may lay out for that."""
+        backend = cls if cls is not TraceStore else backend_for(str(target))
+        return backend.connect(str(target), read_only=read_only, lock_timeout=lock_timeout, appends=appends)
 
     @classmethod
     @abstractmethod
-    def connect(cls, target: str, *, read_only: bool, lock_timeout: float) -> Self:
+    def connect(cls, target: str, *, read_only: bool, lock_timeout: float, appends: bool) -> Self:
         """Open this backend's store at `target`."""
 
     @abstractmethod
@@ -348,10 +351,17 @@ class TraceStore(ABC):
         """The most common values of one facet, counted over the traces the filters match *without*
         the facet's own selection, so a list can offer "this value too" with what it would add."""
 
+    def facets(
+        self, filters: TraceFilters | None, names: Sequence[FacetName], *, top: int = 50
+    ) -> dict[FacetName, list[FacetValue]]:
+        """Several facets at once, each as `facet` counts it; a backend may count those whose own
+        selection is empty (so whose traces are the same) over one pass of the filters."""
+        return {name: self.facet(filters, name, top=top) for name in names}
+
     @abstractmethod
-    def traces_containing(self, text: str) -> list[str]:
+    def traces_containing(self, text: str, among: Sequence[str] | None = None) -> list[str]:
         """The ids of traces with a span whose record contains `text`, in any case (messages,
-        inputs, outputs, errors, attributes)."""
+        inputs, outputs, errors, attributes); only those of `among` when given."""
 
     @abstractmethod
     def latest_trace(self, filters: TraceFilters | None = None) -> str | None:

@@ -128,7 +128,9 @@ class ClickHouseStore(TraceStore):
             self._traces, self._traces_t = f"{self.db}.traces_data FINAL", f"{self.db}.traces_data t FINAL"
 
     @classmethod
-    def connect(cls, target: str, *, read_only: bool = False, lock_timeout: float = 10.0) -> ClickHouseStore:
+    def connect(
+        cls, target: str, *, read_only: bool = False, lock_timeout: float = 10.0, appends: bool = False
+    ) -> ClickHouseStore:
         parsed = parse_target(target)
         conn = open_connection(parsed)
         store = cls(conn, parsed, read_only, lock_timeout)
@@ -785,12 +787,13 @@ class ClickHouseStore(TraceStore):
         rows = self._rows(f"{query} ORDER BY traces DESC, value LIMIT {max(1, int(top))}")
         return [FacetValue(value=str(r["value"]), traces=r["traces"]) for r in rows]
 
-    def traces_containing(self, text: str) -> list[str]:
+    def traces_containing(self, text: str, among: Sequence[str] | None = None) -> list[str]:
         rows = self._rows(
             f"SELECT DISTINCT trace_id FROM {self._spans} "
             f"WHERE {sql.regex_match('raw', literal('(?i)' + regex.escape(text)))}"
         )
-        return [r["trace_id"] for r in rows]
+        wanted = None if among is None else set(among)
+        return [r["trace_id"] for r in rows if wanted is None or r["trace_id"] in wanted]
 
     def latest_trace(self, filters: TraceFilters | None = None) -> str | None:
         rows = self._rows(

@@ -309,8 +309,6 @@ MACROS = [
         '(?:<n>[.:,/-]?)+<n>', '<n>', 'g')
       || coalesce(' [HTTP ' || nullif(regexp_extract(m, '(?i)(?:code|status|http)[ :=/]*([1-5][0-9][0-9])\b', 1), '')
                   || ']', ''))""",
-    # Ids as the source wrote them (formats.spans.normalize_id): hex, with or without `0x` or UUID dashes,
-    # lower-cased (dashes kept); all-zero ids mean "none"; other ids kept as text.
     # Ids as the source wrote them (formats.spans.normalize_id), from text already trimmed (`halo_trimmed`):
     # hex, with or without `0x`, lower-cased (UUID dashes kept); all-zero ids mean "none"; others as text.
     # One flat CASE over a column: a macro nested in another would repeat its argument's expression.

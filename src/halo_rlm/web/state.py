@@ -8,6 +8,8 @@ the event loop, which see a consistent snapshot while ingest jobs, imports and t
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 import threading
 import time
@@ -25,7 +27,7 @@ from starlette.responses import HTMLResponse, Response
 from halo_rlm import files
 from halo_rlm.collect import Collector
 from halo_rlm.defaults import UI_PORT
-from halo_rlm.store import TraceFilters, TraceStore, paths
+from halo_rlm.store import DuckDBStore, TraceFilters, TraceStore, paths, text_index
 from halo_rlm.web import markdown
 from halo_rlm.web.comparisons import Comparisons
 from halo_rlm.web.format import FILTERS, json_response, script_json
@@ -37,7 +39,8 @@ T = TypeVar("T")
 HERE = Path(__file__).parent
 DEFAULT_PORT = UI_PORT
 STORE_EVENT_SECONDS = 0.25  # at most this often, pages hear that the store changed
-TEXT_CACHE = 16  # text searches remembered while the store is unchanged
+TEXT_CACHE = 4  # text searches remembered while the store (and its search index) is unchanged
+INDEX_PAUSE_SECONDS = 0.5  # the search index catches up at most this often while writes keep coming
 OTLP_FLUSH_SECONDS = 0.25  # received spans reach the store (and the open pages) within about this
 
 
@@ -68,7 +71,21 @@ class Ui:
         self._lock = threading.Lock()
         self._store_event_pending = False
         self._last_store_event = 0.0
-        self._text_cache: OrderedDict[str, tuple[int, list[str]]] = OrderedDict()
+        self._text_cache: OrderedDict[tuple[str, int, int], list[str]] = OrderedDict()
+        # The index of span text that answers searches (DuckDB stores; beside the store file), kept
+        # level with the store by a thread of its own: built at start, caught up after each write.
+        self.search = (
+            text_index.TextIndex(self.store, paths.beside(self.store.path, ".search"))
+            if isinstance(self.store, DuckDBStore)
+            else None
+        )
+        self._closing = threading.Event()
+        self._index_wanted = threading.Event()
+        self._indexer: threading.Thread | None = None
+        if self.search is not None:
+            self._index_wanted.set()
+            self._indexer = threading.Thread(target=self._keep_index, name="halo-search-index", daemon=True)
+            self._indexer.start()
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,
@@ -102,28 +119,68 @@ class Ui:
         return await self.store.run(work)
 
     async def resolve_text(self, filters: TraceFilters) -> TraceFilters:
-        """Filters with their text search replaced by the traces it matches. The search reads every
-        span's record, so its answer is kept until the store changes."""
+        """Filters with their text search replaced by the traces it matches: from the search index
+        once it is built (a search for one word, or part of one, from it alone; others from the scan
+        of the traces it leaves), else from a scan of every span's record. Answers are kept until
+        the store or the index changes."""
         if not filters.text:
             return filters
-        text, generation = filters.text.casefold(), self.generation
-        cached = self._text_cache.get(text)
-        if cached is None or cached[0] != generation:
-            cached = (generation, await self.read(lambda store: store.traces_containing(text)))
-            self._text_cache[text] = cached
+        text, index = filters.text, self.search
+        key = (text, self.generation, index.version if index is not None and index.ready else -1)
+        matched = self._text_cache.get(key)
+        if matched is None:
+            match = await asyncio.to_thread(index.search, text) if index is not None else None
+            if match is None:
+                matched = await self.read(lambda store: store.traces_containing(text))
+            elif match.exact:
+                matched = match.traces.to_pylist()
+            else:
+                among = match.traces.to_pylist()
+                matched = await self.read(lambda store: store.traces_containing(text, among=among))
+            self._text_cache[key] = matched
             while len(self._text_cache) > TEXT_CACHE:
                 self._text_cache.popitem(last=False)
-        self._text_cache.move_to_end(text)
-        matched = set(cached[1])
+        self._text_cache.move_to_end(key)
         if filters.trace_ids is not None:
-            matched &= set(filters.trace_ids)
-        return filters.model_copy(update={"text": None, "trace_ids": sorted(matched)})
+            wanted = set(filters.trace_ids)
+            matched = [trace_id for trace_id in matched if trace_id in wanted]
+        return filters.model_copy(update={"text": None, "trace_ids": matched})
+
+    def search_info(self, filters: TraceFilters) -> dict[str, Any] | None:
+        """How a page's text search is answered (`index`, or `scan` while the index is built), and the
+        index's state; None without a search."""
+        if not filters.text:
+            return None
+        if self.search is None:
+            return {"by": "scan", "index": None}
+        status = self.search.status()
+        answered = status.state == "ready" and bool(text_index.words(filters.text))
+        return {"by": "index" if answered else "scan", "index": status.as_dict()}
+
+    def _keep_index(self) -> None:
+        """The search index's thread: build it, then catch it up after writes (at most every
+        INDEX_PAUSE_SECONDS); open pages hear when it has (their search answers may change)."""
+        assert self.search is not None
+        while True:
+            self._index_wanted.wait()
+            if self._closing.is_set():
+                return
+            self._index_wanted.clear()
+            version = self.search.version
+            try:
+                self.search.catch_up(should_stop=self._closing.is_set)
+            except Exception:  # its status says so, searches scan meanwhile, and the next write retries
+                logging.getLogger(__name__).exception("the search index could not catch up")
+            if self.search.version != version:
+                self.hub.publish_threadsafe("store", {"generation": self.generation})
+            self._closing.wait(INDEX_PAUSE_SECONDS)
 
     # --- writing ------------------------------------------------------------------------------
 
     def changed(self) -> None:
         """Something was written to the store (from any thread). Open pages hear of it at once, then at
         most every STORE_EVENT_SECONDS while writes keep coming."""
+        self._index_wanted.set()
         with self._lock:
             self.generation += 1
             now = time.monotonic()
@@ -173,6 +230,10 @@ class Ui:
         close the store."""
         self.jobs.close()
         self.receiver.stop()
+        self._closing.set()
+        self._index_wanted.set()
+        if self._indexer is not None:
+            self._indexer.join()
         self.hub.close()
         self.store.close()
 

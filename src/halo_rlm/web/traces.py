@@ -189,6 +189,12 @@ async def list_page(request: Request, as_json: bool) -> Response:
     def facet(name: FacetName) -> Callable[[TraceStore], list[FacetValue]]:
         return lambda store: store.facet(filters, name)
 
+    async def all_facets() -> list[list[FacetValue]]:
+        if view.filters.text:  # a search's matches (thousands of ids, maybe) joined once for all facets
+            found = await ui.read(lambda store: store.facets(filters, FACETS))
+            return [found[name] for name in FACETS]
+        return list(await asyncio.gather(*(ui.read(facet(name)) for name in FACETS)))  # side by side
+
     try:
         if view.part == "rows":
             rows = await ui.read(page)
@@ -199,18 +205,20 @@ async def list_page(request: Request, as_json: bool) -> Response:
             )
         if view.part == "strip":
             strip = await ui.read(stats)
+            search = ui.search_info(view.filters)
             return (
-                json_response({"stats": strip}) if as_json else ui.render(request, "strip.html", stats=strip)
+                json_response({"stats": strip, "search": search})
+                if as_json
+                else ui.render(request, "strip.html", stats=strip, search=search)
             )
-        facet_tasks = [asyncio.ensure_future(ui.read(facet(name))) for name in FACETS]
+        facet_task = asyncio.ensure_future(all_facets())
         try:
             rows, strip, total = await asyncio.gather(
                 ui.read(page), ui.read(stats), ui.read(lambda store: store.count_traces())
             )
-            facets = await asyncio.gather(*facet_tasks)
+            facets = await facet_task
         finally:
-            for task in facet_tasks:
-                task.cancel()
+            facet_task.cancel()
     except StoreError as exc:
         return ui.error(request, as_json, 400, str(exc))
     data: dict[str, Any] = {
@@ -220,6 +228,7 @@ async def list_page(request: Request, as_json: bool) -> Response:
         "stats": strip,
         "facets": dict(zip(FACETS, facets, strict=True)),
         "store_traces": total,
+        "search": ui.search_info(view.filters),
     }
     if as_json:
         return json_response(data)
