@@ -78,8 +78,9 @@ class Ingest:
         with self._scratch() as scratch:
             before = self._seed_inputs(scratch)
             report = scratch.ingest(paths, strict=strict, progress=progress, **options)
-            if self._ship(scratch, before, report):
-                self._settle()
+            shipped = self._ship(scratch, before, report)
+        if shipped:  # once the scratch store's memory is given back
+            self._settle()
         report.store = self.store.path
         return report
 
