@@ -116,8 +116,8 @@ class Ingest:
         with tempfile.TemporaryDirectory(prefix="halo-clickhouse-ingest-") as folder:
             scratch = DuckDBStore.connect(folder, in_memory=True)
             # Half the DuckDB store's own limit: while the rows are shipped, ClickHouse's insert needs
-            # the memory too (1M simulated spans peaked at 1.8 GB with 512 MB here, 1.4 GB with 256 MB,
-            # in the same time).
+            # the memory too (1M simulated spans peaked at 2.0 GB with 512 MB here, 1.76 GB with 256 MB,
+            # in the same CPU time).
             scratch.con.execute(f"SET memory_limit = '{SCRATCH_MEMORY}'")
             try:
                 yield scratch
