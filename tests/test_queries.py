@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -397,6 +398,31 @@ def test_sql_time_limit(store: TraceStore) -> None:
     with pytest.raises(StoreError, match="stopped"):
         store.sql(f"SELECT count(*) FROM {numbers}", timeout=0.2)
     assert store.count_traces() == 31
+
+
+def test_a_store_closes_while_a_cancelled_query_still_runs(tmp_path: Path) -> None:
+    # a cancelled analysis closes its store while a tool's query still runs in a worker thread
+    with TraceStore.open(str(tmp_path / "s.duckdb")):
+        pass
+    store = TraceStore.open(str(tmp_path / "s.duckdb"), read_only=True)
+    ran: list[BaseException] = []
+
+    def endless(connection: TraceStore) -> Any:
+        try:
+            return connection.sql("SELECT count(*) FROM range(100000000000) a, range(1000) b", timeout=20)
+        except BaseException as exc:
+            ran.append(exc)
+            raise
+
+    async def cancelled() -> None:
+        work = asyncio.ensure_future(store.run(endless))
+        await asyncio.sleep(0.5)
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+        store.close()  # interrupts the worker thread's query and waits for it
+
+    asyncio.run(cancelled())
+    assert ran and isinstance(ran[0], StoreError) and "stopped" in str(ran[0]), ran
 
 
 def test_opening_things_that_are_not_stores(tmp_path: Path) -> None:

@@ -96,6 +96,7 @@ INGEST_MEMORY = "512MB"
 APPEND_ROW_GROUP_ROWS = 32_768
 APPEND_DATABASE = "halo_store"  # what the store is attached as when opened for appends
 FLUSH_ALLOCATOR = "16MB"
+CLOSE_WAIT = 10.0  # seconds `close` waits for an interrupted query to stop
 QUERY_MEMORY = "2GB"  # what a read-only store (the one untrusted SQL runs on) may hold in memory...
 QUERY_TEMP = "8GB"  # ...and spill to disk beyond that
 # The one input of an analysis's copy of some traces: what it was copied from.
@@ -119,7 +120,8 @@ class DuckDBStore(TraceStore):
         self.read_only = read_only
         self.attached = attached  # the store is `APPEND_DATABASE` in an in-memory database (appends)
         self._udfs = False
-        self._idle: list[DuckDBStore] = []  # connections for `borrow`
+        self._idle: list[DuckDBStore] = []  # connections for `borrow`...
+        self._lent: set[DuckDBStore] = set()  # ...and those at work in another thread
         self._registered = ""  # the Arrow table of trace ids registered on this connection
 
     @classmethod
@@ -202,9 +204,20 @@ class DuckDBStore(TraceStore):
         return tally_for(self.path)
 
     def close(self) -> None:
+        """Close the store. Work still running on a borrowed connection (a cancelled analysis leaves
+        its query running in a worker thread: no cancel stops a thread) is interrupted and waited for
+        up to `CLOSE_WAIT` seconds, as DuckDB refuses to close a connection while a cursor is busy."""
+        deadline = time.monotonic() + CLOSE_WAIT
+        while self._lent and time.monotonic() < deadline:
+            for cursor in list(self._lent):
+                cursor.interrupt()  # again each time: a query may start after the last interrupt
+            time.sleep(0.01)
         while self._idle:
             self._idle.pop().close()
-        self.con.close()
+        try:
+            self.con.close()
+        except duckdb.ResourceInUseException as exc:
+            raise StoreError(f"{self.path}: cannot close the store, a query on it did not stop") from exc
 
     def cursor(self) -> DuckDBStore:
         """Another connection to the same database, for use from another thread (a DuckDB
@@ -223,9 +236,11 @@ class DuckDBStore(TraceStore):
             cursor = self._idle.pop()
         except IndexError:
             cursor = self.cursor()
+        self._lent.add(cursor)
         try:
             yield cursor
         finally:
+            self._lent.discard(cursor)
             self._idle.append(cursor)
 
     def interrupt(self) -> None:
