@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import html
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -272,3 +274,17 @@ def test_pick_before_and_after_in_chromium(server: Server, stores: dict[str, Any
         assert page.evaluate("window.__pwned") is None
         assert page.query_selector("#outcomes tr[data-metric=error_rate]") is not None
         assert not errors, errors
+
+
+def test_the_app_loads_scipy_only_for_a_comparison() -> None:
+    # scipy.stats holds about 60 MB: a server that only shows traces should not carry it
+    script = (
+        "import sys\n"
+        "import halo_rlm.web\n"
+        "print('before', 'scipy' in sys.modules)\n"
+        "from halo_rlm.compare import Counts, wilson_interval\n"
+        "wilson_interval(Counts(3, 10))\n"
+        "print('after', 'scipy' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["before", "False", "after", "True"], result.stdout + result.stderr

@@ -45,13 +45,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import jinja2
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, Field
-from scipy import stats  # type: ignore[import-untyped]
 
 from halo_rlm import detect, files
 from halo_rlm.report import Finding, Report
@@ -73,9 +72,17 @@ Better = Literal["lower", "higher"]
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
 
-# Poisson(1) cumulative probabilities, for drawing bootstrap weights by thresholds on uniforms (four
-# times faster than numpy's Poisson sampler); the tail past 8 (1e-6) is cut.
-_POISSON_CDF = np.array(stats.poisson.cdf(np.arange(9), 1.0), dtype=np.float32)
+# Poisson(1) cumulative probabilities (P(k) = e^-1 / k!), for drawing bootstrap weights by thresholds on
+# uniforms (four times faster than numpy's Poisson sampler); the tail past 8 (1e-6) is cut.
+_POISSON_CDF = np.cumsum([math.exp(-1) / math.factorial(k) for k in range(9)]).astype(np.float32)
+
+
+def _stats() -> Any:
+    """scipy.stats, loaded on first use: it holds about 60 MB, which `halo ui` need not carry until a
+    comparison is made."""
+    from scipy import stats  # type: ignore[import-untyped]
+
+    return stats
 
 
 # --- rates ------------------------------------------------------------------------------------
@@ -95,7 +102,7 @@ class Counts:
 
 @functools.cache
 def _z(confidence: float) -> float:
-    return float(stats.norm.ppf(0.5 + confidence / 2))
+    return float(_stats().norm.ppf(0.5 + confidence / 2))
 
 
 def _two_sided(z: float) -> float:
@@ -151,7 +158,7 @@ def proportion_test(before: Counts, after: Counts) -> tuple[float, str]:
     hits = a1 + a2
     expected = min(n1 * hits, n1 * (total - hits), n2 * hits, n2 * (total - hits)) / total
     if expected < 5:
-        _, p = stats.fisher_exact([[a1, n1 - a1], [a2, n2 - a2]])
+        _, p = _stats().fisher_exact([[a1, n1 - a1], [a2, n2 - a2]])
         return float(min(1.0, p)), "Fisher's exact test"
     pooled = hits / total
     se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
@@ -570,7 +577,7 @@ def _welch(b: FloatArray, a: FloatArray) -> float:
         return 1.0
     if np.var(b) == 0 and np.var(a) == 0:
         return 1.0 if np.mean(a) == np.mean(b) else 0.0
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    return float(_stats().ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def _stratified_means(groups: Sequence[tuple[FloatArray, FloatArray]]) -> float:
@@ -627,7 +634,7 @@ def mix_shift(dimension: str, before: NDArray[np.str_], after: NDArray[np.str_],
     common = expected >= 5
     lumped = np.column_stack([table[:, common], table[:, ~common].sum(axis=1)]) if (~common).any() else table
     lumped = lumped[:, lumped.sum(axis=0) > 0]
-    p = float(stats.chi2_contingency(lumped)[1]) if lumped.shape[1] >= 2 else 1.0
+    p = float(_stats().chi2_contingency(lumped)[1]) if lumped.shape[1] >= 2 else 1.0
     moves = sorted(range(len(labels)), key=lambda i: -abs(shares[1, i] - shares[0, i]))[:top]
     return MixShift(
         dimension=dimension,
