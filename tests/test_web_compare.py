@@ -276,15 +276,19 @@ def test_pick_before_and_after_in_chromium(server: Server, stores: dict[str, Any
         assert not errors, errors
 
 
-def test_the_app_loads_scipy_only_for_a_comparison() -> None:
-    # scipy.stats holds about 60 MB: a server that only shows traces should not carry it
+def test_the_app_loads_scipy_and_openai_only_when_it_compares_or_analyses() -> None:
+    # scipy.stats holds about 60 MB and the openai client about 25 MB: a server that only shows traces
+    # carries neither
     script = (
         "import sys\n"
         "import halo_rlm.web\n"
-        "print('before', 'scipy' in sys.modules)\n"
+        "print('app', 'scipy' in sys.modules, 'openai' in sys.modules)\n"
         "from halo_rlm.compare import Counts, wilson_interval\n"
         "wilson_interval(Counts(3, 10))\n"
-        "print('after', 'scipy' in sys.modules)\n"
+        "from halo_rlm.engine import stream_engine_async\n"
+        "print('used', 'scipy' in sys.modules, 'openai' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert result.stdout.split() == ["before", "False", "after", "True"], result.stdout + result.stderr
+    assert result.stdout.split() == ["app", "False", "False", "used", "True", "True"], (
+        result.stdout + result.stderr
+    )

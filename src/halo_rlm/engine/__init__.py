@@ -12,6 +12,8 @@ requests into the model's context window), `tools` and `code` (what agents call)
 `telemetry`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from halo_rlm.engine.config import DEFAULT_MODEL, DEFAULT_PROMPT, EngineConfig
 from halo_rlm.engine.events import (
     AgentMessage,
@@ -25,15 +27,41 @@ from halo_rlm.engine.events import (
     ToolCallItem,
     TurnUsage,
 )
-from halo_rlm.engine.run import (
-    Messages,
-    run_engine,
-    run_engine_async,
-    stream_engine,
-    stream_engine_async,
-    stream_engine_output,
-    stream_engine_output_async,
+
+if TYPE_CHECKING:
+    from halo_rlm.engine.run import (
+        Messages,
+        run_engine,
+        run_engine_async,
+        stream_engine,
+        stream_engine_async,
+        stream_engine_output,
+        stream_engine_output_async,
+    )
+
+# The agent loop and its entry points load the `openai` client (about 25 MB and a quarter of a second):
+# loaded when first used, so what only needs the engine's types and events (the web app's pages, the
+# CLI's live view) starts without it.
+_RUN_NAMES = frozenset(
+    {
+        "Messages",
+        "run_engine",
+        "run_engine_async",
+        "stream_engine",
+        "stream_engine_async",
+        "stream_engine_output",
+        "stream_engine_output_async",
+    }
 )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RUN_NAMES:
+        from halo_rlm.engine import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from halo_rlm.analyses import ask, stream_recorded
 from halo_rlm.defaults import DEFAULT_MODEL, DEFAULT_PROMPT, ReasoningEffort
 from halo_rlm.engine import EngineConfig, EngineError, RunView
-from halo_rlm.llm import LLMError
 from halo_rlm.runs import Run, RunError, RunRegistry, now
 from halo_rlm.store import StoreError, TraceFilters, TraceStore
 from halo_rlm.web.live import Hub
@@ -229,6 +228,8 @@ class LiveRuns:
     # --- the work -------------------------------------------------------------------------------
 
     async def _analyse(self, run: Run, prompt: str, filters: TraceFilters, settings: RunSettings) -> None:
+        from halo_rlm.llm import LLMError  # with the `openai` client: loaded by the first run, not the app
+
         try:
             snapshot = await self._copy(run, filters)
             config = settings.engine_config(self._keys.get(run.id))
@@ -244,6 +245,8 @@ class LiveRuns:
             self._failed(run, f"{type(exc).__name__}: {exc}")
 
     async def _follow_up(self, run: Run, question: str) -> None:
+        from halo_rlm.llm import LLMError
+
         try:
             config = self.settings_of(run).engine_config(self._keys.get(run.id))
             async for _ in self._stream(run, ask(run, question, config)):
