@@ -282,6 +282,8 @@ class TextIndex:
             except (duckdb.Error, OSError, ValueError) as exc:
                 self._state, self._message = "failed", f"the search index could not be built: {exc}"
                 raise
+            finally:  # Arrow's allocator would keep the pages of the comparison's tables (about 12 MB)
+                pa.default_memory_pool().release_unused()
             if level:
                 self._state, self._done = "ready", 1.0
             return level
