@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scripted_llm import Call, ChatRequest, HTTPError, ScriptedLLM, Text, ToolCalls
+from scripted_llm import Call, ChatRequest, Hang, HTTPError, ScriptedLLM, Text, ToolCalls
 
 from halo_rlm.analyses import analyze_with_detectors, ask, stream_recorded
 from halo_rlm.engine import AgentOutputItem, EngineConfig, EngineError
 from halo_rlm.llm import LLMError
 from halo_rlm.runs import Run, RunRegistry
 from halo_rlm.simulate import simulate
-from halo_rlm.store import TraceStore
+from halo_rlm.store import StoreError, TraceStore
+from halo_rlm.store.duckdb_store import DuckDBStore
 from halo_rlm.utils import RetryPolicy
 
 QUESTION = "Which of these failures hit the SupportAgent?"
@@ -132,3 +133,38 @@ def test_failed_and_unfinished_runs_say_why(store_path: Path, tmp_path: Path) ->
     assert run.record.status == "incomplete" and "turn limit" in run.record.reason
     with pytest.raises(EngineError, match="no saved conversation"):
         asyncio.run(anext(ask(failed, "and?", EngineConfig(model="m"))))
+
+
+def test_a_run_stopped_while_its_store_fails_to_close_is_interrupted_not_failed(
+    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The web app stops its runs by cancelling them; an error while they unwind (here the store's
+    # close, as when a cancelled query had not yet stopped) is not the run's failure.
+    def failing_close(self: DuckDBStore) -> None:
+        real_close(self)
+        raise StoreError(f"{self.path}: cannot close the store, a query on it did not stop")
+
+    real_close = DuckDBStore.close
+    monkeypatch.setattr(DuckDBStore, "close", failing_close)
+    registry = RunRegistry(tmp_path / "runs")
+    with ScriptedLLM(Hang(), strict=False) as llm:
+
+        async def go() -> Run:
+            stream = stream_recorded("Why?", config(llm), store_path, registry=registry, source="web")
+            run = await anext(stream)
+
+            async def consume() -> None:
+                async for _ in stream:
+                    pass
+
+            task = asyncio.ensure_future(consume())
+            while not llm.chat_requests:
+                await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return run
+
+        run = asyncio.run(go())
+    recorded_run = registry.get(run.id)
+    assert recorded_run.record.status == "interrupted", recorded_run.record.reason

@@ -214,7 +214,7 @@ def test_history_survives_a_restart_and_a_cut_run_runs_again(
         release["slow"] = False
         with Server(Settings(store=store_path, port=0)) as server, api(server) as client:
             cut = client.get(f"/runs/{second}.json").json()["run"]
-            assert cut["status"] == "interrupted", cut
+            assert cut["status"] == "interrupted", (cut["status"], cut["reason"])
             listed = {r["id"]: r["status"] for r in client.get("/runs.json").json()["runs"]}
             assert listed[run_id] == "cancelled" and listed[second] == "interrupted"
             third = client.post(f"/runs/{second}/rerun").headers["location"].rsplit("/", 1)[1]

@@ -15,6 +15,8 @@ turn and appended to its report.md.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +28,7 @@ from halo_rlm.detect import Thresholds, analyze
 from halo_rlm.report import Report
 from halo_rlm.runs import Run, RunRegistry, Turn, now
 from halo_rlm.store import StoreError, TraceStore, paths
+from halo_rlm.utils import first_line
 from halo_rlm.verify import verify
 
 if TYPE_CHECKING:  # the engine (and the openai client) load only for analyses with a model
@@ -158,13 +161,17 @@ async def _recorded(
             status, reason = "incomplete", "the engine ended without a report"
         else:
             status, reason = _keep_final(run, final, turn)
-    except (EngineError, LLMError, StoreError) as exc:
-        status, reason = "failed", "\n".join([str(exc), *getattr(exc, "__notes__", ())])
-        _keep_partial(run, final, turn)
-        raise
-    except Exception as exc:  # a crash: the engine still made its report of what was verified
-        status, reason = "failed", f"{type(exc).__name__}: {exc}"
-        _keep_partial(run, final, turn)
+    except Exception as exc:
+        if _being_cancelled():
+            # Stopping the run (a cancel, the app shutting down) failed to clean something up, such as
+            # closing the store: the run was stopped, not failed, and its caller hears the cancel.
+            logging.getLogger(__name__).warning("run %s: while stopping: %s", run.id, first_line(exc))
+            raise asyncio.CancelledError from exc
+        if isinstance(exc, (EngineError, LLMError, StoreError)):
+            status, reason = "failed", "\n".join([str(exc), *getattr(exc, "__notes__", ())])
+        else:  # a crash
+            status, reason = "failed", f"{type(exc).__name__}: {exc}"
+        _keep_partial(run, final, turn)  # the engine still made its report of what was verified
         raise
     finally:
         if turn is None:
@@ -172,6 +179,14 @@ async def _recorded(
         else:
             turn.status, turn.reason = status, reason  # type: ignore[assignment]
             run.update(turns=run.record.turns)
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task has been asked to stop (a cancel, the app shutting down) and is
+    unwinding: an error then comes from the cleanup, not from the run. Timeouts inside the run cancel
+    tasks of their own, not this one."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _keep_partial(run: Run, final: AgentOutputItem | None, turn: Turn | None) -> None:
