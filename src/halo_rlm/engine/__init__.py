@@ -39,24 +39,12 @@ if TYPE_CHECKING:
         stream_engine_output_async,
     )
 
+
 # The agent loop and its entry points load the `openai` client (about 25 MB and a quarter of a second):
 # loaded when first used, so what only needs the engine's types and events (the web app's pages, the
-# CLI's live view) starts without it.
-_RUN_NAMES = frozenset(
-    {
-        "Messages",
-        "run_engine",
-        "run_engine_async",
-        "stream_engine",
-        "stream_engine_async",
-        "stream_engine_output",
-        "stream_engine_output_async",
-    }
-)
-
-
+# CLI's live view) starts without it. A name of `__all__` not bound above is one of `engine.run`'s.
 def __getattr__(name: str) -> Any:
-    if name in _RUN_NAMES:
+    if name in __all__:
         from halo_rlm.engine import run
 
         return getattr(run, name)
